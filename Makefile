@@ -1,0 +1,36 @@
+# Set-up, demo and checks for xnatfs on Debian.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := fuse3 libfuse3-dev pkg-config dcm2niix attr rsync curl stress-ng
+MNT    ?= ./mnt
+
+.PHONY: install system-deps demo test bench clean
+
+system-deps:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: system-deps $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/xnatfs demo $(MNT)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
