@@ -1,0 +1,469 @@
+"""The on-disk content cache: filling, verification, LRU eviction, pins, restarts."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xnatfs.cache.content import CacheKey, ContentCache, entry_name
+from xnatfs.errors import XnatNotFound, XnatServerError
+
+
+def body(seed: str, size: int) -> bytes:
+    block = hashlib.sha256(seed.encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+class Server:
+    """Bodies by URI, and how often each was asked for."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, uri: str, size: int, *, digest: bool = False) -> CacheKey:
+        data = body(uri, size)
+        self.files[uri] = data
+        return CacheKey(uri, size, hashlib.md5(data).hexdigest() if digest else "")
+
+    def download(self, uri: str, *, delay: float = 0.0, chunk: int = 4096):
+        def run(fileobj):
+            with self._lock:
+                self.calls[uri] = self.calls.get(uri, 0) + 1
+            data = self.files[uri]
+            for start in range(0, len(data), chunk):
+                fileobj.write(data[start:start + chunk])
+                if delay:
+                    time.sleep(delay)
+        return run
+
+
+@pytest.fixture
+def server():
+    return Server()
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+def read_all(cached) -> bytes:
+    return cached.pread(0, cached.size)
+
+
+def tmp_files(cache_dir: Path) -> list[str]:
+    return os.listdir(cache_dir / "tmp")
+
+
+def test_fetch_then_lookup_serves_from_disk(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/data/a.dcm", 1000)
+    with cache.fetch(key, server.download(key.uri)) as first:
+        assert read_all(first) == server.files[key.uri]
+        assert first.pread(990, 100) == server.files[key.uri][990:]
+        assert first.pread(1000, 10) == b""
+    with cache.fetch(key, server.download(key.uri)) as second:
+        assert second.pread(10, 20) == server.files[key.uri][10:30]
+    with cache.lookup(key) as third:
+        assert third.size == 1000
+    assert server.calls[key.uri] == 1
+    assert cache.contains(key)
+    assert cache.lookup(key._replace(size=999)) is None
+    assert tmp_files(cache_dir) == []
+
+
+def test_lru_evicts_least_recently_used(cache_dir, server):
+    cache = ContentCache(cache_dir, 300)
+    a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
+    for key in (a, b, c):
+        cache.fetch(key, server.download(key.uri)).close()
+    cache.lookup(a).close()                       # a is now newer than b and c
+    cache.fetch(d, server.download(d.uri)).close()
+    assert [cache.contains(k) for k in (a, b, c, d)] == [True, False, True, True]
+    cache.fetch(b, server.download(b.uri)).close()
+    assert [cache.contains(k) for k in (a, b, c, d)] == [True, True, False, True]
+    assert cache.info().bytes_used == 300
+
+
+def test_pinned_entries_are_never_evicted(cache_dir, server):
+    cache = ContentCache(cache_dir, 200)
+    a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
+    held_a = cache.fetch(a, server.download(a.uri))
+    cache.fetch(b, server.download(b.uri)).close()
+    held_c = cache.fetch(c, server.download(c.uri))     # evicts b, the oldest unpinned
+    assert cache.contains(a) and cache.contains(c) and not cache.contains(b)
+    # Everything is pinned: d is served, but not kept beyond its use.
+    with cache.fetch(d, server.download(d.uri)) as held_d:
+        assert read_all(held_d) == server.files[d.uri]
+        assert cache.info().bytes_used <= 200
+    assert not cache.contains(d)
+    assert tmp_files(cache_dir) == []
+    assert read_all(held_a) == server.files[a.uri]
+    held_a.close()
+    held_c.close()
+    assert cache.info().pinned == 0
+
+
+def test_size_bound_holds_under_churn(cache_dir, server):
+    cache = ContentCache(cache_dir, 5_000)
+    for i in range(60):
+        key = server.add(f"/f/{i}", 300 + (i * 137) % 1500)
+        cache.fetch(key, server.download(key.uri)).close()
+        assert cache.info().bytes_used <= 5_000
+    on_disk = sum(f.stat().st_size for f in (cache_dir / "data").rglob("*") if f.is_file())
+    assert on_disk <= 5_000
+    assert on_disk == cache.info().bytes_used
+
+
+def test_entry_larger_than_the_cache_is_served_then_dropped(cache_dir, server):
+    cache = ContentCache(cache_dir, 1000)
+    big = server.add("/f/big", 5000)
+    with cache.fetch(big, server.download(big.uri)) as held:
+        assert read_all(held) == server.files[big.uri]
+        assert held.path.exists()
+    assert not cache.contains(big)
+    assert tmp_files(cache_dir) == []
+    assert cache.info().bytes_used == 0
+
+
+def test_concurrent_threads_share_one_download(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/shared", 64 * 1024)
+    results, errors = [], []
+    start = threading.Barrier(8)
+
+    def reader():
+        try:
+            start.wait()
+            with cache.fetch(key, server.download(key.uri, delay=0.01, chunk=8192)) as held:
+                results.append(read_all(held))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert results == [server.files[key.uri]] * 8
+    assert server.calls[key.uri] == 1
+
+
+def test_failing_download_caches_nothing(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 1000)
+
+    def broken(fileobj):
+        fileobj.write(b"x" * 500)
+        raise XnatNotFound("gone", status=404)
+
+    with pytest.raises(XnatNotFound):
+        cache.fetch(key, broken)
+    assert not cache.contains(key)
+    assert tmp_files(cache_dir) == []
+    assert cache.info().bytes_used == 0
+    with cache.fetch(key, server.download(key.uri)) as held:
+        assert read_all(held) == server.files[key.uri]
+
+
+def test_short_and_long_bodies_are_rejected(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 1000)
+    with pytest.raises(XnatServerError, match="after 999 of 1000"):
+        cache.fetch(key, lambda f: f.write(server.files[key.uri][:999]))
+    with pytest.raises(XnatServerError, match="more than"):
+        cache.fetch(key, lambda f: f.write(server.files[key.uri] + b"!"))
+    assert not cache.contains(key)
+    assert tmp_files(cache_dir) == []
+    assert list((cache_dir / "data").rglob("*.part")) == []
+
+
+def test_digest_is_checked(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 1000, digest=True)
+    wrong = key._replace(digest="0" * 32)
+    with pytest.raises(XnatServerError, match="MD5"):
+        cache.fetch(wrong, server.download(key.uri))
+    assert not cache.contains(wrong)
+    upper = key._replace(digest=key.digest.upper())
+    with cache.fetch(upper, server.download(key.uri)) as held:
+        assert read_all(held) == server.files[key.uri]
+    assert cache.contains(key)      # digests compare without regard to case
+
+
+def test_a_changed_server_file_is_a_new_entry(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    old = server.add("/f/x", 100)
+    cache.fetch(old, server.download(old.uri)).close()
+    new = server.add("/f/x", 120)
+    with cache.fetch(new, server.download(new.uri)) as held:
+        assert read_all(held) == server.files[new.uri]
+    assert server.calls["/f/x"] == 2
+    assert entry_name(old) != entry_name(new)
+
+
+def test_entries_survive_a_restart(cache_dir, server):
+    first = ContentCache(cache_dir, 10_000)
+    keys = [server.add(f"/f/{i}", 500 + i) for i in range(4)]
+    for key in keys:
+        first.fetch(key, server.download(key.uri)).close()
+    first.close()
+    second = ContentCache(cache_dir, 10_000)
+    info = second.info()
+    assert (info.entries, info.bytes_used) == (4, sum(k.size for k in keys))
+
+    def must_not_download(fileobj):
+        raise AssertionError("served from the network")
+
+    with second.fetch(keys[2], must_not_download) as held:
+        assert read_all(held) == server.files[keys[2].uri]
+
+
+def test_restart_with_a_smaller_bound_evicts_oldest_on_next_fill(cache_dir, server):
+    first = ContentCache(cache_dir, 10_000)
+    keys = [server.add(f"/f/{i}", 400) for i in range(5)]
+    for key in keys:
+        first.fetch(key, server.download(key.uri)).close()
+    second = ContentCache(cache_dir, 1_000)
+    extra = server.add("/f/extra", 400)
+    second.fetch(extra, server.download(extra.uri)).close()
+    assert second.info().bytes_used <= 1_000
+    assert [second.contains(k) for k in keys] == [False, False, False, False, True]
+    assert second.contains(extra)
+
+
+def test_permissions(tmp_path, server):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o755)
+    os.chmod(cache_dir, 0o755)
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 100)
+    with cache.fetch(key, server.download(key.uri)) as held:
+        assert stat.S_IMODE(held.path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(held.path.parent.stat().st_mode) == 0o700
+    for folder in (cache_dir, cache_dir / "data", cache_dir / "tmp", cache_dir / "locks"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_progressive_reads_while_downloading(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/large", 200_000)
+    data = server.files[key.uri]
+    half_written, go_on = threading.Event(), threading.Event()
+
+    def download(fileobj):
+        fileobj.write(data[:100_000])
+        half_written.set()
+        assert go_on.wait(10)
+        fileobj.write(data[100_000:])
+
+    pending = cache.start_fetch(key, download)
+    assert half_written.wait(10)
+    pending.wait_for(100_000, timeout=5)
+    assert pending.pread(1000, 5000) == data[1000:6000]
+    assert pending.pread(99_000, 5000) == data[99_000:100_000]     # only what has arrived
+    assert not pending.done()
+    with pytest.raises(TimeoutError):
+        pending.wait_for(150_000, timeout=0.05)
+    go_on.set()
+    pending.wait_for(200_000, timeout=5)
+    assert pending.pread(150_000, 100) == data[150_000:150_100]
+    with pending.result(timeout=5) as held:
+        assert read_all(held) == data
+    pending.close()
+    assert cache.contains(key)
+    assert tmp_files(cache_dir) == []
+
+
+def test_progressive_reader_sees_the_download_error(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/x", 10_000)
+
+    def download(fileobj):
+        fileobj.write(server.files[key.uri][:100])
+        time.sleep(0.05)
+        raise XnatServerError("connection reset", status=None)
+
+    with cache.start_fetch(key, download) as pending:
+        with pytest.raises(XnatServerError, match="connection reset"):
+            pending.wait_for(5000, timeout=5)
+        with pytest.raises(XnatServerError):
+            pending.result()
+    assert not cache.contains(key)
+    assert tmp_files(cache_dir) == []
+
+
+def test_background_and_foreground_fetches_share_one_download(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/x", 50_000)
+    pendings = [cache.start_fetch(key, server.download(key.uri, delay=0.005)) for _ in range(3)]
+    with cache.fetch(key, server.download(key.uri)) as held:
+        assert read_all(held) == server.files[key.uri]
+    for pending in pendings:
+        with pending.result(timeout=5) as held:
+            assert held.pread(0, 10) == server.files[key.uri][:10]
+        pending.close()
+    assert server.calls[key.uri] == 1
+    with cache.start_fetch(key, server.download(key.uri)) as cached:
+        assert cached.done()
+        assert cached.pread(0, 5) == server.files[key.uri][:5]
+
+
+def test_foreground_fetch_does_not_wait_behind_queued_prefetches(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000, fetch_workers=1)
+    slow = server.add("/f/slow", 1000)
+    wanted = server.add("/f/wanted", 1000)
+    release = threading.Event()
+
+    def stuck(fileobj):
+        assert release.wait(10)
+        fileobj.write(server.files[slow.uri])
+
+    blocking = cache.start_fetch(slow, stuck)
+    queued = cache.start_fetch(wanted, server.download(wanted.uri))
+    started = time.monotonic()
+    with cache.fetch(wanted, server.download(wanted.uri)) as held:
+        assert read_all(held) == server.files[wanted.uri]
+    assert time.monotonic() - started < 2
+    assert queued.result(timeout=1).pread(0, 3) == server.files[wanted.uri][:3]
+    release.set()
+    blocking.result(timeout=5).close()
+    assert server.calls[wanted.uri] == 1
+
+
+def test_discard_uri_forgets_every_version_but_open_readers_keep_reading(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    v1 = server.add("/f/x", 100)
+    cache.fetch(v1, server.download(v1.uri)).close()
+    v2 = server.add("/f/x", 150)
+    held = cache.fetch(v2, server.download(v2.uri))
+    other = server.add("/f/y", 100)
+    cache.fetch(other, server.download(other.uri)).close()
+    cache.discard_uri("/f/x")
+    assert not cache.contains(v1) and not cache.contains(v2)
+    assert cache.contains(other)
+    assert read_all(held) == server.files[v2.uri]
+    held.close()
+    assert cache.lookup(v2) is None
+    assert cache.info().bytes_used == 100
+
+
+def test_discard_during_download_serves_but_does_not_keep(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 1000)
+    started, go_on = threading.Event(), threading.Event()
+
+    def download(fileobj):
+        started.set()
+        assert go_on.wait(10)
+        fileobj.write(server.files[key.uri])
+
+    pending = cache.start_fetch(key, download)
+    assert started.wait(10)
+    cache.discard_uri(key.uri)
+    go_on.set()
+    with pending.result(timeout=5) as held:
+        assert read_all(held) == server.files[key.uri]
+    pending.close()
+    assert not cache.contains(key)
+    assert tmp_files(cache_dir) == []
+
+
+def test_insert_adopts_local_bytes(cache_dir, server, tmp_path):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/uploaded", 700, digest=True)
+    source = tmp_path / "local.bin"
+    source.write_bytes(server.files[key.uri])
+    cache.insert(key, source)
+    assert source.exists()
+    with cache.lookup(key) as held:
+        assert read_all(held) == server.files[key.uri]
+    other = server.add("/f/from-zip", 300)
+    cache.insert(other, io.BytesIO(server.files[other.uri]))
+    assert cache.contains(other)
+    with pytest.raises(XnatServerError):
+        cache.insert(CacheKey("/f/bad", 10), io.BytesIO(b"short"))
+    assert not cache.contains(CacheKey("/f/bad", 10))
+
+
+def test_clear_keeps_only_open_entries(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    keys = [server.add(f"/f/{i}", 100) for i in range(3)]
+    for key in keys:
+        cache.fetch(key, server.download(key.uri)).close()
+    held = cache.lookup(keys[1])
+    cache.clear()
+    assert [cache.contains(k) for k in keys] == [False, True, False]
+    held.close()
+    cache.clear()
+    assert cache.info().entries == 0
+
+
+def test_leftovers_of_a_crash_are_removed_unless_in_use(cache_dir, server):
+    ContentCache(cache_dir, 10_000)
+    stale = cache_dir / "tmp" / "deadbeef.123.abcd.part"
+    stale.write_bytes(b"half a file")
+    busy = cache_dir / "tmp" / "cafe.456.abcd.part"
+    busy.write_bytes(b"being written")
+    fd = os.open(busy, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)       # another process still downloading
+    try:
+        cache = ContentCache(cache_dir, 10_000)
+        assert not stale.exists()
+        assert busy.exists()
+        assert cache.info().entries == 0
+    finally:
+        os.close(fd)
+
+
+def test_a_use_by_another_cache_instance_counts_for_lru(cache_dir, server):
+    mine = ContentCache(cache_dir, 300, rescan_interval=3600)
+    theirs = ContentCache(cache_dir, 300, rescan_interval=3600)
+    a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
+    for key in (a, b, c):
+        mine.fetch(key, server.download(key.uri)).close()
+    theirs.lookup(a).close()            # mine's index still thinks a is the oldest
+    mine.fetch(d, server.download(d.uri)).close()
+    assert [mine.contains(k) for k in (a, b, c, d)] == [True, False, True, True]
+
+
+def test_an_entry_open_in_another_instance_is_not_evicted(cache_dir, server):
+    mine = ContentCache(cache_dir, 200)
+    theirs = ContentCache(cache_dir, 200)
+    a, b, c = (server.add(f"/f/{n}", 100) for n in "abc")
+    for key in (a, b):
+        mine.fetch(key, server.download(key.uri)).close()
+    held = theirs.lookup(a)
+    mine.fetch(c, server.download(c.uri)).close()
+    assert mine.contains(a) and not mine.contains(b) and mine.contains(c)
+    held.close()
+
+
+def test_closed_cache_fails_queued_downloads(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000, fetch_workers=1)
+    slow, queued_key = server.add("/f/slow", 100), server.add("/f/queued", 100)
+    release = threading.Event()
+
+    def stuck(fileobj):
+        assert release.wait(10)
+        fileobj.write(server.files[slow.uri])
+
+    running = cache.start_fetch(slow, stuck)
+    queued = cache.start_fetch(queued_key, server.download(queued_key.uri))
+    cache.close()
+    with pytest.raises(XnatServerError, match="closed"):
+        queued.result(timeout=5)
+    release.set()
+    running.result(timeout=5).close()
+    assert queued_key.uri not in server.calls

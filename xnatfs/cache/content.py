@@ -1,0 +1,740 @@
+"""The on-disk cache of file contents.
+
+Layout of the cache folder (0700; every file 0600)::
+
+    data/<xx>/<uri hash>-<version hash>   complete entries, one file each
+    tmp/<entry name>.<pid>.<random>.part  downloads in progress
+    locks/<entry name>.lock               "somebody is filling this entry"
+
+An entry's name is derived from its :class:`CacheKey`: the first part from the
+URI (so every version of one server file can be found and dropped together),
+the second from size and digest (so a file changed on the server is a new
+entry and a stale copy can never be served for it).
+
+All state lives in the folder itself, so several processes, even on several
+machines over NFS, can share it:
+
+* Only complete, verified files are ever renamed into ``data/``; a download
+  that fails or comes up short leaves at most a ``tmp/`` file, which is
+  removed when the cache is next opened.
+* Whoever fills an entry holds an exclusive lock on ``locks/<name>.lock``;
+  another process wanting the same entry waits for that lock and then finds
+  the entry complete, so each file is downloaded once.
+* A reader holds a shared ``flock`` on the entry's file while it is open
+  ("pinned"). The evictor takes an exclusive lock without waiting and skips
+  any entry it cannot lock, so files in use are never evicted.
+* Least-recently-used order comes from the entry's modification time, which
+  the cache sets itself on each use (mount options such as ``noatime`` make
+  access times useless). Each process keeps an index of entries in memory,
+  rebuilt by scanning ``data/`` when opened and again when it is older than
+  ``rescan_interval`` and room must be made; before evicting an entry the
+  evictor rereads its time, so a use by another process is respected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, NamedTuple
+
+from xnatfs.cache.files import (
+    lock_named,
+    make_private_dir,
+    remove_unlocked,
+    same_file,
+    try_lock_exclusive,
+    unlock_named,
+)
+from xnatfs.errors import XnatServerError
+
+logger = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
+
+
+class CacheKey(NamedTuple):
+    """What identifies cached bytes: the server address and the size and
+    digest the listing reported. A changed file on the server is a different key."""
+
+    uri: str
+    size: int
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    directory: Path
+    entries: int
+    bytes_used: int
+    max_bytes: int
+    pinned: int          # entries this process has open
+
+
+def entry_name(key: CacheKey) -> str:
+    return f"{_uri_hash(key.uri)}-{_version_hash(key)}"
+
+
+def _uri_hash(uri: str) -> str:
+    return hashlib.sha256(uri.encode()).hexdigest()[:40]
+
+
+def _version_hash(key: CacheKey) -> str:
+    return hashlib.sha256(f"{key.size}:{key.digest.lower()}".encode()).hexdigest()[:16]
+
+
+class _SharedHandle:
+    """One open descriptor shared by every :class:`CachedFile` of an entry in
+    this process, with a count of users; ``on_last_close`` runs when the last
+    one is done (closing the descriptor, which drops the pin)."""
+
+    def __init__(self, fd: int, size: int, path: Path, lock: threading.RLock,
+                 on_last_close: Callable[[_SharedHandle], None]):
+        # ``lock`` is the cache's own lock, so that pins and eviction see one state.
+        self.fd = fd
+        self.size = size
+        self.path = path
+        self.users = 0
+        self.closed = False
+        self._lock = lock
+        self._on_last_close = on_last_close
+
+    def open(self) -> CachedFile:
+        with self._lock:
+            if self.closed:
+                raise ValueError("cache entry already released")
+            self.users += 1
+        return CachedFile(self)
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                self.closed = True
+                self._on_last_close(self)
+
+
+class CachedFile:
+    """An open, complete cache entry. While open it is pinned: no process
+    sharing the cache folder will evict it. Close it when done."""
+
+    def __init__(self, handle: _SharedHandle):
+        self._handle = handle
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.path = handle.path
+        self.size = handle.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; fewer only at the end of the file."""
+        if self._closed:
+            raise ValueError("read from a closed cache entry")
+        return _pread_full(self._handle.fd, offset, min(length, self.size - offset))
+
+    def share(self) -> CachedFile:
+        """Another handle on the same entry, with its own close()."""
+        if self._closed:
+            raise ValueError("cache entry already closed")
+        return self._handle.open()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._handle.release()
+
+    def __enter__(self) -> CachedFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CachedFile({str(self.path)!r}, size={self.size})"
+
+
+def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    if length <= 0 or offset < 0:
+        return b""
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
+
+
+class _Fill:
+    """One download of one key, shared by every caller in this process that
+    wants the key while it runs."""
+
+    def __init__(self, key: CacheKey, download: Callable[[BinaryIO], None]):
+        self.key = key
+        self.download = download
+        self.cond = threading.Condition()
+        self.state = "queued"            # queued → running → done
+        self.written = 0
+        self.fd: int | None = None       # the temp file, while downloading
+        self.error: BaseException | None = None
+        self.keep = True                 # False once discard_uri() asked to forget it
+        self.views: list[PendingFetch] = []
+
+    def claim(self) -> bool:
+        """True for exactly one caller: the one that runs the download."""
+        with self.cond:
+            if self.state != "queued":
+                return False
+            self.state = "running"
+            return True
+
+    def progressed(self, written: int) -> None:
+        with self.cond:
+            self.written = written
+            self.cond.notify_all()
+
+    def wait_for(self, end_offset: int, timeout: float | None) -> None:
+        end_offset = min(end_offset, self.key.size)
+        with self.cond:
+            ready = self.cond.wait_for(
+                lambda: self.state == "done" or self.written >= end_offset, timeout)
+            if self.error is not None:
+                raise self.error
+            if not ready:
+                raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
+
+    def wait_done(self, timeout: float | None) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.state == "done", timeout):
+                raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
+            if self.error is not None:
+                raise self.error
+
+    def pread_partial(self, offset: int, length: int) -> bytes | None:
+        """Bytes already downloaded, or None when the download is no longer running."""
+        with self.cond:
+            if self.fd is None:
+                return None
+            end = min(offset + length, self.written)
+            return _pread_full(self.fd, offset, end - offset)
+
+    def finish(self, handle: _SharedHandle | None, error: BaseException | None) -> None:
+        """Hand every waiting view its own open entry (or the error) and wake them up."""
+        with self.cond:
+            self.state = "done"
+            self.error = error
+            self.fd = None
+            if handle is not None:
+                self.written = self.key.size
+                for view in self.views:
+                    if not view._closed:
+                        view._slot[0] = handle.open()
+            self.views = []
+            self.cond.notify_all()
+
+
+class PendingFetch:
+    """A download that may still be running. Bytes already on disk can be
+    read while the rest arrives. Close it when done (it is also closed when
+    garbage-collected)."""
+
+    def __init__(self, key: CacheKey, fill: _Fill | None = None, own: CachedFile | None = None):
+        self.key = key
+        self._fill = fill
+        self._closed = False
+        # The entry this view keeps open once complete. Kept in a list the
+        # finalizer can reach without keeping the view itself alive.
+        self._slot: list[CachedFile | None] = [own]
+        self._finalizer = weakref.finalize(self, _close_slot, self._slot)
+
+    def wait_for(self, end_offset: int, timeout: float | None = None) -> None:
+        """Block until bytes ``[0, end_offset)`` are on disk; raise the download's error if it failed."""
+        if self._fill is not None:
+            self._fill.wait_for(end_offset, timeout)
+
+    def done(self) -> bool:
+        return self._fill is None or self._fill.state == "done"
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read what has arrived of ``[offset, offset + length)``.
+
+        While the download runs this returns what is on disk so far, possibly
+        fewer bytes than asked for; call :meth:`wait_for` first to be sure of
+        a full read. Raises the download's error if it failed.
+        """
+        if self._closed:
+            raise ValueError("read from a closed download")
+        if self._slot[0] is None and self._fill is not None:
+            data = self._fill.pread_partial(offset, length)
+            if data is not None:
+                return data
+            self._fill.wait_done(None)
+        return self._slot[0].pread(offset, length)
+
+    def result(self, timeout: float | None = None) -> CachedFile:
+        """Wait for the whole file and return it open (pinned); the caller closes it."""
+        if self._closed:
+            raise ValueError("download handle already closed")
+        if self._fill is not None:
+            self._fill.wait_done(timeout)
+        return self._slot[0].share()
+
+    def close(self) -> None:
+        if self._fill is not None:
+            with self._fill.cond:
+                self._closed = True
+        else:
+            self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> PendingFetch:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _close_slot(slot: list[CachedFile | None]) -> None:
+    if slot[0] is not None:
+        slot[0].close()
+
+
+class _EntryWriter:
+    """The file object a download writes into: streams to the temp file,
+    hashes on the way, refuses more bytes than the key says, and tells
+    readers how far it got."""
+
+    def __init__(self, fd: int, fill: _Fill):
+        self._fd = fd
+        self._fill = fill
+        self._written = 0
+        self._md5 = hashlib.md5(usedforsecurity=False) if fill.key.digest else None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self._written + size > self._fill.key.size:
+            raise XnatServerError(
+                f"server sent more than the {self._fill.key.size} bytes listed",
+                url=self._fill.key.uri)
+        while view:
+            view = view[os.write(self._fd, view):]
+        if self._md5 is not None:
+            self._md5.update(data)
+        self._written += size
+        self._fill.progressed(self._written)
+        return size
+
+    def tell(self) -> int:
+        return self._written
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def verify(self) -> None:
+        key = self._fill.key
+        if self._written != key.size:
+            raise XnatServerError(
+                f"download ended after {self._written} of {key.size} bytes", url=key.uri)
+        if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
+            raise XnatServerError("downloaded file does not match its MD5 digest", url=key.uri)
+
+
+class ContentCache:
+    """Size-bounded, least-recently-used, on-disk cache of file contents.
+
+    Every method blocks and is safe to call from any thread. ``fetch_workers``
+    bounds how many :meth:`start_fetch` downloads run at once;
+    ``rescan_interval`` is how stale (seconds) the in-memory index may be
+    before it is rebuilt from the folder when room must be made.
+    """
+
+    def __init__(self, directory: Path | str, max_bytes: int, *,
+                 fetch_workers: int = 8, rescan_interval: float = 30.0):
+        self.directory = Path(directory).expanduser().resolve()
+        self.max_bytes = int(max_bytes)
+        self.rescan_interval = rescan_interval
+        make_private_dir(self.directory)
+        self._data_dir = make_private_dir(self.directory / "data")
+        self._tmp_dir = make_private_dir(self.directory / "tmp")
+        self._locks_dir = make_private_dir(self.directory / "locks")
+        self._lock = threading.RLock()
+        self._index: dict[str, list[int]] = {}     # name → [size, last use in ns]
+        self._index_bytes = 0
+        self._last_scan = float("-inf")
+        self._reserved: dict[str, int] = {}         # entries being filled here → size
+        self._pins: dict[str, _SharedHandle] = {}
+        self._fills: dict[CacheKey, _Fill] = {}
+        self._own_temps: set[Path] = set()
+        self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="xnatfs-fetch")
+        with self._lock:
+            self._remove_leftovers()
+            self._rescan()
+
+    # -- public API ---------------------------------------------------------
+
+    def lookup(self, key: CacheKey) -> CachedFile | None:
+        """The complete entry for ``key``, open and pinned, or None. Counts as a use."""
+        with self._lock:
+            return self._open_entry(entry_name(key), key)
+
+    def contains(self, key: CacheKey) -> bool:
+        """Whether a complete entry exists; not counted as a use."""
+        try:
+            return os.stat(self._entry_path(entry_name(key))).st_size == key.size
+        except FileNotFoundError:
+            return False
+
+    def fetch(self, key: CacheKey, download: Callable[[BinaryIO], None]) -> CachedFile:
+        """Return the entry for ``key``, downloading it first if needed.
+
+        ``download(fileobj)`` must write the whole body to ``fileobj`` (which
+        is not seekable; ``tell()`` says how much arrived, for resuming with a
+        Range request). Concurrent callers, in this process or others, share
+        one download. Raises the download's exception, or XnatServerError when
+        the body's size or MD5 does not match the key; nothing is cached then.
+        """
+        cached = self.lookup(key)
+        if cached is not None:
+            return cached
+        view, fill, _created = self._join(key, download)
+        with view:
+            # A queued background fill is taken over rather than waited for,
+            # so a reader is never stuck behind unrelated prefetches.
+            if fill.claim():
+                self._run_fill(fill)
+            return view.result()
+
+    def start_fetch(self, key: CacheKey, download: Callable[[BinaryIO], None]) -> PendingFetch:
+        """Like :meth:`fetch`, but the download runs in the background; the
+        returned :class:`PendingFetch` serves bytes as they arrive."""
+        cached = self.lookup(key)
+        if cached is not None:
+            return PendingFetch(key, own=cached)
+        view, fill, created = self._join(key, download)
+        if created:
+            self._pool.submit(self._run_queued, fill)
+        return view
+
+    def insert(self, key: CacheKey, source: Path | str | BinaryIO) -> None:
+        """Adopt bytes obtained some other way (unpacked from a zip, just
+        uploaded); checked against the key like a download."""
+        def copy_from(fileobj: BinaryIO) -> None:
+            if isinstance(source, (str, Path)):
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, fileobj, COPY_CHUNK)
+            else:
+                shutil.copyfileobj(source, fileobj, COPY_CHUNK)
+
+        self.fetch(key, copy_from).close()
+
+    def discard_uri(self, uri: str) -> None:
+        """Forget every cached version of ``uri``. Readers that have it open
+        keep reading what they opened."""
+        prefix = _uri_hash(uri) + "-"
+        folder = self._data_dir / prefix[:2]
+        with self._lock:
+            for fill in self._fills.values():
+                if fill.key.uri == uri:
+                    fill.keep = False
+            try:
+                names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                try:
+                    os.unlink(folder / name)
+                except FileNotFoundError:
+                    pass
+                self._index_drop(name)
+                self._pins.pop(name, None)
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            self._rescan()
+            return CacheInfo(self.directory, len(self._index), self._index_bytes,
+                             self.max_bytes, len(self._pins))
+
+    def clear(self) -> None:
+        """Drop every entry nobody has open, and leftovers of crashed processes."""
+        with self._lock:
+            self._remove_leftovers()
+            self._rescan()
+            self._evict_down_to(0)
+
+    def close(self) -> None:
+        """Stop background downloads that have not started; running ones finish."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = [fill for fill in self._fills.values() if fill.claim()]
+        for fill in queued:
+            self._complete(fill, None, XnatServerError("the cache was closed", url=fill.key.uri))
+
+    # -- filling ------------------------------------------------------------
+
+    def _join(self, key: CacheKey, download) -> tuple[PendingFetch, _Fill, bool]:
+        """A view on the fill for ``key``: the one under way, or a new queued
+        one (then the flag is True and the caller must get it run)."""
+        with self._lock:
+            fill = self._fills.get(key)
+            created = fill is None
+            if created:
+                fill = self._fills[key] = _Fill(key, download)
+            view = PendingFetch(key, fill)
+            with fill.cond:
+                fill.views.append(view)
+        return view, fill, created
+
+    def _run_queued(self, fill: _Fill) -> None:
+        if fill.claim():
+            self._run_fill(fill)
+
+    def _run_fill(self, fill: _Fill) -> None:
+        key = fill.key
+        name = entry_name(key)
+        lock_path = self._locks_dir / f"{name}.lock"
+        try:
+            lock_fd = lock_named(lock_path)
+        except BaseException as exc:
+            self._complete(fill, None, exc)
+            return
+        try:
+            self._fill_locked(fill, name)
+        finally:
+            unlock_named(lock_fd, lock_path)
+
+    def _fill_locked(self, fill: _Fill, name: str) -> None:
+        key = fill.key
+        with self._lock:
+            # Another process may have filled it while we waited for the lock.
+            existing = self._open_entry(name, key)
+            if existing is not None:
+                handle = existing._handle
+                self._complete(fill, handle, None)
+                existing.close()
+                return
+            kept = self._reserve(name, key.size)
+        tmp_path = self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        fd = None
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with self._lock:
+                self._own_temps.add(tmp_path)
+            # Marks the file as in progress for other processes' clean-up.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with fill.cond:
+                fill.fd = fd
+            writer = _EntryWriter(fd, fill)
+            fill.download(writer)
+            writer.verify()
+            os.fsync(fd)
+            with self._lock:
+                self._reserved.pop(name, None)
+                if kept and fill.keep:
+                    handle = self._adopt(name, key.size, fd, tmp_path)
+                else:
+                    logger.debug("%s served without caching (%d bytes)", key.uri, key.size)
+                    handle = _SharedHandle(fd, key.size, tmp_path, self._lock, self._drop_transient)
+        except BaseException as exc:
+            logger.debug("download of %s failed: %s", key.uri, exc)
+            with fill.cond:
+                fill.fd = None
+            if fd is not None:
+                os.close(fd)
+            self._drop_temp(tmp_path)
+            with self._lock:
+                self._reserved.pop(name, None)
+            self._complete(fill, None, exc)
+            return
+        self._complete(fill, handle, None)
+
+    def _adopt(self, name: str, size: int, fd: int, tmp_path: Path) -> _SharedHandle:
+        """Move a verified download into place and pin it through ``fd``."""
+        path = self._entry_path(name)
+        make_private_dir(path.parent)
+        os.rename(tmp_path, path)
+        self._own_temps.discard(tmp_path)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        now = time.time_ns()
+        self._touch(fd, path, now)
+        self._index_set(name, size, now)
+        handle = _SharedHandle(fd, size, path, self._lock, self._unpin)
+        self._pins[name] = handle
+        return handle
+
+    def _complete(self, fill: _Fill, handle: _SharedHandle | None, error: BaseException | None) -> None:
+        # Under the cache lock throughout: the lock order is always cache lock,
+        # then a fill's condition.
+        with self._lock:
+            if self._fills.get(fill.key) is fill:
+                del self._fills[fill.key]
+            if handle is None:
+                fill.finish(None, error)
+                return
+            # Keep the entry open while it is handed out, so it cannot vanish in between.
+            holder = handle.open()
+            fill.finish(handle, None)
+            holder.close()
+
+    def _drop_transient(self, handle: _SharedHandle) -> None:
+        os.close(handle.fd)
+        self._drop_temp(handle.path)
+
+    def _drop_temp(self, path: Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            self._own_temps.discard(path)
+
+    # -- entries, pins and eviction (callers hold self._lock) ---------------
+
+    def _entry_path(self, name: str) -> Path:
+        return self._data_dir / name[:2] / name
+
+    def _open_entry(self, name: str, key: CacheKey) -> CachedFile | None:
+        handle = self._pins.get(name)
+        if handle is None:
+            handle = self._pin(name, key.size)
+            if handle is None:
+                return None
+        now = time.time_ns()
+        self._touch(handle.fd, handle.path, now)
+        if name in self._index:
+            self._index[name][1] = now
+        else:
+            self._index_set(name, key.size, now)
+        return handle.open()
+
+    @staticmethod
+    def _touch(fd: int, path: Path, now: int) -> None:
+        try:
+            os.utime(fd, ns=(now, now))
+        except OSError as exc:   # a read-only or foreign-owned cache still serves
+            logger.debug("cannot record use of %s: %s", path, exc)
+
+    def _pin(self, name: str, size: int) -> _SharedHandle | None:
+        path = self._entry_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._index_drop(name)
+            return None
+        try:
+            # Blocks only while another process's evictor is deleting it.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.fstat(fd).st_size != size or not same_file(fd, path):
+                os.close(fd)
+                self._index_drop(name)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+        handle = _SharedHandle(fd, size, path, self._lock, self._unpin)
+        self._pins[name] = handle
+        return handle
+
+    def _unpin(self, handle: _SharedHandle) -> None:
+        name = handle.path.name
+        if self._pins.get(name) is handle:
+            del self._pins[name]
+        os.close(handle.fd)
+
+    def _reserve(self, name: str, size: int) -> bool:
+        """Make room for ``size`` more bytes; False when that is impossible
+        (too big, or the rest is pinned), in which case the entry is served
+        but not kept."""
+        if size > self.max_bytes:
+            return False
+        limit = self.max_bytes - size
+        if self._used() > limit:
+            if time.monotonic() - self._last_scan > self.rescan_interval:
+                self._rescan()
+            self._evict_down_to(limit)
+        if self._used() > limit:
+            return False
+        self._reserved[name] = size
+        return True
+
+    def _used(self) -> int:
+        return self._index_bytes + sum(self._reserved.values())
+
+    def _evict_down_to(self, limit: int) -> None:
+        by_age = sorted(self._index.items(), key=lambda item: item[1][1])
+        for name, (_size, used_ns) in by_age:
+            if self._used() <= limit:
+                return
+            if name in self._pins or name in self._reserved:
+                continue
+            self._evict(name, used_ns)
+
+    def _evict(self, name: str, used_ns: int) -> None:
+        path = self._entry_path(name)
+        fd = try_lock_exclusive(path)
+        if fd is None:
+            if not path.exists():
+                self._index_drop(name)
+            return                      # pinned by another process
+        try:
+            st = os.fstat(fd)
+            if st.st_mtime_ns > used_ns:
+                # Another process used it since we last looked: it is not old.
+                self._index[name][1] = st.st_mtime_ns
+                return
+            if same_file(fd, path):
+                os.unlink(path)
+            self._index_drop(name)
+        finally:
+            os.close(fd)
+
+    def _index_set(self, name: str, size: int, used_ns: int) -> None:
+        self._index_drop(name)
+        self._index[name] = [size, used_ns]
+        self._index_bytes += size
+
+    def _index_drop(self, name: str) -> None:
+        old = self._index.pop(name, None)
+        if old is not None:
+            self._index_bytes -= old[0]
+
+    def _rescan(self) -> None:
+        index: dict[str, list[int]] = {}
+        total = 0
+        for folder in os.scandir(self._data_dir):
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            for item in os.scandir(folder.path):
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                index[item.name] = [st.st_size, st.st_mtime_ns]
+                total += st.st_size
+        self._index = index
+        self._index_bytes = total
+        self._last_scan = time.monotonic()
+
+    def _remove_leftovers(self) -> None:
+        removed = remove_unlocked(self._tmp_dir, self._own_temps)
+        remove_unlocked(self._locks_dir)
+        if removed:
+            logger.info("removed %d unfinished downloads from %s", removed, self._tmp_dir)
