@@ -1,0 +1,130 @@
+"""Short-lived caches of listings and other metadata.
+
+A listing is trusted for ``ttl`` seconds. When several tasks want the same
+missing listing at once, one of them loads it (in a worker thread) and the
+others wait for that result instead of asking the server again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Hashable, TypeVar
+
+import trio
+from cachetools import TTLCache
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+class _Flight:
+    """One load under way, and what came of it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: Exception | None = None
+        self.abandoned = False     # the loading task was cancelled: waiters try again
+        self.stale = False         # invalidated while loading: do not keep the result
+
+
+class ListingCache:
+    """A TTL cache with single-flight loading.
+
+    Any value can be cached, None included (get() cannot tell a cached None
+    from a miss; get_or_load() can). Safe to use from the trio thread and
+    from worker threads at once.
+    """
+
+    def __init__(self, ttl: float, maxsize: int = 100_000, *,
+                 timer: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._cache: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._flights: dict[Hashable, _Flight] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        """The cached value, or None when missing or expired."""
+        with self._lock:
+            return self._cache.get(key)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._cache[key] = value
+
+    def invalidate(self, key: Hashable) -> None:
+        """Forget ``key``; a load of it already under way will not be kept."""
+        with self._lock:
+            self._cache.pop(key, None)
+            flight = self._flights.pop(key, None)
+            if flight is not None:
+                flight.stale = True
+
+    def invalidate_where(self, predicate: Callable[[Hashable], bool]) -> None:
+        """Forget every key for which ``predicate(key)`` is true."""
+        with self._lock:
+            for key in [k for k in list(self._cache.keys()) if predicate(k)]:
+                self._cache.pop(key, None)
+            for key in [k for k in self._flights if predicate(k)]:
+                self._flights.pop(key).stale = True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            for flight in self._flights.values():
+                flight.stale = True
+            self._flights.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._cache.expire()
+            return len(self._cache)
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], T],
+                          limiter: trio.CapacityLimiter) -> T:
+        """The cached value for ``key``, or ``load()`` run in a worker thread.
+
+        Concurrent callers for one key share a single load. If it raises,
+        every one of them gets the exception and nothing is cached.
+        """
+        while True:
+            with self._lock:
+                value = self._cache.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
+                flight = self._flights.get(key)
+                leading = flight is None
+                if leading:
+                    flight = self._flights[key] = _Flight()
+            if leading:
+                return await self._load(key, flight, load, limiter)
+            await flight.done.wait()
+            if flight.abandoned:
+                continue
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+
+    async def _load(self, key: Hashable, flight: _Flight, load: Callable[[], T],
+                    limiter: trio.CapacityLimiter) -> T:
+        try:
+            value = await trio.to_thread.run_sync(load, limiter=limiter)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        except BaseException:
+            flight.abandoned = True
+            raise
+        else:
+            flight.value = value
+            with self._lock:
+                if not flight.stale:
+                    self._cache[key] = value
+            return value
+        finally:
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
