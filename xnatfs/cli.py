@@ -1,0 +1,413 @@
+"""The ``xnatfs`` command: mount, unmount, demo, cache, fake-server.
+
+Every problem the user can fix (a wrong URL, refused credentials, a
+mountpoint that is not an empty folder, no /dev/fuse) is reported as one
+line on stderr with a non-zero exit status, before anything is forked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from xnatfs.errors import XnatAuthError, XnatError, redact_url
+from xnatfs.fs.settings import (
+    MountSettings,
+    default_cache_dir,
+    default_config_path,
+    default_state_dir,
+    load_config,
+    parse_size,
+)
+
+logger = logging.getLogger(__name__)
+
+UNMOUNT_WAIT = 120.0
+
+
+class UsageProblem(Exception):
+    """Something the user asked for cannot work; the message is shown as is."""
+
+
+# ---- logging ---------------------------------------------------------------
+
+def configure_logging(level: str, log_file: Path | None) -> None:
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+
+
+# ---- mount -------------------------------------------------------------------
+
+def _settings_from_args(args) -> MountSettings:
+    config_path = Path(args.config).expanduser() if args.config else default_config_path()
+    try:
+        settings = load_config(config_path, args.url)
+    except (OSError, ValueError) as exc:
+        raise UsageProblem(f"cannot use config file {config_path}: {exc}") from None
+    changes: dict = {"url": args.url.rstrip("/"), "mountpoint": Path(args.mountpoint).expanduser()}
+    if args.user is not None:
+        changes["user"] = args.user
+    if args.password_file is not None:
+        changes["password_file"] = Path(args.password_file).expanduser()
+    if args.cache_dir is not None:
+        changes["cache_dir"] = Path(args.cache_dir).expanduser()
+    if args.cache_size is not None:
+        try:
+            changes["cache_size"] = parse_size(args.cache_size)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+    if args.ttl is not None:
+        changes["ttl"] = args.ttl
+    options = list(settings.fuse_options)
+    for group in args.options or []:
+        options.extend(o.strip() for o in group.split(",") if o.strip())
+    changes["fuse_options"] = tuple(options)
+    if args.read_only or "ro" in options:
+        changes["read_only"] = True
+    if args.allow_delete:
+        changes["allow_delete"] = True
+    if args.foreground:
+        changes["foreground"] = True
+    if args.log_level is not None:
+        changes["log_level"] = args.log_level
+    if args.log_file is not None:
+        changes["log_file"] = Path(args.log_file).expanduser()
+    if args.insecure:
+        changes["verify_tls"] = False
+    return replace(settings, **changes)
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageProblem(f"not a server address: {redact_url(url)} (expected http(s)://host[:port])")
+
+
+def check_fuse_device() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise UsageProblem("/dev/fuse is missing: install fuse3 and load the fuse module (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise UsageProblem("no permission to use /dev/fuse")
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """An existing, empty folder we may write to; a stale xnatfs mount there is cleaned."""
+    from xnatfs.fs.mount import clean_stale, mount_state
+
+    state = mount_state(mountpoint)
+    if state == "stale":
+        logger.warning("cleaning a stale mount at %s", mountpoint)
+        clean_stale(mountpoint)
+    elif state == "mounted":
+        raise UsageProblem(f"{mountpoint} is already mounted")
+    if not mountpoint.exists():
+        raise UsageProblem(f"mountpoint {mountpoint} does not exist")
+    if not mountpoint.is_dir():
+        raise UsageProblem(f"mountpoint {mountpoint} is not a directory")
+    try:
+        if any(os.scandir(mountpoint)):
+            raise UsageProblem(f"mountpoint {mountpoint} is not empty")
+    except PermissionError:
+        raise UsageProblem(f"no permission to read mountpoint {mountpoint}") from None
+    if not os.access(mountpoint, os.W_OK | os.X_OK):
+        raise UsageProblem(f"no permission to mount on {mountpoint}")
+
+
+def _password_from_file(path: Path) -> str:
+    try:
+        return path.read_text().splitlines()[0] if path.stat().st_size else ""
+    except (OSError, IndexError) as exc:
+        raise UsageProblem(f"cannot read password file {path}: {getattr(exc, 'strerror', exc)}") from None
+
+
+def _credentials(settings: MountSettings) -> tuple[str | None, str | None]:
+    from xnatfs.client.credentials import resolve_credentials
+
+    password = _password_from_file(settings.password_file) if settings.password_file else None
+    found = resolve_credentials(settings.url, settings.user, password)
+    if found is not None:
+        return found.username, found.password
+    if settings.user and sys.stdin.isatty():
+        return settings.user, getpass.getpass(f"Password for {settings.user} at {redact_url(settings.url)}: ")
+    return settings.user, None
+
+
+def connect(settings: MountSettings):
+    """A connection that has been shown to work, and the project listing that proved it."""
+    from xnatfs.client.connection import XnatConnection
+
+    user, password = _credentials(settings)
+    connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls)
+    try:
+        projects = connection.list_projects()
+    except XnatAuthError as exc:
+        who = f"user {user}" if user else "guest access"
+        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
+    except XnatError as exc:
+        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc}") from None
+    return connection, projects
+
+
+def _daemon_log_file(settings: MountSettings) -> Path:
+    return settings.log_file or default_state_dir() / "xnatfs.log"
+
+
+def run_mount(settings: MountSettings, connection, projects, notify=None) -> int:
+    """Serve the mount in this process until it is unmounted; 0 on a clean end."""
+    from xnatfs.fs.mount import build_operations, remove_record, serve, write_record
+
+    try:
+        ops = build_operations(settings, connection, projects=projects)
+    except (OSError, XnatError) as exc:
+        message = f"cannot start: {exc}"
+        if notify:
+            notify(message)
+            return 1
+        raise UsageProblem(message) from None
+    write_record(settings)
+    try:
+        serve(ops, settings, on_mounted=(lambda: notify(None)) if notify else None)
+    except RuntimeError as exc:
+        message = f"cannot mount {settings.mountpoint}: {exc}"
+        if notify:
+            notify(message)
+            return 1
+        raise UsageProblem(message) from None
+    finally:
+        remove_record(settings.mountpoint)
+        connection.close()
+    return 0
+
+
+def cmd_mount(args) -> int:
+    settings = _settings_from_args(args)
+    if settings.foreground:
+        configure_logging(settings.log_level, settings.log_file)
+    check_url(settings.url)
+    check_fuse_device()
+    check_mountpoint(settings.mountpoint)
+    settings = replace(settings, mountpoint=settings.mountpoint.resolve())
+    connection, projects = connect(settings)
+    if settings.foreground:
+        return run_mount(settings, connection, projects)
+
+    from xnatfs.fs.mount import run_detached
+
+    def daemon(notify) -> int:
+        configure_logging(settings.log_level, _daemon_log_file(settings))
+        return run_mount(settings, connection, projects, notify)
+
+    return run_detached(daemon)
+
+
+# ---- unmount -----------------------------------------------------------------
+
+def cmd_unmount(args) -> int:
+    from xnatfs.fs.mount import (
+        clean_stale,
+        fusermount_unmount,
+        mount_state,
+        process_alive,
+        read_record,
+        remove_record,
+    )
+
+    mountpoint = Path(args.mountpoint).expanduser()
+    state = mount_state(mountpoint)
+    if state == "stale":
+        clean_stale(mountpoint)
+        print(f"cleaned a stale mount at {mountpoint}", file=sys.stderr)
+        return 0
+    if state == "none":
+        remove_record(mountpoint)
+        raise UsageProblem(f"{mountpoint} is not mounted")
+    record = read_record(mountpoint)
+    done, error = fusermount_unmount(mountpoint)
+    if not done:
+        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}")
+    if record is not None:
+        deadline = time.monotonic() + args.timeout
+        while process_alive(record["pid"]):
+            if time.monotonic() > deadline:
+                raise UsageProblem(f"unmounted, but the daemon (pid {record['pid']}) is still running")
+            time.sleep(0.05)
+    return 0
+
+
+# ---- demo --------------------------------------------------------------------
+
+def _default_demo_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "xnatfs" / "demo"
+
+
+def cmd_demo(args) -> int:
+    from xnatfs.client.connection import XnatConnection
+    from xnatfs.fake import FakeXnat
+
+    data_dir = Path(args.data).expanduser() if args.data else _default_demo_dir()
+    mountpoint = Path(args.mountpoint).expanduser()
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    configure_logging(args.log_level, Path(args.log_file) if args.log_file else None)
+    check_fuse_device()
+    check_mountpoint(mountpoint)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Starting a fake XNAT with a sample study in {data_dir} ...", flush=True)
+    server = FakeXnat(data_dir / "server", sample="small").start()
+    try:
+        settings = MountSettings(url=server.url, mountpoint=mountpoint.resolve(), user="admin",
+                                 cache_dir=data_dir / "cache", foreground=True, log_level=args.log_level)
+        connection = XnatConnection(server.url, "admin", "admin")
+        projects = connection.list_projects()
+        root = settings.mountpoint
+
+        def announce() -> None:
+            print(_demo_text(server.url, root), flush=True)
+
+        from xnatfs.fs.mount import build_operations, serve
+
+        ops = build_operations(settings, connection, projects=projects)
+        try:
+            serve(ops, settings, on_mounted=announce)
+        finally:
+            connection.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("Unmounted and stopped.", flush=True)
+    return 0
+
+
+def _demo_text(url: str, root: Path) -> str:
+    session = root / "STUDY01" / "SUB001" / "SUB001_MR1"
+    return f"""
+A fake XNAT ({url}, user admin, password admin) is mounted at {root}
+Try, in another terminal:
+
+  ls {root}
+  ls -l {session}/SCANS
+  getfattr -d {session}/SCANS/2-*
+  dcm2niix -o /tmp {session}/SCANS/2-*/DICOM
+  python -c "import pydicom, glob; print(pydicom.dcmread(sorted(glob.glob('{session}/SCANS/2-*/DICOM/*'))[0]))"
+
+Press Ctrl-C here to unmount and stop.
+"""
+
+
+# ---- cache -------------------------------------------------------------------
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def cmd_cache(args) -> int:
+    from xnatfs.cache.content import ContentCache
+
+    directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache = ContentCache(directory, parse_size(args.cache_size))
+    try:
+        before = cache.info()
+        if args.action == "clear":
+            cache.clear()
+            after = cache.info()
+            print(f"removed {before.entries - after.entries} files ({_human(before.bytes_used - after.bytes_used)})"
+                  f" from {directory}" + (f"; {after.entries} in use kept" if after.entries else ""))
+        else:
+            print(f"directory: {before.directory}\nfiles:     {before.entries}\n"
+                  f"used:      {_human(before.bytes_used)} of {_human(before.max_bytes)}")
+    finally:
+        cache.close()
+    return 0
+
+
+# ---- fake server -------------------------------------------------------------
+
+def cmd_fake_server(args) -> int:
+    from xnatfs.fake.cli import main as fake_main
+
+    return fake_main(args.rest)
+
+
+# ---- parser ------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xnatfs", description="Mount an XNAT archive as a file system.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount an XNAT server")
+    mount.add_argument("url", help="server address, e.g. https://xnat.example.org")
+    mount.add_argument("mountpoint", help="an empty folder")
+    mount.add_argument("--user", help="XNAT user name (else XNAT_USER, ~/.netrc, alias token)")
+    mount.add_argument("--password-file", help="read the password from the first line of this file")
+    mount.add_argument("--cache-dir", help="file content cache (default ~/.cache/xnatfs)")
+    mount.add_argument("--cache-size", help="cache bound, e.g. 10G (default 10G)")
+    mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
+    mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
+    mount.add_argument("--allow-delete", action="store_true",
+                       help="let rmdir delete subjects, experiments and projects")
+    mount.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
+                       help="FUSE mount options, e.g. allow_other, ro")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    mount.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    mount.add_argument("--log-file", help="log here (daemon default: ~/.local/state/xnatfs/xnatfs.log)")
+    mount.add_argument("--config", help="TOML config file (default ~/.config/xnatfs/config.toml)")
+    mount.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    mount.set_defaults(handler=cmd_mount)
+
+    unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
+    unmount.add_argument("mountpoint")
+    unmount.add_argument("--timeout", type=float, default=UNMOUNT_WAIT, help="seconds to wait for the daemon")
+    unmount.set_defaults(handler=cmd_unmount)
+
+    demo = commands.add_parser("demo", help="mount an embedded fake XNAT with a sample study")
+    demo.add_argument("mountpoint", nargs="?", default="mnt")
+    demo.add_argument("--data", help="where the fake server keeps its data (default ~/.local/share/xnatfs/demo)")
+    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                      type=str.upper)
+    demo.add_argument("--log-file")
+    demo.set_defaults(handler=cmd_demo)
+
+    cache = commands.add_parser("cache", help="show or clear the file content cache")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--cache-dir")
+    cache.add_argument("--cache-size", default="10G")
+    cache.set_defaults(handler=cmd_cache)
+
+    fake = commands.add_parser("fake-server", help="run the fake XNAT server", add_help=False)
+    fake.add_argument("rest", nargs=argparse.REMAINDER)
+    fake.set_defaults(handler=cmd_fake_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageProblem as problem:
+        print(f"xnatfs: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,106 @@
+"""Inode numbers for paths, with the kernel's lookup counts.
+
+An inode number is derived from a hash of the entry's path, so the same path
+gets the same number for the whole life of a mount even after the kernel
+forgot it and the table dropped it; that keeps the table as small as what
+the kernel currently holds. A hash collision with a live entry is resolved
+by probing the next number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyfuse3
+
+from xnatfs.fs.nodes import Node
+
+Path = tuple[str, ...]
+
+_MASK = (1 << 63) - 1
+_FIRST_FREE = pyfuse3.ROOT_INODE + 1
+
+
+@dataclass
+class InodeEntry:
+    path: Path
+    node: Node          # the latest snapshot seen for this path
+    lookups: int = 0
+
+
+def _hashed(path: Path) -> int:
+    digest = hashlib.blake2b("/".join(path).encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    number = int.from_bytes(digest, "big") & _MASK
+    return number if number >= _FIRST_FREE else number + _FIRST_FREE
+
+
+class InodeTable:
+    """What the kernel knows: inode → (path, node, lookup count)."""
+
+    def __init__(self, root: Node):
+        self._entries: dict[int, InodeEntry] = {
+            pyfuse3.ROOT_INODE: InodeEntry((), root, lookups=1),
+        }
+        self._by_path: dict[Path, int] = {(): pyfuse3.ROOT_INODE}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def number_for(self, path: Path) -> int:
+        """The inode number ``path`` has, or would get if it were remembered now."""
+        known = self._by_path.get(path)
+        if known is not None:
+            return known
+        number = _hashed(path)
+        while number in self._entries:
+            number = number + 1 if number < _MASK else _FIRST_FREE
+        return number
+
+    def remember(self, path: Path, node: Node, lookups: int = 1) -> int:
+        """Record that the kernel got ``lookups`` more references to ``path``."""
+        number = self.number_for(path)
+        entry = self._entries.get(number)
+        if entry is None:
+            entry = InodeEntry(path, node)
+            self._entries[number] = entry
+            self._by_path[path] = number
+        else:
+            entry.node = node
+        entry.lookups += lookups
+        return number
+
+    def get(self, number: int) -> InodeEntry | None:
+        return self._entries.get(number)
+
+    def number_of(self, path: Path) -> int | None:
+        return self._by_path.get(path)
+
+    def update(self, number: int, node: Node) -> None:
+        entry = self._entries.get(number)
+        if entry is not None:
+            entry.node = node
+
+    def forget(self, number: int, count: int) -> bool:
+        """Drop ``count`` references; True when the entry was removed."""
+        if number == pyfuse3.ROOT_INODE:
+            return False
+        entry = self._entries.get(number)
+        if entry is None:
+            return False
+        entry.lookups -= count
+        if entry.lookups > 0:
+            return False
+        del self._entries[number]
+        if self._by_path.get(entry.path) == number:
+            del self._by_path[entry.path]
+        return True
+
+    def move(self, old: Path, new: Path) -> None:
+        """Re-key every live entry under ``old`` to ``new`` after a rename of ours."""
+        for number, entry in list(self._entries.items()):
+            if entry.path[: len(old)] == old and number != pyfuse3.ROOT_INODE:
+                if self._by_path.get(entry.path) == number:
+                    del self._by_path[entry.path]
+                entry.path = new + entry.path[len(old):]
+                self._by_path[entry.path] = number

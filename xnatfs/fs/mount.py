@@ -1,0 +1,263 @@
+"""Running a mount: building the file system, serving it with trio, stopping cleanly.
+
+``serve`` mounts and runs the loop until the file system is unmounted
+(``fusermount3 -u``) or the process gets SIGINT/SIGTERM, then unmounts.
+``run_detached`` forks the daemon BEFORE any thread or trio loop exists; the
+parent waits on a pipe until the child reports the mount is up (or its
+one-line error) so that ``xnatfs mount`` returns only when the mount can be
+used. A small JSON record per mountpoint in the state folder lets
+``xnatfs unmount`` find the daemon and wait for it to exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from xnatfs.cache.content import ContentCache
+from xnatfs.cache.listing import ListingCache
+from xnatfs.errors import redact_url
+from xnatfs.fs.operations import XnatOperations
+from xnatfs.fs.settings import MountSettings, default_state_dir
+from xnatfs.fs.tree import Tree
+
+logger = logging.getLogger(__name__)
+
+Notify = Callable[[str | None], None]
+
+
+def build_operations(settings: MountSettings, connection, *, projects=None) -> XnatOperations:
+    """The file system for ``settings`` over ``connection``.
+
+    ``projects``, when given, is a project listing just fetched (by the
+    start-up check) and saves the first request of the mount.
+    """
+    listings = ListingCache(settings.ttl)
+    if projects is not None:
+        listings.put(("projects",), projects)
+    limiter = trio.CapacityLimiter(settings.workers)
+    tree = Tree(connection, listings, limiter, started_at=time.time())
+    cache = ContentCache(settings.cache_dir, settings.cache_size)
+    return XnatOperations(tree, cache, settings)
+
+
+def fuse_options(settings: MountSettings) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options.update({"fsname=xnatfs", "subtype=xnatfs"})
+    options.update(o for o in settings.fuse_options if o not in ("ro", "rw"))
+    if settings.read_only:
+        options.add("ro")
+    return options
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            logger.info("got %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _run_loop(ops: XnatOperations) -> None:
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[[], None] | None = None) -> None:
+    """Mount ``ops`` at the settings' mountpoint and serve until unmounted or signalled."""
+    mountpoint = str(settings.mountpoint)
+    pyfuse3.init(ops, mountpoint, fuse_options(settings))
+    logger.info("mounted %s at %s", redact_url(settings.url), mountpoint)
+    try:
+        if on_mounted is not None:
+            on_mounted()
+        trio.run(_run_loop, ops)
+    except BaseException:
+        logger.exception("file system loop stopped")
+        raise
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            logger.exception("unmounting %s failed", mountpoint)
+        ops.cache.close()
+        logger.info("unmounted %s", mountpoint)
+
+
+# ---- the record of a running mount ---------------------------------------
+
+def record_path(mountpoint: Path | str) -> Path:
+    real = os.path.realpath(os.fspath(mountpoint))
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return default_state_dir() / "mounts" / f"{digest}.json"
+
+
+def write_record(settings: MountSettings) -> Path:
+    path = record_path(settings.mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = {"pid": os.getpid(), "mountpoint": os.path.realpath(settings.mountpoint),
+              "url": redact_url(settings.url), "spool": str(settings.spool_dir),
+              "started": time.time()}
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
+    return path
+
+
+def read_record(mountpoint: Path | str) -> dict | None:
+    try:
+        return json.loads(record_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_record(mountpoint: Path | str) -> None:
+    try:
+        record_path(mountpoint).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---- the state of a mountpoint --------------------------------------------
+
+def mount_state(mountpoint: Path | str) -> str:
+    """``"mounted"``, ``"stale"`` (daemon gone: "Transport endpoint is not connected"),
+    or ``"none"``. Never waits on a live FUSE daemon."""
+    real = os.path.realpath(os.fspath(mountpoint))
+    if real not in fuse_mounts():
+        try:
+            os.stat(real)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return "stale"
+        return "none"
+    record = read_record(real)
+    if record is not None and not process_alive(record["pid"]):
+        return "stale"
+    return "mounted"
+
+
+def fuse_mounts() -> set[str]:
+    """FUSE mount points in this namespace, from /proc/self/mountinfo (no file system traffic)."""
+    paths = set()
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            for line in handle:
+                before, _, after = line.partition(" - ")
+                fields = before.split()
+                if len(fields) > 4 and after.startswith("fuse"):
+                    paths.add(_unescape_mountinfo(fields[4]))
+    except OSError:
+        pass
+    return paths
+
+
+def _unescape_mountinfo(text: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    return (text.replace("\\040", " ").replace("\\011", "\t")
+            .replace("\\012", "\n").replace("\\134", "\\"))
+
+
+def fusermount_unmount(mountpoint: Path | str, *, lazy: bool = False) -> tuple[bool, str]:
+    command = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        done = subprocess.run(["umount"] + (["-l"] if lazy else []) + [os.fspath(mountpoint)],
+                              capture_output=True, text=True, timeout=60)
+    return done.returncode == 0, done.stderr.strip()
+
+
+def clean_stale(mountpoint: Path | str) -> None:
+    """Detach a mount whose daemon died, so the folder can be used again."""
+    fusermount_unmount(mountpoint, lazy=True)
+    remove_record(mountpoint)
+
+
+# ---- detaching ------------------------------------------------------------
+
+def run_detached(child: Callable[[Notify], int]) -> int:
+    """Run ``child`` in a daemon process; return once it reported success or failure.
+
+    ``child`` gets a ``notify`` function: ``notify(None)`` when the mount is
+    up, ``notify("message")`` when it cannot start; the message is printed by
+    the parent, which then exits non-zero. Must be called before any thread
+    is started in this process.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode("utf-8", "replace").strip()
+        if answer == "ok":
+            return 0
+        if answer:
+            print(f"xnatfs: {answer}", file=sys.stderr)
+        else:
+            print("xnatfs: the mount daemon stopped while starting; see its log", file=sys.stderr)
+        return 1
+
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    _detach_stdio()
+    told = False
+
+    def notify(message: str | None) -> None:
+        nonlocal told
+        if told:
+            return
+        told = True
+        try:
+            os.write(write_end, b"ok" if message is None else message.encode("utf-8"))
+        finally:
+            os.close(write_end)
+
+    code = 1
+    try:
+        code = child(notify)
+    except BaseException as exc:
+        logger.exception("mount daemon failed")
+        notify(str(exc) or type(exc).__name__)
+    finally:
+        notify("the mount daemon stopped while starting; see its log")
+        logging.shutdown()
+        os._exit(code)
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for descriptor in (0, 1, 2):
+        os.dup2(null, descriptor)
+    if null > 2:
+        os.close(null)

@@ -1,0 +1,289 @@
+"""The pyfuse3 handlers: the kernel's requests answered from XNAT.
+
+Everything blocking (HTTP, the content cache, big disk reads) runs in trio
+worker threads under one capacity limiter; every handler is wrapped by
+:func:`fuse_handler`, so whatever goes wrong becomes an errno and a log line
+and never stops the event loop. The daemon never touches its own
+mountpoint; kernel caches are invalidated with pyfuse3's notify calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.inodes import InodeEntry, InodeTable
+from xnatfs.fs.nodes import FileNode, Node, SubjectDir
+from xnatfs.fs.reading import LARGE_FILE_BYTES, ReadHandle
+from xnatfs.fs.settings import MountSettings
+from xnatfs.fs.tree import Tree
+from xnatfs.fs.xattrs import xattrs_for
+
+logger = logging.getLogger(__name__)
+
+BLOCK_SIZE = 128 * 1024
+_NS = 1_000_000_000
+
+
+class XnatOperations(pyfuse3.Operations):
+    """Answers the kernel for one mount.
+
+    ``nursery`` must be set to a running trio nursery before the file system
+    serves requests; background work (reading ahead) is started in it.
+    """
+
+    enable_writeback_cache = False
+    enable_acl = False
+    supports_dot_lookup = False
+
+    def __init__(self, tree: Tree, cache: ContentCache, settings: MountSettings,
+                 *, large_file_bytes: int = LARGE_FILE_BYTES):
+        super().__init__()
+        self.tree = tree
+        self.cache = cache
+        self.settings = settings
+        self.large_file_bytes = large_file_bytes
+        self.limiter = tree.limiter
+        self.inodes = InodeTable(tree.root)
+        self.nursery: trio.Nursery | None = None
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._next_handle = 1
+        self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, Node]]]] = {}
+        self._read_handles: dict[int, ReadHandle] = {}
+        self._last_served: dict[int, CacheKey] = {}
+
+    # ---- helpers ------------------------------------------------------
+
+    def _new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    def _entry(self, inode: int) -> InodeEntry:
+        entry = self.inodes.get(inode)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return entry
+
+    async def _current(self, inode: int, entry: InodeEntry) -> Node:
+        """The entry's node as the (possibly reloaded) parent listing has it now."""
+        if not entry.path:
+            return entry.node
+        parent_inode = self.inodes.number_of(entry.path[:-1])
+        parent = self.inodes.get(parent_inode) if parent_inode is not None else None
+        if parent is None:
+            return entry.node
+        node = await self.tree.lookup(parent.node, entry.path[-1])
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        entry.node = node
+        return node
+
+    def cache_key(self, remote) -> CacheKey:
+        """Cache entries are named by server and path: one cache folder may serve several servers."""
+        return CacheKey(self.settings.url.rstrip("/") + remote.uri, remote.size, remote.digest)
+
+    def _writable(self, node: Node) -> bool:
+        return not (self.settings.read_only or node.read_only)
+
+    def attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = inode
+        attrs.generation = 0
+        writable = self._writable(node)
+        if node.is_dir:
+            attrs.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
+            attrs.st_nlink = self.tree.known_nlink(node)
+            attrs.st_size = 0
+        else:
+            attrs.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
+            attrs.st_nlink = 1
+            attrs.st_size = node.size
+        attrs.st_blksize = BLOCK_SIZE
+        attrs.st_blocks = (attrs.st_size + 511) // 512
+        attrs.st_uid = self._uid
+        attrs.st_gid = self._gid
+        stamp = int(node.mtime * _NS)
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
+        attrs.entry_timeout = self.settings.ttl
+        attrs.attr_timeout = self.settings.ttl
+        return attrs
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = 0
+        attrs.entry_timeout = self.settings.negative_ttl
+        return attrs
+
+    # ---- names and attributes ----------------------------------------
+
+    @fuse_handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._entry(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            path, node = parent.path, parent.node
+        elif text == "..":
+            path = parent.path[:-1]
+            grandparent = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE)
+            node = grandparent.node
+        else:
+            if not parent.node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            node = await self.tree.lookup(parent.node, text)
+            if node is None:
+                return self._negative()
+            path = parent.path + (text,)
+        inode = self.inodes.remember(path, node)
+        return self.attributes(inode, node)
+
+    async def forget(self, inode_list):
+        # Not a request anyone waits for: pyfuse3 wants no exception at all here.
+        try:
+            for inode, count in inode_list:
+                if self.inodes.forget(inode, count):
+                    self._last_served.pop(inode, None)
+        except Exception:
+            logger.exception("forget failed")
+
+    @fuse_handler
+    async def getattr(self, inode, ctx=None):
+        entry = self._entry(inode)
+        node = await self._current(inode, entry)
+        return self.attributes(inode, node)
+
+    @fuse_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        entry = self._entry(inode)
+        node = await self._current(inode, entry)
+        if fields.update_size and not node.is_dir and attr.st_size != node.size:
+            raise pyfuse3.FUSEError(errno.EROFS if not self._writable(node) else errno.ENOTSUP)
+        # Modes, owners and times have no XNAT counterpart: accepted, changed nowhere,
+        # so that cp -a and rsync -a can finish.
+        return self.attributes(inode, node)
+
+    @fuse_handler
+    async def getxattr(self, inode, name, ctx=None):
+        entry = self._entry(inode)
+        value = xattrs_for(entry.node).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value.encode("utf-8")
+
+    @fuse_handler
+    async def listxattr(self, inode, ctx=None):
+        entry = self._entry(inode)
+        return [name.encode("utf-8") for name in xattrs_for(entry.node)]
+
+    @fuse_handler
+    async def setxattr(self, inode, name, value, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_handler
+    async def removexattr(self, inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_handler
+    async def statfs(self, ctx):
+        """Report the space of the disk holding the cache and spool: what can be staged."""
+        stats = pyfuse3.StatvfsData()
+        try:
+            local = await trio.to_thread.run_sync(os.statvfs, self.settings.cache_dir, limiter=self.limiter)
+        except OSError:
+            local = None
+        stats.f_bsize = BLOCK_SIZE
+        stats.f_frsize = local.f_frsize if local else 4096
+        stats.f_blocks = local.f_blocks if local else 0
+        stats.f_bfree = local.f_bfree if local else 0
+        stats.f_bavail = 0 if self.settings.read_only or local is None else local.f_bavail
+        stats.f_files = stats.f_ffree = stats.f_favail = 0
+        stats.f_namemax = 255
+        return stats
+
+    # ---- directories --------------------------------------------------
+
+    @fuse_handler
+    async def opendir(self, inode, ctx):
+        entry = self._entry(inode)
+        node = await self._current(inode, entry)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        listing = await self.tree.children(node)
+        if isinstance(node, SubjectDir) and self.nursery is not None:
+            self.tree.prefetch_experiments(self.nursery, listing)
+        handle = self._new_handle()
+        self._dir_handles[handle] = (entry.path, list(listing.entries.items()))
+        return handle
+
+    @fuse_handler
+    async def readdir(self, fh, start_id, token):
+        path, items = self._dir_handles[fh]
+        for index in range(start_id, len(items)):
+            name, node = items[index]
+            child_path = path + (name,)
+            inode = self.inodes.number_for(child_path)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node), index + 1):
+                break
+            self.inodes.remember(child_path, node)
+
+    @fuse_handler
+    async def releasedir(self, fh):
+        self._dir_handles.pop(fh, None)
+
+    # ---- reading files ------------------------------------------------
+
+    @fuse_handler
+    async def open(self, inode, flags, ctx):
+        entry = self._entry(inode)
+        node = await self._current(inode, entry)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS if not self._writable(node) else errno.ENOTSUP)
+        return await self._open_for_reading(inode, node)
+
+    async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
+        remote = node.file
+        key = self.cache_key(remote)
+        connection = self.tree.connection
+
+        def download(fileobj) -> None:
+            connection.download(remote.uri, fileobj)
+
+        handle = await ReadHandle.open(self.cache, key, download, self.limiter,
+                                       large_file_bytes=self.large_file_bytes)
+        number = self._new_handle()
+        self._read_handles[number] = handle
+        previous = self._last_served.get(inode)
+        self._last_served[inode] = key
+        # The kernel may keep pages it has for this inode only if they hold these same bytes.
+        return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == key)
+
+    @fuse_handler
+    async def read(self, fh, off, size):
+        handle = self._read_handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await handle.read(off, size, self.limiter)
+
+    @fuse_handler
+    async def flush(self, fh):
+        return None
+
+    @fuse_handler
+    async def release(self, fh):
+        handle = self._read_handles.pop(fh, None)
+        if handle is not None:
+            await handle.close(self.limiter)
+
+    @fuse_handler
+    async def fsync(self, fh, datasync):
+        return None

@@ -1,0 +1,114 @@
+"""What a mount is asked to do: the options of ``xnatfs mount`` in one record.
+
+Values come, from weakest to strongest, from built-in defaults, the config
+file (``~/.config/xnatfs/config.toml``: a ``[defaults]`` table and one
+``[servers."<URL>"]`` table per server) and the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_CACHE_SIZE = 10 << 30
+DEFAULT_TTL = 60.0
+DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "xnatfs" / "config.toml"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xnatfs"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "xnatfs"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """``10G``, ``512M``, ``1.5T``, ``4096`` → bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    power = "kmgtp".index(unit) + 1 if unit else 0
+    return int(number * (1024 ** power))
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    url: str = ""
+    mountpoint: Path = Path()
+    user: str | None = None
+    password_file: Path | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_size: int = DEFAULT_CACHE_SIZE
+    ttl: float = DEFAULT_TTL
+    read_only: bool = False
+    allow_delete: bool = False
+    experiment_type: str = DEFAULT_EXPERIMENT_TYPE
+    fuse_options: tuple[str, ...] = ()
+    foreground: bool = False
+    log_level: str = "WARNING"
+    log_file: Path | None = None
+    verify_tls: bool = True
+    workers: int = 16
+
+    @property
+    def negative_ttl(self) -> float:
+        """How long the kernel may remember that a name does not exist."""
+        return min(self.ttl, 5.0)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.cache_dir / "spool"
+
+
+_CONFIG_KEYS = {
+    "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
+    "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
+    "log_file": Path, "verify_tls": bool, "workers": int,
+}
+
+
+def _apply_table(settings: MountSettings, table: dict, source: str) -> MountSettings:
+    changes = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "options":
+            extra = value.split(",") if isinstance(value, str) else list(value)
+            changes["fuse_options"] = tuple(o.strip() for o in extra if o.strip())
+            continue
+        convert = _CONFIG_KEYS.get(name)
+        if convert is None:
+            raise ValueError(f"{source}: unknown setting {key!r}")
+        changes[name] = Path(value).expanduser() if convert is Path else convert(value)
+    return replace(settings, **changes)
+
+
+def load_config(path: Path, url: str) -> MountSettings:
+    """Defaults overlaid with the config file's ``[defaults]`` and the table for ``url``."""
+    settings = MountSettings()
+    if not path.exists():
+        return settings
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    settings = _apply_table(settings, data.get("defaults", {}), f"{path} [defaults]")
+    servers = data.get("servers", {})
+    table = servers.get(url) or servers.get(url.rstrip("/"))
+    if table:
+        settings = _apply_table(settings, table, f"{path} [servers.{url!r}]")
+    return settings

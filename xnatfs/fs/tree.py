@@ -1,0 +1,379 @@
+"""How each directory of the mount is listed from XNAT.
+
+A listing costs one request per directory level: the raw listings the
+client returns are kept in a :class:`ListingCache` under the keys below, and
+every directory's entries are derived from them (and memoised for as long as
+the raw listing they came from is the current one):
+
+========================  =============================================
+raw key                   client call
+========================  =============================================
+("projects",)             list_projects()
+("subjects", P)           list_subjects(P)
+("experiments", P)        list_experiments(P)   (all subjects at once)
+("contents", E)           get_experiment_contents(E)
+("expfiles", E)           list_files(experiment, all_levels=True)
+("resources", owner_uri)  list_resources(owner_uri)
+("files", resource_uri)   list_files(resource_uri)
+========================  =============================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import cachetools
+import trio
+
+from xnatfs.cache.listing import ListingCache
+from xnatfs.client.models import Experiment, RemoteFile, Resource, Subject
+from xnatfs.fs import names
+from xnatfs.fs.nodes import (
+    ExperimentDir,
+    FileNode,
+    FolderDir,
+    Listing,
+    Node,
+    ProjectDir,
+    ResourceDir,
+    ResourcesDir,
+    RootDir,
+    ScanDir,
+    ScansDir,
+    SubjectDir,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFETCH_PARALLEL = 4
+
+
+def timestamp(value: datetime | None, default: float) -> float:
+    """Seconds since the epoch for an XNAT date (server local time), or ``default``."""
+    if value is None:
+        return default
+    try:
+        return value.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return default
+
+
+class Tree:
+    """Lists directories of the mount from XNAT, through the listing cache.
+
+    ``connection`` is an ``XnatConnection``; its calls block and run in
+    worker threads under ``limiter``.
+    """
+
+    def __init__(self, connection, listings: ListingCache, limiter: trio.CapacityLimiter,
+                 *, started_at: float, memo_size: int = 4096):
+        self.connection = connection
+        self.listings = listings
+        self.limiter = limiter
+        self.started_at = started_at
+        self.root = RootDir(mtime=started_at)
+        self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
+        self._prefetch_slots = trio.Semaphore(PREFETCH_PARALLEL)
+
+    # ---- raw listings -------------------------------------------------
+
+    def _loader(self, key: tuple) -> Callable[[], object]:
+        conn = self.connection
+        kind = key[0]
+        if kind == "projects":
+            return conn.list_projects
+        if kind == "subjects":
+            return lambda: conn.list_subjects(key[1])
+        if kind == "experiments":
+            return lambda: conn.list_experiments(key[1])
+        if kind == "contents":
+            return lambda: conn.get_experiment_contents(key[1])
+        if kind == "expfiles":
+            return lambda: conn.list_files(f"/data/experiments/{key[1]}", all_levels=True)
+        if kind == "resources":
+            return lambda: conn.list_resources(key[1])
+        if kind == "files":
+            return lambda: conn.list_files(key[1])
+        raise ValueError(f"unknown listing {kind!r}")
+
+    async def raw(self, key: tuple):
+        return await self.listings.get_or_load(key, self._loader(key), self.limiter)
+
+    async def _raws(self, keys: Sequence[tuple]) -> tuple:
+        if len(keys) == 1:
+            return (await self.raw(keys[0]),)
+        results: list = [None] * len(keys)
+
+        async def load(index: int) -> None:
+            results[index] = await self.raw(keys[index])
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(keys)):
+                nursery.start_soon(load, index)
+        return tuple(results)
+
+    # ---- listings -----------------------------------------------------
+
+    @staticmethod
+    def raw_keys(node: Node) -> list[tuple]:
+        """The raw listings a directory's entries are derived from."""
+        if isinstance(node, RootDir):
+            return [("projects",)]
+        if isinstance(node, ProjectDir):
+            return [("subjects", node.project.id), ("experiments", node.project.id)]
+        if isinstance(node, SubjectDir):
+            return [("experiments", node.project_id)]
+        if isinstance(node, ExperimentDir):
+            eid = node.experiment.id
+            return [("contents", eid), ("expfiles", eid)]
+        if isinstance(node, ScansDir):
+            return [("contents", node.experiment.experiment.id)]
+        if isinstance(node, ScanDir):
+            return [("contents", node.experiment.experiment.id)]
+        if isinstance(node, ResourcesDir):
+            if node.experiment is not None:
+                return [("contents", node.experiment.experiment.id)]
+            return [("resources", node.owner_uri)]
+        if isinstance(node, (ResourceDir, FolderDir)):
+            if node.experiment_id:
+                return [("expfiles", node.experiment_id)]
+            return [("files", node.resource.uri)]
+        raise NotADirectoryError(node.key)
+
+    async def children(self, node: Node) -> Listing:
+        """The entries of directory ``node``, loading what is missing or expired."""
+        raws = await self._raws(self.raw_keys(node))
+        return self._derive(node, raws)
+
+    async def lookup(self, node: Node, name: str) -> Node | None:
+        return (await self.children(node)).get(name)
+
+    def known_nlink(self, node: Node) -> int:
+        """2 + sub-directories if this directory's entries are known, else its hint."""
+        memo = self._memo.get(node.key)
+        if memo is not None:
+            return 2 + memo[1].subdir_count
+        return node.nlink
+
+    def forget_listing(self, key: tuple) -> None:
+        """Drop a raw listing so the next look loads it again (after our own changes)."""
+        self.listings.invalidate(key)
+
+    def _derive(self, node: Node, raws: tuple) -> Listing:
+        memo = self._memo.get(node.key)
+        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+            return memo[1]
+        listing = self._build(node, raws)
+        self._memo[node.key] = (raws, listing)
+        return listing
+
+    def _build(self, node: Node, raws: tuple) -> Listing:
+        if isinstance(node, RootDir):
+            return self._root_listing(raws[0])
+        if isinstance(node, ProjectDir):
+            return self._project_listing(node, raws[0], raws[1])
+        if isinstance(node, SubjectDir):
+            return self._subject_listing(node, raws[0])
+        if isinstance(node, ExperimentDir):
+            return self._experiment_listing(node, raws[0], raws[1])
+        if isinstance(node, ScansDir):
+            return self._scans_listing(node, raws[0])
+        if isinstance(node, ScanDir):
+            return self._scan_listing(node, raws[0])
+        if isinstance(node, ResourcesDir):
+            if node.experiment is not None:
+                resources = raws[0].resources
+                return self._resources_listing(node, resources, node.experiment.experiment.id)
+            return self._resources_listing(node, raws[0], "")
+        if isinstance(node, (ResourceDir, FolderDir)):
+            return self._folder_listing(node, raws[0])
+        raise NotADirectoryError(node.key)
+
+    def _root_listing(self, projects) -> Listing:
+        ordered = sorted(projects, key=lambda p: p.id)
+        dir_names = names.make_unique([names.safe_component(p.id) for p in ordered])
+        entries = {}
+        for name, project in zip(dir_names, ordered):
+            entries[name] = ProjectDir(mtime=self.started_at, project=project)
+        return Listing(entries)
+
+    def _project_listing(self, node: ProjectDir, subjects, experiments) -> Listing:
+        project_id = node.project.id
+        per_subject = _group_by_subject(experiments)
+        subjects = list(subjects)
+        known = {s.id for s in subjects}
+        # An experiment shared without its subject still needs a folder to live in.
+        for subject_id, exps in per_subject.items():
+            if subject_id and subject_id not in known:
+                first = exps[0]
+                subjects.append(Subject(id=subject_id, label=first.subject_label or subject_id,
+                                        project=first.project, shared=True))
+                known.add(subject_id)
+        dir_names = names.label_names([(s.label, s.id) for s in subjects], {names.RESOURCES})
+        entries: dict[str, Node] = {}
+        for name, subject in zip(dir_names, subjects):
+            shared = subject.shared or subject.project != project_id
+            entries[name] = SubjectDir(
+                mtime=timestamp(subject.insert_date, self.started_at),
+                read_only=shared,
+                nlink=3 + len(per_subject.get(subject.id, ())),
+                project_id=project_id,
+                subject=subject,
+            )
+        entries[names.RESOURCES] = ResourcesDir(mtime=self.started_at, owner_uri=node.uri)
+        return Listing(entries)
+
+    def _subject_listing(self, node: SubjectDir, experiments) -> Listing:
+        mine = _group_by_subject(experiments).get(node.subject.id, [])
+        dir_names = names.label_names([(e.label, e.id) for e in mine], {names.RESOURCES})
+        entries: dict[str, Node] = {}
+        for name, experiment in zip(dir_names, mine):
+            entries[name] = ExperimentDir(
+                mtime=timestamp(experiment.insert_date, node.mtime),
+                read_only=node.read_only or experiment.shared or experiment.project != node.project_id,
+                nlink=4,
+                project_id=node.project_id,
+                subject_label=node.subject.label,
+                experiment=experiment,
+            )
+        entries[names.RESOURCES] = ResourcesDir(mtime=node.mtime, read_only=node.read_only,
+                                                owner_uri=node.uri)
+        return Listing(entries)
+
+    def _experiment_listing(self, node: ExperimentDir, contents, files) -> Listing:
+        mtime = node.mtime
+        if node.experiment.insert_date is None:
+            mtime = timestamp(contents.insert_date, node.mtime)
+        return Listing({
+            names.SCANS: ScansDir(mtime=mtime, read_only=node.read_only,
+                                  nlink=2 + len(contents.scans), experiment=node),
+            names.RESOURCES: ResourcesDir(mtime=mtime, read_only=node.read_only,
+                                          nlink=2 + len(contents.resources),
+                                          owner_uri=node.uri, experiment=node),
+        })
+
+    def _scans_listing(self, node: ScansDir, contents) -> Listing:
+        scans = list(contents.scans)
+        order = sorted(range(len(scans)), key=lambda i: (names.scan_dir_name(scans[i].id, scans[i].type), i))
+        dir_names = names.make_unique([names.scan_dir_name(scans[i].id, scans[i].type) for i in order])
+        entries: dict[str, Node] = {}
+        aliases: dict[str, Node] = {}
+        for name, index in zip(dir_names, order):
+            scan = scans[index]
+            entries[name] = ScanDir(mtime=node.mtime, read_only=node.read_only,
+                                    nlink=2 + len(scan.resources), experiment=node.experiment, scan=scan)
+        for name, scan_node in list(entries.items()):
+            bare = names.safe_label(scan_node.scan.id)
+            if bare not in entries and bare not in aliases:
+                aliases[bare] = scan_node
+        return Listing(entries, aliases)
+
+    def _scan_listing(self, node: ScanDir, contents) -> Listing:
+        scan = next((s for s in contents.scans if s.id == node.scan.id), node.scan)
+        return self._resource_entries(node, scan.resources, node.experiment.experiment.id)
+
+    def _resources_listing(self, node: ResourcesDir, resources, experiment_id: str) -> Listing:
+        return self._resource_entries(node, resources, experiment_id)
+
+    def _resource_entries(self, parent: Node, resources: Sequence[Resource], experiment_id: str) -> Listing:
+        resources = list(resources)
+        dir_names = names.resource_names([(r.label, r.id) for r in resources])
+        entries: dict[str, Node] = {}
+        for name, resource in zip(dir_names, resources):
+            entries[name] = ResourceDir(mtime=parent.mtime, read_only=parent.read_only,
+                                        resource=resource, experiment_id=experiment_id)
+        return Listing(entries)
+
+    def _folder_listing(self, node: ResourceDir | FolderDir, files: Sequence[RemoteFile]) -> Listing:
+        tree = self._file_tree(node.resource.uri, files, grouped=bool(node.experiment_id))
+        subpath = node.subpath if isinstance(node, FolderDir) else ()
+        for part in subpath:
+            tree = tree.get(part)
+            if not isinstance(tree, dict):
+                return Listing({})
+        entries: dict[str, Node] = {}
+        for name, item in tree.items():
+            if isinstance(item, dict):
+                entries[name] = FolderDir(
+                    mtime=node.mtime, read_only=node.read_only,
+                    nlink=2 + sum(1 for child in item.values() if isinstance(child, dict)),
+                    resource=node.resource, experiment_id=node.experiment_id,
+                    subpath=subpath + (name,),
+                )
+            else:
+                entries[name] = FileNode(mtime=node.mtime, read_only=node.read_only, file=item)
+        return Listing(entries)
+
+    def _file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> dict:
+        """The resource's files as nested dicts of safe names, memoised per raw listing.
+
+        An experiment-wide listing (``grouped``) holds every resource of the
+        session and is split by resource once; a resource's own listing is
+        all one tree.
+        """
+        memo_key = ("filetree", id(files))
+        memo = self._memo.get(memo_key)
+        if memo is None or memo[0] is not files:
+            if grouped:
+                by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
+                for remote in files:
+                    by_resource[remote.resource_uri].append(remote)
+                trees = {uri: build_file_tree(group) for uri, group in by_resource.items()}
+            else:
+                trees = {None: build_file_tree(files)}
+            memo = (files, trees)
+            self._memo[memo_key] = memo
+        return memo[1].get(resource_uri if grouped else None, {})
+
+    # ---- reading ahead ------------------------------------------------
+
+    def prefetch_experiments(self, nursery: trio.Nursery, listing: Listing) -> None:
+        """Start loading the experiments of a subject being listed, a few at a time."""
+        for node in listing.entries.values():
+            if isinstance(node, ExperimentDir):
+                eid = node.experiment.id
+                if self.listings.get(("contents", eid)) is None or self.listings.get(("expfiles", eid)) is None:
+                    nursery.start_soon(self._prefetch_one, node)
+
+    async def _prefetch_one(self, node: ExperimentDir) -> None:
+        async with self._prefetch_slots:
+            try:
+                await self.children(node)
+            except Exception as exc:  # a prefetch failing only means the real look will retry
+                logger.debug("prefetch of %s failed: %s", node.experiment.id, exc)
+
+
+def _group_by_subject(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
+    grouped: dict[str, list[Experiment]] = defaultdict(list)
+    for experiment in experiments:
+        grouped[experiment.subject_id].append(experiment)
+    return grouped
+
+
+def build_file_tree(files: Sequence[RemoteFile]) -> dict:
+    """Nested dicts (folders) and RemoteFile values, keyed by safe, unique names.
+
+    Folders keep their names; files that collide with a folder or with each
+    other after sanitising get ``~2``, ``~3``, ... in the order of their raw
+    paths.
+    """
+    items = sorted(((names.split_file_path(f.path), f) for f in files), key=lambda item: item[1].path)
+    return _tree_level(items)
+
+
+def _tree_level(items: list[tuple[list[str], RemoteFile]]) -> dict:
+    folders: dict[str, list[tuple[list[str], RemoteFile]]] = defaultdict(list)
+    files: list[tuple[str, RemoteFile]] = []
+    for parts, remote in items:
+        if len(parts) == 1:
+            files.append((parts[0], remote))
+        else:
+            folders[parts[0]].append((parts[1:], remote))
+    level: dict = {name: _tree_level(group) for name, group in sorted(folders.items())}
+    file_names = names.make_unique([name for name, _ in files], taken=level.keys())
+    for name, (_, remote) in zip(file_names, files):
+        level[name] = remote
+    return level
