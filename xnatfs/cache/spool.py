@@ -1,0 +1,325 @@
+"""Durable staging of writes until XNAT has them.
+
+Everything a user writes under the mount lands in the spool first; only
+after the server confirmed an upload is it removed. Layout (0700, files 0600)::
+
+    data/<id>          the bytes, written by the file system
+    records/<id>.json  what to do with them, and how far it got
+
+An entry's life: ``open`` (being written) → ``pending`` (closed, durable,
+waiting to be sent) → removed once sent, or ``failed`` (sent, refused or
+unreachable; retried later). Records are replaced atomically and fsynced, so
+after a crash each one is either the old or the new version.
+
+Who may touch an entry is settled with an exclusive ``flock`` on its data
+file: the writer holds it while the entry is open, an uploader while sending.
+An ``open`` record whose data file nobody holds belonged to a process that
+died while the file was open: it becomes ``pending`` with whatever had been
+written, rather than being lost.
+
+Records hold no credentials: the server is kept as a URL without any
+``user:password@`` part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+from xnatfs.cache.files import fsync_dir, make_private_dir, try_lock_exclusive, write_atomic
+from xnatfs.errors import redact_url
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_KINDS = ("file", "dicom-import")
+STATES = ("open", "pending", "failed")
+_ID_PATTERN = re.compile(r"^[0-9]{20}-[0-9a-f]{8}$")
+_LAST_ERROR_LIMIT = 2000
+_STALE_TEMP_SECONDS = 3600
+
+
+def normalize_server(url: str) -> str:
+    """The form a server URL is stored and compared in: no credentials, no trailing slash."""
+    return (redact_url(url) or "").rstrip("/")
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where staged bytes go on the server."""
+
+    kind: str                    # "file" (resource file upload) or "dicom-import" (zip to the import service)
+    resource_uri: str = ""       # kind "file": e.g. /data/experiments/XNAT_E00001/resources/QC
+    relpath: str = ""            # kind "file": path inside the resource
+    project: str = ""            # kind "dicom-import"
+    subject: str = ""
+    experiment: str = ""
+    server: str = ""             # base URL the upload belongs to
+
+    def __post_init__(self) -> None:
+        if self.kind not in UPLOAD_KINDS:
+            raise ValueError(f"unknown upload kind {self.kind!r}")
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"{self.resource_uri}/files/{self.relpath}"
+        return f"DICOM import into {self.project}/{self.subject}/{self.experiment}"
+
+
+@dataclass
+class SpoolEntry:
+    """One staged upload. ``data_path`` is the file the writer fills."""
+
+    id: str
+    target: UploadTarget
+    data_path: Path
+    state: str = "open"
+    attempts: int = 0
+    last_error: str = ""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.data_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+class UploadSpool:
+    """The spool folder. Methods block; safe from several threads and processes."""
+
+    def __init__(self, directory: Path | str):
+        self.directory = Path(directory).expanduser().resolve()
+        make_private_dir(self.directory)
+        self._data_dir = make_private_dir(self.directory / "data")
+        self._records_dir = make_private_dir(self.directory / "records")
+        self._writers: dict[str, int] = {}        # open entries of this process → locked fd
+        self._lock = threading.Lock()
+        self._remove_orphans()
+
+    def create(self, target: UploadTarget) -> SpoolEntry:
+        """A new, empty staging file and its record, in state ``open``."""
+        target = replace(target, server=normalize_server(target.server))
+        entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        entry = SpoolEntry(entry_id, target, self._data_dir / entry_id)
+        # The data file exists before its record, so a crash in between leaves
+        # an orphan file (removed on start), never a record without data.
+        fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fsync_dir(self._data_dir)
+            self._save(entry)
+        except BaseException:
+            os.close(fd)
+            os.unlink(entry.data_path)
+            raise
+        with self._lock:
+            self._writers[entry_id] = fd
+        logger.debug("spool entry %s created for %s", entry_id, target.describe())
+        return entry
+
+    def commit(self, entry: SpoolEntry) -> None:
+        """The writer is done: make data and record durable, state ``pending``."""
+        with self._lock:
+            fd = self._writers.pop(entry.id, None)
+        if fd is None:
+            try:
+                fd = os.open(entry.data_path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if self.get(entry.id) is None:
+                    return            # committed and sent already
+                raise
+        try:
+            os.fsync(fd)          # flushes the file whichever descriptor wrote it
+            entry.state = "pending"
+            entry.updated = time.time()
+            self._save(entry)
+        finally:
+            os.close(fd)
+
+    def pending(self, server: str | None = None) -> list[SpoolEntry]:
+        """Entries waiting to be sent (``pending`` or ``failed``), oldest first.
+
+        ``open`` entries left by a process that died are turned into pending
+        ones here, keeping whatever had been written.
+        """
+        wanted = normalize_server(server) if server is not None else None
+        entries = []
+        for record in sorted(self._records_dir.glob("*.json")):
+            entry = self._load(record)
+            if entry is None:
+                continue
+            if entry.state == "open":
+                entry = self._recover(entry)
+                if entry is None:
+                    continue
+            if wanted is not None and entry.target.server != wanted:
+                continue
+            entries.append(entry)
+        entries.sort(key=lambda e: (e.created, e.id))
+        return entries
+
+    def get(self, entry_id: str) -> SpoolEntry | None:
+        if not _ID_PATTERN.match(entry_id):
+            return None
+        return self._load(self._record_path(entry_id))
+
+    def record_failure(self, entry: SpoolEntry, error: str) -> None:
+        entry.attempts += 1
+        entry.last_error = error[:_LAST_ERROR_LIMIT]
+        entry.state = "failed"
+        entry.updated = time.time()
+        self._save(entry)
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget an entry the server has confirmed."""
+        # The record goes first: a crash in between leaves an orphan data
+        # file, which nobody would upload again.
+        try:
+            os.unlink(self._record_path(entry.id))
+        except FileNotFoundError:
+            pass
+        fsync_dir(self._records_dir)
+        try:
+            os.unlink(entry.data_path)
+        except FileNotFoundError:
+            pass
+        with self._lock:
+            fd = self._writers.pop(entry.id, None)
+        if fd is not None:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def claim(self, entry: SpoolEntry, *, wait: bool = True) -> Iterator[SpoolEntry | None]:
+        """Hold the entry exclusively (against other threads and processes)
+        for sending it. Yields the entry as its record now stands, or None
+        when it is gone (someone else sent it) or, with ``wait=False``, busy."""
+        with self._lock:
+            if entry.id in self._writers:
+                raise ValueError(f"spool entry {entry.id} is still being written")
+        fd = self._lock_data(entry.data_path, wait)
+        if fd is None:
+            yield None
+            return
+        try:
+            current = self.get(entry.id)
+            if current is not None and current.state == "open":
+                current.state = "pending"      # its writer died; we hold its lock now
+            yield current
+        finally:
+            os.close(fd)
+
+    # -- records ------------------------------------------------------------
+
+    def _record_path(self, entry_id: str) -> Path:
+        return self._records_dir / f"{entry_id}.json"
+
+    def _save(self, entry: SpoolEntry) -> None:
+        if entry.state not in STATES:
+            raise ValueError(f"unknown spool state {entry.state!r}")
+        record = {
+            "id": entry.id,
+            "state": entry.state,
+            "attempts": entry.attempts,
+            "last_error": entry.last_error,
+            "created": entry.created,
+            "updated": entry.updated,
+            "target": asdict(entry.target),
+        }
+        write_atomic(self._record_path(entry.id), json.dumps(record, indent=1).encode())
+
+    def _load(self, path: Path) -> SpoolEntry | None:
+        try:
+            record = json.loads(path.read_bytes())
+            entry_id = record["id"]
+            if not _ID_PATTERN.match(entry_id) or record["state"] not in STATES:
+                raise ValueError("malformed record")
+            return SpoolEntry(
+                id=entry_id,
+                target=UploadTarget(**record["target"]),
+                data_path=self._data_dir / entry_id,
+                state=record["state"],
+                attempts=int(record["attempts"]),
+                last_error=str(record["last_error"]),
+                created=float(record["created"]),
+                updated=float(record["updated"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable spool record %s: %s", path, exc)
+            return None
+
+    def _recover(self, entry: SpoolEntry) -> SpoolEntry | None:
+        """Turn an abandoned ``open`` entry into a pending one. Returns the
+        entry as it now stands, or None while its writer is alive (or it is gone)."""
+        with self._lock:
+            if entry.id in self._writers:
+                return None
+        if not entry.data_path.exists():
+            logger.warning("spool entry %s lost its data file; dropping its record", entry.id)
+            self.remove(entry)
+            return None
+        fd = try_lock_exclusive(entry.data_path)
+        if fd is None:
+            return None
+        try:
+            current = self._load(self._record_path(entry.id))
+            if current is None or current.state != "open":
+                return current
+            os.fsync(fd)
+            current.state = "pending"
+            current.updated = time.time()
+            self._save(current)
+        finally:
+            os.close(fd)
+        logger.warning("recovered upload %s (%s, %d bytes) left open by a stopped process",
+                       current.id, current.target.describe(), current.size)
+        return current
+
+    @staticmethod
+    def _lock_data(path: Path, wait: bool) -> int | None:
+        if not wait:
+            return try_lock_exclusive(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _remove_orphans(self) -> None:
+        """Data files without a record (a crash during create or remove) and
+        record temp files of crashed writers."""
+        records = {p.stem for p in self._records_dir.glob("*.json")}
+        for path in self._data_dir.iterdir():
+            if path.name in records:
+                continue
+            fd = try_lock_exclusive(path)
+            if fd is None:
+                continue
+            try:
+                if not self._record_path(path.name).exists():
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        for path in self._records_dir.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()

@@ -1,0 +1,107 @@
+"""Sending spooled uploads to XNAT.
+
+An entry is removed from the spool right after the server confirmed it.
+For a DICOM import that matters most: sending the same zip twice could
+import it twice. The one window left is between the server's answer and the
+removal of the record (one unlink and one directory fsync): a process killed
+exactly there would send the entry again on the next retry. A process killed
+while the request is still in flight leaves the entry pending too, since the
+server's answer never arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from xnatfs.cache.spool import SpoolEntry, UploadSpool
+
+logger = logging.getLogger(__name__)
+
+FIRST_RETRY_DELAY = 2.0
+MAX_RETRY_DELAY = 300.0
+
+
+@dataclass
+class PushReport:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0                       # busy elsewhere, or not due yet
+    errors: list[tuple[str, str]] = field(default_factory=list)   # (entry id, message)
+
+
+class Uploader:
+    """Sends spool entries through an :class:`xnatfs.client.XnatConnection`."""
+
+    def __init__(self, spool: UploadSpool, connection):
+        self.spool = spool
+        self.connection = connection
+
+    def push(self, entry: SpoolEntry) -> None:
+        """One attempt. On success the entry leaves the spool; on failure the
+        attempt is recorded and the error raised. Waits if another thread or
+        process is sending the same entry, then does nothing if that one succeeded."""
+        self._push(entry, wait=True)
+
+    def push_pending(self, server: str | None = None, *, due_only: bool = False) -> PushReport:
+        """Try every pending entry once, oldest first. With ``due_only``,
+        entries still inside their back-off delay are skipped."""
+        report = PushReport()
+        now = time.time()
+        for entry in self.spool.pending(server):
+            if due_only and now < self.retry_at(entry):
+                report.skipped += 1
+                continue
+            try:
+                sent = self._push(entry, wait=False)
+            except Exception as exc:
+                report.failed += 1
+                report.errors.append((entry.id, str(exc)))
+                continue
+            if sent:
+                report.ok += 1
+            else:
+                report.skipped += 1
+        return report
+
+    def next_retry_delay(self, entry: SpoolEntry) -> float:
+        """Seconds to wait after the last attempt: doubling from 2 s up to
+        5 min, stretched by up to half again so that entries failed together
+        are not retried together. The stretch is fixed per entry and attempt."""
+        if entry.attempts <= 0:
+            return 0.0
+        base = min(FIRST_RETRY_DELAY * 2 ** (entry.attempts - 1), MAX_RETRY_DELAY)
+        seed = hashlib.sha256(f"{entry.id}:{entry.attempts}".encode()).digest()
+        spread = int.from_bytes(seed[:4], "big") / 2**32
+        return min(base * (1 + spread / 2), MAX_RETRY_DELAY)
+
+    def retry_at(self, entry: SpoolEntry) -> float:
+        """When (time.time() scale) the entry is next due."""
+        return entry.updated + self.next_retry_delay(entry)
+
+    def _push(self, entry: SpoolEntry, *, wait: bool) -> bool:
+        with self.spool.claim(entry, wait=wait) as current:
+            if current is None:
+                return False
+            try:
+                self._send(current)
+            except Exception as exc:
+                self.spool.record_failure(current, str(exc))
+                entry.state, entry.attempts, entry.last_error, entry.updated = (
+                    current.state, current.attempts, current.last_error, current.updated)
+                logger.warning("upload %s (%s) failed, attempt %d: %s",
+                               current.id, current.target.describe(), current.attempts, exc)
+                raise
+            self.spool.remove(current)
+        logger.info("uploaded %s (%s)", entry.id, entry.target.describe())
+        return True
+
+    def _send(self, entry: SpoolEntry) -> None:
+        target = entry.target
+        with open(entry.data_path, "rb") as body:
+            if target.kind == "file":
+                self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
+            else:
+                self.connection.import_dicom_zip(target.project, target.subject, target.experiment, body)
