@@ -30,6 +30,7 @@ EXTENSION_MAX = 16
 
 RESOURCES = "RESOURCES"
 SCANS = "SCANS"
+RESERVED = frozenset({RESOURCES, SCANS})
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 _UNSAFE_IN_TYPE = re.compile(r"[^A-Za-z0-9._+-]")

@@ -212,7 +212,7 @@ class Tree:
                 subjects.append(Subject(id=subject_id, label=first.subject_label or subject_id,
                                         project=first.project, shared=True))
                 known.add(subject_id)
-        dir_names = names.label_names([(s.label, s.id) for s in subjects], {names.RESOURCES})
+        dir_names = names.label_names([(s.label, s.id) for s in subjects], names.RESERVED)
         entries: dict[str, Node] = {}
         for name, subject in zip(dir_names, subjects):
             shared = subject.shared or subject.project != project_id
@@ -228,7 +228,7 @@ class Tree:
 
     def _subject_listing(self, node: SubjectDir, experiments) -> Listing:
         mine = _group_by_subject(experiments).get(node.subject.id, [])
-        dir_names = names.label_names([(e.label, e.id) for e in mine], {names.RESOURCES})
+        dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
         entries: dict[str, Node] = {}
         for name, experiment in zip(dir_names, mine):
             entries[name] = ExperimentDir(

@@ -1,0 +1,138 @@
+"""Run a real xnatfs mount in a test, and always take it down again.
+
+``mounted(...)`` starts ``python -m xnatfs mount URL MNT --foreground`` as a
+subprocess (credentials through the environment, never argv), waits until
+the kernel lists the FUSE mount, and on exit unmounts with fusermount3,
+waits for the daemon and falls back to kill + lazy unmount if it hangs.
+Everything the daemon could write to a home folder is kept in the test's
+temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+
+
+def fuse_mounted(path: Path | str) -> bool:
+    """Whether a FUSE file system is mounted at ``path`` (read from mountinfo, no FUSE traffic)."""
+    real = os.path.realpath(os.fspath(path))
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            before, _, after = line.partition(" - ")
+            fields = before.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == real and after.startswith("fuse"):
+                return True
+    return False
+
+
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment whose config, state and netrc lookups stay under ``home``."""
+    env = dict(os.environ)
+    env.update({
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "XDG_DATA_HOME": str(home / "data"),
+        "NETRC": str(home / "no-netrc"),
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    env.pop("XNAT_USER", None)
+    env.pop("XNAT_PASS", None)
+    env.update(extra)
+    return env
+
+
+def xnatfs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xnatfs", *args]
+
+
+@dataclass
+class Mount:
+    path: Path
+    process: subprocess.Popen
+    log_file: Path
+    cache_dir: Path
+    home: Path
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text()
+        except OSError:
+            return ""
+
+
+def unmount_quietly(path: Path) -> None:
+    """Detach whatever is mounted at ``path``, however broken."""
+    for _ in range(50):
+        if not fuse_mounted(path):
+            return
+        done = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+@contextmanager
+def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin",
+            ttl: float | None = None, cache_dir: Path | None = None, cache_size: str | None = None,
+            args: tuple[str, ...] = (), name: str = "mnt"):
+    """Mount ``url`` under ``base/name`` for the length of the ``with`` block."""
+    mountpoint = base / name
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    home = base / "home"
+    home.mkdir(exist_ok=True)
+    cache_dir = cache_dir or base / "cache"
+    log_file = base / f"{name}.log"
+    command = xnatfs_command("mount", url, str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
+                             "--log-level", "DEBUG", "--log-file", str(log_file))
+    if ttl is not None:
+        command += ["--ttl", str(ttl)]
+    if cache_size is not None:
+        command += ["--cache-size", cache_size]
+    command += list(args)
+    env = isolated_env(home, XNAT_USER=user, XNAT_PASS=password)
+    process = subprocess.Popen(command, env=env, cwd=str(base), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    mount = Mount(mountpoint, process, log_file, cache_dir, home)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not fuse_mounted(mountpoint):
+            if process.poll() is not None:
+                out, err = process.communicate()
+                raise AssertionError(f"xnatfs exited with {process.returncode}: {err.strip()}\n{mount.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"xnatfs did not mount within {START_TIMEOUT} s\n{mount.log()}")
+            time.sleep(0.02)
+        yield mount
+    finally:
+        stop(mount)
+
+
+def stop(mount: Mount) -> int | None:
+    """Unmount and wait for the daemon; returns its exit status (None if it had to be killed)."""
+    unmount_quietly(mount.path)
+    try:
+        mount.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        mount.process.send_signal(signal.SIGKILL)
+        mount.process.wait(timeout=STOP_TIMEOUT)
+        unmount_quietly(mount.path)
+        return None
+    finally:
+        for stream in (mount.process.stdout, mount.process.stderr):
+            if stream is not None:
+                stream.close()
+    return mount.process.returncode
