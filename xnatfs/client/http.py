@@ -1,0 +1,606 @@
+"""One authenticated HTTP session with an XNAT server.
+
+``XnatSession`` owns a single ``requests.Session`` and everything about
+talking HTTP to XNAT that is not specific to one endpoint:
+
+* login with ``POST /data/JSESSION`` and HTTP Basic, then the JSESSIONID
+  cookie on every request; a 401 triggers one fresh login (only one thread
+  logs in, the others wait for it) and one retry;
+* timeouts on every request;
+* retries with exponential backoff and jitter for idempotent requests that
+  failed on the network, got 502/503/504, or whose body was cut short;
+* the mapping of HTTP answers to the ``XnatError`` family;
+* streaming downloads that never hold a file in memory.
+
+It is safe to share one instance between many threads.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import io
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from xnatfs import __version__
+from xnatfs.errors import (
+    XnatAuthError,
+    XnatConflict,
+    XnatError,
+    XnatInvalidLabel,
+    XnatNotFound,
+    XnatPermissionError,
+    XnatServerError,
+    XnatUnsupported,
+)
+from xnatfs.client.credentials import Credentials
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Error bodies are read only this far: they are for a one-line message.
+ERROR_BODY_LIMIT = 64 * 1024
+
+_H3 = re.compile(r"<h3[^>]*>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_SESSION_ID = re.compile(r"^[0-9A-Fa-f]{16,64}$")
+
+# A network failure during a request, including a body cut short.
+_TRANSIENT = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+class _TruncatedBody(Exception):
+    """The server sent fewer bytes than its Content-Length promised."""
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    # The JSESSIONID is managed by XnatSession itself and sent explicitly,
+    # so a cookie set by an answer (for example a fresh anonymous session
+    # after an expiry) can never replace the logged-in one under other threads.
+    def set_ok(self, cookie, request):
+        return False
+
+
+def looks_like_html(text: str) -> bool:
+    head = text.lstrip()[:15].lower()
+    return head.startswith("<!doctype") or head.startswith("<html")
+
+
+def server_message(text: str) -> str:
+    """The human message inside an XNAT error body (HTML or plain text)."""
+    match = _H3.search(text) or _TITLE.search(text)
+    if match:
+        text = match.group(1)
+    elif looks_like_html(text):
+        text = _TAG.sub(" ", text)
+    text = " ".join(text.split())
+    return text[:300]
+
+
+def _nothing_was_sent(exc: BaseException) -> bool:
+    """True when the request failed before any byte reached the server."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
+        reason = getattr(exc.args[0], "reason", None)
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _TruncatedBody):
+        return str(exc)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection closed before the whole answer arrived"
+    return "connection failed"
+
+
+class XnatSession:
+    """Authenticated, retrying HTTP access to one XNAT server.
+
+    ``url`` is the server root (``https://host`` or ``https://host/xnat``).
+    ``credentials`` may be None for servers that allow guest access.
+    ``verify`` is True (system CAs), False, or the path of a CA bundle.
+    ``timeout`` is the read timeout in seconds; connecting gets at most 10 s.
+    ``retries`` is how many times a failed idempotent request is repeated;
+    ``backoff`` the first delay in seconds (doubling, with jitter, up to
+    ``max_backoff``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        credentials: Credentials | None = None,
+        *,
+        verify: bool | str = True,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        pool_size: int = 32,
+    ):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) server address: {parts.scheme}://{parts.hostname or ''}")
+        if parts.username or parts.password:
+            raise ValueError("put credentials in the credentials argument, not in the URL")
+        self.base_url = url.rstrip("/")
+        self._origin = f"{parts.scheme}://{parts.netloc}".lower()
+        self.credentials = credentials
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._http = requests.Session()
+        self._http.verify = verify
+        self._http.trust_env = False
+        self._http.cookies.set_policy(_NoCookies())
+        self._http.headers["User-Agent"] = f"xnatfs/{__version__} python-requests/{requests.__version__}"
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
+        self._login_lock = threading.Lock()
+        self._jsession: str | None = None
+        self._generation = 0
+        self._supports_range: bool | None = None
+        self._closed = False
+
+    # -- addresses ---------------------------------------------------------
+
+    def url_for(self, path: str) -> str:
+        """The full URL of a server path such as ``/data/projects``.
+
+        Full URLs are accepted only for this server, so credentials and
+        session cookies are never sent anywhere else.
+        """
+        if path.startswith(("http://", "https://")):
+            parts = urlsplit(path)
+            if f"{parts.scheme}://{parts.netloc}".lower() != self._origin:
+                raise ValueError(f"address on another server: {parts.scheme}://{parts.hostname}")
+            return path
+        if not path.startswith("/"):
+            path = "/" + path
+        return self.base_url + path
+
+    @property
+    def username(self) -> str | None:
+        return self.credentials.username if self.credentials else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers sent with every request (never cookies or credentials)."""
+        return dict(self._http.headers)
+
+    @property
+    def supports_range(self) -> bool | None:
+        """Whether the server answered a ranged GET with 206; None until known."""
+        return self._supports_range
+
+    def __repr__(self) -> str:
+        return f"<XnatSession {self.base_url} user={self.username or '(guest)'}>"
+
+    # -- login -------------------------------------------------------------
+
+    def login(self) -> None:
+        """Open a new JSESSION with the stored credentials."""
+        with self._login_lock:
+            self._login_locked()
+
+    def _login_locked(self) -> None:
+        if self.credentials is None:
+            return
+        url = self.url_for("/data/JSESSION")
+        response = self._send_with_retries(
+            "POST", url, auth=(self.credentials.username, self.credentials.password),
+            idempotent=True, retries=self.retries, with_session=False,
+        )
+        with response:
+            text = response.text
+            if response.status_code == 401:
+                raise XnatAuthError(f"login refused for user {self.credentials.username}",
+                                    url=url, status=401)
+            if response.status_code != 200:
+                raise self._error_for("POST", url, response.status_code, text)
+            if looks_like_html(text):
+                if "expired" in text.lower():
+                    reason = "the password of user {} has expired".format(self.credentials.username)
+                else:
+                    reason = "login answered with a web page instead of a session ID"
+                raise XnatAuthError(reason, url=url, status=200)
+            session_id = response.cookies.get("JSESSIONID") or text.strip()
+            if not _SESSION_ID.match(session_id):
+                raise XnatAuthError("login did not return a session ID", url=url, status=200)
+        self._jsession = session_id
+        self._generation += 1
+        logger.debug("logged in to %s as %s", self.base_url, self.credentials.username)
+
+    def _renew(self, seen_generation: int) -> None:
+        # Threads that saw the same stale session wait here; the first one
+        # logs in, the others find a newer generation and just retry.
+        with self._login_lock:
+            if self._generation == seen_generation:
+                logger.info("XNAT session at %s expired; logging in again", self.base_url)
+                self._login_locked()
+
+    def close(self) -> None:
+        """Log out (``DELETE /data/JSESSION``) and release connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._jsession is not None:
+                response = self._http.delete(
+                    self.url_for("/data/JSESSION"), cookies={"JSESSIONID": self._jsession},
+                    timeout=(min(10.0, self.timeout), self.timeout),
+                )
+                response.close()
+        except requests.exceptions.RequestException as exc:
+            logger.debug("logout from %s failed: %s", self.base_url, _describe(exc))
+        finally:
+            self._jsession = None
+            self._http.close()
+
+    # -- requests ----------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        ok: Iterable[int] = (200,),
+        idempotent: bool | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """Send one request; return the answer if its status is in ``ok``.
+
+        Any other status raises the matching ``XnatError``. ``idempotent``
+        defaults to the HTTP method's nature; a request that is not
+        idempotent is repeated only when it provably never reached the
+        server (or the server refused it with 401 before acting). A body
+        given as a file object is rewound for a repeat; one that cannot be
+        rewound is never repeated. With ``stream=True`` the caller must
+        close the answer.
+        """
+        method = method.upper()
+        url = self.url_for(path)
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        retries = self.retries if retries is None else retries
+        ok = frozenset(ok)
+        start = _position(data)
+        relogged = False
+        while True:
+            generation = self._generation
+            response = self._send_with_retries(
+                method, url, params=params, data=data, headers=headers, stream=stream,
+                idempotent=idempotent, retries=retries, timeout=timeout,
+            )
+            status = response.status_code
+            if status == 401 and self.credentials is not None and not relogged:
+                response.close()
+                if not _rewind(data, start):
+                    raise XnatPermissionError("session expired during an upload that cannot be replayed",
+                                              url=url, status=401)
+                self._renew(generation)
+                relogged = True
+                continue
+            if status in ok:
+                return response
+            try:
+                text = _bounded_text(response) if stream else response.text
+            finally:
+                response.close()
+            raise self._error_for(method, url, status, text)
+
+    def _send_with_retries(self, method, url, *, idempotent, retries, timeout=None, stream=False,
+                           with_session=True, **kwargs):
+        data = kwargs.get("data")
+        start = _position(data)
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, url, stream=stream, timeout=timeout,
+                                      with_session=with_session, **kwargs)
+                if not stream:
+                    _check_length(response)
+            except requests.exceptions.SSLError as exc:
+                raise XnatServerError(f"{method} failed: TLS handshake or certificate check failed",
+                                      url=url) from exc
+            except (*_TRANSIENT, _TruncatedBody) as exc:
+                may_repeat = idempotent or _nothing_was_sent(exc)
+                if may_repeat and attempt < retries and _rewind(data, start):
+                    self._pause(attempt, method, url, _describe(exc))
+                    attempt += 1
+                    continue
+                raise XnatServerError(f"{method} failed: {_describe(exc)}", url=url) from exc
+            if (response.status_code in RETRYABLE_STATUSES and idempotent
+                    and attempt < retries and _rewind(data, start)):
+                retry_after = _retry_after(response)
+                response.close()
+                self._pause(attempt, method, url, f"HTTP {response.status_code}", retry_after)
+                attempt += 1
+                continue
+            return response
+
+    def _send(self, method, url, *, timeout=None, with_session=True, **kwargs) -> requests.Response:
+        read_timeout = self.timeout if timeout is None else timeout
+        session_id = self._jsession if with_session else None
+        cookies = {"JSESSIONID": session_id} if session_id else None
+        response = self._http.request(
+            method, url, cookies=cookies, timeout=(min(10.0, read_timeout), read_timeout),
+            allow_redirects=False, **kwargs,
+        )
+        logger.debug("%s %s -> %s", method, urlsplit(url).path, response.status_code)
+        return response
+
+    def _pause(self, attempt: int, method: str, url: str, why: str, at_least: float = 0.0) -> None:
+        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.5)
+        delay = max(delay, min(at_least, self.max_backoff))
+        logger.warning("%s %s: %s; retrying in %.1f s", method, urlsplit(url).path, why, delay)
+        time.sleep(delay)
+
+    def _error_for(self, method: str, url: str, status: int, text: str) -> XnatError:
+        detail = server_message(text) if text else ""
+        what = f"{method} refused" + (f": {detail}" if detail else "")
+        if status == 404:
+            return XnatNotFound("not found" + (f": {detail}" if detail else ""), url=url, status=status)
+        if status == 401:
+            if self.credentials is None:
+                return XnatAuthError("the server requires a login and no credentials were found",
+                                     url=url, status=status)
+            return XnatPermissionError("not authorised even after a fresh login", url=url, status=status)
+        if status == 403:
+            return XnatPermissionError(what, url=url, status=status)
+        if status == 409:
+            return XnatConflict(what, url=url, status=status)
+        if status == 417:
+            return XnatInvalidLabel(what, url=url, status=status)
+        if status in (405, 501):
+            return XnatUnsupported(what, url=url, status=status)
+        if status >= 500:
+            return XnatServerError("server error" + (f": {detail}" if detail else ""), url=url, status=status)
+        return XnatError(what, url=url, status=status)
+
+    # -- convenience -------------------------------------------------------
+
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET a JSON document (``format=json`` is added)."""
+        query = dict(params or {})
+        query["format"] = "json"
+        response = self.request("GET", path, params=query)
+        return parse_json(response)
+
+    # -- downloads ---------------------------------------------------------
+
+    def download(self, path: str, fileobj: BinaryIO, *, offset: int = 0, length: int | None = None,
+                 retries: int | None = None) -> int:
+        """Write bytes ``[offset, offset+length)`` of a file to ``fileobj``.
+
+        Sends a Range header when a part is asked for and accepts either a
+        206 (checked against Content-Range) or a 200 with the whole file
+        (the leading bytes are skipped here). Returns the number of bytes
+        written, fewer than ``length`` only at the end of the file.
+
+        A body cut short is resumed from where it stopped, so on success
+        ``fileobj`` holds exactly the asked-for bytes. If the retries run
+        out, ``XnatServerError`` is raised and ``fileobj`` may hold a
+        partial prefix: the caller must discard it.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        if length == 0:
+            return 0
+        url = self.url_for(path)
+        retries = self.retries if retries is None else retries
+        written = 0
+        attempt = 0
+        while True:
+            start = offset + written
+            remaining = None if length is None else length - written
+            headers = {"Accept-Encoding": "identity"}
+            ranged = (start > 0 or remaining is not None) and self._supports_range is not False
+            if ranged:
+                end = "" if remaining is None else str(start + remaining - 1)
+                headers["Range"] = f"bytes={start}-{end}"
+            response = self.request("GET", url, headers=headers, stream=True, ok=(200, 206, 416),
+                                    retries=retries)
+            try:
+                if response.status_code == 416:
+                    return written
+                skip, expected = self._plan_body(response, url, ranged, start, remaining)
+                try:
+                    received = 0
+                    for chunk in _chunks(response, skip, remaining):
+                        fileobj.write(chunk)
+                        written += len(chunk)
+                        received += len(chunk)
+                    if length is not None and written >= length:
+                        return written
+                    if expected is not None and received < expected:
+                        expected -= received
+                        raise _TruncatedBody(f"answer ended {expected} bytes short of its Content-Length")
+                    return written
+                except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
+                    if attempt >= retries:
+                        raise XnatServerError(
+                            f"download incomplete after {attempt + 1} attempts: {_describe(exc)}", url=url,
+                            status=response.status_code) from exc
+                    self._pause(attempt, "GET", url, _describe(exc))
+                    attempt += 1
+            finally:
+                response.close()
+
+    def _plan_body(self, response, url, ranged, start, remaining):
+        """How many leading bytes to skip, and how many the body should hold."""
+        declared = _content_length(response)
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != start:
+                raise XnatServerError("206 answer with a Content-Range that does not match the request",
+                                      url=url, status=206)
+            self._supports_range = True
+            first, last = int(match.group(1)), int(match.group(2))
+            return 0, last - first + 1 if declared is None else declared
+        if ranged:
+            if self._supports_range is None:
+                logger.info("%s ignores Range requests; reading from the start", self.base_url)
+            self._supports_range = False
+        if declared is None:
+            return start, None
+        return start, max(0, declared - start) if remaining is None else min(remaining, max(0, declared - start))
+
+    def download_whole(self, path: str, fileobj: BinaryIO, *, params: Mapping[str, Any] | None = None,
+                       retries: int | None = None) -> int:
+        """Stream a whole answer (e.g. a zip, which has no Content-Length) to ``fileobj``.
+
+        If the body is cut short and ``fileobj`` can seek, it is rewound and
+        truncated and the download starts over; otherwise the failure is
+        raised and the partial bytes stay in ``fileobj``.
+        """
+        url = self.url_for(path)
+        retries = self.retries if retries is None else retries
+        start = _position(fileobj)
+        attempt = 0
+        while True:
+            response = self.request("GET", url, params=params, headers={"Accept-Encoding": "identity"},
+                                    stream=True, retries=retries)
+            written = 0
+            try:
+                declared = _content_length(response)
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    fileobj.write(chunk)
+                    written += len(chunk)
+                if declared is not None and written < declared:
+                    raise _TruncatedBody(f"answer ended {declared - written} bytes short of its Content-Length")
+                return written
+            except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
+                if attempt >= retries or start is None or not _truncate_to(fileobj, start):
+                    raise XnatServerError(f"download incomplete: {_describe(exc)}", url=url,
+                                          status=response.status_code) from exc
+                self._pause(attempt, "GET", url, _describe(exc))
+                attempt += 1
+            finally:
+                response.close()
+
+
+def parse_json(response: requests.Response) -> Any:
+    """The JSON document of an answer; a web page or garbage is an error."""
+    text = response.text
+    if looks_like_html(text):
+        raise XnatServerError("server answered with a web page where JSON was expected",
+                              url=response.url, status=response.status_code)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise XnatServerError("server answer is not valid JSON", url=response.url,
+                              status=response.status_code) from exc
+
+
+def _chunks(response: requests.Response, skip: int, limit: int | None):
+    """The body's bytes after ``skip``, at most ``limit`` of them, in large pieces."""
+    for chunk in response.iter_content(CHUNK_SIZE):
+        if skip:
+            if len(chunk) <= skip:
+                skip -= len(chunk)
+                continue
+            chunk = chunk[skip:]
+            skip = 0
+        if limit is not None:
+            if len(chunk) >= limit:
+                yield chunk[:limit]
+                return
+            limit -= len(chunk)
+        yield chunk
+
+
+def _content_length(response: requests.Response) -> int | None:
+    if response.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _check_length(response: requests.Response) -> None:
+    if response.request.method == "HEAD":
+        return
+    declared = _content_length(response)
+    if declared is not None and len(response.content) < declared:
+        raise _TruncatedBody(f"answer ended {declared - len(response.content)} bytes short of its Content-Length")
+
+
+def _bounded_text(response: requests.Response) -> str:
+    try:
+        raw = response.raw.read(ERROR_BODY_LIMIT, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError):
+        return ""
+    return raw.decode(response.encoding or "utf-8", errors="replace")
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+
+
+def _is_file(data: Any) -> bool:
+    return hasattr(data, "read") and not isinstance(data, (bytes, bytearray, str))
+
+
+def _position(data: Any) -> int | None:
+    if not _is_file(data):
+        return None
+    try:
+        return data.tell() if data.seekable() else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
+def _rewind(data: Any, position: int | None = None) -> bool:
+    """Whether the body can be sent again (bytes can; a seekable file can)."""
+    if not _is_file(data):
+        return True
+    if position is None:
+        return False
+    try:
+        data.seek(position)
+    except (OSError, io.UnsupportedOperation):
+        return False
+    return True
+
+
+def _truncate_to(fileobj: Any, position: int) -> bool:
+    try:
+        fileobj.seek(position)
+        fileobj.truncate()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return False
+    return True

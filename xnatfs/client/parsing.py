@@ -1,0 +1,234 @@
+"""Turning XNAT's JSON answers into the records of ``xnatfs.client.models``.
+
+Two shapes exist (see the REST contract): listings
+(``{"ResultSet": {"Result": [...]}}``, every value a string) and items
+(``{"items": [{"meta", "data_fields", "children"}]}``, typed values).
+Anything else is reported as a server error rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from xnatfs.errors import XnatServerError
+from xnatfs.client import paths
+from xnatfs.client.models import (
+    Experiment,
+    ExperimentContents,
+    Project,
+    RemoteFile,
+    Resource,
+    Scan,
+    Subject,
+)
+
+_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
+                     "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
+
+
+def rows(document: Any, *, url: str | None = None) -> list[dict]:
+    """The rows of a listing answer."""
+    try:
+        result = document["ResultSet"]["Result"]
+    except (TypeError, KeyError) as exc:
+        raise XnatServerError("listing answer without ResultSet.Result", url=url) from exc
+    if not isinstance(result, list):
+        raise XnatServerError("listing answer whose Result is not a list", url=url)
+    return [row for row in result if isinstance(row, dict)]
+
+
+def items(document: Any, *, url: str | None = None) -> list[dict]:
+    """The current (non-history) items of an item answer."""
+    try:
+        found = document["items"]
+    except (TypeError, KeyError) as exc:
+        raise XnatServerError("item answer without items", url=url) from exc
+    if not isinstance(found, list):
+        raise XnatServerError("item answer whose items is not a list", url=url)
+    return [item for item in found
+            if isinstance(item, dict) and not (item.get("meta") or {}).get("isHistory")]
+
+
+def first_item(document: Any, *, url: str | None = None) -> dict:
+    found = items(document, url=url)
+    if not found:
+        raise XnatServerError("item answer with no current item", url=url)
+    return found[0]
+
+
+def fields(item: dict) -> dict:
+    return item.get("data_fields") or {}
+
+
+def children(item: dict, field: str) -> list[dict]:
+    """The child items under ``field`` (e.g. ``scans/scan``) of an item."""
+    found = []
+    for child in item.get("children") or []:
+        if isinstance(child, dict) and child.get("field") == field:
+            found.extend(entry for entry in child.get("items") or [] if isinstance(entry, dict))
+    return found
+
+
+def text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def to_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return None
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """XNAT's timestamps: ``2018-05-14 15:17:57.815`` or Java's ``Fri Apr 17 13:48:24 EDT 2015``."""
+    value = text(value).strip()
+    if not value:
+        return None
+    for fmt in _DATETIME_FORMATS:
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    words = value.split()
+    if len(words) == 6:
+        # Java's Date.toString(); the zone name is dropped (times are local).
+        try:
+            return datetime.strptime(" ".join(words[1:4] + words[5:]), "%b %d %H:%M:%S %Y")
+        except ValueError:
+            return None
+    return None
+
+
+# -- listings --------------------------------------------------------------
+
+def project_from_row(row: dict) -> Project:
+    project_id = text(row.get("ID") or row.get("id"))
+    return Project(
+        id=project_id,
+        name=text(row.get("name")),
+        description=text(row.get("description")),
+        secondary_id=text(row.get("secondary_ID")),
+        uri=paths.canonical(text(row.get("URI"))) or paths.project(project_id),
+    )
+
+
+def subject_from_row(row: dict, listed_project: str) -> Subject:
+    subject_id = text(row.get("ID"))
+    owner = text(row.get("project")) or listed_project
+    return Subject(
+        id=subject_id,
+        label=text(row.get("label")) or subject_id,
+        project=owner,
+        uri=paths.canonical(text(row.get("URI"))) or f"/data/subjects/{paths.seg(subject_id)}",
+        insert_date=parse_datetime(row.get("insert_date")),
+        shared=owner != listed_project,
+    )
+
+
+def experiment_from_row(row: dict, listed_project: str) -> Experiment:
+    experiment_id = text(row.get("ID") or row.get("xnat:subjectassessordata/id"))
+    owner = text(row.get("project")) or listed_project
+    return Experiment(
+        id=experiment_id,
+        label=text(row.get("label")) or experiment_id,
+        project=owner,
+        subject_id=text(row.get("subject_ID")),
+        subject_label=text(row.get("subject_label")),
+        xsi_type=text(row.get("xsiType")),
+        date=text(row.get("date")),
+        insert_date=parse_datetime(row.get("insert_date")),
+        uri=paths.canonical(text(row.get("URI"))) or paths.experiment(experiment_id),
+        shared=owner != listed_project,
+    )
+
+
+def _resource_id(values: dict) -> str:
+    return text(values.get("xnat_abstractresource_id") or values.get("xnat_abstractResource_id"))
+
+
+def resource_from_values(values: dict, parent_uri: str) -> Resource:
+    """A resource from a listing row or an item's ``data_fields``."""
+    label = text(values.get("label"))
+    resource_id = _resource_id(values)
+    return Resource(
+        label=label,
+        uri=paths.resource(parent_uri, label or resource_id),
+        id=resource_id,
+        format=text(values.get("format")),
+        content=text(values.get("content")),
+        file_count=to_int(values.get("file_count")),
+        file_size=to_int(values.get("file_size")),
+    )
+
+
+def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | None:
+    """A file from a file-listing row; None for a row without a usable URI.
+
+    ``resource_uri`` is the resource that was listed; without it (a scan or
+    experiment listing) the resource is worked out from the file's URI.
+    """
+    raw_uri = text(row.get("URI"))
+    split = paths.split_file_uri(raw_uri)
+    if split is None:
+        return None
+    container, resource_segment, relpath = split
+    label = text(row.get("collection"))
+    if resource_uri is None:
+        resource_uri = paths.resource(container, label) if label else f"{container}/resources/{resource_segment}"
+    return RemoteFile(
+        path=relpath,
+        size=to_int(row.get("Size")) or 0,
+        uri=paths.canonical(raw_uri),
+        resource_label=label,
+        resource_uri=resource_uri,
+        digest=text(row.get("digest")),
+        format=text(row.get("file_format")),
+        content=text(row.get("file_content")),
+        tags=text(row.get("file_tags")),
+    )
+
+
+# -- experiment item -------------------------------------------------------
+
+def _has_resource_identity(values: dict) -> bool:
+    return bool(values.get("label") or _resource_id(values))
+
+
+def scan_from_item(item: dict, experiment_id: str) -> Scan:
+    values = fields(item)
+    scan_id = text(values.get("ID"))
+    scan_uri = paths.scan(experiment_id, scan_id)
+    resources = tuple(
+        resource_from_values(fields(entry), scan_uri)
+        for entry in children(item, "file") if _has_resource_identity(fields(entry))
+    )
+    return Scan(
+        id=scan_id,
+        type=text(values.get("type")),
+        series_description=text(values.get("series_description")),
+        quality=text(values.get("quality")),
+        xsi_type=text((item.get("meta") or {}).get("xsi:type")),
+        uri=scan_uri,
+        resources=resources,
+    )
+
+
+def experiment_contents(item: dict, fallback_id: str = "") -> ExperimentContents:
+    """Scans (with their resources) and session resources of an experiment item."""
+    values = fields(item)
+    experiment_id = text(values.get("ID") or values.get("id")) or fallback_id
+    experiment_uri = paths.experiment(experiment_id)
+    scans = tuple(scan_from_item(entry, experiment_id) for entry in children(item, "scans/scan"))
+    resources = tuple(
+        resource_from_values(fields(entry), experiment_uri)
+        for entry in children(item, "resources/resource") if _has_resource_identity(fields(entry))
+    )
+    inserted = parse_datetime(values.get("insert_date")) or parse_datetime(
+        (item.get("meta") or {}).get("start_date"))
+    return ExperimentContents(experiment_id=experiment_id, scans=scans, resources=resources,
+                              insert_date=inserted)
