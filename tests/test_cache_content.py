@@ -6,12 +6,16 @@ import fcntl
 import hashlib
 import io
 import os
+import secrets
 import stat
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xnatfs.cache.content import CacheKey, ContentCache, entry_name
 from xnatfs.errors import XnatNotFound, XnatServerError
@@ -467,3 +471,76 @@ def test_closed_cache_fails_queued_downloads(cache_dir, server):
     release.set()
     running.result(timeout=5).close()
     assert queued_key.uri not in server.calls
+
+
+def test_memory_stays_flat_for_a_large_file(cache_dir):
+    size = 48 * 1024 * 1024
+    chunk = bytes(range(256)) * 256                  # 64 KiB
+    key = CacheKey("/f/huge", size, hashlib.md5(chunk * (size // len(chunk))).hexdigest())
+    cache = ContentCache(cache_dir, 2 * size)
+
+    def download(fileobj):
+        for _ in range(size // len(chunk)):
+            fileobj.write(chunk)
+
+    tracemalloc.start()
+    try:
+        with cache.fetch(key, download) as held:
+            assert held.pread(size - 10, 100) == chunk[-10:]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+class LruModel:
+    """What the cache should hold, in the simplest terms: entries in order of
+    use, a count of open handles per entry, and room for ``slots`` entries."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.order: list[str] = []
+        self.open_count: dict[str, int] = {}
+
+    def use(self, name: str) -> bool:
+        """Fetch ``name``; True when it ends up kept in the cache."""
+        if name in self.order:
+            self.order.remove(name)
+            self.order.append(name)
+            return True
+        while len(self.order) >= self.slots:
+            victims = [n for n in self.order if not self.open_count.get(n)]
+            if not victims:
+                return False
+            self.order.remove(victims[0])
+        self.order.append(name)
+        return True
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from("abcdefg"), st.booleans(), st.booleans()), max_size=25))
+def test_eviction_matches_an_lru_model(tmp_path, steps):
+    """Each step fetches an entry, maybe keeps it open, maybe closes the oldest open handle."""
+    cache_dir = tmp_path / secrets.token_hex(4)
+    cache = ContentCache(cache_dir, 400)
+    server = Server()
+    keys = {n: server.add(f"/f/{n}", 100) for n in "abcdefg"}
+    model = LruModel(slots=4)
+    handles: list[tuple[str, object]] = []
+    for name, keep_open, close_one in steps:
+        kept = model.use(name)
+        held = cache.fetch(keys[name], server.download(keys[name].uri))
+        if keep_open and kept:
+            handles.append((name, held))
+            model.open_count[name] = model.open_count.get(name, 0) + 1
+        else:
+            held.close()
+        if close_one and handles:
+            old_name, old = handles.pop(0)
+            old.close()
+            model.open_count[old_name] -= 1
+        assert sorted(n for n in keys if cache.contains(keys[n])) == sorted(model.order)
+        assert cache.info().bytes_used <= 400
+    for _, held in handles:
+        held.close()
+    cache.close()
