@@ -153,7 +153,7 @@ class Tree:
 
     def known_nlink(self, node: Node) -> int:
         """2 + sub-directories if this directory's entries are known, else its hint."""
-        memo = self._memo.get(node.key)
+        memo = self._memo.get(_memo_key(node))
         if memo is not None:
             return 2 + memo[1].subdir_count
         return node.nlink
@@ -163,11 +163,12 @@ class Tree:
         self.listings.invalidate(key)
 
     def _derive(self, node: Node, raws: tuple) -> Listing:
-        memo = self._memo.get(node.key)
+        memo_key = _memo_key(node)
+        memo = self._memo.get(memo_key)
         if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
             return memo[1]
         listing = self._build(node, raws)
-        self._memo[node.key] = (raws, listing)
+        self._memo[memo_key] = (raws, listing)
         return listing
 
     def _build(self, node: Node, raws: tuple) -> Listing:
@@ -344,6 +345,12 @@ class Tree:
                 await self.children(node)
             except Exception as exc:  # a prefetch failing only means the real look will retry
                 logger.debug("prefetch of %s failed: %s", node.experiment.id, exc)
+
+
+def _memo_key(node: Node) -> tuple:
+    # One experiment can be shown writable in its own project and read-only in
+    # a project it is shared into; their listings differ only in that.
+    return (node.key, node.read_only)
 
 
 def _group_by_subject(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
