@@ -340,7 +340,8 @@ def test_foreground_fetch_does_not_wait_behind_queued_prefetches(cache_dir, serv
     with cache.fetch(wanted, server.download(wanted.uri)) as held:
         assert read_all(held) == server.files[wanted.uri]
     assert time.monotonic() - started < 2
-    assert queued.result(timeout=1).pread(0, 3) == server.files[wanted.uri][:3]
+    with queued.result(timeout=1) as joined:
+        assert joined.pread(0, 3) == server.files[wanted.uri][:3]
     release.set()
     blocking.result(timeout=5).close()
     assert server.calls[wanted.uri] == 1
