@@ -1,0 +1,39 @@
+"""Shared fixtures: a running fake XNAT, with the small sample study or empty.
+
+The sample is generated once per test session into a template folder and
+copied for each test, so every test gets its own fresh, writable server.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from xnatfs.fake import FakeXnat
+
+
+@pytest.fixture(scope="session")
+def fake_xnat_template(tmp_path_factory):
+    """A data folder holding the small sample study; never served directly."""
+    template = tmp_path_factory.mktemp("fake-xnat-template")
+    FakeXnat(template, sample="small").close()
+    return template
+
+
+@pytest.fixture
+def fake_xnat(fake_xnat_template, tmp_path):
+    """A started fake XNAT with a fresh copy of the small sample study."""
+    data = tmp_path / "fake-xnat"
+    shutil.copytree(fake_xnat_template, data)
+    server = FakeXnat(data).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_xnat_empty(tmp_path):
+    """A started fake XNAT with no data at all."""
+    server = FakeXnat(tmp_path / "fake-xnat").start()
+    yield server
+    server.close()
