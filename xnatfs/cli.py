@@ -149,19 +149,29 @@ def _credentials(settings: MountSettings) -> tuple[str | None, str | None]:
     return settings.user, None
 
 
+STARTUP_RETRIES = 1
+RUNNING_RETRIES = 5
+
+
 def connect(settings: MountSettings):
-    """A connection that has been shown to work, and the project listing that proved it."""
+    """A connection that has been shown to work, and the project listing that proved it.
+
+    The check retries little, so a wrong address is reported in seconds; the
+    mount itself retries more.
+    """
     from xnatfs.client.connection import XnatConnection
 
     user, password = _credentials(settings)
-    connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls)
+    who = f"user {user}" if user else "guest access"
     try:
+        connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
+                                    retries=STARTUP_RETRIES)
         projects = connection.list_projects()
     except XnatAuthError as exc:
-        who = f"user {user}" if user else "guest access"
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
-        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc}") from None
+        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
+    connection.session.retries = RUNNING_RETRIES
     return connection, projects
 
 
