@@ -21,7 +21,8 @@ from xml.sax.saxutils import quoteattr
 
 from .archives import Entry, is_archive_name, unpack, write_tar, write_zip
 from .http import (BadRequest, Request, Response, StreamBody, error_page, file_response,
-                   method_not_allowed)
+                   json_response, method_not_allowed)
+from .items import resource_item
 from .store import Store, StoreError, clean_relpath
 from .tables import table_response
 
@@ -139,13 +140,16 @@ class FilesApi:
                              "cat_id": resource["id"], "cat_desc": "", "format": resource["format"],
                              "content": resource["content"], "tags": resource["tags"],
                              "file_count": count, "file_size": total})
-        return table_response(request, rows, RESOURCE_COLUMNS, title="Resources")
+        return table_response(request, rows, RESOURCE_COLUMNS, title="Resources",
+                              fixed_columns=True)
 
     def _resource(self, request: Request, parents: list[Parent], selector: str) -> Response:
         chosen = self._select(parents, selector)
         if request.method in ("GET", "HEAD"):
             if not chosen:
                 return error_page(404, "Unable to find resource.")
+            if (request.param("format") or "").lower() == "json":
+                return json_response({"items": [resource_item(self.store, r) for _p, r in chosen]})
             return self._catalog(chosen[0][1])
         if request.method in ("PUT", "POST"):
             if len(parents) != 1:
@@ -202,7 +206,8 @@ class FilesApi:
                     "collection": resource["label"], "file_tags": row["tags"],
                     "file_format": row["format"], "file_content": row["content"],
                     "cat_ID": resource["id"], "digest": row["digest"]})
-        return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True)
+        return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True,
+                              fixed_columns=True)
 
     def _archive(self, request: Request, pairs: list[tuple[Parent, object]], fmt: str) -> Response:
         structure = (request.param("structure") or "default").lower()

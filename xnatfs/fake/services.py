@@ -15,9 +15,7 @@ from .importer import import_service
 from .workflows import search, workflow_answer
 
 XNAT_VERSION = "1.8.10"
-SCHEMAS = ("xnat", "xdat", "catalog", "workflow")
-SCHEMA_FILES = {"xnat": "xnat.xsd", "xdat": "xdat.xsd", "catalog": "catalog.xsd",
-                "workflow": "workflow.xsd"}
+SCHEMA_FILES = {"xnat": "xnat.xsd"}
 BROWSER_MARKERS = ("Mozilla", "Chrome", "Safari")
 
 EXPIRED_PASSWORD_PAGE = """<!DOCTYPE html>
@@ -112,6 +110,8 @@ def data_service(request: Request, server, segments: list[str]) -> Response | No
         return search(request, server.store)
     if head == "search" and segments[1:] == ["elements"]:
         return _search_elements(request)
+    if head == "search" and len(segments) == 3 and segments[1] == "elements":
+        return _display_fields(request, segments[2])
     if head == "workflows" and len(segments) == 2:
         return workflow_answer(request, server.store, segments[1])
     return None
@@ -159,6 +159,32 @@ def _search_elements(request: Request) -> Response:
     return json_response(body)
 
 
+SESSION_DISPLAY_FIELDS = (("SESSION_ID", "ID", "string"), ("LABEL", "Label", "string"),
+                          ("PROJECT", "Project", "string"), ("SUBJECT_ID", "Subject", "string"),
+                          ("SUBJECT_LABEL", "Subject label", "string"), ("DATE", "Date", "date"),
+                          ("INSERT_DATE", "Inserted", "date"), ("MODALITY", "Modality", "string"))
+DISPLAY_FIELDS = {
+    "xnat:projectData": (("ID", "ID", "string"), ("NAME", "Name", "string"),
+                         ("DESCRIPTION", "Description", "string"),
+                         ("SECONDARY_ID", "Running title", "string"), ("PI", "PI", "string")),
+    "xnat:subjectData": (("SUBJECT_ID", "ID", "string"), ("SUBJECT_LABEL", "Label", "string"),
+                         ("PROJECT", "Project", "string"), ("INSERT_DATE", "Inserted", "date"),
+                         ("INSERT_USER", "Creator", "string")),
+    "xnat:mrSessionData": SESSION_DISPLAY_FIELDS,
+    "xnat:ctSessionData": SESSION_DISPLAY_FIELDS,
+    "xnat:petSessionData": SESSION_DISPLAY_FIELDS,
+}
+
+
+def _display_fields(request: Request, element: str) -> Response:
+    fields = DISPLAY_FIELDS.get(element)
+    if fields is None:
+        return error_page(404, f"Unknown data type {element}.")
+    rows = [{"FIELD_ID": field, "HEADER": header, "TYPE": kind, "DESC": "", "ELEMENT_NAME": element,
+             "SRC": "0", "REQUIRES_VALUE": "false"} for field, header, kind in fields]
+    return json_response({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}})
+
+
 def xapi(request: Request, server, rest: list[str]) -> Response:
     if rest == ["siteConfig", "buildInfo"]:
         return json_response({"version": XNAT_VERSION, "buildNumber": "fake", "commit": "fake",
@@ -171,7 +197,7 @@ def xapi(request: Request, server, rest: list[str]) -> Response:
         return json_response({"days": seconds // 86400, "hours": seconds // 3600 % 24,
                               "minutes": seconds // 60 % 60, "seconds": seconds % 60})
     if rest == ["schemas"]:
-        return json_response(list(SCHEMAS))
+        return json_response(list(SCHEMA_FILES))
     if len(rest) == 2 and rest[0] == "schemas" and rest[1] in SCHEMA_FILES:
         text = resources.files(__package__).joinpath(SCHEMA_FILES[rest[1]]).read_text("utf-8")
         return Response(200, text.encode(), "application/xml;charset=UTF-8")

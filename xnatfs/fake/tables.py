@@ -27,17 +27,19 @@ CONTROL_PARAMS = {
 
 def table_response(request: Request, rows: list[dict], columns: list[str], *,
                    title: str | None = None, file_listing: bool = False,
-                   ignore: tuple[str, ...] = ()) -> Response:
+                   ignore: tuple[str, ...] = (), fixed_columns: bool = False) -> Response:
     """Answer a listing in the format the request asks for.
 
     ``rows`` hold every known field of each row (values may be any type;
     they are sent as strings); ``columns`` are the ones shown by default.
+    ``fixed_columns`` ignores ``columns=``, as XNAT's resource and file
+    listings do. Parameters named in ``ignore`` are not row filters.
     """
     fmt = (request.param("format") or "json").lower()
     rows = _filter(rows, request, {name.lower() for name in ignore})
     rows = _sort(rows, request)
     rows = _page(rows, request)
-    shown = _columns(request, rows, columns)
+    shown = list(columns) if fixed_columns else _columns(request, columns)
     table = [{c: _text(_lookup(row, c)) for c in shown} for row in rows]
     if fmt == "json":
         result: dict = {"Result": table, "totalRecords": str(len(table))}
@@ -76,7 +78,7 @@ def _lookup(row: dict, column: str):
     return row[field] if field else ""
 
 
-def _columns(request: Request, rows: list[dict], defaults: list[str]) -> list[str]:
+def _columns(request: Request, defaults: list[str]) -> list[str]:
     asked = request.param("columns")
     if not asked:
         return list(defaults)
