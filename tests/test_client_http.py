@@ -1,0 +1,305 @@
+"""The client's HTTP behaviour against the fake XNAT: sessions, retries, errors, ranges."""
+
+import io
+import threading
+import time
+
+import pytest
+
+from xnatfs.errors import XnatAuthError, XnatPermissionError, XnatServerError
+from xnatfs.client import XnatConnection
+from xnatfs.client.http import XnatSession, parse_json
+
+SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
+
+
+def connect(server, **options):
+    options.setdefault("backoff", 0.01)
+    return XnatConnection(server.url, server.username, server.password, **options)
+
+
+def logins(server):
+    return server.count("POST", "/data/JSESSION")
+
+
+def first_file(conn, resource=SCAN_DICOM):
+    remote = conn.list_files(resource)[0]
+    return remote, remote_bytes(conn, remote)
+
+
+def remote_bytes(conn, remote):
+    out = io.BytesIO()
+    conn.download(remote.uri, out)
+    return out.getvalue()
+
+
+def stored_bytes(server, experiment_id, scan_id, label, relpath):
+    scan = server.store.scan(experiment_id, scan_id)
+    resource = server.store.find_resource("scan", str(scan["pk"]), label)
+    return server.store.file_path(resource["id"], relpath).read_bytes()
+
+
+# -- sessions ------------------------------------------------------------------
+
+def test_one_login_serves_many_requests_and_close_logs_out(fake_xnat):
+    with connect(fake_xnat) as conn:
+        for _ in range(3):
+            conn.list_projects()
+        assert logins(fake_xnat) == 1
+    assert fake_xnat.count("DELETE", "/data/JSESSION") == 1
+
+
+def test_expired_session_is_renewed_transparently(fake_xnat):
+    with connect(fake_xnat) as conn:
+        fake_xnat.session_timeout = 0.3
+        conn.list_projects()
+        time.sleep(0.5)
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
+        assert logins(fake_xnat) == 2
+        assert ("GET", "/data/projects?format=json", 401) in fake_xnat.requests
+
+
+def test_only_one_thread_logs_in_again_after_expiry(fake_xnat):
+    with connect(fake_xnat) as conn:
+        fake_xnat.session_timeout = 0.3
+        conn.list_projects()
+        time.sleep(0.5)
+        errors = []
+        barrier = threading.Barrier(16)
+
+        def work():
+            try:
+                barrier.wait()
+                conn.list_subjects("STUDY01")
+            except Exception as exc:        # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        assert logins(fake_xnat) == 2
+
+
+def test_wrong_password_is_an_auth_error_without_the_password(fake_xnat):
+    with pytest.raises(XnatAuthError) as caught:
+        XnatConnection(fake_xnat.url, "admin", "not-the-password-123")
+    assert "not-the-password-123" not in str(caught.value)
+    assert caught.value.status == 401
+
+
+def test_expired_password_page_is_detected(fake_xnat):
+    fake_xnat.expired_password = True
+    with pytest.raises(XnatAuthError, match="expired"):
+        connect(fake_xnat)
+
+
+def test_credentials_refused_on_renewal_is_a_permission_error(fake_xnat):
+    with connect(fake_xnat) as conn:
+        fake_xnat.session_timeout = 0.2
+        time.sleep(0.4)
+        fake_xnat.expired_password = True
+        with pytest.raises(XnatPermissionError):
+            conn.list_projects()
+
+
+def test_credentials_from_the_environment(fake_xnat, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XNAT_USER", fake_xnat.username)
+    monkeypatch.setenv("XNAT_PASS", fake_xnat.password)
+    with XnatConnection(fake_xnat.url, backoff=0.01) as conn:
+        assert conn.username == fake_xnat.username
+        assert conn.list_projects()
+
+
+def test_credentials_from_a_netrc_file(fake_xnat, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XNAT_USER", raising=False)
+    monkeypatch.delenv("XNAT_PASS", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {fake_xnat.username} password {fake_xnat.password}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with XnatConnection(fake_xnat.url, backoff=0.01) as conn:
+        assert conn.auth.source == str(netrc)
+        assert conn.list_subjects("STUDY01")
+
+
+def test_alias_token_issued_by_the_server_logs_in(fake_xnat):
+    with connect(fake_xnat) as conn:
+        token = conn.issue_token()
+    assert token.expires is None or token.expires > time.time()
+    with XnatConnection(fake_xnat.url, token.alias, token.secret, backoff=0.01) as conn:
+        assert conn.list_projects()
+
+
+def test_no_credentials_anywhere_gives_a_clear_auth_error(fake_xnat, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("XNAT_USER", "XNAT_PASS", "NETRC", "XNATFS_TOKENS", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    with XnatConnection(fake_xnat.url, backoff=0.01) as conn:
+        assert conn.username is None
+        with pytest.raises(XnatAuthError, match="no credentials"):
+            conn.list_projects()
+
+
+def test_repr_shows_url_and_user_only(fake_xnat):
+    with connect(fake_xnat) as conn:
+        assert repr(conn) == f"<XnatConnection {fake_xnat.url} user=admin>"
+        assert "password=<hidden>" in repr(conn.auth)
+
+
+# -- retries ---------------------------------------------------------------------
+
+def test_injected_503s_are_retried(fake_xnat):
+    with connect(fake_xnat, retries=8) as conn:
+        fake_xnat.set_faults(error_rate=0.5, error_statuses=(503,), seed=7)
+        for _ in range(10):
+            assert len(conn.list_subjects("STUDY01")) == 3
+        fake_xnat.set_faults()
+    assert any(status == 503 for _m, _p, status in fake_xnat.requests)
+
+
+def test_persistent_503_gives_up_after_the_retries(fake_xnat):
+    with connect(fake_xnat, retries=2) as conn:
+        fake_xnat.reset_counts()
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(XnatServerError) as caught:
+            conn.list_projects()
+        fake_xnat.set_faults()
+    assert caught.value.status == 503
+    assert "/data/projects" in caught.value.url
+    assert fake_xnat.count("GET", "/data/projects") == 3
+
+
+def test_dropped_connections_are_retried(fake_xnat):
+    with connect(fake_xnat, retries=10) as conn:
+        fake_xnat.set_faults(drop_rate=0.4, seed=3)
+        for _ in range(8):
+            assert len(conn.list_experiments("STUDY01")) == 4
+        fake_xnat.set_faults()
+
+
+def test_truncated_listing_is_retried(fake_xnat):
+    with connect(fake_xnat, retries=10) as conn:
+        fake_xnat.set_faults(truncate_rate=0.5, seed=11)
+        for _ in range(8):
+            assert len(conn.list_files(SCAN_DICOM)) == 20
+        fake_xnat.set_faults()
+
+
+def test_truncated_download_is_resumed_to_the_exact_bytes(fake_xnat):
+    with connect(fake_xnat, retries=20) as conn:
+        remote = conn.list_files(SCAN_DICOM)[0]
+        expected = stored_bytes(fake_xnat, "XNAT_E00001", "2", "DICOM", remote.path)
+        fake_xnat.set_faults(truncate_rate=0.5, drop_rate=0.2, seed=5)
+        for _ in range(5):
+            assert remote_bytes(conn, remote) == expected
+        fake_xnat.set_faults()
+
+
+def test_truncation_that_never_ends_is_a_server_error(fake_xnat):
+    with connect(fake_xnat, retries=2) as conn:
+        remote = conn.list_files(SCAN_DICOM)[0]
+        fake_xnat.set_faults(truncate_rate=1.0)
+        with pytest.raises(XnatServerError, match="incomplete|short|closed"):
+            conn.download(remote.uri, io.BytesIO())
+        fake_xnat.set_faults()
+
+
+def test_a_post_that_may_have_reached_the_server_is_not_repeated(fake_xnat):
+    with connect(fake_xnat, retries=5) as conn:
+        fake_xnat.reset_counts()
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(XnatServerError) as caught:
+            conn.session.request("POST", "/data/services/import", params={"project": "STUDY01"},
+                                 data=io.BytesIO(b"PK\x05\x06" + b"\0" * 18),
+                                 headers={"Content-Type": "application/zip"})
+        fake_xnat.set_faults()
+    assert caught.value.status == 503
+    assert fake_xnat.count("POST", "/data/services/import") == 1
+
+
+def test_stalled_answers_time_out_and_are_retried(fake_xnat):
+    with connect(fake_xnat, timeout=0.3, retries=1) as conn:
+        fake_xnat.set_faults(stall_ms=1000, stall_rate=1.0)
+        started = time.monotonic()
+        with pytest.raises(XnatServerError, match="timed out"):
+            conn.list_projects()
+        fake_xnat.set_faults()
+        assert time.monotonic() - started < 5
+        assert conn.list_projects()
+
+
+def test_unreachable_server_is_a_server_error(fake_xnat):
+    conn = connect(fake_xnat, retries=1)
+    fake_xnat.stop()
+    with pytest.raises(XnatServerError, match="connection failed") as caught:
+        conn.list_projects()
+    assert caught.value.status is None
+    conn.close()
+
+
+def test_web_page_where_json_was_expected_is_an_error(fake_xnat):
+    session = XnatSession(fake_xnat.url)
+    response = session.request("GET", "/data/JSESSION", ok=(200, 401))
+    with pytest.raises(XnatServerError):
+        parse_json(response)
+    session.close()
+
+
+def test_addresses_on_other_servers_are_refused(fake_xnat):
+    with connect(fake_xnat) as conn:
+        with pytest.raises(ValueError):
+            conn.download("http://elsewhere.example.org/data/x", io.BytesIO())
+
+
+# -- ranges ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_partial_download_with_and_without_range_support(fake_xnat, honour_range):
+    fake_xnat.honour_range = honour_range
+    with connect(fake_xnat) as conn:
+        remote = conn.list_files(SCAN_DICOM)[0]
+        expected = stored_bytes(fake_xnat, "XNAT_E00001", "2", "DICOM", remote.path)
+        out = io.BytesIO()
+        assert conn.download(remote.uri, out, offset=100, length=1000) == 1000
+        assert out.getvalue() == expected[100:1100]
+        assert conn.supports_range is honour_range
+        tail = io.BytesIO()
+        assert conn.download(remote.uri, tail, offset=len(expected) - 10) == 10
+        assert tail.getvalue() == expected[-10:]
+        beyond = io.BytesIO()
+        assert conn.download(remote.uri, beyond, offset=len(expected) + 5, length=10) == 0
+
+
+def test_ranged_download_resumes_after_truncation(fake_xnat):
+    fake_xnat.honour_range = True
+    with connect(fake_xnat, retries=20) as conn:
+        remote = conn.list_files(SCAN_DICOM)[0]
+        expected = stored_bytes(fake_xnat, "XNAT_E00001", "2", "DICOM", remote.path)
+        fake_xnat.set_faults(truncate_rate=0.6, seed=2)
+        out = io.BytesIO()
+        assert conn.download(remote.uri, out, offset=7, length=len(expected) - 20) == len(expected) - 20
+        fake_xnat.set_faults()
+        assert out.getvalue() == expected[7:-13]
+
+
+def test_parallel_downloads_share_one_session(fake_xnat):
+    with connect(fake_xnat) as conn:
+        files = conn.list_files("/data/experiments/XNAT_E00001/scans/4/resources/DICOM")
+        assert len(files) >= 32
+        results = {}
+
+        def fetch(remote):
+            results[remote.path] = remote_bytes(conn, remote)
+
+        threads = [threading.Thread(target=fetch, args=(remote,)) for remote in files]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert {path: len(data) for path, data in results.items()} == {f.path: f.size for f in files}
+        assert logins(fake_xnat) == 1
