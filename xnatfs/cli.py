@@ -208,8 +208,9 @@ def run_mount(settings: MountSettings, connection, projects, notify=None) -> int
 
 def cmd_mount(args) -> int:
     settings = _settings_from_args(args)
-    if settings.foreground:
-        configure_logging(settings.log_level, settings.log_file)
+    # A detached mount logs to its file from the start, so that retries of the
+    # start-up check do not clutter the one line a failure prints.
+    configure_logging(settings.log_level, settings.log_file if settings.foreground else _daemon_log_file(settings))
     check_url(settings.url)
     check_fuse_device()
     check_mountpoint(settings.mountpoint)
@@ -220,11 +221,7 @@ def cmd_mount(args) -> int:
 
     from xnatfs.fs.mount import run_detached
 
-    def daemon(notify) -> int:
-        configure_logging(settings.log_level, _daemon_log_file(settings))
-        return run_mount(settings, connection, projects, notify)
-
-    return run_detached(daemon)
+    return run_detached(lambda notify: run_mount(settings, connection, projects, notify))
 
 
 # ---- unmount -----------------------------------------------------------------
