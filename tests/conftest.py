@@ -2,10 +2,14 @@
 
 The sample is generated once per test session into a template folder and
 copied for each test, so every test gets its own fresh, writable server.
+Archive files are copied as hard links (fast); the store never writes into
+an existing file, it renames a new one into place, so the template stays
+intact. Change server data through ``server.store``, not by writing files.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -25,7 +29,10 @@ def fake_xnat_template(tmp_path_factory):
 def fake_xnat(fake_xnat_template, tmp_path):
     """A started fake XNAT with a fresh copy of the small sample study."""
     data = tmp_path / "fake-xnat"
-    shutil.copytree(fake_xnat_template, data)
+    shutil.copytree(fake_xnat_template / "archive", data / "archive", copy_function=_link_or_copy)
+    for name in os.listdir(fake_xnat_template):
+        if name != "archive" and (fake_xnat_template / name).is_file():
+            shutil.copy2(fake_xnat_template / name, data / name)
     server = FakeXnat(data).start()
     yield server
     server.close()
@@ -37,3 +44,11 @@ def fake_xnat_empty(tmp_path):
     server = FakeXnat(tmp_path / "fake-xnat").start()
     yield server
     server.close()
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target

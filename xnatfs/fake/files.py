@@ -256,15 +256,15 @@ class FilesApi:
             return error_page(400, "Files are uploaded into one resource at a time.")
         parent = parents[0]
         resource = self.store.find_resource(parent.level, parent.owner, selector)
-        if resource is None:
-            if not _valid_resource_label(selector):
-                return error_page(417, "Invalid resource label.")
-            self.store.add_resource(parent.level, parent.owner, selector)
-            resource = self.store.find_resource(parent.level, parent.owner, selector)
+        if resource is None and not _valid_resource_label(selector):
+            return error_page(417, "Invalid resource label.")
         uploads = self._receive(request, relpath, multipart)
         try:
             if not uploads:
                 return error_page(400, "No content was uploaded.")
+            if resource is None:
+                self.store.add_resource(parent.level, parent.owner, selector)
+                resource = self.store.find_resource(parent.level, parent.owner, selector)
             duplicates = []
             for name, staged, digest in uploads:
                 duplicates += self._place(request, resource["id"], name, staged, digest)

@@ -163,6 +163,7 @@ class BodyReader:
                 raise BadRequest("Invalid Content-Length header.")
             self._left = self.length
         self._done = not self.chunked and self._left == 0
+        self.broken = False
 
     @property
     def present(self) -> bool:
@@ -181,6 +182,8 @@ class BodyReader:
                 continue
             data = self._rfile.read(min(wanted, self._left))
             if not data:
+                self._done = True
+                self.broken = True
                 raise BadRequest("Request body ended early.")
             self._left -= len(data)
             wanted -= len(data)
@@ -194,6 +197,9 @@ class BodyReader:
         try:
             self._left = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError as exc:
+            # The framing is lost: nothing more can be read from this connection.
+            self._done = True
+            self.broken = True
             raise BadRequest("Malformed chunked body.") from exc
         if self._left == 0:
             while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
@@ -201,6 +207,8 @@ class BodyReader:
             self._done = True
 
     def drain(self, limit: int) -> bool:
+        if self.broken:
+            return False
         drained = 0
         while not self._done:
             chunk = self.read(COPY_BUFFER)

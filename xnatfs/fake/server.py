@@ -206,7 +206,7 @@ class FakeXnat:
         self._httpd = _HttpServer((self.host, self.port), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
                                         name=f"fake-xnat-{self.port}", daemon=True)
         self._thread.start()
         logger.info("fake XNAT serving %s from %s", self.url, self.data_dir)
