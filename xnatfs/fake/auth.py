@@ -44,12 +44,7 @@ class Authenticator:
         expected = self._users.get(username)
         if expected is not None and secrets.compare_digest(expected, password):
             return username
-        token = self.token_user(username, password)
-        return token
-
-    def is_token(self, username: str) -> bool:
-        with self._lock:
-            return username in self._tokens
+        return self.token_user(username, password)
 
     def token_user(self, alias: str, secret: str) -> str | None:
         with self._lock:
