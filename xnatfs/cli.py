@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, cache, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
@@ -150,7 +150,6 @@ def _credentials(settings: MountSettings) -> tuple[str | None, str | None]:
 
 
 STARTUP_RETRIES = 1
-RUNNING_RETRIES = 5
 
 
 def connect(settings: MountSettings):
@@ -165,13 +164,13 @@ def connect(settings: MountSettings):
     who = f"user {user}" if user else "guest access"
     try:
         connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                    retries=STARTUP_RETRIES)
+                                    retries=min(STARTUP_RETRIES, settings.retries))
         projects = connection.list_projects()
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
         raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
-    connection.session.retries = RUNNING_RETRIES
+    connection.session.retries = settings.retries
     return connection, projects
 
 
@@ -350,12 +349,13 @@ def cmd_cache(args) -> int:
     return 0
 
 
-# ---- fake server -------------------------------------------------------------
+# ---- prefetch -----------------------------------------------------
 
-def cmd_fake_server(args) -> int:
-    from xnatfs.fake.cli import main as fake_main
+def cmd_prefetch(args) -> int:
+    from xnatfs.prefetch import main as prefetch_main
 
-    return fake_main(args.rest)
+    return prefetch_main(args)
+
 
 
 # ---- parser ------------------------------------------------------------------
@@ -403,13 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
 
-    fake = commands.add_parser("fake-server", help="run the fake XNAT server", add_help=False)
-    fake.add_argument("rest", nargs=argparse.REMAINDER)
-    fake.set_defaults(handler=cmd_fake_server)
+    from xnatfs.prefetch import add_arguments as prefetch_arguments
+
+    prefetch = commands.add_parser("prefetch", help="read files under a mount once, to warm the cache")
+    prefetch_arguments(prefetch)
+    prefetch.set_defaults(handler=cmd_prefetch)
+
+    # Listed for --help; main() hands its arguments to the fake server's parser.
+    commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fake-server"]:
+        # Its options belong to the fake server's own parser, untouched by ours.
+        from xnatfs.fake.cli import main as fake_main
+
+        return fake_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

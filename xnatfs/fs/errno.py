@@ -50,6 +50,8 @@ _BY_STATUS = {
 
 def errno_for(exc: BaseException) -> int:
     """The errno a file system caller should see for ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
     if isinstance(exc, XnatError):

@@ -21,7 +21,7 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.nodes import FileNode, Node, SubjectDir
-from xnatfs.fs.reading import LARGE_FILE_BYTES, ReadHandle
+from xnatfs.fs.reading import ReadHandle
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.xattrs import xattrs_for
@@ -43,13 +43,11 @@ class XnatOperations(pyfuse3.Operations):
     enable_acl = False
     supports_dot_lookup = False
 
-    def __init__(self, tree: Tree, cache: ContentCache, settings: MountSettings,
-                 *, large_file_bytes: int = LARGE_FILE_BYTES):
+    def __init__(self, tree: Tree, cache: ContentCache, settings: MountSettings):
         super().__init__()
         self.tree = tree
         self.cache = cache
         self.settings = settings
-        self.large_file_bytes = large_file_bytes
         self.limiter = tree.limiter
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
@@ -259,7 +257,7 @@ class XnatOperations(pyfuse3.Operations):
             connection.download(remote.uri, fileobj)
 
         handle = await ReadHandle.open(self.cache, key, download, self.limiter,
-                                       large_file_bytes=self.large_file_bytes)
+                                       large_file_bytes=self.settings.large_file_size)
         number = self._new_handle()
         self._read_handles[number] = handle
         previous = self._last_served.get(inode)

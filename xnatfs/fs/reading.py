@@ -16,9 +16,6 @@ from xnatfs.cache.content import CacheKey, CachedFile, ContentCache, PendingFetc
 
 logger = logging.getLogger(__name__)
 
-LARGE_FILE_BYTES = 64 << 20
-
-
 class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
@@ -30,7 +27,7 @@ class ReadHandle:
 
     @classmethod
     async def open(cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter,
-                   *, large_file_bytes: int = LARGE_FILE_BYTES) -> ReadHandle:
+                   *, large_file_bytes: int) -> ReadHandle:
         """Open ``key`` from the cache, downloading it with ``download(fileobj)`` on a miss."""
         if key.size == 0:
             return cls(key, None, None, hit=True)
@@ -40,7 +37,9 @@ class ReadHandle:
             if cached is not None:
                 return cls(key, cached, None, hit=True)
             if key.size >= large_file_bytes:
+                logger.debug("serving %s while it downloads", key.uri)
                 return cls(key, None, cache.start_fetch(key, download), hit=False)
+            logger.debug("downloading %s", key.uri)
             return cls(key, cache.fetch(key, download), None, hit=False)
 
         return await trio.to_thread.run_sync(open_blocking, limiter=limiter)

@@ -66,6 +66,8 @@ class MountSettings:
     log_file: Path | None = None
     verify_tls: bool = True
     workers: int = 16
+    retries: int = 5                     # for each failed idempotent request, with backoff
+    large_file_size: int = 64 << 20      # files this big are served while they download
 
     @property
     def negative_ttl(self) -> float:
@@ -80,7 +82,7 @@ class MountSettings:
 _CONFIG_KEYS = {
     "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
-    "log_file": Path, "verify_tls": bool, "workers": int,
+    "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
 }
 
 

@@ -110,9 +110,16 @@ class Tree:
         async def load(index: int) -> None:
             results[index] = await self.raw(keys[index])
 
-        async with trio.open_nursery() as nursery:
-            for index in range(len(keys)):
-                nursery.start_soon(load, index)
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(len(keys)):
+                    nursery.start_soon(load, index)
+        except BaseExceptionGroup as group:
+            # Report what the server said (the first failure), not a group of them.
+            failures = [exc for exc in group.exceptions if isinstance(exc, Exception)]
+            if len(failures) == len(group.exceptions):
+                raise failures[0] from None
+            raise
         return tuple(results)
 
     # ---- listings -----------------------------------------------------

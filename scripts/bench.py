@@ -1,0 +1,807 @@
+"""Benchmark xnatfs against direct transfers from the same XNAT, side by side.
+
+Runs the fake XNAT (``--sample-size large``, 20 ms added to every request, as
+on a campus link) in a child process on 127.0.0.1, mounts it with the real
+``xnatfs mount`` daemon, and times each task through the mount and by the
+usual alternative (curl, a naive requests script, a local copy) in the same
+run. Each row is repeated (``--runs``); the table gives medians with their
+min–max spread and the ratio mount / alternative, then ``docs/BENCHMARKS.md``
+is written with the machine, the settings and the table.
+
+Cold measurements use a fresh mount with an empty cache folder, after the
+kernel's page cache has been dropped (when running as root). Nothing but
+127.0.0.1 is contacted; every mount is taken down in ``finally``.
+
+    .venv/bin/python scripts/bench.py [--quick] [--only 1,4] [--runs N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+logger = logging.getLogger("bench")
+
+REPO = Path(__file__).resolve().parent.parent
+LATENCY_MS = 20.0
+TTL = 600.0
+FULL_RUNS = 3
+QUICK_RUNS = 1
+FULL_UPLOAD_MB = 100
+QUICK_UPLOAD_MB = 20
+UPLOAD_FILE_MB = 1
+PARALLEL_LISTINGS = 16
+CHUNK = 1 << 20
+USER = PASSWORD = "admin"
+MOUNT_TIMEOUT = 180.0
+SERVER_START_TIMEOUT = 900.0
+
+# Where the large sample keeps what each benchmark needs (xnatfs/fake/sample.py).
+PROJECT = "BENCH"
+HIRES_SUBJECT = "HIRES"
+HIRES_SESSION = "HIRES_MR1"
+SERIES_SCAN = "2"
+BIG_RESOURCE = "RAW"
+BIG_FILE = "raw_data.bin"
+UPLOAD_SUBJECT = "B0001"
+UPLOAD_SESSION = "B0001_MR1"
+
+
+# ---- results -------------------------------------------------------------
+
+@dataclass
+class Goal:
+    """A bound on the median ratio: ``at_most`` or ``at_least`` the value."""
+    op: str
+    value: float
+
+    def met(self, ratio: float) -> bool:
+        return ratio <= self.value if self.op == "at_most" else ratio >= self.value
+
+    def text(self) -> str:
+        return f"{'≤' if self.op == 'at_most' else '≥'} {self.value:g}×"
+
+
+@dataclass
+class Row:
+    key: str
+    what: str
+    ours_name: str
+    theirs_name: str
+    unit: str
+    goal: Goal | None = None
+    ours: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)
+    not_measured: str = ""
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.ours, self.theirs) if b]
+
+    @property
+    def measured(self) -> bool:
+        return not self.not_measured and bool(self.ratios)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    def verdict(self) -> str:
+        if not self.measured:
+            return "not measured"
+        if self.goal is None:
+            return "(report)"
+        return "met" if self.goal.met(self.ratio) else "MISSED"
+
+
+def spread(values: list[float], unit: str) -> str:
+    if not values:
+        return "–"
+    digits = 0 if unit in ("requests", "MB") else (1 if unit == "MB/s" else 2)
+    middle = f"{statistics.median(values):.{digits}f}"
+    if len(values) == 1 or min(values) == max(values):
+        return f"{middle} {unit}"
+    return f"{middle} {unit} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def ratio_text(row: Row) -> str:
+    if not row.measured:
+        return "–"
+    ratios = row.ratios
+    if len(ratios) == 1:
+        return f"{row.ratio:.2f}×"
+    return f"{row.ratio:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
+def table_lines(rows: list[Row], markdown: bool) -> list[str]:
+    header = ["#", "what", "xnatfs", "reference", "ratio", "goal", "result"]
+    body = []
+    for row in rows:
+        if row.not_measured:
+            ours, theirs = f"{row.ours_name}: not measured", row.theirs_name
+        else:
+            ours = f"{row.ours_name}: {spread(row.ours, row.unit)}"
+            theirs = f"{row.theirs_name}: {spread(row.theirs, row.unit)}"
+        body.append([row.key, row.what, ours, theirs, ratio_text(row),
+                     row.goal.text() if row.goal else "–", row.verdict()])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return lines
+    widths = [max(len(cells[i]) for cells in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) for cells in body]
+    return lines
+
+
+# ---- the fake XNAT in a child process --------------------------------------
+
+def _host_server(data_dir: str, latency_ms: float, pipe) -> None:
+    """Child process: run a FakeXnat with the large sample and answer the parent's questions."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s fake-xnat %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from xnatfs.fake import FakeXnat
+
+    server = FakeXnat(data_dir, sample="large", latency_ms=latency_ms).start()
+    pipe.send(server.url)
+    try:
+        while True:
+            command, *args = pipe.recv()
+            if command == "stop":
+                break
+            if command == "requests":
+                pipe.send(server.requests)
+            elif command == "reset":
+                server.reset_counts()
+                pipe.send(None)
+            elif command == "latency":
+                server.latency_ms = args[0]
+                pipe.send(None)
+    finally:
+        server.close()
+
+
+class ServerHost:
+    """The fake XNAT running in its own process, so the benchmark's own work never slows it."""
+
+    def __init__(self, data_dir: Path, latency_ms: float):
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child_end = context.Pipe()
+        self._process = context.Process(target=_host_server, args=(str(data_dir), latency_ms, child_end),
+                                        name="fake-xnat", daemon=True)
+        self.latency_ms = latency_ms
+        self.url = ""
+
+    def start(self) -> "ServerHost":
+        self._process.start()
+        if not self._pipe.poll(SERVER_START_TIMEOUT):
+            raise RuntimeError("the fake XNAT did not start")
+        self.url = self._pipe.recv()
+        return self
+
+    def _call(self, *command):
+        self._pipe.send(command)
+        return self._pipe.recv()
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        return self._call("requests")
+
+    def reset_counts(self) -> None:
+        self._call("reset")
+
+    @contextmanager
+    def no_latency(self) -> Iterator[None]:
+        """Set-up work (copies, clean-up) need not wait for the simulated link."""
+        self._call("latency", 0)
+        try:
+            yield
+        finally:
+            self._call("latency", self.latency_ms)
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._pipe.send(("stop",))
+            except OSError:
+                pass
+            self._process.join(30)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(10)
+
+
+# ---- mounts ----------------------------------------------------------------
+
+class Mount:
+    """One ``xnatfs mount`` daemon, started and stopped through the command line."""
+
+    def __init__(self, url: str, path: Path, cache_dir: Path, log_file: Path):
+        self.url = url
+        self.path = path
+        self.cache_dir = cache_dir
+        self.log_file = log_file
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path),
+                   "--cache-dir", str(self.cache_dir), "--ttl", str(TTL),
+                   "--log-file", str(self.log_file), "--log-level", "WARNING"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"xnatfs mount failed: {done.stderr.strip()}")
+        from xnatfs.fs.mount import read_record
+
+        record = read_record(self.path)
+        if record is None:
+            raise RuntimeError(f"no record of the daemon mounted at {self.path}")
+        self.pid = record["pid"]
+
+    def peak_rss_mb(self) -> float | None:
+        """The daemon's high-water mark of resident memory (VmHWM), in MB."""
+        try:
+            with open(f"/proc/{self.pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        done = subprocess.run([sys.executable, "-m", "xnatfs", "unmount", str(self.path)],
+                              capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if done.returncode == 0:
+            return
+        logger.warning("xnatfs unmount %s failed (%s); detaching it", self.path, done.stderr.strip())
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=60)
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+# ---- the run's shared state ------------------------------------------------
+
+class Bench:
+    """What every benchmark needs: the server, a work folder, fresh mounts, tools."""
+
+    def __init__(self, work: Path, server: ServerHost, runs: int, upload_mb: int):
+        self.work = work
+        self.server = server
+        self.runs = runs
+        self.upload_mb = upload_mb
+        self.netrc = work / "netrc"
+        self.netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
+        self.netrc.chmod(0o600)
+        self.can_drop_caches = True
+        self.peak_rss: dict[str, list[float]] = {}
+        self._mounts = 0
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def drop_caches(self) -> None:
+        """Empty the kernel's page cache so 'cold' also means cold on the server's disk."""
+        if not self.can_drop_caches:
+            return
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as handle:
+                handle.write("3\n")
+        except OSError as exc:
+            logger.warning("cannot drop the page cache (%s); cold runs only get fresh mounts", exc)
+            self.can_drop_caches = False
+
+    @contextmanager
+    def fresh_mount(self, purpose: str) -> Iterator[Mount]:
+        """A new daemon with an empty cache folder; unmounted (and its cache removed) afterwards."""
+        self._mounts += 1
+        name = f"{self._mounts:03d}-{purpose}"
+        cache_dir = self.work / "caches" / name
+        mount = Mount(self.url, self.work / "mnt", cache_dir, self.work / "logs" / f"{name}.log")
+        mount.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.drop_caches()
+        mount.start()
+        try:
+            yield mount
+        finally:
+            rss = mount.peak_rss_mb()
+            if rss is not None:
+                self.peak_rss.setdefault(purpose, []).append(rss)
+            mount.stop()
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+    def curl(self, url: str, *extra: str, output: str = "/dev/null") -> None:
+        command = ["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), "-o", output, *extra, url]
+        subprocess.run(command, check=True, timeout=600)
+
+    def auth(self) -> tuple[str, str]:
+        return USER, PASSWORD
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def read_files(paths: list[Path]) -> int:
+    """Read each file to its end, in order, as a tool reading a series does."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while count := handle.readinto(view):
+                total += count
+    return total
+
+
+def run_quietly(command: list[str], timeout: float = 900) -> None:
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
+
+
+def dcm2niix(source: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    run_quietly(["dcm2niix", "-z", "n", "-o", str(out), "-f", "%s_%d", str(source)])
+    if not list(out.glob("*.nii")):
+        raise RuntimeError(f"dcm2niix wrote no NIfTI from {source}")
+
+
+def experiment_id(bench: Bench, subject: str, session: str) -> str:
+    with requests.Session() as http:
+        answer = http.get(f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments/{session}",
+                          params={"format": "json"}, auth=bench.auth(), timeout=60)
+        answer.raise_for_status()
+        return answer.json()["items"][0]["data_fields"]["ID"]
+
+
+# ---- 1–3: a 208-file DICOM series -------------------------------------------
+
+def series_folder(mount: Mount) -> Path:
+    scans = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "SCANS"
+    names = [name for name in os.listdir(scans) if name.split("-", 1)[0] == SERIES_SCAN]
+    if len(names) != 1:
+        raise RuntimeError(f"scan {SERIES_SCAN} not found in {scans}: {names}")
+    return scans / names[0] / "DICOM"
+
+
+def series_files(folder: Path) -> list[Path]:
+    return sorted(folder / name for name in os.listdir(folder))
+
+
+def naive_download(bench: Bench, resource_uri: str) -> int:
+    """What a download script does: list the resource, then fetch the files one at a time."""
+    total = 0
+    with requests.Session() as http:
+        http.auth = bench.auth()
+        listing = http.get(f"{bench.url}{resource_uri}/files", params={"format": "json"}, timeout=60)
+        listing.raise_for_status()
+        rows = sorted(listing.json()["ResultSet"]["Result"], key=lambda row: row["Name"])
+        for row in rows:
+            with http.get(f"{bench.url}{row['URI']}", stream=True, timeout=60) as answer:
+                answer.raise_for_status()
+                for chunk in answer.iter_content(CHUNK):
+                    total += len(chunk)
+    return total
+
+
+def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
+    session_id = experiment_id(bench, HIRES_SUBJECT, HIRES_SESSION)
+    resource_uri = f"/data/experiments/{session_id}/scans/{SERIES_SCAN}/resources/DICOM"
+    local = bench.work / "local-series"
+    niix = bench.work / "niix"
+    for run in range(1, bench.runs + 1):
+        logger.info("series, run %d/%d", run, bench.runs)
+        with bench.fresh_mount("series") as mount:
+            def cold_read() -> None:
+                read_files(series_files(series_folder(mount)))
+
+            cold = timed(cold_read)
+            folder = series_folder(mount)
+            files = series_files(folder)
+            if not local.exists():
+                shutil.copytree(folder, local)
+            if 3 in wanted:
+                rows["3"].ours.append(timed(lambda: read_files(series_files(folder))))
+            if 2 in wanted:
+                rows["2b"].ours.append(timed(lambda: dcm2niix(folder, niix / "mount-warm")))
+        local_files = series_files(local)
+        if len(local_files) != len(files):
+            raise RuntimeError(f"local copy has {len(local_files)} files, the mount {len(files)}")
+        if 1 in wanted:
+            rows["1a"].ours.append(cold)
+            rows["1b"].ours.append(cold)
+            bench.drop_caches()
+            rows["1a"].theirs.append(timed(lambda: bench.curl(f"{bench.url}{resource_uri}/files?format=zip")))
+            bench.drop_caches()
+            rows["1b"].theirs.append(timed(lambda: naive_download(bench, resource_uri)))
+        read_files(local_files)
+        if 3 in wanted:
+            rows["3"].theirs.append(timed(lambda: read_files(series_files(local))))
+        if 2 in wanted:
+            local_time = timed(lambda: dcm2niix(local, niix / "local"))
+            rows["2a"].theirs.append(local_time)
+            rows["2b"].theirs.append(local_time)
+            with bench.fresh_mount("dcm2niix-cold") as mount:
+                rows["2a"].ours.append(timed(lambda: dcm2niix(series_folder(mount), niix / "mount-cold")))
+
+
+# ---- 4: the 1 GiB file -------------------------------------------------------
+
+def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
+    session_id = experiment_id(bench, HIRES_SUBJECT, HIRES_SESSION)
+    url = f"{bench.url}/data/experiments/{session_id}/resources/{BIG_RESOURCE}/files/{BIG_FILE}"
+    for run in range(1, bench.runs + 1):
+        logger.info("1 GiB file, run %d/%d", run, bench.runs)
+        with bench.fresh_mount("big-file") as mount:
+            path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
+            size = path.stat().st_size
+            seconds = timed(lambda: read_files([path]))
+            rss = mount.peak_rss_mb()
+        rows["4a"].ours.append(size / seconds / 1e6)
+        if rss is not None:
+            rows["4b"].ours.append(rss)
+            rows["4b"].theirs.append(200.0)
+        bench.drop_caches()
+        rows["4a"].theirs.append(size / timed(lambda: bench.curl(url)) / 1e6)
+
+
+# ---- 5: listing a 500-subject project ------------------------------------------
+
+def walk_listing(root: Path) -> None:
+    run_quietly(["find", str(root)])
+    run_quietly(["ls", "-lR", str(root)])
+
+
+def replicate_tree(source: Path, target: Path) -> int:
+    """The same folders and files (sparse, same sizes) on local disk; returns the entry count."""
+    count = 0
+    for directory, subdirs, files in os.walk(source):
+        relative = os.path.relpath(directory, source)
+        (target / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            with open(target / relative / name, "wb") as handle:
+                handle.truncate(os.stat(os.path.join(directory, name)).st_size)
+        count += 1 + len(files)
+    return count
+
+
+def replay_in_parallel(bench: Bench, targets: list[str], workers: int) -> None:
+    """Fetch the listings the mount needed straight from the server, ``workers`` at a time.
+
+    Project-wide listings go first and the per-session ones after, as a
+    script must: it learns the sessions from the project listing.
+    """
+    local = threading.local()
+
+    def fetch(target: str) -> None:
+        http = getattr(local, "http", None)
+        if http is None:
+            http = local.http = requests.Session()
+            http.auth = bench.auth()
+        answer = http.get(f"{bench.url}{target}", timeout=60)
+        answer.raise_for_status()
+
+    first = [t for t in targets if not t.startswith("/data/experiments/")]
+    then = [t for t in targets if t.startswith("/data/experiments/")]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in (first, then):
+            list(pool.map(fetch, batch))
+
+
+def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
+    with requests.Session() as http:
+        answer = http.get(f"{bench.url}/data/projects/{PROJECT}/experiments", params={"format": "json"},
+                          auth=bench.auth(), timeout=60)
+        answer.raise_for_status()
+        sessions = len(answer.json()["ResultSet"]["Result"])
+    limit = sessions + 20
+    rows["5a"].theirs_name = f"sessions + 20 = {limit}"
+    local_tree = bench.work / "local-tree"
+    for run in range(1, bench.runs + 1):
+        logger.info("listing %s (%d sessions), run %d/%d", PROJECT, sessions, run, bench.runs)
+        with bench.fresh_mount("listing") as mount:
+            root = mount.path / PROJECT
+            bench.server.reset_counts()
+            cold = timed(lambda: walk_listing(root))
+            log = bench.server.requests()
+            warm = timed(lambda: run_quietly(["find", str(root)]))
+            if not local_tree.exists():
+                entries = replicate_tree(root, local_tree / PROJECT)
+                logger.info("local copy of the tree: %d entries", entries)
+        targets = sorted({target for method, target, status in log if method == "GET" and status == 200})
+        rows["5a"].ours.append(len(log))
+        rows["5a"].theirs.append(limit)
+        rows["5b"].ours.append(cold)
+        rows["5b"].theirs.append(timed(lambda: replay_in_parallel(bench, targets, PARALLEL_LISTINGS)))
+        rows["5c"].ours.append(warm)
+        run_quietly(["find", str(local_tree / PROJECT)])
+        rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
+
+
+# ---- 6: uploading a folder -------------------------------------------------------
+
+def make_upload_folder(folder: Path, megabytes: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    files = []
+    for index in range(megabytes // UPLOAD_FILE_MB):
+        path = folder / f"derived_{index:04d}.bin"
+        path.write_bytes(os.urandom(UPLOAD_FILE_MB << 20))
+        files.append(path)
+    return files
+
+
+def server_files(bench: Bench, resource_uri: str) -> dict[str, int]:
+    with requests.Session() as http:
+        answer = http.get(f"{bench.url}{resource_uri}/files", params={"format": "json"},
+                          auth=bench.auth(), timeout=60)
+        if answer.status_code == 404:
+            return {}
+        answer.raise_for_status()
+        rows = answer.json()["ResultSet"]["Result"]
+        return {row["Name"]: int(row["Size"]) for row in rows}
+
+
+def delete_resource(bench: Bench, resource_uri: str) -> None:
+    with requests.Session() as http:
+        http.delete(f"{bench.url}{resource_uri}", params={"removeFiles": "true"}, auth=bench.auth(), timeout=120)
+
+
+def curl_put_all(bench: Bench, resource_uri: str, folder: Path, files: list[Path]) -> None:
+    """One curl process, one PUT per file over a kept-alive connection."""
+    command = ["curl", "-sS", "--fail", "--netrc-file", str(bench.netrc), "-o", "/dev/null"]
+    for path in files:
+        command += ["-T", str(path), f"{bench.url}{resource_uri}/files/{folder.name}/{path.name}?inbody=true"]
+    subprocess.run(command, check=True, timeout=900)
+
+
+def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
+    row = rows["6"]
+    folder = bench.work / "upload" / "derived"
+    files = make_upload_folder(folder, bench.upload_mb)
+    expected = {f"{folder.name}/{path.name}": path.stat().st_size for path in files}
+    session_id = experiment_id(bench, UPLOAD_SUBJECT, UPLOAD_SESSION)
+    for run in range(1, bench.runs + 1):
+        logger.info("upload of %d MB, run %d/%d", bench.upload_mb, run, bench.runs)
+        ours_uri = f"/data/experiments/{session_id}/resources/BENCH_UP_M{run}"
+        theirs_uri = f"/data/experiments/{session_id}/resources/BENCH_UP_C{run}"
+        try:
+            with bench.fresh_mount("upload") as mount:
+                target = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES" / f"BENCH_UP_M{run}"
+
+                def copy() -> None:
+                    os.mkdir(target)
+                    done = subprocess.run(["cp", "-r", str(folder), str(target)], capture_output=True,
+                                          text=True, timeout=900)
+                    if done.returncode:
+                        raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "cp failed")
+
+                try:
+                    seconds = timed(copy)
+                except OSError as exc:
+                    row.not_measured = f"the mount cannot write yet ({exc.strerror or exc})"
+                    logger.warning("upload through the mount failed: %s", row.not_measured)
+                    return
+            landed = server_files(bench, ours_uri)
+            if landed != expected:
+                row.not_measured = (f"after cp returned, the server had {len(landed)} of {len(expected)} "
+                                    "files with the right sizes")
+                return
+            row.ours.append(seconds)
+            row.theirs.append(timed(lambda: curl_put_all(bench, theirs_uri, folder, files)))
+            if server_files(bench, theirs_uri) != expected:
+                raise RuntimeError("curl's upload did not land completely")
+        finally:
+            with bench.server.no_latency():
+                delete_resource(bench, ours_uri)
+                delete_resource(bench, theirs_uri)
+
+
+# ---- machine, settings, report ---------------------------------------------------
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = int(handle.readline().split()[1])
+            memory = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"CPU": model, "cores": str(os.cpu_count()), "RAM": memory,
+            "kernel": platform.release(), "Python": platform.python_version(),
+            "dcm2niix": _first_line(["dcm2niix", "-v"]), "curl": _first_line(["curl", "--version"])}
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "not installed"
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[-1].strip() if command[0] == "dcm2niix" and lines else (lines[0].strip() if lines else "")
+
+
+def make_rows(upload_mb: int) -> dict[str, Row]:
+    at_most, at_least = (lambda v: Goal("at_most", v)), (lambda v: Goal("at_least", v))
+    rows = [
+        Row("1a", "cold read of a 208-file series (27 MB)", "mount", "curl zip", "s", at_most(1.3)),
+        Row("1b", "cold read of the series", "mount", "requests, file by file", "s"),
+        Row("2a", "dcm2niix of the series, cold", "mount", "local copy", "s"),
+        Row("2b", "dcm2niix of the series, warm", "mount", "local copy", "s", at_most(1.2)),
+        Row("3", "warm re-read of the series", "mount", "local copy", "s", at_most(1.5)),
+        Row("4a", "cold sequential read of a 1 GiB file", "mount", "curl", "MB/s", at_least(0.8)),
+        Row("4b", "daemon peak RSS (VmHWM) after 4a", "mount", "limit", "MB", at_most(1.0)),
+        Row("5a", f"requests for cold find + ls -lR of {PROJECT}", "mount", "sessions + 20", "requests",
+            at_most(1.0)),
+        Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s",
+            at_most(1.5)),
+        Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
+        Row("6", f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
+            "mount", "curl PUTs", "s", at_most(1.3)),
+    ]
+    return {row.key: row for row in rows}
+
+
+ROW_GROUP = {"1a": 1, "1b": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "5a": 5, "5b": 5, "5c": 5, "6": 6}
+
+# Why a goal is missed and what would close it; shown only for missed rows.
+MISSED_NOTES: dict[str, str] = {}
+
+
+def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: dict[str, str],
+                 peak_rss: dict[str, list[float]], started: dt.datetime, seconds: float) -> None:
+    lines = ["# Benchmarks", "",
+             "Generated by `make bench` (`scripts/bench.py`); every number below comes from one run of it",
+             f"on {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes in all. Each row times the same task",
+             "through the mount and by the usual alternative side by side, several times; values are medians",
+             "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
+             "throughputs, so higher is better; for 4b and 5a, the value ÷ its limit).", "",
+             "## Machine", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += ["", "## Settings", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines += ["", "## Results", ""]
+    lines += table_lines(rows, markdown=True)
+    if peak_rss:
+        lines += ["", "Peak resident memory of the mount daemon (VmHWM at unmount), by task: "
+                  + "; ".join(f"{purpose} {max(values):.0f} MB" for purpose, values in sorted(peak_rss.items()))
+                  + "."]
+    missed = [row for row in rows if row.verdict() == "MISSED"]
+    unmeasured = [row for row in rows if row.not_measured]
+    if missed or unmeasured:
+        lines += ["", "## Goals missed, and what would close them", ""]
+        for row in missed:
+            note = MISSED_NOTES.get(row.key, "No analysis written for this row yet.")
+            lines += [f"**{row.key} — {row.what}** ({ratio_text(row)}, goal {row.goal.text()}). {note}", ""]
+        for row in unmeasured:
+            lines += [f"**{row.key} — {row.what}**: not measured: {row.not_measured}.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+# ---- main ------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK_RUNS} run per row, {QUICK_UPLOAD_MB} MB upload")
+    parser.add_argument("--only", help="comma-separated benchmark numbers (1-6) to run")
+    parser.add_argument("--runs", type=int, help=f"repetitions per row (default {FULL_RUNS}, quick {QUICK_RUNS})")
+    parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report to write")
+    parser.add_argument("--work-dir", help="scratch folder (default: a new temporary folder, removed after)")
+    parser.add_argument("--latency-ms", type=float, default=LATENCY_MS, help="delay the fake XNAT adds per request")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    try:
+        args.only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
+    except ValueError:
+        parser.error("--only takes numbers such as 1,4")
+    if not args.only <= set(range(1, 7)):
+        parser.error("--only takes numbers from 1 to 6")
+    args.runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def isolate_environment(work: Path) -> None:
+    """Mount records, config and logs of the benchmark's daemons stay in the work folder."""
+    for variable, folder in (("XDG_STATE_HOME", "state"), ("XDG_CONFIG_HOME", "config")):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(work / folder)
+    os.environ["XNAT_USER"] = USER
+    os.environ["XNAT_PASS"] = PASSWORD
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for tool in ("curl", "dcm2niix", "fusermount3", "find"):
+        if shutil.which(tool) is None:
+            logger.error("%s is not installed (make system-deps)", tool)
+            return 2
+    started_at = dt.datetime.now(dt.timezone.utc)
+    started = time.monotonic()
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="xnatfs-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    isolate_environment(work)
+    upload_mb = QUICK_UPLOAD_MB if args.quick else FULL_UPLOAD_MB
+    rows = make_rows(upload_mb)
+    logger.info("starting the fake XNAT with the large sample in %s", work / "server")
+    server = ServerHost(work / "server", args.latency_ms)
+    bench = Bench(work, server, args.runs, upload_mb)
+    try:
+        server.start()
+        logger.info("fake XNAT at %s (%g ms per request)", server.url, args.latency_ms)
+        groups: list[tuple[set[int], Callable[[], None]]] = [
+            ({1, 2, 3}, lambda: bench_series(bench, rows, args.only)),
+            ({4}, lambda: bench_big_file(bench, rows)),
+            ({5}, lambda: bench_listing(bench, rows)),
+            ({6}, lambda: bench_upload(bench, rows)),
+        ]
+        for numbers, run_group in groups:
+            if numbers & args.only:
+                run_group()
+    finally:
+        server.stop()
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    seconds = time.monotonic() - started
+    chosen = [row for row in rows.values() if ROW_GROUP[row.key] in args.only]
+    for row in chosen:
+        if not row.measured and not row.not_measured:
+            row.not_measured = "no run completed"
+    print("\n".join(table_lines(chosen, markdown=False)))
+    settings = {
+        "server": f"fake XNAT (xnatfs.fake), sample size large, {args.latency_ms:g} ms added to every request, "
+                  "127.0.0.1, Range not honoured",
+        "mount": f"`xnatfs mount` daemon, --ttl {TTL:g}, default cache size, a fresh cache folder per cold run",
+        "cold runs": "fresh mount and empty cache" + (", page cache dropped (echo 3 > /proc/sys/vm/drop_caches)"
+                                                      if bench.can_drop_caches else "; page cache NOT dropped"),
+        "runs per row": str(args.runs) + (" (--quick)" if args.quick else ""),
+        "reading": "files read in name order with 1 MiB reads, as a tool reading a series does",
+        "dcm2niix": "`dcm2niix -z n -o OUT -f %s_%d DIR`",
+    }
+    write_report(Path(args.out), chosen, machine(), settings, bench.peak_rss, started_at, seconds)
+    logger.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
