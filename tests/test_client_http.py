@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from xnatfs.errors import XnatAuthError, XnatPermissionError, XnatServerError
+from xnatfs.errors import XnatAuthError, XnatError, XnatPermissionError, XnatServerError
 from xnatfs.client import XnatConnection
 from xnatfs.client.http import XnatSession, parse_json
 
@@ -303,3 +303,12 @@ def test_parallel_downloads_share_one_session(fake_xnat):
             thread.join(60)
         assert {path: len(data) for path, data in results.items()} == {f.path: f.size for f in files}
         assert logins(fake_xnat) == 1
+
+
+def test_a_closed_connection_refuses_further_requests(fake_xnat):
+    conn = connect(fake_xnat)
+    conn.close()
+    fake_xnat.reset_counts()
+    with pytest.raises(XnatError, match="closed"):
+        conn.list_projects()
+    assert fake_xnat.count() == 0

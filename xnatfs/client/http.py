@@ -21,6 +21,7 @@ import http.cookiejar
 import io
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -153,8 +154,14 @@ class XnatSession:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._http = requests.Session()
-        self._http.verify = verify
+        # Without trust_env, requests would add Basic auth from ~/.netrc to
+        # every request; proxies and a CA bundle from the environment are
+        # still honoured, set here explicitly.
         self._http.trust_env = False
+        self._http.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._http.verify = verify
         self._http.cookies.set_policy(_NoCookies())
         self._http.headers["User-Agent"] = f"xnatfs/{__version__} python-requests/{requests.__version__}"
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
@@ -287,6 +294,8 @@ class XnatSession:
         rewound is never repeated. With ``stream=True`` the caller must
         close the answer.
         """
+        if self._closed:
+            raise XnatError("the connection has been closed", url=self.url_for(path))
         method = method.upper()
         url = self.url_for(path)
         if idempotent is None:
