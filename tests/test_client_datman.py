@@ -75,6 +75,8 @@ def test_get_subject_creates_on_request(conn):
 def test_experiment_ids(conn):
     assert conn.get_experiment_ids("STUDY01", "SUB001") == ["SUB001_MR1", "SUB001_MR2"]
     assert sorted(conn.get_experiment_ids("STUDY01")) == ["SUB001_MR1", "SUB001_MR2", "SUB002_MR1", "SUB003_MR1"]
+    assert conn.get_experiment_ids("STUDY01", "NOBODY") == []
+    assert conn.get_scan_ids("STUDY01", "SUB001", "NO_SESSION") == []
 
 
 def test_experiment_object(conn):

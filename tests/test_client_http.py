@@ -233,6 +233,13 @@ def test_stalled_answers_time_out_and_are_retried(fake_xnat):
         assert conn.list_projects()
 
 
+def test_read_timeouts_grow_on_each_retry(fake_xnat):
+    with connect(fake_xnat, timeout=0.25, retries=3) as conn:
+        fake_xnat.set_faults(stall_ms=400, stall_rate=1.0)
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
+        fake_xnat.set_faults()
+
+
 def test_unreachable_server_is_a_server_error(fake_xnat):
     conn = connect(fake_xnat, retries=1)
     fake_xnat.stop()

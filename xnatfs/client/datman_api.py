@@ -89,11 +89,14 @@ class DatmanApi:
     # -- experiments and scans -----------------------------------------------
 
     def get_experiment_ids(self, project: str, subject: str = "") -> list[str]:
-        """Labels of a subject's experiments, or of all the project's experiments."""
-        if subject:
-            path = paths.subject(project, subject) + "/experiments"
-            return [parsing.text(row.get("label")) for row in parsing.rows(self.session.get_json(path), url=path)]
-        return [experiment.label for experiment in self.list_experiments(project)]
+        """Labels of a subject's experiments, or of all the project's experiments
+        (empty when the subject or project does not exist, as in datman)."""
+        path = (paths.subject(project, subject) if subject else paths.project(project)) + "/experiments"
+        try:
+            document = self.session.get_json(path)
+        except XnatNotFound:
+            return []
+        return [parsing.text(row.get("label")) for row in parsing.rows(document, url=path)]
 
     def get_experiment(self, project: str, subject_id: str, exper_id: str, create: bool = False) -> XNATExperiment:
         """An experiment by label or ID; created first when missing and ``create`` is set."""
@@ -113,9 +116,13 @@ class DatmanApi:
         self.create_experiment(project, subject, experiment, exist_ok=True)
 
     def get_scan_ids(self, project: str, subject: str, experiment: str) -> list[str]:
-        """IDs of an experiment's scans."""
+        """IDs of an experiment's scans (empty when the experiment does not exist, as in datman)."""
         path = paths.experiment_in(project, subject, experiment) + "/scans"
-        return [parsing.text(row.get("ID")) for row in parsing.rows(self.session.get_json(path), url=path)]
+        try:
+            document = self.session.get_json(path)
+        except XnatNotFound:
+            return []
+        return [parsing.text(row.get("ID")) for row in parsing.rows(document, url=path)]
 
     def get_scan(self, project: str, subject_id: str, exper_id: str, scan_id: str) -> XNATScan:
         """One scan of an experiment (``XnatNotFound`` if there is none with that ID)."""

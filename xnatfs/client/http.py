@@ -231,7 +231,7 @@ class XnatSession:
                 raise self._error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
-                    reason = "the password of user {} has expired".format(self.credentials.username)
+                    reason = f"the password of user {self.credentials.username} has expired"
                 else:
                     reason = "login answered with a web page instead of a session ID"
                 raise XnatAuthError(reason, url=url, status=200)
@@ -331,10 +331,11 @@ class XnatSession:
                            with_session=True, **kwargs):
         data = kwargs.get("data")
         start = _position(data)
+        read_timeout = self.timeout if timeout is None else timeout
         attempt = 0
         while True:
             try:
-                response = self._send(method, url, stream=stream, timeout=timeout,
+                response = self._send(method, url, stream=stream, timeout=read_timeout,
                                       with_session=with_session, **kwargs)
                 if not stream:
                     _check_length(response)
@@ -344,6 +345,9 @@ class XnatSession:
             except (*_TRANSIENT, _TruncatedBody) as exc:
                 may_repeat = idempotent or _nothing_was_sent(exc)
                 if may_repeat and attempt < retries and _rewind(data, start):
+                    if isinstance(exc, requests.exceptions.ReadTimeout):
+                        # A busy server may just need longer (datman's remedy too).
+                        read_timeout *= 2
                     self._pause(attempt, method, url, _describe(exc))
                     attempt += 1
                     continue
@@ -357,12 +361,11 @@ class XnatSession:
                 continue
             return response
 
-    def _send(self, method, url, *, timeout=None, with_session=True, **kwargs) -> requests.Response:
-        read_timeout = self.timeout if timeout is None else timeout
+    def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
         session_id = self._jsession if with_session else None
         cookies = {"JSESSIONID": session_id} if session_id else None
         response = self._http.request(
-            method, url, cookies=cookies, timeout=(min(10.0, read_timeout), read_timeout),
+            method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
             allow_redirects=False, **kwargs,
         )
         logger.debug("%s %s -> %s", method, urlsplit(url).path, response.status_code)
