@@ -1,0 +1,89 @@
+"""Third-party XNAT clients work against the fake server: xnatpy (``xnat``) and pyxnat."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import requests
+
+DICOM_PATH = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM/files/2-0001.dcm"
+
+
+def server_bytes(server, path: str) -> bytes:
+    return requests.get(server.url + path, auth=(server.username, server.password)).content
+
+
+def test_xnatpy_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
+    xnat = pytest.importorskip("xnat")
+    with xnat.connect(fake_xnat.url, user="admin", password="admin") as session:
+        assert session.xnat_version.startswith("1.")
+        assert sorted(session.projects.keys()) == ["STUDY01", "STUDY02"]
+        project = session.projects["STUDY01"]
+        assert project.name == "Sample study one"
+        assert sorted(s.label for s in project.subjects.values()) == ["SUB001", "SUB002", "SUB003"]
+        subject = project.subjects["SUB001"]
+        assert subject.id == "XNAT_S00001"
+        experiment = subject.experiments["SUB001_MR1"]
+        assert experiment.label == "SUB001_MR1"
+        assert str(experiment.date) == "2024-01-05"
+        assert sorted(experiment.scans.keys()) == ["1", "2", "3", "4", "5"]
+        scan = experiment.scans["2"]
+        assert scan.type == "T1w_MPRAGE"
+        assert scan.quality == "usable"
+        resource = scan.resources["DICOM"]
+        assert resource.file_count == 20
+        names = sorted(f.name for f in resource.files.values())
+        assert names[0] == "2-0001.dcm" and len(names) == 20
+        target = tmp_path / "one.dcm"
+        resource.files["2-0001.dcm"].download(target, verbose=False)
+        assert target.read_bytes() == server_bytes(fake_xnat, DICOM_PATH)
+
+        new_subject = session.classes.SubjectData(parent=project, label="XNATPY01")
+        new_experiment = session.classes.MrSessionData(parent=new_subject, label="XNATPY01_MR1")
+        created = new_experiment.create_resource("NIFTI")
+        created.upload_data(b"uploaded by xnatpy", "derived/t1.nii", overwrite=True)
+        assert [f.path for f in created.files.values()] == ["derived/t1.nii"]
+    experiment_id = fake_xnat.store.experiment_id("STUDY01", "XNATPY01_MR1")
+    assert experiment_id is not None
+    uploaded = server_bytes(fake_xnat, f"/data/experiments/{experiment_id}/resources/NIFTI/files/derived/t1.nii")
+    assert uploaded == b"uploaded by xnatpy"
+
+
+def test_pyxnat_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
+    pytest.importorskip("pandas", reason="pyxnat's Interface imports pandas")
+    pyxnat = pytest.importorskip("pyxnat")
+    interface = pyxnat.Interface(server=fake_xnat.url, user="admin", password="admin")
+    try:
+        assert sorted(interface.select.projects().get()) == ["STUDY01", "STUDY02"]
+        project = interface.select.project("STUDY01")
+        assert project.exists()
+        assert sorted(s.label() for s in project.subjects()) == ["SUB001", "SUB002", "SUB003"]
+        subject = project.subject("SUB001")
+        assert subject.label() == "SUB001"
+        experiment = subject.experiment("SUB001_MR1")
+        assert experiment.attrs.get("xnat:mrSessionData/date") == "2024-01-05"
+        assert experiment.scans().get() == ["1", "2", "3", "4", "5"]
+        resource = experiment.scan("2").resource("DICOM")
+        names = resource.files().get()
+        assert len(names) == 20
+        downloaded = resource.file("2-0001.dcm").get(str(tmp_path / "one.dcm"))
+        with open(downloaded, "rb") as handle:
+            assert hashlib.md5(handle.read()).hexdigest() == \
+                hashlib.md5(server_bytes(fake_xnat, DICOM_PATH)).hexdigest()
+
+        new_subject = project.subject("PYXNAT01")
+        new_subject.create()
+        assert new_subject.exists()
+        new_experiment = new_subject.experiment("PYXNAT01_MR1")
+        new_experiment.create(experiments="xnat:mrSessionData")
+        assert new_experiment.exists()
+        new_resource = new_experiment.resource("NIFTI")
+        new_resource.create()
+        new_resource.file("t1.nii").insert(b"uploaded by pyxnat", format="NIFTI")
+        assert new_resource.files().get() == ["t1.nii"]
+    finally:
+        interface.disconnect()
+    experiment_id = fake_xnat.store.experiment_id("STUDY01", "PYXNAT01_MR1")
+    uploaded = server_bytes(fake_xnat, f"/data/experiments/{experiment_id}/resources/NIFTI/files/t1.nii")
+    assert uploaded == b"uploaded by pyxnat"
