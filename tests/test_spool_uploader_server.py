@@ -1,0 +1,122 @@
+"""The cache layer against the fake XNAT through the real client: uploads
+from the spool, a DICOM import sent once, downloads into the content cache."""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+
+import pytest
+
+from xnatfs.cache import CacheKey, ContentCache, UploadSpool, UploadTarget, Uploader
+from xnatfs.client.connection import XnatConnection
+from xnatfs.errors import XnatServerError
+from xnatfs.fake.dicomgen import SeriesSpec, write_session
+
+
+@pytest.fixture
+def conn(fake_xnat):
+    connection = XnatConnection(fake_xnat.url, fake_xnat.username, fake_xnat.password, retries=0)
+    yield connection
+    connection.close()
+
+
+def qc_resource(conn) -> str:
+    experiment = next(e for e in conn.list_experiments("STUDY01") if e.label == "SUB002_MR1")
+    contents = conn.get_experiment_contents(experiment.id)
+    return next(r.uri for r in contents.resources if r.label == "QC")
+
+
+def stage(spool: UploadSpool, target: UploadTarget, data: bytes):
+    entry = spool.create(target)
+    entry.data_path.write_bytes(data)
+    spool.commit(entry)
+    return entry
+
+
+def test_spooled_file_reaches_the_server_and_can_be_cached_as_sent(fake_xnat, conn, tmp_path):
+    resource = qc_resource(conn)
+    spool = UploadSpool(tmp_path / "spool")
+    body = b"subject,snr\nSUB002,41.5\n" * 100
+    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="derived/snr.csv",
+                                      server=fake_xnat.url), body)
+    Uploader(spool, conn).push(entry)
+    assert spool.pending() == []
+
+    remote = next(f for f in conn.list_files(resource) if f.path == "derived/snr.csv")
+    assert remote.size == len(body)
+    key = CacheKey(remote.uri, remote.size, remote.digest)
+    cache = ContentCache(tmp_path / "cache", 1 << 20)
+    cache.insert(key, io.BytesIO(body))               # what the mount does after an upload
+    fake_xnat.reset_counts()
+    with cache.fetch(key, lambda f: conn.download(remote.uri, f)) as held:
+        assert held.pread(0, len(body)) == body
+    assert fake_xnat.count(method="GET") == 0
+
+
+def test_a_refused_upload_stays_in_the_spool_until_the_server_takes_it(fake_xnat, conn, tmp_path):
+    resource = qc_resource(conn)
+    spool = UploadSpool(tmp_path / "spool")
+    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="late.txt",
+                                      server=fake_xnat.url), b"written while the server was down")
+    uploader = Uploader(spool, conn)
+    fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+    with pytest.raises(XnatServerError):
+        uploader.push(entry)
+    fake_xnat.set_faults()
+    [waiting] = UploadSpool(tmp_path / "spool").pending(fake_xnat.url)
+    assert (waiting.state, waiting.attempts) == ("failed", 1)
+    assert "503" in waiting.last_error
+    assert "late.txt" not in [f.path for f in conn.list_files(resource)]
+
+    report = uploader.push_pending(fake_xnat.url)
+    assert (report.ok, report.failed) == (1, 0)
+    assert "late.txt" in [f.path for f in conn.list_files(resource)]
+
+
+def test_a_spooled_dicom_zip_is_imported_once(fake_xnat, conn, tmp_path):
+    files = write_session(tmp_path / "dicom", patient_id="SUB003", patient_name="SUB003",
+                          study_date="20240301", series=[SeriesSpec(1, "Localizer", "localizer")], seed=7)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in files[1]:
+            archive.write(path, f"1/{path.name}")
+    spool = UploadSpool(tmp_path / "spool")
+    entry = stage(spool, UploadTarget(kind="dicom-import", project="STUDY01", subject="SUB003",
+                                      experiment="SUB003_MR2", server=fake_xnat.url), buffer.getvalue())
+    fake_xnat.reset_counts()
+    uploaders = [Uploader(UploadSpool(tmp_path / "spool"), conn) for _ in range(2)]
+    threads = [threading.Thread(target=u.push, args=(entry,)) for u in uploaders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert fake_xnat.count(method="POST", path_prefix="/data/services/import") == 1
+    assert spool.pending() == []
+    experiment = next(e for e in conn.list_experiments("STUDY01", "SUB003") if e.label == "SUB003_MR2")
+    imported = conn.list_files(f"/data/experiments/{experiment.id}", all_levels=True)
+    assert len(imported) == len(files[1])
+
+
+def test_concurrent_readers_cause_one_download_from_the_server(fake_xnat, conn, tmp_path):
+    resource = qc_resource(conn)
+    remote = next(f for f in conn.list_files(resource) if f.path.endswith(".pdf"))
+    key = CacheKey(remote.uri, remote.size, remote.digest)
+    assert key.digest                                  # so the MD5 check is exercised
+    cache = ContentCache(tmp_path / "cache", 1 << 20)
+    fake_xnat.reset_counts()
+    results = []
+
+    def read():
+        with cache.fetch(key, lambda f: conn.download(remote.uri, f)) as held:
+            results.append(held.pread(0, held.size))
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 6 and len(set(results)) == 1
+    assert results[0].startswith(b"%PDF")
+    assert fake_xnat.count(method="GET", path_prefix=remote.uri) == 1
