@@ -149,6 +149,27 @@ def test_failed_download_leaves_nothing_behind(conn, tmp_path):
     assert os.listdir(folder) == []
 
 
+def test_zip_download_cut_short_starts_over_until_complete(fake_xnat, tmp_path):
+    with xnat(fake_xnat.url, fake_xnat.username, fake_xnat.password, backoff=0.01, retries=20) as connection:
+        fake_xnat.set_faults(drop_rate=0.5, seed=4)
+        path = connection.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "4", filename=str(tmp_path / "bold.zip"),
+                                    retries=20)
+        fake_xnat.set_faults()
+    with zipfile.ZipFile(path) as archive:
+        assert len(archive.namelist()) == 60
+        assert archive.testzip() is None
+    assert no_partial_files(tmp_path)
+
+
+def test_zip_download_that_keeps_failing_leaves_nothing(fake_xnat, tmp_path):
+    with xnat(fake_xnat.url, fake_xnat.username, fake_xnat.password, backoff=0.01, retries=2) as connection:
+        fake_xnat.set_faults(drop_rate=1.0)
+        with pytest.raises(XnatException):
+            connection.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "4", filename=str(tmp_path / "bold.zip"))
+        fake_xnat.set_faults()
+    assert os.listdir(tmp_path) == ["fake-xnat"]
+
+
 def test_get_resource_and_resource_archive(conn, tmp_path):
     plain = conn.get_resource("STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv",
                               filename=str(tmp_path / "metrics.csv"), zipped=False)

@@ -44,23 +44,19 @@ def download_to_path(
     *,
     params: Mapping[str, Any] | None = None,
     retries: int | None = None,
-    expected_size: int | None = None,
     check: Callable[[str], None] | None = None,
 ) -> str:
     """Stream ``server_path`` into ``destination``; return the destination path.
 
-    ``check`` gets the finished temporary file and raises if it is unusable
-    (for example :func:`check_zip`).
+    The size is checked against Content-Length when the server sends one
+    (zips have none). ``check`` gets the finished temporary file and raises
+    if it is unusable (for example :func:`check_zip`).
     """
     destination = Path(destination).absolute()
     fd, temp = _temp_beside(destination)
     try:
         with os.fdopen(fd, "wb") as handle:
             session.download_whole(server_path, handle, params=params, retries=retries)
-        size = os.path.getsize(temp)
-        if expected_size is not None and size != expected_size:
-            raise XnatServerError(f"downloaded {size} bytes, expected {expected_size}",
-                                  url=session.url_for(server_path))
         if check is not None:
             check(temp)
         os.replace(temp, destination)
