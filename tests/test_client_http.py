@@ -319,3 +319,32 @@ def test_a_closed_connection_refuses_further_requests(fake_xnat):
     with pytest.raises(XnatError, match="closed"):
         conn.list_projects()
     assert fake_xnat.count() == 0
+
+
+def test_password_never_reaches_logs_or_messages(tmp_path, caplog):
+    import base64
+    import logging
+
+    from xnatfs.fake import FakeXnat
+
+    password = "S3cr3t-Pa55word"
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    caplog.set_level(logging.DEBUG)
+    with FakeXnat(tmp_path / "data", users={"alice": password}, session_timeout=0.2) as server:
+        messages = []
+        with XnatConnection(server.url, "alice", password, backoff=0.01) as conn:
+            conn.list_projects()
+            time.sleep(0.4)
+            conn.list_projects()                       # renewed login
+            messages += [repr(conn), str(conn.auth), repr(conn.session)]
+            try:
+                conn.list_subjects("NOPE")
+            except XnatError as exc:
+                messages.append(str(exc))
+        try:
+            XnatConnection(server.url, "alice", password + "x")
+        except XnatAuthError as exc:
+            messages.append(str(exc))
+    text = caplog.text + "\n".join(messages)
+    assert "logging in again" in caplog.text
+    assert password not in text and basic not in text
