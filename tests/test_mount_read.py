@@ -28,6 +28,11 @@ def downloads(server) -> list[str]:
     return found
 
 
+def zip_downloads(server) -> list[str]:
+    return [target for method, target, _status in server.requests
+            if method == "GET" and "format=zip" in target]
+
+
 def expected_files(server) -> dict[str, tuple[int, str, str]]:
     """Every file the mount should show: relative path → (size, digest, server URI)."""
     files: dict[str, tuple[int, str, str]] = {}
@@ -178,7 +183,9 @@ def test_cache_hit_costs_no_request_and_survives_remount(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, cache_dir=cache) as mount:
         files = sorted(dicom_dir(mount).iterdir())
         first = {f.name: f.read_bytes() for f in files}
-        assert len(downloads(fake_xnat)) == len(files)
+        # The first file on its own, the rest of the series as one zip.
+        assert len(downloads(fake_xnat)) == 1
+        assert len(zip_downloads(fake_xnat)) == 1
         fake_xnat.reset_counts()
         again = {f.name: f.read_bytes() for f in files}
         assert again == first
@@ -187,7 +194,22 @@ def test_cache_hit_costs_no_request_and_survives_remount(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, cache_dir=cache, name="mnt2") as mount:
         files = sorted(dicom_dir(mount).iterdir())
         assert {f.name: f.read_bytes() for f in files} == first
-        assert downloads(fake_xnat) == []
+        assert downloads(fake_xnat) == [] and zip_downloads(fake_xnat) == []
+
+
+def test_a_series_is_fetched_as_one_zip_and_verified(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        files = sorted(dicom_dir(mount).iterdir())
+        for path in files:
+            assert md5_of(path) == os.getxattr(path, "user.xnat.digest").decode()
+        assert len(downloads(fake_xnat)) == 1
+        assert len(zip_downloads(fake_xnat)) == 1
+        # A file outside scans (a session resource) is fetched on its own.
+        qc = session_dir(mount) / "RESOURCES" / "QC"
+        for path in qc.iterdir():
+            path.read_bytes()
+        assert len(downloads(fake_xnat)) == 1 + len(os.listdir(qc))
+        assert len(zip_downloads(fake_xnat)) == 1
 
 
 def test_concurrent_readers_cause_one_download(fake_xnat, tmp_path):

@@ -20,8 +20,9 @@ import trio
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
-from xnatfs.fs.nodes import FileNode, Node, SubjectDir
+from xnatfs.fs.nodes import FileNode, FolderDir, Node, ResourceDir, SubjectDir
 from xnatfs.fs.reading import ReadHandle
+from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.xattrs import xattrs_for
@@ -48,6 +49,10 @@ class XnatOperations(pyfuse3.Operations):
         self.tree = tree
         self.cache = cache
         self.settings = settings
+        self.series = SeriesFetcher(
+            tree.connection, cache, self.cache_key, tree.limiter, work_dir=settings.cache_dir,
+            max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
+            large_file_bytes=settings.large_file_size)
         self.limiter = tree.limiter
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
@@ -251,19 +256,40 @@ class XnatOperations(pyfuse3.Operations):
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
         remote = node.file
         key = self.cache_key(remote)
-        connection = self.tree.connection
+        handle = await ReadHandle.from_cache(self.cache, key, self.limiter)
+        if handle is None:
+            handle = await self._from_series(inode, remote, key)
+        if handle is None:
+            connection = self.tree.connection
 
-        def download(fileobj) -> None:
-            connection.download(remote.uri, fileobj)
+            def download(fileobj) -> None:
+                connection.download(remote.uri, fileobj)
 
-        handle = await ReadHandle.open(self.cache, key, download, self.limiter,
-                                       large_file_bytes=self.settings.large_file_size)
+            handle = await ReadHandle.download(self.cache, key, download, self.limiter,
+                                               large_file_bytes=self.settings.large_file_size)
         number = self._new_handle()
         self._read_handles[number] = handle
         previous = self._last_served.get(inode)
         self._last_served[inode] = key
         # The kernel may keep pages it has for this inode only if they hold these same bytes.
         return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == key)
+
+    async def _from_series(self, inode: int, remote, key: CacheKey) -> ReadHandle | None:
+        """On a miss in a scan resource: zip the whole series once, or wait for the zip under way."""
+        waiting = self.series.running(remote.resource_uri)
+        if waiting is not None:
+            await waiting.wait()
+            return await ReadHandle.from_cache(self.cache, key, self.limiter)
+        entry = self.inodes.get(inode)
+        parent_number = self.inodes.number_of(entry.path[:-1]) if entry is not None else None
+        parent = self.inodes.get(parent_number) if parent_number is not None else None
+        if parent is None or not isinstance(parent.node, (ResourceDir, FolderDir)) or not parent.node.experiment_id:
+            return None
+        listing = await self.tree.raw(("expfiles", parent.node.experiment_id))
+        files = [f for f in listing if f.resource_uri == remote.resource_uri]
+        if self.nursery is not None and self.series.eligible(files):
+            self.series.start(self.nursery, remote.resource_uri, files, fetched_alone=remote)
+        return None
 
     @fuse_handler
     async def read(self, fh, off, size):

@@ -26,16 +26,19 @@ class ReadHandle:
         self._pending = pending
 
     @classmethod
-    async def open(cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter,
-                   *, large_file_bytes: int) -> ReadHandle:
-        """Open ``key`` from the cache, downloading it with ``download(fileobj)`` on a miss."""
+    async def from_cache(cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter) -> ReadHandle | None:
+        """The cached copy of ``key``, or None on a miss."""
         if key.size == 0:
             return cls(key, None, None, hit=True)
+        cached = await trio.to_thread.run_sync(cache.lookup, key, limiter=limiter)
+        return cls(key, cached, None, hit=True) if cached is not None else None
+
+    @classmethod
+    async def download(cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter,
+                       *, large_file_bytes: int) -> ReadHandle:
+        """Fetch ``key`` through the cache with ``download(fileobj)`` (another reader may be at it already)."""
 
         def open_blocking() -> ReadHandle:
-            cached = cache.lookup(key)
-            if cached is not None:
-                return cls(key, cached, None, hit=True)
             if key.size >= large_file_bytes:
                 logger.debug("serving %s while it downloads", key.uri)
                 return cls(key, None, cache.start_fetch(key, download), hit=False)
