@@ -146,3 +146,17 @@ def test_several_users(tmp_path):
         assert requests.get(server.url + PROJECTS, auth=("admin", "admin")).status_code == 401
         who = requests.get(server.url + "/data/auth", auth=("bob", "b2")).text
         assert "User 'bob'" in who
+
+
+def test_readonly_users_may_read_but_not_write(tmp_path):
+    from xnatfs.fake import FakeXnat
+    with FakeXnat(tmp_path / "d", users={"admin": "admin", "guest": "guest"},
+                  readonly_users=("guest",)) as server:
+        server.store.add_project("P1")
+        assert requests.get(server.url + PROJECTS, auth=("guest", "guest")).status_code == 200
+        refused = requests.put(server.url + "/data/projects/P1/subjects/S1", auth=("guest", "guest"))
+        assert refused.status_code == 403
+        assert server.store.subject_id("P1", "S1") is None
+        assert requests.put(server.url + "/data/projects/P1/subjects/S1", auth=("admin", "admin")).status_code == 201
+        server.readonly_users.discard("guest")
+        assert requests.put(server.url + "/data/projects/P1/subjects/S2", auth=("guest", "guest")).status_code == 201

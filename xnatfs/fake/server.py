@@ -114,13 +114,18 @@ class FakeXnat:
     ``sample`` ("small" or "large") fills an empty data directory with a
     sample study (see :mod:`xnatfs.fake.sample`). Use as a context manager,
     or call :meth:`start` and :meth:`stop`.
+
+    Switches, settable at any time: ``latency_ms``, ``honour_range``,
+    ``session_timeout``, ``expired_password``, ``autorun_on_import``,
+    ``readonly_users`` (a set of user names whose writes are refused with
+    403) and :meth:`set_faults`.
     """
 
     def __init__(self, data_dir: str | os.PathLike, port: int = 0, sample: str | None = None,
                  users: dict[str, str] | None = None, session_timeout: float = 900.0,
                  latency_ms: float = 0, honour_range: bool = False, *, host: str = "127.0.0.1",
                  autorun_on_import: bool = False, expired_password: bool = False,
-                 site_id: str = "XNAT"):
+                 readonly_users: tuple[str, ...] = (), site_id: str = "XNAT"):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir)
@@ -135,6 +140,7 @@ class FakeXnat:
         self.honour_range = honour_range
         self.autorun_on_import = autorun_on_import
         self.expired_password = expired_password
+        self.readonly_users = set(readonly_users)
         self.site_id = site_id
         self.started_at = time.monotonic()
         self._faults = FaultInjector()
@@ -310,12 +316,21 @@ class FakeXnat:
         refusal = authenticate(request, self)
         if refusal is not None:
             return refusal
+        if request.user in self.readonly_users and _is_write(request, rest):
+            return error_page(403, f"User {request.user} does not have permission to change this.")
         answer = data_service(request, self, rest)
         if answer is not None:
             return answer
         if rest[0] in ("projects", "subjects", "experiments"):
             return self.archive.route(request, rest)
         return error_page(404, "Unknown address.")
+
+
+def _is_write(request: Request, rest: list[str]) -> bool:
+    """Whether a request changes archive data (searching by POST does not)."""
+    if request.method not in ("PUT", "POST", "DELETE", "PATCH"):
+        return False
+    return rest[0] in ("projects", "subjects", "experiments", "workflows") or rest[:2] == ["services", "import"]
 
 
 def _loggable(path: str) -> str:
