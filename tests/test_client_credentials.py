@@ -1,6 +1,5 @@
 """Where the client's credentials come from, and that passwords stay hidden."""
 
-
 import pytest
 
 from xnatfs.client.credentials import (
