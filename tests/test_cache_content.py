@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import io
 import os
@@ -545,3 +546,15 @@ def test_eviction_matches_an_lru_model(tmp_path, steps):
     for _, held in handles:
         held.close()
     cache.close()
+
+
+def test_a_forgotten_handle_is_unpinned_when_collected(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/x", 100)
+    held = cache.fetch(key, server.download(key.uri))
+    assert cache.info().pinned == 1
+    del held
+    gc.collect()
+    assert cache.info().pinned == 0
+    cache.clear()
+    assert not cache.contains(key)

@@ -125,33 +125,34 @@ class _SharedHandle:
 
 class CachedFile:
     """An open, complete cache entry. While open it is pinned: no process
-    sharing the cache folder will evict it. Close it when done."""
+    sharing the cache folder will evict it. Close it when done (a forgotten
+    one is closed when garbage-collected)."""
 
     def __init__(self, handle: _SharedHandle):
         self._handle = handle
-        self._closed = False
-        self._close_lock = threading.Lock()
         self.path = handle.path
         self.size = handle.size
+        # Runs at most once, whether from close() or from garbage collection.
+        self._release = weakref.finalize(self, handle.release)
+
+    @property
+    def closed(self) -> bool:
+        return not self._release.alive
 
     def pread(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset``; fewer only at the end of the file."""
-        if self._closed:
+        if self.closed:
             raise ValueError("read from a closed cache entry")
         return _pread_full(self._handle.fd, offset, min(length, self.size - offset))
 
     def share(self) -> CachedFile:
         """Another handle on the same entry, with its own close()."""
-        if self._closed:
+        if self.closed:
             raise ValueError("cache entry already closed")
         return self._handle.open()
 
     def close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._handle.release()
+        self._release()
 
     def __enter__(self) -> CachedFile:
         return self
