@@ -87,3 +87,17 @@ def test_pyxnat_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
     experiment_id = fake_xnat.store.experiment_id("STUDY01", "PYXNAT01_MR1")
     uploaded = server_bytes(fake_xnat, f"/data/experiments/{experiment_id}/resources/NIFTI/files/t1.nii")
     assert uploaded == b"uploaded by pyxnat"
+
+
+def test_search_elements_and_display_fields(fake_xnat):
+    auth = (fake_xnat.username, fake_xnat.password)
+    elements = requests.get(fake_xnat.url + "/data/search/elements?format=json", auth=auth).json()
+    names = [row["ELEMENT_NAME"] for row in elements["ResultSet"]["Result"]]
+    assert "xnat:mrSessionData" in names and "xnat:subjectData" in names
+    fields = requests.get(fake_xnat.url + "/data/search/elements/xnat:subjectData?format=json", auth=auth).json()
+    assert "SUBJECT_LABEL" in [row["FIELD_ID"] for row in fields["ResultSet"]["Result"]]
+    assert requests.get(fake_xnat.url + "/data/search/elements/xnat:nothing", auth=auth).status_code == 404
+    schemas = requests.get(fake_xnat.url + "/xapi/schemas", auth=auth).json()
+    assert schemas == ["xnat"]
+    xsd = requests.get(fake_xnat.url + "/xapi/schemas/xnat", auth=auth)
+    assert xsd.status_code == 200 and b'name="mrSessionData"' in xsd.content

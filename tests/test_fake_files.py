@@ -135,6 +135,10 @@ def test_zip_of_scans_session_and_structures(fake_xnat, http):
     session = zipfile.ZipFile(io.BytesIO(http.get(
         fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files?format=zip").content)).namelist()
     assert "SUB001_MR1/resources/QC/files/qc_report.pdf" in session
+    everything = zipfile.ZipFile(io.BytesIO(http.get(
+        fake_xnat.url + f"/data/experiments/{E1}/files?format=zip&all=true").content)).namelist()
+    assert len(everything) == len(whole) + 2
+    assert "SUB001_MR1/resources/QC/files/qc_metrics.csv" in everything
     empty = http.put(fake_xnat.url + f"/data/experiments/{E1}/resources/EMPTY")
     assert empty.status_code == 200
     assert http.get(fake_xnat.url + f"/data/experiments/{E1}/resources/EMPTY/files?format=zip").status_code == 404

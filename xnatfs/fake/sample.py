@@ -3,7 +3,7 @@
 Everything is deterministic: the same size gives the same labels,
 accession IDs, dates and file bytes.
 
-**small** (tests, the demo; fills in about a second, ~7 MB)::
+**small** (tests, the demo; fills in about a second, about 8 MB)::
 
     STUDY01  "Sample study one"   PI Ada Lovelace
       RESOURCES/PROTOCOLS         protocol.txt, acquisition_protocol.pdf
@@ -30,7 +30,7 @@ Scans, by number (type = series description): 1 ``Localizer`` (9 files),
 middle slice. Every session has a session resource ``QC`` with
 ``qc_report.pdf`` and ``qc_metrics.csv``.
 
-**large** (benchmarks) is the small study plus::
+**large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study plus::
 
     BENCH    "Benchmark project"
       B0001 .. B0500               500 subjects, accession IDs in that order
