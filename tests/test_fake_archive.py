@@ -138,7 +138,7 @@ def test_listing_filters_sorting_paging_and_csv(fake_xnat, http):
 
 
 def test_experiment_item_anatomy(fake_xnat, http):
-    session = item(http, fake_xnat, f"/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1")
+    session = item(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1")
     for path in (f"/data/experiments/{E1}", "/data/projects/STUDY01/experiments/SUB001_MR1",
                  f"/data/projects/STUDY01/experiments/{E1}"):
         assert item(http, fake_xnat, path)["data_fields"] == session["data_fields"]

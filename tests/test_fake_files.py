@@ -40,7 +40,7 @@ def test_resource_listings_at_every_level(fake_xnat, http):
     assert row["file_count"] == "2"
     scan = listing(http, fake_xnat, f"{SCAN2}/resources")["Result"]
     assert [r["label"] for r in scan] == ["DICOM", "SNAPSHOTS"]
-    assert [r["label"] for r in listing(http, fake_xnat, f"/data/projects/STUDY01/subjects/SUB001/resources")["Result"]] == ["NOTES"]
+    assert [r["label"] for r in listing(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/resources")["Result"]] == ["NOTES"]
     assert [r["label"] for r in listing(http, fake_xnat, "/data/projects/STUDY01/resources")["Result"]] == ["PROTOCOLS"]
     # Resource listings ignore columns= and never carry ID or URI.
     asked = listing(http, fake_xnat, f"{SCAN2}/resources", columns="ID,URI,label")["Result"][0]

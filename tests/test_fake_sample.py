@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pydicom
@@ -153,13 +154,10 @@ def test_cli_main_rejects_bad_arguments(capsys):
 
 
 def test_cli_main_stops_on_sigint(tmp_path, capsys):
-    timer = None
-
     def interrupt_soon():
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGINT)
 
-    import threading
     timer = threading.Thread(target=interrupt_soon)
     timer.start()
     code = main(["--data", str(tmp_path / "d"), "--error-rate", "0.1", "--seed", "3"])
