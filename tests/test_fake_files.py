@@ -258,6 +258,13 @@ def test_delete_file(fake_xnat, http):
     assert http.get(url).status_code == 404
     names = [f["Name"] for f in listing(http, fake_xnat, f"/data/experiments/{E1}/resources/QC/files")["Result"]]
     assert names == ["qc_report.pdf"]
+    assert http.delete(url).status_code == 200
+    assert http.delete(fake_xnat.url + f"/data/experiments/{E1}/resources/NOPE/files/x").status_code == 404
+    fake_xnat.store.put_file(E1, "QC", "folder/a.txt", b"a")
+    fake_xnat.store.put_file(E1, "QC", "folder/b.txt", b"b")
+    assert http.delete(fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/folder").status_code == 200
+    names = [f["Name"] for f in listing(http, fake_xnat, f"/data/experiments/{E1}/resources/QC/files")["Result"]]
+    assert names == ["qc_report.pdf"]
 
 
 def test_store_changes_behind_the_servers_back(fake_xnat, http):

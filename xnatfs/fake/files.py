@@ -114,7 +114,11 @@ class FilesApi:
         if request.method in ("PUT", "POST"):
             return self._upload(request, parents, selector, relpath)
         if request.method == "DELETE":
-            for _parent, resource in self._select(parents, selector):
+            chosen = self._select(parents, selector)
+            if not chosen:
+                return error_page(404, "Unable to find resource.")
+            # Like XNAT, a path that matches nothing is no error.
+            for _parent, resource in chosen:
                 self.store.remove_file(resource["id"], relpath)
             return Response(200)
         return method_not_allowed(request, "GET, HEAD, PUT, POST, DELETE")
