@@ -131,13 +131,15 @@ def test_store_refuses_unsafe_paths_and_conflicts(fake_xnat):
 def test_cli_serves_until_sigterm(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "xnatfs.fake", "--data", str(tmp_path / "d"),
-         "--latency-ms", "1", "--user", "alice:secret"],
+         "--latency-ms", "1", "--user", "alice:secret", "--user", "bob:pw", "--readonly-user", "bob"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         answer = requests.get(url + "/data/projects?format=json", auth=("alice", "secret"), timeout=10)
         assert answer.json()["ResultSet"]["Result"] == []
+        assert requests.put(url + "/data/projects/P1", auth=("bob", "pw"), timeout=10).status_code == 403
+        assert requests.put(url + "/data/projects/P1", auth=("alice", "secret"), timeout=10).status_code == 201
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

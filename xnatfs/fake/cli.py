@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-size", choices=("small", "large"), default="small")
     parser.add_argument("--user", type=_user, action="append", metavar="NAME:PASSWORD",
                         help="a user account (repeatable; default admin:admin)")
+    parser.add_argument("--readonly-user", action="append", default=[], metavar="NAME",
+                        help="a user whose changes are refused with 403 (repeatable)")
     parser.add_argument("--latency-ms", type=float, default=0, help="delay added to every request")
     parser.add_argument("--honour-range", action="store_true",
                         help="answer Range requests with 206 (default: send the whole file)")
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                       session_timeout=args.session_timeout, latency_ms=args.latency_ms,
                       honour_range=args.honour_range, host=args.host,
                       autorun_on_import=args.autorun_on_import,
-                      expired_password=args.expired_password)
+                      expired_password=args.expired_password,
+                      readonly_users=tuple(args.readonly_user))
     server.set_faults(error_rate=args.error_rate, error_statuses=statuses, drop_rate=args.drop_rate,
                       truncate_rate=args.truncate_rate, stall_ms=args.stall_ms,
                       stall_rate=args.stall_rate, seed=args.seed)
