@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
+import pyxnat
 import requests
+import xnat
 
 DICOM_PATH = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM/files/2-0001.dcm"
 
@@ -15,7 +16,6 @@ def server_bytes(server, path: str) -> bytes:
 
 
 def test_xnatpy_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
-    xnat = pytest.importorskip("xnat")
     with xnat.connect(fake_xnat.url, user="admin", password="admin") as session:
         assert session.xnat_version.startswith("1.")
         assert sorted(session.projects.keys()) == ["STUDY01", "STUDY02"]
@@ -51,8 +51,6 @@ def test_xnatpy_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
 
 
 def test_pyxnat_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
-    pytest.importorskip("pandas", reason="pyxnat's Interface imports pandas")
-    pyxnat = pytest.importorskip("pyxnat")
     interface = pyxnat.Interface(server=fake_xnat.url, user="admin", password="admin")
     try:
         assert sorted(interface.select.projects().get()) == ["STUDY01", "STUDY02"]
