@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
@@ -83,6 +83,8 @@ def _settings_from_args(args) -> MountSettings:
         changes["read_only"] = True
     if args.allow_delete:
         changes["allow_delete"] = True
+    if args.experiment_type:
+        changes["experiment_type"] = args.experiment_type
     if args.foreground:
         changes["foreground"] = True
     if args.log_level is not None:
@@ -226,14 +228,7 @@ def cmd_mount(args) -> int:
 # ---- unmount -----------------------------------------------------------------
 
 def cmd_unmount(args) -> int:
-    from xnatfs.fs.mount import (
-        clean_stale,
-        fusermount_unmount,
-        mount_state,
-        process_alive,
-        read_record,
-        remove_record,
-    )
+    from xnatfs.fs.mount import clean_stale, fusermount_unmount, mount_state, read_record, remove_record
 
     mountpoint = Path(args.mountpoint).expanduser()
     state = mount_state(mountpoint)
@@ -249,12 +244,32 @@ def cmd_unmount(args) -> int:
     if not done:
         raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}")
     if record is not None:
-        deadline = time.monotonic() + args.timeout
-        while process_alive(record["pid"]):
-            if time.monotonic() > deadline:
-                raise UsageProblem(f"unmounted, but the daemon (pid {record['pid']}) is still running")
-            time.sleep(0.05)
+        _wait_for_daemon(record, args.timeout)
     return 0
+
+
+def _wait_for_daemon(record: dict, timeout: float) -> None:
+    """Wait until the daemon has sent what it can and exited, telling how many uploads remain."""
+    from xnatfs.cache.spool import UploadSpool
+    from xnatfs.fs.mount import process_alive
+
+    spool = UploadSpool(record["spool"]) if record.get("spool") else None
+    deadline = time.monotonic() + timeout
+    shown = None
+    while process_alive(record["pid"]):
+        if spool is not None:
+            remaining = len(spool.pending(record.get("url")))
+            if remaining and remaining != shown:
+                print(f"waiting for {remaining} upload(s) to {record.get('url')} ...", file=sys.stderr, flush=True)
+                shown = remaining
+        if time.monotonic() > deadline:
+            raise UsageProblem(f"unmounted, but the daemon (pid {record['pid']}) is still running")
+        time.sleep(0.1)
+    if spool is not None:
+        left = spool.pending(record.get("url"))
+        if left:
+            print(f"{len(left)} upload(s) could not be sent and stay in the spool; "
+                  "see `xnatfs uploads list`", file=sys.stderr)
 
 
 # ---- demo --------------------------------------------------------------------
@@ -349,6 +364,49 @@ def cmd_cache(args) -> int:
     return 0
 
 
+# ---- uploads -------------------------------------------------------------------
+
+def cmd_uploads(args) -> int:
+    from xnatfs.cache.spool import UploadSpool
+
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    spool = UploadSpool(cache_dir / "spool")
+    pending = spool.pending(args.server.rstrip("/") if args.server else None)
+    if args.action == "list":
+        if not pending:
+            print("no uploads waiting")
+        for entry in pending:
+            line = f"{entry.id}  {entry.state:7}  {_human(entry.size):>10}  {entry.target.server}  " \
+                   f"{entry.target.describe()}"
+            if entry.attempts:
+                line += f"  ({entry.attempts} attempt(s); last error: {entry.last_error.splitlines()[0][:200]})"
+            print(line)
+        return 0
+    return _retry_uploads(spool, sorted({entry.target.server for entry in pending}), args)
+
+
+def _retry_uploads(spool, servers: list[str], args) -> int:
+    from xnatfs.cache.uploader import Uploader
+
+    if not servers:
+        print("no uploads waiting")
+        return 0
+    failed = 0
+    for server in servers:
+        settings = MountSettings(url=server, user=args.user,
+                                 password_file=Path(args.password_file).expanduser() if args.password_file else None)
+        connection, _projects = connect(settings)
+        try:
+            report = Uploader(spool, connection).push_pending(server)
+        finally:
+            connection.close()
+        print(f"{server}: {report.ok} sent, {report.failed} failed, {report.skipped} busy elsewhere")
+        for entry_id, message in report.errors:
+            print(f"  {entry_id}: {message.splitlines()[0][:200]}", file=sys.stderr)
+        failed += report.failed
+    return 1 if failed else 0
+
+
 # ---- prefetch -----------------------------------------------------
 
 def cmd_prefetch(args) -> int:
@@ -374,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     mount.add_argument("--allow-delete", action="store_true",
-                       help="let rmdir delete subjects, experiments and projects")
+                       help="let rmdir delete subjects and experiments on the server")
+    mount.add_argument("--experiment-type", help="xsiType of experiments made by mkdir (default xnat:mrSessionData)")
     mount.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
                        help="FUSE mount options, e.g. allow_other, ro")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
@@ -402,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir")
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
+
+    uploads = commands.add_parser("uploads", help="list or retry writes waiting for the server")
+    uploads.add_argument("action", choices=["list", "retry"])
+    uploads.add_argument("--cache-dir", help="the mount's cache folder (default ~/.cache/xnatfs)")
+    uploads.add_argument("--server", help="only uploads to this server")
+    uploads.add_argument("--user", help="XNAT user name for retry (else XNAT_USER, ~/.netrc, alias token)")
+    uploads.add_argument("--password-file", help="read the password from the first line of this file")
+    uploads.set_defaults(handler=cmd_uploads)
 
     from xnatfs.prefetch import add_arguments as prefetch_arguments
 

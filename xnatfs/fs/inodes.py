@@ -70,6 +70,9 @@ class InodeTable:
         entry.lookups += lookups
         return number
 
+    def items(self) -> list[tuple[int, InodeEntry]]:
+        return list(self._entries.items())
+
     def get(self, number: int) -> InodeEntry | None:
         return self._entries.get(number)
 

@@ -28,6 +28,7 @@ import trio
 
 from xnatfs.cache.content import ContentCache
 from xnatfs.cache.listing import ListingCache
+from xnatfs.cache.spool import UploadSpool
 from xnatfs.errors import redact_url
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
@@ -50,7 +51,7 @@ def build_operations(settings: MountSettings, connection, *, projects=None) -> X
     limiter = trio.CapacityLimiter(settings.workers)
     tree = Tree(connection, listings, limiter, started_at=time.time())
     cache = ContentCache(settings.cache_dir, settings.cache_size)
-    return XnatOperations(tree, cache, settings)
+    return XnatOperations(tree, cache, settings, UploadSpool(settings.spool_dir))
 
 
 def fuse_options(settings: MountSettings) -> set[str]:
@@ -72,7 +73,7 @@ async def _stop_on_signal() -> None:
 
 async def _run_loop(ops: XnatOperations) -> None:
     async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
+        ops.start_background(nursery)
         nursery.start_soon(_stop_on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -95,8 +96,12 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
             pyfuse3.close(unmount=True)
         except Exception:
             logger.exception("unmounting %s failed", mountpoint)
-        ops.cache.close()
         logger.info("unmounted %s", mountpoint)
+        try:
+            ops.finish_uploads()
+        except Exception:
+            logger.exception("sending pending uploads at exit failed")
+        ops.cache.close()
 
 
 # ---- the record of a running mount ---------------------------------------

@@ -1,10 +1,13 @@
 """The pyfuse3 handlers: the kernel's requests answered from XNAT.
 
-Everything blocking (HTTP, the content cache, big disk reads) runs in trio
-worker threads under one capacity limiter; every handler is wrapped by
-:func:`fuse_handler`, so whatever goes wrong becomes an errno and a log line
-and never stops the event loop. The daemon never touches its own
+Everything blocking (HTTP, the content cache, the spool, big disk reads)
+runs in trio worker threads under one capacity limiter; every handler is
+wrapped by :func:`fuse_handler`, so whatever goes wrong becomes an errno and
+a log line and never stops the event loop. The daemon never touches its own
 mountpoint; kernel caches are invalidated with pyfuse3's notify calls.
+
+Reading lives here; the handlers that change things are in
+:mod:`xnatfs.fs.mutations`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.cache.spool import UploadSpool
+from xnatfs.cache.uploader import Uploader
+from xnatfs.client.models import RemoteFile
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
-from xnatfs.fs.nodes import FileNode, FolderDir, Node, ResourceDir, SubjectDir
+from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
+from xnatfs.fs.mutations import Mutations
+from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, SubjectDir
 from xnatfs.fs.reading import ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
+from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import xattrs_for
 
 logger = logging.getLogger(__name__)
@@ -33,34 +42,41 @@ BLOCK_SIZE = 128 * 1024
 _NS = 1_000_000_000
 
 
-class XnatOperations(pyfuse3.Operations):
+class XnatOperations(Mutations, pyfuse3.Operations):
     """Answers the kernel for one mount.
 
     ``nursery`` must be set to a running trio nursery before the file system
-    serves requests; background work (reading ahead) is started in it.
+    serves requests (see :meth:`start_background`); background work
+    (reading ahead, retrying uploads) is started in it.
     """
 
     enable_writeback_cache = False
     enable_acl = False
     supports_dot_lookup = False
 
-    def __init__(self, tree: Tree, cache: ContentCache, settings: MountSettings):
+    def __init__(self, tree: Tree, cache: ContentCache, settings: MountSettings, spool: UploadSpool):
         super().__init__()
         self.tree = tree
         self.cache = cache
         self.settings = settings
+        self.server = settings.url.rstrip("/")
+        self.connection = tree.connection
+        self.limiter = tree.limiter
         self.series = SeriesFetcher(
             tree.connection, cache, self.cache_key, tree.limiter, work_dir=settings.cache_dir,
             max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
             large_file_bytes=settings.large_file_size)
-        self.limiter = tree.limiter
+        self.spool = spool
+        self.uploader = Uploader(spool, tree.connection)
+        self.writer = Writer(spool, self.uploader)
+        self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._next_handle = 1
         self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, Node]]]] = {}
-        self._read_handles: dict[int, ReadHandle] = {}
+        self._handles: dict[int, ReadHandle | LocalHandle] = {}
         self._last_served: dict[int, CacheKey] = {}
 
     # ---- helpers ------------------------------------------------------
@@ -76,23 +92,37 @@ class XnatOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE)
         return entry
 
+    async def _listing(self, node: Node) -> Listing:
+        """A directory's entries: XNAT's listing with our own changes on top."""
+        for gone in self.overlay.expire():
+            gone.close()
+        return self.overlay.merge(node, await self.tree.children(node))
+
+    async def _lookup(self, node: Node, name: str) -> Node | None:
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return (await self._listing(node)).get(name)
+
     async def _current(self, inode: int, entry: InodeEntry) -> Node:
         """The entry's node as the (possibly reloaded) parent listing has it now."""
         if not entry.path:
             return entry.node
-        parent_inode = self.inodes.number_of(entry.path[:-1])
-        parent = self.inodes.get(parent_inode) if parent_inode is not None else None
+        parent = self._parent(entry)
         if parent is None:
             return entry.node
-        node = await self.tree.lookup(parent.node, entry.path[-1])
+        node = await self._lookup(parent.node, entry.path[-1])
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         entry.node = node
         return node
 
-    def cache_key(self, remote) -> CacheKey:
+    def _parent(self, entry: InodeEntry) -> InodeEntry | None:
+        number = self.inodes.number_of(entry.path[:-1])
+        return self.inodes.get(number) if number is not None else None
+
+    def cache_key(self, remote: RemoteFile) -> CacheKey:
         """Cache entries are named by server and path: one cache folder may serve several servers."""
-        return CacheKey(self.settings.url.rstrip("/") + remote.uri, remote.size, remote.digest)
+        return CacheKey(self.server + remote.uri, remote.size, remote.digest)
 
     def _writable(self, node: Node) -> bool:
         return not (self.settings.read_only or node.read_only)
@@ -116,8 +146,10 @@ class XnatOperations(pyfuse3.Operations):
         attrs.st_gid = self._gid
         stamp = int(node.mtime * _NS)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
-        attrs.entry_timeout = self.settings.ttl
-        attrs.attr_timeout = self.settings.ttl
+        # Our own files change under the kernel's eyes: it must ask again.
+        timeout = 0.0 if isinstance(node, LocalFileNode) else self.settings.ttl
+        attrs.entry_timeout = timeout
+        attrs.attr_timeout = timeout
         return attrs
 
     def _negative(self) -> pyfuse3.EntryAttributes:
@@ -136,12 +168,9 @@ class XnatOperations(pyfuse3.Operations):
             path, node = parent.path, parent.node
         elif text == "..":
             path = parent.path[:-1]
-            grandparent = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE)
-            node = grandparent.node
+            node = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE).node
         else:
-            if not parent.node.is_dir:
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            node = await self.tree.lookup(parent.node, text)
+            node = await self._lookup(parent.node, text)
             if node is None:
                 return self._negative()
             path = parent.path + (text,)
@@ -161,16 +190,6 @@ class XnatOperations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         entry = self._entry(inode)
         node = await self._current(inode, entry)
-        return self.attributes(inode, node)
-
-    @fuse_handler
-    async def setattr(self, inode, attr, fields, fh, ctx):
-        entry = self._entry(inode)
-        node = await self._current(inode, entry)
-        if fields.update_size and not node.is_dir and attr.st_size != node.size:
-            raise pyfuse3.FUSEError(errno.EROFS if not self._writable(node) else errno.ENOTSUP)
-        # Modes, owners and times have no XNAT counterpart: accepted, changed nowhere,
-        # so that cp -a and rsync -a can finish.
         return self.attributes(inode, node)
 
     @fuse_handler
@@ -219,7 +238,7 @@ class XnatOperations(pyfuse3.Operations):
         node = await self._current(inode, entry)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        listing = await self.tree.children(node)
+        listing = await self._listing(node)
         if isinstance(node, SubjectDir) and self.nursery is not None:
             self.tree.prefetch_experiments(self.nursery, listing)
         handle = self._new_handle()
@@ -241,7 +260,7 @@ class XnatOperations(pyfuse3.Operations):
     async def releasedir(self, fh):
         self._dir_handles.pop(fh, None)
 
-    # ---- reading files ------------------------------------------------
+    # ---- files --------------------------------------------------------
 
     @fuse_handler
     async def open(self, inode, flags, ctx):
@@ -249,40 +268,43 @@ class XnatOperations(pyfuse3.Operations):
         node = await self._current(inode, entry)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS if not self._writable(node) else errno.ENOTSUP)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing or isinstance(node, LocalFileNode):
+            return await self._open_local(inode, node, flags)
         return await self._open_for_reading(inode, node)
 
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
-        remote = node.file
+        handle = await self._read_handle(inode, node.file)
+        number = self._new_handle()
+        self._handles[number] = handle
+        previous = self._last_served.get(inode)
+        self._last_served[inode] = handle.key
+        # The kernel may keep pages it has for this inode only if they hold these same bytes.
+        return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == handle.key)
+
+    async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter)
-        if handle is None:
+        if handle is None and inode is not None:
             handle = await self._from_series(inode, remote, key)
         if handle is None:
-            connection = self.tree.connection
+            connection = self.connection
 
             def download(fileobj) -> None:
                 connection.download(remote.uri, fileobj)
 
             handle = await ReadHandle.download(self.cache, key, download, self.limiter,
                                                large_file_bytes=self.settings.large_file_size)
-        number = self._new_handle()
-        self._read_handles[number] = handle
-        previous = self._last_served.get(inode)
-        self._last_served[inode] = key
-        # The kernel may keep pages it has for this inode only if they hold these same bytes.
-        return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == key)
+        return handle
 
-    async def _from_series(self, inode: int, remote, key: CacheKey) -> ReadHandle | None:
+    async def _from_series(self, inode: int, remote: RemoteFile, key: CacheKey) -> ReadHandle | None:
         """On a miss in a scan resource: zip the whole series once, or wait for the zip under way."""
         waiting = self.series.running(remote.resource_uri)
         if waiting is not None:
             await waiting.wait()
             return await ReadHandle.from_cache(self.cache, key, self.limiter)
         entry = self.inodes.get(inode)
-        parent_number = self.inodes.number_of(entry.path[:-1]) if entry is not None else None
-        parent = self.inodes.get(parent_number) if parent_number is not None else None
+        parent = self._parent(entry) if entry is not None and entry.path else None
         if parent is None or not isinstance(parent.node, (ResourceDir, FolderDir)) or not parent.node.experiment_id:
             return None
         listing = await self.tree.raw(("expfiles", parent.node.experiment_id))
@@ -293,21 +315,17 @@ class XnatOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def read(self, fh, off, size):
-        handle = self._read_handles.get(fh)
+        handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if isinstance(handle, LocalHandle):
+            return await trio.to_thread.run_sync(self.writer.read, handle.local, off, size, limiter=self.limiter)
         return await handle.read(off, size, self.limiter)
 
     @fuse_handler
-    async def flush(self, fh):
-        return None
-
-    @fuse_handler
     async def release(self, fh):
-        handle = self._read_handles.pop(fh, None)
-        if handle is not None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, LocalHandle):
+            await self._release_local(handle)
+        elif handle is not None:
             await handle.close(self.limiter)
-
-    @fuse_handler
-    async def fsync(self, fh, datasync):
-        return None

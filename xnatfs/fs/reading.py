@@ -55,6 +55,15 @@ class ReadHandle:
             return await trio.to_thread.run_sync(self._cached.pread, offset, end - offset, limiter=limiter)
         return await trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter)
 
+    def read_blocking(self, offset: int, length: int) -> bytes:
+        """Like :meth:`read`, from a worker thread."""
+        end = min(offset + length, self.key.size)
+        if offset >= end:
+            return b""
+        if self._cached is not None:
+            return self._cached.pread(offset, end - offset)
+        return self._read_pending(offset, end)
+
     def _read_pending(self, offset: int, end: int) -> bytes:
         self._pending.wait_for(end)
         return self._pending.pread(offset, end - offset)

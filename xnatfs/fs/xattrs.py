@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xnatfs.fs.local import LocalFileNode
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -50,4 +51,7 @@ def xattrs_for(node: Node) -> dict[str, str]:
         values = {"uri": remote.uri, "format": remote.format, "content": remote.content,
                   "digest": remote.digest, "tags": remote.tags, "resource": remote.resource_label,
                   "path": remote.path}
+    elif isinstance(node, LocalFileNode):
+        local = node.local
+        values = {"upload": local.state, "upload_error": local.error, "target": local.target.describe()}
     return {PREFIX + name: value for name, value in values.items() if value}

@@ -1,0 +1,186 @@
+"""What the mount shows before the server's listings do: our own writes.
+
+A file written through the mount lives in the upload spool until XNAT has
+it. While it is being written, while its upload is pending or failed, and
+for one listing TTL after it was uploaded, the mount shows (and serves) our
+copy; a file we deleted stays hidden for a TTL, and a sub-folder made inside
+a resource exists only here until a file is written in it. All of this sits
+on top of the listings the tree derives from XNAT (:meth:`Overlay.merge`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from xnatfs.cache.spool import SpoolEntry, UploadTarget
+from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, ScansDir
+
+
+@dataclass(eq=False)
+class LocalFile:
+    """Bytes written through the mount, and how far they are on their way to XNAT.
+
+    ``fd`` reads and writes the staging file; it stays usable after the
+    spool removed the file once the server confirmed it. ``state``:
+    ``writing`` (changed since the last upload), ``pending``/``failed``
+    (committed, not yet accepted), ``uploaded``, or ``empty`` (a new file
+    nobody wrote into: XNAT cannot hold empty files, so it stays local).
+    """
+
+    target: UploadTarget
+    container: str
+    relpath: str
+    fd: int
+    entry: SpoolEntry | None
+    replaces_remote: bool = False
+    experiment_id: str = ""      # for a DICOM import: the experiment whose listings it changes
+    size: int = 0
+    entry_open: bool = True      # the spool entry still takes writes (not committed)
+    dirty: bool = False
+    state: str = "writing"
+    error: str = ""
+    handles: int = 0
+    unlinked: bool = False
+    mtime: float = field(default_factory=time.time)
+    expires: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LocalFileNode(Node):
+    """A file of ours in a listing; its size follows the local bytes."""
+
+    local: LocalFile
+
+    is_dir = False
+
+    @property
+    def size(self) -> int:
+        return self.local.size
+
+    @property
+    def key(self) -> tuple:
+        return ("local", self.local.container, self.local.relpath)
+
+
+def import_container(experiment_uri: str) -> str:
+    """Where zips written into an experiment's SCANS/ are kept in the overlay."""
+    return f"{experiment_uri}/SCANS"
+
+
+class Overlay:
+    """Our writes, local folders and deletions, keyed by container (a resource
+    URI, or an experiment's SCANS) and path inside it."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self.files: dict[str, dict[str, LocalFile]] = {}
+        self.folders: dict[str, set[tuple[str, ...]]] = {}
+        self.deleted: dict[str, dict[str, float]] = {}
+
+    # ---- changes ------------------------------------------------------
+
+    def add_file(self, local: LocalFile) -> None:
+        self.files.setdefault(local.container, {})[local.relpath] = local
+        self.deleted.get(local.container, {}).pop(local.relpath, None)
+
+    def drop_file(self, local: LocalFile) -> None:
+        group = self.files.get(local.container, {})
+        if group.get(local.relpath) is local:
+            del group[local.relpath]
+            if not group:
+                self.files.pop(local.container, None)
+
+    def file(self, container: str, relpath: str) -> LocalFile | None:
+        return self.files.get(container, {}).get(relpath)
+
+    def add_folder(self, container: str, subpath: tuple[str, ...]) -> None:
+        self.folders.setdefault(container, set()).add(subpath)
+
+    def drop_folder(self, container: str, subpath: tuple[str, ...]) -> None:
+        folders = self.folders.get(container, set())
+        folders.discard(subpath)
+        if not folders:
+            self.folders.pop(container, None)
+
+    def hide(self, container: str, relpath: str) -> None:
+        """A file we deleted on the server: hidden until listings have caught up."""
+        self.deleted.setdefault(container, {})[relpath] = time.monotonic() + self.ttl
+
+    def all_files(self) -> list[LocalFile]:
+        return [local for group in self.files.values() for local in group.values()]
+
+    def expire(self) -> list[LocalFile]:
+        """Forget uploaded files and deletions older than a TTL; returns files to close."""
+        now = time.monotonic()
+        gone = [local for local in self.all_files()
+                if local.handles == 0 and local.expires is not None and local.expires <= now]
+        for local in gone:
+            self.drop_file(local)
+        for container in list(self.deleted):
+            group = self.deleted[container]
+            for relpath in [p for p, until in group.items() if until <= now]:
+                del group[relpath]
+            if not group:
+                del self.deleted[container]
+        return gone
+
+    # ---- reading ------------------------------------------------------
+
+    def merge(self, node: Node, listing: Listing) -> Listing:
+        """``listing`` (from XNAT) with our files, folders and deletions applied."""
+        if isinstance(node, (ResourceDir, FolderDir)):
+            container = node.resource.uri
+            prefix = node.subpath if isinstance(node, FolderDir) else ()
+        elif isinstance(node, ScansDir):
+            container = import_container(node.experiment.uri)
+            prefix = ()
+        else:
+            return listing
+        files = self.files.get(container)
+        folders = self.folders.get(container)
+        deleted = self.deleted.get(container)
+        if not (files or folders or deleted):
+            return listing
+        entries = dict(listing.entries)
+        if deleted:
+            for name, child in list(entries.items()):
+                if isinstance(child, FileNode) and child.file.path in deleted:
+                    del entries[name]
+        depth = len(prefix)
+        for subpath in folders or ():
+            if len(subpath) == depth + 1 and subpath[:depth] == prefix and subpath[-1] not in entries:
+                entries[subpath[-1]] = self._folder(node, subpath)
+        for relpath, local in (files or {}).items():
+            parts = tuple(relpath.split("/"))
+            if parts[:depth] != prefix or len(parts) <= depth:
+                continue
+            if len(parts) == depth + 1:
+                entries[parts[-1]] = LocalFileNode(mtime=local.mtime, read_only=node.read_only, local=local)
+            elif parts[depth] not in entries:
+                entries[parts[depth]] = self._folder(node, parts[:depth + 1])
+        return Listing(entries, listing.aliases)
+
+    @staticmethod
+    def _folder(node: ResourceDir | FolderDir, subpath: tuple[str, ...]) -> FolderDir:
+        return FolderDir(mtime=node.mtime, read_only=node.read_only, nlink=2,
+                         resource=node.resource, experiment_id=node.experiment_id, subpath=subpath)
+
+
+@dataclass(eq=False)
+class LocalHandle:
+    """One open of a local file. ``append`` writes go to the end whatever the offset."""
+
+    local: LocalFile
+    inode: int
+    writable: bool
+    append: bool = False

@@ -1,0 +1,527 @@
+"""The handlers that change XNAT: each maps to one XNAT call (SPEC "Writing").
+
+| action | where | XNAT call |
+|---|---|---|
+| mkdir | in a project / a subject | create subject / experiment |
+| mkdir | in RESOURCES/ or a scan | create resource |
+| mkdir | in a resource | a local folder (exists on XNAT once a file is in it) |
+| write + close/fsync | in a resource | upload (overwrite) |
+| write ``*.zip`` + close | in an experiment's SCANS/ | DICOM import into that experiment |
+| mv | subject / experiment in its parent | rename |
+| mv | file within its resource | upload under the new name, then delete |
+| rm / rmdir | file / empty resource | delete |
+| rmdir | subject / experiment | delete, only with ``--allow-delete`` (else EPERM) |
+
+Anything else that would change the tree is refused: EROFS on read-only
+mounts and shared experiments, EXDEV for moves across parents (so ``mv``
+copies and deletes), EPERM for what XNAT cannot do. chmod, chown and
+utimens succeed and change nothing.
+
+:class:`Mutations` is a mixin of :class:`xnatfs.fs.operations.XnatOperations`
+and uses its attributes (tree, overlay, writer, inodes, settings, ...).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+
+import pyfuse3
+import trio
+
+from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.models import RemoteFile
+from xnatfs.errors import XnatError, XnatNotFound
+from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
+from xnatfs.fs.nodes import (
+    ExperimentDir,
+    FileNode,
+    FolderDir,
+    Node,
+    ProjectDir,
+    ResourceDir,
+    ResourcesDir,
+    ScanDir,
+    ScansDir,
+    SubjectDir,
+)
+
+logger = logging.getLogger(__name__)
+
+VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
+RETRY_CHECK_SECONDS = 30.0
+READ_CHUNK = 1 << 20
+
+
+def _fail(code: int, message: str, *args) -> pyfuse3.FUSEError:
+    logger.warning(message, *args)
+    return pyfuse3.FUSEError(code)
+
+
+class Mutations:
+    """Write-side handlers and the background upload retries."""
+
+    # ---- checks -------------------------------------------------------
+
+    def _check_writable(self, node: Node, what: str) -> None:
+        if self.settings.read_only:
+            raise _fail(errno.EROFS, "%s refused: the mount is read-only", what)
+        if node.read_only:
+            raise _fail(errno.EROFS, "%s refused: shared here from another project; change it there", what)
+
+    @staticmethod
+    def _check_label(label: str, what: str) -> None:
+        if not VALID_LABEL.match(label):
+            raise _fail(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r",
+                        what, label)
+
+    async def _call(self, function, *args, **kwargs):
+        """A blocking client call in a worker thread."""
+        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter)
+
+    def _forget_listings(self, *keys: tuple) -> None:
+        for key in keys:
+            self.tree.forget_listing(key)
+
+    def _file_target(self, parent: ResourceDir | FolderDir, name: str) -> tuple[UploadTarget, str, str]:
+        subpath = parent.subpath if isinstance(parent, FolderDir) else ()
+        relpath = "/".join(subpath + (name,))
+        target = UploadTarget(kind="file", resource_uri=parent.resource.uri, relpath=relpath, server=self.server)
+        return target, parent.resource.uri, relpath
+
+    # ---- creating and writing files -----------------------------------
+
+    @fuse_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._entry(parent_inode)
+        pnode = await self._current(parent_inode, parent)
+        text = os.fsdecode(name)
+        self._check_writable(pnode, f"creating {text}")
+        experiment_id = ""
+        if isinstance(pnode, (ResourceDir, FolderDir)):
+            target, container, relpath = self._file_target(pnode, text)
+        elif isinstance(pnode, ScansDir) and text.lower().endswith(".zip"):
+            session = pnode.experiment
+            target = UploadTarget(kind="dicom-import", project=session.project_id, subject=session.subject_label,
+                                  experiment=session.experiment.label, server=self.server)
+            container, relpath, experiment_id = import_container(session.uri), text, session.experiment.id
+        else:
+            raise _fail(errno.EPERM, "creating %s refused: files live in resources (and *.zip in SCANS/)", text)
+        local = await self._call(self.writer.stage, target, container, relpath)
+        local.experiment_id = experiment_id
+        local.dirty = True
+        self.overlay.add_file(local)
+        node = LocalFileNode(mtime=local.mtime, read_only=False, local=local)
+        inode = self.inodes.remember(parent.path + (text,), node)
+        handle = self._open_handle(local, inode, flags)
+        return pyfuse3.FileInfo(fh=handle), self.attributes(inode, node)
+
+    def _open_handle(self, local: LocalFile, inode: int, flags: int) -> int:
+        local.handles += 1
+        number = self._new_handle()
+        self._handles[number] = LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY,
+                                            append=bool(flags & os.O_APPEND))
+        return number
+
+    async def _open_local(self, inode: int, node: Node, flags: int) -> pyfuse3.FileInfo:
+        """Open a file for writing (or one of ours for anything): through a local copy."""
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self._check_writable(node, "writing")
+        if isinstance(node, LocalFileNode):
+            local = node.local
+            if flags & os.O_TRUNC:
+                await self._call(self.writer.truncate, local, 0)
+        else:
+            local = await self._stage_remote(node.file, truncate=bool(flags & os.O_TRUNC))
+        return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=False)
+
+    async def _stage_remote(self, remote: RemoteFile, *, truncate: bool, relpath: str | None = None,
+                            container: str | None = None) -> LocalFile:
+        """A local copy of a server file (or an empty one, when it is truncated anyway)."""
+        container = container or remote.resource_uri
+        relpath = relpath if relpath is not None else remote.path
+        target = UploadTarget(kind="file", resource_uri=container, relpath=relpath, server=self.server)
+        if truncate:
+            local = await self._call(self.writer.stage, target, container, relpath, replaces_remote=True)
+            local.dirty = True
+        else:
+            reader = await self._read_handle(None, remote)
+            try:
+                def fill(sink) -> None:
+                    offset = 0
+                    while offset < remote.size:
+                        chunk = reader.read_blocking(offset, READ_CHUNK)
+                        if not chunk:
+                            break
+                        sink.write(chunk)
+                        offset += len(chunk)
+
+                local = await self._call(self.writer.stage, target, container, relpath, fill=fill,
+                                         replaces_remote=True)
+            finally:
+                await reader.close(self.limiter)
+        self.overlay.add_file(local)
+        return local
+
+    @fuse_handler
+    async def write(self, fh, off, buf):
+        handle = self._handles.get(fh)
+        if not isinstance(handle, LocalHandle) or not handle.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        offset = handle.local.size if handle.append else off
+        return await self._call(self.writer.write, handle.local, offset, buf)
+
+    @fuse_handler
+    async def flush(self, fh):
+        handle = self._handles.get(fh)
+        if isinstance(handle, LocalHandle) and handle.writable:
+            await self._upload(handle.local)
+
+    @fuse_handler
+    async def fsync(self, fh, datasync):
+        handle = self._handles.get(fh)
+        if isinstance(handle, LocalHandle) and handle.writable:
+            await self._upload(handle.local)
+
+    async def _upload(self, local: LocalFile) -> None:
+        """Send a local file now; the caller sees the server's refusal as an errno."""
+        try:
+            sent = await self._call(self.writer.upload, local)
+        except XnatError as exc:
+            logger.error("upload of %s failed; kept in the spool for another try: %s",
+                         local.target.describe(), exc)
+            raise
+        if sent:
+            self._after_upload(local)
+
+    def _after_upload(self, local: LocalFile) -> None:
+        if local.target.kind == "dicom-import":
+            # The zip became scans: list those from now on.
+            self._forget_listings(("contents", local.experiment_id), ("expfiles", local.experiment_id))
+        else:
+            self.series.forget(local.target.resource_uri)
+        if local.handles == 0:
+            self._linger(local)
+
+    def _linger(self, local: LocalFile) -> None:
+        """How long a sent file stays shown from our copy.
+
+        A file until listings have caught up (a TTL); an imported zip, which
+        XNAT turns into scans rather than keeping, only briefly, so that
+        tools setting its mode or times after closing it still find it.
+        """
+        keep = self.settings.negative_ttl if local.target.kind == "dicom-import" else self.settings.ttl
+        local.expires = time.monotonic() + keep
+
+    async def _release_local(self, handle: LocalHandle) -> None:
+        local = handle.local
+        local.handles -= 1
+        if handle.writable and local.dirty and not local.unlinked:
+            # Written without a flush (e.g. through a mapping): send it now; nobody can be told of a failure.
+            try:
+                await self._upload(local)
+            except Exception as exc:
+                logger.error("upload of %s on release failed: %s", local.target.describe(), exc)
+        if local.handles == 0:
+            if local.unlinked:
+                local.close()
+            elif local.state == "uploaded":
+                self._linger(local)
+
+    # ---- attributes ---------------------------------------------------
+
+    @fuse_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        entry = self._entry(inode)
+        node = await self._current(inode, entry)
+        if fields.update_size:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if node.size != attr.st_size or isinstance(node, LocalFileNode):
+                node = await self._truncate(inode, entry, node, attr.st_size, fh)
+        # Modes, owners and times have no XNAT counterpart: accepted, changed nowhere,
+        # so that cp -a and rsync -a can finish.
+        return self.attributes(inode, node)
+
+    async def _truncate(self, inode: int, entry, node: Node, size: int, fh) -> Node:
+        self._check_writable(node, "truncating")
+        if isinstance(node, LocalFileNode):
+            local = node.local
+        else:
+            local = await self._stage_remote(node.file, truncate=size == 0)
+        await self._call(self.writer.truncate, local, size)
+        handle = self._handles.get(fh) if fh is not None else None
+        if not isinstance(handle, LocalHandle) and local.handles == 0:
+            # truncate(2) on a path: no close will follow to send it.
+            await self._upload(local)
+        new_node = LocalFileNode(mtime=local.mtime, read_only=False, local=local)
+        entry.node = new_node
+        return new_node
+
+    # ---- folders ------------------------------------------------------
+
+    @fuse_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self._entry(parent_inode)
+        pnode = await self._current(parent_inode, parent)
+        text = os.fsdecode(name)
+        self._check_writable(pnode, f"mkdir {text}")
+        if await self._lookup(pnode, text) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if isinstance(pnode, ProjectDir):
+            self._check_label(text, "creating a subject")
+            await self._call(self.connection.create_subject, pnode.project.id, text)
+            self._forget_listings(("subjects", pnode.project.id), ("experiments", pnode.project.id))
+        elif isinstance(pnode, SubjectDir):
+            self._check_label(text, "creating an experiment")
+            await self._call(self.connection.create_experiment, pnode.project_id, pnode.subject.label, text,
+                             xsi_type=self.settings.experiment_type)
+            self._forget_listings(("experiments", pnode.project_id))
+        elif isinstance(pnode, ResourcesDir):
+            await self._call(self.connection.create_resource, pnode.owner_uri, text)
+            self._forget_resource_owner(pnode)
+        elif isinstance(pnode, ScanDir):
+            await self._call(self.connection.create_resource, pnode.uri, text)
+            self._forget_listings(("contents", pnode.experiment.experiment.id))
+        elif isinstance(pnode, (ResourceDir, FolderDir)):
+            subpath = pnode.subpath if isinstance(pnode, FolderDir) else ()
+            self.overlay.add_folder(pnode.resource.uri, subpath + (text,))
+        else:
+            raise _fail(errno.EPERM, "mkdir %s refused: XNAT has nothing to create there", text)
+        node = await self._lookup(pnode, text)
+        if node is None:
+            raise _fail(errno.EIO, "mkdir %s: created, but the server does not list it", text)
+        inode = self.inodes.remember(parent.path + (text,), node)
+        return self.attributes(inode, node)
+
+    def _forget_resource_owner(self, node: ResourcesDir) -> None:
+        if node.experiment is not None:
+            self._forget_listings(("contents", node.experiment.experiment.id))
+        else:
+            self._forget_listings(("resources", node.owner_uri))
+
+    @fuse_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._entry(parent_inode)
+        pnode = await self._current(parent_inode, parent)
+        text = os.fsdecode(name)
+        node = await self._lookup(pnode, text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._check_writable(node, f"rmdir {text}")
+        if isinstance(node, (ResourceDir, FolderDir)):
+            if (await self._listing(node)).entries:
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            if isinstance(node, FolderDir):
+                self.overlay.drop_folder(node.resource.uri, node.subpath)
+                return
+            await self._call(self.connection.delete_resource, node.resource.uri)
+            self.series.forget(node.resource.uri)
+            if isinstance(pnode, ResourcesDir):
+                self._forget_resource_owner(pnode)
+            elif isinstance(pnode, ScanDir):
+                self._forget_listings(("contents", pnode.experiment.experiment.id))
+        elif isinstance(node, (SubjectDir, ExperimentDir)):
+            if not self.settings.allow_delete:
+                raise _fail(errno.EPERM, "rmdir %s refused: deleting subjects and experiments needs "
+                            "a mount with --allow-delete", text)
+            if isinstance(node, SubjectDir):
+                await self._call(self.connection.delete_subject, node.project_id, node.subject.label)
+                self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+            else:
+                await self._call(self.connection.delete_experiment, node.project_id, node.experiment.id)
+                self._forget_listings(("experiments", node.project_id))
+        else:
+            raise _fail(errno.EPERM, "rmdir %s refused: XNAT cannot delete that", text)
+
+    # ---- removing files -----------------------------------------------
+
+    @fuse_handler
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._entry(parent_inode)
+        pnode = await self._current(parent_inode, parent)
+        text = os.fsdecode(name)
+        node = await self._lookup(pnode, text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self._check_writable(node, f"deleting {text}")
+        await self._delete_file(node)
+
+    async def _delete_file(self, node: Node) -> None:
+        if isinstance(node, LocalFileNode):
+            local = node.local
+            on_server = local.state == "uploaded" or local.replaces_remote
+            if on_server and local.target.kind == "file":
+                await self._delete_on_server(local.target.resource_uri, local.target.relpath,
+                                             missing_ok=local.state != "uploaded")
+            await self._call(self.writer.discard, local)
+            self.overlay.drop_file(local)
+            if on_server:
+                self.overlay.hide(local.container, local.relpath)
+            return
+        if not isinstance(node, FileNode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        remote = node.file
+        await self._delete_on_server(remote.resource_uri, remote.path, missing_ok=False)
+        self.overlay.hide(remote.resource_uri, remote.path)
+        await self._call(self.cache.discard_uri, self.cache_key(remote).uri)
+
+    async def _delete_on_server(self, resource_uri: str, relpath: str, *, missing_ok: bool) -> None:
+        try:
+            await self._call(self.connection.delete_file, resource_uri, relpath)
+        except XnatNotFound:
+            if not missing_ok:
+                raise
+        self.series.forget(resource_uri)
+
+    # ---- renaming -----------------------------------------------------
+
+    @fuse_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fail(errno.EINVAL, "rename: exchanging entries is not possible on XNAT")
+        old_parent = self._entry(parent_inode_old)
+        new_parent = self._entry(parent_inode_new)
+        old_pnode = await self._current(parent_inode_old, old_parent)
+        new_pnode = await self._current(parent_inode_new, new_parent)
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        node = await self._lookup(old_pnode, old)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self._check_writable(node, f"mv {old}")
+        self._check_writable(new_pnode, f"mv {old} to {new}")
+        existing = await self._lookup(new_pnode, new)
+        if existing is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        old_path, new_path = old_parent.path + (old,), new_parent.path + (new,)
+        if isinstance(node, (SubjectDir, ExperimentDir)):
+            if parent_inode_old != parent_inode_new:
+                raise pyfuse3.FUSEError(errno.EXDEV)
+            if existing is not None:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            await self._rename_label(node, new)
+        elif isinstance(node, (FileNode, LocalFileNode)):
+            new_node = await self._move_file(node, new_pnode, new, existing)
+            self.inodes.move(old_path, new_path)
+            moved = self.inodes.number_of(new_path)
+            if moved is not None:
+                self.inodes.update(moved, new_node)
+            return
+        else:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        self.inodes.move(old_path, new_path)
+
+    async def _rename_label(self, node: SubjectDir | ExperimentDir, new: str) -> None:
+        if isinstance(node, SubjectDir):
+            self._check_label(new, "renaming a subject")
+            await self._call(self.connection.rename_subject, node.project_id, node.subject.label, new)
+            self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+        else:
+            self._check_label(new, "renaming an experiment")
+            await self._call(self.connection.rename_experiment, node.project_id, node.subject_label,
+                             node.experiment.label, new)
+            self._forget_listings(("experiments", node.project_id))
+
+    async def _move_file(self, node: Node, new_pnode: Node, new: str, existing: Node | None) -> Node:
+        """Upload under the new name, then delete the old one: XNAT cannot rename files."""
+        if not isinstance(new_pnode, (ResourceDir, FolderDir)):
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        source_container = node.local.container if isinstance(node, LocalFileNode) else node.file.resource_uri
+        if source_container != new_pnode.resource.uri:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if existing is not None and existing.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        target, container, relpath = self._file_target(new_pnode, new)
+        if isinstance(node, LocalFileNode):
+            source = node.local
+
+            def fill(sink) -> None:
+                offset = 0
+                while True:
+                    chunk = self.writer.read(source, offset, READ_CHUNK)
+                    if not chunk:
+                        break
+                    sink.write(chunk)
+                    offset += len(chunk)
+
+            moved = await self._call(self.writer.stage, target, container, relpath, fill=fill,
+                                     replaces_remote=existing is not None)
+        else:
+            moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
+        if isinstance(existing, LocalFileNode):
+            await self._call(self.writer.discard, existing.local)
+        moved.dirty = True
+        self.overlay.add_file(moved)
+        await self._upload(moved)
+        await self._delete_file(node)
+        return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+
+    # ---- uploads in the background ------------------------------------
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Show uploads left pending by earlier mounts, and keep retrying them."""
+        self.nursery = nursery
+        nursery.start_soon(self._retry_uploads)
+
+    async def _adopt_pending(self) -> None:
+        pending = await self._call(self.spool.pending, self.server)
+        for entry in pending:
+            if entry.target.kind != "file" or self.overlay.file(entry.target.resource_uri, entry.target.relpath):
+                continue
+            try:
+                local = await self._call(self.writer.adopt, entry)
+            except OSError as exc:
+                logger.warning("cannot show pending upload %s: %s", entry.id, exc)
+                continue
+            self.overlay.add_file(local)
+        if pending:
+            logger.warning("%d upload(s) left pending by an earlier mount; retrying", len(pending))
+
+    async def _retry_uploads(self) -> None:
+        try:
+            await self._adopt_pending()
+        except Exception:
+            logger.exception("reading the upload spool failed")
+        delay = 0.0
+        while True:
+            await trio.sleep(delay)
+            try:
+                delay = await self._retry_once()
+            except Exception:
+                logger.exception("retrying uploads failed")
+                delay = RETRY_CHECK_SECONDS
+
+    async def _retry_once(self) -> float:
+        """Send the pending uploads that are due; seconds until the next check."""
+        report = await self._call(self.uploader.push_pending, self.server, due_only=True)
+        if report.ok or report.failed:
+            logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
+        for local in self.overlay.all_files():
+            if await self._call(self.writer.refresh, local):
+                self._after_upload(local)
+        pending = await self._call(self.spool.pending, self.server)
+        if not pending:
+            return RETRY_CHECK_SECONDS
+        soonest = min(self.uploader.retry_at(entry) for entry in pending)
+        return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
+
+    def finish_uploads(self) -> None:
+        """At unmount: one more attempt for everything pending (blocking)."""
+        pending = self.spool.pending(self.server)
+        if not pending:
+            return
+        logger.info("sending %d pending upload(s) before exiting", len(pending))
+        report = self.uploader.push_pending(self.server)
+        if report.failed:
+            logger.warning("%d upload(s) still pending; they are sent by the next mount or "
+                           "`xnatfs uploads retry`", report.failed)
+
