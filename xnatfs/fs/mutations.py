@@ -195,6 +195,7 @@ class Mutations:
         except XnatError as exc:
             logger.error("upload of %s failed; kept in the spool for another try: %s",
                          local.target.describe(), exc)
+            self._retry_wakeup.set()
             raise
         if sent:
             self._after_upload(local)
@@ -493,7 +494,10 @@ class Mutations:
             logger.exception("reading the upload spool failed")
         delay = 0.0
         while True:
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):
+                # A fresh failure: look again at once to learn when it is due.
+                await self._retry_wakeup.wait()
+            self._retry_wakeup = trio.Event()
             try:
                 delay = await self._retry_once()
             except Exception:

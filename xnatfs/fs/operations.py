@@ -72,6 +72,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
+        self._retry_wakeup = trio.Event()
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._next_handle = 1

@@ -1,0 +1,175 @@
+"""Nothing written is lost: failed uploads stay in the spool and land later."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, xnatfs_command
+from xnatfs.cache.spool import UploadSpool
+from xnatfs.client.connection import XnatConnection
+
+pytestmark = pytest.mark.mount
+
+QC = "/data/experiments/XNAT_E00001/resources/QC"
+QC_PATH = ("STUDY01", "SUB001", "SUB001_MR1", "RESOURCES", "QC")
+
+
+def server_file(server, name: str) -> bytes | None:
+    with XnatConnection(server.url, "admin", "admin") as conn:
+        for remote in conn.list_files(QC):
+            if remote.path == name:
+                buffer = io.BytesIO()
+                conn.download(remote.uri, buffer)
+                return buffer.getvalue()
+    return None
+
+
+def wait_for_server_file(server, name: str, timeout: float = 15.0) -> bytes | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = server_file(server, name)
+        if found is not None:
+            return found
+        time.sleep(0.25)
+    return None
+
+
+def no_retries(tmp_path) -> tuple[str, str]:
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults]\nretries = 0\n")
+    return ("--config", str(config))
+
+
+def write_and_close(path, data: bytes) -> None:
+    handle = open(path, "wb")
+    handle.write(data)
+    handle.close()
+
+
+def test_failed_upload_is_eio_at_close_kept_and_retried(fake_xnat, tmp_path):
+    payload = os.urandom(50_000)
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        os.listdir(qc)
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(OSError) as failed:
+            write_and_close(qc / "result.bin", payload)
+        assert failed.value.errno == errno.EIO
+        pending = UploadSpool(mount.cache_dir / "spool").pending()
+        assert len(pending) == 1 and pending[0].data_path.read_bytes() == payload
+        assert (qc / "result.bin").stat().st_size == len(payload)
+        assert os.getxattr(qc / "result.bin", "user.xnat.upload") == b"failed"
+        handle = open(qc / "other.bin", "wb")
+        handle.write(b"x")
+        handle.flush()
+        with pytest.raises(OSError) as failed:
+            os.fsync(handle.fileno())
+        assert failed.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            handle.close()
+        fake_xnat.set_faults()
+        assert wait_for_server_file(fake_xnat, "result.bin") == payload
+        assert wait_for_server_file(fake_xnat, "other.bin") == b"x"
+        assert (qc / "result.bin").read_bytes() == payload
+        deadline = time.monotonic() + 10
+        while UploadSpool(mount.cache_dir / "spool").pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert UploadSpool(mount.cache_dir / "spool").pending() == []
+    assert "kept in the spool" in mount.log()
+
+
+def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
+    payload = os.urandom(20_000)
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        os.listdir(qc)
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(OSError):
+            write_and_close(qc / "killed.bin", payload)
+        # Killed before the background retry: only the spool knows the file.
+        mount.process.send_signal(signal.SIGKILL)
+        mount.process.wait(timeout=20)
+        fake_xnat.set_faults()
+        assert server_file(fake_xnat, "killed.bin") is None
+    with mounted(fake_xnat.url, tmp_path, name="again") as mount:
+        assert (mount.path.joinpath(*QC_PATH) / "killed.bin").stat().st_size == len(payload)
+        assert wait_for_server_file(fake_xnat, "killed.bin") == payload
+
+
+def test_file_open_while_the_daemon_is_killed_is_kept(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        handle = open(qc / "half.txt", "wb")
+        handle.write(b"written before the crash")
+        handle.flush()
+        mount.process.send_signal(signal.SIGKILL)
+        mount.process.wait(timeout=20)
+        _ignore_errors(handle.close)
+    with mounted(fake_xnat.url, tmp_path, name="again"):
+        assert wait_for_server_file(fake_xnat, "half.txt") == b"written before the crash"
+
+
+def _ignore_errors(function, *args) -> None:
+    try:
+        function(*args)
+    except OSError:
+        pass
+
+
+def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        os.listdir(qc)
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(500,))
+        with pytest.raises(OSError):
+            write_and_close(qc / "later.txt", b"when the server is back")
+    env = isolated_env(mount.home, XNAT_USER="admin", XNAT_PASS="admin")
+    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0
+    assert "later.txt" in listed.stdout and "failed" in listed.stdout
+    fake_xnat.set_faults()
+    retried = subprocess.run(xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0, retried.stderr
+    assert "1 sent" in retried.stdout
+    assert server_file(fake_xnat, "later.txt") == b"when the server is back"
+    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert "no uploads waiting" in listed.stdout
+
+
+def test_unmount_sends_pending_uploads_before_the_daemon_exits(fake_xnat, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = isolated_env(home, XNAT_USER="admin", XNAT_PASS="admin")
+    cache_dir = tmp_path / "cache"
+    config = no_retries(tmp_path)
+    try:
+        started = subprocess.run(xnatfs_command("mount", fake_xnat.url, str(mountpoint), "--cache-dir",
+                                                str(cache_dir), *config), env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        qc = mountpoint.joinpath(*QC_PATH)
+        os.listdir(qc)
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(OSError):
+            write_and_close(qc / "at-exit.txt", b"sent on unmount")
+        fake_xnat.set_faults()
+        stopped = subprocess.run(xnatfs_command("unmount", str(mountpoint)), env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not fuse_mounted(mountpoint)
+        assert server_file(fake_xnat, "at-exit.txt") == b"sent on unmount"
+        assert UploadSpool(cache_dir / "spool").pending() == []
+    finally:
+        unmount_quietly(mountpoint)
