@@ -181,6 +181,17 @@ def test_get_resource_and_resource_archive(conn, tmp_path):
     assert no_partial_files(tmp_path)
 
 
+def test_get_resource_zipped_is_a_zip_holding_the_file(conn, fake_xnat, tmp_path):
+    zipped = conn.get_resource("STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv",
+                               filename=str(tmp_path / "metrics.zip"))
+    resource = fake_xnat.store.find_resource("experiment", "XNAT_E00001", "QC")
+    stored = fake_xnat.store.file_path(resource["id"], "qc_metrics.csv").read_bytes()
+    with zipfile.ZipFile(zipped) as opened:
+        assert opened.namelist() == ["SUB001_MR1/resources/QC/files/qc_metrics.csv"]
+        assert opened.read(opened.namelist()[0]) == stored
+    assert no_partial_files(tmp_path)
+
+
 def test_put_resource_creates_experiment_and_folder(conn):
     conn.put_resource("STUDY01", "SUB003", "SUB003_MR3", "nifti/t1.nii", b"\x00" * 352, "NIFTI")
     conn.put_resource("STUDY01", "SUB003", "SUB003_MR3", "readme.txt", "text body", None)

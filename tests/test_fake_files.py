@@ -144,6 +144,19 @@ def test_zip_of_scans_session_and_structures(fake_xnat, http):
     assert http.get(fake_xnat.url + f"/data/experiments/{E1}/resources/EMPTY/files?format=zip").status_code == 404
 
 
+def test_archive_of_one_file(fake_xnat, http):
+    address = fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/qc_metrics.csv"
+    raw = http.get(address).content
+    answer = http.get(address, params={"format": "zip"})
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        assert archive.namelist() == ["SUB001_MR1/resources/QC/files/qc_metrics.csv"]
+        assert archive.read("SUB001_MR1/resources/QC/files/qc_metrics.csv") == raw
+    with tarfile.open(fileobj=io.BytesIO(http.get(address, params={"format": "tar"}).content)) as archive:
+        assert archive.getnames() == ["SUB001_MR1/resources/QC/files/qc_metrics.csv"]
+    assert http.get(address.replace("qc_metrics", "nope"), params={"format": "zip"}).status_code == 404
+
+
 @pytest.mark.parametrize("fmt, mode", [("tar", "r:"), ("tar.gz", "r:gz")])
 def test_tar_downloads(fake_xnat, http, fmt, mode):
     answer = http.get(fake_xnat.url + f"{SCAN2}/resources/DICOM/files", params={"format": fmt})

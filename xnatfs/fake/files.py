@@ -198,29 +198,26 @@ class FilesApi:
     # ---- listings and archives ---------------------------------------------
 
     def _files_answer(self, request: Request, pairs: list[tuple[Parent, object]]) -> Response:
+        found = [(parent, resource, row) for parent, resource in pairs
+                 for row in self.store.files(resource["id"])]
         fmt = (request.param("format") or "json").lower()
         if fmt in ARCHIVE_FORMATS:
-            return self._archive(request, pairs, fmt)
-        rows = []
-        for parent, resource in pairs:
-            for row in self.store.files(resource["id"]):
-                rows.append({
-                    "Name": posixpath.basename(row["path"]), "Size": row["size"],
-                    "URI": f"{parent.uri}/resources/{resource['id']}/files/{quote(row['path'])}",
-                    "collection": resource["label"], "file_tags": row["tags"],
-                    "file_format": row["format"], "file_content": row["content"],
-                    "cat_ID": resource["id"], "digest": row["digest"]})
+            return self._archive(request, found, fmt)
+        rows = [{"Name": posixpath.basename(row["path"]), "Size": row["size"],
+                 "URI": f"{parent.uri}/resources/{resource['id']}/files/{quote(row['path'])}",
+                 "collection": resource["label"], "file_tags": row["tags"],
+                 "file_format": row["format"], "file_content": row["content"],
+                 "cat_ID": resource["id"], "digest": row["digest"]}
+                for parent, resource, row in found]
         return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True,
                               fixed_columns=True)
 
-    def _archive(self, request: Request, pairs: list[tuple[Parent, object]], fmt: str) -> Response:
+    def _archive(self, request: Request, found: list[tuple[Parent, object, object]], fmt: str) -> Response:
+        """A zip or tar of ``found``, (parent, resource, file row) triples."""
         structure = (request.param("structure") or "default").lower()
-        entries = []
-        for parent, resource in pairs:
-            for row in self.store.files(resource["id"]):
-                path = self.store.file_path(resource["id"], row["path"])
-                entries.append(Entry(_entry_name(parent, resource["label"], row["path"], structure),
-                                     path, row["size"], row["mtime"]))
+        entries = [Entry(_entry_name(parent, resource["label"], row["path"], structure),
+                         self.store.file_path(resource["id"], row["path"]), row["size"], row["mtime"])
+                   for parent, resource, row in found]
         if not entries:
             return error_page(404, "No matching files found.")
         if fmt == "zip":
@@ -235,17 +232,21 @@ class FilesApi:
     # ---- single files ---------------------------------------------------------
 
     def _download(self, request: Request, parents: list[Parent], selector: str, relpath: str) -> Response:
+        """One file: its bytes, or (``format=zip``, ``tar``...) an archive holding just it, as XNAT does."""
         try:
             relpath = clean_relpath(relpath)
         except StoreError:
             return error_page(404, "Unable to find file.")
-        for _parent, resource in self._select(parents, selector):
+        fmt = (request.param("format") or "").lower()
+        for parent, resource in self._select(parents, selector):
             row = self.store.file(resource["id"], relpath)
             if row is None:
                 continue
             path = self.store.file_path(resource["id"], relpath)
             if not path.is_file():
                 break
+            if fmt in ARCHIVE_FORMATS:
+                return self._archive(request, [(parent, resource, row)], fmt)
             return file_response(path, content_type=_content_type(relpath),
                                  range_header=request.headers.get("Range"),
                                  honour_range=self.server.honour_range, mtime=row["mtime"])
