@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
+import http.server
 import os
+import socketserver
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from xnatfs.cache.content import CacheKey, entry_name
 from xnatfs.client.connection import XnatConnection
@@ -148,3 +154,127 @@ def all_file_paths(root: Path) -> list[Path]:
     for folder, _dirs, names in os.walk(root):
         found.extend(Path(folder) / name for name in names)
     return sorted(found)
+
+
+class Relay:
+    """A small HTTP relay on 127.0.0.1 between the mount and a server, for faults the
+    fake server has no switch for.
+
+    Every request is forwarded to ``upstream`` and the answer relayed back, with:
+
+    - ``throttle``: bytes per second for answer bodies (slow downloads to crash in);
+    - ``hold``: a predicate on (method, path); a matching request waits until
+      :meth:`release` and is then dropped without ever reaching the server (an
+      upload in flight when its sender dies);
+    - ``rewrite``: a function (method, path, status, headers, body) → (status,
+      headers, body) that can turn a correct answer into a hostile one.
+
+    ``log`` holds (method, path, status) of every answer relayed; ``held`` is set
+    while a request is waiting. Use as a context manager.
+    """
+
+    HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
+                   "proxy-connection", "te", "trailer", "upgrade"}
+
+    def __init__(self, upstream: str, *, throttle: int | None = None, hold=None, rewrite=None):
+        self.upstream = upstream.rstrip("/")
+        self.throttle = throttle
+        self.hold = hold
+        self.rewrite = rewrite
+        self.log: list[tuple[str, str, int]] = []
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):  # quiet: pytest shows failures anyway
+                pass
+
+            def _relay(self):
+                relay._handle(self)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = _relay
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self) -> "Relay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+    def release(self) -> None:
+        self._release.set()
+
+    def _read_body(self, handler) -> bytes | None:
+        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(handler.rfile.read(size))
+                handler.rfile.readline()
+        length = int(handler.headers.get("Content-Length") or 0)
+        return handler.rfile.read(length) if length else None
+
+    def _handle(self, handler) -> None:
+        method, path = handler.command, handler.path
+        body = self._read_body(handler)
+        if self.hold is not None and self.hold(method, path):
+            self.held.set()
+            self._release.wait(60)
+            handler.close_connection = True
+            return
+        upstream = urlsplit(self.upstream)
+        connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in self.HOP_HEADERS}
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            answer = connection.getresponse()
+            status = answer.status
+            out_headers = [(k, v) for k, v in answer.getheaders() if k.lower() not in self.HOP_HEADERS]
+            data = answer.read()
+        except OSError:
+            handler.close_connection = True
+            return
+        finally:
+            connection.close()
+        if self.rewrite is not None:
+            status, out_headers, data = self.rewrite(method, path, status, out_headers, data)
+        with self._lock:
+            self.log.append((method, path, status))
+        try:
+            handler.send_response_only(status)
+            for key, value in out_headers:
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            if method == "HEAD":
+                return
+            if not self.throttle:
+                handler.wfile.write(data)
+                return
+            step = max(1, self.throttle // 50)
+            for start in range(0, len(data), step):
+                handler.wfile.write(data[start:start + step])
+                handler.wfile.flush()
+                time.sleep(step / self.throttle)
+        except OSError:
+            handler.close_connection = True
