@@ -9,6 +9,7 @@ import pytest
 from xnatfs.errors import XnatAuthError, XnatError, XnatPermissionError, XnatServerError
 from xnatfs.client import XnatConnection
 from xnatfs.client.http import XnatSession, parse_json
+from fakeutil import fault_seed
 
 SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
 
@@ -80,6 +81,28 @@ def test_only_one_thread_logs_in_again_after_expiry(fake_xnat):
         for thread in threads:
             thread.join(30)
         assert errors == []
+        assert logins(fake_xnat) == 2
+
+
+def test_session_expiring_again_during_retries_is_renewed_again(fake_xnat):
+    fake_xnat.session_timeout = 0.2
+    with connect(fake_xnat, backoff=0.5) as conn:
+        time.sleep(0.3)
+        fake_xnat.reset_counts()
+        # Answers: 401 (expired), login, 503, then after a pause longer than the
+        # session timeout 401 again, a second login, and the listing.
+        fake_xnat.set_faults(error_rate=0.5, error_statuses=(503,),
+                             seed=fault_seed([None, None, 503, None, None, None]))
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
+        fake_xnat.set_faults()
+    assert [status for _m, _t, status in fake_xnat.requests][:6] == [401, 200, 503, 401, 200, 200]
+
+
+def test_401_straight_after_a_fresh_login_is_a_refusal(fake_xnat):
+    with connect(fake_xnat) as conn:
+        fake_xnat.session_timeout = 0.0         # every session is over before its first use
+        with pytest.raises(XnatPermissionError, match="even after a fresh login"):
+            conn.list_projects()
         assert logins(fake_xnat) == 2
 
 

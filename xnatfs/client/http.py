@@ -4,8 +4,9 @@
 talking HTTP to XNAT that is not specific to one endpoint:
 
 * login with ``POST /data/JSESSION`` and HTTP Basic, then the JSESSIONID
-  cookie on every request; a 401 triggers one fresh login (only one thread
-  logs in, the others wait for it) and one retry;
+  cookie on every request; a 401 triggers a fresh login (only one thread
+  logs in, the others wait for it) and a retry, and is a refusal only when
+  it answers the first attempt on a session just opened;
 * timeouts on every request;
 * retries with exponential backoff and jitter for idempotent requests that
   failed on the network, got 502/503/504, or whose body was cut short;
@@ -52,6 +53,9 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# A session can expire again while one request waits out its retries; each
+# time a new login is worth trying, but not without end.
+MAX_RENEWALS_PER_REQUEST = 3
 # Error bodies are read only this far: they are for a one-line message.
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -218,7 +222,7 @@ class XnatSession:
         if self.credentials is None:
             return
         url = self.url_for("/data/JSESSION")
-        response = self._send_with_retries(
+        response, _repeated = self._send_with_retries(
             "POST", url, auth=(self.credentials.username, self.credentials.password),
             idempotent=True, retries=self.retries, with_session=False,
         )
@@ -303,21 +307,25 @@ class XnatSession:
         retries = self.retries if retries is None else retries
         ok = frozenset(ok)
         start = _position(data)
-        relogged = False
+        renewals = 0
         while True:
             generation = self._generation
-            response = self._send_with_retries(
+            response, repeated = self._send_with_retries(
                 method, url, params=params, data=data, headers=headers, stream=stream,
                 idempotent=idempotent, retries=retries, timeout=timeout,
             )
             status = response.status_code
-            if status == 401 and self.credentials is not None and not relogged:
+            # A 401 to the first attempt on a session just opened for this
+            # request is a refusal; any other 401 means the session ended.
+            refused = renewals > 0 and not repeated and self._generation == generation
+            if (status == 401 and self.credentials is not None and not refused
+                    and renewals < MAX_RENEWALS_PER_REQUEST):
                 response.close()
                 if not _rewind(data, start):
                     raise XnatPermissionError("session expired during an upload that cannot be replayed",
                                               url=url, status=401)
                 self._renew(generation)
-                relogged = True
+                renewals += 1
                 continue
             if status in ok:
                 return response
@@ -328,7 +336,8 @@ class XnatSession:
             raise self._error_for(method, url, status, text)
 
     def _send_with_retries(self, method, url, *, idempotent, retries, timeout=None, stream=False,
-                           with_session=True, **kwargs):
+                           with_session=True, **kwargs) -> tuple[requests.Response, bool]:
+        """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
         read_timeout = self.timeout if timeout is None else timeout
@@ -359,7 +368,7 @@ class XnatSession:
                 self._pause(attempt, method, url, f"HTTP {response.status_code}", retry_after)
                 attempt += 1
                 continue
-            return response
+            return response, attempt > 0
 
     def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
         session_id = self._jsession if with_session else None
