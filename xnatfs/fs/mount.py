@@ -101,6 +101,8 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
             ops.finish_uploads()
         except Exception:
             logger.exception("sending pending uploads at exit failed")
+        for held in ops.hot.clear():
+            held.close()
         ops.cache.close()
 
 

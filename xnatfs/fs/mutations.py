@@ -98,7 +98,7 @@ class Mutations:
     @fuse_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._entry(parent_inode)
-        pnode = await self._current(parent_inode, parent)
+        pnode = await self._fresh(parent_inode, parent)
         text = os.fsdecode(name)
         self._check_writable(pnode, f"creating {text}")
         experiment_id = ""
@@ -239,7 +239,7 @@ class Mutations:
     @fuse_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
         entry = self._entry(inode)
-        node = await self._current(inode, entry)
+        node = await self._fresh(inode, entry)
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
@@ -269,7 +269,7 @@ class Mutations:
     @fuse_handler
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._entry(parent_inode)
-        pnode = await self._current(parent_inode, parent)
+        pnode = await self._fresh(parent_inode, parent)
         text = os.fsdecode(name)
         self._check_writable(pnode, f"mkdir {text}")
         if await self._lookup(pnode, text) is not None:
@@ -309,7 +309,7 @@ class Mutations:
     @fuse_handler
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
-        pnode = await self._current(parent_inode, parent)
+        pnode = await self._fresh(parent_inode, parent)
         text = os.fsdecode(name)
         node = await self._lookup(pnode, text)
         if node is None:
@@ -347,7 +347,7 @@ class Mutations:
     @fuse_handler
     async def unlink(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
-        pnode = await self._current(parent_inode, parent)
+        pnode = await self._fresh(parent_inode, parent)
         text = os.fsdecode(name)
         node = await self._lookup(pnode, text)
         if node is None:
@@ -374,7 +374,10 @@ class Mutations:
         remote = node.file
         await self._delete_on_server(remote.resource_uri, remote.path, missing_ok=False)
         self.overlay.hide(remote.resource_uri, remote.path)
-        await self._call(self.cache.discard_uri, self.cache_key(remote).uri)
+        uri = self.cache_key(remote).uri
+        for held in self.hot.drop_uri(uri):
+            held.close()
+        await self._call(self.cache.discard_uri, uri)
 
     async def _delete_on_server(self, resource_uri: str, relpath: str, *, missing_ok: bool) -> None:
         try:
@@ -392,8 +395,8 @@ class Mutations:
             raise _fail(errno.EINVAL, "rename: exchanging entries is not possible on XNAT")
         old_parent = self._entry(parent_inode_old)
         new_parent = self._entry(parent_inode_new)
-        old_pnode = await self._current(parent_inode_old, old_parent)
-        new_pnode = await self._current(parent_inode_new, new_parent)
+        old_pnode = await self._fresh(parent_inode_old, old_parent)
+        new_pnode = await self._fresh(parent_inode_new, new_parent)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
         node = await self._lookup(old_pnode, old)
         if node is None:

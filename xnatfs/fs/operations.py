@@ -29,7 +29,7 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations
 from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, SubjectDir
-from xnatfs.fs.reading import ReadHandle
+from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
@@ -39,6 +39,8 @@ from xnatfs.fs.xattrs import xattrs_for
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128 * 1024
+HOT_FILES = 512
+HOT_BYTES = 1 << 30
 _NS = 1_000_000_000
 
 
@@ -62,10 +64,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self.server = settings.url.rstrip("/")
         self.connection = tree.connection
         self.limiter = tree.limiter
+        self.hot = HotFiles(max_files=HOT_FILES, max_bytes=min(settings.cache_size // 8, HOT_BYTES))
         self.series = SeriesFetcher(
-            tree.connection, cache, self.cache_key, tree.limiter, work_dir=settings.cache_dir,
-            max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
-            large_file_bytes=settings.large_file_size)
+            tree.connection, cache, self.cache_key, tree.limiter, max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
+            large_file_bytes=settings.large_file_size, keep_open=self._keep_open)
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
         self.writer = Writer(spool, self.uploader)
@@ -117,9 +119,30 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         entry.node = node
         return node
 
+    async def _fresh(self, inode: int, entry: InodeEntry) -> Node:
+        """Like :meth:`_current`, with every ancestor reloaded first.
+
+        Writes use it: a parent renamed meanwhile must not lend its old
+        label to a call that names it.
+        """
+        chain = [(inode, entry)]
+        while chain[-1][1].path:
+            parent = self._parent(chain[-1][1])
+            if parent is None:
+                break
+            chain.append((self.inodes.number_of(parent.path), parent))
+        node = None
+        for number, link in reversed(chain):
+            node = await self._current(number, link)
+        return node
+
     def _parent(self, entry: InodeEntry) -> InodeEntry | None:
         number = self.inodes.number_of(entry.path[:-1])
         return self.inodes.get(number) if number is not None else None
+
+    def _keep_open(self, key: CacheKey, cached) -> None:
+        for surplus in self.hot.keep(key, cached):
+            surplus.close()
 
     def cache_key(self, remote: RemoteFile) -> CacheKey:
         """Cache entries are named by server and path: one cache folder may serve several servers."""
@@ -285,7 +308,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
-        handle = await ReadHandle.from_cache(self.cache, key, self.limiter)
+        handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         if handle is None and inode is not None:
             handle = await self._from_series(inode, remote, key)
         if handle is None:
@@ -300,10 +323,13 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _from_series(self, inode: int, remote: RemoteFile, key: CacheKey) -> ReadHandle | None:
         """On a miss in a scan resource: zip the whole series once, or wait for the zip under way."""
-        waiting = self.series.running(remote.resource_uri)
-        if waiting is not None:
-            await waiting.wait()
-            return await ReadHandle.from_cache(self.cache, key, self.limiter)
+        flight = self.series.running(remote.resource_uri)
+        if flight is not None:
+            ready = flight.event_for(remote.uri)
+            if ready is None:
+                return None
+            await ready.wait()
+            return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None
         if parent is None or not isinstance(parent.node, (ResourceDir, FolderDir)) or not parent.node.experiment_id:
@@ -329,4 +355,4 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         if isinstance(handle, LocalHandle):
             await self._release_local(handle)
         elif handle is not None:
-            await handle.close(self.limiter)
+            await handle.close(self.limiter, self.hot)

@@ -9,6 +9,7 @@ needs, so a reader can start at once and memory stays flat.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import trio
 
@@ -16,22 +17,74 @@ from xnatfs.cache.content import CacheKey, CachedFile, ContentCache, PendingFetc
 
 logger = logging.getLogger(__name__)
 
+
+class HotFiles:
+    """Cache entries kept open after their last reader closed them.
+
+    Opening such a file again costs no disk work and no worker thread: the
+    open entry is shared. Bounded by count and bytes; the entries held stay
+    pinned (not evicted) until they drop out of here.
+    """
+
+    def __init__(self, max_files: int, max_bytes: int):
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._open: OrderedDict[CacheKey, CachedFile] = OrderedDict()
+        self._bytes = 0
+
+    def share(self, key: CacheKey) -> CachedFile | None:
+        cached = self._open.get(key)
+        if cached is None:
+            return None
+        self._open.move_to_end(key)
+        return cached.share()
+
+    def keep(self, key: CacheKey, cached: CachedFile) -> list[CachedFile]:
+        """Hold ``cached`` open; returns the entries the caller must close."""
+        if key in self._open or key.size > self.max_bytes:
+            return [cached]
+        self._open[key] = cached
+        self._bytes += key.size
+        surplus = []
+        while len(self._open) > self.max_files or self._bytes > self.max_bytes:
+            old_key, old = self._open.popitem(last=False)
+            self._bytes -= old_key.size
+            surplus.append(old)
+        return surplus
+
+    def drop_uri(self, uri: str) -> list[CachedFile]:
+        """Let go of every version of ``uri``; returns the entries to close."""
+        gone = [key for key in self._open if key.uri == uri]
+        for key in gone:
+            self._bytes -= key.size
+        return [self._open.pop(key) for key in gone]
+
+    def clear(self) -> list[CachedFile]:
+        held = list(self._open.values())
+        self._open.clear()
+        self._bytes = 0
+        return held
+
+
 class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
-    def __init__(self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None, hit: bool):
+    def __init__(self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None):
         self.key = key
-        self.hit = hit
         self._cached = cached
         self._pending = pending
 
     @classmethod
-    async def from_cache(cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter) -> ReadHandle | None:
+    async def from_cache(cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter,
+                         hot: HotFiles | None = None) -> ReadHandle | None:
         """The cached copy of ``key``, or None on a miss."""
         if key.size == 0:
-            return cls(key, None, None, hit=True)
+            return cls(key, None, None)
+        cached = hot.share(key) if hot is not None else None
+        if cached is not None:
+            return cls(key, cached, None)
         cached = await trio.to_thread.run_sync(cache.lookup, key, limiter=limiter)
-        return cls(key, cached, None, hit=True) if cached is not None else None
+        return cls(key, cached, None) if cached is not None else None
 
     @classmethod
     async def download(cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter,
@@ -41,9 +94,9 @@ class ReadHandle:
         def open_blocking() -> ReadHandle:
             if key.size >= large_file_bytes:
                 logger.debug("serving %s while it downloads", key.uri)
-                return cls(key, None, cache.start_fetch(key, download), hit=False)
+                return cls(key, None, cache.start_fetch(key, download))
             logger.debug("downloading %s", key.uri)
-            return cls(key, cache.fetch(key, download), None, hit=False)
+            return cls(key, cache.fetch(key, download), None)
 
         return await trio.to_thread.run_sync(open_blocking, limiter=limiter)
 
@@ -68,15 +121,19 @@ class ReadHandle:
         self._pending.wait_for(end)
         return self._pending.pread(offset, end - offset)
 
-    async def close(self, limiter: trio.CapacityLimiter) -> None:
+    async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
+        """Let go of the entry; a complete one is handed to ``hot`` to be kept open."""
         cached, pending = self._cached, self._pending
         self._cached = self._pending = None
-        if cached is None and pending is None:
+        to_close = [cached] if cached is not None else []
+        if cached is not None and hot is not None:
+            to_close = hot.keep(self.key, cached)
+        if not to_close and pending is None:
             return
 
         def close_blocking() -> None:
-            if cached is not None:
-                cached.close()
+            for entry in to_close:
+                entry.close()
             if pending is not None:
                 pending.close()
 

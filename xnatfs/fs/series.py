@@ -3,11 +3,13 @@
 Tools that read one file of a series nearly always read them all, and a
 series is often hundreds of small files: one request each costs a round
 trip each. On the first cache miss in a scan resource, the whole resource is
-fetched as one zip (XNAT's ``?format=zip``) in the background and every file
-in it is put into the content cache, checked against the listing's size and
-digest. The file that was asked for is fetched on its own meanwhile, so the
-first read is not held up; later opens of the series wait for the zip
-instead of sending requests of their own.
+fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
+parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file goes into
+the content cache as soon as it is complete, checked against the listing's
+size and digest, by a few threads so that writing the cache keeps up with
+the network, and kept open for the reader. The file that was asked for first is fetched on its own
+meanwhile, so that read is not held up; a later open of a file of the
+series waits for that file only, not for the whole zip.
 
 Each resource is zipped at most once per mount (until we change it
 ourselves), so a cache too small for the series cannot make it loop.
@@ -15,35 +17,56 @@ ourselves), so a cache too small for the series cannot make it loop.
 
 from __future__ import annotations
 
+import io
 import logging
-import tempfile
-import zipfile
-from collections import defaultdict
+import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import trio
 
-from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.cache.content import CacheKey, CachedFile, ContentCache
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError
+from xnatfs.fs.zipstream import ZipStream, ZipStreamError
 
 logger = logging.getLogger(__name__)
+
+INSERT_THREADS = 4
+IN_FLIGHT_BYTES = 64 << 20
+
+
+class SeriesFlight:
+    """One zip download under way: an event per file, set once it is cached (or given up)."""
+
+    def __init__(self, files: Sequence[RemoteFile]):
+        self.ready = {remote.uri: trio.Event() for remote in files}
+        self.done = trio.Event()
+
+    def event_for(self, uri: str) -> trio.Event | None:
+        """What to wait for before ``uri`` can be in the cache; None if the zip leaves it out."""
+        return self.ready.get(uri)
+
+    def finish(self) -> None:
+        for event in self.ready.values():
+            event.set()
+        self.done.set()
 
 
 class SeriesFetcher:
     """One zip download per scan resource, shared by every reader of the series."""
 
     def __init__(self, connection, cache: ContentCache, key_for: Callable[[RemoteFile], CacheKey],
-                 limiter: trio.CapacityLimiter, *, work_dir: Path, max_bytes: int, large_file_bytes: int):
+                 limiter: trio.CapacityLimiter, *, max_bytes: int, large_file_bytes: int,
+                 keep_open: Callable[[CacheKey, CachedFile], None]):
         self.connection = connection
         self.cache = cache
         self.key_for = key_for
+        self.keep_open = keep_open
         self.limiter = limiter
-        self.work_dir = work_dir
         self.max_bytes = max_bytes
         self.large_file_bytes = large_file_bytes
-        self._running: dict[str, trio.Event] = {}
+        self._running: dict[str, SeriesFlight] = {}
         self._done: set[str] = set()
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
@@ -53,7 +76,7 @@ class SeriesFetcher:
         total = sum(f.size for f in files)
         return total <= self.max_bytes and all(f.size < self.large_file_bytes for f in files)
 
-    def running(self, resource_uri: str) -> trio.Event | None:
+    def running(self, resource_uri: str) -> SeriesFlight | None:
         return self._running.get(resource_uri)
 
     def start(self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile],
@@ -65,73 +88,123 @@ class SeriesFetcher:
         """
         if resource_uri in self._running or resource_uri in self._done:
             return False
-        self._running[resource_uri] = trio.Event()
-        nursery.start_soon(self._fetch, resource_uri, [f for f in files if f.uri != fetched_alone.uri])
+        wanted = [f for f in files if f.uri != fetched_alone.uri]
+        flight = self._running[resource_uri] = SeriesFlight(wanted)
+        nursery.start_soon(self._fetch, resource_uri, list(files), wanted, flight)
         return True
 
     def forget(self, resource_uri: str) -> None:
         """Allow a new zip of a resource whose files we changed."""
         self._done.discard(resource_uri)
 
-    async def _fetch(self, resource_uri: str, files: list[RemoteFile]) -> None:
+    async def _fetch(self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile],
+                     flight: SeriesFlight) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
+            def hand_over() -> None:
+                if entry is not None:
+                    self.keep_open(self.key_for(remote), entry)
+                flight.ready[remote.uri].set()
+
+            trio.from_thread.run_sync(hand_over, trio_token=token)
+
         try:
-            stored = await trio.to_thread.run_sync(self._fetch_blocking, resource_uri, files,
+            stored = await trio.to_thread.run_sync(self._fetch_blocking, resource_uri, files, wanted, cached,
                                                    limiter=self.limiter)
-            logger.debug("series %s: %d of %d files cached from one zip", resource_uri, stored, len(files))
-        except (XnatError, OSError, zipfile.BadZipFile) as exc:
+            logger.debug("series %s: %d of %d files cached from one zip", resource_uri, stored, len(wanted))
+        except (XnatError, OSError, ZipStreamError) as exc:
             logger.warning("fetching series %s as a zip failed, reading its files one by one: %s",
                            resource_uri, exc)
         except Exception:
             logger.exception("fetching series %s as a zip failed", resource_uri)
         finally:
             self._done.add(resource_uri)
-            self._running.pop(resource_uri).set()
+            del self._running[resource_uri]
+            flight.finish()
 
-    def _fetch_blocking(self, resource_uri: str, files: list[RemoteFile]) -> int:
-        wanted = [f for f in files if not self.cache.contains(self.key_for(f))]
+    def _fetch_blocking(self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile],
+                        cached: Callable[[RemoteFile, CachedFile | None], None]) -> int:
+        wanted = [f for f in wanted if not self.cache.contains(self.key_for(f))]
         if not wanted:
             return 0
+        matcher = _Matcher(files)
+        still_wanted = {f.uri for f in wanted}
+        budget = _ByteBudget(IN_FLIGHT_BYTES)
         stored = 0
-        with tempfile.TemporaryFile(dir=self.work_dir) as archive:
-            self.connection.download_zip(resource_uri, archive)
-            archive.seek(0)
-            with zipfile.ZipFile(archive) as bundle:
-                entries = _entries_by_path(bundle.infolist(), [f.path for f in wanted])
-                for remote in wanted:
-                    entry = entries.get(remote.path)
-                    if entry is None or entry.file_size != remote.size:
-                        continue
-                    try:
-                        with bundle.open(entry) as source:
-                            self.cache.insert(self.key_for(remote), source)
-                        stored += 1
-                    except XnatError as exc:
-                        logger.warning("zip entry for %s does not match the listing: %s", remote.uri, exc)
+        lock = threading.Lock()
+
+        def insert(remote: RemoteFile, data: bytes) -> None:
+            nonlocal stored
+            try:
+                key = self.key_for(remote)
+                self.cache.insert(key, io.BytesIO(data))
+                with lock:
+                    stored += 1
+                # Opened here, so the reader waiting for it finds it open already.
+                cached(remote, self.cache.lookup(key))
+            except XnatError as exc:
+                logger.warning("zip entry for %s does not match the listing: %s", remote.uri, exc)
+            finally:
+                budget.release(len(data))
+
+        with ThreadPoolExecutor(max_workers=INSERT_THREADS, thread_name_prefix="xnatfs-series") as pool:
+            def on_entry(name: str, data: bytes) -> None:
+                remote = matcher.match(name)
+                if remote is None or remote.uri not in still_wanted or len(data) != remote.size:
+                    return
+                still_wanted.discard(remote.uri)
+                budget.acquire(len(data))
+                pool.submit(insert, remote, data)
+
+            stream = ZipStream(on_entry, matcher.size_of, max_entry=self.large_file_bytes)
+            self.connection.download_zip(resource_uri, stream)
+            stream.close()
         return stored
 
 
-def _entries_by_path(entries: Sequence[zipfile.ZipInfo], paths: Sequence[str]) -> dict[str, zipfile.ZipInfo]:
-    """Match zip entries to file paths in the resource.
+class _Matcher:
+    """Which file of the listing a zip entry holds.
 
     XNAT names entries ``<session>/scans/<id>-<type>/resources/<label>/files/<path>``
-    (other layouts drop parts of that prefix), so an entry belongs to the
-    path it ends with, preferably after ``/files/``; a path that still fits
-    several entries is left out and downloaded on its own.
+    (other layouts drop parts of that prefix): an entry belongs to the path
+    after ``/files/``, else to the longest listed path it ends with.
     """
-    by_suffix: dict[str, list[zipfile.ZipInfo]] = defaultdict(list)
-    for entry in entries:
-        if entry.is_dir():
-            continue
-        name = entry.filename
-        by_suffix[name].append(entry)
-        position = name.find("/")
-        while position != -1:
-            by_suffix[name[position + 1:]].append(entry)
-            position = name.find("/", position + 1)
-    matched: dict[str, zipfile.ZipInfo] = {}
-    for path in paths:
-        candidates = by_suffix.get(path, [])
-        preferred = [e for e in candidates if e.filename.endswith("/files/" + path)] or candidates
-        if len(preferred) == 1:
-            matched[path] = preferred[0]
-    return matched
+
+    def __init__(self, files: Sequence[RemoteFile]):
+        self.by_path = {f.path: f for f in files}
+
+    def match(self, name: str) -> RemoteFile | None:
+        if "/files/" in name:
+            found = self.by_path.get(name.split("/files/", 1)[1])
+            if found is not None:
+                return found
+        suffixes = [name] + [name[index + 1:] for index, char in enumerate(name) if char == "/"]
+        for suffix in suffixes:
+            found = self.by_path.get(suffix)
+            if found is not None:
+                return found
+        return None
+
+    def size_of(self, name: str) -> int | None:
+        found = self.match(name)
+        return found.size if found is not None else None
+
+
+class _ByteBudget:
+    """Bounds the bytes read ahead of the cache writers (back-pressure on the download)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.changed = threading.Condition()
+
+    def acquire(self, count: int) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.used == 0 or self.used + count <= self.limit)
+            self.used += count
+
+    def release(self, count: int) -> None:
+        with self.changed:
+            self.used -= count
+            self.changed.notify_all()

@@ -1,0 +1,179 @@
+"""Reading a zip as it downloads, one entry at a time.
+
+XNAT streams zips without a Content-Length, and the central directory comes
+last; waiting for it would hold back every file until the whole zip is in.
+:class:`ZipStream` is fed the bytes as they arrive (it is the file object
+the download writes into) and hands over each entry as soon as its data is
+complete, from the local headers alone.
+
+Entries written to a stream may carry their sizes only in a data descriptor
+after the data. Deflated data ends by itself; for stored data the size must
+come from elsewhere: ``size_of(name)`` (the server's file listing). An entry
+whose end cannot be found stops the parse with :class:`ZipStreamError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+
+LOCAL_HEADER = b"PK\x03\x04"
+CENTRAL_HEADER = b"PK\x01\x02"
+END_OF_ARCHIVE = (b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07")
+DESCRIPTOR = b"PK\x07\x08"
+_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_STORED, _DEFLATED = 0, 8
+_HAS_DESCRIPTOR = 0x08
+_ZIP64_EXTRA = 0x0001
+_SIZE_UNKNOWN = 0xFFFFFFFF
+
+
+class ZipStreamError(ValueError):
+    """The bytes do not parse as a zip this reader can follow."""
+
+
+class ZipStream:
+    """A writable file object that parses the zip written into it.
+
+    ``on_entry(name, data)`` is called for every complete file entry;
+    ``size_of(name)`` gives the size of a stored entry whose header does not.
+    ``max_entry`` bounds the bytes held for one entry.
+    """
+
+    def __init__(self, on_entry: Callable[[str, bytes], None], size_of: Callable[[str], int | None],
+                 *, max_entry: int):
+        self.on_entry = on_entry
+        self.size_of = size_of
+        self.max_entry = max_entry
+        self.finished = False
+        self._buffer = bytearray()
+        self._step = self._header
+        self._name = ""
+        self._flags = 0
+        self._zip64 = False
+        self._remaining = 0
+        self._data = bytearray()
+        self._inflate = None
+
+    # file-object interface for the downloader
+    def write(self, chunk) -> int:
+        if not self.finished:
+            self._buffer += chunk
+            while not self.finished and self._step():
+                pass
+        return len(chunk)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.finished:
+            raise ZipStreamError("the zip ended in the middle of an entry")
+
+    # ---- parsing steps: each returns True when it made progress ---------
+
+    def _take(self, count: int) -> bytes | None:
+        if len(self._buffer) < count:
+            return None
+        taken = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return taken
+
+    def _header(self) -> bool:
+        if len(self._buffer) < 4:
+            return False
+        signature = bytes(self._buffer[:4])
+        if signature == CENTRAL_HEADER or signature in END_OF_ARCHIVE:
+            self.finished = True
+            self._buffer.clear()
+            return False
+        if len(self._buffer) < _HEADER.size:
+            return False
+        (signature, _version, flags, method, _time, _date, _crc, packed_size, size, name_length,
+         extra_length) = _HEADER.unpack_from(self._buffer)
+        if signature != LOCAL_HEADER:
+            raise ZipStreamError("no local file header where one was expected")
+        if len(self._buffer) < _HEADER.size + name_length + extra_length:
+            return False
+        del self._buffer[:_HEADER.size]
+        raw_name = self._take(name_length)
+        extra = self._take(extra_length)
+        self._name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+        self._flags = flags
+        self._zip64 = False
+        zip64_sizes = _zip64_sizes(extra)
+        if zip64_sizes is not None:
+            self._zip64 = True
+            size, packed_size = zip64_sizes if size == _SIZE_UNKNOWN else (size, packed_size)
+        if method == _DEFLATED:
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._remaining = -1
+        elif method == _STORED:
+            self._inflate = None
+            if flags & _HAS_DESCRIPTOR and not size and not self._name.endswith("/"):
+                known = self.size_of(self._name)
+                if known is None:
+                    raise ZipStreamError(f"no size known for stored entry {self._name!r}")
+                size = known
+            self._remaining = size
+        else:
+            raise ZipStreamError(f"entry {self._name!r} uses compression method {method}")
+        self._data = bytearray()
+        self._step = self._body
+        return True
+
+    def _body(self) -> bool:
+        if not self._buffer:
+            return False
+        if self._inflate is not None:
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+            self._keep(self._inflate.decompress(chunk))
+            if not self._inflate.eof:
+                return False
+            self._buffer[:0] = self._inflate.unused_data
+        else:
+            chunk = self._take(min(self._remaining, len(self._buffer)))
+            self._keep(chunk)
+            self._remaining -= len(chunk)
+            if self._remaining:
+                return False
+        self._step = self._descriptor if self._flags & _HAS_DESCRIPTOR else self._deliver
+        return True
+
+    def _keep(self, data: bytes) -> None:
+        self._data += data
+        if len(self._data) > self.max_entry:
+            raise ZipStreamError(f"entry {self._name!r} is larger than {self.max_entry} bytes")
+
+    def _descriptor(self) -> bool:
+        if len(self._buffer) < 4:
+            return False
+        sizes = 16 if self._zip64 else 8
+        length = 4 + sizes + (4 if bytes(self._buffer[:4]) == DESCRIPTOR else 0)
+        if self._take(length) is None:
+            return False
+        self._step = self._deliver
+        return True
+
+    def _deliver(self) -> bool:
+        name, data = self._name, bytes(self._data)
+        self._data = bytearray()
+        self._step = self._header
+        if not name.endswith("/"):
+            self.on_entry(name, data)
+        return True
+
+
+def _zip64_sizes(extra: bytes) -> tuple[int, int] | None:
+    position = 0
+    while position + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, position)
+        if kind == _ZIP64_EXTRA and length >= 16:
+            return struct.unpack_from("<QQ", extra, position + 4)
+        position += 4 + length
+    return None
