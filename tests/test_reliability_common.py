@@ -169,14 +169,15 @@ class Relay:
     - ``rewrite``: a function (method, path, status, headers, body) → (status,
       headers, body) that can turn a correct answer into a hostile one.
 
-    ``log`` holds (method, path, status) of every answer relayed; ``held`` is set
-    while a request is waiting. Use as a context manager.
+    ``tls`` (an ``ssl.SSLContext``) makes the relay speak HTTPS. ``log`` holds
+    (method, path, status) of every answer relayed; ``held`` is set while a
+    request is waiting. Use as a context manager.
     """
 
     HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
                    "proxy-connection", "te", "trailer", "upgrade"}
 
-    def __init__(self, upstream: str, *, throttle: int | None = None, hold=None, rewrite=None):
+    def __init__(self, upstream: str, *, throttle: int | None = None, hold=None, rewrite=None, tls=None):
         self.upstream = upstream.rstrip("/")
         self.throttle = throttle
         self.hold = hold
@@ -203,7 +204,11 @@ class Relay:
             allow_reuse_address = True
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
