@@ -580,7 +580,8 @@ def server_files(bench: Bench, resource_uri: str) -> dict[str, int]:
             return {}
         answer.raise_for_status()
         rows = answer.json()["ResultSet"]["Result"]
-        return {row["Name"]: int(row["Size"]) for row in rows}
+        # Name is only the last part; the path inside the resource follows /files/ in the URI.
+        return {row["URI"].split("/files/", 1)[1]: int(row["Size"]) for row in rows}
 
 
 def delete_resource(bench: Bench, resource_uri: str) -> None:
