@@ -103,26 +103,6 @@ def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
         assert wait_for_server_file(fake_xnat, "killed.bin") == payload
 
 
-def test_file_open_while_the_daemon_is_killed_is_kept(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        qc = mount.path.joinpath(*QC_PATH)
-        handle = open(qc / "half.txt", "wb")
-        handle.write(b"written before the crash")
-        handle.flush()
-        mount.process.send_signal(signal.SIGKILL)
-        mount.process.wait(timeout=20)
-        _ignore_errors(handle.close)
-    with mounted(fake_xnat.url, tmp_path, name="again"):
-        assert wait_for_server_file(fake_xnat, "half.txt") == b"written before the crash"
-
-
-def _ignore_errors(function, *args) -> None:
-    try:
-        function(*args)
-    except OSError:
-        pass
-
-
 def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
         qc = mount.path.joinpath(*QC_PATH)

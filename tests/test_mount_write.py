@@ -108,7 +108,13 @@ def test_mkdir_creates_subjects_experiments_and_resources(fake_xnat, conn, tmp_p
         assert "DOCS" in {r.label for r in conn.list_resources("/data/projects/STUDY01")}
         (project / "SUB050" / "RESOURCES" / "CONSENT").mkdir()
         (project / "SUB050" / "RESOURCES" / "CONSENT" / "form.txt").write_text("signed")
-        assert "CONSENT" in os.listdir(project / "SUB050" / "RESOURCES")
+        assert os.listdir(project / "SUB050" / "RESOURCES" / "CONSENT") == ["form.txt"]
+        subject_id = os.getxattr(project / "SUB050", "user.xnat.id").decode()
+        assert server_files(conn, f"/data/projects/STUDY01/subjects/{subject_id}/resources/CONSENT") == {
+            "form.txt": b"signed"}
+        (project / "RESOURCES" / "DOCS" / "readme.md").write_text("# docs")
+        assert os.listdir(project / "RESOURCES" / "DOCS") == ["readme.md"]
+        assert server_files(conn, "/data/projects/STUDY01/resources/DOCS") == {"readme.md": b"# docs"}
         for bad, code in (("bad label", errno.EINVAL), ("SUB001", errno.EEXIST)):
             with pytest.raises(OSError) as refused:
                 (project / bad).mkdir()
@@ -249,6 +255,17 @@ def test_zip_in_scans_is_imported_as_dicom(fake_xnat, conn, tmp_path):
         with pytest.raises(OSError) as refused:
             (target / "SUB050_MR1" / "SCANS" / "notes.txt").write_text("no")
         assert refused.value.errno == errno.EPERM
+        # After its subject is renamed, an import still goes to the same session.
+        target.rename(target.parent / "SUB051")
+        subjects = {s.label for s in conn.list_subjects("STUDY01")}
+        series2 = session(mount) / "SCANS" / "2-T1w_MPRAGE" / "DICOM"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for path in sorted(series2.iterdir()):
+                bundle.writestr(path.name, path.read_bytes())
+        shutil.copyfile(archive, target.parent / "SUB051" / "SUB050_MR1" / "SCANS" / "second.zip")
+        assert {s.label for s in conn.list_subjects("STUDY01")} == subjects
+        experiment_id = os.getxattr(target.parent / "SUB051" / "SUB050_MR1", "user.xnat.id").decode()
+        assert sorted(s.id for s in conn.get_experiment_contents(experiment_id).scans) == ["2", "3"]
 
 
 def test_read_only_mount_and_shared_experiments_refuse_writes(fake_xnat, tmp_path):
