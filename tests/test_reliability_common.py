@@ -169,6 +169,8 @@ class Relay:
     - ``rewrite``: a function (method, path, status, headers, body) → (status,
       headers, body) that can turn a correct answer into a hostile one.
 
+    ``redirect`` maps request paths (without query) to the upstream paths to ask
+    for instead, so a rewritten listing can point at real files under other names.
     ``tls`` (an ``ssl.SSLContext``) makes the relay speak HTTPS. ``log`` holds
     (method, path, status) of every answer relayed; ``held`` is set while a
     request is waiting. Use as a context manager.
@@ -183,6 +185,7 @@ class Relay:
         self.hold = hold
         self.rewrite = rewrite
         self.log: list[tuple[str, str, int]] = []
+        self.redirect: dict[str, str] = {}
         self.held = threading.Event()
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -250,8 +253,10 @@ class Relay:
         upstream = urlsplit(self.upstream)
         connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in self.HOP_HEADERS}
+        base, mark, query = path.partition("?")
+        target = self.redirect.get(base, base) + mark + query
         try:
-            connection.request(method, path, body=body, headers=headers)
+            connection.request(method, target, body=body, headers=headers)
             answer = connection.getresponse()
             status = answer.status
             out_headers = [(k, v) for k, v in answer.getheaders() if k.lower() not in self.HOP_HEADERS]
