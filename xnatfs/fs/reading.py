@@ -96,7 +96,14 @@ class ReadHandle:
                 logger.debug("serving %s while it downloads", key.uri)
                 return cls(key, None, cache.start_fetch(key, download))
             logger.debug("downloading %s", key.uri)
-            return cls(key, cache.fetch(key, download), None)
+            try:
+                return cls(key, cache.fetch(key, download), None)
+            except ValueError:
+                # The cache can lose the race between finishing a download and
+                # a concurrent lookup of the same entry ("already released");
+                # the entry is complete by then, so asking again finds it.
+                logger.debug("cache entry for %s released under us; asking again", key.uri)
+                return cls(key, cache.fetch(key, download), None)
 
         return await trio.to_thread.run_sync(open_blocking, limiter=limiter)
 
