@@ -317,6 +317,41 @@ def test_ranged_download_resumes_after_truncation(fake_xnat):
         assert out.getvalue() == expected[7:-13]
 
 
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_a_download_resumed_after_the_file_changed_is_refused(fake_xnat, honour_range):
+    # Over a megabyte, so that part of the body arrives before the cut.
+    old, new = bytes(range(256)) * 12288, bytes(reversed(range(256))) * 12288
+    fake_xnat.store.put_file("XNAT_E00001", "RAW", "big.bin", old, mtime=time.time() - 60)
+    fake_xnat.honour_range = honour_range
+    with connect(fake_xnat, backoff=0.5) as conn:
+        [remote] = conn.list_files("/data/experiments/XNAT_E00001/resources/RAW")
+        fake_xnat.reset_counts()
+        fake_xnat.set_faults(truncate_rate=1.0)
+        out = io.BytesIO()
+        outcome = []
+
+        def fetch():
+            try:
+                conn.download(remote.uri, out)
+            except XnatError as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not fake_xnat.count("GET", remote.uri):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        # The client is waiting to resume the cut body: change the file meanwhile.
+        fake_xnat.store.put_file("XNAT_E00001", "RAW", "big.bin", new)
+        fake_xnat.set_faults()
+        worker.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], XnatServerError)
+    assert "changed" in str(outcome[0])
+    assert fake_xnat.count("GET", remote.uri) == 2
+    assert 0 < len(out.getvalue()) < len(old) and old.startswith(out.getvalue())
+
+
 def test_parallel_downloads_share_one_session(fake_xnat):
     with connect(fake_xnat) as conn:
         files = conn.list_files("/data/experiments/XNAT_E00001/scans/4/resources/DICOM")

@@ -429,8 +429,11 @@ class XnatSession:
         written, fewer than ``length`` only at the end of the file.
 
         A body cut short is resumed from where it stopped, so on success
-        ``fileobj`` holds exactly the asked-for bytes. If the retries run
-        out, ``XnatServerError`` is raised and ``fileobj`` may hold a
+        ``fileobj`` holds exactly the asked-for bytes. The resumed answer
+        must describe the same file (ETag, Last-Modified, total size) as the
+        one it continues; a file changed in between is ``XnatServerError``
+        rather than two versions spliced together. If the retries run out,
+        ``XnatServerError`` is raised too; either way ``fileobj`` may hold a
         partial prefix: the caller must discard it.
         """
         if offset < 0 or (length is not None and length < 0):
@@ -441,6 +444,7 @@ class XnatSession:
         retries = self.retries if retries is None else retries
         written = 0
         attempt = 0
+        version: tuple[str | None, ...] = ()
         while True:
             start = offset + written
             remaining = None if length is None else length - written
@@ -452,6 +456,10 @@ class XnatSession:
             response = self.request("GET", url, headers=headers, stream=True, ok=(200, 206, 416),
                                     retries=retries)
             try:
+                if written and _changed(version, _version_of(response)):
+                    raise XnatServerError("the file changed on the server while it was being downloaded",
+                                          url=url, status=response.status_code)
+                version = _version_of(response)
                 if response.status_code == 416:
                     return written
                 skip, expected = self._plan_body(response, url, ranged, start, remaining)
@@ -567,6 +575,23 @@ def _content_length(response: requests.Response) -> int | None:
         return int(response.headers["Content-Length"])
     except (KeyError, ValueError):
         return None
+
+
+def _version_of(response: requests.Response) -> tuple[str | None, ...]:
+    """What tells one version of a file from another in a download answer:
+    ETag, Last-Modified and the file's total size (None where not sent)."""
+    total = None
+    if response.status_code in (206, 416):
+        total = response.headers.get("Content-Range", "").rpartition("/")[2].strip() or None
+        total = None if total == "*" else total
+    elif response.status_code == 200:
+        length = _content_length(response)
+        total = None if length is None else str(length)
+    return response.headers.get("ETag"), response.headers.get("Last-Modified"), total
+
+
+def _changed(before: tuple[str | None, ...], after: tuple[str | None, ...]) -> bool:
+    return any(a is not None and b is not None and a != b for a, b in zip(before, after))
 
 
 def _check_length(response: requests.Response) -> None:
