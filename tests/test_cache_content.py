@@ -309,6 +309,28 @@ def test_progressive_reader_sees_the_download_error(cache_dir, server):
     assert tmp_files(cache_dir) == []
 
 
+def test_a_read_up_to_the_end_waits_for_the_digest_check(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/checked", 10_000, digest=True)
+    wrong = body("another version", 10_000)
+    all_written, go_on = threading.Event(), threading.Event()
+
+    def download(fileobj):
+        fileobj.write(wrong)
+        all_written.set()
+        assert go_on.wait(10)
+
+    with cache.start_fetch(key, download) as pending:
+        assert all_written.wait(10)
+        pending.wait_for(5000, timeout=5)         # the middle is served as it arrives
+        with pytest.raises(TimeoutError):
+            pending.wait_for(10_000, timeout=0.1)
+        go_on.set()
+        with pytest.raises(XnatServerError, match="MD5"):
+            pending.wait_for(10_000, timeout=5)
+    assert not cache.contains(key)
+
+
 def test_background_and_foreground_fetches_share_one_download(cache_dir, server):
     cache = ContentCache(cache_dir, 1_000_000)
     key = server.add("/f/x", 50_000)

@@ -207,10 +207,13 @@ class _Fill:
             self.cond.notify_all()
 
     def wait_for(self, end_offset: int, timeout: float | None) -> None:
+        # Whoever reads up to the end waits for the checks of size and MD5,
+        # so a download that fails them is an error to that reader at least.
         end_offset = min(end_offset, self.key.size)
+        whole = end_offset >= self.key.size
         with self.cond:
             ready = self.cond.wait_for(
-                lambda: self.state == "done" or self.written >= end_offset, timeout)
+                lambda: self.state == "done" or (not whole and self.written >= end_offset), timeout)
             if self.error is not None:
                 raise self.error
             if not ready:
@@ -261,7 +264,8 @@ class PendingFetch:
         self._finalizer = weakref.finalize(self, _close_slot, self._slot)
 
     def wait_for(self, end_offset: int, timeout: float | None = None) -> None:
-        """Block until bytes ``[0, end_offset)`` are on disk; raise the download's error if it failed."""
+        """Block until bytes ``[0, end_offset)`` are on disk (up to the end of
+        the file: until the whole is verified); raise the download's error if it failed."""
         if self._fill is not None:
             self._fill.wait_for(end_offset, timeout)
 
