@@ -54,6 +54,13 @@ def test_mountpoint_is_a_file(tmp_path, capsys):
     assert "not a directory" in one_line_error(capsys)
 
 
+def test_cache_folder_inside_the_mountpoint(tmp_path, capsys):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    assert main(["mount", "http://127.0.0.1:9", str(mountpoint), "--cache-dir", str(mountpoint / "cache")]) != 0
+    assert "cannot be inside the mountpoint" in one_line_error(capsys)
+
+
 def test_unreachable_server(tmp_path, capsys):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

@@ -17,8 +17,9 @@ from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, xnat
 pytestmark = pytest.mark.mount
 
 
-def run_xnatfs(env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+def run_xnatfs(env, *args: str, timeout: float = 60, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(xnatfs_command(*args), env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def daemon_pid(home) -> int:
@@ -36,12 +37,16 @@ def test_detached_mount_and_unmount(fake_xnat, tmp_path):
     secret.write_text("admin\n")
     env = isolated_env(home)
     try:
-        started = run_xnatfs(env, "mount", fake_xnat.url, str(mountpoint), "--user", "admin",
-                             "--password-file", str(secret), "--cache-dir", str(tmp_path / "cache"),
-                             "--log-file", str(tmp_path / "daemon.log"))
+        # Relative paths are the caller's, though the daemon works from "/".
+        started = run_xnatfs(env, "mount", fake_xnat.url, "mnt", "--user", "admin",
+                             "--password-file", "password", "--cache-dir", "cache",
+                             "--log-file", "daemon.log", cwd=tmp_path)
         assert started.returncode == 0, started.stderr
         assert fuse_mounted(mountpoint)
         assert "STUDY01" in os.listdir(mountpoint)
+        protocols = mountpoint / "STUDY01" / "RESOURCES" / "PROTOCOLS"
+        assert next(protocols.iterdir()).read_bytes()
+        assert any((tmp_path / "cache" / "data").rglob("*"))
         pid = daemon_pid(home)
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             assert b"admin\n" not in handle.read()

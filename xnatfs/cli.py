@@ -93,7 +93,14 @@ def _settings_from_args(args) -> MountSettings:
         changes["log_file"] = Path(args.log_file).expanduser()
     if args.insecure:
         changes["verify_tls"] = False
-    return replace(settings, **changes)
+    settings = replace(settings, **changes)
+    # The daemon works from "/": every path it is given must stand on its own.
+    return replace(settings, cache_dir=_absolute(settings.cache_dir), log_file=_absolute(settings.log_file),
+                   password_file=_absolute(settings.password_file))
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return Path(os.path.abspath(path)) if path is not None else None
 
 
 def check_url(url: str) -> None:
@@ -130,6 +137,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise UsageProblem(f"no permission to read mountpoint {mountpoint}") from None
     if not os.access(mountpoint, os.W_OK | os.X_OK):
         raise UsageProblem(f"no permission to mount on {mountpoint}")
+
+
+def check_outside_mount(settings: MountSettings) -> None:
+    """The daemon must never use its own mount: that would wait on itself forever."""
+    inside = str(settings.mountpoint).rstrip("/") + "/"
+    for what, path in (("cache folder", settings.cache_dir), ("log file", settings.log_file)):
+        if path is not None and (os.path.realpath(path) + "/").startswith(inside):
+            raise UsageProblem(f"the {what} {path} cannot be inside the mountpoint")
 
 
 def _password_from_file(path: Path) -> str:
@@ -216,6 +231,7 @@ def cmd_mount(args) -> int:
     check_fuse_device()
     check_mountpoint(settings.mountpoint)
     settings = replace(settings, mountpoint=settings.mountpoint.resolve())
+    check_outside_mount(settings)
     connection, projects = connect(settings)
     if settings.foreground:
         return run_mount(settings, connection, projects)
