@@ -96,6 +96,21 @@ def test_an_upload_open_in_a_killed_process_becomes_pending(tmp_path):
     assert UploadSpool(tmp_path / "spool").pending()[0].state == "pending"
 
 
+def test_an_upload_left_empty_by_a_killed_process_is_dropped(tmp_path):
+    written = SPAWN.Event()
+    child = SPAWN.Process(target=write_and_die, args=(str(tmp_path / "spool"), b"", written))
+    child.start()
+    try:
+        assert written.wait(20)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    spool = UploadSpool(tmp_path / "spool")
+    assert spool.pending() == []
+    assert os.listdir(tmp_path / "spool" / "records") == []
+    assert os.listdir(tmp_path / "spool" / "data") == []
+
+
 def test_an_open_upload_of_a_live_writer_is_left_alone(tmp_path):
     writer = UploadSpool(tmp_path / "spool")
     entry = writer.create(file_target())

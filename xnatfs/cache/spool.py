@@ -15,7 +15,8 @@ Who may touch an entry is settled with an exclusive ``flock`` on its data
 file: the writer holds it while the entry is open, an uploader while sending.
 An ``open`` record whose data file nobody holds belonged to a process that
 died while the file was open: it becomes ``pending`` with whatever had been
-written, rather than being lost.
+written, rather than being lost; one with nothing written is dropped (XNAT
+refuses empty uploads, so it could only fail forever).
 
 Records hold no credentials: the server is kept as a URL without any
 ``user:password@`` part.
@@ -278,6 +279,11 @@ class UploadSpool:
             current = self._load(self._record_path(entry.id))
             if current is None or current.state != "open":
                 return current
+            if os.fstat(fd).st_size == 0:
+                logger.warning("dropping upload %s (%s): left empty by a stopped process",
+                               current.id, current.target.describe())
+                self.remove(current)
+                return None
             os.fsync(fd)
             current.state = "pending"
             current.updated = time.time()
