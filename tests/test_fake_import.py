@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import zipfile
@@ -86,6 +87,9 @@ def test_import_errors(fake_xnat, http, dicom_zip):
     no_type = post_import(http, fake_xnat, dicom_zip, content_type=None, **params)
     assert no_type.status_code == 400 and "Unsupported format" in no_type.text
     assert post_import(http, fake_xnat, b"not a zip", **params).status_code == 400
+    damaged = bytearray(dicom_zip)
+    damaged[len(damaged) // 2] ^= 0xFF                      # fails the entry's CRC check
+    assert post_import(http, fake_xnat, bytes(damaged), **params).status_code == 400
     assert post_import(http, fake_xnat, b"", **params).status_code == 400
     assert post_import(http, fake_xnat, dicom_zip, project="NOPE", subject="S", session="E").status_code == 404
     assert post_import(http, fake_xnat, dicom_zip, dest="/prearchive/projects/STUDY01").status_code == 400
@@ -103,6 +107,7 @@ def test_unparsable_entries(fake_xnat, http, dicom_zip):
         target.writestr("README.txt", b"not dicom")
     params = dict(project="STUDY01", subject="SUB001", session="MIXED_MR")
     assert post_import(http, fake_xnat, mixed.getvalue(), **params).status_code == 400
+    assert os.listdir(fake_xnat.store.tmp_dir) == []        # the files read before the bad one too
     skipped = post_import(http, fake_xnat, mixed.getvalue(), **{"Ignore-Unparsable": "true"}, **params)
     assert skipped.status_code == 200
 

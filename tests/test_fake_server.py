@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -107,6 +108,14 @@ def test_garbage_requests_get_4xx_and_server_keeps_serving(fake_xnat, http):
                         b"Authorization: Basic YWRtaW46YWRtaW4=\r\nTransfer-Encoding: chunked\r\n\r\n"
                         b"zz\r\nabc\r\n")
     assert b" 400 " in raw_exchange(fake_xnat, malformed_chunks).split(b"\r\n", 1)[0]
+    cut_upload = (b"PUT /data/projects/STUDY01/resources/X/files/b.txt?inbody=true HTTP/1.1\r\n"
+                  b"Authorization: Basic YWRtaW46YWRtaW4=\r\nContent-Length: 100000\r\n\r\n"
+                  b"only the start")
+    with socket.create_connection(("127.0.0.1", fake_xnat.port), timeout=5) as sock:
+        sock.sendall(cut_upload)
+        sock.shutdown(socket.SHUT_WR)
+        assert b" 400 " in sock.recv(65536).split(b"\r\n", 1)[0]
+    assert os.listdir(fake_xnat.store.tmp_dir) == []       # nothing left of the broken uploads
     assert http.get(fake_xnat.url + "/data/no/such/thing").status_code == 404
     assert http.get(fake_xnat.url + "/nothing-here").status_code == 404
     assert http.get(fake_xnat.url + "/data/projects?format=json").status_code == 200

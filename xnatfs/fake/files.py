@@ -13,9 +13,11 @@ import json
 import mimetypes
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
+from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -263,8 +265,8 @@ class FilesApi:
         resource = self.store.find_resource(parent.level, parent.owner, selector)
         if resource is None and not _valid_resource_label(selector):
             return error_page(417, "Invalid resource label.")
-        uploads = self._receive(request, relpath, multipart)
-        try:
+        with self.store.staging() as new_path:
+            uploads = self._receive(request, relpath, multipart, new_path)
             if not uploads:
                 return error_page(400, "No content was uploaded.")
             if resource is None:
@@ -273,27 +275,23 @@ class FilesApi:
             duplicates = []
             for name, staged, digest in uploads:
                 duplicates += self._place(request, resource["id"], name, staged, digest)
-        finally:
-            for _name, staged, _digest in uploads:
-                staged.unlink(missing_ok=True)
         if duplicates:
             return Response(200, json.dumps({"duplicates": duplicates}).encode(), "application/json")
         return Response(200)
 
-    def _receive(self, request: Request, relpath: str | None, multipart: bool):
-        """Stage the uploaded file(s) in the temp folder: [(relative path, staged file, md5)]."""
+    def _receive(self, request: Request, relpath: str | None, multipart: bool,
+                 new_path: Callable[[], Path]) -> list[tuple[str, Path, str]]:
+        """Stage the uploaded file(s): [(relative path, staged file, md5)]."""
         if multipart:
-            return self._receive_multipart(request, relpath)
+            return self._receive_multipart(request, relpath, new_path)
         if relpath is None:
             raise BadRequest("An in-body upload needs a file path in the address.")
-        staged = self.store.new_temp_path()
+        staged = new_path()
         size, digest = request.body_to_file(staged)
-        if size == 0:
-            staged.unlink(missing_ok=True)
-            return []
-        return [(relpath, staged, digest)]
+        return [(relpath, staged, digest)] if size else []
 
-    def _receive_multipart(self, request: Request, relpath: str | None):
+    def _receive_multipart(self, request: Request, relpath: str | None,
+                           new_path: Callable[[], Path]) -> list[tuple[str, Path, str]]:
         raw = request.read_body()
         head = f"Content-Type: {request.content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
         message = BytesParser(policy=HTTP).parsebytes(head + raw)
@@ -308,7 +306,7 @@ class FilesApi:
             if not data:
                 continue
             name = relpath if relpath and len(staged_files) == 0 else posixpath.basename(filename)
-            staged = self.store.new_temp_path()
+            staged = new_path()
             staged.write_bytes(data)
             staged_files.append((name, staged, hashlib.md5(data).hexdigest()))
         return staged_files

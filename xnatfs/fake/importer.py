@@ -16,7 +16,9 @@ import posixpath
 import re
 import shutil
 import zipfile
+import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -85,8 +87,8 @@ def _from_headers(dataset: pydicom.Dataset) -> dict[str, str]:
     return {k: v for k, v in found.items() if v}
 
 
-def _stage_body(request: Request, store: Store) -> Path:
-    staged = store.new_temp_path()
+def _stage_body(request: Request, new_path: Callable[[], Path]) -> Path:
+    staged = new_path()
     if request.content_type.lower().startswith("multipart/"):
         head = f"Content-Type: {request.content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
         message = BytesParser(policy=HTTP).parsebytes(head + request.read_body())
@@ -99,34 +101,32 @@ def _stage_body(request: Request, store: Store) -> Path:
     return staged
 
 
-def _read_series(archive_path: Path, store: Store, skip_unparsable: bool) -> dict[str, Series]:
+def _read_series(archive_path: Path, new_path: Callable[[], Path], skip_unparsable: bool) -> dict[str, Series]:
     series: dict[str, Series] = {}
     try:
-        archive = zipfile.ZipFile(archive_path)
-    except zipfile.BadZipFile as exc:
-        raise BadRequest("Unable to identify upload format.") from exc
-    with archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            staged = store.new_temp_path()
-            with archive.open(info) as src, open(staged, "wb") as out:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-            try:
-                dataset = pydicom.dcmread(staged, stop_before_pixels=True)
-                uid = str(dataset.SeriesInstanceUID)
-            except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
-                staged.unlink(missing_ok=True)
-                if skip_unparsable:
+        with zipfile.ZipFile(archive_path) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
                     continue
-                raise BadRequest(f"Unable to parse {info.filename} as DICOM.") from exc
-            entry = series.get(uid)
-            if entry is None:
-                entry = series[uid] = Series(
-                    uid=uid, number=str(dataset.get("SeriesNumber", "") or ""),
-                    description=str(dataset.get("SeriesDescription", "") or ""),
-                    modality=str(dataset.get("Modality", "") or ""), first=dataset)
-            entry.files.append((posixpath.basename(info.filename), staged))
+                staged = new_path()
+                with archive.open(info) as src, open(staged, "wb") as out:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                try:
+                    dataset = pydicom.dcmread(staged, stop_before_pixels=True)
+                    uid = str(dataset.SeriesInstanceUID)
+                except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+                    if skip_unparsable:
+                        continue
+                    raise BadRequest(f"Unable to parse {info.filename} as DICOM.") from exc
+                entry = series.get(uid)
+                if entry is None:
+                    entry = series[uid] = Series(
+                        uid=uid, number=str(dataset.get("SeriesNumber", "") or ""),
+                        description=str(dataset.get("SeriesDescription", "") or ""),
+                        modality=str(dataset.get("Modality", "") or ""), first=dataset)
+                entry.files.append((posixpath.basename(info.filename), staged))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise BadRequest("Unable to identify upload format.") from exc
     return series
 
 
@@ -153,7 +153,6 @@ def _clock(value: str) -> str:
 def import_service(request: Request, server) -> Response:
     if request.method != "POST":
         return method_not_allowed(request, "POST")
-    store: Store = server.store
     handler = (request.param("import-handler") or "").lower()
     if handler not in ACCEPTED_HANDLERS:
         return error_page(400, f"Unsupported import handler: {handler}")
@@ -163,12 +162,11 @@ def import_service(request: Request, server) -> Response:
         return error_page(406, "In-body uploads cannot be multipart.")
     wanted = _routing(request)
     overwrite = (request.param("overwrite") or "none").lower()
-    staged = _stage_body(request, store)
-    series: dict[str, Series] = {}
-    try:
+    with server.store.staging() as new_path:
+        staged = _stage_body(request, new_path)
         if staged.stat().st_size == 0:
             return error_page(400, "No content was uploaded.")
-        series = _read_series(staged, store, request.flag("Ignore-Unparsable"))
+        series = _read_series(staged, new_path, request.flag("Ignore-Unparsable"))
         if not series:
             return error_page(400, "Unable to identify upload format: no DICOM files found.")
         studies = {str(s.first.get("StudyInstanceUID", "")) for s in series.values()}
@@ -180,11 +178,6 @@ def import_service(request: Request, server) -> Response:
         if missing:
             return error_page(400, f"Unable to identify experiment: no {', '.join(missing)} given.")
         return _archive(request, server, routed, series, first, studies.pop(), overwrite)
-    finally:
-        staged.unlink(missing_ok=True)
-        for entry in series.values():
-            for _name, path in entry.files:
-                path.unlink(missing_ok=True)
 
 
 def _archive(request: Request, server, routed: dict, series: dict[str, Series], first,

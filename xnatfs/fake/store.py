@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -581,8 +581,21 @@ class Store:
         """Where the bytes of a file live on disk."""
         return self.archive_dir / str(resource_id) / clean_relpath(relpath)
 
-    def new_temp_path(self) -> Path:
-        return self.tmp_dir / f"{uuid.uuid4().hex}.part"
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Callable[[], Path]]:
+        """Hands out new paths in the temp folder; whatever is still there at
+        the end (a failed or refused upload) is removed."""
+        made: list[Path] = []
+
+        def new_path() -> Path:
+            made.append(self.tmp_dir / f"{uuid.uuid4().hex}.part")
+            return made[-1]
+
+        try:
+            yield new_path
+        finally:
+            for path in made:
+                path.unlink(missing_ok=True)
 
     def store_file(self, resource_id: int, relpath: str, source: bytes | str | os.PathLike | BinaryIO,
                    *, format: str | None = None, content: str | None = None, tags: str = "",
@@ -598,21 +611,22 @@ class Store:
         if self.resource(resource_id) is None:
             raise StoreError("Resource not found.", 404)
         dest = self.file_path(resource_id, relpath)
-        if isinstance(source, (str, os.PathLike)) and move:
-            staged = Path(source)
-            digest = digest or file_md5(staged)
-        else:
-            staged = self.new_temp_path()
-            digest = _write_with_md5(source, staged)
-        size = staged.stat().st_size
-        with self.lock:
-            self._make_parent_dirs(dest, resource_id)
-            os.replace(staged, dest)
-            if mtime is not None:
-                os.utime(dest, (mtime, mtime))
-            self._record_file(resource_id, relpath, size, digest, format, content, tags,
-                              mtime if mtime is not None else time.time())
-            return self.file(resource_id, relpath)
+        with self.staging() as new_path:
+            if isinstance(source, (str, os.PathLike)) and move:
+                staged = Path(source)
+                digest = digest or file_md5(staged)
+            else:
+                staged = new_path()
+                digest = _write_with_md5(source, staged)
+            size = staged.stat().st_size
+            with self.lock:
+                self._make_parent_dirs(dest, resource_id)
+                os.replace(staged, dest)
+                if mtime is not None:
+                    os.utime(dest, (mtime, mtime))
+                self._record_file(resource_id, relpath, size, digest, format, content, tags,
+                                  mtime if mtime is not None else time.time())
+                return self.file(resource_id, relpath)
 
     def link_file(self, resource_id: int, relpath: str, existing: Path, *, size: int, digest: str,
                   format: str = "", content: str = "", mtime: float | None = None) -> None:
