@@ -725,8 +725,67 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
 ROW_GROUP = {"1a": 1, "1b": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "4c": 4, "5a": 5, "5b": 5, "5c": 5,
              "6": 6}
 
-# Why a goal is missed and what would close it; shown only for missed rows.
-MISSED_NOTES: dict[str, str] = {}
+# Why a goal is missed and what would close it; shown only for missed rows. Written from
+# the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
+# separate probes of the same mount noted in each text.
+MISSED_NOTES: dict[str, str] = {
+    "1a": "curl makes one request and writes the zip to /dev/null. The mount first lists its way down "
+          "(subjects, experiments, then the session's item JSON and file list: about 0.1 s of round trips "
+          "at 20 ms), then fetches the series zip (and the first file on its own meanwhile) and turns each of the 208 "
+          "members into a cache entry (lock file, temporary file, MD5 check, fsync, rename) before the "
+          "reader gets it; a probe put the listing at 0.1 s, the first file at 0.03 s and the other 207 "
+          "files at 0.44 s, about 2 ms of work per file in one Python process. What would close it: "
+          "inserting the members of a series the mount is fetching itself with less ceremony (one fsync "
+          "and one directory sync per series instead of per file, the digest computed while writing).",
+    "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release is a "
+          "round trip to the Python daemon (a probe measured about 0.45 ms for an open plus close on "
+          "the mount against a few microseconds locally), and dcm2niix opens each of the 208 files more "
+          "than once. pyfuse3 3.5 cannot mark a file FOPEN_NOFLUSH nor let the kernel skip open and "
+          "release, so closing this needs either a cheaper open path in the daemon or FUSE features "
+          "that pyfuse3 does not expose yet.",
+    "3": "The same cause as 2b, in its purest form: reading 27 MB from the page cache takes about 10 ms "
+         "locally, and through the mount each of the 208 files also costs its open, flush and release "
+         "round trips to the daemon (about 0.45 ms a file). Reads themselves are served by the kernel "
+         "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small "
+         "files it needs fewer round trips per open (see 2b).",
+    "4a": "curl writes to /dev/null; the mount downloads with requests (a probe of the client alone, "
+          "to /dev/null: about 570 MB/s on this machine), checks the MD5, writes every byte to the "
+          "cache folder (see the disk line above: that alone caps it well below curl) and serves the "
+          "reader in 128 KiB FUSE reads, all in one Python process sharing 2 cores with the server and "
+          "the reader. Against curl writing to a file (4c) the gap is smaller. What would close most "
+          "of it: reading the response body with readinto into a reused buffer instead of iter_content, "
+          "hashing in the writing thread (hashlib releases the GIL), and larger FUSE reads; the rest is "
+          "the disk, which a cache must pay for.",
+    "5a": "The mount asks for two listings per session (the item JSON for scans and resources, and the "
+          "all-levels file list for exact sizes) and one per subject (its resources), so the count is "
+          "about 2 × sessions + subjects; see the breakdown above. Meeting sessions + 20 needs the scans "
+          "of all sessions from one project-wide query (XNAT's `/data/experiments?project=P&columns=...` "
+          "can reach into scan tables, but the column names are unconfirmed on real servers), leaving "
+          "one file list per session, and subject resources for all subjects at once, for which no "
+          "XNAT endpoint is known; without it the 501 subject requests stay.",
+    "5b": "The reference keeps 16 requests in flight; the mount fetches what a walker asks for, and find "
+          "walks depth-first, so the subject and session listings (about 2 500 requests of 20 ms) are "
+          "fetched nearly one after another: the fetch-ahead when a subject is listed covers only that "
+          "subject's two sessions. `ls -lR` then adds 15–20 s (measured warm in a probe) although "
+          "everything is cached: "
+          "ls asks for the security.selinux attribute of each of the 133 000 entries and FUSE sends "
+          "every getxattr to the daemon (the kernel does not cache extended attributes). What would "
+          "close it: when a project's experiments are listed, fetch every session's listings ahead in "
+          "the background, 16 at a time, in listing order; and answer getxattr for names outside "
+          "`user.xnat.*` before any other work.",
+    "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
+          "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
+          "folders costs an opendir, readdir and releasedir round trip to the daemon (about 0.27 ms a "
+          "folder), where the local find reads cached directories in the kernel. What would close it: "
+          "a pyfuse3 that exposes libfuse's cache_readdir, so the kernel serves warm listings itself.",
+    "6": "Each file is written through FUSE in 128 KiB pieces into the upload spool, which makes it "
+         "durable before sending (fsync of the data, plus a record written atomically and fsynced on "
+         "creation and again on commit), then uploaded with one PUT when cp closes it; curl only sends. "
+         "Per file that is several fsyncs and about a dozen FUSE round trips, about 10 ms, against a PUT of "
+         "about 25 ms at 20 ms latency. What would close it: since close waits for the upload and "
+         "reports its failure, nothing the user was told is safe can be lost before the PUT ends, so "
+         "the spool could make the data durable only when an upload fails or is deferred.",
+}
 
 
 def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: dict[str, str],
