@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -113,3 +115,17 @@ def test_main_names_failed_paths_and_exits_non_zero(tmp_path, capsys):
 def test_main_refuses_zero_jobs(tmp_path, capsys):
     assert main(parse(["--jobs", "0", str(tmp_path)])) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_the_xnatfs_command_runs_prefetch(tmp_path):
+    sizes = make_tree(tmp_path / "tree")
+    done = subprocess.run([sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "tree")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"prefetched {len(sizes)} files")
+    assert "not inside an xnatfs mount" in done.stderr
+
+    missing = subprocess.run([sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "gone")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "No such file or directory" in missing.stderr
