@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
 
 import pytest
 import requests
@@ -257,3 +258,29 @@ def test_curl_keep_alive_and_download(fake_xnat, http, tmp_path):
     assert result.returncode == 0, result.stderr
     assert first.read_bytes() == expected == second.read_bytes()
     assert "Re-using existing connection" in result.stderr or "Reusing existing" in result.stderr
+
+
+def test_each_answer_is_one_version_of_a_file_replaced_meanwhile(fake_xnat):
+    versions = {b"a" * 1000: formatdate(1_000_000_000, usegmt=True),
+                b"b" * 300_000: formatdate(1_100_000_000, usegmt=True)}
+    store = fake_xnat.store
+    store.put_file(E1, "RAW", "changing.bin", b"a" * 1000, mtime=1_000_000_000)
+    address = fake_xnat.url + f"/data/experiments/{E1}/resources/RAW/files/changing.bin"
+    stop = threading.Event()
+
+    def replace_repeatedly():
+        while not stop.is_set():
+            store.put_file(E1, "RAW", "changing.bin", b"b" * 300_000, mtime=1_100_000_000)
+            store.put_file(E1, "RAW", "changing.bin", b"a" * 1000, mtime=1_000_000_000)
+
+    writer = threading.Thread(target=replace_repeatedly)
+    writer.start()
+    try:
+        with requests.Session() as http:
+            http.auth = (fake_xnat.username, fake_xnat.password)
+            for _ in range(150):
+                answer = http.get(address, timeout=10)
+                assert versions.get(answer.content) == answer.headers["Last-Modified"]
+    finally:
+        stop.set()
+        writer.join(10)

@@ -241,15 +241,14 @@ class FilesApi:
             return error_page(404, "Unable to find file.")
         fmt = (request.param("format") or "").lower()
         for parent, resource in self._select(parents, selector):
-            row = self.store.file(resource["id"], relpath)
-            if row is None:
+            found = self.store.open_file(resource["id"], relpath)
+            if found is None:
                 continue
-            path = self.store.file_path(resource["id"], relpath)
-            if not path.is_file():
-                break
+            row, handle = found
             if fmt in ARCHIVE_FORMATS:
+                handle.close()
                 return self._archive(request, [(parent, resource, row)], fmt)
-            return file_response(path, content_type=_content_type(relpath),
+            return file_response(handle, content_type=_content_type(relpath),
                                  range_header=request.headers.get("Range"),
                                  honour_range=self.server.honour_range, mtime=row["mtime"])
         return error_page(404, "Unable to find file.")

@@ -40,7 +40,8 @@ class BadRequest(Exception):
 
 @dataclass
 class FileBody:
-    path: Path
+    """``length`` bytes from ``offset`` of an open file, which :func:`send` closes."""
+    file: BinaryIO
     offset: int
     length: int
 
@@ -283,6 +284,14 @@ def send(handler, request_method: str, response: Response, *, cut: str | None = 
     ``cut`` carries out a fault: ``"truncate"`` sends part of the body and
     closes the connection cleanly, ``"drop"`` does the same with a reset.
     """
+    try:
+        _send(handler, request_method, response, cut)
+    finally:
+        if isinstance(response.body, FileBody):
+            response.body.file.close()
+
+
+def _send(handler, request_method: str, response: Response, cut: str | None) -> None:
     sock: socket.socket = handler.connection
     body = response.body
     head_only = request_method == "HEAD"
@@ -320,9 +329,8 @@ def send(handler, request_method: str, response: Response, *, cut: str | None = 
     if isinstance(body, FileBody):
         sock.sendall(head)
         count = body.length // 2 if cut else body.length
-        with open(body.path, "rb") as handle:
-            if count:
-                sock.sendfile(handle, body.offset, count)
+        if count:
+            sock.sendfile(body.file, body.offset, count)
         _finish_cut(sock, cut)
         return
     sock.sendall(head)
@@ -345,25 +353,26 @@ def _finish_cut(sock: socket.socket, cut: str | None) -> None:
             pass
 
 
-def file_response(path: Path, *, content_type: str, range_header: str | None,
+def file_response(file: BinaryIO, *, content_type: str, range_header: str | None,
                   honour_range: bool, mtime: float) -> Response:
-    """A download answer for one file; a single byte range is honoured when switched on."""
-    size = os.path.getsize(path)
+    """A download answer for one open file; a single byte range is honoured when switched on."""
+    size = os.fstat(file.fileno()).st_size
     headers = [("Last-Modified", formatdate(mtime, usegmt=True)),
                ("Cache-Control", "must-revalidate")]
     if honour_range and range_header:
         span = parse_range(range_header, size)
         if span == "unsatisfiable":
+            file.close()
             return Response(416, b"", content_type,
                             headers + [("Content-Range", f"bytes */{size}")])
         if span is not None:
             start, end = span
-            return Response(206, FileBody(path, start, end - start + 1), content_type,
+            return Response(206, FileBody(file, start, end - start + 1), content_type,
                             headers + [("Content-Range", f"bytes {start}-{end}/{size}"),
                                        ("Accept-Ranges", "bytes")])
     if honour_range:
         headers.append(("Accept-Ranges", "bytes"))
-    return Response(200, FileBody(path, 0, size), content_type, headers)
+    return Response(200, FileBody(file, 0, size), content_type, headers)
 
 
 def parse_range(header: str, size: int):

@@ -577,6 +577,19 @@ class Store:
     def file(self, resource_id: int, relpath: str) -> sqlite3.Row | None:
         return self._one("SELECT * FROM files WHERE resource_id=? AND path=?", (resource_id, relpath))
 
+    def open_file(self, resource_id: int, relpath: str) -> tuple[sqlite3.Row, BinaryIO] | None:
+        """A file's record and its bytes opened for reading, taken together so
+        that both are of one version (a replaced file is a new inode, so the
+        open one never changes)."""
+        with self.lock:
+            row = self.file(resource_id, relpath)
+            if row is None:
+                return None
+            try:
+                return row, open(self.file_path(resource_id, relpath), "rb")
+            except FileNotFoundError:
+                return None
+
     def file_path(self, resource_id: int, relpath: str) -> Path:
         """Where the bytes of a file live on disk."""
         return self.archive_dir / str(resource_id) / clean_relpath(relpath)
