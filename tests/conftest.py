@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+import requests
 
 from xnatfs.fake import FakeXnat
 
@@ -44,6 +45,15 @@ def fake_xnat_empty(tmp_path):
     server = FakeXnat(tmp_path / "fake-xnat").start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def http(fake_xnat):
+    """A ``requests`` session that logs in to ``fake_xnat`` with HTTP Basic on every request."""
+    session = requests.Session()
+    session.auth = (fake_xnat.username, fake_xnat.password)
+    yield session
+    session.close()
 
 
 def _link_or_copy(source, target):

@@ -5,6 +5,20 @@ from __future__ import annotations
 from xnatfs.fake.server import FaultInjector
 
 
+def listing(http, server, path: str, **params) -> dict:
+    """The ``ResultSet`` of a listing, checked to be a 200 whose ``totalRecords`` is right."""
+    answer = http.get(server.url + path, params={"format": "json", **params})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["ResultSet"]
+    assert result["totalRecords"] == str(len(result["Result"]))
+    return result
+
+
+def rows(http, server, path: str, **params) -> list[dict]:
+    """The rows of a listing (see :func:`listing`)."""
+    return listing(http, server, path, **params)["Result"]
+
+
 def fault_seed(pattern: list[int | None], error_rate: float = 0.5) -> int:
     """A ``set_faults`` seed whose first answers fail exactly as ``pattern`` says.
 

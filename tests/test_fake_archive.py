@@ -7,26 +7,11 @@ import io
 import xml.etree.ElementTree as ET
 
 import pytest
-import requests
+
+from fakeutil import rows
 
 S1, S2 = "XNAT_S00001", "XNAT_S00002"
 E1, E2 = "XNAT_E00001", "XNAT_E00002"
-
-
-@pytest.fixture
-def http(fake_xnat):
-    session = requests.Session()
-    session.auth = (fake_xnat.username, fake_xnat.password)
-    yield session
-    session.close()
-
-
-def rows(http, server, path, **params):
-    answer = http.get(server.url + path, params={"format": "json", **params})
-    assert answer.status_code == 200, answer.text
-    result = answer.json()["ResultSet"]
-    assert result["totalRecords"] == str(len(result["Result"]))
-    return result["Result"]
 
 
 def item(http, server, path):

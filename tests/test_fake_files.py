@@ -9,25 +9,12 @@ import xml.etree.ElementTree as ET
 import zipfile
 
 import pytest
-import requests
+
+from fakeutil import listing
 
 E1 = "XNAT_E00001"
 S1 = "XNAT_S00001"
 SCAN2 = f"/data/experiments/{E1}/scans/2"
-
-
-@pytest.fixture
-def http(fake_xnat):
-    session = requests.Session()
-    session.auth = (fake_xnat.username, fake_xnat.password)
-    yield session
-    session.close()
-
-
-def listing(http, server, path, **params):
-    answer = http.get(server.url + path, params={"format": "json", **params})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["ResultSet"]
 
 
 def test_resource_listings_at_every_level(fake_xnat, http):

@@ -9,19 +9,10 @@ import subprocess
 import zipfile
 
 import pytest
-import requests
 
 from xnatfs.fake.dicomgen import SeriesSpec, write_session
 
 IMPORT = "/data/services/import"
-
-
-@pytest.fixture
-def http(fake_xnat):
-    session = requests.Session()
-    session.auth = (fake_xnat.username, fake_xnat.password)
-    yield session
-    session.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ E1 = "XNAT_E00001"
 DICOM_FILE = f"/data/experiments/{E1}/scans/2/resources/DICOM/files/2-0001.dcm"
 
 
-@pytest.fixture
-def http(fake_xnat):
-    session = requests.Session()
-    session.auth = (fake_xnat.username, fake_xnat.password)
-    yield session
-    session.close()
-
-
 def raw_exchange(server: FakeXnat, payload: bytes, timeout: float = 5.0) -> bytes:
     """Send raw bytes, return everything the server answers until it closes or goes quiet."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
