@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from xnatfs.errors import XnatError
 from xnatfs.client.connection import XnatConnection
+from xnatfs.client.credentials import user_config_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get("XNATFS_CONFIG"):
         return Path(env["XNATFS_CONFIG"]).expanduser()
-    config_home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(config_home) / "xnatfs" / "config.toml"
+    return user_config_dir(env) / "config.toml"
 
 
 def _key(name: str) -> str:

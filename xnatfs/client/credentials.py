@@ -141,13 +141,19 @@ def _from_netrc(url: str, wanted: str | None, env: Mapping[str, str]) -> Credent
 
 # -- alias tokens ------------------------------------------------------------
 
+def user_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/xnatfs`` (``~/.config/xnatfs``): the user's settings and tokens."""
+    env = os.environ if environ is None else environ
+    config_home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(config_home) / "xnatfs"
+
+
 def token_store_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XNATFS_TOKENS``, else ``$XDG_CONFIG_HOME/xnatfs/tokens.json``."""
+    """``$XNATFS_TOKENS``, else ``tokens.json`` in :func:`user_config_dir`."""
     env = os.environ if environ is None else environ
     if env.get("XNATFS_TOKENS"):
         return Path(env["XNATFS_TOKENS"]).expanduser()
-    config_home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(config_home) / "xnatfs" / "tokens.json"
+    return user_config_dir(env) / "tokens.json"
 
 
 def _host_key(url: str) -> str:
