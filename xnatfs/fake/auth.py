@@ -98,10 +98,6 @@ class Authenticator:
         with self._lock:
             self._sessions.clear()
 
-    def session_count(self) -> int:
-        with self._lock:
-            return len(self._sessions)
-
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
     """The (user, password) of an HTTP Basic Authorization header, or None."""

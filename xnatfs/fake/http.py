@@ -151,25 +151,17 @@ class BodyReader:
         self._rfile = rfile
         encoding = (headers.get("Transfer-Encoding") or "").lower()
         self.chunked = "chunked" in encoding
-        if self.chunked:
-            self.length = None
-            self._left = 0
-        else:
+        self._left = 0                  # bytes left in the body, or in the current chunk
+        if not self.chunked:
             raw = headers.get("Content-Length")
             try:
-                self.length = int(raw) if raw is not None else 0
+                self._left = int(raw) if raw is not None else 0
             except ValueError as exc:
                 raise BadRequest("Invalid Content-Length header.") from exc
-            if self.length < 0:
+            if self._left < 0:
                 raise BadRequest("Invalid Content-Length header.")
-            self._left = self.length
         self._done = not self.chunked and self._left == 0
         self.broken = False
-
-    @property
-    def present(self) -> bool:
-        """True if the request declares a body (chunked, or a non-zero length)."""
-        return self.chunked or bool(self.length)
 
     def read(self, size: int) -> bytes:
         parts = []
