@@ -1,15 +1,14 @@
 """Inode numbers for paths, with the kernel's lookup counts.
 
 An inode number is derived from a hash of the entry's path, so the same path
-gets the same number for the whole life of a mount even after the kernel
-forgot it and the table dropped it; that keeps the table as small as what
-the kernel currently holds. A hash collision with a live entry is resolved
-by probing the next number.
+gets the same number for the whole life of a mount (one process) even after
+the kernel forgot it and the table dropped it; that keeps the table as small
+as what the kernel currently holds. A hash collision with a live entry is
+resolved by probing the next number.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pyfuse3
@@ -30,8 +29,8 @@ class InodeEntry:
 
 
 def _hashed(path: Path) -> int:
-    digest = hashlib.blake2b("/".join(path).encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    number = int.from_bytes(digest, "big") & _MASK
+    # Python's own hash of the tuple: fast, and stable for the life of the process.
+    number = hash(path) & _MASK
     return number if number >= _FIRST_FREE else number + _FIRST_FREE
 
 
@@ -57,9 +56,11 @@ class InodeTable:
             number = number + 1 if number < _MASK else _FIRST_FREE
         return number
 
-    def remember(self, path: Path, node: Node, lookups: int = 1) -> int:
-        """Record that the kernel got ``lookups`` more references to ``path``."""
-        number = self.number_for(path)
+    def remember(self, path: Path, node: Node, lookups: int = 1, number: int | None = None) -> int:
+        """Record that the kernel got ``lookups`` more references to ``path``
+        (whose number the caller may have just asked :meth:`number_for` for)."""
+        if number is None:
+            number = self.number_for(path)
         entry = self._entries.get(number)
         if entry is None:
             entry = InodeEntry(path, node)

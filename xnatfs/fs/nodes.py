@@ -163,6 +163,8 @@ class Listing:
 
     entries: dict[str, Node]
     aliases: dict[str, Node] = field(default_factory=dict)
+    _order: list[str] | None = field(default=None, repr=False)
+    _position: dict[str, int] = field(default_factory=dict, repr=False)
 
     def get(self, name: str) -> Node | None:
         node = self.entries.get(name)
@@ -171,3 +173,13 @@ class Listing:
     @property
     def subdir_count(self) -> int:
         return sum(1 for node in self.entries.values() if node.is_dir)
+
+    def after(self, name: str, count: int) -> list[Node]:
+        """Up to ``count`` entries listed after ``name``."""
+        if self._order is None:
+            self._order = list(self.entries)
+            self._position = {entry: index for index, entry in enumerate(self._order)}
+        start = self._position.get(name)
+        if start is None:
+            return []
+        return [self.entries[entry] for entry in self._order[start + 1:start + 1 + count]]

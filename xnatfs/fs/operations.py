@@ -32,7 +32,7 @@ from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, Sub
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
-from xnatfs.fs.tree import Tree
+from xnatfs.fs.tree import AHEAD_SUBJECTS, Tree
 from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import xattrs_for
 
@@ -264,10 +264,17 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         listing = await self._listing(node)
         if isinstance(node, SubjectDir) and self.nursery is not None:
-            self.tree.prefetch_experiments(self.nursery, listing)
+            self.tree.read_ahead(self.nursery, listing, await self._following(entry))
         handle = self._new_handle()
         self._dir_handles[handle] = (entry.path, list(listing.entries.items()))
         return handle
+
+    async def _following(self, entry: InodeEntry) -> list[Node]:
+        """The siblings listed after ``entry`` (a few), in listing order."""
+        parent = self._parent(entry)
+        if parent is None:
+            return []
+        return (await self._listing(parent.node)).after(entry.path[-1], AHEAD_SUBJECTS)
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):
@@ -278,7 +285,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             inode = self.inodes.number_for(child_path)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node), index + 1):
                 break
-            self.inodes.remember(child_path, node)
+            self.inodes.remember(child_path, node, number=inode)
 
     @fuse_handler
     async def releasedir(self, fh):

@@ -65,7 +65,7 @@ class MountSettings:
     log_level: str = "WARNING"
     log_file: Path | None = None
     verify_tls: bool = True
-    workers: int = 16
+    workers: int = 32
     retries: int = 5                     # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20      # files this big are served while they download
     series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip

@@ -48,7 +48,8 @@ from xnatfs.fs.nodes import (
 
 logger = logging.getLogger(__name__)
 
-PREFETCH_PARALLEL = 4
+AHEAD_PARALLEL = 16
+AHEAD_SUBJECTS = 32
 
 
 def timestamp(value: datetime | None, default: float) -> float:
@@ -76,7 +77,9 @@ class Tree:
         self.started_at = started_at
         self.root = RootDir(mtime=started_at)
         self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
-        self._prefetch_slots = trio.Semaphore(PREFETCH_PARALLEL)
+        self._ahead_slots = trio.Semaphore(AHEAD_PARALLEL)
+        # What was loaded ahead lately, so a walk does not schedule it again.
+        self._scheduled: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
 
     # ---- raw listings -------------------------------------------------
 
@@ -208,9 +211,18 @@ class Tree:
             entries[name] = ProjectDir(mtime=self.started_at, project=project)
         return Listing(entries)
 
+    def _by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
+        """A project's experiments by subject, worked out once per raw listing."""
+        memo_key = ("bysubject", id(experiments))
+        memo = self._memo.get(memo_key)
+        if memo is None or memo[0] is not experiments:
+            memo = (experiments, _group_by_subject(experiments))
+            self._memo[memo_key] = memo
+        return memo[1]
+
     def _project_listing(self, node: ProjectDir, subjects, experiments) -> Listing:
         project_id = node.project.id
-        per_subject = _group_by_subject(experiments)
+        per_subject = self._by_subject(experiments)
         subjects = list(subjects)
         known = {s.id for s in subjects}
         # An experiment shared without its subject still needs a folder to live in.
@@ -235,7 +247,7 @@ class Tree:
         return Listing(entries)
 
     def _subject_listing(self, node: SubjectDir, experiments) -> Listing:
-        mine = _group_by_subject(experiments).get(node.subject.id, [])
+        mine = self._by_subject(experiments).get(node.subject.id, [])
         dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
         entries: dict[str, Node] = {}
         for name, experiment in zip(dir_names, mine):
@@ -338,20 +350,41 @@ class Tree:
 
     # ---- reading ahead ------------------------------------------------
 
-    def prefetch_experiments(self, nursery: trio.Nursery, listing: Listing) -> None:
-        """Start loading the experiments of a subject being listed, a few at a time."""
-        for node in listing.entries.values():
-            if isinstance(node, ExperimentDir):
-                eid = node.experiment.id
-                if self.listings.get(("contents", eid)) is None or self.listings.get(("expfiles", eid)) is None:
-                    nursery.start_soon(self._prefetch_one, node)
+    def read_ahead(self, nursery: trio.Nursery, listing: Listing, following: Sequence[Node]) -> None:
+        """Start loading what a walk of the tree will want next, a few loads at a time.
 
-    async def _prefetch_one(self, node: ExperimentDir) -> None:
-        async with self._prefetch_slots:
+        ``listing`` is a subject being listed: its experiments are loaded
+        ahead. ``following`` are the subjects after it in its project: a
+        ``find`` or ``ls -R`` visits them next, so they (their experiments and
+        their resources) are loaded ahead too.
+        """
+        self._ahead_experiments(nursery, listing)
+        for node in following:
+            if isinstance(node, SubjectDir) and node.key not in self._scheduled:
+                self._scheduled[node.key] = True
+                nursery.start_soon(self._ahead_subject, nursery, node)
+
+    def _ahead_experiments(self, nursery: trio.Nursery, listing: Listing) -> None:
+        for node in listing.entries.values():
+            if isinstance(node, ExperimentDir) and node.key not in self._scheduled:
+                self._scheduled[node.key] = True
+                nursery.start_soon(self._ahead, node)
+
+    async def _ahead_subject(self, nursery: trio.Nursery, node: SubjectDir) -> None:
+        listing = await self._ahead(node)
+        if listing is not None:
+            self._ahead_experiments(nursery, listing)
+            resources = listing.entries.get(names.RESOURCES)
+            if resources is not None:
+                await self._ahead(resources)
+
+    async def _ahead(self, node: Node) -> Listing | None:
+        async with self._ahead_slots:
             try:
-                await self.children(node)
-            except Exception as exc:  # a prefetch failing only means the real look will retry
-                logger.debug("prefetch of %s failed: %s", node.experiment.id, exc)
+                return await self.children(node)
+            except Exception as exc:  # a load ahead failing only means the real look will retry
+                logger.debug("loading %s ahead failed: %s", node.key, exc)
+                return None
 
 
 def _memo_key(node: Node) -> tuple:
