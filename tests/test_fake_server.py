@@ -154,6 +154,8 @@ def test_cut_bodies_are_detected_by_clients(fake_xnat, http, kind):
         http.get(fake_xnat.url + DICOM_FILE)
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
         http.get(fake_xnat.url + f"/data/experiments/{E1}/scans/2/files?format=zip")
+    with pytest.raises(requests.exceptions.ConnectionError):        # no body: the head is cut
+        http.head(fake_xnat.url + DICOM_FILE)
     fake_xnat.set_faults()
     assert len(http.get(fake_xnat.url + DICOM_FILE).content) == size
 

@@ -273,8 +273,9 @@ def _status_line(status: int) -> str:
 def send(handler, request_method: str, response: Response, *, cut: str | None = None) -> None:
     """Write ``response`` on the handler's connection.
 
-    ``cut`` carries out a fault: ``"truncate"`` sends part of the body and
-    closes the connection cleanly, ``"drop"`` does the same with a reset.
+    ``cut`` carries out a fault: ``"truncate"`` sends part of the body (no
+    answer at all when there is no body) and closes the connection cleanly,
+    ``"drop"`` does the same with a reset.
     """
     try:
         _send(handler, request_method, response, cut)
@@ -307,9 +308,13 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
         lines.append("Connection: close\r\n")
     head = ("".join(lines) + "\r\n").encode("latin-1", "replace")
 
+    if cut and (head_only or (not stream and length == 0)):
+        # No body to cut short: the connection ends before the answer (a head
+        # cut after its status line would still parse as a whole one).
+        _finish_cut(sock, cut)
+        return
     if head_only:
         sock.sendall(head)
-        _finish_cut(sock, cut)
         return
     if isinstance(body, bytes):
         if cut:

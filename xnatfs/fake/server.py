@@ -176,9 +176,10 @@ class FakeXnat:
         """Make a fraction of answers fail; call with no arguments to switch faults off.
 
         ``error_rate``: answered with a status from ``error_statuses``
-        instead of being carried out. ``drop_rate``: connection reset in the
-        middle of the body. ``truncate_rate``: Content-Length promises more
-        than is sent before the connection closes. ``stall_rate``: the answer
+        instead of being carried out. ``drop_rate``: carried out, but the
+        connection is reset in the middle of the answer. ``truncate_rate``:
+        carried out, but the connection closes before the whole answer
+        (Content-Length promises more than is sent). ``stall_rate``: the answer
         waits ``stall_ms`` first.
         """
         self._faults.configure(error_rate, error_statuses, drop_rate, truncate_rate, stall_ms,
