@@ -19,16 +19,15 @@ def rows(http, server, path: str, **params) -> list[dict]:
     return listing(http, server, path, **params)["Result"]
 
 
-def fault_seed(pattern: list[int | None], error_rate: float = 0.5) -> int:
-    """A ``set_faults`` seed whose first answers fail exactly as ``pattern`` says.
+def fault_seed(pattern: list[int | str | None], **rates) -> int:
+    """A seed for ``set_faults(**rates, seed=...)`` whose first answers go as ``pattern`` says.
 
-    Each item is the error status injected into that answer, or None for an
-    answer left alone; only ``error_rate`` and the statuses in ``pattern`` are used.
+    Each item is what happens to one answer: the error status injected,
+    ``"drop"`` or ``"truncate"``, or None for an answer left alone.
     """
-    statuses = tuple(sorted({status for status in pattern if status is not None})) or (503,)
     injector = FaultInjector()
     for seed in range(100_000):
-        injector.configure(error_rate=error_rate, error_statuses=statuses, seed=seed)
-        if [injector.pick().error_status for _ in pattern] == pattern:
+        injector.configure(**rates, seed=seed)
+        if [(fault.error_status or fault.cut) for fault in map(lambda _: injector.pick(), pattern)] == pattern:
             return seed
     raise AssertionError(f"no seed gives {pattern}")

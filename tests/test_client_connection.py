@@ -15,6 +15,7 @@ from xnatfs.errors import (
     XnatUnsupported,
 )
 from xnatfs.client import XnatConnection
+from fakeutil import fault_seed
 
 MR1 = "XNAT_E00001"          # STUDY01 / SUB001 / SUB001_MR1, shared into STUDY02
 
@@ -220,6 +221,19 @@ def test_create_subject_and_experiment(conn):
     found = {e.label: e for e in conn.list_experiments("STUDY01", "SUB004")}
     assert found["SUB004_MR1"].id == experiment_id
     assert found["SUB004_MR1"].xsi_type == "xnat:mrSessionData"
+
+
+def test_a_create_repeated_after_the_server_acted_is_no_conflict(conn, fake_xnat):
+    # The first answer is lost after the server carried the request out; the repeat finds the object.
+    first_lost = fault_seed(["drop", None], drop_rate=0.5)
+    fake_xnat.set_faults(drop_rate=0.5, seed=first_lost)
+    subject_id = conn.create_subject("STUDY01", "SUB900")
+    fake_xnat.set_faults(drop_rate=0.5, seed=first_lost)
+    conn.create_resource(f"/data/subjects/{subject_id}", "EXTRA")
+    fake_xnat.set_faults()
+    assert [status for method, _t, status in fake_xnat.requests if method == "PUT"] == [201, 200, 200, 409]
+    assert fake_xnat.store.subject_id("STUDY01", "SUB900") == subject_id
+    assert [r.label for r in conn.list_resources(f"/data/subjects/{subject_id}")] == ["EXTRA"]
 
 
 def test_invalid_labels_are_refused(conn):

@@ -91,8 +91,8 @@ def test_session_expiring_again_during_retries_is_renewed_again(fake_xnat):
         fake_xnat.reset_counts()
         # Answers: 401 (expired), login, 503, then after a pause longer than the
         # session timeout 401 again, a second login, and the listing.
-        fake_xnat.set_faults(error_rate=0.5, error_statuses=(503,),
-                             seed=fault_seed([None, None, 503, None, None, None]))
+        rates = {"error_rate": 0.5, "error_statuses": (503,)}
+        fake_xnat.set_faults(**rates, seed=fault_seed([None, None, 503, None, None, None], **rates))
         assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
         fake_xnat.set_faults()
     assert [status for _m, _t, status in fake_xnat.requests][:6] == [401, 200, 503, 401, 200, 200]

@@ -19,7 +19,7 @@ from xnatfs.errors import XnatConflict, XnatNotFound, XnatServerError, XnatUnsup
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
 from xnatfs.client.datman_api import DatmanApi
-from xnatfs.client.http import XnatSession, parse_json
+from xnatfs.client.http import XnatSession, parse_json, server_message
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
 
 logger = logging.getLogger(__name__)
@@ -246,15 +246,18 @@ class XnatConnection(DatmanApi):
 
     @staticmethod
     def _created(response, exist_ok: bool, conflict_message: str) -> str:
-        # XNAT answers 201 for a new object and 200 when it already existed.
-        if response.status_code == 200 and not exist_ok:
+        # XNAT answers 201 for a new object and 200 when it already existed;
+        # after a repeat, "existed" may well mean our first attempt made it.
+        if response.status_code == 200 and not (exist_ok or response.repeated):
             raise XnatConflict(conflict_message, url=response.url, status=200)
         return response.text.strip()
 
     def create_resource(self, parent_uri: str, label: str) -> None:
         """Create a resource folder; an existing one is ``XnatConflict``."""
-        self.session.request("PUT", paths.resource(paths.canonical(parent_uri), label),
-                             params=self._write_params())
+        response = self.session.request("PUT", paths.resource(paths.canonical(parent_uri), label),
+                                        params=self._write_params(), ok=(200, 409))
+        if response.status_code == 409 and not response.repeated:
+            raise XnatConflict(f"PUT refused: {server_message(response.text)}", url=response.url, status=409)
 
     def delete_resource(self, project_or_uri: str, session: str | None = None, experiment: str | None = None,
                         resource_group_id: str | None = None, resource_id: str | None = None,

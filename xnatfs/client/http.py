@@ -297,6 +297,10 @@ class XnatSession:
         given as a file object is rewound for a repeat; one that cannot be
         rewound is never repeated. With ``stream=True`` the caller must
         close the answer.
+
+        The answer's ``repeated`` attribute is True when the request had to
+        be sent more than once, so an earlier attempt may have been carried
+        out (a create repeated that way can find its own object).
         """
         if self._closed:
             raise XnatError("the connection has been closed", url=self.url_for(path))
@@ -308,6 +312,7 @@ class XnatSession:
         ok = frozenset(ok)
         start = _position(data)
         renewals = 0
+        repeated_before = False
         while True:
             generation = self._generation
             response, repeated = self._send_with_retries(
@@ -326,8 +331,10 @@ class XnatSession:
                                               url=url, status=401)
                 self._renew(generation)
                 renewals += 1
+                repeated_before = repeated_before or repeated
                 continue
             if status in ok:
+                response.repeated = repeated or repeated_before
                 return response
             try:
                 text = _bounded_text(response) if stream else response.text
