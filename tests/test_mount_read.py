@@ -117,6 +117,21 @@ def test_listing_costs_one_request_per_level(fake_xnat, tmp_path):
         assert fake_xnat.count() == 0, fake_xnat.requests
 
 
+def test_a_walk_through_subjects_reads_ahead(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        project = mount.path / "STUDY01"
+        assert sorted(name for name in os.listdir(project) if name.startswith("SUB")) == ["SUB001", "SUB002", "SUB003"]
+        os.listdir(project / "SUB001")
+        time.sleep(0.5)
+        fake_xnat.reset_counts()
+        os.listdir(project / "SUB002")          # in order after SUB001: SUB003 is loaded ahead
+        time.sleep(0.5)
+        fake_xnat.reset_counts()
+        for folder, _dirs, _files in os.walk(project / "SUB003"):
+            pass
+        assert fake_xnat.count() == 0, fake_xnat.requests
+
+
 def test_modes_times_and_link_counts(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         session = session_dir(mount)

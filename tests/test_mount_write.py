@@ -299,3 +299,28 @@ def test_permission_refused_is_eacces(fake_xnat, tmp_path):
             (project / "SUB077").mkdir()
         fake_xnat.set_faults()
         assert "refused" in mount.log()
+
+
+def test_truncate_by_path_and_removing_an_open_file(fake_xnat, conn, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = session(mount) / "RESOURCES" / "QC"
+        csv = next(name for name in os.listdir(qc) if name.endswith(".csv"))
+        old = (qc / csv).read_bytes()
+        os.truncate(qc / csv, 10)
+        assert server_files(conn, QC)[csv] == old[:10]
+        assert (qc / csv).stat().st_size == 10
+        with pytest.raises(OSError) as refused:
+            os.truncate(qc / csv, 0)
+        assert refused.value.errno == errno.ENOTSUP      # XNAT holds no empty files
+        assert (qc / csv).stat().st_size == 10 and server_files(conn, QC)[csv] == old[:10]
+        emptied = open(qc / csv, "wb")
+        with pytest.raises(OSError) as refused:
+            emptied.close()
+        assert refused.value.errno == errno.ENOTSUP
+        assert (qc / csv).stat().st_size == 10 and (qc / csv).read_bytes() == old[:10]
+        handle = open(qc / "scratch.tmp", "wb")
+        handle.write(b"temporary")
+        (qc / "scratch.tmp").unlink()
+        handle.close()
+        assert "scratch.tmp" not in server_files(conn, QC)
+        assert "scratch.tmp" not in os.listdir(qc)

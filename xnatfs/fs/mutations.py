@@ -34,7 +34,7 @@ import trio
 
 from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.models import RemoteFile
-from xnatfs.errors import XnatError, XnatNotFound
+from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
 from xnatfs.fs.nodes import (
@@ -192,6 +192,11 @@ class Mutations:
         """Send a local file now; the caller sees the server's refusal as an errno."""
         try:
             sent = await self._call(self.writer.upload, local)
+        except XnatUnsupported:
+            # Nothing was staged (XNAT cannot hold the result): show the server's file again.
+            self.overlay.drop_file(local)
+            self.tree.forget_listing(self.tree.files_listing_key(local.target.resource_uri))
+            raise
         except XnatError as exc:
             logger.error("upload of %s failed; kept in the spool for another try: %s",
                          local.target.describe(), exc)
@@ -251,12 +256,16 @@ class Mutations:
 
     async def _truncate(self, inode: int, entry, node: Node, size: int, fh) -> Node:
         self._check_writable(node, "truncating")
+        handle = self._handles.get(fh) if fh is not None else None
+        on_server = not isinstance(node, LocalFileNode) or node.local.replaces_remote \
+            or node.local.state == "uploaded"
+        if size == 0 and on_server and not isinstance(handle, LocalHandle):
+            raise _fail(errno.ENOTSUP, "emptying %s refused: XNAT cannot hold an empty file", entry.path[-1])
         if isinstance(node, LocalFileNode):
             local = node.local
         else:
             local = await self._stage_remote(node.file, truncate=size == 0)
         await self._call(self.writer.truncate, local, size)
-        handle = self._handles.get(fh) if fh is not None else None
         if not isinstance(handle, LocalHandle) and local.handles == 0:
             # truncate(2) on a path: no close will follow to send it.
             await self._upload(local)

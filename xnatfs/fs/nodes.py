@@ -174,12 +174,16 @@ class Listing:
     def subdir_count(self) -> int:
         return sum(1 for node in self.entries.values() if node.is_dir)
 
-    def after(self, name: str, count: int) -> list[Node]:
-        """Up to ``count`` entries listed after ``name``."""
+    def position(self, name: str) -> int | None:
+        """Where ``name`` is in listing order."""
         if self._order is None:
             self._order = list(self.entries)
             self._position = {entry: index for index, entry in enumerate(self._order)}
-        start = self._position.get(name)
+        return self._position.get(name)
+
+    def after(self, name: str, count: int) -> list[Node]:
+        """Up to ``count`` entries listed after ``name``."""
+        start = self.position(name)
         if start is None:
             return []
         return [self.entries[entry] for entry in self._order[start + 1:start + 1 + count]]

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 
+import cachetools
 import pyfuse3
 import trio
 
@@ -81,6 +82,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, Node]]]] = {}
         self._handles: dict[int, ReadHandle | LocalHandle] = {}
         self._last_served: dict[int, CacheKey] = {}
+        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
 
     # ---- helpers ------------------------------------------------------
 
@@ -270,11 +272,22 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         return handle
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
-        """The siblings listed after ``entry`` (a few), in listing order."""
+        """The siblings after ``entry`` (a few) when a walk goes through them in order.
+
+        Like the kernel's read-ahead: only when the sibling opened before this
+        one came right before it, so one ``ls`` of a folder loads nothing extra.
+        """
         parent = self._parent(entry)
         if parent is None:
             return []
-        return (await self._listing(parent.node)).after(entry.path[-1], AHEAD_SUBJECTS)
+        listing = await self._listing(parent.node)
+        name = entry.path[-1]
+        previous = self._last_opened.get(parent.path)
+        self._last_opened[parent.path] = name
+        here = listing.position(name)
+        if previous is None or here is None or listing.position(previous) != here - 1:
+            return []
+        return listing.after(name, AHEAD_SUBJECTS)
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):

@@ -168,6 +168,14 @@ class Tree:
             return 2 + memo[1].subdir_count
         return node.nlink
 
+    @staticmethod
+    def files_listing_key(resource_uri: str) -> tuple:
+        """The raw listing that holds the files of a resource."""
+        parts = resource_uri.split("/")
+        if resource_uri.startswith("/data/experiments/") and len(parts) > 3:
+            return ("expfiles", parts[3])
+        return ("files", resource_uri)
+
     def forget_listing(self, key: tuple) -> None:
         """Drop a raw listing so the next look loads it again (after our own changes)."""
         self.listings.invalidate(key)
