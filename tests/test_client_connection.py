@@ -236,6 +236,22 @@ def test_a_create_repeated_after_the_server_acted_is_no_conflict(conn, fake_xnat
     assert [r.label for r in conn.list_resources(f"/data/subjects/{subject_id}")] == ["EXTRA"]
 
 
+def test_deletes_and_renames_whose_answer_was_lost_are_done(conn, fake_xnat):
+    first_lost = fault_seed(["drop", None], drop_rate=0.5)
+    fake_xnat.set_faults(drop_rate=0.5, seed=first_lost)
+    conn.delete_resource(f"/data/experiments/{MR1}/resources/QC")
+    fake_xnat.set_faults(drop_rate=0.5, seed=first_lost)
+    conn.delete_subject("STUDY01", "SUB003")
+    # A rename is not repeated: the client asks whether it happened (item, rename, check).
+    fake_xnat.set_faults(drop_rate=0.5, seed=fault_seed([None, "drop", None], drop_rate=0.5))
+    conn.rename_subject("STUDY01", "SUB002", "SUB002B")
+    fake_xnat.set_faults()
+    assert [status for method, _t, status in fake_xnat.requests if method == "DELETE"] == [200, 404, 200, 404]
+    assert fake_xnat.count("PUT") == 1
+    assert conn.list_resources(f"/data/experiments/{MR1}") == []
+    assert {s.label for s in conn.list_subjects("STUDY01")} == {"SUB001", "SUB002B"}
+
+
 def test_invalid_labels_are_refused(conn):
     with pytest.raises(XnatInvalidLabel) as caught:
         conn.create_subject("STUDY01", "bad label!")

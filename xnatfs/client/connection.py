@@ -19,7 +19,7 @@ from xnatfs.errors import XnatConflict, XnatNotFound, XnatServerError, XnatUnsup
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
 from xnatfs.client.datman_api import DatmanApi
-from xnatfs.client.http import XnatSession, parse_json, server_message
+from xnatfs.client.http import XnatSession, parse_json
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,20 @@ class XnatConnection(DatmanApi):
         if self.event_reason:
             merged.setdefault("event_reason", self.event_reason)
         return merged
+
+    def _change(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
+                ok: Iterable[int] = (200,), done_if_repeated: Iterable[int] = ()):
+        """Send a change; return the answer.
+
+        A status in ``done_if_repeated`` (404 to a delete, 409 to a create)
+        answering a repeat means the lost first attempt did the change.
+        """
+        ok, done_if_repeated = tuple(ok), tuple(done_if_repeated)
+        response = self.session.request(method, path, params=self._write_params(params),
+                                        ok=ok + done_if_repeated)
+        if response.status_code not in ok and not response.repeated:
+            raise self.session.error_for(method, response.url, response.status_code, response.text)
+        return response
 
     # -- listings ----------------------------------------------------------
 
@@ -230,8 +244,7 @@ class XnatConnection(DatmanApi):
 
         An existing subject is an ``XnatConflict`` unless ``exist_ok``.
         """
-        response = self.session.request("PUT", paths.subject(project, label),
-                                        params=self._write_params(), ok=(200, 201))
+        response = self._change("PUT", paths.subject(project, label), ok=(200, 201))
         return self._created(response, exist_ok, f"subject {label} already exists in {project}")
 
     def create_experiment(self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData",
@@ -240,8 +253,8 @@ class XnatConnection(DatmanApi):
 
         An existing experiment is an ``XnatConflict`` unless ``exist_ok``.
         """
-        response = self.session.request("PUT", paths.experiment_in(project, subject, label),
-                                        params=self._write_params({"xsiType": xsi_type}), ok=(200, 201))
+        response = self._change("PUT", paths.experiment_in(project, subject, label), {"xsiType": xsi_type},
+                                ok=(200, 201))
         return self._created(response, exist_ok, f"experiment {label} already exists in {project}")
 
     @staticmethod
@@ -254,10 +267,7 @@ class XnatConnection(DatmanApi):
 
     def create_resource(self, parent_uri: str, label: str) -> None:
         """Create a resource folder; an existing one is ``XnatConflict``."""
-        response = self.session.request("PUT", paths.resource(paths.canonical(parent_uri), label),
-                                        params=self._write_params(), ok=(200, 409))
-        if response.status_code == 409 and not response.repeated:
-            raise XnatConflict(f"PUT refused: {server_message(response.text)}", url=response.url, status=409)
+        self._change("PUT", paths.resource(paths.canonical(parent_uri), label), done_if_repeated=(409,))
 
     def delete_resource(self, project_or_uri: str, session: str | None = None, experiment: str | None = None,
                         resource_group_id: str | None = None, resource_id: str | None = None,
@@ -269,8 +279,8 @@ class XnatConnection(DatmanApi):
         is datman's call and removes one file from a session resource.
         """
         if session is None:
-            self.session.request("DELETE", paths.canonical(project_or_uri.rstrip("/")),
-                                 params=self._write_params({"removeFiles": "true"}))
+            self._change("DELETE", paths.canonical(project_or_uri.rstrip("/")), {"removeFiles": "true"},
+                         done_if_repeated=(404,))
             return
         if None in (experiment, resource_group_id, resource_id):
             raise TypeError("datman's delete_resource needs project, session, experiment, "
@@ -283,13 +293,13 @@ class XnatConnection(DatmanApi):
 
     def delete_subject(self, project: str, subject: str) -> None:
         """Delete a subject with its files (through a sharing project: remove the share)."""
-        self.session.request("DELETE", paths.subject(project, subject),
-                             params=self._write_params({"removeFiles": "true"}))
+        self._change("DELETE", paths.subject(project, subject), {"removeFiles": "true"},
+                     done_if_repeated=(404,))
 
     def delete_experiment(self, project: str, experiment_id: str) -> None:
         """Delete an experiment with its files (through a sharing project: remove the share)."""
-        self.session.request("DELETE", f"{paths.project(project)}/experiments/{paths.seg(experiment_id)}",
-                             params=self._write_params({"removeFiles": "true"}))
+        self._change("DELETE", f"{paths.project(project)}/experiments/{paths.seg(experiment_id)}",
+                     {"removeFiles": "true"}, done_if_repeated=(404,))
 
     def import_dicom_zip(self, project: str, subject: str, experiment: str, fileobj: BinaryIO) -> list[str]:
         """Send a zip of DICOM files to the import service; return the URIs it reports.
@@ -366,19 +376,28 @@ class XnatConnection(DatmanApi):
 
     def _rename(self, path: str, params: dict, *, renamed: Callable[[], bool], blockers: Iterable[str],
                 owner: str) -> None:
-        try:
-            self.session.request("PUT", path, params=self._write_params(params), idempotent=False)
-            return
-        except XnatConflict as conflict:
-            # Some XNAT versions answer 409 although the rename went through.
-            if renamed():
+        """One rename PUT, and a second after dismissing blocking AutoRun workflows.
+
+        Renames are not repeated blindly (a repeat would find the old label
+        gone); when a 409 or a lost answer leaves it open whether the rename
+        happened, ``renamed()`` asks the server.
+        """
+        for dismissed in (False, True):
+            try:
+                self.session.request("PUT", path, params=self._write_params(params), idempotent=False)
                 return
-            if "in use" in conflict.message.lower() or not self._dismiss_blocking_autoruns(blockers, owner):
-                raise
-        try:
-            self.session.request("PUT", path, params=self._write_params(params), idempotent=False)
-        except XnatConflict:
-            if not renamed():
+            except XnatConflict as conflict:
+                # Some XNAT versions answer 409 although the rename went through.
+                if renamed():
+                    return
+                if dismissed or "in use" in conflict.message.lower():
+                    raise
+                if not self._dismiss_blocking_autoruns(blockers, owner):
+                    raise
+            except XnatServerError:
+                # The answer (or a proxy's 5xx) may have come after the rename was done.
+                if renamed():
+                    return
                 raise
 
     def _label_is(self, path: str, accession_id: str) -> bool:

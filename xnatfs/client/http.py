@@ -232,7 +232,7 @@ class XnatSession:
                 raise XnatAuthError(f"login refused for user {self.credentials.username}",
                                     url=url, status=401)
             if response.status_code != 200:
-                raise self._error_for("POST", url, response.status_code, text)
+                raise self.error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
                     reason = f"the password of user {self.credentials.username} has expired"
@@ -340,7 +340,7 @@ class XnatSession:
                 text = _bounded_text(response) if stream else response.text
             finally:
                 response.close()
-            raise self._error_for(method, url, status, text)
+            raise self.error_for(method, url, status, text)
 
     def _send_with_retries(self, method, url, *, idempotent, retries, timeout=None, stream=False,
                            with_session=True, **kwargs) -> tuple[requests.Response, bool]:
@@ -393,7 +393,8 @@ class XnatSession:
         logger.warning("%s %s: %s; retrying in %.1f s", method, urlsplit(url).path, why, delay)
         time.sleep(delay)
 
-    def _error_for(self, method: str, url: str, status: int, text: str) -> XnatError:
+    def error_for(self, method: str, url: str, status: int, text: str) -> XnatError:
+        """The ``XnatError`` for an answer with status ``status`` and body ``text``."""
         detail = server_message(text) if text else ""
         what = f"{method} refused" + (f": {detail}" if detail else "")
         if status == 404:
