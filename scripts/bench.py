@@ -738,14 +738,14 @@ MISSED_NOTES: dict[str, str] = {
           "inserting the members of a series the mount is fetching itself with less ceremony (one fsync "
           "and one directory sync per series instead of per file, the digest computed while writing).",
     "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release is a "
-          "round trip to the Python daemon (a probe measured about 0.45 ms for an open plus close on "
+          "round trip to the Python daemon (a probe measured about 0.2 ms for an open plus close on "
           "the mount against a few microseconds locally), and dcm2niix opens each of the 208 files more "
           "than once. pyfuse3 3.5 cannot mark a file FOPEN_NOFLUSH nor let the kernel skip open and "
           "release, so closing this needs either a cheaper open path in the daemon or FUSE features "
           "that pyfuse3 does not expose yet.",
-    "3": "The same cause as 2b, in its purest form: reading 27 MB from the page cache takes about 10 ms "
+    "3": "The same cause as 2b, in its purest form: reading 27 MB from the page cache takes 10–20 ms "
          "locally, and through the mount each of the 208 files also costs its open, flush and release "
-         "round trips to the daemon (about 0.45 ms a file). Reads themselves are served by the kernel "
+         "round trips to the daemon (about 0.2 ms a file). Reads themselves are served by the kernel "
          "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small "
          "files it needs fewer round trips per open (see 2b).",
     "4a": "curl writes to /dev/null; the mount downloads with requests (a probe of the client alone, "
@@ -775,7 +775,7 @@ MISSED_NOTES: dict[str, str] = {
           "`user.xnat.*` before any other work.",
     "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
           "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
-          "folders costs an opendir, readdir and releasedir round trip to the daemon (about 0.27 ms a "
+          "folders costs an opendir, readdir and releasedir round trip to the daemon (about 0.25 ms a "
           "folder), where the local find reads cached directories in the kernel. What would close it: "
           "a pyfuse3 that exposes libfuse's cache_readdir, so the kernel serves warm listings itself.",
     "6": "Each file is written through FUSE in 128 KiB pieces into the upload spool, which makes it "
