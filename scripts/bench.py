@@ -690,6 +690,20 @@ def machine(work: Path) -> dict[str, str]:
             "curl": " ".join(_first_line(["curl", "--version"]).split()[:2])}
 
 
+def code_revision() -> str:
+    """The commit measured, marked when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "unknown"
+    if head.returncode:
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" with uncommitted changes" if changed.stdout.strip() else "")
+
+
 def _first_line(command: list[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -910,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         "mount": f"`xnatfs mount` daemon, --ttl {TTL:g}, default cache size, a fresh cache folder per cold run",
         "cold runs": "fresh mount and empty cache" + (", page cache dropped (echo 3 > /proc/sys/vm/drop_caches)"
                                                       if bench.can_drop_caches else "; page cache NOT dropped"),
+        "code": f"xnatfs at {code_revision()}",
         "runs per row": str(args.runs) + (" (--quick)" if args.quick else ""),
         "reading": "files read in name order with 1 MiB reads, as a tool reading a series does",
         "dcm2niix": "`dcm2niix -z n -o OUT -f %s_%d DIR`",
