@@ -202,7 +202,7 @@ def run_prefetch(paths: list[str], *, jobs: int = DEFAULT_JOBS, progress: bool =
     report = PrefetchReport()
     mountpoints = xnatfs_mountpoints()
     for path in paths:
-        if not inside_xnatfs(path, mountpoints):
+        if os.path.exists(path) and not inside_xnatfs(path, mountpoints):
             logger.warning("%s is not inside an xnatfs mount; reading it caches nothing", path)
     files = collect_files(paths, report.errors)
     total_bytes = sum(item.size for item in files)
