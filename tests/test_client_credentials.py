@@ -1,5 +1,9 @@
 """Where the client's credentials come from, and that passwords stay hidden."""
 
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from xnatfs.client.credentials import (
@@ -92,6 +96,19 @@ def test_tokens_are_kept_per_server(home):
     store_alias_token("https://other.example.org", AliasToken("a2", "s2"), environ=home)
     assert load_alias_token(URL, environ=home).alias == "a1"
     assert load_alias_token("https://other.example.org/", environ=home).alias == "a2"
+
+
+def test_tokens_stored_at_the_same_time_leave_a_whole_file(home, tmp_path):
+    def store_many(worker: int) -> None:
+        for round_number in range(30):
+            store_alias_token(f"https://xnat{worker}.example.org", AliasToken(f"a{round_number}", "s"),
+                              environ=home)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(store_many, range(6)))
+    folder = tmp_path / ".config" / "xnatfs"
+    assert os.listdir(folder) == ["tokens.json"]
+    assert json.loads((folder / "tokens.json").read_text())      # whole JSON, no temp files left
 
 
 def test_nothing_found_means_guest(home):

@@ -19,6 +19,7 @@ import json
 import logging
 import netrc
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,9 +192,14 @@ def store_alias_token(url: str, token: AliasToken, *, environ: Mapping[str, str]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tokens = _read_tokens(path)
     tokens[_host_key(url)] = {"alias": token.alias, "secret": token.secret, "expires": token.expires}
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(tokens, handle, indent=2)
-    os.replace(temp, path)
+    # A temp file of its own (mode 0600), so that writers at the same time
+    # never write into one file: the last one wins, whole.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(tokens, handle, indent=2)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
     return path
