@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -111,7 +111,7 @@ class Request:
         jar = SimpleCookie()
         try:
             jar.load(raw)
-        except Exception:
+        except CookieError:
             return None
         morsel = jar.get(name)
         return morsel.value if morsel else None
