@@ -77,6 +77,7 @@ class Tree:
         self.started_at = started_at
         self.root = RootDir(mtime=started_at)
         self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
+        self._reported: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
         self._ahead_slots = trio.Semaphore(AHEAD_PARALLEL)
         # What was loaded ahead lately, so a walk does not schedule it again.
         self._scheduled: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
@@ -211,11 +212,20 @@ class Tree:
             return self._folder_listing(node, raws[0])
         raise NotADirectoryError(node.key)
 
+    def _renamed(self, where: str, raw: str, shown: str) -> None:
+        """Log, once per mount, a server name that could not be shown as it is."""
+        if (where, raw) in self._reported:
+            return
+        self._reported[(where, raw)] = True
+        logger.warning("%s: the server's name %r is shown as %r", where, raw, shown)
+
     def _root_listing(self, projects) -> Listing:
         ordered = sorted(projects, key=lambda p: p.id)
         dir_names = names.make_unique([names.safe_component(p.id) for p in ordered])
         entries = {}
         for name, project in zip(dir_names, ordered):
+            if name != project.id:
+                self._renamed("projects", project.id, name)
             entries[name] = ProjectDir(mtime=self.started_at, project=project)
         return Listing(entries)
 
@@ -243,6 +253,8 @@ class Tree:
         dir_names = names.label_names([(s.label, s.id) for s in subjects], names.RESERVED)
         entries: dict[str, Node] = {}
         for name, subject in zip(dir_names, subjects):
+            if name != subject.label:
+                self._renamed(f"subjects of {project_id}", subject.label, name)
             shared = subject.shared or subject.project != project_id
             entries[name] = SubjectDir(
                 mtime=timestamp(subject.insert_date, self.started_at),
@@ -259,6 +271,8 @@ class Tree:
         dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
         entries: dict[str, Node] = {}
         for name, experiment in zip(dir_names, mine):
+            if name != experiment.label:
+                self._renamed(f"experiments of {node.project_id}/{node.subject.label}", experiment.label, name)
             entries[name] = ExperimentDir(
                 mtime=timestamp(experiment.insert_date, node.mtime),
                 read_only=node.read_only or experiment.shared or experiment.project != node.project_id,
@@ -291,6 +305,8 @@ class Tree:
         aliases: dict[str, Node] = {}
         for name, index in zip(dir_names, order):
             scan = scans[index]
+            if name != names.scan_dir_name(scan.id, scan.type) or names.safe_label(scan.id) != scan.id:
+                self._renamed(f"scans of {node.experiment.experiment.id}", scan.id, name)
             entries[name] = ScanDir(mtime=node.mtime, read_only=node.read_only,
                                     nlink=2 + len(scan.resources), experiment=node.experiment, scan=scan)
         for name, scan_node in list(entries.items()):
@@ -311,6 +327,9 @@ class Tree:
         dir_names = names.resource_names([(r.label, r.id) for r in resources])
         entries: dict[str, Node] = {}
         for name, resource in zip(dir_names, resources):
+            if name != resource.label:
+                owner = parent.uri if isinstance(parent, ScanDir) else parent.owner_uri
+                self._renamed(f"resources of {owner}", resource.label, name)
             entries[name] = ResourceDir(mtime=parent.mtime, read_only=parent.read_only,
                                         resource=resource, experiment_id=experiment_id)
         return Listing(entries)
@@ -349,12 +368,15 @@ class Tree:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
                 for remote in files:
                     by_resource[remote.resource_uri].append(remote)
-                trees = {uri: build_file_tree(group) for uri, group in by_resource.items()}
+                trees = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
             else:
-                trees = {None: build_file_tree(files)}
+                trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
             memo = (files, trees)
             self._memo[memo_key] = memo
         return memo[1].get(resource_uri if grouped else None, {})
+
+    def _file_reporter(self, resource_uri: str) -> Callable[[str, str], None]:
+        return lambda raw, shown: self._renamed(f"files of {resource_uri}", raw, shown)
 
     # ---- reading ahead ------------------------------------------------
 
@@ -408,18 +430,30 @@ def _group_by_subject(experiments: Sequence[Experiment]) -> dict[str, list[Exper
     return grouped
 
 
-def build_file_tree(files: Sequence[RemoteFile]) -> dict:
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def build_file_tree(files: Sequence[RemoteFile], report: Callable[[str, str], None]) -> dict:
     """Nested dicts (folders) and RemoteFile values, keyed by safe, unique names.
 
     Folders keep their names; files that collide with a folder or with each
     other after sanitising get ``~2``, ``~3``, ... in the order of their raw
-    paths.
+    paths. ``report(raw path, shown path)`` hears of every file not shown
+    under its own path, and of rows left out because their size cannot be
+    right (negative, or 0 with the digest of something else).
     """
-    items = sorted(((names.split_file_path(f.path), f) for f in files), key=lambda item: item[1].path)
-    return _tree_level(items)
+    usable = []
+    for remote in files:
+        if remote.size < 0 or (remote.size == 0 and remote.digest and remote.digest.lower() != EMPTY_MD5):
+            report(remote.path, f"nothing (its size {remote.size} cannot be right)")
+        else:
+            usable.append(remote)
+    items = sorted(((names.split_file_path(f.path), f) for f in usable), key=lambda item: item[1].path)
+    return _tree_level(items, (), report)
 
 
-def _tree_level(items: list[tuple[list[str], RemoteFile]]) -> dict:
+def _tree_level(items: list[tuple[list[str], RemoteFile]], prefix: tuple[str, ...],
+                report: Callable[[str, str], None]) -> dict:
     folders: dict[str, list[tuple[list[str], RemoteFile]]] = defaultdict(list)
     files: list[tuple[str, RemoteFile]] = []
     for parts, remote in items:
@@ -427,8 +461,11 @@ def _tree_level(items: list[tuple[list[str], RemoteFile]]) -> dict:
             files.append((parts[0], remote))
         else:
             folders[parts[0]].append((parts[1:], remote))
-    level: dict = {name: _tree_level(group) for name, group in sorted(folders.items())}
+    level: dict = {name: _tree_level(group, prefix + (name,), report) for name, group in sorted(folders.items())}
     file_names = names.make_unique([name for name, _ in files], taken=level.keys())
     for name, (_, remote) in zip(file_names, files):
         level[name] = remote
+        shown = "/".join(prefix + (name,))
+        if shown != remote.path:
+            report(remote.path, shown)
     return level
