@@ -36,6 +36,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 LEVELS = ("project", "subject", "experiment", "scan")
+# Subjects and experiments are labelled and shared alike: their table, the
+# table of their shares, and that table's column naming them.
+_LABELLED = {
+    "subject": ("subjects", "subject_shares", "subject_id"),
+    "experiment": ("experiments", "experiment_shares", "experiment_id"),
+}
 OPEN_WORKFLOW_STATES = ("Queued", "In Progress", "Running", "Awaiting Action", "Paused")
 COPY_BUFFER = 1024 * 1024
 
@@ -219,17 +225,64 @@ class Store:
             self._delete_resources("project", project)
             self._db.execute("DELETE FROM projects WHERE id=?", (project,))
 
-    # ---- labels in a project ------------------------------------------------
+    # ---- labels and shares (subjects and experiments alike) ------------------
 
-    def subject_label_taken(self, project: str, label: str) -> bool:
-        return (self._one("SELECT 1 FROM subjects WHERE project=? AND label=?", (project, label))
-                or self._one("SELECT 1 FROM subject_shares WHERE project=? AND label=?",
-                             (project, label))) is not None
+    def _id_in(self, kind: str, project: str, label_or_id: str) -> str | None:
+        # Labels in the project (owned, then shared) win over accession IDs, as
+        # in XNAT; an accession ID is accepted only if the item is in the project.
+        table, shares, key = _LABELLED[kind]
+        row = (self._one(f"SELECT id FROM {table} WHERE project=? AND label=?", (project, label_or_id))
+               or self._one(f"SELECT {key} AS id FROM {shares} WHERE project=? AND label=?",
+                            (project, label_or_id)))
+        if row is None:
+            row = (self._one(f"SELECT id FROM {table} WHERE id=? AND project=?", (label_or_id, project))
+                   or self._one(f"SELECT {key} AS id FROM {shares} WHERE {key}=? AND project=?",
+                                (label_or_id, project)))
+        return row["id"] if row else None
 
-    def experiment_label_taken(self, project: str, label: str) -> bool:
-        return (self._one("SELECT 1 FROM experiments WHERE project=? AND label=?", (project, label))
-                or self._one("SELECT 1 FROM experiment_shares WHERE project=? AND label=?",
-                             (project, label))) is not None
+    def _label_taken(self, kind: str, project: str, label: str) -> bool:
+        table, shares, _key = _LABELLED[kind]
+        return (self._one(f"SELECT 1 FROM {table} WHERE project=? AND label=?", (project, label))
+                or self._one(f"SELECT 1 FROM {shares} WHERE project=? AND label=?", (project, label))) is not None
+
+    def _item(self, kind: str, item_id: str) -> sqlite3.Row:
+        row = self._one(f"SELECT * FROM {_LABELLED[kind][0]} WHERE id=?", (item_id,))
+        if row is None:
+            raise StoreError(f"{kind.capitalize()} not found.", 404)
+        return row
+
+    def _relabel(self, kind: str, item_id: str, new_label: str, project: str | None) -> None:
+        table, shares, key = _LABELLED[kind]
+        with self.batch():
+            item = self._item(kind, item_id)
+            where = project or item["project"]
+            if self._label_taken(kind, where, new_label):
+                raise StoreError("Specified label is already in use.", 409)
+            if where == item["project"]:
+                self._db.execute(f"UPDATE {table} SET label=? WHERE id=?", (new_label, item_id))
+            else:
+                self._db.execute(f"UPDATE {shares} SET label=? WHERE {key}=? AND project=?",
+                                 (new_label, item_id, where))
+
+    def _share(self, kind: str, item_id: str, project: str, label: str | None) -> None:
+        _table, shares, key = _LABELLED[kind]
+        with self.batch():
+            item = self._item(kind, item_id)
+            if self.project(project) is None:
+                raise StoreError(f"Project {project} not found.", 404)
+            label = label or item["label"]
+            if project == item["project"] or self._one(
+                    f"SELECT 1 FROM {shares} WHERE {key}=? AND project=?", (item_id, project)):
+                raise StoreError("Already assigned to project " + project, 409)
+            if self._label_taken(kind, project, label):
+                raise StoreError("Specified label is already in use.", 409)
+            self._db.execute(f"INSERT INTO {shares}({key}, project, label) VALUES (?,?,?)",
+                             (item_id, project, label))
+
+    def _unshare(self, kind: str, item_id: str, project: str) -> None:
+        _table, shares, key = _LABELLED[kind]
+        with self.batch():
+            self._db.execute(f"DELETE FROM {shares} WHERE {key}=? AND project=?", (item_id, project))
 
     # ---- subjects -------------------------------------------------------
 
@@ -237,19 +290,8 @@ class Store:
         return self._one("SELECT * FROM subjects WHERE id=?", (subject_id,))
 
     def subject_id(self, project: str, label_or_id: str) -> str | None:
-        """The accession ID of the subject called ``label_or_id`` in ``project``.
-
-        Labels in the project (owned, then shared) win over accession IDs, as
-        in XNAT; an accession ID is accepted only if the subject is in the project.
-        """
-        row = (self._one("SELECT id FROM subjects WHERE project=? AND label=?", (project, label_or_id))
-               or self._one("SELECT subject_id AS id FROM subject_shares WHERE project=? AND label=?",
-                            (project, label_or_id)))
-        if row is None:
-            row = (self._one("SELECT id FROM subjects WHERE id=? AND project=?", (label_or_id, project))
-                   or self._one("SELECT subject_id AS id FROM subject_shares "
-                                "WHERE subject_id=? AND project=?", (label_or_id, project)))
-        return row["id"] if row else None
+        """The accession ID of the subject called ``label_or_id`` (label or ID) in ``project``."""
+        return self._id_in("subject", project, label_or_id)
 
     def subjects_in(self, project: str) -> list[dict]:
         """Subjects listed under ``project``: owned ones and shared-in ones (with their share label)."""
@@ -285,40 +327,13 @@ class Store:
 
     def rename_subject(self, subject_id: str, new_label: str, project: str | None = None) -> None:
         """Give the subject a new label (in its own project, or in ``project`` if shared there)."""
-        with self.batch():
-            subject = self.subject(subject_id)
-            if subject is None:
-                raise StoreError("Subject not found.", 404)
-            where = project or subject["project"]
-            if self.subject_label_taken(where, new_label):
-                raise StoreError("Specified label is already in use.", 409)
-            if where == subject["project"]:
-                self._db.execute("UPDATE subjects SET label=? WHERE id=?", (new_label, subject_id))
-            else:
-                self._db.execute("UPDATE subject_shares SET label=? WHERE subject_id=? AND project=?",
-                                 (new_label, subject_id, where))
+        self._relabel("subject", subject_id, new_label, project)
 
     def share_subject(self, subject_id: str, project: str, label: str | None = None) -> None:
-        with self.batch():
-            subject = self.subject(subject_id)
-            if subject is None:
-                raise StoreError("Subject not found.", 404)
-            if self.project(project) is None:
-                raise StoreError(f"Project {project} not found.", 404)
-            label = label or subject["label"]
-            if project == subject["project"] or self._one(
-                    "SELECT 1 FROM subject_shares WHERE subject_id=? AND project=?",
-                    (subject_id, project)):
-                raise StoreError("Already assigned to project " + project, 409)
-            if self.subject_label_taken(project, label):
-                raise StoreError("Specified label is already in use.", 409)
-            self._db.execute("INSERT INTO subject_shares(subject_id, project, label) VALUES (?,?,?)",
-                             (subject_id, project, label))
+        self._share("subject", subject_id, project, label)
 
     def unshare_subject(self, subject_id: str, project: str) -> None:
-        with self.batch():
-            self._db.execute("DELETE FROM subject_shares WHERE subject_id=? AND project=?",
-                             (subject_id, project))
+        self._unshare("subject", subject_id, project)
 
     def delete_subject(self, subject_id: str) -> None:
         """Delete a subject, its experiments, resources and shares."""
@@ -335,17 +350,8 @@ class Store:
         return self._one("SELECT * FROM experiments WHERE id=?", (experiment_id,))
 
     def experiment_id(self, project: str, label_or_id: str) -> str | None:
-        """The accession ID of the experiment called ``label_or_id`` in ``project``."""
-        row = (self._one("SELECT id FROM experiments WHERE project=? AND label=?",
-                         (project, label_or_id))
-               or self._one("SELECT experiment_id AS id FROM experiment_shares "
-                            "WHERE project=? AND label=?", (project, label_or_id)))
-        if row is None:
-            row = (self._one("SELECT id FROM experiments WHERE id=? AND project=?",
-                             (label_or_id, project))
-                   or self._one("SELECT experiment_id AS id FROM experiment_shares "
-                                "WHERE experiment_id=? AND project=?", (label_or_id, project)))
-        return row["id"] if row else None
+        """The accession ID of the experiment called ``label_or_id`` (label or ID) in ``project``."""
+        return self._id_in("experiment", project, label_or_id)
 
     def experiments_in(self, project: str, subject_id: str | None = None) -> list[dict]:
         """Experiments listed under ``project`` (owned and shared-in), optionally of one subject.
@@ -426,41 +432,14 @@ class Store:
                              (json.dumps(extra), experiment_id))
 
     def rename_experiment(self, experiment_id: str, new_label: str, project: str | None = None) -> None:
-        with self.batch():
-            experiment = self.experiment(experiment_id)
-            if experiment is None:
-                raise StoreError("Experiment not found.", 404)
-            where = project or experiment["project"]
-            if self.experiment_label_taken(where, new_label):
-                raise StoreError("Specified label is already in use.", 409)
-            if where == experiment["project"]:
-                self._db.execute("UPDATE experiments SET label=? WHERE id=?", (new_label, experiment_id))
-            else:
-                self._db.execute("UPDATE experiment_shares SET label=? "
-                                 "WHERE experiment_id=? AND project=?",
-                                 (new_label, experiment_id, where))
+        """Give the experiment a new label (in its own project, or in ``project`` if shared there)."""
+        self._relabel("experiment", experiment_id, new_label, project)
 
     def share_experiment(self, experiment_id: str, project: str, label: str | None = None) -> None:
-        with self.batch():
-            experiment = self.experiment(experiment_id)
-            if experiment is None:
-                raise StoreError("Experiment not found.", 404)
-            if self.project(project) is None:
-                raise StoreError(f"Project {project} not found.", 404)
-            label = label or experiment["label"]
-            if project == experiment["project"] or self._one(
-                    "SELECT 1 FROM experiment_shares WHERE experiment_id=? AND project=?",
-                    (experiment_id, project)):
-                raise StoreError("Already assigned to project " + project, 409)
-            if self.experiment_label_taken(project, label):
-                raise StoreError("Specified label is already in use.", 409)
-            self._db.execute("INSERT INTO experiment_shares(experiment_id, project, label) "
-                             "VALUES (?,?,?)", (experiment_id, project, label))
+        self._share("experiment", experiment_id, project, label)
 
     def unshare_experiment(self, experiment_id: str, project: str) -> None:
-        with self.batch():
-            self._db.execute("DELETE FROM experiment_shares WHERE experiment_id=? AND project=?",
-                             (experiment_id, project))
+        self._unshare("experiment", experiment_id, project)
 
     def delete_experiment(self, experiment_id: str) -> None:
         with self.batch():
