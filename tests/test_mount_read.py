@@ -278,3 +278,17 @@ def test_small_cache_evicts_and_stays_bounded(fake_xnat, tmp_path):
             assert path.read_bytes()
         stored = sum(p.stat().st_size for p in (mount.cache_dir / "data").rglob("*") if p.is_file())
         assert 0 < stored <= 64 * 1024
+
+
+def test_unsafe_and_colliding_labels_are_shown_safely_and_logged(fake_xnat, tmp_path):
+    store = fake_xnat.store
+    store.add_subject("STUDY02", "../../escape")
+    store.add_subject("STUDY02", "RESOURCES")
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        names = os.listdir(mount.path / "STUDY02")
+        assert ".._.._escape" in names
+        assert "RESOURCES" in names and any(name.startswith("RESOURCES@XNAT_S") for name in names)
+        assert os.listdir(mount.path / "STUDY02" / ".._.._escape") == ["RESOURCES"]
+    log = mount.log()
+    assert "'../../escape' is shown as '.._.._escape'" in log
+    assert "'RESOURCES' is shown as 'RESOURCES@XNAT_S" in log
