@@ -87,3 +87,11 @@ def test_entries_larger_than_the_bound_are_refused():
     stream = ZipStream(lambda name, data: None, lambda name: 70000, max_entry=10000)
     with pytest.raises(ZipStreamError):
         stream.write(blob)
+
+
+def test_a_damaged_entry_is_an_error():
+    blob = bytearray(make_zip(seekable=False, compression=zipfile.ZIP_STORED))
+    position = blob.index(FILES["S/scans/2-T1w/resources/DICOM/files/2-0001.dcm"][:64])
+    blob[position + 10] ^= 0xFF
+    with pytest.raises(ZipStreamError):
+        parse(bytes(blob), 4096)

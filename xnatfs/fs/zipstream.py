@@ -4,7 +4,7 @@ XNAT streams zips without a Content-Length, and the central directory comes
 last; waiting for it would hold back every file until the whole zip is in.
 :class:`ZipStream` is fed the bytes as they arrive (it is the file object
 the download writes into) and hands over each entry as soon as its data is
-complete, from the local headers alone.
+complete (and its CRC checked), from the local headers alone.
 
 Entries written to a stream may carry their sizes only in a data descriptor
 after the data. Deflated data ends by itself; for stored data the size must
@@ -51,6 +51,7 @@ class ZipStream:
         self._step = self._header
         self._name = ""
         self._flags = 0
+        self._crc = 0
         self._zip64 = False
         self._remaining = 0
         self._data = bytearray()
@@ -93,7 +94,7 @@ class ZipStream:
             return False
         if len(self._buffer) < _HEADER.size:
             return False
-        (signature, _version, flags, method, _time, _date, _crc, packed_size, size, name_length,
+        (signature, _version, flags, method, _time, _date, crc, packed_size, size, name_length,
          extra_length) = _HEADER.unpack_from(self._buffer)
         if signature != LOCAL_HEADER:
             raise ZipStreamError("no local file header where one was expected")
@@ -104,6 +105,7 @@ class ZipStream:
         extra = self._take(extra_length)
         self._name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
         self._flags = flags
+        self._crc = crc
         self._zip64 = False
         zip64_sizes = _zip64_sizes(extra)
         if zip64_sizes is not None:
@@ -153,15 +155,19 @@ class ZipStream:
     def _descriptor(self) -> bool:
         if len(self._buffer) < 4:
             return False
-        sizes = 16 if self._zip64 else 8
-        length = 4 + sizes + (4 if bytes(self._buffer[:4]) == DESCRIPTOR else 0)
-        if self._take(length) is None:
+        signed = bytes(self._buffer[:4]) == DESCRIPTOR
+        length = (4 if signed else 0) + 4 + (16 if self._zip64 else 8)
+        descriptor = self._take(length)
+        if descriptor is None:
             return False
+        self._crc = struct.unpack_from("<I", descriptor, 4 if signed else 0)[0]
         self._step = self._deliver
         return True
 
     def _deliver(self) -> bool:
         name, data = self._name, bytes(self._data)
+        if zlib.crc32(data) != self._crc:
+            raise ZipStreamError(f"entry {name!r} does not match its CRC")
         self._data = bytearray()
         self._step = self._header
         if not name.endswith("/"):
