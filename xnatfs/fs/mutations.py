@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
 RETRY_CHECK_SECONDS = 30.0
+FINAL_UPLOAD_SECONDS = 60.0
 READ_CHUNK = 1 << 20
 
 
@@ -530,14 +531,22 @@ class Mutations:
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
         return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
 
-    def finish_uploads(self) -> None:
-        """At unmount: one more attempt for everything pending (blocking)."""
+    def finish_uploads(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
+        """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
         pending = self.spool.pending(self.server)
         if not pending:
             return
         logger.info("sending %d pending upload(s) before exiting", len(pending))
-        report = self.uploader.push_pending(self.server)
-        if report.failed:
+        deadline = time.monotonic() + budget
+        left = 0
+        for entry in pending:
+            if time.monotonic() > deadline:
+                left += 1
+                continue
+            try:
+                self.uploader.push(entry)
+            except XnatError:
+                left += 1
+        if left:
             logger.warning("%d upload(s) still pending; they are sent by the next mount or "
-                           "`xnatfs uploads retry`", report.failed)
-
+                           "`xnatfs uploads retry`", left)
