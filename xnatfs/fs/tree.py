@@ -104,9 +104,15 @@ class Tree:
         raise ValueError(f"unknown listing {kind!r}")
 
     async def raw(self, key: tuple):
+        cached = self.listings.get(key)
+        if cached is not None:
+            return cached
         return await self.listings.get_or_load(key, self._loader(key), self.limiter)
 
     async def _raws(self, keys: Sequence[tuple]) -> tuple:
+        cached = tuple(self.listings.get(key) for key in keys)
+        if all(value is not None for value in cached):
+            return cached
         if len(keys) == 1:
             return (await self.raw(keys[0]),)
         results: list = [None] * len(keys)
