@@ -324,3 +324,20 @@ def test_truncate_by_path_and_removing_an_open_file(fake_xnat, conn, tmp_path):
         handle.close()
         assert "scratch.tmp" not in server_files(conn, QC)
         assert "scratch.tmp" not in os.listdir(qc)
+
+
+def test_rename_after_import_with_a_queued_autorun(fake_xnat, conn, tmp_path):
+    fake_xnat.autorun_on_import = True
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        series = session(mount) / "SCANS" / "1-Localizer" / "DICOM"
+        archive = tmp_path / "localizer.zip"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for path in sorted(series.iterdir()):
+                bundle.writestr(path.name, path.read_bytes())
+        subject = mount.path / "STUDY01" / "SUB060"
+        subject.mkdir()
+        (subject / "SUB060_MR1").mkdir()
+        shutil.copyfile(archive, subject / "SUB060_MR1" / "SCANS" / "localizer.zip")
+        (subject / "SUB060_MR1").rename(subject / "SUB060_MR1B")
+        assert "SUB060_MR1B" in {e.label for e in conn.list_experiments("STUDY01")}
+        assert os.listdir(subject / "SUB060_MR1B" / "SCANS")
