@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -79,8 +80,20 @@ async def _run_loop(ops: XnatOperations) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _raise_open_file_limit() -> None:
+    # Every open file of every reader, and the recently read files kept open,
+    # each hold a descriptor; the usual soft limit of 1024 is soon reached.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.debug("cannot raise the open-file limit: %s", exc)
+
+
 def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[[], None] | None = None) -> None:
     """Mount ``ops`` at the settings' mountpoint and serve until unmounted or signalled."""
+    _raise_open_file_limit()
     mountpoint = str(settings.mountpoint)
     pyfuse3.init(ops, mountpoint, fuse_options(settings))
     logger.info("mounted %s at %s", redact_url(settings.url), mountpoint)
