@@ -683,7 +683,9 @@ def machine(work: Path) -> dict[str, str]:
             memory = f"{kib / 1024 / 1024:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return {"CPU": model, "cores": str(os.cpu_count()), "RAM": memory,
+            "load average at the start (1, 5, 15 min)": load,
             "kernel": platform.release(), "Python": platform.python_version(),
             "disk": f"{disk_write_speed(work):.0f} MB/s writing 1 GiB with fsync in the work folder",
             "dcm2niix": _first_line(["dcm2niix", "-v"]),
@@ -777,16 +779,16 @@ MISSED_NOTES: dict[str, str] = {
           "can reach into scan tables, but the column names are unconfirmed on real servers), leaving "
           "one file list per session, and subject resources for all subjects at once, for which no "
           "XNAT endpoint is known; without it the 501 subject requests stay.",
-    "5b": "The reference keeps 16 requests in flight; the mount fetches what a walker asks for, and find "
-          "walks depth-first, so the subject and session listings (about 2 500 requests of 20 ms) are "
-          "fetched nearly one after another: the fetch-ahead when a subject is listed covers only that "
-          "subject's two sessions. `ls -lR` then adds 15–20 s (measured warm in a probe) although "
-          "everything is cached: "
-          "ls asks for the security.selinux attribute of each of the 133 000 entries and FUSE sends "
-          "every getxattr to the daemon (the kernel does not cache extended attributes). What would "
-          "close it: when a project's experiments are listed, fetch every session's listings ahead in "
-          "the background, 16 at a time, in listing order; and answer getxattr for names outside "
-          "`user.xnat.*` before any other work.",
+    "5b": "The reference keeps 16 requests in flight from the start. The mount fetches listings as a "
+          "walker reaches them, with a read-ahead over the next subjects of the walk, so find still "
+          "waits on many of the 2 500 listings in walk order (a probe timed the cold find alone at "
+          "about 11 s). `ls -lR` then adds 15–20 s although everything is cached: ls asks each of the "
+          "133 000 entries for its extended attributes (security.selinux, ACLs) and FUSE sends every "
+          "getxattr to the daemon, as the kernel does not cache extended attributes (a warm "
+          "`find -ls`, which only stats, takes about 5 s). What would close it: reading ahead the "
+          "whole project's sessions, 16 at a time, as soon as the project is listed; and a faster "
+          "answer to getxattr for names outside `user.xnat.*`, or giving up xattrs (ENOSYS stops the "
+          "kernel asking), which the SPEC does not allow.",
     "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
           "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
           "folders costs an opendir, readdir and releasedir round trip to the daemon (about 0.25 ms a "
