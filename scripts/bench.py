@@ -931,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         "reading": "files read in name order with 1 MiB reads, as a tool reading a series does",
         "dcm2niix": "`dcm2niix -z n -o OUT -f %s_%d DIR`",
     }
+    info["load average at the end (1, 5, 15 min)"] = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     write_report(Path(args.out), chosen, info, settings, bench, started_at, seconds)
     logger.info("wrote %s", args.out)
     return 0
