@@ -812,6 +812,8 @@ def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: di
              "through the mount and by the usual alternative side by side, several times; values are medians",
              "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
              "throughputs, so higher is better; for 4b and 5a, the value ÷ its limit).", "",
+             "Run it again with `make bench`; `scripts/bench.py --quick` is a one-run smoke test,",
+             "`--only 1,4` picks benchmarks, `--runs N` sets the repetitions, `--out FILE` the report.", "",
              "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", "## Settings", ""]
