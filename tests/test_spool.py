@@ -77,7 +77,7 @@ def test_pending_entries_survive_a_restart(tmp_path):
     assert reopened.get(second.id).data_path.read_bytes() == b"PK\x03\x04 zip bytes"
 
 
-def test_an_upload_open_in_a_killed_process_becomes_pending(tmp_path):
+def test_an_upload_open_in_a_killed_process_is_kept_but_not_sent(tmp_path):
     written = SPAWN.Event()
     data = b"\x1f\x8b nifti bytes " * 1000
     child = SPAWN.Process(target=write_and_die, args=(str(tmp_path / "spool"), data, written))
@@ -86,14 +86,19 @@ def test_an_upload_open_in_a_killed_process_becomes_pending(tmp_path):
         assert written.wait(20)
         spool = UploadSpool(tmp_path / "spool")
         assert spool.pending() == []               # its writer is alive
+        [record] = os.listdir(tmp_path / "spool" / "records")
+        assert spool.get(record[:-len(".json")]).state == "open"
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
-    [entry] = spool.pending()
-    assert entry.state == "pending"
+    # It may be only the start of the file: never sent on its own, but kept.
+    assert spool.pending() == []
+    entry = spool.get(record[:-len(".json")])
+    assert entry.state == "unclosed"
     assert entry.target.relpath == "killed.nii.gz"
     assert entry.data_path.read_bytes() == data
-    assert UploadSpool(tmp_path / "spool").pending()[0].state == "pending"
+    assert UploadSpool(tmp_path / "spool").pending() == []
+    assert UploadSpool(tmp_path / "spool").get(entry.id).state == "unclosed"
 
 
 def test_an_upload_left_empty_by_a_killed_process_is_dropped(tmp_path):

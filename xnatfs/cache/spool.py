@@ -14,9 +14,10 @@ after a crash each one is either the old or the new version.
 Who may touch an entry is settled with an exclusive ``flock`` on its data
 file: the writer holds it while the entry is open, an uploader while sending.
 An ``open`` record whose data file nobody holds belonged to a process that
-died while the file was open: it becomes ``pending`` with whatever had been
-written, rather than being lost; one with nothing written is dropped (XNAT
-refuses empty uploads, so it could only fail forever).
+died while the file was open. What it holds may be only the start of the
+file, so sending it could replace a complete copy on the server with a
+partial one: it becomes ``unclosed``, kept (nothing written is lost) but
+never sent on its own. One with nothing written is dropped.
 
 Records hold no credentials: the server is kept as a URL without any
 ``user:password@`` part.
@@ -43,7 +44,8 @@ from xnatfs.errors import redact_url
 logger = logging.getLogger(__name__)
 
 UPLOAD_KINDS = ("file", "dicom-import")
-STATES = ("open", "pending", "failed")
+STATES = ("open", "pending", "failed", "unclosed")
+WAITING_STATES = ("pending", "failed")
 _ID_PATTERN = re.compile(r"^[0-9]{20}-[0-9a-f]{8}$")
 _LAST_ERROR_LIMIT = 2000
 _STALE_TEMP_SECONDS = 3600
@@ -152,8 +154,8 @@ class UploadSpool:
     def pending(self, server: str | None = None) -> list[SpoolEntry]:
         """Entries waiting to be sent (``pending`` or ``failed``), oldest first.
 
-        ``open`` entries left by a process that died are turned into pending
-        ones here, keeping whatever had been written.
+        ``open`` entries left by a process that died are set aside here
+        (see the module notes).
         """
         wanted = normalize_server(server) if server is not None else None
         entries = []
@@ -162,9 +164,10 @@ class UploadSpool:
             if entry is None:
                 continue
             if entry.state == "open":
-                entry = self._recover(entry)
-                if entry is None:
-                    continue
+                self._set_aside(entry)
+                continue
+            if entry.state not in WAITING_STATES:
+                continue
             if wanted is not None and entry.target.server != wanted:
                 continue
             entries.append(entry)
@@ -262,37 +265,37 @@ class UploadSpool:
             logger.warning("ignoring unreadable spool record %s: %s", path, exc)
             return None
 
-    def _recover(self, entry: SpoolEntry) -> SpoolEntry | None:
-        """Turn an abandoned ``open`` entry into a pending one. Returns the
-        entry as it now stands, or None while its writer is alive (or it is gone)."""
+    def _set_aside(self, entry: SpoolEntry) -> None:
+        """Mark an ``open`` entry whose writer has stopped as ``unclosed`` (or
+        drop it when empty); one whose writer is alive is left alone."""
         with self._lock:
             if entry.id in self._writers:
-                return None
+                return
         if not entry.data_path.exists():
             logger.warning("spool entry %s lost its data file; dropping its record", entry.id)
             self.remove(entry)
-            return None
+            return
         fd = try_lock_exclusive(entry.data_path)
         if fd is None:
-            return None
+            return
         try:
             current = self._load(self._record_path(entry.id))
             if current is None or current.state != "open":
-                return current
+                return
             if os.fstat(fd).st_size == 0:
                 logger.warning("dropping upload %s (%s): left empty by a stopped process",
                                current.id, current.target.describe())
                 self.remove(current)
-                return None
+                return
             os.fsync(fd)
-            current.state = "pending"
+            current.state = "unclosed"
             current.updated = time.time()
             self._save(current)
         finally:
             os.close(fd)
-        logger.warning("recovered upload %s (%s, %d bytes) left open by a stopped process",
-                       current.id, current.target.describe(), current.size)
-        return current
+        logger.warning("upload %s (%s, %d bytes) was still being written when its process stopped; "
+                       "it may be incomplete, so it is kept in %s but not sent",
+                       current.id, current.target.describe(), current.size, current.data_path)
 
     @staticmethod
     def _lock_data(path: Path, wait: bool) -> int | None:
