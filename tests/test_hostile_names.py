@@ -1,0 +1,82 @@
+"""Names a user (or a tool such as stress-ng --filename) writes that XNAT cannot hold.
+
+XNAT stores file names as UTF-8 text; a name made of other bytes cannot be
+sent, so it has to be refused when the file is created, not discovered at
+close when the data is already staged, and whatever happens must reach the
+log intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from mountutil import mounted
+
+pytestmark = pytest.mark.mount
+
+QC = "STUDY01/SUB001/SUB001_MR1/RESOURCES/QC"
+NOT_UTF8 = b"weird\xff\xfename.bin"
+
+
+def try_create(folder: bytes, name: bytes) -> int | None:
+    """errno of creating and writing ``name`` in ``folder``, None when that worked."""
+    try:
+        with open(folder + b"/" + name, "wb") as handle:
+            handle.write(b"data")
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fs: create() accepts a name that is not UTF-8; the upload at close then fails "
+    "(UnicodeEncodeError in the client, EIO) and leaves a spool entry that can never be sent and "
+    "is retried for ever; it should be refused at create with EINVAL"))
+def test_names_that_are_not_utf8_are_refused_at_create(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = os.fsencode(mount.path / QC)
+        assert try_create(folder, NOT_UTF8) == errno.EINVAL
+        assert NOT_UTF8 not in os.listdir(folder)
+        assert mount.process.poll() is None
+    assert list((mount.cache_dir / "spool" / "records").glob("*.json")) == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cli: configure_logging opens the log file with strict UTF-8, so every log line about a name "
+    "that is not UTF-8 (held as surrogates after os.fsdecode) fails with a 'Logging error' "
+    "traceback on stderr and never reaches the log; a daemon whose stderr is a pipe nobody reads "
+    "(tests/mountutil.py) blocks for ever once 64 KiB of those pile up, which stress-ng "
+    "--filename does within seconds (handlers need errors='backslashreplace')"))
+def test_names_that_are_not_utf8_reach_the_log(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        try_create(os.fsencode(mount.path / QC), NOT_UTF8)
+        assert mount.process.poll() is None
+    assert "weird" in mount.log(), "nothing about the name reached the log"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fs: create() accepts a name longer than 255 bytes although statfs reports f_namemax 255; the "
+    "server cannot store it, so close fails with EIO and the spool keeps an entry retried for ever; "
+    "it should be refused at create with ENAMETOOLONG"))
+def test_overlong_names_are_refused_at_create(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = os.fsencode(mount.path / QC)
+        assert try_create(folder, b"x" * 256) == errno.ENAMETOOLONG
+    assert list((mount.cache_dir / "spool" / "records").glob("*.json")) == []
+
+
+def test_names_with_control_characters_spaces_and_accents(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = os.fsencode(mount.path / QC)
+        outcomes = {name: try_create(folder, name) for name in (b"tab\there.txt", b"nl\nname.txt",
+                                                                b"spaces in name.txt", b"\xc3\xbcml.txt")}
+        for name, outcome in outcomes.items():
+            # XNAT takes any UTF-8 file name; a refusal must be a clear one, never EIO.
+            assert outcome in (None, errno.EINVAL), (name, outcome)
+            if outcome is None:
+                with open(folder + b"/" + name, "rb") as handle:
+                    assert handle.read() == b"data"
+        assert mount.process.poll() is None
