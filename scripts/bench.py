@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import multiprocessing
 import os
@@ -343,8 +342,8 @@ class Bench:
             mount.stop()
             shutil.rmtree(cache_dir, ignore_errors=True)
 
-    def curl(self, url: str, *extra: str, output: str = "/dev/null") -> None:
-        command = ["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), "-o", output, *extra, url]
+    def curl(self, url: str, *, output: str = "/dev/null") -> None:
+        command = ["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), "-o", output, url]
         subprocess.run(command, check=True, timeout=600)
 
     def auth(self) -> tuple[str, str]:
@@ -367,6 +366,14 @@ def read_files(paths: list[Path]) -> int:
             while count := handle.readinto(view):
                 total += count
     return total
+
+
+def check_bytes(read: int, paths: list[Path]) -> int:
+    """A timing means nothing if the mount served fewer or more bytes than the listing promised."""
+    expected = sum(os.stat(path).st_size for path in paths)
+    if read != expected:
+        raise RuntimeError(f"read {read} bytes through the mount where the listing says {expected}")
+    return expected
 
 
 def run_quietly(command: list[str], timeout: float = 900) -> None:
@@ -427,12 +434,16 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
     for run in range(1, bench.runs + 1):
         logger.info("series, run %d/%d", run, bench.runs)
         with bench.fresh_mount("series") as mount:
+            read = 0
+
             def cold_read() -> None:
-                read_files(series_files(series_folder(mount)))
+                nonlocal read
+                read = read_files(series_files(series_folder(mount)))
 
             cold = timed(cold_read)
             folder = series_folder(mount)
             files = series_files(folder)
+            check_bytes(read, files)
             if not local.exists():
                 shutil.copytree(folder, local)
             if 3 in wanted:
@@ -469,8 +480,14 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
         logger.info("1 GiB file, run %d/%d", run, bench.runs)
         with bench.fresh_mount("big-file") as mount:
             path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-            size = path.stat().st_size
-            seconds = timed(lambda: read_files([path]))
+            read = 0
+
+            def cold_read() -> None:
+                nonlocal read
+                read = read_files([path])
+
+            seconds = timed(cold_read)
+            size = check_bytes(read, [path])
             rss = mount.peak_rss_mb()
         rows["4a"].ours.append(size / seconds / 1e6)
         rows["4c"].ours.append(size / seconds / 1e6)
