@@ -318,9 +318,12 @@ def test_truncate_by_path_and_removing_an_open_file(fake_xnat, conn, tmp_path):
             emptied.close()
         assert refused.value.errno == errno.ENOTSUP
         assert (qc / csv).stat().st_size == 10 and (qc / csv).read_bytes() == old[:10]
-        handle = open(qc / "scratch.tmp", "wb")
+        handle = open(qc / "scratch.tmp", "w+b")
         handle.write(b"temporary")
+        handle.flush()
         (qc / "scratch.tmp").unlink()
+        assert os.fstat(handle.fileno()).st_size == 9
+        assert os.pread(handle.fileno(), 4, 0) == b"temp"
         handle.close()
         assert "scratch.tmp" not in server_files(conn, QC)
         assert "scratch.tmp" not in os.listdir(qc)

@@ -124,6 +124,8 @@ class Mutations:
     def _open_handle(self, local: LocalFile, inode: int, flags: int) -> int:
         local.handles += 1
         number = self._new_handle()
+        self._handle_inodes[number] = inode
+        self._opened[inode] += 1
         self._handles[number] = LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY,
                                             append=bool(flags & os.O_APPEND))
         return number

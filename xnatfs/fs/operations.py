@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import stat
+from collections import Counter
 
 import cachetools
 import pyfuse3
@@ -82,6 +83,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, Node]]]] = {}
         self._handles: dict[int, ReadHandle | LocalHandle] = {}
         self._last_served: dict[int, CacheKey] = {}
+        self._opened: Counter[int] = Counter()      # inode → open file handles on it
+        self._handle_inodes: dict[int, int] = {}    # file handle → its inode
         self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
 
     # ---- helpers ------------------------------------------------------
@@ -117,6 +120,9 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return entry.node
         node = await self._lookup(parent.node, entry.path[-1])
         if node is None:
+            if self._opened[inode]:
+                # Unlinked while open: the open descriptors keep using what they opened.
+                return entry.node
             raise pyfuse3.FUSEError(errno.ENOENT)
         entry.node = node
         return node
@@ -321,6 +327,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         handle = await self._read_handle(inode, node.file)
         number = self._new_handle()
         self._handles[number] = handle
+        self._handle_inodes[number] = inode
+        self._opened[inode] += 1
         previous = self._last_served.get(inode)
         self._last_served[inode] = handle.key
         # The kernel may keep pages it has for this inode only if they hold these same bytes.
@@ -372,6 +380,11 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     @fuse_handler
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
+        inode = self._handle_inodes.pop(fh, None)
+        if inode is not None:
+            self._opened[inode] -= 1
+            if self._opened[inode] <= 0:
+                del self._opened[inode]
         if isinstance(handle, LocalHandle):
             await self._release_local(handle)
         elif handle is not None:

@@ -66,8 +66,11 @@ class Writer:
                          error=entry.last_error, mtime=entry.created)
 
     def _writable(self, local: LocalFile) -> None:
-        """Make sure the next write lands in an open spool entry (caller holds the lock)."""
-        if local.entry_open:
+        """Make sure the next write lands in an open spool entry (caller holds the lock).
+
+        A file unlinked while open is written in place: nothing of it goes to XNAT.
+        """
+        if local.entry_open or local.unlinked:
             return
         previous = local.entry
         entry = self.spool.create(local.target)
