@@ -141,7 +141,10 @@ class Mutations:
                 await self._call(self.writer.truncate, local, 0)
         else:
             local = await self._stage_remote(node.file, truncate=bool(flags & os.O_TRUNC))
-        return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=False)
+        # The kernel's pages of this inode hold what was written through it (or the
+        # server's bytes we copied): keeping them spares reads that, under a heavy
+        # read load elsewhere on the mount, can wait seconds for the kernel to send.
+        return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=True)
 
     async def _stage_remote(self, remote: RemoteFile, *, truncate: bool, relpath: str | None = None,
                             container: str | None = None) -> LocalFile:
