@@ -103,6 +103,27 @@ def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
         assert wait_for_server_file(fake_xnat, "killed.bin") == payload
 
 
+def test_a_file_never_closed_is_kept_but_not_sent(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        handle = open(qc / "half.txt", "wb")
+        handle.write(b"written before the crash")
+        handle.flush()
+        mount.process.send_signal(signal.SIGKILL)
+        mount.process.wait(timeout=20)
+        try:
+            handle.close()
+        except OSError:
+            pass
+    with mounted(fake_xnat.url, tmp_path, name="again"):
+        time.sleep(1.0)
+        assert server_file(fake_xnat, "half.txt") is None
+    env = isolated_env(mount.home)
+    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert "unclosed" in listed.stdout and "half.txt" in listed.stdout
+
+
 def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
         qc = mount.path.joinpath(*QC_PATH)

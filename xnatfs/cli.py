@@ -387,18 +387,33 @@ def cmd_uploads(args) -> int:
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     spool = UploadSpool(cache_dir / "spool")
-    pending = spool.pending(args.server.rstrip("/") if args.server else None)
+    server = args.server.rstrip("/") if args.server else None
+    pending = spool.pending(server)
     if args.action == "list":
-        if not pending:
+        unclosed = _unclosed_uploads(spool, server)
+        if not pending and not unclosed:
             print("no uploads waiting")
         for entry in pending:
-            line = f"{entry.id}  {entry.state:7}  {_human(entry.size):>10}  {entry.target.server}  " \
+            line = f"{entry.id}  {entry.state:8}  {_human(entry.size):>10}  {entry.target.server}  " \
                    f"{entry.target.describe()}"
             if entry.attempts:
                 line += f"  ({entry.attempts} attempt(s); last error: {entry.last_error.splitlines()[0][:200]})"
             print(line)
+        for entry in unclosed:
+            print(f"{entry.id}  unclosed  {_human(entry.size):>10}  {entry.target.server}  "
+                  f"{entry.target.describe()}  (never closed, so never sent; the bytes are in {entry.data_path})")
         return 0
     return _retry_uploads(spool, sorted({entry.target.server for entry in pending}), args)
+
+
+def _unclosed_uploads(spool, server: str | None) -> list:
+    """Writes whose writer stopped before closing them (the spool keeps them, records/<id>.json)."""
+    found = []
+    for record in sorted((spool.directory / "records").glob("*.json")):
+        entry = spool.get(record.stem)
+        if entry is not None and entry.state == "unclosed" and server in (None, entry.target.server):
+            found.append(entry)
+    return found
 
 
 def _retry_uploads(spool, servers: list[str], args) -> int:
