@@ -21,7 +21,7 @@ import pytest
 from mountutil import mounted
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake.server import FaultInjector
-from test_reliability_common import check_cache, md5, read_or_eio, server_files, write_config
+from test_reliability_common import ServerFile, check_cache, md5, read_or_eio, server_files, write_config
 
 pytestmark = pytest.mark.mount
 
@@ -262,3 +262,41 @@ def test_large_file_resumed_after_a_server_change_is_not_served_spliced(fake_xna
         assert got != new[part], "served the changed version's bytes as part of the listed version"
         assert got in (errno.EIO, old[part])
     check_cache(mount.cache_dir, fake_xnat.url, [])
+
+
+@pytest.mark.slow
+def test_uploads_under_faults_land_exactly_once_or_stay_in_the_spool(fake_xnat, tmp_path):
+    payloads = {f"upload_{index:02d}.bin": os.urandom(1000 + index * 7919) for index in range(30)}
+    resource = "/data/experiments/XNAT_E00001/resources/FAULTY"
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = mount.path / "STUDY01/SUB001/SUB001_MR1/RESOURCES/FAULTY"
+        folder.mkdir()
+        fake_xnat.set_faults(error_rate=0.10, error_statuses=(503,), drop_rate=0.05, truncate_rate=0.05,
+                             stall_ms=2000, stall_rate=0.02, seed=21)
+        refused = []
+        for name, data in payloads.items():
+            try:
+                with open(folder / name, "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:
+                assert exc.errno == errno.EIO, (name, exc)
+                refused.append(name)
+        fake_xnat.set_faults()
+        assert mount.process.poll() is None
+        hit = [r for r in fake_xnat.requests if r[0] == "PUT" and r[2] == 503]
+        assert hit, "no upload met a fault"
+        records = mount.cache_dir / "spool" / "records"
+        # What close refused waits in the spool; the background retry sends it.
+        deadline = time.monotonic() + 60
+        while list(records.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert list(records.glob("*.json")) == [], "uploads stuck in the spool"
+        for name, data in payloads.items():
+            assert (folder / name).read_bytes() == data, name
+    with XnatConnection(fake_xnat.url, fake_xnat.username, fake_xnat.password) as conn:
+        remote = conn.list_files(resource)
+    assert sorted(f.path for f in remote) == sorted(payloads), "missing or extra files on the server"
+    for item in remote:
+        assert item.size == len(payloads[item.path]) and item.digest == md5(payloads[item.path]), item.path
+    check_cache(mount.cache_dir, fake_xnat.url,
+                [ServerFile(item.size, item.digest, item.uri) for item in remote])
