@@ -31,10 +31,6 @@ def try_create(folder: bytes, name: bytes) -> int | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fs: create() accepts a name that is not UTF-8; the upload at close then fails "
-    "(UnicodeEncodeError in the client, EIO) and leaves a spool entry that can never be sent and "
-    "is retried for ever; it should be refused at create with EINVAL"))
 def test_names_that_are_not_utf8_are_refused_at_create(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = os.fsencode(mount.path / QC)
@@ -44,12 +40,6 @@ def test_names_that_are_not_utf8_are_refused_at_create(fake_xnat, tmp_path):
     assert list((mount.cache_dir / "spool" / "records").glob("*.json")) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli: configure_logging opens the log file with strict UTF-8, so every log line about a name "
-    "that is not UTF-8 (held as surrogates after os.fsdecode) fails with a 'Logging error' "
-    "traceback on stderr and never reaches the log; a daemon whose stderr is a pipe nobody reads "
-    "(tests/mountutil.py) blocks for ever once 64 KiB of those pile up, which stress-ng "
-    "--filename does within seconds (handlers need errors='backslashreplace')"))
 def test_names_that_are_not_utf8_reach_the_log(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         try_create(os.fsencode(mount.path / QC), NOT_UTF8)
@@ -57,10 +47,6 @@ def test_names_that_are_not_utf8_reach_the_log(fake_xnat, tmp_path):
     assert "weird" in mount.log(), "nothing about the name reached the log"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fs: create() accepts a name longer than 255 bytes although statfs reports f_namemax 255; the "
-    "server cannot store it, so close fails with EIO and the spool keeps an entry retried for ever; "
-    "it should be refused at create with ENAMETOOLONG"))
 def test_overlong_names_are_refused_at_create(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = os.fsencode(mount.path / QC)
@@ -80,3 +66,21 @@ def test_names_with_control_characters_spaces_and_accents(fake_xnat, tmp_path):
                 with open(folder + b"/" + name, "rb") as handle:
                     assert handle.read() == b"data"
         assert mount.process.poll() is None
+
+
+def test_mkdir_and_mv_refuse_names_xnat_cannot_hold(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = os.fsencode(mount.path / QC)
+        with open(folder + b"/kept.txt", "wb") as handle:
+            handle.write(b"data")
+        for name, code in ((NOT_UTF8, errno.EINVAL), (b"y" * 256, errno.ENAMETOOLONG)):
+            with pytest.raises(OSError) as made:
+                os.mkdir(folder + b"/" + name)
+            assert made.value.errno == code
+            with pytest.raises(OSError) as moved:
+                os.rename(folder + b"/kept.txt", folder + b"/" + name)
+            assert moved.value.errno == code
+        assert b"kept.txt" in os.listdir(folder)
+        assert not any(name.startswith((b"weird", b"yyy")) for name in os.listdir(folder))
+        assert mount.process.poll() is None
+    assert "mkdir refused" in mount.log() and "mv refused" in mount.log()

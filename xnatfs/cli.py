@@ -39,11 +39,19 @@ class UsageProblem(Exception):
 # ---- logging ---------------------------------------------------------------
 
 def configure_logging(level: str, log_file: Path | None) -> None:
+    """Log to ``log_file`` (else stderr) at ``level``.
+
+    Names that are not UTF-8 are held as surrogates (os.fsdecode); the
+    handlers write those as backslash escapes, since a strict encoder would
+    drop the whole line about them.
+    """
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
     else:
+        if hasattr(sys.stderr, "reconfigure"):
+            sys.stderr.reconfigure(errors="backslashreplace")
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -37,6 +37,7 @@ from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
+from xnatfs.fs.names import NAME_MAX
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -75,6 +76,23 @@ class Mutations:
             raise _fail(errno.EROFS, "%s refused: shared here from another project; change it there", what)
 
     @staticmethod
+    def _new_name(raw: bytes, what: str) -> str:
+        """The text of a name a user gives a new entry; refused when XNAT could not hold it.
+
+        The server keeps names as UTF-8 text of at most 255 bytes: anything
+        else would be accepted here and then fail at every upload.
+        """
+        text = os.fsdecode(raw)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(errno.EINVAL, "%s refused: the name is not UTF-8 text: %s", what, text) from None
+        if len(raw) > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG, "%s refused: the name is %d bytes long, more than %d: %s",
+                        what, len(raw), NAME_MAX, text)
+        return text
+
+    @staticmethod
     def _check_label(label: str, what: str) -> None:
         if not VALID_LABEL.match(label):
             raise _fail(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r",
@@ -100,7 +118,7 @@ class Mutations:
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._entry(parent_inode)
         pnode = await self._fresh(parent_inode, parent)
-        text = os.fsdecode(name)
+        text = self._new_name(name, "creating a file")
         self._check_writable(pnode, f"creating {text}")
         experiment_id = ""
         if isinstance(pnode, (ResourceDir, FolderDir)):
@@ -285,7 +303,7 @@ class Mutations:
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._entry(parent_inode)
         pnode = await self._fresh(parent_inode, parent)
-        text = os.fsdecode(name)
+        text = self._new_name(name, "mkdir")
         self._check_writable(pnode, f"mkdir {text}")
         if await self._lookup(pnode, text) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -412,7 +430,7 @@ class Mutations:
         new_parent = self._entry(parent_inode_new)
         old_pnode = await self._fresh(parent_inode_old, old_parent)
         new_pnode = await self._fresh(parent_inode_new, new_parent)
-        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        old, new = os.fsdecode(name_old), self._new_name(name_new, "mv")
         node = await self._lookup(old_pnode, old)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
