@@ -103,25 +103,52 @@ def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
         assert wait_for_server_file(fake_xnat, "killed.bin") == payload
 
 
-def test_a_file_never_closed_is_kept_but_not_sent(fake_xnat, tmp_path):
+def uploads(mount, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
+                          env=isolated_env(mount.home, **env), capture_output=True, text=True, timeout=60)
+
+
+def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         qc = mount.path.joinpath(*QC_PATH)
-        handle = open(qc / "half.txt", "wb")
-        handle.write(b"written before the crash")
-        handle.flush()
+        handles = [open(qc / name, "wb") for name in ("half.txt", "gone.txt")]
+        for handle in handles:
+            handle.write(b"written before the crash")
+            handle.flush()
         mount.process.send_signal(signal.SIGKILL)
         mount.process.wait(timeout=20)
-        try:
-            handle.close()
-        except OSError:
-            pass
+        for handle in handles:
+            try:
+                handle.close()
+            except OSError:
+                pass
     with mounted(fake_xnat.url, tmp_path, name="again"):
         time.sleep(1.0)
         assert server_file(fake_xnat, "half.txt") is None
-    env = isolated_env(mount.home)
-    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert "unclosed" in listed.stdout and "half.txt" in listed.stdout
+    listed = uploads(mount, "list")
+    header, *rows = listed.stdout.split("\n\n")[0].splitlines()
+    assert header.split()[:5] == ["ID", "STATE", "SIZE", "TRIES", "TARGET"]
+    # ID, state, size (number and unit), tries, target, last error
+    by_name = {row.split()[5].rsplit("/", 1)[-1]: row.split() for row in rows}
+    assert set(by_name) == {"half.txt", "gone.txt"}
+    assert by_name["half.txt"][1:4] == ["unclosed", "24", "B"] and by_name["half.txt"][4] == "0"
+    assert by_name["half.txt"][5].startswith(fake_xnat.url + QC)
+    credentials = {"XNAT_USER": "admin", "XNAT_PASS": "admin"}
+    assert "--include-unclosed" in uploads(mount, "retry", **credentials).stderr
+    assert server_file(fake_xnat, "half.txt") is None
+    gone = by_name["gone.txt"][0]
+    refused = uploads(mount, "discard", gone)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert UploadSpool(mount.cache_dir / "spool").get(gone) is not None
+    dropped = uploads(mount, "discard", gone, "--yes")
+    assert dropped.returncode == 0, dropped.stderr
+    assert UploadSpool(mount.cache_dir / "spool").get(gone) is None
+    sent = uploads(mount, "retry", "--include-unclosed", **credentials)
+    assert sent.returncode == 0, sent.stderr
+    assert "1 sent" in sent.stdout
+    assert server_file(fake_xnat, "half.txt") == b"written before the crash"
+    assert server_file(fake_xnat, "gone.txt") is None
+    assert "no uploads waiting" in uploads(mount, "list").stdout
 
 
 def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):

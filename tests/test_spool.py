@@ -206,3 +206,44 @@ def test_record_format_is_plain_json(tmp_path):
     assert record["target"]["relpath"] == "sub/dir/file.txt"
     with pytest.raises(ValueError):
         UploadTarget(kind="mystery")
+
+
+def leave_unclosed(spool_dir, data: bytes) -> SpoolEntry:
+    """An entry whose writing process was killed before closing it."""
+    written = SPAWN.Event()
+    child = SPAWN.Process(target=write_and_die, args=(str(spool_dir), data, written))
+    child.start()
+    try:
+        assert written.wait(20)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    [entry] = UploadSpool(spool_dir).unclosed()
+    return entry
+
+
+def test_an_unclosed_upload_is_sent_only_once_released(tmp_path):
+    entry = leave_unclosed(tmp_path / "spool", b"start of a file")
+    spool = UploadSpool(tmp_path / "spool")
+    assert spool.pending() == [] and [e.id for e in spool.unclosed(SERVER)] == [entry.id]
+    assert spool.unclosed("https://other.example.org") == []
+    assert spool.release(entry) is True
+    assert entry.state == "pending"
+    assert [e.id for e in spool.pending()] == [entry.id] and spool.unclosed() == []
+    assert spool.release(entry) is False           # only unclosed entries are released
+    assert spool.get(entry.id).data_path.read_bytes() == b"start of a file"
+
+
+def test_discard_drops_an_entry_but_not_one_being_written(tmp_path):
+    entry = leave_unclosed(tmp_path / "spool", b"abandoned")
+    spool = UploadSpool(tmp_path / "spool")
+    assert spool.discard(entry) is True
+    assert spool.get(entry.id) is None and not entry.data_path.exists()
+    assert spool.discard(entry) is False           # gone already
+    writing = spool.create(file_target("busy.txt"))
+    assert spool.discard(writing) is False
+    assert UploadSpool(tmp_path / "spool").discard(writing) is False    # another process's view
+    assert spool.get(writing.id).state == "open"
+    spool.commit(writing)
+    assert spool.discard(writing) is True
+    assert os.listdir(tmp_path / "spool" / "records") == []

@@ -396,32 +396,60 @@ def cmd_uploads(args) -> int:
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     spool = UploadSpool(cache_dir / "spool")
     server = args.server.rstrip("/") if args.server else None
-    pending = spool.pending(server)
     if args.action == "list":
-        unclosed = _unclosed_uploads(spool, server)
-        if not pending and not unclosed:
-            print("no uploads waiting")
-        for entry in pending:
-            line = f"{entry.id}  {entry.state:8}  {_human(entry.size):>10}  {entry.target.server}  " \
-                   f"{entry.target.describe()}"
-            if entry.attempts:
-                line += f"  ({entry.attempts} attempt(s); last error: {entry.last_error.splitlines()[0][:200]})"
-            print(line)
-        for entry in unclosed:
-            print(f"{entry.id}  unclosed  {_human(entry.size):>10}  {entry.target.server}  "
-                  f"{entry.target.describe()}  (never closed, so never sent; the bytes are in {entry.data_path})")
+        _print_uploads(spool.pending(server) + spool.unclosed(server))
         return 0
-    return _retry_uploads(spool, sorted({entry.target.server for entry in pending}), args)
+    if args.action == "discard":
+        return _discard_upload(spool, args)
+    if args.entry is not None:
+        raise UsageProblem("an upload ID goes only with `uploads discard`")
+    if args.include_unclosed:
+        for entry in spool.unclosed(server):
+            if spool.release(entry):
+                print(f"{entry.id}: never closed; sending it as it is ({_human(entry.size)})")
+    elif spool.unclosed(server):
+        print("writes never closed are not sent; see `xnatfs uploads list`, "
+              "then `uploads retry --include-unclosed` or `uploads discard ID --yes`", file=sys.stderr)
+    return _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args)
 
 
-def _unclosed_uploads(spool, server: str | None) -> list:
-    """Writes whose writer stopped before closing them (the spool keeps them, records/<id>.json)."""
-    found = []
-    for record in sorted((spool.directory / "records").glob("*.json")):
-        entry = spool.get(record.stem)
-        if entry is not None and entry.state == "unclosed" and server in (None, entry.target.server):
-            found.append(entry)
-    return found
+UPLOAD_COLUMNS = ("ID", "STATE", "SIZE", "TRIES", "TARGET", "LAST ERROR")
+ERROR_WIDTH = 80
+
+
+def _print_uploads(entries: list) -> None:
+    """One row per spool entry, columns aligned; the target includes its server."""
+    if not entries:
+        print("no uploads waiting")
+        return
+    rows = [UPLOAD_COLUMNS]
+    for entry in entries:
+        error = entry.last_error.splitlines()[0][:ERROR_WIDTH] if entry.last_error else "-"
+        rows.append((entry.id, entry.state, _human(entry.size), str(entry.attempts),
+                     entry.target.server + entry.target.describe() if entry.target.kind == "file"
+                     else f"{entry.target.server}: {entry.target.describe()}", error))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(UPLOAD_COLUMNS) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    if any(entry.state == "unclosed" for entry in entries):
+        print("\nunclosed: written by a process that stopped before closing the file, so possibly "
+              "incomplete and never sent on its own;\n  send it with `xnatfs uploads retry --include-unclosed`"
+              " or drop it with `xnatfs uploads discard ID --yes`.")
+
+
+def _discard_upload(spool, args) -> int:
+    if args.entry is None:
+        raise UsageProblem("which upload? `xnatfs uploads discard ID --yes` (IDs: `xnatfs uploads list`)")
+    entry = spool.get(args.entry)
+    if entry is None:
+        raise UsageProblem(f"no upload {args.entry} in {spool.directory}")
+    what = f"{entry.id} ({entry.state}, {_human(entry.size)}, {entry.target.describe()})"
+    if not args.yes:
+        raise UsageProblem(f"this drops {what} without sending it; add --yes to do so")
+    if not spool.discard(entry):
+        raise UsageProblem(f"{entry.id} is being written or sent right now; try again later")
+    print(f"discarded {what}")
+    return 0
 
 
 def _retry_uploads(spool, servers: list[str], args) -> int:
@@ -501,8 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
 
-    uploads = commands.add_parser("uploads", help="list or retry writes waiting for the server")
-    uploads.add_argument("action", choices=["list", "retry"])
+    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for the server")
+    uploads.add_argument("action", choices=["list", "retry", "discard"])
+    uploads.add_argument("entry", nargs="?", metavar="ID", help="for discard: the upload to drop")
+    uploads.add_argument("--include-unclosed", action="store_true",
+                         help="retry: also send writes never closed (they may be incomplete)")
+    uploads.add_argument("--yes", action="store_true", help="discard: really drop the upload")
     uploads.add_argument("--cache-dir", help="the mount's cache folder (default ~/.cache/xnatfs)")
     uploads.add_argument("--server", help="only uploads to this server")
     uploads.add_argument("--user", help="XNAT user name for retry (else XNAT_USER, ~/.netrc, alias token)")

@@ -157,6 +157,13 @@ class UploadSpool:
         ``open`` entries left by a process that died are set aside here
         (see the module notes).
         """
+        return self._entries(server, WAITING_STATES)
+
+    def unclosed(self, server: str | None = None) -> list[SpoolEntry]:
+        """Entries whose writer stopped before closing them, oldest first: kept, never sent on their own."""
+        return self._entries(server, ("unclosed",))
+
+    def _entries(self, server: str | None, states: tuple[str, ...]) -> list[SpoolEntry]:
         wanted = normalize_server(server) if server is not None else None
         entries = []
         for record in sorted(self._records_dir.glob("*.json")):
@@ -165,14 +172,58 @@ class UploadSpool:
                 continue
             if entry.state == "open":
                 self._set_aside(entry)
-                continue
-            if entry.state not in WAITING_STATES:
+                entry = self._load(record)
+                if entry is None:
+                    continue
+            if entry.state not in states:
                 continue
             if wanted is not None and entry.target.server != wanted:
                 continue
             entries.append(entry)
         entries.sort(key=lambda e: (e.created, e.id))
         return entries
+
+    def release(self, entry: SpoolEntry) -> bool:
+        """Let an ``unclosed`` entry be sent like any other (a user's decision:
+        its bytes may be only the start of the file). False when it is not
+        ``unclosed`` any more, or busy."""
+        fd = try_lock_exclusive(entry.data_path)
+        if fd is None:
+            return False
+        try:
+            current = self.get(entry.id)
+            if current is None or current.state != "unclosed":
+                return False
+            current.state = "pending"
+            current.updated = time.time()
+            self._save(current)
+        finally:
+            os.close(fd)
+        entry.state, entry.updated = current.state, current.updated
+        logger.info("upload %s (%s) released for sending", entry.id, entry.target.describe())
+        return True
+
+    def discard(self, entry: SpoolEntry) -> bool:
+        """Drop an entry and its bytes without sending them (a user's decision).
+        False when it is being written or sent right now (or already gone)."""
+        with self._lock:
+            if entry.id in self._writers:
+                return False
+        fd = try_lock_exclusive(entry.data_path)
+        if fd is None:
+            if entry.data_path.exists() or self.get(entry.id) is None:
+                return False
+            self.remove(entry)            # a record whose bytes are gone already
+            return True
+        try:
+            current = self.get(entry.id)
+            if current is None:
+                return False
+            self.remove(current)
+        finally:
+            os.close(fd)
+        logger.warning("upload %s (%s) discarded unsent", entry.id, entry.target.describe())
+        return True
 
     def get(self, entry_id: str) -> SpoolEntry | None:
         if not _ID_PATTERN.match(entry_id):
