@@ -80,7 +80,9 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._next_handle = 1
-        self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, Node]]]] = {}
+        # open folder → (its path, "." and ".." as (name, inode, node), its entries)
+        self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, int, Node]],
+                                          list[tuple[str, Node]]]] = {}
         self._handles: dict[int, ReadHandle | LocalHandle] = {}
         self._last_served: dict[int, CacheKey] = {}
         self._opened: Counter[int] = Counter()      # inode → open file handles on it
@@ -274,7 +276,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         if isinstance(node, SubjectDir) and self.nursery is not None:
             self.tree.read_ahead(self.nursery, listing, await self._following(entry))
         handle = self._new_handle()
-        self._dir_handles[handle] = (entry.path, list(listing.entries.items()))
+        parent = self._parent(entry) if entry.path else entry
+        dots = [(".", inode, node), ("..", self.inodes.number_for(entry.path[:-1]),
+                                     parent.node if parent is not None else node)]
+        self._dir_handles[handle] = (entry.path, dots, list(listing.entries.items()))
         return handle
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
@@ -297,12 +302,18 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):
-        path, items = self._dir_handles[fh]
-        for index in range(start_id, len(items)):
+        path, dots, items = self._dir_handles[fh]
+        # The kernel adds no "." and ".." of its own; they take no lookup reference.
+        for index in range(start_id, len(dots)):
+            name, inode, node = dots[index]
+            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
+                return
+        for index in range(max(start_id - len(dots), 0), len(items)):
             name, node = items[index]
             child_path = path + (name,)
             inode = self.inodes.number_for(child_path)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node), index + 1):
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
+                                         len(dots) + index + 1):
                 break
             self.inodes.remember(child_path, node, number=inode)
 
