@@ -425,6 +425,40 @@ def test_insert_adopts_local_bytes(cache_dir, server, tmp_path):
     assert not cache.contains(CacheKey("/f/bad", 10))
 
 
+def test_insert_bytes_checks_keeps_open_and_leaves_no_temp(cache_dir, server):
+    cache = ContentCache(cache_dir, 10_000)
+    key = server.add("/f/member", 900, digest=True)
+    with cache.insert_bytes(key, server.files[key.uri]) as held:
+        assert read_all(held) == server.files[key.uri]
+        assert cache.info().pinned == 1
+    again = cache.insert_bytes(key, server.files[key.uri])
+    assert read_all(again) == server.files[key.uri]
+    again.close()
+    wrong = bytearray(server.files[key.uri])
+    wrong[0] ^= 1
+    bad_key = CacheKey("/f/bad-member", 900, key.digest)
+    with pytest.raises(XnatServerError):
+        cache.insert_bytes(bad_key, bytes(wrong))
+    with pytest.raises(XnatServerError):
+        cache.insert_bytes(CacheKey("/f/short", 10), b"short")
+    assert not cache.contains(bad_key) and not cache.contains(CacheKey("/f/short", 10))
+    assert tmp_files(cache_dir) == []
+    assert cache.insert_bytes(server.add("/f/huge", 20_000), server.files["/f/huge"]) is None
+
+
+def test_an_entry_cut_short_on_disk_is_dropped_and_fetched_again(cache_dir, server):
+    # Entries are not fsynced; after a power loss one may come back short.
+    key = server.add("/f/lost", 5000, digest=True)
+    ContentCache(cache_dir, 100_000).fetch(key, server.download(key.uri)).close()
+    path = cache_dir / "data" / entry_name(key)[:2] / entry_name(key)
+    os.truncate(path, 0)
+    cache = ContentCache(cache_dir, 100_000)
+    assert cache.lookup(key) is None
+    with cache.fetch(key, server.download(key.uri)) as held:
+        assert read_all(held) == server.files[key.uri]
+    assert server.calls[key.uri] == 2
+
+
 def test_clear_keeps_only_open_entries(cache_dir, server):
     cache = ContentCache(cache_dir, 10_000)
     keys = [server.add(f"/f/{i}", 100) for i in range(3)]

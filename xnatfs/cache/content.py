@@ -17,6 +17,10 @@ machines over NFS, can share it:
 * Only complete, verified files are ever renamed into ``data/``; a download
   that fails or comes up short leaves at most a ``tmp/`` file, which is
   removed when the cache is next opened.
+* Entries are not fsynced: a killed process loses nothing the kernel has
+  not already got, and after a power loss an entry whose data never reached
+  the disk is short or empty, which opening it notices (its size must be the
+  key's) and drops, so it is fetched again. A cache is allowed to forget.
 * Whoever fills an entry holds an exclusive lock on ``locks/<name>.lock``;
   another process wanting the same entry waits for that lock and then finds
   the entry complete, so each file is downloaded once.
@@ -451,6 +455,47 @@ class ContentCache:
 
         self.fetch(key, copy_from).close()
 
+    def insert_bytes(self, key: CacheKey, data: bytes) -> CachedFile | None:
+        """Adopt ``data`` held in memory (a file unpacked from a series zip)
+        and return its entry open, or None when the cache has no room for it.
+
+        Raises XnatServerError when ``data`` does not match the key's size or
+        MD5. Cheaper than :meth:`insert`: with the bytes already here there is
+        no download to share, so no lock file; two processes adopting the same
+        key at once each rename identical bytes into place.
+        """
+        if len(data) != key.size:
+            raise XnatServerError(f"got {len(data)} bytes where {key.size} were listed", url=key.uri)
+        if key.digest and hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest.lower():
+            raise XnatServerError("file does not match its MD5 digest", url=key.uri)
+        name = entry_name(key)
+        with self._lock:
+            existing = self._open_entry(name, key)
+            if existing is not None:
+                return existing
+            if not self._reserve(name, key.size):
+                return None
+        tmp_path = self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        fd = None
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with self._lock:
+                self._own_temps.add(tmp_path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            with self._lock:
+                self._reserved.pop(name, None)
+                return self._adopt(name, key.size, fd, tmp_path).open()
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            self._drop_temp(tmp_path)
+            with self._lock:
+                self._reserved.pop(name, None)
+            raise
+
     def discard_uri(self, uri: str) -> None:
         """Forget every cached version of ``uri``. Readers that have it open
         keep reading what they opened."""
@@ -550,7 +595,6 @@ class ContentCache:
             writer = _EntryWriter(fd, fill)
             fill.download(writer)
             writer.verify()
-            os.fsync(fd)
             with self._lock:
                 self._reserved.pop(name, None)
                 if kept and fill.keep:
@@ -574,8 +618,12 @@ class ContentCache:
     def _adopt(self, name: str, size: int, fd: int, tmp_path: Path) -> _SharedHandle:
         """Move a verified download into place and pin it through ``fd``."""
         path = self._entry_path(name)
-        make_private_dir(path.parent)
-        os.rename(tmp_path, path)
+        try:
+            os.rename(tmp_path, path)
+        except FileNotFoundError:
+            # The first entry in its subfolder (these are never removed).
+            make_private_dir(path.parent)
+            os.rename(tmp_path, path)
         self._own_temps.discard(tmp_path)
         fcntl.flock(fd, fcntl.LOCK_SH)
         now = time.time_ns()

@@ -17,7 +17,6 @@ ourselves), so a cache too small for the series cannot make it loop.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -137,12 +136,12 @@ class SeriesFetcher:
         def insert(remote: RemoteFile, data: bytes) -> None:
             nonlocal stored
             try:
-                key = self.key_for(remote)
-                self.cache.insert(key, io.BytesIO(data))
-                with lock:
-                    stored += 1
-                # Opened here, so the reader waiting for it finds it open already.
-                cached(remote, self.cache.lookup(key))
+                # Kept open, so the reader waiting for it finds it open already.
+                entry = self.cache.insert_bytes(self.key_for(remote), data)
+                if entry is not None:
+                    with lock:
+                        stored += 1
+                cached(remote, entry)
             except XnatError as exc:
                 logger.warning("zip entry for %s does not match the listing: %s", remote.uri, exc)
             finally:
