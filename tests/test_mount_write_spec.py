@@ -92,3 +92,15 @@ def test_refused_login_is_eacces(fake_xnat, tmp_path):
         finally:
             fake_xnat.set_faults()
     assert "admin:admin" not in mount.log()
+
+
+def test_fuse_option_ro_refuses_writes_with_erofs(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, args=("-o", "ro")) as mount:
+        qc = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC"
+        existing = next(qc.iterdir())
+        for attempt in (lambda: (qc / "x.txt").write_bytes(b"x"), lambda: (qc / "new").mkdir(),
+                        lambda: existing.unlink(), lambda: open(existing, "r+b")):
+            assert refused(attempt) == errno.EROFS
+        assert existing.read_bytes()
+    with XnatConnection(fake_xnat.url, "admin", "admin") as conn:
+        assert existing.name in {f.path for f in conn.list_files(QC)}

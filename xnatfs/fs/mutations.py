@@ -118,8 +118,8 @@ class Mutations:
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._entry(parent_inode)
         pnode = await self._fresh(parent_inode, parent)
+        self._check_writable(pnode, f"creating {os.fsdecode(name)}")
         text = self._new_name(name, "creating a file")
-        self._check_writable(pnode, f"creating {text}")
         experiment_id = ""
         if isinstance(pnode, (ResourceDir, FolderDir)):
             target, container, relpath = self._file_target(pnode, text)
@@ -303,8 +303,8 @@ class Mutations:
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._entry(parent_inode)
         pnode = await self._fresh(parent_inode, parent)
+        self._check_writable(pnode, f"mkdir {os.fsdecode(name)}")
         text = self._new_name(name, "mkdir")
-        self._check_writable(pnode, f"mkdir {text}")
         if await self._lookup(pnode, text) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         if isinstance(pnode, ProjectDir):
