@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xnatfs.cache.content import CacheKey, ContentCache, entry_name
+from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache, entry_name
 from xnatfs.errors import XnatNotFound, XnatServerError
 
 
@@ -205,6 +205,28 @@ def test_digest_is_checked(cache_dir, server):
     with cache.fetch(upper, server.download(key.uri)) as held:
         assert read_all(held) == server.files[key.uri]
     assert cache.contains(key)      # digests compare without regard to case
+
+
+def test_digest_of_a_large_file_is_checked_beside_the_download(cache_dir, server):
+    cache = ContentCache(cache_dir, 4 * HASH_THREAD_BYTES)
+    key = server.add("/f/large", HASH_THREAD_BYTES + 12345, digest=True)
+    wrong = key._replace(digest="0" * 32)
+    with pytest.raises(XnatServerError, match="MD5"):
+        cache.fetch(wrong, server.download(key.uri, chunk=1 << 20))
+    assert not cache.contains(wrong) and tmp_files(cache_dir) == []
+    # A writer that reuses its buffer must not change what was hashed.
+    buffer = bytearray(1 << 20)
+
+    def reusing_buffer(fileobj):
+        data = server.files[key.uri]
+        for start in range(0, len(data), len(buffer)):
+            piece = data[start:start + len(buffer)]
+            buffer[:len(piece)] = piece
+            fileobj.write(memoryview(buffer)[:len(piece)])
+            buffer[:] = bytes(len(buffer))
+
+    with cache.fetch(key, reusing_buffer) as held:
+        assert read_all(held) == server.files[key.uri]
 
 
 def test_a_changed_server_file_is_a_new_entry(cache_dir, server):

@@ -41,6 +41,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import secrets
 import shutil
 import threading
@@ -64,6 +65,9 @@ from xnatfs.errors import XnatServerError
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# Files this big are hashed in a thread beside the download; pieces queued for it at most.
+HASH_THREAD_BYTES = 8 << 20
+HASH_QUEUE_PIECES = 16
 
 
 class CacheKey(NamedTuple):
@@ -323,13 +327,27 @@ def _close_slot(slot: list[CachedFile | None]) -> None:
 class _EntryWriter:
     """The file object a download writes into: streams to the temp file,
     hashes on the way, refuses more bytes than the key says, and tells
-    readers how far it got."""
+    readers how far it got.
+
+    For a large file the MD5 runs in a thread of its own (hashlib lets go of
+    the GIL), so hashing one piece overlaps writing it and receiving the next.
+    """
 
     def __init__(self, fd: int, fill: _Fill):
         self._fd = fd
         self._fill = fill
         self._written = 0
         self._md5 = hashlib.md5(usedforsecurity=False) if fill.key.digest else None
+        self._hashing: queue.Queue[bytes | None] | None = None
+        self._hasher: threading.Thread | None = None
+        if self._md5 is not None and fill.key.size >= HASH_THREAD_BYTES:
+            self._hashing = queue.Queue(maxsize=HASH_QUEUE_PIECES)
+            self._hasher = threading.Thread(target=self._hash_queued, name="xnatfs-md5", daemon=True)
+            self._hasher.start()
+
+    def _hash_queued(self) -> None:
+        while (piece := self._hashing.get()) is not None:
+            self._md5.update(piece)
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -338,10 +356,13 @@ class _EntryWriter:
             raise XnatServerError(
                 f"server sent more than the {self._fill.key.size} bytes listed",
                 url=self._fill.key.uri)
+        if self._hashing is not None:
+            # The hasher needs bytes nobody will change under it.
+            self._hashing.put(data if isinstance(data, bytes) else bytes(view))
+        elif self._md5 is not None:
+            self._md5.update(view)
         while view:
             view = view[os.write(self._fd, view):]
-        if self._md5 is not None:
-            self._md5.update(data)
         self._written += size
         self._fill.progressed(self._written)
         return size
@@ -358,8 +379,16 @@ class _EntryWriter:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Stop the hashing thread (after the pieces already queued)."""
+        if self._hasher is not None:
+            self._hashing.put(None)
+            self._hasher.join()
+            self._hasher = None
+
     def verify(self) -> None:
         key = self._fill.key
+        self.close()
         if self._written != key.size:
             raise XnatServerError(
                 f"download ended after {self._written} of {key.size} bytes", url=key.uri)
@@ -593,8 +622,11 @@ class ContentCache:
             with fill.cond:
                 fill.fd = fd
             writer = _EntryWriter(fd, fill)
-            fill.download(writer)
-            writer.verify()
+            try:
+                fill.download(writer)
+                writer.verify()
+            finally:
+                writer.close()
             with self._lock:
                 self._reserved.pop(name, None)
                 if kept and fill.keep:
