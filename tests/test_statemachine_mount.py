@@ -196,6 +196,8 @@ class MountMachine(RuleBasedStateMachine):
             return
         os.rmdir(path)
         self.folders.discard(folder)
+        # If the server listed files in it lately, it may stay shown until the TTL.
+        self.fading[folder] = time.monotonic() + TTL + 0.5
 
     def apply_remount(self) -> None:
         self._unmount()
@@ -338,6 +340,12 @@ def test_regression_rmdir_of_a_folder_emptied_through_the_mount(fake_xnat, tmp_p
     replay(fake_xnat, tmp_path, [("server_put", "sub/e.bin", b"Rd\xc6t"), ("rewrite", "sub/e.bin", 268, b"\x00\x9e"),
                                  ("rewrite", "sub/e.bin", 282, b"\xd7\x17\x98"), ("remove", "sub/e.bin"),
                                  ("mkdir", "other"), ("rmdir", "sub")])
+
+
+def test_regression_rmdir_of_a_made_folder_the_server_listed_too(fake_xnat, tmp_path):
+    replay(fake_xnat, tmp_path, [("mkdir", "sub"), ("server_put", "sub/d.txt", b"\xea\x8d"),
+                                 ("server_put", "sub/d.txt", b"8\x16"), ("rename", "sub/d.txt", "a.txt"),
+                                 ("rmdir", "sub")])
 
 
 @pytest.mark.xfail(strict=True, reason=(
