@@ -313,6 +313,32 @@ def test_progressive_reads_while_downloading(cache_dir, server):
     assert tmp_files(cache_dir) == []
 
 
+def test_reads_that_need_no_waiting(cache_dir, server):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/nowait", 200_000, digest=True)
+    data = server.files[key.uri]
+    half_written, go_on = threading.Event(), threading.Event()
+
+    def download(fileobj):
+        fileobj.write(data[:100_000])
+        half_written.set()
+        assert go_on.wait(10)
+        fileobj.write(data[100_000:])
+
+    pending = cache.start_fetch(key, download)
+    assert half_written.wait(10)
+    assert pending.pread_nowait(1000, 50_000) == data[1000:51_000]
+    assert pending.pread_nowait(90_000, 20_000) is None        # not downloaded yet
+    go_on.set()
+    pending.wait_for(key.size, timeout=10)
+    assert pending.pread_nowait(150_000, 100_000) == data[150_000:]
+    with pending.result() as held:
+        assert held.pread_nowait(0, key.size) == data
+        assert held.pread_nowait(key.size, 10) == b""
+    pending.close()
+    assert pending.pread_nowait(0, 10) is None
+
+
 def test_progressive_reader_sees_the_download_error(cache_dir, server):
     cache = ContentCache(cache_dir, 1_000_000)
     key = server.add("/f/x", 10_000)

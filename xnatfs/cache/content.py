@@ -153,6 +153,13 @@ class CachedFile:
             raise ValueError("read from a closed cache entry")
         return _pread_full(self._handle.fd, offset, min(length, self.size - offset))
 
+    def pread_nowait(self, offset: int, length: int) -> bytes | None:
+        """Like :meth:`pread` when every byte asked for is in the page cache;
+        None (having waited for nothing) when the disk would have to be read."""
+        if self.closed:
+            return None
+        return _pread_nowait(self._handle.fd, offset, min(length, self.size - offset))
+
     def share(self) -> CachedFile:
         """Another handle on the same entry, with its own close()."""
         if self.closed:
@@ -184,6 +191,17 @@ def _pread_full(fd: int, offset: int, length: int) -> bytes:
         offset += len(chunk)
         length -= len(chunk)
     return b"".join(parts)
+
+
+def _pread_nowait(fd: int, offset: int, length: int) -> bytes | None:
+    if length <= 0 or offset < 0:
+        return b""
+    buffer = bytearray(length)
+    try:
+        count = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except OSError:      # EAGAIN: not all in memory; EOPNOTSUPP: a file system without it
+        return None
+    return bytes(buffer) if count == length else None
 
 
 class _Fill:
@@ -242,6 +260,19 @@ class _Fill:
             end = min(offset + length, self.written)
             return _pread_full(self.fd, offset, end - offset)
 
+    def pread_written_nowait(self, offset: int, length: int) -> bytes | None:
+        """Bytes already downloaded, if all are in memory and none is the last
+        byte (which must wait for the checks); otherwise None, without waiting."""
+        if not self.cond.acquire(blocking=False):
+            return None
+        try:
+            end = offset + length
+            if self.fd is None or end > self.written or end >= self.key.size:
+                return None
+            return _pread_nowait(self.fd, offset, length)
+        finally:
+            self.cond.release()
+
     def finish(self, handle: _SharedHandle | None, error: BaseException | None) -> None:
         """Hand every waiting view its own open entry (or the error) and wake them up."""
         with self.cond:
@@ -295,6 +326,18 @@ class PendingFetch:
                 return data
             self._fill.wait_done(None)
         return self._slot[0].pread(offset, length)
+
+    def pread_nowait(self, offset: int, length: int) -> bytes | None:
+        """Bytes of ``[offset, offset + length)`` when they are all downloaded
+        and in the page cache; None when getting them would mean waiting (for
+        the download, its checks, a lock or the disk)."""
+        if self._closed:
+            return None
+        if self._slot[0] is not None:
+            return self._slot[0].pread_nowait(offset, length)
+        if self._fill is None:
+            return None
+        return self._fill.pread_written_nowait(offset, min(length, self.key.size - offset))
 
     def result(self, timeout: float | None = None) -> CachedFile:
         """Wait for the whole file and return it open (pinned); the caller closes it."""
