@@ -1,8 +1,9 @@
 """What a mount is asked to do: the options of ``xnatfs mount`` in one record.
 
 Values come, from weakest to strongest, from built-in defaults, the config
-file (``~/.config/xnatfs/config.toml``: a ``[defaults]`` table and one
-``[servers."<URL>"]`` table per server) and the command line.
+file (``$XNATFS_CONFIG`` or ``~/.config/xnatfs/config.toml``, the file the
+client reads too: a ``[defaults]`` table and one ``[servers."<URL>"]`` table
+per server) and the command line.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from xnatfs.client.config import default_config_path
+
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
 DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
-
-
-def default_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "xnatfs" / "config.toml"
 
 
 def default_cache_dir() -> Path:
