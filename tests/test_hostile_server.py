@@ -129,9 +129,6 @@ def test_hostile_subject_and_experiment_labels_are_made_safe(fake_xnat, tmp_path
         assert "SUB101" in os.listdir(project)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fs: names.safe_component/label_names make unsafe server names safe silently; the issue asks "
-    "for a log line (raw name, the name shown, where) so an administrator can find the bad label"))
 def test_unsafe_names_are_logged(fake_xnat, tmp_path):
     fake_xnat.store.add_subject("STUDY02", "../../escape")
     with mounted(fake_xnat.url, tmp_path) as mount:
@@ -240,11 +237,6 @@ def test_wrong_sizes_and_digests_give_eio_never_wrong_bytes(fake_xnat, tmp_path)
         assert cache_names and all(md5(p.read_bytes()) == original.digest for p in cache_names)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client/fs: a file row whose Size is negative is listed but every stat of it fails with EIO; "
-    "a Size that is empty or not a number becomes 0 (parsing.file_from_row: to_int(...) or 0), so "
-    "the file reads as empty without asking the server although its digest says otherwise; such "
-    "rows should be skipped with a log line (or the size learnt from the server)"))
 def test_unusable_sizes_are_skipped_or_read_right(fake_xnat, tmp_path):
     with Relay(fake_xnat.url) as relay:
         def replace(row: dict) -> list[dict]:

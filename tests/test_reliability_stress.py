@@ -160,33 +160,57 @@ def stress_ng(folder: Path, *stressors: str, seconds: int) -> subprocess.Complet
     return subprocess.run(command, capture_output=True, text=True, timeout=seconds + 90, cwd=str(folder))
 
 
+def check_stress_report(done: subprocess.CompletedProcess, stressors: tuple[str, ...]) -> None:
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report
+    assert "successful run completed" in report
+    for stressor in stressors:
+        assert f" {stressor} " in report, f"{stressor} did not run"
+
+
+def check_mount_after_the_storm(mount, server, folder: Path) -> None:
+    assert os.listdir(folder) == [], "stress-ng left files behind"
+    assert mount.process.poll() is None
+    qc = mount.path / SESSION / "RESOURCES" / "QC"
+    expected = server_files(server, projects=("STUDY01",))
+    for path in sorted(qc.iterdir()):
+        assert md5(path.read_bytes()) == expected[f"{SESSION}/RESOURCES/QC/{path.name}"].digest
+
+
 @needs_stress_ng
 @pytest.mark.slow
 def test_stress_ng_metadata_stressors(fake_xnat, tmp_path):
+    stressors = ("dentry", "rename", "open", "chmod", "dirdeep", "filename")
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = mount.path / SESSION / "RESOURCES" / "STRESS"
         folder.mkdir()
-        done = stress_ng(folder, "--dentry", "2", "--dentries", "64", "--rename", "1",
-                         "--open", "1", "--chmod", "1", "--dirdeep", "1", "--dirdeep-dirs", "1", seconds=12)
-        report = done.stdout + done.stderr
-        assert done.returncode == 0, report
-        assert "successful run completed" in report
-        for stressor in ("dentry", "rename", "open", "chmod", "dirdeep"):
-            assert f" {stressor} " in report, f"{stressor} did not run"
-        assert os.listdir(folder) == [], "stress-ng left files behind"
-        assert mount.process.poll() is None
-        # The mount still reads right after the storm.
-        qc = mount.path / SESSION / "RESOURCES" / "QC"
-        expected = server_files(fake_xnat, projects=("STUDY01",))
-        for path in sorted(qc.iterdir()):
-            assert md5(path.read_bytes()) == expected[f"{SESSION}/RESOURCES/QC/{path.name}"].digest
+        done = stress_ng(folder, "--dentry", "2", "--dentries", "64", "--rename", "1", "--open", "1",
+                         "--chmod", "1", "--dirdeep", "1", "--dirdeep-dirs", "1", "--filename", "1", seconds=10)
+        check_stress_report(done, stressors)
+        check_mount_after_the_storm(mount, fake_xnat, folder)
     log = mount.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fs: an inode whose name was unlinked answers ENOENT to fstat/pread/ftruncate on a descriptor "
-    "still open on it (getattr re-resolves the inode by path in XnatOperations._current)"))
+@needs_stress_ng
+@pytest.mark.slow
+def test_stress_ng_data_stressors(fake_xnat, tmp_path):
+    """Stressors that write data and read it back (--verify checks every byte)."""
+    stressors = ("hdd", "seek", "readahead", "iomix", "sync-file", "fallocate", "mmap")
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        folder = mount.path / SESSION / "RESOURCES" / "DATA"
+        folder.mkdir()
+        done = stress_ng(folder, "--hdd", "2", "--hdd-bytes", "1M", "--hdd-write-size", "64K",
+                         "--seek", "1", "--seek-size", "1M", "--readahead", "1", "--readahead-bytes", "1M",
+                         "--iomix", "1", "--iomix-bytes", "1M", "--sync-file", "1", "--sync-file-bytes", "1M",
+                         "--fallocate", "1", "--fallocate-bytes", "1M", "--mmap", "1", "--mmap-bytes", "1M",
+                         "--mmap-file", seconds=10)
+        check_stress_report(done, stressors)
+        check_mount_after_the_storm(mount, fake_xnat, folder)
+    log = mount.log()
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_a_file_unlinked_while_open_stays_usable(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         path = mount.path / SESSION / "RESOURCES" / "QC" / "scratch.tmp"
@@ -201,19 +225,6 @@ def test_a_file_unlinked_while_open_stays_usable(fake_xnat, tmp_path):
             assert os.pread(fd, 100, 0) == b"temp"
         finally:
             os.close(fd)
-
-
-@needs_stress_ng
-@pytest.mark.xfail(strict=True, reason=(
-    "stress-ng hdd unlinks its file right after opening it; on the mount fstat/read on the open "
-    "descriptor then fail with ENOENT (see test_a_file_unlinked_while_open_stays_usable)"))
-def test_stress_ng_hdd_writes_and_verifies_data(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        folder = mount.path / SESSION / "RESOURCES" / "HDD"
-        folder.mkdir()
-        done = stress_ng(folder, "--hdd", "2", "--hdd-bytes", "1M", "--hdd-write-size", "64K", seconds=8)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert mount.process.poll() is None
 
 
 def test_tempfile_in_a_resource(fake_xnat, tmp_path):
