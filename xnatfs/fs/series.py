@@ -102,11 +102,16 @@ class SeriesFetcher:
 
         def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
             def hand_over() -> None:
-                if entry is not None:
-                    self.keep_open(self.key_for(remote), entry)
+                try:
+                    if entry is not None:
+                        self.keep_open(self.key_for(remote), entry)
+                except Exception:   # an error here must not reach the event loop's machinery
+                    logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
 
-            trio.from_thread.run_sync(hand_over, trio_token=token)
+            # Queued without waiting for the loop, so the inserting thread goes
+            # on with the next file; queued calls run before the fetch's end.
+            token.run_sync_soon(hand_over)
 
         try:
             stored = await trio.to_thread.run_sync(self._fetch_blocking, resource_uri, files, wanted, cached,
