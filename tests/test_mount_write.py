@@ -188,7 +188,7 @@ def test_deleting(fake_xnat, conn, tmp_path):
         assert refused.value.errno == errno.EPERM
 
 
-def test_allow_delete_lets_rmdir_delete_experiments_and_subjects(fake_xnat, conn, tmp_path):
+def test_allow_delete_lets_rmdir_delete_experiments_subjects_and_projects(fake_xnat, conn, tmp_path):
     with mounted(fake_xnat.url, tmp_path, args=("--allow-delete",)) as mount:
         subject = mount.path / "STUDY01" / "SUB003"
         (subject / "SUB003_MR1").rmdir()
@@ -196,6 +196,9 @@ def test_allow_delete_lets_rmdir_delete_experiments_and_subjects(fake_xnat, conn
         subject.rmdir()
         assert "SUB003" not in {s.label for s in conn.list_subjects("STUDY01")}
         assert "SUB003" not in os.listdir(mount.path / "STUDY01")
+        (mount.path / "STUDY02").rmdir()
+        assert "STUDY02" not in {p.id for p in conn.list_projects()}
+        assert "STUDY02" not in os.listdir(mount.path)
 
 
 def test_cp_a_rsync_and_metadata_changes(fake_xnat, conn, tmp_path):

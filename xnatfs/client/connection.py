@@ -291,6 +291,10 @@ class XnatConnection(DatmanApi):
         self.session.request("HEAD", path, retries=retries).close()
         self.session.request("DELETE", path, params=self._write_params(), retries=retries)
 
+    def delete_project(self, project: str) -> None:
+        """Delete a project with everything in it."""
+        self._change("DELETE", paths.project(project), {"removeFiles": "true"}, done_if_repeated=(404,))
+
     def delete_subject(self, project: str, subject: str) -> None:
         """Delete a subject with its files (through a sharing project: remove the share)."""
         self._change("DELETE", paths.subject(project, subject), {"removeFiles": "true"},

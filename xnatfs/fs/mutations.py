@@ -10,7 +10,7 @@
 | mv | subject / experiment in its parent | rename |
 | mv | file within its resource | upload under the new name, then delete |
 | rm / rmdir | file / empty resource | delete |
-| rmdir | subject / experiment | delete, only with ``--allow-delete`` (else EPERM) |
+| rmdir | project / subject / experiment | delete, only with ``--allow-delete`` (else EPERM) |
 
 Anything else that would change the tree is refused: EROFS on read-only
 mounts and shared experiments, EXDEV for moves across parents (so ``mv``
@@ -362,11 +362,14 @@ class Mutations:
                 self._forget_resource_owner(pnode)
             elif isinstance(pnode, ScanDir):
                 self._forget_listings(("contents", pnode.experiment.experiment.id))
-        elif isinstance(node, (SubjectDir, ExperimentDir)):
+        elif isinstance(node, (ProjectDir, SubjectDir, ExperimentDir)):
             if not self.settings.allow_delete:
-                raise _fail(errno.EPERM, "rmdir %s refused: deleting subjects and experiments needs "
-                            "a mount with --allow-delete", text)
-            if isinstance(node, SubjectDir):
+                raise _fail(errno.EPERM, "rmdir %s refused: deleting projects, subjects and experiments "
+                            "needs a mount with --allow-delete", text)
+            if isinstance(node, ProjectDir):
+                await self._call(self.connection.delete_project, node.project.id)
+                self._forget_listings(("projects",))
+            elif isinstance(node, SubjectDir):
                 await self._call(self.connection.delete_subject, node.project_id, node.subject.label)
                 self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
             else:
