@@ -265,3 +265,28 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
                             env=isolated_env(mount.home), capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
+
+
+def test_sigkill_of_one_of_two_mounts_sharing_a_cache(fake_xnat, tmp_path):
+    files = server_files(fake_xnat, projects=("STUDY01",))
+    chosen = {r: f for r, f in files.items() if "/SUB002_MR1/" in r}
+    cache_dir = tmp_path / "shared-cache"
+    # Both mounts through one slow relay: same addresses, so the same cache entries,
+    # and downloads still running when the first daemon dies.
+    with Relay(fake_xnat.url, throttle=512 << 10) as relay, \
+            mounted(relay.url, tmp_path, cache_dir=cache_dir, name="first") as first, \
+            mounted(relay.url, tmp_path, cache_dir=cache_dir, name="second") as second:
+        doomed = ThreadPoolExecutor(8)
+        for relative in sorted(chosen):
+            doomed.submit(read_file, first.path / relative)
+        survivors = ThreadPoolExecutor(8)
+        results = {relative: survivors.submit(read_file, second.path / relative) for relative in sorted(chosen)}
+        time.sleep(1.0)
+        assert not all(future.done() for future in results.values()), "nothing was left to read after the kill"
+        kill(first)
+        doomed.shutdown(wait=True, cancel_futures=True)
+        for relative, future in results.items():
+            assert md5(future.result(timeout=120)) == chosen[relative].digest, relative
+        survivors.shutdown()
+        assert second.process.poll() is None
+    assert check_cache(cache_dir, relay.url, files.values()) >= len(chosen)
