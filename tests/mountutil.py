@@ -104,14 +104,16 @@ def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin
         command += ["--cache-size", cache_size]
     command += list(args)
     env = isolated_env(home, XNAT_USER=user, XNAT_PASS=password)
-    process = subprocess.Popen(command, env=env, cwd=str(base), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # A file, not a pipe: a daemon writing more than a pipe holds to a pipe nobody reads would block.
+    with open(base / f"{name}.stderr", "w") as stderr:
+        process = subprocess.Popen(command, env=env, cwd=str(base), stdout=subprocess.DEVNULL,
+                                   stderr=stderr, text=True)
     mount = Mount(mountpoint, process, log_file, cache_dir, home)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not fuse_mounted(mountpoint):
             if process.poll() is not None:
-                out, err = process.communicate()
+                err = (base / f"{name}.stderr").read_text(errors="replace")
                 raise AssertionError(f"xnatfs exited with {process.returncode}: {err.strip()}\n{mount.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"xnatfs did not mount within {START_TIMEOUT} s\n{mount.log()}")
@@ -131,8 +133,4 @@ def stop(mount: Mount) -> int | None:
         mount.process.wait(timeout=STOP_TIMEOUT)
         unmount_quietly(mount.path)
         return None
-    finally:
-        for stream in (mount.process.stdout, mount.process.stderr):
-            if stream is not None:
-                stream.close()
     return mount.process.returncode
