@@ -348,14 +348,14 @@ def test_regression_rmdir_of_a_made_folder_the_server_listed_too(fake_xnat, tmp_
                                  ("rmdir", "sub")])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fs: when the last file of a folder the server listed is deleted (or moved) through the mount, "
-    "the folder stays listed, empty, until the listing's TTL runs out, and rmdir on it returns "
-    "success while it stays listed; XNAT has no empty folders, so it should vanish at once"))
-def test_regression_folder_emptied_through_the_mount_disappears_at_once(fake_xnat, tmp_path):
+def test_regression_folder_emptied_through_the_mount_goes_at_rmdir(fake_xnat, tmp_path):
+    # The emptied folder stays until rmdir, as on any disk, so `rm -r` (unlink the files,
+    # then rmdir the folder) works; rmdir makes it go at once, not after the TTL.
     fake_xnat.store.put_file(EXPERIMENT, "SMX", "sub/e.bin", b"only file")
     with mounted(fake_xnat.url, tmp_path, ttl=30) as mount:
         resource = mount.path.joinpath(*SESSION_RESOURCES, "SMX")
         assert os.listdir(resource) == ["sub"]
         os.unlink(resource / "sub" / "e.bin")
-        assert os.listdir(resource) == [], "an empty folder is shown that XNAT no longer has"
+        assert os.listdir(resource / "sub") == []
+        os.rmdir(resource / "sub")
+        assert os.listdir(resource) == [], "a removed folder is still shown"

@@ -355,6 +355,9 @@ class Mutations:
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             if isinstance(node, FolderDir):
                 self.overlay.drop_folder(node.resource.uri, node.subpath)
+                # A folder the server listed lives on in the cached listing (its files are only
+                # hidden); reloading the listing lets it go now instead of after the TTL.
+                self._forget_listings(self.tree.files_listing_key(node.resource.uri))
                 return
             await self._call(self.connection.delete_resource, node.resource.uri)
             self.series.forget(node.resource.uri)
