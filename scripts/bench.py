@@ -767,7 +767,7 @@ MISSED_NOTES: dict[str, str] = {
           "of round trips at 20 ms), then fetches the series zip (and the first file on its own meanwhile, "
           "about 0.03 s) and puts each member into the cache as it arrives: checked against its MD5 in "
           "memory, written and renamed into place by 4 threads, with no lock file and no fsync (a lost "
-          "entry is found short and fetched again). The other 207 files then take 0.25–0.35 s, where "
+          "entry is found short and fetched again). The other 207 files then take 0.2–0.35 s, where "
           "the zip alone takes about 0.17 s, so listing plus zip already make about 1.5× curl. What would "
           "close the rest: starting the zip before the reader reaches the file (as soon as the scan's "
           "resources are listed), which speculates on the reader's next step, and parsing the zip with "
