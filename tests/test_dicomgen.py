@@ -6,7 +6,6 @@ import itertools
 import shutil
 import subprocess
 from collections import defaultdict
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

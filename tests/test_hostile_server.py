@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from mountutil import mounted
-from test_reliability_common import Relay, md5, read_or_eio, server_files, vmrss_kib
+from mountutil import mounted, server_files
+from test_reliability_common import Relay, md5, read_or_eio, vmrss_kib
 
 pytestmark = pytest.mark.mount
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import mounted
-from xnatfs.client.connection import XnatConnection
-from xnatfs.fs.names import RESERVED, scan_dir_name
+from mountutil import mounted, server_files
+from xnatfs.fs.names import RESERVED
 
 pytestmark = pytest.mark.mount
 
@@ -31,36 +30,6 @@ def downloads(server) -> list[str]:
 def zip_downloads(server) -> list[str]:
     return [target for method, target, _status in server.requests
             if method == "GET" and "format=zip" in target]
-
-
-def expected_files(server) -> dict[str, tuple[int, str, str]]:
-    """Every file the mount should show: relative path → (size, digest, server URI)."""
-    files: dict[str, tuple[int, str, str]] = {}
-    with XnatConnection(server.url, server.username, server.password) as conn:
-        for project in conn.list_projects():
-            subjects = {s.id: s for s in conn.list_subjects(project.id)}
-            for resource in conn.list_resources(f"/data/projects/{project.id}"):
-                for remote in conn.list_files(resource.uri):
-                    files[f"{project.id}/RESOURCES/{resource.label}/{remote.path}"] = (
-                        remote.size, remote.digest, remote.uri)
-            for experiment in conn.list_experiments(project.id):
-                subject = subjects[experiment.subject_id]
-                base = f"{project.id}/{subject.label}/{experiment.label}"
-                contents = conn.get_experiment_contents(experiment.id)
-                where = {}
-                for scan in contents.scans:
-                    for resource in scan.resources:
-                        where[resource.uri] = f"{base}/SCANS/{scan_dir_name(scan.id, scan.type)}/{resource.label}"
-                for resource in contents.resources:
-                    where[resource.uri] = f"{base}/RESOURCES/{resource.label}"
-                for remote in conn.list_files(f"/data/experiments/{experiment.id}", all_levels=True):
-                    files[f"{where[remote.resource_uri]}/{remote.path}"] = (remote.size, remote.digest, remote.uri)
-            for subject in subjects.values():
-                for resource in conn.list_resources(f"/data/projects/{subject.project}/subjects/{subject.id}"):
-                    for remote in conn.list_files(resource.uri):
-                        files[f"{project.id}/{subject.label}/RESOURCES/{resource.label}/{remote.path}"] = (
-                            remote.size, remote.digest, remote.uri)
-    return files
 
 
 def walk_files(root: Path) -> dict[str, os.stat_result]:
@@ -86,15 +55,16 @@ def dicom_dir(mount) -> Path:
 
 
 def test_tree_sizes_and_bytes_equal_the_server(fake_xnat, tmp_path):
-    expected = expected_files(fake_xnat)
+    expected = server_files(fake_xnat)
     assert len(expected) > 20
     with mounted(fake_xnat.url, tmp_path) as mount:
         fake_xnat.reset_counts()
         seen = walk_files(mount.path)
         assert set(seen) == set(expected)
-        assert {p: s.st_size for p, s in seen.items()} == {p: e[0] for p, e in expected.items()}
+        assert {p: s.st_size for p, s in seen.items()} == {p: e.size for p, e in expected.items()}
         assert downloads(fake_xnat) == [], "stat must never download"
-        for relative, (size, digest, _uri) in expected.items():
+        for relative, record in expected.items():
+            size, digest = record.size, record.digest
             data = (mount.path / relative).read_bytes()
             assert len(data) == size
             if digest:

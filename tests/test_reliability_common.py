@@ -3,8 +3,8 @@
 The checks compare what a mount serves and what its cache folder holds with
 what the server has, file by file, by MD5:
 
-- :func:`server_files` lists every file the mount should show, with the
-  size, digest and address the server reports;
+- ``mountutil.server_files`` (shared with the mount tests) lists every file
+  the mount should show, with the size, digest and address the server reports;
 - :func:`read_or_eio` reads a file through the mount and returns its bytes,
   or None when the read failed with EIO (the only failure allowed under
   faults); anything else fails the test;
@@ -23,55 +23,10 @@ import os
 import socketserver
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from xnatfs.cache.content import CacheKey, entry_name
-from xnatfs.client.connection import XnatConnection
-from xnatfs.fs.names import scan_dir_name
-
-
-@dataclass(frozen=True)
-class ServerFile:
-    size: int
-    digest: str
-    uri: str
-
-
-def server_files(server, *, projects: tuple[str, ...] | None = None) -> dict[str, ServerFile]:
-    """Mount-relative path → what the server says about that file."""
-    files: dict[str, ServerFile] = {}
-    with XnatConnection(server.url, server.username, server.password) as conn:
-        for project in conn.list_projects():
-            if projects is not None and project.id not in projects:
-                continue
-            subjects = {s.id: s for s in conn.list_subjects(project.id)}
-            for resource in conn.list_resources(f"/data/projects/{project.id}"):
-                for remote in conn.list_files(resource.uri):
-                    files[f"{project.id}/RESOURCES/{resource.label}/{remote.path}"] = ServerFile(
-                        remote.size, remote.digest, remote.uri)
-            for experiment in conn.list_experiments(project.id):
-                subject = subjects[experiment.subject_id]
-                base = f"{project.id}/{subject.label}/{experiment.label}"
-                contents = conn.get_experiment_contents(experiment.id)
-                where = {}
-                for scan in contents.scans:
-                    for resource in scan.resources:
-                        where[resource.uri] = f"{base}/SCANS/{scan_dir_name(scan.id, scan.type)}/{resource.label}"
-                for resource in contents.resources:
-                    where[resource.uri] = f"{base}/RESOURCES/{resource.label}"
-                for remote in conn.list_files(f"/data/experiments/{experiment.id}", all_levels=True):
-                    files[f"{where[remote.resource_uri]}/{remote.path}"] = ServerFile(
-                        remote.size, remote.digest, remote.uri)
-            for subject in subjects.values():
-                if subject.project != project.id:
-                    continue
-                for resource in conn.list_resources(f"/data/projects/{project.id}/subjects/{subject.id}"):
-                    for remote in conn.list_files(resource.uri):
-                        files[f"{project.id}/{subject.label}/RESOURCES/{resource.label}/{remote.path}"] = (
-                            ServerFile(remote.size, remote.digest, remote.uri))
-    return files
 
 
 def md5(data: bytes) -> str:

@@ -21,14 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mountutil import isolated_env, mounted, xnatfs_command
+from mountutil import isolated_env, mounted, server_files, xnatfs_command
 from test_reliability_common import (
     Relay,
     cached_entries,
     check_cache,
     known_entries,
     md5,
-    server_files,
 )
 from xnatfs.client.connection import XnatConnection
 

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mountutil import mounted
+from mountutil import ServerFile, mounted, server_files
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake.server import FaultInjector
-from test_reliability_common import ServerFile, check_cache, md5, read_or_eio, server_files, write_config
+from test_reliability_common import check_cache, md5, read_or_eio, write_config
 
 pytestmark = pytest.mark.mount
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import mounted
-from test_reliability_common import md5, server_files, vmrss_kib
+from mountutil import mounted, server_files
+from test_reliability_common import md5, vmrss_kib
 from xnatfs.client.connection import XnatConnection
 
 pytestmark = pytest.mark.mount

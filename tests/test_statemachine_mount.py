@@ -38,7 +38,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from mountutil import mounted, stop
+from mountutil import mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xnatfs.client.config import default_config_path
 from xnatfs.errors import XnatAuthError, XnatError, redact_url
 from xnatfs.fs.settings import (
     MountSettings,
     default_cache_dir,
-    default_config_path,
     default_state_dir,
     load_config,
     parse_size,

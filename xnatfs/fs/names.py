@@ -127,6 +127,21 @@ def make_unique(names: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
     return result
 
 
+def _unique_in_input_order(names: list[str], entries: Sequence[tuple[str, str]],
+                           reserved: set[str]) -> list[str]:
+    """``make_unique`` applied in a fixed (sorted) order, returned in input order.
+
+    Sorting first makes the suffixes independent of the order the server
+    listed the entries in.
+    """
+    order = sorted(range(len(entries)), key=lambda i: (names[i], entries[i]))
+    unique = make_unique([names[i] for i in order], reserved)
+    result = [""] * len(entries)
+    for position, index in enumerate(order):
+        result[index] = unique[position]
+    return result
+
+
 def label_names(entries: Sequence[tuple[str, str]], reserved: Iterable[str] = ()) -> list[str]:
     """Directory names for subjects or experiments, given (label, accession ID) pairs.
 
@@ -144,12 +159,7 @@ def label_names(entries: Sequence[tuple[str, str]], reserved: Iterable[str] = ()
             names.append(with_tag(base, safe_label(accession)))
         else:
             names.append(base)
-    order = sorted(range(len(entries)), key=lambda i: (names[i], entries[i]))
-    unique = make_unique([names[i] for i in order], reserved)
-    result = [""] * len(entries)
-    for position, index in enumerate(order):
-        result[index] = unique[position]
-    return result
+    return _unique_in_input_order(names, entries, reserved)
 
 
 def resource_names(entries: Sequence[tuple[str, str]], reserved: Iterable[str] = ()) -> list[str]:
@@ -168,12 +178,7 @@ def resource_names(entries: Sequence[tuple[str, str]], reserved: Iterable[str] =
             names.append(with_tag(base, safe_component(resource_id)))
         else:
             names.append(base)
-    order = sorted(range(len(entries)), key=lambda i: (names[i], entries[i]))
-    unique = make_unique([names[i] for i in order], reserved)
-    result = [""] * len(entries)
-    for position, index in enumerate(order):
-        result[index] = unique[position]
-    return result
+    return _unique_in_input_order(names, entries, reserved)
 
 
 def split_file_path(raw_path: str) -> list[str]:

@@ -14,8 +14,6 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from xnatfs.client.config import default_config_path
-
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
 DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
