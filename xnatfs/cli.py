@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xnatfs import prefetch
+from xnatfs.prefetch import human_bytes
 from xnatfs.client.config import default_config_path
 from xnatfs.errors import XnatAuthError, XnatError, redact_url
 from xnatfs.fs.settings import (
@@ -359,15 +361,6 @@ Press Ctrl-C here to unmount and stop.
 
 # ---- cache -------------------------------------------------------------------
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def cmd_cache(args) -> int:
     from xnatfs.cache.content import ContentCache
 
@@ -378,11 +371,11 @@ def cmd_cache(args) -> int:
         if args.action == "clear":
             cache.clear()
             after = cache.info()
-            print(f"removed {before.entries - after.entries} files ({_human(before.bytes_used - after.bytes_used)})"
+            print(f"removed {before.entries - after.entries} files ({human_bytes(before.bytes_used - after.bytes_used)})"
                   f" from {directory}" + (f"; {after.entries} in use kept" if after.entries else ""))
         else:
             print(f"directory: {before.directory}\nfiles:     {before.entries}\n"
-                  f"used:      {_human(before.bytes_used)} of {_human(before.max_bytes)}")
+                  f"used:      {human_bytes(before.bytes_used)} of {human_bytes(before.max_bytes)}")
     finally:
         cache.close()
     return 0
@@ -406,7 +399,7 @@ def cmd_uploads(args) -> int:
     if args.include_unclosed:
         for entry in spool.unclosed(server):
             if spool.release(entry):
-                print(f"{entry.id}: never closed; sending it as it is ({_human(entry.size)})")
+                print(f"{entry.id}: never closed; sending it as it is ({human_bytes(entry.size)})")
     elif spool.unclosed(server):
         print("writes never closed are not sent; see `xnatfs uploads list`, "
               "then `uploads retry --include-unclosed` or `uploads discard ID --yes`", file=sys.stderr)
@@ -425,7 +418,7 @@ def _print_uploads(entries: list) -> None:
     rows = [UPLOAD_COLUMNS]
     for entry in entries:
         error = entry.last_error.splitlines()[0][:ERROR_WIDTH] if entry.last_error else "-"
-        rows.append((entry.id, entry.state, _human(entry.size), str(entry.attempts),
+        rows.append((entry.id, entry.state, human_bytes(entry.size), str(entry.attempts),
                      entry.target.server + entry.target.describe() if entry.target.kind == "file"
                      else f"{entry.target.server}: {entry.target.describe()}", error))
     widths = [max(len(row[column]) for row in rows) for column in range(len(UPLOAD_COLUMNS) - 1)]
@@ -443,7 +436,7 @@ def _discard_upload(spool, args) -> int:
     entry = spool.get(args.entry)
     if entry is None:
         raise UsageProblem(f"no upload {args.entry} in {spool.directory}")
-    what = f"{entry.id} ({entry.state}, {_human(entry.size)}, {entry.target.describe()})"
+    what = f"{entry.id} ({entry.state}, {human_bytes(entry.size)}, {entry.target.describe()})"
     if not args.yes:
         raise UsageProblem(f"this drops {what} without sending it; add --yes to do so")
     if not spool.discard(entry):
@@ -477,9 +470,7 @@ def _retry_uploads(spool, servers: list[str], args) -> int:
 # ---- prefetch -----------------------------------------------------
 
 def cmd_prefetch(args) -> int:
-    from xnatfs.prefetch import main as prefetch_main
-
-    return prefetch_main(args)
+    return prefetch.main(args)
 
 
 
@@ -541,11 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     uploads.add_argument("--password-file", help="read the password from the first line of this file")
     uploads.set_defaults(handler=cmd_uploads)
 
-    from xnatfs.prefetch import add_arguments as prefetch_arguments
-
-    prefetch = commands.add_parser("prefetch", help="read files under a mount once, to warm the cache")
-    prefetch_arguments(prefetch)
-    prefetch.set_defaults(handler=cmd_prefetch)
+    prefetch_command = commands.add_parser("prefetch", help="read files under a mount once, to warm the cache")
+    prefetch.add_arguments(prefetch_command)
+    prefetch_command.set_defaults(handler=cmd_prefetch)
 
     # Listed for --help; main() hands its arguments to the fake server's parser.
     commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")
