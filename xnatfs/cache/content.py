@@ -547,13 +547,10 @@ class ContentCache:
                 return existing
             if not self._reserve(name, key.size):
                 return None
-        tmp_path = self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        tmp_path = self._temp_path(name)
         fd = None
         try:
-            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with self._lock:
-                self._own_temps.add(tmp_path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = self._open_temp(tmp_path)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -654,14 +651,10 @@ class ContentCache:
                 existing.close()
                 return
             kept = self._reserve(name, key.size)
-        tmp_path = self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        tmp_path = self._temp_path(name)
         fd = None
         try:
-            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with self._lock:
-                self._own_temps.add(tmp_path)
-            # Marks the file as in progress for other processes' clean-up.
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = self._open_temp(tmp_path)
             with fill.cond:
                 fill.fd = fd
             writer = _EntryWriter(fd, fill)
@@ -725,6 +718,22 @@ class ContentCache:
     def _drop_transient(self, handle: _SharedHandle) -> None:
         os.close(handle.fd)
         self._drop_temp(handle.path)
+
+    def _temp_path(self, name: str) -> Path:
+        return self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+
+    def _open_temp(self, path: Path) -> int:
+        """Create the temp file for an entry being filled; the caller drops it on failure."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with self._lock:
+                self._own_temps.add(path)
+            # Marks the file as in progress for other processes' clean-up.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _drop_temp(self, path: Path) -> None:
         try:
