@@ -82,6 +82,32 @@ def test_experiment_contents(conn, fake_xnat):
     assert contents.insert_date is not None
 
 
+def test_project_searches_agree_with_each_session_in_two_requests(conn, fake_xnat):
+    fake_xnat.reset_counts()
+    found = conn.list_project_contents("STUDY01")
+    assert fake_xnat.count("GET") == 2
+    experiments = conn.list_experiments("STUDY01")
+    assert set(found) == {e.id for e in experiments}
+    for experiment in experiments:
+        one = conn.get_experiment_contents(experiment.id)
+        shown = found[experiment.id]
+        assert [(s.id, s.type, s.series_description, s.quality, s.uri) for s in shown.scans] == \
+            [(s.id, s.type, s.series_description, s.quality, s.uri) for s in one.scans]
+        assert [[(r.label, r.uri) for r in s.resources] for s in shown.scans] == \
+            [[(r.label, r.uri) for r in s.resources] for s in one.scans]
+        assert [(r.label, r.uri) for r in shown.resources] == [(r.label, r.uri) for r in one.resources]
+    labels = conn.list_subject_resources("STUDY01")
+    for subject in conn.list_subjects("STUDY01"):
+        owner = f"/data/projects/{subject.project}/subjects/{subject.id}"
+        assert labels[subject.id] == tuple(r.label for r in conn.list_resources(owner))
+
+
+def test_project_searches_are_none_where_the_server_cannot_do_them(conn, fake_xnat):
+    fake_xnat.child_searches = False
+    assert conn.list_project_contents("STUDY01") is None
+    assert conn.list_subject_resources("STUDY01") is None
+
+
 def test_resources_at_every_level(conn):
     assert [r.label for r in conn.list_resources("/data/projects/STUDY01")] == ["PROTOCOLS"]
     assert [r.label for r in conn.list_resources("/data/projects/STUDY01/subjects/SUB001")] == ["NOTES"]

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
-from xnatfs.errors import XnatConflict, XnatNotFound, XnatServerError, XnatUnsupported
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
 from xnatfs.client.datman_api import DatmanApi
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT_COLUMNS = "ID,label,xsiType,date,insert_date,project,subject_ID,subject_label,URI"
 IMPORT_OVERWRITE_MODES = ("none", "append", "delete")
+_SEARCH_REFUSED = (400, 500, 501)
 _RESOURCE_URI = re.compile(r"/resources/[^/]+/?$")
 _EXPERIMENT_URI = re.compile(r"/experiments/[^/]+/?$")
 
@@ -155,6 +156,51 @@ class XnatConnection(DatmanApi):
         path = paths.experiment(experiment_id)
         item = parsing.first_item(self.session.get_json(path), url=path)
         return parsing.experiment_contents(item, experiment_id)
+
+    def list_project_contents(self, project: str) -> dict[str, ExperimentContents] | None:
+        """Scans, scan resources and session resources of every experiment of a project.
+
+        Two project-wide searches instead of one item request per
+        experiment. Experiments the answers do not both cover are left out
+        (ask :meth:`get_experiment_contents` for those), and resources come
+        with labels only. None when the server does not answer such searches.
+        """
+        scan_rows = self._search("/data/experiments", project, (
+            parsing.SCAN_ID, parsing.SCAN_TYPE, parsing.SCAN_DESCRIPTION, parsing.SCAN_QUALITY,
+            parsing.SCAN_RESOURCE))
+        if scan_rows is None:
+            return None
+        resource_rows = self._search("/data/experiments", project, (parsing.SESSION_RESOURCE,))
+        if resource_rows is None:
+            return None
+        return parsing.experiment_contents_from_search(scan_rows, resource_rows)
+
+    def list_subject_resources(self, project: str) -> dict[str, tuple[str, ...]] | None:
+        """Resource labels of every subject of a project, by subject ID, in one request.
+
+        None when the server does not answer such a search.
+        """
+        found = self._search(paths.project(project) + "/subjects", None, (parsing.SUBJECT_RESOURCE,))
+        return None if found is None else parsing.subject_resources_from_search(found)
+
+    def _search(self, path: str, project: str | None, columns: tuple[str, ...]) -> list[dict] | None:
+        """Rows of a search reaching into child tables; None if the server cannot do it."""
+        params = {"columns": ",".join(("ID",) + columns)}
+        if project is not None:
+            params["project"] = project
+        try:
+            found = parsing.rows(self.session.get_json(path, params), url=path)
+        except XnatError as exc:
+            # XNAT answers a search it cannot build with 400 or 500; anything
+            # else (refused, unreachable) is no answer about the search itself.
+            if exc.status not in _SEARCH_REFUSED:
+                raise
+            logger.info("the server cannot search %s by %s: %s", path, ", ".join(columns), exc)
+            return None
+        if not parsing.answers_columns(found, *columns):
+            logger.info("the server ignored the columns %s of %s", ", ".join(columns), path)
+            return None
+        return found
 
     def list_resources(self, parent_uri: str) -> list[Resource]:
         """Resources (folders) of a project, subject, experiment or scan."""

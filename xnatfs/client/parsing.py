@@ -232,3 +232,102 @@ def experiment_contents(item: dict, fallback_id: str = "") -> ExperimentContents
         (item.get("meta") or {}).get("start_date"))
     return ExperimentContents(experiment_id=experiment_id, scans=scans, resources=resources,
                               insert_date=inserted)
+
+
+# -- project-wide searches ---------------------------------------------------
+#
+# XNAT's search behind ``/data/experiments?project=P&columns=...`` joins child
+# tables when a column names them, giving one row per child (and one row with
+# the child's columns empty for a parent without children). Column names come
+# back lower-cased.
+
+SCAN_ID = "xnat:imagescandata/id"
+SCAN_TYPE = "xnat:imagescandata/type"
+SCAN_DESCRIPTION = "xnat:imagescandata/series_description"
+SCAN_QUALITY = "xnat:imagescandata/quality"
+SCAN_RESOURCE = "xnat:imagescandata/file/label"
+SESSION_RESOURCE = "xnat:experimentdata/resources/resource/label"
+SUBJECT_RESOURCE = "xnat:subjectdata/resources/resource/label"
+
+
+def _lowered(row: dict) -> dict:
+    return {str(key).lower(): value for key, value in row.items()}
+
+
+def answers_columns(found: list[dict], *columns: str) -> bool:
+    """Whether a search answer carries the child-table columns it was asked for.
+
+    A server that does not know them may leave them out; an empty answer
+    says nothing either way but is true (there is nothing to miss).
+    """
+    return all(all(column in _lowered(row) for column in columns) for row in found[:1])
+
+
+def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[dict]
+                                    ) -> dict[str, ExperimentContents]:
+    """Contents of every experiment in two project-wide search answers.
+
+    ``scan_rows`` have one row per (experiment, scan, scan resource),
+    ``resource_rows`` one per (experiment, session resource). Only
+    experiments found in both are returned. The scans' ``xsi_type`` is
+    unknown here (left empty); the item JSON has it.
+    """
+    scans: dict[str, dict[str, dict]] = {}
+    for row in map(_lowered, scan_rows):
+        experiment_id = text(row.get("id"))
+        if not experiment_id:
+            continue
+        per_scan = scans.setdefault(experiment_id, {})
+        scan_id = text(row.get(SCAN_ID))
+        if not scan_id:
+            continue
+        scan = per_scan.setdefault(scan_id, {"row": row, "resources": []})
+        label = text(row.get(SCAN_RESOURCE))
+        if label and label not in scan["resources"]:
+            scan["resources"].append(label)
+    resources: dict[str, list[str]] = {}
+    for row in map(_lowered, resource_rows):
+        experiment_id = text(row.get("id"))
+        if not experiment_id:
+            continue
+        labels = resources.setdefault(experiment_id, [])
+        label = text(row.get(SESSION_RESOURCE))
+        if label and label not in labels:
+            labels.append(label)
+    found = {}
+    for experiment_id in scans.keys() & resources.keys():
+        experiment_uri = paths.experiment(experiment_id)
+        found[experiment_id] = ExperimentContents(
+            experiment_id=experiment_id,
+            scans=tuple(_scan_from_search(experiment_id, scan_id, scan["row"], scan["resources"])
+                        for scan_id, scan in scans[experiment_id].items()),
+            resources=tuple(Resource(label=label, uri=paths.resource(experiment_uri, label))
+                            for label in resources[experiment_id]),
+        )
+    return found
+
+
+def _scan_from_search(experiment_id: str, scan_id: str, row: dict, labels: list[str]) -> Scan:
+    scan_uri = paths.scan(experiment_id, scan_id)
+    return Scan(
+        id=scan_id,
+        type=text(row.get(SCAN_TYPE)),
+        series_description=text(row.get(SCAN_DESCRIPTION)),
+        quality=text(row.get(SCAN_QUALITY)),
+        uri=scan_uri,
+        resources=tuple(Resource(label=label, uri=paths.resource(scan_uri, label)) for label in labels),
+    )
+
+
+def subject_resources_from_search(found: list[dict]) -> dict[str, tuple[str, ...]]:
+    """Resource labels of every subject in a project-wide subject search (one row per resource)."""
+    labels: dict[str, list[str]] = {}
+    for row in map(_lowered, found):
+        subject_id = text(row.get("id"))
+        if not subject_id:
+            continue
+        mine = labels.setdefault(subject_id, [])
+        label = text(row.get(SUBJECT_RESOURCE))
+        if label and label not in mine:
+            mine.append(label)
+    return {subject_id: tuple(mine) for subject_id, mine in labels.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import search
 from .files import FilesApi, Parent, experiment_parent, project_parent, scan_parent, subject_parent
 from .http import Request, Response, error_page, json_response, method_not_allowed, text_response
 from .items import (experiment_item, item_xml, items_document, project_item, scan_item,
@@ -156,7 +157,9 @@ class ArchiveApi:
         if not rest:
             if request.method not in ("GET", "HEAD"):
                 return method_not_allowed(request, "GET, HEAD")
-            return table_response(request, self._subject_rows(scope), SUBJECT_COLUMNS)
+            rows = search.expand_subjects(self.store, self._subject_rows(scope), request,
+                                          known=self.server.child_searches)
+            return table_response(request, rows, SUBJECT_COLUMNS)
         name = rest[0]
         subject_id = self._find_subject(scope, name)
         if len(rest) == 1:
@@ -265,6 +268,7 @@ class ArchiveApi:
             if request.method not in ("GET", "HEAD"):
                 return method_not_allowed(request, "GET, HEAD")
             rows, columns = self._experiment_rows(request, scope)
+            rows = search.expand_experiments(self.store, rows, request, known=self.server.child_searches)
             title = "Matching experiments" if scope.project and not scope.subject_id else None
             # A project parameter already chose the rows (shares included); it is no filter.
             return table_response(request, rows, columns, title=title, ignore=("project",))

@@ -117,7 +117,8 @@ class FakeXnat:
 
     Switches, settable at any time: ``latency_ms``, ``honour_range``,
     ``session_timeout``, ``expired_password``, ``autorun_on_import``,
-    ``readonly_users`` (a set of user names whose writes are refused with
+    ``child_searches`` (False: listings refuse ``columns=`` that reach into
+    child tables with 400), ``readonly_users`` (a set of user names whose writes are refused with
     403) and :meth:`set_faults`.
     """
 
@@ -141,6 +142,7 @@ class FakeXnat:
         self.autorun_on_import = autorun_on_import
         self.expired_password = expired_password
         self.readonly_users = set(readonly_users)
+        self.child_searches = True
         self.site_id = site_id
         self.started_at = time.monotonic()
         self._faults = FaultInjector()

@@ -74,6 +74,8 @@ def _lookup(row: dict, column: str):
     """A row's value for a column, also when asked by its long ``xsiType/field`` name."""
     if column in row:
         return row[column]
+    if column.lower() in row:        # a child table's column, named in lower case
+        return row[column.lower()]
     field = _field_name(row, column)
     return row[field] if field else ""
 

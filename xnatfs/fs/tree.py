@@ -15,12 +15,23 @@ raw key                   client call
 ("expfiles", E)           list_files(experiment, all_levels=True)
 ("resources", owner_uri)  list_resources(owner_uri)
 ("files", resource_uri)   list_files(resource_uri)
+("projectcontents", P)    list_project_contents(P)
+("subjectresources", P)   list_subject_resources(P)
 ========================  =============================================
+
+The last two are project-wide searches that answer ``contents`` of every
+session and ``resources`` of every subject of a project at once. They are
+loaded only once a walk of the project is under way (``find``, ``ls -R``,
+a file manager going through subject after subject); a look at one session
+asks for that session alone. A session changed through the mount after a
+search was taken is asked for on its own again.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -29,6 +40,7 @@ import cachetools
 import trio
 
 from xnatfs.cache.listing import ListingCache
+from xnatfs.client import paths
 from xnatfs.client.models import Experiment, RemoteFile, Resource, Subject
 from xnatfs.fs import names
 from xnatfs.fs.nodes import (
@@ -50,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 AHEAD_PARALLEL = 16
 AHEAD_SUBJECTS = 32
+_SUBJECT_URI = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
 
 
 def timestamp(value: datetime | None, default: float) -> float:
@@ -81,6 +94,11 @@ class Tree:
         self._ahead_slots = trio.Semaphore(AHEAD_PARALLEL)
         # What was loaded ahead lately, so a walk does not schedule it again.
         self._scheduled: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
+        # Projects being walked: their project-wide searches are worth loading.
+        self._walked: cachetools.TTLCache = cachetools.TTLCache(maxsize=1_000, ttl=listings.ttl)
+        # Which project's searches can answer a raw key, and when the key was last forgotten.
+        self._search_project: cachetools.LRUCache = cachetools.LRUCache(maxsize=200_000)
+        self._forgotten: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
 
     # ---- raw listings -------------------------------------------------
 
@@ -101,13 +119,58 @@ class Tree:
             return lambda: conn.list_resources(key[1])
         if kind == "files":
             return lambda: conn.list_files(key[1])
+        if kind == "projectcontents":
+            return lambda: SearchAnswer.taken(lambda: conn.list_project_contents(key[1]))
+        if kind == "subjectresources":
+            return lambda: SearchAnswer.taken(lambda: conn.list_subject_resources(key[1]))
         raise ValueError(f"unknown listing {kind!r}")
 
     async def raw(self, key: tuple):
         cached = self.listings.get(key)
         if cached is not None:
             return cached
+        if key[0] in ("contents", "resources"):
+            found = await self._from_search(key)
+            if found is not None:
+                return found
         return await self.listings.get_or_load(key, self._loader(key), self.limiter)
+
+    async def _from_search(self, key: tuple):
+        """``key``'s listing from its project's search, if a walk loaded one since ``key`` last changed."""
+        project = self._search_project.get(key)
+        if project is None or project not in self._walked:
+            return None
+        if key[0] == "contents":
+            answer = await self._search(("projectcontents", project))
+            if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+                return None
+            return answer.found.get(key[1])
+        match = _SUBJECT_URI.match(key[1])
+        if match is None:
+            return None
+        answer = await self._search(("subjectresources", project))
+        if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+            return None
+        labels = answer.found.get(match["subject"])
+        if labels is None:
+            return None
+        memo_key = ("subjectresources", key[1])
+        memo = self._memo.get(memo_key)
+        if memo is None or memo[0] is not labels:
+            memo = (labels, tuple(Resource(label=label, uri=paths.resource(key[1], label)) for label in labels))
+            self._memo[memo_key] = memo
+        return memo[1]
+
+    async def _search(self, key: tuple) -> SearchAnswer | None:
+        """A project-wide search; None when the server cannot answer it or it failed."""
+        try:
+            answer = await self.listings.get_or_load(key, self._loader(key), self.limiter)
+        except Exception as exc:
+            # The per-session listings answer instead, for as long as a listing is trusted.
+            logger.info("the search %s failed: %s", key, exc)
+            self.listings.put(key, SearchAnswer(time.monotonic(), None))
+            return None
+        return answer if answer.found is not None else None
 
     async def _raws(self, keys: Sequence[tuple]) -> tuple:
         cached = tuple(self.listings.get(key) for key in keys)
@@ -185,6 +248,7 @@ class Tree:
 
     def forget_listing(self, key: tuple) -> None:
         """Drop a raw listing so the next look loads it again (after our own changes)."""
+        self._forgotten[key] = time.monotonic()
         self.listings.invalidate(key)
 
     def _derive(self, node: Node, raws: tuple) -> Listing:
@@ -279,6 +343,7 @@ class Tree:
         for name, experiment in zip(dir_names, mine):
             if name != experiment.label:
                 self._renamed(f"experiments of {node.project_id}/{node.subject.label}", experiment.label, name)
+            self._search_project[("contents", experiment.id)] = node.project_id
             entries[name] = ExperimentDir(
                 mtime=timestamp(experiment.insert_date, node.mtime),
                 read_only=node.read_only or experiment.shared or experiment.project != node.project_id,
@@ -287,6 +352,7 @@ class Tree:
                 subject_label=node.subject.label,
                 experiment=experiment,
             )
+        self._search_project[("resources", node.uri)] = node.project_id
         entries[names.RESOURCES] = ResourcesDir(mtime=node.mtime, read_only=node.read_only,
                                                 owner_uri=node.uri)
         return Listing(entries)
@@ -395,10 +461,21 @@ class Tree:
         their resources) are loaded ahead too.
         """
         self._ahead_experiments(nursery, listing)
+        if following:
+            self._walk(nursery, following[0])
         for node in following:
             if isinstance(node, SubjectDir) and node.key not in self._scheduled:
                 self._scheduled[node.key] = True
                 nursery.start_soon(self._ahead_subject, nursery, node)
+
+    def _walk(self, nursery: trio.Nursery, node: Node) -> None:
+        """Note that ``node``'s project is being walked and load its searches ahead."""
+        if not isinstance(node, SubjectDir) or node.project_id in self._walked:
+            return
+        project = node.project_id
+        self._walked[project] = True
+        for kind in ("projectcontents", "subjectresources"):
+            nursery.start_soon(self._search, (kind, project))
 
     def _ahead_experiments(self, nursery: trio.Nursery, listing: Listing) -> None:
         for node in listing.entries.values():
@@ -421,6 +498,21 @@ class Tree:
             except Exception as exc:  # a load ahead failing only means the real look will retry
                 logger.debug("loading %s ahead failed: %s", node.key, exc)
                 return None
+
+
+class SearchAnswer:
+    """What a project-wide search found (None: the server cannot do it), and when it was asked."""
+
+    __slots__ = ("started", "found")
+
+    def __init__(self, started: float, found):
+        self.started = started
+        self.found = found
+
+    @classmethod
+    def taken(cls, search: Callable[[], object]) -> SearchAnswer:
+        started = time.monotonic()
+        return cls(started, search())
 
 
 def _memo_key(node: Node) -> tuple:
