@@ -10,7 +10,6 @@ resolved by probing the next number.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 import pyfuse3
 
 from xnatfs.fs.nodes import Node
@@ -21,11 +20,14 @@ _MASK = (1 << 63) - 1
 _FIRST_FREE = pyfuse3.ROOT_INODE + 1
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class InodeEntry:
     path: Path
     node: Node          # the latest snapshot seen for this path
     lookups: int = 0
+    # Answers worked out for one snapshot, reused while ``node`` is that same object.
+    attrs: tuple[Node, pyfuse3.EntryAttributes] | None = None
+    xattrs: tuple[Node, dict[bytes, bytes]] | None = None
 
 
 def _hashed(path: Path) -> int:
@@ -76,6 +78,11 @@ class InodeTable:
 
     def get(self, number: int) -> InodeEntry | None:
         return self._entries.get(number)
+
+    def known(self, path: Path) -> tuple[int, InodeEntry] | None:
+        """The number and entry of ``path`` if the kernel holds it now."""
+        number = self._by_path.get(path)
+        return None if number is None else (number, self._entries[number])
 
     def number_of(self, path: Path) -> int | None:
         return self._by_path.get(path)

@@ -7,10 +7,15 @@ parent waits on a pipe until the child reports the mount is up (or its
 one-line error) so that ``xnatfs mount`` returns only when the mount can be
 used. A small JSON record per mountpoint in the state folder lets
 ``xnatfs unmount`` find the daemon and wait for it to exit.
+
+Debugging aid: with ``XNATFS_PROFILE=<file>`` in its environment the daemon
+runs its event loop under cProfile and writes the statistics to that file
+when the mount ends (see ``scripts/profile_ops.py``).
 """
 
 from __future__ import annotations
 
+import cProfile
 import errno
 import hashlib
 import json
@@ -38,6 +43,8 @@ from xnatfs.fs.tree import Tree
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[str | None], None]
+
+PROFILE_ENV = "XNATFS_PROFILE"
 
 
 def build_operations(settings: MountSettings, connection, *, projects=None) -> XnatOperations:
@@ -91,6 +98,15 @@ def _raise_open_file_limit() -> None:
             logger.debug("cannot raise the open-file limit: %s", exc)
 
 
+def _run_profiled(ops: XnatOperations, profile_file: str) -> None:
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(trio.run, _run_loop, ops)
+    finally:
+        profiler.dump_stats(profile_file)
+        logger.info("profile of the event loop written to %s", profile_file)
+
+
 def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[[], None] | None = None) -> None:
     """Mount ``ops`` at the settings' mountpoint and serve until unmounted or signalled."""
     _raise_open_file_limit()
@@ -100,7 +116,11 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
     try:
         if on_mounted is not None:
             on_mounted()
-        trio.run(_run_loop, ops)
+        profile_file = os.environ.get(PROFILE_ENV)
+        if profile_file:
+            _run_profiled(ops, profile_file)
+        else:
+            trio.run(_run_loop, ops)
     except BaseException:
         logger.exception("file system loop stopped")
         raise

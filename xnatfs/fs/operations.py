@@ -36,7 +36,7 @@ from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import AHEAD_SUBJECTS, Tree
 from xnatfs.fs.writing import Writer
-from xnatfs.fs.xattrs import xattrs_for
+from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,28 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     def _writable(self, node: Node) -> bool:
         return not (self.settings.read_only or node.read_only)
 
+    def _attributes_of(self, inode: int, entry: InodeEntry, node: Node) -> pyfuse3.EntryAttributes:
+        """:meth:`attributes`, reused while the entry's node is the same snapshot.
+
+        Only a folder's link count can change under the same snapshot (when
+        its own listing loads); our own files change all the time and are
+        never reused. pyfuse3 copies the answer into its reply at once.
+        """
+        if isinstance(node, LocalFileNode):
+            return self.attributes(inode, node)
+        memo = entry.attrs
+        if memo is None or memo[0] is not node:
+            attrs = self.attributes(inode, node)
+            entry.attrs = (node, attrs)
+            return attrs
+        attrs = memo[1]
+        if node.is_dir:
+            attrs.st_nlink = self.tree.known_nlink(node)
+        return attrs
+
     def attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = inode
-        attrs.generation = 0
         writable = self._writable(node)
         if node.is_dir:
             attrs.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
@@ -229,15 +247,15 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     @fuse_handler
     async def getxattr(self, inode, name, ctx=None):
         entry = self._entry(inode)
-        value = xattrs_for(entry.node).get(os.fsdecode(name))
+        # ls asks every entry for security.selinux and ACLs: answered without building anything.
+        value = encoded_xattrs(entry).get(name) if name.startswith(PREFIX_BYTES) else None
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return value.encode("utf-8")
+        return value
 
     @fuse_handler
     async def listxattr(self, inode, ctx=None):
-        entry = self._entry(inode)
-        return [name.encode("utf-8") for name in xattrs_for(entry.node)]
+        return list(encoded_xattrs(self._entry(inode)))
 
     @fuse_handler
     async def setxattr(self, inode, name, value, ctx):
@@ -308,14 +326,20 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             name, inode, node = dots[index]
             if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
                 return
+        inodes = self.inodes
         for index in range(max(start_id - len(dots), 0), len(items)):
             name, node = items[index]
             child_path = path + (name,)
-            inode = self.inodes.number_for(child_path)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
-                                         len(dots) + index + 1):
+            known = inodes.known(child_path)
+            if known is None:
+                inode = inodes.number_for(child_path)
+                attrs = self.attributes(inode, node)
+            else:
+                inode, entry = known
+                attrs = self._attributes_of(inode, entry, node)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, len(dots) + index + 1):
                 break
-            self.inodes.remember(child_path, node, number=inode)
+            inodes.remember(child_path, node, number=inode)
 
     @fuse_handler
     async def releasedir(self, fh):

@@ -24,9 +24,11 @@ LOOP_READ_BYTES = 1 << 20
 class HotFiles:
     """Cache entries kept open after their last reader closed them.
 
-    Opening such a file again costs no disk work and no worker thread: the
-    open entry is shared. Bounded by count and bytes; the entries held stay
-    pinned (not evicted) until they drop out of here.
+    Opening such a file again costs no disk work, no lock and no worker
+    thread: the open entry is lent to the new reader and given back on
+    close. Bounded by count and bytes; the entries held stay pinned (not
+    evicted) until they drop out of here and their last borrower is done.
+    Used from the event loop only.
     """
 
     def __init__(self, max_files: int, max_bytes: int):
@@ -34,13 +36,29 @@ class HotFiles:
         self.max_bytes = max_bytes
         self._open: OrderedDict[CacheKey, CachedFile] = OrderedDict()
         self._bytes = 0
+        self._lent: dict[CachedFile, int] = {}     # entry → readers that have it now
+        self._dropped: set[CachedFile] = set()     # out of here, closed when the last reader gives it back
 
-    def share(self, key: CacheKey) -> CachedFile | None:
+    def borrow(self, key: CacheKey) -> CachedFile | None:
+        """The open entry of ``key`` for one more reader, who must :meth:`give_back` it."""
         cached = self._open.get(key)
         if cached is None:
             return None
         self._open.move_to_end(key)
-        return cached.share()
+        self._lent[cached] = self._lent.get(cached, 0) + 1
+        return cached
+
+    def give_back(self, cached: CachedFile) -> list[CachedFile]:
+        """A reader is done with ``cached``; returns the entries the caller must close."""
+        left = self._lent[cached] - 1
+        if left:
+            self._lent[cached] = left
+            return []
+        del self._lent[cached]
+        if cached in self._dropped:
+            self._dropped.discard(cached)
+            return [cached]
+        return []
 
     def keep(self, key: CacheKey, cached: CachedFile) -> list[CachedFile]:
         """Hold ``cached`` open; returns the entries the caller must close."""
@@ -52,30 +70,43 @@ class HotFiles:
         while len(self._open) > self.max_files or self._bytes > self.max_bytes:
             old_key, old = self._open.popitem(last=False)
             self._bytes -= old_key.size
-            surplus.append(old)
+            surplus.extend(self._let_go(old))
         return surplus
 
     def drop_uri(self, uri: str) -> list[CachedFile]:
         """Let go of every version of ``uri``; returns the entries to close."""
         gone = [key for key in self._open if key.uri == uri]
+        to_close = []
         for key in gone:
             self._bytes -= key.size
-        return [self._open.pop(key) for key in gone]
+            to_close.extend(self._let_go(self._open.pop(key)))
+        return to_close
 
     def clear(self) -> list[CachedFile]:
-        held = list(self._open.values())
+        """Let go of everything, lent or not (when the mount ends)."""
+        held = list(self._open.values()) + list(self._dropped)
         self._open.clear()
+        self._dropped.clear()
+        self._lent.clear()
         self._bytes = 0
         return held
+
+    def _let_go(self, cached: CachedFile) -> list[CachedFile]:
+        if cached in self._lent:
+            self._dropped.add(cached)
+            return []
+        return [cached]
 
 
 class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
-    def __init__(self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None):
+    def __init__(self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None,
+                 lender: HotFiles | None = None):
         self.key = key
         self._cached = cached
         self._pending = pending
+        self._lender = lender       # ``cached`` is borrowed from it and goes back there
 
     @classmethod
     async def from_cache(cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter,
@@ -83,9 +114,9 @@ class ReadHandle:
         """The cached copy of ``key``, or None on a miss."""
         if key.size == 0:
             return cls(key, None, None)
-        cached = hot.share(key) if hot is not None else None
+        cached = hot.borrow(key) if hot is not None else None
         if cached is not None:
-            return cls(key, cached, None)
+            return cls(key, cached, None, lender=hot)
         cached = await trio.to_thread.run_sync(cache.lookup, key, limiter=limiter)
         return cls(key, cached, None) if cached is not None else None
 
@@ -140,12 +171,15 @@ class ReadHandle:
 
     async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
         """Let go of the entry; a complete one is handed to ``hot`` to be kept open."""
-        cached, pending = self._cached, self._pending
-        self._cached = self._pending = None
+        cached, pending, lender = self._cached, self._pending, self._lender
+        self._cached = self._pending = self._lender = None
         to_close = [cached] if cached is not None else []
-        if cached is not None and hot is not None:
+        if cached is not None and lender is not None:
+            to_close = lender.give_back(cached)
+        elif cached is not None and hot is not None:
             to_close = hot.keep(self.key, cached)
         if not to_close and pending is None:
+            # The usual close of a recently read file: nothing to wait for.
             return
 
         def close_blocking() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFileNode
 from xnatfs.fs.nodes import (
     ExperimentDir,
@@ -16,6 +17,7 @@ from xnatfs.fs.nodes import (
 )
 
 PREFIX = "user.xnat."
+PREFIX_BYTES = PREFIX.encode()
 
 
 def xattrs_for(node: Node) -> dict[str, str]:
@@ -55,3 +57,22 @@ def xattrs_for(node: Node) -> dict[str, str]:
         local = node.local
         values = {"upload": local.state, "upload_error": local.error, "target": local.target.describe()}
     return {PREFIX + name: value for name, value in values.items() if value}
+
+
+def encoded_xattrs(entry: InodeEntry) -> dict[bytes, bytes]:
+    """:func:`xattrs_for` of the entry's node as the kernel wants them (UTF-8).
+
+    Worked out once per node snapshot; a local file's upload state changes
+    under the same node, so its attributes are worked out on every call.
+    """
+    node = entry.node
+    if isinstance(node, LocalFileNode):
+        return _encoded(node)
+    memo = entry.xattrs
+    if memo is None or memo[0] is not node:
+        memo = entry.xattrs = (node, _encoded(node))
+    return memo[1]
+
+
+def _encoded(node: Node) -> dict[bytes, bytes]:
+    return {name.encode("utf-8"): value.encode("utf-8") for name, value in xattrs_for(node).items()}
