@@ -37,11 +37,11 @@ machines over NFS, can share it:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
 import os
-import queue
 import secrets
 import shutil
 import threading
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
 # Files this big are hashed in a thread beside the download; pieces queued for it at most.
 HASH_THREAD_BYTES = 8 << 20
-HASH_QUEUE_PIECES = 16
+HASH_PIECE_BYTES = 1 << 20
 
 
 class CacheKey(NamedTuple):
@@ -372,8 +372,10 @@ class _EntryWriter:
     hashes on the way, refuses more bytes than the key says, and tells
     readers how far it got.
 
-    For a large file the MD5 runs in a thread of its own (hashlib lets go of
-    the GIL), so hashing one piece overlaps writing it and receiving the next.
+    For a large file the MD5 runs in a thread of its own that reads the
+    written bytes back (from the page cache) behind the download, so neither
+    the download nor the readers it feeds wait for the hash; only the entry's
+    completion (:meth:`verify`) does.
     """
 
     def __init__(self, fd: int, fill: _Fill):
@@ -381,16 +383,34 @@ class _EntryWriter:
         self._fill = fill
         self._written = 0
         self._md5 = hashlib.md5(usedforsecurity=False) if fill.key.digest else None
-        self._hashing: queue.Queue[bytes | None] | None = None
         self._hasher: threading.Thread | None = None
+        self._hash_error: OSError | None = None
+        self._progress = threading.Condition()
+        self._finished = False
         if self._md5 is not None and fill.key.size >= HASH_THREAD_BYTES:
-            self._hashing = queue.Queue(maxsize=HASH_QUEUE_PIECES)
-            self._hasher = threading.Thread(target=self._hash_queued, name="xnatfs-md5", daemon=True)
+            self._hasher = threading.Thread(target=self._hash_behind, name="xnatfs-md5", daemon=True)
             self._hasher.start()
 
-    def _hash_queued(self) -> None:
-        while (piece := self._hashing.get()) is not None:
-            self._md5.update(piece)
+    def _hash_behind(self) -> None:
+        hashed = 0
+        buffer = bytearray(HASH_PIECE_BYTES)
+        view = memoryview(buffer)
+        try:
+            while True:
+                with self._progress:
+                    while self._written == hashed and not self._finished:
+                        self._progress.wait()
+                    written = self._written
+                if written == hashed:
+                    return
+                while hashed < written:
+                    count = os.preadv(self._fd, [view[:min(HASH_PIECE_BYTES, written - hashed)]], hashed)
+                    if not count:
+                        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
+                    self._md5.update(view[:count])
+                    hashed += count
+        except OSError as exc:
+            self._hash_error = exc
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -399,14 +419,16 @@ class _EntryWriter:
             raise XnatServerError(
                 f"server sent more than the {self._fill.key.size} bytes listed",
                 url=self._fill.key.uri)
-        if self._hashing is not None:
-            # The hasher needs bytes nobody will change under it.
-            self._hashing.put(data if isinstance(data, bytes) else bytes(view))
-        elif self._md5 is not None:
+        if self._md5 is not None and self._hasher is None:
             self._md5.update(view)
         while view:
             view = view[os.write(self._fd, view):]
-        self._written += size
+        if self._hasher is not None:
+            with self._progress:
+                self._written += size
+                self._progress.notify()
+        else:
+            self._written += size
         self._fill.progressed(self._written)
         return size
 
@@ -423,9 +445,11 @@ class _EntryWriter:
         pass
 
     def close(self) -> None:
-        """Stop the hashing thread (after the pieces already queued)."""
+        """Stop the hashing thread once it has caught up with the bytes written."""
         if self._hasher is not None:
-            self._hashing.put(None)
+            with self._progress:
+                self._finished = True
+                self._progress.notify()
             self._hasher.join()
             self._hasher = None
 
@@ -435,6 +459,8 @@ class _EntryWriter:
         if self._written != key.size:
             raise XnatServerError(
                 f"download ended after {self._written} of {key.size} bytes", url=key.uri)
+        if self._hash_error is not None:
+            raise XnatServerError(f"could not check the download's MD5: {self._hash_error}", url=key.uri)
         if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
             raise XnatServerError("downloaded file does not match its MD5 digest", url=key.uri)
 
