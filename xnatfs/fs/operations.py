@@ -327,19 +327,25 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
                 return
         inodes = self.inodes
+        first = len(dots) + 1
         for index in range(max(start_id - len(dots), 0), len(items)):
             name, node = items[index]
             child_path = path + (name,)
             known = inodes.known(child_path)
             if known is None:
                 inode = inodes.number_for(child_path)
-                attrs = self.attributes(inode, node)
+                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
+                                             first + index):
+                    break
+                inodes.remember(child_path, node, number=inode)
             else:
+                # Warm: the kernel already holds this entry; one more reference to it.
                 inode, entry = known
-                attrs = self._attributes_of(inode, entry, node)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attrs, len(dots) + index + 1):
-                break
-            inodes.remember(child_path, node, number=inode)
+                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attributes_of(inode, entry, node),
+                                             first + index):
+                    break
+                entry.node = node
+                entry.lookups += 1
 
     @fuse_handler
     async def releasedir(self, fh):
