@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -14,8 +15,11 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.models import RemoteFile
 from xnatfs.fs.inodes import InodeEntry, InodeTable
+from xnatfs.client.connection import XnatConnection
 from xnatfs.fs.local import LocalFile, LocalFileNode
+from xnatfs.fs.mount import build_operations
 from xnatfs.fs.nodes import FileNode, RootDir
+from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.xattrs import encoded_xattrs
 
@@ -60,6 +64,17 @@ def test_a_held_entry_is_lent_to_many_and_closed_only_when_dropped(cache):
     assert hot.give_back(held) == []
     assert hot.give_back(held) == [held]
     assert not held.closed                       # closing is the caller's job
+    held.close()
+
+
+def test_an_entry_given_back_after_clear_is_left_to_the_clear(cache):
+    hot = HotFiles(max_files=4, max_bytes=1 << 20)
+    key = key_for("/a", b"bytes")
+    held = cache.insert_bytes(key, b"bytes")
+    hot.keep(key, held)
+    lent = hot.borrow(key)
+    assert hot.clear() == [held]
+    assert hot.give_back(lent) == []
     held.close()
 
 
@@ -118,6 +133,32 @@ def test_known_gives_the_number_and_entry_the_kernel_holds():
     assert table.known(("P",)) == (number, table.get(number))
     table.forget(number, 1)
     assert table.known(("P",)) is None
+
+
+def test_attributes_are_reused_per_snapshot_with_a_current_link_count(fake_xnat, tmp_path):
+    settings = MountSettings(url=fake_xnat.url, mountpoint=tmp_path / "mnt", cache_dir=tmp_path / "cache")
+    with XnatConnection(fake_xnat.url, fake_xnat.username, fake_xnat.password) as connection:
+        ops = build_operations(settings, connection)
+
+        async def check() -> None:
+            project = (await ops._listing(ops.tree.root)).get("STUDY01")
+            inode = ops.inodes.remember(("STUDY01",), project)
+            entry = ops.inodes.get(inode)
+            before = ops._attributes_of(inode, entry, project)
+            hinted = before.st_nlink
+            assert ops._attributes_of(inode, entry, project) is before
+            await ops._listing(project)          # its folders are known now: a real link count
+            after = ops._attributes_of(inode, entry, project)
+            assert after.st_nlink == ops.attributes(inode, project).st_nlink > hinted
+            snapshot = dataclasses.replace(project, mtime=project.mtime + 60)
+            fresh = ops._attributes_of(inode, entry, snapshot)
+            assert fresh is not before
+            assert fresh.st_mtime_ns == int(snapshot.mtime * 1e9)
+
+        try:
+            trio.run(check)
+        finally:
+            ops.cache.close()
 
 
 @pytest.mark.mount

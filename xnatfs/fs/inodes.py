@@ -25,9 +25,11 @@ class InodeEntry:
     path: Path
     node: Node          # the latest snapshot seen for this path
     lookups: int = 0
-    # Answers worked out for one snapshot, reused while ``node`` is that same object.
-    attrs: tuple[Node, pyfuse3.EntryAttributes] | None = None
-    xattrs: tuple[Node, dict[bytes, bytes]] | None = None
+    # Answers worked out for one node snapshot, reused while that snapshot is asked about.
+    attrs: pyfuse3.EntryAttributes | None = None
+    attrs_of: Node | None = None
+    xattrs: dict[bytes, bytes] | None = None
+    xattrs_of: Node | None = None
 
 
 def _hashed(path: Path) -> int:

@@ -170,12 +170,11 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         """
         if isinstance(node, LocalFileNode):
             return self.attributes(inode, node)
-        memo = entry.attrs
-        if memo is None or memo[0] is not node:
-            attrs = self.attributes(inode, node)
-            entry.attrs = (node, attrs)
+        if entry.attrs_of is not node:
+            attrs = entry.attrs = self.attributes(inode, node)
+            entry.attrs_of = node
             return attrs
-        attrs = memo[1]
+        attrs = entry.attrs
         if node.is_dir:
             attrs.st_nlink = self.tree.known_nlink(node)
         return attrs

@@ -50,7 +50,10 @@ class HotFiles:
 
     def give_back(self, cached: CachedFile) -> list[CachedFile]:
         """A reader is done with ``cached``; returns the entries the caller must close."""
-        left = self._lent[cached] - 1
+        lent = self._lent.get(cached)
+        if lent is None:
+            return []       # let go of by clear(), whose caller closes it
+        left = lent - 1
         if left:
             self._lent[cached] = left
             return []

@@ -68,10 +68,10 @@ def encoded_xattrs(entry: InodeEntry) -> dict[bytes, bytes]:
     node = entry.node
     if isinstance(node, LocalFileNode):
         return _encoded(node)
-    memo = entry.xattrs
-    if memo is None or memo[0] is not node:
-        memo = entry.xattrs = (node, _encoded(node))
-    return memo[1]
+    if entry.xattrs_of is not node:
+        entry.xattrs = _encoded(node)
+        entry.xattrs_of = node
+    return entry.xattrs
 
 
 def _encoded(node: Node) -> dict[bytes, bytes]:
