@@ -34,23 +34,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new
-    content, never a mix, even after a crash. The file is 0600."""
+    content, never a mix, even after a crash. The file is 0600.
+
+    With ``durable`` the new content also survives a power loss once this
+    returns; without it a process killed afterwards still leaves it intact
+    (the kernel keeps it), but a power loss may bring back the old one.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def same_file(fd: int, path: Path) -> bool:

@@ -6,10 +6,26 @@ after the server confirmed an upload is it removed. Layout (0700, files 0600)::
     data/<id>          the bytes, written by the file system
     records/<id>.json  what to do with them, and how far it got
 
-An entry's life: ``open`` (being written) → ``pending`` (closed, durable,
-waiting to be sent) → removed once sent, or ``failed`` (sent, refused or
-unreachable; retried later). Records are replaced atomically and fsynced, so
-after a crash each one is either the old or the new version.
+An entry's life: ``open`` (being written) → ``pending`` (closed, waiting to
+be sent) → removed once sent, or ``failed`` (sent, refused or unreachable;
+retried later). Records are replaced atomically, so after a crash each one
+is either the old or the new version.
+
+Closing a file waits for its upload, so until the server has the bytes
+nobody has been told they are safe, and a process killed meanwhile loses
+nothing: the kernel keeps what it wrote. Entries on their way are therefore
+written without any fsync. Only when an upload fails, and the bytes are left
+to wait here, is the entry *sealed*: data, record and folders are fsynced,
+and the record notes the size and MD5 of the data. A power loss can still
+bring back a record whose bytes were never made durable, or lose bytes a
+sealed record describes; neither is ever sent on its own:
+
+- a sealed entry is sent only while its bytes have the recorded size and
+  MD5; otherwise it stays ``failed``, with the reason;
+- an unsealed record carries the boot ID of the machine that wrote it.
+  Found after that machine restarted, its bytes cannot be trusted and it is
+  set aside as ``unclosed`` (below). After a mere process crash the boot ID
+  is the same and the bytes, from the kernel, are complete.
 
 Who may touch an entry is settled with an exclusive ``flock`` on its data
 file: the writer holds it while the entry is open, an uploader while sending.
@@ -27,6 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +67,28 @@ WAITING_STATES = ("pending", "failed")
 _ID_PATTERN = re.compile(r"^[0-9]{20}-[0-9a-f]{8}$")
 _LAST_ERROR_LIMIT = 2000
 _STALE_TEMP_SECONDS = 3600
+_DIGEST_CHUNK = 1 << 20
+_BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+@functools.cache
+def current_boot_id() -> str:
+    """Names this run of the machine; empty where the kernel does not say."""
+    try:
+        return _BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def data_digest(path: Path) -> tuple[int, str]:
+    """Size and MD5 (hex) of a staging file's bytes."""
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    with open(path, "rb", buffering=0) as source:
+        while chunk := source.read(_DIGEST_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def normalize_server(url: str) -> str:
@@ -90,6 +130,13 @@ class SpoolEntry:
     last_error: str = ""
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    boot_id: str = ""            # the machine run that last wrote the record without fsync
+    data_size: int = 0           # once sealed (see the module notes): the bytes to send...
+    data_md5: str = ""           # ...and their MD5; empty while not sealed
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.data_md5)
 
     @property
     def size(self) -> int:
@@ -121,8 +168,7 @@ class UploadSpool:
         fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            fsync_dir(self._data_dir)
-            self._save(entry)
+            self._save(entry, durable=False)
         except BaseException:
             os.close(fd)
             os.unlink(entry.data_path)
@@ -133,7 +179,11 @@ class UploadSpool:
         return entry
 
     def commit(self, entry: SpoolEntry) -> None:
-        """The writer is done: make data and record durable, state ``pending``."""
+        """The writer is done: state ``pending``, ready to send.
+
+        Not made durable (see the module notes): the caller sends it next,
+        and if that fails the entry is sealed.
+        """
         with self._lock:
             fd = self._writers.pop(entry.id, None)
         if fd is None:
@@ -144,12 +194,37 @@ class UploadSpool:
                     return            # committed and sent already
                 raise
         try:
-            os.fsync(fd)          # flushes the file whichever descriptor wrote it
             entry.state = "pending"
             entry.updated = time.time()
-            self._save(entry)
+            self._save(entry, durable=False)
         finally:
             os.close(fd)
+
+    def seal(self, entry: SpoolEntry) -> None:
+        """Make a committed entry survive a power loss, if it is still here
+        and not sealed yet: its bytes are going to wait in the spool."""
+        with self.claim(entry) as current:
+            # Bytes from before a restart are not vouched for (see check()).
+            if current is not None and not current.sealed and not self._from_earlier_boot(current):
+                self._seal(current)
+                entry.data_size, entry.data_md5 = current.data_size, current.data_md5
+
+    def check(self, entry: SpoolEntry) -> str:
+        """Why the entry's bytes must not be sent, or "" when they may be.
+        The caller holds the entry (:meth:`claim`)."""
+        if entry.sealed:
+            try:
+                size, md5 = data_digest(entry.data_path)
+            except FileNotFoundError:
+                size, md5 = 0, "(no data file)"
+            if (size, md5) != (entry.data_size, entry.data_md5):
+                return (f"the spooled bytes ({size} bytes, MD5 {md5}) are not the ones recorded "
+                        f"({entry.data_size} bytes, MD5 {entry.data_md5}), probably after a power loss; "
+                        "not sent")
+        elif self._from_earlier_boot(entry):
+            return ("the spooled bytes were not made durable before the machine restarted and may be "
+                    "incomplete; not sent")
+        return ""
 
     def pending(self, server: str | None = None) -> list[SpoolEntry]:
         """Entries waiting to be sent (``pending`` or ``failed``), oldest first.
@@ -170,7 +245,7 @@ class UploadSpool:
             entry = self._load(record)
             if entry is None:
                 continue
-            if entry.state == "open":
+            if entry.state == "open" or (entry.state in WAITING_STATES and self._from_earlier_boot(entry)):
                 self._set_aside(entry)
                 entry = self._load(record)
                 if entry is None:
@@ -196,7 +271,7 @@ class UploadSpool:
                 return False
             current.state = "pending"
             current.updated = time.time()
-            self._save(current)
+            self._save(current, durable=True)
         finally:
             os.close(fd)
         entry.state, entry.updated = current.state, current.updated
@@ -230,22 +305,31 @@ class UploadSpool:
             return None
         return self._load(self._record_path(entry_id))
 
-    def record_failure(self, entry: SpoolEntry, error: str) -> None:
+    def record_failure(self, entry: SpoolEntry, error: str, *, seal: bool = True) -> None:
+        """A failed attempt, recorded durably. With ``seal`` (the caller holds
+        the entry and trusts its bytes) an unsealed entry is sealed too."""
         entry.attempts += 1
         entry.last_error = error[:_LAST_ERROR_LIMIT]
         entry.state = "failed"
         entry.updated = time.time()
-        self._save(entry)
+        if seal and not entry.sealed:
+            self._seal(entry)
+        else:
+            self._save(entry, durable=True)
 
     def remove(self, entry: SpoolEntry) -> None:
         """Forget an entry the server has confirmed."""
         # The record goes first: a crash in between leaves an orphan data
-        # file, which nobody would upload again.
+        # file, which nobody would upload again. Only a sealed record could
+        # come back after a power loss and be sent twice; an unsealed one
+        # would come back from an earlier boot, which is never sent.
+        current = entry if entry.sealed else self.get(entry.id)
         try:
             os.unlink(self._record_path(entry.id))
         except FileNotFoundError:
             pass
-        fsync_dir(self._records_dir)
+        if current is not None and current.sealed:
+            fsync_dir(self._records_dir)
         try:
             os.unlink(entry.data_path)
         except FileNotFoundError:
@@ -280,9 +364,11 @@ class UploadSpool:
     def _record_path(self, entry_id: str) -> Path:
         return self._records_dir / f"{entry_id}.json"
 
-    def _save(self, entry: SpoolEntry) -> None:
+    def _save(self, entry: SpoolEntry, *, durable: bool) -> None:
         if entry.state not in STATES:
             raise ValueError(f"unknown spool state {entry.state!r}")
+        if not durable:
+            entry.boot_id = current_boot_id()
         record = {
             "id": entry.id,
             "state": entry.state,
@@ -290,9 +376,29 @@ class UploadSpool:
             "last_error": entry.last_error,
             "created": entry.created,
             "updated": entry.updated,
+            "boot_id": entry.boot_id,
+            "data_size": entry.data_size,
+            "data_md5": entry.data_md5,
             "target": asdict(entry.target),
         }
-        write_atomic(self._record_path(entry.id), json.dumps(record, indent=1).encode())
+        write_atomic(self._record_path(entry.id), json.dumps(record, indent=1).encode(), durable=durable)
+
+    def _seal(self, entry: SpoolEntry) -> None:
+        """Data, its folder entry and the record with the data's size and
+        MD5 made durable, in that order (the caller holds the entry)."""
+        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self._data_dir)
+        entry.data_size, entry.data_md5 = data_digest(entry.data_path)
+        self._save(entry, durable=True)
+
+    @staticmethod
+    def _from_earlier_boot(entry: SpoolEntry) -> bool:
+        """An unsealed record written before the machine last started."""
+        return not entry.sealed and bool(entry.boot_id) and entry.boot_id != current_boot_id()
 
     def _load(self, path: Path) -> SpoolEntry | None:
         try:
@@ -309,6 +415,10 @@ class UploadSpool:
                 last_error=str(record["last_error"]),
                 created=float(record["created"]),
                 updated=float(record["updated"]),
+                # Records without these come from versions that fsynced every record.
+                boot_id=str(record.get("boot_id", "")),
+                data_size=int(record.get("data_size", 0)),
+                data_md5=str(record.get("data_md5", "")),
             )
         except FileNotFoundError:
             return None
@@ -317,8 +427,9 @@ class UploadSpool:
             return None
 
     def _set_aside(self, entry: SpoolEntry) -> None:
-        """Mark an ``open`` entry whose writer has stopped as ``unclosed`` (or
-        drop it when empty); one whose writer is alive is left alone."""
+        """Mark as ``unclosed`` (or drop when empty) an ``open`` entry whose
+        writer has stopped, or a waiting one that was not sealed before the
+        machine restarted. One whose writer or sender is alive is left alone."""
         with self._lock:
             if entry.id in self._writers:
                 return
@@ -331,22 +442,26 @@ class UploadSpool:
             return
         try:
             current = self._load(self._record_path(entry.id))
-            if current is None or current.state != "open":
+            if current is None:
+                return
+            if current.state == "open":
+                why = "was still being written when its process stopped"
+            elif current.state in WAITING_STATES and self._from_earlier_boot(current):
+                why = "was not made durable before the machine restarted"
+            else:
                 return
             if os.fstat(fd).st_size == 0:
                 logger.warning("dropping upload %s (%s): left empty by a stopped process",
                                current.id, current.target.describe())
                 self.remove(current)
                 return
-            os.fsync(fd)
             current.state = "unclosed"
             current.updated = time.time()
-            self._save(current)
+            self._seal(current)
         finally:
             os.close(fd)
-        logger.warning("upload %s (%s, %d bytes) was still being written when its process stopped; "
-                       "it may be incomplete, so it is kept in %s but not sent",
-                       current.id, current.target.describe(), current.size, current.data_path)
+        logger.warning("upload %s (%s, %d bytes) %s; it may be incomplete, so it is kept in %s but not sent",
+                       current.id, current.target.describe(), current.size, why, current.data_path)
 
     @staticmethod
     def _lock_data(path: Path, wait: bool) -> int | None:

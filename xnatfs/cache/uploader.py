@@ -3,10 +3,14 @@
 An entry is removed from the spool right after the server confirmed it.
 For a DICOM import that matters most: sending the same zip twice could
 import it twice. The one window left is between the server's answer and the
-removal of the record (one unlink and one directory fsync): a process killed
-exactly there would send the entry again on the next retry. A process killed
-while the request is still in flight leaves the entry pending too, since the
-server's answer never arrived.
+removal of the record (one unlink, and for a sealed entry a directory
+fsync): a process killed exactly there would send the entry again on the
+next retry. A process killed while the request is still in flight leaves
+the entry pending too, since the server's answer never arrived.
+
+Before anything is sent the spool checks that the bytes are the ones it
+recorded (:meth:`UploadSpool.check`); bytes a power loss may have damaged
+stay in the spool as failed and are never sent.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
+from xnatfs.errors import XnatError
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +90,18 @@ class Uploader:
         with self.spool.claim(entry, wait=wait) as current:
             if current is None:
                 return False
+            refusal = self.spool.check(current)
+            if refusal:
+                self.spool.record_failure(current, refusal, seal=False)
+                _follow(entry, current)
+                logger.error("upload %s (%s) kept in the spool, not sent: %s",
+                             current.id, current.target.describe(), refusal)
+                raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
                 self._send(current)
             except Exception as exc:
                 self.spool.record_failure(current, str(exc))
-                entry.state, entry.attempts, entry.last_error, entry.updated = (
-                    current.state, current.attempts, current.last_error, current.updated)
+                _follow(entry, current)
                 logger.warning("upload %s (%s) failed, attempt %d: %s",
                                current.id, current.target.describe(), current.attempts, exc)
                 raise
@@ -105,3 +116,10 @@ class Uploader:
                 self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
             else:
                 self.connection.import_dicom_zip(target.project, target.subject, target.experiment, body)
+
+
+def _follow(entry: SpoolEntry, current: SpoolEntry) -> None:
+    """Bring the caller's copy of an entry up to its record."""
+    entry.state, entry.attempts, entry.last_error, entry.updated = (
+        current.state, current.attempts, current.last_error, current.updated)
+    entry.data_size, entry.data_md5 = current.data_size, current.data_md5

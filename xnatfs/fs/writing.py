@@ -7,10 +7,11 @@ uploads of one file apart. The rules:
 - bytes go into an open spool entry; an entry that was committed (closed,
   made durable, perhaps sent) is never written again: the next write starts
   a new entry with a copy of the bytes, and the superseded entry is dropped;
-- ``upload`` commits the entry (durable before close returns), then makes
-  one attempt; a failure leaves the entry pending in the spool, where the
-  background retry and the next mount find it, and is raised to the caller
-  (close/fsync answer EIO);
+- ``upload`` commits the entry, then makes one attempt; a failure leaves
+  the entry in the spool, sealed (made durable, see ``xnatfs.cache.spool``)
+  before the caller hears of it, where the background retry and the next
+  mount find it, and is raised to the caller (close/fsync answer EIO). A
+  success needs no fsync at all: the server has the bytes;
 - a new file nobody wrote into is not sent: XNAT has no empty files.
 """
 
@@ -128,6 +129,7 @@ class Writer:
         try:
             self.uploader.push(entry)
         except Exception as exc:
+            self._keep_durably(entry)
             with local.lock:
                 if local.entry is entry:
                     local.state, local.error = "failed", str(exc)
@@ -136,6 +138,15 @@ class Writer:
             if local.entry is entry:
                 local.entry, local.state, local.error = None, "uploaded", ""
         return True
+
+    def _keep_durably(self, entry: SpoolEntry) -> None:
+        """After a failed attempt: the bytes wait in the spool, so make them
+        survive a power loss (usually done already with the failure)."""
+        try:
+            self.spool.seal(entry)
+        except OSError as exc:
+            logger.error("upload %s (%s) could not be made durable in the spool: %s",
+                         entry.id, entry.target.describe(), exc)
 
     def _keep_empty(self, local: LocalFile) -> bool:
         """An empty file: XNAT cannot store one (caller holds the lock)."""
