@@ -10,6 +10,7 @@ resolved by probing the next number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import pyfuse3
 
 from xnatfs.fs.nodes import Node

@@ -226,7 +226,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
                 return self._negative()
             path = parent.path + (text,)
         inode = self.inodes.remember(path, node)
-        return self.attributes(inode, node)
+        return self._attributes_of(inode, self.inodes.get(inode), node)
 
     async def forget(self, inode_list):
         # Not a request anyone waits for: pyfuse3 wants no exception at all here.
@@ -241,7 +241,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         entry = self._entry(inode)
         node = await self._current(inode, entry)
-        return self.attributes(inode, node)
+        return self._attributes_of(inode, entry, node)
 
     @fuse_handler
     async def getxattr(self, inode, name, ctx=None):
