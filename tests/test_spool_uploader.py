@@ -28,7 +28,7 @@ class RecordingConnection:
         self._lock = threading.Lock()
 
     def upload_file(self, resource_uri, relpath, fileobj, *, overwrite=True):
-        body = fileobj.read()
+        body = fileobj if isinstance(fileobj, bytes) else fileobj.read()
         time.sleep(self.delay)
         if self.fail_with is not None:
             raise self.fail_with

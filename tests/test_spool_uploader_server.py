@@ -120,3 +120,18 @@ def test_concurrent_readers_cause_one_download_from_the_server(fake_xnat, conn, 
     assert len(results) == 6 and len(set(results)) == 1
     assert results[0].startswith(b"%PDF")
     assert fake_xnat.count(method="GET", path_prefix=remote.uri) == 1
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 20], ids=["streamed", "from memory"])
+def test_a_file_is_sent_whole_whether_streamed_or_from_memory(fake_xnat, conn, tmp_path, monkeypatch, limit):
+    monkeypatch.setattr("xnatfs.cache.uploader.SEND_FROM_MEMORY_LIMIT", limit)
+    resource = qc_resource(conn)
+    spool = UploadSpool(tmp_path / "spool")
+    body = bytes(range(256)) * 1000
+    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="both/ways.bin",
+                                      server=fake_xnat.url), body)
+    Uploader(spool, conn).push(entry)
+    remote = next(f for f in conn.list_files(resource) if f.path == "both/ways.bin")
+    landed = io.BytesIO()
+    conn.download(remote.uri, landed)
+    assert landed.getvalue() == body
