@@ -81,3 +81,23 @@ def test_a_session_changed_through_the_mount_is_listed_afresh(walk_server, tmp_p
         assert "FORMS" in os.listdir(subject_resources)
         store = walk_server.store
         assert store.find_resource("experiment", store.experiment_id(PROJECT, "S11_MR1"), "EXTRA") is not None
+
+
+def test_attributes_the_searches_lack_are_fetched_when_asked_for(walk_server, tmp_path):
+    with mounted(walk_server.url, tmp_path) as mount:
+        walk(mount.path / PROJECT)
+        store = walk_server.store
+        session_id = store.experiment_id(PROJECT, "S09_MR1")
+        scan = mount.path / PROJECT / "S09" / "S09_MR1" / "SCANS" / "2-rest"
+        walk_server.reset_counts()
+        assert os.getxattr(scan, "user.xnat.type") == b"rest"
+        assert walk_server.count() == 0                       # the search had it
+        assert os.getxattr(scan, "user.xnat.xsi_type") == b"xnat:mrScanData"
+        resource = store.find_resource("scan", str(store.scan(session_id, "2")["pk"]), "NIFTI")
+        assert os.getxattr(scan / "NIFTI", "user.xnat.id") == str(resource["id"]).encode()
+        assert walk_server.count() == 1, walk_server.requests  # the session's item, once
+        subject_id = store.subject_id(PROJECT, "S08")
+        notes = store.find_resource("subject", subject_id, "NOTES")
+        assert os.getxattr(mount.path / PROJECT / "S08" / "RESOURCES" / "NOTES", "user.xnat.id") == \
+            str(notes["id"]).encode()
+        assert "user.xnat.xsi_type" in os.listxattr(mount.path / PROJECT / "S10" / "S10_MR1" / "SCANS" / "1-T1w")

@@ -245,16 +245,27 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     @fuse_handler
     async def getxattr(self, inode, name, ctx=None):
-        entry = self._entry(inode)
         # ls asks every entry for security.selinux and ACLs: answered without building anything.
-        value = encoded_xattrs(entry).get(name) if name.startswith(PREFIX_BYTES) else None
+        if not name.startswith(PREFIX_BYTES):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        value = encoded_xattrs(self._entry(inode)).get(name)
+        if value is None:
+            value = encoded_xattrs(await self._described(inode)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @fuse_handler
     async def listxattr(self, inode, ctx=None):
-        return list(encoded_xattrs(self._entry(inode)))
+        return list(encoded_xattrs(await self._described(inode)))
+
+    async def _described(self, inode: int) -> InodeEntry:
+        """The entry, its node completed with what only the session's own listing says."""
+        entry = self._entry(inode)
+        node = await self.tree.described(entry.node)
+        if node is not entry.node:
+            entry.node = node
+        return entry
 
     @fuse_handler
     async def setxattr(self, inode, name, value, ctx):

@@ -29,6 +29,7 @@ search was taken is asked for on its own again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -230,6 +231,32 @@ class Tree:
 
     async def lookup(self, node: Node, name: str) -> Node | None:
         return (await self.children(node)).get(name)
+
+    async def described(self, node: Node) -> Node:
+        """``node`` with all the server records of it, for its extended attributes.
+
+        Scans and resources that came from a project-wide search lack the
+        scan's xsi type and the resource's ID, format and content; their
+        session's (or subject's) own listing has them and is loaded here.
+        """
+        if isinstance(node, ScanDir) and not node.scan.xsi_type:
+            contents = await self._direct(("contents", node.experiment.experiment.id))
+            scan = next((s for s in contents.scans if s.id == node.scan.id), None)
+            return node if scan is None else dataclasses.replace(node, scan=scan)
+        if isinstance(node, ResourceDir) and not node.resource.id:
+            if node.experiment_id:
+                contents = await self._direct(("contents", node.experiment_id))
+                known = list(contents.resources) + [r for scan in contents.scans for r in scan.resources]
+            else:
+                owner = node.resource.uri.rsplit("/resources/", 1)[0]
+                known = await self._direct(("resources", owner))
+            resource = next((r for r in known if r.uri == node.resource.uri), None)
+            return node if resource is None else dataclasses.replace(node, resource=resource)
+        return node
+
+    async def _direct(self, key: tuple):
+        """A raw listing from its own request (searches' answers are never kept under its key)."""
+        return await self.listings.get_or_load(key, self._loader(key), self.limiter)
 
     def known_nlink(self, node: Node) -> int:
         """2 + sub-directories if this directory's entries are known, else its hint."""
