@@ -312,10 +312,14 @@ class UploadSpool:
         entry.last_error = error[:_LAST_ERROR_LIMIT]
         entry.state = "failed"
         entry.updated = time.time()
-        if seal and not entry.sealed:
-            self._seal(entry)
-        else:
+        if not (seal and not entry.sealed):
             self._save(entry, durable=True)
+            return
+        try:
+            self._seal(entry)
+        except FileNotFoundError:
+            # Discarded while it was being sent (rm of a file on its way): nothing left to keep.
+            logger.info("upload %s (%s) was discarded while being sent", entry.id, entry.target.describe())
 
     def remove(self, entry: SpoolEntry) -> None:
         """Forget an entry the server has confirmed."""
