@@ -5,6 +5,7 @@ A small in-process stand-in for the connection records what it is sent.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -157,3 +158,18 @@ def test_retry_delay_backs_off_with_jitter_and_a_cap(tmp_path):
         spool.record_failure(entries[0], "down")
     assert uploader.next_retry_delay(entries[0]) == MAX_RETRY_DELAY
     assert uploader.retry_at(entries[1]) == entries[1].updated + first[1]
+
+
+def test_an_entry_discarded_while_its_upload_fails_stays_gone(tmp_path):
+    spool = UploadSpool(tmp_path)
+    entry = staged(spool, b"removed by rm meanwhile")
+
+    class DiscardedMeanwhile(RecordingConnection):
+        def upload_file(self, resource_uri, relpath, fileobj, *, overwrite=True):
+            spool.remove(entry)               # what the file system does for rm during the upload
+            raise XnatServerError("connection reset")
+
+    with pytest.raises(XnatServerError):
+        Uploader(spool, DiscardedMeanwhile()).push(entry)
+    assert spool.get(entry.id) is None
+    assert os.listdir(tmp_path / "records") == [] and os.listdir(tmp_path / "data") == []
