@@ -30,8 +30,9 @@ FIRST_RETRY_DELAY = 2.0
 MAX_RETRY_DELAY = 300.0
 # requests sends a file object 16 KiB per system call; a file up to this size
 # is read whole and goes out in one, which for the many-small-files case
-# (cp -r of a folder) is a good part of the time spent per upload.
-SEND_FROM_MEMORY_LIMIT = 16 << 20
+# (cp -r of a folder) is a good part of the time spent per upload. Small
+# enough that uploads in every worker thread at once stay within memory.
+SEND_FROM_MEMORY_LIMIT = 4 << 20
 
 
 @dataclass
