@@ -5,7 +5,7 @@ threads; a :class:`LocalFile`'s own lock keeps concurrent writes, reads and
 uploads of one file apart. The rules:
 
 - bytes go into an open spool entry; an entry that was committed (closed,
-  made durable, perhaps sent) is never written again: the next write starts
+  perhaps sent) is never written again: the next write starts
   a new entry with a copy of the bytes, and the superseded entry is dropped;
 - ``upload`` commits the entry, then makes one attempt; a failure leaves
   the entry in the spool, sealed (made durable, see ``xnatfs.cache.spool``)
