@@ -143,3 +143,8 @@ def _source(folder: Path, data: bytes) -> Path:
     path = folder / "source"
     path.write_bytes(data)
     return path
+
+
+def test_bad_series_zip_size_is_a_one_line_error(tmp_path, capsys):
+    assert main(["mount", "http://127.0.0.1:9", str(tmp_path), "--series-zip-size", "plenty"]) != 0
+    assert "plenty" in one_line_error(capsys)

@@ -262,3 +262,13 @@ def test_unsafe_and_colliding_labels_are_shown_safely_and_logged(fake_xnat, tmp_
     log = mount.log()
     assert "'../../escape' is shown as '.._.._escape'" in log
     assert "'RESOURCES' is shown as 'RESOURCES@XNAT_S" in log
+
+
+def test_series_prefetch_can_be_turned_off(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, args=("--series-zip-size", "0")) as mount:
+        first = sorted(dicom_dir(mount).iterdir())[0]
+        fake_xnat.reset_counts()
+        first.read_bytes()
+        time.sleep(0.3)                         # a zip would have started by now
+        assert zip_downloads(fake_xnat) == []
+        assert len(downloads(fake_xnat)) == 1

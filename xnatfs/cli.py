@@ -83,6 +83,11 @@ def _settings_from_args(args) -> MountSettings:
             changes["cache_size"] = parse_size(args.cache_size)
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
+    if args.series_zip_size is not None:
+        try:
+            changes["series_zip_size"] = parse_size(args.series_zip_size)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
     if args.ttl is not None:
         changes["ttl"] = args.ttl
     options = list(settings.fuse_options)
@@ -487,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--password-file", help="read the password from the first line of this file")
     mount.add_argument("--cache-dir", help="file content cache (default ~/.cache/xnatfs)")
     mount.add_argument("--cache-size", help="cache bound, e.g. 10G (default 10G)")
+    mount.add_argument("--series-zip-size",
+                       help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)")
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     mount.add_argument("--allow-delete", action="store_true",
