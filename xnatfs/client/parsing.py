@@ -285,15 +285,7 @@ def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[d
         label = text(row.get(SCAN_RESOURCE))
         if label and label not in scan["resources"]:
             scan["resources"].append(label)
-    resources: dict[str, list[str]] = {}
-    for row in map(_lowered, resource_rows):
-        experiment_id = text(row.get("id"))
-        if not experiment_id:
-            continue
-        labels = resources.setdefault(experiment_id, [])
-        label = text(row.get(SESSION_RESOURCE))
-        if label and label not in labels:
-            labels.append(label)
+    resources = _labels_by_parent(resource_rows, SESSION_RESOURCE)
     found = {}
     for experiment_id in scans.keys() & resources.keys():
         experiment_uri = paths.experiment(experiment_id)
@@ -321,13 +313,18 @@ def _scan_from_search(experiment_id: str, scan_id: str, row: dict, labels: list[
 
 def subject_resources_from_search(found: list[dict]) -> dict[str, tuple[str, ...]]:
     """Resource labels of every subject in a project-wide subject search (one row per resource)."""
+    return {subject_id: tuple(labels) for subject_id, labels in _labels_by_parent(found, SUBJECT_RESOURCE).items()}
+
+
+def _labels_by_parent(found: list[dict], column: str) -> dict[str, list[str]]:
+    """The distinct values of ``column`` by the rows' ID, every ID listed (a row without a child too)."""
     labels: dict[str, list[str]] = {}
     for row in map(_lowered, found):
-        subject_id = text(row.get("id"))
-        if not subject_id:
+        parent = text(row.get("id"))
+        if not parent:
             continue
-        mine = labels.setdefault(subject_id, [])
-        label = text(row.get(SUBJECT_RESOURCE))
+        mine = labels.setdefault(parent, [])
+        label = text(row.get(column))
         if label and label not in mine:
             mine.append(label)
-    return {subject_id: tuple(mine) for subject_id, mine in labels.items()}
+    return labels
