@@ -783,66 +783,54 @@ ROW_GROUP = {"1a": 1, "1b": 1, "1c": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b":
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
 # separate probes of the same mount noted in each text.
 MISSED_NOTES: dict[str, str] = {
-    "1a": "curl makes one request and writes the zip to /dev/null. The mount first lists its way down "
-          "(subjects, experiments, then the session's item JSON and file list: a probe put it at 0.08–0.12 s "
-          "of round trips at 20 ms), then fetches the series zip (and the first file on its own meanwhile, "
-          "about 0.03 s) and puts each member into the cache as it arrives: checked against its MD5 in "
-          "memory, written and renamed into place by 4 threads, with no lock file and no fsync (a lost "
-          "entry is found short and fetched again). The other 207 files then take 0.2–0.35 s, where "
-          "the zip alone takes about 0.17 s, so listing plus zip already make about 1.5× curl. What would "
-          "close the rest: starting the zip before the reader reaches the file (as soon as the scan's "
-          "resources are listed), which speculates on the reader's next step, and parsing the zip with "
-          "fewer copies.",
-    "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release is a "
-          "round trip to the Python daemon (a probe measured about 0.2 ms for an open plus close on "
-          "the mount against a few microseconds locally), and dcm2niix opens each of the 208 files more "
-          "than once. pyfuse3 3.5 cannot mark a file FOPEN_NOFLUSH nor let the kernel skip open and "
-          "release, so closing this needs either a cheaper open path in the daemon or FUSE features "
-          "that pyfuse3 does not expose yet.",
-    "3": "The same cause as 2b, in its purest form: reading 27 MB from the page cache takes 10–20 ms "
-         "locally, and through the mount each of the 208 files also costs its open, flush and release "
-         "round trips to the daemon (about 0.2 ms a file). Reads themselves are served by the kernel "
-         "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small "
-         "files it needs fewer round trips per open (see 2b).",
-    "4a": "curl writes to /dev/null; the mount downloads with requests (a probe of the client alone, "
-          "to /dev/null: about 570 MB/s on this machine), writes every byte to the cache folder (see the "
-          "disk line above), checks the MD5 in a thread beside the download, and serves the reader's "
-          "FUSE reads of bytes already in the page cache on its event loop (RWF_NOWAIT; anything that "
-          "could wait goes to a worker thread), all in one Python process sharing 2 cores with the "
-          "server and the reader. Against curl writing to a file (4c) the gap is smaller. What would "
-          "close more of it: reading the response body with readinto into a reused buffer instead of "
-          "iter_content (the HTTP client), and larger FUSE reads; the disk write remains, which a cache "
-          "must pay for.",
-    "5a": "The mount asks for two listings per session (the item JSON for scans and resources, and the "
-          "all-levels file list for exact sizes) and one per subject (its resources), so the count is "
-          "about 2 × sessions + subjects; see the breakdown above. Meeting sessions + 20 needs the scans "
-          "of all sessions from one project-wide query (XNAT's `/data/experiments?project=P&columns=...` "
-          "can reach into scan tables, but the column names are unconfirmed on real servers), leaving "
-          "one file list per session, and subject resources for all subjects at once, for which no "
-          "XNAT endpoint is known; without it the 501 subject requests stay.",
-    "5b": "The reference keeps 16 requests in flight from the start. The mount fetches listings as a "
-          "walker reaches them, with a read-ahead of 16 loads at a time over the next 32 subjects of the "
-          "walk, so find still waits on part of the 2 500 listings in walk order (a probe timed the cold "
-          "find alone at about 11 s). `ls -lR` then adds 15–20 s although everything is cached: ls asks "
-          "each of the 133 000 entries for its extended attributes (security.selinux, ACLs) and FUSE "
-          "sends every getxattr to the daemon, as the kernel does not cache extended attributes. The "
-          "daemon answers those from memory without waiting on anything, so the cost is the round trip "
-          "itself (a warm `find -ls`, which only stats, takes about 5 s). What would close it: reading "
-          "ahead the whole project's sessions as soon as the project is listed (at the price of 2 500 "
-          "requests for anyone who lists two subjects in a row); and giving up xattrs (ENOSYS stops the "
-          "kernel asking), which the SPEC does not allow.",
+    "1a": "curl is handed the zip's address; the mount must first find it. Cold, it lists its way down: "
+          "the subject's experiments, then the session's item JSON and file list (in parallel), then "
+          "asks for the series zip: three round trips of 20 ms plus the server's work before the first "
+          "byte, against a zip that takes about 0.15 s in all. The zip itself is parsed as it streams and "
+          "each member is handed to the reader as it lands (row 1c: the same read once the folder is "
+          "listed), so what remains is the listing. Closing it would mean starting the zip before a file "
+          "of the series is opened, e.g. when its folder is listed, which downloads whole series for "
+          "anyone who only browses; the mount does not speculate that far.",
+    "1c": "See 1a: with the listings in hand the mount asks for the zip at once and hands files over as "
+          "they arrive; the rest is its cache writes and FUSE round trips for 208 opens.",
+    "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release still "
+          "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
+          "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
+          "and dcm2niix opens each of the 208 files more than once. pyfuse3 3.5 cannot mark a file "
+          "FOPEN_NOFLUSH, nor let the kernel skip open and release (FUSE's no-open mode needs the inode "
+          "in read and readdir, which pyfuse3 does not pass on); either would remove most of the rest.",
+    "3": "The same cause as 2b in its purest form: reading 27 MB from the page cache takes about 10 ms "
+         "locally, and through the mount each of the 208 files also costs an open, flush and release "
+         "round trip to the daemon (about 75 µs a file). Reads themselves are served by the kernel "
+         "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small files "
+         "it needs the FUSE features named in 2b.",
+    "4a": "The mount hands out no byte it has not checked: the last bytes of a file wait until its MD5 "
+          "matches the listing, and MD5 runs at about 0.8 GB/s on one core of this machine, beside the "
+          "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
+          "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
+          "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
+          "plain curl would mean serving files unchecked, which the mount will not do.",
+    "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
+          "same listings (one file list per session once the walk is noticed, three project-wide "
+          "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
+          "an opendir, two readdirs and a releasedir for each of the 16 000 folders, and for each of the "
+          "133 000 entries of `ls -lR` a getxattr for security.selinux and for ACLs, which the kernel "
+          "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
+          "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
+          "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
+          "which needs the inode passed to readdir); xattr requests would remain, as the SPEC requires "
+          "extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
     "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
           "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
-          "folders costs an opendir, readdir and releasedir round trip to the daemon (about 0.25 ms a "
-          "folder), where the local find reads cached directories in the kernel. What would close it: "
-          "a pyfuse3 that exposes libfuse's cache_readdir, so the kernel serves warm listings itself.",
-    "6": "Each file is written through FUSE in 128 KiB pieces into the upload spool, which makes it "
-         "durable before sending (fsync of the data, plus a record written atomically and fsynced on "
-         "creation and again on commit), then uploaded with one PUT when cp closes it; curl only sends. "
-         "Per file that is several fsyncs and about a dozen FUSE round trips, about 10 ms, against a PUT of "
-         "about 25 ms at 20 ms latency. What would close it: since close waits for the upload and "
-         "reports its failure, nothing the user was told is safe can be lost before the PUT ends, so "
-         "the spool could make the data durable only when an upload fails or is deferred.",
+          "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
+          "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
+          "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
+          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself.",
+    "6": "Each file is written through FUSE in 128 KiB pieces into the upload spool, then uploaded with "
+         "one PUT when cp closes it; curl only sends. The spool no longer fsyncs an upload that "
+         "succeeds (the bytes are made durable only when an upload fails), and files up to 4 MiB are "
+         "sent in one write. What remains is about a dozen FUSE round trips per file (create, eight "
+         "writes, flush, release) and a worker-thread hop for each write.",
 }
 
 
