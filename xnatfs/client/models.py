@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Project:
     id: str
     name: str = ""
@@ -20,7 +20,7 @@ class Project:
     uri: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subject:
     id: str                      # accession ID, e.g. XNAT_S00001
     label: str                   # label in the project it was listed under
@@ -30,7 +30,7 @@ class Subject:
     shared: bool = False         # listed under a project that only holds a share
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Experiment:
     id: str                      # accession ID, e.g. XNAT_E00001
     label: str                   # label in the project it was listed under
@@ -44,7 +44,7 @@ class Experiment:
     shared: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
     label: str
     uri: str                     # e.g. /data/experiments/XNAT_E00001/scans/3/resources/DICOM
@@ -55,7 +55,7 @@ class Resource:
     file_size: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteFile:
     path: str                    # relative path inside its resource, may contain "/"
     size: int
@@ -68,7 +68,7 @@ class RemoteFile:
     tags: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Scan:
     id: str
     type: str = ""
@@ -79,7 +79,7 @@ class Scan:
     resources: tuple[Resource, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExperimentContents:
     experiment_id: str
     scans: tuple[Scan, ...] = ()

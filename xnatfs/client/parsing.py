@@ -8,6 +8,7 @@ Anything else is reported as a server error rather than guessed at.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -180,16 +181,17 @@ def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | No
     label = text(row.get("collection"))
     if resource_uri is None:
         resource_uri = paths.resource(container, label) if label else f"{container}/resources/{resource_segment}"
+    # A session's listing repeats these for every file: one copy each keeps large walks small.
     return RemoteFile(
         path=relpath,
         size=to_int(row.get("Size")) or 0,
         uri=paths.canonical(raw_uri),
-        resource_label=label,
-        resource_uri=resource_uri,
+        resource_label=sys.intern(label),
+        resource_uri=sys.intern(resource_uri),
         digest=text(row.get("digest")),
-        format=text(row.get("file_format")),
-        content=text(row.get("file_content")),
-        tags=text(row.get("file_tags")),
+        format=sys.intern(text(row.get("file_format"))),
+        content=sys.intern(text(row.get("file_content"))),
+        tags=sys.intern(text(row.get("file_tags"))),
     )
 
 

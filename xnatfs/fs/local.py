@@ -55,7 +55,7 @@ class LocalFile:
                 self.fd = -1
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class LocalFileNode(Node):
     """A file of ours in a listing; its size follows the local bytes."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from xnatfs.client.models import Experiment, Project, RemoteFile, Resource, Scan, Subject
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class Node:
     mtime: float                 # seconds since the epoch
     read_only: bool = False      # shared into the project it is shown under
@@ -27,14 +27,14 @@ class Node:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class RootDir(Node):
     @property
     def key(self) -> tuple:
         return ("root",)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ProjectDir(Node):
     project: Project
 
@@ -47,7 +47,7 @@ class ProjectDir(Node):
         return ("project", self.project.id)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class SubjectDir(Node):
     project_id: str              # the project the subject is shown under
     subject: Subject
@@ -61,7 +61,7 @@ class SubjectDir(Node):
         return ("subject", self.project_id, self.subject.id)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ExperimentDir(Node):
     project_id: str
     subject_label: str           # the subject's label in project_id
@@ -76,7 +76,7 @@ class ExperimentDir(Node):
         return ("experiment", self.project_id, self.experiment.id)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ScansDir(Node):
     experiment: ExperimentDir
 
@@ -85,7 +85,7 @@ class ScansDir(Node):
         return ("scans", self.experiment.experiment.id)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ScanDir(Node):
     experiment: ExperimentDir
     scan: Scan
@@ -99,7 +99,7 @@ class ScanDir(Node):
         return ("scan", self.experiment.experiment.id, self.scan.id)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ResourcesDir(Node):
     """``RESOURCES/`` of a project, subject or experiment.
 
@@ -116,7 +116,7 @@ class ResourcesDir(Node):
         return ("resources", self.owner_uri)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ResourceDir(Node):
     """A resource folder; at experiment and scan level its files come from the
     experiment-wide file listing, elsewhere from the resource's own listing."""
@@ -129,7 +129,7 @@ class ResourceDir(Node):
         return ("resource", self.resource.uri)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class FolderDir(Node):
     """A sub-folder inside a resource; ``subpath`` holds the safe names leading to it."""
 
@@ -142,7 +142,7 @@ class FolderDir(Node):
         return ("folder", self.resource.uri, self.subpath)
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class FileNode(Node):
     file: RemoteFile
 
