@@ -665,6 +665,8 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
                     if done.returncode:
                         raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "cp failed")
 
+                # Both sides read the source folder from the page cache (the fresh mount dropped it).
+                read_files(files)
                 try:
                     seconds = timed(copy)
                 except OSError as exc:
