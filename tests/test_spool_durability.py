@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,18 @@ def on_server(conn, target: UploadTarget) -> bytes | None:
     return None
 
 
-def fail_once(fake_xnat, uploader: Uploader, entry) -> None:
+@contextmanager
+def every_answer_503(fake_xnat):
     fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
     try:
-        with pytest.raises(XnatServerError):
-            uploader.push(entry)
+        yield
     finally:
         fake_xnat.set_faults()
+
+
+def fail_once(fake_xnat, uploader: Uploader, entry) -> None:
+    with every_answer_503(fake_xnat), pytest.raises(XnatServerError):
+        uploader.push(entry)
 
 
 def test_an_upload_on_its_way_is_not_sealed(fake_xnat, conn, target, tmp_path):
@@ -190,12 +196,8 @@ def test_a_failed_upload_through_the_writer_is_sealed_before_it_returns(fake_xna
     body = os.urandom(150_000)
     for offset in range(0, len(body), 65536):
         writer.write(local, offset, body[offset:offset + 65536])
-    fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
-    try:
-        with pytest.raises(XnatServerError):
-            writer.upload(local)
-    finally:
-        fake_xnat.set_faults()
+    with every_answer_503(fake_xnat), pytest.raises(XnatServerError):
+        writer.upload(local)
     assert local.state == "failed"
     record = record_of(tmp_path / "spool", local.entry.id)
     assert (record["data_size"], record["data_md5"]) == (len(body), hashlib.md5(body).hexdigest())
