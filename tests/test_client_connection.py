@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import zipfile
 
 import pytest
@@ -16,6 +17,7 @@ from xnatfs.errors import (
 )
 from xnatfs.client import XnatConnection
 from fakeutil import fault_seed
+from test_reliability_common import Relay
 
 MR1 = "XNAT_E00001"          # STUDY01 / SUB001 / SUB001_MR1, shared into STUDY02
 
@@ -106,6 +108,20 @@ def test_project_searches_are_none_where_the_server_cannot_do_them(conn, fake_xn
     fake_xnat.child_searches = False
     assert conn.list_project_contents("STUDY01") is None
     assert conn.list_subject_resources("STUDY01") is None
+
+
+def test_a_search_answered_in_part_is_not_trusted(fake_xnat):
+    def first_page(method, path, status, headers, body):
+        if "imagescandata" in path:
+            document = json.loads(body)
+            document["ResultSet"]["Result"] = document["ResultSet"]["Result"][:3]   # totalRecords kept
+            body = json.dumps(document).encode()
+        return status, headers, body
+
+    with Relay(fake_xnat.url, rewrite=first_page) as relay, \
+            XnatConnection(relay.url, fake_xnat.username, fake_xnat.password, backoff=0.01) as connection:
+        assert connection.list_project_contents("STUDY01") is None
+        assert connection.list_subject_resources("STUDY01") is not None
 
 
 def test_resources_at_every_level(conn):

@@ -189,13 +189,19 @@ class XnatConnection(DatmanApi):
         if project is not None:
             params["project"] = project
         try:
-            found = parsing.rows(self.session.get_json(path, params), url=path)
+            document = self.session.get_json(path, params)
+            found = parsing.rows(document, url=path)
         except XnatError as exc:
             # XNAT answers a search it cannot build with 400 or 500; anything
             # else (refused, unreachable) is no answer about the search itself.
             if exc.status not in _SEARCH_REFUSED:
                 raise
             logger.info("the server cannot search %s by %s: %s", path, ", ".join(columns), exc)
+            return None
+        total = parsing.to_int(document["ResultSet"].get("totalRecords"))
+        if total is not None and total > len(found):
+            # A page of the answer would show sessions with scans missing.
+            logger.info("the server sent %d of %d rows of a search of %s", len(found), total, path)
             return None
         if not parsing.answers_columns(found, *columns):
             logger.info("the server ignored the columns %s of %s", ", ".join(columns), path)
