@@ -134,7 +134,7 @@ class Tree:
             found = await self._from_search(key)
             if found is not None:
                 return found
-        return await self.listings.get_or_load(key, self._loader(key), self.limiter)
+        return await self._direct(key)
 
     async def _from_search(self, key: tuple):
         """``key``'s listing from its project's search, if a walk loaded one since ``key`` last changed."""
@@ -142,17 +142,13 @@ class Tree:
         if project is None or project not in self._walked:
             return None
         if key[0] == "contents":
-            answer = await self._search(("projectcontents", project))
-            if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
-                return None
-            return answer.found.get(key[1])
+            answer = await self._search_since(("projectcontents", project), key)
+            return None if answer is None else answer.found.get(key[1])
         match = _SUBJECT_URI.match(key[1])
         if match is None:
             return None
-        answer = await self._search(("subjectresources", project))
-        if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
-            return None
-        labels = answer.found.get(match["subject"])
+        answer = await self._search_since(("subjectresources", project), key)
+        labels = None if answer is None else answer.found.get(match["subject"])
         if labels is None:
             return None
         memo_key = ("subjectresources", key[1])
@@ -161,6 +157,13 @@ class Tree:
             memo = (labels, tuple(Resource(label=label, uri=paths.resource(key[1], label)) for label in labels))
             self._memo[memo_key] = memo
         return memo[1]
+
+    async def _search_since(self, search_key: tuple, key: tuple) -> SearchAnswer | None:
+        """The search, if it was asked after ``key`` last changed through the mount."""
+        answer = await self._search(search_key)
+        if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+            return None
+        return answer
 
     async def _search(self, key: tuple) -> SearchAnswer | None:
         """A project-wide search; None when the server cannot answer it or it failed."""
