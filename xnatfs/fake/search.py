@@ -33,20 +33,21 @@ def child_columns(request: Request, prefixes: tuple[str, ...]) -> list[str]:
     return [c.strip().lower() for c in asked.split(",") if c.strip().lower().startswith(prefixes)]
 
 
-def _field(column: str, prefix: str, known: dict[str, str]) -> str:
-    name = column[len(prefix):]
-    if name not in known:
-        raise BadRequest(f"Unknown search field: {column}")
-    return known[name]
-
-
-def _resource_values(resource, columns: list[str], prefixes: tuple[str, ...]) -> dict:
-    values = {}
+def _fields(columns: list[str], prefixes: tuple[str, ...], known: dict[str, str]) -> dict[str, str]:
+    """Each column with the store field it names; an unknown one is refused."""
+    fields = {}
     for column in columns:
         prefix = next(p for p in prefixes if column.startswith(p))
-        field = _field(column, prefix, RESOURCE_FIELDS)
-        values[column] = "" if resource is None else resource[field]
-    return values
+        name = column[len(prefix):]
+        if name not in known:
+            raise BadRequest(f"Unknown search field: {column}")
+        fields[column] = known[name]
+    return fields
+
+
+def _values(record, fields: dict[str, str]) -> dict:
+    """A row's child columns from ``record``, empty where there is no child."""
+    return {column: "" if record is None else record[field] for column, field in fields.items()}
 
 
 def _refuse(columns: list[str]) -> None:
@@ -65,32 +66,31 @@ def expand_experiments(store: Store, rows: list[dict], request: Request, *, know
         return rows
     if not known:
         _refuse(scan_columns + resource_columns)
-    scan_resource_columns = [c for c in scan_columns if c.startswith(SCAN_RESOURCE)]
-    scan_only_columns = [c for c in scan_columns if not c.startswith(SCAN_RESOURCE)]
-    for column in scan_only_columns:
-        _field(column, SCAN, SCAN_FIELDS)
+    scan_fields = _fields([c for c in scan_columns if not c.startswith(SCAN_RESOURCE)], (SCAN,), SCAN_FIELDS)
+    scan_resource_fields = _fields([c for c in scan_columns if c.startswith(SCAN_RESOURCE)], (SCAN_RESOURCE,),
+                                   RESOURCE_FIELDS)
+    resource_fields = _fields(resource_columns, SESSION_RESOURCE, RESOURCE_FIELDS)
     expanded = []
     for row in rows:
         joined = [row]
         if scan_columns:
             joined = [dict(base, **extra) for base in joined
-                      for extra in _scan_rows(store, row["ID"], scan_only_columns, scan_resource_columns)]
-        if resource_columns:
+                      for extra in _scan_rows(store, row["ID"], scan_fields, scan_resource_fields)]
+        if resource_fields:
             resources = store.resources("experiment", row["ID"]) or [None]
-            joined = [dict(base, **_resource_values(resource, resource_columns, SESSION_RESOURCE))
-                      for base in joined for resource in resources]
+            joined = [dict(base, **_values(resource, resource_fields)) for base in joined for resource in resources]
         expanded.extend(joined)
     return expanded
 
 
-def _scan_rows(store: Store, experiment_id: str, scan_columns: list[str],
-               resource_columns: list[str]) -> list[dict]:
+def _scan_rows(store: Store, experiment_id: str, scan_fields: dict[str, str],
+               resource_fields: dict[str, str]) -> list[dict]:
     found = []
     for scan in store.scans(experiment_id) or [None]:
-        values = {c: ("" if scan is None else scan[SCAN_FIELDS[c[len(SCAN):]]]) for c in scan_columns}
-        resources = store.resources("scan", str(scan["pk"])) if scan is not None and resource_columns else []
+        values = _values(scan, scan_fields)
+        resources = store.resources("scan", str(scan["pk"])) if scan is not None and resource_fields else []
         for resource in resources or [None]:
-            found.append(dict(values, **_resource_values(resource, resource_columns, (SCAN_RESOURCE,))))
+            found.append(dict(values, **_values(resource, resource_fields)))
     return found
 
 
@@ -101,8 +101,9 @@ def expand_subjects(store: Store, rows: list[dict], request: Request, *, known: 
         return rows
     if not known:
         _refuse(columns)
+    fields = _fields(columns, (SUBJECT_RESOURCE,), RESOURCE_FIELDS)
     expanded = []
     for row in rows:
         for resource in store.resources("subject", row["ID"]) or [None]:
-            expanded.append(dict(row, **_resource_values(resource, columns, (SUBJECT_RESOURCE,))))
+            expanded.append(dict(row, **_values(resource, fields)))
     return expanded
