@@ -36,6 +36,7 @@ from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
 from xnatfs.fs.names import NAME_MAX
 from xnatfs.fs.nodes import (
@@ -101,6 +102,16 @@ class Mutations:
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
         return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter)
+
+    async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
+        """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""
+        parent = self._entry(parent_inode)
+        pnode = await self._fresh(parent_inode, parent)
+        text = os.fsdecode(name)
+        node = await self._lookup(pnode, text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return parent, pnode, text, node
 
     def _forget_listings(self, *keys: tuple) -> None:
         for key in keys:
@@ -341,12 +352,7 @@ class Mutations:
 
     @fuse_handler
     async def rmdir(self, parent_inode, name, ctx):
-        parent = self._entry(parent_inode)
-        pnode = await self._fresh(parent_inode, parent)
-        text = os.fsdecode(name)
-        node = await self._lookup(pnode, text)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        _, pnode, text, node = await self._existing_child(parent_inode, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._check_writable(node, f"rmdir {text}")
@@ -385,12 +391,7 @@ class Mutations:
 
     @fuse_handler
     async def unlink(self, parent_inode, name, ctx):
-        parent = self._entry(parent_inode)
-        pnode = await self._fresh(parent_inode, parent)
-        text = os.fsdecode(name)
-        node = await self._lookup(pnode, text)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        _, _, text, node = await self._existing_child(parent_inode, name)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._check_writable(node, f"deleting {text}")
@@ -432,14 +433,10 @@ class Mutations:
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise _fail(errno.EINVAL, "rename: exchanging entries is not possible on XNAT")
-        old_parent = self._entry(parent_inode_old)
+        old_parent, _, old, node = await self._existing_child(parent_inode_old, name_old)
         new_parent = self._entry(parent_inode_new)
-        old_pnode = await self._fresh(parent_inode_old, old_parent)
         new_pnode = await self._fresh(parent_inode_new, new_parent)
-        old, new = os.fsdecode(name_old), self._new_name(name_new, "mv")
-        node = await self._lookup(old_pnode, old)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        new = self._new_name(name_new, "mv")
         self._check_writable(node, f"mv {old}")
         self._check_writable(new_pnode, f"mv {old} to {new}")
         existing = await self._lookup(new_pnode, new)
