@@ -202,13 +202,18 @@ class ArchiveApi:
         if request.method == "DELETE":
             if subject_id is None:
                 return error_page(404, f"Unable to find subject {name}.")
-            subject = self.store.subject(subject_id)
-            if scope.project and scope.project != subject["project"]:
-                self.store.unshare_subject(subject_id, scope.project)
-            else:
-                self.store.delete_subject(subject_id)
-            return Response(200)
+            return self._delete_or_unshare(scope, self.store.subject(subject_id), self.store.delete_subject,
+                                           self.store.unshare_subject)
         return method_not_allowed(request, "GET, HEAD, PUT, DELETE")
+
+    @staticmethod
+    def _delete_or_unshare(scope: Scope, row, delete, unshare) -> Response:
+        """DELETE of a subject or experiment: through a project it is only shared into, the share goes."""
+        if scope.project and scope.project != row["project"]:
+            unshare(row["id"], scope.project)
+        else:
+            delete(row["id"])
+        return Response(200)
 
     def _update_subject(self, request: Request, project: str | None, subject_id: str) -> Response:
         xsi_type = request.param("xsiType")
@@ -318,12 +323,8 @@ class ArchiveApi:
         if request.method == "DELETE":
             if experiment_id is None:
                 return error_page(404, f"Unable to find experiment {name}.")
-            experiment = self.store.experiment(experiment_id)
-            if scope.project and scope.project != experiment["project"]:
-                self.store.unshare_experiment(experiment_id, scope.project)
-            else:
-                self.store.delete_experiment(experiment_id)
-            return Response(200)
+            return self._delete_or_unshare(scope, self.store.experiment(experiment_id),
+                                           self.store.delete_experiment, self.store.unshare_experiment)
         return method_not_allowed(request, "GET, HEAD, PUT, DELETE")
 
     def _update_experiment(self, request: Request, project: str | None, experiment_id: str) -> Response:
