@@ -262,7 +262,10 @@ def answers_columns(found: list[dict], *columns: str) -> bool:
     A server that does not know them may leave them out; an empty answer
     says nothing either way but is true (there is nothing to miss).
     """
-    return all(all(column in _lowered(row) for column in columns) for row in found[:1])
+    if not found:
+        return True
+    named = _lowered(found[0])
+    return all(column in named for column in columns)
 
 
 def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[dict]
