@@ -283,18 +283,24 @@ def test_permissions(tmp_path, server):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
+def paused_halfway(data: bytes, at: int):
+    """A download that writes ``data[:at]``, sets ``half_written`` and waits for ``go_on`` to write the rest."""
+    half_written, go_on = threading.Event(), threading.Event()
+
+    def download(fileobj):
+        fileobj.write(data[:at])
+        half_written.set()
+        assert go_on.wait(10)
+        fileobj.write(data[at:])
+
+    return download, half_written, go_on
+
+
 def test_progressive_reads_while_downloading(cache_dir, server):
     cache = ContentCache(cache_dir, 1_000_000)
     key = server.add("/f/large", 200_000)
     data = server.files[key.uri]
-    half_written, go_on = threading.Event(), threading.Event()
-
-    def download(fileobj):
-        fileobj.write(data[:100_000])
-        half_written.set()
-        assert go_on.wait(10)
-        fileobj.write(data[100_000:])
-
+    download, half_written, go_on = paused_halfway(data, 100_000)
     pending = cache.start_fetch(key, download)
     assert half_written.wait(10)
     pending.wait_for(100_000, timeout=5)
@@ -317,14 +323,7 @@ def test_reads_that_need_no_waiting(cache_dir, server):
     cache = ContentCache(cache_dir, 1_000_000)
     key = server.add("/f/nowait", 200_000, digest=True)
     data = server.files[key.uri]
-    half_written, go_on = threading.Event(), threading.Event()
-
-    def download(fileobj):
-        fileobj.write(data[:100_000])
-        half_written.set()
-        assert go_on.wait(10)
-        fileobj.write(data[100_000:])
-
+    download, half_written, go_on = paused_halfway(data, 100_000)
     pending = cache.start_fetch(key, download)
     assert half_written.wait(10)
     assert pending.pread_nowait(1000, 50_000) == data[1000:51_000]

@@ -102,14 +102,7 @@ def test_an_upload_open_in_a_killed_process_is_kept_but_not_sent(tmp_path):
 
 
 def test_an_upload_left_empty_by_a_killed_process_is_dropped(tmp_path):
-    written = SPAWN.Event()
-    child = SPAWN.Process(target=write_and_die, args=(str(tmp_path / "spool"), b"", written))
-    child.start()
-    try:
-        assert written.wait(20)
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.join(10)
+    kill_while_writing(tmp_path / "spool", b"")
     spool = UploadSpool(tmp_path / "spool")
     assert spool.pending() == []
     assert os.listdir(tmp_path / "spool" / "records") == []
@@ -208,8 +201,8 @@ def test_record_format_is_plain_json(tmp_path):
         UploadTarget(kind="mystery")
 
 
-def leave_unclosed(spool_dir, data: bytes) -> SpoolEntry:
-    """An entry whose writing process was killed before closing it."""
+def kill_while_writing(spool_dir, data: bytes) -> None:
+    """A process writes ``data`` into a new spool entry and is killed before closing it."""
     written = SPAWN.Event()
     child = SPAWN.Process(target=write_and_die, args=(str(spool_dir), data, written))
     child.start()
@@ -218,6 +211,11 @@ def leave_unclosed(spool_dir, data: bytes) -> SpoolEntry:
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
+
+
+def leave_unclosed(spool_dir, data: bytes) -> SpoolEntry:
+    """An entry whose writing process was killed before closing it."""
+    kill_while_writing(spool_dir, data)
     [entry] = UploadSpool(spool_dir).unclosed()
     return entry
 
