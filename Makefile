@@ -18,7 +18,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[fake,test]'
 	touch $@
 
 install: system-deps $(VENV)/.installed

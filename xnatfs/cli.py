@@ -310,9 +310,20 @@ def _default_demo_dir() -> Path:
     return Path(base) / "xnatfs" / "demo"
 
 
+def _fake_server_module():
+    """The fake server, or a one-line hint when its extra is not installed."""
+    try:
+        import xnatfs.fake
+    except ImportError as exc:
+        raise UsageProblem(f"the fake XNAT server needs its extra ({exc.name} is missing): "
+                           "pip install 'xnatfs[fake]'") from None
+    return xnatfs.fake
+
+
 def cmd_demo(args) -> int:
     from xnatfs.client.connection import XnatConnection
-    from xnatfs.fake import FakeXnat
+
+    FakeXnat = _fake_server_module().FakeXnat
 
     data_dir = Path(args.data).expanduser() if args.data else _default_demo_dir()
     mountpoint = Path(args.mountpoint).expanduser()
@@ -550,13 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fake-server"]:
-        # Its options belong to the fake server's own parser, untouched by ours.
-        from xnatfs.fake.cli import main as fake_main
-
-        return fake_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["fake-server"]:
+            # Its options belong to the fake server's own parser, untouched by ours.
+            _fake_server_module()
+            from xnatfs.fake.cli import main as fake_main
+
+            return fake_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except UsageProblem as problem:
         print(f"xnatfs: {problem}", file=sys.stderr)
