@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from xnatfs import prefetch
 from xnatfs.prefetch import human_bytes
-from xnatfs.client.config import default_config_path
+from xnatfs.config import ConfigError, default_config_path
 from xnatfs.errors import XnatAuthError, XnatError, redact_url
 from xnatfs.fs.settings import (
     MountSettings,
@@ -69,8 +69,10 @@ def _settings_from_args(args) -> MountSettings:
     config_path = Path(args.config).expanduser() if args.config else default_config_path()
     try:
         settings = load_config(config_path, args.url)
-    except (OSError, ValueError) as exc:
-        raise UsageProblem(f"cannot use config file {config_path}: {exc}") from None
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    except OSError as exc:
+        raise UsageProblem(f"config file {config_path}: {exc.strerror or exc}") from None
     changes: dict = {"url": args.url.rstrip("/"), "mountpoint": Path(args.mountpoint).expanduser()}
     if args.user is not None:
         changes["user"] = args.user
