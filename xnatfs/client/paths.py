@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote, unquote
 
 _ALIAS_PREFIX = re.compile(r"^(?:/REST|/data/archive)(?=/)")
-_FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
+_FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$", re.DOTALL)
 
 
 def seg(value: object) -> str:
@@ -58,16 +58,32 @@ def canonical(path: str) -> str:
     return _ALIAS_PREFIX.sub("/data", path)
 
 
-def split_file_uri(uri: str) -> tuple[str, str, str] | None:
-    """``(container, resource segment, decoded relative path)`` of a file URI.
+def split_file_uri(uri: str, name: str = "") -> tuple[str, str, str, str] | None:
+    """``(container, resource segment, relative path, request path)`` of a listing's file URI.
 
     The container is the path up to ``/resources/``; the relative path is
-    everything after the first ``/files/`` that follows the resource.
+    everything after the first ``/files/`` that follows the resource. XNAT
+    appends a file's relative path to the ``URI`` column as stored, without
+    percent-encoding (``b0dwi+00001.dcm`` stays ``b0dwi+00001.dcm``, ``%41``
+    stays ``%41``); other servers encode it. ``name``, the listing's raw
+    file name, tells the two apart: the path is taken as it stands when it
+    ends in that name, and decoded when only its decoded form does. The
+    request path is the file's address quoted exactly once either way.
     """
-    match = _FILE_URI.match(uri.split("?", 1)[0])
+    match = _FILE_URI.match(uri)
     if not match:
         return None
-    return canonical(match["container"]), match["resource"], unquote(match["path"])
+    listed = match["path"]
+    if name and not _ends_in(listed, name) and _ends_in(unquote(listed), name):
+        relpath, quoted = unquote(listed), listed
+    else:
+        relpath, quoted = listed, quote(listed, safe="/")
+    container, resource_segment = canonical(match["container"]), match["resource"]
+    return container, resource_segment, relpath, f"{container}/resources/{resource_segment}/files/{quoted}"
+
+
+def _ends_in(path: str, name: str) -> bool:
+    return path == name or path.endswith("/" + name)
 
 
 def with_files(uri: str) -> str:
