@@ -125,7 +125,7 @@ def subject_from_row(row: dict, listed_project: str) -> Subject:
         id=subject_id,
         label=text(row.get("label")) or subject_id,
         project=owner,
-        uri=paths.canonical(text(row.get("URI"))) or f"/data/subjects/{paths.seg(subject_id)}",
+        uri=paths.canonical(text(row.get("URI"))) or paths.subject_by_id(subject_id),
         insert_date=parse_datetime(row.get("insert_date")),
         shared=owner != listed_project,
     )

@@ -12,6 +12,8 @@ import re
 from urllib.parse import quote, unquote
 
 _ALIAS_PREFIX = re.compile(r"^(?:/REST|/data/archive)(?=/)")
+_SUBJECT_IN_PROJECT = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
+_EXPERIMENT_OWNED = re.compile(r"^/data/experiments/(?P<experiment>[^/]+)(?:/|$)")
 _FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$", re.DOTALL)
 
 
@@ -36,6 +38,17 @@ def subject(project_id: str, subject_ref: str) -> str:
     return f"{project(project_id)}/subjects/{seg(subject_ref)}"
 
 
+def subject_by_id(subject_id: str) -> str:
+    """A subject by accession ID."""
+    return f"/data/subjects/{seg(subject_id)}"
+
+
+def subject_of(uri: str) -> str | None:
+    """The subject (decoded) of a ``/data/projects/P/subjects/S`` address; None for any other."""
+    match = _SUBJECT_IN_PROJECT.match(uri)
+    return unquote(match["subject"]) if match else None
+
+
 def experiment_in(project_id: str, subject_ref: str, experiment_ref: str) -> str:
     return f"{subject(project_id, subject_ref)}/experiments/{seg(experiment_ref)}"
 
@@ -49,8 +62,33 @@ def scan(experiment_id: str, scan_id: str) -> str:
     return f"{experiment(experiment_id)}/scans/{seg(scan_id)}"
 
 
+def scans_of(experiment_uri: str) -> str:
+    """The scan listing of an experiment."""
+    return f"{experiment_uri.rstrip('/')}/scans"
+
+
+def resources_of(owner_uri: str) -> str:
+    """The resource listing of a project, subject, experiment or scan."""
+    return f"{owner_uri.rstrip('/')}/resources"
+
+
 def resource(parent: str, label: str) -> str:
-    return f"{parent.rstrip('/')}/resources/{seg(label)}"
+    return f"{resources_of(parent)}/{seg(label)}"
+
+
+def resource_owner(resource_uri: str) -> str:
+    """The project, subject, experiment or scan a resource address belongs to."""
+    return resource_uri.rsplit("/resources/", 1)[0]
+
+
+def is_scan_resource(resource_uri: str) -> bool:
+    return "/scans/" in resource_uri
+
+
+def owning_experiment(uri: str) -> str | None:
+    """The experiment ID (decoded) of a ``/data/experiments/E[/...]`` address; None for any other."""
+    match = _EXPERIMENT_OWNED.match(uri)
+    return unquote(match["experiment"]) if match else None
 
 
 def canonical(path: str) -> str:
