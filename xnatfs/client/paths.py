@@ -1,7 +1,7 @@
-"""Server paths of XNAT objects.
+"""Server paths of XNAT objects: every REST address xnatfs uses is built, or read back, here.
 
-Every path built here is percent-encoded segment by segment, so a label or
-file name can never add a path level or a query. Resources are addressed by
+Every path built here is percent-encoded segment by segment, exactly once,
+so a label or file name can never add a path level or a query. Resources are addressed by
 label (not the numeric id) so the same resource has the same URI whether it
 came from an experiment's item JSON or from a file listing.
 """
