@@ -204,7 +204,7 @@ def connect(settings: MountSettings):
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
         raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
-    connection.session.retries = settings.retries
+    connection.retries = settings.retries
     return connection, projects
 
 

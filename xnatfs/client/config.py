@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from xnatfs.config import default_config_path, read_config
 from xnatfs.errors import XnatError
-from xnatfs.client.connection import XnatConnection
+from xnatfs.client.datman_api import DatmanConnection
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +137,12 @@ def _optional(config: Any, name: str, site: str | None) -> Any:
 def get_port_str(config: Any = None, port: int | str | None = None) -> str:
     """``":<port>"`` from ``port`` or the configuration's XNATPORT.
 
-    Raises ``KeyError`` when no port is given and the configuration has none.
+    Raises ``KeyError`` when no port is given and there is no configuration
+    or it has none, as datman documents.
     """
-    if config is None and port is None:
-        raise XnatError("a port string needs a configuration or a port number")
     if port is None:
+        if config is None:
+            raise KeyError("XNATPORT")
         port = _as_config(config).get_key("XNATPORT")
     port = str(port)
     return port if port.startswith(":") else f":{port}"
@@ -171,7 +172,7 @@ def _read_credentials_file(path: str) -> tuple[str, str]:
 
 def get_connection(config: Any = None, site: str | None = None, url: str | None = None,
                    auth: tuple[str, str] | None = None,
-                   server_cache: MutableMapping[str, XnatConnection] | None = None) -> XnatConnection:
+                   server_cache: MutableMapping[str, DatmanConnection] | None = None) -> DatmanConnection:
     """Open (or reuse from ``server_cache``) a connection, as datman's ``get_connection``.
 
     ``url`` overrides the configured server (and then no configured port is
@@ -198,7 +199,7 @@ def get_connection(config: Any = None, site: str | None = None, url: str | None 
     elif settings is not None and _optional(settings, "XNAT_CREDENTIALS", site):
         username, password = _read_credentials_file(_optional(settings, "XNAT_CREDENTIALS", site))
     options = settings.connection_options(site) if isinstance(settings, ClientConfig) else {}
-    connection = XnatConnection(server, username, password, **options)
+    connection = DatmanConnection(server, username, password, **options)
     if server_cache is not None:
         server_cache[server] = connection
     return connection

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xnatfs.client import paths
 from xnatfs.client.models import Experiment, Project, RemoteFile, Resource, Scan, Subject
 
 
@@ -40,7 +41,7 @@ class ProjectDir(Node):
 
     @property
     def uri(self) -> str:
-        return self.project.uri or f"/data/projects/{self.project.id}"
+        return self.project.uri or paths.project(self.project.id)
 
     @property
     def key(self) -> tuple:
@@ -54,7 +55,7 @@ class SubjectDir(Node):
 
     @property
     def uri(self) -> str:
-        return f"/data/projects/{self.subject.project}/subjects/{self.subject.id}"
+        return paths.subject(self.subject.project, self.subject.id)
 
     @property
     def key(self) -> tuple:
@@ -69,7 +70,7 @@ class ExperimentDir(Node):
 
     @property
     def uri(self) -> str:
-        return f"/data/experiments/{self.experiment.id}"
+        return paths.experiment(self.experiment.id)
 
     @property
     def key(self) -> tuple:
@@ -92,7 +93,7 @@ class ScanDir(Node):
 
     @property
     def uri(self) -> str:
-        return self.scan.uri or f"{self.experiment.uri}/scans/{self.scan.id}"
+        return self.scan.uri or paths.scan(self.experiment.experiment.id, self.scan.id)
 
     @property
     def key(self) -> tuple:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -63,7 +62,6 @@ logger = logging.getLogger(__name__)
 
 AHEAD_PARALLEL = 16
 AHEAD_SUBJECTS = 32
-_SUBJECT_URI = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
 
 
 def timestamp(value: datetime | None, default: float) -> float:
@@ -115,7 +113,7 @@ class Tree:
         if kind == "contents":
             return lambda: conn.get_experiment_contents(key[1])
         if kind == "expfiles":
-            return lambda: conn.list_files(f"/data/experiments/{key[1]}", all_levels=True)
+            return lambda: conn.list_files(paths.experiment(key[1]), all_levels=True)
         if kind == "resources":
             return lambda: conn.list_resources(key[1])
         if kind == "files":
@@ -144,11 +142,11 @@ class Tree:
         if key[0] == "contents":
             answer = await self._search_since(("projectcontents", project), key)
             return None if answer is None else answer.found.get(key[1])
-        match = _SUBJECT_URI.match(key[1])
-        if match is None:
+        subject_id = paths.subject_of(key[1])
+        if subject_id is None:
             return None
         answer = await self._search_since(("subjectresources", project), key)
-        labels = None if answer is None else answer.found.get(match["subject"])
+        labels = None if answer is None else answer.found.get(subject_id)
         if labels is None:
             return None
         memo_key = ("subjectresources", key[1])
@@ -251,7 +249,7 @@ class Tree:
                 contents = await self._direct(("contents", node.experiment_id))
                 known = list(contents.resources) + [r for scan in contents.scans for r in scan.resources]
             else:
-                owner = node.resource.uri.rsplit("/resources/", 1)[0]
+                owner = paths.resource_owner(node.resource.uri)
                 known = await self._direct(("resources", owner))
             resource = next((r for r in known if r.uri == node.resource.uri), None)
             return node if resource is None else dataclasses.replace(node, resource=resource)
@@ -271,9 +269,9 @@ class Tree:
     @staticmethod
     def files_listing_key(resource_uri: str) -> tuple:
         """The raw listing that holds the files of a resource."""
-        parts = resource_uri.split("/")
-        if resource_uri.startswith("/data/experiments/") and len(parts) > 3:
-            return ("expfiles", parts[3])
+        experiment_id = paths.owning_experiment(resource_uri)
+        if experiment_id is not None:
+            return ("expfiles", experiment_id)
         return ("files", resource_uri)
 
     def forget_listing(self, key: tuple) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xnatfs.client import paths
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFileNode
 from xnatfs.fs.nodes import (
@@ -29,7 +30,7 @@ def xattrs_for(node: Node) -> dict[str, str]:
                   "name": project.name, "secondary_id": project.secondary_id}
     elif isinstance(node, SubjectDir):
         subject = node.subject
-        values = {"id": subject.id, "uri": subject.uri or f"/data/subjects/{subject.id}",
+        values = {"id": subject.id, "uri": subject.uri or paths.subject_by_id(subject.id),
                   "xsi_type": "xnat:subjectData", "label": subject.label, "project": subject.project}
     elif isinstance(node, ExperimentDir):
         experiment = node.experiment
@@ -37,13 +38,13 @@ def xattrs_for(node: Node) -> dict[str, str]:
                   "label": experiment.label, "project": experiment.project, "date": experiment.date,
                   "subject_id": experiment.subject_id}
     elif isinstance(node, ScansDir):
-        values = {"uri": f"{node.experiment.uri}/scans"}
+        values = {"uri": paths.scans_of(node.experiment.uri)}
     elif isinstance(node, ScanDir):
         scan = node.scan
         values = {"id": scan.id, "uri": node.uri, "xsi_type": scan.xsi_type, "type": scan.type,
                   "series_description": scan.series_description, "quality": scan.quality}
     elif isinstance(node, ResourcesDir):
-        values = {"uri": f"{node.owner_uri}/resources"}
+        values = {"uri": paths.resources_of(node.owner_uri)}
     elif isinstance(node, ResourceDir):
         resource = node.resource
         values = {"id": resource.id, "uri": resource.uri, "xsi_type": "xnat:resourceCatalog",
