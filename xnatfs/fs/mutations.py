@@ -14,11 +14,12 @@
 
 Anything else that would change the tree is refused: EROFS on read-only
 mounts and shared experiments, EXDEV for moves across parents (so ``mv``
-copies and deletes), EPERM for what XNAT cannot do (symbolic and hard links, fifos and device
-files among them). A folder made inside a resource cannot be renamed
-(EXDEV): XNAT has no move, so ``mv`` copies it and removes the original,
-which is what the mount would have to do file by file anyway. chmod, chown and
-utimens succeed and change nothing.
+copies and deletes), EPERM for what XNAT cannot do (symbolic and hard
+links, fifos and device files among them), EINVAL for names XNAT cannot
+store. A folder inside a resource cannot be renamed (EXDEV): XNAT has no
+move, so ``mv`` copies its files and removes the originals, which is what
+the mount would have to do file by file anyway. chmod, chown and utimens
+succeed and change nothing.
 
 :class:`Mutations` is a mixin of :class:`xnatfs.fs.operations.XnatOperations`
 and uses its attributes (tree, overlay, writer, inodes, settings, ...).
@@ -92,7 +93,7 @@ class Mutations:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _fail(errno.EINVAL, "%s refused: the name is not UTF-8 text: %r", what, text) from None
+            raise _fail(errno.EINVAL, "%s refused: the name is not UTF-8 text: %s", what, text) from None
         if len(raw) > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG, "%s refused: the name is %d bytes long, more than %d: %s",
                         what, len(raw), NAME_MAX, text)
@@ -519,9 +520,9 @@ class Mutations:
 
     # ---- what XNAT has no counterpart for -----------------------------
 
-    # The kernel answers ENOSYS for a handler that is missing, which tools take
-    # for a broken file system; EPERM is what they expect of one without links
-    # or special files, and makes cp -a and rsync -a carry on without them.
+    # Without a handler the kernel answers ENOSYS ("Function not implemented"),
+    # which reads as a broken file system; EPERM is what file systems without
+    # links or special files (FAT, for one) answer, and what tools expect.
 
     @fuse_handler
     async def symlink(self, parent_inode, name, target, ctx):
