@@ -142,6 +142,28 @@ def test_names_xnat_cannot_store_are_refused_at_once(fake_xnat, tmp_path, name):
     assert UploadSpool(mount.cache_dir / "spool").pending() == []
 
 
+def test_subjects_and_experiments_cannot_take_the_names_of_the_mounts_own_folders(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        project = mount.path / "STUDY01"
+        subject = project / "SUB001"
+        # RESOURCES is there already (EEXIST); SCANS would come back as SCANS@<ID>.
+        for parent, child, name, code in ((project, "SUB001", "SCANS", errno.EINVAL),
+                                          (project, "SUB001", "RESOURCES", errno.EEXIST),
+                                          (subject, "SUB001_MR1", "SCANS", errno.EINVAL),
+                                          (subject, "SUB001_MR1", "RESOURCES", errno.EEXIST)):
+            with pytest.raises(OSError) as made:
+                (parent / name).mkdir()
+            assert made.value.errno == code, (parent.name, name)
+            with pytest.raises(OSError) as renamed:
+                (parent / child).rename(parent / name)
+            assert renamed.value.errno == code, (parent.name, name)
+        assert "SUB001_MR1" in os.listdir(subject)
+    with XnatConnection(fake_xnat.url, "admin", "admin") as connection:
+        labels = {experiment.label for experiment in connection.list_experiments("STUDY01")}
+        labels |= {subject.label for subject in connection.list_subjects("STUDY01")}
+    assert not labels & {"SCANS", "RESOURCES"}
+
+
 def test_an_accepted_name_is_the_name_shown_once_the_server_lists_it(fake_xnat, tmp_path):
     name = " résumé  final (v2) .txt"
     with mounted(fake_xnat.url, tmp_path, ttl=0.5) as mount:

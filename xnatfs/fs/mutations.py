@@ -42,7 +42,7 @@ from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
-from xnatfs.fs.names import NAME_MAX, unstorable_reason
+from xnatfs.fs.names import NAME_MAX, RESERVED, unstorable_reason
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -107,6 +107,9 @@ class Mutations:
         if not VALID_LABEL.match(label):
             raise _fail(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r",
                         what, label)
+        if label in RESERVED:
+            # XNAT would take it, but the mount would show it as <label>@<ID>, beside its own folder.
+            raise _fail(errno.EINVAL, "%s refused: %s is the name of the mount's own folders", what, label)
 
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
