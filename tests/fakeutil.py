@@ -31,3 +31,23 @@ def fault_seed(pattern: list[int | str | None], **rates) -> int:
         if [(fault.error_status or fault.cut) for fault in map(lambda _: injector.pick(), pattern)] == pattern:
             return seed
     raise AssertionError(f"no seed gives {pattern}")
+
+
+def cd_export_extras() -> list[tuple[str, bytes]]:
+    """What a CD export or a scanner puts in a zip besides the images: a
+    README and a DICOMDIR (a DICOM file that is no image of any series)."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"       # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory = FileDataset("DICOMDIR", {}, file_meta=meta, preamble=b"\0" * 128)
+    directory.FileSetID = "EXPORT"
+    directory.DirectoryRecordSequence = []
+    encoded = io.BytesIO()
+    directory.save_as(encoded, enforce_file_format=True)
+    return [("README.txt", b"Exported by the scanner console.\r\n"), ("DICOMDIR", encoded.getvalue())]

@@ -6,6 +6,7 @@ import zipfile
 import pytest
 import requests
 
+from fakeutil import cd_export_extras
 from xnatfs.client import (
     ClientConfig,
     XNATExperiment,
@@ -231,6 +232,16 @@ def test_put_dicoms_imports_a_zip(conn, tmp_path):
     assert [scan.description for scan in experiment.scans] == ["T2w_SPC"]
     with pytest.raises(XnatException):
         conn.put_dicoms("STUDY01", "SUB002", "SUB002_MR2", str(tmp_path / "no-such.zip"))
+
+
+def test_put_dicoms_skips_a_readme_and_dicomdir_in_the_zip(conn, tmp_path):
+    archive = conn.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "3", filename=str(tmp_path / "t2.zip"))
+    with zipfile.ZipFile(archive, "a") as bundle:
+        for name, data in cd_export_extras():
+            bundle.writestr(name, data)
+    conn.put_dicoms("STUDY01", "SUB002", "SUB002_CD1", archive)
+    experiment = conn.get_experiment("STUDY01", "SUB002", "SUB002_CD1")
+    assert [scan.description for scan in experiment.scans] == ["T2w_SPC"]
 
 
 # -- renames and AutoRun -------------------------------------------------------

@@ -408,12 +408,18 @@ def cmd_uploads(args) -> int:
     spool = UploadSpool(cache_dir / "spool")
     server = args.server.rstrip("/") if args.server else None
     if args.action == "list":
-        _print_uploads(spool.pending(server) + spool.unclosed(server))
+        entries = spool.pending(server) + spool.unclosed(server) + spool.refused(server)
+        _print_uploads(sorted(entries, key=lambda entry: (entry.created, entry.id)))
         return 0
     if args.action == "discard":
         return _discard_upload(spool, args)
     if args.entry is not None:
-        raise UsageProblem("an upload ID goes only with `uploads discard`")
+        return _retry_upload(spool, args)
+    refused = spool.refused(server)
+    if refused:
+        print(f"{len(refused)} upload(s) refused by the server are not sent again on their own; "
+              "see `xnatfs uploads list`, then `uploads retry ID` once fixed or `uploads discard ID --yes`",
+              file=sys.stderr)
     if args.include_unclosed:
         for entry in spool.unclosed(server):
             if spool.release(entry):
@@ -442,6 +448,10 @@ def _print_uploads(entries: list) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(UPLOAD_COLUMNS) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    if any(entry.state == "refused" for entry in entries):
+        print("\nrefused: the server refused the upload as it is (its reason under LAST ERROR), so it is not "
+              "sent again on its own;\n  once that is fixed, send it with `xnatfs uploads retry ID`, or drop it "
+              "with `xnatfs uploads discard ID --yes`.")
     if any(entry.state == "unclosed" for entry in entries):
         print("\nunclosed: written by a process that stopped before closing the file, so possibly "
               "incomplete and never sent on its own;\n  send it with `xnatfs uploads retry --include-unclosed`"
@@ -463,6 +473,33 @@ def _discard_upload(spool, args) -> int:
     return 0
 
 
+def _retry_upload(spool, args) -> int:
+    """`uploads retry ID`: send one upload now, whatever its state (a user's decision)."""
+    from xnatfs.cache.uploader import Uploader
+    from xnatfs.errors import XnatError
+
+    entry = spool.get(args.entry)
+    if entry is None:
+        raise UsageProblem(f"no upload {args.entry} in {spool.directory}")
+    if entry.state in ("unclosed", "refused") and not spool.release(entry):
+        raise UsageProblem(f"{entry.id} is being written or sent right now; try again later")
+    connection, _projects = connect(_upload_settings(entry.target.server, args))
+    try:
+        Uploader(spool, connection).push(entry)
+    except XnatError as exc:
+        print(f"{entry.id}: {entry.state}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    print(f"{entry.id}: sent ({entry.target.describe()})")
+    return 0
+
+
+def _upload_settings(server: str, args) -> MountSettings:
+    return MountSettings(url=server, user=args.user,
+                         password_file=Path(args.password_file).expanduser() if args.password_file else None)
+
+
 def _retry_uploads(spool, servers: list[str], args) -> int:
     from xnatfs.cache.uploader import Uploader
 
@@ -471,9 +508,7 @@ def _retry_uploads(spool, servers: list[str], args) -> int:
         return 0
     failed = 0
     for server in servers:
-        settings = MountSettings(url=server, user=args.user,
-                                 password_file=Path(args.password_file).expanduser() if args.password_file else None)
-        connection, _projects = connect(settings)
+        connection, _projects = connect(_upload_settings(server, args))
         try:
             report = Uploader(spool, connection).push_pending(server)
         finally:
@@ -540,9 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
 
-    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for the server")
+    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for (or refused by) the server")
     uploads.add_argument("action", choices=["list", "retry", "discard"])
-    uploads.add_argument("entry", nargs="?", metavar="ID", help="for discard: the upload to drop")
+    uploads.add_argument("entry", nargs="?", metavar="ID",
+                         help="for discard: the upload to drop; for retry: send only this one, even if refused")
     uploads.add_argument("--include-unclosed", action="store_true",
                          help="retry: also send writes never closed (they may be incomplete)")
     uploads.add_argument("--yes", action="store_true", help="discard: really drop the upload")

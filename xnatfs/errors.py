@@ -74,5 +74,16 @@ class XnatUnsupported(XnatError):
     """XNAT has no way to do what was asked."""
 
 
+# Client errors that may pass: not logged in yet, too slow, busy or locked for now.
+_PASSING_CLIENT_ERRORS = frozenset({401, 408, 409, 423, 429})
+
+
+def is_permanent_refusal(exc: BaseException) -> bool:
+    """The server answered that the request itself is wrong (a 4xx client
+    error other than the passing ones): sending it again unchanged cannot help."""
+    status = getattr(exc, "status", None) if isinstance(exc, XnatError) else None
+    return status is not None and 400 <= status < 500 and status not in _PASSING_CLIENT_ERRORS
+
+
 # datman's name for the same family, so code written for datman.xnat works.
 XnatException = XnatError

@@ -8,6 +8,11 @@ fsync): a process killed exactly there would send the entry again on the
 next retry. A process killed while the request is still in flight leaves
 the entry pending too, since the server's answer never arrived.
 
+A client error that sending again cannot change (see
+:func:`xnatfs.errors.is_permanent_refusal`) leaves the entry ``refused``:
+never sent again on its own, so a file whose name or content the server
+will not take does not go out every few minutes for ever.
+
 Before anything is sent the spool checks that the bytes are the ones it
 recorded (:meth:`UploadSpool.check`); bytes a power loss may have damaged
 stay in the spool as failed and are never sent.
@@ -22,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
-from xnatfs.errors import XnatError
+from xnatfs.errors import XnatError, is_permanent_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,10 @@ class Uploader:
         with self.spool.claim(entry, wait=wait) as current:
             if current is None:
                 return False
+            if current.state == "refused":
+                # Refused while the caller waited for it: a user decides whether it goes again.
+                _follow(entry, current)
+                raise XnatError(f"{current.target.describe()}: refused by the server: {current.last_error}")
             refusal = self.spool.check(current)
             if refusal:
                 self.spool.record_failure(current, refusal, seal=False)
@@ -106,10 +115,16 @@ class Uploader:
             try:
                 self._send(current)
             except Exception as exc:
-                self.spool.record_failure(current, str(exc))
+                refused = is_permanent_refusal(exc)
+                self.spool.record_failure(current, str(exc), refused=refused)
                 _follow(entry, current)
-                logger.warning("upload %s (%s) failed, attempt %d: %s",
-                               current.id, current.target.describe(), current.attempts, exc)
+                if refused:
+                    logger.error("upload %s (%s) refused by the server; kept in the spool, not sent again "
+                                 "until `xnatfs uploads retry %s` (or `uploads discard`): %s",
+                                 current.id, current.target.describe(), current.id, exc)
+                else:
+                    logger.warning("upload %s (%s) failed, attempt %d: %s",
+                                   current.id, current.target.describe(), current.attempts, exc)
                 raise
             self.spool.remove(current)
         logger.info("uploaded %s (%s)", entry.id, entry.target.describe())

@@ -361,7 +361,10 @@ class XnatConnection:
         """Send a zip of DICOM files to the import service; return the URIs it reports.
 
         The files are archived into the given experiment (created if
-        needed) with the connection's ``import_overwrite`` mode. The upload
+        needed) with the connection's ``import_overwrite`` mode. Entries
+        that are not DICOM (a ``README.txt``, a ``DICOMDIR``, as CD exports
+        and scanners put in) are skipped: XNAT refuses the whole zip for
+        them otherwise, and still refuses one holding no DICOM at all. The upload
         is never repeated automatically once its body may have reached the
         server: the caller decides whether to send it again.
         """
@@ -369,6 +372,7 @@ class XnatConnection:
         self.session.request("GET", "/data/JSESSION").close()
         params = self._write_params({
             "import-handler": "DICOM-zip",
+            "Ignore-Unparsable": "true",
             "project": project,
             "subject": subject,
             "session": experiment,

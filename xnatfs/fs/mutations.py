@@ -14,8 +14,12 @@
 
 Anything else that would change the tree is refused: EROFS on read-only
 mounts and shared experiments, EXDEV for moves across parents (so ``mv``
-copies and deletes), EPERM for what XNAT cannot do. chmod, chown and
-utimens succeed and change nothing.
+copies and deletes), EPERM for what XNAT cannot do (symbolic and hard
+links, fifos and device files among them), EINVAL for names XNAT cannot
+store. A folder inside a resource cannot be renamed (EXDEV): XNAT has no
+move, so ``mv`` copies its files and removes the originals, which is what
+the mount would have to do file by file anyway. chmod, chown and utimens
+succeed and change nothing.
 
 :class:`Mutations` is a mixin of :class:`xnatfs.fs.operations.XnatOperations`
 and uses its attributes (tree, overlay, writer, inodes, settings, ...).
@@ -38,7 +42,7 @@ from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
-from xnatfs.fs.names import NAME_MAX
+from xnatfs.fs.names import NAME_MAX, RESERVED, unstorable_reason
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -80,8 +84,10 @@ class Mutations:
     def _new_name(raw: bytes, what: str) -> str:
         """The text of a name a user gives a new entry; refused when XNAT could not hold it.
 
-        The server keeps names as UTF-8 text of at most 255 bytes: anything
-        else would be accepted here and then fail at every upload.
+        The server keeps names as UTF-8 text of at most 255 bytes, and not
+        every character (:func:`xnatfs.fs.names.unstorable_reason`): anything
+        else would be accepted here and then be refused at the upload, or
+        come back under another name.
         """
         text = os.fsdecode(raw)
         try:
@@ -91,6 +97,9 @@ class Mutations:
         if len(raw) > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG, "%s refused: the name is %d bytes long, more than %d: %s",
                         what, len(raw), NAME_MAX, text)
+        reason = unstorable_reason(text)
+        if reason:
+            raise _fail(errno.EINVAL, "%s refused: XNAT cannot store the name %r: %s", what, text, reason)
         return text
 
     @staticmethod
@@ -98,6 +107,9 @@ class Mutations:
         if not VALID_LABEL.match(label):
             raise _fail(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r",
                         what, label)
+        if label in RESERVED:
+            # XNAT would take it, but the mount would show it as <label>@<ID>, beside its own folder.
+            raise _fail(errno.EINVAL, "%s refused: %s is the name of the mount's own folders", what, label)
 
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
@@ -233,6 +245,10 @@ class Mutations:
             self.tree.forget_listing(self.tree.files_listing_key(local.target.resource_uri))
             raise
         except XnatError as exc:
+            if local.state == "refused":
+                logger.error("upload of %s refused; kept in the spool until a user retries or discards it: %s",
+                             local.target.describe(), exc)
+                raise
             logger.error("upload of %s failed; kept in the spool for another try: %s",
                          local.target.describe(), exc)
             self._retry_wakeup.set()
@@ -505,16 +521,35 @@ class Mutations:
         await self._delete_file(node)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
 
+    # ---- what XNAT has no counterpart for -----------------------------
+
+    # Without a handler the kernel answers ENOSYS ("Function not implemented"),
+    # which reads as a broken file system; EPERM is what file systems without
+    # links or special files (FAT, for one) answer, and what tools expect.
+
+    @fuse_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise _fail(errno.EPERM, "symlink %s refused: XNAT has no symbolic links", os.fsdecode(name))
+
+    @fuse_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise _fail(errno.EPERM, "link %s refused: XNAT has no hard links", os.fsdecode(new_name))
+
+    @fuse_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise _fail(errno.EPERM, "mknod %s refused: XNAT holds only files and folders", os.fsdecode(name))
+
     # ---- uploads in the background ------------------------------------
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        """Show uploads left pending by earlier mounts, and keep retrying them."""
+        """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""
         self.nursery = nursery
         nursery.start_soon(self._retry_uploads)
 
     async def _adopt_pending(self) -> None:
         pending = await self._call(self.spool.pending, self.server)
-        for entry in pending:
+        refused = await self._call(self.spool.refused, self.server)
+        for entry in pending + refused:
             if entry.target.kind != "file" or self.overlay.file(entry.target.resource_uri, entry.target.relpath):
                 continue
             try:
@@ -525,6 +560,9 @@ class Mutations:
             self.overlay.add_file(local)
         if pending:
             logger.warning("%d upload(s) left pending by an earlier mount; retrying", len(pending))
+        if refused:
+            logger.warning("%d upload(s) refused by the server wait for `xnatfs uploads retry ID` or "
+                           "`uploads discard ID`; see `xnatfs uploads list`", len(refused))
 
     async def _retry_uploads(self) -> None:
         try:

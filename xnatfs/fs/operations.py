@@ -176,8 +176,18 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return attrs
         attrs = entry.attrs
         if node.is_dir:
-            attrs.st_nlink = self.tree.known_nlink(node)
+            attrs.st_nlink = self._nlink(node)
         return attrs
+
+    def _nlink(self, node: Node) -> int:
+        """A folder's link count: 2 + its sub-folders, ours (not on XNAT yet) included."""
+        ours = self.overlay.local_subfolders(node)
+        if not ours:
+            return self.tree.known_nlink(node)
+        listed = self.tree.known_subdirs(node)
+        if listed is None:
+            return max(self.tree.known_nlink(node), 2 + len(ours))
+        return 2 + len(ours | listed)
 
     def attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -185,7 +195,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         writable = self._writable(node)
         if node.is_dir:
             attrs.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
-            attrs.st_nlink = self.tree.known_nlink(node)
+            attrs.st_nlink = self._nlink(node)
             attrs.st_size = 0
         else:
             attrs.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)

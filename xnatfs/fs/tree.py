@@ -266,6 +266,13 @@ class Tree:
             return 2 + memo[1].subdir_count
         return node.nlink
 
+    def known_subdirs(self, node: Node) -> set[str] | None:
+        """Names of the sub-directories in this directory's listing; None while it is not known."""
+        memo = self._memo.get(_memo_key(node))
+        if memo is None:
+            return None
+        return {name for name, child in memo[1].entries.items() if child.is_dir}
+
     @staticmethod
     def files_listing_key(resource_uri: str) -> tuple:
         """The raw listing that holds the files of a resource."""
