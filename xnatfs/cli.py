@@ -90,6 +90,10 @@ def _settings_from_args(args) -> MountSettings:
             raise UsageProblem(str(exc)) from None
     if args.ttl is not None:
         changes["ttl"] = args.ttl
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise UsageProblem("--timeout must be a positive number of seconds")
+        changes["timeout"] = args.timeout
     options = list(settings.fuse_options)
     for group in args.options or []:
         options.extend(o.strip() for o in group.split(",") if o.strip())
@@ -196,13 +200,14 @@ def connect(settings: MountSettings):
     who = f"user {user}" if user else "guest access"
     try:
         connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                    retries=min(STARTUP_RETRIES, settings.retries))
+                                    timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
         projects = connection.list_projects()
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
         raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
     connection.session.retries = settings.retries
+    connection.session.max_answer_bytes = settings.max_answer_size
     return connection, projects
 
 
@@ -495,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--series-zip-size",
                        help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)")
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
+    mount.add_argument("--timeout", type=float,
+                       help="seconds a request may wait for the server without progress before it "
+                            "fails with EIO (default 30)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     mount.add_argument("--allow-delete", action="store_true",
                        help="let rmdir delete subjects and experiments on the server")

@@ -101,7 +101,10 @@ class Mutations:
 
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
-        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter)
+        # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
+        # then finishes, or times out, on its own.
+        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
+                                             abandon_on_cancel=True)
 
     async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
         """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""
@@ -510,6 +513,7 @@ class Mutations:
     def start_background(self, nursery: trio.Nursery) -> None:
         """Show uploads left pending by earlier mounts, and keep retrying them."""
         self.nursery = nursery
+        nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self._retry_uploads)
 
     async def _adopt_pending(self) -> None:
