@@ -276,9 +276,15 @@ def cmd_unmount(args) -> int:
         remove_record(mountpoint)
         raise UsageProblem(f"{mountpoint} is not mounted")
     record = read_record(mountpoint)
-    done, error = fusermount_unmount(mountpoint)
+    done, error = fusermount_unmount(mountpoint, lazy=args.force)
     if not done:
-        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}")
+        hint = " (try --force)" if not args.force else ""
+        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}{hint}")
+    if args.force:
+        # A lazy unmount leaves the daemon serving whoever still has a file open.
+        print(f"detached {mountpoint}; the daemon exits once nothing uses it, "
+              "and its unsent uploads stay in the spool", file=sys.stderr)
+        return 0
     if record is not None:
         _wait_for_daemon(record, args.timeout)
     return 0
@@ -519,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
     unmount.add_argument("mountpoint")
     unmount.add_argument("--timeout", type=float, default=UNMOUNT_WAIT, help="seconds to wait for the daemon")
+    unmount.add_argument("--force", action="store_true",
+                         help="detach at once (lazy unmount), even while files are open or the server "
+                              "does not answer; do not wait for the daemon")
     unmount.set_defaults(handler=cmd_unmount)
 
     demo = commands.add_parser("demo", help="mount an embedded fake XNAT with a sample study")

@@ -99,6 +99,23 @@ class _TruncatedBody(Exception):
     """The server sent fewer bytes than its Content-Length promised."""
 
 
+class _ProgressingBody:
+    """A file sent as a request body that tells the caller's budget each time a block goes out,
+    so an upload that keeps moving is never given up."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._file.read(size)
+        note_progress()
+        return block
+
+    def __getattr__(self, name: str):
+        # tell, seek, seekable, fileno, name: what requests and the retries ask of a file.
+        return getattr(self._file, name)
+
+
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     # The JSESSIONID is managed by XnatSession itself and sent explicitly,
     # so a cookie set by an answer (for example a fresh anonymous session
@@ -347,6 +364,8 @@ class XnatSession:
             idempotent = method in IDEMPOTENT_METHODS
         retries = self.retries if retries is None else retries
         ok = frozenset(ok)
+        if _is_file(data):
+            data = _ProgressingBody(data)
         start = _position(data)
         renewals = 0
         repeated_before = False

@@ -33,6 +33,7 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
@@ -549,7 +550,7 @@ class Mutations:
 
     async def _retry_once(self) -> float:
         """Send the pending uploads that are due; seconds until the next check."""
-        report = await self._call(self.uploader.push_pending, self.server, due_only=True)
+        report = await self._call(self._push_due)
         if report.ok or report.failed:
             logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
         for local in self.overlay.all_files():
@@ -561,6 +562,11 @@ class Mutations:
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
         return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
 
+    def _push_due(self):
+        # Background sends wait on a silent server no longer than a request would.
+        with bounded_by(Budget(self.settings.timeout)):
+            return self.uploader.push_pending(self.server, due_only=True)
+
     def finish_uploads(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
         """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
         pending = self.spool.pending(self.server)
@@ -569,14 +575,16 @@ class Mutations:
         logger.info("sending %d pending upload(s) before exiting", len(pending))
         deadline = time.monotonic() + budget
         left = 0
-        for entry in pending:
-            if time.monotonic() > deadline:
-                left += 1
-                continue
-            try:
-                self.uploader.push(entry)
-            except XnatError:
-                left += 1
+        # A silent server holds the exit up for one timeout at most, not one per upload.
+        with bounded_by(Budget(self.settings.timeout)):
+            for entry in pending:
+                if time.monotonic() > deadline:
+                    left += 1
+                    continue
+                try:
+                    self.uploader.push(entry)
+                except XnatError:
+                    left += 1
         if left:
             logger.warning("%d upload(s) still pending; they are sent by the next mount or "
                            "`xnatfs uploads retry`", left)
