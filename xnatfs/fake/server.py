@@ -26,9 +26,9 @@ from .store import Store, StoreError
 logger = logging.getLogger(__name__)
 
 IDLE_CONNECTION_TIMEOUT = 300.0
-# An "endless" answer ends here all the same, so a client without a bound
-# cannot take a test machine down with it.
-ENDLESS_ANSWER_LIMIT = 2 << 30
+# An "endless" answer ends here all the same (well above the client's bound),
+# so a client without a bound cannot take a test machine down with it.
+ENDLESS_ANSWER_LIMIT = 256 << 20
 _ENDLESS_ROW = b'{"ID": "XNAT_S99999", "label": "ENDLESS", "project": "STUDY01", "URI": "/data/subjects/XNAT_S99999"},'
 
 
