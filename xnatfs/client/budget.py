@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _current: ContextVar[Budget | None] = ContextVar("xnatfs_budget", default=None)
 
@@ -42,11 +42,20 @@ def current_budget() -> Budget | None:
 @contextmanager
 def bounded_by(budget: Budget) -> Iterator[Budget]:
     """Run the block (and the worker threads it starts) under ``budget``."""
-    token = _current.set(budget)
+    token = enter_budget(budget)
     try:
         yield budget
     finally:
-        _current.reset(token)
+        leave_budget(token)
+
+
+def enter_budget(budget: Budget) -> Token:
+    """Like :func:`bounded_by`, for code that cannot use a ``with`` block cheaply; undo with :func:`leave_budget`."""
+    return _current.set(budget)
+
+
+def leave_budget(token: Token) -> None:
+    _current.reset(token)
 
 
 def note_progress() -> None:

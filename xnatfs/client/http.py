@@ -460,9 +460,6 @@ class XnatSession:
 
     def _load_body(self, response: requests.Response, method: str, url: str) -> None:
         """Read the answer's body into memory, refusing one larger than ``max_answer_bytes``."""
-        if method == "HEAD":
-            response._content = b""
-            return
         body = bytearray()
         for chunk in response.iter_content(CHUNK_SIZE):
             body += chunk

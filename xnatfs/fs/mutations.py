@@ -36,6 +36,7 @@ from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
@@ -104,8 +105,8 @@ class Mutations:
         """A blocking client call in a worker thread."""
         # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
         # then finishes, or times out, on its own.
-        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
-                                             abandon_on_cancel=True)
+        return await bounded(trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
+                                                     abandon_on_cancel=True))
 
     async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
         """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import trio
 
 from xnatfs.cache.content import CacheKey, CachedFile, ContentCache, PendingFetch
-from xnatfs.fs.deadlines import run_abandonable
+from xnatfs.fs.deadlines import bounded, run_abandonable
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class ReadHandle:
                 logger.debug("cache entry for %s released under us; asking again", key.uri)
                 return cls(key, cache.fetch(key, download), None)
 
-        return await run_abandonable(open_blocking, limiter=limiter, discard=ReadHandle.discard)
+        return await bounded(run_abandonable(open_blocking, limiter=limiter, discard=ReadHandle.discard))
 
     async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
         end = min(offset + length, self.key.size)
@@ -158,8 +158,8 @@ class ReadHandle:
                 return data
         if self._cached is not None:
             return await trio.to_thread.run_sync(self._cached.pread, offset, end - offset, limiter=limiter)
-        return await trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter,
-                                             abandon_on_cancel=True)
+        return await bounded(trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter,
+                                                     abandon_on_cancel=True))
 
     def read_blocking(self, offset: int, length: int) -> bytes:
         """Like :meth:`read`, from a worker thread."""
