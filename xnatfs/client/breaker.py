@@ -1,7 +1,7 @@
 """Failing fast while the server does not answer.
 
-When several requests in a row found the server silent (timed out) or
-unreachable, waiting the whole timeout again for every new request only
+When several requests in a row found the server silent (timed out),
+waiting the whole timeout again for every new request only
 piles up stuck callers. :class:`CircuitBreaker` then refuses requests at
 once for a short cool-off; after it, one request at a time is let through
 as a probe, and the first answer of any kind closes the breaker again. Each
@@ -23,7 +23,7 @@ COOL_OFF_SECONDS = 5.0
 
 
 class CircuitBreaker:
-    """Counts consecutive silent or unreachable answers from one server; thread-safe."""
+    """Counts consecutive timed-out requests to one server; thread-safe."""
 
     def __init__(self, server: str, *, failures_to_open: int = FAILURES_TO_OPEN,
                  cool_off: float = COOL_OFF_SECONDS):
@@ -61,7 +61,7 @@ class CircuitBreaker:
             logger.warning("server answers again: %s", self.server)
 
     def failed(self, why: str) -> None:
-        """A request timed out or could not connect."""
+        """A request timed out."""
         with self._lock:
             self._failures += 1
             was_open = self._open_until is not None

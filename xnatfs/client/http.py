@@ -150,9 +150,9 @@ def _nothing_was_sent(exc: BaseException) -> bool:
     return False
 
 
-def _is_silence(exc: BaseException) -> bool:
-    """True when the server did not answer in time or could not be reached at all."""
-    if isinstance(exc, requests.exceptions.Timeout) or _nothing_was_sent(exc):
+def _timed_out(exc: BaseException) -> bool:
+    """True when the server did not answer in time (connecting, or sending the answer)."""
+    if isinstance(exc, requests.exceptions.Timeout):
         return True
     # A body that stops coming is reported by requests as a ConnectionError.
     reason = exc.args[0] if isinstance(exc, requests.exceptions.ConnectionError) and exc.args else None
@@ -162,7 +162,7 @@ def _is_silence(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, _TruncatedBody):
         return str(exc)
-    if _is_silence(exc) and not _nothing_was_sent(exc):
+    if _timed_out(exc):
         return "timed out"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "connection closed before the whole answer arrived"
@@ -429,7 +429,7 @@ class XnatSession:
                     if self._pause(attempt, method, url, _describe(exc)):
                         attempt += 1
                         continue
-                kind = XnatTimeout if _is_silence(exc) else XnatServerError
+                kind = XnatTimeout if _timed_out(exc) else XnatServerError
                 raise kind(f"{method} failed: {_describe(exc)}", url=url) from exc
             self.breaker.answered()
             status = response.status_code
@@ -455,7 +455,9 @@ class XnatSession:
         return min(longest, left)
 
     def _note_failure(self, exc: BaseException) -> None:
-        if _is_silence(exc):
+        # Only silence counts: a refused connection fails at once anyway, and
+        # its retries ride out a server restart.
+        if _timed_out(exc):
             self.breaker.failed(_describe(exc))
 
     def _load_body(self, response: requests.Response, method: str, url: str) -> None:
@@ -590,7 +592,7 @@ class XnatSession:
                 except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
                     self._note_failure(exc)
                     if attempt >= retries or not self._pause(attempt, "GET", url, _describe(exc)):
-                        kind = XnatTimeout if _is_silence(exc) else XnatServerError
+                        kind = XnatTimeout if _timed_out(exc) else XnatServerError
                         raise kind(
                             f"download incomplete after {attempt + 1} attempts: {_describe(exc)}", url=url,
                             status=response.status_code) from exc
@@ -646,7 +648,7 @@ class XnatSession:
                 self._note_failure(exc)
                 if (attempt >= retries or start is None or not _truncate_to(fileobj, start)
                         or not self._pause(attempt, "GET", url, _describe(exc))):
-                    kind = XnatTimeout if _is_silence(exc) else XnatServerError
+                    kind = XnatTimeout if _timed_out(exc) else XnatServerError
                     raise kind(f"download incomplete: {_describe(exc)}", url=url,
                                status=response.status_code) from exc
                 attempt += 1
