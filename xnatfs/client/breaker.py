@@ -3,8 +3,9 @@
 When several requests in a row found the server silent (timed out),
 waiting the whole timeout again for every new request only
 piles up stuck callers. :class:`CircuitBreaker` then refuses requests at
-once for a short cool-off; after it, one request at a time is let through
-as a probe, and the first answer of any kind closes the breaker again. Each
+once for a short cool-off; after it, one request is let through as a probe
+(and one more after each further cool-off), and the first answer of any
+kind closes the breaker again. Each
 change of state is logged once, not each refused request.
 """
 
@@ -32,8 +33,7 @@ class CircuitBreaker:
         self.cool_off = cool_off
         self._lock = threading.Lock()
         self._failures = 0
-        self._open_until: float | None = None     # None: closed
-        self._probing = False
+        self._open_until: float | None = None     # None: closed; else when the next probe may go
 
     @property
     def is_open(self) -> bool:
@@ -45,8 +45,9 @@ class CircuitBreaker:
         with self._lock:
             if self._open_until is None:
                 return
-            if time.monotonic() >= self._open_until and not self._probing:
-                self._probing = True
+            now = time.monotonic()
+            if now >= self._open_until:
+                self._open_until = now + self.cool_off
                 return
         raise XnatUnavailable("the server is not answering; failing fast for a while", url=url)
 
@@ -56,7 +57,6 @@ class CircuitBreaker:
             was_open = self._open_until is not None
             self._failures = 0
             self._open_until = None
-            self._probing = False
         if was_open:
             logger.warning("server answers again: %s", self.server)
 
@@ -68,7 +68,6 @@ class CircuitBreaker:
             if not was_open and self._failures < self.failures_to_open:
                 return
             self._open_until = time.monotonic() + self.cool_off
-            self._probing = False
         if not was_open:
             logger.error("server stalled: %s (%s, %d times in a row); failing fast, probing every %.0f s",
                          self.server, why, self.failures_to_open, self.cool_off)
