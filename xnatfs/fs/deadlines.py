@@ -15,7 +15,6 @@ bytes pushes the deadline on, so it is never cut while it moves.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
@@ -25,8 +24,6 @@ import trio
 
 from xnatfs.client.budget import Budget, current_budget, enter_budget, leave_budget
 from xnatfs.errors import XnatTimeout
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
