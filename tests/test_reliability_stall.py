@@ -159,3 +159,19 @@ def test_forced_unmount_detaches_a_busy_mount_while_the_server_is_stopped(fake_x
             os.close(busy)
             server.resume()
         mount.process.wait(timeout=BOUND * 2)
+
+
+def test_mounting_a_stopped_server_fails_in_time(fake_xnat_process, tmp_path):
+    server = fake_xnat_process
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = isolated_env(tmp_path / "home", XNAT_USER=server.username, XNAT_PASS=server.password)
+    server.pause()
+    try:
+        started = finishes_in_time(server, xnatfs_command(
+            "mount", server.url, str(mountpoint), "--timeout", str(TIMEOUT),
+            "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "mnt.log")), env=env)
+    finally:
+        server.resume()
+    assert started.returncode != 0 and "timed out" in started.stderr, started
+    assert not fuse_mounted(mountpoint)

@@ -191,17 +191,20 @@ STARTUP_RETRIES = 1
 def connect(settings: MountSettings):
     """A connection that has been shown to work, and the project listing that proved it.
 
-    The check retries little, so a wrong address is reported in seconds; the
-    mount itself retries more.
+    The check retries little, so a wrong address is reported in seconds, and
+    a server that does not answer within the timeout; the mount itself
+    retries more.
     """
+    from xnatfs.client.budget import Budget, bounded_by
     from xnatfs.client.connection import XnatConnection
 
     user, password = _credentials(settings)
     who = f"user {user}" if user else "guest access"
     try:
-        connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                    timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
-        projects = connection.list_projects()
+        with bounded_by(Budget(settings.timeout)):
+            connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
+                                        timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
+            projects = connection.list_projects()
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
