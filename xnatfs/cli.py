@@ -92,6 +92,10 @@ def _settings_from_args(args) -> MountSettings:
             raise UsageProblem(str(exc)) from None
     if args.ttl is not None:
         changes["ttl"] = args.ttl
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise UsageProblem("--timeout must be a positive number of seconds")
+        changes["timeout"] = args.timeout
     options = list(settings.fuse_options)
     for group in args.options or []:
         options.extend(o.strip() for o in group.split(",") if o.strip())
@@ -189,22 +193,26 @@ STARTUP_RETRIES = 1
 def connect(settings: MountSettings):
     """A connection that has been shown to work, and the project listing that proved it.
 
-    The check retries little, so a wrong address is reported in seconds; the
-    mount itself retries more.
+    The check retries little, so a wrong address is reported in seconds, and
+    a server that does not answer within the timeout; the mount itself
+    retries more.
     """
+    from xnatfs.client.budget import Budget, bounded_by
     from xnatfs.client.connection import XnatConnection
 
     user, password = _credentials(settings)
     who = f"user {user}" if user else "guest access"
     try:
-        connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                    retries=min(STARTUP_RETRIES, settings.retries))
-        projects = connection.list_projects()
+        with bounded_by(Budget(settings.timeout)):
+            connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
+                                        timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
+            projects = connection.list_projects()
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
     except XnatError as exc:
         raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
     connection.retries = settings.retries
+    connection.max_answer_bytes = settings.max_answer_size
     return connection, projects
 
 
@@ -273,9 +281,15 @@ def cmd_unmount(args) -> int:
         remove_record(mountpoint)
         raise UsageProblem(f"{mountpoint} is not mounted")
     record = read_record(mountpoint)
-    done, error = fusermount_unmount(mountpoint)
+    done, error = fusermount_unmount(mountpoint, lazy=args.force)
     if not done:
-        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}")
+        hint = " (try --force)" if not args.force else ""
+        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}{hint}")
+    if args.force:
+        # A lazy unmount leaves the daemon serving whoever still has a file open.
+        print(f"detached {mountpoint}; the daemon exits once nothing uses it, "
+              "and its unsent uploads stay in the spool", file=sys.stderr)
+        return 0
     if record is not None:
         _wait_for_daemon(record, args.timeout)
     return 0
@@ -543,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--series-zip-size",
                        help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)")
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
+    mount.add_argument("--timeout", type=float,
+                       help="seconds a request may wait for the server without progress before it "
+                            "fails with EIO (default 30)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     mount.add_argument("--allow-delete", action="store_true",
                        help="let rmdir delete subjects and experiments on the server")
@@ -559,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
     unmount.add_argument("mountpoint")
     unmount.add_argument("--timeout", type=float, default=UNMOUNT_WAIT, help="seconds to wait for the daemon")
+    unmount.add_argument("--force", action="store_true",
+                         help="detach at once (lazy unmount), even while files are open or the server "
+                              "does not answer; do not wait for the daemon")
     unmount.set_defaults(handler=cmd_unmount)
 
     demo = commands.add_parser("demo", help="mount an embedded fake XNAT with a sample study")

@@ -70,6 +70,18 @@ class XnatServerError(XnatError):
     """A 5xx answer or a network failure that outlasted the retries."""
 
 
+class XnatTimeout(XnatServerError):
+    """The server did not answer within the time allowed."""
+
+
+class XnatUnavailable(XnatServerError):
+    """Refused without asking: the server has just failed several requests in a row."""
+
+
+class XnatAnswerTooLarge(XnatServerError):
+    """An answer to be held in memory was larger than allowed."""
+
+
 class XnatUnsupported(XnatError):
     """XNAT has no way to do what was asked."""
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
-from xnatfs.errors import XnatError, is_permanent_refusal
+from xnatfs.errors import XnatError, XnatUnavailable, is_permanent_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,17 @@ class Uploader:
         entries still inside their back-off delay are skipped."""
         report = PushReport()
         now = time.time()
-        for entry in self.spool.pending(server):
+        pending = self.spool.pending(server)
+        for done, entry in enumerate(pending):
             if due_only and now < self.retry_at(entry):
                 report.skipped += 1
                 continue
             try:
                 sent = self._push(entry, wait=False)
+            except XnatUnavailable:
+                # The server is known to be silent: no use trying the others now.
+                report.skipped += len(pending) - done
+                break
             except Exception as exc:
                 report.failed += 1
                 report.errors.append((entry.id, str(exc)))
@@ -114,6 +119,10 @@ class Uploader:
                 raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
                 self._send(current)
+            except XnatUnavailable:
+                # Refused before anything was sent: not an attempt, so the
+                # entry is tried again as soon as the server answers.
+                raise
             except Exception as exc:
                 refused = is_permanent_refusal(exc)
                 self.spool.record_failure(current, str(exc), refused=refused)

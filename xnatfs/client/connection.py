@@ -100,6 +100,15 @@ class XnatConnection:
         self.session.retries = count
 
     @property
+    def max_answer_bytes(self) -> int:
+        """The largest answer held in memory (listings, searches, item JSON); larger ones are refused."""
+        return self.session.max_answer_bytes
+
+    @max_answer_bytes.setter
+    def max_answer_bytes(self, size: int) -> None:
+        self.session.max_answer_bytes = size
+
+    @property
     def supports_range(self) -> bool | None:
         """Whether the server honours HTTP Range; None until a ranged download has shown it."""
         return self.session.supports_range

@@ -37,8 +37,10 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
@@ -113,7 +115,10 @@ class Mutations:
 
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
-        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter)
+        # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
+        # then finishes, or times out, on its own.
+        return await bounded(trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
+                                                     abandon_on_cancel=True))
 
     async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
         """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""
@@ -544,6 +549,7 @@ class Mutations:
     def start_background(self, nursery: trio.Nursery) -> None:
         """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""
         self.nursery = nursery
+        nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self._retry_uploads)
 
     async def _adopt_pending(self) -> None:
@@ -583,7 +589,7 @@ class Mutations:
 
     async def _retry_once(self) -> float:
         """Send the pending uploads that are due; seconds until the next check."""
-        report = await self._call(self.uploader.push_pending, self.server, due_only=True)
+        report = await self._call(self._push_due)
         if report.ok or report.failed:
             logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
         for local in self.overlay.all_files():
@@ -595,6 +601,11 @@ class Mutations:
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
         return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
 
+    def _push_due(self):
+        # Background sends wait on a silent server no longer than a request would.
+        with bounded_by(Budget(self.settings.timeout)):
+            return self.uploader.push_pending(self.server, due_only=True)
+
     def finish_uploads(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
         """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
         pending = self.spool.pending(self.server)
@@ -603,14 +614,16 @@ class Mutations:
         logger.info("sending %d pending upload(s) before exiting", len(pending))
         deadline = time.monotonic() + budget
         left = 0
-        for entry in pending:
-            if time.monotonic() > deadline:
-                left += 1
-                continue
-            try:
-                self.uploader.push(entry)
-            except XnatError:
-                left += 1
+        # A silent server holds the exit up for one timeout at most, not one per upload.
+        with bounded_by(Budget(self.settings.timeout)):
+            for entry in pending:
+                if time.monotonic() > deadline:
+                    left += 1
+                    continue
+                try:
+                    self.uploader.push(entry)
+                except XnatError:
+                    left += 1
         if left:
             logger.warning("%d upload(s) still pending; they are sent by the next mount or "
                            "`xnatfs uploads retry`", left)

@@ -26,6 +26,7 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader
 from xnatfs.client.models import RemoteFile
+from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
@@ -76,6 +77,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
+        self.deadlines = RequestDeadlines(settings.timeout)
         self._retry_wakeup = trio.Event()
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -417,7 +419,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             ready = flight.event_for(remote.uri)
             if ready is None:
                 return None
-            await ready.wait()
+            await bounded(ready.wait())
             return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None

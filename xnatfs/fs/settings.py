@@ -65,6 +65,8 @@ class MountSettings:
     retries: int = 5                     # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20      # files this big are served while they download
     series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip
+    timeout: float = 30.0                # seconds a request may wait without progress, then EIO
+    max_answer_size: int = 64 << 20      # the largest listing, search or item JSON held in memory
 
     @property
     def negative_ttl(self) -> float:
@@ -80,7 +82,7 @@ _CONFIG_KEYS = {
     "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
-    "series_zip_size": parse_size,
+    "series_zip_size": parse_size, "timeout": float, "max_answer_size": parse_size,
 }
 
 

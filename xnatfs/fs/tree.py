@@ -43,6 +43,7 @@ from xnatfs.cache.listing import ListingCache
 from xnatfs.client import paths
 from xnatfs.client.models import Experiment, RemoteFile, Resource, Subject
 from xnatfs.fs import names
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -166,7 +167,7 @@ class Tree:
     async def _search(self, key: tuple) -> SearchAnswer | None:
         """A project-wide search; None when the server cannot answer it or it failed."""
         try:
-            answer = await self.listings.get_or_load(key, self._loader(key), self.limiter)
+            answer = await bounded(self.listings.get_or_load(key, self._loader(key), self.limiter))
         except Exception as exc:
             # The per-session listings answer instead, for as long as a listing is trusted.
             logger.info("the search %s failed: %s", key, exc)
@@ -257,7 +258,7 @@ class Tree:
 
     async def _direct(self, key: tuple):
         """A raw listing from its own request (searches' answers are never kept under its key)."""
-        return await self.listings.get_or_load(key, self._loader(key), self.limiter)
+        return await bounded(self.listings.get_or_load(key, self._loader(key), self.limiter))
 
     def known_nlink(self, node: Node) -> int:
         """2 + sub-directories if this directory's entries are known, else its hint."""
