@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -479,6 +480,101 @@ def cmd_prefetch(args) -> int:
 
 
 
+# ---- status and refresh ----------------------------------------------------------
+
+def _running_mountpoints() -> list[str]:
+    """Mountpoints with a record of a mount of this user's (without touching the mounts)."""
+    from xnatfs.fs.mount import fuse_mounts
+
+    mounted = fuse_mounts()
+    found = []
+    for record_file in sorted((default_state_dir() / "mounts").glob("*.json")):
+        try:
+            mountpoint = json.loads(record_file.read_text())["mountpoint"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if mountpoint in mounted:
+            found.append(mountpoint)
+    return found
+
+
+def cmd_status(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+
+    if args.mountpoint:
+        mountpoints = [os.path.abspath(os.path.expanduser(args.mountpoint))]
+    else:
+        mountpoints = _running_mountpoints()
+    answers = []
+    for mountpoint in mountpoints:
+        try:
+            answers.append(ask(mountpoint, {"request": "status"}))
+        except ControlError as exc:
+            if args.mountpoint:
+                raise UsageProblem(f"{exc} (is it mounted? `xnatfs mount` starts one)") from None
+            answers.append({"mountpoint": mountpoint, "error": str(exc)})
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    elif not answers:
+        print("no xnatfs mounts running")
+    else:
+        print("\n\n".join(_status_text(answer) for answer in answers))
+    return 0
+
+
+def _status_text(status: dict) -> str:
+    if "error" in status:
+        return f"{status['mountpoint']}\n  not answering: {status['error']}"
+    cache, requests_seen = status["cache"], status["requests"]
+    hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.0%}"
+    lines = [
+        f"{status['mountpoint']}",
+        f"  server:    {status['server']} as {status['user'] or 'guest'} ({requests_seen['health']})",
+        f"  uptime:    {_duration(status['uptime_seconds'])}, pid {status['pid']}"
+        + (", read-only" if status["read_only"] else ""),
+        f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])}, "
+        f"{cache['files']} files, hit rate {hit_rate} ({cache['hits']} hits, {cache['misses']} misses)",
+        f"  requests:  {requests_seen['requests']} in the last {requests_seen['minutes']} min, "
+        f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",
+    ]
+    errors = requests_seen["errors"]
+    lines.append("  errors:    " + (", ".join(f"{kind} ×{count}" for kind, count in sorted(errors.items()))
+                                    if errors else "none"))
+    for download in status["downloads"]:
+        done, total = download["bytes_done"], download["bytes_total"]
+        lines.append(f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)}"
+                     f" ({done / total:.0%})" if total else f"  download:  {download['uri']}")
+    for upload in status["uploads"]:
+        lines.append(f"  upload:    {upload['id']} {upload['state']} {human_bytes(upload['size'])} "
+                     f"{upload['target']}" + (f" ({upload['last_error']})" if upload["last_error"] else ""))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def cmd_refresh(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+    from xnatfs.fs.mount import fuse_mounts
+
+    target = os.path.abspath(os.path.expanduser(args.path))
+    inside = [m for m in fuse_mounts() if target == m or target.startswith(m.rstrip("/") + "/")]
+    if not inside:
+        raise UsageProblem(f"{args.path} is not inside a mounted file system")
+    mountpoint = max(inside, key=len)
+    relative = os.path.relpath(target, mountpoint)
+    try:
+        answer = ask(mountpoint, {"request": "refresh", "path": "" if relative == "." else relative,
+                                  "recursive": args.recursive})
+    except ControlError as exc:
+        raise UsageProblem(f"cannot refresh {args.path}: {exc}") from None
+    print(f"refreshed {args.path}: {answer['entries']} entries" + (" (and below)" if args.recursive else ""))
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -542,6 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch_command = commands.add_parser("prefetch", help="read files under a mount once, to warm the cache")
     prefetch.add_arguments(prefetch_command)
     prefetch_command.set_defaults(handler=cmd_prefetch)
+
+    status = commands.add_parser("status", help="what running mounts are doing: cache, transfers, errors")
+    status.add_argument("mountpoint", nargs="?", help="only this mount (default: every mount of yours)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    refresh = commands.add_parser("refresh", help="forget cached listings of a folder so the server is asked again")
+    refresh.add_argument("path", help="a folder inside a mount")
+    refresh.add_argument("-r", "--recursive", action="store_true", help="also the folders below it")
+    refresh.set_defaults(handler=cmd_refresh)
 
     # Listed for --help; main() hands its arguments to the fake server's parser.
     commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")

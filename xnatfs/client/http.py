@@ -36,6 +36,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
+from xnatfs.client.activity import RequestActivity
 from xnatfs.errors import (
     XnatAuthError,
     XnatConflict,
@@ -176,6 +177,7 @@ class XnatSession:
         self._generation = 0
         self._supports_range: bool | None = None
         self._closed = False
+        self.activity = RequestActivity()
 
     # -- addresses ---------------------------------------------------------
 
@@ -380,10 +382,16 @@ class XnatSession:
     def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
         session_id = self._jsession if with_session else None
         cookies = {"JSESSIONID": session_id} if session_id else None
-        response = self._http.request(
-            method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
-            allow_redirects=False, **kwargs,
-        )
+        ticket = self.activity.started()
+        try:
+            response = self._http.request(
+                method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
+                allow_redirects=False, **kwargs,
+            )
+        except BaseException as exc:
+            self.activity.finished(ticket, exc)
+            raise
+        self.activity.finished(ticket, response.status_code)
         logger.debug("%s %s -> %s", method, urlsplit(url).path, response.status_code)
         return response
 

@@ -35,6 +35,7 @@ import trio
 from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
@@ -84,6 +85,8 @@ class Mutations:
         else would be accepted here and then fail at every upload.
         """
         text = os.fsdecode(raw)
+        if text == REFRESH_NAME:
+            raise _fail(errno.EPERM, "%s refused: %s only asks for a refresh of its folder", what, text)
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:

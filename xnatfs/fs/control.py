@@ -1,0 +1,293 @@
+"""The mount's control channel: ``xnatfs status`` and ``xnatfs refresh`` talk to the daemon here.
+
+A Unix socket per mountpoint, in a folder only the mounting user can enter
+(``$XDG_RUNTIME_DIR/xnatfs``, else ``/tmp/xnatfs-<uid>``, mode 0700) and
+itself mode 0600; a peer of another user is turned away (root excepted).
+Never reachable over the network.
+
+The protocol is one JSON object per line each way, one request per
+connection:
+
+* ``{"request": "status"}`` → what the mount is doing (see :func:`status`);
+* ``{"request": "refresh", "path": "P/S", "recursive": false}`` → the cached
+  listings of that folder (relative to the mountpoint) are dropped, and so
+  are the kernel's entries for it, so the next ``ls`` asks the server.
+
+Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+The daemon never touches its own mountpoint: paths are resolved through
+its own tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from xnatfs.errors import redact_url
+from xnatfs.fs.nodes import Listing, Node, ProjectDir
+
+logger = logging.getLogger(__name__)
+
+REFRESH_NAME = ".xnatfs-refresh"
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_SECONDS = 60.0
+
+
+# ---- where the socket lives -----------------------------------------------
+
+def control_folder() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "xnatfs"
+    return Path(f"/tmp/xnatfs-{os.getuid()}")
+
+
+def control_socket_path(mountpoint: Path | str) -> Path:
+    # Only the parent is resolved: a stat of the mountpoint itself would go to
+    # the mount, and in the daemon that means waiting on itself.
+    parent, name = os.path.split(os.path.abspath(os.fspath(mountpoint)))
+    real = os.path.join(os.path.realpath(parent), name)
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return control_folder() / f"{digest}.sock"
+
+
+def _private_folder(folder: Path) -> None:
+    """Make ``folder`` (0700, ours); refuse one that someone else owns or can enter."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(folder):
+        raise PermissionError(f"{folder} is not a private folder of this user")
+
+
+# ---- the daemon side --------------------------------------------------------
+
+class ControlServer:
+    """Answers status and refresh requests for one mount (``ops``: its XnatOperations)."""
+
+    def __init__(self, ops, started_at: float):
+        self.ops = ops
+        self.started_at = started_at
+        self.path = control_socket_path(ops.settings.mountpoint)
+
+    async def serve(self) -> None:
+        """Listen until cancelled; the socket file is removed on the way out."""
+        try:
+            listener = await trio.to_thread.run_sync(self._listen)
+        except OSError as exc:
+            logger.warning("no control channel (status, refresh) for this mount: %s", exc)
+            return
+        try:
+            await trio.serve_listeners(self._answer, [trio.SocketListener(listener)])
+        finally:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def _listen(self) -> trio.socket.SocketType:
+        _private_folder(self.path.parent)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.bind(os.fspath(self.path))
+        os.chmod(self.path, 0o600)
+        raw.listen(16)
+        return trio.socket.from_stdlib_socket(raw)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(REQUEST_SECONDS):
+                if not _same_user(stream.socket):
+                    return
+                try:
+                    request = json.loads(await _read_line(stream))
+                    answer = {"ok": True, **await self.handle(request)}
+                except (ValueError, LookupError, OSError) as exc:
+                    answer = {"ok": False, "error": str(exc)}
+                except Exception as exc:
+                    logger.exception("control request failed")
+                    answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                try:
+                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+                except trio.BrokenResourceError:
+                    pass
+
+    async def handle(self, request: dict) -> dict:
+        kind = request.get("request") if isinstance(request, dict) else None
+        if kind == "status":
+            return await self.status()
+        if kind == "refresh":
+            return await refresh(self.ops, str(request.get("path", "")), bool(request.get("recursive")))
+        raise ValueError(f"unknown request {kind!r}")
+
+    async def status(self) -> dict:
+        ops = self.ops
+        session = ops.connection.session
+        cache_info = await trio.to_thread.run_sync(ops.cache.info, limiter=ops.limiter)
+        waiting = await trio.to_thread.run_sync(
+            lambda: ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server), limiter=ops.limiter)
+        lookups = ops.cache_hits + ops.cache_misses
+        return {
+            "mountpoint": os.fspath(ops.settings.mountpoint),
+            "server": redact_url(ops.server),
+            "user": session.username,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "read_only": ops.settings.read_only,
+            "cache": {"directory": os.fspath(cache_info.directory), "bytes_used": cache_info.bytes_used,
+                      "max_bytes": cache_info.max_bytes, "files": cache_info.entries,
+                      "hits": ops.cache_hits, "misses": ops.cache_misses,
+                      "hit_rate": round(ops.cache_hits / lookups, 3) if lookups else None},
+            "downloads": [{"uri": uri, "bytes_done": done, "bytes_total": total}
+                          for uri, done, total in ops.cache.downloads()],
+            "uploads": [{"id": entry.id, "state": entry.state, "size": entry.size,
+                         "attempts": entry.attempts, "target": entry.target.describe(),
+                         "last_error": entry.last_error.splitlines()[0] if entry.last_error else None}
+                        for entry in waiting],
+            "requests": session.activity.summary(),
+        }
+
+
+def _same_user(sock) -> bool:
+    """The peer runs as this user (or as root): the folder's mode says so too; this makes sure."""
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid in (os.getuid(), 0)
+
+
+async def _read_line(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST_BYTES:
+            raise ValueError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+# ---- refreshing ---------------------------------------------------------------
+
+def _path_parts(relative: str) -> tuple[str, ...]:
+    parts = tuple(part for part in relative.split("/") if part and part != ".")
+    if ".." in parts:
+        raise ValueError(f"not a path inside the mount: {relative}")
+    return parts
+
+
+async def _find(ops, parts: tuple[str, ...]) -> Node:
+    """The folder at ``parts``; a name the cached listing lacks is looked for in a fresh one."""
+    node = ops.tree.root
+    for depth, name in enumerate(parts):
+        if not node.is_dir:
+            raise NotADirectoryError(f"{'/'.join(parts[:depth])} is not a folder")
+        child = (await ops.tree.children(node)).get(name)
+        if child is None:
+            _forget(ops, node)
+            child = (await ops.tree.children(node)).get(name)
+        if child is None:
+            raise FileNotFoundError(f"no {'/'.join(parts[:depth + 1])} on the server")
+        node = child
+    if not node.is_dir:
+        raise NotADirectoryError(f"{'/'.join(parts)} is not a folder")
+    return node
+
+
+def _forget(ops, node: Node) -> None:
+    for key in ops.tree.raw_keys(node):
+        ops.tree.forget_listing(key)
+    if isinstance(node, ProjectDir):
+        # Project-wide searches answer the sessions below; they must be asked again too.
+        ops.tree.forget_listing(("projectcontents", node.project.id))
+        ops.tree.forget_listing(("subjectresources", node.project.id))
+
+
+def _changed_names(old: Listing, new: Listing) -> list[str]:
+    return [name for name in old.entries.keys() | new.entries.keys() if old.get(name) != new.get(name)]
+
+
+async def refresh(ops, relative: str, recursive: bool) -> dict:
+    """Drop the listings of the folder at ``relative`` (and, if ``recursive``, of the folders
+    below that the kernel knows), and the kernel's entries that changed; the folder is listed
+    again at once."""
+    parts = _path_parts(relative)
+    node = await _find(ops, parts)
+    old = await ops.tree.children(node)
+    _forget(ops, node)
+    below = []
+    if recursive:
+        depth = len(parts)
+        below = [(number, entry) for number, entry in ops.inodes.items()
+                 if len(entry.path) > depth and entry.path[:depth] == parts]
+        for _number, entry in below:
+            if entry.node.is_dir:
+                _forget(ops, entry.node)
+    new = await ops.tree.children(node)
+    inode = ops.inodes.number_of(parts)
+    if inode is not None:
+        for name in _changed_names(old, new):
+            pyfuse3.invalidate_entry_async(inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True)
+        # Not awaited: called from a lookup, the kernel may hold locks this would wait for.
+        if ops.nursery is not None:
+            ops.nursery.start_soon(trio.to_thread.run_sync, _invalidate_inode, inode)
+    for _number, entry in below:
+        parent = ops.inodes.number_of(entry.path[:-1])
+        if parent is not None:
+            pyfuse3.invalidate_entry_async(parent, entry.path[-1].encode("utf-8", "surrogateescape"),
+                                           ignore_enoent=True)
+    logger.info("refreshed %s%s: %d entries", "/".join(parts) or "/", " and below" if recursive else "",
+                len(new.entries))
+    return {"path": "/".join(parts), "entries": len(new.entries), "recursive": recursive}
+
+
+def _invalidate_inode(inode: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(inode)
+    except OSError as exc:
+        # The kernel forgot it meanwhile: nothing left to invalidate.
+        logger.debug("invalidating inode %d: %s", inode, exc)
+
+
+# ---- the command's side -------------------------------------------------------
+
+class ControlError(Exception):
+    """The mount's control channel could not be reached or refused the request."""
+
+
+def ask(mountpoint: Path | str, request: dict, timeout: float = REQUEST_SECONDS) -> dict:
+    """Send ``request`` to the daemon serving ``mountpoint``; its answer (blocking)."""
+    path = control_socket_path(mountpoint)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(os.fspath(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except FileNotFoundError:
+            raise ControlError(f"no xnatfs mount answers for {mountpoint}") from None
+        except OSError as exc:
+            raise ControlError(f"the mount at {mountpoint} did not answer: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the mount at {mountpoint} gave no answer") from None
+    if not answer.get("ok"):
+        raise ControlError(answer.get("error") or "refused")
+    return answer
