@@ -1,0 +1,134 @@
+"""`xnatfs refresh` and `xnatfs status`: the mount's private control channel, on a real mount."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from xnatfs.fs.control import REFRESH_NAME, control_socket_path
+
+from mountutil import isolated_env, mounted, xnatfs_command
+
+pytestmark = pytest.mark.mount
+
+SESSION = ("STUDY01", "SUB001", "SUB001_MR1")
+LONG_TTL = 600
+
+
+def xnatfs(mount, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(xnatfs_command(*args), env=isolated_env(mount.home), capture_output=True,
+                          text=True, timeout=60)
+
+
+def qc_folder(mount):
+    return mount.path.joinpath(*SESSION, "RESOURCES", "QC")
+
+
+def add_qc_file(fake_xnat, mount, name: str) -> None:
+    experiment_id = os.getxattr(mount.path.joinpath(*SESSION), "user.xnat.id").decode()
+    fake_xnat.store.put_file(experiment_id, "QC", name, b"uploaded elsewhere")
+
+
+def test_refresh_shows_a_server_change_before_the_listing_expires(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, ttl=LONG_TTL) as mount:
+        qc = qc_folder(mount)
+        before = set(os.listdir(qc))
+        add_qc_file(fake_xnat, mount, "from-the-web.txt")
+        assert set(os.listdir(qc)) == before
+        with pytest.raises(FileNotFoundError):
+            os.stat(qc / "from-the-web.txt")      # the kernel now remembers it as missing
+        done = xnatfs(mount, "refresh", str(qc))
+        assert done.returncode == 0, done.stderr
+        assert f"{len(before) + 1} entries" in done.stdout
+        assert set(os.listdir(qc)) == before | {"from-the-web.txt"}
+        assert (qc / "from-the-web.txt").read_bytes() == b"uploaded elsewhere"
+
+
+def test_recursive_refresh_reaches_folders_below(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, ttl=LONG_TTL) as mount:
+        qc = qc_folder(mount)
+        before = set(os.listdir(qc))
+        add_qc_file(fake_xnat, mount, "deep.txt")
+        fake_xnat.store.add_subject("STUDY01", "SUB777")
+        project = mount.path / "STUDY01"
+        assert "SUB777" not in os.listdir(project)
+        flat = xnatfs(mount, "refresh", str(project))
+        assert flat.returncode == 0, flat.stderr
+        assert "SUB777" in os.listdir(project)
+        assert set(os.listdir(qc)) == before
+        deep = xnatfs(mount, "refresh", "-r", str(project))
+        assert deep.returncode == 0, deep.stderr
+        assert "deep.txt" in os.listdir(qc)
+
+
+def test_looking_up_the_refresh_name_refreshes_its_folder(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, ttl=LONG_TTL) as mount:
+        qc = qc_folder(mount)
+        before = set(os.listdir(qc))
+        add_qc_file(fake_xnat, mount, "seen-by-a-file-manager.txt")
+        assert set(os.listdir(qc)) == before
+        with pytest.raises(FileNotFoundError):
+            os.stat(qc / REFRESH_NAME)
+        assert set(os.listdir(qc)) == before | {"seen-by-a-file-manager.txt"}
+        with pytest.raises(PermissionError):
+            (qc / REFRESH_NAME).write_bytes(b"")
+        assert REFRESH_NAME not in os.listdir(qc)
+
+
+def test_refresh_outside_a_mount_is_one_line(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        done = xnatfs(mount, "refresh", str(tmp_path))
+        assert done.returncode != 0
+        assert done.stderr.strip() == f"xnatfs: {tmp_path} is not inside a mounted file system"
+
+
+def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults]\nretries = 0\n")
+    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config))) as mount:
+        qc = qc_folder(mount)
+        target = qc / sorted(os.listdir(qc))[0]
+        target.read_bytes()
+        target.read_bytes()
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(OSError) as failed:
+            os.listdir(mount.path / "STUDY02")
+        assert failed.value.errno == errno.EIO
+        fake_xnat.set_faults()
+
+        done = xnatfs(mount, "status", "--json", str(mount.path))
+        assert done.returncode == 0, done.stderr
+        [status] = json.loads(done.stdout)
+        assert status["mountpoint"] == str(mount.path)
+        assert status["server"] == fake_xnat.url and status["user"] == "admin"
+        assert status["pid"] == mount.process.pid
+        assert status["cache"]["misses"] == 1 and status["cache"]["hits"] >= 1
+        assert status["cache"]["bytes_used"] == target.stat().st_size
+        assert set(status["requests"]["errors"]) == {"HTTP 503"}   # one per listing the folder needs
+        assert status["requests"]["requests"] >= 5
+        assert status["requests"]["health"] == "answering"
+        assert status["downloads"] == [] and status["uploads"] == []
+
+        every = xnatfs(mount, "status")
+        assert every.returncode == 0, every.stderr
+        assert str(mount.path) in every.stdout and "HTTP 503 ×" in every.stdout
+
+        sock = control_socket_path(mount.path)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+    assert not sock.exists()
+
+
+def test_status_of_a_folder_not_mounted_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(xnatfs_command("status", str(tmp_path)), env=isolated_env(home),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    message = done.stderr.strip()
+    assert message.startswith("xnatfs: no xnatfs mount answers for") and "\n" not in message
