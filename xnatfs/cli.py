@@ -18,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
+
 from xnatfs import prefetch
 from xnatfs.prefetch import human_bytes
 from xnatfs.client.config import default_config_path
-from xnatfs.errors import XnatAuthError, XnatError, redact_url
+from xnatfs.errors import XnatAuthError, XnatError, XnatPasswordExpired, redact_url
 from xnatfs.fs.settings import (
     MountSettings,
     default_cache_dir,
@@ -141,14 +143,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         logger.warning("cleaning a stale mount at %s", mountpoint)
         clean_stale(mountpoint)
     elif state == "mounted":
-        raise UsageProblem(f"{mountpoint} is already mounted")
+        raise UsageProblem(f"{mountpoint} is already mounted; unmount it first (xnatfs unmount {mountpoint})")
     if not mountpoint.exists():
         raise UsageProblem(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise UsageProblem(f"mountpoint {mountpoint} is not a directory")
     try:
         if any(os.scandir(mountpoint)):
-            raise UsageProblem(f"mountpoint {mountpoint} is not empty")
+            raise UsageProblem(f"mountpoint {mountpoint} is not empty; mount on an empty folder")
     except PermissionError:
         raise UsageProblem(f"no permission to read mountpoint {mountpoint}") from None
     if not os.access(mountpoint, os.W_OK | os.X_OK):
@@ -200,11 +202,26 @@ def connect(settings: MountSettings):
                                     retries=min(STARTUP_RETRIES, settings.retries))
         projects = connection.list_projects()
     except XnatAuthError as exc:
-        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
+        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}; {_advice(exc)}") from None
     except XnatError as exc:
-        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
+        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}; {_advice(exc)}") from None
     connection.session.retries = settings.retries
     return connection, projects
+
+
+def _advice(exc: XnatError) -> str:
+    """What the user can do about a failed start-up check."""
+    cause = exc.__cause__
+    if isinstance(exc, XnatPasswordExpired):
+        return "set a new password in the server's web page, then mount again"
+    if isinstance(exc, XnatAuthError):
+        return "check the user name and password (--user, --password-file, ~/.netrc)"
+    if isinstance(cause, requests.exceptions.SSLError):
+        return ("check the address (http or https?); for a private CA set REQUESTS_CA_BUNDLE, "
+                "or skip the check with --insecure")
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        return "check the address and port, and that the server is up and reachable from here"
+    return "see the log file for details"
 
 
 def _daemon_log_file(settings: MountSettings) -> Path:

@@ -43,6 +43,7 @@ from xnatfs.errors import (
     XnatError,
     XnatInvalidLabel,
     XnatNotFound,
+    XnatPasswordExpired,
     XnatPermissionError,
     XnatServerError,
     XnatUnsupported,
@@ -237,10 +238,9 @@ class XnatSession:
                 raise self.error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
-                    reason = f"the password of user {self.credentials.username} has expired"
-                else:
-                    reason = "login answered with a web page instead of a session ID"
-                raise XnatAuthError(reason, url=url, status=200)
+                    raise XnatPasswordExpired(f"the password of user {self.credentials.username} has expired",
+                                              url=url, status=200)
+                raise XnatAuthError("login answered with a web page instead of a session ID", url=url, status=200)
             session_id = response.cookies.get("JSESSIONID") or text.strip()
             if not _SESSION_ID.match(session_id):
                 raise XnatAuthError("login did not return a session ID", url=url, status=200)
