@@ -99,9 +99,11 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         with pytest.raises(OSError) as failed:
             os.listdir(mount.path / "STUDY02")
         assert failed.value.errno == errno.EIO
-        fake_xnat.set_faults()
+        with pytest.raises(OSError):
+            (qc / "refused.txt").write_bytes(b"kept in the spool")
 
         done = xnatfs(mount, "status", "--json", str(mount.path))
+        fake_xnat.set_faults()
         assert done.returncode == 0, done.stderr
         [status] = json.loads(done.stdout)
         assert status["mountpoint"] == str(mount.path)
@@ -112,7 +114,10 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         assert set(status["requests"]["errors"]) == {"HTTP 503"}   # one per listing the folder needs
         assert status["requests"]["requests"] >= 5
         assert status["requests"]["health"] == "answering"
-        assert status["downloads"] == [] and status["uploads"] == []
+        assert status["downloads"] == []
+        [upload] = status["uploads"]
+        assert upload["state"] == "failed" and upload["size"] == len(b"kept in the spool")
+        assert upload["target"].endswith("QC/files/refused.txt") and "503" in upload["last_error"]
 
         every = xnatfs(mount, "status")
         assert every.returncode == 0, every.stderr

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from xnatfs.errors import redact_url
+from xnatfs.errors import XnatError, redact_url
 from xnatfs.fs.nodes import Listing, Node, ProjectDir
 
 logger = logging.getLogger(__name__)
@@ -106,22 +106,26 @@ class ControlServer:
         return trio.socket.from_stdlib_socket(raw)
 
     async def _answer(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            with trio.move_on_after(REQUEST_SECONDS):
-                if not _same_user(stream.socket):
-                    return
-                try:
-                    request = json.loads(await _read_line(stream))
-                    answer = {"ok": True, **await self.handle(request)}
-                except (ValueError, LookupError, OSError) as exc:
-                    answer = {"ok": False, "error": str(exc)}
-                except Exception as exc:
-                    logger.exception("control request failed")
-                    answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                try:
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
-                except trio.BrokenResourceError:
-                    pass
+        # Whatever happens to one request must not end serve_listeners, and with it the mount.
+        try:
+            async with stream:
+                with trio.move_on_after(REQUEST_SECONDS):
+                    if _same_user(stream.socket):
+                        await stream.send_all(json.dumps(await self._reply(stream)).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.debug("control connection dropped: %s", exc)
+        except Exception:
+            logger.exception("control connection failed")
+
+    async def _reply(self, stream: trio.SocketStream) -> dict:
+        try:
+            request = json.loads(await _read_line(stream))
+            return {"ok": True, **await self.handle(request)}
+        except (ValueError, LookupError, OSError, XnatError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            logger.exception("control request failed")
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
     async def handle(self, request: dict) -> dict:
         kind = request.get("request") if isinstance(request, dict) else None
