@@ -7,10 +7,12 @@ import json
 import os
 import stat
 import subprocess
+import threading
+import time
 
 import pytest
 
-from xnatfs.fs.control import REFRESH_NAME, control_socket_path
+from xnatfs.fs.control import REFRESH_NAME, ask, control_socket_path
 
 from mountutil import isolated_env, mounted, xnatfs_command
 
@@ -137,3 +139,28 @@ def test_status_of_a_folder_not_mounted_is_one_line(tmp_path):
     assert done.returncode != 0
     message = done.stderr.strip()
     assert message.startswith("xnatfs: no xnatfs mount answers for") and "\n" not in message
+
+
+def test_status_shows_an_upload_while_it_is_sent(fake_xnat, tmp_path):
+    payload = os.urandom(5 << 20)      # above the size sent from memory: streamed from the spool
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        target = qc_folder(mount) / "large-upload.bin"
+        os.listdir(target.parent)
+        fake_xnat.latency_ms = 1500
+        writer = threading.Thread(target=target.write_bytes, args=(payload,))
+        writer.start()
+        try:
+            deadline = time.monotonic() + 20
+            sending = []
+            while not sending and time.monotonic() < deadline:
+                uploads = ask(mount.path, {"request": "status"})["uploads"]
+                sending = [upload for upload in uploads if upload["state"] == "sending"]
+                time.sleep(0.02)
+            [upload] = sending
+            assert upload["size"] == len(payload)
+            assert 0 <= upload["bytes_sent"] <= len(payload)
+            assert upload["target"].endswith("QC/files/large-upload.bin")
+        finally:
+            writer.join(30)
+            fake_xnat.latency_ms = 0
+        assert ask(mount.path, {"request": "status"})["uploads"] == []

@@ -562,8 +562,10 @@ def _status_text(status: dict) -> str:
         lines.append(f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)}"
                      f" ({done / total:.0%})" if total else f"  download:  {download['uri']}")
     for upload in status["uploads"]:
-        lines.append(f"  upload:    {upload['id']} {upload['state']} {human_bytes(upload['size'])} "
-                     f"{upload['target']}" + (f" ({upload['last_error']})" if upload["last_error"] else ""))
+        sent = upload["bytes_sent"]
+        size = human_bytes(upload["size"]) if sent is None else f"{human_bytes(sent)} of {human_bytes(upload['size'])}"
+        lines.append(f"  upload:    {upload['id']} {upload['state']} {size} {upload['target']}"
+                     + (f" ({upload['last_error']})" if upload["last_error"] else ""))
     return "\n".join(lines)
 
 

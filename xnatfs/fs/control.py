@@ -141,6 +141,7 @@ class ControlServer:
         cache_info = await trio.to_thread.run_sync(ops.cache.info, limiter=ops.limiter)
         waiting = await trio.to_thread.run_sync(
             lambda: ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server), limiter=ops.limiter)
+        sending = ops.uploader.sending()
         lookups = ops.cache_hits + ops.cache_misses
         return {
             "mountpoint": os.fspath(ops.settings.mountpoint),
@@ -155,7 +156,8 @@ class ControlServer:
                       "hit_rate": round(ops.cache_hits / lookups, 3) if lookups else None},
             "downloads": [{"uri": uri, "bytes_done": done, "bytes_total": total}
                           for uri, done, total in ops.cache.downloads()],
-            "uploads": [{"id": entry.id, "state": entry.state, "size": entry.size,
+            "uploads": [{"id": entry.id, "state": "sending" if entry.id in sending else entry.state,
+                         "size": entry.size, "bytes_sent": sending.get(entry.id),
                          "attempts": entry.attempts, "target": entry.target.describe(),
                          "last_error": entry.last_error.splitlines()[0] if entry.last_error else None}
                         for entry in waiting],
