@@ -47,8 +47,9 @@ def test_refresh_shows_a_server_change_before_the_listing_expires(fake_xnat, tmp
         done = xnatfs(mount, "refresh", str(qc))
         assert done.returncode == 0, done.stderr
         assert f"{len(before) + 1} entries" in done.stdout
-        assert set(os.listdir(qc)) == before | {"from-the-web.txt"}
+        # Opened by name first: the kernel must have dropped its "missing" entry.
         assert (qc / "from-the-web.txt").read_bytes() == b"uploaded elsewhere"
+        assert set(os.listdir(qc)) == before | {"from-the-web.txt"}
 
 
 def test_recursive_refresh_reaches_folders_below(fake_xnat, tmp_path):

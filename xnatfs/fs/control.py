@@ -20,6 +20,7 @@ its own tree.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -224,10 +225,10 @@ def _changed_names(old: Listing, new: Listing) -> list[str]:
     return [name for name in old.entries.keys() | new.entries.keys() if old.get(name) != new.get(name)]
 
 
-async def refresh(ops, relative: str, recursive: bool) -> dict:
+async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = False) -> dict:
     """Drop the listings of the folder at ``relative`` (and, if ``recursive``, of the folders
     below that the kernel knows), and the kernel's entries that changed; the folder is listed
-    again at once."""
+    again at once. ``in_request``: called while answering the kernel about that folder."""
     parts = _path_parts(relative)
     node = await _find(ops, parts)
     old = await ops.tree.children(node)
@@ -235,35 +236,49 @@ async def refresh(ops, relative: str, recursive: bool) -> dict:
     below = []
     if recursive:
         depth = len(parts)
-        below = [(number, entry) for number, entry in ops.inodes.items()
+        below = [entry for _number, entry in ops.inodes.items()
                  if len(entry.path) > depth and entry.path[:depth] == parts]
-        for _number, entry in below:
+        for entry in below:
             if entry.node.is_dir:
                 _forget(ops, entry.node)
     new = await ops.tree.children(node)
     inode = ops.inodes.number_of(parts)
-    if inode is not None:
-        for name in _changed_names(old, new):
-            pyfuse3.invalidate_entry_async(inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True)
-        # Not awaited: called from a lookup, the kernel may hold locks this would wait for.
-        if ops.nursery is not None:
-            ops.nursery.start_soon(trio.to_thread.run_sync, _invalidate_inode, inode)
-    for _number, entry in below:
+    stale = [(inode, name) for name in _changed_names(old, new)] if inode is not None else []
+    for entry in below:
         parent = ops.inodes.number_of(entry.path[:-1])
         if parent is not None:
-            pyfuse3.invalidate_entry_async(parent, entry.path[-1].encode("utf-8", "surrogateescape"),
-                                           ignore_enoent=True)
+            stale.append((parent, entry.path[-1]))
+    if in_request:
+        # The kernel holds the folder's lock until this request is answered; a direct
+        # invalidation would wait for it, so these are queued, and done just after.
+        for parent, name in stale:
+            pyfuse3.invalidate_entry_async(parent, _raw(name), ignore_enoent=True)
+    else:
+        # Done before answering, so the caller's next look is the server's; in a worker
+        # thread, since the kernel may wait on requests this loop has to answer first.
+        await trio.to_thread.run_sync(_invalidate_now, stale, inode)
     logger.info("refreshed %s%s: %d entries", "/".join(parts) or "/", " and below" if recursive else "",
                 len(new.entries))
     return {"path": "/".join(parts), "entries": len(new.entries), "recursive": recursive}
 
 
-def _invalidate_inode(inode: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(inode)
-    except OSError as exc:
-        # The kernel forgot it meanwhile: nothing left to invalidate.
-        logger.debug("invalidating inode %d: %s", inode, exc)
+def _raw(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _invalidate_now(stale: list[tuple[int, str]], folder_inode: int | None) -> None:
+    for parent, name in stale:
+        try:
+            pyfuse3.invalidate_entry(parent, _raw(name))
+        except OSError as exc:
+            # ENOENT: the kernel did not hold that name; nothing to drop.
+            if exc.errno != errno.ENOENT:
+                logger.debug("invalidating %s in inode %d: %s", name, parent, exc)
+    if folder_inode is not None:
+        try:
+            pyfuse3.invalidate_inode(folder_inode)
+        except OSError as exc:
+            logger.debug("invalidating inode %d: %s", folder_inode, exc)
 
 
 # ---- the command's side -------------------------------------------------------

@@ -235,7 +235,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _refresh_by_name(self, parent: InodeEntry) -> pyfuse3.EntryAttributes:
         """Looking up the magic name refreshes its folder (for file managers); it never exists."""
-        await refresh(self, "/".join(parent.path), recursive=False)
+        await refresh(self, "/".join(parent.path), recursive=False, in_request=True)
         attrs = self._negative()
         attrs.entry_timeout = 0
         return attrs
