@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -129,6 +130,11 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         sock = control_socket_path(mount.path)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+        stranger = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+             f"import socket; socket.socket(socket.AF_UNIX).connect({str(sock)!r})"],
+            capture_output=True, text=True, timeout=60)
+        assert stranger.returncode != 0 and "PermissionError" in stranger.stderr
     assert not sock.exists()
 
 
