@@ -44,6 +44,7 @@ def test_an_unknown_option_is_refused():
 def test_helper_arguments_as_mount_passes_them():
     assert parse(["http://x", "/mnt", "-n", "-o", "ro,ttl=5"]) == ("http://x", "/mnt", ["ro", "ttl=5"], False)
     assert parse(["http://x", "/mnt", "-f", "-oro"])[2:] == (["ro"], True)
+    assert parse(["http://x", "/mnt", "-t", "fuse.xnatfs", "-o", "ro"])[:3] == ("http://x", "/mnt", ["ro"])
 
 
 @contextmanager

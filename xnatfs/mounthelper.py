@@ -1,7 +1,7 @@
 """``mount.fuse.xnatfs``: what mount(8) runs for ``mount -t fuse.xnatfs`` and /etc/fstab lines.
 
 mount(8) calls ``/sbin/mount.fuse.xnatfs URL MOUNTPOINT [-n] [-s] [-f] [-v]
--o OPTIONS`` (install the link with ``make install-mount-helper``). The
+[-t fuse.xnatfs] -o OPTIONS`` (install the link with ``make install-mount-helper``). The
 options are spelled as in fstab and become ``xnatfs mount`` arguments:
 
 * ours: ``user=NAME``, ``password_file=PATH``, ``netrc=PATH``,
@@ -81,6 +81,8 @@ def parse(argv: list[str]) -> tuple[str, str, list[str], bool]:
             options += [o for o in word[2:].split(",") if o]
         elif word == "-f":
             fake = True
+        elif word == "-t":
+            next(words, None)       # the type, fuse.xnatfs: how we were called
         elif word in HELPER_FLAGS:
             continue
         elif word.startswith("-"):
