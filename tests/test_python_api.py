@@ -39,6 +39,11 @@ def test_mount_lists_reads_reports_status_and_unmounts(fake_xnat, tmp_path):
             assert "STUDY01" in os.listdir(mountpoint)
             protocols = mountpoint / "STUDY01" / "RESOURCES" / "PROTOCOLS"
             assert next(protocols.iterdir()).read_bytes()
+            subjects = set(os.listdir(mountpoint / "STUDY01"))
+            fake_xnat.store.add_subject("STUDY01", "SUB900")
+            assert set(os.listdir(mountpoint / "STUDY01")) == subjects
+            assert mounted.refresh("STUDY01") == len(subjects) + 1
+            assert set(os.listdir(mountpoint / "STUDY01")) == subjects | {"SUB900"}
             status = mounted.status()
             assert status["server"] == fake_xnat.url
             assert status["user"] == "admin"
