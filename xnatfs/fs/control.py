@@ -137,12 +137,12 @@ class ControlServer:
         raise ValueError(f"unknown request {kind!r}")
 
     async def status(self) -> dict:
+        # Worker threads of their own, not the file system's limiter: a stalled
+        # server may hold every one of those, and that is when status is asked for.
         ops = self.ops
         session = ops.connection.session
-        cache_info = await trio.to_thread.run_sync(ops.cache.info, limiter=ops.limiter)
-        waiting = await trio.to_thread.run_sync(
-            lambda: ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server), limiter=ops.limiter)
-        sending = ops.uploader.sending()
+        cache_info = await trio.to_thread.run_sync(ops.cache.info)
+        uploads = await trio.to_thread.run_sync(self._uploads)
         lookups = ops.cache_hits + ops.cache_misses
         return {
             "mountpoint": os.fspath(ops.settings.mountpoint),
@@ -157,13 +157,19 @@ class ControlServer:
                       "hit_rate": round(ops.cache_hits / lookups, 3) if lookups else None},
             "downloads": [{"uri": uri, "bytes_done": done, "bytes_total": total}
                           for uri, done, total in ops.cache.downloads()],
-            "uploads": [{"id": entry.id, "state": "sending" if entry.id in sending else entry.state,
-                         "size": entry.size, "bytes_sent": sending.get(entry.id),
-                         "attempts": entry.attempts, "target": entry.target.describe(),
-                         "last_error": entry.last_error.splitlines()[0] if entry.last_error else None}
-                        for entry in waiting],
+            "uploads": uploads,
             "requests": session.activity.summary(),
         }
+
+    def _uploads(self) -> list[dict]:
+        """The spool's entries for this server, those being sent with their progress (blocking)."""
+        ops = self.ops
+        sending = ops.uploader.sending()
+        return [{"id": entry.id, "state": "sending" if entry.id in sending else entry.state,
+                 "size": entry.size, "bytes_sent": sending.get(entry.id),
+                 "attempts": entry.attempts, "target": entry.target.describe(),
+                 "last_error": entry.last_error.splitlines()[0] if entry.last_error else None}
+                for entry in ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server)]
 
 
 def _same_user(sock) -> bool:
