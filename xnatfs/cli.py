@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, status, refresh, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
