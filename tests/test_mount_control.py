@@ -171,3 +171,25 @@ def test_status_shows_an_upload_while_it_is_sent(fake_xnat, tmp_path):
             writer.join(30)
             fake_xnat.latency_ms = 0
         assert ask(mount.path, {"request": "status"})["uploads"] == []
+
+
+def test_status_answers_while_the_server_holds_every_worker(fake_xnat, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults]\nworkers = 1\nretries = 0\n")
+    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config))) as mount:
+        qc = qc_folder(mount)
+        target = qc / sorted(os.listdir(qc))[0]
+        fake_xnat.set_faults(stall_ms=2500, stall_rate=1.0)
+        reader = threading.Thread(target=target.read_bytes)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 20
+            in_flight = 0
+            while not in_flight and time.monotonic() < deadline:
+                in_flight = ask(mount.path, {"request": "status"}, timeout=20)["requests"]["in_flight"]
+                time.sleep(0.02)
+            assert in_flight == 1
+            assert reader.is_alive()
+        finally:
+            reader.join(30)
+            fake_xnat.set_faults()
