@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, status, refresh, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -17,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
+
 from xnatfs import prefetch
 from xnatfs.prefetch import human_bytes
 from xnatfs.config import ConfigError, default_config_path
-from xnatfs.errors import XnatAuthError, XnatError, redact_url
+from xnatfs.errors import XnatAuthError, XnatError, XnatPasswordExpired, redact_url
 from xnatfs.fs.settings import (
     MountSettings,
     default_cache_dir,
@@ -146,14 +149,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         logger.warning("cleaning a stale mount at %s", mountpoint)
         clean_stale(mountpoint)
     elif state == "mounted":
-        raise UsageProblem(f"{mountpoint} is already mounted")
+        raise UsageProblem(f"{mountpoint} is already mounted; unmount it first (xnatfs unmount {mountpoint})")
     if not mountpoint.exists():
         raise UsageProblem(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise UsageProblem(f"mountpoint {mountpoint} is not a directory")
     try:
         if any(os.scandir(mountpoint)):
-            raise UsageProblem(f"mountpoint {mountpoint} is not empty")
+            raise UsageProblem(f"mountpoint {mountpoint} is not empty; mount on an empty folder")
     except PermissionError:
         raise UsageProblem(f"no permission to read mountpoint {mountpoint}") from None
     if not os.access(mountpoint, os.W_OK | os.X_OK):
@@ -208,12 +211,27 @@ def connect(settings: MountSettings):
                                         timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
             projects = connection.list_projects()
     except XnatAuthError as exc:
-        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
+        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}; {_advice(exc)}") from None
     except XnatError as exc:
-        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
+        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}; {_advice(exc)}") from None
     connection.retries = settings.retries
     connection.max_answer_bytes = settings.max_answer_size
     return connection, projects
+
+
+def _advice(exc: XnatError) -> str:
+    """What the user can do about a failed start-up check."""
+    cause = exc.__cause__
+    if isinstance(exc, XnatPasswordExpired):
+        return "set a new password in the server's web page, then mount again"
+    if isinstance(exc, XnatAuthError):
+        return "check the user name and password (--user, --password-file, ~/.netrc)"
+    if isinstance(cause, requests.exceptions.SSLError):
+        return ("check the address (http or https?); for a private CA set REQUESTS_CA_BUNDLE, "
+                "or skip the check with --insecure")
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        return "check the address and port, and that the server is up and reachable from here"
+    return "see the log file for details"
 
 
 def _daemon_log_file(settings: MountSettings) -> Path:
@@ -541,6 +559,103 @@ def cmd_prefetch(args) -> int:
 
 
 
+# ---- status and refresh ----------------------------------------------------------
+
+def _running_mountpoints() -> list[str]:
+    """Mountpoints with a record of a mount of this user's (without touching the mounts)."""
+    from xnatfs.fs.mount import fuse_mounts
+
+    mounted = fuse_mounts()
+    found = []
+    for record_file in sorted((default_state_dir() / "mounts").glob("*.json")):
+        try:
+            mountpoint = json.loads(record_file.read_text())["mountpoint"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if mountpoint in mounted:
+            found.append(mountpoint)
+    return found
+
+
+def cmd_status(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+
+    if args.mountpoint:
+        mountpoints = [os.path.abspath(os.path.expanduser(args.mountpoint))]
+    else:
+        mountpoints = _running_mountpoints()
+    answers = []
+    for mountpoint in mountpoints:
+        try:
+            answers.append(ask(mountpoint, {"request": "status"}))
+        except ControlError as exc:
+            if args.mountpoint:
+                raise UsageProblem(f"{exc} (is it mounted? `xnatfs mount` starts one)") from None
+            answers.append({"mountpoint": mountpoint, "error": str(exc)})
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    elif not answers:
+        print("no xnatfs mounts running")
+    else:
+        print("\n\n".join(_status_text(answer) for answer in answers))
+    return 0
+
+
+def _status_text(status: dict) -> str:
+    if "error" in status:
+        return f"{status['mountpoint']}\n  not answering: {status['error']}"
+    cache, requests_seen = status["cache"], status["requests"]
+    hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.0%}"
+    lines = [
+        f"{status['mountpoint']}",
+        f"  server:    {status['server']} as {status['user'] or 'guest'} ({requests_seen['health']})",
+        f"  uptime:    {_duration(status['uptime_seconds'])}, pid {status['pid']}"
+        + (", read-only" if status["read_only"] else ""),
+        f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])}, "
+        f"{cache['files']} files, hit rate {hit_rate} ({cache['hits']} hits, {cache['misses']} misses)",
+        f"  requests:  {requests_seen['requests']} in the last {requests_seen['minutes']} min, "
+        f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",
+    ]
+    errors = requests_seen["errors"]
+    lines.append("  errors:    " + (", ".join(f"{kind} ×{count}" for kind, count in sorted(errors.items()))
+                                    if errors else "none"))
+    for download in status["downloads"]:
+        done, total = download["bytes_done"], download["bytes_total"]
+        lines.append(f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)}"
+                     f" ({done / total:.0%})" if total else f"  download:  {download['uri']}")
+    for upload in status["uploads"]:
+        sent = upload["bytes_sent"]
+        size = human_bytes(upload["size"]) if sent is None else f"{human_bytes(sent)} of {human_bytes(upload['size'])}"
+        lines.append(f"  upload:    {upload['id']} {upload['state']} {size} {upload['target']}"
+                     + (f" ({upload['last_error']})" if upload["last_error"] else ""))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def cmd_refresh(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+    from xnatfs.fs.mount import fuse_mounts
+
+    target = os.path.abspath(os.path.expanduser(args.path))
+    inside = [m for m in fuse_mounts() if target == m or target.startswith(m.rstrip("/") + "/")]
+    if not inside:
+        raise UsageProblem(f"{args.path} is not inside a mounted file system")
+    mountpoint = max(inside, key=len)
+    relative = os.path.relpath(target, mountpoint)
+    try:
+        answer = ask(mountpoint, {"request": "refresh", "path": "" if relative == "." else relative,
+                                  "recursive": args.recursive})
+    except ControlError as exc:
+        raise UsageProblem(f"cannot refresh {args.path}: {exc}") from None
+    print(f"refreshed {args.path}: {answer['entries']} entries" + (" (and below)" if args.recursive else ""))
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -611,6 +726,16 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch_command = commands.add_parser("prefetch", help="read files under a mount once, to warm the cache")
     prefetch.add_arguments(prefetch_command)
     prefetch_command.set_defaults(handler=cmd_prefetch)
+
+    status = commands.add_parser("status", help="what running mounts are doing: cache, transfers, errors")
+    status.add_argument("mountpoint", nargs="?", help="only this mount (default: every mount of yours)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    refresh = commands.add_parser("refresh", help="forget cached listings of a folder so the server is asked again")
+    refresh.add_argument("path", help="a folder inside a mount")
+    refresh.add_argument("-r", "--recursive", action="store_true", help="also the folders below it")
+    refresh.set_defaults(handler=cmd_refresh)
 
     # Listed for --help; main() hands its arguments to the fake server's parser.
     commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")

@@ -58,6 +58,10 @@ class XnatAuthError(XnatPermissionError):
     """The credentials were refused, or the password has expired."""
 
 
+class XnatPasswordExpired(XnatAuthError):
+    """The server answered the login with its page asking for a new password."""
+
+
 class XnatConflict(XnatError):
     """The label is in use, the object exists, or a workflow blocks the change (HTTP 409)."""
 

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
 from xnatfs.errors import XnatError, XnatUnavailable, is_permanent_refusal
@@ -54,6 +55,17 @@ class Uploader:
     def __init__(self, spool: UploadSpool, connection):
         self.spool = spool
         self.connection = connection
+        self._sending: dict[str, BinaryIO] = {}     # entry ID → its staged file, while it is sent
+
+    def sending(self) -> dict[str, int]:
+        """Entry ID → bytes of its staged file read so far, for each upload under way in this process."""
+        progress = {}
+        for entry_id, source in list(self._sending.items()):
+            try:
+                progress[entry_id] = source.tell()
+            except ValueError:
+                continue        # finished and closed meanwhile
+        return progress
 
     def push(self, entry: SpoolEntry) -> None:
         """One attempt. On success the entry leaves the spool; on failure the
@@ -140,14 +152,21 @@ class Uploader:
         return True
 
     def _send(self, entry: SpoolEntry) -> None:
-        target = entry.target
         with open(entry.data_path, "rb") as source:
-            if target.kind == "file":
-                small = os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT
-                body = source.read() if small else source
-                self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
-            else:
-                self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
+            self._sending[entry.id] = source
+            try:
+                self._send_from(entry, source)
+            finally:
+                del self._sending[entry.id]
+
+    def _send_from(self, entry: SpoolEntry, source: BinaryIO) -> None:
+        target = entry.target
+        if target.kind == "file":
+            small = os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT
+            body = source.read() if small else source
+            self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
+        else:
+            self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
 
 
 def _follow(entry: SpoolEntry, current: SpoolEntry) -> None:

@@ -42,6 +42,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
+from xnatfs.client.activity import RequestActivity
 from xnatfs.errors import (
     XnatAnswerTooLarge,
     XnatAuthError,
@@ -49,6 +50,7 @@ from xnatfs.errors import (
     XnatError,
     XnatInvalidLabel,
     XnatNotFound,
+    XnatPasswordExpired,
     XnatPermissionError,
     XnatServerError,
     XnatTimeout,
@@ -229,6 +231,7 @@ class XnatSession:
         self._generation = 0
         self._supports_range: bool | None = None
         self._closed = False
+        self.activity = RequestActivity()
 
     # -- addresses ---------------------------------------------------------
 
@@ -288,10 +291,9 @@ class XnatSession:
                 raise self.error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
-                    reason = f"the password of user {self.credentials.username} has expired"
-                else:
-                    reason = "login answered with a web page instead of a session ID"
-                raise XnatAuthError(reason, url=url, status=200)
+                    raise XnatPasswordExpired(f"the password of user {self.credentials.username} has expired",
+                                              url=url, status=200)
+                raise XnatAuthError("login answered with a web page instead of a session ID", url=url, status=200)
             session_id = response.cookies.get("JSESSIONID") or text.strip()
             if not _SESSION_ID.match(session_id):
                 raise XnatAuthError("login did not return a session ID", url=url, status=200)
@@ -480,10 +482,16 @@ class XnatSession:
     def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
         session_id = self._jsession if with_session else None
         cookies = {"JSESSIONID": session_id} if session_id else None
-        response = self._http.request(
-            method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
-            allow_redirects=False, **kwargs,
-        )
+        ticket = self.activity.started()
+        try:
+            response = self._http.request(
+                method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
+                allow_redirects=False, **kwargs,
+            )
+        except BaseException as exc:
+            self.activity.finished(ticket, exc)
+            raise
+        self.activity.finished(ticket, response.status_code)
         logger.debug("%s %s -> %s", method, urlsplit(url).path, response.status_code)
         return response
 

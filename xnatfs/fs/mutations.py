@@ -40,6 +40,7 @@ from xnatfs.cache.spool import UploadTarget
 from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
@@ -92,6 +93,8 @@ class Mutations:
         come back under another name.
         """
         text = os.fsdecode(raw)
+        if text == REFRESH_NAME:
+            raise _fail(errno.EPERM, "%s refused: %s only asks for a refresh of its folder", what, text)
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -26,6 +26,7 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader
 from xnatfs.client.models import RemoteFile
+from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
@@ -90,6 +91,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._opened: Counter[int] = Counter()      # inode → open file handles on it
         self._handle_inodes: dict[int, int] = {}    # file handle → its inode
         self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
+        self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
+        self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
 
@@ -232,6 +235,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         elif text == "..":
             path = parent.path[:-1]
             node = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE).node
+        elif text == REFRESH_NAME and parent.node.is_dir:
+            return await self._refresh_by_name(parent)
         else:
             node = await self._lookup(parent.node, text)
             if node is None:
@@ -239,6 +244,13 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             path = parent.path + (text,)
         inode = self.inodes.remember(path, node)
         return self._attributes_of(inode, self.inodes.get(inode), node)
+
+    async def _refresh_by_name(self, parent: InodeEntry) -> pyfuse3.EntryAttributes:
+        """Looking up the magic name refreshes its folder (for file managers); it never exists."""
+        await refresh(self, "/".join(parent.path), recursive=False, in_request=True)
+        attrs = self._negative()
+        attrs.entry_timeout = 0
+        return attrs
 
     async def forget(self, inode_list):
         # Not a request anyone waits for: pyfuse3 wants no exception at all here.
@@ -400,6 +412,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
+        if handle is None:
+            self.cache_misses += 1
+        else:
+            self.cache_hits += 1
         if handle is None and inode is not None:
             handle = await self._from_series(inode, remote, key)
         if handle is None:
