@@ -49,7 +49,7 @@ _TASK = re.compile(r"task[-_]([A-Za-z0-9]+)", re.IGNORECASE)
 
 LOCALIZER_WORDS = frozenset({"localizer", "localiser", "loc", "scout", "survey", "aahead", "aascout",
                              "3plane", "triplane"})
-DERIVED_WORDS = frozenset({"adc", "fa", "trace", "tracew", "colfa", "tensor", "moco", "mip",
+DERIVED_WORDS = frozenset({"adc", "fa", "trace", "tracew", "colfa", "tensor", "moco", "mocoseries", "mip",
                            "derived", "isotropic", "exp", "phoenixzipreport", "phoenix"})
 DIRECTIONS = {"ap": "AP", "pa": "PA", "lr": "LR", "rl": "RL", "si": "SI", "is": "IS"}
 EPI_FMAP_WORDS = frozenset({"topup", "sefmap", "seepi", "spinecho", "spinechofieldmap", "pepolar",
