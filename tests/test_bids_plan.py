@@ -1,5 +1,8 @@
 """Session plans: scan order, runs, unusable scans, collisions, header reads, and a reason for every scan."""
 
+import subprocess
+import sys
+
 import pytest
 
 from xnatfs.bids.plan import BidsTarget, LeftOut, plan_session, scan_order_key
@@ -125,3 +128,10 @@ def test_left_out_entries_say_why():
     plan = plan_session("01", "MR1", SESSION)
     for entry in plan.left_out:
         assert isinstance(entry, LeftOut) and entry.detail
+
+
+def test_the_bids_package_does_not_import_the_file_system_layer():
+    code = ("import sys, xnatfs.bids.plan, xnatfs.bids.dataset, xnatfs.bids.dcm2bids, xnatfs.bids.labels; "
+            "print(sorted(m for m in sys.modules if m.startswith(('xnatfs.fs', 'pyfuse3'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -14,9 +14,12 @@ What each column means and why:
   XNAT again, since the BIDS label may have been changed by the label
   rule), ``sex`` (``M``/``F``/``O``) and ``age`` (years) where XNAT's
   demographics have them. The subject listing does not carry demographics;
-  the caller passes them (:class:`Demographics`) when it has them, e.g. from
-  asking the project's subject listing for the ``gender`` and ``age``
-  columns as well: one request for all subjects, no per-subject calls.
+  the caller passes them (:class:`Demographics`) when it has them, e.g. by
+  asking the project's subject listing for two more columns
+  (``columns=...,xnat:subjectData/demographics/gender,``
+  ``xnat:subjectData/demographics/age``): one request for all subjects, no
+  per-subject calls. (Age at each session is the session's own ``age``
+  field, a column of the experiment listing.)
 - ``sessions.tsv``: ``session_id``, ``acq_time`` from the experiment's date
   (and time where known; a date alone is written at midnight, because BIDS
   wants a date-time there and the date is what matters for ordering),

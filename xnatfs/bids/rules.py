@@ -30,6 +30,8 @@ from xnatfs.bids.fields import ScanFields
 from xnatfs.bids.outcome import Exclusion, Match, Outcome, Reason
 from xnatfs.client.models import Scan
 
+__all__ = ["MR_SCAN_TYPES", "BuiltinRules", "Exclusion", "Match", "Outcome", "Reason", "RuleSet"]
+
 MR_SCAN_TYPES = frozenset({"", "xnat:mrScanData"})
 
 
