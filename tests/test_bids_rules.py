@@ -130,3 +130,7 @@ def test_listing_fields_never_read_the_header():
     assert calls == [] and not fields.header_used
     assert fields.get("EchoTime") is None and fields.get("ProtocolName") is None
     assert len(calls) == 1 and fields.header_used
+
+
+def test_image_type_may_come_as_dicom_text():
+    assert name_of(classify("gre_field_mapping", header={"ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}))[1] == "phasediff"

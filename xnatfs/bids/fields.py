@@ -38,6 +38,14 @@ LISTING_FIELDS = frozenset({"SeriesDescription", "SeriesNumber", "XnatScanType"}
 _MISSING = object()
 
 
+def image_type_words(value: Any) -> tuple[str, ...]:
+    """``ImageType`` as upper-case words, given as a list (sidecar) or as ``A\\B`` text (DICOM)."""
+    if not value:
+        return ()
+    parts = value if isinstance(value, list | tuple) else str(value).split("\\")
+    return tuple(str(part).upper() for part in parts)
+
+
 class HeaderNeeded(Exception):
     """A rule needs a header field and no header lookup was given."""
 

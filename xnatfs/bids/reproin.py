@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from xnatfs.bids.fields import ScanFields
+from xnatfs.bids.fields import ScanFields, image_type_words
 from xnatfs.bids.labels import bids_label, is_entity
 from xnatfs.bids.outcome import Exclusion, Match, Outcome, Reason
 
@@ -85,13 +85,8 @@ def parse(text: str) -> ReproinName | None:
     return ReproinName(datatype, suffix, tuple(entities.items()))
 
 
-def _image_type(fields: ScanFields) -> tuple[str, ...]:
-    value = fields.get("ImageType") or ()
-    return tuple(str(part).upper() for part in (value if isinstance(value, list | tuple) else [value]))
-
-
 def _fmap_suffix(fields: ScanFields) -> str | None:
-    image_type = _image_type(fields)
+    image_type = image_type_words(fields.get("ImageType"))
     if "P" in image_type or "PHASE" in image_type:
         return "phasediff"
     if "DIFFUSION" in image_type:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 
-from xnatfs.bids.fields import ScanFields
+from xnatfs.bids.fields import ScanFields, image_type_words
 from xnatfs.bids.labels import bids_label
 from xnatfs.bids.outcome import Exclusion, Match, Outcome, Reason
 
@@ -80,19 +80,13 @@ def _direction_entities(words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return (("dir", direction),) if direction else ()
 
 
-def _image_type(fields: ScanFields) -> tuple[str, ...]:
-    value = fields.get("ImageType") or ()
-    return tuple(str(part).upper() for part in (value if isinstance(value, list | tuple) else [value]))
-
-
 def _excluded(words: tuple[str, ...], vocabulary: set[str], fields: ScanFields) -> Exclusion | None:
     if vocabulary & LOCALIZER_WORDS:
         return Exclusion(Reason.EXCLUDED, "localizer or scout", "vendor:localizer")
     derived = vocabulary & DERIVED_WORDS
     if derived:
         return Exclusion(Reason.EXCLUDED, f"derived series ({', '.join(sorted(derived))})", "vendor:derived")
-    image_type = fields.header_if_read().get("ImageType") or ()
-    if "DERIVED" in [str(part).upper() for part in image_type]:
+    if "DERIVED" in image_type_words(fields.header_if_read().get("ImageType")):
         return Exclusion(Reason.EXCLUDED, "derived series (ImageType DERIVED)", "vendor:derived")
     return None
 
@@ -110,7 +104,7 @@ def _field_map(words: tuple[str, ...], vocabulary: set[str], fields: ScanFields)
         return Match("fmap", "phasediff", (), "vendor:fmap-gre")
     if vocabulary & {"mag", "magnitude"}:
         return Match("fmap", "magnitude1", (), "vendor:fmap-gre")
-    image_type = _image_type(fields)
+    image_type = image_type_words(fields.get("ImageType"))
     if "P" in image_type or "PHASE" in image_type:
         return Match("fmap", "phasediff", (), "vendor:fmap-gre")
     if "M" in image_type or "MAGNITUDE" in image_type:
