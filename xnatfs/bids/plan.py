@@ -107,6 +107,9 @@ class LeftOut:
 
 PlanEntry = BidsTarget | LeftOut
 
+# A scan with what the rules said about it, and whether its header was read.
+Classified = tuple[Scan, Match | LeftOut, bool]
+
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
@@ -163,7 +166,7 @@ def plan_session(subject: str, session: str, scans: Iterable[Scan], rules: RuleS
     """
     rules = rules or BuiltinRules()
     ordered = sorted(scans, key=lambda scan: scan_order_key(scan.id))
-    outcomes: list[tuple[Scan, Match | LeftOut, bool]] = [
+    outcomes: list[Classified] = [
         _classify(scan, rules, header_lookup, include_unusable) for scan in ordered]
     outcomes = _resolve_reproin_runs(outcomes)
     outcomes = _number_repeats(outcomes, rules.run_digits)
@@ -172,7 +175,7 @@ def plan_session(subject: str, session: str, scans: Iterable[Scan], rules: RuleS
 
 
 def _classify(scan: Scan, rules: RuleSet, header_lookup: HeaderLookup | None,
-              include_unusable: bool) -> tuple[Scan, Match | LeftOut, bool]:
+              include_unusable: bool) -> Classified:
     if is_unusable(scan) and not include_unusable:
         return scan, LeftOut(scan, Reason.UNUSABLE, "quality marked unusable in XNAT"), False
     fields = ScanFields(scan, header_lookup)
@@ -200,7 +203,7 @@ def _with_run(match: Match, run: str | None) -> Match:
                  match.link_ids, match.intended_for)
 
 
-def _resolve_reproin_runs(outcomes):
+def _resolve_reproin_runs(outcomes: Sequence[Classified]) -> list[Classified]:
     counter = 0
     resolved = []
     for scan, outcome, header_used in outcomes:
@@ -221,10 +224,11 @@ def _resolve_reproin_runs(outcomes):
 
 
 def _name_key(match: Match) -> tuple:
+    """Everything of a name but its run: scans sharing it are repeats."""
     return (match.datatype, match.suffix, tuple(sorted((k, v) for k, v in match.entities if k != "run")))
 
 
-def _number_repeats(outcomes, run_digits: int):
+def _number_repeats(outcomes: Sequence[Classified], run_digits: int) -> list[Classified]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for position, (_, outcome, _) in enumerate(outcomes):
         if isinstance(outcome, Match):
@@ -255,7 +259,7 @@ def _target(subject: str, session: str, scan: Scan, match: Match, header_used: b
     return BidsTarget(scan, match.datatype, entities, match.suffix, match.rule, changes, header_used)
 
 
-def _settle_collisions(subject: str, session: str, outcomes) -> list[PlanEntry]:
+def _settle_collisions(subject: str, session: str, outcomes: Sequence[Classified]) -> list[PlanEntry]:
     entries: list[PlanEntry] = []
     for scan, outcome, header_used in outcomes:
         entries.append(outcome if isinstance(outcome, LeftOut)
@@ -273,7 +277,7 @@ def _settle_collisions(subject: str, session: str, outcomes) -> list[PlanEntry]:
     return entries
 
 
-def _link_field_maps(entries: Sequence[PlanEntry], outcomes, session: str,
+def _link_field_maps(entries: Sequence[PlanEntry], outcomes: Sequence[Classified], session: str,
                      extension: str) -> tuple[PlanEntry, ...]:
     paths_by_link: dict[str, list[str]] = defaultdict(list)
     for entry, (_, outcome, _) in zip(entries, outcomes):

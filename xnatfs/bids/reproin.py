@@ -74,7 +74,7 @@ def parse(text: str) -> ReproinName | None:
         if piece in ("ses+", "ses="):
             continue
         key, dash, raw = piece.partition("-")
-        if not dash or not is_entity(key) or key in ("sub",) or key in entities:
+        if not dash or not is_entity(key) or key == "sub" or key in entities:
             return None
         if key == "ses":
             continue
