@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xnatfs.bids.plan import BidsTarget, LeftOut, plan_session, scan_order_key
 from xnatfs.bids.rules import Reason
@@ -135,3 +137,18 @@ def test_the_bids_package_does_not_import_the_file_system_layer():
             "print(sorted(m for m in sys.modules if m.startswith(('xnatfs.fs', 'pyfuse3'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+VOCABULARY = ["t1_mprage", "T2_SPACE", "ep2d_bold_rest", "DTI_AP", "localizer", "anat-T1w_run-1",
+              "func-bold_task-a_run+", "func-bold_task-a_run=", "fmap-epi_dir-PA", "odd", "T2_FLAIR"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(VOCABULARY), st.booleans()), max_size=14))
+def test_any_session_gets_unique_paths_and_one_entry_per_scan(described):
+    scans = [scan(str(number + 1), text, "unusable" if bad else "usable")
+             for number, (text, bad) in enumerate(described)]
+    plan = plan_session("01", "A", scans)
+    assert sorted(entry.scan.id for entry in plan.entries) == sorted(s.id for s in scans)
+    paths = [target.path() for target in plan.targets]
+    assert len(paths) == len(set(paths))
+    assert all(target.stem.startswith("sub-01_ses-A_") for target in plan.targets)
