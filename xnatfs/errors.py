@@ -74,5 +74,11 @@ class XnatUnsupported(XnatError):
     """XNAT has no way to do what was asked."""
 
 
+class XnatConversionError(XnatError):
+    """A series could not be converted to NIfTI: the converter failed, timed
+    out or wrote nothing, or the series' files were not at hand. ``url`` is
+    the series' resource."""
+
+
 # datman's name for the same family, so code written for datman.xnat works.
 XnatException = XnatError
