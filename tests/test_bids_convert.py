@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from xnatfs.bids.convert import (
-    KEY_SCHEME,
     Converter,
     Series,
     SeriesFile,
@@ -104,6 +103,25 @@ def runs(log: Path) -> int:
 def cache_entries(cache: ContentCache) -> list[Path]:
     """Every file the cache holds."""
     return [Path(root) / name for root, _dirs, names in os.walk(cache.directory / "data") for name in names]
+
+
+def test_bids_sample_layout(bids_store):
+    assert [p["id"] for p in bids_store.projects()] == ["BIDS01"]
+    assert [s["label"] for s in bids_store.subjects_in("BIDS01")] == ["P01"]
+    series = {}
+    for session in ("P01_MR1", "P01_MR2"):
+        experiment = bids_store.experiment_id("BIDS01", session)
+        series[session] = [(s["scan_id"], s["series_description"], s["quality"], s["frames"])
+                           for s in bids_store.scans(experiment)]
+    common = [("1", "Localizer", "usable", 9), ("2", "T1w_MPRAGE", "usable", 20),
+              ("3", "T2w_SPC", "usable", 20), ("4", "fmap-epi_dir-AP", "usable", 12),
+              ("5", "fmap-epi_dir-PA", "usable", 12)]
+    assert series["P01_MR1"] == common + [
+        ("6", "func-bold_task-nback", "usable", 36), ("7", "fMRI_rest", "usable", 36),
+        ("8", "fMRI_rest", "usable", 36), ("9", "DWI_dir3", "usable", 48)]
+    assert series["P01_MR2"] == common + [
+        ("6", "fMRI_rest", "usable", 36), ("7", "DWI_dir3", "usable", 48),
+        ("8", "T1w_MPRAGE", "unusable", 20)]
 
 
 def test_version_is_the_pinned_wheels():
@@ -260,6 +278,9 @@ def test_a_file_missing_from_the_cache_is_an_error_not_a_download(cache):
     ("sleep 30", "took longer than 0.5 s"),
     ("kill -SEGV $$", "killed by signal 11"),
     ('"{real}" "$@" >/dev/null; exit 3', "exited with status 3"),
+    # Outputs are stored before the manifest, which then overflows: they must go again.
+    ('"{real}" "$@" >/dev/null; for i in $(seq 400); do echo "{{}}" > "${{13}}/extra_$i.json"; done',
+     "too many files"),
 ])
 def test_a_crash_or_hang_of_the_converter_is_an_error_for_every_waiter(bids_store, cache, tmp_path,
                                                                       body, expected):
