@@ -279,7 +279,7 @@ def test_a_file_missing_from_the_cache_is_an_error_not_a_download(cache):
     ("kill -SEGV $$", "killed by signal 11"),
     ('"{real}" "$@" >/dev/null; exit 3', "exited with status 3"),
     # Outputs are stored before the manifest, which then overflows: they must go again.
-    ('"{real}" "$@" >/dev/null; for i in $(seq 400); do echo "{{}}" > "${{13}}/extra_$i.json"; done',
+    ('"{real}" "$@" >/dev/null; for i in $(seq 400); do echo "{{}}" > "${{12}}/extra_$i.json"; done',
      "too many files"),
 ])
 def test_a_crash_or_hang_of_the_converter_is_an_error_for_every_waiter(bids_store, cache, tmp_path,
