@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -208,6 +209,34 @@ def test_many_threads_asking_for_one_series_run_dcm2niix_once(bids_store, cache,
     # Another rule is another conversion.
     converters[0].convert(series, "rule-2").close()
     assert runs(log) == 2
+
+
+CHILD = """
+import json, sys
+from xnatfs.bids.convert import Converter, Series, SeriesFile
+from xnatfs.cache.content import CacheKey, ContentCache
+folder, binary, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+series = Series("series", tuple(SeriesFile(name, CacheKey(*key)) for name, key in files))
+sys.stdin.readline()   # go: all processes start converting together
+with Converter(ContentCache(folder, 1 << 28), binary=binary).convert(series, "r") as done:
+    print(json.dumps([[f.name, f.size, f.key.digest] for f in done.files()]))
+"""
+
+
+def test_processes_sharing_the_cache_folder_convert_once(bids_store, cache, tmp_path):
+    binary, log = counting_binary(tmp_path)
+    series = cached_series(bids_store, cache, "P01_MR1", "6")
+    files = json.dumps([[f.name, list(f.key)] for f in series.files])
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(cache.directory), binary, files],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    answers = [child.communicate(timeout=120)[0] for child in children]
+    assert all(child.returncode == 0 for child in children)
+    assert len(set(answers)) == 1 and "series.nii" in answers[0]
+    assert runs(log) == 1
 
 
 def test_a_new_cache_object_on_the_folder_reuses_the_outputs(bids_store, tmp_path):
