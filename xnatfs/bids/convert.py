@@ -48,8 +48,11 @@ Failures
     NIfTI written raise :class:`xnatfs.errors.XnatConversionError`, logged
     once (a warning with the series and the converter's last message) by the
     thread that ran the conversion; every caller waiting for it gets the
-    same error. At most ``max_parallel`` conversions run at once in a
-    :class:`Converter`.
+    same error. A failure is not remembered: the next call tries again, so
+    the caller keeps its own list of series that failed (for ``bids-check``).
+    At most ``max_parallel`` conversions run at once in a :class:`Converter`;
+    building one runs ``dcm2niix -v`` once per binary and process, and
+    raises XnatConversionError when the binary cannot run.
 
 Server conversions
     :func:`find_server_conversion` recognises files XNAT already converted
