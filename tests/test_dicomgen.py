@@ -5,16 +5,20 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import warnings
 from collections import defaultdict
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from nibabel.nicom import csareader
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from xnatfs.fake.dicomgen import SeriesSpec, default_series, write_session
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)   # nibabel: "The DICOM readers are highly experimental"
+    from nibabel.nicom import csareader
 
 PATIENT = dict(patient_id="SUB001", patient_name="Sample^One", study_date="20240115")
 
