@@ -123,6 +123,8 @@ def test_bids_sample_layout(bids_store):
     assert series["P01_MR2"] == common + [
         ("6", "fMRI_rest", "usable", 36), ("7", "DWI_dir3", "usable", 48),
         ("8", "T1w_MPRAGE", "unusable", 20)]
+    scan_pk = str(bids_store.scan(bids_store.experiment_id("BIDS01", "P01_MR2"), "3")["pk"])
+    assert [r["label"] for r in bids_store.resources("scan", scan_pk)] == ["DICOM", "SNAPSHOTS", "NIFTI"]
 
 
 def test_version_is_the_pinned_wheels():
@@ -352,6 +354,28 @@ def test_parallel_conversions_are_bounded(bids_store, cache, tmp_path):
         thread.join(timeout=120)
     assert runs(log) == 4
     assert [int(n) for n in Path(f"{marks}.seen").read_text().split()] == [1, 1, 1, 1]
+
+
+def test_the_samples_server_nifti_is_recognised_and_matches_a_conversion(bids_store, cache):
+    experiment = bids_store.experiment_id("BIDS01", "P01_MR2")
+    pk = str(bids_store.scan(experiment, "3")["pk"])
+    listings = {}
+    for resource in bids_store.resources("scan", pk):
+        uri = f"/data/experiments/{experiment}/scans/3/resources/{resource['label']}"
+        listings[resource["label"]] = [
+            RemoteFile(path=f["path"], size=f["size"], uri=f"{uri}/files/{f['path']}",
+                       resource_label=resource["label"], resource_uri=uri, digest=f["digest"])
+            for f in bids_store.files(resource["id"])]
+    found = find_server_conversion(listings)
+    assert found.source == "server NIFTI resource"
+    [image] = found.images
+    assert (image.nifti.path, image.sidecar.path) == ("3_T2w_SPC.nii.gz", "3_T2w_SPC.json")
+    nifti_resource = bids_store.find_resource("scan", pk, "NIFTI")
+    theirs = nibabel.load(bids_store.file_path(nifti_resource["id"], image.nifti.path))
+    with Converter(cache).convert(cached_series(bids_store, cache, "P01_MR2", "3"), "r") as done:
+        ours = nifti(done.images[0])
+        assert ours.shape == theirs.shape and np.allclose(ours.affine, theirs.affine)
+        assert np.array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
 
 
 def remote(path: str, resource: str = "NIFTI") -> RemoteFile:

@@ -56,7 +56,9 @@ so that every kind of series a BIDS dataset has is there and converts::
 BOLD series have a RepetitionTime of 2 s, the field maps are spin-echo EPI
 whose CSA header gives dcm2niix the phase-encoding polarity and readout time.
 Every scan has a DICOM resource, scans 2 and 3 SNAPSHOTS too, as in the small
-study; there are no session resources.
+study; there are no session resources. Scan 3 of P01_MR2 also has a NIFTI
+resource (format NIFTI), as a site's dcm2niix container adds:
+``3_T2w_SPC.nii.gz`` and ``3_T2w_SPC.json``, made with the dcm2niix wheel.
 
 **large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study, the
 bids project (accession IDs following the small study's: P01 XNAT_S00005,
@@ -79,10 +81,12 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
+import dcm2niix
 import numpy as np
 import pydicom
 
@@ -134,6 +138,8 @@ BIDS_SESSIONS = (
         SeriesSpec(8, "T1w_MPRAGE", "t1w")), "2024-09-12 14:00:00.000"),
 )
 BIDS_UNUSABLE = {("P01_MR2", 8)}
+# Scans that also hold a NIFTI resource, as XNAT's dcm2niix container adds.
+BIDS_SERVER_NIFTI = {("P01_MR2", 3)}
 
 BENCH_SUBJECTS = 500
 BENCH_SESSIONS_PER_SUBJECT = 2
@@ -188,8 +194,24 @@ def _fill_bids(store: Store, scratch: Path) -> None:
     for index, (session, date, specs, inserted) in enumerate(BIDS_SESSIONS):
         store.add_subject(BIDS_PROJECT, BIDS_SUBJECT, insert_date=inserted)
         quality = {number: "unusable" for s, number in BIDS_UNUSABLE if s == session}
-        _add_session(store, scratch, BIDS_PROJECT, BIDS_SUBJECT, session, date, list(specs),
-                     inserted, seed=100 + index, quality=quality)
+        experiment_id = _add_session(store, scratch, BIDS_PROJECT, BIDS_SUBJECT, session, date,
+                                     list(specs), inserted, seed=100 + index, quality=quality)
+        for number in sorted(n for s, n in BIDS_SERVER_NIFTI if s == session):
+            _add_server_nifti(store, scratch / f"{session}-nifti-{number}", experiment_id, number)
+
+
+def _add_server_nifti(store: Store, scratch: Path, experiment_id: str, number: int) -> None:
+    """A NIFTI resource beside the scan's DICOM, converted as a site's dcm2niix container does."""
+    pk = store.scan(experiment_id, str(number))["pk"]
+    dicom = store.find_resource("scan", str(pk), "DICOM")
+    source = store.file_path(dicom["id"], store.files(dicom["id"])[0]["path"]).parent
+    scratch.mkdir()
+    # The wheel's binary; -z i compresses without pigz, so the bytes do not depend on the machine.
+    subprocess.run([dcm2niix.bin, "-z", "i", "-b", "y", "-ba", "y", "-f", "%s_%d", "-o", str(scratch),
+                    str(source)], check=True, capture_output=True, timeout=60)
+    nifti = store.ensure_resource("scan", str(pk), "NIFTI", format="NIFTI", content="NIFTI_RAW")
+    for path in sorted(scratch.iterdir()):
+        store.store_file(nifti, path.name, path, move=True, format="NIFTI", content="NIFTI_RAW")
 
 
 def _add_session(store: Store, scratch: Path, project: str, subject: str, session: str,
