@@ -101,5 +101,11 @@ def is_permanent_refusal(exc: BaseException) -> bool:
     return status is not None and 400 <= status < 500 and status not in _PASSING_CLIENT_ERRORS
 
 
+class XnatConversionError(XnatError):
+    """A series could not be converted to NIfTI: the converter failed, timed
+    out or wrote nothing, or the series' files were not at hand. ``url`` is
+    the series' resource."""
+
+
 # datman's name for the same family, so code written for datman.xnat works.
 XnatException = XnatError

@@ -1,6 +1,6 @@
-"""The BIDS view's logic: names, rules, plans and dataset files, without I/O.
+"""The BIDS view's logic: names, rules, plans and dataset files, free of FUSE.
 
-Nothing here talks HTTP or FUSE; the file system (``xnatfs.fs``) calls it
+Nothing here talks FUSE or HTTP; the file system (``xnatfs.fs``) calls it
 with the records the XNAT listings gave (:mod:`xnatfs.client.models`) and
 serves what it answers. The parts, each documented in its module:
 
@@ -13,5 +13,7 @@ serves what it answers. The parts, each documented in its module:
 - :mod:`.plan`: one session's scans → ``SessionPlan`` of ``BidsTarget`` /
   ``LeftOut`` entries, with runs and collisions settled;
 - :mod:`.dataset`: ``dataset_description.json``, ``README``,
-  ``participants.tsv``/``.json``, ``sessions.tsv``, ``scans.tsv`` as bytes.
+  ``participants.tsv``/``.json``, ``sessions.tsv``, ``scans.tsv`` as bytes;
+- :mod:`.convert`: dcm2niix run on a series the content cache holds, its
+  outputs kept in that cache (this one does I/O: call it from a worker thread).
 """

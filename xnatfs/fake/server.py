@@ -115,7 +115,7 @@ class _HttpServer(ThreadingHTTPServer):
 class FakeXnat:
     """An XNAT look-alike serving ``data_dir`` on 127.0.0.1.
 
-    ``sample`` ("small" or "large") fills an empty data directory with a
+    ``sample`` ("small", "bids" or "large") fills an empty data directory with a
     sample study (see :mod:`xnatfs.fake.sample`). Use as a context manager,
     or call :meth:`start` and :meth:`stop`.
 
