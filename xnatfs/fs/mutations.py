@@ -1,4 +1,4 @@
-"""The handlers that change XNAT: each maps to one XNAT call (SPEC "Writing").
+"""The handlers that change XNAT: each maps to one XNAT call (docs/SEMANTICS.md §2).
 
 | action | where | XNAT call |
 |---|---|---|
