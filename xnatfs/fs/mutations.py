@@ -481,29 +481,46 @@ class Mutations:
         if existing is not None and existing.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         target, container, relpath = self._file_target(new_pnode, new)
-        if isinstance(node, LocalFileNode):
-            source = node.local
-
-            def fill(sink) -> None:
-                offset = 0
-                while True:
-                    chunk = self.writer.read(source, offset, READ_CHUNK)
-                    if not chunk:
-                        break
-                    sink.write(chunk)
-                    offset += len(chunk)
-
-            moved = await self._call(self.writer.stage, target, container, relpath, fill=fill,
-                                     replaces_remote=existing is not None)
-        else:
-            moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
-        if isinstance(existing, LocalFileNode):
+        if isinstance(existing, LocalFileNode) and not (isinstance(node, LocalFileNode)
+                                                        and existing.local is node.local):
+            # Descriptors still open on the overwritten file keep it, unlinked: never sent.
             await self._call(self.writer.discard, existing.local)
+            self.overlay.drop_file(existing.local)
+        if isinstance(node, LocalFileNode):
+            moved = await self._rename_local(node.local, target, relpath, replaces_remote=existing is not None)
+            return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+        moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
         self.overlay.add_file(moved)
         await self._upload(moved)
         await self._delete_file(node)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+
+    async def _rename_local(self, local: LocalFile, target: UploadTarget, relpath: str, *,
+                            replaces_remote: bool) -> LocalFile:
+        """A file of ours takes the new name: the same file, so descriptors open on
+        it write under the new name, and its pending upload goes there too.
+
+        A closed file is sent at once; an open one at its last close. The old
+        name is deleted on the server only once the spool holds the bytes.
+        """
+        old_relpath = local.relpath
+        self.overlay.drop_file(local)
+        try:
+            old_on_server = await self._call(self.writer.retarget, local, target, relpath,
+                                             replaces_remote=replaces_remote)
+        finally:
+            self.overlay.add_file(local)
+        if local.handles == 0:
+            try:
+                await self._upload(local)
+            except XnatError as exc:
+                # The rename itself is done: the bytes wait in the spool under the new name.
+                logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
+        if old_on_server:
+            self.overlay.hide(local.container, old_relpath)
+            await self._delete_on_server(local.container, old_relpath, missing_ok=True)
+        return local
 
     # ---- uploads in the background ------------------------------------
 

@@ -104,6 +104,26 @@ class Writer:
             local.size = size
             local.dirty = True
 
+    def retarget(self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool) -> bool:
+        """Give a local file a new name (a rename): the same file, so its open
+        descriptors keep writing into it, and what it holds is sent under the
+        new name at the next upload. True when the old name holds a copy of
+        it on the server, which the caller deletes.
+        """
+        with local.lock:
+            old_on_server = local.replaces_remote or local.state == "uploaded"
+            if local.entry is not None and not self.spool.retarget(local.entry, target):
+                # Sent under the old name while we waited for it.
+                local.entry, local.entry_open, old_on_server = None, False, True
+            local.target, local.relpath, local.replaces_remote = target, relpath, replaces_remote
+            if local.entry is None:
+                # The bytes are only on the server (under the old name) and in
+                # our descriptor: the spool must hold them before that name goes.
+                self._writable(local)
+            if local.entry_open:
+                local.dirty = True
+            return old_on_server
+
     def read(self, local: LocalFile, offset: int, length: int) -> bytes:
         with local.lock:
             return os.pread(local.fd, length, offset)
