@@ -189,3 +189,21 @@ def test_a_pending_upload_renamed_before_a_remount_lands_under_the_new_name(fake
         assert on_server["after.bin"] == b"kept across the remount"
         assert "before.bin" not in on_server
         assert uploads_of(fake_xnat, "before.bin") == 0
+
+
+def test_an_open_for_writing_that_wrote_nothing_leaves_nothing_behind(fake_xnat, tmp_path):
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "db.sqlite", b"database bytes")
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        fd = os.open(qc / "db.sqlite", os.O_RDWR)
+        assert os.pread(fd, 100, 0) == b"database bytes"
+        os.close(fd)
+        # The kernel sends the release after close() returned.
+        assert wait_until(lambda: list((mount.cache_dir / "spool" / "records").glob("*.json")) == [])
+        assert (qc / "db.sqlite").read_bytes() == b"database bytes"
+    assert list((tmp_path / "cache" / "spool" / "records").glob("*.json")) == []
+    with mounted(fake_xnat.url, tmp_path, name="again") as mount:
+        assert (mount.path.joinpath(*QC_PATH) / "db.sqlite").read_bytes() == b"database bytes"
+    spool = UploadSpool(tmp_path / "cache" / "spool")
+    assert spool.pending() == [] and spool.unclosed() == []
+    assert uploads_of(fake_xnat, "db.sqlite") == 0

@@ -271,6 +271,11 @@ class Mutations:
         if local.handles == 0:
             if local.unlinked:
                 local.close()
+            elif await self._call(self.writer.drop_unwritten, local):
+                if local.handles == 0:
+                    # Opened for writing, nothing written: the server's file is shown again.
+                    self.overlay.drop_file(local)
+                    local.close()
             elif local.state == "uploaded":
                 self._linger(local)
 

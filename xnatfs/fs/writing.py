@@ -194,6 +194,16 @@ class Writer:
             local.state, local.error = current.state, current.last_error
             return False
 
+    def drop_unwritten(self, local: LocalFile) -> bool:
+        """After the last close: a copy staged for writing that nobody wrote
+        into leaves the spool, so nothing of it stays behind. True if dropped."""
+        with local.lock:
+            if local.entry is None or not local.entry_open or local.dirty or local.unlinked or local.handles:
+                return False
+            entry, local.entry, local.entry_open = local.entry, None, False
+        self.spool.remove(entry)
+        return True
+
     def discard(self, local: LocalFile) -> None:
         """Forget a local file: its unsent bytes leave the spool. The bytes stay
         readable through handles still open on it; the last one closes it."""
