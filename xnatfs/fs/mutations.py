@@ -215,18 +215,19 @@ class Mutations:
     async def flush(self, fh):
         handle = self._handles.get(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
-            await self._upload(handle.local)
+            await self._upload(handle.local, final=False)
 
     @fuse_handler
     async def fsync(self, fh, datasync):
         handle = self._handles.get(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
-            await self._upload(handle.local)
+            await self._upload(handle.local, final=False)
 
-    async def _upload(self, local: LocalFile) -> None:
-        """Send a local file now; the caller sees the server's refusal as an errno."""
+    async def _upload(self, local: LocalFile, *, final: bool = True) -> None:
+        """Send a local file now; the caller sees the server's refusal as an errno.
+        ``final`` unless the file stays open (see :meth:`Writer.upload`)."""
         try:
-            sent = await self._call(self.writer.upload, local)
+            sent = await self._call(self.writer.upload, local, final=final)
         except XnatUnsupported:
             # Nothing was staged (XNAT cannot hold the result): show the server's file again.
             self.overlay.drop_file(local)

@@ -130,15 +130,20 @@ class Writer:
 
     # ---- sending ------------------------------------------------------
 
-    def upload(self, local: LocalFile) -> bool:
+    def upload(self, local: LocalFile, *, final: bool = True) -> bool:
         """Send what changed since the last upload; True if something was sent.
 
         Raises the server's error (the bytes stay pending in the spool).
+        Not ``final`` (a flush or fsync while the file stays open, e.g. the
+        shell closing one copy of a redirect's descriptor): a new file still
+        empty is left alone, since what is written next decides its fate.
         """
         with local.lock:
             if local.unlinked or not (local.dirty or local.state in ("pending", "failed")):
                 return False
             if local.size == 0 and local.target.kind == "file":
+                if not final and not local.replaces_remote:
+                    return False
                 return self._keep_empty(local)
             entry = local.entry
             if local.entry_open:
@@ -156,8 +161,15 @@ class Writer:
             raise
         with local.lock:
             if local.entry is entry:
-                local.entry, local.state, local.error = None, "uploaded", ""
+                self._sent(local)
         return True
+
+    @staticmethod
+    def _sent(local: LocalFile) -> None:
+        """The server holds the file under its name now: emptying it later is
+        refused like emptying any file XNAT holds (caller holds the lock)."""
+        local.entry, local.state, local.error = None, "uploaded", ""
+        local.replaces_remote = True
 
     def _keep_durably(self, entry: SpoolEntry) -> None:
         """After a failed attempt: the bytes wait in the spool, so make them
@@ -189,7 +201,7 @@ class Writer:
                 return False
             current = self.spool.get(entry.id)
             if current is None:
-                local.entry, local.state, local.error = None, "uploaded", ""
+                self._sent(local)
                 return True
             local.state, local.error = current.state, current.last_error
             return False
