@@ -306,7 +306,13 @@ class Mutations:
             local = node.local
         else:
             local = await self._stage_remote(node.file, truncate=size == 0)
-        await self._call(self.writer.truncate, local, size)
+        try:
+            await self._call(self.writer.truncate, local, size)
+        except OSError:
+            if not isinstance(node, LocalFileNode) and await self._call(self.writer.drop_unwritten, local):
+                self.overlay.drop_file(local)
+                local.close()
+            raise
         if not isinstance(handle, LocalHandle) and local.handles == 0:
             # truncate(2) on a path: no close will follow to send it.
             await self._upload(local)

@@ -72,7 +72,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             large_file_bytes=settings.large_file_size, keep_open=self._keep_open)
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
-        self.writer = Writer(spool, self.uploader)
+        self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
 DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
+DEFAULT_MAX_FILE_SIZE = 1 << 40
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +66,7 @@ class MountSettings:
     retries: int = 5                     # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20      # files this big are served while they download
     series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a file written through the mount may grow to this (else EFBIG)
 
     @property
     def negative_ttl(self) -> float:
@@ -80,7 +82,7 @@ _CONFIG_KEYS = {
     "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
-    "series_zip_size": parse_size,
+    "series_zip_size": parse_size, "max_file_size": parse_size,
 }
 
 

@@ -12,11 +12,16 @@ uploads of one file apart. The rules:
   before the caller hears of it, where the background retry and the next
   mount find it, and is raised to the caller (close/fsync answer EIO). A
   success needs no fsync at all: the server has the bytes;
-- a new file nobody wrote into is not sent: XNAT has no empty files.
+- a new file nobody wrote into is not sent: XNAT has no empty files;
+- a file grows only as far as the spool's disk has room for it (less a
+  reserve, ENOSPC) and up to the mount's largest file size (EFBIG): a huge
+  ``truncate`` or ``posix_fallocate`` fails at once instead of staging, and
+  at close sending, gigabytes of zeros.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -26,18 +31,22 @@ from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget
 from xnatfs.cache.uploader import Uploader
 from xnatfs.errors import XnatUnsupported
 from xnatfs.fs.local import LocalFile
+from xnatfs.fs.settings import DEFAULT_MAX_FILE_SIZE
 
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# Room left on the spool's disk for records, copies made at the next write, and everyone else.
+SPOOL_RESERVE = 64 << 20
 
 
 class Writer:
     """Local files over one spool and one connection."""
 
-    def __init__(self, spool: UploadSpool, uploader: Uploader):
+    def __init__(self, spool: UploadSpool, uploader: Uploader, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE):
         self.spool = spool
         self.uploader = uploader
+        self.max_file_size = max_file_size
 
     # ---- staging ------------------------------------------------------
 
@@ -89,8 +98,22 @@ class Writer:
             # Not accepted yet, and now out of date: these bytes replace it.
             self.spool.remove(previous)
 
+    def _check_room(self, local: LocalFile, size: int) -> None:
+        """Refuse to grow a file to ``size`` bytes beyond what may be staged (caller holds the lock)."""
+        if size <= local.size:
+            return
+        if size > self.max_file_size:
+            raise OSError(errno.EFBIG, f"{local.target.describe()} would grow to {size} bytes, "
+                          f"more than the largest file the mount takes ({self.max_file_size} bytes)")
+        disk = os.statvfs(self.spool.directory)
+        room = disk.f_bavail * disk.f_frsize - SPOOL_RESERVE
+        if size - local.size > room:
+            raise OSError(errno.ENOSPC, f"{local.target.describe()} would grow to {size} bytes; "
+                          f"the upload spool has room for {max(room, 0)} more")
+
     def write(self, local: LocalFile, offset: int, data: bytes) -> int:
         with local.lock:
+            self._check_room(local, offset + len(data))
             self._writable(local)
             written = os.pwrite(local.fd, data, offset)
             local.size = max(local.size, offset + written)
@@ -99,6 +122,7 @@ class Writer:
 
     def truncate(self, local: LocalFile, size: int) -> None:
         with local.lock:
+            self._check_room(local, size)
             self._writable(local)
             os.ftruncate(local.fd, size)
             local.size = size
