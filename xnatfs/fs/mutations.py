@@ -493,13 +493,16 @@ class Mutations:
         if existing is not None and existing.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         target, container, relpath = self._file_target(new_pnode, new)
+        new_on_server = isinstance(existing, FileNode) or (
+            isinstance(existing, LocalFileNode) and (existing.local.replaces_remote
+                                                     or existing.local.state == "uploaded"))
         if isinstance(existing, LocalFileNode) and not (isinstance(node, LocalFileNode)
                                                         and existing.local is node.local):
             # Descriptors still open on the overwritten file keep it, unlinked: never sent.
             await self._call(self.writer.discard, existing.local)
             self.overlay.drop_file(existing.local)
         if isinstance(node, LocalFileNode):
-            moved = await self._rename_local(node.local, target, relpath, replaces_remote=existing is not None)
+            moved = await self._rename_local(node.local, target, relpath, replaces_remote=new_on_server)
             return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
         moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
