@@ -489,3 +489,10 @@ def test_regression_descriptors_across_renames_and_a_remount(fake_xnat, tmp_path
                                  ("fd_write", 1, 3, b"two"), ("remove", "c.nii.gz"), ("fd_write", 0, 0, b"x"),
                                  ("write", "a.txt", b"new"), ("open", "a.txt"), ("fd_write", 2, 1, b"Y"),
                                  ("remount",)])
+
+
+def test_regression_a_name_reused_while_the_removed_file_is_open(fake_xnat, tmp_path):
+    # The new file got the removed one's inode number: the kernel then sized
+    # the old descriptor's reads by the new file.
+    replay(fake_xnat, tmp_path, [("create", "b.dcm", b"the removed file's bytes"), ("remove", "b.dcm"),
+                                 ("create", "b.dcm", b"\x00")])

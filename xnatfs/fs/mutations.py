@@ -403,11 +403,12 @@ class Mutations:
 
     @fuse_handler
     async def unlink(self, parent_inode, name, ctx):
-        _, _, text, node = await self._existing_child(parent_inode, name)
+        parent, _, text, node = await self._existing_child(parent_inode, name)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._check_writable(node, f"deleting {text}")
         await self._delete_file(node)
+        self.inodes.detach(parent.path + (text,))
 
     async def _delete_file(self, node: Node) -> None:
         if isinstance(node, LocalFileNode):
@@ -463,6 +464,8 @@ class Mutations:
             await self._rename_label(node, new)
         elif isinstance(node, (FileNode, LocalFileNode)):
             new_node = await self._move_file(node, new_pnode, new, existing)
+            if existing is not None:
+                self.inodes.detach(new_path)
             self.inodes.move(old_path, new_path)
             moved = self.inodes.number_of(new_path)
             if moved is not None:

@@ -115,8 +115,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _current(self, inode: int, entry: InodeEntry) -> Node:
         """The entry's node as the (possibly reloaded) parent listing has it now."""
-        if not entry.path or (isinstance(entry.node, LocalFileNode) and entry.node.local.unlinked):
-            # An unlinked file (removed or renamed over while open) has no name to look up.
+        if not entry.path or not self.inodes.attached(inode, entry):
+            # A file removed or renamed over while open has no name to look up.
             return entry.node
         parent = self._parent(entry)
         if parent is None:
