@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import hashlib
@@ -163,6 +164,81 @@ def test_concurrent_threads_share_one_download(cache_dir, server):
     assert errors == []
     assert results == [server.files[key.uri]] * 8
     assert server.calls[key.uri] == 1
+
+
+def test_a_reader_that_finds_the_entry_before_the_waiters_are_served_strands_nobody(cache_dir, server,
+                                                                                     monkeypatch):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/raced", 20_000, digest=True)
+    release = threading.Event()
+
+    def gated(fileobj):
+        assert release.wait(10)
+        server.download(key.uri)(fileobj)
+
+    complete = cache._complete
+
+    def reader_comes_first(fill, entry, error):
+        # A reader that looks the entry up between its adoption and its hand-out to the waiters.
+        if entry is not None:
+            early = threading.Thread(target=lambda: cache.lookup(key).close())
+            early.start()
+            early.join(10)
+        complete(fill, entry, error)
+
+    monkeypatch.setattr(cache, "_complete", reader_comes_first)
+    errors = []
+
+    def fill():
+        try:
+            with cache.fetch(key, gated) as held:
+                assert read_all(held) == server.files[key.uri]
+        except BaseException as exc:
+            errors.append(exc)
+
+    filler = threading.Thread(target=fill)
+    filler.start()
+    deadline = time.monotonic() + 10
+    while not cache.downloads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiting = cache.start_fetch(key, gated)
+    release.set()
+    with waiting.result(timeout=5) as held:
+        assert read_all(held) == server.files[key.uri]
+    waiting.close()
+    filler.join(10)
+    assert errors == []
+    assert server.calls[key.uri] == 1
+    with cache.lookup(key) as again:
+        assert read_all(again) == server.files[key.uri]
+    assert cache.info().pinned == 0
+
+
+def test_a_filler_stopped_by_an_unexpected_error_wakes_its_waiters(cache_dir, server, monkeypatch):
+    cache = ContentCache(cache_dir, 1_000_000)
+    key = server.add("/f/broken", 1000)
+    release = threading.Event()
+
+    def gated(fileobj):
+        assert release.wait(10)
+        server.download(key.uri)(fileobj)
+
+    def making_room_fails(*args):
+        # What an evictor meets when a network file system refuses locks.
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cache, "_reserve", making_room_fails)
+    pending = cache.start_fetch(key, gated)
+    deadline = time.monotonic() + 10
+    while not cache.downloads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waiting = cache.start_fetch(key, gated)
+    release.set()
+    for view in (pending, waiting):
+        with pytest.raises(OSError, match="No locks"):
+            view.result(timeout=5)
+        view.close()
+    assert tmp_files(cache_dir) == []
 
 
 def test_failing_download_caches_nothing(cache_dir, server):

@@ -10,7 +10,7 @@ from xnatfs.errors import (XnatAnswerTooLarge, XnatAuthError, XnatError, XnatPer
                            XnatTimeout, XnatUnavailable)
 from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client import XnatConnection
-from xnatfs.client.http import XnatSession, parse_json
+from xnatfs.client.http import MAX_RENEWALS_PER_REQUEST, XnatSession, parse_json
 from fakeutil import fault_seed
 
 SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
@@ -100,12 +100,38 @@ def test_session_expiring_again_during_retries_is_renewed_again(fake_xnat):
     assert [status for _m, _t, status in fake_xnat.requests][:6] == [401, 200, 503, 401, 200, 200]
 
 
-def test_401_straight_after_a_fresh_login_is_a_refusal(fake_xnat):
+def test_sessions_ended_before_their_first_use_still_get_answers(fake_xnat):
     with connect(fake_xnat) as conn:
         fake_xnat.session_timeout = 0.0         # every session is over before its first use
-        with pytest.raises(XnatPermissionError, match="even after a fresh login"):
-            conn.list_projects()
-        assert logins(fake_xnat) == 2
+        fake_xnat.reset_counts()
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
+        # Each renewal's session ended too; the last try carried the credentials.
+        assert logins(fake_xnat) == MAX_RENEWALS_PER_REQUEST
+        listings = [status for method, target, status in fake_xnat.requests if method == "GET"]
+        assert listings == [401] * MAX_RENEWALS_PER_REQUEST + [200]
+
+
+def test_threads_whose_fresh_sessions_end_at_once_all_get_answers(fake_xnat):
+    with connect(fake_xnat) as conn:
+        fake_xnat.session_timeout = 0.0         # another thread's fresh session is over when used
+        errors = []
+        answers = []
+        barrier = threading.Barrier(8)
+
+        def work():
+            try:
+                barrier.wait()
+                answers.append([s.label for s in conn.list_subjects("STUDY01")])
+            except Exception as exc:        # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert len(answers) == 8 and all(answer == answers[0] for answer in answers) and answers[0]
 
 
 def test_wrong_password_is_an_auth_error_without_the_password(fake_xnat):

@@ -274,8 +274,11 @@ class _Fill:
             self.cond.release()
 
     def finish(self, handle: _SharedHandle | None, error: BaseException | None) -> None:
-        """Hand every waiting view its own open entry (or the error) and wake them up."""
+        """Hand every waiting view its own open entry (or the error) and wake
+        them up; a fill already finished stays as it was."""
         with self.cond:
+            if self.state == "done":
+                return
             self.state = "done"
             self.error = error
             self.fd = None
@@ -659,18 +662,20 @@ class ContentCache:
             self._run_fill(fill)
 
     def _run_fill(self, fill: _Fill) -> None:
-        key = fill.key
-        name = entry_name(key)
+        name = entry_name(fill.key)
         lock_path = self._locks_dir / f"{name}.lock"
         try:
             lock_fd = lock_named(lock_path)
+            try:
+                self._fill_locked(fill, name)
+            finally:
+                unlock_named(lock_fd, lock_path)
         except BaseException as exc:
+            # Whatever stopped this filler, the callers waiting on the fill
+            # learn of it; a fill that was finished stays as it was.
             self._complete(fill, None, exc)
-            return
-        try:
-            self._fill_locked(fill, name)
-        finally:
-            unlock_named(lock_fd, lock_path)
+            if not isinstance(exc, Exception):
+                raise
 
     def _fill_locked(self, fill: _Fill, name: str) -> None:
         key = fill.key
@@ -678,9 +683,8 @@ class ContentCache:
             # Another process may have filled it while we waited for the lock.
             existing = self._open_entry(name, key)
             if existing is not None:
-                handle = existing._handle
-                self._complete(fill, handle, None)
-                existing.close()
+                with existing:
+                    self._complete(fill, existing, None)
                 return
             kept = self._reserve(name, key.size)
         tmp_path = self._temp_path(name)
@@ -702,6 +706,9 @@ class ContentCache:
                 else:
                     logger.debug("%s served without caching (%d bytes)", key.uri, key.size)
                     handle = _SharedHandle(fd, key.size, tmp_path, self._lock, self._drop_transient)
+                # Held until handed out to the waiting callers: a reader that
+                # finds the new entry meanwhile and closes it must not release it.
+                entry = handle.open()
         except BaseException as exc:
             logger.debug("download of %s failed: %s", key.uri, exc)
             with fill.cond:
@@ -713,7 +720,8 @@ class ContentCache:
                 self._reserved.pop(name, None)
             self._complete(fill, None, exc)
             return
-        self._complete(fill, handle, None)
+        with entry:
+            self._complete(fill, entry, None)
 
     def _adopt(self, name: str, size: int, fd: int, tmp_path: Path) -> _SharedHandle:
         """Move a verified download into place and pin it through ``fd``."""
@@ -733,19 +741,14 @@ class ContentCache:
         self._pins[name] = handle
         return handle
 
-    def _complete(self, fill: _Fill, handle: _SharedHandle | None, error: BaseException | None) -> None:
+    def _complete(self, fill: _Fill, entry: CachedFile | None, error: BaseException | None) -> None:
+        """Finish ``fill`` with ``entry`` (which the caller keeps open meanwhile) or ``error``."""
         # Under the cache lock throughout: the lock order is always cache lock,
         # then a fill's condition.
         with self._lock:
             if self._fills.get(fill.key) is fill:
                 del self._fills[fill.key]
-            if handle is None:
-                fill.finish(None, error)
-                return
-            # Keep the entry open while it is handed out, so it cannot vanish in between.
-            holder = handle.open()
-            fill.finish(handle, None)
-            holder.close()
+            fill.finish(None if entry is None else entry._handle, error)
 
     def _drop_transient(self, handle: _SharedHandle) -> None:
         os.close(handle.fd)

@@ -5,8 +5,11 @@ talking HTTP to XNAT that is not specific to one endpoint:
 
 * login with ``POST /data/JSESSION`` and HTTP Basic, then the JSESSIONID
   cookie on every request; a 401 triggers a fresh login (only one thread
-  logs in, the others wait for it) and a retry, and is a refusal only when
-  it answers the first attempt on a session just opened;
+  logs in, the others wait for it and use its session) and a retry. The
+  server may end a session at any moment, even one opened a moment ago, so
+  a 401 to a cookie is never final: when the renewals run out, the request
+  is sent once more carrying the credentials themselves, and only a 401 to
+  that (or a refused login) is a refusal;
 * timeouts on every request: each wait for the server is at most
   ``timeout`` seconds, and no longer than what is left of the caller's
   :class:`~xnatfs.client.budget.Budget`, which also ends the retries;
@@ -228,7 +231,6 @@ class XnatSession:
         self._http.mount("https://", adapter)
         self._login_lock = threading.Lock()
         self._jsession: str | None = None
-        self._generation = 0
         self._supports_range: bool | None = None
         self._closed = False
         self.activity = RequestActivity()
@@ -280,7 +282,7 @@ class XnatSession:
         url = self.url_for("/data/JSESSION")
         response, _repeated = self._send_with_retries(
             "POST", url, auth=(self.credentials.username, self.credentials.password),
-            idempotent=True, retries=self.retries, with_session=False,
+            idempotent=True, retries=self.retries, session_id=None,
         )
         with response:
             text = response.text
@@ -298,16 +300,25 @@ class XnatSession:
             if not _SESSION_ID.match(session_id):
                 raise XnatAuthError("login did not return a session ID", url=url, status=200)
         self._jsession = session_id
-        self._generation += 1
         logger.debug("logged in to %s as %s", self.base_url, self.credentials.username)
 
-    def _renew(self, seen_generation: int) -> None:
-        # Threads that saw the same stale session wait here; the first one
-        # logs in, the others find a newer generation and just retry.
+    def _renew(self, ended_session: str | None) -> None:
+        # Threads that sent the same ended session wait here; the first one
+        # logs in, the others find a session opened since and just retry.
         with self._login_lock:
-            if self._generation == seen_generation:
+            if self._jsession == ended_session:
                 logger.info("XNAT session at %s expired; logging in again", self.base_url)
                 self._login_locked()
+
+    def _adopt_session(self, response: requests.Response, sent_session: str | None) -> None:
+        """Keep the session the server opened for a request that carried the
+        credentials, unless another thread has logged in since it was sent."""
+        session_id = response.cookies.get("JSESSIONID")
+        if not session_id or not _SESSION_ID.match(session_id):
+            return
+        with self._login_lock:
+            if self._jsession == sent_session:
+                self._jsession = session_id
 
     def close(self) -> None:
         """Log out (``DELETE /data/JSESSION``) and release connections."""
@@ -372,27 +383,29 @@ class XnatSession:
         renewals = 0
         repeated_before = False
         while True:
-            generation = self._generation
+            session_id = self._jsession
+            # Out of renewals, the request carries the credentials: a 401 to
+            # that cannot be a session ended under it, so it is a refusal.
+            with_credentials = renewals >= MAX_RENEWALS_PER_REQUEST and self.credentials is not None
+            auth = (self.credentials.username, self.credentials.password) if with_credentials else None
             response, repeated = self._send_with_retries(
                 method, url, params=params, data=data, headers=headers, stream=stream,
-                idempotent=idempotent, retries=retries, timeout=timeout,
+                idempotent=idempotent, retries=retries, timeout=timeout, session_id=session_id, auth=auth,
             )
+            repeated_before = repeated_before or repeated
             status = response.status_code
-            # A 401 to the first attempt on a session just opened for this
-            # request is a refusal; any other 401 means the session ended.
-            refused = renewals > 0 and not repeated and self._generation == generation
-            if (status == 401 and self.credentials is not None and not refused
-                    and renewals < MAX_RENEWALS_PER_REQUEST):
+            if status == 401 and self.credentials is not None and not with_credentials:
                 response.close()
                 if not _rewind(data, start):
                     raise XnatPermissionError("session expired during an upload that cannot be replayed",
                                               url=url, status=401)
-                self._renew(generation)
+                self._renew(session_id)
                 renewals += 1
-                repeated_before = repeated_before or repeated
                 continue
+            if with_credentials and status != 401:
+                self._adopt_session(response, session_id)
             if status in ok:
-                response.repeated = repeated or repeated_before
+                response.repeated = repeated_before
                 return response
             try:
                 text = _bounded_text(response) if stream else response.text
@@ -400,8 +413,8 @@ class XnatSession:
                 response.close()
             raise self.error_for(method, url, status, text)
 
-    def _send_with_retries(self, method, url, *, idempotent, retries, timeout=None, stream=False,
-                           with_session=True, **kwargs) -> tuple[requests.Response, bool]:
+    def _send_with_retries(self, method, url, *, idempotent, retries, session_id, timeout=None,
+                           stream=False, **kwargs) -> tuple[requests.Response, bool]:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
@@ -414,7 +427,7 @@ class XnatSession:
             try:
                 # Always streamed, so that an answer kept in memory is read with a bound.
                 response = self._send(method, url, stream=True, timeout=wait,
-                                      with_session=with_session, **kwargs)
+                                      session_id=session_id, **kwargs)
                 if not stream:
                     self._load_body(response, method, url)
             except requests.exceptions.SSLError as exc:
@@ -479,8 +492,7 @@ class XnatSession:
         response._content_consumed = True
         _check_length(response)
 
-    def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
-        session_id = self._jsession if with_session else None
+    def _send(self, method, url, *, timeout, session_id, **kwargs) -> requests.Response:
         cookies = {"JSESSIONID": session_id} if session_id else None
         ticket = self.activity.started()
         try:
