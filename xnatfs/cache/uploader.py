@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
+from xnatfs.client.contract import ArchiveClient
 from xnatfs.errors import XnatError
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ class PushReport:
 
 
 class Uploader:
-    """Sends spool entries through an :class:`xnatfs.client.XnatConnection`."""
+    """Sends spool entries through an :class:`~xnatfs.client.contract.ArchiveClient`."""
 
-    def __init__(self, spool: UploadSpool, connection):
+    def __init__(self, spool: UploadSpool, connection: ArchiveClient):
         self.spool = spool
         self.connection = connection
 

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote
 
 _ALIAS_PREFIX = re.compile(r"^(?:/REST|/data/archive)(?=/)")
 _FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
+_SUBJECT_URI = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
 
 
 def seg(value: object) -> str:
@@ -74,3 +75,37 @@ def with_files(uri: str) -> str:
     """The ``.../files`` listing address of a resource, scan or experiment."""
     uri = uri.rstrip("/")
     return uri if uri.endswith("/files") else uri + "/files"
+
+
+def subject_by_id(subject_id: str) -> str:
+    """A subject by accession ID, whichever project it is shown in."""
+    return f"/data/subjects/{seg(subject_id)}"
+
+
+def scans(experiment_id: str) -> str:
+    """The scans of an experiment."""
+    return f"{experiment(experiment_id)}/scans"
+
+
+def resources(owner_uri: str) -> str:
+    """The resources of a project, subject, experiment or scan."""
+    return f"{owner_uri.rstrip('/')}/resources"
+
+
+def resource_owner(resource_uri: str) -> str:
+    """The project, subject, experiment or scan a resource belongs to."""
+    return resource_uri.rsplit("/resources/", 1)[0]
+
+
+def experiment_id_of(uri: str) -> str | None:
+    """The experiment segment of an address under ``/data/experiments/``, else None."""
+    parts = uri.split("/")
+    if uri.startswith("/data/experiments/") and len(parts) > 3:
+        return parts[3]
+    return None
+
+
+def subject_id_of(uri: str) -> str | None:
+    """The subject segment of a subject's own address (``/data/projects/P/subjects/S``), else None."""
+    match = _SUBJECT_URI.match(uri)
+    return None if match is None else match["subject"]
