@@ -38,6 +38,7 @@ from xnatfs.cache.spool import UploadSpool
 from xnatfs.errors import redact_url
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
+from xnatfs.fs.keys import ProjectsKey
 from xnatfs.fs.tree import Tree
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def build_operations(settings: MountSettings, connection, *, projects=None) -> X
     """
     listings = ListingCache(settings.ttl)
     if projects is not None:
-        listings.put(("projects",), projects)
+        listings.put(ProjectsKey(), projects)
     limiter = trio.CapacityLimiter(settings.workers)
     tree = Tree(connection, listings, limiter, started_at=time.time())
     cache = ContentCache(settings.cache_dir, settings.cache_size)

@@ -37,6 +37,15 @@ from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
+from xnatfs.fs.keys import (
+    ExperimentContentsKey,
+    ExperimentFilesKey,
+    ExperimentsKey,
+    ListingKey,
+    ProjectsKey,
+    ResourcesKey,
+    SubjectsKey,
+)
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
 from xnatfs.fs.names import NAME_MAX
 from xnatfs.fs.nodes import (
@@ -113,7 +122,7 @@ class Mutations:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return parent, pnode, text, node
 
-    def _forget_listings(self, *keys: tuple) -> None:
+    def _forget_listings(self, *keys: ListingKey) -> None:
         for key in keys:
             self.tree.forget_listing(key)
 
@@ -243,7 +252,7 @@ class Mutations:
     def _after_upload(self, local: LocalFile) -> None:
         if local.target.kind == "dicom-import":
             # The zip became scans: list those from now on.
-            self._forget_listings(("contents", local.experiment_id), ("expfiles", local.experiment_id))
+            self._forget_listings(ExperimentContentsKey(local.experiment_id), ExperimentFilesKey(local.experiment_id))
         else:
             self.series.forget(local.target.resource_uri)
         if local.handles == 0:
@@ -321,18 +330,18 @@ class Mutations:
         if isinstance(pnode, ProjectDir):
             self._check_label(text, "creating a subject")
             await self._call(self.connection.create_subject, pnode.project.id, text)
-            self._forget_listings(("subjects", pnode.project.id), ("experiments", pnode.project.id))
+            self._forget_listings(SubjectsKey(pnode.project.id), ExperimentsKey(pnode.project.id))
         elif isinstance(pnode, SubjectDir):
             self._check_label(text, "creating an experiment")
             await self._call(self.connection.create_experiment, pnode.project_id, pnode.subject.label, text,
                              xsi_type=self.settings.experiment_type)
-            self._forget_listings(("experiments", pnode.project_id))
+            self._forget_listings(ExperimentsKey(pnode.project_id))
         elif isinstance(pnode, ResourcesDir):
             await self._call(self.connection.create_resource, pnode.owner_uri, text)
             self._forget_resource_owner(pnode)
         elif isinstance(pnode, ScanDir):
             await self._call(self.connection.create_resource, pnode.uri, text)
-            self._forget_listings(("contents", pnode.experiment.experiment.id))
+            self._forget_listings(ExperimentContentsKey(pnode.experiment.experiment.id))
         elif isinstance(pnode, (ResourceDir, FolderDir)):
             subpath = pnode.subpath if isinstance(pnode, FolderDir) else ()
             self.overlay.add_folder(pnode.resource.uri, subpath + (text,))
@@ -346,9 +355,9 @@ class Mutations:
 
     def _forget_resource_owner(self, node: ResourcesDir) -> None:
         if node.experiment is not None:
-            self._forget_listings(("contents", node.experiment.experiment.id))
+            self._forget_listings(ExperimentContentsKey(node.experiment.experiment.id))
         else:
-            self._forget_listings(("resources", node.owner_uri))
+            self._forget_listings(ResourcesKey(node.owner_uri))
 
     @fuse_handler
     async def rmdir(self, parent_inode, name, ctx):
@@ -370,20 +379,20 @@ class Mutations:
             if isinstance(pnode, ResourcesDir):
                 self._forget_resource_owner(pnode)
             elif isinstance(pnode, ScanDir):
-                self._forget_listings(("contents", pnode.experiment.experiment.id))
+                self._forget_listings(ExperimentContentsKey(pnode.experiment.experiment.id))
         elif isinstance(node, (ProjectDir, SubjectDir, ExperimentDir)):
             if not self.settings.allow_delete:
                 raise _fail(errno.EPERM, "rmdir %s refused: deleting projects, subjects and experiments "
                             "needs a mount with --allow-delete", text)
             if isinstance(node, ProjectDir):
                 await self._call(self.connection.delete_project, node.project.id)
-                self._forget_listings(("projects",))
+                self._forget_listings(ProjectsKey())
             elif isinstance(node, SubjectDir):
                 await self._call(self.connection.delete_subject, node.project_id, node.subject.label)
-                self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+                self._forget_listings(SubjectsKey(node.project_id), ExperimentsKey(node.project_id))
             else:
                 await self._call(self.connection.delete_experiment, node.project_id, node.experiment.id)
-                self._forget_listings(("experiments", node.project_id))
+                self._forget_listings(ExperimentsKey(node.project_id))
         else:
             raise _fail(errno.EPERM, "rmdir %s refused: XNAT cannot delete that", text)
 
@@ -464,12 +473,12 @@ class Mutations:
         if isinstance(node, SubjectDir):
             self._check_label(new, "renaming a subject")
             await self._call(self.connection.rename_subject, node.project_id, node.subject.label, new)
-            self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+            self._forget_listings(SubjectsKey(node.project_id), ExperimentsKey(node.project_id))
         else:
             self._check_label(new, "renaming an experiment")
             await self._call(self.connection.rename_experiment, node.project_id, node.subject_label,
                              node.experiment.label, new)
-            self._forget_listings(("experiments", node.project_id))
+            self._forget_listings(ExperimentsKey(node.project_id))
 
     async def _move_file(self, node: Node, new_pnode: Node, new: str, existing: Node | None) -> Node:
         """Upload under the new name, then delete the old one: XNAT cannot rename files."""

@@ -18,7 +18,6 @@ import os
 import stat
 from collections import Counter
 
-import cachetools
 import pyfuse3
 import trio
 
@@ -30,11 +29,11 @@ from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations
-from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, SubjectDir
+from xnatfs.fs.nodes import FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
-from xnatfs.fs.tree import AHEAD_SUBJECTS, Tree
+from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
 
@@ -87,7 +86,6 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._last_served: dict[int, CacheKey] = {}
         self._opened: Counter[int] = Counter()      # inode → open file handles on it
         self._handle_inodes: dict[int, int] = {}    # file handle → its inode
-        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
 
     # ---- helpers ------------------------------------------------------
 
@@ -168,7 +166,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         its own listing loads); our own files change all the time and are
         never reused. pyfuse3 copies the answer into its reply at once.
         """
-        if isinstance(node, LocalFileNode):
+        if node.volatile:
             return self.attributes(inode, node)
         if entry.attrs_of is not node:
             attrs = entry.attrs = self.attributes(inode, node)
@@ -198,7 +196,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         stamp = int(node.mtime * _NS)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
         # Our own files change under the kernel's eyes: it must ask again.
-        timeout = 0.0 if isinstance(node, LocalFileNode) else self.settings.ttl
+        timeout = 0.0 if node.volatile else self.settings.ttl
         attrs.entry_timeout = timeout
         attrs.attr_timeout = timeout
         return attrs
@@ -301,8 +299,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         listing = await self._listing(node)
-        if isinstance(node, SubjectDir) and self.nursery is not None:
-            self.tree.read_ahead(self.nursery, listing, await self._following(entry))
+        if node.reads_ahead and self.nursery is not None:
+            self.tree.walks.read_ahead(self.nursery, listing, await self._following(entry))
         handle = self._new_handle()
         parent = self._parent(entry) if entry.path else entry
         dots = [(".", inode, node), ("..", self.inodes.number_for(entry.path[:-1]),
@@ -311,22 +309,12 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         return handle
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
-        """The siblings after ``entry`` (a few) when a walk goes through them in order.
-
-        Like the kernel's read-ahead: only when the sibling opened before this
-        one came right before it, so one ``ls`` of a folder loads nothing extra.
-        """
+        """The siblings after ``entry`` a walk goes to next (see :meth:`Walks.following`)."""
         parent = self._parent(entry)
         if parent is None:
             return []
-        listing = await self._listing(parent.node)
-        name = entry.path[-1]
-        previous = self._last_opened.get(parent.path)
-        self._last_opened[parent.path] = name
-        here = listing.position(name)
-        if previous is None or here is None or listing.position(previous) != here - 1:
-            return []
-        return listing.after(name, AHEAD_SUBJECTS)
+        siblings = await self._listing(parent.node)
+        return self.tree.walks.following(parent.path, entry.path[-1], siblings)
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):
@@ -411,9 +399,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None
-        if parent is None or not isinstance(parent.node, (ResourceDir, FolderDir)) or not parent.node.experiment_id:
+        series_key = parent.node.series_key if parent is not None else None
+        if series_key is None:
             return None
-        listing = await self.tree.raw(("expfiles", parent.node.experiment_id))
+        listing = await self.tree.raw(series_key)
         files = [f for f in listing if f.resource_uri == remote.resource_uri]
         if self.nursery is not None and self.series.eligible(files):
             self.series.start(self.nursery, remote.resource_uri, files, fetched_alone=remote)
