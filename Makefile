@@ -6,7 +6,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := fuse3 libfuse3-dev pkg-config dcm2niix attr rsync curl stress-ng
 MNT    ?= ./mnt
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install install-mount-helper system-deps demo test bench clean
 
 system-deps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -18,10 +18,14 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[fake,test]'
 	touch $@
 
 install: system-deps $(VENV)/.installed
+
+# mount(8) runs /sbin/mount.fuse.<type> for `mount -t fuse.xnatfs` and fstab lines.
+install-mount-helper: install
+	$(SUDO) ln -sfn $(abspath $(VENV))/bin/mount.fuse.xnatfs /sbin/mount.fuse.xnatfs
 
 demo: install
 	$(VENV)/bin/xnatfs demo $(MNT)

@@ -15,6 +15,7 @@ import shutil
 import pytest
 import requests
 
+from fakeutil import FakeServerProcess
 from xnatfs.fake import FakeXnat
 
 
@@ -26,15 +27,29 @@ def fake_xnat_template(tmp_path_factory):
     return template
 
 
+def _copy_sample(template, data) -> None:
+    shutil.copytree(template / "archive", data / "archive", copy_function=_link_or_copy)
+    for name in os.listdir(template):
+        if name != "archive" and (template / name).is_file():
+            shutil.copy2(template / name, data / name)
+
+
 @pytest.fixture
 def fake_xnat(fake_xnat_template, tmp_path):
     """A started fake XNAT with a fresh copy of the small sample study."""
     data = tmp_path / "fake-xnat"
-    shutil.copytree(fake_xnat_template / "archive", data / "archive", copy_function=_link_or_copy)
-    for name in os.listdir(fake_xnat_template):
-        if name != "archive" and (fake_xnat_template / name).is_file():
-            shutil.copy2(fake_xnat_template / name, data / name)
+    _copy_sample(fake_xnat_template, data)
     server = FakeXnat(data).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_xnat_process(fake_xnat_template, tmp_path):
+    """Like ``fake_xnat``, in a process of its own that the test may stop and continue."""
+    data = tmp_path / "fake-xnat"
+    _copy_sample(fake_xnat_template, data)
+    server = FakeServerProcess(data, tmp_path / "fake-xnat.log")
     yield server
     server.close()
 

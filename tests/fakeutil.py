@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 from xnatfs.fake.server import FaultInjector
 
 
@@ -31,3 +37,62 @@ def fault_seed(pattern: list[int | str | None], **rates) -> int:
         if [(fault.error_status or fault.cut) for fault in map(lambda _: injector.pick(), pattern)] == pattern:
             return seed
     raise AssertionError(f"no seed gives {pattern}")
+
+
+def cd_export_extras() -> list[tuple[str, bytes]]:
+    """What a CD export or a scanner puts in a zip besides the images: a
+    README and a DICOMDIR (a DICOM file that is no image of any series)."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"       # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory = FileDataset("DICOMDIR", {}, file_meta=meta, preamble=b"\0" * 128)
+    directory.FileSetID = "EXPORT"
+    directory.DirectoryRecordSequence = []
+    encoded = io.BytesIO()
+    directory.save_as(encoded, enforce_file_format=True)
+    return [("README.txt", b"Exported by the scanner console.\r\n"), ("DICOMDIR", encoded.getvalue())]
+
+
+class FakeServerProcess:
+    """The fake XNAT in a process of its own (``python -m xnatfs.fake``), so a test can
+    stop it with SIGSTOP: it then accepts connections and never answers."""
+
+    START_TIMEOUT = 20.0
+
+    def __init__(self, data: Path, log: Path):
+        self.username = self.password = "admin"
+        self._log = open(log, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "xnatfs.fake", "--data", str(data)],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        ready = select.select([self.process.stdout], [], [], self.START_TIMEOUT)[0]
+        if not ready:
+            self.close()
+            raise AssertionError(f"the fake server did not start within {self.START_TIMEOUT} s")
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.close()
+            raise AssertionError(f"the fake server did not start: {log.read_text()}")
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()

@@ -74,8 +74,13 @@ def test_port_strings():
     assert get_port_str({"XNATPORT": 443}) == ":443"
     with pytest.raises(KeyError):
         get_port_str({"XNATSERVER": "x"})
-    with pytest.raises(XnatError):
+
+
+def test_port_string_without_config_or_port_is_a_key_error_as_datman_documents():
+    with pytest.raises(KeyError):
         get_port_str()
+    with pytest.raises(KeyError):
+        get_port_str(config=None, port=None)
 
 
 def test_server_url_adds_scheme_and_port_in_the_right_place():

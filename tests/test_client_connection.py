@@ -389,3 +389,22 @@ def test_import_of_garbage_is_refused(conn, fake_xnat):
         conn.import_dicom_zip("STUDY01", "SUB003", "SUB003_MR2", io.BytesIO(b"not a zip at all"))
     assert caught.value.status == 400
     assert fake_xnat.count("POST", "/data/services/import") == 1
+
+
+def test_awkward_file_names_round_trip_as_xnat_lists_them(conn, fake_xnat):
+    qc = f"/data/experiments/{MR1}/resources/QC"
+    names = ("%41.txt", "b0dwi+00001.dcm", "sp ace.txt", "ha#sh.txt", "dir #1/a%2Bb+.txt")
+    for name in names:
+        conn.upload_file(qc, name, name.encode())
+    listed = {remote.path: remote for remote in conn.list_files(qc)}
+    assert set(names) <= set(listed)
+    for name in names:
+        buffer = io.BytesIO()
+        conn.download(listed[name].uri, buffer)
+        assert buffer.getvalue() == name.encode(), name
+    stored = {row["path"] for row in fake_xnat.store.files(
+        fake_xnat.store.find_resource("experiment", MR1, "QC")["id"])}
+    assert set(names) <= stored
+    for name in names:
+        conn.delete_file(qc, name)
+    assert not set(names) & {remote.path for remote in conn.list_files(qc)}

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 from xnatfs.client.connection import XnatConnection
 from xnatfs.client.contract import ArchiveClient
-
-FS_PACKAGE = Path(__file__).resolve().parent.parent / "xnatfs" / "fs"
 
 
 def contract_calls() -> list[str]:
@@ -32,9 +29,3 @@ def test_a_connection_is_an_archive_client(fake_xnat):
         assert isinstance(connection, ArchiveClient)
     assert not isinstance(object(), ArchiveClient)
 
-
-def test_the_file_system_builds_no_server_paths_itself():
-    builders = {path.name: [number for number, line in enumerate(path.read_text().splitlines(), 1)
-                            if "/data/" in line]
-                for path in FS_PACKAGE.glob("*.py")}
-    assert {name: lines for name, lines in builders.items() if lines} == {}

@@ -4,12 +4,15 @@ import os
 import zipfile
 
 import pytest
+import requests
 
+from fakeutil import cd_export_extras
 from xnatfs.client import (
     ClientConfig,
     XNATExperiment,
     XNATScan,
     XNATSubject,
+    XnatConnection,
     XnatException,
     XnatNotFound,
     get_connection,
@@ -211,6 +214,17 @@ def test_delete_resource_file_in_datmans_form(conn):
         conn.delete_resource("STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv")
 
 
+def test_delete_resource_by_datmans_keywords_and_ours(conn):
+    conn.delete_resource(project="STUDY01", session="SUB001", experiment="SUB001_MR1", resource_group_id="QC",
+                         resource_id="qc_metrics.csv", retries=1)
+    assert [e["name"] for e in conn.get_resource_list("STUDY01", "SUB001", "SUB001_MR1", "QC")] == ["qc_report.pdf"]
+    conn.delete_resource(project_or_uri="/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1"
+                                        "/resources/QC")
+    assert "QC" not in conn.get_experiment("STUDY01", "SUB001", "SUB001_MR1").resource_IDs
+    with pytest.raises(TypeError):
+        conn.delete_resource(project="STUDY01", project_or_uri="STUDY01", session="SUB001")
+
+
 def test_put_dicoms_imports_a_zip(conn, tmp_path):
     archive = conn.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "3", filename=str(tmp_path / "t2.zip"))
     conn.put_dicoms("STUDY01", "SUB002", "SUB002_MR2", archive)
@@ -218,6 +232,16 @@ def test_put_dicoms_imports_a_zip(conn, tmp_path):
     assert [scan.description for scan in experiment.scans] == ["T2w_SPC"]
     with pytest.raises(XnatException):
         conn.put_dicoms("STUDY01", "SUB002", "SUB002_MR2", str(tmp_path / "no-such.zip"))
+
+
+def test_put_dicoms_skips_a_readme_and_dicomdir_in_the_zip(conn, tmp_path):
+    archive = conn.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "3", filename=str(tmp_path / "t2.zip"))
+    with zipfile.ZipFile(archive, "a") as bundle:
+        for name, data in cd_export_extras():
+            bundle.writestr(name, data)
+    conn.put_dicoms("STUDY01", "SUB002", "SUB002_CD1", archive)
+    experiment = conn.get_experiment("STUDY01", "SUB002", "SUB002_CD1")
+    assert [scan.description for scan in experiment.scans] == ["T2w_SPC"]
 
 
 # -- renames and AutoRun -------------------------------------------------------
@@ -290,6 +314,57 @@ def test_assign_scan_names_from_a_mapping_and_a_config(conn, tmp_path):
 
     experiment.assign_scan_names(ClientConfig.load(config_file), Ident())
     assert {scan.series: scan.tags for scan in experiment.scans}["5"] == ["DTI"]
+
+
+# -- datman's constructor, session and the facade ----------------------------------
+
+def test_connection_takes_datmans_keyword_names_and_ours(fake_xnat):
+    with xnat(server=fake_xnat.url, username=fake_xnat.username, password=fake_xnat.password) as by_datman:
+        assert by_datman.server == fake_xnat.url
+        assert by_datman.auth.username == fake_xnat.username
+        assert "SUB001" in by_datman.get_subject_ids("STUDY01")
+    with xnat(url=fake_xnat.url, username=fake_xnat.username, password=fake_xnat.password) as by_ours:
+        assert by_ours.get_projects()
+    with pytest.raises(TypeError):
+        xnat(server=fake_xnat.url, url=fake_xnat.url)
+
+
+def test_session_is_a_requests_session_scripts_can_call(conn, fake_xnat):
+    assert isinstance(conn.session, requests.Session)
+    # datman builds full URLs; server paths work too.
+    answer = conn.session.get(f"{conn.server}/data/projects?format=json")
+    assert answer.status_code == 200
+    assert {row["ID"] for row in answer.json()["ResultSet"]["Result"]} == {"STUDY01", "STUDY02"}
+    answer = conn.session.get("/data/projects/STUDY01/subjects", params={"format": "json"})
+    assert "SUB001" in {row["label"] for row in answer.json()["ResultSet"]["Result"]}
+    # Like requests, an error status is handed back, not raised.
+    assert conn.session.get(f"{conn.server}/data/projects/NOPE?format=json").status_code == 404
+    assert conn.session.put(f"{conn.server}/data/projects/STUDY01/subjects/SCRIPTED").status_code in (200, 201)
+    assert "SCRIPTED" in conn.get_subject_ids("STUDY01")
+    experiment_id = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    posted = conn.session.post(f"{conn.server}/data/experiments/{experiment_id}/resources/QC/files",
+                               files={"file": ("posted.txt", b"sent as multipart")})
+    assert posted.status_code == 200
+    assert {f.path: f.size for f in conn.list_files(f"/data/experiments/{experiment_id}/resources/QC")}[
+        "posted.txt"] == len(b"sent as multipart")
+    with pytest.raises(ValueError):
+        conn.session.get("http://elsewhere.example/data/projects")
+
+
+def test_session_outlives_an_expired_login(conn, fake_xnat):
+    assert conn.session.get("/data/projects?format=json").status_code == 200
+    fake_xnat.auth.end_all_sessions()
+    fake_xnat.reset_counts()
+    assert conn.session.get("/data/projects?format=json").status_code == 200
+    assert fake_xnat.count("POST", "/data/JSESSION") == 1
+
+
+def test_datman_api_is_a_facade_over_the_connection(conn):
+    assert isinstance(conn.connection, XnatConnection)
+    assert not isinstance(conn, XnatConnection)
+    assert not hasattr(conn.connection, "get_subject_ids")
+    # The connection's own calls pass through the facade.
+    assert conn.list_projects() == conn.connection.list_projects()
 
 
 # -- get_connection ----------------------------------------------------------------

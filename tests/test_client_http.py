@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from xnatfs.errors import XnatAuthError, XnatError, XnatPermissionError, XnatServerError
+from xnatfs.errors import (XnatAnswerTooLarge, XnatAuthError, XnatError, XnatPermissionError, XnatServerError,
+                           XnatTimeout, XnatUnavailable)
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client import XnatConnection
 from xnatfs.client.http import XnatSession, parse_json
 from fakeutil import fault_seed
@@ -406,3 +408,66 @@ def test_password_never_reaches_logs_or_messages(tmp_path, caplog):
     text = caplog.text + "\n".join(messages)
     assert "logging in again" in caplog.text
     assert password not in text and basic not in text
+
+
+# -- the retry policy for 500, bounded answers, budgets, failing fast ---------------
+
+def test_a_read_answered_500_is_retried_twice_and_a_change_never(fake_xnat):
+    with connect(fake_xnat) as conn:
+        rates = {"error_rate": 0.5, "error_statuses": (500,)}
+        fake_xnat.set_faults(**rates, seed=fault_seed([500, 500, None], **rates))
+        fake_xnat.reset_counts()
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
+        assert [status for _m, _t, status in fake_xnat.requests] == [500, 500, 200]
+
+        fake_xnat.set_faults(**rates, seed=fault_seed([500, 500, 500, None], **rates))
+        fake_xnat.reset_counts()
+        with pytest.raises(XnatServerError) as caught:
+            conn.list_projects()
+        assert caught.value.status == 500
+        assert fake_xnat.count("GET") == 3
+
+        fake_xnat.set_faults(**rates, seed=fault_seed([500, None], **rates))
+        fake_xnat.reset_counts()
+        with pytest.raises(XnatServerError):
+            conn.session.request("POST", "/data/projects/STUDY01/subjects/RETRY500")
+        assert fake_xnat.count("POST", "/data/projects/STUDY01/subjects") == 1
+        fake_xnat.set_faults()
+
+
+def test_an_endless_answer_is_refused_at_the_bound(fake_xnat):
+    with connect(fake_xnat) as conn:
+        conn.session.max_answer_bytes = 1 << 20
+        fake_xnat.endless_answers = "/data/projects/STUDY01/subjects"
+        with pytest.raises(XnatAnswerTooLarge):
+            conn.session.get_json("/data/projects/STUDY01/subjects")
+        fake_xnat.endless_answers = None
+        assert conn.session.get_json("/data/projects/STUDY01/subjects")["ResultSet"]["Result"]
+
+
+def test_a_silent_server_gives_up_within_the_budget_and_then_fails_fast(fake_xnat):
+    with connect(fake_xnat, timeout=5.0, retries=5) as conn:
+        conn.session.breaker.cool_off = 1.0
+        fake_xnat.set_faults(stall_ms=10_000, stall_rate=1.0)
+        started = time.monotonic()
+        with bounded_by(Budget(0.5)), pytest.raises(XnatTimeout):
+            conn.list_projects()
+        # Generous: without the budget the retries would wait for over a minute.
+        assert time.monotonic() - started < 5.0
+        for _ in range(2):
+            with bounded_by(Budget(0.3)), pytest.raises(XnatTimeout):
+                conn.list_projects()
+        assert conn.session.breaker.is_open
+        fake_xnat.reset_counts()
+        with pytest.raises(XnatUnavailable):
+            conn.list_projects()
+        assert fake_xnat.count() == 0
+        fake_xnat.set_faults()
+        deadline = time.monotonic() + 10
+        while conn.session.breaker.is_open:
+            assert time.monotonic() < deadline, "the breaker did not close once the server answered"
+            try:
+                conn.list_projects()
+            except XnatUnavailable:
+                time.sleep(0.1)
+        assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]

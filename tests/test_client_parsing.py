@@ -56,6 +56,25 @@ def test_file_row_resource_address_uses_the_label():
     assert remote.uri == "/data/experiments/E1/scans/3/resources/77/files/sub%20dir/a%20b.dcm"
 
 
+def test_file_row_as_xnat_lists_it_keeps_the_raw_path_and_quotes_the_address_once():
+    # XNAT appends the stored relative path to the URI without encoding it.
+    for raw, quoted in (("b0dwi+00001.dcm", "b0dwi%2B00001.dcm"), ("%41.txt", "%2541.txt"),
+                        ("sub dir/ha#sh?.txt", "sub%20dir/ha%23sh%3F.txt")):
+        row = {"Name": raw.rsplit("/", 1)[-1], "Size": "3", "collection": "QC",
+               "URI": f"/data/experiments/E1/resources/12/files/{raw}"}
+        remote = parsing.file_from_row(row)
+        assert remote.path == raw
+        assert remote.uri == f"/data/experiments/E1/resources/12/files/{quoted}"
+
+
+def test_file_row_from_a_server_that_encodes_the_path_is_decoded_once():
+    row = {"Name": "%41 b+.txt", "Size": "3", "collection": "QC",
+           "URI": "/data/experiments/E1/resources/12/files/d%20x/%2541%20b%2B.txt"}
+    remote = parsing.file_from_row(row)
+    assert remote.path == "d x/%41 b+.txt"
+    assert remote.uri == "/data/experiments/E1/resources/12/files/d%20x/%2541%20b%2B.txt"
+
+
 def test_file_row_path_may_itself_contain_files():
     row = {"Size": "1", "collection": "R",
            "URI": "/REST/projects/P/resources/9/files/files/x/files/y.txt"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import warnings
 from collections import defaultdict
 
 import nibabel as nib
@@ -14,6 +15,10 @@ import pytest
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from xnatfs.fake.dicomgen import SeriesSpec, default_series, write_session
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)   # nibabel: "The DICOM readers are highly experimental"
+    from nibabel.nicom import csareader
 
 PATIENT = dict(patient_id="SUB001", patient_name="Sample^One", study_date="20240115")
 
@@ -307,3 +312,26 @@ def test_large_t1w_is_a_full_resolution_volume(tmp_path):
     subprocess.run(["dcm2niix", "-z", "n", "-f", "%s", "-o", str(nifti_dir), str(tmp_path / "dicom")],
                    check=True, capture_output=True, timeout=120)
     assert sorted(nib.load(nifti_dir / "2.nii").shape) == sorted((256, 256, len(paths)))
+
+
+def test_epi_field_maps_carry_a_csa_header_with_their_polarity(tmp_path):
+    specs = [SeriesSpec(1, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
+             SeriesSpec(2, "fmap-epi_dir-PA", "epi", phase_encoding="PA"),
+             SeriesSpec(3, "fMRI_rest", "bold", 2)]
+    written = write_session(tmp_path, series=specs, **PATIENT)
+    polarity = {}
+    for number in (1, 2):
+        ds = pydicom.dcmread(written[number][0])
+        assert ds[0x00290010].value == "SIEMENS CSA HEADER"
+        tags = csareader.read(ds[0x00291010].value)["tags"]
+        polarity[number] = tags["PhaseEncodingDirectionPositive"]["items"]
+        assert tags["BandwidthPerPixelPhaseEncode"]["items"] == [pytest.approx(52.083)]
+    assert polarity == {1: [1], 2: [0]}
+    assert 0x00291010 not in pydicom.dcmread(written[3][0])
+
+
+@pytest.mark.parametrize("spec", [
+    dict(kind="epi"), dict(kind="bold", phase_encoding="AP"), dict(kind="epi", phase_encoding="LR")])
+def test_phase_encoding_is_given_for_epi_field_maps_only(spec):
+    with pytest.raises(ValueError):
+        SeriesSpec(1, "x", **spec)

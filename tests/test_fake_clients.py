@@ -99,3 +99,37 @@ def test_search_elements_and_display_fields(fake_xnat):
     assert schemas == ["xnat"]
     xsd = requests.get(fake_xnat.url + "/xapi/schemas/xnat", auth=auth)
     assert xsd.status_code == 200 and b'name="mrSessionData"' in xsd.content
+
+
+# Names whose characters mean something in a URL; XNAT lists them in a file's URI unencoded.
+AWKWARD_NAMES = ("b0dwi+00001.dcm", "sp ace.txt", "sub dir/q+1.txt")
+
+
+def put_awkward_files(server) -> str:
+    experiment_id = server.store.experiment_id("STUDY01", "SUB001_MR1")
+    for name in AWKWARD_NAMES + ("ha#sh.txt",):
+        server.store.put_file(experiment_id, "QC", name, name.encode())
+    return experiment_id
+
+
+def test_xnatpy_reports_the_raw_path_of_awkward_file_names(fake_xnat):
+    experiment_id = put_awkward_files(fake_xnat)
+    with xnat.connect(fake_xnat.url, user="admin", password="admin") as session:
+        files = session.experiments[experiment_id].resources["QC"].files
+        paths = {f.path for f in files.values()}
+        assert set(AWKWARD_NAMES) <= paths, paths
+        for name in AWKWARD_NAMES:
+            remote = next(f for f in files.values() if f.path == name)
+            with remote.open() as handle:
+                assert handle.read() == name.encode()
+
+
+def test_pyxnat_reads_the_size_of_awkward_file_names(fake_xnat):
+    put_awkward_files(fake_xnat)
+    interface = pyxnat.Interface(server=fake_xnat.url, user="admin", password="admin")
+    try:
+        resource = interface.select.project("STUDY01").subject("SUB001").experiment("SUB001_MR1").resource("QC")
+        for name in ("b0dwi+00001.dcm", "sp ace.txt", "ha#sh.txt"):
+            assert int(resource.file(name).size()) == len(name), name
+    finally:
+        interface.disconnect()

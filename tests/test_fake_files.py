@@ -298,3 +298,18 @@ def test_large_file_streams(fake_xnat, http, tmp_path):
     for chunk in answer.iter_content(1 << 20):
         digest.update(chunk)
     assert digest.hexdigest() == hashlib.md5(big.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["back%5Cslash.txt", "new%0Aline.txt", "tab%09here.txt", "bell%07.txt"])
+def test_file_paths_xnat_cannot_store_are_refused(fake_xnat, http, name):
+    target = fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/{name}"
+    assert http.put(target, params={"inbody": "true"}, data=b"abc").status_code == 400
+    rows = listing(http, fake_xnat, f"/data/experiments/{E1}/resources/QC/files")["Result"]
+    assert all(row["Name"] in ("qc_metrics.csv", "qc_report.pdf") for row in rows)
+
+
+def test_file_paths_with_spaces_and_other_scripts_are_kept_as_given(fake_xnat, http):
+    target = fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/%20r%C3%A9sum%C3%A9%20final%20.txt"
+    assert http.put(target, params={"inbody": "true"}, data=b"abc").status_code == 200
+    rows = listing(http, fake_xnat, f"/data/experiments/{E1}/resources/QC/files")["Result"]
+    assert " résumé final .txt" in [row["Name"] for row in rows]

@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from fakeutil import cd_export_extras
 from xnatfs.fake.dicomgen import SeriesSpec, write_session
 
 IMPORT = "/data/services/import"
@@ -95,12 +96,26 @@ def test_unparsable_entries(fake_xnat, http, dicom_zip):
     with zipfile.ZipFile(io.BytesIO(dicom_zip)) as source, zipfile.ZipFile(mixed, "w") as target:
         for info in source.infolist():
             target.writestr(info, source.read(info))
-        target.writestr("README.txt", b"not dicom")
+        for name, data in cd_export_extras():
+            target.writestr(name, data)
     params = dict(project="STUDY01", subject="SUB001", session="MIXED_MR")
+    # Like XNAT's DICOM-zip importer: without the switch one entry it cannot parse fails the whole zip...
     assert post_import(http, fake_xnat, mixed.getvalue(), **params).status_code == 400
     assert os.listdir(fake_xnat.store.tmp_dir) == []        # the files read before the bad one too
+    assert fake_xnat.store.experiment_id("STUDY01", "MIXED_MR") is None
+    # ...with it, such entries are skipped,
     skipped = post_import(http, fake_xnat, mixed.getvalue(), **{"Ignore-Unparsable": "true"}, **params)
     assert skipped.status_code == 200
+    experiment_id = fake_xnat.store.experiment_id("STUDY01", "MIXED_MR")
+    dicom_count = len(zipfile.ZipFile(io.BytesIO(dicom_zip)).namelist())
+    assert sum(scan["frames"] for scan in fake_xnat.store.scans(experiment_id)) == dicom_count
+    # ...but a zip holding nothing it can parse is still refused.
+    nothing = io.BytesIO()
+    with zipfile.ZipFile(nothing, "w") as target:
+        for name, data in cd_export_extras():
+            target.writestr(name, data)
+    params["session"] = "EMPTY_MR"
+    assert post_import(http, fake_xnat, nothing.getvalue(), **{"Ignore-Unparsable": "true"}, **params).status_code == 400
 
 
 def test_multipart_import_without_inbody(fake_xnat, http, dicom_zip):

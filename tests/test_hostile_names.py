@@ -84,3 +84,28 @@ def test_mkdir_and_mv_refuse_names_xnat_cannot_hold(fake_xnat, tmp_path):
         assert not any(name.startswith((b"weird", b"yyy")) for name in os.listdir(folder))
         assert mount.process.poll() is None
     assert "mkdir refused" in mount.log() and "mv refused" in mount.log()
+
+
+def test_names_with_url_characters_round_trip_through_the_mount(fake_xnat, tmp_path):
+    # XNAT lists these in a file's URI unencoded; each must reach the server as the same name.
+    names = ("%41.txt", "b0dwi+00001.dcm", "sp ace.txt", "ha#sh.txt")
+    experiment_id = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    resource_id = fake_xnat.store.find_resource("experiment", experiment_id, "QC")["id"]
+
+    def stored() -> set[str]:
+        return {row["path"] for row in fake_xnat.store.files(resource_id)}
+
+    with mounted(fake_xnat.url, tmp_path, name="writer") as mount:
+        for name in names:
+            (mount.path / QC / name).write_bytes(name.encode())
+    assert set(names) <= stored()
+    with mounted(fake_xnat.url, tmp_path, name="reader", cache_dir=tmp_path / "fresh-cache") as mount:
+        folder = mount.path / QC
+        assert set(names) <= set(os.listdir(folder))
+        for name in names:
+            assert (folder / name).read_bytes() == name.encode(), name
+        os.rename(folder / "b0dwi+00001.dcm", folder / "b0dwi+00002.dcm")
+        os.unlink(folder / "ha#sh.txt")
+        assert (folder / "b0dwi+00002.dcm").read_bytes() == b"b0dwi+00001.dcm"
+    assert {"b0dwi+00002.dcm", "%41.txt", "sp ace.txt"} <= stored()
+    assert not {"b0dwi+00001.dcm", "ha#sh.txt"} & stored()

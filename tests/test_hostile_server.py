@@ -329,3 +329,19 @@ def test_a_resource_of_20000_files(fake_xnat, tmp_path):
             grown = vmrss_kib(mount.process.pid) - before
             assert grown < 200_000, f"the daemon grew by {grown} KiB for one listing"
             assert mount.process.poll() is None
+
+
+def test_an_endless_listing_is_eio_and_the_daemon_stays_small(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path, ttl=1) as mount:
+        assert "STUDY01" in os.listdir(mount.path)
+        before = vmrss_kib(mount.process.pid)
+        fake_xnat.endless_answers = "/data/projects/STUDY02/subjects"
+        with pytest.raises(OSError) as failed:
+            os.listdir(mount.path / "STUDY02")
+        assert failed.value.errno == errno.EIO
+        # The default bound is 64 MiB; without one the daemon grows by gigabytes.
+        assert vmrss_kib(mount.process.pid) - before < 256 * 1024
+        fake_xnat.endless_answers = None
+        assert "SUB101" in os.listdir(mount.path / "STUDY02")
+        assert mount.process.poll() is None
+    assert "answer larger than" in mount.log()

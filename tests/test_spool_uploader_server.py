@@ -11,7 +11,7 @@ import pytest
 
 from xnatfs.cache import CacheKey, ContentCache, UploadSpool, UploadTarget, Uploader
 from xnatfs.client.connection import XnatConnection
-from xnatfs.errors import XnatServerError
+from xnatfs.errors import XnatError, XnatNotFound, XnatServerError, is_permanent_refusal
 from xnatfs.fake.dicomgen import SeriesSpec, write_session
 
 
@@ -135,3 +135,38 @@ def test_a_file_is_sent_whole_whether_streamed_or_from_memory(fake_xnat, conn, t
     landed = io.BytesIO()
     conn.download(remote.uri, landed)
     assert landed.getvalue() == body
+
+
+def test_a_client_error_leaves_the_upload_refused_and_it_is_not_sent_again(fake_xnat, conn, tmp_path):
+    spool = UploadSpool(tmp_path / "spool")
+    gone = "/data/experiments/XNAT_E99999/resources/QC"         # no such experiment: 404
+    entry = stage(spool, UploadTarget(kind="file", resource_uri=gone, relpath="lost.txt",
+                                      server=fake_xnat.url), b"for a session deleted meanwhile")
+    uploader = Uploader(spool, conn)
+    with pytest.raises(XnatNotFound):
+        uploader.push(entry)
+    assert entry.state == "refused"
+    reopened = UploadSpool(tmp_path / "spool")
+    assert reopened.pending(fake_xnat.url) == []
+    [refused] = reopened.refused(fake_xnat.url)
+    assert (refused.id, refused.attempts, refused.sealed) == (entry.id, 1, True)
+    assert "404" in refused.last_error
+
+    fake_xnat.reset_counts()
+    report = uploader.push_pending(fake_xnat.url)
+    assert (report.ok, report.failed, report.skipped) == (0, 0, 0)
+    assert fake_xnat.count(method="PUT") == 0
+    # A user's release makes it an ordinary pending upload again.
+    assert reopened.release(refused)
+    assert [e.id for e in reopened.pending(fake_xnat.url)] == [entry.id]
+
+
+@pytest.mark.parametrize("status", [401, 408, 409, 423, 429, 500, 503])
+def test_passing_errors_are_not_permanent(status):
+    assert not is_permanent_refusal(XnatError("x", status=status))
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 405, 413, 417, 422])
+def test_other_client_errors_are_permanent(status):
+    assert is_permanent_refusal(XnatError("x", status=status))
+    assert not is_permanent_refusal(XnatError("unreachable"))

@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, status, refresh, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -17,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
+
 from xnatfs import prefetch
 from xnatfs.prefetch import human_bytes
-from xnatfs.client.config import default_config_path
-from xnatfs.errors import XnatAuthError, XnatError, redact_url
+from xnatfs.config import ConfigError, default_config_path
+from xnatfs.errors import XnatAuthError, XnatError, XnatPasswordExpired, redact_url
 from xnatfs.fs.settings import (
     MountSettings,
     default_cache_dir,
@@ -69,8 +72,10 @@ def _settings_from_args(args) -> MountSettings:
     config_path = Path(args.config).expanduser() if args.config else default_config_path()
     try:
         settings = load_config(config_path, args.url)
-    except (OSError, ValueError) as exc:
-        raise UsageProblem(f"cannot use config file {config_path}: {exc}") from None
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    except OSError as exc:
+        raise UsageProblem(f"config file {config_path}: {exc.strerror or exc}") from None
     changes: dict = {"url": args.url.rstrip("/"), "mountpoint": Path(args.mountpoint).expanduser()}
     if args.user is not None:
         changes["user"] = args.user
@@ -90,6 +95,10 @@ def _settings_from_args(args) -> MountSettings:
             raise UsageProblem(str(exc)) from None
     if args.ttl is not None:
         changes["ttl"] = args.ttl
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise UsageProblem("--timeout must be a positive number of seconds")
+        changes["timeout"] = args.timeout
     options = list(settings.fuse_options)
     for group in args.options or []:
         options.extend(o.strip() for o in group.split(",") if o.strip())
@@ -140,14 +149,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         logger.warning("cleaning a stale mount at %s", mountpoint)
         clean_stale(mountpoint)
     elif state == "mounted":
-        raise UsageProblem(f"{mountpoint} is already mounted")
+        raise UsageProblem(f"{mountpoint} is already mounted; unmount it first (xnatfs unmount {mountpoint})")
     if not mountpoint.exists():
         raise UsageProblem(f"mountpoint {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise UsageProblem(f"mountpoint {mountpoint} is not a directory")
     try:
         if any(os.scandir(mountpoint)):
-            raise UsageProblem(f"mountpoint {mountpoint} is not empty")
+            raise UsageProblem(f"mountpoint {mountpoint} is not empty; mount on an empty folder")
     except PermissionError:
         raise UsageProblem(f"no permission to read mountpoint {mountpoint}") from None
     if not os.access(mountpoint, os.W_OK | os.X_OK):
@@ -187,23 +196,42 @@ STARTUP_RETRIES = 1
 def connect(settings: MountSettings):
     """A connection that has been shown to work, and the project listing that proved it.
 
-    The check retries little, so a wrong address is reported in seconds; the
-    mount itself retries more.
+    The check retries little, so a wrong address is reported in seconds, and
+    a server that does not answer within the timeout; the mount itself
+    retries more.
     """
+    from xnatfs.client.budget import Budget, bounded_by
     from xnatfs.client.connection import XnatConnection
 
     user, password = _credentials(settings)
     who = f"user {user}" if user else "guest access"
     try:
-        connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                    retries=min(STARTUP_RETRIES, settings.retries))
-        projects = connection.list_projects()
+        with bounded_by(Budget(settings.timeout)):
+            connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
+                                        timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
+            projects = connection.list_projects()
     except XnatAuthError as exc:
-        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}") from None
+        raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}; {_advice(exc)}") from None
     except XnatError as exc:
-        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}") from None
-    connection.session.retries = settings.retries
+        raise UsageProblem(f"cannot use {redact_url(settings.url)}: {exc.message}; {_advice(exc)}") from None
+    connection.retries = settings.retries
+    connection.max_answer_bytes = settings.max_answer_size
     return connection, projects
+
+
+def _advice(exc: XnatError) -> str:
+    """What the user can do about a failed start-up check."""
+    cause = exc.__cause__
+    if isinstance(exc, XnatPasswordExpired):
+        return "set a new password in the server's web page, then mount again"
+    if isinstance(exc, XnatAuthError):
+        return "check the user name and password (--user, --password-file, ~/.netrc)"
+    if isinstance(cause, requests.exceptions.SSLError):
+        return ("check the address (http or https?); for a private CA set REQUESTS_CA_BUNDLE, "
+                "or skip the check with --insecure")
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        return "check the address and port, and that the server is up and reachable from here"
+    return "see the log file for details"
 
 
 def _daemon_log_file(settings: MountSettings) -> Path:
@@ -271,9 +299,15 @@ def cmd_unmount(args) -> int:
         remove_record(mountpoint)
         raise UsageProblem(f"{mountpoint} is not mounted")
     record = read_record(mountpoint)
-    done, error = fusermount_unmount(mountpoint)
+    done, error = fusermount_unmount(mountpoint, lazy=args.force)
     if not done:
-        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}")
+        hint = " (try --force)" if not args.force else ""
+        raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}{hint}")
+    if args.force:
+        # A lazy unmount leaves the daemon serving whoever still has a file open.
+        print(f"detached {mountpoint}; the daemon exits once nothing uses it, "
+              "and its unsent uploads stay in the spool", file=sys.stderr)
+        return 0
     if record is not None:
         _wait_for_daemon(record, args.timeout)
     return 0
@@ -310,9 +344,20 @@ def _default_demo_dir() -> Path:
     return Path(base) / "xnatfs" / "demo"
 
 
+def _fake_server_module():
+    """The fake server, or a one-line hint when its extra is not installed."""
+    try:
+        import xnatfs.fake
+    except ImportError as exc:
+        raise UsageProblem(f"the fake XNAT server needs its extra ({exc.name} is missing): "
+                           "pip install 'xnatfs[fake]'") from None
+    return xnatfs.fake
+
+
 def cmd_demo(args) -> int:
     from xnatfs.client.connection import XnatConnection
-    from xnatfs.fake import FakeXnat
+
+    FakeXnat = _fake_server_module().FakeXnat
 
     data_dir = Path(args.data).expanduser() if args.data else _default_demo_dir()
     mountpoint = Path(args.mountpoint).expanduser()
@@ -395,12 +440,18 @@ def cmd_uploads(args) -> int:
     spool = UploadSpool(cache_dir / "spool")
     server = args.server.rstrip("/") if args.server else None
     if args.action == "list":
-        _print_uploads(spool.pending(server) + spool.unclosed(server))
+        entries = spool.pending(server) + spool.unclosed(server) + spool.refused(server)
+        _print_uploads(sorted(entries, key=lambda entry: (entry.created, entry.id)))
         return 0
     if args.action == "discard":
         return _discard_upload(spool, args)
     if args.entry is not None:
-        raise UsageProblem("an upload ID goes only with `uploads discard`")
+        return _retry_upload(spool, args)
+    refused = spool.refused(server)
+    if refused:
+        print(f"{len(refused)} upload(s) refused by the server are not sent again on their own; "
+              "see `xnatfs uploads list`, then `uploads retry ID` once fixed or `uploads discard ID --yes`",
+              file=sys.stderr)
     if args.include_unclosed:
         for entry in spool.unclosed(server):
             if spool.release(entry):
@@ -429,6 +480,10 @@ def _print_uploads(entries: list) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(UPLOAD_COLUMNS) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    if any(entry.state == "refused" for entry in entries):
+        print("\nrefused: the server refused the upload as it is (its reason under LAST ERROR), so it is not "
+              "sent again on its own;\n  once that is fixed, send it with `xnatfs uploads retry ID`, or drop it "
+              "with `xnatfs uploads discard ID --yes`.")
     if any(entry.state == "unclosed" for entry in entries):
         print("\nunclosed: written by a process that stopped before closing the file, so possibly "
               "incomplete and never sent on its own;\n  send it with `xnatfs uploads retry --include-unclosed`"
@@ -450,6 +505,33 @@ def _discard_upload(spool, args) -> int:
     return 0
 
 
+def _retry_upload(spool, args) -> int:
+    """`uploads retry ID`: send one upload now, whatever its state (a user's decision)."""
+    from xnatfs.cache.uploader import Uploader
+    from xnatfs.errors import XnatError
+
+    entry = spool.get(args.entry)
+    if entry is None:
+        raise UsageProblem(f"no upload {args.entry} in {spool.directory}")
+    if entry.state in ("unclosed", "refused") and not spool.release(entry):
+        raise UsageProblem(f"{entry.id} is being written or sent right now; try again later")
+    connection, _projects = connect(_upload_settings(entry.target.server, args))
+    try:
+        Uploader(spool, connection).push(entry)
+    except XnatError as exc:
+        print(f"{entry.id}: {entry.state}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    print(f"{entry.id}: sent ({entry.target.describe()})")
+    return 0
+
+
+def _upload_settings(server: str, args) -> MountSettings:
+    return MountSettings(url=server, user=args.user,
+                         password_file=Path(args.password_file).expanduser() if args.password_file else None)
+
+
 def _retry_uploads(spool, servers: list[str], args) -> int:
     from xnatfs.cache.uploader import Uploader
 
@@ -458,9 +540,7 @@ def _retry_uploads(spool, servers: list[str], args) -> int:
         return 0
     failed = 0
     for server in servers:
-        settings = MountSettings(url=server, user=args.user,
-                                 password_file=Path(args.password_file).expanduser() if args.password_file else None)
-        connection, _projects = connect(settings)
+        connection, _projects = connect(_upload_settings(server, args))
         try:
             report = Uploader(spool, connection).push_pending(server)
         finally:
@@ -479,6 +559,103 @@ def cmd_prefetch(args) -> int:
 
 
 
+# ---- status and refresh ----------------------------------------------------------
+
+def _running_mountpoints() -> list[str]:
+    """Mountpoints with a record of a mount of this user's (without touching the mounts)."""
+    from xnatfs.fs.mount import fuse_mounts
+
+    mounted = fuse_mounts()
+    found = []
+    for record_file in sorted((default_state_dir() / "mounts").glob("*.json")):
+        try:
+            mountpoint = json.loads(record_file.read_text())["mountpoint"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if mountpoint in mounted:
+            found.append(mountpoint)
+    return found
+
+
+def cmd_status(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+
+    if args.mountpoint:
+        mountpoints = [os.path.abspath(os.path.expanduser(args.mountpoint))]
+    else:
+        mountpoints = _running_mountpoints()
+    answers = []
+    for mountpoint in mountpoints:
+        try:
+            answers.append(ask(mountpoint, {"request": "status"}))
+        except ControlError as exc:
+            if args.mountpoint:
+                raise UsageProblem(f"{exc} (is it mounted? `xnatfs mount` starts one)") from None
+            answers.append({"mountpoint": mountpoint, "error": str(exc)})
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    elif not answers:
+        print("no xnatfs mounts running")
+    else:
+        print("\n\n".join(_status_text(answer) for answer in answers))
+    return 0
+
+
+def _status_text(status: dict) -> str:
+    if "error" in status:
+        return f"{status['mountpoint']}\n  not answering: {status['error']}"
+    cache, requests_seen = status["cache"], status["requests"]
+    hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.0%}"
+    lines = [
+        f"{status['mountpoint']}",
+        f"  server:    {status['server']} as {status['user'] or 'guest'} ({requests_seen['health']})",
+        f"  uptime:    {_duration(status['uptime_seconds'])}, pid {status['pid']}"
+        + (", read-only" if status["read_only"] else ""),
+        f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])}, "
+        f"{cache['files']} files, hit rate {hit_rate} ({cache['hits']} hits, {cache['misses']} misses)",
+        f"  requests:  {requests_seen['requests']} in the last {requests_seen['minutes']} min, "
+        f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",
+    ]
+    errors = requests_seen["errors"]
+    lines.append("  errors:    " + (", ".join(f"{kind} ×{count}" for kind, count in sorted(errors.items()))
+                                    if errors else "none"))
+    for download in status["downloads"]:
+        done, total = download["bytes_done"], download["bytes_total"]
+        lines.append(f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)}"
+                     f" ({done / total:.0%})" if total else f"  download:  {download['uri']}")
+    for upload in status["uploads"]:
+        sent = upload["bytes_sent"]
+        size = human_bytes(upload["size"]) if sent is None else f"{human_bytes(sent)} of {human_bytes(upload['size'])}"
+        lines.append(f"  upload:    {upload['id']} {upload['state']} {size} {upload['target']}"
+                     + (f" ({upload['last_error']})" if upload["last_error"] else ""))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def cmd_refresh(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+    from xnatfs.fs.mount import fuse_mounts
+
+    target = os.path.abspath(os.path.expanduser(args.path))
+    inside = [m for m in fuse_mounts() if target == m or target.startswith(m.rstrip("/") + "/")]
+    if not inside:
+        raise UsageProblem(f"{args.path} is not inside a mounted file system")
+    mountpoint = max(inside, key=len)
+    relative = os.path.relpath(target, mountpoint)
+    try:
+        answer = ask(mountpoint, {"request": "refresh", "path": "" if relative == "." else relative,
+                                  "recursive": args.recursive})
+    except ControlError as exc:
+        raise UsageProblem(f"cannot refresh {args.path}: {exc}") from None
+    print(f"refreshed {args.path}: {answer['entries']} entries" + (" (and below)" if args.recursive else ""))
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--series-zip-size",
                        help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)")
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
+    mount.add_argument("--timeout", type=float,
+                       help="seconds a request may wait for the server without progress before it "
+                            "fails with EIO (default 30)")
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
     mount.add_argument("--allow-delete", action="store_true",
                        help="let rmdir delete subjects and experiments on the server")
@@ -511,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
     unmount.add_argument("mountpoint")
     unmount.add_argument("--timeout", type=float, default=UNMOUNT_WAIT, help="seconds to wait for the daemon")
+    unmount.add_argument("--force", action="store_true",
+                         help="detach at once (lazy unmount), even while files are open or the server "
+                              "does not answer; do not wait for the daemon")
     unmount.set_defaults(handler=cmd_unmount)
 
     demo = commands.add_parser("demo", help="mount an embedded fake XNAT with a sample study")
@@ -527,9 +710,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
 
-    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for the server")
+    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for (or refused by) the server")
     uploads.add_argument("action", choices=["list", "retry", "discard"])
-    uploads.add_argument("entry", nargs="?", metavar="ID", help="for discard: the upload to drop")
+    uploads.add_argument("entry", nargs="?", metavar="ID",
+                         help="for discard: the upload to drop; for retry: send only this one, even if refused")
     uploads.add_argument("--include-unclosed", action="store_true",
                          help="retry: also send writes never closed (they may be incomplete)")
     uploads.add_argument("--yes", action="store_true", help="discard: really drop the upload")
@@ -543,6 +727,16 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_arguments(prefetch_command)
     prefetch_command.set_defaults(handler=cmd_prefetch)
 
+    status = commands.add_parser("status", help="what running mounts are doing: cache, transfers, errors")
+    status.add_argument("mountpoint", nargs="?", help="only this mount (default: every mount of yours)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    refresh = commands.add_parser("refresh", help="forget cached listings of a folder so the server is asked again")
+    refresh.add_argument("path", help="a folder inside a mount")
+    refresh.add_argument("-r", "--recursive", action="store_true", help="also the folders below it")
+    refresh.set_defaults(handler=cmd_refresh)
+
     # Listed for --help; main() hands its arguments to the fake server's parser.
     commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")
     return parser
@@ -550,13 +744,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fake-server"]:
-        # Its options belong to the fake server's own parser, untouched by ours.
-        from xnatfs.fake.cli import main as fake_main
-
-        return fake_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["fake-server"]:
+            # Its options belong to the fake server's own parser, untouched by ours.
+            _fake_server_module()
+            from xnatfs.fake.cli import main as fake_main
+
+            return fake_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except UsageProblem as problem:
         print(f"xnatfs: {problem}", file=sys.stderr)

@@ -58,6 +58,10 @@ class XnatAuthError(XnatPermissionError):
     """The credentials were refused, or the password has expired."""
 
 
+class XnatPasswordExpired(XnatAuthError):
+    """The server answered the login with its page asking for a new password."""
+
+
 class XnatConflict(XnatError):
     """The label is in use, the object exists, or a workflow blocks the change (HTTP 409)."""
 
@@ -70,8 +74,37 @@ class XnatServerError(XnatError):
     """A 5xx answer or a network failure that outlasted the retries."""
 
 
+class XnatTimeout(XnatServerError):
+    """The server did not answer within the time allowed."""
+
+
+class XnatUnavailable(XnatServerError):
+    """Refused without asking: the server has just failed several requests in a row."""
+
+
+class XnatAnswerTooLarge(XnatServerError):
+    """An answer to be held in memory was larger than allowed."""
+
+
 class XnatUnsupported(XnatError):
     """XNAT has no way to do what was asked."""
+
+
+# Client errors that may pass: not logged in yet, too slow, busy or locked for now.
+_PASSING_CLIENT_ERRORS = frozenset({401, 408, 409, 423, 429})
+
+
+def is_permanent_refusal(exc: BaseException) -> bool:
+    """The server answered that the request itself is wrong (a 4xx client
+    error other than the passing ones): sending it again unchanged cannot help."""
+    status = getattr(exc, "status", None) if isinstance(exc, XnatError) else None
+    return status is not None and 400 <= status < 500 and status not in _PASSING_CLIENT_ERRORS
+
+
+class XnatConversionError(XnatError):
+    """A series could not be converted to NIfTI: the converter failed, timed
+    out or wrote nothing, or the series' files were not at hand. ``url`` is
+    the series' resource."""
 
 
 # datman's name for the same family, so code written for datman.xnat works.

@@ -618,6 +618,12 @@ class ContentCache:
             return CacheInfo(self.directory, len(self._index), self._index_bytes,
                              self.max_bytes, len(self._pins))
 
+    def downloads(self) -> list[tuple[str, int, int]]:
+        """(uri, bytes so far, size) of each download this process is running now."""
+        with self._lock:
+            fills = list(self._fills.values())
+        return [(fill.key.uri, fill.written, fill.key.size) for fill in fills if fill.state == "running"]
+
     def clear(self) -> None:
         """Drop every entry nobody has open, and leftovers of crashed processes."""
         with self._lock:

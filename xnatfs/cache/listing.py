@@ -110,7 +110,9 @@ class ListingCache:
     async def _load(self, key: Hashable, flight: _Flight, load: Callable[[], T],
                     limiter: trio.CapacityLimiter) -> T:
         try:
-            value = await trio.to_thread.run_sync(load, limiter=limiter)
+            # Abandoned if the caller gives up: a file system request must be
+            # answered in time even while the server does not answer.
+            value = await trio.to_thread.run_sync(load, limiter=limiter, abandon_on_cancel=True)
         except Exception as exc:
             flight.error = exc
             raise

@@ -7,9 +7,12 @@ after the server confirmed an upload is it removed. Layout (0700, files 0600)::
     records/<id>.json  what to do with them, and how far it got
 
 An entry's life: ``open`` (being written) → ``pending`` (closed, waiting to
-be sent) → removed once sent, or ``failed`` (sent, refused or unreachable;
-retried later). Records are replaced atomically, so after a crash each one
-is either the old or the new version.
+be sent) → removed once sent, or ``failed`` (the server was unreachable or
+failed; retried later), or ``refused`` (the server said the request itself
+is wrong, a client error that sending it again cannot change: kept, with the
+server's reason, and never sent again until a user releases it with
+``xnatfs uploads retry ID`` or drops it). Records are replaced atomically,
+so after a crash each one is either the old or the new version.
 
 Closing a file waits for its upload, so until the server has the bytes
 nobody has been told they are safe, and a process killed meanwhile loses
@@ -62,7 +65,7 @@ from xnatfs.errors import redact_url
 logger = logging.getLogger(__name__)
 
 UPLOAD_KINDS = ("file", "dicom-import")
-STATES = ("open", "pending", "failed", "unclosed")
+STATES = ("open", "pending", "failed", "unclosed", "refused")
 WAITING_STATES = ("pending", "failed")
 _ID_PATTERN = re.compile(r"^[0-9]{20}-[0-9a-f]{8}$")
 _LAST_ERROR_LIMIT = 2000
@@ -238,6 +241,10 @@ class UploadSpool:
         """Entries whose writer stopped before closing them, oldest first: kept, never sent on their own."""
         return self._entries(server, ("unclosed",))
 
+    def refused(self, server: str | None = None) -> list[SpoolEntry]:
+        """Entries the server refused for good, oldest first: kept, never sent on their own."""
+        return self._entries(server, ("refused",))
+
     def _entries(self, server: str | None, states: tuple[str, ...]) -> list[SpoolEntry]:
         wanted = normalize_server(server) if server is not None else None
         entries = []
@@ -259,15 +266,16 @@ class UploadSpool:
         return entries
 
     def release(self, entry: SpoolEntry) -> bool:
-        """Let an ``unclosed`` entry be sent like any other (a user's decision:
-        its bytes may be only the start of the file). False when it is not
-        ``unclosed`` any more, or busy."""
+        """Let an ``unclosed`` or ``refused`` entry be sent like any other (a
+        user's decision: an unclosed entry's bytes may be only the start of
+        the file; what the server refused may have been fixed there). False
+        when it is in neither state any more, or busy."""
         fd = try_lock_exclusive(entry.data_path)
         if fd is None:
             return False
         try:
             current = self.get(entry.id)
-            if current is None or current.state != "unclosed":
+            if current is None or current.state not in ("unclosed", "refused"):
                 return False
             current.state = "pending"
             current.updated = time.time()
@@ -305,12 +313,13 @@ class UploadSpool:
             return None
         return self._load(self._record_path(entry_id))
 
-    def record_failure(self, entry: SpoolEntry, error: str, *, seal: bool = True) -> None:
-        """A failed attempt, recorded durably. With ``seal`` (the caller holds
-        the entry and trusts its bytes) an unsealed entry is sealed too."""
+    def record_failure(self, entry: SpoolEntry, error: str, *, seal: bool = True, refused: bool = False) -> None:
+        """A failed attempt, recorded durably: ``failed``, or ``refused`` when
+        sending it again cannot help. With ``seal`` (the caller holds the
+        entry and trusts its bytes) an unsealed entry is sealed too."""
         entry.attempts += 1
         entry.last_error = error[:_LAST_ERROR_LIMIT]
-        entry.state = "failed"
+        entry.state = "refused" if refused else "failed"
         entry.updated = time.time()
         if not (seal and not entry.sealed):
             self._save(entry, durable=True)

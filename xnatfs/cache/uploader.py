@@ -8,6 +8,11 @@ fsync): a process killed exactly there would send the entry again on the
 next retry. A process killed while the request is still in flight leaves
 the entry pending too, since the server's answer never arrived.
 
+A client error that sending again cannot change (see
+:func:`xnatfs.errors.is_permanent_refusal`) leaves the entry ``refused``:
+never sent again on its own, so a file whose name or content the server
+will not take does not go out every few minutes for ever.
+
 Before anything is sent the spool checks that the bytes are the ones it
 recorded (:meth:`UploadSpool.check`); bytes a power loss may have damaged
 stay in the spool as failed and are never sent.
@@ -20,10 +25,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.errors import XnatError
+from xnatfs.errors import XnatError, XnatUnavailable, is_permanent_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,17 @@ class Uploader:
     def __init__(self, spool: UploadSpool, connection: ArchiveClient):
         self.spool = spool
         self.connection = connection
+        self._sending: dict[str, BinaryIO] = {}     # entry ID → its staged file, while it is sent
+
+    def sending(self) -> dict[str, int]:
+        """Entry ID → bytes of its staged file read so far, for each upload under way in this process."""
+        progress = {}
+        for entry_id, source in list(self._sending.items()):
+            try:
+                progress[entry_id] = source.tell()
+            except ValueError:
+                continue        # finished and closed meanwhile
+        return progress
 
     def push(self, entry: SpoolEntry) -> None:
         """One attempt. On success the entry leaves the spool; on failure the
@@ -62,12 +79,17 @@ class Uploader:
         entries still inside their back-off delay are skipped."""
         report = PushReport()
         now = time.time()
-        for entry in self.spool.pending(server):
+        pending = self.spool.pending(server)
+        for done, entry in enumerate(pending):
             if due_only and now < self.retry_at(entry):
                 report.skipped += 1
                 continue
             try:
                 sent = self._push(entry, wait=False)
+            except XnatUnavailable:
+                # The server is known to be silent: no use trying the others now.
+                report.skipped += len(pending) - done
+                break
             except Exception as exc:
                 report.failed += 1
                 report.errors.append((entry.id, str(exc)))
@@ -97,6 +119,10 @@ class Uploader:
         with self.spool.claim(entry, wait=wait) as current:
             if current is None:
                 return False
+            if current.state == "refused":
+                # Refused while the caller waited for it: a user decides whether it goes again.
+                _follow(entry, current)
+                raise XnatError(f"{current.target.describe()}: refused by the server: {current.last_error}")
             refusal = self.spool.check(current)
             if refusal:
                 self.spool.record_failure(current, refusal, seal=False)
@@ -106,25 +132,42 @@ class Uploader:
                 raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
                 self._send(current)
+            except XnatUnavailable:
+                # Refused before anything was sent: not an attempt, so the
+                # entry is tried again as soon as the server answers.
+                raise
             except Exception as exc:
-                self.spool.record_failure(current, str(exc))
+                refused = is_permanent_refusal(exc)
+                self.spool.record_failure(current, str(exc), refused=refused)
                 _follow(entry, current)
-                logger.warning("upload %s (%s) failed, attempt %d: %s",
-                               current.id, current.target.describe(), current.attempts, exc)
+                if refused:
+                    logger.error("upload %s (%s) refused by the server; kept in the spool, not sent again "
+                                 "until `xnatfs uploads retry %s` (or `uploads discard`): %s",
+                                 current.id, current.target.describe(), current.id, exc)
+                else:
+                    logger.warning("upload %s (%s) failed, attempt %d: %s",
+                                   current.id, current.target.describe(), current.attempts, exc)
                 raise
             self.spool.remove(current)
         logger.info("uploaded %s (%s)", entry.id, entry.target.describe())
         return True
 
     def _send(self, entry: SpoolEntry) -> None:
-        target = entry.target
         with open(entry.data_path, "rb") as source:
-            if target.kind == "file":
-                small = os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT
-                body = source.read() if small else source
-                self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
-            else:
-                self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
+            self._sending[entry.id] = source
+            try:
+                self._send_from(entry, source)
+            finally:
+                del self._sending[entry.id]
+
+    def _send_from(self, entry: SpoolEntry, source: BinaryIO) -> None:
+        target = entry.target
+        if target.kind == "file":
+            small = os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT
+            body = source.read() if small else source
+            self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
+        else:
+            self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
 
 
 def _follow(entry: SpoolEntry, current: SpoolEntry) -> None:

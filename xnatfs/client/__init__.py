@@ -1,6 +1,6 @@
 """The XNAT client of xnatfs, also usable on its own.
 
-It offers datman's ``datman.xnat`` calls (``xnat``/``XnatConnection``,
+It offers datman's ``datman.xnat`` calls (``xnat``, a facade over ``XnatConnection``,
 ``get_connection``, ``get_port_str``, ``XNATSubject``, ``XNATExperiment``,
 ``XNATScan``, ``XnatException``) and the calls the file system is built on.
 See docs/PYTHON_API.md for an example.
@@ -18,7 +18,8 @@ from xnatfs.errors import (
     XnatUnsupported,
 )
 from xnatfs.client.config import ClientConfig, get_connection, get_port_str
-from xnatfs.client.connection import XnatConnection, xnat
+from xnatfs.client.connection import XnatConnection
+from xnatfs.client.datman_api import DatmanConnection, DatmanSession, xnat
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials, store_alias_token
 from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
 
@@ -26,6 +27,8 @@ __all__ = [
     "AliasToken",
     "ClientConfig",
     "Credentials",
+    "DatmanConnection",
+    "DatmanSession",
     "XNATExperiment",
     "XNATScan",
     "XNATSubject",

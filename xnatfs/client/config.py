@@ -1,7 +1,7 @@
 """Client settings from a TOML file, and datman's ``get_connection``/``get_port_str``.
 
-The file is ``$XNATFS_CONFIG``, else ``$XDG_CONFIG_HOME/xnatfs/config.toml``
-(``~/.config/xnatfs/config.toml``). Every table is optional::
+The file is the one :mod:`xnatfs.config` reads (``~/.config/xnatfs/config.toml``);
+these are its client tables, every one optional::
 
     [xnat]
     server = "https://xnat.example.org"     # datman's XNATSERVER
@@ -31,28 +31,20 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from xnatfs.config import default_config_path, read_config
 from xnatfs.errors import XnatError
-from xnatfs.client.connection import XnatConnection
-from xnatfs.client.credentials import user_config_dir
+from xnatfs.client.datman_api import DatmanConnection
 
 logger = logging.getLogger(__name__)
 
 # datman's setting names and ours.
 KEY_ALIASES = {"xnatserver": "server", "xnatport": "port", "xnat_credentials": "credentials"}
 CONNECTION_OPTIONS = ("verify", "timeout", "retries", "import_overwrite", "event_reason")
-
-
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if env.get("XNATFS_CONFIG"):
-        return Path(env["XNATFS_CONFIG"]).expanduser()
-    return user_config_dir(env) / "config.toml"
 
 
 def _key(name: str) -> str:
@@ -84,18 +76,8 @@ class ClientConfig:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> ClientConfig:
         """Read a TOML file; without ``path`` the default file, which may be absent."""
-        explicit = path is not None
-        path = Path(path).expanduser() if explicit else default_config_path()
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            if explicit:
-                raise
-            return cls(path=path)
-        except tomllib.TOMLDecodeError as exc:
-            raise XnatError(f"cannot read the configuration {path}: {exc}") from exc
-        return cls(document, path=path)
+        where = Path(path).expanduser() if path is not None else default_config_path()
+        return cls(read_config(path), path=where)
 
     def get_key(self, name: str, site: str | None = None) -> Any:
         key = _key(name)
@@ -155,11 +137,12 @@ def _optional(config: Any, name: str, site: str | None) -> Any:
 def get_port_str(config: Any = None, port: int | str | None = None) -> str:
     """``":<port>"`` from ``port`` or the configuration's XNATPORT.
 
-    Raises ``KeyError`` when no port is given and the configuration has none.
+    Raises ``KeyError`` when no port is given and there is no configuration
+    or it has none, as datman documents.
     """
-    if config is None and port is None:
-        raise XnatError("a port string needs a configuration or a port number")
     if port is None:
+        if config is None:
+            raise KeyError("XNATPORT")
         port = _as_config(config).get_key("XNATPORT")
     port = str(port)
     return port if port.startswith(":") else f":{port}"
@@ -189,7 +172,7 @@ def _read_credentials_file(path: str) -> tuple[str, str]:
 
 def get_connection(config: Any = None, site: str | None = None, url: str | None = None,
                    auth: tuple[str, str] | None = None,
-                   server_cache: MutableMapping[str, XnatConnection] | None = None) -> XnatConnection:
+                   server_cache: MutableMapping[str, DatmanConnection] | None = None) -> DatmanConnection:
     """Open (or reuse from ``server_cache``) a connection, as datman's ``get_connection``.
 
     ``url`` overrides the configured server (and then no configured port is
@@ -216,7 +199,7 @@ def get_connection(config: Any = None, site: str | None = None, url: str | None 
     elif settings is not None and _optional(settings, "XNAT_CREDENTIALS", site):
         username, password = _read_credentials_file(_optional(settings, "XNAT_CREDENTIALS", site))
     options = settings.connection_options(site) if isinstance(settings, ClientConfig) else {}
-    connection = XnatConnection(server, username, password, **options)
+    connection = DatmanConnection(server, username, password, **options)
     if server_cache is not None:
         server_cache[server] = connection
     return connection

@@ -1,9 +1,10 @@
 """``XnatConnection``: everything xnatfs asks of an XNAT server.
 
 The calls the file system uses are defined here; datman's calls (same
-names and meanings as ``datman.xnat.xnat``) come from
-:class:`~xnatfs.client.datman_api.DatmanApi`. All calls block and are safe
-to make from many threads at once; all failures are ``XnatError`` children.
+names and meanings as ``datman.xnat.xnat``) are offered by
+:class:`~xnatfs.client.datman_api.DatmanConnection`, a facade that uses one
+of these. All calls block and are safe to make from many threads at once;
+all failures are ``XnatError`` children.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, BinaryIO
 from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
-from xnatfs.client.datman_api import DatmanApi
+from xnatfs.client.downloads import download_to_path
 from xnatfs.client.http import XnatSession, parse_json
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
 
@@ -31,7 +32,7 @@ _RESOURCE_URI = re.compile(r"/resources/[^/]+/?$")
 _EXPERIMENT_URI = re.compile(r"/experiments/[^/]+/?$")
 
 
-class XnatConnection(DatmanApi):
+class XnatConnection:
     """A logged-in connection to one XNAT server.
 
     ``url`` is the server root. Credentials not given here are looked up as
@@ -88,6 +89,24 @@ class XnatConnection(DatmanApi):
     @property
     def headers(self) -> dict[str, str]:
         return self.session.headers
+
+    @property
+    def retries(self) -> int:
+        """How often a failed idempotent request is repeated."""
+        return self.session.retries
+
+    @retries.setter
+    def retries(self, count: int) -> None:
+        self.session.retries = count
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The largest answer held in memory (listings, searches, item JSON); larger ones are refused."""
+        return self.session.max_answer_bytes
+
+    @max_answer_bytes.setter
+    def max_answer_bytes(self, size: int) -> None:
+        self.session.max_answer_bytes = size
 
     @property
     def supports_range(self) -> bool | None:
@@ -241,6 +260,13 @@ class XnatConnection(DatmanApi):
         """
         return self.session.download(uri, fileobj, offset=offset, length=length)
 
+    def download_to_path(self, server_path: str, destination: str, *, params: Mapping[str, Any] | None = None,
+                         retries: int | None = None, check: Callable[[str], None] | None = None) -> str:
+        """Stream ``server_path`` into the file ``destination``, which appears
+        only when complete (and accepted by ``check``); return its path."""
+        return download_to_path(self.session, server_path, destination, params=params, retries=retries,
+                                check=check)
+
     def download_zip(self, uri: str, fileobj: BinaryIO) -> int:
         """Write a zip of a resource, a scan or a whole session to ``fileobj``.
 
@@ -284,12 +310,12 @@ class XnatConnection(DatmanApi):
             raise XnatConflict(f"file exists and was not replaced: {', '.join(duplicates)}",
                                url=response.url, status=response.status_code)
 
-    def delete_file(self, resource_uri: str, relpath: str) -> None:
+    def delete_file(self, resource_uri: str, relpath: str, *, retries: int | None = None) -> None:
         """Delete one file. A missing file is ``XnatNotFound`` (checked first:
         XNAT answers 200 for a delete that matched nothing)."""
         path = f"{paths.canonical(resource_uri.rstrip('/'))}/files/{paths.file_path(relpath)}"
-        self.session.request("HEAD", path).close()
-        self.session.request("DELETE", path, params=self._write_params())
+        self.session.request("HEAD", path, retries=retries).close()
+        self.session.request("DELETE", path, params=self._write_params(), retries=retries)
 
     def create_subject(self, project: str, label: str, *, exist_ok: bool = False) -> str:
         """Create a subject; return its accession ID.
@@ -321,27 +347,10 @@ class XnatConnection(DatmanApi):
         """Create a resource folder; an existing one is ``XnatConflict``."""
         self._change("PUT", paths.resource(paths.canonical(parent_uri), label), done_if_repeated=(409,))
 
-    def delete_resource(self, project_or_uri: str, session: str | None = None, experiment: str | None = None,
-                        resource_group_id: str | None = None, resource_id: str | None = None,
-                        retries: int = 3) -> None:
-        """Delete a resource folder, or (datman's form) one file of a resource.
-
-        ``delete_resource(resource_uri)`` removes the folder with its files.
-        ``delete_resource(project, subject, experiment, resource, file_path)``
-        is datman's call and removes one file from a session resource.
-        """
-        if session is None:
-            self._change("DELETE", paths.canonical(project_or_uri.rstrip("/")), {"removeFiles": "true"},
-                         done_if_repeated=(404,))
-            return
-        if None in (experiment, resource_group_id, resource_id):
-            raise TypeError("datman's delete_resource needs project, session, experiment, "
-                            "resource_group_id and resource_id")
-        resource_uri = paths.resource(paths.experiment_in(project_or_uri, session, experiment),
-                                      resource_group_id)
-        path = f"{resource_uri}/files/{paths.file_path(resource_id)}"
-        self.session.request("HEAD", path, retries=retries).close()
-        self.session.request("DELETE", path, params=self._write_params(), retries=retries)
+    def delete_resource(self, resource_uri: str) -> None:
+        """Delete a resource folder with its files."""
+        self._change("DELETE", paths.canonical(resource_uri.rstrip("/")), {"removeFiles": "true"},
+                     done_if_repeated=(404,))
 
     def delete_project(self, project: str) -> None:
         """Delete a project with everything in it."""
@@ -361,7 +370,10 @@ class XnatConnection(DatmanApi):
         """Send a zip of DICOM files to the import service; return the URIs it reports.
 
         The files are archived into the given experiment (created if
-        needed) with the connection's ``import_overwrite`` mode. The upload
+        needed) with the connection's ``import_overwrite`` mode. Entries
+        that are not DICOM (a ``README.txt``, a ``DICOMDIR``, as CD exports
+        and scanners put in) are skipped: XNAT refuses the whole zip for
+        them otherwise, and still refuses one holding no DICOM at all. The upload
         is never repeated automatically once its body may have reached the
         server: the caller decides whether to send it again.
         """
@@ -369,6 +381,7 @@ class XnatConnection(DatmanApi):
         self.session.request("GET", "/data/JSESSION").close()
         params = self._write_params({
             "import-handler": "DICOM-zip",
+            "Ignore-Unparsable": "true",
             "project": project,
             "subject": subject,
             "session": experiment,
@@ -528,7 +541,3 @@ def _duplicates(text: str) -> list[str]:
         return []
     found = document.get("duplicates") if isinstance(document, dict) else None
     return [str(name) for name in found] if isinstance(found, list) else []
-
-
-# datman's name for the connection class.
-xnat = XnatConnection

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xnatfs.config import user_config_dir
+
 logger = logging.getLogger(__name__)
 
 
@@ -141,13 +143,6 @@ def _from_netrc(url: str, wanted: str | None, env: Mapping[str, str]) -> Credent
 
 
 # -- alias tokens ------------------------------------------------------------
-
-def user_config_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/xnatfs`` (``~/.config/xnatfs``): the user's settings and tokens."""
-    env = os.environ if environ is None else environ
-    config_home = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(config_home) / "xnatfs"
-
 
 def token_store_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$XNATFS_TOKENS``, else ``tokens.json`` in :func:`user_config_dir`."""

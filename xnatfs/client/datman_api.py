@@ -1,13 +1,16 @@
-"""datman's ``datman.xnat.xnat`` calls, with the same names and meanings.
+"""datman's ``datman.xnat.xnat``: the same names, parameters and meanings.
 
 Scripts written for datman keep working against ``xnatfs.client.xnat``.
-Known datman faults are not reproduced: scans are fetched through a real
-XNAT route, a failed or 404 download raises instead of leaving an empty
-or error-page file behind, a 409 on rename is a failure unless the rename
-demonstrably happened, and AutoRun search answers are parsed as JSON text.
-
-This is a mixin: it relies on ``self.session`` and the file-system calls
-of :class:`~xnatfs.client.connection.XnatConnection`.
+:class:`DatmanConnection` is a facade over an
+:class:`~xnatfs.client.connection.XnatConnection`: it holds one, answers
+datman's calls with it, and passes every other attribute through, so the
+file system's calls work on it too. Its ``session`` is a
+``requests.Session``, as datman's is, for scripts that send their own
+requests. Known datman faults are not reproduced: scans are fetched through
+a real XNAT route, a failed or 404 download raises instead of leaving an
+empty or error-page file behind, a 409 on rename is a failure unless the
+rename demonstrably happened, and AutoRun search answers are parsed as JSON
+text.
 """
 
 from __future__ import annotations
@@ -18,21 +21,105 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from typing import Any
+
+import requests
 
 from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError
 from xnatfs.client import parsing, paths
-from xnatfs.client.downloads import check_zip, download_to_path
-from xnatfs.client.http import looks_like_html
+from xnatfs.client.connection import XnatConnection
+from xnatfs.client.downloads import check_zip
+from xnatfs.client.http import XnatSession, looks_like_html
 from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
 
 logger = logging.getLogger(__name__)
 
 CATALOG_NS = {"cat": "http://nrg.wustl.edu/catalog"}
 DEFAULT_RESOURCE = "MISC"
+# Every answer goes back to the script, as requests would hand it over.
+ANY_STATUS = range(100, 600)
+# requests frames the body itself when it sends it.
+_BODY_FRAMING = ("content-length", "transfer-encoding")
 
 
-class DatmanApi:
-    """datman's connection methods (see ``datman-xnat-api``)."""
+class DatmanSession(requests.Session):
+    """datman's ``xnat.session``: a ``requests.Session`` logged in to the server.
+
+    ``get``, ``post``, ``put``, ``delete`` and ``request`` take a full URL
+    on this server (as datman builds them) or a server path such as
+    ``/data/projects``; addresses on another server are refused, so the
+    session cookie never leaves. Requests go through the connection's
+    session: its login cookie, renewal of an expired login, timeouts and
+    retries of idempotent requests. Every answer is returned whatever its
+    status, as requests does. Redirects are not followed, and per-request
+    ``auth``, ``cookies``, ``proxies``, ``verify``, ``cert`` and ``hooks``
+    are refused: the connection decides those.
+    """
+
+    def __init__(self, xnat_session: XnatSession):
+        super().__init__()
+        self._xnat_session = xnat_session
+
+    def request(self, method: str, url: str, params=None, data=None, headers=None, cookies=None,
+                files=None, auth=None, timeout=None, allow_redirects=True, proxies=None, hooks=None,
+                stream=None, verify=None, cert=None, json=None) -> requests.Response:
+        refused = {"auth": auth, "cookies": cookies, "proxies": proxies, "verify": verify, "cert": cert,
+                   "hooks": hooks}
+        given = sorted(name for name, value in refused.items() if value is not None)
+        if given:
+            raise TypeError(f"the XNAT session sets these itself: {', '.join(given)}")
+        # requests encodes form fields, files and JSON exactly as it would for itself.
+        encoded = requests.Request(method, self._xnat_session.url_for(url), data=data, files=files,
+                                   json=json).prepare()
+        merged = {key: value for key, value in encoded.headers.items() if key.lower() not in _BODY_FRAMING}
+        merged.update(headers or {})
+        if isinstance(timeout, tuple):
+            timeout = timeout[-1]
+        return self._xnat_session.request(method, url, params=params, data=encoded.body, headers=merged,
+                                          stream=bool(stream), ok=ANY_STATUS, timeout=timeout)
+
+
+class DatmanConnection:
+    """datman's ``xnat(server, username, password)``, over an :class:`XnatConnection`.
+
+    ``url`` is accepted for ``server``; keyword options (``verify``,
+    ``timeout``, ``retries``, ...) go to the connection. ``server``,
+    ``auth``, ``headers`` and ``session`` are datman's attributes.
+    """
+
+    def __init__(self, server: str | None = None, username: str | None = None,
+                 password: str | None = None, *, url: str | None = None, **options: Any):
+        server = _one_of("server", server, "url", url)
+        if server is None:
+            raise TypeError("xnat() needs the server address (server=...)")
+        self.connection = XnatConnection(server, username, password, **options)
+        self.session = DatmanSession(self.connection.session)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks: the connection's own calls.
+        if name == "connection":
+            raise AttributeError(name)
+        return getattr(self.connection, name)
+
+    @property
+    def _http(self) -> XnatSession:
+        return self.connection.session
+
+    def close(self) -> None:
+        """Log out and release the connection."""
+        self.session.close()
+        self.connection.close()
+
+    def __enter__(self) -> DatmanConnection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<xnat {self.connection.server} user={self.connection.username or '(guest)'}>"
+
+    __str__ = __repr__
 
     # -- projects and subjects --------------------------------------------
 
@@ -40,9 +127,9 @@ class DatmanApi:
         """All readable projects as listing rows, or one project's item JSON
         (a list of one item; empty if it does not exist)."""
         if not project:
-            return parsing.rows(self.session.get_json("/data/projects"))
+            return parsing.rows(self._http.get_json("/data/projects"))
         try:
-            document = self.session.get_json(paths.project(project))
+            document = self._http.get_json(paths.project(project))
         except XnatNotFound:
             return []
         return parsing.items(document)
@@ -61,29 +148,29 @@ class DatmanApi:
 
     def get_subject_ids(self, project: str) -> list[str]:
         """Labels of the subjects in a project (``XnatNotFound`` if it does not exist)."""
-        return [subject.label for subject in self.list_subjects(project)]
+        return [subject.label for subject in self.connection.list_subjects(project)]
 
     def get_subject(self, project: str, subject_id: str, create: bool = False) -> XNATSubject:
         """A subject by label or ID; created first when missing and ``create`` is set."""
         path = paths.subject(project, subject_id)
         try:
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         except XnatNotFound:
             if not create:
                 raise
             logger.info("creating subject %s in project %s", subject_id, project)
             self.make_subject(project, subject_id)
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         return XNATSubject(parsing.first_item(document, url=path), project=project)
 
     def make_subject(self, project: str, subject: str) -> None:
         """Create a subject; an existing one is left as it is."""
-        self.create_subject(project, subject, exist_ok=True)
+        self.connection.create_subject(project, subject, exist_ok=True)
 
     def find_subject(self, project: str, exper_id: str) -> str:
         """The accession ID of the subject an experiment belongs to."""
         path = f"{paths.project(project)}/experiments/{paths.seg(exper_id)}"
-        item = parsing.first_item(self.session.get_json(path), url=path)
+        item = parsing.first_item(self._http.get_json(path), url=path)
         return parsing.text(parsing.fields(item).get("subject_ID"))
 
     # -- experiments and scans -----------------------------------------------
@@ -93,7 +180,7 @@ class DatmanApi:
         (empty when the subject or project does not exist, as in datman)."""
         path = (paths.subject(project, subject) if subject else paths.project(project)) + "/experiments"
         try:
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         except XnatNotFound:
             return []
         return [parsing.text(row.get("label")) for row in parsing.rows(document, url=path)]
@@ -102,24 +189,24 @@ class DatmanApi:
         """An experiment by label or ID; created first when missing and ``create`` is set."""
         path = paths.experiment_in(project, subject_id, exper_id)
         try:
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         except XnatNotFound:
             if not create:
                 raise
             logger.info("creating experiment %s for subject %s in %s", exper_id, subject_id, project)
             self.make_experiment(project, subject_id, exper_id)
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         return XNATExperiment(project, subject_id, parsing.first_item(document, url=path))
 
     def make_experiment(self, project: str, subject: str, experiment: str) -> None:
         """Create an MR session; an existing one is left as it is."""
-        self.create_experiment(project, subject, experiment, exist_ok=True)
+        self.connection.create_experiment(project, subject, experiment, exist_ok=True)
 
     def get_scan_ids(self, project: str, subject: str, experiment: str) -> list[str]:
         """IDs of an experiment's scans (empty when the experiment does not exist, as in datman)."""
         path = paths.experiment_in(project, subject, experiment) + "/scans"
         try:
-            document = self.session.get_json(path)
+            document = self._http.get_json(path)
         except XnatNotFound:
             return []
         return [parsing.text(row.get("ID")) for row in parsing.rows(document, url=path)]
@@ -131,7 +218,7 @@ class DatmanApi:
             if scan.series == str(scan_id):
                 return scan
         raise XnatNotFound(f"scan {scan_id} does not exist in experiment {exper_id}",
-                           url=self.session.url_for(paths.experiment_in(project, subject_id, exper_id)))
+                           url=self._http.url_for(paths.experiment_in(project, subject_id, exper_id)))
 
     # -- session resources -------------------------------------------------------
 
@@ -141,7 +228,7 @@ class DatmanApi:
         labelled ``folderName`` (created when missing if ``create``; else None)."""
         path = paths.experiment_in(study, session, experiment) + "/resources"
         found = {}
-        for row in parsing.rows(self.session.get_json(path), url=path):
+        for row in parsing.rows(self._http.get_json(path), url=path):
             label = parsing.text(row.get("label")) or "No Label"
             found[label] = parsing.text(row.get("xnat_abstractresource_id"))
         if not folderName:
@@ -155,7 +242,7 @@ class DatmanApi:
     def create_resource_folder(self, study: str, session: str, experiment: str, label: str) -> str | None:
         """Create a session resource (if missing) and return its ID."""
         try:
-            self.create_resource(paths.experiment_in(study, session, experiment), label)
+            self.connection.create_resource(paths.experiment_in(study, session, experiment), label)
         except XnatConflict:
             logger.debug("resource %s already exists in %s", label, experiment)
         return self.get_resource_ids(study, session, experiment, label, create=False)
@@ -163,7 +250,7 @@ class DatmanApi:
     def get_resource_list(self, study: str, session: str, experiment: str, resource_id: str) -> list[dict]:
         """The catalog entries (``URI``, ``name``, ``ID``, ``digest``, ...) of a session resource."""
         path = paths.resource(paths.experiment_in(study, session, experiment), resource_id)
-        response = self.session.request("GET", path, params={"format": "xml"})
+        response = self._http.request("GET", path, params={"format": "xml"})
         if looks_like_html(response.text):
             raise XnatServerError("server answered with a web page where catalog XML was expected",
                                   url=response.url, status=response.status_code)
@@ -185,8 +272,8 @@ class DatmanApi:
             handle, filename = tempfile.mkstemp(prefix="xnatfs_")
             os.close(handle)
         try:
-            return download_to_path(self.session, server_path, filename, params=params, retries=retries,
-                                    check=check)
+            return self.connection.download_to_path(server_path, filename, params=params, retries=retries,
+                                                    check=check)
         except BaseException:
             if made_temp:
                 os.unlink(filename)
@@ -226,7 +313,7 @@ class DatmanApi:
         """
         try:
             with open(filename, "rb") as archive:
-                return self.import_dicom_zip(project, subject, experiment, archive)
+                return self.connection.import_dicom_zip(project, subject, experiment, archive)
         except OSError as exc:
             raise XnatError(f"cannot read {filename}: {exc.strerror}") from exc
 
@@ -240,19 +327,19 @@ class DatmanApi:
         """
         experiment_path = paths.experiment_in(project, subject, experiment)
         try:
-            self.session.get_json(experiment_path)
+            self._http.get_json(experiment_path)
         except XnatNotFound:
             logger.info("experiment %s of %s does not exist; creating it", experiment, subject)
             self.make_experiment(project, subject, experiment)
         label = folder or DEFAULT_RESOURCE
         try:
-            self.create_resource(experiment_path, label)
+            self.connection.create_resource(experiment_path, label)
         except XnatConflict:
             pass
         if isinstance(data, str):
             data = data.encode("utf-8")
         body = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-        self.upload_file(paths.resource(experiment_path, label), filename, body, overwrite=True,
+        self.connection.upload_file(paths.resource(experiment_path, label), filename, body, overwrite=True,
                          retries=retries)
 
     # -- workflows -----------------------------------------------------------
@@ -260,4 +347,41 @@ class DatmanApi:
     def dismiss_autorun(self, experiment) -> None:
         """Mark the experiment's open AutoRun.xml workflows Complete."""
         for workflow_id in experiment.get_autorun_ids(self):
-            self.dismiss_workflow(workflow_id)
+            self.connection.dismiss_workflow(workflow_id)
+
+    # -- deletes -------------------------------------------------------------
+
+    def delete_resource(self, project: str | None = None, session: str | None = None,
+                        experiment: str | None = None, resource_group_id: str | None = None,
+                        resource_id: str | None = None, retries: int = 3, *,
+                        project_or_uri: str | None = None) -> None:
+        """Delete one file of a session resource (datman's form), or a whole resource.
+
+        ``delete_resource(project, session, experiment, resource_group_id,
+        resource_id)`` removes the file ``resource_id`` from the experiment's
+        resource ``resource_group_id``; a missing file is ``XnatNotFound``.
+        ``delete_resource(resource_uri)`` removes a resource folder with its
+        files. ``project_or_uri`` is accepted for ``project``.
+        """
+        project = _one_of("project", project, "project_or_uri", project_or_uri)
+        if project is None:
+            raise TypeError("delete_resource() needs a project or a resource URI")
+        if session is None:
+            self.connection.delete_resource(project)
+            return
+        if None in (experiment, resource_group_id, resource_id):
+            raise TypeError("datman's delete_resource needs project, session, experiment, "
+                            "resource_group_id and resource_id")
+        resource_uri = paths.resource(paths.experiment_in(project, session, experiment), resource_group_id)
+        self.connection.delete_file(resource_uri, resource_id, retries=retries)
+
+
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """``value`` or, failing that, the value given under its alias (not both)."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"give {name} or {alias}, not both")
+    return value if value is not None else alias_value
+
+
+# datman's name for its connection class.
+xnat = DatmanConnection

@@ -7,9 +7,15 @@ talking HTTP to XNAT that is not specific to one endpoint:
   cookie on every request; a 401 triggers a fresh login (only one thread
   logs in, the others wait for it) and a retry, and is a refusal only when
   it answers the first attempt on a session just opened;
-* timeouts on every request;
+* timeouts on every request: each wait for the server is at most
+  ``timeout`` seconds, and no longer than what is left of the caller's
+  :class:`~xnatfs.client.budget.Budget`, which also ends the retries;
 * retries with exponential backoff and jitter for idempotent requests that
-  failed on the network, got 502/503/504, or whose body was cut short;
+  failed on the network, got 502/503/504, or whose body was cut short, and
+  for GET and HEAD a few more on a 500 (XNAT answers 500 on transient
+  database errors);
+* a circuit breaker that fails fast while the server is silent;
+* answers held in memory bounded by ``max_answer_bytes``;
 * the mapping of HTTP answers to the ``XnatError`` family;
 * streaming downloads that never hold a file in memory.
 
@@ -36,22 +42,40 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
+from xnatfs.client.activity import RequestActivity
 from xnatfs.errors import (
+    XnatAnswerTooLarge,
     XnatAuthError,
     XnatConflict,
     XnatError,
     XnatInvalidLabel,
     XnatNotFound,
+    XnatPasswordExpired,
     XnatPermissionError,
     XnatServerError,
+    XnatTimeout,
     XnatUnsupported,
+    redact_url,
 )
+from xnatfs.client.breaker import CircuitBreaker
+from xnatfs.client.budget import current_budget, note_progress
 from xnatfs.client.credentials import Credentials
 
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# A 500 may be a transient database error on a read, so a read gets a few
+# more tries; a change is never repeated on a 500 (it may have been done).
+RETRIES_ON_500 = 2
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+DEFAULT_TIMEOUT = 30.0
+# A wait that timed out is doubled for the retry, up to this many timeouts.
+MAX_WAIT_GROWTH = 4
+# An answer held in memory (a listing, a search, an item's JSON) may be at
+# most this big: far more than a project of 10 000 sessions lists, and a
+# bound on what a broken server or proxy can make the process hold.
+MAX_ANSWER_BYTES = 64 << 20
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # A session can expire again while one request waits out its retries; each
 # time a new login is worth trying, but not without end.
@@ -75,6 +99,23 @@ _TRANSIENT = (
 
 class _TruncatedBody(Exception):
     """The server sent fewer bytes than its Content-Length promised."""
+
+
+class _ProgressingBody:
+    """A file sent as a request body that tells the caller's budget each time a block goes out,
+    so an upload that keeps moving is never given up."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._file.read(size)
+        note_progress()
+        return block
+
+    def __getattr__(self, name: str):
+        # tell, seek, seekable, fileno, name: what requests and the retries ask of a file.
+        return getattr(self._file, name)
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -111,10 +152,19 @@ def _nothing_was_sent(exc: BaseException) -> bool:
     return False
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """True when the server did not answer in time (connecting, or sending the answer)."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return True
+    # A body that stops coming is reported by requests as a ConnectionError.
+    reason = exc.args[0] if isinstance(exc, requests.exceptions.ConnectionError) and exc.args else None
+    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, _TruncatedBody):
         return str(exc)
-    if isinstance(exc, requests.exceptions.Timeout):
+    if _timed_out(exc):
         return "timed out"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "connection closed before the whole answer arrived"
@@ -127,10 +177,12 @@ class XnatSession:
     ``url`` is the server root (``https://host`` or ``https://host/xnat``).
     ``credentials`` may be None for servers that allow guest access.
     ``verify`` is True (system CAs), False, or the path of a CA bundle.
-    ``timeout`` is the read timeout in seconds; connecting gets at most 10 s.
-    ``retries`` is how many times a failed idempotent request is repeated;
-    ``backoff`` the first delay in seconds (doubling, with jitter, up to
-    ``max_backoff``).
+    ``timeout`` is the longest wait in seconds for the server to send
+    anything (connecting gets at most 10 s); a download that keeps
+    receiving bytes is never cut. ``retries`` is how many times a failed
+    idempotent request is repeated; ``backoff`` the first delay in seconds
+    (doubling, with jitter, up to ``max_backoff``). ``max_answer_bytes``
+    bounds every answer read into memory.
     """
 
     def __init__(
@@ -139,11 +191,12 @@ class XnatSession:
         credentials: Credentials | None = None,
         *,
         verify: bool | str = True,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         pool_size: int = 32,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -157,6 +210,8 @@ class XnatSession:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_answer_bytes = max_answer_bytes
+        self.breaker = CircuitBreaker(redact_url(self.base_url))
         self._http = requests.Session()
         # Without trust_env, requests would add Basic auth from ~/.netrc to
         # every request; proxies and a CA bundle from the environment are
@@ -176,6 +231,7 @@ class XnatSession:
         self._generation = 0
         self._supports_range: bool | None = None
         self._closed = False
+        self.activity = RequestActivity()
 
     # -- addresses ---------------------------------------------------------
 
@@ -235,10 +291,9 @@ class XnatSession:
                 raise self.error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
-                    reason = f"the password of user {self.credentials.username} has expired"
-                else:
-                    reason = "login answered with a web page instead of a session ID"
-                raise XnatAuthError(reason, url=url, status=200)
+                    raise XnatPasswordExpired(f"the password of user {self.credentials.username} has expired",
+                                              url=url, status=200)
+                raise XnatAuthError("login answered with a web page instead of a session ID", url=url, status=200)
             session_id = response.cookies.get("JSESSIONID") or text.strip()
             if not _SESSION_ID.match(session_id):
                 raise XnatAuthError("login did not return a session ID", url=url, status=200)
@@ -260,7 +315,8 @@ class XnatSession:
             return
         self._closed = True
         try:
-            if self._jsession is not None:
+            # A server that has stopped answering would hold the exit up for a whole timeout.
+            if self._jsession is not None and not self.breaker.is_open:
                 response = self._http.delete(
                     self.url_for("/data/JSESSION"), cookies={"JSESSIONID": self._jsession},
                     timeout=(min(10.0, self.timeout), self.timeout),
@@ -310,6 +366,8 @@ class XnatSession:
             idempotent = method in IDEMPOTENT_METHODS
         retries = self.retries if retries is None else retries
         ok = frozenset(ok)
+        if _is_file(data):
+            data = _ProgressingBody(data)
         start = _position(data)
         renewals = 0
         repeated_before = False
@@ -347,51 +405,106 @@ class XnatSession:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
-        read_timeout = self.timeout if timeout is None else timeout
+        longest_wait = self.timeout if timeout is None else timeout
         attempt = 0
+        server_errors = 0
         while True:
+            wait = self._wait_allowed(longest_wait, method, url)
+            self.breaker.before_request(url)
             try:
-                response = self._send(method, url, stream=stream, timeout=read_timeout,
+                # Always streamed, so that an answer kept in memory is read with a bound.
+                response = self._send(method, url, stream=True, timeout=wait,
                                       with_session=with_session, **kwargs)
                 if not stream:
-                    _check_length(response)
+                    self._load_body(response, method, url)
             except requests.exceptions.SSLError as exc:
                 raise XnatServerError(f"{method} failed: TLS handshake or certificate check failed",
                                       url=url) from exc
             except (*_TRANSIENT, _TruncatedBody) as exc:
+                self._note_failure(exc)
                 may_repeat = idempotent or _nothing_was_sent(exc)
                 if may_repeat and attempt < retries and _rewind(data, start):
                     if isinstance(exc, requests.exceptions.ReadTimeout):
-                        # A busy server may just need longer (datman's remedy too).
-                        read_timeout *= 2
-                    self._pause(attempt, method, url, _describe(exc))
-                    attempt += 1
-                    continue
-                raise XnatServerError(f"{method} failed: {_describe(exc)}", url=url) from exc
-            if (response.status_code in RETRYABLE_STATUSES and idempotent
+                        # A busy server may just need longer (datman's remedy too), within
+                        # bounds: the caller's budget still caps each wait.
+                        longest_wait = min(2 * longest_wait, MAX_WAIT_GROWTH * self.timeout)
+                    if self._pause(attempt, method, url, _describe(exc)):
+                        attempt += 1
+                        continue
+                kind = XnatTimeout if _timed_out(exc) else XnatServerError
+                raise kind(f"{method} failed: {_describe(exc)}", url=url) from exc
+            self.breaker.answered()
+            status = response.status_code
+            repeat_500 = status == 500 and method in SAFE_METHODS and server_errors < RETRIES_ON_500
+            if ((status in RETRYABLE_STATUSES and idempotent or repeat_500)
                     and attempt < retries and _rewind(data, start)):
                 retry_after = _retry_after(response)
-                response.close()
-                self._pause(attempt, method, url, f"HTTP {response.status_code}", retry_after)
-                attempt += 1
-                continue
+                if self._pause(attempt, method, url, f"HTTP {status}", retry_after):
+                    response.close()
+                    server_errors += status == 500
+                    attempt += 1
+                    continue
             return response, attempt > 0
+
+    def _wait_allowed(self, longest: float, method: str, url: str) -> float:
+        """The longest wait for the next attempt: ``longest``, or less if the caller's budget is nearly spent."""
+        budget = current_budget()
+        if budget is None:
+            return longest
+        left = budget.remaining()
+        if left <= 0:
+            raise XnatTimeout(f"{method} gave up: no answer within {budget.seconds:g} s", url=url)
+        return min(longest, left)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        # Only silence counts: a refused connection fails at once anyway, and
+        # its retries ride out a server restart.
+        if _timed_out(exc):
+            self.breaker.failed(_describe(exc))
+
+    def _load_body(self, response: requests.Response, method: str, url: str) -> None:
+        """Read the answer's body into memory, refusing one larger than ``max_answer_bytes``."""
+        body = bytearray()
+        for chunk in response.iter_content(CHUNK_SIZE):
+            body += chunk
+            if len(body) > self.max_answer_bytes:
+                response.close()
+                logger.error("%s %s: answer larger than %d bytes, refused", method, urlsplit(url).path,
+                             self.max_answer_bytes)
+                raise XnatAnswerTooLarge(f"answer larger than {self.max_answer_bytes} bytes", url=url,
+                                         status=response.status_code)
+        # What requests itself does once it has read a body: later reads of
+        # .content and .text see these bytes.
+        response._content = bytes(body)
+        response._content_consumed = True
+        _check_length(response)
 
     def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
         session_id = self._jsession if with_session else None
         cookies = {"JSESSIONID": session_id} if session_id else None
-        response = self._http.request(
-            method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
-            allow_redirects=False, **kwargs,
-        )
+        ticket = self.activity.started()
+        try:
+            response = self._http.request(
+                method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
+                allow_redirects=False, **kwargs,
+            )
+        except BaseException as exc:
+            self.activity.finished(ticket, exc)
+            raise
+        self.activity.finished(ticket, response.status_code)
         logger.debug("%s %s -> %s", method, urlsplit(url).path, response.status_code)
         return response
 
-    def _pause(self, attempt: int, method: str, url: str, why: str, at_least: float = 0.0) -> None:
+    def _pause(self, attempt: int, method: str, url: str, why: str, at_least: float = 0.0) -> bool:
+        """Wait before retry ``attempt``; False (without waiting) when the caller's budget would run out first."""
         delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.5)
         delay = max(delay, min(at_least, self.max_backoff))
+        budget = current_budget()
+        if budget is not None and delay >= budget.remaining():
+            return False
         logger.warning("%s %s: %s; retrying in %.1f s", method, urlsplit(url).path, why, delay)
         time.sleep(delay)
+        return True
 
     def error_for(self, method: str, url: str, status: int, text: str) -> XnatError:
         """The ``XnatError`` for an answer with status ``status`` and body ``text``."""
@@ -474,6 +587,7 @@ class XnatSession:
                 try:
                     received = 0
                     for chunk in _chunks(response, skip, remaining):
+                        note_progress()
                         fileobj.write(chunk)
                         written += len(chunk)
                         received += len(chunk)
@@ -484,11 +598,12 @@ class XnatSession:
                         raise _TruncatedBody(f"answer ended {expected} bytes short of its Content-Length")
                     return written
                 except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
-                    if attempt >= retries:
-                        raise XnatServerError(
+                    self._note_failure(exc)
+                    if attempt >= retries or not self._pause(attempt, "GET", url, _describe(exc)):
+                        kind = XnatTimeout if _timed_out(exc) else XnatServerError
+                        raise kind(
                             f"download incomplete after {attempt + 1} attempts: {_describe(exc)}", url=url,
                             status=response.status_code) from exc
-                    self._pause(attempt, "GET", url, _describe(exc))
                     attempt += 1
             finally:
                 response.close()
@@ -531,16 +646,19 @@ class XnatSession:
             try:
                 declared = _content_length(response)
                 for chunk in response.iter_content(CHUNK_SIZE):
+                    note_progress()
                     fileobj.write(chunk)
                     written += len(chunk)
                 if declared is not None and written < declared:
                     raise _TruncatedBody(f"answer ended {declared - written} bytes short of its Content-Length")
                 return written
             except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
-                if attempt >= retries or start is None or not _truncate_to(fileobj, start):
-                    raise XnatServerError(f"download incomplete: {_describe(exc)}", url=url,
-                                          status=response.status_code) from exc
-                self._pause(attempt, "GET", url, _describe(exc))
+                self._note_failure(exc)
+                if (attempt >= retries or start is None or not _truncate_to(fileobj, start)
+                        or not self._pause(attempt, "GET", url, _describe(exc))):
+                    kind = XnatTimeout if _timed_out(exc) else XnatServerError
+                    raise kind(f"download incomplete: {_describe(exc)}", url=url,
+                               status=response.status_code) from exc
                 attempt += 1
             finally:
                 response.close()

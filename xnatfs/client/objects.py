@@ -16,7 +16,7 @@ from typing import Any
 
 from xnatfs.errors import XnatError
 from xnatfs.client import naming, parsing, paths
-from xnatfs.client.downloads import check_zip, download_to_path, extract_zip
+from xnatfs.client.downloads import check_zip, extract_zip
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ class XNATExperiment(XNATObject):
         if os.path.exists(output_path):
             logger.warning("not downloading %s: %s already exists", self.name, output_path)
             return output_path
-        return download_to_path(xnat.session, paths.experiment(self.id) + "/files", output_path,
-                                params={"format": "zip", "all": "true"}, check=check_zip)
+        return xnat.download_to_path(paths.experiment(self.id) + "/files", output_path,
+                                     params={"format": "zip", "all": "true"}, check=check_zip)
 
     def __repr__(self) -> str:
         return f"<XNATExperiment {self.name}>"

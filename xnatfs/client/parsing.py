@@ -125,7 +125,7 @@ def subject_from_row(row: dict, listed_project: str) -> Subject:
         id=subject_id,
         label=text(row.get("label")) or subject_id,
         project=owner,
-        uri=paths.canonical(text(row.get("URI"))) or f"/data/subjects/{paths.seg(subject_id)}",
+        uri=paths.canonical(text(row.get("URI"))) or paths.subject_by_id(subject_id),
         insert_date=parse_datetime(row.get("insert_date")),
         shared=owner != listed_project,
     )
@@ -173,11 +173,10 @@ def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | No
     ``resource_uri`` is the resource that was listed; without it (a scan or
     experiment listing) the resource is worked out from the file's URI.
     """
-    raw_uri = text(row.get("URI"))
-    split = paths.split_file_uri(raw_uri)
+    split = paths.split_file_uri(text(row.get("URI")), text(row.get("Name")))
     if split is None:
         return None
-    container, resource_segment, relpath = split
+    container, resource_segment, relpath, request_path = split
     label = text(row.get("collection"))
     if resource_uri is None:
         resource_uri = paths.resource(container, label) if label else f"{container}/resources/{resource_segment}"
@@ -185,7 +184,7 @@ def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | No
     return RemoteFile(
         path=relpath,
         size=to_int(row.get("Size")) or 0,
-        uri=paths.canonical(raw_uri),
+        uri=request_path,
         resource_label=sys.intern(label),
         resource_uri=sys.intern(resource_uri),
         digest=text(row.get("digest")),

@@ -1,7 +1,7 @@
-"""Server paths of XNAT objects.
+"""Server paths of XNAT objects: every REST address xnatfs uses is built, or read back, here.
 
-Every path built here is percent-encoded segment by segment, so a label or
-file name can never add a path level or a query. Resources are addressed by
+Every path built here is percent-encoded segment by segment, exactly once,
+so a label or file name can never add a path level or a query. Resources are addressed by
 label (not the numeric id) so the same resource has the same URI whether it
 came from an experiment's item JSON or from a file listing.
 """
@@ -12,8 +12,9 @@ import re
 from urllib.parse import quote, unquote
 
 _ALIAS_PREFIX = re.compile(r"^(?:/REST|/data/archive)(?=/)")
-_FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$")
-_SUBJECT_URI = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
+_SUBJECT_IN_PROJECT = re.compile(r"^/data/projects/[^/]+/subjects/(?P<subject>[^/]+)$")
+_EXPERIMENT_OWNED = re.compile(r"^/data/experiments/(?P<experiment>[^/]+)(?:/|$)")
+_FILE_URI = re.compile(r"^(?P<container>.*?)/resources/(?P<resource>[^/]+)/files/(?P<path>.+)$", re.DOTALL)
 
 
 def seg(value: object) -> str:
@@ -37,6 +38,17 @@ def subject(project_id: str, subject_ref: str) -> str:
     return f"{project(project_id)}/subjects/{seg(subject_ref)}"
 
 
+def subject_by_id(subject_id: str) -> str:
+    """A subject by accession ID."""
+    return f"/data/subjects/{seg(subject_id)}"
+
+
+def subject_of(uri: str) -> str | None:
+    """The subject (decoded) of a ``/data/projects/P/subjects/S`` address; None for any other."""
+    match = _SUBJECT_IN_PROJECT.match(uri)
+    return unquote(match["subject"]) if match else None
+
+
 def experiment_in(project_id: str, subject_ref: str, experiment_ref: str) -> str:
     return f"{subject(project_id, subject_ref)}/experiments/{seg(experiment_ref)}"
 
@@ -50,8 +62,33 @@ def scan(experiment_id: str, scan_id: str) -> str:
     return f"{experiment(experiment_id)}/scans/{seg(scan_id)}"
 
 
+def scans_of(experiment_uri: str) -> str:
+    """The scan listing of an experiment."""
+    return f"{experiment_uri.rstrip('/')}/scans"
+
+
+def resources_of(owner_uri: str) -> str:
+    """The resource listing of a project, subject, experiment or scan."""
+    return f"{owner_uri.rstrip('/')}/resources"
+
+
 def resource(parent: str, label: str) -> str:
-    return f"{parent.rstrip('/')}/resources/{seg(label)}"
+    return f"{resources_of(parent)}/{seg(label)}"
+
+
+def resource_owner(resource_uri: str) -> str:
+    """The project, subject, experiment or scan a resource address belongs to."""
+    return resource_uri.rsplit("/resources/", 1)[0]
+
+
+def is_scan_resource(resource_uri: str) -> bool:
+    return "/scans/" in resource_uri
+
+
+def owning_experiment(uri: str) -> str | None:
+    """The experiment ID (decoded) of a ``/data/experiments/E[/...]`` address; None for any other."""
+    match = _EXPERIMENT_OWNED.match(uri)
+    return unquote(match["experiment"]) if match else None
 
 
 def canonical(path: str) -> str:
@@ -59,53 +96,35 @@ def canonical(path: str) -> str:
     return _ALIAS_PREFIX.sub("/data", path)
 
 
-def split_file_uri(uri: str) -> tuple[str, str, str] | None:
-    """``(container, resource segment, decoded relative path)`` of a file URI.
+def split_file_uri(uri: str, name: str = "") -> tuple[str, str, str, str] | None:
+    """``(container, resource segment, relative path, request path)`` of a listing's file URI.
 
     The container is the path up to ``/resources/``; the relative path is
-    everything after the first ``/files/`` that follows the resource.
+    everything after the first ``/files/`` that follows the resource. XNAT
+    appends a file's relative path to the ``URI`` column as stored, without
+    percent-encoding (``b0dwi+00001.dcm`` stays ``b0dwi+00001.dcm``, ``%41``
+    stays ``%41``); other servers encode it. ``name``, the listing's raw
+    file name, tells the two apart: the path is taken as it stands when it
+    ends in that name, and decoded when only its decoded form does. The
+    request path is the file's address quoted exactly once either way.
     """
-    match = _FILE_URI.match(uri.split("?", 1)[0])
+    match = _FILE_URI.match(uri)
     if not match:
         return None
-    return canonical(match["container"]), match["resource"], unquote(match["path"])
+    listed = match["path"]
+    if name and not _ends_in(listed, name) and _ends_in(unquote(listed), name):
+        relpath, quoted = unquote(listed), listed
+    else:
+        relpath, quoted = listed, quote(listed, safe="/")
+    container, resource_segment = canonical(match["container"]), match["resource"]
+    return container, resource_segment, relpath, f"{container}/resources/{resource_segment}/files/{quoted}"
+
+
+def _ends_in(path: str, name: str) -> bool:
+    return path == name or path.endswith("/" + name)
 
 
 def with_files(uri: str) -> str:
     """The ``.../files`` listing address of a resource, scan or experiment."""
     uri = uri.rstrip("/")
     return uri if uri.endswith("/files") else uri + "/files"
-
-
-def subject_by_id(subject_id: str) -> str:
-    """A subject by accession ID, whichever project it is shown in."""
-    return f"/data/subjects/{seg(subject_id)}"
-
-
-def scans(experiment_id: str) -> str:
-    """The scans of an experiment."""
-    return f"{experiment(experiment_id)}/scans"
-
-
-def resources(owner_uri: str) -> str:
-    """The resources of a project, subject, experiment or scan."""
-    return f"{owner_uri.rstrip('/')}/resources"
-
-
-def resource_owner(resource_uri: str) -> str:
-    """The project, subject, experiment or scan a resource belongs to."""
-    return resource_uri.rsplit("/resources/", 1)[0]
-
-
-def experiment_id_of(uri: str) -> str | None:
-    """The experiment segment of an address under ``/data/experiments/``, else None."""
-    parts = uri.split("/")
-    if uri.startswith("/data/experiments/") and len(parts) > 3:
-        return parts[3]
-    return None
-
-
-def subject_id_of(uri: str) -> str | None:
-    """The subject segment of a subject's own address (``/data/projects/P/subjects/S``), else None."""
-    match = _SUBJECT_URI.match(uri)
-    return None if match is None else match["subject"]

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--data", required=True, help="data directory (created if missing)")
     parser.add_argument("--sample", action="store_true", help="fill an empty data directory with a sample study")
-    parser.add_argument("--sample-size", choices=("small", "large"), default="small")
+    parser.add_argument("--sample-size", choices=("small", "bids", "large"), default="small")
     parser.add_argument("--user", type=_user, action="append", metavar="NAME:PASSWORD",
                         help="a user account (repeatable; default admin:admin)")
     parser.add_argument("--readonly-user", action="append", default=[], metavar="NAME",

@@ -7,6 +7,14 @@ stepping by SliceThickness along the slice normal) and pixel data that looks
 like a head (nested ellipsoids: scalp, skull, CSF, grey and white matter,
 ventricles, eyes) with Rician noise.
 
+A series may also carry the Siemens CSA image header (private element
+(0029,1010)) with the phase-encoding polarity and the bandwidth per pixel in
+the phase direction, from which dcm2niix derives ``PhaseEncodingDirection``
+(``j`` or ``j-``), ``EffectiveEchoSpacing`` and ``TotalReadoutTime``: a pair
+of spin-echo EPI field maps with opposite directions needs them. Only field
+maps carry it: dcm2niix 1.0.20260724 crashes (SIGSEGV) on a multi-volume
+BOLD series that has this minimal CSA header and a ReproIn protocol name.
+
 Everything is a pure function of the arguments: the same patient, study date
 and seed give byte-identical files, so sample data can be regenerated instead
 of stored. UIDs are ``2.25.<UUID>`` with a name-based (version 5) UUID.
@@ -17,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +40,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("localizer", "t1w", "t2w", "bold", "dwi")
+KINDS = ("localizer", "t1w", "t2w", "bold", "dwi", "epi")
+# Phase-encoding directions a series may name, as anatomical axes (BIDS ``dir-`` labels).
+PHASE_DIRECTIONS = ("", "AP", "PA")
 SIZES = ("small", "large")
 
 # Namespace for the name-based UUIDs behind every UID this module makes.
@@ -53,15 +64,19 @@ _NOISE_SIGMA = 25.0
 class SeriesSpec:
     """One series of a session.
 
-    ``kind`` picks the contrast, geometry and sequence parameters; ``volumes``
-    overrides the number of time points (bold) or of diffusion volumes,
-    the b=0 volume included (dwi). Other kinds have a single volume.
+    ``kind`` picks the contrast, geometry and sequence parameters ("epi" is
+    a spin-echo EPI field map); ``volumes`` overrides the number of time
+    points (bold, epi) or of diffusion volumes, the b=0 volume included
+    (dwi). Other kinds have a single volume. ``phase_encoding`` ("AP" or
+    "PA"; epi only, where it is required) adds the CSA header that tells the
+    phase-encoding polarity; without it the files carry no private elements.
     """
 
     number: int
     description: str
     kind: str
     volumes: int | None = None
+    phase_encoding: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -69,10 +84,15 @@ class SeriesSpec:
         if self.number < 1:
             raise ValueError(f"series number must be positive, got {self.number}")
         if self.volumes is not None:
-            if self.kind not in ("bold", "dwi"):
+            if self.kind not in ("bold", "dwi", "epi"):
                 raise ValueError(f"a {self.kind} series has exactly one volume")
             if self.volumes < (2 if self.kind == "dwi" else 1):
                 raise ValueError(f"too few volumes for a {self.kind} series: {self.volumes}")
+        if self.phase_encoding not in PHASE_DIRECTIONS:
+            raise ValueError(f"unknown phase-encoding direction {self.phase_encoding!r}; "
+                             f"expected one of {PHASE_DIRECTIONS[1:]}")
+        if bool(self.phase_encoding) != (self.kind == "epi"):
+            raise ValueError("a phase-encoding direction is given for an epi field map, and only there")
 
 
 def default_series() -> list[SeriesSpec]:
@@ -257,7 +277,24 @@ _PROTOCOLS = {
         contrast=(0.0, 0.1, 0.02, 1.0, 0.6, 0.5, 0.9),
         minutes=1.0,
     ),
+    "epi": _Protocol(
+        stacks={
+            "small": (_Stack(_AXIAL, 64, 64, 3.5, 10.0, 12),),
+            "large": (_Stack(_AXIAL, 64, 64, 3.5, 3.5, 36),),
+        },
+        volumes={"small": 1, "large": 3},
+        sequence_name="*epse2d1_64",
+        tr_ms=8000.0, te_ms=66.0, ti_ms=None, flip_deg=90.0,
+        scanning_sequence="EP", sequence_variant="SK", scan_options="FS",
+        acquisition_type="2D", image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        contrast=(0.0, 0.1, 0.02, 1.0, 0.6, 0.5, 0.9),
+        minutes=0.5,
+    ),
 }
+
+# Bandwidth per pixel along the phase-encoding axis (Hz) that the CSA header
+# reports for EPI: with a 64-line readout, 0.3 ms echo spacing.
+_EPI_PHASE_BANDWIDTH_HZ = 52.083
 
 _B_VALUE = 1000.0  # s/mm²
 # Apparent diffusion coefficient per tissue (mm²/s); white matter is anisotropic.
@@ -440,6 +477,13 @@ def _series_header(session: _Session, spec: SeriesSpec, protocol: _Protocol,
     ds.PositionReferenceIndicator = ""
     if spec.kind == "bold":
         ds.NumberOfTemporalPositions = volumes
+    if spec.phase_encoding:
+        ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+        ds.add_new(0x00291010, "OB", _csa_image_header({
+            # With these axial images dcm2niix reports polarity 1 as "j-" (A>P), 0 as "j" (P>A).
+            "PhaseEncodingDirectionPositive": ("IS", "1" if spec.phase_encoding == "AP" else "0"),
+            "BandwidthPerPixelPhaseEncode": ("FD", f"{_EPI_PHASE_BANDWIDTH_HZ:.6f}"),
+        }))
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -449,6 +493,21 @@ def _series_header(session: _Session, spec: SeriesSpec, protocol: _Protocol,
     ds.WindowCenter = round(_PEAK_SIGNAL * max(protocol.contrast) / 2)
     ds.WindowWidth = round(_PEAK_SIGNAL * max(protocol.contrast))
     return ds
+
+
+def _csa_image_header(tags: dict[str, tuple[str, str]]) -> bytes:
+    """A Siemens CSA2 ("SV10") header holding ``name → (VR, value)``, one
+    value each: after the magic and the tag count, each tag is a fixed
+    record (name, multiplicity, VR, type, item count) and each item is its
+    length (given three times) followed by the NUL-ended text padded to 4 bytes."""
+    check = 77  # the constant Siemens writes into every unused field
+    out = bytearray(b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(tags), check))
+    for name, (vr, value) in tags.items():
+        text = value.encode("ascii") + b"\0"
+        out += struct.pack("<64si4s3i", name.encode("ascii"), 1, vr.encode("ascii"), 0, 1, check)
+        out += struct.pack("<4i", len(text), len(text), check, len(text))
+        out += text + b"\0" * (-len(text) % 4)
+    return bytes(out)
 
 
 def _image_fields(ds: Dataset, stack: _Stack, index: int, instance: int,

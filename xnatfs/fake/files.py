@@ -206,7 +206,7 @@ class FilesApi:
         if fmt in ARCHIVE_FORMATS:
             return self._archive(request, found, fmt)
         rows = [{"Name": posixpath.basename(row["path"]), "Size": row["size"],
-                 "URI": f"{parent.uri}/resources/{resource['id']}/files/{quote(row['path'])}",
+                 "URI": _file_uri(parent, resource, row["path"]),
                  "collection": resource["label"], "file_tags": row["tags"],
                  "file_format": row["format"], "file_content": row["content"],
                  "cat_ID": resource["id"], "digest": row["digest"]}
@@ -333,6 +333,15 @@ class FilesApi:
             return [relpath]
         self.store.store_file(resource_id, relpath, staged, move=True, digest=digest, **attrs)
         return []
+
+
+def _file_uri(parent: Parent, resource, relpath: str) -> str:
+    """A listing's ``URI``: as XNAT does, the catalog's relative path appended as it is stored.
+
+    XNAT does not percent-encode it, so a client that uses the ``URI`` as an
+    address must quote it first.
+    """
+    return f"{parent.uri}/resources/{resource['id']}/files/{relpath}"
 
 
 def _entry_name(parent: Parent, resource_label: str, relpath: str, structure: str) -> str:

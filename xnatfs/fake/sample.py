@@ -1,4 +1,4 @@
-"""Sample studies for the fake XNAT: ``fill_sample(store, "small" | "large")``.
+"""Sample studies for the fake XNAT: ``fill_sample(store, "small" | "bids" | "large")``.
 
 Everything is deterministic: the same size gives the same labels,
 accession IDs, dates and file bytes.
@@ -30,7 +30,39 @@ Scans, by number (type = series description): 1 ``Localizer`` (9 files),
 middle slice. Every session has a session resource ``QC`` with
 ``qc_report.pdf`` and ``qc_metrics.csv``.
 
-**large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study plus::
+**bids** (tests of the BIDS view; about 2 s, 3 MB) is one project only, made
+so that every kind of series a BIDS dataset has is there and converts::
+
+    BIDS01   "BIDS sample study"
+      P01                         (XNAT_S00001 in "bids")
+        P01_MR1                   2024-06-10   scans 1-9
+        P01_MR2                   2024-09-12   scans 1-8
+
+    scan  series description      kind       files  in
+    1     Localizer               localizer  9      MR1, MR2   (3 planes: left out of BIDS)
+    2     T1w_MPRAGE              t1w        20     MR1, MR2
+    3     T2w_SPC                 t2w        20     MR1, MR2
+    4     fmap-epi_dir-AP         epi        12     MR1, MR2   (ReproIn name; PE "j-")
+    5     fmap-epi_dir-PA         epi        12     MR1, MR2   (ReproIn name; PE "j")
+    6     func-bold_task-nback    bold ×3    36     MR1        (ReproIn name)
+    6     fMRI_rest               bold ×3    36     MR2
+    7     fMRI_rest               bold ×3    36     MR1        (run-1 of two)
+    7     DWI_dir3                dwi ×4     48     MR2
+    8     fMRI_rest               bold ×3    36     MR1        (the repeat: run-2)
+    8     T1w_MPRAGE              t1w        20     MR2        (quality "unusable")
+    9     DWI_dir3                dwi ×4     48     MR1
+
+(×N: volumes; the dwi series has one b=0 and three b=1000 directions.) The
+BOLD series have a RepetitionTime of 2 s, the field maps are spin-echo EPI
+whose CSA header gives dcm2niix the phase-encoding polarity and readout time.
+Every scan has a DICOM resource, scans 2 and 3 SNAPSHOTS too, as in the small
+study; there are no session resources. Scan 3 of P01_MR2 also has a NIFTI
+resource (format NIFTI), as a site's dcm2niix container adds:
+``3_T2w_SPC.nii.gz`` and ``3_T2w_SPC.json``, made with the dcm2niix wheel.
+
+**large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study, the
+bids project (accession IDs following the small study's: P01 XNAT_S00005,
+P01_MR1 XNAT_E00006, P01_MR2 XNAT_E00007), plus::
 
     BENCH    "Benchmark project"
       B0001 .. B0500               500 subjects, accession IDs in that order
@@ -49,10 +81,12 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
+import dcm2niix
 import numpy as np
 import pydicom
 
@@ -61,7 +95,7 @@ from .store import Store, file_md5
 
 logger = logging.getLogger(__name__)
 
-SIZES = ("small", "large")
+SIZES = ("small", "bids", "large")
 
 ALL_SERIES = {
     1: ("Localizer", "localizer"),
@@ -83,6 +117,30 @@ SMALL_SESSIONS = (
 )
 QUESTIONABLE = {("SUB002_MR1", 6)}
 
+BIDS_PROJECT = "BIDS01"
+BIDS_SUBJECT = "P01"
+_FMAPS = (SeriesSpec(4, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
+          SeriesSpec(5, "fmap-epi_dir-PA", "epi", phase_encoding="PA"))
+_ANATOMY = (SeriesSpec(1, "Localizer", "localizer"), SeriesSpec(2, "T1w_MPRAGE", "t1w"),
+            SeriesSpec(3, "T2w_SPC", "t2w"))
+BOLD_VOLUMES = 3
+DWI_VOLUMES = 4
+# (session, date, series, insert date)
+BIDS_SESSIONS = (
+    ("P01_MR1", "20240610", _ANATOMY + _FMAPS + (
+        SeriesSpec(6, "func-bold_task-nback", "bold", BOLD_VOLUMES),
+        SeriesSpec(7, "fMRI_rest", "bold", BOLD_VOLUMES),
+        SeriesSpec(8, "fMRI_rest", "bold", BOLD_VOLUMES),
+        SeriesSpec(9, "DWI_dir3", "dwi", DWI_VOLUMES)), "2024-06-10 14:00:00.000"),
+    ("P01_MR2", "20240912", _ANATOMY + _FMAPS + (
+        SeriesSpec(6, "fMRI_rest", "bold", BOLD_VOLUMES),
+        SeriesSpec(7, "DWI_dir3", "dwi", DWI_VOLUMES),
+        SeriesSpec(8, "T1w_MPRAGE", "t1w")), "2024-09-12 14:00:00.000"),
+)
+BIDS_UNUSABLE = {("P01_MR2", 8)}
+# Scans that also hold a NIFTI resource, as XNAT's dcm2niix container adds.
+BIDS_SERVER_NIFTI = {("P01_MR2", 3)}
+
 BENCH_SUBJECTS = 500
 BENCH_SESSIONS_PER_SUBJECT = 2
 BIG_FILE_SIZE = 1024 ** 3
@@ -95,7 +153,10 @@ def fill_sample(store: Store, size: str = "small") -> None:
         raise ValueError(f"unknown sample size {size!r}; expected one of {SIZES}")
     with tempfile.TemporaryDirectory(dir=store.tmp_dir) as scratch:
         scratch_dir = Path(scratch)
-        _fill_small(store, scratch_dir)
+        if size != "bids":
+            _fill_small(store, scratch_dir)
+        if size != "small":
+            _fill_bids(store, scratch_dir)
         if size == "large":
             _fill_bench(store, scratch_dir)
             _fill_hires(store, scratch_dir)
@@ -114,8 +175,10 @@ def _fill_small(store: Store, scratch: Path) -> None:
                      pdf_bytes(["Acquisition protocol", "STUDY01: MR sessions at 3 T"]))
     for index, (project, subject, session, date, scans, inserted) in enumerate(SMALL_SESSIONS):
         store.add_subject(project, subject, insert_date=inserted)
-        experiment_id = _add_session(store, scratch, project, subject, session, date, scans,
-                                     inserted, seed=index)
+        specs = [SeriesSpec(n, *ALL_SERIES[n]) for n in scans]
+        quality = {number: "questionable" for s, number in QUESTIONABLE if s == session}
+        experiment_id = _add_session(store, scratch, project, subject, session, date, specs,
+                                     inserted, seed=index, quality=quality)
         qc = store.ensure_resource("experiment", experiment_id, "QC", format="MISC")
         store.store_file(qc, "qc_report.pdf", pdf_bytes([f"QC report {session}", "All scans usable."]))
         store.store_file(qc, "qc_metrics.csv", _metrics_csv(scans))
@@ -125,23 +188,50 @@ def _fill_small(store: Store, scratch: Path) -> None:
     store.share_experiment(store.experiment_id("STUDY01", "SUB001_MR1"), "STUDY02")
 
 
+def _fill_bids(store: Store, scratch: Path) -> None:
+    store.add_project(BIDS_PROJECT, name="BIDS sample study",
+                      description="Every kind of series a BIDS dataset holds")
+    for index, (session, date, specs, inserted) in enumerate(BIDS_SESSIONS):
+        store.add_subject(BIDS_PROJECT, BIDS_SUBJECT, insert_date=inserted)
+        quality = {number: "unusable" for s, number in BIDS_UNUSABLE if s == session}
+        experiment_id = _add_session(store, scratch, BIDS_PROJECT, BIDS_SUBJECT, session, date,
+                                     list(specs), inserted, seed=100 + index, quality=quality)
+        for number in sorted(n for s, n in BIDS_SERVER_NIFTI if s == session):
+            _add_server_nifti(store, scratch / f"{session}-nifti-{number}", experiment_id, number)
+
+
+def _add_server_nifti(store: Store, scratch: Path, experiment_id: str, number: int) -> None:
+    """A NIFTI resource beside the scan's DICOM, converted as a site's dcm2niix container does."""
+    pk = store.scan(experiment_id, str(number))["pk"]
+    dicom = store.find_resource("scan", str(pk), "DICOM")
+    source = store.file_path(dicom["id"], store.files(dicom["id"])[0]["path"]).parent
+    scratch.mkdir()
+    # The wheel's binary; -z i compresses without pigz, so the bytes do not depend on the machine.
+    subprocess.run([dcm2niix.bin, "-z", "i", "-b", "y", "-ba", "y", "-f", "%s_%d", "-o", str(scratch),
+                    str(source)], check=True, capture_output=True, timeout=60)
+    nifti = store.ensure_resource("scan", str(pk), "NIFTI", format="NIFTI", content="NIFTI_RAW")
+    for path in sorted(scratch.iterdir()):
+        store.store_file(nifti, path.name, path, move=True, format="NIFTI", content="NIFTI_RAW")
+
+
 def _add_session(store: Store, scratch: Path, project: str, subject: str, session: str,
-                 date: str, scans, inserted: str, seed: int) -> str:
-    specs = [SeriesSpec(n, *ALL_SERIES[n]) for n in scans]
+                 date: str, specs: list[SeriesSpec], inserted: str, seed: int,
+                 quality: dict[int, str]) -> str:
+    """Write and file one session; ``quality`` overrides "usable" by series number."""
     written = write_session(scratch / session, patient_id=session, patient_name=subject,
                             study_date=date, series=specs, size="small", seed=seed)
-    first = pydicom.dcmread(written[scans[0]][0], stop_before_pixels=True)
+    first = pydicom.dcmread(written[specs[0].number][0], stop_before_pixels=True)
     experiment_id = store.add_experiment(
         project, subject, session, date=f"{date[:4]}-{date[4:6]}-{date[6:]}",
         time_of_day=_clock(str(first.get("StudyTime", ""))), uid=str(first.StudyInstanceUID),
         insert_date=inserted, fields=_session_fields(first))
-    for number in scans:
+    for spec in specs:
+        number = spec.number
         files = written[number]
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
-        description = ALL_SERIES[number][0]
-        quality = "questionable" if (session, number) in QUESTIONABLE else "usable"
-        pk = store.add_scan(experiment_id, str(number), type=description,
-                            series_description=description, quality=quality,
+        pk = store.add_scan(experiment_id, str(number), type=spec.description,
+                            series_description=spec.description,
+                            quality=quality.get(number, "usable"),
                             uid=str(header.SeriesInstanceUID), frames=len(files),
                             fields=_scan_fields(header))
         dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")

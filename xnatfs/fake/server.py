@@ -19,13 +19,17 @@ from pathlib import Path
 
 from .archive_api import ArchiveApi
 from .auth import Authenticator
-from .http import BadRequest, Request, Response, error_page, send
+from .http import BadRequest, Request, Response, StreamBody, error_page, send
 from .services import authenticate, data_service, public_answer, session_cookies, xapi
 from .store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
 IDLE_CONNECTION_TIMEOUT = 300.0
+# An "endless" answer ends here all the same (well above the client's bound),
+# so a client without a bound cannot take a test machine down with it.
+ENDLESS_ANSWER_LIMIT = 256 << 20
+_ENDLESS_ROW = b'{"ID": "XNAT_S99999", "label": "ENDLESS", "project": "STUDY01", "URI": "/data/subjects/XNAT_S99999"},'
 
 
 @dataclass
@@ -111,7 +115,7 @@ class _HttpServer(ThreadingHTTPServer):
 class FakeXnat:
     """An XNAT look-alike serving ``data_dir`` on 127.0.0.1.
 
-    ``sample`` ("small" or "large") fills an empty data directory with a
+    ``sample`` ("small", "bids" or "large") fills an empty data directory with a
     sample study (see :mod:`xnatfs.fake.sample`). Use as a context manager,
     or call :meth:`start` and :meth:`stop`.
 
@@ -119,7 +123,8 @@ class FakeXnat:
     ``session_timeout``, ``expired_password``, ``autorun_on_import``,
     ``child_searches`` (False: listings refuse ``columns=`` that reach into
     child tables with 400), ``readonly_users`` (a set of user names whose writes are refused with
-    403) and :meth:`set_faults`.
+    403), ``endless_answers`` (a path prefix: GETs below it are answered with a JSON listing
+    that never ends, until the client hangs up) and :meth:`set_faults`.
     """
 
     def __init__(self, data_dir: str | os.PathLike, port: int = 0, sample: str | None = None,
@@ -143,6 +148,7 @@ class FakeXnat:
         self.expired_password = expired_password
         self.readonly_users = set(readonly_users)
         self.child_searches = True
+        self.endless_answers: str | None = None
         self.site_id = site_id
         self.started_at = time.monotonic()
         self._faults = FaultInjector()
@@ -267,6 +273,8 @@ class FakeXnat:
         try:
             if fault.error_status:
                 response = error_page(fault.error_status, "The server could not complete the request.")
+            elif self._endless(request):
+                response = Response(200, StreamBody(_endless_listing), "application/json;charset=UTF-8")
             else:
                 response = self._respond(request)
         except BadRequest as exc:
@@ -294,6 +302,10 @@ class FakeXnat:
         except Exception:
             logger.exception("fake XNAT failed while sending %s", _loggable(request.path))
             handler.close_connection = True
+
+    def _endless(self, request: Request) -> bool:
+        prefix = self.endless_answers
+        return prefix is not None and request.method == "GET" and request.path.startswith(prefix)
 
     def _respond(self, request: Request) -> Response:
         segments = request.segments
@@ -327,6 +339,15 @@ class FakeXnat:
         if rest[0] in ("projects", "subjects", "experiments"):
             return self.archive.route(request, rest)
         return error_page(404, "Unknown address.")
+
+
+def _endless_listing(out) -> None:
+    out.write(b'{"ResultSet": {"Result": [')
+    block = _ENDLESS_ROW * 1000
+    sent = 0
+    while sent < ENDLESS_ANSWER_LIMIT:
+        out.write(block)
+        sent += len(block)
 
 
 def _is_write(request: Request, rest: list[str]) -> bool:

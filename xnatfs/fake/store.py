@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -103,14 +104,19 @@ def now_stamp() -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
+_UNSTORABLE_IN_PATH = re.compile(r"[\x00-\x1f\\]")
+
+
 def clean_relpath(relpath: str) -> str:
     """Return ``relpath`` as a safe path inside a resource, or raise StoreError.
 
-    Paths are ``/``-separated; empty, ``.`` and ``..`` segments, NUL and
-    backslashes are refused so that nothing can point outside its resource.
+    Paths are ``/``-separated; ``.`` and ``..`` segments are refused so that
+    nothing can point outside its resource, and so are the characters XNAT
+    cannot keep in a file path (docs/LAYOUT.md, "Names XNAT can store"):
+    backslashes and control characters (C0).
     """
     parts = [p for p in relpath.split("/") if p != ""]
-    if not parts or any(p in (".", "..") or "\x00" in p or "\\" in p for p in parts):
+    if not parts or any(p in (".", "..") or _UNSTORABLE_IN_PATH.search(p) for p in parts):
         raise StoreError(f"Invalid file path: {relpath!r}", 400)
     return "/".join(parts)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -22,6 +23,8 @@ from xnatfs.errors import (
     XnatNotFound,
     XnatPermissionError,
     XnatServerError,
+    XnatTimeout,
+    XnatUnavailable,
     XnatUnsupported,
 )
 
@@ -33,8 +36,34 @@ _BY_TYPE: tuple[tuple[type[XnatError], int], ...] = (
     (XnatConflict, errno.EEXIST),
     (XnatInvalidLabel, errno.EINVAL),
     (XnatUnsupported, errno.ENOTSUP),
-    (XnatServerError, errno.EIO),
+    (XnatServerError, errno.EIO),    # includes XnatTimeout, XnatUnavailable, XnatAnswerTooLarge
 )
+
+# A stalled server times out every request; one line a minute tells it.
+TIMEOUT_LOG_INTERVAL = 60.0
+
+
+class _Occasional:
+    """Logs a recurring failure at most once per ``interval``, counting the ones kept quiet."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._last = float("-inf")
+        self._quiet = 0
+
+    def log(self, operation: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._quiet += 1
+            logger.debug("%s failed: %s", operation, exc)
+            return
+        more = f" ({self._quiet} more since the last report)" if self._quiet else ""
+        logger.error("%s failed: %s%s", operation, exc, more)
+        self._last = now
+        self._quiet = 0
+
+
+_timeouts = _Occasional(TIMEOUT_LOG_INTERVAL)
 
 _BY_STATUS = {
     400: errno.EINVAL,
@@ -69,7 +98,11 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc
     code = errno_for(exc)
-    if isinstance(exc, XnatError):
+    if isinstance(exc, XnatUnavailable):
+        logger.debug("%s: %s", operation, exc)     # the stall was logged once when it began
+    elif isinstance(exc, XnatTimeout):
+        _timeouts.log(operation, exc)
+    elif isinstance(exc, XnatError):
         if code == errno.ENOENT:
             logger.debug("%s: %s", operation, exc)
         elif code == errno.EIO:
@@ -90,13 +123,18 @@ def fuse_handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     """Wrap an async pyfuse3 handler so that every exception becomes a FUSEError.
 
     Cancellation and other BaseExceptions pass through untouched: they belong
-    to trio, not to the caller of the file system.
+    to trio, not to the caller of the file system. A handler of an object
+    with a ``deadlines`` attribute (:class:`xnatfs.fs.deadlines.RequestDeadlines`)
+    runs under its bound.
     """
 
     @functools.wraps(method)
     async def guarded(*args, **kwargs):
+        deadlines = getattr(args[0], "deadlines", None) if args else None
         try:
-            return await method(*args, **kwargs)
+            if deadlines is None:
+                return await method(*args, **kwargs)
+            return await deadlines.run(method, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:

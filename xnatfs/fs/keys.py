@@ -158,10 +158,10 @@ class ResourcesKey(ListingKey):
         return client.list_resources(self.owner_uri)
 
     def search(self, project: str) -> SearchKey | None:
-        return SubjectResourcesSearch(project) if paths.subject_id_of(self.owner_uri) is not None else None
+        return SubjectResourcesSearch(project) if paths.subject_of(self.owner_uri) is not None else None
 
     def from_search(self, found: dict, memo: dict) -> object | None:
-        labels = found.get(paths.subject_id_of(self.owner_uri))
+        labels = found.get(paths.subject_of(self.owner_uri))
         if labels is None:
             return None
         built = memo.get(self)
@@ -194,7 +194,7 @@ def files_key(resource_uri: str) -> ListingKey:
     A resource of a session or of its scans is listed with the whole
     session; any other resource by itself.
     """
-    experiment_id = paths.experiment_id_of(resource_uri)
+    experiment_id = paths.owning_experiment(resource_uri)
     if experiment_id is not None:
         return ExperimentFilesKey(experiment_id)
     return ResourceFilesKey(resource_uri)

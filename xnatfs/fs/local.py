@@ -26,7 +26,8 @@ class LocalFile:
     ``fd`` reads and writes the staging file; it stays usable after the
     spool removed the file once the server confirmed it. ``state``:
     ``writing`` (changed since the last upload), ``pending``/``failed``
-    (committed, not yet accepted), ``uploaded``, or ``empty`` (a new file
+    (committed, not yet accepted), ``refused`` (the server will not take it
+    as it is; waits for the user), ``uploaded``, or ``empty`` (a new file
     nobody wrote into: XNAT cannot hold empty files, so it stays local).
     """
 
@@ -170,6 +171,18 @@ class Overlay:
             elif parts[depth] not in entries:
                 entries[parts[depth]] = self._folder(node, parts[:depth + 1])
         return Listing(entries, listing.aliases)
+
+    def local_subfolders(self, node: Node) -> set[str]:
+        """Names of the folders right inside ``node`` that exist here (made by
+        mkdir, or holding a file of ours), whether or not XNAT lists them too."""
+        if not isinstance(node, (ResourceDir, FolderDir)):
+            return set()
+        container = node.resource.uri
+        prefix = node.subpath if isinstance(node, FolderDir) else ()
+        depth = len(prefix)
+        paths = list(self.folders.get(container, ()))
+        paths += [tuple(relpath.split("/"))[:-1] for relpath in self.files.get(container, {})]
+        return {path[depth] for path in paths if len(path) > depth and path[:depth] == prefix}
 
     @staticmethod
     def _folder(node: ResourceDir | FolderDir, subpath: tuple[str, ...]) -> FolderDir:

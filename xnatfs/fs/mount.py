@@ -36,6 +36,7 @@ from xnatfs.cache.content import ContentCache
 from xnatfs.cache.listing import ListingCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.errors import redact_url
+from xnatfs.fs.control import ControlServer
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
 from xnatfs.fs.keys import ProjectsKey
@@ -84,6 +85,7 @@ async def _run_loop(ops: XnatOperations) -> None:
     async with trio.open_nursery() as nursery:
         ops.start_background(nursery)
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(ControlServer(ops, ops.tree.started_at).serve)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -14,8 +14,12 @@
 
 Anything else that would change the tree is refused: EROFS on read-only
 mounts and shared experiments, EXDEV for moves across parents (so ``mv``
-copies and deletes), EPERM for what XNAT cannot do. chmod, chown and
-utimens succeed and change nothing.
+copies and deletes), EPERM for what XNAT cannot do (symbolic and hard
+links, fifos and device files among them), EINVAL for names XNAT cannot
+store. A folder inside a resource cannot be renamed (EXDEV): XNAT has no
+move, so ``mv`` copies its files and removes the originals, which is what
+the mount would have to do file by file anyway. chmod, chown and utimens
+succeed and change nothing.
 
 :class:`Mutations` is a mixin of :class:`xnatfs.fs.operations.XnatOperations`
 and uses its attributes (tree, overlay, writer, inodes, settings, ...).
@@ -33,8 +37,11 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.fs.control import REFRESH_NAME
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
 from xnatfs.fs.keys import (
@@ -47,7 +54,7 @@ from xnatfs.fs.keys import (
     SubjectsKey,
 )
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
-from xnatfs.fs.names import NAME_MAX
+from xnatfs.fs.names import NAME_MAX, RESERVED, unstorable_reason
 from xnatfs.fs.nodes import (
     ExperimentDir,
     FileNode,
@@ -89,10 +96,14 @@ class Mutations:
     def _new_name(raw: bytes, what: str) -> str:
         """The text of a name a user gives a new entry; refused when XNAT could not hold it.
 
-        The server keeps names as UTF-8 text of at most 255 bytes: anything
-        else would be accepted here and then fail at every upload.
+        The server keeps names as UTF-8 text of at most 255 bytes, and not
+        every character (:func:`xnatfs.fs.names.unstorable_reason`): anything
+        else would be accepted here and then be refused at the upload, or
+        come back under another name.
         """
         text = os.fsdecode(raw)
+        if text == REFRESH_NAME:
+            raise _fail(errno.EPERM, "%s refused: %s only asks for a refresh of its folder", what, text)
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -100,6 +111,9 @@ class Mutations:
         if len(raw) > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG, "%s refused: the name is %d bytes long, more than %d: %s",
                         what, len(raw), NAME_MAX, text)
+        reason = unstorable_reason(text)
+        if reason:
+            raise _fail(errno.EINVAL, "%s refused: XNAT cannot store the name %r: %s", what, text, reason)
         return text
 
     @staticmethod
@@ -107,10 +121,16 @@ class Mutations:
         if not VALID_LABEL.match(label):
             raise _fail(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r",
                         what, label)
+        if label in RESERVED:
+            # XNAT would take it, but the mount would show it as <label>@<ID>, beside its own folder.
+            raise _fail(errno.EINVAL, "%s refused: %s is the name of the mount's own folders", what, label)
 
     async def _call(self, function, *args, **kwargs):
         """A blocking client call in a worker thread."""
-        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter)
+        # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
+        # then finishes, or times out, on its own.
+        return await bounded(trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
+                                                     abandon_on_cancel=True))
 
     async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
         """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""
@@ -242,6 +262,10 @@ class Mutations:
             self.tree.forget_listing(self.tree.files_listing_key(local.target.resource_uri))
             raise
         except XnatError as exc:
+            if local.state == "refused":
+                logger.error("upload of %s refused; kept in the spool until a user retries or discards it: %s",
+                             local.target.describe(), exc)
+                raise
             logger.error("upload of %s failed; kept in the spool for another try: %s",
                          local.target.describe(), exc)
             self._retry_wakeup.set()
@@ -514,16 +538,36 @@ class Mutations:
         await self._delete_file(node)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
 
+    # ---- what XNAT has no counterpart for -----------------------------
+
+    # Without a handler the kernel answers ENOSYS ("Function not implemented"),
+    # which reads as a broken file system; EPERM is what file systems without
+    # links or special files (FAT, for one) answer, and what tools expect.
+
+    @fuse_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise _fail(errno.EPERM, "symlink %s refused: XNAT has no symbolic links", os.fsdecode(name))
+
+    @fuse_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise _fail(errno.EPERM, "link %s refused: XNAT has no hard links", os.fsdecode(new_name))
+
+    @fuse_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise _fail(errno.EPERM, "mknod %s refused: XNAT holds only files and folders", os.fsdecode(name))
+
     # ---- uploads in the background ------------------------------------
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        """Show uploads left pending by earlier mounts, and keep retrying them."""
+        """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""
         self.nursery = nursery
+        nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self._retry_uploads)
 
     async def _adopt_pending(self) -> None:
         pending = await self._call(self.spool.pending, self.server)
-        for entry in pending:
+        refused = await self._call(self.spool.refused, self.server)
+        for entry in pending + refused:
             if entry.target.kind != "file" or self.overlay.file(entry.target.resource_uri, entry.target.relpath):
                 continue
             try:
@@ -534,6 +578,9 @@ class Mutations:
             self.overlay.add_file(local)
         if pending:
             logger.warning("%d upload(s) left pending by an earlier mount; retrying", len(pending))
+        if refused:
+            logger.warning("%d upload(s) refused by the server wait for `xnatfs uploads retry ID` or "
+                           "`uploads discard ID`; see `xnatfs uploads list`", len(refused))
 
     async def _retry_uploads(self) -> None:
         try:
@@ -554,7 +601,7 @@ class Mutations:
 
     async def _retry_once(self) -> float:
         """Send the pending uploads that are due; seconds until the next check."""
-        report = await self._call(self.uploader.push_pending, self.server, due_only=True)
+        report = await self._call(self._push_due)
         if report.ok or report.failed:
             logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
         for local in self.overlay.all_files():
@@ -566,6 +613,11 @@ class Mutations:
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
         return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
 
+    def _push_due(self):
+        # Background sends wait on a silent server no longer than a request would.
+        with bounded_by(Budget(self.settings.timeout)):
+            return self.uploader.push_pending(self.server, due_only=True)
+
     def finish_uploads(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
         """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
         pending = self.spool.pending(self.server)
@@ -574,14 +626,16 @@ class Mutations:
         logger.info("sending %d pending upload(s) before exiting", len(pending))
         deadline = time.monotonic() + budget
         left = 0
-        for entry in pending:
-            if time.monotonic() > deadline:
-                left += 1
-                continue
-            try:
-                self.uploader.push(entry)
-            except XnatError:
-                left += 1
+        # A silent server holds the exit up for one timeout at most, not one per upload.
+        with bounded_by(Budget(self.settings.timeout)):
+            for entry in pending:
+                if time.monotonic() > deadline:
+                    left += 1
+                    continue
+                try:
+                    self.uploader.push(entry)
+                except XnatError:
+                    left += 1
         if left:
             logger.warning("%d upload(s) still pending; they are sent by the next mount or "
                            "`xnatfs uploads retry`", left)

@@ -15,6 +15,10 @@ sends may hold anything. Nothing the server says is used as a path as it is:
   (``<label>@<accession ID>``);
 - whatever is still ambiguous after these rules gets ``~2``, ``~3``, ... in
   the order of the raw names, so no entry ever hides another.
+
+Names the other way, given by a user for a new entry, are checked by
+:func:`unstorable_reason`: a name the mount accepts must be stored by XNAT
+as it is and shown back unchanged (docs/LAYOUT.md, "Names XNAT can store").
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ RESERVED = frozenset({RESOURCES, SCANS})
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 _UNSAFE_IN_TYPE = re.compile(r"[^A-Za-z0-9._+-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _utf8_len(text: str) -> int:
@@ -71,6 +76,23 @@ def safe_component(raw: str) -> str:
     elif name == "..":
         name = "__"
     return shorten(name)
+
+
+def unstorable_reason(name: str) -> str:
+    """Why XNAT could not store ``name`` as one path component and give it
+    back unchanged, or "" when it can."""
+    control = _CONTROL.search(name)
+    if control:
+        # Shown as "_" by safe_component, and XNAT's XML catalog reads tab and
+        # newline back as spaces and cannot hold the other C0 characters at all.
+        return f"it holds the control character {control.group()!r}"
+    if "\\" in name:
+        # XNAT treats a backslash as a path separator, and Tomcat in front of
+        # it answers 400 to a request path holding one.
+        return "it holds a backslash"
+    if name in ("", ".", ".."):
+        return "it is not a name"
+    return ""
 
 
 def safe_label(raw: str) -> str:

@@ -28,9 +28,11 @@ from xnatfs.fs.keys import (
     ExperimentFilesKey,
     ExperimentsKey,
     ListingKey,
+    ProjectContentsSearch,
     ProjectsKey,
     ResourceFilesKey,
     ResourcesKey,
+    SubjectResourcesSearch,
     SubjectsKey,
 )
 
@@ -116,6 +118,10 @@ class DirNode(Node):
         """What tells this folder from other folders of its kind."""
         raise NotImplementedError
 
+    def refreshed_keys(self) -> tuple[ListingKey, ...]:
+        """The raw listings to drop so the folder is asked for again (``xnatfs refresh``)."""
+        return self.listing_keys()
+
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
         raise NotImplementedError
@@ -164,6 +170,11 @@ class ProjectDir(DirNode):
 
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (SubjectsKey(self.project.id), ExperimentsKey(self.project.id))
+
+    def refreshed_keys(self) -> tuple[ListingKey, ...]:
+        # Project-wide searches answer the sessions below; they must be asked again too.
+        project_id = self.project.id
+        return self.listing_keys() + (ProjectContentsSearch(project_id), SubjectResourcesSearch(project_id))
 
     def identity(self) -> Hashable:
         return self.project.id
@@ -316,7 +327,7 @@ class ScansDir(DirNode):
         return Listing(found, aliases)
 
     def xattr_values(self) -> dict[str, str]:
-        return {"uri": paths.scans(self.experiment.experiment.id)}
+        return {"uri": paths.scans_of(self.experiment.uri)}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -379,7 +390,7 @@ class ResourcesDir(DirNode):
         return resource_entries(self, context, raws[0], "", self.owner_uri)
 
     def xattr_values(self) -> dict[str, str]:
-        return {"uri": paths.resources(self.owner_uri)}
+        return {"uri": paths.resources_of(self.owner_uri)}
 
 
 def resource_entries(parent: Node, context: ListingContext, resources: Sequence[Resource],

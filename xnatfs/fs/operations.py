@@ -25,6 +25,8 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader
 from xnatfs.client.models import RemoteFile
+from xnatfs.fs.control import REFRESH_NAME, refresh
+from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
@@ -75,6 +77,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
+        self.deadlines = RequestDeadlines(settings.timeout)
         self._retry_wakeup = trio.Event()
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -86,6 +89,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._last_served: dict[int, CacheKey] = {}
         self._opened: Counter[int] = Counter()      # inode → open file handles on it
         self._handle_inodes: dict[int, int] = {}    # file handle → its inode
+        self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
+        self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
 
@@ -174,8 +179,18 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return attrs
         attrs = entry.attrs
         if node.is_dir:
-            attrs.st_nlink = self.tree.known_nlink(node)
+            attrs.st_nlink = self._nlink(node)
         return attrs
+
+    def _nlink(self, node: Node) -> int:
+        """A folder's link count: 2 + its sub-folders, ours (not on XNAT yet) included."""
+        ours = self.overlay.local_subfolders(node)
+        if not ours:
+            return self.tree.known_nlink(node)
+        listed = self.tree.known_subdirs(node)
+        if listed is None:
+            return max(self.tree.known_nlink(node), 2 + len(ours))
+        return 2 + len(ours | listed)
 
     def attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -183,7 +198,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         writable = self._writable(node)
         if node.is_dir:
             attrs.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
-            attrs.st_nlink = self.tree.known_nlink(node)
+            attrs.st_nlink = self._nlink(node)
             attrs.st_size = 0
         else:
             attrs.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
@@ -218,6 +233,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         elif text == "..":
             path = parent.path[:-1]
             node = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE).node
+        elif text == REFRESH_NAME and parent.node.is_dir:
+            return await self._refresh_by_name(parent)
         else:
             node = await self._lookup(parent.node, text)
             if node is None:
@@ -225,6 +242,13 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             path = parent.path + (text,)
         inode = self.inodes.remember(path, node)
         return self._attributes_of(inode, self.inodes.get(inode), node)
+
+    async def _refresh_by_name(self, parent: InodeEntry) -> pyfuse3.EntryAttributes:
+        """Looking up the magic name refreshes its folder (for file managers); it never exists."""
+        await refresh(self, "/".join(parent.path), recursive=False, in_request=True)
+        attrs = self._negative()
+        attrs.entry_timeout = 0
+        return attrs
 
     async def forget(self, inode_list):
         # Not a request anyone waits for: pyfuse3 wants no exception at all here.
@@ -376,6 +400,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
+        if handle is None:
+            self.cache_misses += 1
+        else:
+            self.cache_hits += 1
         if handle is None and inode is not None:
             handle = await self._from_series(inode, remote, key)
         if handle is None:
@@ -395,7 +423,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             ready = flight.event_for(remote.uri)
             if ready is None:
                 return None
-            await ready.wait()
+            await bounded(ready.wait())
             return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import trio
 
 from xnatfs.cache.content import CacheKey, CachedFile, ContentCache, PendingFetch
+from xnatfs.fs.deadlines import bounded, run_abandonable
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class ReadHandle:
                 logger.debug("cache entry for %s released under us; asking again", key.uri)
                 return cls(key, cache.fetch(key, download), None)
 
-        return await trio.to_thread.run_sync(open_blocking, limiter=limiter)
+        return await bounded(run_abandonable(open_blocking, limiter=limiter, discard=ReadHandle.discard))
 
     async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
         end = min(offset + length, self.key.size)
@@ -157,7 +158,8 @@ class ReadHandle:
                 return data
         if self._cached is not None:
             return await trio.to_thread.run_sync(self._cached.pread, offset, end - offset, limiter=limiter)
-        return await trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter)
+        return await bounded(trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter,
+                                                     abandon_on_cancel=True))
 
     def read_blocking(self, offset: int, length: int) -> bytes:
         """Like :meth:`read`, from a worker thread."""
@@ -171,6 +173,15 @@ class ReadHandle:
     def _read_pending(self, offset: int, end: int) -> bytes:
         self._pending.wait_for(end)
         return self._pending.pread(offset, end - offset)
+
+    def discard(self) -> None:
+        """Close an open nobody will use (its request was given up)."""
+        cached, pending = self._cached, self._pending
+        self._cached = self._pending = None
+        if cached is not None:
+            cached.close()
+        if pending is not None:
+            pending.close()
 
     async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
         """Let go of the entry; a complete one is handed to ``hot`` to be kept open."""

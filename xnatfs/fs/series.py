@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import trio
 
 from xnatfs.cache.content import CacheKey, CachedFile, ContentCache
+from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError
@@ -71,7 +72,7 @@ class SeriesFetcher:
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
         """A scan resource of several files that together fit comfortably in the cache."""
-        if len(files) < 2 or "/scans/" not in files[0].resource_uri:
+        if len(files) < 2 or not paths.is_scan_resource(files[0].resource_uri):
             return False
         total = sum(f.size for f in files)
         return total <= self.max_bytes and all(f.size < self.large_file_bytes for f in files)

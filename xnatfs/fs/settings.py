@@ -1,18 +1,18 @@
 """What a mount is asked to do: the options of ``xnatfs mount`` in one record.
 
 Values come, from weakest to strongest, from built-in defaults, the config
-file (``$XNATFS_CONFIG`` or ``~/.config/xnatfs/config.toml``, the file the
-client reads too: a ``[defaults]`` table and one ``[servers."<URL>"]`` table
-per server) and the command line.
+file (:mod:`xnatfs.config`: a ``[defaults]`` table and one
+``[servers."<URL>"]`` table per server) and the command line.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from xnatfs.config import ConfigError, mount_tables, read_config
 
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
@@ -65,6 +65,8 @@ class MountSettings:
     retries: int = 5                     # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20      # files this big are served while they download
     series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip
+    timeout: float = 30.0                # seconds a request may wait without progress, then EIO
+    max_answer_size: int = 64 << 20      # the largest listing, search or item JSON held in memory
 
     @property
     def negative_ttl(self) -> float:
@@ -80,11 +82,11 @@ _CONFIG_KEYS = {
     "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
-    "series_zip_size": parse_size,
+    "series_zip_size": parse_size, "timeout": float, "max_answer_size": parse_size,
 }
 
 
-def _apply_table(settings: MountSettings, table: dict, source: str) -> MountSettings:
+def _apply_table(settings: MountSettings, table: dict) -> MountSettings:
     changes = {}
     for key, value in table.items():
         name = key.replace("-", "_")
@@ -94,21 +96,25 @@ def _apply_table(settings: MountSettings, table: dict, source: str) -> MountSett
             continue
         convert = _CONFIG_KEYS.get(name)
         if convert is None:
-            raise ValueError(f"{source}: unknown setting {key!r}")
+            raise ValueError(f"unknown setting {key!r}")
         changes[name] = Path(value).expanduser() if convert is Path else convert(value)
     return replace(settings, **changes)
 
 
 def load_config(path: Path, url: str) -> MountSettings:
-    """Defaults overlaid with the config file's ``[defaults]`` and the table for ``url``."""
+    """Defaults overlaid with the config file's ``[defaults]`` and the table for ``url``.
+
+    Raises :class:`xnatfs.config.ConfigError` (naming the file, and the line
+    of a syntax error) for a file that cannot be used.
+    """
     settings = MountSettings()
-    if not path.exists():
+    try:
+        document = read_config(path)
+    except FileNotFoundError:
         return settings
-    with open(path, "rb") as handle:
-        data = tomllib.load(handle)
-    settings = _apply_table(settings, data.get("defaults", {}), f"{path} [defaults]")
-    servers = data.get("servers", {})
-    table = servers.get(url) or servers.get(url.rstrip("/"))
-    if table:
-        settings = _apply_table(settings, table, f"{path} [servers.{url!r}]")
+    for name, table in mount_tables(document, url):
+        try:
+            settings = _apply_table(settings, table)
+        except ValueError as exc:
+            raise ConfigError(f"config file {path} {name}: {exc}") from None
     return settings

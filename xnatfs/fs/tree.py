@@ -23,6 +23,7 @@ from xnatfs.cache.listing import ListingCache
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import Experiment, RemoteFile
 from xnatfs.fs import names
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ListingKey, files_key
 from xnatfs.fs.nodes import DirNode, Listing, Node, RootDir
 from xnatfs.fs.walks import Walks
@@ -60,7 +61,7 @@ class Tree:
 
     async def direct(self, key: ListingKey):
         """A raw listing from its own request (searches' answers are never kept under its key)."""
-        return await self.listings.get_or_load(key, lambda: key.load(self.connection), self.limiter)
+        return await bounded(self.listings.get_or_load(key, lambda: key.load(self.connection), self.limiter))
 
     async def _raws(self, keys: Sequence[ListingKey]) -> tuple:
         cached = tuple(self.listings.get(key) for key in keys)
@@ -126,6 +127,13 @@ class Tree:
         if memo is not None:
             return 2 + memo[1].subdir_count
         return node.nlink
+
+    def known_subdirs(self, node: DirNode) -> set[str] | None:
+        """Names of the sub-directories in this directory's listing; None while it is not known."""
+        memo = self._memo.get(node.listed()[1])
+        if memo is None:
+            return None
+        return {name for name, child in memo[1].entries.items() if child.is_dir}
 
     # ---- what building entries uses (nodes.ListingContext) ------------
 

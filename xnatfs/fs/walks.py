@@ -29,6 +29,7 @@ import trio
 from xnatfs.cache.listing import ListingCache
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.fs import names
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ListingKey, ProjectContentsSearch, SearchAnswer, SearchKey, SubjectResourcesSearch
 from xnatfs.fs.nodes import Listing, Node
 
@@ -88,7 +89,7 @@ class Walks:
     async def _search(self, key: SearchKey) -> SearchAnswer | None:
         """A project-wide search; None when the server cannot answer it or it failed."""
         try:
-            answer = await self.listings.get_or_load(key, lambda: key.load(self.client), self.limiter)
+            answer = await bounded(self.listings.get_or_load(key, lambda: key.load(self.client), self.limiter))
         except Exception as exc:
             # The per-session listings answer instead, for as long as a listing is trusted.
             logger.info("the search %s failed: %s", key, exc)

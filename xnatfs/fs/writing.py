@@ -59,11 +59,11 @@ class Writer:
         return local
 
     def adopt(self, entry: SpoolEntry) -> LocalFile:
-        """A pending file upload left by an earlier mount, shown until it is sent."""
+        """A file upload left pending (or refused) by an earlier mount, shown until it is sent or dropped."""
         fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
         return LocalFile(target=entry.target, container=entry.target.resource_uri, relpath=entry.target.relpath,
                          fd=fd, entry=entry, replaces_remote=True, size=os.fstat(fd).st_size,
-                         entry_open=False, state="failed" if entry.state == "failed" else "pending",
+                         entry_open=False, state=entry.state if entry.state in ("failed", "refused") else "pending",
                          error=entry.last_error, mtime=entry.created)
 
     def _writable(self, local: LocalFile) -> None:
@@ -132,7 +132,8 @@ class Writer:
             self._keep_durably(entry)
             with local.lock:
                 if local.entry is entry:
-                    local.state, local.error = "failed", str(exc)
+                    local.state = "refused" if entry.state == "refused" else "failed"
+                    local.error = str(exc)
             raise
         with local.lock:
             if local.entry is entry:
@@ -165,7 +166,7 @@ class Writer:
         """After a background retry: True once the spool no longer holds the entry (it was sent)."""
         with local.lock:
             entry = local.entry
-            if entry is None or local.entry_open or local.state not in ("pending", "failed"):
+            if entry is None or local.entry_open or local.state not in ("pending", "failed", "refused"):
                 return False
             current = self.spool.get(entry.id)
             if current is None:

@@ -1,0 +1,54 @@
+"""One module reads the configuration file; a broken file is one line naming the file and the line."""
+
+import pytest
+
+from xnatfs.cli import main
+from xnatfs.client.config import ClientConfig
+from xnatfs.config import ConfigError, mount_tables, read_config
+from xnatfs.fs.settings import load_config
+
+BROKEN = "[defaults]\nttl = 30\ncache_size = \n"
+
+
+def test_a_syntax_error_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(BROKEN)
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    assert str(caught.value).startswith(f"config file {path}, line 3: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_mount_and_client_read_the_same_file_through_one_reader(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(BROKEN)
+    with pytest.raises(ConfigError):
+        load_config(path, "https://xnat.example.org")
+    with pytest.raises(ConfigError):
+        ClientConfig.load(path)
+
+
+def test_the_mount_command_shows_a_broken_file_in_one_line(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text(BROKEN)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    assert main(["mount", "http://127.0.0.1:9", str(mountpoint), "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xnatfs: config file {path}, line 3: ")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_bad_value_names_the_file_and_its_table(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[servers."https://xnat.example.org"]\ncache_size = "lots"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, "https://xnat.example.org")
+    assert str(path) in str(caught.value) and "[servers.'https://xnat.example.org']" in str(caught.value)
+
+
+def test_tables_for_a_server_come_weakest_first(tmp_path):
+    document = {"defaults": {"ttl": 1}, "servers": {"https://x.org": {"ttl": 2}}, "xnat": {"server": "y"}}
+    assert mount_tables(document, "https://x.org/") == [("[defaults]", {"ttl": 1}),
+                                                        ("[servers.'https://x.org/']", {"ttl": 2})]
+    assert mount_tables(document, "https://other.org") == [("[defaults]", {"ttl": 1})]

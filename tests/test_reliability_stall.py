@@ -1,0 +1,177 @@
+"""A server that accepts connections and never answers: every caller gets an answer in time.
+
+The fake server runs in a process of its own and is stopped with SIGSTOP,
+so connections are accepted by the kernel and nothing ever comes back, the
+way a hung server or a dead proxy behaves. The mount runs with a short
+``--timeout``; each caller (a checksum of an uncached file, a listing of an
+uncached folder, a copy into the mount) must return with an error within a
+generous multiple of it, instead of sitting unkillable in the kernel. After
+SIGCONT the mount works again by itself and what was written reaches the
+server. ``xnatfs unmount`` and its ``--force`` form work while the server is
+stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from mountutil import fuse_mounted, isolated_env, mounted, server_files, xnatfs_command
+
+pytestmark = pytest.mark.mount
+
+TIMEOUT = 3.0
+# Generous: a caller that is not answered in time would wait for minutes.
+BOUND = 4 * TIMEOUT
+RECOVERY = 30.0
+SESSION = "STUDY01/SUB001/SUB001_MR1"
+QC = f"{SESSION}/RESOURCES/QC"
+QC_FILES = "/data/experiments/XNAT_E00001/resources/QC/files"
+
+LIST = "import os, sys\ntry:\n    os.listdir(sys.argv[1])\nexcept OSError as e:\n    sys.exit(e.errno)\n"
+
+
+def finishes_in_time(server, command: list[str], env=None) -> subprocess.CompletedProcess:
+    """Run ``command``; fail the test if it is still waiting after BOUND seconds.
+
+    On that failure the server is continued first: a caller stuck in the
+    kernel cannot be killed before the daemon answers it.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = process.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        server.resume()
+        process.kill()
+        process.communicate()
+        pytest.fail(f"{command} was not answered within {BOUND} s while the server was stopped")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def wait_until(check, what: str, limit: float = RECOVERY):
+    deadline = time.monotonic() + limit
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {limit} s")
+        time.sleep(0.2)
+
+
+def md5_or_none(path: Path) -> str | None:
+    try:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def server_copy(server, name: str) -> bytes | None:
+    answer = requests.get(f"{server.url}{QC_FILES}/{name}", auth=(server.username, server.password), timeout=10)
+    return answer.content if answer.status_code == 200 else None
+
+
+def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake_xnat_process, tmp_path):
+    server = fake_xnat_process
+    files = server_files(server)
+    read_path = sorted(p for p in files if p.startswith(f"{SESSION}/SCANS/2-"))[0]
+    listed_folder = "STUDY02"
+    written = b"written while the server was stopped\n" * 100
+    source = tmp_path / "source.txt"
+    source.write_bytes(written)
+
+    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT))) as mount:
+        # Folders the copy and the read go through are listed before the stop, so
+        # that each caller below waits on exactly one thing: file bytes, a listing, an upload.
+        os.listdir(mount.path / QC)
+        os.listdir((mount.path / read_path).parent)
+        server.pause()
+        try:
+            read = finishes_in_time(server, ["md5sum", str(mount.path / read_path)])
+            assert read.returncode != 0 and "Input/output error" in read.stderr, read
+            listing = finishes_in_time(server, [sys.executable, "-c", LIST, str(mount.path / listed_folder)])
+            assert listing.returncode == errno.EIO, listing
+            copy = finishes_in_time(server, ["cp", str(source), str(mount.path / QC / "stalled.txt")])
+            assert copy.returncode != 0, copy
+        finally:
+            server.resume()
+
+        digest = wait_until(lambda: md5_or_none(mount.path / read_path), "the file is not readable again")
+        assert digest == files[read_path].digest
+        subjects = {p.split("/")[1] for p in files if p.startswith(listed_folder + "/")} - {"RESOURCES"}
+        assert subjects and subjects <= set(os.listdir(mount.path / listed_folder))
+        assert wait_until(lambda: server_copy(server, "stalled.txt"),
+                          "the file written during the stop did not reach the server") == written
+        assert mount.process.poll() is None
+    log = mount.log()
+    assert log.count("server stalled") == 1, log
+    assert "server answers again" in log
+
+
+def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_process, tmp_path):
+    server = fake_xnat_process
+    written = b"kept in the spool\n"
+    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT))) as mount:
+        os.listdir(mount.path / QC)
+        env = isolated_env(mount.home, XNAT_USER=server.username, XNAT_PASS=server.password)
+        (tmp_path / "late.txt").write_bytes(written)
+        server.pause()
+        try:
+            copy = finishes_in_time(server, ["cp", str(tmp_path / "late.txt"), str(mount.path / QC / "late.txt")])
+            assert copy.returncode != 0
+            unmount = finishes_in_time(server, xnatfs_command("unmount", str(mount.path)), env=env)
+            assert unmount.returncode == 0, unmount.stderr
+            assert not fuse_mounted(mount.path)
+            mount.process.wait(timeout=BOUND)
+        finally:
+            server.resume()
+        listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert "late.txt" in listed.stdout, listed
+        retried = subprocess.run(xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert retried.returncode == 0, retried.stderr
+        assert server_copy(server, "late.txt") == written
+
+
+def test_forced_unmount_detaches_a_busy_mount_while_the_server_is_stopped(fake_xnat_process, tmp_path):
+    server = fake_xnat_process
+    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT))) as mount:
+        env = isolated_env(mount.home)
+        os.listdir(mount.path / "STUDY01")
+        busy = os.open(mount.path / "STUDY01", os.O_RDONLY)
+        server.pause()
+        try:
+            refused = finishes_in_time(server, xnatfs_command("unmount", str(mount.path)), env=env)
+            assert refused.returncode != 0 and "--force" in refused.stderr, refused
+            forced = finishes_in_time(server, xnatfs_command("unmount", "--force", str(mount.path)), env=env)
+            assert forced.returncode == 0, forced.stderr
+            assert not fuse_mounted(mount.path)
+        finally:
+            os.close(busy)
+            server.resume()
+        mount.process.wait(timeout=BOUND * 2)
+
+
+def test_mounting_a_stopped_server_fails_in_time(fake_xnat_process, tmp_path):
+    server = fake_xnat_process
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = isolated_env(tmp_path / "home", XNAT_USER=server.username, XNAT_PASS=server.password)
+    server.pause()
+    try:
+        started = finishes_in_time(server, xnatfs_command(
+            "mount", server.url, str(mountpoint), "--timeout", str(TIMEOUT),
+            "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "mnt.log")), env=env)
+    finally:
+        server.resume()
+    assert started.returncode != 0 and "timed out" in started.stderr, started
+    assert not fuse_mounted(mountpoint)

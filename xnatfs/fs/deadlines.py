@@ -1,0 +1,125 @@
+"""Every file system request answered within a bound, whatever the server does.
+
+A process waiting for a FUSE answer cannot be killed, not even with
+SIGKILL, so no request may wait on the server without end. Each request
+runs under a :class:`~xnatfs.client.budget.Budget` of ``timeout`` seconds
+without progress: the HTTP layer caps its socket waits and retries by it,
+and each place where a request may wait on the server (a worker thread, a
+download or listing another request started) is wrapped in :func:`bounded`,
+which gives up when the budget is spent, even if a worker thread is still
+stuck in a socket call (that thread is abandoned; its socket
+timeout ends it soon after, and it keeps its limiter slot until then, so
+stuck threads never outnumber the workers). A download that keeps receiving
+bytes pushes the deadline on, so it is never cut while it moves.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import trio
+
+from xnatfs.client.budget import Budget, current_budget, enter_budget, leave_budget
+from xnatfs.errors import XnatTimeout
+
+T = TypeVar("T")
+
+# How often requests are checked for a spent budget: the bound is kept to
+# within this much (or a quarter of the timeout, if that is less).
+LONGEST_CHECK_INTERVAL = 1.0
+
+
+class RequestDeadlines:
+    """The bound on the requests of one mount (event loop only).
+
+    :meth:`run` puts a request under a fresh budget and costs next to
+    nothing; only the places that may wait on the server pay for a cancel
+    scope, through :func:`bounded`.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._waiting: dict[trio.CancelScope, Budget] = {}
+
+    async def run(self, method: Callable[..., Awaitable[T]], *args, **kwargs) -> T:
+        """``await method(*args, **kwargs)`` as one request under its own budget."""
+        budget_token = enter_budget(Budget(self.timeout))
+        own_token = _deadlines.set(self)
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            _deadlines.reset(own_token)
+            leave_budget(budget_token)
+
+    async def watch(self) -> None:
+        """Give up the waits whose request's budget is spent; runs until cancelled."""
+        interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
+        while True:
+            await trio.sleep(interval)
+            for scope, budget in list(self._waiting.items()):
+                if budget.remaining() <= 0:
+                    scope.cancel()
+
+
+_deadlines: ContextVar[RequestDeadlines | None] = ContextVar("xnatfs_deadlines", default=None)
+
+
+async def bounded(awaitable: Coroutine[Any, Any, T]) -> T:
+    """``await awaitable``, given up with :class:`XnatTimeout` once the current request's budget is spent.
+
+    Outside a request (background work) it is just awaited.
+    """
+    deadlines = _deadlines.get()
+    budget = current_budget()
+    if deadlines is None or budget is None:
+        return await awaitable
+    if budget.remaining() <= 0:
+        awaitable.close()
+        raise _timeout(budget)
+    with trio.CancelScope() as scope:
+        deadlines._waiting[scope] = budget
+        try:
+            return await awaitable
+        finally:
+            del deadlines._waiting[scope]
+    raise _timeout(budget)
+
+
+def _timeout(budget: Budget) -> XnatTimeout:
+    return XnatTimeout(f"no answer from the server within {budget.seconds:g} s")
+
+
+async def run_abandonable(function: Callable[[], T], *, limiter: trio.CapacityLimiter,
+                          discard: Callable[[T], None]) -> T:
+    """``function()`` in a worker thread that is abandoned if the request is given up.
+
+    A result that arrives after that (an open file, say) goes to ``discard``
+    instead of being lost with its resources.
+    """
+    lock = threading.Lock()
+    state: dict[str, object] = {}
+
+    def work() -> T:
+        result = function()
+        with lock:
+            if not state.get("abandoned"):
+                state["result"] = result
+                return result
+        discard(result)
+        return result
+
+    try:
+        return await trio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+    except trio.Cancelled:
+        with lock:
+            state["abandoned"] = True
+            late = state.pop("result", _NONE)
+        if late is not _NONE:
+            discard(late)
+        raise
+
+
+_NONE = object()
