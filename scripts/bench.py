@@ -821,8 +821,8 @@ MISSED_NOTES: dict[str, str] = {
           "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
           "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
           "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
-          "which needs the inode passed to readdir); xattr requests would remain, as the SPEC requires "
-          "extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
+          "which needs the inode passed to readdir); xattr requests would remain, as docs/LAYOUT.md "
+          "promises extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
     "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
           "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
           "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "

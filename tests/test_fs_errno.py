@@ -1,4 +1,4 @@
-"""XNAT errors map to the errno values SPEC promises, in one place."""
+"""XNAT errors map to the errno values docs/SEMANTICS.md §3 promises, in one place."""
 
 import errno
 

@@ -1,4 +1,4 @@
-"""Writing through a real mount: every row of SPEC's "Writing" table, checked on the server."""
+"""Writing through a real mount: every row of the table in docs/SEMANTICS.md §2, checked on the server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC's "Writing" and "Errors" rows not covered in test_mount_write.py, on a real mount.
+"""The rows of docs/SEMANTICS.md §2 ("Writing") and §3 ("Errors") not covered in test_mount_write.py, on a real mount.
 
 Each error row is provoked at the server (a change made behind the
 mount's back, or an injected status) and checked as the errno a caller sees.

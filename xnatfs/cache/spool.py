@@ -203,6 +203,33 @@ class UploadSpool:
         finally:
             os.close(fd)
 
+    def retarget(self, entry: SpoolEntry, target: UploadTarget) -> bool:
+        """Send the entry's bytes under ``target`` instead (a rename of the file).
+
+        The record is replaced atomically, so after a crash it names either
+        the old or the new target, never both. A committed entry is claimed
+        first, so an upload of it under way finishes before the change.
+        False when the entry was sent (under its old target) meanwhile.
+        """
+        target = replace(target, server=normalize_server(target.server))
+        with self._lock:
+            writing = entry.id in self._writers
+        if writing:
+            self._save_target(entry, target)
+            return True
+        with self.claim(entry) as current:
+            if current is None:
+                return False
+            self._save_target(current, target)
+        entry.target = target
+        return True
+
+    def _save_target(self, entry: SpoolEntry, target: UploadTarget) -> None:
+        entry.target = target
+        entry.updated = time.time()
+        # A sealed record stays durable; an unsealed one is vouched for by this boot.
+        self._save(entry, durable=entry.sealed)
+
     def seal(self, entry: SpoolEntry) -> None:
         """Make a committed entry survive a power loss, if it is still here
         and not sealed yet: its bytes are going to wait in the spool."""

@@ -110,6 +110,16 @@ class InodeTable:
             del self._by_path[entry.path]
         return True
 
+    def detach(self, path: Path) -> None:
+        """The file at ``path`` lost its name (unlinked, or renamed over): its
+        inode lives on for the descriptors still open on it, and a new file
+        under that name gets a number of its own."""
+        self._by_path.pop(path, None)
+
+    def attached(self, number: int, entry: InodeEntry) -> bool:
+        """Whether the entry still has its path (see :meth:`detach`)."""
+        return self._by_path.get(entry.path) == number
+
     def move(self, old: Path, new: Path) -> None:
         """Re-key every live entry under ``old`` to ``new`` after a rename of ours."""
         for number, entry in list(self._entries.items()):

@@ -36,7 +36,7 @@ class LocalFile:
     relpath: str
     fd: int
     entry: SpoolEntry | None
-    replaces_remote: bool = False
+    replaces_remote: bool = False   # the server holds a file under this name (ours once sent)
     experiment_id: str = ""      # for a DICOM import: the experiment whose listings it changes
     size: int = 0
     entry_open: bool = True      # the spool entry still takes writes (not committed)

@@ -1,4 +1,4 @@
-"""The handlers that change XNAT: each maps to one XNAT call (SPEC "Writing").
+"""The handlers that change XNAT: each maps to one XNAT call (docs/SEMANTICS.md §2).
 
 | action | where | XNAT call |
 |---|---|---|
@@ -244,18 +244,19 @@ class Mutations:
     async def flush(self, fh):
         handle = self._handles.get(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
-            await self._upload(handle.local)
+            await self._upload(handle.local, final=False)
 
     @fuse_handler
     async def fsync(self, fh, datasync):
         handle = self._handles.get(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
-            await self._upload(handle.local)
+            await self._upload(handle.local, final=False)
 
-    async def _upload(self, local: LocalFile) -> None:
-        """Send a local file now; the caller sees the server's refusal as an errno."""
+    async def _upload(self, local: LocalFile, *, final: bool = True) -> None:
+        """Send a local file now; the caller sees the server's refusal as an errno.
+        ``final`` unless the file stays open (see :meth:`Writer.upload`)."""
         try:
-            sent = await self._call(self.writer.upload, local)
+            sent = await self._call(self.writer.upload, local, final=final)
         except XnatUnsupported:
             # Nothing was staged (XNAT cannot hold the result): show the server's file again.
             self.overlay.drop_file(local)
@@ -304,6 +305,11 @@ class Mutations:
         if local.handles == 0:
             if local.unlinked:
                 local.close()
+            elif await self._call(self.writer.drop_unwritten, local):
+                if local.handles == 0:
+                    # Opened for writing, nothing written: the server's file is shown again.
+                    self.overlay.drop_file(local)
+                    local.close()
             elif local.state == "uploaded":
                 self._linger(local)
 
@@ -333,7 +339,13 @@ class Mutations:
             local = node.local
         else:
             local = await self._stage_remote(node.file, truncate=size == 0)
-        await self._call(self.writer.truncate, local, size)
+        try:
+            await self._call(self.writer.truncate, local, size)
+        except OSError:
+            if not isinstance(node, LocalFileNode) and await self._call(self.writer.drop_unwritten, local):
+                self.overlay.drop_file(local)
+                local.close()
+            raise
         if not isinstance(handle, LocalHandle) and local.handles == 0:
             # truncate(2) on a path: no close will follow to send it.
             await self._upload(local)
@@ -424,11 +436,12 @@ class Mutations:
 
     @fuse_handler
     async def unlink(self, parent_inode, name, ctx):
-        _, _, text, node = await self._existing_child(parent_inode, name)
+        parent, _, text, node = await self._existing_child(parent_inode, name)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._check_writable(node, f"deleting {text}")
         await self._delete_file(node)
+        self.inodes.detach(parent.path + (text,))
 
     async def _delete_file(self, node: Node) -> None:
         if isinstance(node, LocalFileNode):
@@ -484,6 +497,8 @@ class Mutations:
             await self._rename_label(node, new)
         elif isinstance(node, (FileNode, LocalFileNode)):
             new_node = await self._move_file(node, new_pnode, new, existing)
+            if existing is not None:
+                self.inodes.detach(new_path)
             self.inodes.move(old_path, new_path)
             moved = self.inodes.number_of(new_path)
             if moved is not None:
@@ -514,29 +529,49 @@ class Mutations:
         if existing is not None and existing.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         target, container, relpath = self._file_target(new_pnode, new)
-        if isinstance(node, LocalFileNode):
-            source = node.local
-
-            def fill(sink) -> None:
-                offset = 0
-                while True:
-                    chunk = self.writer.read(source, offset, READ_CHUNK)
-                    if not chunk:
-                        break
-                    sink.write(chunk)
-                    offset += len(chunk)
-
-            moved = await self._call(self.writer.stage, target, container, relpath, fill=fill,
-                                     replaces_remote=existing is not None)
-        else:
-            moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
-        if isinstance(existing, LocalFileNode):
+        new_on_server = isinstance(existing, FileNode) or (
+            isinstance(existing, LocalFileNode) and (existing.local.replaces_remote
+                                                     or existing.local.state == "uploaded"))
+        if isinstance(existing, LocalFileNode) and not (isinstance(node, LocalFileNode)
+                                                        and existing.local is node.local):
+            # Descriptors still open on the overwritten file keep it, unlinked: never sent.
             await self._call(self.writer.discard, existing.local)
+            self.overlay.drop_file(existing.local)
+        if isinstance(node, LocalFileNode):
+            moved = await self._rename_local(node.local, target, relpath, replaces_remote=new_on_server)
+            return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+        moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
         self.overlay.add_file(moved)
         await self._upload(moved)
         await self._delete_file(node)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+
+    async def _rename_local(self, local: LocalFile, target: UploadTarget, relpath: str, *,
+                            replaces_remote: bool) -> LocalFile:
+        """A file of ours takes the new name: the same file, so descriptors open on
+        it write under the new name, and its pending upload goes there too.
+
+        A closed file is sent at once; an open one at its last close. The old
+        name is deleted on the server only once the spool holds the bytes.
+        """
+        old_relpath = local.relpath
+        self.overlay.drop_file(local)
+        try:
+            old_on_server = await self._call(self.writer.retarget, local, target, relpath,
+                                             replaces_remote=replaces_remote)
+        finally:
+            self.overlay.add_file(local)
+        if local.handles == 0:
+            try:
+                await self._upload(local)
+            except XnatError as exc:
+                # The rename itself is done: the bytes wait in the spool under the new name.
+                logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
+        if old_on_server:
+            self.overlay.hide(local.container, old_relpath)
+            await self._delete_on_server(local.container, old_relpath, missing_ok=True)
+        return local
 
     # ---- what XNAT has no counterpart for -----------------------------
 

@@ -73,7 +73,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             large_file_bytes=settings.large_file_size, keep_open=self._keep_open)
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
-        self.writer = Writer(spool, self.uploader)
+        self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
@@ -118,7 +118,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _current(self, inode: int, entry: InodeEntry) -> Node:
         """The entry's node as the (possibly reloaded) parent listing has it now."""
-        if not entry.path:
+        if not entry.path or not self.inodes.attached(inode, entry):
+            # A file removed or renamed over while open has no name to look up.
             return entry.node
         parent = self._parent(entry)
         if parent is None:

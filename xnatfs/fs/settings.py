@@ -17,6 +17,7 @@ from xnatfs.config import ConfigError, mount_tables, read_config
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
 DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
+DEFAULT_MAX_FILE_SIZE = 1 << 40
 
 
 def default_cache_dir() -> Path:
@@ -67,6 +68,7 @@ class MountSettings:
     series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip
     timeout: float = 30.0                # seconds a request may wait without progress, then EIO
     max_answer_size: int = 64 << 20      # the largest listing, search or item JSON held in memory
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a file written through the mount may grow to this (else EFBIG)
 
     @property
     def negative_ttl(self) -> float:
@@ -83,6 +85,7 @@ _CONFIG_KEYS = {
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
     "series_zip_size": parse_size, "timeout": float, "max_answer_size": parse_size,
+    "max_file_size": parse_size,
 }
 
 

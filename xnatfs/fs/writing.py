@@ -12,11 +12,16 @@ uploads of one file apart. The rules:
   before the caller hears of it, where the background retry and the next
   mount find it, and is raised to the caller (close/fsync answer EIO). A
   success needs no fsync at all: the server has the bytes;
-- a new file nobody wrote into is not sent: XNAT has no empty files.
+- a new file nobody wrote into is not sent: XNAT has no empty files;
+- a file grows only as far as the spool's disk has room for it (less a
+  reserve, ENOSPC) and up to the mount's largest file size (EFBIG): a huge
+  ``truncate`` or ``posix_fallocate`` fails at once instead of staging, and
+  at close sending, gigabytes of zeros.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -26,18 +31,22 @@ from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget
 from xnatfs.cache.uploader import Uploader
 from xnatfs.errors import XnatUnsupported
 from xnatfs.fs.local import LocalFile
+from xnatfs.fs.settings import DEFAULT_MAX_FILE_SIZE
 
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# Room left on the spool's disk for records, copies made at the next write, and everyone else.
+SPOOL_RESERVE = 64 << 20
 
 
 class Writer:
     """Local files over one spool and one connection."""
 
-    def __init__(self, spool: UploadSpool, uploader: Uploader):
+    def __init__(self, spool: UploadSpool, uploader: Uploader, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE):
         self.spool = spool
         self.uploader = uploader
+        self.max_file_size = max_file_size
 
     # ---- staging ------------------------------------------------------
 
@@ -89,8 +98,22 @@ class Writer:
             # Not accepted yet, and now out of date: these bytes replace it.
             self.spool.remove(previous)
 
+    def _check_room(self, local: LocalFile, size: int) -> None:
+        """Refuse to grow a file to ``size`` bytes beyond what may be staged (caller holds the lock)."""
+        if size <= local.size:
+            return
+        if size > self.max_file_size:
+            raise OSError(errno.EFBIG, f"{local.target.describe()} would grow to {size} bytes, "
+                          f"more than the largest file the mount takes ({self.max_file_size} bytes)")
+        disk = os.statvfs(self.spool.directory)
+        room = disk.f_bavail * disk.f_frsize - SPOOL_RESERVE
+        if size - local.size > room:
+            raise OSError(errno.ENOSPC, f"{local.target.describe()} would grow to {size} bytes; "
+                          f"the upload spool has room for {max(room, 0)} more")
+
     def write(self, local: LocalFile, offset: int, data: bytes) -> int:
         with local.lock:
+            self._check_room(local, offset + len(data))
             self._writable(local)
             written = os.pwrite(local.fd, data, offset)
             local.size = max(local.size, offset + written)
@@ -99,10 +122,31 @@ class Writer:
 
     def truncate(self, local: LocalFile, size: int) -> None:
         with local.lock:
+            self._check_room(local, size)
             self._writable(local)
             os.ftruncate(local.fd, size)
             local.size = size
             local.dirty = True
+
+    def retarget(self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool) -> bool:
+        """Give a local file a new name (a rename): the same file, so its open
+        descriptors keep writing into it, and what it holds is sent under the
+        new name at the next upload. True when the old name holds a copy of
+        it on the server, which the caller deletes.
+        """
+        with local.lock:
+            old_on_server = local.replaces_remote or local.state == "uploaded"
+            if local.entry is not None and not self.spool.retarget(local.entry, target):
+                # Sent under the old name while we waited for it.
+                local.entry, local.entry_open, old_on_server = None, False, True
+            local.target, local.relpath, local.replaces_remote = target, relpath, replaces_remote
+            if local.entry is None:
+                # The bytes are only on the server (under the old name) and in
+                # our descriptor: the spool must hold them before that name goes.
+                self._writable(local)
+            if local.entry_open:
+                local.dirty = True
+            return old_on_server
 
     def read(self, local: LocalFile, offset: int, length: int) -> bytes:
         with local.lock:
@@ -110,15 +154,20 @@ class Writer:
 
     # ---- sending ------------------------------------------------------
 
-    def upload(self, local: LocalFile) -> bool:
+    def upload(self, local: LocalFile, *, final: bool = True) -> bool:
         """Send what changed since the last upload; True if something was sent.
 
         Raises the server's error (the bytes stay pending in the spool).
+        Not ``final`` (a flush or fsync while the file stays open, e.g. the
+        shell closing one copy of a redirect's descriptor): a new file still
+        empty is left alone, since what is written next decides its fate.
         """
         with local.lock:
             if local.unlinked or not (local.dirty or local.state in ("pending", "failed")):
                 return False
             if local.size == 0 and local.target.kind == "file":
+                if not final and not local.replaces_remote:
+                    return False
                 return self._keep_empty(local)
             entry = local.entry
             if local.entry_open:
@@ -137,8 +186,15 @@ class Writer:
             raise
         with local.lock:
             if local.entry is entry:
-                local.entry, local.state, local.error = None, "uploaded", ""
+                self._sent(local)
         return True
+
+    @staticmethod
+    def _sent(local: LocalFile) -> None:
+        """The server holds the file under its name now: emptying it later is
+        refused like emptying any file XNAT holds (caller holds the lock)."""
+        local.entry, local.state, local.error = None, "uploaded", ""
+        local.replaces_remote = True
 
     def _keep_durably(self, entry: SpoolEntry) -> None:
         """After a failed attempt: the bytes wait in the spool, so make them
@@ -170,10 +226,20 @@ class Writer:
                 return False
             current = self.spool.get(entry.id)
             if current is None:
-                local.entry, local.state, local.error = None, "uploaded", ""
+                self._sent(local)
                 return True
             local.state, local.error = current.state, current.last_error
             return False
+
+    def drop_unwritten(self, local: LocalFile) -> bool:
+        """After the last close: a copy staged for writing that nobody wrote
+        into leaves the spool, so nothing of it stays behind. True if dropped."""
+        with local.lock:
+            if local.entry is None or not local.entry_open or local.dirty or local.unlinked or local.handles:
+                return False
+            entry, local.entry, local.entry_open = local.entry, None, False
+        self.spool.remove(entry)
+        return True
 
     def discard(self, local: LocalFile) -> None:
         """Forget a local file: its unsent bytes leave the spool. The bytes stay

@@ -1,0 +1,131 @@
+"""The same POSIX sequence on a local folder and on the mount must give the same results.
+
+Hypothesis draws sequences of create / open / write through a descriptor /
+close / rename / unlink / read by name over a few names, with descriptors
+held open across steps. Each sequence runs on a fresh folder of the local
+disk and on a fresh resource of one mount; every step must return the same
+value or fail with the same errno, and at the end (all descriptors closed)
+both folders must list the same files with the same bytes, and the server
+must hold exactly those files.
+
+Left out on purpose, because XNAT differs there by design: empty files and
+emptying files (see ``test_mount_empty_files.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from mountutil import mounted
+from xnatfs.client.connection import XnatConnection
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+EXPERIMENT = "XNAT_E00001"
+RESOURCES = ("STUDY01", "SUB001", "SUB001_MR1", "RESOURCES")
+NAMES = ("a", "b")  # few names: renames and opens meet often
+DATA = st.binary(min_size=1, max_size=64)
+
+OPERATIONS = st.one_of(
+    st.tuples(st.just("create"), st.sampled_from(NAMES), DATA),
+    st.tuples(st.just("open"), st.sampled_from(NAMES)),
+    st.tuples(st.just("pwrite"), st.integers(0, 3), st.integers(0, 80), DATA),
+    st.tuples(st.just("close"), st.integers(0, 3)),
+    st.tuples(st.just("rename"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
+    st.tuples(st.just("unlink"), st.sampled_from(NAMES)),
+    st.tuples(st.just("read"), st.sampled_from(NAMES)),
+    st.tuples(st.just("fdread"), st.integers(0, 3)),
+)
+
+
+class Side:
+    """One folder the sequence runs in, and the descriptors open in it."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.fds: list[int] = []
+
+    def run(self, operation: tuple):
+        try:
+            return self._run(*operation)
+        except OSError as exc:
+            return ("error", exc.errno)
+
+    def _run(self, what, *args):
+        if what == "create":
+            name, data = args
+            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fds.append(fd)
+            return os.write(fd, data)
+        if what == "open":
+            self.fds.append(os.open(self.folder / args[0], os.O_RDWR))
+            return None
+        if what == "rename":
+            return os.rename(self.folder / args[0], self.folder / args[1])
+        if what == "unlink":
+            return os.unlink(self.folder / args[0])
+        if what == "read":
+            return (self.folder / args[0]).read_bytes()
+        if not self.fds:
+            return "no descriptor"
+        index = args[0] % len(self.fds)
+        if what == "pwrite":
+            offset = min(args[1], os.fstat(self.fds[index]).st_size)
+            return os.pwrite(self.fds[index], args[2], offset)
+        if what == "fdread":
+            return os.pread(self.fds[index], 1000, 0)
+        return os.close(self.fds.pop(index))
+
+    def close_all(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+
+    def contents(self) -> dict[str, bytes]:
+        return {name: (self.folder / name).read_bytes() for name in sorted(os.listdir(self.folder))}
+
+
+def server_contents(server, label: str) -> dict[str, bytes]:
+    found = {}
+    with XnatConnection(server.url, "admin", "admin") as conn:
+        for remote in conn.list_files(f"/data/experiments/{EXPERIMENT}/resources/{label}"):
+            buffer = io.BytesIO()
+            conn.download(remote.uri, buffer)
+            found[remote.path] = buffer.getvalue()
+    return found
+
+
+def test_posix_sequences_agree_with_a_local_folder(fake_xnat, tmp_path):
+    labels = (f"D{n}" for n in itertools.count(1))
+    local_base = tmp_path / "local"
+    local_base.mkdir()
+    with mounted(fake_xnat.url, tmp_path, ttl=30) as mount:
+        resources = mount.path.joinpath(*RESOURCES)
+
+        @settings(max_examples=50, deadline=None, database=None, print_blob=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.lists(OPERATIONS, min_size=1, max_size=16))
+        @example([("create", "a", b"first"), ("rename", "a", "b"), ("pwrite", 0, 5, b"+more")])
+        def same_results(operations):
+            label = next(labels)
+            local = Side(local_base / label)
+            local.folder.mkdir()
+            remote = Side(resources / label)
+            remote.folder.mkdir()
+            try:
+                for step, operation in enumerate(operations):
+                    expected = local.run(operation)
+                    assert remote.run(operation) == expected, f"step {step}: {operation}"
+            finally:
+                local.close_all()
+                remote.close_all()
+            expected = local.contents()
+            assert remote.contents() == expected
+            assert server_contents(fake_xnat, label) == expected
+
+        same_results()
