@@ -134,7 +134,7 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
             logger.exception("unmounting %s failed", mountpoint)
         logger.info("unmounted %s", mountpoint)
         try:
-            ops.finish_uploads()
+            ops.retries.finish()
         except Exception:
             logger.exception("sending pending uploads at exit failed")
         for held in ops.hot.clear():
