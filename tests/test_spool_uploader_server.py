@@ -8,8 +8,10 @@ import threading
 import zipfile
 
 import pytest
+import trio
 
 from xnatfs.cache import CacheKey, ContentCache, UploadSpool, UploadTarget, Uploader
+from xnatfs.cache.uploader import UploadRetries
 from xnatfs.client.connection import XnatConnection
 from xnatfs.errors import XnatError, XnatNotFound, XnatServerError, is_permanent_refusal
 from xnatfs.fake.dicomgen import SeriesSpec, write_session
@@ -170,3 +172,30 @@ def test_passing_errors_are_not_permanent(status):
 def test_other_client_errors_are_permanent(status):
     assert is_permanent_refusal(XnatError("x", status=status))
     assert not is_permanent_refusal(XnatError("unreachable"))
+
+
+def test_the_retry_service_sends_what_is_due_on_its_own_and_reports_each_round(fake_xnat, conn, tmp_path):
+    resource = qc_resource(conn)
+    spool = UploadSpool(tmp_path / "spool")
+    body = b"retried in the background\n"
+    stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="retried.txt", server=fake_xnat.url), body)
+    rounds = []
+
+    async def after_round() -> None:
+        rounds.append(len(spool.pending(fake_xnat.url)))
+
+    async def main() -> None:
+        retries = UploadRetries(Uploader(spool, conn), fake_xnat.url, timeout=10.0,
+                                limiter=trio.CapacityLimiter(2), after_round=after_round)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(retries.run)
+                while not rounds:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert rounds == [0]
+    assert spool.pending() == []
+    remote = next(f for f in conn.list_files(resource) if f.path == "retried.txt")
+    assert remote.size == len(body)

@@ -24,15 +24,22 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import trio
+
 from xnatfs.cache.spool import SpoolEntry, UploadSpool
+from xnatfs.client.budget import Budget, bounded_by
+from xnatfs.client.contract import ArchiveClient
 from xnatfs.errors import XnatError, XnatUnavailable, is_permanent_refusal
 
 logger = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 2.0
+RETRY_CHECK_SECONDS = 30.0      # the longest a mount's retries sleep between rounds
+FINAL_UPLOAD_SECONDS = 60.0     # what an unmount gives the last attempt
 MAX_RETRY_DELAY = 300.0
 # requests sends a file object 16 KiB per system call; a file up to this size
 # is read whole and goes out in one, which for the many-small-files case
@@ -50,9 +57,9 @@ class PushReport:
 
 
 class Uploader:
-    """Sends spool entries through an :class:`xnatfs.client.XnatConnection`."""
+    """Sends spool entries through an :class:`~xnatfs.client.contract.ArchiveClient`."""
 
-    def __init__(self, spool: UploadSpool, connection):
+    def __init__(self, spool: UploadSpool, connection: ArchiveClient):
         self.spool = spool
         self.connection = connection
         self._sending: dict[str, BinaryIO] = {}     # entry ID → its staged file, while it is sent
@@ -167,6 +174,83 @@ class Uploader:
             self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
         else:
             self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
+
+
+class UploadRetries:
+    """The background retries of one mount's pending uploads, on their own schedule.
+
+    Every round sends the entries that are due (each under a budget of
+    ``timeout`` seconds without progress, so a silent server holds a round
+    up no longer than a request), then tells the mount through
+    ``after_round`` so it can show what was sent, and sleeps until the next
+    entry is due (at most :data:`RETRY_CHECK_SECONDS`) or until
+    :meth:`wake` says a fresh failure wants looking at.
+    """
+
+    def __init__(self, uploader: Uploader, server: str, *, timeout: float, limiter: trio.CapacityLimiter,
+                 after_round: Callable[[], Awaitable[None]]):
+        self.uploader = uploader
+        self.server = server
+        self.timeout = timeout
+        self.limiter = limiter
+        self.after_round = after_round
+        self._wakeup = trio.Event()
+
+    def wake(self) -> None:
+        """An upload just failed: look again now to learn when it is due."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Retry rounds until cancelled."""
+        delay = 0.0
+        while True:
+            with trio.move_on_after(delay):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            try:
+                delay = await self._round()
+            except Exception:
+                logger.exception("retrying uploads failed")
+                delay = RETRY_CHECK_SECONDS
+
+    async def _round(self) -> float:
+        """Send the pending uploads that are due; seconds until the next round."""
+        report = await trio.to_thread.run_sync(self._push_due, limiter=self.limiter, abandon_on_cancel=True)
+        if report.ok or report.failed:
+            logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
+        await self.after_round()
+        pending = await trio.to_thread.run_sync(self.uploader.spool.pending, self.server, limiter=self.limiter,
+                                                abandon_on_cancel=True)
+        if not pending:
+            return RETRY_CHECK_SECONDS
+        soonest = min(self.uploader.retry_at(entry) for entry in pending)
+        return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
+
+    def _push_due(self) -> PushReport:
+        with bounded_by(Budget(self.timeout)):
+            return self.uploader.push_pending(self.server, due_only=True)
+
+    def finish(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
+        """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
+        pending = self.uploader.spool.pending(self.server)
+        if not pending:
+            return
+        logger.info("sending %d pending upload(s) before exiting", len(pending))
+        deadline = time.monotonic() + budget
+        left = 0
+        # A silent server holds the exit up for one timeout at most, not one per upload.
+        with bounded_by(Budget(self.timeout)):
+            for entry in pending:
+                if time.monotonic() > deadline:
+                    left += 1
+                    continue
+                try:
+                    self.uploader.push(entry)
+                except XnatError:
+                    left += 1
+        if left:
+            logger.warning("%d upload(s) still pending; they are sent by the next mount or "
+                           "`xnatfs uploads retry`", left)
 
 
 def _follow(entry: SpoolEntry, current: SpoolEntry) -> None:

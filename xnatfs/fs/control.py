@@ -34,7 +34,7 @@ import pyfuse3
 import trio
 
 from xnatfs.errors import XnatError, redact_url
-from xnatfs.fs.nodes import Listing, Node, ProjectDir
+from xnatfs.fs.nodes import Listing, Node
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +219,8 @@ async def _find(ops, parts: tuple[str, ...]) -> Node:
 
 
 def _forget(ops, node: Node) -> None:
-    for key in ops.tree.raw_keys(node):
+    for key in node.refreshed_keys():
         ops.tree.forget_listing(key)
-    if isinstance(node, ProjectDir):
-        # Project-wide searches answer the sessions below; they must be asked again too.
-        ops.tree.forget_listing(("projectcontents", node.project.id))
-        ops.tree.forget_listing(("subjectresources", node.project.id))
 
 
 def _changed_names(old: Listing, new: Listing) -> list[str]:

@@ -63,14 +63,15 @@ class LocalFileNode(Node):
     local: LocalFile
 
     is_dir = False
+    volatile = True
 
     @property
     def size(self) -> int:
         return self.local.size
 
-    @property
-    def key(self) -> tuple:
-        return ("local", self.local.container, self.local.relpath)
+    def xattr_values(self) -> dict[str, str]:
+        local = self.local
+        return {"upload": local.state, "upload_error": local.error, "target": local.target.describe()}
 
 
 def import_container(experiment_uri: str) -> str:

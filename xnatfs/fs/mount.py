@@ -39,6 +39,7 @@ from xnatfs.errors import redact_url
 from xnatfs.fs.control import ControlServer
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
+from xnatfs.fs.keys import ProjectsKey
 from xnatfs.fs.tree import Tree
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def build_operations(settings: MountSettings, connection, *, projects=None) -> X
     """
     listings = ListingCache(settings.ttl)
     if projects is not None:
-        listings.put(("projects",), projects)
+        listings.put(ProjectsKey(), projects)
     limiter = trio.CapacityLimiter(settings.workers)
     tree = Tree(connection, listings, limiter, started_at=time.time())
     cache = ContentCache(settings.cache_dir, settings.cache_size)
@@ -133,7 +134,7 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
             logger.exception("unmounting %s failed", mountpoint)
         logger.info("unmounted %s", mountpoint)
         try:
-            ops.finish_uploads()
+            ops.retries.finish()
         except Exception:
             logger.exception("sending pending uploads at exit failed")
         for held in ops.hot.clear():

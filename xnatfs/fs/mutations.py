@@ -37,13 +37,21 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.spool import UploadTarget
-from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.inodes import InodeEntry
+from xnatfs.fs.keys import (
+    ExperimentContentsKey,
+    ExperimentFilesKey,
+    ExperimentsKey,
+    ListingKey,
+    ProjectsKey,
+    ResourcesKey,
+    SubjectsKey,
+)
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, import_container
 from xnatfs.fs.names import NAME_MAX, RESERVED, unstorable_reason
 from xnatfs.fs.nodes import (
@@ -62,8 +70,6 @@ from xnatfs.fs.nodes import (
 logger = logging.getLogger(__name__)
 
 VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
-RETRY_CHECK_SECONDS = 30.0
-FINAL_UPLOAD_SECONDS = 60.0
 READ_CHUNK = 1 << 20
 
 
@@ -73,7 +79,7 @@ def _fail(code: int, message: str, *args) -> pyfuse3.FUSEError:
 
 
 class Mutations:
-    """Write-side handlers and the background upload retries."""
+    """Write-side handlers; starting the background upload retries and hearing of their rounds."""
 
     # ---- checks -------------------------------------------------------
 
@@ -133,7 +139,7 @@ class Mutations:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return parent, pnode, text, node
 
-    def _forget_listings(self, *keys: tuple) -> None:
+    def _forget_listings(self, *keys: ListingKey) -> None:
         for key in keys:
             self.tree.forget_listing(key)
 
@@ -172,12 +178,8 @@ class Mutations:
 
     def _open_handle(self, local: LocalFile, inode: int, flags: int) -> int:
         local.handles += 1
-        number = self._new_handle()
-        self._handle_inodes[number] = inode
-        self._opened[inode] += 1
-        self._handles[number] = LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY,
-                                            append=bool(flags & os.O_APPEND))
-        return number
+        return self.handles.open_file(LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY,
+                                                  append=bool(flags & os.O_APPEND)), inode)
 
     async def _open_local(self, inode: int, node: Node, flags: int) -> pyfuse3.FileInfo:
         """Open a file for writing (or one of ours for anything): through a local copy."""
@@ -225,7 +227,7 @@ class Mutations:
 
     @fuse_handler
     async def write(self, fh, off, buf):
-        handle = self._handles.get(fh)
+        handle = self.handles.file(fh)
         if not isinstance(handle, LocalHandle) or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         offset = handle.local.size if handle.append else off
@@ -233,13 +235,13 @@ class Mutations:
 
     @fuse_handler
     async def flush(self, fh):
-        handle = self._handles.get(fh)
+        handle = self.handles.file(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
             await self._upload(handle.local, final=False)
 
     @fuse_handler
     async def fsync(self, fh, datasync):
-        handle = self._handles.get(fh)
+        handle = self.handles.file(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
             await self._upload(handle.local, final=False)
 
@@ -260,7 +262,7 @@ class Mutations:
                 raise
             logger.error("upload of %s failed; kept in the spool for another try: %s",
                          local.target.describe(), exc)
-            self._retry_wakeup.set()
+            self.retries.wake()
             raise
         if sent:
             self._after_upload(local)
@@ -268,7 +270,7 @@ class Mutations:
     def _after_upload(self, local: LocalFile) -> None:
         if local.target.kind == "dicom-import":
             # The zip became scans: list those from now on.
-            self._forget_listings(("contents", local.experiment_id), ("expfiles", local.experiment_id))
+            self._forget_listings(ExperimentContentsKey(local.experiment_id), ExperimentFilesKey(local.experiment_id))
         else:
             self.series.forget(local.target.resource_uri)
         if local.handles == 0:
@@ -321,7 +323,7 @@ class Mutations:
 
     async def _truncate(self, inode: int, entry, node: Node, size: int, fh) -> Node:
         self._check_writable(node, "truncating")
-        handle = self._handles.get(fh) if fh is not None else None
+        handle = self.handles.file(fh) if fh is not None else None
         on_server = not isinstance(node, LocalFileNode) or node.local.replaces_remote \
             or node.local.state == "uploaded"
         if size == 0 and on_server and not isinstance(handle, LocalHandle):
@@ -357,18 +359,18 @@ class Mutations:
         if isinstance(pnode, ProjectDir):
             self._check_label(text, "creating a subject")
             await self._call(self.connection.create_subject, pnode.project.id, text)
-            self._forget_listings(("subjects", pnode.project.id), ("experiments", pnode.project.id))
+            self._forget_listings(SubjectsKey(pnode.project.id), ExperimentsKey(pnode.project.id))
         elif isinstance(pnode, SubjectDir):
             self._check_label(text, "creating an experiment")
             await self._call(self.connection.create_experiment, pnode.project_id, pnode.subject.label, text,
                              xsi_type=self.settings.experiment_type)
-            self._forget_listings(("experiments", pnode.project_id))
+            self._forget_listings(ExperimentsKey(pnode.project_id))
         elif isinstance(pnode, ResourcesDir):
             await self._call(self.connection.create_resource, pnode.owner_uri, text)
             self._forget_resource_owner(pnode)
         elif isinstance(pnode, ScanDir):
             await self._call(self.connection.create_resource, pnode.uri, text)
-            self._forget_listings(("contents", pnode.experiment.experiment.id))
+            self._forget_listings(ExperimentContentsKey(pnode.experiment.experiment.id))
         elif isinstance(pnode, (ResourceDir, FolderDir)):
             subpath = pnode.subpath if isinstance(pnode, FolderDir) else ()
             self.overlay.add_folder(pnode.resource.uri, subpath + (text,))
@@ -382,9 +384,9 @@ class Mutations:
 
     def _forget_resource_owner(self, node: ResourcesDir) -> None:
         if node.experiment is not None:
-            self._forget_listings(("contents", node.experiment.experiment.id))
+            self._forget_listings(ExperimentContentsKey(node.experiment.experiment.id))
         else:
-            self._forget_listings(("resources", node.owner_uri))
+            self._forget_listings(ResourcesKey(node.owner_uri))
 
     @fuse_handler
     async def rmdir(self, parent_inode, name, ctx):
@@ -406,20 +408,20 @@ class Mutations:
             if isinstance(pnode, ResourcesDir):
                 self._forget_resource_owner(pnode)
             elif isinstance(pnode, ScanDir):
-                self._forget_listings(("contents", pnode.experiment.experiment.id))
+                self._forget_listings(ExperimentContentsKey(pnode.experiment.experiment.id))
         elif isinstance(node, (ProjectDir, SubjectDir, ExperimentDir)):
             if not self.settings.allow_delete:
                 raise _fail(errno.EPERM, "rmdir %s refused: deleting projects, subjects and experiments "
                             "needs a mount with --allow-delete", text)
             if isinstance(node, ProjectDir):
                 await self._call(self.connection.delete_project, node.project.id)
-                self._forget_listings(("projects",))
+                self._forget_listings(ProjectsKey())
             elif isinstance(node, SubjectDir):
                 await self._call(self.connection.delete_subject, node.project_id, node.subject.label)
-                self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+                self._forget_listings(SubjectsKey(node.project_id), ExperimentsKey(node.project_id))
             else:
                 await self._call(self.connection.delete_experiment, node.project_id, node.experiment.id)
-                self._forget_listings(("experiments", node.project_id))
+                self._forget_listings(ExperimentsKey(node.project_id))
         else:
             raise _fail(errno.EPERM, "rmdir %s refused: XNAT cannot delete that", text)
 
@@ -503,12 +505,12 @@ class Mutations:
         if isinstance(node, SubjectDir):
             self._check_label(new, "renaming a subject")
             await self._call(self.connection.rename_subject, node.project_id, node.subject.label, new)
-            self._forget_listings(("subjects", node.project_id), ("experiments", node.project_id))
+            self._forget_listings(SubjectsKey(node.project_id), ExperimentsKey(node.project_id))
         else:
             self._check_label(new, "renaming an experiment")
             await self._call(self.connection.rename_experiment, node.project_id, node.subject_label,
                              node.experiment.label, new)
-            self._forget_listings(("experiments", node.project_id))
+            self._forget_listings(ExperimentsKey(node.project_id))
 
     async def _move_file(self, node: Node, new_pnode: Node, new: str, existing: Node | None) -> Node:
         """Upload under the new name, then delete the old one: XNAT cannot rename files."""
@@ -588,7 +590,7 @@ class Mutations:
         """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""
         self.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
-        nursery.start_soon(self._retry_uploads)
+        nursery.start_soon(self._background_uploads)
 
     async def _adopt_pending(self) -> None:
         pending = await self._call(self.spool.pending, self.server)
@@ -608,60 +610,15 @@ class Mutations:
             logger.warning("%d upload(s) refused by the server wait for `xnatfs uploads retry ID` or "
                            "`uploads discard ID`; see `xnatfs uploads list`", len(refused))
 
-    async def _retry_uploads(self) -> None:
+    async def _background_uploads(self) -> None:
         try:
             await self._adopt_pending()
         except Exception:
             logger.exception("reading the upload spool failed")
-        delay = 0.0
-        while True:
-            with trio.move_on_after(delay):
-                # A fresh failure: look again at once to learn when it is due.
-                await self._retry_wakeup.wait()
-            self._retry_wakeup = trio.Event()
-            try:
-                delay = await self._retry_once()
-            except Exception:
-                logger.exception("retrying uploads failed")
-                delay = RETRY_CHECK_SECONDS
+        await self.retries.run()
 
-    async def _retry_once(self) -> float:
-        """Send the pending uploads that are due; seconds until the next check."""
-        report = await self._call(self._push_due)
-        if report.ok or report.failed:
-            logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
+    async def _uploads_retried(self) -> None:
+        """After a round of retries: files of ours the spool has sent are shown as sent."""
         for local in self.overlay.all_files():
             if await self._call(self.writer.refresh, local):
                 self._after_upload(local)
-        pending = await self._call(self.spool.pending, self.server)
-        if not pending:
-            return RETRY_CHECK_SECONDS
-        soonest = min(self.uploader.retry_at(entry) for entry in pending)
-        return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
-
-    def _push_due(self):
-        # Background sends wait on a silent server no longer than a request would.
-        with bounded_by(Budget(self.settings.timeout)):
-            return self.uploader.push_pending(self.server, due_only=True)
-
-    def finish_uploads(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
-        """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
-        pending = self.spool.pending(self.server)
-        if not pending:
-            return
-        logger.info("sending %d pending upload(s) before exiting", len(pending))
-        deadline = time.monotonic() + budget
-        left = 0
-        # A silent server holds the exit up for one timeout at most, not one per upload.
-        with bounded_by(Budget(self.settings.timeout)):
-            for entry in pending:
-                if time.monotonic() > deadline:
-                    left += 1
-                    continue
-                try:
-                    self.uploader.push(entry)
-                except XnatError:
-                    left += 1
-        if left:
-            logger.warning("%d upload(s) still pending; they are sent by the next mount or "
-                           "`xnatfs uploads retry`", left)

@@ -1,18 +1,75 @@
-"""The kinds of entries in the mounted tree.
+"""The kinds of entries in the mounted tree, and what each knows of itself.
 
 A node says which XNAT object an entry stands for and carries what ``stat``
 and ``getxattr`` need, taken from the listing it came from. Nodes are
-immutable snapshots; a refreshed listing produces new ones. ``key`` names
-the directory a node stands for, independent of the snapshot, and is what
-listings are memoised under.
+immutable snapshots; a refreshed listing produces new ones.
+
+Each kind of folder knows the raw listings it is derived from
+(:meth:`DirNode.listing_keys`, keys of :mod:`xnatfs.fs.keys`) and how its
+entries are built from them (:meth:`DirNode.entries`); every kind knows its
+extended attributes (:meth:`Node.xattr_values`). The tree
+(:mod:`xnatfs.fs.tree`) loads and memoises listings for any kind alike, so a
+new kind of folder is a new class here and nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from xnatfs.client import paths
 from xnatfs.client.models import Experiment, Project, RemoteFile, Resource, Scan, Subject
+from xnatfs.fs import names
+from xnatfs.fs.keys import (
+    ExperimentContentsKey,
+    ExperimentFilesKey,
+    ExperimentsKey,
+    ListingKey,
+    ProjectContentsSearch,
+    ProjectsKey,
+    ResourceFilesKey,
+    ResourcesKey,
+    SubjectResourcesSearch,
+    SubjectsKey,
+)
+
+
+class ListingContext(Protocol):
+    """What building a folder's entries may use of the tree."""
+
+    started_at: float
+
+    def renamed(self, where: str, raw: str, shown: str) -> None:
+        """Hear of a server name not shown as it is."""
+
+    def by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
+        """A project's experiments by subject ID, worked out once per raw listing."""
+
+    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> dict:
+        """A resource's files as nested dicts of safe names, worked out once per raw listing."""
+
+    def searchable(self, key: ListingKey, project: str) -> None:
+        """Note that a walk of ``project`` may answer ``key`` from the project's search."""
+
+
+class ListingSource(Protocol):
+    """Where a node completing itself gets a raw listing from."""
+
+    async def direct(self, key: ListingKey) -> object:
+        """The listing from its own request, never from a search."""
+
+
+def timestamp(value: datetime | None, default: float) -> float:
+    """Seconds since the epoch for an XNAT date (server local time), or ``default``."""
+    if value is None:
+        return default
+    try:
+        return value.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return default
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -22,72 +79,259 @@ class Node:
     nlink: int = 1               # 2 + sub-directories where known; 1 means "not counted"
 
     is_dir = True
+    volatile = False             # its attributes change under the same snapshot: never reused
+    reads_ahead = False          # opening it during a walk loads what the walk wants next
+    loaded_ahead = False         # loaded ahead when the folder holding it is opened during a walk
+
+    def xattr_values(self) -> dict[str, str]:
+        """``user.xnat.*`` names (without the prefix) → values; empty values mean "none"."""
+        return {}
+
+    async def described(self, source: ListingSource) -> Node:
+        """This node with every server record of it, for its extended attributes."""
+        return self
 
     @property
-    def key(self) -> tuple:
+    def walked_project(self) -> str | None:
+        """The project a walk through this node goes through, if it is one."""
+        return None
+
+    @property
+    def series_key(self) -> ListingKey | None:
+        """The session-wide file listing a scan resource's files come from, if they do."""
+        return None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
+class DirNode(Node):
+    """A folder: listed from raw listings, its entries memoised per listing."""
+
+    # Worked out on first use: a snapshot's keys never change, and a warm
+    # request then builds nothing to find its listing.
+    _listed: tuple | None = field(default=None, init=False, repr=False)
+
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        """The raw listings this folder's entries are derived from."""
         raise NotImplementedError
 
+    def identity(self) -> Hashable:
+        """What tells this folder from other folders of its kind."""
+        raise NotImplementedError
 
-@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class RootDir(Node):
+    def refreshed_keys(self) -> tuple[ListingKey, ...]:
+        """The raw listings to drop so the folder is asked for again (``xnatfs refresh``)."""
+        return self.listing_keys()
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
+        raise NotImplementedError
+
+    def listed(self) -> tuple[tuple[ListingKey, ...], Hashable]:
+        """``(listing keys, memo key)``: what the entries come from, and what they are kept under."""
+        listed = self._listed
+        if listed is None:
+            # One experiment can be shown writable in its own project and read-only in
+            # a project it is shared into; their listings differ only in that.
+            listed = (self.listing_keys(), (type(self), self.identity(), self.read_only))
+            object.__setattr__(self, "_listed", listed)
+        return listed
+
     @property
-    def key(self) -> tuple:
-        return ("root",)
+    def memo_key(self) -> Hashable:
+        return self.listed()[1]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ProjectDir(Node):
+class RootDir(DirNode):
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (ProjectsKey(),)
+
+    def identity(self) -> Hashable:
+        return ()
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        ordered = sorted(raws[0], key=lambda p: p.id)
+        dir_names = names.make_unique([names.safe_component(p.id) for p in ordered])
+        found = {}
+        for name, project in zip(dir_names, ordered):
+            if name != project.id:
+                context.renamed("projects", project.id, name)
+            found[name] = ProjectDir(mtime=context.started_at, project=project)
+        return Listing(found)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
+class ProjectDir(DirNode):
     project: Project
 
     @property
     def uri(self) -> str:
         return self.project.uri or paths.project(self.project.id)
 
-    @property
-    def key(self) -> tuple:
-        return ("project", self.project.id)
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (SubjectsKey(self.project.id), ExperimentsKey(self.project.id))
+
+    def refreshed_keys(self) -> tuple[ListingKey, ...]:
+        # Project-wide searches answer the sessions below; they must be asked again too.
+        project_id = self.project.id
+        return self.listing_keys() + (ProjectContentsSearch(project_id), SubjectResourcesSearch(project_id))
+
+    def identity(self) -> Hashable:
+        return self.project.id
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        project_id = self.project.id
+        per_subject = context.by_subject(raws[1])
+        subjects = list(raws[0])
+        known = {s.id for s in subjects}
+        # An experiment shared without its subject still needs a folder to live in.
+        for subject_id, exps in per_subject.items():
+            if subject_id and subject_id not in known:
+                first = exps[0]
+                subjects.append(Subject(id=subject_id, label=first.subject_label or subject_id,
+                                        project=first.project, shared=True))
+                known.add(subject_id)
+        dir_names = names.label_names([(s.label, s.id) for s in subjects], names.RESERVED)
+        found: dict[str, Node] = {}
+        for name, subject in zip(dir_names, subjects):
+            if name != subject.label:
+                context.renamed(f"subjects of {project_id}", subject.label, name)
+            found[name] = SubjectDir(
+                mtime=timestamp(subject.insert_date, context.started_at),
+                read_only=subject.shared or subject.project != project_id,
+                nlink=3 + len(per_subject.get(subject.id, ())),
+                project_id=project_id,
+                subject=subject,
+            )
+        found[names.RESOURCES] = ResourcesDir(mtime=context.started_at, owner_uri=self.uri)
+        return Listing(found)
+
+    def xattr_values(self) -> dict[str, str]:
+        project = self.project
+        return {"id": project.id, "uri": self.uri, "xsi_type": "xnat:projectData",
+                "name": project.name, "secondary_id": project.secondary_id}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class SubjectDir(Node):
+class SubjectDir(DirNode):
     project_id: str              # the project the subject is shown under
     subject: Subject
+
+    reads_ahead = True
 
     @property
     def uri(self) -> str:
         return paths.subject(self.subject.project, self.subject.id)
 
     @property
-    def key(self) -> tuple:
-        return ("subject", self.project_id, self.subject.id)
+    def walked_project(self) -> str | None:
+        return self.project_id
+
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (ExperimentsKey(self.project_id),)
+
+    def identity(self) -> Hashable:
+        return (self.project_id, self.subject.id)
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        mine = context.by_subject(raws[0]).get(self.subject.id, [])
+        dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
+        found: dict[str, Node] = {}
+        for name, experiment in zip(dir_names, mine):
+            if name != experiment.label:
+                context.renamed(f"experiments of {self.project_id}/{self.subject.label}", experiment.label, name)
+            context.searchable(ExperimentContentsKey(experiment.id), self.project_id)
+            found[name] = ExperimentDir(
+                mtime=timestamp(experiment.insert_date, self.mtime),
+                read_only=self.read_only or experiment.shared or experiment.project != self.project_id,
+                nlink=4,
+                project_id=self.project_id,
+                subject_label=self.subject.label,
+                experiment=experiment,
+            )
+        context.searchable(ResourcesKey(self.uri), self.project_id)
+        found[names.RESOURCES] = ResourcesDir(mtime=self.mtime, read_only=self.read_only, owner_uri=self.uri)
+        return Listing(found)
+
+    def xattr_values(self) -> dict[str, str]:
+        subject = self.subject
+        return {"id": subject.id, "uri": subject.uri or paths.subject_by_id(subject.id),
+                "xsi_type": "xnat:subjectData", "label": subject.label, "project": subject.project}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ExperimentDir(Node):
+class ExperimentDir(DirNode):
     project_id: str
     subject_label: str           # the subject's label in project_id
     experiment: Experiment
+
+    loaded_ahead = True
 
     @property
     def uri(self) -> str:
         return paths.experiment(self.experiment.id)
 
-    @property
-    def key(self) -> tuple:
-        return ("experiment", self.project_id, self.experiment.id)
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        experiment_id = self.experiment.id
+        return (ExperimentContentsKey(experiment_id), ExperimentFilesKey(experiment_id))
+
+    def identity(self) -> Hashable:
+        return (self.project_id, self.experiment.id)
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        contents = raws[0]
+        mtime = self.mtime
+        if self.experiment.insert_date is None:
+            mtime = timestamp(contents.insert_date, self.mtime)
+        return Listing({
+            names.SCANS: ScansDir(mtime=mtime, read_only=self.read_only,
+                                  nlink=2 + len(contents.scans), experiment=self),
+            names.RESOURCES: ResourcesDir(mtime=mtime, read_only=self.read_only,
+                                          nlink=2 + len(contents.resources),
+                                          owner_uri=self.uri, experiment=self),
+        })
+
+    def xattr_values(self) -> dict[str, str]:
+        experiment = self.experiment
+        return {"id": experiment.id, "uri": experiment.uri or self.uri, "xsi_type": experiment.xsi_type,
+                "label": experiment.label, "project": experiment.project, "date": experiment.date,
+                "subject_id": experiment.subject_id}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ScansDir(Node):
+class ScansDir(DirNode):
     experiment: ExperimentDir
 
-    @property
-    def key(self) -> tuple:
-        return ("scans", self.experiment.experiment.id)
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (ExperimentContentsKey(self.experiment.experiment.id),)
+
+    def identity(self) -> Hashable:
+        return self.experiment.experiment.id
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        scans = list(raws[0].scans)
+        order = sorted(range(len(scans)), key=lambda i: (names.scan_dir_name(scans[i].id, scans[i].type), i))
+        dir_names = names.make_unique([names.scan_dir_name(scans[i].id, scans[i].type) for i in order])
+        found: dict[str, Node] = {}
+        aliases: dict[str, Node] = {}
+        for name, index in zip(dir_names, order):
+            scan = scans[index]
+            if name != names.scan_dir_name(scan.id, scan.type) or names.safe_label(scan.id) != scan.id:
+                context.renamed(f"scans of {self.experiment.experiment.id}", scan.id, name)
+            found[name] = ScanDir(mtime=self.mtime, read_only=self.read_only,
+                                  nlink=2 + len(scan.resources), experiment=self.experiment, scan=scan)
+        for name, scan_node in list(found.items()):
+            bare = names.safe_label(scan_node.scan.id)
+            if bare not in found and bare not in aliases:
+                aliases[bare] = scan_node
+        return Listing(found, aliases)
+
+    def xattr_values(self) -> dict[str, str]:
+        return {"uri": paths.scans_of(self.experiment.uri)}
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ScanDir(Node):
+class ScanDir(DirNode):
     experiment: ExperimentDir
     scan: Scan
 
@@ -95,13 +339,32 @@ class ScanDir(Node):
     def uri(self) -> str:
         return self.scan.uri or paths.scan(self.experiment.experiment.id, self.scan.id)
 
-    @property
-    def key(self) -> tuple:
-        return ("scan", self.experiment.experiment.id, self.scan.id)
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (ExperimentContentsKey(self.experiment.experiment.id),)
+
+    def identity(self) -> Hashable:
+        return (self.experiment.experiment.id, self.scan.id)
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        scan = next((s for s in raws[0].scans if s.id == self.scan.id), self.scan)
+        return resource_entries(self, context, scan.resources, self.experiment.experiment.id, self.uri)
+
+    def xattr_values(self) -> dict[str, str]:
+        scan = self.scan
+        return {"id": scan.id, "uri": self.uri, "xsi_type": scan.xsi_type, "type": scan.type,
+                "series_description": scan.series_description, "quality": scan.quality}
+
+    async def described(self, source: ListingSource) -> Node:
+        # A scan from a project-wide search lacks its xsi type; the session's own listing has it.
+        if self.scan.xsi_type:
+            return self
+        contents = await source.direct(ExperimentContentsKey(self.experiment.experiment.id))
+        scan = next((s for s in contents.scans if s.id == self.scan.id), None)
+        return self if scan is None else dataclasses.replace(self, scan=scan)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ResourcesDir(Node):
+class ResourcesDir(DirNode):
     """``RESOURCES/`` of a project, subject or experiment.
 
     ``owner_uri`` is the address resources are listed and created under;
@@ -112,13 +375,40 @@ class ResourcesDir(Node):
     owner_uri: str
     experiment: ExperimentDir | None = None
 
-    @property
-    def key(self) -> tuple:
-        return ("resources", self.owner_uri)
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        if self.experiment is not None:
+            return (ExperimentContentsKey(self.experiment.experiment.id),)
+        return (ResourcesKey(self.owner_uri),)
+
+    def identity(self) -> Hashable:
+        return self.owner_uri
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        if self.experiment is not None:
+            return resource_entries(self, context, raws[0].resources, self.experiment.experiment.id,
+                                    self.owner_uri)
+        return resource_entries(self, context, raws[0], "", self.owner_uri)
+
+    def xattr_values(self) -> dict[str, str]:
+        return {"uri": paths.resources_of(self.owner_uri)}
+
+
+def resource_entries(parent: Node, context: ListingContext, resources: Sequence[Resource],
+                     experiment_id: str, owner_uri: str) -> Listing:
+    """The resource folders of a scan or of a RESOURCES/ folder."""
+    resources = list(resources)
+    dir_names = names.resource_names([(r.label, r.id) for r in resources])
+    found: dict[str, Node] = {}
+    for name, resource in zip(dir_names, resources):
+        if name != resource.label:
+            context.renamed(f"resources of {owner_uri}", resource.label, name)
+        found[name] = ResourceDir(mtime=parent.mtime, read_only=parent.read_only,
+                                  resource=resource, experiment_id=experiment_id)
+    return Listing(found)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ResourceDir(Node):
+class ResourceDir(DirNode):
     """A resource folder; at experiment and scan level its files come from the
     experiment-wide file listing, elsewhere from the resource's own listing."""
 
@@ -126,12 +416,42 @@ class ResourceDir(Node):
     experiment_id: str = ""
 
     @property
-    def key(self) -> tuple:
-        return ("resource", self.resource.uri)
+    def subpath(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def series_key(self) -> ListingKey | None:
+        return ExperimentFilesKey(self.experiment_id) if self.experiment_id else None
+
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (files_listing_key(self),)
+
+    def identity(self) -> Hashable:
+        return self.resource.uri
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        return folder_entries(self, context, raws[0])
+
+    def xattr_values(self) -> dict[str, str]:
+        resource = self.resource
+        return {"id": resource.id, "uri": resource.uri, "xsi_type": "xnat:resourceCatalog",
+                "label": resource.label, "format": resource.format, "content": resource.content}
+
+    async def described(self, source: ListingSource) -> Node:
+        # A resource from a project-wide search has its label only; its owner's own listing has the rest.
+        if self.resource.id:
+            return self
+        if self.experiment_id:
+            contents = await source.direct(ExperimentContentsKey(self.experiment_id))
+            known = list(contents.resources) + [r for scan in contents.scans for r in scan.resources]
+        else:
+            known = await source.direct(ResourcesKey(paths.resource_owner(self.resource.uri)))
+        resource = next((r for r in known if r.uri == self.resource.uri), None)
+        return self if resource is None else dataclasses.replace(self, resource=resource)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class FolderDir(Node):
+class FolderDir(DirNode):
     """A sub-folder inside a resource; ``subpath`` holds the safe names leading to it."""
 
     resource: Resource
@@ -139,8 +459,46 @@ class FolderDir(Node):
     subpath: tuple[str, ...] = ()
 
     @property
-    def key(self) -> tuple:
-        return ("folder", self.resource.uri, self.subpath)
+    def series_key(self) -> ListingKey | None:
+        return ExperimentFilesKey(self.experiment_id) if self.experiment_id else None
+
+    def listing_keys(self) -> tuple[ListingKey, ...]:
+        return (files_listing_key(self),)
+
+    def identity(self) -> Hashable:
+        return (self.resource.uri, self.subpath)
+
+    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+        return folder_entries(self, context, raws[0])
+
+
+def files_listing_key(folder: ResourceDir | FolderDir) -> ListingKey:
+    if folder.experiment_id:
+        return ExperimentFilesKey(folder.experiment_id)
+    return ResourceFilesKey(folder.resource.uri)
+
+
+def folder_entries(folder: ResourceDir | FolderDir, context: ListingContext,
+                   files: Sequence[RemoteFile]) -> Listing:
+    """The files and sub-folders at ``folder.subpath`` of a resource."""
+    tree = context.file_tree(folder.resource.uri, files, grouped=bool(folder.experiment_id))
+    subpath = folder.subpath
+    for part in subpath:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return Listing({})
+    found: dict[str, Node] = {}
+    for name, item in tree.items():
+        if isinstance(item, dict):
+            found[name] = FolderDir(
+                mtime=folder.mtime, read_only=folder.read_only,
+                nlink=2 + sum(1 for child in item.values() if isinstance(child, dict)),
+                resource=folder.resource, experiment_id=folder.experiment_id,
+                subpath=subpath + (name,),
+            )
+        else:
+            found[name] = FileNode(mtime=folder.mtime, read_only=folder.read_only, file=item)
+    return Listing(found)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -153,9 +511,11 @@ class FileNode(Node):
     def size(self) -> int:
         return self.file.size
 
-    @property
-    def key(self) -> tuple:
-        return ("file", self.file.uri)
+    def xattr_values(self) -> dict[str, str]:
+        remote = self.file
+        return {"uri": remote.uri, "format": remote.format, "content": remote.content,
+                "digest": remote.digest, "tags": remote.tags, "resource": remote.resource_label,
+                "path": remote.path}
 
 
 @dataclass

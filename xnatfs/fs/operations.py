@@ -4,7 +4,16 @@ Everything blocking (HTTP, the content cache, the spool, big disk reads)
 runs in trio worker threads under one capacity limiter; every handler is
 wrapped by :func:`fuse_handler`, so whatever goes wrong becomes an errno and
 a log line and never stops the event loop. The daemon never touches its own
-mountpoint; kernel caches are invalidated with pyfuse3's notify calls.
+mountpoint.
+
+What the kernel keeps: entries and attributes for the listing TTL (files
+of our own, whose size changes as they are written, not at all), names
+found missing for the negative TTL, and a file's pages only while it is
+served the same bytes (``keep_cache``). A rename through the mount moves
+the kernel's entry itself; a server change shows once the TTL has run
+out. Entries are dropped from the kernel earlier (pyfuse3's
+``invalidate_entry``/``invalidate_inode``) only by ``xnatfs refresh``
+(:mod:`xnatfs.fs.control`).
 
 Reading lives here; the handlers that change things are in
 :mod:`xnatfs.fs.mutations`.
@@ -16,27 +25,26 @@ import errno
 import logging
 import os
 import stat
-from collections import Counter
 
-import cachetools
 import pyfuse3
 import trio
 
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
-from xnatfs.cache.uploader import Uploader
+from xnatfs.cache.uploader import Uploader, UploadRetries
 from xnatfs.client.models import RemoteFile
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations
-from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, SubjectDir
+from xnatfs.fs.nodes import FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
-from xnatfs.fs.tree import AHEAD_SUBJECTS, Tree
+from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
 
@@ -74,32 +82,20 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             large_file_bytes=settings.large_file_size, keep_open=self._keep_open)
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
+        self.retries = UploadRetries(self.uploader, self.server, timeout=settings.timeout, limiter=tree.limiter,
+                                     after_round=self._uploads_retried)
         self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.nursery: trio.Nursery | None = None
         self.deadlines = RequestDeadlines(settings.timeout)
-        self._retry_wakeup = trio.Event()
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self._next_handle = 1
-        # open folder → (its path, "." and ".." as (name, inode, node), its entries)
-        self._dir_handles: dict[int, tuple[tuple[str, ...], list[tuple[str, int, Node]],
-                                          list[tuple[str, Node]]]] = {}
-        self._handles: dict[int, ReadHandle | LocalHandle] = {}
-        self._last_served: dict[int, CacheKey] = {}
-        self._opened: Counter[int] = Counter()      # inode → open file handles on it
-        self._handle_inodes: dict[int, int] = {}    # file handle → its inode
-        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
+        self.handles = OpenHandles()
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
-
-    def _new_handle(self) -> int:
-        handle = self._next_handle
-        self._next_handle += 1
-        return handle
 
     def _entry(self, inode: int) -> InodeEntry:
         entry = self.inodes.get(inode)
@@ -128,7 +124,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return entry.node
         node = await self._lookup(parent.node, entry.path[-1])
         if node is None:
-            if self._opened[inode]:
+            if self.handles.is_open(inode):
                 # Unlinked while open: the open descriptors keep using what they opened.
                 return entry.node
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -174,7 +170,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         its own listing loads); our own files change all the time and are
         never reused. pyfuse3 copies the answer into its reply at once.
         """
-        if isinstance(node, LocalFileNode):
+        if node.volatile:
             return self.attributes(inode, node)
         if entry.attrs_of is not node:
             attrs = entry.attrs = self.attributes(inode, node)
@@ -214,7 +210,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         stamp = int(node.mtime * _NS)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
         # Our own files change under the kernel's eyes: it must ask again.
-        timeout = 0.0 if isinstance(node, LocalFileNode) else self.settings.ttl
+        timeout = 0.0 if node.volatile else self.settings.ttl
         attrs.entry_timeout = timeout
         attrs.attr_timeout = timeout
         return attrs
@@ -258,7 +254,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         try:
             for inode, count in inode_list:
                 if self.inodes.forget(inode, count):
-                    self._last_served.pop(inode, None)
+                    self.handles.forget_inode(inode)
         except Exception:
             logger.exception("forget failed")
 
@@ -326,36 +322,24 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         listing = await self._listing(node)
-        if isinstance(node, SubjectDir) and self.nursery is not None:
-            self.tree.read_ahead(self.nursery, listing, await self._following(entry))
-        handle = self._new_handle()
+        if node.reads_ahead and self.nursery is not None:
+            self.tree.walks.read_ahead(self.nursery, listing, await self._following(entry))
         parent = self._parent(entry) if entry.path else entry
         dots = [(".", inode, node), ("..", self.inodes.number_for(entry.path[:-1]),
                                      parent.node if parent is not None else node)]
-        self._dir_handles[handle] = (entry.path, dots, list(listing.entries.items()))
-        return handle
+        return self.handles.open_folder(entry.path, dots, list(listing.entries.items()))
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
-        """The siblings after ``entry`` (a few) when a walk goes through them in order.
-
-        Like the kernel's read-ahead: only when the sibling opened before this
-        one came right before it, so one ``ls`` of a folder loads nothing extra.
-        """
+        """The siblings after ``entry`` a walk goes to next (see :meth:`Walks.following`)."""
         parent = self._parent(entry)
         if parent is None:
             return []
-        listing = await self._listing(parent.node)
-        name = entry.path[-1]
-        previous = self._last_opened.get(parent.path)
-        self._last_opened[parent.path] = name
-        here = listing.position(name)
-        if previous is None or here is None or listing.position(previous) != here - 1:
-            return []
-        return listing.after(name, AHEAD_SUBJECTS)
+        siblings = await self._listing(parent.node)
+        return self.tree.walks.following(parent.path, entry.path[-1], siblings)
 
     @fuse_handler
     async def readdir(self, fh, start_id, token):
-        path, dots, items = self._dir_handles[fh]
+        path, dots, items = self.handles.folder(fh)
         # The kernel adds no "." and ".." of its own; they take no lookup reference.
         for index in range(start_id, len(dots)):
             name, inode, node = dots[index]
@@ -384,7 +368,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     @fuse_handler
     async def releasedir(self, fh):
-        self._dir_handles.pop(fh, None)
+        self.handles.close_folder(fh)
 
     # ---- files --------------------------------------------------------
 
@@ -401,12 +385,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
         handle = await self._read_handle(inode, node.file)
-        number = self._new_handle()
-        self._handles[number] = handle
-        self._handle_inodes[number] = inode
-        self._opened[inode] += 1
-        previous = self._last_served.get(inode)
-        self._last_served[inode] = handle.key
+        number = self.handles.open_file(handle, inode)
+        previous = self.handles.served(inode, handle.key)
         # The kernel may keep pages it has for this inode only if they hold these same bytes.
         return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == handle.key)
 
@@ -440,9 +420,10 @@ class XnatOperations(Mutations, pyfuse3.Operations):
             return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None
-        if parent is None or not isinstance(parent.node, (ResourceDir, FolderDir)) or not parent.node.experiment_id:
+        series_key = parent.node.series_key if parent is not None else None
+        if series_key is None:
             return None
-        listing = await self.tree.raw(("expfiles", parent.node.experiment_id))
+        listing = await self.tree.raw(series_key)
         files = [f for f in listing if f.resource_uri == remote.resource_uri]
         if self.nursery is not None and self.series.eligible(files):
             self.series.start(self.nursery, remote.resource_uri, files, fetched_alone=remote)
@@ -450,7 +431,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     @fuse_handler
     async def read(self, fh, off, size):
-        handle = self._handles.get(fh)
+        handle = self.handles.file(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         if isinstance(handle, LocalHandle):
@@ -459,12 +440,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
 
     @fuse_handler
     async def release(self, fh):
-        handle = self._handles.pop(fh, None)
-        inode = self._handle_inodes.pop(fh, None)
-        if inode is not None:
-            self._opened[inode] -= 1
-            if self._opened[inode] <= 0:
-                del self._opened[inode]
+        handle = self.handles.close_file(fh)
         if isinstance(handle, LocalHandle):
             await self._release_local(handle)
         elif handle is not None:

@@ -26,6 +26,7 @@ import trio
 
 from xnatfs.cache.content import CacheKey, CachedFile, ContentCache
 from xnatfs.client import paths
+from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError
 from xnatfs.fs.zipstream import ZipStream, ZipStreamError
@@ -56,7 +57,7 @@ class SeriesFlight:
 class SeriesFetcher:
     """One zip download per scan resource, shared by every reader of the series."""
 
-    def __init__(self, connection, cache: ContentCache, key_for: Callable[[RemoteFile], CacheKey],
+    def __init__(self, connection: ArchiveClient, cache: ContentCache, key_for: Callable[[RemoteFile], CacheKey],
                  limiter: trio.CapacityLimiter, *, max_bytes: int, large_file_bytes: int,
                  keep_open: Callable[[CacheKey, CachedFile], None]):
         self.connection = connection

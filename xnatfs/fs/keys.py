@@ -1,0 +1,249 @@
+"""The raw listings the mount is built from, each named by a key that loads it.
+
+A key is a small immutable value: equal keys name the same server listing, so
+it is what the :class:`~xnatfs.cache.listing.ListingCache` keeps listings
+under, and what a change made through the mount forgets. ``load(client)``
+asks the server for the listing (blocking, in a worker thread).
+
+========================  =============================================
+key                       client call
+========================  =============================================
+ProjectsKey()             list_projects()
+SubjectsKey(P)            list_subjects(P)
+ExperimentsKey(P)         list_experiments(P)   (all subjects at once)
+ExperimentContentsKey(E)  get_experiment_contents(E)
+ExperimentFilesKey(E)     list_files(experiment, all_levels=True)
+ResourcesKey(owner_uri)   list_resources(owner_uri)
+ResourceFilesKey(uri)     list_files(resource_uri)
+ProjectContentsSearch(P)  list_project_contents(P)
+SubjectResourcesSearch(P) list_subject_resources(P)
+========================  =============================================
+
+The two searches answer :class:`ExperimentContentsKey` of every session and
+:class:`ResourcesKey` of every subject of a project at once; such a key
+names its search (``search``) and picks its own answer out of it
+(``from_search``). When the tree uses a search is up to
+:mod:`xnatfs.fs.walks`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from xnatfs.client import paths
+from xnatfs.client.contract import ArchiveClient
+from xnatfs.client.models import Resource
+
+
+class ListingKey(tuple):
+    """A raw listing: what the server is asked, and under what it is kept.
+
+    Held as ``(kind, *values)``: keys are looked up on every request, and a
+    tuple is hashed and compared without running Python code, while the
+    kind in front keeps keys of different kinds apart.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self[1:]))})"
+
+    def load(self, client: ArchiveClient) -> object:
+        """The listing, asked of the server (blocks)."""
+        raise NotImplementedError
+
+    def search(self, project: str) -> SearchKey | None:
+        """The project-wide search that holds this listing too, if any."""
+        return None
+
+    def from_search(self, found: dict, memo: dict) -> object | None:
+        """This listing out of what its search found; None if the search left it out.
+
+        ``memo`` keeps values built from one answer, so a listing taken from
+        the same answer is the same object each time.
+        """
+        return None
+
+
+class ProjectsKey(ListingKey):
+    __slots__ = ()
+
+    def __new__(cls):
+        return tuple.__new__(cls, (cls,))
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_projects()
+
+
+class SubjectsKey(ListingKey):
+    __slots__ = ()
+
+    def __new__(cls, project: str):
+        return tuple.__new__(cls, (cls, project))
+
+    @property
+    def project(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_subjects(self.project)
+
+
+class ExperimentsKey(ListingKey):
+    __slots__ = ()
+
+    def __new__(cls, project: str):
+        return tuple.__new__(cls, (cls, project))
+
+    @property
+    def project(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_experiments(self.project)
+
+
+class ExperimentContentsKey(ListingKey):
+    """A session's structure: its scans, their resources, its own resources."""
+
+    __slots__ = ()
+
+    def __new__(cls, experiment_id: str):
+        return tuple.__new__(cls, (cls, experiment_id))
+
+    @property
+    def experiment_id(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.get_experiment_contents(self.experiment_id)
+
+    def search(self, project: str) -> SearchKey | None:
+        return ProjectContentsSearch(project)
+
+    def from_search(self, found: dict, memo: dict) -> object | None:
+        return found.get(self.experiment_id)
+
+
+class ExperimentFilesKey(ListingKey):
+    """Every file of a session and of its scans, in one listing."""
+
+    __slots__ = ()
+
+    def __new__(cls, experiment_id: str):
+        return tuple.__new__(cls, (cls, experiment_id))
+
+    @property
+    def experiment_id(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_files(paths.experiment(self.experiment_id), all_levels=True)
+
+
+class ResourcesKey(ListingKey):
+    """The resources of a project or a subject (``owner_uri``)."""
+
+    __slots__ = ()
+
+    def __new__(cls, owner_uri: str):
+        return tuple.__new__(cls, (cls, owner_uri))
+
+    @property
+    def owner_uri(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_resources(self.owner_uri)
+
+    def search(self, project: str) -> SearchKey | None:
+        return SubjectResourcesSearch(project) if paths.subject_of(self.owner_uri) is not None else None
+
+    def from_search(self, found: dict, memo: dict) -> object | None:
+        labels = found.get(paths.subject_of(self.owner_uri))
+        if labels is None:
+            return None
+        built = memo.get(self)
+        if built is None or built[0] is not labels:
+            built = (labels, tuple(Resource(label=label, uri=paths.resource(self.owner_uri, label))
+                                   for label in labels))
+            memo[self] = built
+        return built[1]
+
+
+class ResourceFilesKey(ListingKey):
+    """The files of one resource, from the resource's own listing."""
+
+    __slots__ = ()
+
+    def __new__(cls, resource_uri: str):
+        return tuple.__new__(cls, (cls, resource_uri))
+
+    @property
+    def resource_uri(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.list_files(self.resource_uri)
+
+
+def files_key(resource_uri: str) -> ListingKey:
+    """The raw listing that holds the files of a resource.
+
+    A resource of a session or of its scans is listed with the whole
+    session; any other resource by itself.
+    """
+    experiment_id = paths.owning_experiment(resource_uri)
+    if experiment_id is not None:
+        return ExperimentFilesKey(experiment_id)
+    return ResourceFilesKey(resource_uri)
+
+
+class SearchAnswer:
+    """What a project-wide search found (None: the server cannot do it), and when it was asked."""
+
+    __slots__ = ("started", "found")
+
+    def __init__(self, started: float, found):
+        self.started = started
+        self.found = found
+
+    @classmethod
+    def taken(cls, search: Callable[[], object]) -> SearchAnswer:
+        started = time.monotonic()
+        return cls(started, search())
+
+
+class SearchKey(ListingKey):
+    """A project-wide search; its listing is a :class:`SearchAnswer`."""
+
+    __slots__ = ()
+
+
+class ProjectContentsSearch(SearchKey):
+    __slots__ = ()
+
+    def __new__(cls, project: str):
+        return tuple.__new__(cls, (cls, project))
+
+    @property
+    def project(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return SearchAnswer.taken(lambda: client.list_project_contents(self.project))
+
+
+class SubjectResourcesSearch(SearchKey):
+    __slots__ = ()
+
+    def __new__(cls, project: str):
+        return tuple.__new__(cls, (cls, project))
+
+    @property
+    def project(self) -> str:
+        return self[1]
+
+    def load(self, client: ArchiveClient) -> object:
+        return SearchAnswer.taken(lambda: client.list_subject_resources(self.project))

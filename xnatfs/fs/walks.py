@@ -1,0 +1,162 @@
+"""Noticing a walk of the tree, and what the mount does for one.
+
+A walk (``find``, ``ls -R``, a file manager, ``xnatfs prefetch``) opens the
+folders of a project one after the other. It is noticed when a folder that
+:attr:`~xnatfs.fs.nodes.Node.reads_ahead` (a subject) is opened right after
+the sibling listed before it. Then:
+
+* what the walk wants next is loaded ahead, a few loads at a time: the
+  opened subject's experiments, and the subjects after it with their
+  experiments and resources;
+* the project counts as walked, and its project-wide searches
+  (:class:`~xnatfs.fs.keys.ProjectContentsSearch`,
+  :class:`~xnatfs.fs.keys.SubjectResourcesSearch`) answer the structure of
+  every session and the resources of every subject, instead of a request
+  each. A look at one session without a walk asks for that session alone,
+  and a listing changed through the mount after a search was taken is
+  asked for on its own again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import cachetools
+import trio
+
+from xnatfs.cache.listing import ListingCache
+from xnatfs.client.contract import ArchiveClient
+from xnatfs.fs import names
+from xnatfs.fs.deadlines import bounded
+from xnatfs.fs.keys import ListingKey, ProjectContentsSearch, SearchAnswer, SearchKey, SubjectResourcesSearch
+from xnatfs.fs.nodes import Listing, Node
+
+logger = logging.getLogger(__name__)
+
+AHEAD_PARALLEL = 16
+AHEAD_SUBJECTS = 32
+
+
+class Walks:
+    """Walks under way: the loads ahead and the project-wide searches they use.
+
+    ``children`` lists a folder (the tree's listing, loading what is missing).
+    """
+
+    def __init__(self, client: ArchiveClient, listings: ListingCache, limiter: trio.CapacityLimiter,
+                 children: Callable[[Node], Awaitable[Listing]]):
+        self.client = client
+        self.listings = listings
+        self.limiter = limiter
+        self.children = children
+        self._ahead_slots = trio.Semaphore(AHEAD_PARALLEL)
+        # What was loaded ahead lately, so a walk does not schedule it again.
+        self._scheduled: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
+        # Projects being walked: their project-wide searches are worth loading.
+        self._walked: cachetools.TTLCache = cachetools.TTLCache(maxsize=1_000, ttl=listings.ttl)
+        # Which project's searches can answer a raw key, and when the key was last forgotten.
+        self._search_project: cachetools.LRUCache = cachetools.LRUCache(maxsize=200_000)
+        self._forgotten: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
+        # Listings built from a search's answer, kept while that answer is the current one.
+        self._from_answers: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
+
+    # ---- searches -----------------------------------------------------
+
+    def searchable(self, key: ListingKey, project: str) -> None:
+        """``key`` is shown under ``project``: a walk of that project may answer it from a search."""
+        self._search_project[key] = project
+
+    def forgot(self, key: ListingKey) -> None:
+        """``key`` changed through the mount now: searches asked before this no longer answer it."""
+        self._forgotten[key] = time.monotonic()
+
+    async def from_search(self, key: ListingKey) -> object | None:
+        """``key``'s listing from its project's search, if a walk loaded one since ``key`` last changed."""
+        project = self._search_project.get(key)
+        if project is None or project not in self._walked:
+            return None
+        search = key.search(project)
+        if search is None:
+            return None
+        answer = await self._search(search)
+        if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+            return None
+        return key.from_search(answer.found, self._from_answers)
+
+    async def _search(self, key: SearchKey) -> SearchAnswer | None:
+        """A project-wide search; None when the server cannot answer it or it failed."""
+        try:
+            answer = await bounded(self.listings.get_or_load(key, lambda: key.load(self.client), self.limiter))
+        except Exception as exc:
+            # The per-session listings answer instead, for as long as a listing is trusted.
+            logger.info("the search %s failed: %s", key, exc)
+            self.listings.put(key, SearchAnswer(time.monotonic(), None))
+            return None
+        return answer if answer.found is not None else None
+
+    # ---- noticing a walk ----------------------------------------------
+
+    def following(self, parent_path: tuple[str, ...], name: str, siblings: Listing) -> list[Node]:
+        """The siblings after ``name`` (a few) when a walk goes through them in order.
+
+        Like the kernel's read-ahead: only when the sibling opened before this
+        one came right before it, so one ``ls`` of a folder loads nothing extra.
+        """
+        previous = self._last_opened.get(parent_path)
+        self._last_opened[parent_path] = name
+        here = siblings.position(name)
+        if previous is None or here is None or siblings.position(previous) != here - 1:
+            return []
+        return siblings.after(name, AHEAD_SUBJECTS)
+
+    # ---- reading ahead ------------------------------------------------
+
+    def read_ahead(self, nursery: trio.Nursery, listing: Listing, following: Sequence[Node]) -> None:
+        """Start loading what a walk of the tree will want next, a few loads at a time.
+
+        ``listing`` is a subject being listed: its experiments are loaded
+        ahead. ``following`` are the subjects after it in its project: a
+        ``find`` or ``ls -R`` visits them next, so they (their experiments and
+        their resources) are loaded ahead too.
+        """
+        self._ahead_entries(nursery, listing)
+        if following:
+            self._walk(nursery, following[0])
+        for node in following:
+            if node.reads_ahead and node.memo_key not in self._scheduled:
+                self._scheduled[node.memo_key] = True
+                nursery.start_soon(self._ahead_folder, nursery, node)
+
+    def _walk(self, nursery: trio.Nursery, node: Node) -> None:
+        """Note that ``node``'s project is being walked and load its searches ahead."""
+        project = node.walked_project
+        if project is None or project in self._walked:
+            return
+        self._walked[project] = True
+        for search in (ProjectContentsSearch(project), SubjectResourcesSearch(project)):
+            nursery.start_soon(self._search, search)
+
+    def _ahead_entries(self, nursery: trio.Nursery, listing: Listing) -> None:
+        for node in listing.entries.values():
+            if node.loaded_ahead and node.memo_key not in self._scheduled:
+                self._scheduled[node.memo_key] = True
+                nursery.start_soon(self._ahead, node)
+
+    async def _ahead_folder(self, nursery: trio.Nursery, node: Node) -> None:
+        listing = await self._ahead(node)
+        if listing is not None:
+            self._ahead_entries(nursery, listing)
+            resources = listing.entries.get(names.RESOURCES)
+            if resources is not None:
+                await self._ahead(resources)
+
+    async def _ahead(self, node: Node) -> Listing | None:
+        async with self._ahead_slots:
+            try:
+                return await self.children(node)
+            except Exception as exc:  # a load ahead failing only means the real look will retry
+                logger.debug("loading %s ahead failed: %s", node.memo_key, exc)
+                return None
