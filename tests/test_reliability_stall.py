@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
             assert listing.returncode == errno.EIO, listing
             copy = finishes_in_time(server, ["cp", str(source), str(mount.path / QC / "stalled.txt")])
             assert copy.returncode != 0, copy
+            env = isolated_env(mount.home, XNAT_USER=server.username, XNAT_PASS=server.password)
+            status = finishes_in_time(server, xnatfs_command("status", str(mount.path), "--json"), env=env)
+            assert json.loads(status.stdout)[0]["requests"]["health"] == "stalled", status.stdout
         finally:
             server.resume()
 

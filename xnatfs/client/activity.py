@@ -10,6 +10,9 @@ file system request). Health is judged from the latest outcomes:
 * ``slow``: answers in the current and previous minute took ``slow_after``
   seconds on average or more;
 * ``answering``: otherwise (also before the first request).
+
+The session adds what it alone knows: while its circuit breaker fails
+requests fast, the server is ``stalled`` whatever the last outcomes were.
 """
 
 from __future__ import annotations

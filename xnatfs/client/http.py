@@ -320,6 +320,14 @@ class XnatSession:
             if self._jsession == sent_session:
                 self._jsession = session_id
 
+    def recent_activity(self) -> dict:
+        """Requests and errors of the last minutes, and the server's health: ``stalled``
+        too while the breaker fails requests fast (see :mod:`xnatfs.client.activity`)."""
+        summary = self.activity.summary()
+        if self.breaker.is_open:
+            summary["health"] = "stalled"
+        return summary
+
     def close(self) -> None:
         """Log out (``DELETE /data/JSESSION``) and release connections."""
         if self._closed:

@@ -158,7 +158,7 @@ class ControlServer:
             "downloads": [{"uri": uri, "bytes_done": done, "bytes_total": total}
                           for uri, done, total in ops.cache.downloads()],
             "uploads": uploads,
-            "requests": session.activity.summary(),
+            "requests": session.recent_activity(),
         }
 
     def _uploads(self) -> list[dict]:
