@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from xnatfs.client.datman_api import DatmanConnection
 from xnatfs.config import default_config_path, read_config
 from xnatfs.errors import XnatError
-from xnatfs.client.datman_api import DatmanConnection
 
 logger = logging.getLogger(__name__)
 

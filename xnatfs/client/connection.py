@@ -16,12 +16,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
-from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
 from xnatfs.client.downloads import download_to_path
 from xnatfs.client.http import XnatSession, parse_json
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 
 logger = logging.getLogger(__name__)
 

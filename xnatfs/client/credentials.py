@@ -37,7 +37,7 @@ class Credentials:
     Unpacks like datman's ``(username, password)`` tuple.
     """
 
-    __slots__ = ("username", "password", "source")
+    __slots__ = ("password", "source", "username")
 
     def __init__(self, username: str, password: str, source: str = "arguments"):
         self.username = username

@@ -25,12 +25,12 @@ from typing import Any
 
 import requests
 
-from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError
 from xnatfs.client import parsing, paths
 from xnatfs.client.connection import XnatConnection
 from xnatfs.client.downloads import check_zip
 from xnatfs.client.http import XnatSession, looks_like_html
 from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatfs.errors import XnatServerError
 from xnatfs.client.http import CHUNK_SIZE, XnatSession
+from xnatfs.errors import XnatServerError
 
 logger = logging.getLogger(__name__)
 

@@ -43,6 +43,9 @@ from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
 from xnatfs.client.activity import RequestActivity
+from xnatfs.client.breaker import CircuitBreaker
+from xnatfs.client.budget import current_budget, note_progress
+from xnatfs.client.credentials import Credentials
 from xnatfs.errors import (
     XnatAnswerTooLarge,
     XnatAuthError,
@@ -57,9 +60,6 @@ from xnatfs.errors import (
     XnatUnsupported,
     redact_url,
 )
-from xnatfs.client.breaker import CircuitBreaker
-from xnatfs.client.budget import current_budget, note_progress
-from xnatfs.client.credentials import Credentials
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ class XnatSession:
             self.breaker.answered()
             status = response.status_code
             repeat_500 = status == 500 and method in SAFE_METHODS and server_errors < RETRIES_ON_500
-            if ((status in RETRYABLE_STATUSES and idempotent or repeat_500)
+            if (((status in RETRYABLE_STATUSES and idempotent) or repeat_500)
                     and attempt < retries and _rewind(data, start)):
                 retry_after = _retry_after(response)
                 if self._pause(attempt, method, url, f"HTTP {status}", retry_after):

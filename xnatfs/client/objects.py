@@ -14,9 +14,9 @@ import os
 import tempfile
 from typing import Any
 
-from xnatfs.errors import XnatError
 from xnatfs.client import naming, parsing, paths
 from xnatfs.client.downloads import check_zip, extract_zip
+from xnatfs.errors import XnatError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from xnatfs.errors import XnatServerError
 from xnatfs.client import paths
 from xnatfs.client.models import (
     Experiment,
@@ -23,6 +22,7 @@ from xnatfs.client.models import (
     Scan,
     Subject,
 )
+from xnatfs.errors import XnatServerError
 
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
                      "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from . import search
 from .files import FilesApi, Parent, experiment_parent, project_parent, scan_parent, subject_parent
 from .http import Request, Response, error_page, json_response, method_not_allowed, text_response
-from .items import (experiment_item, item_xml, items_document, project_item, scan_item,
-                    subject_item)
+from .items import experiment_item, item_xml, items_document, project_item, scan_item, subject_item
 from .store import Store
 from .tables import table_response
 
@@ -263,9 +262,9 @@ class ArchiveApi:
             experiment_id = self.store.experiment_id(scope.project, name)
         else:
             experiment_id = name if self.store.experiment(name) else None
-        if experiment_id and scope.subject_id:
-            if self.store.experiment(experiment_id)["subject_id"] != scope.subject_id:
-                return None
+        experiment = self.store.experiment(experiment_id) if experiment_id and scope.subject_id else None
+        if experiment is not None and experiment["subject_id"] != scope.subject_id:
+            return None
         return experiment_id
 
     def _experiments(self, request: Request, scope: Scope, rest: list[str]) -> Response:

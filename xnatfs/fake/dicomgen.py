@@ -27,9 +27,9 @@ import hashlib
 import logging
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.charset import convert_encodings

@@ -8,6 +8,7 @@ or ``files``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mimetypes
@@ -22,8 +23,16 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from .archives import Entry, is_archive_name, unpack, write_tar, write_zip
-from .http import (BadRequest, Request, Response, StreamBody, error_page, file_response,
-                   json_response, method_not_allowed)
+from .http import (
+    BadRequest,
+    Request,
+    Response,
+    StreamBody,
+    error_page,
+    file_response,
+    json_response,
+    method_not_allowed,
+)
 from .items import resource_item
 from .store import Store, StoreError, clean_relpath
 from .tables import table_response
@@ -226,7 +235,7 @@ class FilesApi:
             produce, content_type, suffix = (lambda out: write_zip(entries, out)), "application/zip", "zip"
         else:
             gzip = fmt in ("tar.gz", "tgz")
-            produce = (lambda out: write_tar(entries, out, gzip=gzip))
+            produce = functools.partial(write_tar, entries, gzip=gzip)
             content_type, suffix = ("application/x-gzip", "tar.gz") if gzip else ("application/x-tar", "tar")
         response = Response(200, StreamBody(produce), content_type)
         return response.header("Content-Disposition", f'attachment; filename="download.{suffix}"')

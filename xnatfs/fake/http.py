@@ -59,7 +59,7 @@ class Response:
     content_type: str = "text/plain;charset=UTF-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
 
-    def header(self, name: str, value: str) -> "Response":
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return self
 
@@ -117,7 +117,7 @@ class Request:
         return morsel.value if morsel else None
 
     @property
-    def body(self) -> "BodyReader":
+    def body(self) -> BodyReader:
         if self._body_reader is None:
             self._body_reader = BodyReader(self.handler.rfile, self.headers)
         return self._body_reader

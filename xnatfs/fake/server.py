@@ -215,7 +215,7 @@ class FakeXnat:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "FakeXnat":
+    def start(self) -> FakeXnat:
         if self._httpd is not None:
             return self
         self._httpd = _HttpServer((self.host, self.port), _Handler)
@@ -250,7 +250,7 @@ class FakeXnat:
         self.stop()
         self.store.close()
 
-    def __enter__(self) -> "FakeXnat":
+    def __enter__(self) -> FakeXnat:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
