@@ -33,7 +33,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -113,7 +114,7 @@ class _ProgressingBody:
         note_progress()
         return block
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         # tell, seek, seekable, fileno, name: what requests and the retries ask of a file.
         return getattr(self._file, name)
 
@@ -122,7 +123,7 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     # The JSESSIONID is managed by XnatSession itself and sent explicitly,
     # so a cookie set by an answer (for example a fresh anonymous session
     # after an expiry) can never replace the logged-in one under other threads.
-    def set_ok(self, cookie, request):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
         return False
 
 
@@ -255,7 +256,7 @@ class XnatSession:
         return self.credentials.username if self.credentials else None
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str | bytes]:
         """The headers sent with every request (never cookies or credentials)."""
         return dict(self._http.headers)
 
@@ -392,7 +393,7 @@ class XnatSession:
                 repeated_before = repeated_before or repeated
                 continue
             if status in ok:
-                response.repeated = repeated or repeated_before
+                response.repeated = repeated or repeated_before  # type: ignore[attr-defined]
                 return response
             try:
                 text = _bounded_text(response) if stream else response.text
@@ -400,8 +401,9 @@ class XnatSession:
                 response.close()
             raise self.error_for(method, url, status, text)
 
-    def _send_with_retries(self, method, url, *, idempotent, retries, timeout=None, stream=False,
-                           with_session=True, **kwargs) -> tuple[requests.Response, bool]:
+    def _send_with_retries(self, method: str, url: str, *, idempotent: bool, retries: int,
+                           timeout: float | None = None, stream: bool = False, with_session: bool = True,
+                           **kwargs: Any) -> tuple[requests.Response, bool]:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
@@ -476,10 +478,11 @@ class XnatSession:
         # What requests itself does once it has read a body: later reads of
         # .content and .text see these bytes.
         response._content = bytes(body)
-        response._content_consumed = True
+        response._content_consumed = True  # type: ignore[attr-defined]
         _check_length(response)
 
-    def _send(self, method, url, *, timeout, with_session=True, **kwargs) -> requests.Response:
+    def _send(self, method: str, url: str, *, timeout: float, with_session: bool = True,
+              **kwargs: Any) -> requests.Response:
         session_id = self._jsession if with_session else None
         cookies = {"JSESSIONID": session_id} if session_id else None
         ticket = self.activity.started()
@@ -608,7 +611,8 @@ class XnatSession:
             finally:
                 response.close()
 
-    def _plan_body(self, response, url, ranged, start, remaining):
+    def _plan_body(self, response: requests.Response, url: str, ranged: bool, start: int,
+                   remaining: int | None) -> tuple[int, int | None]:
         """How many leading bytes to skip, and how many the body should hold."""
         declared = _content_length(response)
         if response.status_code == 206:
@@ -677,7 +681,7 @@ def parse_json(response: requests.Response) -> Any:
                               status=response.status_code) from exc
 
 
-def _chunks(response: requests.Response, skip: int, limit: int | None):
+def _chunks(response: requests.Response, skip: int, limit: int | None) -> Iterator[bytes]:
     """The body's bytes after ``skip``, at most ``limit`` of them, in large pieces."""
     for chunk in response.iter_content(CHUNK_SIZE):
         if skip:
