@@ -119,7 +119,7 @@ def _settings_from_args(args) -> MountSettings:
         changes["verify_tls"] = False
     settings = replace(settings, **changes)
     # The daemon works from "/": every path it is given must stand on its own.
-    return replace(settings, cache_dir=_absolute(settings.cache_dir), log_file=_absolute(settings.log_file),
+    return replace(settings, cache_dir=Path(os.path.abspath(settings.cache_dir)), log_file=_absolute(settings.log_file),
                    password_file=_absolute(settings.password_file))
 
 
