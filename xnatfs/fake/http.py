@@ -22,7 +22,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class ChunkedWriter:
         self._cut_after = cut_after
         self.sent = 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self._buffer += data
         if len(self._buffer) >= STREAM_CHUNK:
             self._emit()
@@ -295,7 +295,7 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
              f"Content-Type: {response.content_type}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in response.headers]
     stream = isinstance(body, StreamBody)
-    if stream:
+    if isinstance(body, StreamBody):
         if http10:
             handler.close_connection = True
         else:
@@ -333,7 +333,8 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
     sock.sendall(head)
     writer = ChunkedWriter(sock, not http10, STREAM_CHUNK // 2 if cut else None)
     try:
-        body.produce(writer)
+        # zipfile and tarfile find the writer unseekable and only write to it.
+        body.produce(cast(BinaryIO, writer))
         writer.finish()
     except _Cut:
         _finish_cut(sock, cut)

@@ -78,6 +78,7 @@ class FaultInjector:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
     protocol_version = "HTTP/1.1"
     timeout = IDLE_CONNECTION_TIMEOUT
     server_version = "Apache-Coyote/1.1"
@@ -104,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HttpServer(ThreadingHTTPServer):
+    fake: FakeXnat
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
