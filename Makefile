@@ -6,7 +6,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := fuse3 libfuse3-dev pkg-config dcm2niix attr rsync curl stress-ng
 MNT    ?= ./mnt
 
-.PHONY: install install-mount-helper system-deps demo test bench clean
+.PHONY: install install-mount-helper system-deps demo test lint bench clean
 
 system-deps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -32,6 +32,11 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check xnatfs tests scripts
+	$(VENV)/bin/ruff format --check xnatfs tests scripts
+	$(VENV)/bin/mypy xnatfs
 
 bench: install
 	$(PY) scripts/bench.py

@@ -195,7 +195,7 @@ class ServerHost:
         self.latency_ms = latency_ms
         self.url = ""
 
-    def start(self) -> "ServerHost":
+    def start(self) -> ServerHost:
         self._process.start()
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while not self._pipe.poll(1.0):
@@ -456,9 +456,9 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
             if not local.exists():
                 shutil.copytree(folder, local)
             if 3 in wanted:
-                rows["3"].ours.append(timed(lambda: read_files(series_files(folder))))
+                rows["3"].ours.append(timed(lambda folder=folder: read_files(series_files(folder))))
             if 2 in wanted:
-                rows["2b"].ours.append(timed(lambda: dcm2niix(folder, niix / "mount-warm")))
+                rows["2b"].ours.append(timed(lambda folder=folder: dcm2niix(folder, niix / "mount-warm")))
         local_files = series_files(local)
         if len(local_files) != len(files):
             raise RuntimeError(f"local copy has {len(local_files)} files, the mount {len(files)}")
@@ -473,7 +473,7 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
                 listed = series_files(series_folder(mount))
                 [path.stat() for path in listed]
                 bench.drop_caches()
-                rows["1c"].ours.append(timed(lambda: read_files(listed)))
+                rows["1c"].ours.append(timed(lambda listed=listed: read_files(listed)))
             bench.drop_caches()
             rows["1c"].theirs.append(timed(lambda: bench.curl(f"{bench.url}{resource_uri}/files?format=zip")))
         read_files(local_files)
@@ -498,7 +498,7 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
             path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
             read = 0
 
-            def cold_read() -> None:
+            def cold_read(path: Path = path) -> None:
                 nonlocal read
                 read = read_files([path])
 
@@ -517,7 +517,7 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
         rows["4d"].theirs.append(size / timed(lambda: bench.curl_md5(url)) / 1e6)
         rows["4d"].ours.append(size / seconds / 1e6)
         copy = bench.work / "curl-copy.bin"
-        rows["4c"].theirs.append(size / timed(lambda: bench.curl(url, output=str(copy))) / 1e6)
+        rows["4c"].theirs.append(size / timed(lambda copy=copy: bench.curl(url, output=str(copy))) / 1e6)
         copy.unlink()
 
 
@@ -531,7 +531,7 @@ def walk_listing(root: Path) -> None:
 def replicate_tree(source: Path, target: Path) -> int:
     """The same folders and files (sparse, same sizes) on local disk; returns the entry count."""
     count = 0
-    for directory, subdirs, files in os.walk(source):
+    for directory, _subdirs, files in os.walk(source):
         relative = os.path.relpath(directory, source)
         (target / relative).mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -590,9 +590,9 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         with bench.fresh_mount("listing") as mount:
             root = mount.path / PROJECT
             bench.server.reset_counts()
-            cold = timed(lambda: walk_listing(root))
+            cold = timed(lambda root=root: walk_listing(root))
             log = bench.server.requests()
-            warm = timed(lambda: run_quietly(["find", str(root)]))
+            warm = timed(lambda root=root: run_quietly(["find", str(root)]))
             if not local_tree.exists():
                 entries = replicate_tree(root, local_tree / PROJECT)
                 logger.info("local copy of the tree: %d entries", entries)
@@ -601,7 +601,7 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5a"].ours.append(len(log))
         rows["5a"].theirs.append(limit)
         rows["5b"].ours.append(cold)
-        rows["5b"].theirs.append(timed(lambda: replay_in_parallel(bench, targets, PARALLEL_LISTINGS)))
+        rows["5b"].theirs.append(timed(lambda targets=targets: replay_in_parallel(bench, targets, PARALLEL_LISTINGS)))
         rows["5c"].ours.append(warm)
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
@@ -658,7 +658,7 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
             with bench.fresh_mount("upload") as mount:
                 target = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES" / f"BENCH_UP_M{run}"
 
-                def copy() -> None:
+                def copy(target: Path = target) -> None:
                     os.mkdir(target)
                     done = subprocess.run(["cp", "-r", str(folder), str(target)], capture_output=True,
                                           text=True, timeout=900)
@@ -679,7 +679,7 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
                                     "files with the right sizes")
                 return
             row.ours.append(seconds)
-            row.theirs.append(timed(lambda: curl_put_all(bench, theirs_uri, folder, files)))
+            row.theirs.append(timed(lambda theirs_uri=theirs_uri: curl_put_all(bench, theirs_uri, folder, files)))
             if server_files(bench, theirs_uri) != expected:
                 raise RuntimeError("curl's upload did not land completely")
         finally:
@@ -920,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             logger.error("%s is not installed (make system-deps)", tool)
             return 2
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     started = time.monotonic()
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="xnatfs-bench-"))
     work.mkdir(parents=True, exist_ok=True)

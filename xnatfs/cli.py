@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import requests
 
 from xnatfs import prefetch
-from xnatfs.prefetch import human_bytes
 from xnatfs.config import ConfigError, default_config_path
 from xnatfs.errors import XnatAuthError, XnatError, XnatPasswordExpired, redact_url
 from xnatfs.fs.settings import (
@@ -31,6 +30,7 @@ from xnatfs.fs.settings import (
     load_config,
     parse_size,
 )
+from xnatfs.prefetch import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _settings_from_args(args) -> MountSettings:
         changes["verify_tls"] = False
     settings = replace(settings, **changes)
     # The daemon works from "/": every path it is given must stand on its own.
-    return replace(settings, cache_dir=_absolute(settings.cache_dir), log_file=_absolute(settings.log_file),
+    return replace(settings, cache_dir=Path(os.path.abspath(settings.cache_dir)), log_file=_absolute(settings.log_file),
                    password_file=_absolute(settings.password_file))
 
 
@@ -421,7 +421,8 @@ def cmd_cache(args) -> int:
         if args.action == "clear":
             cache.clear()
             after = cache.info()
-            print(f"removed {before.entries - after.entries} files ({human_bytes(before.bytes_used - after.bytes_used)})"
+            freed = human_bytes(before.bytes_used - after.bytes_used)
+            print(f"removed {before.entries - after.entries} files ({freed})"
                   f" from {directory}" + (f"; {after.entries} in use kept" if after.entries else ""))
         else:
             print(f"directory: {before.directory}\nfiles:     {before.entries}\n"
@@ -710,7 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-size", default="10G")
     cache.set_defaults(handler=cmd_cache)
 
-    uploads = commands.add_parser("uploads", help="list, retry or discard writes waiting for (or refused by) the server")
+    uploads = commands.add_parser(
+        "uploads", help="list, retry or discard writes waiting for (or refused by) the server"
+    )
     uploads.add_argument("action", choices=["list", "retry", "discard"])
     uploads.add_argument("entry", nargs="?", metavar="ID",
                          help="for discard: the upload to drop; for retry: send only this one, even if refused")

@@ -46,13 +46,13 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
 _WHERE = re.compile(r"^(?P<what>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 
-def read_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def read_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The parsed file at ``path``; without ``path`` the default file, which may be absent.
 
     An explicit ``path`` that does not exist raises ``FileNotFoundError``.
     """
     explicit = path is not None
-    where = Path(path).expanduser() if explicit else default_config_path()
+    where = Path(path).expanduser() if path is not None else default_config_path()
     try:
         with open(where, "rb") as handle:
             return tomllib.load(handle)

@@ -12,9 +12,14 @@ part before they are stored here.
 
 from __future__ import annotations
 
+from typing import overload
 from urllib.parse import urlsplit, urlunsplit
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
     """Return ``url`` without any ``user:password@`` part and query secrets."""
     if not url:

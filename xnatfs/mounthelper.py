@@ -59,9 +59,9 @@ def mount_arguments(options: list[str]) -> tuple[list[str], dict[str, str]]:
             environment["NETRC"] = value
         elif name in FLAGS and not has_value:
             arguments.append(FLAGS[name])
-        elif name in PASSED_ON and not has_value or name in ("max_read", "blksize") and has_value:
+        elif (name in PASSED_ON and not has_value) or (name in ("max_read", "blksize") and has_value):
             arguments += ["-o", option]
-        elif name in IGNORED and not has_value or name.startswith("x-") or name == "comment":
+        elif (name in IGNORED and not has_value) or name.startswith("x-") or name == "comment":
             continue
         else:
             raise OptionProblem(f"unknown mount option {option!r} (see `man mount.fuse3` and the xnatfs README)")

@@ -465,12 +465,12 @@ def _server_images(files: Sequence[RemoteFile]) -> tuple[ServerImage, ...]:
 
 __all__ = [
     "CONVERTER_NAME",
+    "MANIFEST_BYTES",
+    "SERVER_CONVERSION_LABELS",
     "Conversion",
     "ConvertedFile",
     "ConvertedImage",
     "Converter",
-    "MANIFEST_BYTES",
-    "SERVER_CONVERSION_LABELS",
     "Series",
     "SeriesFile",
     "ServerConversion",

@@ -84,7 +84,7 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _tsv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
+def _tsv_bytes(header: Sequence[str], rows: Iterable[tuple[str, ...]]) -> bytes:
     lines = ["\t".join(header)] + ["\t".join(_cell(value) for value in row) for row in sorted(rows)]
     return ("\n".join(lines) + "\n").encode("utf-8")
 

@@ -205,8 +205,10 @@ def parse_config(data: Any, source: str) -> Dcm2bidsRules:
     raw_descriptions = data.get("descriptions")
     if not isinstance(raw_descriptions, list) or not raw_descriptions:
         raise fail("'descriptions' must be a non-empty list")
-    descriptions = [_description(index, raw, search_method, lambda problem, i=index: fail(f"description {i}: {problem}"))
-                    for index, raw in enumerate(raw_descriptions)]
+    descriptions = [
+        _description(index, raw, search_method, lambda problem, i=index: fail(f"description {i}: {problem}"))
+        for index, raw in enumerate(raw_descriptions)
+    ]
     _check_links(descriptions, fail)
     return Dcm2bidsRules(source, descriptions, search_method, case_sensitive)
 

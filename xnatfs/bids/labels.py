@@ -43,6 +43,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from xnatfs.client.models import Experiment, Subject
+
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
     "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi",
@@ -129,12 +131,12 @@ def _make_unique(ordered: Sequence[tuple[str, str]], candidates: Mapping[str, st
     return labels
 
 
-def subject_labels(subjects: Iterable[object]) -> dict[str, str]:
+def subject_labels(subjects: Iterable[Subject]) -> dict[str, str]:
     """Subject accession ID → BIDS label for one project's subjects (``Subject`` records)."""
     return assign_labels([(subject.id, subject.label) for subject in subjects])
 
 
-def session_labels(experiments: Iterable[object], subject_label: str) -> dict[str, str]:
+def session_labels(experiments: Iterable[Experiment], subject_label: str) -> dict[str, str]:
     """Experiment accession ID → BIDS session label for one subject's experiments.
 
     ``subject_label`` is the subject's XNAT label, whose prefix is dropped.

@@ -207,8 +207,7 @@ def _resolve_reproin_runs(outcomes: Sequence[Classified]) -> list[Classified]:
     counter = 0
     resolved = []
     for scan, outcome, header_used in outcomes:
-        run = dict(outcome.entities).get("run") if isinstance(outcome, Match) else None
-        if run is None:
+        if not isinstance(outcome, Match) or (run := dict(outcome.entities).get("run")) is None:
             resolved.append((scan, outcome, header_used))
             continue
         if run == "+":
@@ -230,18 +229,21 @@ def _name_key(match: Match) -> tuple:
 
 def _number_repeats(outcomes: Sequence[Classified], run_digits: int) -> list[Classified]:
     groups: dict[tuple, list[int]] = defaultdict(list)
+    matches: dict[int, Match] = {}
     for position, (_, outcome, _) in enumerate(outcomes):
         if isinstance(outcome, Match):
             groups[_name_key(outcome)].append(position)
+            matches[position] = outcome
     numbered = list(outcomes)
     for positions in groups.values():
         if len(positions) < 2:
             continue
         taken = {int(run) for position in positions
-                 if (run := dict(outcomes[position][1].entities).get("run")) and run.isdigit()}
+                 if (run := dict(matches[position].entities).get("run")) and run.isdigit()}
         number = 0
         for position in positions:
-            scan, match, header_used = outcomes[position]
+            scan, _, header_used = outcomes[position]
+            match = matches[position]
             if "run" in dict(match.entities):
                 continue
             number += 1
@@ -281,12 +283,12 @@ def _link_field_maps(entries: Sequence[PlanEntry], outcomes: Sequence[Classified
                      extension: str) -> tuple[PlanEntry, ...]:
     paths_by_link: dict[str, list[str]] = defaultdict(list)
     for entry, (_, outcome, _) in zip(entries, outcomes):
-        if isinstance(entry, BidsTarget):
+        if isinstance(entry, BidsTarget) and isinstance(outcome, Match):
             for link in outcome.link_ids:
                 paths_by_link[link].append(f"ses-{session}/{entry.path(extension)}")
     linked: list[PlanEntry] = []
     for entry, (_, outcome, _) in zip(entries, outcomes):
-        if isinstance(entry, BidsTarget) and outcome.intended_for:
+        if isinstance(entry, BidsTarget) and isinstance(outcome, Match) and outcome.intended_for:
             paths = [path for link in outcome.intended_for for path in paths_by_link.get(link, ())]
             changes = dict(entry.sidecar_changes)
             if paths:

@@ -64,7 +64,7 @@ def parse(text: str) -> ReproinName | None:
     bids_part = _CONSOLE_PREFIX.sub("", text.strip()).split("__", 1)[0]
     head, *pieces = bids_part.split("_")
     datatype, _, suffix = head.partition("-")
-    if datatype not in DATATYPES or (suffix and not bids_label(suffix) == suffix):
+    if datatype not in DATATYPES or (suffix and bids_label(suffix) != suffix):
         return None
     entities: dict[str, str] = {}
     for piece in pieces:

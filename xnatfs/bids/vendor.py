@@ -38,6 +38,7 @@ Anything else matches no rule and is reported as such.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from xnatfs.bids.fields import ScanFields, image_type_words
@@ -67,7 +68,7 @@ def _words(text: str) -> tuple[str, ...]:
 
 def _joined_words(words: tuple[str, ...]) -> set[str]:
     """Adjacent word pairs run together, so ``field_map`` and ``se_epi`` are recognised."""
-    return {a + b for a, b in zip(words, words[1:])} | {a + b + c for a, b, c in zip(words, words[1:], words[2:])}
+    return {a + b for a, b in itertools.pairwise(words)} | {a + b + c for a, b, c in zip(words, words[1:], words[2:])}
 
 
 def _direction(words: tuple[str, ...]) -> str | None:

@@ -47,10 +47,11 @@ import shutil
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from xnatfs.cache.files import (
     lock_named,
@@ -172,7 +173,7 @@ class CachedFile:
     def __enter__(self) -> CachedFile:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -328,7 +329,9 @@ class PendingFetch:
             if data is not None:
                 return data
             self._fill.wait_done(None)
-        return self._slot[0].pread(offset, length)
+        cached = self._slot[0]
+        assert cached is not None, "a finished download leaves its entry in the slot"
+        return cached.pread(offset, length)
 
     def pread_nowait(self, offset: int, length: int) -> bytes | None:
         """Bytes of ``[offset, offset + length)`` when they are all downloaded
@@ -348,7 +351,9 @@ class PendingFetch:
             raise ValueError("download handle already closed")
         if self._fill is not None:
             self._fill.wait_done(timeout)
-        return self._slot[0].share()
+        cached = self._slot[0]
+        assert cached is not None, "a finished download leaves its entry in the slot"
+        return cached.share()
 
     def close(self) -> None:
         if self._fill is not None:
@@ -361,7 +366,7 @@ class PendingFetch:
     def __enter__(self) -> PendingFetch:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -395,6 +400,8 @@ class _EntryWriter:
             self._hasher.start()
 
     def _hash_behind(self) -> None:
+        md5 = self._md5
+        assert md5 is not None, "the hash thread runs only for keys with a digest"
         hashed = 0
         buffer = bytearray(HASH_PIECE_BYTES)
         view = memoryview(buffer)
@@ -410,12 +417,12 @@ class _EntryWriter:
                     count = os.preadv(self._fd, [view[:min(HASH_PIECE_BYTES, written - hashed)]], hashed)
                     if not count:
                         raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
-                    self._md5.update(view[:count])
+                    md5.update(view[:count])
                     hashed += count
         except OSError as exc:
             self._hash_error = exc
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
         if self._written + size > self._fill.key.size:
@@ -644,13 +651,13 @@ class ContentCache:
 
     # -- filling ------------------------------------------------------------
 
-    def _join(self, key: CacheKey, download) -> tuple[PendingFetch, _Fill, bool]:
+    def _join(self, key: CacheKey, download: Callable[[BinaryIO], None]) -> tuple[PendingFetch, _Fill, bool]:
         """A view on the fill for ``key``: the one under way, or a new queued
         one (then the flag is True and the caller must get it run)."""
         with self._lock:
             fill = self._fills.get(key)
             created = fill is None
-            if created:
+            if fill is None:
                 fill = self._fills[key] = _Fill(key, download)
             view = PendingFetch(key, fill)
             with fill.cond:
@@ -695,7 +702,8 @@ class ContentCache:
                 fill.fd = fd
             writer = _EntryWriter(fd, fill)
             try:
-                fill.download(writer)
+                # Not a full BinaryIO, but all a download uses of one: write, tell, seekable, flush.
+                fill.download(cast(BinaryIO, writer))
                 writer.verify()
             finally:
                 writer.close()

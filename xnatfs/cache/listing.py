@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar, cast
 
 import trio
 from cachetools import TTLCache
@@ -41,7 +42,7 @@ class ListingCache:
     def __init__(self, ttl: float, maxsize: int = 100_000, *,
                  timer: Callable[[], float] = time.monotonic):
         self.ttl = ttl
-        self._cache: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._cache: TTLCache[Hashable, Any] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
@@ -93,10 +94,10 @@ class ListingCache:
             with self._lock:
                 value = self._cache.get(key, _MISSING)
                 if value is not _MISSING:
-                    return value
+                    return cast(T, value)
                 flight = self._flights.get(key)
                 leading = flight is None
-                if leading:
+                if flight is None:
                     flight = self._flights[key] = _Flight()
             if leading:
                 return await self._load(key, flight, load, limiter)
@@ -105,7 +106,7 @@ class ListingCache:
                 continue
             if flight.error is not None:
                 raise flight.error
-            return flight.value
+            return cast(T, flight.value)
 
     async def _load(self, key: Hashable, flight: _Flight, load: Callable[[], T],
                     limiter: trio.CapacityLimiter) -> T:

@@ -55,9 +55,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from xnatfs.cache.files import fsync_dir, make_private_dir, try_lock_exclusive, write_atomic
 from xnatfs.errors import redact_url

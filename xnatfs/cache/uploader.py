@@ -115,7 +115,7 @@ class Uploader:
         base = min(FIRST_RETRY_DELAY * 2 ** (entry.attempts - 1), MAX_RETRY_DELAY)
         seed = hashlib.sha256(f"{entry.id}:{entry.attempts}".encode()).digest()
         spread = int.from_bytes(seed[:4], "big") / 2**32
-        return min(base * (1 + spread / 2), MAX_RETRY_DELAY)
+        return float(min(base * (1 + spread / 2), MAX_RETRY_DELAY))
 
     def retry_at(self, entry: SpoolEntry) -> float:
         """When (time.time() scale) the entry is next due."""

@@ -6,6 +6,11 @@ It offers datman's ``datman.xnat`` calls (``xnat``, a facade over ``XnatConnecti
 See docs/PYTHON_API.md for an example.
 """
 
+from xnatfs.client.config import ClientConfig, get_connection, get_port_str
+from xnatfs.client.connection import XnatConnection
+from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials, store_alias_token
+from xnatfs.client.datman_api import DatmanConnection, DatmanSession, xnat
+from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
 from xnatfs.errors import (
     XnatAuthError,
     XnatConflict,
@@ -17,11 +22,6 @@ from xnatfs.errors import (
     XnatServerError,
     XnatUnsupported,
 )
-from xnatfs.client.config import ClientConfig, get_connection, get_port_str
-from xnatfs.client.connection import XnatConnection
-from xnatfs.client.datman_api import DatmanConnection, DatmanSession, xnat
-from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials, store_alias_token
-from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
 
 __all__ = [
     "AliasToken",

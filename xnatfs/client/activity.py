@@ -21,7 +21,9 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
@@ -35,7 +37,7 @@ class _Minute:
     minute: int
     requests: int = 0
     seconds: float = 0.0
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 def error_kind(outcome: int | BaseException) -> str:
@@ -55,7 +57,7 @@ class RequestActivity:
     """Counters of one session's HTTP requests, safe to update from worker threads."""
 
     def __init__(self, *, slow_after: float = SLOW_SECONDS, stall_after: float = STALL_SECONDS,
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         self.slow_after = slow_after
         self.stall_after = stall_after
         self._clock = clock
@@ -99,7 +101,7 @@ class RequestActivity:
                 bucket.errors[kind] += 1
                 self._unreachable = kind in ("connection", "tls")
 
-    def summary(self, minutes: int = 5) -> dict:
+    def summary(self, minutes: int = 5) -> dict[str, Any]:
         """Requests, errors by kind and mean latency over the last ``minutes``; health; in flight."""
         now = self._clock()
         current = int(now // 60)
@@ -107,7 +109,7 @@ class RequestActivity:
             recent = [b for b in self._ring if b is not None and current - b.minute < minutes]
             latest = [b for b in recent if current - b.minute < 2]
             oldest_wait = now - min(self._waiting.values()) if self._waiting else 0.0
-            errors: Counter = Counter()
+            errors: Counter[str] = Counter()
             for bucket in recent:
                 errors.update(bucket.errors)
             answered = sum(b.requests for b in latest)

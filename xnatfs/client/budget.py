@@ -49,12 +49,12 @@ def bounded_by(budget: Budget) -> Iterator[Budget]:
         leave_budget(token)
 
 
-def enter_budget(budget: Budget) -> Token:
+def enter_budget(budget: Budget) -> Token[Budget | None]:
     """Like :func:`bounded_by`, for code that cannot use a ``with`` block cheaply; undo with :func:`leave_budget`."""
     return _current.set(budget)
 
 
-def leave_budget(token: Token) -> None:
+def leave_budget(token: Token[Budget | None]) -> None:
     _current.reset(token)
 
 

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from xnatfs.client.datman_api import DatmanConnection
 from xnatfs.config import default_config_path, read_config
 from xnatfs.errors import XnatError
-from xnatfs.client.datman_api import DatmanConnection
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _key(name: str) -> str:
     return KEY_ALIASES.get(lowered, lowered)
 
 
-def _normalised(table: Mapping | None) -> dict[str, Any]:
+def _normalised(table: Mapping[str, Any] | None) -> dict[str, Any]:
     return {_key(str(name)): value for name, value in (table or {}).items()}
 
 
@@ -64,7 +64,7 @@ class ClientConfig:
     value; ``get_tags(site=None)`` gives the naming configuration.
     """
 
-    def __init__(self, document: Mapping | None = None, path: Path | None = None):
+    def __init__(self, document: Mapping[str, Any] | None = None, path: Path | None = None):
         document = document or {}
         structured = any(name in document for name in ("xnat", "naming", "sites"))
         self.path = path
@@ -74,7 +74,7 @@ class ClientConfig:
                        if isinstance(table, Mapping)} if structured else {}
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> ClientConfig:
+    def load(cls, path: str | os.PathLike[str] | None = None) -> ClientConfig:
         """Read a TOML file; without ``path`` the default file, which may be absent."""
         where = Path(path).expanduser() if path is not None else default_config_path()
         return cls(read_config(path), path=where)
@@ -89,7 +89,7 @@ class ClientConfig:
             return self._settings[key]
         raise KeyError(name)
 
-    def get_tags(self, site: str | None = None) -> dict[str, Mapping]:
+    def get_tags(self, site: str | None = None) -> dict[str, Mapping[str, Any]]:
         if site is not None:
             site_naming = (self._sites.get(site) or {}).get("naming")
             if site_naming:

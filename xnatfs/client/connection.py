@@ -16,12 +16,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
-from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
+import requests
+
 from xnatfs.client import parsing, paths, workflows
 from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentials
 from xnatfs.client.downloads import download_to_path
 from xnatfs.client.http import XnatSession, parse_json
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class XnatConnection:
         return self.session.username
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str | bytes]:
         return self.session.headers
 
     @property
@@ -125,7 +127,7 @@ class XnatConnection:
     def __enter__(self) -> XnatConnection:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _write_params(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -135,7 +137,7 @@ class XnatConnection:
         return merged
 
     def _change(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
-                ok: Iterable[int] = (200,), done_if_repeated: Iterable[int] = ()):
+                ok: Iterable[int] = (200,), done_if_repeated: Iterable[int] = ()) -> requests.Response:
         """Send a change; return the answer.
 
         A status in ``done_if_repeated`` (404 to a delete, 409 to a create)
@@ -144,7 +146,7 @@ class XnatConnection:
         ok, done_if_repeated = tuple(ok), tuple(done_if_repeated)
         response = self.session.request(method, path, params=self._write_params(params),
                                         ok=ok + done_if_repeated)
-        if response.status_code not in ok and not response.repeated:
+        if response.status_code not in ok and not response.repeated:  # type: ignore[attr-defined]
             raise self.session.error_for(method, response.url, response.status_code, response.text)
         return response
 
@@ -202,7 +204,7 @@ class XnatConnection:
         found = self._search(paths.project(project) + "/subjects", None, (parsing.SUBJECT_RESOURCE,))
         return None if found is None else parsing.subject_resources_from_search(found)
 
-    def _search(self, path: str, project: str | None, columns: tuple[str, ...]) -> list[dict] | None:
+    def _search(self, path: str, project: str | None, columns: tuple[str, ...]) -> list[dict[str, Any]] | None:
         """Rows of a search reaching into child tables; None if the server cannot do it."""
         params = {"columns": ",".join(("ID",) + columns)}
         if project is not None:
@@ -336,10 +338,10 @@ class XnatConnection:
         return self._created(response, exist_ok, f"experiment {label} already exists in {project}")
 
     @staticmethod
-    def _created(response, exist_ok: bool, conflict_message: str) -> str:
+    def _created(response: requests.Response, exist_ok: bool, conflict_message: str) -> str:
         # XNAT answers 201 for a new object and 200 when it already existed;
         # after a repeat, "existed" may well mean our first attempt made it.
-        if response.status_code == 200 and not (exist_ok or response.repeated):
+        if response.status_code == 200 and not (exist_ok or response.repeated):  # type: ignore[attr-defined]
             raise XnatConflict(conflict_message, url=response.url, status=200)
         return response.text.strip()
 
@@ -443,7 +445,7 @@ class XnatConnection:
             blockers=[experiment_id], owner=parsing.text(values.get("project")) or project,
         )
 
-    def _rename(self, path: str, params: dict, *, renamed: Callable[[], bool], blockers: Iterable[str],
+    def _rename(self, path: str, params: dict[str, Any], *, renamed: Callable[[], bool], blockers: Iterable[str],
                 owner: str) -> None:
         """One rename PUT, and a second after dismissing blocking AutoRun workflows.
 
@@ -522,8 +524,8 @@ def _remaining_bytes(body: Any) -> int | None:
         return len(body)
     try:
         if body.seekable():
-            here = body.tell()
-            end = body.seek(0, io.SEEK_END)
+            here: int = body.tell()
+            end: int = body.seek(0, io.SEEK_END)
             body.seek(here)
             return end - here
     except (AttributeError, OSError, ValueError):

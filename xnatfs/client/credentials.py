@@ -21,9 +21,10 @@ import netrc
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from xnatfs.config import user_config_dir
@@ -37,14 +38,14 @@ class Credentials:
     Unpacks like datman's ``(username, password)`` tuple.
     """
 
-    __slots__ = ("username", "password", "source")
+    __slots__ = ("password", "source", "username")
 
     def __init__(self, username: str, password: str, source: str = "arguments"):
         self.username = username
         self.password = password
         self.source = source
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter((self.username, self.password))
 
     def __len__(self) -> int:
@@ -157,7 +158,7 @@ def _host_key(url: str) -> str:
     return parts.netloc.rsplit("@", 1)[-1].lower() + parts.path.rstrip("/")
 
 
-def _read_tokens(path: Path) -> dict:
+def _read_tokens(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             tokens = json.load(handle)

@@ -20,17 +20,17 @@ import logging
 import os
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import requests
 
-from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError
 from xnatfs.client import parsing, paths
 from xnatfs.client.connection import XnatConnection
 from xnatfs.client.downloads import check_zip
 from xnatfs.client.http import XnatSession, looks_like_html
 from xnatfs.client.objects import XNATExperiment, XNATScan, XNATSubject
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ class DatmanSession(requests.Session):
         super().__init__()
         self._xnat_session = xnat_session
 
-    def request(self, method: str, url: str, params=None, data=None, headers=None, cookies=None,
-                files=None, auth=None, timeout=None, allow_redirects=True, proxies=None, hooks=None,
-                stream=None, verify=None, cert=None, json=None) -> requests.Response:
+    # Narrower than requests' own: methods and URLs are text, not bytes.
+    def request(  # type: ignore[override]
+            self, method: str, url: str, params: Any = None, data: Any = None,
+            headers: Mapping[str, str] | None = None, cookies: Any = None, files: Any = None, auth: Any = None,
+            timeout: Any = None, allow_redirects: bool = True, proxies: Any = None, hooks: Any = None,
+            stream: bool | None = None, verify: Any = None, cert: Any = None, json: Any = None) -> requests.Response:
         refused = {"auth": auth, "cookies": cookies, "proxies": proxies, "verify": verify, "cert": cert,
                    "hooks": hooks}
         given = sorted(name for name, value in refused.items() if value is not None)
@@ -113,7 +116,7 @@ class DatmanConnection:
     def __enter__(self) -> DatmanConnection:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -123,7 +126,7 @@ class DatmanConnection:
 
     # -- projects and subjects --------------------------------------------
 
-    def get_projects(self, project: str = "") -> list[dict]:
+    def get_projects(self, project: str = "") -> list[dict[str, Any]]:
         """All readable projects as listing rows, or one project's item JSON
         (a list of one item; empty if it does not exist)."""
         if not project:
@@ -137,7 +140,7 @@ class DatmanConnection:
     def find_project(self, subject_id: str, projects: list[str] | None = None) -> str | None:
         """The first project (of ``projects``, default all) with a subject labelled ``subject_id``."""
         if not projects:
-            projects = [row.get("ID") for row in self.get_projects()]
+            projects = [parsing.text(row.get("ID")) for row in self.get_projects()]
         for project in projects:
             try:
                 if subject_id in self.get_subject_ids(project):
@@ -223,14 +226,10 @@ class DatmanConnection:
     # -- session resources -------------------------------------------------------
 
     def get_resource_ids(self, study: str, session: str, experiment: str, folderName: str | None = None,
-                         create: bool = True):
+                         create: bool = True) -> list[str] | str | None:
         """Session resource IDs: all of them as a list, or the ID of the one
         labelled ``folderName`` (created when missing if ``create``; else None)."""
-        path = paths.experiment_in(study, session, experiment) + "/resources"
-        found = {}
-        for row in parsing.rows(self._http.get_json(path), url=path):
-            label = parsing.text(row.get("label")) or "No Label"
-            found[label] = parsing.text(row.get("xnat_abstractresource_id"))
+        found = self._resource_ids(study, session, experiment)
         if not folderName:
             return list(found.values())
         if folderName in found:
@@ -245,9 +244,18 @@ class DatmanConnection:
             self.connection.create_resource(paths.experiment_in(study, session, experiment), label)
         except XnatConflict:
             logger.debug("resource %s already exists in %s", label, experiment)
-        return self.get_resource_ids(study, session, experiment, label, create=False)
+        return self._resource_ids(study, session, experiment).get(label)
 
-    def get_resource_list(self, study: str, session: str, experiment: str, resource_id: str) -> list[dict]:
+    def _resource_ids(self, study: str, session: str, experiment: str) -> dict[str, str]:
+        """Session resource IDs by label."""
+        path = paths.experiment_in(study, session, experiment) + "/resources"
+        found = {}
+        for row in parsing.rows(self._http.get_json(path), url=path):
+            label = parsing.text(row.get("label")) or "No Label"
+            found[label] = parsing.text(row.get("xnat_abstractresource_id"))
+        return found
+
+    def get_resource_list(self, study: str, session: str, experiment: str, resource_id: str) -> list[dict[str, Any]]:
         """The catalog entries (``URI``, ``name``, ``ID``, ``digest``, ...) of a session resource."""
         path = paths.resource(paths.experiment_in(study, session, experiment), resource_id)
         response = self._http.request("GET", path, params={"format": "xml"})
@@ -265,10 +273,10 @@ class DatmanConnection:
 
     # -- downloads -----------------------------------------------------------
 
-    def _fetch_to(self, server_path: str, filename: str | None, *, params: dict | None, retries: int,
+    def _fetch_to(self, server_path: str, filename: str | None, *, params: dict[str, Any] | None, retries: int,
                   check: Callable[[str], None] | None) -> str:
         made_temp = filename is None
-        if made_temp:
+        if filename is None:
             handle, filename = tempfile.mkstemp(prefix="xnatfs_")
             os.close(handle)
         try:
@@ -317,7 +325,8 @@ class DatmanConnection:
         except OSError as exc:
             raise XnatError(f"cannot read {filename}: {exc.strerror}") from exc
 
-    def put_resource(self, project: str, subject: str, experiment: str, filename: str, data,
+    def put_resource(self, project: str, subject: str, experiment: str, filename: str,
+                     data: str | bytes | bytearray | BinaryIO,
                      folder: str | None = None, retries: int = 3) -> None:
         """Store ``data`` (bytes, text or a binary file object) as ``filename``
         in the experiment's resource ``folder`` (default ``MISC``).
@@ -344,7 +353,7 @@ class DatmanConnection:
 
     # -- workflows -----------------------------------------------------------
 
-    def dismiss_autorun(self, experiment) -> None:
+    def dismiss_autorun(self, experiment: XNATExperiment) -> None:
         """Mark the experiment's open AutoRun.xml workflows Complete."""
         for workflow_id in experiment.get_autorun_ids(self):
             self.connection.dismiss_workflow(workflow_id)
@@ -369,7 +378,7 @@ class DatmanConnection:
         if session is None:
             self.connection.delete_resource(project)
             return
-        if None in (experiment, resource_group_id, resource_id):
+        if experiment is None or resource_group_id is None or resource_id is None:
             raise TypeError("datman's delete_resource needs project, session, experiment, "
                             "resource_group_id and resource_id")
         resource_uri = paths.resource(paths.experiment_in(project, session, experiment), resource_group_id)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from xnatfs.errors import XnatServerError
 from xnatfs.client.http import CHUNK_SIZE, XnatSession
+from xnatfs.errors import XnatServerError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _discard(path: str) -> None:
 def download_to_path(
     session: XnatSession,
     server_path: str,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike[str],
     *,
     params: Mapping[str, Any] | None = None,
     retries: int | None = None,
@@ -89,7 +89,9 @@ def entry_relpath(name: str, known: set[str]) -> str | None:
     return None if known else name.rsplit("/", 1)[-1]
 
 
-def extract_zip(zip_path: str, output_dir: str | os.PathLike, expected: Mapping[str, int] | None = None) -> list[str]:
+def extract_zip(
+    zip_path: str, output_dir: str | os.PathLike[str], expected: Mapping[str, int] | None = None
+) -> list[str]:
     """Unpack a resource zip into ``output_dir``, one file per listed path.
 
     ``expected`` maps relative paths to sizes (from a file listing): every

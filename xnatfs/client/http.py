@@ -36,7 +36,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -46,6 +47,9 @@ from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
 from xnatfs.client.activity import RequestActivity
+from xnatfs.client.breaker import CircuitBreaker
+from xnatfs.client.budget import current_budget, note_progress
+from xnatfs.client.credentials import Credentials
 from xnatfs.errors import (
     XnatAnswerTooLarge,
     XnatAuthError,
@@ -60,9 +64,6 @@ from xnatfs.errors import (
     XnatUnsupported,
     redact_url,
 )
-from xnatfs.client.breaker import CircuitBreaker
-from xnatfs.client.budget import current_budget, note_progress
-from xnatfs.client.credentials import Credentials
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class _ProgressingBody:
         note_progress()
         return block
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         # tell, seek, seekable, fileno, name: what requests and the retries ask of a file.
         return getattr(self._file, name)
 
@@ -125,7 +126,7 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     # The JSESSIONID is managed by XnatSession itself and sent explicitly,
     # so a cookie set by an answer (for example a fresh anonymous session
     # after an expiry) can never replace the logged-in one under other threads.
-    def set_ok(self, cookie, request):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
         return False
 
 
@@ -257,7 +258,7 @@ class XnatSession:
         return self.credentials.username if self.credentials else None
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str | bytes]:
         """The headers sent with every request (never cookies or credentials)."""
         return dict(self._http.headers)
 
@@ -320,7 +321,7 @@ class XnatSession:
             if self._jsession == sent_session:
                 self._jsession = session_id
 
-    def recent_activity(self) -> dict:
+    def recent_activity(self) -> dict[str, Any]:
         """Requests and errors of the last minutes, and the server's health: ``stalled``
         too while the breaker fails requests fast (see :mod:`xnatfs.client.activity`)."""
         summary = self.activity.summary()
@@ -394,8 +395,9 @@ class XnatSession:
             session_id = self._jsession
             # Out of renewals, the request carries the credentials: a 401 to
             # that cannot be a session ended under it, so it is a refusal.
-            with_credentials = renewals >= MAX_RENEWALS_PER_REQUEST and self.credentials is not None
-            auth = (self.credentials.username, self.credentials.password) if with_credentials else None
+            credentials = self.credentials
+            with_credentials = renewals >= MAX_RENEWALS_PER_REQUEST and credentials is not None
+            auth = (credentials.username, credentials.password) if credentials and with_credentials else None
             response, repeated = self._send_with_retries(
                 method, url, params=params, data=data, headers=headers, stream=stream,
                 idempotent=idempotent, retries=retries, timeout=timeout, session_id=session_id, auth=auth,
@@ -413,7 +415,7 @@ class XnatSession:
             if with_credentials and status != 401:
                 self._adopt_session(response, session_id)
             if status in ok:
-                response.repeated = repeated_before
+                response.repeated = repeated_before  # type: ignore[attr-defined]
                 return response
             try:
                 text = _bounded_text(response) if stream else response.text
@@ -421,8 +423,9 @@ class XnatSession:
                 response.close()
             raise self.error_for(method, url, status, text)
 
-    def _send_with_retries(self, method, url, *, idempotent, retries, session_id, timeout=None,
-                           stream=False, **kwargs) -> tuple[requests.Response, bool]:
+    def _send_with_retries(self, method: str, url: str, *, idempotent: bool, retries: int, session_id: str | None,
+                           timeout: float | None = None, stream: bool = False,
+                           **kwargs: Any) -> tuple[requests.Response, bool]:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
@@ -457,7 +460,7 @@ class XnatSession:
             self.breaker.answered()
             status = response.status_code
             repeat_500 = status == 500 and method in SAFE_METHODS and server_errors < RETRIES_ON_500
-            if ((status in RETRYABLE_STATUSES and idempotent or repeat_500)
+            if (((status in RETRYABLE_STATUSES and idempotent) or repeat_500)
                     and attempt < retries and _rewind(data, start)):
                 retry_after = _retry_after(response)
                 if self._pause(attempt, method, url, f"HTTP {status}", retry_after):
@@ -497,10 +500,11 @@ class XnatSession:
         # What requests itself does once it has read a body: later reads of
         # .content and .text see these bytes.
         response._content = bytes(body)
-        response._content_consumed = True
+        response._content_consumed = True  # type: ignore[attr-defined]
         _check_length(response)
 
-    def _send(self, method, url, *, timeout, session_id, **kwargs) -> requests.Response:
+    def _send(self, method: str, url: str, *, timeout: float, session_id: str | None,
+              **kwargs: Any) -> requests.Response:
         cookies = {"JSESSIONID": session_id} if session_id else None
         ticket = self.activity.started()
         try:
@@ -628,7 +632,8 @@ class XnatSession:
             finally:
                 response.close()
 
-    def _plan_body(self, response, url, ranged, start, remaining):
+    def _plan_body(self, response: requests.Response, url: str, ranged: bool, start: int,
+                   remaining: int | None) -> tuple[int, int | None]:
         """How many leading bytes to skip, and how many the body should hold."""
         declared = _content_length(response)
         if response.status_code == 206:
@@ -697,7 +702,7 @@ def parse_json(response: requests.Response) -> Any:
                               status=response.status_code) from exc
 
 
-def _chunks(response: requests.Response, skip: int, limit: int | None):
+def _chunks(response: requests.Response, skip: int, limit: int | None) -> Iterator[bytes]:
     """The body's bytes after ``skip``, at most ``limit`` of them, in large pieces."""
     for chunk in response.iter_content(CHUNK_SIZE):
         if skip:

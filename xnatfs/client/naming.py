@@ -37,7 +37,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def tag_map_from(config: Any, site: str | None = None) -> dict[str, Mapping]:
+def tag_map_from(config: Any, site: str | None = None) -> dict[str, Mapping[str, Any]]:
     """The tag → settings map of a naming configuration (see the module docs)."""
     source = config.get_tags(site=site) if hasattr(config, "get_tags") else config
     source = getattr(source, "series_map", source)
@@ -55,7 +55,7 @@ def _patterns(value: Any) -> list[str]:
 
 
 def matching_tags(description: str, image_type: str, multiecho: bool,
-                  tag_map: Mapping[str, Mapping]) -> dict[str, Mapping]:
+                  tag_map: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The tags a scan should carry, with their settings (empty if none or ambiguous)."""
     matches = {}
     for tag, settings in tag_map.items():

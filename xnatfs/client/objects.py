@@ -12,11 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from xnatfs.errors import XnatError
 from xnatfs.client import naming, parsing, paths
 from xnatfs.client.downloads import check_zip, extract_zip
+from xnatfs.errors import XnatError
+
+if TYPE_CHECKING:
+    from xnatfs.client.connection import XnatConnection
+    from xnatfs.client.datman_api import DatmanConnection
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +29,12 @@ logger = logging.getLogger(__name__)
 class XNATObject:
     """Shared reading of an item's JSON."""
 
-    raw_json: dict
+    raw_json: dict[str, Any]
 
     def _get_field(self, key: str) -> Any:
         return (self.raw_json.get("data_fields") or {}).get(key, "")
 
-    def _children(self, field: str) -> list[dict]:
+    def _children(self, field: str) -> list[dict[str, Any]]:
         return parsing.children(self.raw_json, field)
 
     def _label_in(self, project: str | None) -> str:
@@ -54,7 +59,7 @@ class XNATSubject(XNATObject):
     ``project`` is the project it was looked up through (default: its owner).
     """
 
-    def __init__(self, subject_json: dict, project: str | None = None):
+    def __init__(self, subject_json: dict[str, Any], project: str | None = None):
         self.raw_json = subject_json
         self.id = parsing.text(self._get_field("ID"))
         self.source_project = parsing.text(self._get_field("project"))
@@ -88,7 +93,7 @@ class XNATExperiment(XNATObject):
     ``project``.
     """
 
-    def __init__(self, project: str, subject_name: str, experiment_json: dict):
+    def __init__(self, project: str, subject_name: str, experiment_json: dict[str, Any]):
         self.raw_json = experiment_json
         self.project = project
         self.subject = subject_name
@@ -117,7 +122,7 @@ class XNATExperiment(XNATObject):
         """
         return self._shared_into(self.project)
 
-    def get_autorun_ids(self, xnat) -> list[str]:
+    def get_autorun_ids(self, xnat: XnatConnection | DatmanConnection) -> list[str]:
         """IDs of this experiment's AutoRun.xml workflows that are still open.
 
         XNAT starts one on archiving and it can stay Queued forever, which
@@ -126,7 +131,7 @@ class XNATExperiment(XNATObject):
         """
         return xnat.find_autorun_ids(self.id, self.source_project)
 
-    def assign_scan_names(self, config, ident) -> None:
+    def assign_scan_names(self, config: Any, ident: object) -> None:
         """Give each scan the names and tags its series description selects.
 
         ``config`` is a naming configuration (see :mod:`xnatfs.client.naming`
@@ -138,7 +143,7 @@ class XNATExperiment(XNATObject):
         for scan in self.scans:
             scan.set_datman_name(str(ident), tag_map)
 
-    def download(self, xnat, dest_folder: str, zip_name: str | None = None) -> str:
+    def download(self, xnat: XnatConnection | DatmanConnection, dest_folder: str, zip_name: str | None = None) -> str:
         """Download one zip with all scans and resources of this session.
 
         The zip is written to ``dest_folder/zip_name`` (default
@@ -167,7 +172,7 @@ class XNATScan(XNATObject):
     ``download_dir`` by a successful :meth:`download`.
     """
 
-    def __init__(self, experiment: XNATExperiment, scan_json: dict):
+    def __init__(self, experiment: XNATExperiment, scan_json: dict[str, Any]):
         self.raw_json = scan_json
         self.project = experiment.project
         self.subject = experiment.subject
@@ -185,7 +190,7 @@ class XNATScan(XNATObject):
         self.echo_dict: dict[Any, str] = {}
         self.download_dir: str | None = None
 
-    def _resources(self) -> list[dict]:
+    def _resources(self) -> list[dict[str, Any]]:
         return [parsing.fields(item) for item in self._children("file")]
 
     def dicom_resource_ids(self) -> list[str]:
@@ -221,7 +226,7 @@ class XNATScan(XNATObject):
     def is_usable(self) -> bool:
         return self.quality != "unusable"
 
-    def set_datman_name(self, base_name: str, tag_map) -> list[str]:
+    def set_datman_name(self, base_name: str, tag_map: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Name this scan from the naming configuration; return the names (maybe none)."""
         matches = naming.matching_tags(self.description, self.image_type, self.multiecho, tag_map)
         self.tags = list(matches)
@@ -232,7 +237,7 @@ class XNATScan(XNATObject):
                 self.echo_dict[settings["EchoNumber"]] = name
         return self.names
 
-    def download(self, xnat_conn, output_dir: str) -> bool:
+    def download(self, xnat_conn: XnatConnection | DatmanConnection, output_dir: str) -> bool:
         """Download every DICOM file of this series into ``output_dir``.
 
         One zip request; each file is checked against the server's listing

@@ -12,7 +12,6 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from xnatfs.errors import XnatServerError
 from xnatfs.client import paths
 from xnatfs.client.models import (
     Experiment,
@@ -23,12 +22,13 @@ from xnatfs.client.models import (
     Scan,
     Subject,
 )
+from xnatfs.errors import XnatServerError
 
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
                      "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
 
 
-def rows(document: Any, *, url: str | None = None) -> list[dict]:
+def rows(document: Any, *, url: str | None = None) -> list[dict[str, Any]]:
     """The rows of a listing answer."""
     try:
         result = document["ResultSet"]["Result"]
@@ -39,7 +39,7 @@ def rows(document: Any, *, url: str | None = None) -> list[dict]:
     return [row for row in result if isinstance(row, dict)]
 
 
-def items(document: Any, *, url: str | None = None) -> list[dict]:
+def items(document: Any, *, url: str | None = None) -> list[dict[str, Any]]:
     """The current (non-history) items of an item answer."""
     try:
         found = document["items"]
@@ -51,20 +51,20 @@ def items(document: Any, *, url: str | None = None) -> list[dict]:
             if isinstance(item, dict) and not (item.get("meta") or {}).get("isHistory")]
 
 
-def first_item(document: Any, *, url: str | None = None) -> dict:
+def first_item(document: Any, *, url: str | None = None) -> dict[str, Any]:
     found = items(document, url=url)
     if not found:
         raise XnatServerError("item answer with no current item", url=url)
     return found[0]
 
 
-def fields(item: dict) -> dict:
+def fields(item: dict[str, Any]) -> dict[str, Any]:
     return item.get("data_fields") or {}
 
 
-def children(item: dict, field: str) -> list[dict]:
+def children(item: dict[str, Any], field: str) -> list[dict[str, Any]]:
     """The child items under ``field`` (e.g. ``scans/scan``) of an item."""
-    found = []
+    found: list[dict[str, Any]] = []
     for child in item.get("children") or []:
         if isinstance(child, dict) and child.get("field") == field:
             found.extend(entry for entry in child.get("items") or [] if isinstance(entry, dict))
@@ -107,7 +107,7 @@ def parse_datetime(value: Any) -> datetime | None:
 
 # -- listings --------------------------------------------------------------
 
-def project_from_row(row: dict) -> Project:
+def project_from_row(row: dict[str, Any]) -> Project:
     project_id = text(row.get("ID") or row.get("id"))
     return Project(
         id=project_id,
@@ -118,7 +118,7 @@ def project_from_row(row: dict) -> Project:
     )
 
 
-def subject_from_row(row: dict, listed_project: str) -> Subject:
+def subject_from_row(row: dict[str, Any], listed_project: str) -> Subject:
     subject_id = text(row.get("ID"))
     owner = text(row.get("project")) or listed_project
     return Subject(
@@ -131,7 +131,7 @@ def subject_from_row(row: dict, listed_project: str) -> Subject:
     )
 
 
-def experiment_from_row(row: dict, listed_project: str) -> Experiment:
+def experiment_from_row(row: dict[str, Any], listed_project: str) -> Experiment:
     experiment_id = text(row.get("ID") or row.get("xnat:subjectassessordata/id"))
     owner = text(row.get("project")) or listed_project
     return Experiment(
@@ -148,11 +148,11 @@ def experiment_from_row(row: dict, listed_project: str) -> Experiment:
     )
 
 
-def _resource_id(values: dict) -> str:
+def _resource_id(values: dict[str, Any]) -> str:
     return text(values.get("xnat_abstractresource_id") or values.get("xnat_abstractResource_id"))
 
 
-def resource_from_values(values: dict, parent_uri: str) -> Resource:
+def resource_from_values(values: dict[str, Any], parent_uri: str) -> Resource:
     """A resource from a listing row or an item's ``data_fields``."""
     label = text(values.get("label"))
     resource_id = _resource_id(values)
@@ -167,7 +167,7 @@ def resource_from_values(values: dict, parent_uri: str) -> Resource:
     )
 
 
-def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | None:
+def file_from_row(row: dict[str, Any], resource_uri: str | None = None) -> RemoteFile | None:
     """A file from a file-listing row; None for a row without a usable URI.
 
     ``resource_uri`` is the resource that was listed; without it (a scan or
@@ -196,11 +196,11 @@ def file_from_row(row: dict, resource_uri: str | None = None) -> RemoteFile | No
 
 # -- experiment item -------------------------------------------------------
 
-def _has_resource_identity(values: dict) -> bool:
+def _has_resource_identity(values: dict[str, Any]) -> bool:
     return bool(values.get("label") or _resource_id(values))
 
 
-def scan_from_item(item: dict, experiment_id: str) -> Scan:
+def scan_from_item(item: dict[str, Any], experiment_id: str) -> Scan:
     values = fields(item)
     scan_id = text(values.get("ID"))
     scan_uri = paths.scan(experiment_id, scan_id)
@@ -219,7 +219,7 @@ def scan_from_item(item: dict, experiment_id: str) -> Scan:
     )
 
 
-def experiment_contents(item: dict, fallback_id: str = "") -> ExperimentContents:
+def experiment_contents(item: dict[str, Any], fallback_id: str = "") -> ExperimentContents:
     """Scans (with their resources) and session resources of an experiment item."""
     values = fields(item)
     experiment_id = text(values.get("ID") or values.get("id")) or fallback_id
@@ -251,11 +251,11 @@ SESSION_RESOURCE = "xnat:experimentdata/resources/resource/label"
 SUBJECT_RESOURCE = "xnat:subjectdata/resources/resource/label"
 
 
-def _lowered(row: dict) -> dict:
+def _lowered(row: dict[str, Any]) -> dict[str, Any]:
     return {str(key).lower(): value for key, value in row.items()}
 
 
-def answers_columns(found: list[dict], *columns: str) -> bool:
+def answers_columns(found: list[dict[str, Any]], *columns: str) -> bool:
     """Whether a search answer carries the child-table columns it was asked for.
 
     A server that does not know them may leave them out; an empty answer
@@ -267,7 +267,7 @@ def answers_columns(found: list[dict], *columns: str) -> bool:
     return all(column in named for column in columns)
 
 
-def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[dict]
+def experiment_contents_from_search(scan_rows: list[dict[str, Any]], resource_rows: list[dict[str, Any]]
                                     ) -> dict[str, ExperimentContents]:
     """Contents of every experiment in two project-wide search answers.
 
@@ -276,7 +276,7 @@ def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[d
     experiments found in both are returned. The scans' ``xsi_type`` is
     unknown here (left empty); the item JSON has it.
     """
-    scans: dict[str, dict[str, dict]] = {}
+    scans: dict[str, dict[str, dict[str, Any]]] = {}
     for row in map(_lowered, scan_rows):
         experiment_id = text(row.get("id"))
         if not experiment_id:
@@ -303,7 +303,7 @@ def experiment_contents_from_search(scan_rows: list[dict], resource_rows: list[d
     return found
 
 
-def _scan_from_search(experiment_id: str, scan_id: str, row: dict, labels: list[str]) -> Scan:
+def _scan_from_search(experiment_id: str, scan_id: str, row: dict[str, Any], labels: list[str]) -> Scan:
     scan_uri = paths.scan(experiment_id, scan_id)
     return Scan(
         id=scan_id,
@@ -315,12 +315,12 @@ def _scan_from_search(experiment_id: str, scan_id: str, row: dict, labels: list[
     )
 
 
-def subject_resources_from_search(found: list[dict]) -> dict[str, tuple[str, ...]]:
+def subject_resources_from_search(found: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
     """Resource labels of every subject in a project-wide subject search (one row per resource)."""
     return {subject_id: tuple(labels) for subject_id, labels in _labels_by_parent(found, SUBJECT_RESOURCE).items()}
 
 
-def _labels_by_parent(found: list[dict], column: str) -> dict[str, list[str]]:
+def _labels_by_parent(found: list[dict[str, Any]], column: str) -> dict[str, list[str]]:
     """The distinct values of ``column`` by the rows' ID, every ID listed (a row without a child too)."""
     labels: dict[str, list[str]] = {}
     for row in map(_lowered, found):

@@ -9,6 +9,7 @@ find its ID: ``POST /data/search`` with an ``xdat:bundle`` document.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any, cast
 
 AUTORUN_PIPELINE = "xnat_tools/AutoRun.xml"
 XDAT_NS = "http://nrg.wustl.edu/security"
@@ -50,10 +51,10 @@ def autorun_search(item_id: str, project: str) -> bytes:
         _add(criteria, "schema_field", schema_field)
         _add(criteria, "comparison_type", comparison)
         _add(criteria, "value", value)
-    return ET.tostring(bundle, encoding="utf-8", xml_declaration=True)
+    return cast(bytes, ET.tostring(bundle, encoding="utf-8", xml_declaration=True))
 
 
-def workflow_id(row: dict) -> str:
+def workflow_id(row: dict[str, Any]) -> str:
     """The workflow's ID in a search answer row, or ""."""
     lowered = {str(key).lower(): value for key, value in row.items()}
     for key in _ID_KEYS:
@@ -63,7 +64,7 @@ def workflow_id(row: dict) -> str:
     return ""
 
 
-def is_open(row: dict) -> bool:
+def is_open(row: dict[str, Any]) -> bool:
     """True unless the row says the workflow has finished (rows without a status count as open)."""
     lowered = {str(key).lower(): value for key, value in row.items()}
     status = lowered.get("status", lowered.get("wrk:workflowdata/status"))

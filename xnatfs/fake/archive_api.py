@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from . import search
 from .files import FilesApi, Parent, experiment_parent, project_parent, scan_parent, subject_parent
 from .http import Request, Response, error_page, json_response, method_not_allowed, text_response
-from .items import (experiment_item, item_xml, items_document, project_item, scan_item,
-                    subject_item)
-from .store import Store
+from .items import experiment_item, item_xml, items_document, project_item, scan_item, subject_item
+from .store import Store, required
 from .tables import table_response
 
 VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -118,10 +118,10 @@ class ArchiveApi:
                 return error_page(404, f"Unable to find project {name}.")
             return _item_answer(request, project_item(self.store, project))
         if request.method == "PUT":
-            fields = {key: request.param(param) for key, param in (
+            fields = {key: value for key, param in (
                 ("name", "name"), ("description", "description"), ("secondary_id", "secondary_ID"),
                 ("pi_firstname", "pi_firstname"), ("pi_lastname", "pi_lastname"))
-                if request.param(param) is not None}
+                if (value := request.param(param)) is not None}
             if project is not None:
                 self.store.update_project(project["id"], **fields)
                 return text_response(project["id"])
@@ -172,7 +172,7 @@ class ArchiveApi:
             subject_id = self.store.add_subject(scope.project, name, insert_user=request.user or "admin")
         if subject_id is None:
             return error_page(404, f"Unable to find subject {name}.")
-        subject = self.store.subject(subject_id)
+        subject = required(self.store.subject(subject_id), "Subject")
         kind = rest[1]
         if kind == "projects" and len(rest) == 3:
             return self._share(request, "subject", subject, scope, rest[2])
@@ -220,7 +220,7 @@ class ArchiveApi:
         if xsi_type and xsi_type != "xnat:subjectData":
             return error_page(422, f"Wrong data type for a subject: {xsi_type}")
         new_label = request.param("label")
-        subject = self.store.subject(subject_id)
+        subject = required(self.store.subject(subject_id), "Subject")
         current = subject["label"]
         if project and project != subject["project"]:
             current = next(s["label"] for s in self.store.subject_shares(subject_id)
@@ -238,7 +238,7 @@ class ArchiveApi:
     # ---- experiments ------------------------------------------------------
 
     def _experiment_rows(self, request: Request, scope: Scope) -> tuple[list[dict], list[str]]:
-        if scope.subject_id:
+        if scope.project and scope.subject_id:
             found = self.store.experiments_in(scope.project, scope.subject_id)
             columns = SUBJECT_EXPERIMENT_COLUMNS
         elif scope.project:
@@ -263,9 +263,9 @@ class ArchiveApi:
             experiment_id = self.store.experiment_id(scope.project, name)
         else:
             experiment_id = name if self.store.experiment(name) else None
-        if experiment_id and scope.subject_id:
-            if self.store.experiment(experiment_id)["subject_id"] != scope.subject_id:
-                return None
+        experiment = self.store.experiment(experiment_id) if experiment_id and scope.subject_id else None
+        if experiment is not None and experiment["subject_id"] != scope.subject_id:
+            return None
         return experiment_id
 
     def _experiments(self, request: Request, scope: Scope, rest: list[str]) -> Response:
@@ -306,7 +306,7 @@ class ArchiveApi:
         if request.method == "PUT":
             if experiment_id is not None:
                 return self._update_experiment(request, scope.project, experiment_id)
-            if not scope.subject_id:
+            if not scope.project or not scope.subject_id:
                 return error_page(404, f"Unable to find experiment {name}.")
             xsi_type = request.param("xsiType")
             if not xsi_type:
@@ -328,7 +328,7 @@ class ArchiveApi:
         return method_not_allowed(request, "GET, HEAD, PUT, DELETE")
 
     def _update_experiment(self, request: Request, project: str | None, experiment_id: str) -> Response:
-        experiment = self.store.experiment(experiment_id)
+        experiment = required(self.store.experiment(experiment_id), "Experiment")
         xsi_type = request.param("xsiType")
         if xsi_type and xsi_type != experiment["xsi_type"]:
             return error_page(422, f"Wrong data type for this experiment: {xsi_type}")
@@ -427,7 +427,7 @@ class ArchiveApi:
         if request.method == "PUT":
             if selector in ("ALL", "*") or "," in selector or not VALID_LABEL.match(selector):
                 return error_page(417, "Invalid scan ID.")
-            values = _typed_params(request, SCAN_FIELD_PARAMS)
+            values: dict[str, Any] = _typed_params(request, SCAN_FIELD_PARAMS)
             existing = self.store.scan(experiment["id"], selector)
             if existing is not None:
                 self.store.update_scan(existing["pk"], **values)

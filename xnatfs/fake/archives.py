@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 COPY_BUFFER = 1024 * 1024
 ZIP64_FROM = 2**31 - 1
@@ -62,7 +62,7 @@ def is_archive_name(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def unpack(archive_path: Path, name: str) -> Iterator[tuple[str, BinaryIO]]:
+def unpack(archive_path: Path, name: str) -> Iterator[tuple[str, IO[bytes]]]:
     """Yield (member path, readable file) for each regular file of an uploaded archive.
 
     Raises ValueError if the archive cannot be read.
@@ -77,12 +77,12 @@ def unpack(archive_path: Path, name: str) -> Iterator[tuple[str, BinaryIO]]:
                     with archive.open(info) as member:
                         yield info.filename, member
         else:
-            with tarfile.open(archive_path, "r:*") as archive:
-                for info in archive:
-                    if not info.isfile():
+            with tarfile.open(archive_path, "r:*") as tar:
+                for entry in tar:
+                    if not entry.isfile():
                         continue
-                    member = archive.extractfile(info)
-                    if member is not None:
-                        yield info.name, member
+                    extracted = tar.extractfile(entry)
+                    if extracted is not None:
+                        yield entry.name, extracted
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"Unreadable archive: {exc}") from exc

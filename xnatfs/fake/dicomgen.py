@@ -27,16 +27,16 @@ import hashlib
 import logging
 import struct
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def _tm(moment: dt.datetime) -> str:
     return moment.strftime("%H%M%S.%f")
 
 
-def _ds(values: np.ndarray) -> list[float]:
+def _ds(values: Iterable[float]) -> list[float]:
     """Numbers for a DS element, rounded so they fit its 16 characters."""
     return [float(f"{v:.6g}") + 0.0 for v in values]  # + 0.0 turns -0.0 into 0.0
 
@@ -566,7 +566,7 @@ def _encode(ds: Dataset) -> dict[int, bytes]:
     instead of once per file; pydicom's whole-dataset writer would redo it.
     """
     encodings = convert_encodings(["ISO_IR 100"])
-    encoded = {}
+    encoded: dict[int, bytes] = {}
     for element in ds:
         buffer = DicomBytesIO()
         buffer.is_little_endian = True
@@ -580,7 +580,7 @@ def _file_bytes(sop_uid: str, elements: dict[int, bytes]) -> bytes:
     """A DICOM Part 10 file: preamble, file meta, then the elements in tag order."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = DicomBytesIO()
     buffer.is_little_endian = True

@@ -8,22 +8,33 @@ or ``files``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mimetypes
 import posixpath
 import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from .archives import Entry, is_archive_name, unpack, write_tar, write_zip
-from .http import (BadRequest, Request, Response, StreamBody, error_page, file_response,
-                   json_response, method_not_allowed)
+from .http import (
+    BadRequest,
+    Request,
+    Response,
+    StreamBody,
+    error_page,
+    file_response,
+    json_response,
+    method_not_allowed,
+)
 from .items import resource_item
 from .store import Store, StoreError, clean_relpath
 from .tables import table_response
@@ -127,7 +138,7 @@ class FilesApi:
 
     # ---- resources --------------------------------------------------------
 
-    def _select(self, parents: list[Parent], selector: str) -> list[tuple[Parent, object]]:
+    def _select(self, parents: list[Parent], selector: str) -> list[tuple[Parent, sqlite3.Row]]:
         chosen = []
         for parent in parents:
             for name in selector.split(","):
@@ -199,7 +210,7 @@ class FilesApi:
 
     # ---- listings and archives ---------------------------------------------
 
-    def _files_answer(self, request: Request, pairs: list[tuple[Parent, object]]) -> Response:
+    def _files_answer(self, request: Request, pairs: list[tuple[Parent, sqlite3.Row]]) -> Response:
         found = [(parent, resource, row) for parent, resource in pairs
                  for row in self.store.files(resource["id"])]
         fmt = (request.param("format") or "json").lower()
@@ -214,7 +225,7 @@ class FilesApi:
         return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True,
                               fixed_columns=True)
 
-    def _archive(self, request: Request, found: list[tuple[Parent, object, object]], fmt: str) -> Response:
+    def _archive(self, request: Request, found: list[tuple[Parent, sqlite3.Row, sqlite3.Row]], fmt: str) -> Response:
         """A zip or tar of ``found``, (parent, resource, file row) triples."""
         structure = (request.param("structure") or "default").lower()
         entries = [Entry(_entry_name(parent, resource["label"], row["path"], structure),
@@ -226,7 +237,7 @@ class FilesApi:
             produce, content_type, suffix = (lambda out: write_zip(entries, out)), "application/zip", "zip"
         else:
             gzip = fmt in ("tar.gz", "tgz")
-            produce = (lambda out: write_tar(entries, out, gzip=gzip))
+            produce = functools.partial(write_tar, entries, gzip=gzip)
             content_type, suffix = ("application/x-gzip", "tar.gz") if gzip else ("application/x-tar", "tar")
         response = Response(200, StreamBody(produce), content_type)
         return response.header("Content-Disposition", f'attachment; filename="download.{suffix}"')
@@ -269,11 +280,12 @@ class FilesApi:
             if not uploads:
                 return error_page(400, "No content was uploaded.")
             if resource is None:
-                self.store.add_resource(parent.level, parent.owner, selector)
-                resource = self.store.find_resource(parent.level, parent.owner, selector)
+                resource_id = self.store.add_resource(parent.level, parent.owner, selector)
+            else:
+                resource_id = resource["id"]
             duplicates = []
             for name, staged, digest in uploads:
-                duplicates += self._place(request, resource["id"], name, staged, digest)
+                duplicates += self._place(request, resource_id, name, staged, digest)
         if duplicates:
             return Response(200, json.dumps({"duplicates": duplicates}).encode(), "application/json")
         return Response(200)
@@ -296,12 +308,13 @@ class FilesApi:
         message = BytesParser(policy=HTTP).parsebytes(head + raw)
         if not message.is_multipart():
             raise BadRequest("Malformed multipart body.")
-        staged_files = []
+        staged_files: list[tuple[str, Path, str]] = []
         for part in message.iter_parts():
             filename = part.get_filename()
             if not filename:
                 continue
-            data = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
             if not data:
                 continue
             name = relpath if relpath and len(staged_files) == 0 else posixpath.basename(filename)
@@ -310,11 +323,11 @@ class FilesApi:
             staged_files.append((name, staged, hashlib.md5(data).hexdigest()))
         return staged_files
 
-    def _place(self, request: Request, resource_id: int, relpath: str, staged, digest: str) -> list[str]:
+    def _place(self, request: Request, resource_id: int, relpath: str, staged: Path, digest: str) -> list[str]:
         """Put a staged upload in place (or unpack it); returns the paths refused as duplicates."""
         relpath = clean_relpath(relpath)
         overwrite = request.flag("overwrite")
-        attrs = {"format": request.param("format"), "content": request.param("content"),
+        attrs: dict[str, Any] = {"format": request.param("format"), "content": request.param("content"),
                  "tags": request.param("tags") or ""}
         if request.flag("extract") and is_archive_name(relpath):
             folder = posixpath.dirname(relpath)

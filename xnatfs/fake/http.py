@@ -22,7 +22,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Response:
     content_type: str = "text/plain;charset=UTF-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
 
-    def header(self, name: str, value: str) -> "Response":
+    def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
         return self
 
@@ -117,7 +117,7 @@ class Request:
         return morsel.value if morsel else None
 
     @property
-    def body(self) -> "BodyReader":
+    def body(self) -> BodyReader:
         if self._body_reader is None:
             self._body_reader = BodyReader(self.handler.rfile, self.headers)
         return self._body_reader
@@ -225,7 +225,7 @@ class ChunkedWriter:
         self._cut_after = cut_after
         self.sent = 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self._buffer += data
         if len(self._buffer) >= STREAM_CHUNK:
             self._emit()
@@ -295,7 +295,7 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
              f"Content-Type: {response.content_type}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in response.headers]
     stream = isinstance(body, StreamBody)
-    if stream:
+    if isinstance(body, StreamBody):
         if http10:
             handler.close_connection = True
         else:
@@ -333,7 +333,8 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
     sock.sendall(head)
     writer = ChunkedWriter(sock, not http10, STREAM_CHUNK // 2 if cut else None)
     try:
-        body.produce(writer)
+        # zipfile and tarfile find the writer unseekable and only write to it.
+        body.produce(cast(BinaryIO, writer))
         writer.finish()
     except _Cut:
         _finish_cut(sock, cut)

@@ -28,7 +28,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .http import BadRequest, Request, Response, error_page, method_not_allowed
-from .store import Store
+from .store import Store, required
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class Series:
     number: str
     description: str
     modality: str
+    first: pydicom.Dataset
     files: list[tuple[str, Path]] = field(default_factory=list)   # (name in resource, staged file)
-    first: pydicom.Dataset | None = None
 
 
 def _label(value) -> str:
@@ -54,12 +54,12 @@ def _label(value) -> str:
 
 def _routing(request: Request) -> dict[str, str]:
     """Project, subject and session asked for by parameters or ``dest=``."""
-    wanted = {}
+    wanted: dict[str, str] = {}
     for key, names in (("project", ("project", "PROJECT_ID")), ("subject", ("subject", "SUBJECT_ID")),
                        ("session", ("session", "EXPT_LABEL"))):
         for name in names:
-            if request.param(name):
-                wanted[key] = request.param(name)
+            if value := request.param(name):
+                wanted[key] = value
                 break
     dest = request.param("dest")
     if dest:
@@ -95,7 +95,8 @@ def _stage_body(request: Request, new_path: Callable[[], Path]) -> Path:
         parts = [p for p in message.iter_parts() if p.get_filename()] if message.is_multipart() else []
         if not parts:
             raise BadRequest("No file in the multipart upload.")
-        staged.write_bytes(parts[0].get_payload(decode=True) or b"")
+        payload = parts[0].get_payload(decode=True)
+        staged.write_bytes(payload if isinstance(payload, bytes) else b"")
     else:
         request.body_to_file(staged)
     return staged
@@ -207,8 +208,8 @@ def _archive(request: Request, server, routed: dict, series: dict[str, Series], 
     _file_series(store, experiment_id, series)
     if server.autorun_on_import and (request.param("triggerPipelines") or "true").lower() != "false":
         store.add_workflow(experiment_id)
-    experiment = store.experiment(experiment_id)
-    subject_label = store.subject(experiment["subject_id"])["label"]
+    experiment = required(store.experiment(experiment_id), "Experiment")
+    subject_label = required(store.subject(experiment["subject_id"]), "Subject")["label"]
     uri = (f"/data/archive/projects/{project_id}/subjects/{subject_label}"
            f"/experiments/{experiment['label']}")
     logger.info("imported %d series into %s", len(series), uri)
@@ -232,7 +233,7 @@ def _file_series(store: Store, experiment_id: str, series: dict[str, Series]) ->
                                 series_description=entry.description,
                                 xsi_type=SCAN_TYPES.get(entry.modality, "xnat:otherDicomScanData"),
                                 uid=entry.uid, quality="usable")
-            existing[scan_id] = store.scan_by_pk(pk)
+            existing[scan_id] = required(store.scan_by_pk(pk), "Scan")
             resource_id = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
             used: set[str] = set()
             for name, path in entry.files:

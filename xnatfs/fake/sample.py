@@ -91,7 +91,7 @@ import numpy as np
 import pydicom
 
 from .dicomgen import SeriesSpec, write_session
-from .store import Store, file_md5
+from .store import Store, file_md5, required
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +182,11 @@ def _fill_small(store: Store, scratch: Path) -> None:
         qc = store.ensure_resource("experiment", experiment_id, "QC", format="MISC")
         store.store_file(qc, "qc_report.pdf", pdf_bytes([f"QC report {session}", "All scans usable."]))
         store.store_file(qc, "qc_metrics.csv", _metrics_csv(scans))
-    notes = store.ensure_resource("subject", store.subject_id("STUDY01", "SUB001"), "NOTES")
+    sub001 = required(store.subject_id("STUDY01", "SUB001"), "Subject")
+    notes = store.ensure_resource("subject", sub001, "NOTES")
     store.store_file(notes, "notes.txt", b"Participant SUB001: no incidental findings.\n")
-    store.share_subject(store.subject_id("STUDY01", "SUB001"), "STUDY02")
-    store.share_experiment(store.experiment_id("STUDY01", "SUB001_MR1"), "STUDY02")
+    store.share_subject(sub001, "STUDY02")
+    store.share_experiment(required(store.experiment_id("STUDY01", "SUB001_MR1"), "Experiment"), "STUDY02")
 
 
 def _fill_bids(store: Store, scratch: Path) -> None:
@@ -202,8 +203,8 @@ def _fill_bids(store: Store, scratch: Path) -> None:
 
 def _add_server_nifti(store: Store, scratch: Path, experiment_id: str, number: int) -> None:
     """A NIFTI resource beside the scan's DICOM, converted as a site's dcm2niix container does."""
-    pk = store.scan(experiment_id, str(number))["pk"]
-    dicom = store.find_resource("scan", str(pk), "DICOM")
+    pk = required(store.scan(experiment_id, str(number)), "Scan")["pk"]
+    dicom = required(store.find_resource("scan", str(pk), "DICOM"), "Resource")
     source = store.file_path(dicom["id"], store.files(dicom["id"])[0]["path"]).parent
     scratch.mkdir()
     # The wheel's binary; -z i compresses without pigz, so the bytes do not depend on the machine.
@@ -243,7 +244,8 @@ def _add_session(store: Store, scratch: Path, project: str, subject: str, sessio
 
 
 def _add_snapshots(store: Store, scan_pk: int, number: int, middle: Path, experiment_id: str) -> None:
-    pixels = store.file_path(store.find_resource("scan", str(scan_pk), "DICOM")["id"], middle.name)
+    dicom = required(store.find_resource("scan", str(scan_pk), "DICOM"), "Resource")
+    pixels = store.file_path(dicom["id"], middle.name)
     image = pydicom.dcmread(pixels).pixel_array.astype(np.float32)
     scaled = (255 * (image - image.min()) / max(float(np.ptp(image)), 1.0)).astype(np.uint8)
     snapshots = store.ensure_resource("scan", str(scan_pk), "SNAPSHOTS", format="PNG",

@@ -13,6 +13,8 @@ of those children is refused with 400, as an unknown search field is.
 
 from __future__ import annotations
 
+import sqlite3
+
 from .http import BadRequest, Request
 from .store import Store
 
@@ -45,9 +47,14 @@ def _fields(columns: list[str], prefixes: tuple[str, ...], known: dict[str, str]
     return fields
 
 
-def _values(record, fields: dict[str, str]) -> dict:
+def _values(record: sqlite3.Row | None, fields: dict[str, str]) -> dict:
     """A row's child columns from ``record``, empty where there is no child."""
     return {column: "" if record is None else record[field] for column, field in fields.items()}
+
+
+def _or_none(children: list[sqlite3.Row]) -> list[sqlite3.Row | None]:
+    """``children``, or one None for a parent without any (its child columns stay empty)."""
+    return list(children) or [None]
 
 
 def _refuse(columns: list[str]) -> None:
@@ -77,7 +84,7 @@ def expand_experiments(store: Store, rows: list[dict], request: Request, *, know
             joined = [dict(base, **extra) for base in joined
                       for extra in _scan_rows(store, row["ID"], scan_fields, scan_resource_fields)]
         if resource_fields:
-            resources = store.resources("experiment", row["ID"]) or [None]
+            resources = _or_none(store.resources("experiment", row["ID"]))
             joined = [dict(base, **_values(resource, resource_fields)) for base in joined for resource in resources]
         expanded.extend(joined)
     return expanded
@@ -86,10 +93,10 @@ def expand_experiments(store: Store, rows: list[dict], request: Request, *, know
 def _scan_rows(store: Store, experiment_id: str, scan_fields: dict[str, str],
                resource_fields: dict[str, str]) -> list[dict]:
     found = []
-    for scan in store.scans(experiment_id) or [None]:
+    for scan in _or_none(store.scans(experiment_id)):
         values = _values(scan, scan_fields)
         resources = store.resources("scan", str(scan["pk"])) if scan is not None and resource_fields else []
-        for resource in resources or [None]:
+        for resource in _or_none(resources):
             found.append(dict(values, **_values(resource, resource_fields)))
     return found
 
@@ -104,6 +111,6 @@ def expand_subjects(store: Store, rows: list[dict], request: Request, *, known: 
     fields = _fields(columns, (SUBJECT_RESOURCE,), RESOURCE_FIELDS)
     expanded = []
     for row in rows:
-        for resource in store.resources("subject", row["ID"]) or [None]:
+        for resource in _or_none(store.resources("subject", row["ID"])):
             expanded.append(dict(row, **_values(resource, fields)))
     return expanded

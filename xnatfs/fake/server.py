@@ -78,6 +78,7 @@ class FaultInjector:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
     protocol_version = "HTTP/1.1"
     timeout = IDLE_CONNECTION_TIMEOUT
     server_version = "Apache-Coyote/1.1"
@@ -104,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HttpServer(ThreadingHTTPServer):
+    fake: FakeXnat
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
@@ -215,7 +217,7 @@ class FakeXnat:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "FakeXnat":
+    def start(self) -> FakeXnat:
         if self._httpd is not None:
             return self
         self._httpd = _HttpServer((self.host, self.port), _Handler)
@@ -250,7 +252,7 @@ class FakeXnat:
         self.stop()
         self.store.close()
 
-    def __enter__(self) -> "FakeXnat":
+    def __enter__(self) -> FakeXnat:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

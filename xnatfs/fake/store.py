@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, TypeVar
 
 LEVELS = ("project", "subject", "experiment", "scan")
 # Subjects and experiments are labelled and shared alike: their table, the
@@ -45,6 +45,8 @@ _LABELLED = {
 }
 OPEN_WORKFLOW_STATES = ("Queued", "In Progress", "Running", "Awaiting Action", "Paused")
 COPY_BUFFER = 1024 * 1024
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -96,6 +98,20 @@ class StoreError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+def required(found: T | None, what: str) -> T:
+    """A row or ID the caller has just written or looked up; a 404 if it is gone after all."""
+    if found is None:
+        raise StoreError(f"{what} not found.", 404)
+    return found
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The row ID SQLite gave the row an INSERT just added."""
+    if cursor.lastrowid is None:
+        raise StoreError("the row was not inserted", 500)
+    return cursor.lastrowid
 
 
 def now_stamp() -> str:
@@ -489,7 +505,7 @@ class Store:
                 "quality, note, uid, frames, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (experiment_id, scan_id, xsi_type, type, series_description, quality, note,
                  uid, frames, json.dumps(fields or {})))
-            return cursor.lastrowid
+            return _inserted_id(cursor)
 
     def update_scan(self, pk: int, **values) -> None:
         allowed = {"type", "series_description", "quality", "note", "uid", "frames", "xsi_type"}
@@ -532,7 +548,7 @@ class Store:
             cursor = self._db.execute(
                 "INSERT INTO resources(level, owner, label, format, content, tags, insert_date) "
                 "VALUES (?,?,?,?,?,?,?)", (level, str(owner), label, format, content, tags, now_stamp()))
-            return cursor.lastrowid
+            return _inserted_id(cursor)
 
     def ensure_resource(self, level: str, owner: str, label: str, **attrs: str) -> int:
         with self.batch():
@@ -550,8 +566,8 @@ class Store:
             self.delete_resource(row["id"])
 
     def resource_totals(self, resource_id: int) -> tuple[int, int]:
-        row = self._one("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS total FROM files "
-                        "WHERE resource_id=?", (resource_id,))
+        row = self._q("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS total FROM files "
+                      "WHERE resource_id=?", (resource_id,))[0]
         return row["n"], row["total"]
 
     # ---- files ----------------------------------------------------------
@@ -595,7 +611,7 @@ class Store:
             for path in made:
                 path.unlink(missing_ok=True)
 
-    def store_file(self, resource_id: int, relpath: str, source: bytes | str | os.PathLike | BinaryIO,
+    def store_file(self, resource_id: int, relpath: str, source: bytes | str | os.PathLike | IO[bytes],
                    *, format: str | None = None, content: str | None = None, tags: str = "",
                    move: bool = False, digest: str | None = None,
                    mtime: float | None = None) -> sqlite3.Row:
@@ -624,7 +640,7 @@ class Store:
                     os.utime(dest, (mtime, mtime))
                 self._record_file(resource_id, relpath, size, digest, format, content, tags,
                                   mtime if mtime is not None else time.time())
-                return self.file(resource_id, relpath)
+                return required(self.file(resource_id, relpath), "File")
 
     def link_file(self, resource_id: int, relpath: str, existing: Path, *, size: int, digest: str,
                   format: str = "", content: str = "", mtime: float | None = None) -> None:
@@ -688,7 +704,7 @@ class Store:
                     scan_id: str | None = None) -> bool:
         level, owner = self._experiment_level(experiment_id, scan_id)
         row = self.find_resource(level, owner, resource_label)
-        return bool(row) and self.remove_file(row["id"], relpath)
+        return row is not None and self.remove_file(row["id"], relpath)
 
     def put_project_file(self, project: str, resource_label: str, relpath: str,
                          data: bytes | str | os.PathLike | BinaryIO, **attrs) -> sqlite3.Row:
@@ -723,7 +739,7 @@ class Store:
                 "data_type) VALUES (?,?,?,?,?,?)",
                 (experiment_id, experiment["project"], pipeline_name, status, now_stamp(),
                  experiment["xsi_type"]))
-            return cursor.lastrowid
+            return _inserted_id(cursor)
 
     def workflow(self, workflow_id: int) -> sqlite3.Row | None:
         return self._one("SELECT * FROM workflows WHERE id=?", (workflow_id,))
@@ -774,7 +790,7 @@ def _parents_between(path: Path, root: Path) -> list[Path]:
     return parents
 
 
-def _write_with_md5(source: bytes | str | os.PathLike | BinaryIO, target: Path) -> str:
+def _write_with_md5(source: bytes | str | os.PathLike | IO[bytes], target: Path) -> str:
     digest = hashlib.md5()
     with open(target, "wb") as out:
         if isinstance(source, (bytes, bytearray, memoryview)):
