@@ -26,7 +26,7 @@ succeed and change nothing.
 each kind of folder or file lets a user do is the kind's own write policy
 (:mod:`xnatfs.fs.nodes`, :class:`~xnatfs.fs.nodes.WriteContext`); here are
 the checks every change goes through, the staging, uploading and deleting
-of files, and the entries the kernel is told about.
+of files, and the inode table kept in step with renames and deletions.
 """
 
 from __future__ import annotations

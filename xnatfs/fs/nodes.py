@@ -7,7 +7,11 @@ immutable snapshots; a refreshed listing produces new ones.
 Each kind of folder knows the raw listings it is derived from
 (:meth:`DirNode.listing_keys`, keys of :mod:`xnatfs.fs.keys`) and how its
 entries are built from them (:meth:`DirNode.entries`); every kind knows its
-extended attributes (:meth:`Node.xattr_values`). The tree
+extended attributes (:meth:`Node.xattr_values`) and its write policy: what
+a user may create, delete or rename there and the XNAT call that does it
+(:meth:`Node.mkdir`, :meth:`Node.rmdir`, :meth:`Node.rename`,
+:meth:`Node.create_target`, :meth:`Node.unlink`, through a
+:class:`WriteContext`), refused unless the kind allows it. The tree
 (:mod:`xnatfs.fs.tree`) loads and memoises listings for any kind alike, so a
 new kind of folder is a new class here and nothing else.
 """
