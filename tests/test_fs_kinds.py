@@ -1,11 +1,14 @@
-"""Node kinds own their listing and attributes; listing keys own their loading; walks are noticed in one place."""
+"""Node kinds own their listing, attributes and write policy; listing keys own their loading; walks are noticed in one place."""
 
 from __future__ import annotations
 
+import errno
+import inspect
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+import pyfuse3
 import pytest
 import trio
 
@@ -24,7 +27,9 @@ from xnatfs.fs.keys import (
     SubjectsKey,
     files_key,
 )
+from xnatfs.fs.local import Overlay
 from xnatfs.fs.nodes import DirNode, Listing, ListingContext, ProjectDir, RootDir
+from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.xattrs import xattrs_for
 
@@ -139,3 +144,91 @@ def test_a_walk_is_noticed_only_when_siblings_are_opened_in_order(conn):
     assert walks.following(parent, "b", siblings) == [siblings.entries[name] for name in "cde"]
     assert walks.following(parent, "d", siblings) == []
     assert walks.following(("Q",), "e", siblings) == []
+
+
+class RecordingContext:
+    """A WriteContext over the real client that keeps what the policies asked to forget."""
+
+    def __init__(self, connection, tree: Tree):
+        self.client = connection
+        self.settings = MountSettings()
+        self.overlay = Overlay(60.0)
+        self.tree = tree
+        self.forgotten: list[ListingKey] = []
+
+    async def call(self, function, *args, **kwargs):
+        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs))
+
+    def forget(self, *keys: ListingKey) -> None:
+        self.forgotten.extend(keys)
+        for key in keys:
+            self.tree.forget_listing(key)
+
+    async def listing(self, node) -> Listing:
+        return self.overlay.merge(node, await self.tree.children(node))
+
+    def resource_gone(self, resource_uri: str) -> None:
+        raise AssertionError("no resource is deleted here")
+
+
+def refusal(change) -> int:
+    """The errno ``change`` (a policy call, awaited if it is a coroutine) is refused with."""
+    async def attempt() -> None:
+        result = change()
+        if inspect.isawaitable(result):
+            await result
+
+    try:
+        trio.run(attempt)
+    except pyfuse3.FUSEError as exc:
+        return exc.errno
+    raise AssertionError("not refused")
+
+
+def test_a_new_kind_of_folder_refuses_every_change_unless_it_says_otherwise(conn):
+    context = RecordingContext(conn, new_tree(conn))
+    by_name = ProjectNamesDir(mtime=0.0)
+    assert refusal(lambda: by_name.mkdir(context, "new")) == errno.EPERM
+    assert refusal(lambda: by_name.rmdir(context, RootDir(mtime=0.0), "by name")) == errno.EPERM
+    assert refusal(lambda: by_name.rename(context, RootDir(mtime=0.0), "other", same_parent=True,
+                                          replaces=None)) == errno.EXDEV
+    assert refusal(lambda: by_name.create_target("notes.txt", "http://xnat")) == errno.EPERM
+    assert by_name.file_place is None and by_name.overlay_place is None
+    assert context.forgotten == []
+
+
+def test_a_subject_folder_makes_an_experiment_and_forgets_the_listing_that_shows_it(fake_xnat, conn):
+    tree = new_tree(conn)
+    context = RecordingContext(conn, tree)
+
+    async def make() -> Listing:
+        project = (await tree.children(tree.root)).entries["STUDY01"]
+        subject = (await tree.children(project)).entries["SUB001"]
+        await subject.mkdir(context, "SUB001_NEW")
+        assert context.forgotten == list(subject.listing_keys())
+        return await tree.children(subject)
+
+    assert "SUB001_NEW" in trio.run(make).entries
+    assert "SUB001_NEW" in {e.label for e in conn.list_experiments("STUDY01")}
+
+
+def test_a_folder_in_a_resource_exists_only_in_the_overlay_until_a_file_is_written(fake_xnat, conn):
+    tree = new_tree(conn)
+    context = RecordingContext(conn, tree)
+
+    async def make() -> tuple:
+        project = (await tree.children(tree.root)).entries["STUDY01"]
+        resources = (await tree.children(project)).entries["RESOURCES"]
+        resource = next(iter((await tree.children(resources)).entries.values()))
+        await tree.children(resource)
+        fake_xnat.reset_counts()
+        await resource.mkdir(context, "derived")
+        made = (await context.listing(resource)).entries["derived"]
+        return resource, made
+
+    resource, made = trio.run(make)
+    assert fake_xnat.count() == 0 and context.forgotten == []
+    assert made.file_place == (resource.resource.uri, ("derived",))
+    new_file = made.create_target("snr.csv", "http://xnat")
+    assert (new_file.container, new_file.relpath) == (resource.resource.uri, "derived/snr.csv")
+    assert new_file.target.kind == "file" and new_file.target.relpath == "derived/snr.csv"

@@ -116,6 +116,12 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+def refused(code: int, message: str, *args) -> pyfuse3.FUSEError:
+    """The FUSEError for a change the mount turns down, with the reason logged for the user."""
+    logger.warning(message, *args)
+    return pyfuse3.FUSEError(code)
+
+
 T = TypeVar("T")
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadTarget
-from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, ScansDir
+from xnatfs.fs.nodes import FolderDir, Listing, Node, ResourceDir, WriteContext
 
 
 @dataclass(eq=False)
@@ -69,14 +69,24 @@ class LocalFileNode(Node):
     def size(self) -> int:
         return self.local.size
 
+    @property
+    def staged(self) -> LocalFile | None:
+        return self.local
+
+    @property
+    def on_server(self) -> bool:
+        return self.local.replaces_remote or self.local.state == "uploaded"
+
+    @property
+    def container(self) -> str | None:
+        return self.local.container
+
+    async def unlink(self, context: WriteContext) -> None:
+        await context.delete_staged(self.local)
+
     def xattr_values(self) -> dict[str, str]:
         local = self.local
         return {"upload": local.state, "upload_error": local.error, "target": local.target.describe()}
-
-
-def import_container(experiment_uri: str) -> str:
-    """Where zips written into an experiment's SCANS/ are kept in the overlay."""
-    return f"{experiment_uri}/SCANS"
 
 
 class Overlay:
@@ -140,14 +150,10 @@ class Overlay:
 
     def merge(self, node: Node, listing: Listing) -> Listing:
         """``listing`` (from XNAT) with our files, folders and deletions applied."""
-        if isinstance(node, (ResourceDir, FolderDir)):
-            container = node.resource.uri
-            prefix = node.subpath if isinstance(node, FolderDir) else ()
-        elif isinstance(node, ScansDir):
-            container = import_container(node.experiment.uri)
-            prefix = ()
-        else:
+        place = node.overlay_place
+        if place is None:
             return listing
+        container, prefix = place
         files = self.files.get(container)
         folders = self.folders.get(container)
         deleted = self.deleted.get(container)
@@ -156,7 +162,7 @@ class Overlay:
         entries = dict(listing.entries)
         if deleted:
             for name, child in list(entries.items()):
-                if isinstance(child, FileNode) and child.file.path in deleted:
+                if child.remote_path in deleted:
                     del entries[name]
         depth = len(prefix)
         for subpath in folders or ():
@@ -175,10 +181,10 @@ class Overlay:
     def local_subfolders(self, node: Node) -> set[str]:
         """Names of the folders right inside ``node`` that exist here (made by
         mkdir, or holding a file of ours), whether or not XNAT lists them too."""
-        if not isinstance(node, (ResourceDir, FolderDir)):
+        place = node.file_place
+        if place is None:
             return set()
-        container = node.resource.uri
-        prefix = node.subpath if isinstance(node, FolderDir) else ()
+        container, prefix = place
         depth = len(prefix)
         paths = list(self.folders.get(container, ()))
         paths += [tuple(relpath.split("/"))[:-1] for relpath in self.files.get(container, {})]

@@ -7,7 +7,11 @@ immutable snapshots; a refreshed listing produces new ones.
 Each kind of folder knows the raw listings it is derived from
 (:meth:`DirNode.listing_keys`, keys of :mod:`xnatfs.fs.keys`) and how its
 entries are built from them (:meth:`DirNode.entries`); every kind knows its
-extended attributes (:meth:`Node.xattr_values`). The tree
+extended attributes (:meth:`Node.xattr_values`) and its write policy: what
+a user may create, delete or rename there and the XNAT call that does it
+(:meth:`Node.mkdir`, :meth:`Node.rmdir`, :meth:`Node.rename`,
+:meth:`Node.create_target`, :meth:`Node.unlink`, through a
+:class:`WriteContext`), refused unless the kind allows it. The tree
 (:mod:`xnatfs.fs.tree`) loads and memoises listings for any kind alike, so a
 new kind of folder is a new class here and nothing else.
 """
@@ -15,14 +19,21 @@ new kind of folder is a new class here and nothing else.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+import errno
+import re
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+import pyfuse3
+
+from xnatfs.cache.spool import UploadTarget
 from xnatfs.client import paths
+from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import Experiment, Project, RemoteFile, Resource, Scan, Subject
 from xnatfs.fs import names
+from xnatfs.fs.errno import refused
 from xnatfs.fs.keys import (
     ExperimentContentsKey,
     ExperimentFilesKey,
@@ -34,7 +45,14 @@ from xnatfs.fs.keys import (
     ResourcesKey,
     SubjectResourcesSearch,
     SubjectsKey,
+    files_key,
 )
+
+if TYPE_CHECKING:
+    from xnatfs.fs.local import LocalFile, Overlay
+    from xnatfs.fs.settings import MountSettings
+
+VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class ListingContext(Protocol):
@@ -60,6 +78,63 @@ class ListingSource(Protocol):
 
     async def direct(self, key: ListingKey) -> object:
         """The listing from its own request, never from a search."""
+
+
+class WriteContext(Protocol):
+    """What a node's write policy may use of the mount."""
+
+    client: ArchiveClient
+    settings: MountSettings
+    overlay: Overlay
+
+    async def call(self, function: Callable[..., Any], *args, **kwargs) -> Any:
+        """A blocking client call, in a worker thread under the request's bound."""
+
+    def forget(self, *keys: ListingKey) -> None:
+        """Drop raw listings the change made stale, so the next look asks the server."""
+
+    async def listing(self, node: Node) -> Listing:
+        """A folder's entries as the mount shows them (our own changes included)."""
+
+    def resource_gone(self, resource_uri: str) -> None:
+        """A resource was deleted: what is held of its files goes too."""
+
+    async def delete_remote(self, remote: RemoteFile) -> None:
+        """Delete a server file, and what is held of it here."""
+
+    async def delete_staged(self, local: LocalFile) -> None:
+        """Delete a file of ours, and the server's file of that name if it took its place."""
+
+
+class NewFile(NamedTuple):
+    """Where a file created in a folder is staged and sent."""
+
+    target: UploadTarget
+    container: str               # the overlay's key for the folder's files
+    relpath: str                 # the file's path in the container
+    experiment_id: str = ""      # a zip for import: the session its scans appear in
+
+
+def import_container(experiment_uri: str) -> str:
+    """Where zips written into an experiment's SCANS/ are kept in the overlay."""
+    return f"{experiment_uri}/SCANS"
+
+
+def check_label(label: str, what: str) -> None:
+    """Refuse a label XNAT would not take, or that the mount would show under another name."""
+    if not VALID_LABEL.match(label):
+        raise refused(errno.EINVAL, "%s refused: XNAT labels hold only letters, digits, _ and -: %r", what, label)
+    if label in names.RESERVED:
+        # XNAT would take it, but the mount would show it as <label>@<ID>, beside its own folder.
+        raise refused(errno.EINVAL, "%s refused: %s is the name of the mount's own folders", what, label)
+
+
+def check_relabel(same_parent: bool, replaces: Node | None) -> None:
+    """A subject or experiment is renamed only within its folder, and not onto another entry."""
+    if not same_parent:
+        raise pyfuse3.FUSEError(errno.EXDEV)
+    if replaces is not None:
+        raise pyfuse3.FUSEError(errno.EEXIST)
 
 
 def timestamp(value: datetime | None, default: float) -> float:
@@ -100,6 +175,68 @@ class Node:
     def series_key(self) -> ListingKey | None:
         """The session-wide file listing a scan resource's files come from, if they do."""
         return None
+
+    @property
+    def remote_path(self) -> str | None:
+        """The path of the server file this entry shows, in its resource; None for anything else."""
+        return None
+
+    @property
+    def staged(self) -> LocalFile | None:
+        """The file of ours this entry shows (written through the mount); None for anything else."""
+        return None
+
+    @property
+    def on_server(self) -> bool:
+        """A file whose name holds a file on the server (a server file, or one of ours that replaced it)."""
+        return False
+
+    @property
+    def container(self) -> str | None:
+        """The overlay container a file is in (its resource, or a session's imports); None for folders."""
+        return None
+
+    # ---- write policy: what a user may change here, and the XNAT call that does it. Each
+    # kind allows what XNAT can do; the defaults refuse. Callers have checked that the
+    # mount and the node are writable and that a new name can be stored.
+
+    @property
+    def file_place(self) -> tuple[str, tuple[str, ...]] | None:
+        """``(resource URI, sub-folder path)`` where files created here go; None: none can be."""
+        return None
+
+    @property
+    def overlay_place(self) -> tuple[str, tuple[str, ...]] | None:
+        """``(container, sub-folder path)`` under which the overlay keeps what is written here."""
+        return self.file_place
+
+    def create_target(self, name: str, server: str) -> NewFile:
+        """Where a file ``name`` created in this folder goes."""
+        place = self.file_place
+        if place is None:
+            raise refused(errno.EPERM, "creating %s refused: files live in resources (and *.zip in SCANS/)", name)
+        resource_uri, subpath = place
+        relpath = "/".join(subpath + (name,))
+        return NewFile(UploadTarget(kind="file", resource_uri=resource_uri, relpath=relpath, server=server),
+                       resource_uri, relpath)
+
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        """Create the folder ``name`` in this one."""
+        raise refused(errno.EPERM, "mkdir %s refused: XNAT has nothing to create there", name)
+
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        """Delete this folder, listed as ``name`` in ``parent``."""
+        raise refused(errno.EPERM, "rmdir %s refused: XNAT cannot delete that", name)
+
+    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
+                     same_parent: bool, replaces: Node | None) -> None:
+        """Give this folder the name ``new``; ``replaces`` is what has that name now."""
+        # XNAT moves nothing: mv copies and deletes instead.
+        raise pyfuse3.FUSEError(errno.EXDEV)
+
+    async def unlink(self, context: WriteContext) -> None:
+        """Delete this file."""
+        raise pyfuse3.FUSEError(errno.EPERM)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -176,6 +313,14 @@ class ProjectDir(DirNode):
         project_id = self.project.id
         return self.listing_keys() + (ProjectContentsSearch(project_id), SubjectResourcesSearch(project_id))
 
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        check_label(name, "creating a subject")
+        await context.call(context.client.create_subject, self.project.id, name)
+        context.forget(*self.listing_keys())
+
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        await delete_record(context, parent, name, context.client.delete_project, self.project.id)
+
     def identity(self) -> Hashable:
         return self.project.id
 
@@ -230,6 +375,23 @@ class SubjectDir(DirNode):
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (ExperimentsKey(self.project_id),)
 
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        check_label(name, "creating an experiment")
+        await context.call(context.client.create_experiment, self.project_id, self.subject.label, name,
+                           xsi_type=context.settings.experiment_type)
+        context.forget(*self.listing_keys())
+
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        await delete_record(context, parent, name, context.client.delete_subject, self.project_id,
+                            self.subject.label)
+
+    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
+                     same_parent: bool, replaces: Node | None) -> None:
+        check_relabel(same_parent, replaces)
+        check_label(new, "renaming a subject")
+        await context.call(context.client.rename_subject, self.project_id, self.subject.label, new)
+        context.forget(*parent.listing_keys())
+
     def identity(self) -> Hashable:
         return (self.project_id, self.subject.id)
 
@@ -278,6 +440,18 @@ class ExperimentDir(DirNode):
     def identity(self) -> Hashable:
         return (self.project_id, self.experiment.id)
 
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        await delete_record(context, parent, name, context.client.delete_experiment, self.project_id,
+                            self.experiment.id)
+
+    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
+                     same_parent: bool, replaces: Node | None) -> None:
+        check_relabel(same_parent, replaces)
+        check_label(new, "renaming an experiment")
+        await context.call(context.client.rename_experiment, self.project_id, self.subject_label,
+                           self.experiment.label, new)
+        context.forget(*parent.listing_keys())
+
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         contents = raws[0]
         mtime = self.mtime
@@ -307,6 +481,19 @@ class ScansDir(DirNode):
 
     def identity(self) -> Hashable:
         return self.experiment.experiment.id
+
+    @property
+    def overlay_place(self) -> tuple[str, tuple[str, ...]] | None:
+        return (import_container(self.experiment.uri), ())
+
+    def create_target(self, name: str, server: str) -> NewFile:
+        # A zip written here is a DICOM import into the session.
+        if not name.lower().endswith(".zip"):
+            return Node.create_target(self, name, server)
+        session = self.experiment
+        target = UploadTarget(kind="dicom-import", project=session.project_id, subject=session.subject_label,
+                              experiment=session.experiment.label, server=server)
+        return NewFile(target, import_container(session.uri), name, session.experiment.id)
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         scans = list(raws[0].scans)
@@ -344,6 +531,10 @@ class ScanDir(DirNode):
 
     def identity(self) -> Hashable:
         return (self.experiment.experiment.id, self.scan.id)
+
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        await context.call(context.client.create_resource, self.uri, name)
+        context.forget(*self.listing_keys())
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         scan = next((s for s in raws[0].scans if s.id == self.scan.id), self.scan)
@@ -383,6 +574,10 @@ class ResourcesDir(DirNode):
     def identity(self) -> Hashable:
         return self.owner_uri
 
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        await context.call(context.client.create_resource, self.owner_uri, name)
+        context.forget(*self.listing_keys())
+
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         if self.experiment is not None:
             return resource_entries(self, context, raws[0].resources, self.experiment.experiment.id,
@@ -407,8 +602,39 @@ def resource_entries(parent: Node, context: ListingContext, resources: Sequence[
     return Listing(found)
 
 
+class InResource:
+    """What a resource folder and the folders inside it share: files are written there."""
+
+    __slots__ = ()
+    resource: Resource
+    subpath: tuple[str, ...]
+
+    @property
+    def file_place(self) -> tuple[str, tuple[str, ...]] | None:
+        return (self.resource.uri, self.subpath)
+
+    async def mkdir(self, context: WriteContext, name: str) -> None:
+        # XNAT has no empty folders: this one is ours until a file is written into it.
+        context.overlay.add_folder(self.resource.uri, self.subpath + (name,))
+
+
+async def check_empty(context: WriteContext, folder: Node) -> None:
+    if (await context.listing(folder)).entries:
+        raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+
+
+async def delete_record(context: WriteContext, parent: DirNode, name: str, delete: Callable[..., Any],
+                        *args) -> None:
+    """Delete a project, subject or experiment (only on a mount that allows it)."""
+    if not context.settings.allow_delete:
+        raise refused(errno.EPERM, "rmdir %s refused: deleting projects, subjects and experiments "
+                      "needs a mount with --allow-delete", name)
+    await context.call(delete, *args)
+    context.forget(*parent.listing_keys())
+
+
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class ResourceDir(DirNode):
+class ResourceDir(InResource, DirNode):
     """A resource folder; at experiment and scan level its files come from the
     experiment-wide file listing, elsewhere from the resource's own listing."""
 
@@ -432,6 +658,12 @@ class ResourceDir(DirNode):
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         return folder_entries(self, context, raws[0])
 
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        await check_empty(context, self)
+        await context.call(context.client.delete_resource, self.resource.uri)
+        context.resource_gone(self.resource.uri)
+        context.forget(*parent.listing_keys())
+
     def xattr_values(self) -> dict[str, str]:
         resource = self.resource
         return {"id": resource.id, "uri": resource.uri, "xsi_type": "xnat:resourceCatalog",
@@ -451,7 +683,7 @@ class ResourceDir(DirNode):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
-class FolderDir(DirNode):
+class FolderDir(InResource, DirNode):
     """A sub-folder inside a resource; ``subpath`` holds the safe names leading to it."""
 
     resource: Resource
@@ -470,6 +702,13 @@ class FolderDir(DirNode):
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         return folder_entries(self, context, raws[0])
+
+    async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
+        await check_empty(context, self)
+        context.overlay.drop_folder(self.resource.uri, self.subpath)
+        # A folder the server listed lives on in the cached listing (its files are only
+        # hidden); reloading the listing lets it go now instead of after the TTL.
+        context.forget(files_key(self.resource.uri))
 
 
 def files_listing_key(folder: ResourceDir | FolderDir) -> ListingKey:
@@ -510,6 +749,21 @@ class FileNode(Node):
     @property
     def size(self) -> int:
         return self.file.size
+
+    @property
+    def remote_path(self) -> str | None:
+        return self.file.path
+
+    @property
+    def on_server(self) -> bool:
+        return True
+
+    @property
+    def container(self) -> str | None:
+        return self.file.resource_uri
+
+    async def unlink(self, context: WriteContext) -> None:
+        await context.delete_remote(self.file)
 
     def xattr_values(self) -> dict[str, str]:
         remote = self.file

@@ -15,8 +15,9 @@ out. Entries are dropped from the kernel earlier (pyfuse3's
 ``invalidate_entry``/``invalidate_inode``) only by ``xnatfs refresh``
 (:mod:`xnatfs.fs.control`).
 
-Reading lives here; the handlers that change things are in
-:mod:`xnatfs.fs.mutations`.
+Reading lives here; the handlers that change things are answered by a
+:class:`~xnatfs.fs.mutations.Mutations` this object hands them to. Open
+files and folders are kept in one :class:`~xnatfs.fs.handles.OpenHandles`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
-from xnatfs.fs.local import LocalFileNode, LocalHandle, Overlay
-from xnatfs.fs.mutations import Mutations
+from xnatfs.fs.local import LocalHandle, Overlay
+from xnatfs.fs.mutations import Mutations, ReadSide
 from xnatfs.fs.nodes import FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
@@ -56,7 +57,7 @@ HOT_BYTES = 1 << 30
 _NS = 1_000_000_000
 
 
-class XnatOperations(Mutations, pyfuse3.Operations):
+class XnatOperations(pyfuse3.Operations):
     """Answers the kernel for one mount.
 
     ``nursery`` must be set to a running trio nursery before the file system
@@ -92,6 +93,12 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self.handles = OpenHandles()
+        read = ReadSide(entry=self._entry, fresh=self._fresh, child=self._lookup, listing=self._listing,
+                        attributes=self.attributes, read_handle=self._read_handle)
+        self.changes = Mutations(read=read, settings=settings, server=self.server, tree=tree, overlay=self.overlay,
+                                 inodes=self.inodes, handles=self.handles, writer=self.writer, spool=spool,
+                                 retries=self.retries, series=self.series, cache=cache, hot=self.hot,
+                                 cache_key=self.cache_key)
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
@@ -379,8 +386,8 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-        if writing or isinstance(node, LocalFileNode):
-            return await self._open_local(inode, node, flags)
+        if writing or node.staged is not None:
+            return await self.changes.open_local(inode, node, flags)
         return await self._open_for_reading(inode, node)
 
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
@@ -442,6 +449,67 @@ class XnatOperations(Mutations, pyfuse3.Operations):
     async def release(self, fh):
         handle = self.handles.close_file(fh)
         if isinstance(handle, LocalHandle):
-            await self._release_local(handle)
+            await self.changes.release_local(handle)
         elif handle is not None:
             await handle.close(self.limiter, self.hot)
+
+    # ---- changes: answered by self.changes ------------------------------
+
+    @fuse_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        return await self.changes.create(parent_inode, name, mode, flags, ctx)
+
+    @fuse_handler
+    async def write(self, fh, off, buf):
+        return await self.changes.write(fh, off, buf)
+
+    @fuse_handler
+    async def flush(self, fh):
+        await self.changes.flush(fh)
+
+    @fuse_handler
+    async def fsync(self, fh, datasync):
+        await self.changes.fsync(fh, datasync)
+
+    @fuse_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        return await self.changes.setattr(inode, attr, fields, fh, ctx)
+
+    @fuse_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return await self.changes.mkdir(parent_inode, name, mode, ctx)
+
+    @fuse_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.changes.rmdir(parent_inode, name, ctx)
+
+    @fuse_handler
+    async def unlink(self, parent_inode, name, ctx):
+        await self.changes.unlink(parent_inode, name, ctx)
+
+    @fuse_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.changes.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
+
+    @fuse_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        return await self.changes.symlink(parent_inode, name, target, ctx)
+
+    @fuse_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return await self.changes.link(inode, new_parent_inode, new_name, ctx)
+
+    @fuse_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return await self.changes.mknod(parent_inode, name, mode, rdev, ctx)
+
+    # ---- background work ------------------------------------------------
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Start the request bound's watch and the uploads' retries in ``nursery``."""
+        self.nursery = nursery
+        nursery.start_soon(self.deadlines.watch)
+        nursery.start_soon(self.changes.run_uploads)
+
+    async def _uploads_retried(self) -> None:
+        await self.changes.uploads_retried()
