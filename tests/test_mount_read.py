@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import threading
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import mounted, server_files
-from xnatfs.fs.names import RESERVED
+from mountutil import mounted
 
 pytestmark = pytest.mark.mount
 
@@ -54,23 +52,6 @@ def dicom_dir(mount) -> Path:
     return next(p for p in scans.iterdir() if p.name.startswith("2-")) / "DICOM"
 
 
-def test_tree_sizes_and_bytes_equal_the_server(fake_xnat, tmp_path):
-    expected = server_files(fake_xnat)
-    assert len(expected) > 20
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        fake_xnat.reset_counts()
-        seen = walk_files(mount.path)
-        assert set(seen) == set(expected)
-        assert {p: s.st_size for p, s in seen.items()} == {p: e.size for p, e in expected.items()}
-        assert downloads(fake_xnat) == [], "stat must never download"
-        for relative, record in expected.items():
-            size, digest = record.size, record.digest
-            data = (mount.path / relative).read_bytes()
-            assert len(data) == size
-            if digest:
-                assert hashlib.md5(data).hexdigest() == digest, relative
-
-
 def test_listing_costs_one_request_per_level(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         session = session_dir(mount)
@@ -100,68 +81,6 @@ def test_a_walk_through_subjects_reads_ahead(fake_xnat, tmp_path):
         for folder, _dirs, _files in os.walk(project / "SUB003"):
             pass
         assert fake_xnat.count() == 0, fake_xnat.requests
-
-
-def test_modes_times_and_link_counts(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        session = session_dir(mount)
-        scans = session / "SCANS"
-        names = os.listdir(scans)
-        info = scans.stat()
-        assert info.st_nlink == 2 + len(names)
-        assert info.st_mode & 0o777 == 0o755
-        assert info.st_uid == os.getuid()
-        some_file = next(dicom_dir(mount).iterdir())
-        assert some_file.stat().st_mode & 0o777 == 0o644
-        assert some_file.stat().st_mtime > 946684800        # an insert date, not the epoch
-        shared = mount.path / "STUDY02" / "SUB001" / "SUB001_MR1"
-        assert shared.stat().st_mode & 0o777 == 0o555
-        shared_file = next(p for p in shared.rglob("*") if p.is_file())
-        assert shared_file.stat().st_mode & 0o777 == 0o444
-
-
-def test_bare_scan_id_resolves_but_is_not_listed(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        scans = session_dir(mount) / "SCANS"
-        listed = os.listdir(scans)
-        assert "2" not in listed
-        assert any(name.startswith("2-") for name in listed)
-        assert sorted(os.listdir(scans / "2" / "DICOM")) == sorted(os.listdir(dicom_dir(mount)))
-        assert sorted(os.listdir(session_dir(mount))) == sorted(RESERVED)
-
-
-def test_extended_attributes(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        scan = dicom_dir(mount).parent
-        assert os.getxattr(scan, "user.xnat.id") == b"2"
-        assert os.getxattr(scan, "user.xnat.type").decode()
-        assert os.getxattr(scan, "user.xnat.xsi_type") == b"xnat:mrScanData"
-        assert b"/scans/2" in os.getxattr(scan, "user.xnat.uri")
-        names = set(os.listxattr(scan))
-        assert {"user.xnat.id", "user.xnat.uri", "user.xnat.xsi_type", "user.xnat.type"} <= names
-        experiment = session_dir(mount)
-        assert os.getxattr(experiment, "user.xnat.label") == b"SUB001_MR1"
-        assert os.getxattr(experiment, "user.xnat.id").startswith(b"XNAT_E")
-        some_file = sorted(dicom_dir(mount).iterdir())[0]
-        assert os.getxattr(some_file, "user.xnat.digest") == md5_of(some_file).encode()
-        assert os.getxattr(some_file, "user.xnat.format") == b"DICOM"
-        with pytest.raises(OSError) as missing:
-            os.getxattr(some_file, "user.xnat.nothing")
-        assert missing.value.errno == errno.ENODATA
-
-
-def test_missing_names_are_enoent(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        for missing in ("NOPROJECT", "STUDY01/NOSUBJECT", "STUDY01/SUB001/SUB001_MR1/SCANS/999",
-                        "STUDY01/SUB001/SUB001_MR1/SCANS/2/NORESOURCE/x.dcm"):
-            with pytest.raises(FileNotFoundError):
-                (mount.path / missing).stat()
-        with pytest.raises(NotADirectoryError):
-            os.listdir(next(dicom_dir(mount).iterdir()))
-        shared = mount.path / "STUDY02" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC"
-        with pytest.raises(OSError) as refused:
-            open(next(shared.iterdir()), "r+b")
-        assert refused.value.errno == errno.EROFS
 
 
 def test_cache_hit_costs_no_request_and_survives_remount(fake_xnat, tmp_path):
@@ -248,20 +167,6 @@ def test_small_cache_evicts_and_stays_bounded(fake_xnat, tmp_path):
             assert path.read_bytes()
         stored = sum(p.stat().st_size for p in (mount.cache_dir / "data").rglob("*") if p.is_file())
         assert 0 < stored <= 64 * 1024
-
-
-def test_unsafe_and_colliding_labels_are_shown_safely_and_logged(fake_xnat, tmp_path):
-    store = fake_xnat.store
-    store.add_subject("STUDY02", "../../escape")
-    store.add_subject("STUDY02", "RESOURCES")
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        names = os.listdir(mount.path / "STUDY02")
-        assert ".._.._escape" in names
-        assert "RESOURCES" in names and any(name.startswith("RESOURCES@XNAT_S") for name in names)
-        assert os.listdir(mount.path / "STUDY02" / ".._.._escape") == ["RESOURCES"]
-    log = mount.log()
-    assert "'../../escape' is shown as '.._.._escape'" in log
-    assert "'RESOURCES' is shown as 'RESOURCES@XNAT_S" in log
 
 
 def test_series_prefetch_can_be_turned_off(fake_xnat, tmp_path):

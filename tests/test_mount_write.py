@@ -347,16 +347,3 @@ def test_rename_after_import_with_a_queued_autorun(fake_xnat, conn, tmp_path):
         (subject / "SUB060_MR1").rename(subject / "SUB060_MR1B")
         assert "SUB060_MR1B" in {e.label for e in conn.list_experiments("STUDY01")}
         assert os.listdir(subject / "SUB060_MR1B" / "SCANS")
-
-
-def test_folders_list_dot_and_dotdot_with_their_inode_numbers(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
-        for folder in (mount.path, session(mount), session(mount) / "RESOURCES" / "QC"):
-            listed = subprocess.run(["ls", "-a", "-i", "-1", "-U", str(folder)], capture_output=True, text=True,
-                                    timeout=30, check=True).stdout.splitlines()
-            numbers = {name: int(number) for number, name in (line.split(maxsplit=1) for line in listed)}
-            assert numbers["."] == os.stat(folder).st_ino
-            if folder != mount.path:          # the root's ".." is the folder the mount sits in
-                assert numbers[".."] == os.stat(folder.parent).st_ino
-            assert sorted(set(numbers) - {".", ".."}) == sorted(os.listdir(folder))
-            assert len(listed) == len(os.listdir(folder)) + 2
