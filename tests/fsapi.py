@@ -70,6 +70,19 @@ def context() -> pyfuse3.RequestContext:
     return pyfuse3.RequestContext()
 
 
+@dataclass
+class SetattrFields:
+    """What a ``setattr`` request asks to change (pyfuse3's own record cannot be filled in from Python)."""
+
+    update_atime: bool = False
+    update_mtime: bool = False
+    update_ctime: bool = False
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_size: bool = False
+
+
 def _parts(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
 
@@ -206,9 +219,8 @@ class FsApi:
     async def truncate(self, path: str, size: int) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_size = size
-        fields = pyfuse3.SetattrFields()
-        fields.update_size = True
-        return await self.ops.setattr(await self.inode(path), attrs, fields, None, context())
+        return await self.ops.setattr(await self.inode(path), attrs, SetattrFields(update_size=True), None,
+                                      context())
 
     async def unlink(self, path: str) -> None:
         parent, name = _parent_and_name(path)

@@ -30,15 +30,6 @@ def zip_downloads(server) -> list[str]:
             if method == "GET" and "format=zip" in target]
 
 
-def walk_files(root: Path) -> dict[str, os.stat_result]:
-    found = {}
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            path = Path(folder) / name
-            found[str(path.relative_to(root))] = path.stat()
-    return found
-
-
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
