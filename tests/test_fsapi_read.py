@@ -11,6 +11,7 @@ import pyfuse3
 
 from fsapi import errno_of
 from mountutil import server_files
+from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.names import RESERVED
 
 SESSION = "STUDY01/SUB001/SUB001_MR1"
@@ -180,3 +181,36 @@ def test_statfs_reports_the_cache_disk_and_nothing_free_when_read_only(run_fs):
 
     run_fs(body, read_only=True)
     run_fs(writable)
+
+
+def test_looking_up_the_refresh_name_reloads_the_folder_and_queues_drops_of_the_changed_names(fake_xnat, run_fs):
+    async def body(fs):
+        qc = f"{SESSION}/RESOURCES/QC"
+        before = set(await fs.listdir(qc))
+        experiment_id = (await fs.getxattr(SESSION, "user.xnat.id")).decode()
+        fake_xnat.store.put_file(experiment_id, "QC", "seen-by-a-file-manager.txt", b"uploaded elsewhere")
+        assert set(await fs.listdir(qc)) == before
+        assert await errno_of(fs.lookup(f"{qc}/{REFRESH_NAME}")) == errno.ENOENT
+        assert fs.kernel.invalidated == [("entry", await fs.inode(qc), "seen-by-a-file-manager.txt")]
+        assert set(await fs.listdir(qc)) == before | {"seen-by-a-file-manager.txt"}
+
+    run_fs(body, ttl=600)
+
+
+def test_a_refresh_asked_over_the_control_channel_drops_the_kernels_entries_and_folder(fake_xnat, run_fs):
+    async def body(fs):
+        project = await fs.inode("STUDY01")
+        qc = f"{SESSION}/RESOURCES/QC"
+        await fs.listdir(qc)
+        fake_xnat.store.add_subject("STUDY01", "SUB777")
+        answer = await refresh(fs.ops, "STUDY01", recursive=False)
+        assert answer == {"path": "STUDY01", "entries": 5, "recursive": False}
+        assert fs.kernel.invalidated == [("entry", project, "SUB777"), ("inode", project)]
+        assert "SUB777" in await fs.listdir("STUDY01")
+        fs.kernel.invalidated.clear()
+        await refresh(fs.ops, "STUDY01", recursive=True)
+        # Every name the kernel was given below the folder is dropped, so it looks each up again.
+        assert ("entry", await fs.inode(f"{SESSION}/RESOURCES"), "QC") in fs.kernel.invalidated
+        assert ("entry", await fs.inode(qc), "qc_metrics.csv") in fs.kernel.invalidated
+
+    run_fs(body, ttl=600)

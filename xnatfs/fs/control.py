@@ -20,6 +20,7 @@ its own tree.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -227,7 +228,17 @@ def _forget(ops, node: Node) -> None:
 
 
 def _changed_names(old: Listing, new: Listing) -> list[str]:
-    return [name for name in old.entries.keys() | new.entries.keys() if old.get(name) != new.get(name)]
+    return [name for name in old.entries.keys() | new.entries.keys() if not _same(old.get(name), new.get(name))]
+
+
+def _same(old, new) -> bool:
+    """Whether two snapshots of an entry say the same; nodes compare by identity, and a
+    listing fetched again holds new ones even where nothing changed."""
+    if not isinstance(old, Node) or not isinstance(new, Node):
+        return old == new
+    if type(old) is not type(new):
+        return False
+    return all(_same(getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old))
 
 
 async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = False) -> dict:
