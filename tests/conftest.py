@@ -19,10 +19,22 @@ import requests
 
 import fsapi
 from fakeutil import FakeServerProcess
+from mountutil import fuse_unavailable
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake import FakeXnat
 from xnatfs.fs.mount import build_operations
 from xnatfs.fs.settings import MountSettings
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``mount`` are skipped, saying why, where no FUSE file system can be mounted."""
+    reason = fuse_unavailable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"mounts a real file system, and {reason}")
+    for item in items:
+        if "mount" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

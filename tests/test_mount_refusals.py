@@ -47,7 +47,8 @@ def puts_of(server, name: str) -> int:
 # ---- permanent refusals --------------------------------------------------------
 
 def test_an_upload_the_server_refuses_is_not_sent_again_and_waits_for_the_user(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
+    with mounted(fake_xnat.url, tmp_path,
+                 expected_errors=(r"refused\.csv.* refused",)) as mount:
         qc = qc_of(mount)
         os.listdir(qc)
         handle = open(qc / "refused.csv", "wb")
@@ -85,7 +86,8 @@ def test_an_upload_the_server_refuses_is_not_sent_again_and_waits_for_the_user(f
 
 
 def test_a_refused_upload_can_be_discarded(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
+    with mounted(fake_xnat.url, tmp_path,
+                 expected_errors=(r"unwanted\.csv.* refused",)) as mount:
         qc = qc_of(mount)
         os.listdir(qc)
         handle = open(qc / "unwanted.csv", "wb")

@@ -256,8 +256,10 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
             handle.close()
         except OSError:
             pass
-    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again"):
-        time.sleep(3)          # longer than the first background retry
+    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+        # The background retry's first look at the spool sets the entry aside, never to be sent alone.
+        wait_until(lambda: "qc_metrics.csv, 19 bytes) was still being written" in again.log(),
+                   what="the half-written upload to be set aside")
     assert qc_file_on_server(fake_xnat, "qc_metrics.csv") == original
     # Not lost either: kept in the spool, listed for the user to send or drop.
     listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
