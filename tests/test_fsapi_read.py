@@ -214,3 +214,27 @@ def test_a_refresh_asked_over_the_control_channel_drops_the_kernels_entries_and_
         assert ("entry", await fs.inode(qc), "qc_metrics.csv") in fs.kernel.invalidated
 
     run_fs(body, ttl=600)
+
+
+def zip_downloads(server) -> list[str]:
+    return [target for method, target, _status in server.requests if method == "GET" and "format=zip" in target]
+
+
+def test_a_series_is_fetched_as_one_zip_unless_turned_off(fake_xnat, tmp_path, run_fs):
+    def reading_the_series(zipped: bool):
+        async def body(fs):
+            folder = await dicom_dir(fs)
+            names = sorted(await fs.listdir(folder))
+            fake_xnat.reset_counts()
+            for name in names:
+                assert await fs.read(f"{folder}/{name}")
+            if zipped:
+                # The first file comes alone, the zip brings the others.
+                assert len(zip_downloads(fake_xnat)) == 1 and len(downloads(fake_xnat)) < len(names)
+            else:
+                assert zip_downloads(fake_xnat) == [] and len(downloads(fake_xnat)) == len(names)
+
+        return body
+
+    run_fs(reading_the_series(zipped=False), series_zip_size=0, cache_dir=tmp_path / "unzipped")
+    run_fs(reading_the_series(zipped=True), cache_dir=tmp_path / "zipped")
