@@ -9,6 +9,7 @@ import zipfile
 
 import pyfuse3
 import pytest
+import trio
 
 from fsapi import SetattrFields, errno_of
 from xnatfs.cache.spool import UploadSpool
@@ -362,3 +363,15 @@ def test_names_with_spaces_accents_and_url_characters_round_trip(fake_xnat, conn
     stored = set(server_files(conn))
     assert {"b0dwi+00002.dcm", "%41.txt", "sp ace.txt"} <= stored
     assert not {"b0dwi+00001.dcm", "ha#sh.txt"} & stored
+
+
+def test_reading_a_file_just_written_does_not_hide_the_servers_changes_to_it(fake_xnat, conn, run_fs):
+    async def body(fs):
+        await fs.write(f"{QC}/ours.txt", b"written here")
+        conn.delete_file(QC_URI, "ours.txt")        # by another client, once it was sent
+        with trio.fail_after(10):
+            while await fs.exists(f"{QC}/ours.txt"):
+                assert await fs.read(f"{QC}/ours.txt") == b"written here"
+                await trio.sleep(0.05)
+
+    run_fs(body, ttl=0.5)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mountutil import ServerFile, mounted, server_files
+from waiting import wait_until
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake.server import FaultInjector
 from test_reliability_common import check_cache, md5, read_or_eio, write_config
@@ -145,9 +146,10 @@ def test_server_restart_mid_run(fake_xnat, tmp_path):
     outage_done = threading.Event()
 
     def restart() -> None:
-        time.sleep(0.7)
+        wait_until(lambda: sum("/files/" in target for _m, target, _s in fake_xnat.requests) >= 5,
+                   "the reads to be under way")
         fake_xnat.stop()
-        time.sleep(1.5)
+        wait_until(lambda: "connection failed; retrying" in mount.log(), "a request to meet the outage")
         # A restarted XNAT knows none of the sessions it had handed out.
         fake_xnat.auth.end_all_sessions()
         fake_xnat.start()

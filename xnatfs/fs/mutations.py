@@ -295,7 +295,9 @@ class Mutations:
         if local.handles == 0:
             if local.unlinked:
                 local.close()
-            elif local.state == "uploaded":
+            elif local.state == "uploaded" and handle.writable:
+                # Only a write starts the time again: a file read over and over would
+                # otherwise hide the server's changes to it for as long as it is read.
                 self._linger(local)
 
     # ---- attributes ---------------------------------------------------
