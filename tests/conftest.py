@@ -104,8 +104,9 @@ class FsRun:
 
 
 @pytest.fixture
-def run_fs(fake_xnat, tmp_path):
-    """Runs ``async def body(fs)`` against the operations of a mount of ``fake_xnat``, without a kernel.
+def run_fs(request, tmp_path):
+    """Runs ``async def body(fs)`` against the operations of a mount of ``fake_xnat`` (or ``server``),
+    without a kernel.
 
     ``run_fs(body, expected_errors=[regex, ...], **settings)``: settings are
     :class:`MountSettings` fields (``ttl``, ``read_only``, ``allow_delete``,
@@ -114,7 +115,7 @@ def run_fs(fake_xnat, tmp_path):
     expected pattern matches. Returns the kernel's record and the log.
     """
     def run(body, *, expected_errors=(), server=None, **options) -> FsRun:
-        server = server or fake_xnat
+        server = server or request.getfixturevalue("fake_xnat")
         options.setdefault("retries", 0)
         options.setdefault("cache_dir", tmp_path / "fs-cache")
         settings = MountSettings(url=server.url, mountpoint=tmp_path / "not-mounted", **options)
