@@ -99,8 +99,10 @@ def _link_or_copy(source, target):
 
 @dataclass
 class FsRun:
-    kernel: object
-    log: object
+    """What a kernel-less run left: the calls the kernel was asked for, and the log."""
+
+    kernel: fsapi.RecordingKernel
+    log: fsapi.LogWatch
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ def run_fs(request, tmp_path):
         options.setdefault("retries", 0)
         options.setdefault("cache_dir", tmp_path / "fs-cache")
         settings = MountSettings(url=server.url, mountpoint=tmp_path / "not-mounted", **options)
-        watch = fsapi.LogWatch(expected=fsapi.compile_patterns(expected_errors))
+        watch = fsapi.LogWatch(expected_errors)
         package = logging.getLogger("xnatfs")
         level = package.level
         package.addHandler(watch)

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -242,18 +242,13 @@ async def errno_of(call: Awaitable) -> int:
     raise AssertionError("the call succeeded, an error was expected")
 
 
-@dataclass
 class LogWatch(logging.Handler):
     """Collects the file system's log records; a test declares the ERROR lines it expects."""
 
-    expected: list[re.Pattern] = field(default_factory=list)
-    records: list[logging.LogRecord] = field(default_factory=list)
-
-    def __post_init__(self):
-        logging.Handler.__init__(self, logging.DEBUG)
-
-    def __hash__(self):
-        return id(self)
+    def __init__(self, expected_errors: Iterable[str] = ()):
+        super().__init__(logging.DEBUG)
+        self.expected = [re.compile(pattern) for pattern in expected_errors]
+        self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -293,7 +288,3 @@ def run_fs(ops, body: Callable[[FsApi], Awaitable[None]]) -> RecordingKernel:
     if failure is not None:
         raise failure
     return kernel
-
-
-def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern]:
-    return [re.compile(pattern) for pattern in patterns]
