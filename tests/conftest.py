@@ -9,14 +9,32 @@ intact. Change server data through ``server.store``, not by writing files.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 import pytest
 import requests
 
+import fsapi
 from fakeutil import FakeServerProcess
+from mountutil import fuse_unavailable
+from xnatfs.client.connection import XnatConnection
 from xnatfs.fake import FakeXnat
+from xnatfs.fs.mount import build_operations
+from xnatfs.fs.settings import MountSettings
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``mount`` are skipped, saying why, where no FUSE file system can be mounted."""
+    reason = fuse_unavailable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"mounts a real file system, and {reason}")
+    for item in items:
+        if "mount" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +95,52 @@ def _link_or_copy(source, target):
     except OSError:
         shutil.copy2(source, target)
     return target
+
+
+@dataclass
+class FsRun:
+    """What a kernel-less run left: the calls the kernel was asked for, and the log."""
+
+    kernel: fsapi.RecordingKernel
+    log: fsapi.LogWatch
+
+
+@pytest.fixture
+def run_fs(request, tmp_path):
+    """Runs ``async def body(fs)`` against the operations of a mount of ``fake_xnat`` (or ``server``),
+    without a kernel.
+
+    ``run_fs(body, expected_errors=[regex, ...], **settings)``: settings are
+    :class:`MountSettings` fields (``ttl``, ``read_only``, ``allow_delete``,
+    ...; ``retries`` is 0 unless given, so injected faults show at once).
+    Fails the test if the file system logged a traceback or an ERROR that no
+    expected pattern matches. Returns the kernel's record and the log.
+    """
+    def run(body, *, expected_errors=(), server=None, **options) -> FsRun:
+        server = server or request.getfixturevalue("fake_xnat")
+        options.setdefault("retries", 0)
+        options.setdefault("cache_dir", tmp_path / "fs-cache")
+        settings = MountSettings(url=server.url, mountpoint=tmp_path / "not-mounted", **options)
+        watch = fsapi.LogWatch(expected_errors)
+        package = logging.getLogger("xnatfs")
+        level = package.level
+        package.addHandler(watch)
+        package.setLevel(logging.DEBUG)
+        try:
+            with XnatConnection(server.url, server.username, server.password, timeout=settings.timeout,
+                                retries=settings.retries) as connection:
+                ops = build_operations(settings, connection)
+                try:
+                    kernel = fsapi.run_fs(ops, body)
+                finally:
+                    for held in ops.hot.clear():
+                        held.close()
+                    ops.cache.close()
+        finally:
+            package.removeHandler(watch)
+            package.setLevel(level)
+        unexpected = watch.unexpected()
+        assert not unexpected, "the file system logged:\n" + "\n".join(unexpected)
+        return FsRun(kernel, watch)
+
+    return run

@@ -5,12 +5,16 @@ subprocess (credentials through the environment, never argv), waits until
 the kernel lists the FUSE mount, and on exit unmounts with fusermount3,
 waits for the daemon and falls back to kill + lazy unmount if it hangs.
 Everything the daemon could write to a home folder is kept in the test's
-temp folder.
+temp folder. After a ``with`` block that went well, the daemon's log and
+stderr are read: a traceback, or an ERROR line that none of the test's
+``expected_errors`` patterns matches, fails the test.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +29,23 @@ from xnatfs.fs.names import scan_dir_name
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
+
+# "2026-01-01 12:00:00,000 1234 ERROR xnatfs.fs.errno: message", as xnatfs.cli formats its log.
+# pyfuse3's line when the kernel no longer waits for the answer to a release: a file closed just
+# before the unmount is released while the connection is being torn down. Nothing is lost.
+RELEASE_AFTER_UNMOUNT = r"^fuse_release\(\): fuse_reply_\* failed with No such file or directory$"
+LOG_RECORD = re.compile(r"^\S+ \S+ \d+ (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$")
+
+
+def fuse_unavailable(device: str = "/dev/fuse") -> str | None:
+    """Why this machine cannot mount a FUSE file system; None when it can."""
+    if not os.path.exists(device):
+        return f"{device} is missing (no FUSE support in this kernel or container)"
+    if not os.access(device, os.R_OK | os.W_OK):
+        return f"{device} cannot be opened for reading and writing by this user"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    return None
 
 
 def fuse_mounted(path: Path | str) -> bool:
@@ -75,6 +96,37 @@ class Mount:
         except OSError:
             return ""
 
+    def stderr(self) -> str:
+        try:
+            return self.log_file.with_suffix(".stderr").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def log_problems(log: str, expected_errors: tuple[str, ...] = ()) -> list[str]:
+    """The tracebacks in ``log``, and the ERROR and CRITICAL records no pattern of ``expected_errors`` finds."""
+    problems = []
+    record = ""
+    for line in log.splitlines():
+        match = LOG_RECORD.match(line)
+        if match:
+            record = line
+            if match["level"] in ("ERROR", "CRITICAL") and not any(
+                    re.search(pattern, match["message"]) for pattern in expected_errors):
+                problems.append(line)
+        elif line.startswith("Traceback (most recent call last)"):
+            problems.append(f"traceback after: {record or '(start of log)'}")
+    return problems
+
+
+def check_log(mount: Mount, expected_errors: tuple[str, ...] = ()) -> None:
+    """Fail if the daemon logged a traceback or an unexpected error."""
+    problems = log_problems(mount.log(), (*expected_errors, RELEASE_AFTER_UNMOUNT))
+    problems += [f"on stderr: {line}" for line in log_problems(mount.stderr())]
+    if problems:
+        raise AssertionError("the daemon logged:\n" + "\n".join(problems) + "\n--- log tail ---\n"
+                             + mount.log()[-4000:])
+
 
 def unmount_quietly(path: Path) -> None:
     """Detach whatever is mounted at ``path``, however broken."""
@@ -91,8 +143,11 @@ def unmount_quietly(path: Path) -> None:
 @contextmanager
 def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin",
             ttl: float | None = None, cache_dir: Path | None = None, cache_size: str | None = None,
-            args: tuple[str, ...] = (), name: str = "mnt"):
-    """Mount ``url`` under ``base/name`` for the length of the ``with`` block."""
+            args: tuple[str, ...] = (), name: str = "mnt", expected_errors: tuple[str, ...] = ()):
+    """Mount ``url`` under ``base/name`` for the length of the ``with`` block.
+
+    ``expected_errors``: regular expressions for the ERROR lines the test provokes on purpose.
+    """
     mountpoint = base / name
     mountpoint.mkdir(parents=True, exist_ok=True)
     home = base / "home"
@@ -124,6 +179,7 @@ def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin
         yield mount
     finally:
         stop(mount)
+    check_log(mount, expected_errors)
 
 
 def stop(mount: Mount) -> int | None:

@@ -6,6 +6,7 @@ import threading
 import time
 
 import trio
+import trio.testing
 
 from xnatfs.cache.listing import ListingCache
 from xnatfs.errors import XnatNotFound
@@ -27,11 +28,13 @@ class CountingLoader:
         self.delay = delay
         self.error = error
         self.calls = 0
+        self.started = threading.Event()
         self._lock = threading.Lock()
 
     def __call__(self):
         with self._lock:
             self.calls += 1
+        self.started.set()
         time.sleep(self.delay)
         if self.error is not None:
             raise self.error
@@ -136,7 +139,7 @@ def test_invalidation_during_a_load_keeps_its_result_out():
         limiter = trio.CapacityLimiter(4)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cache.get_or_load, "k", loader, limiter)
-            await trio.sleep(0.05)
+            await trio.to_thread.run_sync(loader.started.wait)
             cache.invalidate("k")          # e.g. we just created a subject
         assert cache.get("k") is None
         loader.value = "after"
@@ -155,23 +158,24 @@ def test_waiters_retry_when_the_loading_task_is_cancelled():
         limiter = trio.CapacityLimiter(1)
         blocker = trio.Event()
 
-        async def hold_limiter():
+        async def hold_limiter(task_status=trio.TASK_STATUS_IGNORED):
             async with limiter:
+                task_status.started()
                 await blocker.wait()
 
         async def waiter():
             results.append(await cache.get_or_load("k", loader, limiter))
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hold_limiter)
-            await trio.sleep(0.01)
-            with trio.move_on_after(0.05) as scope:
-                # The leader waits for the limiter and is cancelled there.
+            await nursery.start(hold_limiter)
+            with trio.CancelScope() as scope:
+                # The leader waits for the limiter and is cancelled there, with a waiter behind it.
                 async with trio.open_nursery() as inner:
                     inner.start_soon(cache.get_or_load, "k", loader, limiter)
-                    await trio.sleep(0.01)
+                    await trio.testing.wait_all_tasks_blocked()
                     nursery.start_soon(waiter)
-                    await trio.sleep(1)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
             assert scope.cancelled_caught
             blocker.set()
 
@@ -188,7 +192,9 @@ def test_real_clock_expiry_reloads():
     async def main():
         limiter = trio.CapacityLimiter(1)
         await cache.get_or_load("k", loader, limiter)
-        await trio.sleep(ttl * 2)
+        with trio.fail_after(5):
+            while cache.get("k") is not None:
+                await trio.sleep(ttl / 5)
         await cache.get_or_load("k", loader, limiter)
 
     trio.run(main)

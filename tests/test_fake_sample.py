@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pydicom
 import pytest
 import requests
 
+from waiting import wait_until
 from xnatfs.fake import FakeXnat, sample
 from xnatfs.fake.cli import main
 from xnatfs.fake.store import Store, StoreError
@@ -156,8 +156,10 @@ def test_cli_main_rejects_bad_arguments(capsys):
 
 
 def test_cli_main_stops_on_sigint(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)
+
     def interrupt_soon():
-        time.sleep(0.3)
+        wait_until(lambda: signal.getsignal(signal.SIGINT) is not before, "the server to take over SIGINT")
         os.kill(os.getpid(), signal.SIGINT)
 
     timer = threading.Thread(target=interrupt_soon)

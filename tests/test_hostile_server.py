@@ -150,7 +150,8 @@ def test_hostile_file_paths_are_made_safe_and_serve_the_right_bytes(fake_xnat, t
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
-        with mounted(relay.url, tmp_path) as mount:
+        with mounted(relay.url, tmp_path,
+                     expected_errors=(r"open failed: server sent more than the \d+ bytes listed",)) as mount:
             qc = mount.path / SESSION / "RESOURCES/QC"
             names = assert_safe_names(qc)
             files = [p for p in qc.rglob("*") if p.is_file()]
@@ -226,7 +227,9 @@ def test_wrong_sizes_and_digests_give_eio_never_wrong_bytes(fake_xnat, tmp_path)
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
-        with mounted(relay.url, tmp_path) as mount:
+        with mounted(relay.url, tmp_path,
+                     expected_errors=(r"open failed: (download ended after|downloaded file does not match its MD5|"
+                                                   r"server sent more than)",)) as mount:
             qc = mount.path / SESSION / "RESOURCES/QC"
             assert md5((qc / "qc_metrics.csv").read_bytes()) == original.digest
             for name in ("bigger.csv", "smaller.csv", "bad-digest.csv"):
@@ -276,7 +279,9 @@ def test_web_pages_and_garbage_instead_of_json_are_eio_and_the_mount_recovers(fa
         return status, headers, original
 
     with Relay(fake_xnat.url, rewrite=rewrite) as relay:
-        with mounted(relay.url, tmp_path, ttl=1) as mount:
+        with mounted(relay.url, tmp_path, ttl=1,
+                     expected_errors=(r"opendir failed: (server answered with a web page|server answer is not valid "
+                                                          r"JSON|listing answer)",)) as mount:
             broken["on"] = True
             with pytest.raises(OSError) as failed:
                 os.listdir(mount.path / "STUDY01")
@@ -332,7 +337,8 @@ def test_a_resource_of_20000_files(fake_xnat, tmp_path):
 
 
 def test_an_endless_listing_is_eio_and_the_daemon_stays_small(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=1) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=1,
+                 expected_errors=(r"answer larger than \d+ bytes",)) as mount:
         assert "STUDY01" in os.listdir(mount.path)
         before = vmrss_kib(mount.process.pid)
         fake_xnat.endless_answers = "/data/projects/STUDY02/subjects"

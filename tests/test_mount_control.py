@@ -94,7 +94,8 @@ def test_refresh_outside_a_mount_is_one_line(fake_xnat, tmp_path):
 def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("[defaults]\nretries = 0\n")
-    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config))) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config)),
+                 expected_errors=(r"HTTP 503",)) as mount:
         qc = qc_folder(mount)
         target = qc / sorted(os.listdir(qc))[0]
         target.read_bytes()

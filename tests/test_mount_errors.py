@@ -1,9 +1,10 @@
-"""What the mount answers when the server fails, and large files served while they arrive."""
+"""Large files served while they arrive, to several readers at once, on a real mount.
+
+What the handlers answer when the server fails is checked in test_fsapi_errors.py.
+"""
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import threading
 
@@ -21,40 +22,6 @@ def config(tmp_path, **values) -> tuple[str, str]:
     lines = ["[defaults]"] + [f"{key} = {value!r}" for key, value in values.items()]
     path.write_text("\n".join(lines).replace("'", '"') + "\n")
     return ("--config", str(path))
-
-
-def test_server_errors_become_eio_with_a_log_line(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, args=config(tmp_path, retries=0)) as mount:
-        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
-        with pytest.raises(OSError) as failed:
-            os.listdir(mount.path / "STUDY01")
-        assert failed.value.errno == errno.EIO
-        fake_xnat.set_faults()
-        assert "SUB001" in os.listdir(mount.path / "STUDY01")
-        assert mount.process.poll() is None
-    log = mount.log()
-    assert "503" in log and "/data/projects/STUDY01/subjects" in log
-
-
-def test_forbidden_becomes_eacces(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, args=config(tmp_path, retries=0)) as mount:
-        fake_xnat.set_faults(error_rate=1.0, error_statuses=(403,))
-        with pytest.raises(PermissionError):
-            os.listdir(mount.path / "STUDY02")
-        fake_xnat.set_faults()
-
-
-def test_failed_download_is_eio_and_caches_nothing(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, args=config(tmp_path, retries=0)) as mount:
-        qc = mount.path.joinpath(*SESSION, "RESOURCES", "QC")
-        target = next(p for p in qc.iterdir() if p.suffix == ".csv")
-        fake_xnat.set_faults(error_rate=1.0, error_statuses=(500,))
-        with pytest.raises(OSError) as failed:
-            target.read_bytes()
-        assert failed.value.errno == errno.EIO
-        fake_xnat.set_faults()
-        data = target.read_bytes()
-        assert hashlib.md5(data).hexdigest() == os.getxattr(target, "user.xnat.digest").decode()
 
 
 def test_large_file_is_served_while_it_downloads(fake_xnat, tmp_path):

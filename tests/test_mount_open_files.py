@@ -146,7 +146,8 @@ def test_writes_after_an_unlink_stay_local(fake_xnat, tmp_path):
 
 
 def test_a_pending_upload_renamed_goes_under_the_new_name_once(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path)) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path),
+                 expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -170,7 +171,8 @@ def test_a_pending_upload_renamed_goes_under_the_new_name_once(fake_xnat, tmp_pa
 
 
 def test_a_pending_upload_renamed_before_a_remount_lands_under_the_new_name(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path)) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path),
+                 expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, xnatfs_command
+from waiting import wait_until
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.client.connection import XnatConnection
 
@@ -55,7 +56,8 @@ def write_and_close(path, data: bytes) -> None:
 
 def test_failed_upload_is_eio_at_close_kept_and_retried(fake_xnat, tmp_path):
     payload = os.urandom(50_000)
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
+                 expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -87,7 +89,8 @@ def test_failed_upload_is_eio_at_close_kept_and_retried(fake_xnat, tmp_path):
 
 def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
     payload = os.urandom(20_000)
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
+                 expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -122,8 +125,10 @@ def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xn
                 handle.close()
             except OSError:
                 pass
-    with mounted(fake_xnat.url, tmp_path, name="again"):
-        time.sleep(1.0)
+    with mounted(fake_xnat.url, tmp_path, name="again") as again:
+        # The new mount's first look at the spool sets both aside; from then on they are never sent alone.
+        wait_until(lambda: all(f"{name}, 24 bytes) was still being written" in again.log()
+                               for name in ("half.txt", "gone.txt")), "the spool's unclosed entries to be set aside")
         assert server_file(fake_xnat, "half.txt") is None
     listed = uploads(mount, "list")
     header, *rows = listed.stdout.split("\n\n")[0].splitlines()
@@ -152,7 +157,8 @@ def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xn
 
 
 def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
+                 expected_errors=(r"HTTP 500",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(500,))

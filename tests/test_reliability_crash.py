@@ -49,6 +49,10 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> Non
         time.sleep(0.01)
 
 
+def data_files(cache_dir) -> list:
+    return [path for path in (cache_dir / "data").rglob("*") if path.is_file()]
+
+
 def background(function, *args) -> threading.Thread:
     """Run ``function`` in a daemon thread, ignoring the errors a dying mount gives it."""
     def run() -> None:
@@ -133,7 +137,8 @@ def test_sigkill_during_a_series_zip(fake_xnat, tmp_path):
             assert read_file(mount.path / first)
             wait_until(lambda: any("format=zip" in target for _m, target, _s in relay.log),
                        what="the series zip to start")
-            time.sleep(0.5)
+            # Killed once the zip has put some of its files in the cache, and before it ends.
+            wait_until(lambda: len(data_files(mount.cache_dir)) > 2, what="the zip's first files in the cache")
             kill(mount)
         check_data_entries(mount.cache_dir, relay.url, series.values())
         with mounted(relay.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
@@ -256,8 +261,10 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
             handle.close()
         except OSError:
             pass
-    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again"):
-        time.sleep(3)          # longer than the first background retry
+    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+        # The background retry's first look at the spool sets the entry aside, never to be sent alone.
+        wait_until(lambda: "qc_metrics.csv, 19 bytes) was still being written" in again.log(),
+                   what="the half-written upload to be set aside")
     assert qc_file_on_server(fake_xnat, "qc_metrics.csv") == original
     # Not lost either: kept in the spool, listed for the user to send or drop.
     listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
@@ -280,7 +287,8 @@ def test_sigkill_of_one_of_two_mounts_sharing_a_cache(fake_xnat, tmp_path):
             doomed.submit(read_file, first.path / relative)
         survivors = ThreadPoolExecutor(8)
         results = {relative: survivors.submit(read_file, second.path / relative) for relative in sorted(chosen)}
-        time.sleep(1.0)
+        wait_until(lambda: any(p.stat().st_size > 0 for p in (cache_dir / "tmp").glob("*.part")),
+                   what="the first mount's downloads to be under way")
         assert not all(future.done() for future in results.values()), "nothing was left to read after the kill"
         kill(first)
         doomed.shutdown(wait=True, cancel_futures=True)

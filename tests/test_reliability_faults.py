@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mountutil import ServerFile, mounted, server_files
+from waiting import wait_until
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake.server import FaultInjector
 from test_reliability_common import check_cache, md5, read_or_eio, write_config
@@ -120,7 +121,8 @@ def test_truncated_and_dropped_bodies_never_enter_the_cache(fake_xnat, tmp_path)
     files = server_files(fake_xnat, projects=("STUDY01",))
     some = {r: f for r, f in files.items() if "/SUB001_MR1/" in r}
     args = write_config(tmp_path / "config.toml", retries=0)
-    with mounted(fake_xnat.url, tmp_path, args=args) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=args,
+                 expected_errors=(r"download incomplete after \d+ attempts",)) as mount:
         for relative in some:
             (mount.path / relative).stat()
         fake_xnat.set_faults(drop_rate=0.5, truncate_rate=0.5, seed=3)
@@ -144,9 +146,10 @@ def test_server_restart_mid_run(fake_xnat, tmp_path):
     outage_done = threading.Event()
 
     def restart() -> None:
-        time.sleep(0.7)
+        wait_until(lambda: sum("/files/" in target for _m, target, _s in fake_xnat.requests) >= 5,
+                   "the reads to be under way")
         fake_xnat.stop()
-        time.sleep(1.5)
+        wait_until(lambda: "connection failed; retrying" in mount.log(), "a request to meet the outage")
         # A restarted XNAT knows none of the sessions it had handed out.
         fake_xnat.auth.end_all_sessions()
         fake_xnat.start()
@@ -224,7 +227,8 @@ def test_large_file_resumed_after_a_server_change_is_not_served_spliced(fake_xna
     fake_xnat.store.put_file("XNAT_E00001", "RAW", "big.bin", old)
     fake_xnat.honour_range = True
     args = write_config(tmp_path / "config.toml", large_file_size="1M")
-    with mounted(fake_xnat.url, tmp_path, args=args) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=args,
+                 expected_errors=(r"the file changed on the server while it was being downloaded",)) as mount:
         big = mount.path / "STUDY01/SUB001/SUB001_MR1/RESOURCES/RAW/big.bin"
         assert big.stat().st_size == len(old)
         fake_xnat.reset_counts()

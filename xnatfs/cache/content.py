@@ -648,6 +648,10 @@ class ContentCache:
             queued = [fill for fill in self._fills.values() if fill.claim()]
         for fill in queued:
             self._complete(fill, None, XnatServerError("the cache was closed", url=fill.key.uri))
+        # A process sharing this cache that was killed left its partial downloads; they
+        # would otherwise stay until some mount starts on this cache again.
+        with self._lock:
+            self._remove_leftovers()
 
     # -- filling ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ its own tree.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -30,7 +31,6 @@ import struct
 import time
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from xnatfs.errors import XnatError, redact_url
@@ -224,7 +224,18 @@ def _forget(ops, node: Node) -> None:
 
 
 def _changed_names(old: Listing, new: Listing) -> list[str]:
-    return [name for name in old.entries.keys() | new.entries.keys() if old.get(name) != new.get(name)]
+    return [name for name in old.entries.keys() | new.entries.keys() if not _same(old.get(name), new.get(name))]
+
+
+def _same(old, new) -> bool:
+    """Whether two snapshots of an entry say the same; nodes compare by identity, and a
+    listing fetched again holds new ones even where nothing changed."""
+    if not isinstance(old, Node) or not isinstance(new, Node):
+        return old == new
+    if type(old) is not type(new):
+        return False
+    # Fields set after construction (``init=False``) are caches, not what the entry says.
+    return all(_same(getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old) if f.init)
 
 
 async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = False) -> dict:
@@ -254,11 +265,11 @@ async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = Fal
         # The kernel holds the folder's lock until this request is answered; a direct
         # invalidation would wait for it, so these are queued, and done just after.
         for parent, name in stale:
-            pyfuse3.invalidate_entry_async(parent, _raw(name), ignore_enoent=True)
+            ops.kernel.invalidate_entry_async(parent, _raw(name))
     else:
         # Done before answering, so the caller's next look is the server's; in a worker
         # thread, since the kernel may wait on requests this loop has to answer first.
-        await trio.to_thread.run_sync(_invalidate_now, stale, inode)
+        await trio.to_thread.run_sync(_invalidate_now, ops.kernel, stale, inode)
     logger.info("refreshed %s%s: %d entries", "/".join(parts) or "/", " and below" if recursive else "",
                 len(new.entries))
     return {"path": "/".join(parts), "entries": len(new.entries), "recursive": recursive}
@@ -268,17 +279,17 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _invalidate_now(stale: list[tuple[int, str]], folder_inode: int | None) -> None:
+def _invalidate_now(kernel, stale: list[tuple[int, str]], folder_inode: int | None) -> None:
     for parent, name in stale:
         try:
-            pyfuse3.invalidate_entry(parent, _raw(name))
+            kernel.invalidate_entry(parent, _raw(name))
         except OSError as exc:
             # ENOENT: the kernel did not hold that name; nothing to drop.
             if exc.errno != errno.ENOENT:
                 logger.debug("invalidating %s in inode %d: %s", name, parent, exc)
     if folder_inode is not None:
         try:
-            pyfuse3.invalidate_inode(folder_inode)
+            kernel.invalidate_inode(folder_inode)
         except OSError as exc:
             logger.debug("invalidating inode %d: %s", folder_inode, exc)
 

@@ -77,6 +77,11 @@ _BY_STATUS = {
 }
 
 
+# A file that would outgrow the spool's disk or the largest file the mount
+# takes: the caller's request is refused, nothing failed.
+_REFUSED_FOR_SIZE = frozenset({errno.ENOSPC, errno.EFBIG})
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno a file system caller should see for ``exc``."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -109,6 +114,8 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
             logger.error("%s failed: %s", operation, exc)
         else:
             logger.warning("%s refused (%s): %s", operation, errno.errorcode.get(code, code), exc)
+    elif isinstance(exc, OSError) and code in _REFUSED_FOR_SIZE:
+        logger.warning("%s refused (%s): %s", operation, errno.errorcode.get(code, code), exc)
     elif isinstance(exc, OSError):
         logger.error("%s failed: %s", operation, exc)
     else:

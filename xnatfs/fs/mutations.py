@@ -335,7 +335,9 @@ class Mutations:
                     # Opened for writing, nothing written: the server's file is shown again.
                     self.overlay.drop_file(local)
                     local.close()
-            elif local.state == "uploaded":
+            elif local.state == "uploaded" and handle.writable:
+                # Only a write starts the time again: a file read over and over would
+                # otherwise hide the server's changes to it for as long as it is read.
                 self._linger(local)
 
     # ---- attributes ---------------------------------------------------

@@ -4,7 +4,7 @@ Everything blocking (HTTP, the content cache, the spool, big disk reads)
 runs in trio worker threads under one capacity limiter; every handler is
 wrapped by :func:`fuse_handler`, so whatever goes wrong becomes an errno and
 a log line and never stops the event loop. The daemon never touches its own
-mountpoint.
+mountpoint; kernel caches are invalidated through :class:`xnatfs.fs.kernel.Kernel`.
 
 What the kernel keeps: entries and attributes for the listing TTL (files
 of our own, whose size changes as they are written, not at all), names
@@ -39,6 +39,7 @@ from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
+from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
 from xnatfs.fs.nodes import FileNode, Listing, Node
@@ -88,6 +89,7 @@ class XnatOperations(pyfuse3.Operations):
         self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
+        self.kernel = Kernel()
         self.nursery: trio.Nursery | None = None
         self.deadlines = RequestDeadlines(settings.timeout)
         self._uid = os.getuid()
@@ -350,7 +352,7 @@ class XnatOperations(pyfuse3.Operations):
         # The kernel adds no "." and ".." of its own; they take no lookup reference.
         for index in range(start_id, len(dots)):
             name, inode, node = dots[index]
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
+            if not self.kernel.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
                 return
         inodes = self.inodes
         first = len(dots) + 1
@@ -360,14 +362,14 @@ class XnatOperations(pyfuse3.Operations):
             known = inodes.known(child_path)
             if known is None:
                 inode = inodes.number_for(child_path)
-                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
+                if not self.kernel.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
                                              first + index):
                     break
                 inodes.remember(child_path, node, number=inode)
             else:
                 # Warm: the kernel already holds this entry; one more reference to it.
                 inode, entry = known
-                if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self._attributes_of(inode, entry, node),
+                if not self.kernel.readdir_reply(token, name.encode("utf-8"), self._attributes_of(inode, entry, node),
                                              first + index):
                     break
                 entry.node = node

@@ -1,0 +1,240 @@
+"""Reading without a kernel: the handlers' tree, sizes, bytes, attributes, xattrs and names."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+
+import pyfuse3
+
+from fsapi import errno_of
+from mountutil import server_files
+from xnatfs.fs.control import REFRESH_NAME, refresh
+from xnatfs.fs.names import RESERVED
+
+SESSION = "STUDY01/SUB001/SUB001_MR1"
+SHARED = "STUDY02/SUB001/SUB001_MR1"
+
+
+def downloads(server) -> list[str]:
+    """Paths of file downloads (not listings) the server answered."""
+    return [target.split("?", 1)[0] for method, target, _status in server.requests
+            if method == "GET" and "/files/" in target.split("?", 1)[0]]
+
+
+async def walk(fs, folder: str = "") -> dict[str, pyfuse3.EntryAttributes]:
+    """Every file below ``folder`` → its attributes as readdir gives them."""
+    found = {}
+    for name, attrs in await fs.entries(folder):
+        if name in (".", ".."):
+            continue
+        path = f"{folder}/{name}" if folder else name
+        if stat.S_ISDIR(attrs.st_mode):
+            found.update(await walk(fs, path))
+        else:
+            found[path] = attrs
+    return found
+
+
+async def dicom_dir(fs) -> str:
+    scans = await fs.listdir(f"{SESSION}/SCANS")
+    return f"{SESSION}/SCANS/{next(name for name in scans if name.startswith('2-'))}/DICOM"
+
+
+def test_tree_sizes_and_bytes_equal_the_server(fake_xnat, run_fs):
+    expected = server_files(fake_xnat)
+    assert len(expected) > 20
+
+    async def body(fs):
+        fake_xnat.reset_counts()
+        seen = await walk(fs)
+        assert {path: attrs.st_size for path, attrs in seen.items()} == {p: e.size for p, e in expected.items()}
+        assert downloads(fake_xnat) == [], "listing and stat must never download"
+        for path, record in expected.items():
+            data = await fs.read(path)
+            assert len(data) == record.size
+            if record.digest:
+                assert hashlib.md5(data).hexdigest() == record.digest, path
+
+    run_fs(body)
+
+
+def test_modes_owners_times_and_link_counts(run_fs):
+    async def body(fs):
+        scans = f"{SESSION}/SCANS"
+        names = await fs.listdir(scans)
+        info = await fs.stat(scans)
+        assert stat.S_ISDIR(info.st_mode) and info.st_mode & 0o777 == 0o755
+        assert info.st_nlink == 2 + len(names)
+        assert info.st_uid == os.getuid() and info.st_gid == os.getgid()
+        some_file = f"{await dicom_dir(fs)}/{(await fs.listdir(await dicom_dir(fs)))[0]}"
+        attrs = await fs.stat(some_file)
+        assert stat.S_ISREG(attrs.st_mode) and attrs.st_mode & 0o777 == 0o644
+        assert attrs.st_mtime_ns > 946684800 * 10**9        # an insert date, not the epoch
+        assert attrs.st_blocks == (attrs.st_size + 511) // 512
+        assert (await fs.stat(SHARED)).st_mode & 0o777 == 0o555
+        shared_qc = f"{SHARED}/RESOURCES/QC"
+        shared_file = f"{shared_qc}/{(await fs.listdir(shared_qc))[0]}"
+        assert (await fs.stat(shared_file)).st_mode & 0o777 == 0o444
+
+    run_fs(body)
+
+
+def test_readdir_gives_dot_and_dotdot_with_their_inode_numbers_and_each_entry_once(run_fs):
+    async def body(fs):
+        for folder, parent in (("", ""), (SESSION, "STUDY01/SUB001"),
+                               (f"{SESSION}/RESOURCES/QC", f"{SESSION}/RESOURCES")):
+            entries = await fs.entries(folder, round_size=1)
+            numbers = {name: attrs.st_ino for name, attrs in entries}
+            assert len(numbers) == len(entries), "an entry came twice across readdir rounds"
+            assert numbers["."] == await fs.inode(folder)
+            assert numbers[".."] == await fs.inode(parent)
+            assert sorted(set(numbers) - {".", ".."}) == sorted(await fs.listdir(folder))
+            for name in set(numbers) - {".", ".."}:
+                assert numbers[name] == await fs.inode(f"{folder}/{name}")
+
+    run_fs(body)
+
+
+def test_bare_scan_id_resolves_but_is_not_listed(run_fs):
+    async def body(fs):
+        listed = await fs.listdir(f"{SESSION}/SCANS")
+        assert "2" not in listed and any(name.startswith("2-") for name in listed)
+        assert sorted(await fs.listdir(f"{SESSION}/SCANS/2/DICOM")) == sorted(await fs.listdir(await dicom_dir(fs)))
+        assert sorted(await fs.listdir(SESSION)) == sorted(RESERVED)
+
+    run_fs(body)
+
+
+def test_extended_attributes(run_fs):
+    async def body(fs):
+        scan = (await dicom_dir(fs)).rsplit("/", 1)[0]
+        assert await fs.getxattr(scan, "user.xnat.id") == b"2"
+        assert await fs.getxattr(scan, "user.xnat.type")
+        assert await fs.getxattr(scan, "user.xnat.xsi_type") == b"xnat:mrScanData"
+        assert b"/scans/2" in await fs.getxattr(scan, "user.xnat.uri")
+        assert {"user.xnat.id", "user.xnat.uri", "user.xnat.xsi_type", "user.xnat.type"} <= set(
+            await fs.listxattr(scan))
+        assert await fs.getxattr(SESSION, "user.xnat.label") == b"SUB001_MR1"
+        assert (await fs.getxattr(SESSION, "user.xnat.id")).startswith(b"XNAT_E")
+        assert await fs.getxattr("STUDY01/SUB001", "user.xnat.project") == b"STUDY01"
+        folder = await dicom_dir(fs)
+        some_file = f"{folder}/{sorted(await fs.listdir(folder))[0]}"
+        digest = hashlib.md5(await fs.read(some_file)).hexdigest().encode()
+        assert await fs.getxattr(some_file, "user.xnat.digest") == digest
+        assert await fs.getxattr(some_file, "user.xnat.format") == b"DICOM"
+        assert await errno_of(fs.getxattr(some_file, "user.xnat.nothing")) == pyfuse3.ENOATTR
+        for foreign in ("security.selinux", "system.posix_acl_access", "trusted.x", "user.other"):
+            assert await errno_of(fs.getxattr(some_file, foreign)) == pyfuse3.ENOATTR
+        assert await errno_of(fs.ops.setxattr(await fs.inode(some_file), b"user.x", b"1", None)) == errno.ENOTSUP
+        assert await errno_of(fs.ops.removexattr(await fs.inode(some_file), b"user.xnat.id", None)) == errno.ENOTSUP
+
+    run_fs(body)
+
+
+def test_missing_names_are_enoent_and_negative_entries_are_cached_briefly(run_fs):
+    async def body(fs):
+        for missing in ("NOPROJECT", "STUDY01/NOSUBJECT", f"{SESSION}/SCANS/999",
+                        f"{SESSION}/SCANS/2/NORESOURCE/x.dcm"):
+            assert await errno_of(fs.lookup(missing)) == errno.ENOENT
+        negative = await fs.ops.lookup(await fs.inode("STUDY01"), b"NOSUBJECT", None)
+        assert negative.st_ino == 0 and 0 < negative.entry_timeout <= fs.ops.settings.negative_ttl
+        folder = await dicom_dir(fs)
+        some_file = f"{folder}/{(await fs.listdir(folder))[0]}"
+        assert await errno_of(fs.listdir(some_file)) == errno.ENOTDIR
+        assert await errno_of(fs.ops.open(await fs.inode(folder), os.O_RDONLY, None)) == errno.EISDIR
+        assert await errno_of(fs.ops.read(9999, 0, 10)) == errno.EBADF
+        assert await errno_of(fs.ops.getattr(123456, None)) == errno.ESTALE
+        shared_qc = f"{SHARED}/RESOURCES/QC"
+        shared_file = f"{shared_qc}/{(await fs.listdir(shared_qc))[0]}"
+        assert await errno_of(fs.ops.open(await fs.inode(shared_file), os.O_RDWR, None)) == errno.EROFS
+
+    run_fs(body)
+
+
+def test_unsafe_and_colliding_labels_are_shown_safely_and_logged(fake_xnat, run_fs):
+    fake_xnat.store.add_subject("STUDY02", "../../escape")
+    fake_xnat.store.add_subject("STUDY02", "RESOURCES")
+
+    async def body(fs):
+        names = await fs.listdir("STUDY02")
+        assert ".._.._escape" in names
+        assert "RESOURCES" in names and any(name.startswith("RESOURCES@XNAT_S") for name in names)
+        assert await fs.listdir("STUDY02/.._.._escape") == ["RESOURCES"]
+        assert all("/" not in name and name not in (".", "..") for name in names)
+
+    log = run_fs(body).log.text()
+    assert "'../../escape' is shown as '.._.._escape'" in log
+    assert "'RESOURCES' is shown as 'RESOURCES@XNAT_S" in log
+
+
+def test_statfs_reports_the_cache_disk_and_nothing_free_when_read_only(run_fs):
+    async def body(fs):
+        stats = await fs.ops.statfs(None)
+        assert stats.f_blocks > 0 and stats.f_namemax == 255
+        assert stats.f_bavail == 0
+
+    async def writable(fs):
+        assert (await fs.ops.statfs(None)).f_bavail > 0
+
+    run_fs(body, read_only=True)
+    run_fs(writable)
+
+
+def test_looking_up_the_refresh_name_reloads_the_folder_and_queues_drops_of_the_changed_names(fake_xnat, run_fs):
+    async def body(fs):
+        qc = f"{SESSION}/RESOURCES/QC"
+        before = set(await fs.listdir(qc))
+        experiment_id = (await fs.getxattr(SESSION, "user.xnat.id")).decode()
+        fake_xnat.store.put_file(experiment_id, "QC", "seen-by-a-file-manager.txt", b"uploaded elsewhere")
+        assert set(await fs.listdir(qc)) == before
+        assert await errno_of(fs.lookup(f"{qc}/{REFRESH_NAME}")) == errno.ENOENT
+        assert fs.kernel.invalidated == [("entry", await fs.inode(qc), "seen-by-a-file-manager.txt")]
+        assert set(await fs.listdir(qc)) == before | {"seen-by-a-file-manager.txt"}
+
+    run_fs(body, ttl=600)
+
+
+def test_a_refresh_asked_over_the_control_channel_drops_the_kernels_entries_and_folder(fake_xnat, run_fs):
+    async def body(fs):
+        project = await fs.inode("STUDY01")
+        qc = f"{SESSION}/RESOURCES/QC"
+        await fs.listdir(qc)
+        fake_xnat.store.add_subject("STUDY01", "SUB777")
+        answer = await refresh(fs.ops, "STUDY01", recursive=False)
+        assert answer == {"path": "STUDY01", "entries": 5, "recursive": False}
+        assert fs.kernel.invalidated == [("entry", project, "SUB777"), ("inode", project)]
+        assert "SUB777" in await fs.listdir("STUDY01")
+        fs.kernel.invalidated.clear()
+        await refresh(fs.ops, "STUDY01", recursive=True)
+        # Every name the kernel was given below the folder is dropped, so it looks each up again.
+        assert ("entry", await fs.inode(f"{SESSION}/RESOURCES"), "QC") in fs.kernel.invalidated
+        assert ("entry", await fs.inode(qc), "qc_metrics.csv") in fs.kernel.invalidated
+
+    run_fs(body, ttl=600)
+
+
+def zip_downloads(server) -> list[str]:
+    return [target for method, target, _status in server.requests if method == "GET" and "format=zip" in target]
+
+
+def test_a_series_is_fetched_as_one_zip_unless_turned_off(fake_xnat, tmp_path, run_fs):
+    def reading_the_series(zipped: bool):
+        async def body(fs):
+            folder = await dicom_dir(fs)
+            names = sorted(await fs.listdir(folder))
+            fake_xnat.reset_counts()
+            for name in names:
+                assert await fs.read(f"{folder}/{name}")
+            if zipped:
+                # The first file comes alone, the zip brings the others.
+                assert len(zip_downloads(fake_xnat)) == 1 and len(downloads(fake_xnat)) < len(names)
+            else:
+                assert zip_downloads(fake_xnat) == [] and len(downloads(fake_xnat)) == len(names)
+
+        return body
+
+    run_fs(reading_the_series(zipped=False), series_zip_size=0, cache_dir=tmp_path / "unzipped")
+    run_fs(reading_the_series(zipped=True), cache_dir=tmp_path / "zipped")
