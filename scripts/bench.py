@@ -510,6 +510,19 @@ class Bench:
             mount.stop()
             shutil.rmtree(mount.cache_dir, ignore_errors=True)
 
+    def as_peer(self, rows: dict[str, Row], keys: set[str], action: Callable[[], None]) -> None:
+        """Run rclone's side of rows ``keys``. When it fails, those rows show why and no rclone
+        numbers (a run missing would pair the others with the wrong runs of the mount)."""
+        if any(rows[key].peer_not_measured for key in keys):
+            return
+        try:
+            action()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            logger.exception("rclone failed on %s", ", ".join(sorted(keys)))
+            for key in keys:
+                rows[key].peer = {}
+                rows[key].peer_not_measured = f"rclone failed: {exc}"
+
     def start_peer(self) -> None:
         """The benchmark project's tree on local disk, served for rclone with the same latency."""
         root = self.work / "static"
@@ -664,7 +677,7 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
             with bench.fresh_mount("dcm2niix-cold") as mount:
                 rows["2a"].ours.append(timed(lambda: dcm2niix(series_folder(mount), niix / "mount-cold")))
         for config in bench.rclone_configs:
-            peer_series(bench, rows, wanted, config, len(files))
+            bench.as_peer(rows, {"1a", "2a", "2b", "3"}, lambda: peer_series(bench, rows, wanted, config, len(files)))
 
 
 def peer_series(bench: Bench, rows: dict[str, Row], wanted: set[int], config: str, file_count: int) -> None:
@@ -728,17 +741,21 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
         rows["4c"].theirs.append(size / timed(lambda: bench.curl(url, output=str(copy))) / 1e6)
         copy.unlink()
         for config in bench.rclone_configs:
-            with bench.fresh_rclone(config, "big-file") as peer:
-                path = peer.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-                read = 0
+            bench.as_peer(rows, {"4a"}, lambda: peer_big_file(bench, rows, config))
 
-                def peer_read() -> None:
-                    nonlocal read
-                    read = read_files([path])
 
-                seconds = timed(peer_read)
-                check_bytes(read, [path])
-            rows["4a"].peer.setdefault(config, []).append(size / seconds / 1e6)
+def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
+    with bench.fresh_rclone(config, "big-file") as peer:
+        path = peer.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
+        read = 0
+
+        def cold_read() -> None:
+            nonlocal read
+            read = read_files([path])
+
+        seconds = timed(cold_read)
+        size = check_bytes(read, [path])
+    rows["4a"].peer.setdefault(config, []).append(size / seconds / 1e6)
 
 
 # ---- 5: listing a 500-subject project ------------------------------------------
@@ -834,13 +851,17 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
         if bench.rclone_configs:
-            config = (RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs
-                      else bench.rclone_configs[0])
-            with bench.fresh_rclone(config, "listing") as peer:
-                with bench.static.no_latency():
-                    run_quietly(["find", str(peer.path / PROJECT)])
-                rows["5c"].peer.setdefault(config, []).append(
-                    timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
+            bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
+
+
+def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
+    """Row 5c through rclone: its caches filled by a walk without the added latency, then timed."""
+    config = (RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs
+              else bench.rclone_configs[0])
+    with bench.fresh_rclone(config, "listing") as peer:
+        with bench.static.no_latency():
+            run_quietly(["find", str(peer.path / PROJECT)])
+        rows["5c"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
 
 
 def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
@@ -873,9 +894,13 @@ def bench_walk(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5e"].ours.append(seconds)
         rows["5e"].theirs.append(timed(lambda: replay_in_parallel(bench, targets, PARALLEL_LISTINGS)))
         for config in bench.rclone_configs:
-            with bench.fresh_rclone(config, "walk") as peer:
-                rows["5e"].peer.setdefault(config, []).append(timed(lambda: run_quietly(
-                    ["find", *(str(peer.path / PROJECT / subject) for subject in WALKED_SUBJECTS)])))
+            bench.as_peer(rows, {"5e"}, lambda: peer_walk(bench, rows, config))
+
+
+def peer_walk(bench: Bench, rows: dict[str, Row], config: str) -> None:
+    with bench.fresh_rclone(config, "walk") as peer:
+        subjects = [str(peer.path / PROJECT / subject) for subject in WALKED_SUBJECTS]
+        rows["5e"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", *subjects])))
 
 
 # ---- 6: uploading a folder -------------------------------------------------------
@@ -1273,16 +1298,19 @@ def main(argv: list[str] | None = None) -> int:
             ({5}, lambda: bench_walk(bench, rows)),
             ({6}, lambda: bench_upload(bench, rows)),
         ]
+        failed: dict[str, str] = {}
         for numbers, run_group in groups:
             if not numbers & args.only:
                 continue
+            untouched = {key for key, row in rows.items() if ROW_GROUP[key] in numbers and not row.measured}
             try:
                 run_group()
             except (OSError, RuntimeError, subprocess.SubprocessError, requests.RequestException) as exc:
                 logger.exception("benchmark %s failed", ",".join(map(str, sorted(numbers & args.only))))
-                for row in rows.values():
-                    if ROW_GROUP[row.key] in numbers and not row.measured:
-                        row.not_measured = f"the benchmark failed: {exc}"
+                failed.update((key, f"the benchmark failed: {exc}") for key in untouched)
+        for key, reason in failed.items():
+            if not rows[key].measured:      # a later group of the same number may have measured it
+                rows[key].not_measured = reason
     finally:
         if bench.static is not None:
             bench.static.stop()

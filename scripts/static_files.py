@@ -4,7 +4,7 @@
 rclone mount (its ``http`` and ``webdav`` backends) reads the same files as
 xnatfs reads from the fake XNAT, under the same conditions: a
 ``ThreadingHTTPServer`` on 127.0.0.1, file bodies sent with ``sendfile``, and
-the same delay added before every answer. It answers
+the same delay added before every answer, Nagle's algorithm off. It answers
 
 * GET and HEAD of a file, honouring a single byte Range;
 * GET of a folder: an HTML index of links (what the ``http`` backend reads);
@@ -22,6 +22,7 @@ import html
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,11 @@ class StaticServer(ThreadingHTTPServer):
 class StaticHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: StaticServer
+
+    def setup(self) -> None:
+        super().setup()
+        # As the fake XNAT does: a small answer is not held back waiting for the client's ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args) -> None:   # noqa: A002 - the base class names it so
         """Quiet: a benchmark logs nothing per request."""
