@@ -850,18 +850,21 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5c"].ours.append(warm)
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
-        if bench.rclone_configs:
-            bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
+    if bench.rclone_configs:
+        bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
 
 
 def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
-    """Row 5c through rclone: its caches filled by a walk without the added latency, then timed."""
+    """Row 5c through rclone: its caches filled once by a walk without the added latency (it takes
+    minutes), then one timed warm find per run."""
     config = (RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs
               else bench.rclone_configs[0])
     with bench.fresh_rclone(config, "listing") as peer:
         with bench.static.no_latency():
             run_quietly(["find", str(peer.path / PROJECT)])
-        rows["5c"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
+        for _run in range(bench.runs):
+            rows["5c"].peer.setdefault(config, []).append(
+                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
 
 
 def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
