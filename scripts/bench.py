@@ -1123,7 +1123,10 @@ MISSED_NOTES: dict[str, str] = {
           "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
           "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
           "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
-          "plain curl would mean serving files unchecked, which the mount will not do.",
+          "plain curl would mean serving files unchecked, which the mount will not do. rclone's http and "
+          "webdav backends know no hash of these files, so rclone checks nothing either; closing that gap "
+          "(several ranged streams where the server allows them, hashing off the event loop) is work "
+          "still to do.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
           "same listings (one file list per session once the walk is noticed, three project-wide "
           "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
@@ -1139,7 +1142,12 @@ MISSED_NOTES: dict[str, str] = {
           "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
           "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
           "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
-          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself.",
+          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
+          "rclone's daemon answers the same walk with less work per request; cutting the mount's "
+          "Python work per request and per entry is work still to do.",
+    "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
+          "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
+          "window grew or moved ahead of the walk.",
     "6": "On the line: full runs on this machine gave medians from 1.28× to 1.32×. Each file is written "
          "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
          "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
