@@ -42,6 +42,12 @@ class StaticServer(ThreadingHTTPServer):
         self.root = root.resolve()
         self.delay = latency_ms / 1000.0
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (rclone closing spare connections, or a read it gave up) is no error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/"
