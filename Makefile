@@ -4,9 +4,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := fuse3 libfuse3-dev pkg-config dcm2niix attr rsync curl stress-ng
+# What only the benchmark uses: rclone mount, the peer it compares with.
+BENCH_DEBS := rclone
 MNT    ?= ./mnt
 
-.PHONY: install install-mount-helper system-deps demo test lint bench clean
+.PHONY: install install-mount-helper system-deps bench-deps demo test lint bench clean
 
 system-deps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -38,7 +40,10 @@ lint: install
 	$(VENV)/bin/ruff format --check xnatfs tests scripts
 	$(VENV)/bin/mypy xnatfs
 
-bench: install
+bench-deps:
+	@$(MAKE) --no-print-directory system-deps DEBS="$(DEBS) $(BENCH_DEBS)"
+
+bench: install bench-deps
 	$(PY) scripts/bench.py
 
 clean:

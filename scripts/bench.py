@@ -4,15 +4,22 @@ Runs the fake XNAT (``--sample-size large``, 20 ms added to every request, as
 on a campus link) in a child process on 127.0.0.1, mounts it with the real
 ``xnatfs mount`` daemon, and times each task through the mount and by the
 usual alternative (curl, a naive requests script, a local copy) in the same
-run. Each row is repeated (``--runs``); the table gives medians with their
-min–max spread and the ratio mount / alternative, then ``docs/BENCHMARKS.md``
-is written with the machine, the settings and the table.
+run. Where it applies, the same task also runs through rclone mount, the peer
+a user would pick: Debian's rclone, its ``http`` and ``webdav`` backends with
+``--vfs-cache-mode full`` and ``off``, on a static server of the same files
+(``scripts/static_files.py``) with the same added latency; the best
+configuration is reported beside the alternative, and a row where xnatfs is
+slower than rclone is MISSED whatever its other goal. Each row is repeated
+(``--runs``); the table gives medians with their min–max spread and the
+ratios per run, then ``docs/BENCHMARKS.md`` is written with the machine, the
+settings and the table.
 
 Cold measurements use a fresh mount with an empty cache folder, after the
 kernel's page cache has been dropped (when running as root). Nothing but
 127.0.0.1 is contacted; every mount is taken down in ``finally``.
 
     .venv/bin/python scripts/bench.py [--quick] [--only 1,4] [--runs N] [--out FILE]
+                                      [--rclone webdav-off,http-full | none]
 """
 
 from __future__ import annotations
@@ -66,6 +73,15 @@ BIG_RESOURCE = "RAW"
 BIG_FILE = "raw_data.bin"
 UPLOAD_SUBJECT = "B0001"
 UPLOAD_SESSION = "B0001_MR1"
+# A walk of some subjects (5d, 5e): the first ones of the project, in order.
+WALKED_SUBJECTS = [f"B{number:04d}" for number in range(1, 11)]
+WALK_AHEAD_LIMIT = 10
+
+# rclone mount configurations: backend-cache mode.
+RCLONE_CONFIGS = ("http-full", "http-off", "webdav-full", "webdav-off")
+# A warm walk asks rclone's own caches only; which backend and cache mode filled them does not matter.
+RCLONE_WARM_WALK_PREFERRED = "webdav-off"
+STATIC_SERVER = REPO / "scripts" / "static_files.py"
 
 
 # ---- results -------------------------------------------------------------
@@ -95,10 +111,38 @@ class Row:
     ours: list[float] = field(default_factory=list)
     theirs: list[float] = field(default_factory=list)
     not_measured: str = ""
+    peer: dict[str, list[float]] = field(default_factory=dict)   # rclone configuration → value per run
+    peer_not_measured: str = ""
 
     @property
     def ratios(self) -> list[float]:
         return [a / b for a, b in zip(self.ours, self.theirs) if b]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.unit == "MB/s"
+
+    def best_peer(self) -> tuple[str, list[float]] | None:
+        """rclone's best configuration for this row (by its median) and its value per run."""
+        measured = {config: values for config, values in self.peer.items() if values}
+        if not measured:
+            return None
+        pick = max if self.higher_is_better else min
+        config = pick(measured, key=lambda name: statistics.median(measured[name]))
+        return config, measured[config]
+
+    @property
+    def peer_ratios(self) -> list[float]:
+        """xnatfs ÷ rclone's best configuration, run by run."""
+        best = self.best_peer()
+        return [a / b for a, b in zip(self.ours, best[1]) if b] if best else []
+
+    def behind_peer(self) -> bool:
+        ratios = self.peer_ratios
+        if not ratios:
+            return False
+        ratio = statistics.median(ratios)
+        return ratio < 1.0 if self.higher_is_better else ratio > 1.0
 
     @property
     def measured(self) -> bool:
@@ -111,6 +155,8 @@ class Row:
     def verdict(self) -> str:
         if not self.measured:
             return "not measured"
+        if self.behind_peer():
+            return "MISSED"
         if self.goal is None:
             return "(report)"
         return "met" if self.goal.met(self.ratio) else "MISSED"
@@ -126,17 +172,24 @@ def spread(values: list[float], unit: str) -> str:
     return f"{middle} {unit} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def ratio_text(row: Row) -> str:
-    if not row.measured:
+def ratio_text(ratios: list[float]) -> str:
+    if not ratios:
         return "–"
-    ratios = row.ratios
+    middle = statistics.median(ratios)
     if len(ratios) == 1:
-        return f"{row.ratio:.2f}×"
-    return f"{row.ratio:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+        return f"{middle:.2f}×"
+    return f"{middle:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
+def peer_text(row: Row) -> str:
+    best = row.best_peer()
+    if best is not None:
+        return f"{best[0]}: {spread(best[1], row.unit)}"
+    return "not measured" if row.peer_not_measured else "–"
 
 
 def table_lines(rows: list[Row], markdown: bool) -> list[str]:
-    header = ["#", "what", "xnatfs", "reference", "ratio", "goal", "result"]
+    header = ["#", "what", "xnatfs", "reference", "ratio", "rclone (best config)", "÷ rclone", "goal", "result"]
     body = []
     for row in rows:
         if row.not_measured:
@@ -144,7 +197,8 @@ def table_lines(rows: list[Row], markdown: bool) -> list[str]:
         else:
             ours = f"{row.ours_name}: {spread(row.ours, row.unit)}"
             theirs = f"{row.theirs_name}: {spread(row.theirs, row.unit)}"
-        body.append([row.key, row.what, ours, theirs, ratio_text(row),
+        body.append([row.key, row.what, ours, theirs, ratio_text(row.ratios if row.measured else []),
+                     peer_text(row), ratio_text(row.peer_ratios),
                      row.goal.text() if row.goal else "–", row.verdict()])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -289,16 +343,113 @@ class Mount:
                 pass
 
 
+def fuse_mounted(path: Path) -> bool:
+    """Whether a FUSE file system is mounted at ``path`` (from mountinfo, no FUSE traffic)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            before, _, after = line.partition(" - ")
+            fields = before.split()
+            if len(fields) > 4 and fields[4] == real and after.startswith("fuse"):
+                return True
+    return False
+
+
+class StaticHost:
+    """``scripts/static_files.py`` in its own process: the benchmark's tree, for rclone."""
+
+    def __init__(self, root: Path, latency_ms: float, log_file: Path):
+        self.root = root
+        self.latency_ms = latency_ms
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> "StaticHost":
+        with open(self.log_file, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(STATIC_SERVER), str(self.root), "--latency-ms", str(self.latency_ms)],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the static server did not start: {self.log_file.read_text().strip()}")
+        return self
+
+    @contextmanager
+    def no_latency(self) -> Iterator[None]:
+        """Set-up work (filling rclone's caches for a warm run) need not wait for the simulated link."""
+        self.process.send_signal(signal.SIGUSR1)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGUSR2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+class RcloneMount:
+    """One ``rclone mount`` of the static server, in one configuration (``backend-cachemode``)."""
+
+    def __init__(self, config: str, url: str, path: Path, cache_dir: Path, log_file: Path):
+        self.backend, self.cache_mode = config.split("-")
+        self.url = url
+        self.path = path
+        self.cache_dir = cache_dir
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # The same caching as the xnatfs mount: listings and the kernel's attributes for --ttl.
+        command = ["rclone", "mount", f":{self.backend}:", str(self.path), f"--{self.backend}-url", self.url,
+                   "--vfs-cache-mode", self.cache_mode, "--cache-dir", str(self.cache_dir),
+                   "--dir-cache-time", f"{TTL:g}s", "--attr-timeout", f"{TTL:g}s", "--read-only",
+                   "--log-file", str(self.log_file)]
+        if self.backend == "webdav":
+            command += ["--webdav-vendor", "other"]
+        environment = dict(os.environ, RCLONE_CONFIG=str(self.cache_dir.parent / "rclone.conf"))
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env=environment)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not fuse_mounted(self.path):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rclone mount exited with {self.process.returncode}: "
+                                   f"{self.log_file.read_text(errors='replace').strip()[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rclone did not mount within {MOUNT_TIMEOUT:g} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, timeout=60)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            logger.warning("rclone at %s did not stop; detaching it", self.path)
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=60)
+            self.process.kill()
+            self.process.wait(30)
+
+
 # ---- the run's shared state ------------------------------------------------
 
 class Bench:
     """What every benchmark needs: the server, a work folder, fresh mounts, tools."""
 
-    def __init__(self, work: Path, server: ServerHost, runs: int, upload_mb: int):
+    def __init__(self, work: Path, server: ServerHost, runs: int, upload_mb: int, rclone_configs: list[str]):
         self.work = work
         self.server = server
         self.runs = runs
         self.upload_mb = upload_mb
+        self.rclone_configs = rclone_configs
+        self.static: StaticHost | None = None
         self.netrc = work / "netrc"
         self.netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
         self.netrc.chmod(0o600)
@@ -306,6 +457,7 @@ class Bench:
         self.peak_rss: dict[str, list[float]] = {}
         self._mounts = 0
         self.listing_requests: Counter[str] = Counter()
+        self.walk_requests: Counter[str] = Counter()
 
     @property
     def url(self) -> str:
@@ -341,6 +493,45 @@ class Bench:
                 self.peak_rss.setdefault(purpose, []).append(rss)
             mount.stop()
             shutil.rmtree(cache_dir, ignore_errors=True)
+
+    @contextmanager
+    def fresh_rclone(self, config: str, purpose: str) -> Iterator[RcloneMount]:
+        """A new rclone mount of the static server with an empty cache folder, as cold as ours."""
+        self._mounts += 1
+        name = f"{self._mounts:03d}-rclone-{config}-{purpose}"
+        mount = RcloneMount(config, self.static.url, self.work / "mnt-rclone", self.work / "caches" / name,
+                            self.work / "logs" / f"{name}.log")
+        mount.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.drop_caches()
+        mount.start()
+        try:
+            yield mount
+        finally:
+            mount.stop()
+            shutil.rmtree(mount.cache_dir, ignore_errors=True)
+
+    def as_peer(self, rows: dict[str, Row], keys: set[str], action: Callable[[], None]) -> None:
+        """Run rclone's side of rows ``keys``. When it fails, those rows show why and no rclone
+        numbers (a run missing would pair the others with the wrong runs of the mount)."""
+        if any(rows[key].peer_not_measured for key in keys):
+            return
+        try:
+            action()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            logger.exception("rclone failed on %s", ", ".join(sorted(keys)))
+            for key in keys:
+                rows[key].peer = {}
+                rows[key].peer_not_measured = f"rclone failed: {exc}"
+
+    def start_peer(self) -> None:
+        """The benchmark project's tree on local disk, served for rclone with the same latency."""
+        root = self.work / "static"
+        with self.server.no_latency(), self.fresh_mount("static-copy") as mount:
+            entries = replicate_tree(mount.path / PROJECT, root / PROJECT,
+                                     real=lambda relative: relative.parts[:2] == (HIRES_SUBJECT, HIRES_SESSION))
+        logger.info("static copy of %s for rclone: %d entries", PROJECT, entries)
+        self.static = StaticHost(root, self.server.latency_ms, self.work / "logs" / "static-server.log").start()
+        logger.info("static server at %s", self.static.url)
 
     def curl(self, url: str, *, output: str = "/dev/null") -> None:
         command = ["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), "-o", output, url]
@@ -485,6 +676,36 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
             rows["2b"].theirs.append(local_time)
             with bench.fresh_mount("dcm2niix-cold") as mount:
                 rows["2a"].ours.append(timed(lambda: dcm2niix(series_folder(mount), niix / "mount-cold")))
+        for config in bench.rclone_configs:
+            bench.as_peer(rows, {"1a", "2a", "2b", "3"}, lambda: peer_series(bench, rows, wanted, config, len(files)))
+
+
+def peer_series(bench: Bench, rows: dict[str, Row], wanted: set[int], config: str, file_count: int) -> None:
+    """Rows 1a, 2a, 2b and 3 through rclone mount in one configuration."""
+    niix = bench.work / "niix"
+    with bench.fresh_rclone(config, "series") as peer:
+        read = 0
+
+        def cold_read() -> None:
+            nonlocal read
+            read = read_files(series_files(series_folder(peer)))
+
+        cold = timed(cold_read)
+        folder = series_folder(peer)
+        files = series_files(folder)
+        if len(files) != file_count:
+            raise RuntimeError(f"rclone shows {len(files)} files of the series, the mount {file_count}")
+        check_bytes(read, files)
+        if 1 in wanted:
+            rows["1a"].peer.setdefault(config, []).append(cold)
+        if 3 in wanted:
+            rows["3"].peer.setdefault(config, []).append(timed(lambda: read_files(series_files(folder))))
+        if 2 in wanted:
+            rows["2b"].peer.setdefault(config, []).append(timed(lambda: dcm2niix(folder, niix / "rclone-warm")))
+    if 2 in wanted:
+        with bench.fresh_rclone(config, "dcm2niix-cold") as peer:
+            rows["2a"].peer.setdefault(config, []).append(
+                timed(lambda: dcm2niix(series_folder(peer), niix / "rclone-cold")))
 
 
 # ---- 4: the 1 GiB file -------------------------------------------------------
@@ -519,6 +740,22 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
         copy = bench.work / "curl-copy.bin"
         rows["4c"].theirs.append(size / timed(lambda copy=copy: bench.curl(url, output=str(copy))) / 1e6)
         copy.unlink()
+        for config in bench.rclone_configs:
+            bench.as_peer(rows, {"4a"}, lambda: peer_big_file(bench, rows, config))
+
+
+def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
+    with bench.fresh_rclone(config, "big-file") as peer:
+        path = peer.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
+        read = 0
+
+        def cold_read() -> None:
+            nonlocal read
+            read = read_files([path])
+
+        seconds = timed(cold_read)
+        size = check_bytes(read, [path])
+    rows["4a"].peer.setdefault(config, []).append(size / seconds / 1e6)
 
 
 # ---- 5: listing a 500-subject project ------------------------------------------
@@ -528,13 +765,21 @@ def walk_listing(root: Path) -> None:
     run_quietly(["ls", "-lR", str(root)])
 
 
-def replicate_tree(source: Path, target: Path) -> int:
-    """The same folders and files (sparse, same sizes) on local disk; returns the entry count."""
+def replicate_tree(source: Path, target: Path, real: Callable[[Path], bool] = lambda relative: False) -> int:
+    """The same folders and files on local disk; returns the entry count.
+
+    Files are sparse with the same sizes, except in the folders ``real``
+    picks (by their path below ``source``), whose bytes are copied.
+    """
     count = 0
     for directory, _subdirs, files in os.walk(source):
-        relative = os.path.relpath(directory, source)
+        relative = Path(os.path.relpath(directory, source))
         (target / relative).mkdir(parents=True, exist_ok=True)
+        copy_bytes = real(relative)
         for name in files:
+            if copy_bytes:
+                shutil.copyfile(os.path.join(directory, name), target / relative / name)
+                continue
             with open(target / relative / name, "wb") as handle:
                 handle.truncate(os.stat(os.path.join(directory, name)).st_size)
         count += 1 + len(files)
@@ -605,6 +850,60 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5c"].ours.append(warm)
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
+    if bench.rclone_configs:
+        bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
+
+
+def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
+    """Row 5c through rclone: its caches filled once by a walk without the added latency (it takes
+    minutes), then one timed warm find per run."""
+    config = (RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs
+              else bench.rclone_configs[0])
+    with bench.fresh_rclone(config, "listing") as peer:
+        with bench.static.no_latency():
+            run_quietly(["find", str(peer.path / PROJECT)])
+        for _run in range(bench.runs):
+            rows["5c"].peer.setdefault(config, []).append(
+                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
+
+
+def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
+    """The per-session file listings among the requests in ``log``."""
+    return [target for method, target, _status in log
+            if method == "GET" and target.startswith("/data/experiments/") and target.split("?")[0].endswith("/files")]
+
+
+def bench_walk(bench: Bench, rows: dict[str, Row]) -> None:
+    """A cold ``find`` of some subjects: what it costs, and what the mount loads ahead of it."""
+    sessions = 0
+    with requests.Session() as http:
+        for subject in WALKED_SUBJECTS:
+            answer = http.get(f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments",
+                              params={"format": "json"}, auth=bench.auth(), timeout=60)
+            answer.raise_for_status()
+            sessions += len(answer.json()["ResultSet"]["Result"])
+    for run in range(1, bench.runs + 1):
+        logger.info("cold find of %d subjects (%d sessions), run %d/%d", len(WALKED_SUBJECTS), sessions,
+                    run, bench.runs)
+        with bench.fresh_mount("walk") as mount:
+            bench.server.reset_counts()
+            seconds = timed(lambda: run_quietly(["find", *(str(mount.path / PROJECT / s) for s in WALKED_SUBJECTS)]))
+        # Taken after the unmount: everything the mount loaded ahead while it was up counts.
+        log = bench.server.requests()
+        targets = sorted({target for method, target, status in log if method == "GET" and status == 200})
+        bench.walk_requests = Counter(request_kind(method, target) for method, target, _status in log)
+        rows["5d"].ours.append(len(session_file_listings(log)))
+        rows["5d"].theirs.append(sessions + WALK_AHEAD_LIMIT)
+        rows["5e"].ours.append(seconds)
+        rows["5e"].theirs.append(timed(lambda: replay_in_parallel(bench, targets, PARALLEL_LISTINGS)))
+        for config in bench.rclone_configs:
+            bench.as_peer(rows, {"5e"}, lambda: peer_walk(bench, rows, config))
+
+
+def peer_walk(bench: Bench, rows: dict[str, Row], config: str) -> None:
+    with bench.fresh_rclone(config, "walk") as peer:
+        subjects = [str(peer.path / PROJECT / subject) for subject in WALKED_SUBJECTS]
+        rows["5e"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", *subjects])))
 
 
 # ---- 6: uploading a folder -------------------------------------------------------
@@ -772,6 +1071,11 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s",
             at_most(1.5)),
         Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
+        Row("5d", f"session file listings for a cold find of {len(WALKED_SUBJECTS)} subjects", "mount",
+            f"limit: their sessions + {WALK_AHEAD_LIMIT}", "requests",
+            Goal("at_most", 1.0, f"≤ sessions + {WALK_AHEAD_LIMIT}")),
+        Row("5e", f"cold find of {len(WALKED_SUBJECTS)} subjects", "mount", f"{PARALLEL_LISTINGS} parallel GETs",
+            "s"),
         Row("6", f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
             "mount", "curl PUTs", "s", at_most(1.3)),
     ]
@@ -779,7 +1083,14 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
 
 
 ROW_GROUP = {"1a": 1, "1b": 1, "1c": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "4c": 4, "4d": 4,
-             "5a": 5, "5b": 5, "5c": 5, "6": 6}
+             "5a": 5, "5b": 5, "5c": 5, "5d": 5, "5e": 5, "6": 6}
+# Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
+PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e"}
+RCLONE_SKIPPED = {
+    "5b": "rclone lists each folder with a request of its own as the walk reaches it, one after the other: "
+          "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "
+          "walk of some subjects instead",
+}
 
 # Why a goal is missed and what would close it; shown only for missed rows. Written from
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
@@ -812,7 +1123,10 @@ MISSED_NOTES: dict[str, str] = {
           "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
           "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
           "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
-          "plain curl would mean serving files unchecked, which the mount will not do.",
+          "plain curl would mean serving files unchecked, which the mount will not do. rclone's http and "
+          "webdav backends know no hash of these files, so rclone checks nothing either; closing that gap "
+          "(several ranged streams where the server allows them, hashing off the event loop) is work "
+          "still to do.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
           "same listings (one file list per session once the walk is noticed, three project-wide "
           "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
@@ -828,7 +1142,12 @@ MISSED_NOTES: dict[str, str] = {
           "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
           "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
           "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
-          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself.",
+          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
+          "rclone's daemon answers the same walk with less work per request; cutting the mount's "
+          "Python work per request and per entry is work still to do.",
+    "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
+          "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
+          "window grew or moved ahead of the walk.",
     "6": "On the line: full runs on this machine gave medians from 1.28× to 1.32×. Each file is written "
          "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
          "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
@@ -849,9 +1168,13 @@ def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: di
              f"on {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes in all. Each row times the same task",
              "through the mount and by the usual alternative side by side, several times; values are medians",
              "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
-             "throughputs, so higher is better; for 4b and 5a, the value ÷ its limit).", "",
+             "throughputs, so higher is better; for 4b, 5a and 5d, the value ÷ its limit). Where it applies,",
+             "the same task also runs through rclone mount of the same files (see Settings); the best of its",
+             "configurations is shown with the ratio mount ÷ rclone per run, and a row where the mount is",
+             "slower than rclone is MISSED whatever its goal.", "",
              "Run it again with `make bench`; `scripts/bench.py --quick` is a one-run smoke test,",
-             "`--only 1,4` picks benchmarks, `--runs N` sets the repetitions, `--out FILE` the report.", "",
+             "`--only 1,4` picks benchmarks, `--runs N` sets the repetitions, `--rclone webdav-off` the rclone",
+             "configurations (`none`: no rclone), `--out FILE` the report.", "",
              "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", "## Settings", ""]
@@ -865,13 +1188,30 @@ def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: di
     if bench.listing_requests:
         lines += ["", "Requests the mount made for the cold listing (5a), last run:", ""]
         lines += [f"- {count} × `{kind}`" for kind, count in bench.listing_requests.most_common()]
+    if bench.walk_requests:
+        lines += ["", "Requests the mount made for the cold find of some subjects (5d, 5e), last run, "
+                  "counted after the unmount (what it loaded ahead included):", ""]
+        lines += [f"- {count} × `{kind}`" for kind, count in bench.walk_requests.most_common()]
+    peers = [row for row in rows if row.peer]
+    if peers:
+        lines += ["", "rclone, every configuration measured (median of the runs):", ""]
+        for row in peers:
+            configs = "; ".join(f"{config} {spread(values, row.unit)}" for config, values in sorted(row.peer.items()))
+            lines.append(f"- {row.key}: {configs}")
+    not_peered = [row for row in rows if row.peer_not_measured]
+    if not_peered:
+        lines += ["", "rclone not measured:", ""]
+        lines += [f"- {row.key}: {row.peer_not_measured}." for row in not_peered]
     missed = [row for row in rows if row.verdict() == "MISSED"]
     unmeasured = [row for row in rows if row.not_measured]
     if missed or unmeasured:
         lines += ["", "## Goals missed, and what would close them", ""]
         for row in missed:
             note = MISSED_NOTES.get(row.key, "No analysis written for this row yet.")
-            lines += [f"**{row.key} — {row.what}** ({ratio_text(row)}, goal {row.goal.text()}). {note}", ""]
+            against = [f"{ratio_text(row.ratios)}, goal {row.goal.text()}" if row.goal else ""]
+            if row.behind_peer():
+                against.append(f"{ratio_text(row.peer_ratios)} of rclone ({row.best_peer()[0]})")
+            lines += [f"**{row.key} — {row.what}** ({'; '.join(part for part in against if part)}). {note}", ""]
         for row in unmeasured:
             lines += [f"**{row.key} — {row.what}**: not measured: {row.not_measured}.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -888,7 +1228,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help=f"repetitions per row (default {FULL_RUNS}, quick {QUICK_RUNS})")
     parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report to write")
     parser.add_argument("--work-dir", help="scratch folder (default: a new temporary folder, removed after)")
-    parser.add_argument("--latency-ms", type=float, default=LATENCY_MS, help="delay the fake XNAT adds per request")
+    parser.add_argument("--latency-ms", type=float, default=LATENCY_MS,
+                        help="delay the fake XNAT (and the static server for rclone) adds per request")
+    parser.add_argument("--rclone", default=",".join(RCLONE_CONFIGS),
+                        help=f"rclone mount configurations to compare with, comma-separated from "
+                             f"{', '.join(RCLONE_CONFIGS)}; 'none' for no rclone")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
@@ -897,10 +1241,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--only takes numbers such as 1,4")
     if not args.only <= set(range(1, 7)):
         parser.error("--only takes numbers from 1 to 6")
+    args.rclone = [] if args.rclone == "none" else [part for part in args.rclone.split(",") if part]
+    if not set(args.rclone) <= set(RCLONE_CONFIGS):
+        parser.error(f"--rclone takes configurations from {', '.join(RCLONE_CONFIGS)}, or none")
     args.runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
+
+
+def skip_peer(rows: dict[str, Row], reason: str) -> None:
+    for key in PEER_ROWS:
+        rows[key].peer_not_measured = reason
 
 
 def isolate_environment(work: Path) -> None:
@@ -930,27 +1282,49 @@ def main(argv: list[str] | None = None) -> int:
     rows = make_rows(upload_mb)
     logger.info("starting the fake XNAT with the large sample in %s", work / "server")
     server = ServerHost(work / "server", args.latency_ms)
-    bench = Bench(work, server, args.runs, upload_mb)
+    rclone_configs = list(args.rclone)
+    for row in rows.values():
+        row.peer_not_measured = RCLONE_SKIPPED.get(row.key, "")
+    if rclone_configs and shutil.which("rclone") is None:
+        logger.warning("rclone is not installed (make bench installs it): no rclone column")
+        skip_peer(rows, "rclone is not installed")
+        rclone_configs = []
+    elif not rclone_configs:
+        skip_peer(rows, "left out with --rclone none")
+    bench = Bench(work, server, args.runs, upload_mb, rclone_configs)
     try:
         server.start()
         logger.info("fake XNAT at %s (%g ms per request)", server.url, args.latency_ms)
+        if rclone_configs and args.only & {ROW_GROUP[key] for key in PEER_ROWS}:
+            try:
+                bench.start_peer()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                logger.exception("the static server for rclone did not start")
+                skip_peer(rows, f"its static server did not start: {exc}")
+                bench.rclone_configs = []
         groups: list[tuple[set[int], Callable[[], None]]] = [
             ({1, 2, 3}, lambda: bench_series(bench, rows, args.only)),
             ({4}, lambda: bench_big_file(bench, rows)),
             ({5}, lambda: bench_listing(bench, rows)),
+            ({5}, lambda: bench_walk(bench, rows)),
             ({6}, lambda: bench_upload(bench, rows)),
         ]
+        failed: dict[str, str] = {}
         for numbers, run_group in groups:
             if not numbers & args.only:
                 continue
+            untouched = {key for key, row in rows.items() if ROW_GROUP[key] in numbers and not row.measured}
             try:
                 run_group()
             except (OSError, RuntimeError, subprocess.SubprocessError, requests.RequestException) as exc:
                 logger.exception("benchmark %s failed", ",".join(map(str, sorted(numbers & args.only))))
-                for row in rows.values():
-                    if ROW_GROUP[row.key] in numbers and not row.measured:
-                        row.not_measured = f"the benchmark failed: {exc}"
+                failed.update((key, f"the benchmark failed: {exc}") for key in untouched)
+        for key, reason in failed.items():
+            if not rows[key].measured:      # a later group of the same number may have measured it
+                rows[key].not_measured = reason
     finally:
+        if bench.static is not None:
+            bench.static.stop()
         server.stop()
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -970,6 +1344,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs per row": str(args.runs) + (" (--quick)" if args.quick else ""),
         "reading": "files read in name order with 1 MiB reads, as a tool reading a series does",
         "dcm2niix": "`dcm2niix -z n -o OUT -f %s_%d DIR`",
+        "rclone": (f"{_first_line(['rclone', 'version'])}, `rclone mount` of `scripts/static_files.py` (a static "
+                   f"HTTP/WebDAV server of a copy of {PROJECT}'s tree on local disk, the same {args.latency_ms:g} "
+                   "ms added to every request, Range honoured), --dir-cache-time and --attr-timeout "
+                   f"{TTL:g}s, --read-only; configurations {', '.join(bench.rclone_configs)}; a fresh mount and "
+                   "cache folder per cold run" if bench.rclone_configs else "not run"),
     }
     info["load average at the end (1, 5, 15 min)"] = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     write_report(Path(args.out), chosen, info, settings, bench, started_at, seconds)

@@ -5,9 +5,12 @@ folders of a project one after the other. It is noticed when a folder that
 :attr:`~xnatfs.fs.nodes.Node.reads_ahead` (a subject) is opened right after
 the sibling listed before it. Then:
 
-* what the walk wants next is loaded ahead, a few loads at a time: the
-  opened subject's experiments, and the subjects after it with their
-  experiments and resources;
+* what the walk reaches next is loaded ahead, a few loads at a time: the
+  opened subject's experiments, then the subjects after it in walk order
+  with their resources and their experiments, up to
+  :data:`AHEAD_SESSIONS` experiments past the opened subject. As the walk
+  moves on, the window moves with it; a walk that stops early has cost at
+  most that many listings it never used;
 * the project counts as walked, and its project-wide searches
   (:class:`~xnatfs.fs.keys.ProjectContentsSearch`,
   :class:`~xnatfs.fs.keys.SubjectResourcesSearch`) answer the structure of
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import cachetools
 import trio
@@ -36,7 +39,10 @@ from xnatfs.fs.nodes import Listing, Node
 logger = logging.getLogger(__name__)
 
 AHEAD_PARALLEL = 16
-AHEAD_SUBJECTS = 32
+# How far ahead of a walk the mount looks: experiments (a file listing each) of
+# the subjects after the opened one. Enough to keep a walk's listings arriving
+# before it reaches them at tens of milliseconds a request, and no more.
+AHEAD_SESSIONS = 8
 
 
 class Walks:
@@ -110,7 +116,7 @@ class Walks:
         here = siblings.position(name)
         if previous is None or here is None or siblings.position(previous) != here - 1:
             return []
-        return siblings.after(name, AHEAD_SUBJECTS)
+        return siblings.after(name, AHEAD_SESSIONS)
 
     # ---- reading ahead ------------------------------------------------
 
@@ -119,16 +125,30 @@ class Walks:
 
         ``listing`` is a subject being listed: its experiments are loaded
         ahead. ``following`` are the subjects after it in its project: a
-        ``find`` or ``ls -R`` visits them next, so they (their experiments and
-        their resources) are loaded ahead too.
+        ``find`` or ``ls -R`` visits them next, in this order, so they (their
+        resources and their first :data:`AHEAD_SESSIONS` experiments between
+        them) are loaded ahead too.
         """
-        self._ahead_entries(nursery, listing)
+        self._schedule(nursery, [entry for entry in listing.entries.values() if entry.loaded_ahead])
         if following:
             self._walk(nursery, following[0])
+            nursery.start_soon(self._ahead_following, nursery, following)
+
+    async def _ahead_following(self, nursery: trio.Nursery, following: Sequence[Node]) -> None:
+        budget = AHEAD_SESSIONS
         for node in following:
-            if node.reads_ahead and node.memo_key not in self._scheduled:
-                self._scheduled[node.memo_key] = True
-                nursery.start_soon(self._ahead_folder, nursery, node)
+            if budget <= 0 or not node.reads_ahead:
+                return
+            # A subject's own listing comes from its project's, which the walk has loaded.
+            listing = await self._ahead(node)
+            if listing is None:
+                continue
+            resources = listing.entries.get(names.RESOURCES)
+            if resources is not None:
+                self._schedule(nursery, [resources])
+            sessions = [entry for entry in listing.entries.values() if entry.loaded_ahead][:budget]
+            budget -= len(sessions)
+            self._schedule(nursery, sessions)
 
     def _walk(self, nursery: trio.Nursery, node: Node) -> None:
         """Note that ``node``'s project is being walked and load its searches ahead."""
@@ -139,19 +159,12 @@ class Walks:
         for search in (ProjectContentsSearch(project), SubjectResourcesSearch(project)):
             nursery.start_soon(self._search, search)
 
-    def _ahead_entries(self, nursery: trio.Nursery, listing: Listing) -> None:
-        for node in listing.entries.values():
-            if node.loaded_ahead and node.memo_key not in self._scheduled:
+    def _schedule(self, nursery: trio.Nursery, nodes: Iterable[Node]) -> None:
+        """Load ``nodes`` ahead, but none that was scheduled lately."""
+        for node in nodes:
+            if node.memo_key not in self._scheduled:
                 self._scheduled[node.memo_key] = True
                 nursery.start_soon(self._ahead, node)
-
-    async def _ahead_folder(self, nursery: trio.Nursery, node: Node) -> None:
-        listing = await self._ahead(node)
-        if listing is not None:
-            self._ahead_entries(nursery, listing)
-            resources = listing.entries.get(names.RESOURCES)
-            if resources is not None:
-                await self._ahead(resources)
 
     async def _ahead(self, node: Node) -> Listing | None:
         async with self._ahead_slots:
