@@ -87,7 +87,7 @@ class Mutations:
         if self.settings.read_only:
             raise _fail(errno.EROFS, "%s refused: the mount is read-only", what)
         if node.read_only:
-            raise _fail(errno.EROFS, "%s refused: shared here from another project; change it there", what)
+            raise _fail(errno.EROFS, "%s refused: %s", what, node.why_read_only)
 
     @staticmethod
     def _new_name(raw: bytes, what: str) -> str:
@@ -589,6 +589,8 @@ class Mutations:
     def start_background(self, nursery: trio.Nursery) -> None:
         """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""
         self.nursery = nursery
+        if self.bids is not None:
+            self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self._background_uploads)
 

@@ -92,6 +92,7 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self.handles = OpenHandles()
+        self.bids = None          # the BIDS view (xnatfs.fs.bidsview.BidsView) when the mount shows one
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
@@ -384,11 +385,15 @@ class XnatOperations(Mutations, pyfuse3.Operations):
         return await self._open_for_reading(inode, node)
 
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
-        handle = await self._read_handle(inode, node.file)
+        handle = await node.reader(self, inode)
         number = self.handles.open_file(handle, inode)
         previous = self.handles.served(inode, handle.key)
         # The kernel may keep pages it has for this inode only if they hold these same bytes.
         return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == handle.key)
+
+    async def server_file_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
+        """A server file open for reading: from the cache, its series' zip, or its own download."""
+        return await self._read_handle(inode, remote)
 
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
