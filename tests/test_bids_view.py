@@ -291,10 +291,15 @@ def test_a_dcm2bids_config_names_the_files(fresh_server, tmp_path):
          "criteria": {"SeriesDescription": "T1w_*"}},
         {"datatype": "func", "suffix": "bold", "custom_entities": "task-rest",
          "criteria": {"SeriesDescription": "fMRI_rest"}, "sidecar_changes": {"TaskName": "rest"}},
+        # A field the listing lacks: one DICOM header of each series the description let through.
+        {"datatype": "dwi", "suffix": "dwi", "criteria": {"SeriesDescription": "DWI*", "Modality": "MR"}},
     ]}))
     with mounted(fresh_server.url, tmp_path, args=("--bids-config", str(config))) as mount:
         session = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1"
-        assert sorted(os.listdir(session)) == ["anat", "func", "sub-P01_ses-MR1_scans.tsv"]
+        fresh_server.reset_counts()
+        assert sorted(os.listdir(session)) == ["anat", "dwi", "func", "sub-P01_ses-MR1_scans.tsv"]
+        fetched = downloads(fresh_server)
+        assert len(fetched) == 1 and "/scans/9/resources/" in fetched[0]
         assert os.listdir(session / "anat") == ["sub-P01_ses-MR1_acq-mprage_T1w.json",
                                                 "sub-P01_ses-MR1_acq-mprage_T1w.nii"]
         assert os.listdir(session / "func") == [
@@ -360,3 +365,50 @@ def test_prefetch_converts_ahead_and_reads_then_cost_nothing(fresh_server, tmp_p
         for name in files:
             (subject / name).read_bytes()
         assert downloads(fresh_server) == []
+
+
+def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given_up():
+    import threading
+
+    import trio
+
+    from xnatfs.bids.rules import BuiltinRules
+    from xnatfs.fs.bidsview import BidsView
+    from xnatfs.fs.deadlines import RequestDeadlines, bounded
+
+    view = BidsView(None, None, None, BuiltinRules(), series=None, key_for=None, server_url="")
+    release = threading.Event()
+    calls = []
+
+    def conversion() -> str:
+        calls.append(1)
+        release.wait(10)
+        return "converted"
+
+    async def request(deadlines: RequestDeadlines) -> list:
+        async def waited() -> str:
+            answer = await view._wait(("test",), conversion, thread=True)
+            await bounded(trio.sleep(0))       # the budget is not spent: the wait was progress
+            return answer
+        return await deadlines.run(waited)
+
+    async def main() -> list:
+        deadlines = RequestDeadlines(0.4)
+        answers = []
+        async with trio.open_nursery() as nursery:
+            view.nursery = nursery
+            nursery.start_soon(deadlines.watch)
+
+            async def ask() -> None:
+                answers.append(await request(deadlines))
+
+            async with trio.open_nursery() as askers:
+                askers.start_soon(ask)
+                askers.start_soon(ask)
+                await trio.sleep(1.5)        # well past the 0.4 s timeout
+                release.set()
+            nursery.cancel_scope.cancel()
+        return answers
+
+    assert trio.run(main) == ["converted", "converted"]
+    assert len(calls) == 1
