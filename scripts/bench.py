@@ -13,6 +13,11 @@ kernel's page cache has been dropped (when running as root). Nothing but
 127.0.0.1 is contacted; every mount is taken down in ``finally``.
 
     .venv/bin/python scripts/bench.py [--quick] [--only 1,4] [--runs N] [--out FILE]
+
+Row 7 (the BIDS view) reads one session's converted files through a fresh
+mount against curl + unzip + dcm2niix + arranging by hand, and times pybids'
+``BIDSLayout`` on the view against a local copy (pybids comes with the
+``test`` extra).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ BIG_RESOURCE = "RAW"
 BIG_FILE = "raw_data.bin"
 UPLOAD_SUBJECT = "B0001"
 UPLOAD_SESSION = "B0001_MR1"
+BIDS_PROJECT = "BIDS01"
+BIDS_SUBJECT = "P01"
+BIDS_SESSION = "P01_MR1"
 
 
 # ---- results -------------------------------------------------------------
@@ -397,9 +405,9 @@ def dcm2niix(source: Path, out: Path) -> None:
         raise RuntimeError(f"dcm2niix wrote no NIfTI from {source}")
 
 
-def experiment_id(bench: Bench, subject: str, session: str) -> str:
+def experiment_id(bench: Bench, subject: str, session: str, project: str = PROJECT) -> str:
     with requests.Session() as http:
-        answer = http.get(f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments/{session}",
+        answer = http.get(f"{bench.url}/data/projects/{project}/subjects/{subject}/experiments/{session}",
                           params={"format": "json"}, auth=bench.auth(), timeout=60)
         answer.raise_for_status()
         return answer.json()["items"][0]["data_fields"]["ID"]
@@ -485,6 +493,84 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
             rows["2b"].theirs.append(local_time)
             with bench.fresh_mount("dcm2niix-cold") as mount:
                 rows["2a"].ours.append(timed(lambda: dcm2niix(series_folder(mount), niix / "mount-cold")))
+
+
+# ---- 7: the BIDS view -----------------------------------------------------------
+
+def all_files(root: Path) -> list[Path]:
+    """Every file below ``root`` in path order (listing a BIDS datatype folder converts it)."""
+    return sorted(Path(folder) / name for folder, _dirs, names in os.walk(root) for name in names)
+
+
+def bids_the_usual_way(bench: Bench, session_id: str, plan, target: Path) -> list[Path]:
+    """curl the session's zip, unzip it, run dcm2niix on each series the plan names, put the
+    outputs under their BIDS names: what a user does by hand (with dcm2bids or a script)."""
+    import zipfile
+
+    import dcm2niix as wheel
+
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    archive = target / "session.zip"
+    bench.curl(f"{bench.url}/data/experiments/{session_id}/scans/ALL/files?format=zip", output=str(archive))
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(target / "dicom")
+    folders = {path.parent.parent.name.split("-", 1)[0]: path for path in (target / "dicom").rglob("DICOM/files")}
+    written = []
+    for entry in plan.targets:
+        out = target / "bids" / plan.folder / entry.datatype
+        out.mkdir(parents=True, exist_ok=True)
+        run_quietly([wheel.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", entry.stem, "-o", str(out),
+                     str(folders[entry.scan.id])])
+        written += sorted(out.glob(f"{entry.stem}.*"))
+    return written
+
+
+def bench_bids(bench: Bench, rows: dict[str, Row]) -> None:
+    from xnatfs.bids.plan import plan_session
+    from xnatfs.client.connection import XnatConnection
+
+    session_id = experiment_id(bench, BIDS_SUBJECT, BIDS_SESSION, BIDS_PROJECT)
+    with XnatConnection(bench.url, USER, PASSWORD) as connection:
+        plan = plan_session("P01", "MR1", connection.get_experiment_contents(session_id).scans, extension=".nii")
+    usual = bench.work / "bids-usual"
+    local = bench.work / "bids-local"
+    for run in range(1, bench.runs + 1):
+        logger.info("BIDS view, run %d/%d", run, bench.runs)
+        with bench.fresh_mount("bids") as mount:
+            session = mount.path / BIDS_PROJECT / "BIDS" / f"sub-{BIDS_SUBJECT}" / "ses-MR1"
+            read = 0
+
+            def cold() -> None:
+                nonlocal read
+                read = read_files(all_files(session))
+
+            rows["7a"].ours.append(timed(cold))
+            files = all_files(session)
+            check_bytes(read, files)
+            rows["7b"].ours.append(timed(lambda: read_files(all_files(session))))
+            view = mount.path / BIDS_PROJECT / "BIDS"
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.copytree(view, local)
+            layout_time = bids_layout_time(view)
+            if layout_time is None:
+                rows["7c"].not_measured = "pybids is not installed (pip install '.[test]')"
+            else:
+                rows["7c"].ours.append(layout_time)
+                rows["7c"].theirs.append(bids_layout_time(local))
+        bench.drop_caches()
+        rows["7a"].theirs.append(timed(lambda: bids_the_usual_way(bench, session_id, plan, usual)))
+        local_session = local / f"sub-{BIDS_SUBJECT}" / "ses-MR1"
+        read_files(all_files(local_session))
+        rows["7b"].theirs.append(timed(lambda: read_files(all_files(local_session))))
+
+
+def bids_layout_time(root: Path) -> float | None:
+    try:
+        from bids import BIDSLayout
+    except ImportError:
+        return None
+    return timed(lambda: BIDSLayout(str(root), validate=False))
 
 
 # ---- 4: the 1 GiB file -------------------------------------------------------
@@ -774,12 +860,16 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
         Row("6", f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
             "mount", "curl PUTs", "s", at_most(1.3)),
+        Row("7a", f"cold listing + read of one session's BIDS files ({BIDS_SESSION})", "mount",
+            "curl session zip, unzip, dcm2niix, arrange", "s", at_most(1.2)),
+        Row("7b", "warm re-read of the session's BIDS files", "mount", "local copy", "s"),
+        Row("7c", f"BIDSLayout indexing of {BIDS_PROJECT}'s BIDS view", "mount", "same dataset on local disk", "s"),
     ]
     return {row.key: row for row in rows}
 
 
 ROW_GROUP = {"1a": 1, "1b": 1, "1c": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "4c": 4, "4d": 4,
-             "5a": 5, "5b": 5, "5c": 5, "6": 6}
+             "5a": 5, "5b": 5, "5c": 5, "6": 6, "7a": 7, "7b": 7, "7c": 7}
 
 # Why a goal is missed and what would close it; shown only for missed rows. Written from
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
@@ -884,7 +974,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_RUNS} run per row, {QUICK_UPLOAD_MB} MB upload")
-    parser.add_argument("--only", help="comma-separated benchmark numbers (1-6) to run")
+    parser.add_argument("--only", help="comma-separated benchmark numbers (1-7) to run")
     parser.add_argument("--runs", type=int, help=f"repetitions per row (default {FULL_RUNS}, quick {QUICK_RUNS})")
     parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report to write")
     parser.add_argument("--work-dir", help="scratch folder (default: a new temporary folder, removed after)")
@@ -892,11 +982,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
-        args.only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
+        args.only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 8))
     except ValueError:
         parser.error("--only takes numbers such as 1,4")
-    if not args.only <= set(range(1, 7)):
-        parser.error("--only takes numbers from 1 to 6")
+    if not args.only <= set(range(1, 8)):
+        parser.error("--only takes numbers from 1 to 7")
     args.runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -939,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
             ({4}, lambda: bench_big_file(bench, rows)),
             ({5}, lambda: bench_listing(bench, rows)),
             ({6}, lambda: bench_upload(bench, rows)),
+            ({7}, lambda: bench_bids(bench, rows)),
         ]
         for numbers, run_group in groups:
             if not numbers & args.only:
