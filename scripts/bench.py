@@ -515,7 +515,7 @@ def bids_the_usual_way(bench: Bench, session_id: str, plan, target: Path) -> lis
     bench.curl(f"{bench.url}/data/experiments/{session_id}/scans/ALL/files?format=zip", output=str(archive))
     with zipfile.ZipFile(archive) as opened:
         opened.extractall(target / "dicom")
-    folders = {path.parent.parent.name.split("-", 1)[0]: path for path in (target / "dicom").rglob("DICOM/files")}
+    folders = {path.parents[2].name.split("-", 1)[0]: path for path in (target / "dicom").rglob("DICOM/files")}
     written = []
     for entry in plan.targets:
         out = target / "bids" / plan.folder / entry.datatype

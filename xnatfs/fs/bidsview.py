@@ -39,7 +39,7 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,8 @@ NIFTI = ".nii"
 DICOM_LABEL = "DICOM"
 # How often a request waiting for conversions is told that they still run.
 PROGRESS_SECONDS = 1.0
-SERVER_SOURCE_KEY = "xnatfs-bids:"
+# Names the bytes of a file made in memory, for the kernel's page-cache bookkeeping (never a server URI).
+MEMORY_KEY_SCHEME = "xnatfs-bids-memory:"
 _ECHO = re.compile(r"_e(\d+)$")
 READ_ONLY_WHY = "the BIDS view is read-only"
 
@@ -106,7 +107,8 @@ class BidsView:
     """
 
     def __init__(self, connection: ArchiveClient, cache: ContentCache, converter: Converter, rules: RuleSet,
-                 *, series: SeriesFetcher, key_for, server_url: str, max_parallel: int = 2):
+                 *, series: SeriesFetcher, key_for: Callable[[RemoteFile], CacheKey], server_url: str,
+                 max_parallel: int = 2):
         self.connection = connection
         self.cache = cache
         self.converter = converter
@@ -614,7 +616,7 @@ class BytesHandle:
     def __init__(self, data: bytes):
         self.data = data
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        self.key = CacheKey(SERVER_SOURCE_KEY + digest, len(data), digest)
+        self.key = CacheKey(MEMORY_KEY_SCHEME + digest, len(data), digest)
 
     async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
         return self.data[offset:offset + length]
