@@ -919,6 +919,12 @@ MISSED_NOTES: dict[str, str] = {
           "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
           "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
           "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself.",
+    "7a": "The view converts what a folder listing asks for: a walk lists anat/, dwi/, fmap/ and func/ one "
+          "after the other, and each listing fetches its series as one zip each (a request of 20 ms and "
+          "more per series) and converts them two at a time, while the reference fetches the whole "
+          "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
+          "datatype folder of a session is listed, fetching and converting the session's other series "
+          "ahead in the background (a walk visits them next), or one session zip for all its series.",
     "6": "On the line: full runs on this machine gave medians from 1.28× to 1.32×. Each file is written "
          "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
          "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
