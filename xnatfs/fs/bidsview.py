@@ -49,7 +49,8 @@ from xnatfs import __version__
 from xnatfs.bids import dataset
 from xnatfs.bids.convert import Converter, Series, ServerConversion, find_server_conversion
 from xnatfs.bids.labels import session_labels, subject_labels
-from xnatfs.bids.plan import BidsTarget, SessionPlan, plan_session
+from xnatfs.bids.outcome import Reason
+from xnatfs.bids.plan import BidsTarget, LeftOut, SessionPlan, plan_session
 from xnatfs.bids.rules import RuleSet
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.client import paths
@@ -140,8 +141,9 @@ class BidsView:
                 return self.converter.header(entry, name=first.uri)
 
         def planned() -> SessionPlan:
-            return plan_session(subject, session, contents.scans, self.rules, header_lookup=header,
+            plan = plan_session(subject, session, contents.scans, self.rules, header_lookup=header,
                                 extension=NIFTI)
+            return _with_sources_only(plan, by_resource)
 
         return await self._wait(("plan", id(contents), id(files), subject, session), planned, thread=True)
 
@@ -342,6 +344,21 @@ def _by_resource(files: Sequence[RemoteFile]) -> dict[str, list[RemoteFile]]:
     for remote in files:
         grouped[remote.resource_uri].append(remote)
     return grouped
+
+
+def _with_sources_only(plan: SessionPlan, by_resource: Mapping[str, Sequence[RemoteFile]]) -> SessionPlan:
+    """The plan with targets that have nothing to convert or serve left out (``no-files``),
+    so no datatype folder is shown that could only be empty."""
+    entries = []
+    for entry in plan.entries:
+        if isinstance(entry, BidsTarget):
+            scan = entry.scan
+            has_server = find_server_conversion({r.label: by_resource.get(r.uri, ()) for r in scan.resources})
+            if has_server is None and not _dicom_files(scan, by_resource):
+                entry = LeftOut(scan, Reason.NO_FILES, "no DICOM files and no NIFTI or BIDS resource", entry.rule,
+                                entry.header_used)
+        entries.append(entry)
+    return SessionPlan(plan.subject, plan.session, tuple(entries))
 
 
 def _dicom_files(scan: Scan, by_resource: Mapping[str, Sequence[RemoteFile]]) -> list[RemoteFile]:
