@@ -156,7 +156,6 @@ class BidsView:
 
         async def build() -> dict[str, Node]:
             found: dict[str, Node] = {}
-
             project = parent.session.experiment.project
 
             async def one(target: BidsTarget) -> None:
@@ -173,7 +172,8 @@ class BidsView:
                     nursery.start_soon(one, target)
             return dict(sorted(found.items()))
 
-        return await self._wait(("files", id(plan), datatype, id(files)), build, thread=False)
+        # Keyed by the listing, not the plan object: every caller listing the folder meanwhile shares one build.
+        return await self._wait(("files", parent.session.experiment.id, datatype, id(files)), build, thread=False)
 
     def _failed(self, plan: SessionPlan, target: BidsTarget, exc: XnatError, failure_key: tuple[str, str]) -> None:
         scan = target.scan
