@@ -20,6 +20,11 @@ kernel's page cache has been dropped (when running as root). Nothing but
 
     .venv/bin/python scripts/bench.py [--quick] [--only 1,4] [--runs N] [--out FILE]
                                       [--rclone webdav-off,http-full | none]
+
+Row 7 (the BIDS view) reads one session's converted files through a fresh
+mount against curl + unzip + dcm2niix + arranging by hand, and times pybids'
+``BIDSLayout`` on the view against a local copy (pybids comes with the
+``test`` extra).
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ RCLONE_CONFIGS = ("http-full", "http-off", "webdav-full", "webdav-off")
 # A warm walk asks rclone's own caches only; which backend and cache mode filled them does not matter.
 RCLONE_WARM_WALK_PREFERRED = "webdav-off"
 STATIC_SERVER = REPO / "scripts" / "static_files.py"
+
+BIDS_PROJECT = "BIDS01"
+BIDS_SUBJECT = "P01"
+BIDS_SESSION = "P01_MR1"
 
 
 # ---- results -------------------------------------------------------------
@@ -588,9 +597,9 @@ def dcm2niix(source: Path, out: Path) -> None:
         raise RuntimeError(f"dcm2niix wrote no NIfTI from {source}")
 
 
-def experiment_id(bench: Bench, subject: str, session: str) -> str:
+def experiment_id(bench: Bench, subject: str, session: str, project: str = PROJECT) -> str:
     with requests.Session() as http:
-        answer = http.get(f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments/{session}",
+        answer = http.get(f"{bench.url}/data/projects/{project}/subjects/{subject}/experiments/{session}",
                           params={"format": "json"}, auth=bench.auth(), timeout=60)
         answer.raise_for_status()
         return answer.json()["items"][0]["data_fields"]["ID"]
@@ -706,6 +715,84 @@ def peer_series(bench: Bench, rows: dict[str, Row], wanted: set[int], config: st
         with bench.fresh_rclone(config, "dcm2niix-cold") as peer:
             rows["2a"].peer.setdefault(config, []).append(
                 timed(lambda: dcm2niix(series_folder(peer), niix / "rclone-cold")))
+
+
+# ---- 7: the BIDS view -----------------------------------------------------------
+
+def all_files(root: Path) -> list[Path]:
+    """Every file below ``root`` in path order (listing a BIDS datatype folder converts it)."""
+    return sorted(Path(folder) / name for folder, _dirs, names in os.walk(root) for name in names)
+
+
+def bids_the_usual_way(bench: Bench, session_id: str, plan, target: Path) -> list[Path]:
+    """curl the session's zip, unzip it, run dcm2niix on each series the plan names, put the
+    outputs under their BIDS names: what a user does by hand (with dcm2bids or a script)."""
+    import zipfile
+
+    import dcm2niix as wheel
+
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    archive = target / "session.zip"
+    bench.curl(f"{bench.url}/data/experiments/{session_id}/scans/ALL/files?format=zip", output=str(archive))
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(target / "dicom")
+    folders = {path.parents[2].name.split("-", 1)[0]: path for path in (target / "dicom").rglob("DICOM/files")}
+    written = []
+    for entry in plan.targets:
+        out = target / "bids" / plan.folder / entry.datatype
+        out.mkdir(parents=True, exist_ok=True)
+        run_quietly([wheel.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", entry.stem, "-o", str(out),
+                     str(folders[entry.scan.id])])
+        written += sorted(out.glob(f"{entry.stem}.*"))
+    return written
+
+
+def bench_bids(bench: Bench, rows: dict[str, Row]) -> None:
+    from xnatfs.bids.plan import plan_session
+    from xnatfs.client.connection import XnatConnection
+
+    session_id = experiment_id(bench, BIDS_SUBJECT, BIDS_SESSION, BIDS_PROJECT)
+    with XnatConnection(bench.url, USER, PASSWORD) as connection:
+        plan = plan_session("P01", "MR1", connection.get_experiment_contents(session_id).scans, extension=".nii")
+    usual = bench.work / "bids-usual"
+    local = bench.work / "bids-local"
+    for run in range(1, bench.runs + 1):
+        logger.info("BIDS view, run %d/%d", run, bench.runs)
+        with bench.fresh_mount("bids") as mount:
+            session = mount.path / BIDS_PROJECT / "BIDS" / f"sub-{BIDS_SUBJECT}" / "ses-MR1"
+            read = 0
+
+            def cold() -> None:
+                nonlocal read
+                read = read_files(all_files(session))
+
+            rows["7a"].ours.append(timed(cold))
+            files = all_files(session)
+            check_bytes(read, files)
+            rows["7b"].ours.append(timed(lambda: read_files(all_files(session))))
+            view = mount.path / BIDS_PROJECT / "BIDS"
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.copytree(view, local)
+            layout_time = bids_layout_time(view)
+            if layout_time is None:
+                rows["7c"].not_measured = "pybids is not installed (pip install '.[test]')"
+            else:
+                rows["7c"].ours.append(layout_time)
+                rows["7c"].theirs.append(bids_layout_time(local))
+        bench.drop_caches()
+        rows["7a"].theirs.append(timed(lambda: bids_the_usual_way(bench, session_id, plan, usual)))
+        local_session = local / f"sub-{BIDS_SUBJECT}" / "ses-MR1"
+        read_files(all_files(local_session))
+        rows["7b"].theirs.append(timed(lambda: read_files(all_files(local_session))))
+
+
+def bids_layout_time(root: Path) -> float | None:
+    try:
+        from bids import BIDSLayout
+    except ImportError:
+        return None
+    return timed(lambda: BIDSLayout(str(root), validate=False))
 
 
 # ---- 4: the 1 GiB file -------------------------------------------------------
@@ -1078,12 +1165,16 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
             "s"),
         Row("6", f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
             "mount", "curl PUTs", "s", at_most(1.3)),
+        Row("7a", f"cold listing + read of one session's BIDS files ({BIDS_SESSION})", "mount",
+            "curl session zip, unzip, dcm2niix, arrange", "s", at_most(1.2)),
+        Row("7b", "warm re-read of the session's BIDS files", "mount", "local copy", "s"),
+        Row("7c", f"BIDSLayout indexing of {BIDS_PROJECT}'s BIDS view", "mount", "same dataset on local disk", "s"),
     ]
     return {row.key: row for row in rows}
 
 
 ROW_GROUP = {"1a": 1, "1b": 1, "1c": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "4c": 4, "4d": 4,
-             "5a": 5, "5b": 5, "5c": 5, "5d": 5, "5e": 5, "6": 6}
+             "5a": 5, "5b": 5, "5c": 5, "5d": 5, "5e": 5, "6": 6, "7a": 7, "7b": 7, "7c": 7}
 # Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
 PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e"}
 RCLONE_SKIPPED = {
@@ -1148,6 +1239,12 @@ MISSED_NOTES: dict[str, str] = {
     "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
           "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
           "window grew or moved ahead of the walk.",
+    "7a": "The view converts what a folder listing asks for: a walk lists anat/, dwi/, fmap/ and func/ one "
+          "after the other, and each listing fetches its series as one zip each (a request of 20 ms and "
+          "more per series) and converts them two at a time, while the reference fetches the whole "
+          "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
+          "datatype folder of a session is listed, fetching and converting the session's other series "
+          "ahead in the background (a walk visits them next), or one session zip for all its series.",
     "6": "On the line: full runs on this machine gave medians from 1.28× to 1.32×. Each file is written "
          "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
          "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
@@ -1224,7 +1321,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_RUNS} run per row, {QUICK_UPLOAD_MB} MB upload")
-    parser.add_argument("--only", help="comma-separated benchmark numbers (1-6) to run")
+    parser.add_argument("--only", help="comma-separated benchmark numbers (1-7) to run")
     parser.add_argument("--runs", type=int, help=f"repetitions per row (default {FULL_RUNS}, quick {QUICK_RUNS})")
     parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report to write")
     parser.add_argument("--work-dir", help="scratch folder (default: a new temporary folder, removed after)")
@@ -1236,11 +1333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
-        args.only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 7))
+        args.only = {int(part) for part in args.only.split(",")} if args.only else set(range(1, 8))
     except ValueError:
         parser.error("--only takes numbers such as 1,4")
-    if not args.only <= set(range(1, 7)):
-        parser.error("--only takes numbers from 1 to 6")
+    if not args.only <= set(range(1, 8)):
+        parser.error("--only takes numbers from 1 to 7")
     args.rclone = [] if args.rclone == "none" else [part for part in args.rclone.split(",") if part]
     if not set(args.rclone) <= set(RCLONE_CONFIGS):
         parser.error(f"--rclone takes configurations from {', '.join(RCLONE_CONFIGS)}, or none")
@@ -1308,6 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
             ({5}, lambda: bench_listing(bench, rows)),
             ({5}, lambda: bench_walk(bench, rows)),
             ({6}, lambda: bench_upload(bench, rows)),
+            ({7}, lambda: bench_bids(bench, rows)),
         ]
         failed: dict[str, str] = {}
         for numbers, run_group in groups:

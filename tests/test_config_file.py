@@ -52,3 +52,13 @@ def test_tables_for_a_server_come_weakest_first(tmp_path):
     assert mount_tables(document, "https://x.org/") == [("[defaults]", {"ttl": 1}),
                                                         ("[servers.'https://x.org/']", {"ttl": 2})]
     assert mount_tables(document, "https://other.org") == [("[defaults]", {"ttl": 1})]
+
+
+def test_the_bids_view_is_set_from_the_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[defaults]\nbids = false\n[servers."https://xnat.example.org"]\nbids_config = "~/dcm2bids.json"\n')
+    settings = load_config(path, "https://xnat.example.org")
+    assert settings.bids is False
+    assert settings.bids_config is not None and settings.bids_config.name == "dcm2bids.json"
+    assert not str(settings.bids_config).startswith("~")
+    assert load_config(tmp_path / "absent.toml", "https://xnat.example.org").bids is True

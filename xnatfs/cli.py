@@ -1,4 +1,4 @@
-"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, status, refresh, fake-server.
+"""The ``xnatfs`` command: mount, unmount, demo, prefetch, cache, uploads, status, refresh, bids-check, fake-server.
 
 Every problem the user can fix (a wrong URL, refused credentials, a
 mountpoint that is not an empty folder, no /dev/fuse) is reported as one
@@ -117,10 +117,26 @@ def _settings_from_args(args) -> MountSettings:
         changes["log_file"] = Path(args.log_file).expanduser()
     if args.insecure:
         changes["verify_tls"] = False
+    if args.no_bids:
+        changes["bids"] = False
+    if args.bids_config is not None:
+        changes["bids_config"] = Path(args.bids_config).expanduser()
     settings = replace(settings, **changes)
+    if settings.bids and settings.bids_config is not None:
+        _check_bids_config(settings.bids_config)
     # The daemon works from "/": every path it is given must stand on its own.
     return replace(settings, cache_dir=Path(os.path.abspath(settings.cache_dir)), log_file=_absolute(settings.log_file),
-                   password_file=_absolute(settings.password_file))
+                   password_file=_absolute(settings.password_file), bids_config=_absolute(settings.bids_config))
+
+
+def _check_bids_config(path: Path) -> None:
+    """Refuse a dcm2bids config that cannot be used before the mount starts."""
+    from xnatfs.bids.dcm2bids import load_config as load_bids_config
+
+    try:
+        load_bids_config(path)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _absolute(path: Path | None) -> Path | None:
@@ -657,6 +673,37 @@ def cmd_refresh(args) -> int:
     return 0
 
 
+def cmd_bids_check(args) -> int:
+    from xnatfs.fs.control import ControlError, ask
+
+    mountpoint, relative = _inside_mount(args.path)
+    try:
+        answer = ask(mountpoint, {"request": "bids-check", "path": relative})
+    except ControlError as exc:
+        raise UsageProblem(f"cannot check {args.path}: {exc}") from None
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    for entry in answer["left_out"] + answer["failed"]:
+        print(f"{entry['session']}  scan {entry['scan']} ({entry['description'] or 'no description'}): "
+              f"{entry['reason']}: {entry['detail']}")
+    print(f"{len(answer['left_out'])} series left out, {len(answer['failed'])} conversion(s) failed")
+    return 0
+
+
+def _inside_mount(path: str) -> tuple[str, str]:
+    """``(mountpoint, path relative to it)`` for a path inside a running mount."""
+    from xnatfs.fs.mount import fuse_mounts
+
+    target = os.path.abspath(os.path.expanduser(path))
+    inside = [m for m in fuse_mounts() if target == m or target.startswith(m.rstrip("/") + "/")]
+    if not inside:
+        raise UsageProblem(f"{path} is not inside a mounted file system")
+    mountpoint = max(inside, key=len)
+    relative = os.path.relpath(target, mountpoint)
+    return mountpoint, "" if relative == "." else relative
+
+
 # ---- parser ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -687,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--log-file", help="log here (daemon default: ~/.local/state/xnatfs/xnatfs.log)")
     mount.add_argument("--config", help="TOML config file (default ~/.config/xnatfs/config.toml)")
     mount.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    mount.add_argument("--no-bids", action="store_true", help="do not show the BIDS/ view of each project")
+    mount.add_argument("--bids-config", metavar="FILE",
+                       help="a dcm2bids config (JSON) naming the BIDS view's files instead of the built-in rules")
     mount.set_defaults(handler=cmd_mount)
 
     unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
@@ -739,6 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("path", help="a folder inside a mount")
     refresh.add_argument("-r", "--recursive", action="store_true", help="also the folders below it")
     refresh.set_defaults(handler=cmd_refresh)
+
+    bids_check = commands.add_parser("bids-check",
+                                     help="list the series a project's BIDS view leaves out, and why")
+    bids_check.add_argument("path", help="MOUNT/<project>/BIDS")
+    bids_check.add_argument("--json", action="store_true", help="print the answer as JSON")
+    bids_check.set_defaults(handler=cmd_bids_check)
 
     # Listed for --help; main() hands its arguments to the fake server's parser.
     commands.add_parser("fake-server", help="run the fake XNAT server (see xnatfs fake-server --help)")

@@ -248,6 +248,26 @@ class Converter:
             self.cache.discard_uri(key.uri)
         raise XnatConversionError("the cache keeps dropping this series' outputs", url=series.uri)
 
+    def header(self, file: CachedFile, *, name: str = "") -> dict:
+        """The sidecar fields dcm2niix reads from one DICOM file (``-b o``: no image
+        is written), as a dcm2bids config's criteria see them."""
+        with tempfile.TemporaryDirectory(prefix="xnatfs-header-", dir=self.scratch_dir) as scratch:
+            source = Path(scratch) / "dicom"
+            target = Path(scratch) / "out"
+            source.mkdir()
+            target.mkdir()
+            os.symlink(file.path, source / "000000.dcm")
+            series = Series(name or str(file.path), ())
+            with self._slots:
+                self._run_converter(series, source, target, "o")
+            sidecars = sorted(target.glob("*.json"))
+            if not sidecars:
+                raise self._failure(series, "dcm2niix read no DICOM header", _tail(_listing(target)))
+            try:
+                return json.loads(sidecars[0].read_text(encoding="utf-8", errors="replace"))
+            except ValueError as exc:
+                raise self._failure(series, f"dcm2niix wrote an unreadable sidecar: {exc}", "") from None
+
     # -- converting ---------------------------------------------------------
 
     def _cached_file(self, file: SeriesFile) -> CachedFile:
@@ -300,8 +320,8 @@ class Converter:
             raise self._failure(series, "dcm2niix wrote no NIfTI", _tail(_listing(target)))
         return outputs
 
-    def _run_converter(self, series: Series, source: Path, target: Path) -> None:
-        command = [self.binary, "-z", "n", "-b", "y", "-ba", "y", "-i", "n", "-f", OUTPUT_STEM,
+    def _run_converter(self, series: Series, source: Path, target: Path, sidecars: str = "y") -> None:
+        command = [self.binary, "-z", "n", "-b", sidecars, "-ba", "y", "-i", "n", "-f", OUTPUT_STEM,
                    "-o", str(target), str(source)]
         try:
             # A session of its own, so that a timeout kills whatever the converter started too

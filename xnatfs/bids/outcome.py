@@ -18,6 +18,7 @@ class Reason(StrEnum):
     AMBIGUOUS = "ambiguous"          # several descriptions of a config match
     COLLISION = "collision"          # another scan got the very same name
     INVALID = "invalid"              # the rule's answer is not a valid BIDS name
+    NO_FILES = "no-files"            # named, but no DICOM files nor a server conversion to serve
 
 
 @dataclass(frozen=True, slots=True)

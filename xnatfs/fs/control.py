@@ -11,7 +11,10 @@ connection:
 * ``{"request": "status"}`` → what the mount is doing (see :func:`status`);
 * ``{"request": "refresh", "path": "P/S", "recursive": false}`` → the cached
   listings of that folder (relative to the mountpoint) are dropped, and so
-  are the kernel's entries for it, so the next ``ls`` asks the server.
+  are the kernel's entries for it, so the next ``ls`` asks the server;
+* ``{"request": "bids-check", "path": "P/BIDS"}`` → every scan of the
+  project's BIDS view left out, with its reason, and the conversions that
+  failed (see :func:`bids_check`).
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 The daemon never touches its own mountpoint: paths are resolved through
@@ -134,6 +137,8 @@ class ControlServer:
             return await self.status()
         if kind == "refresh":
             return await refresh(self.ops, str(request.get("path", "")), bool(request.get("recursive")))
+        if kind == "bids-check":
+            return await bids_check(self.ops, str(request.get("path", "")))
         raise ValueError(f"unknown request {kind!r}")
 
     async def status(self) -> dict:
@@ -189,6 +194,25 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
         if len(data) > MAX_REQUEST_BYTES:
             raise ValueError("request too long")
     return data.split(b"\n", 1)[0]
+
+
+# ---- bids-check -----------------------------------------------------------------
+
+async def bids_check(ops, relative: str) -> dict:
+    """The scans of a project's BIDS view left out (and why) and the conversions that failed.
+
+    ``relative`` is the ``P/BIDS`` folder (or any folder in it)."""
+    from xnatfs.fs.bidsview import BidsRootDir
+
+    parts = _path_parts(relative)
+    if ops.bids is None:
+        raise ValueError("this mount shows no BIDS view (mounted with --no-bids, or no converter)")
+    if len(parts) < 2 or parts[1] != "BIDS":
+        raise ValueError(f"not in a BIDS view: {relative or '/'} (give MOUNT/<project>/BIDS)")
+    root = await _find(ops, parts[:2])
+    if not isinstance(root, BidsRootDir):
+        raise ValueError(f"not a BIDS view: {'/'.join(parts[:2])}")
+    return {"path": "/".join(parts[:2]), **await ops.bids.check(ops.tree, root)}
 
 
 # ---- refreshing ---------------------------------------------------------------

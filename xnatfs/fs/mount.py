@@ -32,11 +32,16 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from xnatfs.bids.convert import Converter
+from xnatfs.bids.dcm2bids import load_config as load_bids_config
+from xnatfs.bids.rules import BuiltinRules
 from xnatfs.cache.content import ContentCache
 from xnatfs.cache.listing import ListingCache
 from xnatfs.cache.spool import UploadSpool
-from xnatfs.errors import redact_url
+from xnatfs.errors import XnatError, redact_url
+from xnatfs.fs.bidsview import BidsView
 from xnatfs.fs.control import ControlServer
+from xnatfs.fs.names import BIDS
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
 from xnatfs.fs.keys import ProjectsKey
@@ -47,6 +52,9 @@ logger = logging.getLogger(__name__)
 Notify = Callable[[str | None], None]
 
 PROFILE_ENV = "XNATFS_PROFILE"
+# dcm2niix runs at once, and how long one may take (the sample's series take well under a second).
+BIDS_CONVERSIONS = 2
+BIDS_CONVERSION_TIMEOUT = 300.0
 
 
 def build_operations(settings: MountSettings, connection, *, projects=None) -> XnatOperations:
@@ -61,7 +69,25 @@ def build_operations(settings: MountSettings, connection, *, projects=None) -> X
     limiter = trio.CapacityLimiter(settings.workers)
     tree = Tree(connection, listings, limiter, started_at=time.time())
     cache = ContentCache(settings.cache_dir, settings.cache_size)
-    return XnatOperations(tree, cache, settings, UploadSpool(settings.spool_dir))
+    ops = XnatOperations(tree, cache, settings, UploadSpool(settings.spool_dir))
+    if settings.bids:
+        add_bids_view(ops)
+    return ops
+
+
+def add_bids_view(ops: XnatOperations) -> None:
+    """Show ``BIDS/`` in every project folder; without a converter that runs, say so and show none."""
+    settings = ops.settings
+    try:
+        converter = Converter(ops.cache, max_parallel=BIDS_CONVERSIONS, timeout=BIDS_CONVERSION_TIMEOUT)
+        rules = load_bids_config(settings.bids_config) if settings.bids_config is not None else BuiltinRules()
+    except XnatError as exc:
+        logger.warning("no BIDS view: %s", exc)
+        return
+    view = BidsView(ops.connection, ops.cache, converter, rules, series=ops.series, key_for=ops.cache_key,
+                    server_url=settings.url, max_parallel=BIDS_CONVERSIONS)
+    ops.bids = view
+    ops.tree.views[BIDS] = view.folder
 
 
 def fuse_options(settings: MountSettings) -> set[str]:

@@ -158,7 +158,7 @@ class Mutations:
         if self.settings.read_only:
             raise refused(errno.EROFS, "%s refused: the mount is read-only", what)
         if node.read_only:
-            raise refused(errno.EROFS, "%s refused: shared here from another project; change it there", what)
+            raise refused(errno.EROFS, "%s refused: %s", what, node.why_read_only)
 
     @staticmethod
     def _new_name(raw: bytes, what: str) -> str:

@@ -34,7 +34,11 @@ EXTENSION_MAX = 16
 
 RESOURCES = "RESOURCES"
 SCANS = "SCANS"
+BIDS = "BIDS"
 RESERVED = frozenset({RESOURCES, SCANS})
+# A project folder also holds the BIDS view; the name stays reserved when the
+# view is turned off, so a subject's folder name never depends on a mount option.
+PROJECT_RESERVED = RESERVED | {BIDS}
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\ud800-\udfff]")
 _UNSAFE_IN_TYPE = re.compile(r"[^A-Za-z0-9._+-]")

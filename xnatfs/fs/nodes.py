@@ -72,6 +72,9 @@ class ListingContext(Protocol):
     def searchable(self, key: ListingKey, project: str) -> None:
         """Note that a walk of ``project`` may answer ``key`` from the project's search."""
 
+    def project_views(self, project: ProjectDir) -> dict[str, Node]:
+        """The other views a project folder shows beside its subjects (``BIDS/``), by name."""
+
 
 class ListingSource(Protocol):
     """Where a node completing itself gets a raw listing from."""
@@ -154,6 +157,7 @@ class Node:
     nlink: int = 1               # 2 + sub-directories where known; 1 means "not counted"
 
     is_dir = True
+    why_read_only = "shared here from another project; change it there"
     volatile = False             # its attributes change under the same snapshot: never reused
     reads_ahead = False          # opening it during a walk loads what the walk wants next
     loaded_ahead = False         # loaded ahead when the folder holding it is opened during a walk
@@ -263,6 +267,12 @@ class DirNode(Node):
         """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
         raise NotImplementedError
 
+    async def derived(self, raws: tuple) -> tuple:
+        """What :meth:`entries` is built from: the raw listings, or what a kind of
+        folder works out from them first (a conversion, say); asked only when the
+        raw listings changed."""
+        return raws
+
     def listed(self) -> tuple[tuple[ListingKey, ...], Hashable]:
         """``(listing keys, memo key)``: what the entries come from, and what they are kept under."""
         listed = self._listed
@@ -336,7 +346,7 @@ class ProjectDir(DirNode):
                 subjects.append(Subject(id=subject_id, label=first.subject_label or subject_id,
                                         project=first.project, shared=True))
                 known.add(subject_id)
-        dir_names = names.label_names([(s.label, s.id) for s in subjects], names.RESERVED)
+        dir_names = names.label_names([(s.label, s.id) for s in subjects], names.PROJECT_RESERVED)
         found: dict[str, Node] = {}
         for name, subject in zip(dir_names, subjects):
             if name != subject.label:
@@ -349,6 +359,7 @@ class ProjectDir(DirNode):
                 subject=subject,
             )
         found[names.RESOURCES] = ResourcesDir(mtime=context.started_at, owner_uri=self.uri)
+        found.update(context.project_views(self))
         return Listing(found)
 
     def xattr_values(self) -> dict[str, str]:
@@ -764,6 +775,10 @@ class FileNode(Node):
 
     async def unlink(self, context: WriteContext) -> None:
         await context.delete_remote(self.file)
+
+    async def reader(self, ops, inode: int):
+        """An open handle on the bytes (see :class:`xnatfs.fs.reading.ReadHandle`)."""
+        return await ops.server_file_handle(inode, self.file)
 
     def xattr_values(self) -> dict[str, str]:
         remote = self.file

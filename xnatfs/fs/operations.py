@@ -101,6 +101,7 @@ class XnatOperations(pyfuse3.Operations):
                                  inodes=self.inodes, handles=self.handles, writer=self.writer, spool=spool,
                                  retries=self.retries, series=self.series, cache=cache, hot=self.hot,
                                  cache_key=self.cache_key)
+        self.bids = None          # the BIDS view (xnatfs.fs.bidsview.BidsView) when the mount shows one
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
@@ -393,11 +394,15 @@ class XnatOperations(pyfuse3.Operations):
         return await self._open_for_reading(inode, node)
 
     async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
-        handle = await self._read_handle(inode, node.file)
+        handle = await node.reader(self, inode)
         number = self.handles.open_file(handle, inode)
         previous = self.handles.served(inode, handle.key)
         # The kernel may keep pages it has for this inode only if they hold these same bytes.
         return pyfuse3.FileInfo(fh=number, keep_cache=previous is None or previous == handle.key)
+
+    async def server_file_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
+        """A server file open for reading: from the cache, its series' zip, or its own download."""
+        return await self._read_handle(inode, remote)
 
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
@@ -508,8 +513,11 @@ class XnatOperations(pyfuse3.Operations):
     # ---- background work ------------------------------------------------
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        """Start the request bound's watch and the uploads' retries in ``nursery``."""
+        """Start the request bound's watch and the uploads' retries in ``nursery``;
+        the BIDS view, if shown, converts in it."""
         self.nursery = nursery
+        if self.bids is not None:
+            self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
 

@@ -81,7 +81,7 @@ class SeriesFetcher:
         return self._running.get(resource_uri)
 
     def start(self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile],
-              *, fetched_alone: RemoteFile) -> bool:
+              *, fetched_alone: RemoteFile | None) -> bool:
         """Start zipping ``resource_uri`` unless it is running or done; True if started now.
 
         ``fetched_alone`` is the file the caller downloads by itself meanwhile;
@@ -89,10 +89,22 @@ class SeriesFetcher:
         """
         if resource_uri in self._running or resource_uri in self._done:
             return False
-        wanted = [f for f in files if f.uri != fetched_alone.uri]
+        wanted = [f for f in files if fetched_alone is None or f.uri != fetched_alone.uri]
         flight = self._running[resource_uri] = SeriesFlight(wanted)
         nursery.start_soon(self._fetch, resource_uri, list(files), wanted, flight)
         return True
+
+    async def fetch_whole(self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile]) -> None:
+        """Zip the whole series into the cache (or wait for the zip under way).
+
+        Returns at once for a series zipped before or not worth a zip; files
+        still missing afterwards are the caller's to fetch one by one.
+        """
+        if self.eligible(files):
+            self.start(nursery, resource_uri, files, fetched_alone=None)
+        flight = self._running.get(resource_uri)
+        if flight is not None:
+            await flight.done.wait()
 
     def forget(self, resource_uri: str) -> None:
         """Allow a new zip of a resource whose files we changed."""

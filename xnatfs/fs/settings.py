@@ -69,6 +69,8 @@ class MountSettings:
     timeout: float = 30.0                # seconds a request may wait without progress, then EIO
     max_answer_size: int = 64 << 20      # the largest listing, search or item JSON held in memory
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a file written through the mount may grow to this (else EFBIG)
+    bids: bool = True                    # every project shows a BIDS/ view
+    bids_config: Path | None = None      # a dcm2bids config replacing the built-in naming rules
 
     @property
     def negative_ttl(self) -> float:
@@ -85,7 +87,7 @@ _CONFIG_KEYS = {
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
     "series_zip_size": parse_size, "timeout": float, "max_answer_size": parse_size,
-    "max_file_size": parse_size,
+    "max_file_size": parse_size, "bids": bool, "bids_config": Path,
 }
 
 

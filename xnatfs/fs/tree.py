@@ -47,6 +47,8 @@ class Tree:
         self.walks = Walks(connection, listings, limiter, self.children)
         self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
         self._reported: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
+        # Views a project folder shows beside its subjects: name → node for a project.
+        self.views: dict[str, Callable[[DirNode], Node]] = {}
 
     # ---- raw listings -------------------------------------------------
 
@@ -105,7 +107,7 @@ class Tree:
         memo = self._memo.get(memo_key)
         if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
             return memo[1]
-        listing = node.entries(self, raws)
+        listing = node.entries(self, await node.derived(raws))
         self._memo[memo_key] = (raws, listing)
         return listing
 
@@ -146,6 +148,9 @@ class Tree:
 
     def searchable(self, key: ListingKey, project: str) -> None:
         self.walks.searchable(key, project)
+
+    def project_views(self, project: DirNode) -> dict[str, Node]:
+        return {name: make(project) for name, make in self.views.items()}
 
     def by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
         """A project's experiments by subject, worked out once per raw listing."""
