@@ -110,6 +110,8 @@ class Walks:
 
         Like the kernel's read-ahead: only when the sibling opened before this
         one came right before it, so one ``ls`` of a folder loads nothing extra.
+        No more than :data:`AHEAD_SESSIONS`: the window of sessions never needs
+        more subjects than that.
         """
         previous = self._last_opened.get(parent_path)
         self._last_opened[parent_path] = name
