@@ -18,6 +18,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -273,6 +274,17 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
     assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
 
 
+def _download_under_way(folder: Path) -> bool:
+    """A partial download in ``folder`` holds bytes (one may be finished and gone between listing and stat)."""
+    for part in folder.glob("*.part"):
+        try:
+            if part.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def test_sigkill_of_one_of_two_mounts_sharing_a_cache(fake_xnat, tmp_path):
     files = server_files(fake_xnat, projects=("STUDY01",))
     chosen = {r: f for r, f in files.items() if "/SUB002_MR1/" in r}
@@ -287,8 +299,7 @@ def test_sigkill_of_one_of_two_mounts_sharing_a_cache(fake_xnat, tmp_path):
             doomed.submit(read_file, first.path / relative)
         survivors = ThreadPoolExecutor(8)
         results = {relative: survivors.submit(read_file, second.path / relative) for relative in sorted(chosen)}
-        wait_until(lambda: any(p.stat().st_size > 0 for p in (cache_dir / "tmp").glob("*.part")),
-                   what="the first mount's downloads to be under way")
+        wait_until(lambda: _download_under_way(cache_dir / "tmp"), what="the first mount's downloads to be under way")
         assert not all(future.done() for future in results.values()), "nothing was left to read after the kill"
         kill(first)
         doomed.shutdown(wait=True, cancel_futures=True)
