@@ -4,9 +4,9 @@ A file written through the mount lives in the upload spool until XNAT has
 it. While it is being written, while its upload is pending or failed, and
 for one listing TTL after it was uploaded, the mount shows (and serves) our
 copy; a file we deleted stays hidden for a TTL (unless we upload a new one
-under its name), and a sub-folder made inside
-a resource exists only here until a file is written in it. All of this sits
-on top of the listings the tree derives from XNAT (:meth:`Overlay.merge`).
+under its name), and a sub-folder made inside a resource exists only here
+until a file is written in it. All of this sits on top of the listings the
+tree derives from XNAT (:meth:`Overlay.merge`).
 """
 
 from __future__ import annotations
