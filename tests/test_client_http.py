@@ -52,6 +52,19 @@ def test_one_login_serves_many_requests_and_close_logs_out(fake_xnat):
     assert fake_xnat.count("DELETE", "/data/JSESSION") == 1
 
 
+def test_close_skips_the_logout_after_a_request_the_server_left_unanswered(fake_xnat):
+    with connect(fake_xnat, timeout=5.0, retries=0) as conn:
+        conn.list_projects()
+        session_id = conn.session._jsession
+        fake_xnat.set_faults(stall_ms=2_000, stall_rate=1.0)
+        with bounded_by(Budget(0.3)), pytest.raises(XnatTimeout):
+            conn.list_projects()
+        fake_xnat.set_faults()
+    # A logout would have waited a whole timeout on a server that had stopped answering.
+    assert fake_xnat.count("DELETE", "/data/JSESSION") == 0
+    assert fake_xnat.auth.session_user(session_id) == fake_xnat.username
+
+
 def test_expired_session_is_renewed_transparently(fake_xnat):
     with connect(fake_xnat) as conn:
         fake_xnat.session_timeout = 0.3

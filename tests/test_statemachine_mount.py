@@ -501,3 +501,15 @@ def test_regression_a_name_reused_while_the_removed_file_is_open(fake_xnat, tmp_
     # the old descriptor's reads by the new file.
     replay(fake_xnat, tmp_path, [("create", "b.dcm", b"the removed file's bytes"), ("remove", "b.dcm"),
                                  ("create", "b.dcm", b"\x00")])
+
+
+def test_regression_a_file_removed_while_open_under_a_name_just_deleted(fake_xnat, tmp_path):
+    # After the remount the listing holds the server's a.txt; the new a.txt took
+    # the deletion's place, and unlinking it while open brought the old file back.
+    replay(fake_xnat, tmp_path, [("write", "a.txt", b"x"), ("remount",), ("remove", "a.txt"),
+                                 ("create", "a.txt", b"y"), ("remove", "a.txt")])
+
+
+def test_regression_a_new_file_renamed_away_from_a_name_just_deleted(fake_xnat, tmp_path):
+    replay(fake_xnat, tmp_path, [("write", "a.txt", b"x"), ("remount",), ("remove", "a.txt"),
+                                 ("create", "a.txt", b"y"), ("rename", "a.txt", "b.dcm")])

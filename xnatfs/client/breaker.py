@@ -40,6 +40,12 @@ class CircuitBreaker:
         with self._lock:
             return self._open_until is not None
 
+    @property
+    def silent(self) -> bool:
+        """The last request found the server silent (it timed out)."""
+        with self._lock:
+            return self._failures > 0
+
     def before_request(self, url: str) -> None:
         """Raise :class:`XnatUnavailable` if this request must fail fast."""
         with self._lock:

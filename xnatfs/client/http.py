@@ -335,8 +335,9 @@ class XnatSession:
             return
         self._closed = True
         try:
-            # A server that has stopped answering would hold the exit up for a whole timeout.
-            if self._jsession is not None and not self.breaker.is_open:
+            # A server that left the last request unanswered would most likely hold
+            # the exit up for a whole timeout more (an unmount while it is stopped).
+            if self._jsession is not None and not self.breaker.silent:
                 response = self._http.delete(
                     self.url_for("/data/JSESSION"), cookies={"JSESSIONID": self._jsession},
                     timeout=(min(10.0, self.timeout), self.timeout),

@@ -3,9 +3,10 @@
 A file written through the mount lives in the upload spool until XNAT has
 it. While it is being written, while its upload is pending or failed, and
 for one listing TTL after it was uploaded, the mount shows (and serves) our
-copy; a file we deleted stays hidden for a TTL, and a sub-folder made inside
-a resource exists only here until a file is written in it. All of this sits
-on top of the listings the tree derives from XNAT (:meth:`Overlay.merge`).
+copy; a file we deleted stays hidden for a TTL (unless we upload a new one
+under its name), and a sub-folder made inside a resource exists only here
+until a file is written in it. All of this sits on top of the listings the
+tree derives from XNAT (:meth:`Overlay.merge`).
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ class Overlay:
     # ---- changes ------------------------------------------------------
 
     def add_file(self, local: LocalFile) -> None:
+        # A deletion under this name stays: until this file reaches the server, a
+        # listing from before the deletion must not show the old file should this
+        # one go (unlinked while open, renamed away, left empty).
         self.files.setdefault(local.container, {})[local.relpath] = local
-        self.deleted.get(local.container, {}).pop(local.relpath, None)
 
     def drop_file(self, local: LocalFile) -> None:
         group = self.files.get(local.container, {})
@@ -127,6 +130,13 @@ class Overlay:
     def hide(self, container: str, relpath: str) -> None:
         """A file we deleted on the server: hidden until listings have caught up."""
         self.deleted.setdefault(container, {})[relpath] = time.monotonic() + self.ttl
+
+    def unhide(self, container: str, relpath: str) -> None:
+        """The server holds a file under this name again: our upload."""
+        group = self.deleted.get(container, {})
+        group.pop(relpath, None)
+        if not group:
+            self.deleted.pop(container, None)
 
     def all_files(self) -> list[LocalFile]:
         return [local for group in self.files.values() for local in group.values()]

@@ -304,6 +304,7 @@ class Mutations:
             # The zip became scans: list those from now on.
             self.forget(ExperimentContentsKey(local.experiment_id), ExperimentFilesKey(local.experiment_id))
         else:
+            self.overlay.unhide(local.container, local.relpath)
             self.series.forget(local.target.resource_uri)
         if local.handles == 0:
             self._linger(local)
