@@ -171,6 +171,15 @@ class Node:
         return self
 
     @property
+    def size(self) -> int:
+        """A file's length in bytes; a folder has none."""
+        return 0
+
+    async def reader(self, ops, inode: int):
+        """An open handle on a file's bytes; a folder has none."""
+        raise pyfuse3.FUSEError(errno.EISDIR)
+
+    @property
     def walked_project(self) -> str | None:
         """The project a walk through this node goes through, if it is one."""
         return None
