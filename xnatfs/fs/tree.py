@@ -175,7 +175,7 @@ class Tree:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
                 for remote in files:
                     by_resource[remote.resource_uri].append(remote)
-                trees = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
+                trees: dict[str | None, dict] = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
             else:
                 trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
             memo = (files, trees)
