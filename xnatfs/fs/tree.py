@@ -171,11 +171,12 @@ class Tree:
         memo_key = ("filetree", id(files))
         memo = self._memo.get(memo_key)
         if memo is None or memo[0] is not files:
+            trees: dict[str | None, dict]
             if grouped:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
                 for remote in files:
                     by_resource[remote.resource_uri].append(remote)
-                trees: dict[str | None, dict] = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
+                trees = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
             else:
                 trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
             memo = (files, trees)
