@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -49,6 +50,9 @@ from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
+
+if TYPE_CHECKING:
+    from xnatfs.fs.bidsview import BidsView
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ class XnatOperations(pyfuse3.Operations):
                                  inodes=self.inodes, handles=self.handles, writer=self.writer, spool=spool,
                                  retries=self.retries, series=self.series, cache=cache, hot=self.hot,
                                  cache_key=self.cache_key)
-        self.bids = None          # the BIDS view (xnatfs.fs.bidsview.BidsView) when the mount shows one
+        self.bids: BidsView | None = None     # when the mount shows a BIDS view
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
