@@ -41,7 +41,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
@@ -121,7 +121,7 @@ class BidsView:
         self.limiter = trio.CapacityLimiter(max_parallel + 1)
         # (project, scan URI) → why its conversion failed, until it succeeds
         self.failures: dict[tuple[str, str], LeftOutSeries] = {}
-        self._flights: dict[Hashable, _Flight] = {}
+        self._flights: dict[tuple, _Flight] = {}
 
     def folder(self, project: ProjectDir) -> BidsRootDir:
         return BidsRootDir(mtime=project.mtime, read_only=True, project=project.project, view=self)
@@ -221,7 +221,7 @@ class BidsView:
 
         def open_file(file):
             remote = by_key[file.key]
-            return self.cache.fetch(file.key, lambda out: self.connection.download(remote.uri, out))
+            return self.cache.fetch(file.key, self._download(remote))
 
         with self.converter.convert(source.series, source.rule, open_file) as conversion:
             images = []
@@ -266,11 +266,17 @@ class BidsView:
 
     def _open_server_file(self, remote: RemoteFile):
         """A server file open in the content cache, downloaded if need be (blocks)."""
-        return self.cache.fetch(self.key_for(remote), lambda out: self.connection.download(remote.uri, out))
+        return self.cache.fetch(self.key_for(remote), self._download(remote))
+
+    def _download(self, remote: RemoteFile) -> Callable[[BinaryIO], None]:
+        """What writes ``remote``'s bytes into a content cache entry."""
+        def download(out: BinaryIO) -> None:
+            self.connection.download(remote.uri, out)
+        return download
 
     # ---- waiting ----------------------------------------------------------
 
-    async def _wait(self, key: Hashable, work, *, thread: bool):
+    async def _wait(self, key: tuple, work, *, thread: bool):
         """``work`` run once for every caller asking for ``key`` at the same time.
 
         It runs in the mount's nursery, so a caller given up does not stop
@@ -294,7 +300,7 @@ class BidsView:
             raise flight.error
         return flight.value
 
-    async def _run(self, key: Hashable, flight: _Flight, work, thread: bool) -> None:
+    async def _run(self, key: tuple, flight: _Flight, work, thread: bool) -> None:
         try:
             if thread:
                 flight.value = await trio.to_thread.run_sync(work, limiter=self.limiter)
@@ -394,8 +400,9 @@ def _named_images(target: BidsTarget, images: list[tuple[str, tuple]], plan: Ses
     if len(images) == 1:
         return [(target.stem, images[0][1])]
     echoes = [(_ECHO.search(suffix), image) for suffix, image in images]
-    if all(found is not None for found, _ in echoes):
-        return [(target.variant(echo=found.group(1)), image) for found, image in echoes]
+    matched = [(found, image) for found, image in echoes if found is not None]
+    if len(matched) == len(echoes):
+        return [(target.variant(echo=found.group(1)), image) for found, image in matched]
     logger.warning("BIDS view: scan %s of %s gave %d images; only the first is shown as %s",
                    target.scan.id, plan.folder, len(images), target.stem)
     return [(target.stem, images[0][1])]

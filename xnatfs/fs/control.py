@@ -37,7 +37,7 @@ from pathlib import Path
 import trio
 
 from xnatfs.errors import XnatError, redact_url
-from xnatfs.fs.nodes import Listing, Node
+from xnatfs.fs.nodes import DirNode, Listing, Node
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _path_parts(relative: str) -> tuple[str, ...]:
     return parts
 
 
-async def _find(ops, parts: tuple[str, ...]) -> Node:
+async def _find(ops, parts: tuple[str, ...]) -> DirNode:
     """The folder at ``parts``; a name the cached listing lacks is looked for in a fresh one."""
     node = ops.tree.root
     for depth, name in enumerate(parts):
@@ -237,12 +237,12 @@ async def _find(ops, parts: tuple[str, ...]) -> Node:
         if child is None:
             raise FileNotFoundError(f"no {'/'.join(parts[:depth + 1])} on the server")
         node = child
-    if not node.is_dir:
+    if not isinstance(node, DirNode):
         raise NotADirectoryError(f"{'/'.join(parts)} is not a folder")
     return node
 
 
-def _forget(ops, node: Node) -> None:
+def _forget(ops, node: DirNode) -> None:
     for key in node.refreshed_keys():
         ops.tree.forget_listing(key)
 

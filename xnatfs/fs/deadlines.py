@@ -100,13 +100,14 @@ async def run_abandonable(function: Callable[[], T], *, limiter: trio.CapacityLi
     instead of being lost with its resources.
     """
     lock = threading.Lock()
-    state: dict[str, object] = {}
+    abandoned = False
+    delivered: list[T] = []
 
     def work() -> T:
         result = function()
         with lock:
-            if not state.get("abandoned"):
-                state["result"] = result
+            if not abandoned:
+                delivered.append(result)
                 return result
         discard(result)
         return result
@@ -115,11 +116,8 @@ async def run_abandonable(function: Callable[[], T], *, limiter: trio.CapacityLi
         return await trio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
     except trio.Cancelled:
         with lock:
-            state["abandoned"] = True
-            late = state.pop("result", _NONE)
-        if late is not _NONE:
-            discard(late)
+            abandoned = True
+            late = delivered[:]
+        for result in late:
+            discard(result)
         raise
-
-
-_NONE = object()

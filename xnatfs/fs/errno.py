@@ -11,8 +11,8 @@ import errno
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -65,7 +65,8 @@ class _Occasional:
 
 _timeouts = _Occasional(TIMEOUT_LOG_INTERVAL)
 
-_BY_STATUS = {
+# Keyed by int | None so that an error without a status falls through to EIO.
+_BY_STATUS: dict[int | None, int] = {
     400: errno.EINVAL,
     401: errno.EACCES,
     403: errno.EACCES,
@@ -130,9 +131,10 @@ def refused(code: int, message: str, *args) -> pyfuse3.FUSEError:
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def fuse_handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def fuse_handler(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Wrap an async pyfuse3 handler so that every exception becomes a FUSEError.
 
     Cancellation and other BaseExceptions pass through untouched: they belong
@@ -142,7 +144,7 @@ def fuse_handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     """
 
     @functools.wraps(method)
-    async def guarded(*args, **kwargs):
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
         deadlines = getattr(args[0], "deadlines", None) if args else None
         try:
             if deadlines is None:

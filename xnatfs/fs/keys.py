@@ -29,7 +29,8 @@ names its search (``search``) and picks its own answer out of it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
@@ -57,7 +58,7 @@ class ListingKey(tuple):
         """The project-wide search that holds this listing too, if any."""
         return None
 
-    def from_search(self, found: dict, memo: dict) -> object | None:
+    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
         """This listing out of what its search found; None if the search left it out.
 
         ``memo`` keeps values built from one answer, so a listing taken from
@@ -122,7 +123,7 @@ class ExperimentContentsKey(ListingKey):
     def search(self, project: str) -> SearchKey | None:
         return ProjectContentsSearch(project)
 
-    def from_search(self, found: dict, memo: dict) -> object | None:
+    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
         return found.get(self.experiment_id)
 
 
@@ -160,7 +161,7 @@ class ResourcesKey(ListingKey):
     def search(self, project: str) -> SearchKey | None:
         return SubjectResourcesSearch(project) if paths.subject_of(self.owner_uri) is not None else None
 
-    def from_search(self, found: dict, memo: dict) -> object | None:
+    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
         labels = found.get(paths.subject_of(self.owner_uri))
         if labels is None:
             return None
@@ -220,6 +221,9 @@ class SearchKey(ListingKey):
 
     __slots__ = ()
 
+    def load(self, client: ArchiveClient) -> SearchAnswer:
+        raise NotImplementedError
+
 
 class ProjectContentsSearch(SearchKey):
     __slots__ = ()
@@ -231,7 +235,7 @@ class ProjectContentsSearch(SearchKey):
     def project(self) -> str:
         return self[1]
 
-    def load(self, client: ArchiveClient) -> object:
+    def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_project_contents(self.project))
 
 
@@ -245,5 +249,5 @@ class SubjectResourcesSearch(SearchKey):
     def project(self) -> str:
         return self[1]
 
-    def load(self, client: ArchiveClient) -> object:
+    def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_subject_resources(self.project))

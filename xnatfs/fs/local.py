@@ -201,7 +201,8 @@ class Overlay:
         return {path[depth] for path in paths if len(path) > depth and path[:depth] == prefix}
 
     @staticmethod
-    def _folder(node: ResourceDir | FolderDir, subpath: tuple[str, ...]) -> FolderDir:
+    def _folder(node: Node, subpath: tuple[str, ...]) -> FolderDir:
+        assert isinstance(node, (ResourceDir, FolderDir))     # folders of ours are made only in resources
         return FolderDir(mtime=node.mtime, read_only=node.read_only, nlink=2,
                          resource=node.resource, experiment_id=node.experiment_id, subpath=subpath)
 

@@ -55,7 +55,7 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.names import NAME_MAX, unstorable_reason
-from xnatfs.fs.nodes import Listing, Node
+from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
@@ -184,7 +184,7 @@ class Mutations:
             raise refused(errno.EINVAL, "%s refused: XNAT cannot store the name %r: %s", what, text, reason)
         return text
 
-    async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, Node, str, Node]:
+    async def _existing_child(self, parent_inode: int, name: bytes) -> tuple[InodeEntry, DirNode, str, Node]:
         """The parent's entry and fresh node, the child's name and node; ENOENT if it is not there."""
         parent = self.read.entry(parent_inode)
         pnode = await self.read.fresh(parent_inode, parent)
@@ -192,6 +192,7 @@ class Mutations:
         node = await self.read.child(pnode, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        assert isinstance(pnode, DirNode)     # child() answered ENOTDIR otherwise
         return parent, pnode, text, node
 
     # ---- creating and writing files -----------------------------------
@@ -226,6 +227,7 @@ class Mutations:
             if flags & os.O_TRUNC:
                 await self.call(self.writer.truncate, local, 0)
         else:
+            assert isinstance(node, FileNode)     # files of ours are staged; the BIDS view's are read-only
             local = await self._stage_remote(node.file, truncate=bool(flags & os.O_TRUNC))
         # The kernel's pages of this inode hold what was written through it (or the
         # server's bytes we copied): keeping them spares reads that, under a heavy
@@ -362,6 +364,7 @@ class Mutations:
             raise refused(errno.ENOTSUP, "emptying %s refused: XNAT cannot hold an empty file", entry.path[-1])
         local = node.staged
         if local is None:
+            assert isinstance(node, FileNode)     # files of ours are staged; the BIDS view's are read-only
             local = await self._stage_remote(node.file, truncate=size == 0)
         try:
             await self.call(self.writer.truncate, local, size)
@@ -464,6 +467,7 @@ class Mutations:
         if source is not None:
             moved = await self._rename_local(source, target, relpath, replaces_remote=new_on_server)
             return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+        assert isinstance(node, FileNode)         # files of ours are staged; the BIDS view's are read-only
         moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
         self.overlay.add_file(moved)

@@ -31,7 +31,7 @@ import pyfuse3
 from xnatfs.cache.spool import UploadTarget
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.client.models import Experiment, Project, RemoteFile, Resource, Scan, Subject
+from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Scan, Subject
 from xnatfs.fs import names
 from xnatfs.fs.errno import refused
 from xnatfs.fs.keys import (
@@ -171,6 +171,15 @@ class Node:
         return self
 
     @property
+    def size(self) -> int:
+        """A file's length in bytes; a folder has none."""
+        return 0
+
+    async def reader(self, ops, inode: int):
+        """An open handle on a file's bytes; a folder has none."""
+        raise pyfuse3.FUSEError(errno.EISDIR)
+
+    @property
     def walked_project(self) -> str | None:
         """The project a walk through this node goes through, if it is one."""
         return None
@@ -299,7 +308,7 @@ class RootDir(DirNode):
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         ordered = sorted(raws[0], key=lambda p: p.id)
         dir_names = names.make_unique([names.safe_component(p.id) for p in ordered])
-        found = {}
+        found: dict[str, Node] = {}
         for name, project in zip(dir_names, ordered):
             if name != project.id:
                 context.renamed("projects", project.id, name)
@@ -519,6 +528,7 @@ class ScansDir(DirNode):
             found[name] = ScanDir(mtime=self.mtime, read_only=self.read_only,
                                   nlink=2 + len(scan.resources), experiment=self.experiment, scan=scan)
         for name, scan_node in list(found.items()):
+            assert isinstance(scan_node, ScanDir)     # all that was put in
             bare = names.safe_label(scan_node.scan.id)
             if bare not in found and bare not in aliases:
                 aliases[bare] = scan_node
@@ -561,6 +571,7 @@ class ScanDir(DirNode):
         if self.scan.xsi_type:
             return self
         contents = await source.direct(ExperimentContentsKey(self.experiment.experiment.id))
+        assert isinstance(contents, ExperimentContents)
         scan = next((s for s in contents.scans if s.id == self.scan.id), None)
         return self if scan is None else dataclasses.replace(self, scan=scan)
 
@@ -618,7 +629,11 @@ class InResource:
 
     __slots__ = ()
     resource: Resource
-    subpath: tuple[str, ...]
+
+    @property
+    def subpath(self) -> tuple[str, ...]:
+        """The safe names leading from the resource to this folder."""
+        raise NotImplementedError
 
     @property
     def file_place(self) -> tuple[str, tuple[str, ...]] | None:
@@ -686,9 +701,12 @@ class ResourceDir(InResource, DirNode):
             return self
         if self.experiment_id:
             contents = await source.direct(ExperimentContentsKey(self.experiment_id))
+            assert isinstance(contents, ExperimentContents)
             known = list(contents.resources) + [r for scan in contents.scans for r in scan.resources]
         else:
-            known = await source.direct(ResourcesKey(paths.resource_owner(self.resource.uri)))
+            listed = await source.direct(ResourcesKey(paths.resource_owner(self.resource.uri)))
+            assert isinstance(listed, list)
+            known = listed
         resource = next((r for r in known if r.uri == self.resource.uri), None)
         return self if resource is None else dataclasses.replace(self, resource=resource)
 
@@ -734,9 +752,10 @@ def folder_entries(folder: ResourceDir | FolderDir, context: ListingContext,
     tree = context.file_tree(folder.resource.uri, files, grouped=bool(folder.experiment_id))
     subpath = folder.subpath
     for part in subpath:
-        tree = tree.get(part)
-        if not isinstance(tree, dict):
+        inner = tree.get(part)
+        if not isinstance(inner, dict):
             return Listing({})
+        tree = inner
     found: dict[str, Node] = {}
     for name, item in tree.items():
         if isinstance(item, dict):
@@ -816,4 +835,5 @@ class Listing:
         start = self.position(name)
         if start is None:
             return []
+        assert self._order is not None        # position() set it
         return [self.entries[entry] for entry in self._order[start + 1:start + 1 + count]]

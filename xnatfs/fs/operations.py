@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -42,13 +43,16 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
-from xnatfs.fs.nodes import FileNode, Listing, Node
+from xnatfs.fs.nodes import DirNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
 from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
+
+if TYPE_CHECKING:
+    from xnatfs.fs.bidsview import BidsView
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ class XnatOperations(pyfuse3.Operations):
                                  inodes=self.inodes, handles=self.handles, writer=self.writer, spool=spool,
                                  retries=self.retries, series=self.series, cache=cache, hot=self.hot,
                                  cache_key=self.cache_key)
-        self.bids = None          # the BIDS view (xnatfs.fs.bidsview.BidsView) when the mount shows one
+        self.bids: BidsView | None = None     # when the mount shows a BIDS view
         self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
@@ -115,12 +119,13 @@ class XnatOperations(pyfuse3.Operations):
 
     async def _listing(self, node: Node) -> Listing:
         """A directory's entries: XNAT's listing with our own changes on top."""
+        assert isinstance(node, DirNode)      # callers have checked is_dir
         for gone in self.overlay.expire():
             gone.close()
         return self.overlay.merge(node, await self.tree.children(node))
 
     async def _lookup(self, node: Node, name: str) -> Node | None:
-        if not node.is_dir:
+        if not isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return (await self._listing(node)).get(name)
 
@@ -152,8 +157,10 @@ class XnatOperations(pyfuse3.Operations):
             parent = self._parent(chain[-1][1])
             if parent is None:
                 break
-            chain.append((self.inodes.number_of(parent.path), parent))
-        node = None
+            number = self.inodes.number_of(parent.path)
+            assert number is not None     # _parent found it by this number
+            chain.append((number, parent))
+        node = entry.node
         for number, link in reversed(chain):
             node = await self._current(number, link)
         return node
@@ -183,15 +190,16 @@ class XnatOperations(pyfuse3.Operations):
         if node.volatile:
             return self.attributes(inode, node)
         if entry.attrs_of is not node:
-            attrs = entry.attrs = self.attributes(inode, node)
+            fresh = entry.attrs = self.attributes(inode, node)
             entry.attrs_of = node
-            return attrs
+            return fresh
         attrs = entry.attrs
-        if node.is_dir:
+        assert attrs is not None          # set together with attrs_of
+        if isinstance(node, DirNode):
             attrs.st_nlink = self._nlink(node)
         return attrs
 
-    def _nlink(self, node: Node) -> int:
+    def _nlink(self, node: DirNode) -> int:
         """A folder's link count: 2 + its sub-folders, ours (not on XNAT yet) included."""
         ours = self.overlay.local_subfolders(node)
         if not ours:
@@ -205,7 +213,7 @@ class XnatOperations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = inode
         writable = self._writable(node)
-        if node.is_dir:
+        if isinstance(node, DirNode):
             attrs.st_mode = stat.S_IFDIR | (0o755 if writable else 0o555)
             attrs.st_nlink = self._nlink(node)
             attrs.st_size = 0
@@ -241,16 +249,16 @@ class XnatOperations(pyfuse3.Operations):
             path, node = parent.path, parent.node
         elif text == "..":
             path = parent.path[:-1]
-            node = self.inodes.get(self.inodes.number_of(path) or pyfuse3.ROOT_INODE).node
+            node = self._entry(self.inodes.number_of(path) or pyfuse3.ROOT_INODE).node
         elif text == REFRESH_NAME and parent.node.is_dir:
             return await self._refresh_by_name(parent)
         else:
-            node = await self._lookup(parent.node, text)
-            if node is None:
+            found = await self._lookup(parent.node, text)
+            if found is None:
                 return self._negative()
-            path = parent.path + (text,)
+            path, node = parent.path + (text,), found
         inode = self.inodes.remember(path, node)
-        return self._attributes_of(inode, self.inodes.get(inode), node)
+        return self._attributes_of(inode, self._entry(inode), node)
 
     async def _refresh_by_name(self, parent: InodeEntry) -> pyfuse3.EntryAttributes:
         """Looking up the magic name refreshes its folder (for file managers); it never exists."""
@@ -393,7 +401,7 @@ class XnatOperations(pyfuse3.Operations):
             return await self.changes.open_local(inode, node, flags)
         return await self._open_for_reading(inode, node)
 
-    async def _open_for_reading(self, inode: int, node: FileNode) -> pyfuse3.FileInfo:
+    async def _open_for_reading(self, inode: int, node: Node) -> pyfuse3.FileInfo:
         handle = await node.reader(self, inode)
         number = self.handles.open_file(handle, inode)
         previous = self.handles.served(inode, handle.key)

@@ -153,6 +153,7 @@ class ReadHandle:
             # Bytes already in memory are copied here: a worker thread costs
             # more than the copy. Anything that could wait goes to a thread.
             source = self._cached if self._cached is not None else self._pending
+            assert source is not None     # only a discarded handle has neither
             data = source.pread_nowait(offset, end - offset)
             if data is not None:
                 return data
@@ -171,8 +172,10 @@ class ReadHandle:
         return self._read_pending(offset, end)
 
     def _read_pending(self, offset: int, end: int) -> bytes:
-        self._pending.wait_for(end)
-        return self._pending.pread(offset, end - offset)
+        pending = self._pending
+        assert pending is not None        # only a discarded handle has neither
+        pending.wait_for(end)
+        return pending.pread(offset, end - offset)
 
     def discard(self) -> None:
         """Close an open nobody will use (its request was given up)."""

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, cast
 
 import trio
 
@@ -176,7 +177,8 @@ class SeriesFetcher:
                 pool.submit(insert, remote, data)
 
             stream = ZipStream(on_entry, matcher.size_of, max_entry=self.large_file_bytes)
-            self.connection.download_zip(resource_uri, stream)
+            # A write-only file object: all a download writes to.
+            self.connection.download_zip(resource_uri, cast(BinaryIO, stream))
             stream.close()
         return stored
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from xnatfs.config import ConfigError, mount_tables, read_config
 
@@ -82,7 +84,7 @@ class MountSettings:
         return self.cache_dir / "spool"
 
 
-_CONFIG_KEYS = {
+_CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
     "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
     "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
@@ -91,8 +93,8 @@ _CONFIG_KEYS = {
 }
 
 
-def _apply_table(settings: MountSettings, table: dict) -> MountSettings:
-    changes = {}
+def _apply_table(settings: MountSettings, table: Mapping[str, Any]) -> MountSettings:
+    changes: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
         if name == "options":

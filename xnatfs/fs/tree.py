@@ -25,7 +25,7 @@ from xnatfs.client.models import Experiment, RemoteFile
 from xnatfs.fs import names
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ListingKey, files_key
-from xnatfs.fs.nodes import DirNode, Listing, Node, RootDir
+from xnatfs.fs.nodes import DirNode, Listing, Node, ProjectDir, RootDir
 from xnatfs.fs.walks import Walks
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Tree:
         self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
         self._reported: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
-        self.views: dict[str, Callable[[DirNode], Node]] = {}
+        self.views: dict[str, Callable[[ProjectDir], Node]] = {}
 
     # ---- raw listings -------------------------------------------------
 
@@ -149,7 +149,7 @@ class Tree:
     def searchable(self, key: ListingKey, project: str) -> None:
         self.walks.searchable(key, project)
 
-    def project_views(self, project: DirNode) -> dict[str, Node]:
+    def project_views(self, project: ProjectDir) -> dict[str, Node]:
         return {name: make(project) for name, make in self.views.items()}
 
     def by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
@@ -171,6 +171,7 @@ class Tree:
         memo_key = ("filetree", id(files))
         memo = self._memo.get(memo_key)
         if memo is None or memo[0] is not files:
+            trees: dict[str | None, dict]
             if grouped:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
                 for remote in files:

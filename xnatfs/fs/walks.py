@@ -34,7 +34,7 @@ from xnatfs.client.contract import ArchiveClient
 from xnatfs.fs import names
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ListingKey, ProjectContentsSearch, SearchAnswer, SearchKey, SubjectResourcesSearch
-from xnatfs.fs.nodes import Listing, Node
+from xnatfs.fs.nodes import DirNode, Listing, Node
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Walks:
     """
 
     def __init__(self, client: ArchiveClient, listings: ListingCache, limiter: trio.CapacityLimiter,
-                 children: Callable[[Node], Awaitable[Listing]]):
+                 children: Callable[[DirNode], Awaitable[Listing]]):
         self.client = client
         self.listings = listings
         self.limiter = limiter
@@ -141,6 +141,7 @@ class Walks:
         for node in following:
             if budget <= 0 or not node.reads_ahead:
                 return
+            assert isinstance(node, DirNode)      # only folders read ahead
             # A subject's own listing comes from its project's, which the walk has loaded.
             listing = await self._ahead(node)
             if listing is None:
@@ -164,11 +165,12 @@ class Walks:
     def _schedule(self, nursery: trio.Nursery, nodes: Iterable[Node]) -> None:
         """Load ``nodes`` ahead, but none that was scheduled lately."""
         for node in nodes:
+            assert isinstance(node, DirNode)      # only folders are loaded ahead
             if node.memo_key not in self._scheduled:
                 self._scheduled[node.memo_key] = True
                 nursery.start_soon(self._ahead, node)
 
-    async def _ahead(self, node: Node) -> Listing | None:
+    async def _ahead(self, node: DirNode) -> Listing | None:
         async with self._ahead_slots:
             try:
                 return await self.children(node)

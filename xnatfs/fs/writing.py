@@ -170,6 +170,7 @@ class Writer:
                     return False
                 return self._keep_empty(local)
             entry = local.entry
+            assert entry is not None      # a file with bytes to send keeps its spool entry
             if local.entry_open:
                 self.spool.commit(entry)
                 local.entry_open = False

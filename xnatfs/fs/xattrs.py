@@ -29,7 +29,7 @@ def encoded_xattrs(entry: InodeEntry) -> dict[bytes, bytes]:
     node = entry.node
     if node.volatile:
         return _encoded(node)
-    if entry.xattrs_of is not node:
+    if entry.xattrs_of is not node or entry.xattrs is None:
         entry.xattrs = _encoded(node)
         entry.xattrs_of = node
     return entry.xattrs

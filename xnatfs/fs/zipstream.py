@@ -55,7 +55,7 @@ class ZipStream:
         self._zip64 = False
         self._remaining = 0
         self._data = bytearray()
-        self._inflate = None
+        self._inflate: zlib._Decompress | None = None
 
     # file-object interface for the downloader
     def write(self, chunk) -> int:
@@ -103,6 +103,7 @@ class ZipStream:
         del self._buffer[:_HEADER.size]
         raw_name = self._take(name_length)
         extra = self._take(extra_length)
+        assert raw_name is not None and extra is not None     # both lengths were checked above
         self._name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
         self._flags = flags
         self._crc = crc
@@ -139,9 +140,10 @@ class ZipStream:
                 return False
             self._buffer[:0] = self._inflate.unused_data
         else:
-            chunk = self._take(min(self._remaining, len(self._buffer)))
-            self._keep(chunk)
-            self._remaining -= len(chunk)
+            stored = self._take(min(self._remaining, len(self._buffer)))
+            assert stored is not None     # never more than the buffer holds
+            self._keep(stored)
+            self._remaining -= len(stored)
             if self._remaining:
                 return False
         self._step = self._descriptor if self._flags & _HAS_DESCRIPTOR else self._deliver
