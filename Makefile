@@ -32,7 +32,7 @@ install-mount-helper: install
 demo: install
 	$(VENV)/bin/xnatfs demo $(MNT)
 
-test: install
+test: install lint
 	$(VENV)/bin/pytest -q
 
 lint: install

@@ -95,9 +95,11 @@ BIDS_SESSION = "P01_MR1"
 
 # ---- results -------------------------------------------------------------
 
+
 @dataclass
 class Goal:
     """A bound on the median ratio: ``at_most`` or ``at_least`` the value."""
+
     op: str
     value: float
     label: str = ""
@@ -120,7 +122,7 @@ class Row:
     ours: list[float] = field(default_factory=list)
     theirs: list[float] = field(default_factory=list)
     not_measured: str = ""
-    peer: dict[str, list[float]] = field(default_factory=dict)   # rclone configuration → value per run
+    peer: dict[str, list[float]] = field(default_factory=dict)  # rclone configuration → value per run
     peer_not_measured: str = ""
 
     @property
@@ -206,9 +208,19 @@ def table_lines(rows: list[Row], markdown: bool) -> list[str]:
         else:
             ours = f"{row.ours_name}: {spread(row.ours, row.unit)}"
             theirs = f"{row.theirs_name}: {spread(row.theirs, row.unit)}"
-        body.append([row.key, row.what, ours, theirs, ratio_text(row.ratios if row.measured else []),
-                     peer_text(row), ratio_text(row.peer_ratios),
-                     row.goal.text() if row.goal else "–", row.verdict()])
+        body.append(
+            [
+                row.key,
+                row.what,
+                ours,
+                theirs,
+                ratio_text(row.ratios if row.measured else []),
+                peer_text(row),
+                ratio_text(row.peer_ratios),
+                row.goal.text() if row.goal else "–",
+                row.verdict(),
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -221,6 +233,7 @@ def table_lines(rows: list[Row], markdown: bool) -> list[str]:
 
 
 # ---- the fake XNAT in a child process --------------------------------------
+
 
 def _host_server(data_dir: str, latency_ms: float, pipe) -> None:
     """Child process: run a FakeXnat with the large sample and answer the parent's questions."""
@@ -253,8 +266,9 @@ class ServerHost:
     def __init__(self, data_dir: Path, latency_ms: float):
         context = multiprocessing.get_context("spawn")
         self._pipe, child_end = context.Pipe()
-        self._process = context.Process(target=_host_server, args=(str(data_dir), latency_ms, child_end),
-                                        name="fake-xnat", daemon=True)
+        self._process = context.Process(
+            target=_host_server, args=(str(data_dir), latency_ms, child_end), name="fake-xnat", daemon=True
+        )
         self.latency_ms = latency_ms
         self.url = ""
 
@@ -302,6 +316,7 @@ class ServerHost:
 
 # ---- mounts ----------------------------------------------------------------
 
+
 class Mount:
     """One ``xnatfs mount`` daemon, started and stopped through the command line."""
 
@@ -314,9 +329,22 @@ class Mount:
 
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path),
-                   "--cache-dir", str(self.cache_dir), "--ttl", str(TTL),
-                   "--log-file", str(self.log_file), "--log-level", "WARNING"]
+        command = [
+            sys.executable,
+            "-m",
+            "xnatfs",
+            "mount",
+            self.url,
+            str(self.path),
+            "--cache-dir",
+            str(self.cache_dir),
+            "--ttl",
+            str(TTL),
+            "--log-file",
+            str(self.log_file),
+            "--log-level",
+            "WARNING",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(f"xnatfs mount failed: {done.stderr.strip()}")
@@ -339,8 +367,12 @@ class Mount:
         return None
 
     def stop(self) -> None:
-        done = subprocess.run([sys.executable, "-m", "xnatfs", "unmount", str(self.path)],
-                              capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        done = subprocess.run(
+            [sys.executable, "-m", "xnatfs", "unmount", str(self.path)],
+            capture_output=True,
+            text=True,
+            timeout=MOUNT_TIMEOUT,
+        )
         if done.returncode == 0:
             return
         logger.warning("xnatfs unmount %s failed (%s); detaching it", self.path, done.stderr.strip())
@@ -374,11 +406,14 @@ class StaticHost:
         self.process: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self) -> "StaticHost":
+    def start(self) -> StaticHost:
         with open(self.log_file, "w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(STATIC_SERVER), str(self.root), "--latency-ms", str(self.latency_ms)],
-                stdout=subprocess.PIPE, stderr=log, text=True)
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self.url = self.process.stdout.readline().strip()
         if not self.url.startswith("http://"):
             self.stop()
@@ -418,20 +453,36 @@ class RcloneMount:
     def start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         # The same caching as the xnatfs mount: listings and the kernel's attributes for --ttl.
-        command = ["rclone", "mount", f":{self.backend}:", str(self.path), f"--{self.backend}-url", self.url,
-                   "--vfs-cache-mode", self.cache_mode, "--cache-dir", str(self.cache_dir),
-                   "--dir-cache-time", f"{TTL:g}s", "--attr-timeout", f"{TTL:g}s", "--read-only",
-                   "--log-file", str(self.log_file)]
+        command = [
+            "rclone",
+            "mount",
+            f":{self.backend}:",
+            str(self.path),
+            f"--{self.backend}-url",
+            self.url,
+            "--vfs-cache-mode",
+            self.cache_mode,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--dir-cache-time",
+            f"{TTL:g}s",
+            "--attr-timeout",
+            f"{TTL:g}s",
+            "--read-only",
+            "--log-file",
+            str(self.log_file),
+        ]
         if self.backend == "webdav":
             command += ["--webdav-vendor", "other"]
         environment = dict(os.environ, RCLONE_CONFIG=str(self.cache_dir.parent / "rclone.conf"))
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env=environment)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not fuse_mounted(self.path):
             if self.process.poll() is not None:
-                raise RuntimeError(f"rclone mount exited with {self.process.returncode}: "
-                                   f"{self.log_file.read_text(errors='replace').strip()[-500:]}")
+                raise RuntimeError(
+                    f"rclone mount exited with {self.process.returncode}: "
+                    f"{self.log_file.read_text(errors='replace').strip()[-500:]}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rclone did not mount within {MOUNT_TIMEOUT:g} s")
             time.sleep(0.05)
@@ -448,6 +499,7 @@ class RcloneMount:
 
 
 # ---- the run's shared state ------------------------------------------------
+
 
 class Bench:
     """What every benchmark needs: the server, a work folder, fresh mounts, tools."""
@@ -508,8 +560,13 @@ class Bench:
         """A new rclone mount of the static server with an empty cache folder, as cold as ours."""
         self._mounts += 1
         name = f"{self._mounts:03d}-rclone-{config}-{purpose}"
-        mount = RcloneMount(config, self.static.url, self.work / "mnt-rclone", self.work / "caches" / name,
-                            self.work / "logs" / f"{name}.log")
+        mount = RcloneMount(
+            config,
+            self.static.url,
+            self.work / "mnt-rclone",
+            self.work / "caches" / name,
+            self.work / "logs" / f"{name}.log",
+        )
         mount.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.drop_caches()
         mount.start()
@@ -536,8 +593,11 @@ class Bench:
         """The benchmark project's tree on local disk, served for rclone with the same latency."""
         root = self.work / "static"
         with self.server.no_latency(), self.fresh_mount("static-copy") as mount:
-            entries = replicate_tree(mount.path / PROJECT, root / PROJECT,
-                                     real=lambda relative: relative.parts[:2] == (HIRES_SUBJECT, HIRES_SESSION))
+            entries = replicate_tree(
+                mount.path / PROJECT,
+                root / PROJECT,
+                real=lambda relative: relative.parts[:2] == (HIRES_SUBJECT, HIRES_SESSION),
+            )
         logger.info("static copy of %s for rclone: %d entries", PROJECT, entries)
         self.static = StaticHost(root, self.server.latency_ms, self.work / "logs" / "static-server.log").start()
         logger.info("static server at %s", self.static.url)
@@ -548,8 +608,7 @@ class Bench:
 
     def curl_md5(self, url: str) -> None:
         """curl piped into md5sum: a download script that checks what it got."""
-        curl = subprocess.Popen(["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), url],
-                                stdout=subprocess.PIPE)
+        curl = subprocess.Popen(["curl", "-sS", "--fail", "--netrc-file", str(self.netrc), url], stdout=subprocess.PIPE)
         subprocess.run(["md5sum"], stdin=curl.stdout, check=True, stdout=subprocess.DEVNULL, timeout=600)
         curl.stdout.close()
         if curl.wait(timeout=600) != 0:
@@ -599,13 +658,18 @@ def dcm2niix(source: Path, out: Path) -> None:
 
 def experiment_id(bench: Bench, subject: str, session: str, project: str = PROJECT) -> str:
     with requests.Session() as http:
-        answer = http.get(f"{bench.url}/data/projects/{project}/subjects/{subject}/experiments/{session}",
-                          params={"format": "json"}, auth=bench.auth(), timeout=60)
+        answer = http.get(
+            f"{bench.url}/data/projects/{project}/subjects/{subject}/experiments/{session}",
+            params={"format": "json"},
+            auth=bench.auth(),
+            timeout=60,
+        )
         answer.raise_for_status()
         return answer.json()["items"][0]["data_fields"]["ID"]
 
 
 # ---- 1–3: a 208-file DICOM series -------------------------------------------
+
 
 def series_folder(mount: Mount) -> Path:
     scans = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "SCANS"
@@ -714,10 +778,12 @@ def peer_series(bench: Bench, rows: dict[str, Row], wanted: set[int], config: st
     if 2 in wanted:
         with bench.fresh_rclone(config, "dcm2niix-cold") as peer:
             rows["2a"].peer.setdefault(config, []).append(
-                timed(lambda: dcm2niix(series_folder(peer), niix / "rclone-cold")))
+                timed(lambda: dcm2niix(series_folder(peer), niix / "rclone-cold"))
+            )
 
 
 # ---- 7: the BIDS view -----------------------------------------------------------
+
 
 def all_files(root: Path) -> list[Path]:
     """Every file below ``root`` in path order (listing a BIDS datatype folder converts it)."""
@@ -742,8 +808,9 @@ def bids_the_usual_way(bench: Bench, session_id: str, plan, target: Path) -> lis
     for entry in plan.targets:
         out = target / "bids" / plan.folder / entry.datatype
         out.mkdir(parents=True, exist_ok=True)
-        run_quietly([wheel.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", entry.stem, "-o", str(out),
-                     str(folders[entry.scan.id])])
+        run_quietly(
+            [wheel.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", entry.stem, "-o", str(out), str(folders[entry.scan.id])]
+        )
         written += sorted(out.glob(f"{entry.stem}.*"))
     return written
 
@@ -797,6 +864,7 @@ def bids_layout_time(root: Path) -> float | None:
 
 # ---- 4: the 1 GiB file -------------------------------------------------------
 
+
 def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
     session_id = experiment_id(bench, HIRES_SUBJECT, HIRES_SESSION)
     url = f"{bench.url}/data/experiments/{session_id}/resources/{BIG_RESOURCE}/files/{BIG_FILE}"
@@ -846,6 +914,7 @@ def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
 
 
 # ---- 5: listing a 500-subject project ------------------------------------------
+
 
 def walk_listing(root: Path) -> None:
     run_quietly(["find", str(root)])
@@ -911,8 +980,9 @@ def request_kind(method: str, target: str) -> str:
 
 def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
     with requests.Session() as http:
-        answer = http.get(f"{bench.url}/data/projects/{PROJECT}/experiments", params={"format": "json"},
-                          auth=bench.auth(), timeout=60)
+        answer = http.get(
+            f"{bench.url}/data/projects/{PROJECT}/experiments", params={"format": "json"}, auth=bench.auth(), timeout=60
+        )
         answer.raise_for_status()
         sessions = len(answer.json()["ResultSet"]["Result"])
     limit = sessions + 20
@@ -944,20 +1014,25 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
 def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
     """Row 5c through rclone: its caches filled once by a walk without the added latency (it takes
     minutes), then one timed warm find per run."""
-    config = (RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs
-              else bench.rclone_configs[0])
+    config = (
+        RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs else bench.rclone_configs[0]
+    )
     with bench.fresh_rclone(config, "listing") as peer:
         with bench.static.no_latency():
             run_quietly(["find", str(peer.path / PROJECT)])
         for _run in range(bench.runs):
             rows["5c"].peer.setdefault(config, []).append(
-                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)])))
+                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)]))
+            )
 
 
 def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
     """The per-session file listings among the requests in ``log``."""
-    return [target for method, target, _status in log
-            if method == "GET" and target.startswith("/data/experiments/") and target.split("?")[0].endswith("/files")]
+    return [
+        target
+        for method, target, _status in log
+        if method == "GET" and target.startswith("/data/experiments/") and target.split("?")[0].endswith("/files")
+    ]
 
 
 def bench_walk(bench: Bench, rows: dict[str, Row]) -> None:
@@ -965,13 +1040,18 @@ def bench_walk(bench: Bench, rows: dict[str, Row]) -> None:
     sessions = 0
     with requests.Session() as http:
         for subject in WALKED_SUBJECTS:
-            answer = http.get(f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments",
-                              params={"format": "json"}, auth=bench.auth(), timeout=60)
+            answer = http.get(
+                f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments",
+                params={"format": "json"},
+                auth=bench.auth(),
+                timeout=60,
+            )
             answer.raise_for_status()
             sessions += len(answer.json()["ResultSet"]["Result"])
     for run in range(1, bench.runs + 1):
-        logger.info("cold find of %d subjects (%d sessions), run %d/%d", len(WALKED_SUBJECTS), sessions,
-                    run, bench.runs)
+        logger.info(
+            "cold find of %d subjects (%d sessions), run %d/%d", len(WALKED_SUBJECTS), sessions, run, bench.runs
+        )
         with bench.fresh_mount("walk") as mount:
             bench.server.reset_counts()
             seconds = timed(lambda: run_quietly(["find", *(str(mount.path / PROJECT / s) for s in WALKED_SUBJECTS)]))
@@ -995,6 +1075,7 @@ def peer_walk(bench: Bench, rows: dict[str, Row], config: str) -> None:
 
 # ---- 6: uploading a folder -------------------------------------------------------
 
+
 def make_upload_folder(folder: Path, megabytes: int) -> list[Path]:
     folder.mkdir(parents=True)
     files = []
@@ -1007,8 +1088,7 @@ def make_upload_folder(folder: Path, megabytes: int) -> list[Path]:
 
 def server_files(bench: Bench, resource_uri: str) -> dict[str, int]:
     with requests.Session() as http:
-        answer = http.get(f"{bench.url}{resource_uri}/files", params={"format": "json"},
-                          auth=bench.auth(), timeout=60)
+        answer = http.get(f"{bench.url}{resource_uri}/files", params={"format": "json"}, auth=bench.auth(), timeout=60)
         if answer.status_code == 404:
             return {}
         answer.raise_for_status()
@@ -1046,8 +1126,9 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
 
                 def copy(target: Path = target) -> None:
                     os.mkdir(target)
-                    done = subprocess.run(["cp", "-r", str(folder), str(target)], capture_output=True,
-                                          text=True, timeout=900)
+                    done = subprocess.run(
+                        ["cp", "-r", str(folder), str(target)], capture_output=True, text=True, timeout=900
+                    )
                     if done.returncode:
                         raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "cp failed")
 
@@ -1061,8 +1142,9 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
                     return
             landed = server_files(bench, ours_uri)
             if landed != expected:
-                row.not_measured = (f"after cp returned, the server had {len(landed)} of {len(expected)} "
-                                    "files with the right sizes")
+                row.not_measured = (
+                    f"after cp returned, the server had {len(landed)} of {len(expected)} files with the right sizes"
+                )
                 return
             row.ours.append(seconds)
             row.theirs.append(timed(lambda theirs_uri=theirs_uri: curl_put_all(bench, theirs_uri, folder, files)))
@@ -1075,6 +1157,7 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
 
 
 # ---- machine, settings, report ---------------------------------------------------
+
 
 def disk_write_speed(folder: Path, megabytes: int = 1024) -> float:
     """MB/s of writing a file and fsyncing it, where the mount keeps its cache: the cold read's floor."""
@@ -1108,21 +1191,31 @@ def machine(work: Path) -> dict[str, str]:
     except (OSError, ValueError, IndexError):
         pass
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    return {"CPU": model, "cores": str(os.cpu_count()), "RAM": memory,
-            "load average at the start (1, 5, 15 min)": load,
-            "kernel": platform.release(), "Python": platform.python_version(),
-            "disk": f"{disk_write_speed(work):.0f} MB/s writing 1 GiB with fsync in the work folder",
-            "dcm2niix": _first_line(["dcm2niix", "-v"]),
-            "curl": " ".join(_first_line(["curl", "--version"]).split()[:2])}
+    return {
+        "CPU": model,
+        "cores": str(os.cpu_count()),
+        "RAM": memory,
+        "load average at the start (1, 5, 15 min)": load,
+        "kernel": platform.release(),
+        "Python": platform.python_version(),
+        "disk": f"{disk_write_speed(work):.0f} MB/s writing 1 GiB with fsync in the work folder",
+        "dcm2niix": _first_line(["dcm2niix", "-v"]),
+        "curl": " ".join(_first_line(["curl", "--version"]).split()[:2]),
+    }
 
 
 def code_revision() -> str:
     """The commit measured, marked when the working tree differs from it."""
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=30)
-        changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=30)
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30
+        )
+        changed = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except OSError:
         return "unknown"
     if head.returncode:
@@ -1149,38 +1242,84 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         Row("2b", "dcm2niix of the series, warm", "mount", "local copy", "s", at_most(1.2)),
         Row("3", "warm re-read of the series", "mount", "local copy", "s", at_most(1.5)),
         Row("4a", "cold sequential read of a 1 GiB file", "mount", "curl", "MB/s", at_least(0.8)),
-        Row("4b", "daemon peak RSS (VmHWM) after 4a", "mount", "limit", "MB",
-            Goal("at_most", 1.0, f"< {RSS_LIMIT_MB:g} MB")),
+        Row(
+            "4b",
+            "daemon peak RSS (VmHWM) after 4a",
+            "mount",
+            "limit",
+            "MB",
+            Goal("at_most", 1.0, f"< {RSS_LIMIT_MB:g} MB"),
+        ),
         Row("4c", "cold read of the 1 GiB file, both writing to disk", "mount", "curl -o FILE", "MB/s"),
         Row("4d", "cold read of the 1 GiB file, both checking its MD5", "mount", "curl piped into md5sum", "MB/s"),
-        Row("5a", f"requests for cold find + ls -lR of {PROJECT}", "mount", "limit: sessions + 20", "requests",
-            Goal("at_most", 1.0, "≤ sessions + 20")),
-        Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s",
-            at_most(1.5)),
+        Row(
+            "5a",
+            f"requests for cold find + ls -lR of {PROJECT}",
+            "mount",
+            "limit: sessions + 20",
+            "requests",
+            Goal("at_most", 1.0, "≤ sessions + 20"),
+        ),
+        Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s", at_most(1.5)),
         Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
-        Row("5d", f"session file listings for a cold find of {len(WALKED_SUBJECTS)} subjects", "mount",
-            f"limit: their sessions + {WALK_AHEAD_LIMIT}", "requests",
-            Goal("at_most", 1.0, f"≤ sessions + {WALK_AHEAD_LIMIT}")),
-        Row("5e", f"cold find of {len(WALKED_SUBJECTS)} subjects", "mount", f"{PARALLEL_LISTINGS} parallel GETs",
-            "s"),
-        Row("6", f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
-            "mount", "curl PUTs", "s", at_most(1.3)),
-        Row("7a", f"cold listing + read of one session's BIDS files ({BIDS_SESSION})", "mount",
-            "curl session zip, unzip, dcm2niix, arrange", "s", at_most(1.2)),
+        Row(
+            "5d",
+            f"session file listings for a cold find of {len(WALKED_SUBJECTS)} subjects",
+            "mount",
+            f"limit: their sessions + {WALK_AHEAD_LIMIT}",
+            "requests",
+            Goal("at_most", 1.0, f"≤ sessions + {WALK_AHEAD_LIMIT}"),
+        ),
+        Row("5e", f"cold find of {len(WALKED_SUBJECTS)} subjects", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s"),
+        Row(
+            "6",
+            f"cp -r of {upload_mb} MB ({upload_mb // UPLOAD_FILE_MB} files) into a resource",
+            "mount",
+            "curl PUTs",
+            "s",
+            at_most(1.3),
+        ),
+        Row(
+            "7a",
+            f"cold listing + read of one session's BIDS files ({BIDS_SESSION})",
+            "mount",
+            "curl session zip, unzip, dcm2niix, arrange",
+            "s",
+            at_most(1.2),
+        ),
         Row("7b", "warm re-read of the session's BIDS files", "mount", "local copy", "s"),
         Row("7c", f"BIDSLayout indexing of {BIDS_PROJECT}'s BIDS view", "mount", "same dataset on local disk", "s"),
     ]
     return {row.key: row for row in rows}
 
 
-ROW_GROUP = {"1a": 1, "1b": 1, "1c": 1, "2a": 2, "2b": 2, "3": 3, "4a": 4, "4b": 4, "4c": 4, "4d": 4,
-             "5a": 5, "5b": 5, "5c": 5, "5d": 5, "5e": 5, "6": 6, "7a": 7, "7b": 7, "7c": 7}
+ROW_GROUP = {
+    "1a": 1,
+    "1b": 1,
+    "1c": 1,
+    "2a": 2,
+    "2b": 2,
+    "3": 3,
+    "4a": 4,
+    "4b": 4,
+    "4c": 4,
+    "4d": 4,
+    "5a": 5,
+    "5b": 5,
+    "5c": 5,
+    "5d": 5,
+    "5e": 5,
+    "6": 6,
+    "7a": 7,
+    "7b": 7,
+    "7c": 7,
+}
 # Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
 PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e"}
 RCLONE_SKIPPED = {
     "5b": "rclone lists each folder with a request of its own as the walk reaches it, one after the other: "
-          "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "
-          "walk of some subjects instead",
+    "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "
+    "walk of some subjects instead",
 }
 
 # Why a goal is missed and what would close it; shown only for missed rows. Written from
@@ -1188,106 +1327,126 @@ RCLONE_SKIPPED = {
 # separate probes of the same mount noted in each text.
 MISSED_NOTES: dict[str, str] = {
     "1a": "curl is handed the zip's address; the mount must first find it. Cold, it lists its way down: "
-          "the subject's experiments, then the session's item JSON and file list (in parallel), then "
-          "asks for the series zip: three round trips of 20 ms plus the server's work before the first "
-          "byte, against a zip that takes about 0.15 s in all. The zip itself is parsed as it streams and "
-          "each member is handed to the reader as it lands (row 1c: the same read once the folder is "
-          "listed), so what remains is the listing. Closing it would mean starting the zip before a file "
-          "of the series is opened, e.g. when its folder is listed, which downloads whole series for "
-          "anyone who only browses; the mount does not speculate that far.",
+    "the subject's experiments, then the session's item JSON and file list (in parallel), then "
+    "asks for the series zip: three round trips of 20 ms plus the server's work before the first "
+    "byte, against a zip that takes about 0.15 s in all. The zip itself is parsed as it streams and "
+    "each member is handed to the reader as it lands (row 1c: the same read once the folder is "
+    "listed), so what remains is the listing. Closing it would mean starting the zip before a file "
+    "of the series is opened, e.g. when its folder is listed, which downloads whole series for "
+    "anyone who only browses; the mount does not speculate that far.",
     "1c": "See 1a: with the listings in hand the mount asks for the zip at once and hands files over as "
-          "they arrive; the rest is its cache writes and FUSE round trips for 208 opens.",
+    "they arrive; the rest is its cache writes and FUSE round trips for 208 opens.",
     "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release still "
-          "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
-          "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
-          "and dcm2niix opens each of the 208 files four times (strace: 841 opens, 2 100 stats). "
-          "pyfuse3 3.5 cannot mark a file "
-          "FOPEN_NOFLUSH, nor let the kernel skip open and release (FUSE's no-open mode needs the inode "
-          "in read and readdir, which pyfuse3 does not pass on); either would remove most of the rest.",
+    "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
+    "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
+    "and dcm2niix opens each of the 208 files four times (strace: 841 opens, 2 100 stats). "
+    "pyfuse3 3.5 cannot mark a file "
+    "FOPEN_NOFLUSH, nor let the kernel skip open and release (FUSE's no-open mode needs the inode "
+    "in read and readdir, which pyfuse3 does not pass on); either would remove most of the rest.",
     "3": "The same cause as 2b in its purest form: reading 27 MB from the page cache takes about 10 ms "
-         "locally, and through the mount each of the 208 files also costs an open, flush and release "
-         "round trip to the daemon (about 75 µs a file). Reads themselves are served by the kernel "
-         "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small files "
-         "it needs the FUSE features named in 2b.",
+    "locally, and through the mount each of the 208 files also costs an open, flush and release "
+    "round trip to the daemon (about 75 µs a file). Reads themselves are served by the kernel "
+    "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small files "
+    "it needs the FUSE features named in 2b.",
     "4a": "The mount hands out no byte it has not checked: the last bytes of a file wait until its MD5 "
-          "matches the listing, and MD5 runs at about 0.8 GB/s on one core of this machine, beside the "
-          "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
-          "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
-          "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
-          "plain curl would mean serving files unchecked, which the mount will not do. rclone's http and "
-          "webdav backends know no hash of these files, so rclone checks nothing either; closing that gap "
-          "(several ranged streams where the server allows them, hashing off the event loop) is work "
-          "still to do.",
+    "matches the listing, and MD5 runs at about 0.8 GB/s on one core of this machine, beside the "
+    "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
+    "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
+    "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
+    "plain curl would mean serving files unchecked, which the mount will not do. rclone's http and "
+    "webdav backends know no hash of these files, so rclone checks nothing either; closing that gap "
+    "(several ranged streams where the server allows them, hashing off the event loop) is work "
+    "still to do.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
-          "same listings (one file list per session once the walk is noticed, three project-wide "
-          "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
-          "an opendir, two readdirs and a releasedir for each of the 16 000 folders, and for each of the "
-          "133 000 entries of `ls -lR` a getxattr for security.selinux and for ACLs, which the kernel "
-          "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
-          "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
-          "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
-          "which needs the inode passed to readdir); xattr requests would remain, as docs/LAYOUT.md "
-          "promises extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
+    "same listings (one file list per session once the walk is noticed, three project-wide "
+    "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
+    "an opendir, two readdirs and a releasedir for each of the 16 000 folders, and for each of the "
+    "133 000 entries of `ls -lR` a getxattr for security.selinux and for ACLs, which the kernel "
+    "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
+    "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
+    "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
+    "which needs the inode passed to readdir); xattr requests would remain, as docs/LAYOUT.md "
+    "promises extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
     "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
-          "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
-          "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
-          "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
-          "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
-          "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
-          "rclone's daemon answers the same walk with less work per request; cutting the mount's "
-          "Python work per request and per entry is work still to do.",
+    "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
+    "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
+    "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
+    "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
+    "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
+    "rclone's daemon answers the same walk with less work per request; cutting the mount's "
+    "Python work per request and per entry is work still to do.",
     "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
-          "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
-          "window grew or moved ahead of the walk.",
+    "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
+    "window grew or moved ahead of the walk.",
     "7a": "The view converts what a folder listing asks for: a walk lists anat/, dwi/, fmap/ and func/ one "
-          "after the other, and each listing fetches its series as one zip each (a request of 20 ms and "
-          "more per series) and converts them two at a time, while the reference fetches the whole "
-          "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
-          "datatype folder of a session is listed, fetching and converting the session's other series "
-          "ahead in the background (a walk visits them next), or one session zip for all its series.",
+    "after the other, and each listing fetches its series as one zip each (a request of 20 ms and "
+    "more per series) and converts them two at a time, while the reference fetches the whole "
+    "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
+    "datatype folder of a session is listed, fetching and converting the session's other series "
+    "ahead in the background (a walk visits them next), or one session zip for all its series.",
     "6": "On the line: full runs on this machine gave medians from 1.28× to 1.32×. Each file is written "
-         "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
-         "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
-         "durable only when an upload fails), and files up to 4 MiB are sent in one write. strace of cp "
-         "shows what is left per file: the create about 1.2 ms (a lookup and a create round trip, the "
-         "spool entry made in a worker thread), eight writes of about 0.3 ms each (a round trip, a "
-         "worker-thread hop and the pwrite; the kernel also asks for security.capability before each), "
-         "and a close of about 28 ms where curl's PUT takes about 24 ms. What would close it: gathering "
-         "writes in memory and handing them to the spool a megabyte at a time, or larger FUSE writes, "
-         "which pyfuse3 does not let us ask for.",
+    "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
+    "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
+    "durable only when an upload fails), and files up to 4 MiB are sent in one write. strace of cp "
+    "shows what is left per file: the create about 1.2 ms (a lookup and a create round trip, the "
+    "spool entry made in a worker thread), eight writes of about 0.3 ms each (a round trip, a "
+    "worker-thread hop and the pwrite; the kernel also asks for security.capability before each), "
+    "and a close of about 28 ms where curl's PUT takes about 24 ms. What would close it: gathering "
+    "writes in memory and handing them to the spool a megabyte at a time, or larger FUSE writes, "
+    "which pyfuse3 does not let us ask for.",
 }
 
 
-def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: dict[str, str],
-                 bench: Bench, started: dt.datetime, seconds: float) -> None:
-    lines = ["# Benchmarks", "",
-             "Generated by `make bench` (`scripts/bench.py`); every number below comes from one run of it",
-             f"on {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes in all. Each row times the same task",
-             "through the mount and by the usual alternative side by side, several times; values are medians",
-             "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
-             "throughputs, so higher is better; for 4b, 5a and 5d, the value ÷ its limit). Where it applies,",
-             "the same task also runs through rclone mount of the same files (see Settings); the best of its",
-             "configurations is shown with the ratio mount ÷ rclone per run, and a row where the mount is",
-             "slower than rclone is MISSED whatever its goal.", "",
-             "Run it again with `make bench`; `scripts/bench.py --quick` is a one-run smoke test,",
-             "`--only 1,4` picks benchmarks, `--runs N` sets the repetitions, `--rclone webdav-off` the rclone",
-             "configurations (`none`: no rclone), `--out FILE` the report.", "",
-             "## Machine", ""]
+def write_report(
+    path: Path,
+    rows: list[Row],
+    info: dict[str, str],
+    settings: dict[str, str],
+    bench: Bench,
+    started: dt.datetime,
+    seconds: float,
+) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`scripts/bench.py`); every number below comes from one run of it",
+        f"on {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes in all. Each row times the same task",
+        "through the mount and by the usual alternative side by side, several times; values are medians",
+        "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
+        "throughputs, so higher is better; for 4b, 5a and 5d, the value ÷ its limit). Where it applies,",
+        "the same task also runs through rclone mount of the same files (see Settings); the best of its",
+        "configurations is shown with the ratio mount ÷ rclone per run, and a row where the mount is",
+        "slower than rclone is MISSED whatever its goal.",
+        "",
+        "Run it again with `make bench`; `scripts/bench.py --quick` is a one-run smoke test,",
+        "`--only 1,4` picks benchmarks, `--runs N` sets the repetitions, `--rclone webdav-off` the rclone",
+        "configurations (`none`: no rclone), `--out FILE` the report.",
+        "",
+        "## Machine",
+        "",
+    ]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", "## Settings", ""]
     lines += [f"- {key}: {value}" for key, value in settings.items()]
     lines += ["", "## Results", ""]
     lines += table_lines(rows, markdown=True)
     if bench.peak_rss:
-        lines += ["", "Peak resident memory of the mount daemon (VmHWM at unmount), by task: "
-                  + "; ".join(f"{purpose} {max(values):.0f} MB" for purpose, values in sorted(bench.peak_rss.items()))
-                  + "."]
+        lines += [
+            "",
+            "Peak resident memory of the mount daemon (VmHWM at unmount), by task: "
+            + "; ".join(f"{purpose} {max(values):.0f} MB" for purpose, values in sorted(bench.peak_rss.items()))
+            + ".",
+        ]
     if bench.listing_requests:
         lines += ["", "Requests the mount made for the cold listing (5a), last run:", ""]
         lines += [f"- {count} × `{kind}`" for kind, count in bench.listing_requests.most_common()]
     if bench.walk_requests:
-        lines += ["", "Requests the mount made for the cold find of some subjects (5d, 5e), last run, "
-                  "counted after the unmount (what it loaded ahead included):", ""]
+        lines += [
+            "",
+            "Requests the mount made for the cold find of some subjects (5d, 5e), last run, "
+            "counted after the unmount (what it loaded ahead included):",
+            "",
+        ]
         lines += [f"- {count} × `{kind}`" for kind, count in bench.walk_requests.most_common()]
     peers = [row for row in rows if row.peer]
     if peers:
@@ -1317,19 +1476,28 @@ def write_report(path: Path, rows: list[Row], info: dict[str, str], settings: di
 
 # ---- main ------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_RUNS} run per row, {QUICK_UPLOAD_MB} MB upload")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: {QUICK_RUNS} run per row, {QUICK_UPLOAD_MB} MB upload"
+    )
     parser.add_argument("--only", help="comma-separated benchmark numbers (1-7) to run")
     parser.add_argument("--runs", type=int, help=f"repetitions per row (default {FULL_RUNS}, quick {QUICK_RUNS})")
     parser.add_argument("--out", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report to write")
     parser.add_argument("--work-dir", help="scratch folder (default: a new temporary folder, removed after)")
-    parser.add_argument("--latency-ms", type=float, default=LATENCY_MS,
-                        help="delay the fake XNAT (and the static server for rclone) adds per request")
-    parser.add_argument("--rclone", default=",".join(RCLONE_CONFIGS),
-                        help=f"rclone mount configurations to compare with, comma-separated from "
-                             f"{', '.join(RCLONE_CONFIGS)}; 'none' for no rclone")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=LATENCY_MS,
+        help="delay the fake XNAT (and the static server for rclone) adds per request",
+    )
+    parser.add_argument(
+        "--rclone",
+        default=",".join(RCLONE_CONFIGS),
+        help=f"rclone mount configurations to compare with, comma-separated from "
+        f"{', '.join(RCLONE_CONFIGS)}; 'none' for no rclone",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     try:
@@ -1363,8 +1531,11 @@ def isolate_environment(work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
     for tool in ("curl", "dcm2niix", "fusermount3", "find"):
         if shutil.which(tool) is None:
             logger.error("%s is not installed (make system-deps)", tool)
@@ -1418,7 +1589,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.exception("benchmark %s failed", ",".join(map(str, sorted(numbers & args.only))))
                 failed.update((key, f"the benchmark failed: {exc}") for key in untouched)
         for key, reason in failed.items():
-            if not rows[key].measured:      # a later group of the same number may have measured it
+            if not rows[key].measured:  # a later group of the same number may have measured it
                 rows[key].not_measured = reason
     finally:
         if bench.static is not None:
@@ -1434,19 +1605,27 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table_lines(chosen, markdown=False)))
     settings = {
         "server": f"fake XNAT (xnatfs.fake), sample size large, {args.latency_ms:g} ms added to every request, "
-                  "127.0.0.1, Range not honoured",
+        "127.0.0.1, Range not honoured",
         "mount": f"`xnatfs mount` daemon, --ttl {TTL:g}, default cache size, a fresh cache folder per cold run",
-        "cold runs": "fresh mount and empty cache" + (", page cache dropped (echo 3 > /proc/sys/vm/drop_caches)"
-                                                      if bench.can_drop_caches else "; page cache NOT dropped"),
+        "cold runs": "fresh mount and empty cache"
+        + (
+            ", page cache dropped (echo 3 > /proc/sys/vm/drop_caches)"
+            if bench.can_drop_caches
+            else "; page cache NOT dropped"
+        ),
         "code": f"xnatfs at {code_revision()}",
         "runs per row": str(args.runs) + (" (--quick)" if args.quick else ""),
         "reading": "files read in name order with 1 MiB reads, as a tool reading a series does",
         "dcm2niix": "`dcm2niix -z n -o OUT -f %s_%d DIR`",
-        "rclone": (f"{_first_line(['rclone', 'version'])}, `rclone mount` of `scripts/static_files.py` (a static "
-                   f"HTTP/WebDAV server of a copy of {PROJECT}'s tree on local disk, the same {args.latency_ms:g} "
-                   "ms added to every request, Range honoured), --dir-cache-time and --attr-timeout "
-                   f"{TTL:g}s, --read-only; configurations {', '.join(bench.rclone_configs)}; a fresh mount and "
-                   "cache folder per cold run" if bench.rclone_configs else "not run"),
+        "rclone": (
+            f"{_first_line(['rclone', 'version'])}, `rclone mount` of `scripts/static_files.py` (a static "
+            f"HTTP/WebDAV server of a copy of {PROJECT}'s tree on local disk, the same {args.latency_ms:g} "
+            "ms added to every request, Range honoured), --dir-cache-time and --attr-timeout "
+            f"{TTL:g}s, --read-only; configurations {', '.join(bench.rclone_configs)}; a fresh mount and "
+            "cache folder per cold run"
+            if bench.rclone_configs
+            else "not run"
+        ),
     }
     info["load average at the end (1, 5, 15 min)"] = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     write_report(Path(args.out), chosen, info, settings, bench, started_at, seconds)

@@ -57,15 +57,34 @@ def start_mount(url: str, work: Path, profile: Path | None) -> subprocess.Popen:
     mountpoint = work / "mnt"
     mountpoint.mkdir()
     home = work / "home"
-    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
-               XDG_STATE_HOME=str(home / "state"), XDG_CACHE_HOME=str(home / "cache"),
-               NETRC=str(home / "no-netrc"), XNAT_USER="admin", XNAT_PASS="admin",
-               PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        NETRC=str(home / "no-netrc"),
+        XNAT_USER="admin",
+        XNAT_PASS="admin",
+        PYTHONPATH=str(REPO),
+    )
     if profile is not None:
         env["XNATFS_PROFILE"] = str(profile)
-    command = [sys.executable, "-m", "xnatfs", "mount", url, str(mountpoint), "--foreground",
-               "--cache-dir", str(work / "cache"), "--log-level", "WARNING",
-               "--log-file", str(work / "mount.log")]
+    command = [
+        sys.executable,
+        "-m",
+        "xnatfs",
+        "mount",
+        url,
+        str(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(work / "cache"),
+        "--log-level",
+        "WARNING",
+        "--log-file",
+        str(work / "mount.log"),
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT
     while not mounted_at(mountpoint):
@@ -158,7 +177,8 @@ def measure(mnt: Path, seconds: float) -> dict[str, float]:
     results["ls -lR, s"] = best_of(5, lambda: subprocess.run(["ls", "-lR", str(mnt)], check=True, **quiet))
     if shutil.which("getfattr"):
         results["getfattr -d series, s"] = best_of(
-            5, lambda: subprocess.run(["getfattr", "-d", *map(str, series)], check=True, **quiet))
+            5, lambda: subprocess.run(["getfattr", "-d", *map(str, series)], check=True, **quiet)
+        )
     results[f"read series ({len(series)} files), s"] = best_of(5, lambda: [p.read_bytes() for p in series])
     return results
 
@@ -178,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})     # inherited by the daemon
+        os.sched_setaffinity(0, {args.cpu})  # inherited by the daemon
 
     with tempfile.TemporaryDirectory(prefix="xnatfs-profile-") as scratch:
         work = Path(scratch)

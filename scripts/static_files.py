@@ -62,7 +62,7 @@ class StaticHandler(BaseHTTPRequestHandler):
         # As the fake XNAT does: a small answer is not held back waiting for the client's ACK.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args) -> None:   # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args) -> None:
         """Quiet: a benchmark logs nothing per request."""
 
     # ---- requests -----------------------------------------------------
@@ -91,8 +91,11 @@ class StaticHandler(BaseHTTPRequestHandler):
             with os.scandir(target) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
                     responses.append(self._propfind_entry(base + quote(entry.name), Path(entry.path)))
-        body = ('<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
-                + "".join(responses) + "</D:multistatus>\n").encode()
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
+            + "".join(responses)
+            + "</D:multistatus>\n"
+        ).encode()
         self._answer(207, body, {"Content-Type": 'application/xml; charset="utf-8"'})
 
     # ---- answers ------------------------------------------------------
@@ -140,8 +143,11 @@ class StaticHandler(BaseHTTPRequestHandler):
             info = os.fstat(handle.fileno())
             start, end = 0, info.st_size
             status = 200
-            headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
-                       "Last-Modified": formatdate(info.st_mtime, usegmt=True)}
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+                "Last-Modified": formatdate(info.st_mtime, usegmt=True),
+            }
             wanted = RANGE.match(self.headers.get("Range", "").strip())
             if wanted and (wanted.group(1) or wanted.group(2)):
                 first, last = wanted.groups()
@@ -171,11 +177,15 @@ class StaticHandler(BaseHTTPRequestHandler):
                 href += "/"
             props = f"<D:resourcetype><D:collection/></D:resourcetype><D:getlastmodified>{modified}</D:getlastmodified>"
         else:
-            props = (f"<D:resourcetype/><D:getcontentlength>{info.st_size}</D:getcontentlength>"
-                     f"<D:getlastmodified>{modified}</D:getlastmodified>"
-                     "<D:getcontenttype>application/octet-stream</D:getcontenttype>")
-        return (f"<D:response><D:href>{html.escape(href)}</D:href><D:propstat><D:prop>{props}</D:prop>"
-                "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
+            props = (
+                f"<D:resourcetype/><D:getcontentlength>{info.st_size}</D:getcontentlength>"
+                f"<D:getlastmodified>{modified}</D:getlastmodified>"
+                "<D:getcontenttype>application/octet-stream</D:getcontenttype>"
+            )
+        return (
+            f"<D:response><D:href>{html.escape(href)}</D:href><D:propstat><D:prop>{props}</D:prop>"
+            "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     def set_delay(seconds: float) -> Callable[..., None]:
         def handler(_signum, _frame) -> None:
             server.delay = seconds
+
         return handler
 
     signal.signal(signal.SIGUSR1, set_delay(0.0))

@@ -116,6 +116,7 @@ def run_fs(request, tmp_path):
     Fails the test if the file system logged a traceback or an ERROR that no
     expected pattern matches. Returns the kernel's record and the log.
     """
+
     def run(body, *, expected_errors=(), server=None, **options) -> FsRun:
         server = server or request.getfixturevalue("fake_xnat")
         options.setdefault("retries", 0)
@@ -127,8 +128,9 @@ def run_fs(request, tmp_path):
         package.addHandler(watch)
         package.setLevel(logging.DEBUG)
         try:
-            with XnatConnection(server.url, server.username, server.password, timeout=settings.timeout,
-                                retries=settings.retries) as connection:
+            with XnatConnection(
+                server.url, server.username, server.password, timeout=settings.timeout, retries=settings.retries
+            ) as connection:
                 ops = build_operations(settings, connection)
                 try:
                     kernel = fsapi.run_fs(ops, body)

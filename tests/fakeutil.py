@@ -48,7 +48,7 @@ def cd_export_extras() -> list[tuple[str, bytes]]:
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"       # Media Storage Directory Storage
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     directory = FileDataset("DICOMDIR", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -70,7 +70,10 @@ class FakeServerProcess:
         self._log = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "xnatfs.fake", "--data", str(data)],
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
         ready = select.select([self.process.stdout], [], [], self.START_TIMEOUT)[0]
         if not ready:
             self.close()

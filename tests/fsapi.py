@@ -29,7 +29,7 @@ import trio
 
 from xnatfs.fs.kernel import Kernel
 
-READDIR_ROUND = 4     # entries per readdir call: small, so every folder takes several rounds
+READDIR_ROUND = 4  # entries per readdir call: small, so every folder takes several rounds
 
 
 class ReaddirBuffer(list):
@@ -189,8 +189,9 @@ class FsApi:
         """A handle on ``path``: created (with ``O_CREAT``) if the lookup finds nothing, as the kernel does."""
         parent, name = _parent_and_name(path)
         if flags & os.O_CREAT and not await self.exists(path):
-            info, _attrs = await self.ops.create(await self.inode(parent), _raw(name), stat.S_IFREG | 0o644,
-                                                 flags, context())
+            info, _attrs = await self.ops.create(
+                await self.inode(parent), _raw(name), stat.S_IFREG | 0o644, flags, context()
+            )
             return info.fh
         return (await self.ops.open(await self.inode(path), flags & ~os.O_CREAT, context())).fh
 
@@ -208,7 +209,7 @@ class FsApi:
         try:
             offset = 0
             while offset < len(data):
-                offset += await self.ops.write(fh, offset, data[offset:offset + 128 * 1024])
+                offset += await self.ops.write(fh, offset, data[offset : offset + 128 * 1024])
             if fsync:
                 await self.ops.fsync(fh, False)
         except BaseException:
@@ -219,8 +220,7 @@ class FsApi:
     async def truncate(self, path: str, size: int) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_size = size
-        return await self.ops.setattr(await self.inode(path), attrs, SetattrFields(update_size=True), None,
-                                      context())
+        return await self.ops.setattr(await self.inode(path), attrs, SetattrFields(update_size=True), None, context())
 
     async def unlink(self, path: str) -> None:
         parent, name = _parent_and_name(path)
@@ -229,8 +229,9 @@ class FsApi:
     async def rename(self, old: str, new: str, flags: int = 0) -> None:
         old_parent, old_name = _parent_and_name(old)
         new_parent, new_name = _parent_and_name(new)
-        await self.ops.rename(await self.inode(old_parent), _raw(old_name), await self.inode(new_parent),
-                              _raw(new_name), flags, context())
+        await self.ops.rename(
+            await self.inode(old_parent), _raw(old_name), await self.inode(new_parent), _raw(new_name), flags, context()
+        )
 
 
 async def errno_of(call: Awaitable) -> int:
@@ -281,7 +282,7 @@ def run_fs(ops, body: Callable[[FsApi], Awaitable[None]]) -> RecordingKernel:
             try:
                 await body(FsApi(ops, kernel))
             except Exception as exc:
-                failure = exc           # raised below as it is, not inside an exception group
+                failure = exc  # raised below as it is, not inside an exception group
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -63,15 +63,17 @@ def fuse_mounted(path: Path | str) -> bool:
 def isolated_env(home: Path, **extra: str) -> dict[str, str]:
     """An environment whose config, state and netrc lookups stay under ``home``."""
     env = dict(os.environ)
-    env.update({
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / "config"),
-        "XDG_STATE_HOME": str(home / "state"),
-        "XDG_CACHE_HOME": str(home / "cache"),
-        "XDG_DATA_HOME": str(home / "data"),
-        "NETRC": str(home / "no-netrc"),
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    })
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_STATE_HOME": str(home / "state"),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "XDG_DATA_HOME": str(home / "data"),
+            "NETRC": str(home / "no-netrc"),
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
     env.pop("XNAT_USER", None)
     env.pop("XNAT_PASS", None)
     env.update(extra)
@@ -112,7 +114,8 @@ def log_problems(log: str, expected_errors: tuple[str, ...] = ()) -> list[str]:
         if match:
             record = line
             if match["level"] in ("ERROR", "CRITICAL") and not any(
-                    re.search(pattern, match["message"]) for pattern in expected_errors):
+                re.search(pattern, match["message"]) for pattern in expected_errors
+            ):
                 problems.append(line)
         elif line.startswith("Traceback (most recent call last)"):
             problems.append(f"traceback after: {record or '(start of log)'}")
@@ -124,8 +127,9 @@ def check_log(mount: Mount, expected_errors: tuple[str, ...] = ()) -> None:
     problems = log_problems(mount.log(), (*expected_errors, RELEASE_AFTER_UNMOUNT))
     problems += [f"on stderr: {line}" for line in log_problems(mount.stderr())]
     if problems:
-        raise AssertionError("the daemon logged:\n" + "\n".join(problems) + "\n--- log tail ---\n"
-                             + mount.log()[-4000:])
+        raise AssertionError(
+            "the daemon logged:\n" + "\n".join(problems) + "\n--- log tail ---\n" + mount.log()[-4000:]
+        )
 
 
 def unmount_quietly(path: Path) -> None:
@@ -141,9 +145,19 @@ def unmount_quietly(path: Path) -> None:
 
 
 @contextmanager
-def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin",
-            ttl: float | None = None, cache_dir: Path | None = None, cache_size: str | None = None,
-            args: tuple[str, ...] = (), name: str = "mnt", expected_errors: tuple[str, ...] = ()):
+def mounted(
+    url: str,
+    base: Path,
+    *,
+    user: str = "admin",
+    password: str = "admin",
+    ttl: float | None = None,
+    cache_dir: Path | None = None,
+    cache_size: str | None = None,
+    args: tuple[str, ...] = (),
+    name: str = "mnt",
+    expected_errors: tuple[str, ...] = (),
+):
     """Mount ``url`` under ``base/name`` for the length of the ``with`` block.
 
     ``expected_errors``: regular expressions for the ERROR lines the test provokes on purpose.
@@ -154,8 +168,18 @@ def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin
     home.mkdir(exist_ok=True)
     cache_dir = cache_dir or base / "cache"
     log_file = base / f"{name}.log"
-    command = xnatfs_command("mount", url, str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
-                             "--log-level", "DEBUG", "--log-file", str(log_file))
+    command = xnatfs_command(
+        "mount",
+        url,
+        str(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(cache_dir),
+        "--log-level",
+        "DEBUG",
+        "--log-file",
+        str(log_file),
+    )
     if ttl is not None:
         command += ["--ttl", str(ttl)]
     if cache_size is not None:
@@ -164,8 +188,7 @@ def mounted(url: str, base: Path, *, user: str = "admin", password: str = "admin
     env = isolated_env(home, XNAT_USER=user, XNAT_PASS=password)
     # A file, not a pipe: a daemon writing more than a pipe holds to a pipe nobody reads would block.
     with open(base / f"{name}.stderr", "w") as stderr:
-        process = subprocess.Popen(command, env=env, cwd=str(base), stdout=subprocess.DEVNULL,
-                                   stderr=stderr, text=True)
+        process = subprocess.Popen(command, env=env, cwd=str(base), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     mount = Mount(mountpoint, process, log_file, cache_dir, home)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -213,7 +236,8 @@ def server_files(server, *, projects: tuple[str, ...] | None = None) -> dict[str
             for resource in conn.list_resources(f"/data/projects/{project.id}"):
                 for remote in conn.list_files(resource.uri):
                     files[f"{project.id}/RESOURCES/{resource.label}/{remote.path}"] = ServerFile(
-                        remote.size, remote.digest, remote.uri)
+                        remote.size, remote.digest, remote.uri
+                    )
             for experiment in conn.list_experiments(project.id):
                 subject = subjects[experiment.subject_id]
                 base = f"{project.id}/{subject.label}/{experiment.label}"
@@ -226,10 +250,12 @@ def server_files(server, *, projects: tuple[str, ...] | None = None) -> dict[str
                     where[resource.uri] = f"{base}/RESOURCES/{resource.label}"
                 for remote in conn.list_files(f"/data/experiments/{experiment.id}", all_levels=True):
                     files[f"{where[remote.resource_uri]}/{remote.path}"] = ServerFile(
-                        remote.size, remote.digest, remote.uri)
+                        remote.size, remote.digest, remote.uri
+                    )
             for subject in subjects.values():
                 for resource in conn.list_resources(f"/data/projects/{subject.project}/subjects/{subject.id}"):
                     for remote in conn.list_files(resource.uri):
-                        files[f"{project.id}/{subject.label}/RESOURCES/{resource.label}/{remote.path}"] = (
-                            ServerFile(remote.size, remote.digest, remote.uri))
+                        files[f"{project.id}/{subject.label}/RESOURCES/{resource.label}/{remote.path}"] = ServerFile(
+                            remote.size, remote.digest, remote.uri
+                        )
     return files

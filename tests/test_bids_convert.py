@@ -55,17 +55,24 @@ def dicom_folder(store: Store, session: str, scan: str) -> tuple[Path, list[Remo
     pk = store.scan(experiment, scan)["pk"]
     resource = store.find_resource("scan", str(pk), "DICOM")
     uri = f"/data/experiments/{experiment}/scans/{scan}/resources/DICOM"
-    listing = [RemoteFile(path=f["path"], size=f["size"], uri=f"{uri}/files/{f['path']}",
-                          resource_label="DICOM", resource_uri=uri, digest=f["digest"])
-               for f in store.files(resource["id"])]
+    listing = [
+        RemoteFile(
+            path=f["path"],
+            size=f["size"],
+            uri=f"{uri}/files/{f['path']}",
+            resource_label="DICOM",
+            resource_uri=uri,
+            digest=f["digest"],
+        )
+        for f in store.files(resource["id"])
+    ]
     return store.file_path(resource["id"], listing[0].path).parent, listing
 
 
 def cached_series(store: Store, cache: ContentCache, session: str, scan: str) -> Series:
     """A scan's series with every file put into ``cache`` as the series zip would."""
     folder, listing = dicom_folder(store, session, scan)
-    series = Series.from_listing(listing[0].resource_uri, listing,
-                                 lambda f: CacheKey(SERVER + f.uri, f.size, f.digest))
+    series = Series.from_listing(listing[0].resource_uri, listing, lambda f: CacheKey(SERVER + f.uri, f.size, f.digest))
     for remote, file in zip(listing, series.files):
         cache.insert(file.key, folder / remote.path)
     return series
@@ -89,10 +96,11 @@ def counting_binary(folder: Path, body: str = 'exec "{real}" "$@"') -> tuple[str
     """A dcm2niix stand-in script that logs each conversion run (not ``-v``) and then does ``body``."""
     log = folder / "runs.log"
     script = folder / "dcm2niix-counted"
-    script.write_text("#!/bin/sh\n"
-                      f'[ "$1" = "-v" ] && exec "{dcm2niix.bin}" "$@"\n'
-                      f'echo run >> "{log}"\n'
-                      + body.format(real=dcm2niix.bin) + "\n")
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = "-v" ] && exec "{dcm2niix.bin}" "$@"\n'
+        f'echo run >> "{log}"\n' + body.format(real=dcm2niix.bin) + "\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script), log
 
@@ -112,17 +120,27 @@ def test_bids_sample_layout(bids_store):
     series = {}
     for session in ("P01_MR1", "P01_MR2"):
         experiment = bids_store.experiment_id("BIDS01", session)
-        series[session] = [(s["scan_id"], s["series_description"], s["quality"], s["frames"])
-                           for s in bids_store.scans(experiment)]
-    common = [("1", "Localizer", "usable", 9), ("2", "T1w_MPRAGE", "usable", 20),
-              ("3", "T2w_SPC", "usable", 20), ("4", "fmap-epi_dir-AP", "usable", 12),
-              ("5", "fmap-epi_dir-PA", "usable", 12)]
+        series[session] = [
+            (s["scan_id"], s["series_description"], s["quality"], s["frames"]) for s in bids_store.scans(experiment)
+        ]
+    common = [
+        ("1", "Localizer", "usable", 9),
+        ("2", "T1w_MPRAGE", "usable", 20),
+        ("3", "T2w_SPC", "usable", 20),
+        ("4", "fmap-epi_dir-AP", "usable", 12),
+        ("5", "fmap-epi_dir-PA", "usable", 12),
+    ]
     assert series["P01_MR1"] == common + [
-        ("6", "func-bold_task-nback", "usable", 36), ("7", "fMRI_rest", "usable", 36),
-        ("8", "fMRI_rest", "usable", 36), ("9", "DWI_dir3", "usable", 48)]
+        ("6", "func-bold_task-nback", "usable", 36),
+        ("7", "fMRI_rest", "usable", 36),
+        ("8", "fMRI_rest", "usable", 36),
+        ("9", "DWI_dir3", "usable", 48),
+    ]
     assert series["P01_MR2"] == common + [
-        ("6", "fMRI_rest", "usable", 36), ("7", "DWI_dir3", "usable", 48),
-        ("8", "T1w_MPRAGE", "unusable", 20)]
+        ("6", "fMRI_rest", "usable", 36),
+        ("7", "DWI_dir3", "usable", 48),
+        ("8", "T1w_MPRAGE", "unusable", 20),
+    ]
     scan_pk = str(bids_store.scan(bids_store.experiment_id("BIDS01", "P01_MR2"), "3")["pk"])
     assert [r["label"] for r in bids_store.resources("scan", scan_pk)] == ["DICOM", "SNAPSHOTS", "NIFTI"]
 
@@ -140,13 +158,19 @@ def test_every_series_of_the_bids_sample_converts(bids_store, cache):
             with converter.convert(cached_series(bids_store, cache, session, str(scan)), "test") as done:
                 assert done.converter == "dcm2niix v1.0.20260724"
                 results[session, scan] = [
-                    (image.suffix, nifti(image).shape, sidecar(image),
-                     image.bval is not None and whole(image.bval), image.bvec is not None)
-                    for image in done.images]
+                    (
+                        image.suffix,
+                        nifti(image).shape,
+                        sidecar(image),
+                        image.bval is not None and whole(image.bval),
+                        image.bvec is not None,
+                    )
+                    for image in done.images
+                ]
     assert [suffix for suffix, *_ in results["P01_MR1", 1]] == ["_i00001", "_i00004", "_i00007"]
     for key in (("P01_MR1", 2), ("P01_MR1", 3), ("P01_MR2", 8)):
         [(suffix, shape, meta, bval, bvec)] = results[key]
-        assert (suffix, sorted(shape), bval, bvec) == ("", [20, 64, 64], False, False)   # sagittal or axial
+        assert (suffix, sorted(shape), bval, bvec) == ("", [20, 64, 64], False, False)  # sagittal or axial
         assert meta["SeriesDescription"] in ("T1w_MPRAGE", "T2w_SPC")
     for key in (("P01_MR1", 6), ("P01_MR1", 7), ("P01_MR1", 8), ("P01_MR2", 6)):
         [(_suffix, shape, meta, _bval, _bvec)] = results[key]
@@ -167,8 +191,11 @@ def test_outputs_equal_a_direct_run_and_sizes_are_exact(bids_store, cache, tmp_p
     folder, _listing = dicom_folder(bids_store, "P01_MR1", "9")
     direct = tmp_path / "direct"
     direct.mkdir()
-    subprocess.run([dcm2niix.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", "series", "-o", str(direct),
-                    str(folder)], check=True, capture_output=True)
+    subprocess.run(
+        [dcm2niix.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", "series", "-o", str(direct), str(folder)],
+        check=True,
+        capture_output=True,
+    )
     with Converter(cache).convert(cached_series(bids_store, cache, "P01_MR1", "9"), "r") as done:
         [image] = done.images
         assert [f.name for f in image.files] == ["series.nii", "series.json", "series.bval", "series.bvec"]
@@ -196,7 +223,7 @@ def test_many_threads_asking_for_one_series_run_dcm2niix_once(bids_store, cache,
         try:
             with converters[index % 2].convert(series, "rule-1") as done:
                 results.append([(f.name, f.size, whole(f)) for f in done.files()])
-        except Exception as exc:   # reported below
+        except Exception as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
@@ -229,9 +256,15 @@ def test_processes_sharing_the_cache_folder_convert_once(bids_store, cache, tmp_
     binary, log = counting_binary(tmp_path)
     series = cached_series(bids_store, cache, "P01_MR1", "6")
     files = json.dumps([[f.name, list(f.key)] for f in series.files])
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(cache.directory), binary, files],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                for _ in range(3)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(cache.directory), binary, files],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     for child in children:
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -281,8 +314,7 @@ def test_a_series_that_is_not_dicom_fails_and_leaves_nothing(cache, tmp_path, ca
     for index in range(3):
         path = texts / f"note{index}.txt"
         path.write_bytes(b"not an image %d\n" % index)
-        key = CacheKey(f"{SERVER}/data/experiments/E1/scans/9/resources/DICOM/files/{path.name}",
-                       path.stat().st_size)
+        key = CacheKey(f"{SERVER}/data/experiments/E1/scans/9/resources/DICOM/files/{path.name}", path.stat().st_size)
         cache.insert(key, path)
         files.append(SeriesFile(path.name, key))
     inputs = set(cache_entries(cache))
@@ -294,8 +326,9 @@ def test_a_series_that_is_not_dicom_fails_and_leaves_nothing(cache, tmp_path, ca
     assert failed.value.url == series.uri
     assert set(cache_entries(cache)) == inputs
     assert converter.cached(series, "r") is None
-    assert [r.getMessage() for r in caplog.records if "cannot convert" in r.getMessage()] == \
-        [f"cannot convert {series.uri} (3 files): {failed.value.message}"]
+    assert [r.getMessage() for r in caplog.records if "cannot convert" in r.getMessage()] == [
+        f"cannot convert {series.uri} (3 files): {failed.value.message}"
+    ]
     assert not os.listdir(cache.directory / "tmp")
 
 
@@ -305,16 +338,20 @@ def test_a_file_missing_from_the_cache_is_an_error_not_a_download(cache):
         Converter(cache).convert(Series("/data/x", (SeriesFile("1.dcm", key),)), "r")
 
 
-@pytest.mark.parametrize("body, expected", [
-    ("sleep 30", "took longer than 0.5 s"),
-    ("kill -SEGV $$", "killed by signal 11"),
-    ('"{real}" "$@" >/dev/null; exit 3', "exited with status 3"),
-    # Outputs are stored before the manifest, which then overflows: they must go again.
-    ('"{real}" "$@" >/dev/null; for i in $(seq 400); do echo "{{}}" > "${{12}}/extra_$i.json"; done',
-     "too many files"),
-])
-def test_a_crash_or_hang_of_the_converter_is_an_error_for_every_waiter(bids_store, cache, tmp_path,
-                                                                      body, expected):
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("sleep 30", "took longer than 0.5 s"),
+        ("kill -SEGV $$", "killed by signal 11"),
+        ('"{real}" "$@" >/dev/null; exit 3', "exited with status 3"),
+        # Outputs are stored before the manifest, which then overflows: they must go again.
+        (
+            '"{real}" "$@" >/dev/null; for i in $(seq 400); do echo "{{}}" > "${{12}}/extra_$i.json"; done',
+            "too many files",
+        ),
+    ],
+)
+def test_a_crash_or_hang_of_the_converter_is_an_error_for_every_waiter(bids_store, cache, tmp_path, body, expected):
     binary, _log = counting_binary(tmp_path, body)
     converter = Converter(cache, binary=binary, timeout=0.5)
     series = cached_series(bids_store, cache, "P01_MR1", "2")
@@ -333,7 +370,7 @@ def test_a_crash_or_hang_of_the_converter_is_an_error_for_every_waiter(bids_stor
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert time.monotonic() - started < 30    # liveness: nobody waited for the 30 s sleep
+    assert time.monotonic() - started < 30  # liveness: nobody waited for the 30 s sleep
     assert len(errors) == 3 and all(expected in e for e in errors)
     assert set(cache_entries(cache)) == inputs
 
@@ -342,8 +379,10 @@ def test_parallel_conversions_are_bounded(bids_store, cache, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     # Each run records how many runs are inside at its start (a file per running run).
-    body = ('touch "{marks}/$$"; ls "{marks}" | wc -l >> "{marks}.seen"; '
-            '"{real}" "$@"; status=$?; rm -f "{marks}/$$"; exit $status').replace("{marks}", str(marks))
+    body = (
+        'touch "{marks}/$$"; ls "{marks}" | wc -l >> "{marks}.seen"; '
+        '"{real}" "$@"; status=$?; rm -f "{marks}/$$"; exit $status'
+    ).replace("{marks}", str(marks))
     binary, log = counting_binary(tmp_path, body)
     converter = Converter(cache, binary=binary, max_parallel=1)
     series = [cached_series(bids_store, cache, "P01_MR1", str(n)) for n in (2, 3, 4, 5)]
@@ -363,9 +402,16 @@ def test_the_samples_server_nifti_is_recognised_and_matches_a_conversion(bids_st
     for resource in bids_store.resources("scan", pk):
         uri = f"/data/experiments/{experiment}/scans/3/resources/{resource['label']}"
         listings[resource["label"]] = [
-            RemoteFile(path=f["path"], size=f["size"], uri=f"{uri}/files/{f['path']}",
-                       resource_label=resource["label"], resource_uri=uri, digest=f["digest"])
-            for f in bids_store.files(resource["id"])]
+            RemoteFile(
+                path=f["path"],
+                size=f["size"],
+                uri=f"{uri}/files/{f['path']}",
+                resource_label=resource["label"],
+                resource_uri=uri,
+                digest=f["digest"],
+            )
+            for f in bids_store.files(resource["id"])
+        ]
     found = find_server_conversion(listings)
     assert found.source == "server NIFTI resource"
     [image] = found.images
@@ -388,14 +434,21 @@ def test_server_conversions_are_recognised():
     found = find_server_conversion({"DICOM": [remote("1.dcm", "DICOM")], "nifti": nifti})
     assert found.resource_label == "NIFTI" and found.source == "server NIFTI resource"
     [image] = found.images
-    assert (image.stem, image.nifti.path, image.sidecar.path, image.bval) == \
-        ("2_T1w", "2_T1w.nii.gz", "2_T1w.json", None)
+    assert (image.stem, image.nifti.path, image.sidecar.path, image.bval) == (
+        "2_T1w",
+        "2_T1w.nii.gz",
+        "2_T1w.json",
+        None,
+    )
 
-    dwi = [remote(n, "BIDS") for n in ("dwi.nii", "dwi.json", "dwi.bval", "dwi.bvec",
-                                       "half.nii", "half.json", "half.bval", "bare.nii")]
+    dwi = [
+        remote(n, "BIDS")
+        for n in ("dwi.nii", "dwi.json", "dwi.bval", "dwi.bvec", "half.nii", "half.json", "half.bval", "bare.nii")
+    ]
     found = find_server_conversion({"BIDS": dwi})
-    assert [(i.stem, [f.path for f in i.files]) for i in found.images] == \
-        [("dwi", ["dwi.nii", "dwi.json", "dwi.bval", "dwi.bvec"])]
+    assert [(i.stem, [f.path for f in i.files]) for i in found.images] == [
+        ("dwi", ["dwi.nii", "dwi.json", "dwi.bval", "dwi.bvec"])
+    ]
     # NIFTI is preferred to BIDS; a resource with no usable image does not count.
     assert find_server_conversion({"BIDS": dwi, "NIFTI": nifti}).resource_label == "NIFTI"
     assert find_server_conversion({"BIDS": dwi, "NIFTI": [remote("x.nii")]}).resource_label == "BIDS"

@@ -3,7 +3,6 @@
 import random
 
 import pytest
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,10 +79,29 @@ def test_session_and_subject_labels_from_model_records():
 
 
 def test_entities_are_put_in_bids_order():
-    assert ordered_entities([("run", "1"), ("dir", "AP"), ("task", "rest"), ("ses", "A"), ("sub", "1"),
-                             ("acq", "x"), ("echo", "2"), ("ce", "gad"), ("rec", "moco")]) == (
-        ("sub", "1"), ("ses", "A"), ("task", "rest"), ("acq", "x"), ("ce", "gad"), ("rec", "moco"),
-        ("dir", "AP"), ("run", "1"), ("echo", "2"))
+    assert ordered_entities(
+        [
+            ("run", "1"),
+            ("dir", "AP"),
+            ("task", "rest"),
+            ("ses", "A"),
+            ("sub", "1"),
+            ("acq", "x"),
+            ("echo", "2"),
+            ("ce", "gad"),
+            ("rec", "moco"),
+        ]
+    ) == (
+        ("sub", "1"),
+        ("ses", "A"),
+        ("task", "rest"),
+        ("acq", "x"),
+        ("ce", "gad"),
+        ("rec", "moco"),
+        ("dir", "AP"),
+        ("run", "1"),
+        ("echo", "2"),
+    )
     assert ENTITY_ORDER[:2] == ("sub", "ses")
 
 

@@ -14,8 +14,14 @@ from xnatfs.errors import XnatServerError
 
 
 def scan(scan_id, description, quality="usable"):
-    return Scan(scan_id, type=description, series_description=description, quality=quality,
-                xsi_type="xnat:mrScanData", uri=f"/data/experiments/E1/scans/{scan_id}")
+    return Scan(
+        scan_id,
+        type=description,
+        series_description=description,
+        quality=quality,
+        xsi_type="xnat:mrScanData",
+        uri=f"/data/experiments/E1/scans/{scan_id}",
+    )
 
 
 SESSION = [
@@ -36,7 +42,11 @@ def test_every_scan_gets_an_entry_in_scan_order():
     plan = plan_session("01", "MR1", SESSION)
     assert [entry.scan.id for entry in plan.entries] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
     assert {entry.scan.id: entry.reason for entry in plan.left_out} == {
-        "1": Reason.EXCLUDED, "6": Reason.EXCLUDED, "7": Reason.UNUSABLE, "9": Reason.NO_RULE}
+        "1": Reason.EXCLUDED,
+        "6": Reason.EXCLUDED,
+        "7": Reason.UNUSABLE,
+        "9": Reason.NO_RULE,
+    }
     assert plan.datatypes() == ("anat", "dwi", "func")
     assert plan.folder == "sub-01/ses-MR1"
 
@@ -67,11 +77,20 @@ def test_func_targets_carry_their_task_name_for_the_sidecar():
 
 
 def test_reproin_run_markers_share_one_counter_across_the_session():
-    scans = [scan("1", "func-bold_task-a_run+"), scan("2", "func-bold_task-b_run+"),
-             scan("3", "func-bold_task-b_run="), scan("4", "func-bold_task-a_run-5"), scan("5", "func-bold_task-a_run+")]
+    scans = [
+        scan("1", "func-bold_task-a_run+"),
+        scan("2", "func-bold_task-b_run+"),
+        scan("3", "func-bold_task-b_run="),
+        scan("4", "func-bold_task-a_run-5"),
+        scan("5", "func-bold_task-a_run+"),
+    ]
     plan = plan_session("01", "A", scans)
     assert [(target.scan.id, target.entity("run")) for target in plan.targets] == [
-        ("1", "01"), ("3", "02"), ("4", "05"), ("5", "06")]
+        ("1", "01"),
+        ("3", "02"),
+        ("4", "05"),
+        ("5", "06"),
+    ]
     (left,) = plan.left_out
     assert left.scan.id == "2" and left.reason is Reason.COLLISION and "later scan 3" in left.detail
 
@@ -118,10 +137,13 @@ def test_plans_are_deterministic_whatever_the_listing_order():
     assert forward == backward
 
 
-@pytest.mark.parametrize("ids, expected", [
-    (["10", "2", "1"], ["1", "2", "10"]),
-    (["3-MR2", "3", "20", "A"], ["3", "3-MR2", "20", "A"]),
-])
+@pytest.mark.parametrize(
+    "ids, expected",
+    [
+        (["10", "2", "1"], ["1", "2", "10"]),
+        (["3-MR2", "3", "20", "A"], ["3", "3-MR2", "20", "A"]),
+    ],
+)
 def test_scan_order_is_numeric(ids, expected):
     assert sorted(ids, key=scan_order_key) == expected
 
@@ -133,20 +155,34 @@ def test_left_out_entries_say_why():
 
 
 def test_the_bids_package_does_not_import_the_file_system_layer():
-    code = ("import sys, xnatfs.bids.plan, xnatfs.bids.dataset, xnatfs.bids.dcm2bids, xnatfs.bids.labels; "
-            "print(sorted(m for m in sys.modules if m.startswith(('xnatfs.fs', 'pyfuse3'))))")
+    code = (
+        "import sys, xnatfs.bids.plan, xnatfs.bids.dataset, xnatfs.bids.dcm2bids, xnatfs.bids.labels; "
+        "print(sorted(m for m in sys.modules if m.startswith(('xnatfs.fs', 'pyfuse3'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
-VOCABULARY = ["t1_mprage", "T2_SPACE", "ep2d_bold_rest", "DTI_AP", "localizer", "anat-T1w_run-1",
-              "func-bold_task-a_run+", "func-bold_task-a_run=", "fmap-epi_dir-PA", "odd", "T2_FLAIR"]
+VOCABULARY = [
+    "t1_mprage",
+    "T2_SPACE",
+    "ep2d_bold_rest",
+    "DTI_AP",
+    "localizer",
+    "anat-T1w_run-1",
+    "func-bold_task-a_run+",
+    "func-bold_task-a_run=",
+    "fmap-epi_dir-PA",
+    "odd",
+    "T2_FLAIR",
+]
 
 
 @given(st.lists(st.tuples(st.sampled_from(VOCABULARY), st.booleans()), max_size=14))
 def test_any_session_gets_unique_paths_and_one_entry_per_scan(described):
-    scans = [scan(str(number + 1), text, "unusable" if bad else "usable")
-             for number, (text, bad) in enumerate(described)]
+    scans = [
+        scan(str(number + 1), text, "unusable" if bad else "usable") for number, (text, bad) in enumerate(described)
+    ]
     plan = plan_session("01", "A", scans)
     assert sorted(entry.scan.id for entry in plan.entries) == sorted(s.id for s in scans)
     paths = [target.path() for target in plan.targets]

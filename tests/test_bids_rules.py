@@ -20,24 +20,37 @@ def name_of(outcome):
     return outcome.datatype, outcome.suffix, dict(outcome.entities)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("anat-T1w", ("anat", "T1w", {})),
-    ("anat-T2w_acq-highres", ("anat", "T2w", {"acq": "highres"})),
-    ("func-bold_task-rest_run-1", ("func", "bold", {"task": "rest", "run": "01"})),
-    ("func_task-n-back", ("func", "bold", {"task": "nback"})),
-    ("dwi_dir-AP", ("dwi", "dwi", {"dir": "AP"})),
-    ("fmap-epi_dir-PA", ("fmap", "epi", {"dir": "PA"})),
-    ("func-bold_task-rest_acq-p2.s4__tested twice", ("func", "bold", {"task": "rest", "acq": "p2s4"})),
-    ("DBIC:anat-T1w_ses-pre", ("anat", "T1w", {})),
-    ("func-bold_run+", ("func", "bold", {"task": "UNKNOWN", "run": "+"})),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("anat-T1w", ("anat", "T1w", {})),
+        ("anat-T2w_acq-highres", ("anat", "T2w", {"acq": "highres"})),
+        ("func-bold_task-rest_run-1", ("func", "bold", {"task": "rest", "run": "01"})),
+        ("func_task-n-back", ("func", "bold", {"task": "nback"})),
+        ("dwi_dir-AP", ("dwi", "dwi", {"dir": "AP"})),
+        ("fmap-epi_dir-PA", ("fmap", "epi", {"dir": "PA"})),
+        ("func-bold_task-rest_acq-p2.s4__tested twice", ("func", "bold", {"task": "rest", "acq": "p2s4"})),
+        ("DBIC:anat-T1w_ses-pre", ("anat", "T1w", {})),
+        ("func-bold_run+", ("func", "bold", {"task": "UNKNOWN", "run": "+"})),
+    ],
+)
 def test_reproin_names(text, expected):
     assert name_of(classify(text)) == expected
     assert classify(text).rule == "reproin"
 
 
-@pytest.mark.parametrize("text", ["T1_MPRAGE", "anatomy-T1w", "func-bold_colour-red", "func-bold_task-__x",
-                                  "func-bold_run-x", "anat-T1w_MPRAGE", "func_task-n_back"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "T1_MPRAGE",
+        "anatomy-T1w",
+        "func-bold_colour-red",
+        "func-bold_task-__x",
+        "func-bold_run-x",
+        "anat-T1w_MPRAGE",
+        "func_task-n_back",
+    ],
+)
 def test_not_reproin_names(text):
     assert reproin.parse(text) is None
 
@@ -49,7 +62,9 @@ def test_reproin_scout_is_excluded():
 
 def test_reproin_fmap_without_suffix_reads_the_image_type():
     assert name_of(classify("fmap_acq-3mm", header={"ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"]}))[1] == "phasediff"
-    assert name_of(classify("fmap_acq-3mm", header={"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]}))[1] == "magnitude1"
+    assert (
+        name_of(classify("fmap_acq-3mm", header={"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]}))[1] == "magnitude1"
+    )
     with pytest.raises(HeaderNeeded, match="ImageType"):
         classify("fmap_acq-3mm")
 
@@ -58,35 +73,50 @@ def test_reproin_is_read_from_the_scan_type_when_the_description_is_not_reproin(
     assert name_of(classify("MPRAGE", scan_type="anat-T2w")) == ("anat", "T2w", {})
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("t1_mprage_sag_p2_iso", ("anat", "T1w", {})),
-    ("MPRAGE_ADNI", ("anat", "T1w", {})),
-    ("T1w_MPR", ("anat", "T1w", {})),
-    ("t1_space_sag", ("anat", "T1w", {})),
-    ("t2_space_sag_p2", ("anat", "T2w", {})),
-    ("T2_SPACE", ("anat", "T2w", {})),
-    ("t2_tse_tra", ("anat", "T2w", {})),
-    ("T2_FLAIR_SAG", ("anat", "FLAIR", {})),
-    ("ep2d_bold_rest", ("func", "bold", {"task": "rest"})),
-    ("Resting State fMRI", ("func", "bold", {"task": "rest"})),
-    ("BOLD_task-nback_AP", ("func", "bold", {"task": "nback", "dir": "AP"})),
-    ("rest_SBRef", ("func", "sbref", {"task": "rest"})),
-    ("DTI_64dir_AP", ("dwi", "dwi", {"dir": "AP"})),
-    ("ep2d_diff_mddw_30", ("dwi", "dwi", {})),
-    ("Ax DWI", ("dwi", "dwi", {})),
-    ("SpinEchoFieldMap_PA", ("fmap", "epi", {"dir": "PA"})),
-    ("se_epi_AP", ("fmap", "epi", {"dir": "AP"})),
-    ("field_map_phase", ("fmap", "phasediff", {})),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("t1_mprage_sag_p2_iso", ("anat", "T1w", {})),
+        ("MPRAGE_ADNI", ("anat", "T1w", {})),
+        ("T1w_MPR", ("anat", "T1w", {})),
+        ("t1_space_sag", ("anat", "T1w", {})),
+        ("t2_space_sag_p2", ("anat", "T2w", {})),
+        ("T2_SPACE", ("anat", "T2w", {})),
+        ("t2_tse_tra", ("anat", "T2w", {})),
+        ("T2_FLAIR_SAG", ("anat", "FLAIR", {})),
+        ("ep2d_bold_rest", ("func", "bold", {"task": "rest"})),
+        ("Resting State fMRI", ("func", "bold", {"task": "rest"})),
+        ("BOLD_task-nback_AP", ("func", "bold", {"task": "nback", "dir": "AP"})),
+        ("rest_SBRef", ("func", "sbref", {"task": "rest"})),
+        ("DTI_64dir_AP", ("dwi", "dwi", {"dir": "AP"})),
+        ("ep2d_diff_mddw_30", ("dwi", "dwi", {})),
+        ("Ax DWI", ("dwi", "dwi", {})),
+        ("SpinEchoFieldMap_PA", ("fmap", "epi", {"dir": "PA"})),
+        ("se_epi_AP", ("fmap", "epi", {"dir": "AP"})),
+        ("field_map_phase", ("fmap", "phasediff", {})),
+    ],
+)
 def test_vendor_names(text, expected):
     outcome = classify(text)
     assert name_of(outcome) == expected
     assert outcome.rule.startswith("vendor:")
 
 
-@pytest.mark.parametrize("text", ["localizer", "AAHead_Scout_32ch", "3-plane loc", "DTI_64dir_FA",
-                                  "ep2d_diff_ADC", "ep2d_diff_TRACEW", "MoCoSeries", "DERIVED t1",
-                                  "PhoenixZIPReport", "Ax DWI ColFA"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "localizer",
+        "AAHead_Scout_32ch",
+        "3-plane loc",
+        "DTI_64dir_FA",
+        "ep2d_diff_ADC",
+        "ep2d_diff_TRACEW",
+        "MoCoSeries",
+        "DERIVED t1",
+        "PhoenixZIPReport",
+        "Ax DWI ColFA",
+    ],
+)
 def test_localizers_and_derived_maps_are_excluded(text):
     outcome = classify(text)
     assert isinstance(outcome, Exclusion) and outcome.reason is Reason.EXCLUDED, outcome
@@ -95,8 +125,14 @@ def test_localizers_and_derived_maps_are_excluded(text):
 def test_gre_field_map_needs_the_header_and_uses_its_image_type():
     with pytest.raises(HeaderNeeded, match="ImageType"):
         classify("gre_field_mapping")
-    assert name_of(classify("gre_field_mapping", header={"ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"]}))[1] == "phasediff"
-    assert name_of(classify("gre_field_mapping", header={"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]}))[1] == "magnitude1"
+    assert (
+        name_of(classify("gre_field_mapping", header={"ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"]}))[1]
+        == "phasediff"
+    )
+    assert (
+        name_of(classify("gre_field_mapping", header={"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"]}))[1]
+        == "magnitude1"
+    )
 
 
 def test_spin_echo_field_map_without_direction_is_left_out():

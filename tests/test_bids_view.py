@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dcm2niix
 import nibabel
 import numpy as np
 import pytest
@@ -24,8 +25,6 @@ from mountutil import isolated_env, mounted, xnatfs_command
 from xnatfs.bids.convert import converter_version
 from xnatfs.fake import FakeXnat
 from xnatfs.fake.store import Store
-
-import dcm2niix
 
 PROJECT = "BIDS01"
 SESSIONS = {"MR1": "P01_MR1", "MR2": "P01_MR2"}
@@ -93,8 +92,11 @@ def downloads(server) -> list[str]:
 
 
 def view_files(root: Path) -> dict[str, int]:
-    return {os.path.relpath(os.path.join(folder, name), root): os.stat(os.path.join(folder, name)).st_size
-            for folder, _dirs, names in os.walk(root) for name in names}
+    return {
+        os.path.relpath(os.path.join(folder, name), root): os.stat(os.path.join(folder, name)).st_size
+        for folder, _dirs, names in os.walk(root)
+        for name in names
+    }
 
 
 def dicom_folder(store: Store, session: str, scan: str) -> Path:
@@ -106,8 +108,12 @@ def dicom_folder(store: Store, session: str, scan: str) -> Path:
 def local_dcm2niix(folder: Path, out: Path) -> Path:
     """The stem of what the same dcm2niix writes for ``folder`` run by hand."""
     out.mkdir()
-    subprocess.run([dcm2niix.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", "local", "-o", str(out), str(folder)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [dcm2niix.bin, "-z", "n", "-b", "y", "-ba", "y", "-f", "local", "-o", str(out), str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return out / "local"
 
 
@@ -118,21 +124,31 @@ def test_the_view_is_a_bids_dataset_with_every_series_named(view):
     files = view_files(view)
     mr1, mr2 = "sub-P01/ses-MR1", "sub-P01/ses-MR2"
     expected = {
-        "dataset_description.json", "README", "participants.tsv", "participants.json",
-        "sub-P01/sub-P01_sessions.tsv", f"{mr1}/sub-P01_ses-MR1_scans.tsv", f"{mr2}/sub-P01_ses-MR2_scans.tsv",
-        f"{mr1}/anat/sub-P01_ses-MR1_T1w.nii", f"{mr1}/anat/sub-P01_ses-MR1_T2w.nii",
-        f"{mr1}/fmap/sub-P01_ses-MR1_dir-AP_epi.nii", f"{mr1}/fmap/sub-P01_ses-MR1_dir-PA_epi.nii",
+        "dataset_description.json",
+        "README",
+        "participants.tsv",
+        "participants.json",
+        "sub-P01/sub-P01_sessions.tsv",
+        f"{mr1}/sub-P01_ses-MR1_scans.tsv",
+        f"{mr2}/sub-P01_ses-MR2_scans.tsv",
+        f"{mr1}/anat/sub-P01_ses-MR1_T1w.nii",
+        f"{mr1}/anat/sub-P01_ses-MR1_T2w.nii",
+        f"{mr1}/fmap/sub-P01_ses-MR1_dir-AP_epi.nii",
+        f"{mr1}/fmap/sub-P01_ses-MR1_dir-PA_epi.nii",
         f"{mr1}/func/sub-P01_ses-MR1_task-nback_bold.nii",
         f"{mr1}/func/sub-P01_ses-MR1_task-rest_run-1_bold.nii",
         f"{mr1}/func/sub-P01_ses-MR1_task-rest_run-2_bold.nii",
-        f"{mr1}/dwi/sub-P01_ses-MR1_dwi.nii", f"{mr1}/dwi/sub-P01_ses-MR1_dwi.bval",
+        f"{mr1}/dwi/sub-P01_ses-MR1_dwi.nii",
+        f"{mr1}/dwi/sub-P01_ses-MR1_dwi.bval",
         f"{mr1}/dwi/sub-P01_ses-MR1_dwi.bvec",
-        f"{mr2}/anat/sub-P01_ses-MR2_T1w.nii", f"{mr2}/anat/sub-P01_ses-MR2_T2w.nii.gz",
-        f"{mr2}/func/sub-P01_ses-MR2_task-rest_bold.nii", f"{mr2}/dwi/sub-P01_ses-MR2_dwi.nii",
+        f"{mr2}/anat/sub-P01_ses-MR2_T1w.nii",
+        f"{mr2}/anat/sub-P01_ses-MR2_T2w.nii.gz",
+        f"{mr2}/func/sub-P01_ses-MR2_task-rest_bold.nii",
+        f"{mr2}/dwi/sub-P01_ses-MR2_dwi.nii",
     }
     assert expected <= set(files)
     images = [name for name in files if name.endswith((".nii", ".nii.gz"))]
-    assert len(images) == 14      # the localizers and MR2's unusable T1w are left out
+    assert len(images) == 14  # the localizers and MR2's unusable T1w are left out
     assert all(name.rsplit(".nii", 1)[0] + ".json" in files for name in images)
     # Sizes are exact before anything is read.
     for name, size in files.items():
@@ -158,32 +174,46 @@ def test_the_official_validator_finds_no_error(view, tmp_path):
     assert done.returncode == 0
     # The warnings docs/LAYOUT.md lists, and no others.
     assert {issue["code"] for issue in issues} <= {
-        "SIDECAR_KEY_RECOMMENDED", "TSV_ADDITIONAL_COLUMNS_UNDEFINED", "B0_FIELD_IDENTIFIER_RECOMMENDED",
-        "JSON_KEY_RECOMMENDED", "TOO_FEW_AUTHORS", "NO_AUTHORS", "EVENTS_TSV_MISSING"}
+        "SIDECAR_KEY_RECOMMENDED",
+        "TSV_ADDITIONAL_COLUMNS_UNDEFINED",
+        "B0_FIELD_IDENTIFIER_RECOMMENDED",
+        "JSON_KEY_RECOMMENDED",
+        "TOO_FEW_AUTHORS",
+        "NO_AUTHORS",
+        "EVENTS_TSV_MISSING",
+    }
 
 
 def test_pybids_finds_every_image_with_its_entities(view):
     from bids import BIDSLayout
 
     layout = BIDSLayout(str(view), validate=False)
-    found = {(f.entities["suffix"], f.entities["session"], f.entities.get("task"), f.entities.get("run"))
-             for f in layout.get(extension=[".nii", ".nii.gz"], suffix=["T1w", "bold", "dwi"])}
+    found = {
+        (f.entities["suffix"], f.entities["session"], f.entities.get("task"), f.entities.get("run"))
+        for f in layout.get(extension=[".nii", ".nii.gz"], suffix=["T1w", "bold", "dwi"])
+    }
     assert found == {
-        ("T1w", "MR1", None, None), ("T1w", "MR2", None, None),
-        ("bold", "MR1", "nback", None), ("bold", "MR1", "rest", 1), ("bold", "MR1", "rest", 2),
+        ("T1w", "MR1", None, None),
+        ("T1w", "MR2", None, None),
+        ("bold", "MR1", "nback", None),
+        ("bold", "MR1", "rest", 1),
+        ("bold", "MR1", "rest", 2),
         ("bold", "MR2", "rest", None),
-        ("dwi", "MR1", None, None), ("dwi", "MR2", None, None),
+        ("dwi", "MR1", None, None),
+        ("dwi", "MR2", None, None),
     }
     assert all(f.entities["subject"] == "P01" for f in layout.get(suffix="bold", extension=".nii"))
-    assert layout.get_metadata(layout.get(suffix="bold", task="nback", extension=".nii")[0].path)[
-        "RepetitionTime"] == 2
+    assert layout.get_metadata(layout.get(suffix="bold", task="nback", extension=".nii")[0].path)["RepetitionTime"] == 2
     assert len(layout.get(suffix="dwi", extension=[".bval", ".bvec"])) == 4
 
 
-@pytest.mark.parametrize("session, scan, name", [
-    ("P01_MR1", "7", "sub-P01/ses-MR1/func/sub-P01_ses-MR1_task-rest_run-1_bold"),
-    ("P01_MR2", "7", "sub-P01/ses-MR2/dwi/sub-P01_ses-MR2_dwi"),
-])
+@pytest.mark.parametrize(
+    "session, scan, name",
+    [
+        ("P01_MR1", "7", "sub-P01/ses-MR1/func/sub-P01_ses-MR1_task-rest_run-1_bold"),
+        ("P01_MR2", "7", "sub-P01/ses-MR2/dwi/sub-P01_ses-MR2_dwi"),
+    ],
+)
 def test_images_and_sidecars_equal_a_local_dcm2niix_run(view, bids_server, tmp_path, session, scan, name):
     local = local_dcm2niix(dicom_folder(bids_server.store, session, scan), tmp_path / "out")
     mine, theirs = nibabel.load(str(view / f"{name}.nii")), nibabel.load(f"{local}.nii")
@@ -220,23 +250,37 @@ def test_the_server_nifti_is_served_as_the_server_holds_it(view, bids_server):
 
 
 def test_bids_check_lists_the_localizers_and_the_unusable_scan(view, tmp_path):
-    done = subprocess.run(xnatfs_command("bids-check", str(view), "--json"), capture_output=True, text=True,
-                          env=isolated_env(tmp_path), timeout=60)
+    done = subprocess.run(
+        xnatfs_command("bids-check", str(view), "--json"),
+        capture_output=True,
+        text=True,
+        env=isolated_env(tmp_path),
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     left_out = {(entry["session"], entry["scan"], entry["reason"]) for entry in answer["left_out"]}
-    assert left_out == {("sub-P01/ses-MR1", "1", "excluded"), ("sub-P01/ses-MR2", "1", "excluded"),
-                        ("sub-P01/ses-MR2", "8", "unusable")}
+    assert left_out == {
+        ("sub-P01/ses-MR1", "1", "excluded"),
+        ("sub-P01/ses-MR2", "1", "excluded"),
+        ("sub-P01/ses-MR2", "8", "unusable"),
+    }
     assert answer["failed"] == []
-    text = subprocess.run(xnatfs_command("bids-check", str(view)), capture_output=True, text=True,
-                          env=isolated_env(tmp_path), timeout=60)
+    text = subprocess.run(
+        xnatfs_command("bids-check", str(view)), capture_output=True, text=True, env=isolated_env(tmp_path), timeout=60
+    )
     assert "sub-P01/ses-MR2  scan 8 (T1w_MPRAGE): unusable" in text.stdout
     assert "3 series left out, 0 conversion(s) failed" in text.stdout
 
 
 def test_bids_check_outside_a_view_says_so_in_one_line(view, tmp_path):
-    done = subprocess.run(xnatfs_command("bids-check", str(view.parent / "P01")), capture_output=True,
-                          text=True, env=isolated_env(tmp_path), timeout=60)
+    done = subprocess.run(
+        xnatfs_command("bids-check", str(view.parent / "P01")),
+        capture_output=True,
+        text=True,
+        env=isolated_env(tmp_path),
+        timeout=60,
+    )
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1
     assert "not in a BIDS view" in done.stderr
@@ -286,37 +330,61 @@ def test_listing_the_view_down_to_sessions_downloads_nothing(fresh_server, tmp_p
 
 def test_a_dcm2bids_config_names_the_files(fresh_server, tmp_path):
     config = tmp_path / "dcm2bids_config.json"
-    config.write_text(json.dumps({"descriptions": [
-        {"datatype": "anat", "suffix": "T1w", "custom_entities": "acq-mprage",
-         "criteria": {"SeriesDescription": "T1w_*"}},
-        {"datatype": "func", "suffix": "bold", "custom_entities": "task-rest",
-         "criteria": {"SeriesDescription": "fMRI_rest"}, "sidecar_changes": {"TaskName": "rest"}},
-        # A field the listing lacks: one DICOM header of each series the description let through.
-        {"datatype": "dwi", "suffix": "dwi", "criteria": {"SeriesDescription": "DWI*", "Modality": "MR"}},
-    ]}))
+    config.write_text(
+        json.dumps(
+            {
+                "descriptions": [
+                    {
+                        "datatype": "anat",
+                        "suffix": "T1w",
+                        "custom_entities": "acq-mprage",
+                        "criteria": {"SeriesDescription": "T1w_*"},
+                    },
+                    {
+                        "datatype": "func",
+                        "suffix": "bold",
+                        "custom_entities": "task-rest",
+                        "criteria": {"SeriesDescription": "fMRI_rest"},
+                        "sidecar_changes": {"TaskName": "rest"},
+                    },
+                    # A field the listing lacks: one DICOM header of each series the description let through.
+                    {"datatype": "dwi", "suffix": "dwi", "criteria": {"SeriesDescription": "DWI*", "Modality": "MR"}},
+                ]
+            }
+        )
+    )
     with mounted(fresh_server.url, tmp_path, args=("--bids-config", str(config))) as mount:
         session = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1"
         fresh_server.reset_counts()
         assert sorted(os.listdir(session)) == ["anat", "dwi", "func", "sub-P01_ses-MR1_scans.tsv"]
         fetched = downloads(fresh_server)
         assert len(fetched) == 1 and "/scans/9/resources/" in fetched[0]
-        assert os.listdir(session / "anat") == ["sub-P01_ses-MR1_acq-mprage_T1w.json",
-                                                "sub-P01_ses-MR1_acq-mprage_T1w.nii"]
+        assert os.listdir(session / "anat") == [
+            "sub-P01_ses-MR1_acq-mprage_T1w.json",
+            "sub-P01_ses-MR1_acq-mprage_T1w.nii",
+        ]
         assert os.listdir(session / "func") == [
-            "sub-P01_ses-MR1_task-rest_run-01_bold.json", "sub-P01_ses-MR1_task-rest_run-01_bold.nii",
-            "sub-P01_ses-MR1_task-rest_run-02_bold.json", "sub-P01_ses-MR1_task-rest_run-02_bold.nii"]
+            "sub-P01_ses-MR1_task-rest_run-01_bold.json",
+            "sub-P01_ses-MR1_task-rest_run-01_bold.nii",
+            "sub-P01_ses-MR1_task-rest_run-02_bold.json",
+            "sub-P01_ses-MR1_task-rest_run-02_bold.nii",
+        ]
         assert os.getxattr(session / "anat/sub-P01_ses-MR1_acq-mprage_T1w.nii", "user.xnat.rule").startswith(
-            b"dcm2bids")
+            b"dcm2bids"
+        )
 
 
 def test_a_config_that_cannot_be_used_stops_the_mount_with_one_line(fresh_server, tmp_path):
     config = tmp_path / "broken.json"
     config.write_text("{not json")
     (tmp_path / "mnt").mkdir()
-    done = subprocess.run(xnatfs_command("mount", fresh_server.url, str(tmp_path / "mnt"), "--foreground",
-                                         "--bids-config", str(config)),
-                          capture_output=True, text=True, timeout=60,
-                          env=isolated_env(tmp_path, XNAT_USER="admin", XNAT_PASS="admin"))
+    done = subprocess.run(
+        xnatfs_command("mount", fresh_server.url, str(tmp_path / "mnt"), "--foreground", "--bids-config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=isolated_env(tmp_path, XNAT_USER="admin", XNAT_PASS="admin"),
+    )
     assert done.returncode != 0
     assert "not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -330,13 +398,23 @@ def test_a_series_that_cannot_be_converted_is_left_out_and_reported(fresh_server
         store.store_file(resource, f"slice{index}.dcm", b"this is no DICOM file\n" * 10)
     with mounted(fresh_server.url, tmp_path) as mount:
         anat = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1/anat"
-        assert sorted(os.listdir(anat)) == ["sub-P01_ses-MR1_T1w.json", "sub-P01_ses-MR1_T1w.nii",
-                                            "sub-P01_ses-MR1_T2w.json", "sub-P01_ses-MR1_T2w.nii"]
-        done = subprocess.run(xnatfs_command("bids-check", str(mount.path / PROJECT / "BIDS"), "--json"),
-                              capture_output=True, text=True, env=isolated_env(tmp_path), timeout=60)
+        assert sorted(os.listdir(anat)) == [
+            "sub-P01_ses-MR1_T1w.json",
+            "sub-P01_ses-MR1_T1w.nii",
+            "sub-P01_ses-MR1_T2w.json",
+            "sub-P01_ses-MR1_T2w.nii",
+        ]
+        done = subprocess.run(
+            xnatfs_command("bids-check", str(mount.path / PROJECT / "BIDS"), "--json"),
+            capture_output=True,
+            text=True,
+            env=isolated_env(tmp_path),
+            timeout=60,
+        )
         failed = json.loads(done.stdout)["failed"]
         assert [(f["session"], f["scan"], f["reason"]) for f in failed] == [
-            ("sub-P01/ses-MR1", "10", "conversion-failed")]
+            ("sub-P01/ses-MR1", "10", "conversion-failed")
+        ]
         assert "dcm2niix" in failed[0]["detail"] or "NIfTI" in failed[0]["detail"]
         assert mount.log().count("cannot convert /data/experiments/") == 1
 
@@ -356,8 +434,13 @@ def test_no_bids_hides_the_view_and_a_subject_named_bids_keeps_its_tagged_name(f
 def test_prefetch_converts_ahead_and_reads_then_cost_nothing(fresh_server, tmp_path):
     with mounted(fresh_server.url, tmp_path) as mount:
         subject = mount.path / PROJECT / "BIDS/sub-P01"
-        done = subprocess.run(xnatfs_command("prefetch", str(subject)), capture_output=True, text=True,
-                              env=isolated_env(tmp_path), timeout=120)
+        done = subprocess.run(
+            xnatfs_command("prefetch", str(subject)),
+            capture_output=True,
+            text=True,
+            env=isolated_env(tmp_path),
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         files = view_files(subject)
         assert len(files) == 35
@@ -388,8 +471,9 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
     async def request(deadlines: RequestDeadlines) -> list:
         async def waited() -> str:
             answer = await view._wait(("test",), conversion, thread=True)
-            await bounded(trio.sleep(0))       # the budget is not spent: the wait was progress
+            await bounded(trio.sleep(0))  # the budget is not spent: the wait was progress
             return answer
+
         return await deadlines.run(waited)
 
     async def main() -> list:
@@ -405,7 +489,7 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
             async with trio.open_nursery() as askers:
                 askers.start_soon(ask)
                 askers.start_soon(ask)
-                await trio.sleep(1.5)        # well past the 0.4 s timeout
+                await trio.sleep(1.5)  # well past the 0.4 s timeout
                 release.set()
             nursery.cancel_scope.cancel()
         return answers

@@ -47,9 +47,10 @@ class Server:
                 self.calls[uri] = self.calls.get(uri, 0) + 1
             data = self.files[uri]
             for start in range(0, len(data), chunk):
-                fileobj.write(data[start:start + chunk])
+                fileobj.write(data[start : start + chunk])
                 if delay:
                     time.sleep(delay)
+
         return run
 
 
@@ -93,7 +94,7 @@ def test_lru_evicts_least_recently_used(cache_dir, server):
     a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
     for key in (a, b, c):
         cache.fetch(key, server.download(key.uri)).close()
-    cache.lookup(a).close()                       # a is now newer than b and c
+    cache.lookup(a).close()  # a is now newer than b and c
     cache.fetch(d, server.download(d.uri)).close()
     assert [cache.contains(k) for k in (a, b, c, d)] == [True, False, True, True]
     cache.fetch(b, server.download(b.uri)).close()
@@ -106,7 +107,7 @@ def test_pinned_entries_are_never_evicted(cache_dir, server):
     a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
     held_a = cache.fetch(a, server.download(a.uri))
     cache.fetch(b, server.download(b.uri)).close()
-    held_c = cache.fetch(c, server.download(c.uri))     # evicts b, the oldest unpinned
+    held_c = cache.fetch(c, server.download(c.uri))  # evicts b, the oldest unpinned
     assert cache.contains(a) and cache.contains(c) and not cache.contains(b)
     # Everything is pinned: d is served, but not kept beyond its use.
     with cache.fetch(d, server.download(d.uri)) as held_d:
@@ -166,8 +167,7 @@ def test_concurrent_threads_share_one_download(cache_dir, server):
     assert server.calls[key.uri] == 1
 
 
-def test_a_reader_that_finds_the_entry_before_the_waiters_are_served_strands_nobody(cache_dir, server,
-                                                                                     monkeypatch):
+def test_a_reader_that_finds_the_entry_before_the_waiters_are_served_strands_nobody(cache_dir, server, monkeypatch):
     cache = ContentCache(cache_dir, 1_000_000)
     key = server.add("/f/raced", 20_000, digest=True)
     release = threading.Event()
@@ -280,7 +280,7 @@ def test_digest_is_checked(cache_dir, server):
     upper = key._replace(digest=key.digest.upper())
     with cache.fetch(upper, server.download(key.uri)) as held:
         assert read_all(held) == server.files[key.uri]
-    assert cache.contains(key)      # digests compare without regard to case
+    assert cache.contains(key)  # digests compare without regard to case
 
 
 def test_digest_of_a_large_file_is_checked_beside_the_download(cache_dir, server):
@@ -296,9 +296,9 @@ def test_digest_of_a_large_file_is_checked_beside_the_download(cache_dir, server
     def reusing_buffer(fileobj):
         data = server.files[key.uri]
         for start in range(0, len(data), len(buffer)):
-            piece = data[start:start + len(buffer)]
-            buffer[:len(piece)] = piece
-            fileobj.write(memoryview(buffer)[:len(piece)])
+            piece = data[start : start + len(buffer)]
+            buffer[: len(piece)] = piece
+            fileobj.write(memoryview(buffer)[: len(piece)])
             buffer[:] = bytes(len(buffer))
 
     with cache.fetch(key, reusing_buffer) as held:
@@ -381,7 +381,7 @@ def test_progressive_reads_while_downloading(cache_dir, server):
     assert half_written.wait(10)
     pending.wait_for(100_000, timeout=5)
     assert pending.pread(1000, 5000) == data[1000:6000]
-    assert pending.pread(99_000, 5000) == data[99_000:100_000]     # only what has arrived
+    assert pending.pread(99_000, 5000) == data[99_000:100_000]  # only what has arrived
     assert not pending.done()
     with pytest.raises(TimeoutError):
         pending.wait_for(150_000, timeout=0.05)
@@ -403,7 +403,7 @@ def test_reads_that_need_no_waiting(cache_dir, server):
     pending = cache.start_fetch(key, download)
     assert half_written.wait(10)
     assert pending.pread_nowait(1000, 50_000) == data[1000:51_000]
-    assert pending.pread_nowait(90_000, 20_000) is None        # not downloaded yet
+    assert pending.pread_nowait(90_000, 20_000) is None  # not downloaded yet
     go_on.set()
     pending.wait_for(key.size, timeout=10)
     assert pending.pread_nowait(150_000, 100_000) == data[150_000:]
@@ -445,7 +445,7 @@ def test_a_read_up_to_the_end_waits_for_the_digest_check(cache_dir, server):
 
     with cache.start_fetch(key, download) as pending:
         assert all_written.wait(10)
-        pending.wait_for(5000, timeout=5)         # the middle is served as it arrives
+        pending.wait_for(5000, timeout=5)  # the middle is served as it arrives
         with pytest.raises(TimeoutError):
             pending.wait_for(10_000, timeout=0.1)
         go_on.set()
@@ -602,7 +602,7 @@ def test_leftovers_of_a_crash_are_removed_unless_in_use(cache_dir, server):
     busy = cache_dir / "tmp" / "cafe.456.abcd.part"
     busy.write_bytes(b"being written")
     fd = os.open(busy, os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)       # another process still downloading
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process still downloading
     try:
         cache = ContentCache(cache_dir, 10_000)
         assert not stale.exists()
@@ -618,7 +618,7 @@ def test_a_use_by_another_cache_instance_counts_for_lru(cache_dir, server):
     a, b, c, d = (server.add(f"/f/{n}", 100) for n in "abcd")
     for key in (a, b, c):
         mine.fetch(key, server.download(key.uri)).close()
-    theirs.lookup(a).close()            # mine's index still thinks a is the oldest
+    theirs.lookup(a).close()  # mine's index still thinks a is the oldest
     mine.fetch(d, server.download(d.uri)).close()
     assert [mine.contains(k) for k in (a, b, c, d)] == [True, False, True, True]
 
@@ -656,7 +656,7 @@ def test_closed_cache_fails_queued_downloads(cache_dir, server):
 
 def test_memory_stays_flat_for_a_large_file(cache_dir):
     size = 48 * 1024 * 1024
-    chunk = bytes(range(256)) * 256                  # 64 KiB
+    chunk = bytes(range(256)) * 256  # 64 KiB
     key = CacheKey("/f/huge", size, hashlib.md5(chunk * (size // len(chunk))).hexdigest())
     cache = ContentCache(cache_dir, 2 * size)
 

@@ -140,7 +140,7 @@ def test_invalidation_during_a_load_keeps_its_result_out():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cache.get_or_load, "k", loader, limiter)
             await trio.to_thread.run_sync(loader.started.wait)
-            cache.invalidate("k")          # e.g. we just created a subject
+            cache.invalidate("k")  # e.g. we just created a subject
         assert cache.get("k") is None
         loader.value = "after"
         assert await cache.get_or_load("k", loader, limiter) == "after"

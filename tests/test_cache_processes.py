@@ -26,13 +26,15 @@ def key_for(uri: str) -> CacheKey:
 
 def slow_download(uri: str, log: Path, pause: float):
     """A download that records itself in ``log`` and takes a while."""
+
     def run(fileobj):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
         data = payload(uri)
         for start in range(0, SIZE, 20_000):
-            fileobj.write(data[start:start + 20_000])
+            fileobj.write(data[start : start + 20_000])
             time.sleep(pause)
+
     return run
 
 
@@ -67,9 +69,10 @@ def test_two_processes_share_one_download(tmp_path):
     log = tmp_path / "downloads.log"
     barrier = SPAWN.Barrier(2)
     results = SPAWN.Queue()
-    children = [SPAWN.Process(target=fetch_in_child,
-                              args=(str(tmp_path / "cache"), uri, str(log), barrier, results))
-                for _ in range(2)]
+    children = [
+        SPAWN.Process(target=fetch_in_child, args=(str(tmp_path / "cache"), uri, str(log), barrier, results))
+        for _ in range(2)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -92,7 +95,7 @@ def test_entry_open_in_another_process_survives_eviction(tmp_path):
     try:
         assert pinned.wait(20)
         cache.fetch(key_for(third), slow_download(third, log, 0)).close()
-        assert cache.contains(key_for(first))          # oldest, but open elsewhere
+        assert cache.contains(key_for(first))  # oldest, but open elsewhere
         assert not cache.contains(key_for(second))
         assert cache.contains(key_for(third))
     finally:
@@ -113,8 +116,8 @@ def test_a_killed_downloader_neither_blocks_others_nor_leaves_a_complete_entry(t
     assert started.wait(20)
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    assert len(os.listdir(cache_dir / "tmp")) == 1          # the partial file
-    cache = ContentCache(cache_dir, 10_000_000)             # cleans up what the dead left
+    assert len(os.listdir(cache_dir / "tmp")) == 1  # the partial file
+    cache = ContentCache(cache_dir, 10_000_000)  # cleans up what the dead left
     assert os.listdir(cache_dir / "tmp") == []
     assert not cache.contains(key_for(uri))
     with cache.fetch(key_for(uri), slow_download(uri, log, 0)) as held:

@@ -15,8 +15,12 @@ from xnatfs.fs.settings import load_config, parse_size
 def isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
-    for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"),
-                      ("XDG_CACHE_HOME", "cache")):
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
         monkeypatch.setenv(name, str(home / sub))
     monkeypatch.setenv("NETRC", str(home / "no-netrc"))
     monkeypatch.delenv("XNAT_USER", raising=False)
@@ -64,16 +68,40 @@ def test_cache_folder_inside_the_mountpoint(tmp_path, capsys):
 def test_unreachable_server(tmp_path, capsys):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    assert main(["mount", "http://127.0.0.1:9", str(mountpoint), "--user", "u",
-                 "--password-file", str(_password_file(tmp_path, "p"))]) != 0
+    assert (
+        main(
+            [
+                "mount",
+                "http://127.0.0.1:9",
+                str(mountpoint),
+                "--user",
+                "u",
+                "--password-file",
+                str(_password_file(tmp_path, "p")),
+            ]
+        )
+        != 0
+    )
     assert "cannot use http://127.0.0.1:9" in one_line_error(capsys)
 
 
 def test_wrong_password_is_refused_before_forking(fake_xnat, tmp_path, capsys):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    assert main(["mount", fake_xnat.url, str(mountpoint), "--user", "admin",
-                 "--password-file", str(_password_file(tmp_path, "wrong"))]) != 0
+    assert (
+        main(
+            [
+                "mount",
+                fake_xnat.url,
+                str(mountpoint),
+                "--user",
+                "admin",
+                "--password-file",
+                str(_password_file(tmp_path, "wrong")),
+            ]
+        )
+        != 0
+    )
     err = one_line_error(capsys)
     assert "refused user admin" in err
     assert "wrong" not in err
@@ -113,7 +141,8 @@ def test_config_file_defaults_and_per_server(tmp_path):
     config.write_text(
         '[defaults]\nttl = 30\ncache-size = "2G"\n\n'
         '[servers."https://xnat.example.org"]\nuser = "alice"\nread_only = true\n'
-        'options = "allow_other"\n')
+        'options = "allow_other"\n'
+    )
     settings = load_config(config, "https://xnat.example.org")
     assert settings.ttl == 30
     assert settings.cache_size == 2 << 30

@@ -18,8 +18,13 @@ def test_demo_mounts_a_sample_and_stops_on_ctrl_c(tmp_path):
     mountpoint = tmp_path / "mnt"
     home = tmp_path / "home"
     home.mkdir()
-    process = subprocess.Popen(xnatfs_command("demo", str(mountpoint), "--data", str(tmp_path / "demo")),
-                               env=isolated_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        xnatfs_command("demo", str(mountpoint), "--data", str(tmp_path / "demo")),
+        env=isolated_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not fuse_mounted(mountpoint):
@@ -41,8 +46,13 @@ def test_demo_mounts_a_sample_and_stops_on_ctrl_c(tmp_path):
 
 
 def test_fake_server_command_serves_until_terminated(tmp_path):
-    process = subprocess.Popen(xnatfs_command("fake-server", "--port", "0", "--data", str(tmp_path / "data")),
-                               env=isolated_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        xnatfs_command("fake-server", "--port", "0", "--data", str(tmp_path / "data")),
+        env=isolated_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
@@ -57,8 +67,13 @@ def test_fake_server_command_serves_until_terminated(tmp_path):
 def test_prefetch_warms_the_cache(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         series = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "SCANS" / "3-T2w_SPC"
-        done = subprocess.run(xnatfs_command("prefetch", "-q", str(series)), env=isolated_env(mount.home),
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            xnatfs_command("prefetch", "-q", str(series)),
+            env=isolated_env(mount.home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         fake_xnat.reset_counts()
         for path in series.rglob("*"):

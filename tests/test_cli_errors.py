@@ -7,17 +7,20 @@ import subprocess
 
 import pytest
 
-from xnatfs.cli import main
-
 from mountutil import isolated_env, mounted, xnatfs_command
+from xnatfs.cli import main
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
-    for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"),
-                      ("XDG_CACHE_HOME", "cache")):
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
         monkeypatch.setenv(name, str(home / sub))
     monkeypatch.setenv("NETRC", str(home / "no-netrc"))
     monkeypatch.delenv("XNAT_USER", raising=False)
@@ -62,8 +65,9 @@ def test_wrong_password_says_what_to_check(fake_xnat, mountpoint, tmp_path, caps
 
 def test_expired_password_says_to_set_a_new_one(fake_xnat, mountpoint, password_file, capsys):
     fake_xnat.expired_password = True
-    err = refusal(capsys, "mount", fake_xnat.url, str(mountpoint), "--user", "admin",
-                  "--password-file", str(password_file))
+    err = refusal(
+        capsys, "mount", fake_xnat.url, str(mountpoint), "--user", "admin", "--password-file", str(password_file)
+    )
     assert "password of user admin has expired" in err and "set a new password" in err
 
 
@@ -97,10 +101,23 @@ def test_mountpoint_busy_says_to_unmount_first(fake_xnat, tmp_path, capsys):
 
 def test_fuse_missing_says_what_to_install(mountpoint, tmp_path):
     # A real machine without /dev/fuse: a private mount namespace whose /dev holds only null.
-    script = ('mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && exec "$@"')
-    done = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh",
-                           *xnatfs_command("mount", "http://127.0.0.1:9", str(mountpoint))],
-                          env=isolated_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
+    script = 'mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && exec "$@"'
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *xnatfs_command("mount", "http://127.0.0.1:9", str(mountpoint)),
+        ],
+        env=isolated_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
-    assert done.stderr.strip() == ("xnatfs: /dev/fuse is missing: install fuse3 and load the fuse module "
-                                   "(modprobe fuse)")
+    assert done.stderr.strip() == (
+        "xnatfs: /dev/fuse is missing: install fuse3 and load the fuse module (modprobe fuse)"
+    )

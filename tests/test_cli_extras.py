@@ -8,8 +8,7 @@ WITHOUT_FAKE_EXTRA = "import sys; sys.modules['pydicom'] = None; sys.modules['nu
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_FAKE_EXTRA + code],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", WITHOUT_FAKE_EXTRA + code], capture_output=True, text=True, timeout=60)
 
 
 def test_the_mount_imports_without_the_fake_extra():

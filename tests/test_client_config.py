@@ -2,9 +2,9 @@
 
 import pytest
 
-from xnatfs.errors import XnatError
 from xnatfs.client import ClientConfig, get_connection, get_port_str
 from xnatfs.client.config import server_url
+from xnatfs.errors import XnatError
 
 CONFIG = """
 [xnat]
@@ -37,7 +37,7 @@ def test_keys_answer_to_datman_names_and_ours(config_file):
     assert config.get_key("server") == "xnat.example.org"
     assert config.get_key("XNATPORT") == 8443
     assert config.get_key("XNATSERVER", site="CMH") == "https://cmh.example.org"
-    assert config.get_key("XNATPORT", site="CMH") == 8443          # falls back to [xnat]
+    assert config.get_key("XNATPORT", site="CMH") == 8443  # falls back to [xnat]
     with pytest.raises(KeyError):
         config.get_key("XNAT_CREDENTIALS")
 

@@ -7,6 +7,9 @@ import zipfile
 
 import pytest
 
+from fakeutil import fault_seed
+from test_reliability_common import Relay
+from xnatfs.client import XnatConnection
 from xnatfs.errors import (
     XnatConflict,
     XnatError,
@@ -15,11 +18,8 @@ from xnatfs.errors import (
     XnatPermissionError,
     XnatUnsupported,
 )
-from xnatfs.client import XnatConnection
-from fakeutil import fault_seed
-from test_reliability_common import Relay
 
-MR1 = "XNAT_E00001"          # STUDY01 / SUB001 / SUB001_MR1, shared into STUDY02
+MR1 = "XNAT_E00001"  # STUDY01 / SUB001 / SUB001_MR1, shared into STUDY02
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ def gets(server):
 
 
 # -- listings ------------------------------------------------------------------
+
 
 def test_projects(conn):
     projects = {p.id: p for p in conn.list_projects()}
@@ -93,10 +94,12 @@ def test_project_searches_agree_with_each_session_in_two_requests(conn, fake_xna
     for experiment in experiments:
         one = conn.get_experiment_contents(experiment.id)
         shown = found[experiment.id]
-        assert [(s.id, s.type, s.series_description, s.quality, s.uri) for s in shown.scans] == \
-            [(s.id, s.type, s.series_description, s.quality, s.uri) for s in one.scans]
-        assert [[(r.label, r.uri) for r in s.resources] for s in shown.scans] == \
-            [[(r.label, r.uri) for r in s.resources] for s in one.scans]
+        assert [(s.id, s.type, s.series_description, s.quality, s.uri) for s in shown.scans] == [
+            (s.id, s.type, s.series_description, s.quality, s.uri) for s in one.scans
+        ]
+        assert [[(r.label, r.uri) for r in s.resources] for s in shown.scans] == [
+            [(r.label, r.uri) for r in s.resources] for s in one.scans
+        ]
         assert [(r.label, r.uri) for r in shown.resources] == [(r.label, r.uri) for r in one.resources]
     labels = conn.list_subject_resources("STUDY01")
     for subject in conn.list_subjects("STUDY01"):
@@ -114,12 +117,14 @@ def test_a_search_answered_in_part_is_not_trusted(fake_xnat):
     def first_page(method, path, status, headers, body):
         if "imagescandata" in path:
             document = json.loads(body)
-            document["ResultSet"]["Result"] = document["ResultSet"]["Result"][:3]   # totalRecords kept
+            document["ResultSet"]["Result"] = document["ResultSet"]["Result"][:3]  # totalRecords kept
             body = json.dumps(document).encode()
         return status, headers, body
 
-    with Relay(fake_xnat.url, rewrite=first_page) as relay, \
-            XnatConnection(relay.url, fake_xnat.username, fake_xnat.password, backoff=0.01) as connection:
+    with (
+        Relay(fake_xnat.url, rewrite=first_page) as relay,
+        XnatConnection(relay.url, fake_xnat.username, fake_xnat.password, backoff=0.01) as connection,
+    ):
         assert connection.list_project_contents("STUDY01") is None
         assert connection.list_subject_resources("STUDY01") is not None
 
@@ -145,7 +150,8 @@ def test_all_files_of_a_session_in_one_request_match_the_resources(conn, fake_xn
     # The invariant the file system relies on: listing rows point at the resources by the same URI.
     assert {f.resource_uri for f in files} == resource_uris
     expected_count = sum(r.file_count for r in contents.resources) + sum(
-        r.file_count for s in contents.scans for r in s.resources)
+        r.file_count for s in contents.scans for r in s.resources
+    )
     assert len(files) == expected_count
     assert all(f.resource_uri.endswith("/resources/" + f.resource_label) for f in files)
 
@@ -207,6 +213,7 @@ def test_forbidden_is_a_permission_error(conn):
 
 
 # -- writing ---------------------------------------------------------------------
+
 
 def test_upload_overwrite_and_conflict(conn):
     resource = f"/data/experiments/{MR1}/resources/QC"
@@ -335,6 +342,7 @@ def test_delete_through_the_sharing_project_removes_only_the_share(conn):
 
 # -- renames -------------------------------------------------------------------
 
+
 def test_rename_subject_and_experiment(conn):
     conn.rename_experiment("STUDY01", "SUB002", "SUB002_MR1", "SUB002_MR9")
     assert [e.label for e in conn.list_experiments("STUDY01", "SUB002")] == ["SUB002_MR9"]
@@ -370,6 +378,7 @@ def test_subject_rename_dismisses_autoruns_of_its_experiments(conn, fake_xnat):
 
 # -- import ----------------------------------------------------------------------
 
+
 def test_import_a_dicom_zip_into_a_new_session(conn):
     archive = io.BytesIO()
     conn.download_zip(f"/data/experiments/{MR1}/scans/1/resources/DICOM", archive)
@@ -402,8 +411,9 @@ def test_awkward_file_names_round_trip_as_xnat_lists_them(conn, fake_xnat):
         buffer = io.BytesIO()
         conn.download(listed[name].uri, buffer)
         assert buffer.getvalue() == name.encode(), name
-    stored = {row["path"] for row in fake_xnat.store.files(
-        fake_xnat.store.find_resource("experiment", MR1, "QC")["id"])}
+    stored = {
+        row["path"] for row in fake_xnat.store.files(fake_xnat.store.find_resource("experiment", MR1, "QC")["id"])
+    }
     assert set(names) <= stored
     for name in names:
         conn.delete_file(qc, name)

@@ -9,8 +9,7 @@ from xnatfs.client.contract import ArchiveClient
 
 
 def contract_calls() -> list[str]:
-    return [name for name, value in vars(ArchiveClient).items()
-            if callable(value) and not name.startswith("_")]
+    return [name for name, value in vars(ArchiveClient).items() if callable(value) and not name.startswith("_")]
 
 
 def parameters(function) -> list[tuple[str, object, object]]:
@@ -28,4 +27,3 @@ def test_a_connection_is_an_archive_client(fake_xnat):
     with XnatConnection(fake_xnat.url, fake_xnat.username, fake_xnat.password) as connection:
         assert isinstance(connection, ArchiveClient)
     assert not isinstance(object(), ArchiveClient)
-

@@ -44,9 +44,10 @@ def test_environment_comes_before_netrc(home, tmp_path):
 
 
 def test_netrc_named_by_NETRC_is_read_for_the_host(home, tmp_path):
-    netrc_file = write_netrc(tmp_path / "other-netrc",
-                             "machine elsewhere.org login x password y\n"
-                             "machine xnat.example.org login netrcuser password netrcpass\n")
+    netrc_file = write_netrc(
+        tmp_path / "other-netrc",
+        "machine elsewhere.org login x password y\nmachine xnat.example.org login netrcuser password netrcpass\n",
+    )
     env = dict(home, NETRC=str(netrc_file))
     found = resolve_credentials(URL, environ=env)
     assert tuple(found) == ("netrcuser", "netrcpass")
@@ -54,9 +55,10 @@ def test_netrc_named_by_NETRC_is_read_for_the_host(home, tmp_path):
 
 
 def test_netrc_entry_with_port_is_preferred(home, tmp_path):
-    write_netrc(tmp_path / ".netrc",
-                "machine xnat.example.org login plain password p1\n"
-                "machine xnat.example.org:8443 login ported password p2\n")
+    write_netrc(
+        tmp_path / ".netrc",
+        "machine xnat.example.org login plain password p1\nmachine xnat.example.org:8443 login ported password p2\n",
+    )
     assert tuple(resolve_credentials(URL, environ=home)) == ("ported", "p2")
 
 
@@ -101,14 +103,13 @@ def test_tokens_are_kept_per_server(home):
 def test_tokens_stored_at_the_same_time_leave_a_whole_file(home, tmp_path):
     def store_many(worker: int) -> None:
         for round_number in range(30):
-            store_alias_token(f"https://xnat{worker}.example.org", AliasToken(f"a{round_number}", "s"),
-                              environ=home)
+            store_alias_token(f"https://xnat{worker}.example.org", AliasToken(f"a{round_number}", "s"), environ=home)
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(store_many, range(6)))
     folder = tmp_path / ".config" / "xnatfs"
     assert os.listdir(folder) == ["tokens.json"]
-    assert json.loads((folder / "tokens.json").read_text())      # whole JSON, no temp files left
+    assert json.loads((folder / "tokens.json").read_text())  # whole JSON, no temp files left
 
 
 def test_nothing_found_means_guest(home):
@@ -126,6 +127,6 @@ def test_passwords_never_show_in_repr():
     token = AliasToken("alias", "tokensecret")
     assert "hunter2" not in repr(credentials) and "hunter2" not in str(credentials)
     assert "tokensecret" not in repr(token)
-    user, password = credentials            # unpacks like datman's tuple
+    user, password = credentials  # unpacks like datman's tuple
     assert (user, password) == ("admin", "hunter2")
     assert credentials == ("admin", "hunter2")

@@ -9,12 +9,12 @@ import requests
 from fakeutil import cd_export_extras
 from xnatfs.client import (
     ClientConfig,
-    XNATExperiment,
-    XNATScan,
-    XNATSubject,
     XnatConnection,
     XnatException,
+    XNATExperiment,
     XnatNotFound,
+    XNATScan,
+    XNATSubject,
     get_connection,
     xnat,
 )
@@ -38,6 +38,7 @@ def no_partial_files(folder):
 
 
 # -- projects, subjects, experiments, scans --------------------------------------
+
 
 def test_projects(conn):
     assert {row["ID"] for row in conn.get_projects()} == {"STUDY01", "STUDY02"}
@@ -71,7 +72,7 @@ def test_get_subject_creates_on_request(conn):
         conn.get_subject("STUDY01", "SUB050")
     created = conn.get_subject("STUDY01", "SUB050", create=True)
     assert created.name == "SUB050" and created.experiments == {}
-    conn.make_subject("STUDY01", "SUB050")          # existing: left alone
+    conn.make_subject("STUDY01", "SUB050")  # existing: left alone
     assert conn.get_subject_ids("STUDY01").count("SUB050") == 1
 
 
@@ -88,9 +89,9 @@ def test_experiment_object(conn):
     assert experiment.subject == "SUB001" and experiment.project == "STUDY01"
     assert [scan.series for scan in experiment.scans] == ["1", "2", "3", "4", "5"]
     assert all(uid for uid in experiment.scan_UIDs)
-    assert len(experiment.scan_resource_IDs) == 5          # one DICOM resource per scan
+    assert len(experiment.scan_resource_IDs) == 5  # one DICOM resource per scan
     assert list(experiment.resource_IDs) == ["QC"]
-    assert experiment.misc_resource_IDs == []              # only DICOM and SNAPSHOTS on scans
+    assert experiment.misc_resource_IDs == []  # only DICOM and SNAPSHOTS on scans
     assert not experiment.is_shared()
     through_share = conn.get_experiment("STUDY02", "SUB001", "SUB001_MR1")
     assert through_share.is_shared() and through_share.source_project == "STUDY01"
@@ -115,6 +116,7 @@ def test_scans(conn):
 
 
 # -- resources ---------------------------------------------------------------------
+
 
 def test_resource_ids(conn):
     qc_id = conn.get_resource_ids("STUDY01", "SUB001", "SUB001_MR1", "QC")
@@ -155,8 +157,9 @@ def test_failed_download_leaves_nothing_behind(conn, tmp_path):
 def test_zip_download_cut_short_starts_over_until_complete(fake_xnat, tmp_path):
     with xnat(fake_xnat.url, fake_xnat.username, fake_xnat.password, backoff=0.01, retries=20) as connection:
         fake_xnat.set_faults(drop_rate=0.5, seed=4)
-        path = connection.get_dicom("STUDY01", "SUB001", "SUB001_MR1", "4", filename=str(tmp_path / "bold.zip"),
-                                    retries=20)
+        path = connection.get_dicom(
+            "STUDY01", "SUB001", "SUB001_MR1", "4", filename=str(tmp_path / "bold.zip"), retries=20
+        )
         fake_xnat.set_faults()
     with zipfile.ZipFile(path) as archive:
         assert len(archive.namelist()) == 60
@@ -174,8 +177,9 @@ def test_zip_download_that_keeps_failing_leaves_nothing(fake_xnat, tmp_path):
 
 
 def test_get_resource_and_resource_archive(conn, tmp_path):
-    plain = conn.get_resource("STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv",
-                              filename=str(tmp_path / "metrics.csv"), zipped=False)
+    plain = conn.get_resource(
+        "STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv", filename=str(tmp_path / "metrics.csv"), zipped=False
+    )
     listed = {f.path: f.size for f in conn.list_files("/data/experiments/XNAT_E00001/resources/QC")}
     assert os.path.getsize(plain) == listed["qc_metrics.csv"]
     archive = conn.get_resource_archive("STUDY01", "SUB001", "SUB001_MR1", "QC", filename=str(tmp_path / "qc.zip"))
@@ -185,8 +189,9 @@ def test_get_resource_and_resource_archive(conn, tmp_path):
 
 
 def test_get_resource_zipped_is_a_zip_holding_the_file(conn, fake_xnat, tmp_path):
-    zipped = conn.get_resource("STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv",
-                               filename=str(tmp_path / "metrics.zip"))
+    zipped = conn.get_resource(
+        "STUDY01", "SUB001", "SUB001_MR1", "QC", "qc_metrics.csv", filename=str(tmp_path / "metrics.zip")
+    )
     resource = fake_xnat.store.find_resource("experiment", "XNAT_E00001", "QC")
     stored = fake_xnat.store.file_path(resource["id"], "qc_metrics.csv").read_bytes()
     with zipfile.ZipFile(zipped) as opened:
@@ -215,11 +220,16 @@ def test_delete_resource_file_in_datmans_form(conn):
 
 
 def test_delete_resource_by_datmans_keywords_and_ours(conn):
-    conn.delete_resource(project="STUDY01", session="SUB001", experiment="SUB001_MR1", resource_group_id="QC",
-                         resource_id="qc_metrics.csv", retries=1)
+    conn.delete_resource(
+        project="STUDY01",
+        session="SUB001",
+        experiment="SUB001_MR1",
+        resource_group_id="QC",
+        resource_id="qc_metrics.csv",
+        retries=1,
+    )
     assert [e["name"] for e in conn.get_resource_list("STUDY01", "SUB001", "SUB001_MR1", "QC")] == ["qc_report.pdf"]
-    conn.delete_resource(project_or_uri="/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1"
-                                        "/resources/QC")
+    conn.delete_resource(project_or_uri="/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1/resources/QC")
     assert "QC" not in conn.get_experiment("STUDY01", "SUB001", "SUB001_MR1").resource_IDs
     with pytest.raises(TypeError):
         conn.delete_resource(project="STUDY01", project_or_uri="STUDY01", session="SUB001")
@@ -246,6 +256,7 @@ def test_put_dicoms_skips_a_readme_and_dicomdir_in_the_zip(conn, tmp_path):
 
 # -- renames and AutoRun -------------------------------------------------------
 
+
 def test_rename_subject_with_its_same_named_experiment(conn):
     conn.make_experiment("STUDY01", "SUB003", "SUB003")
     conn.rename_subject("STUDY01", "SUB003", "SUB033", rename_exp=True)
@@ -266,6 +277,7 @@ def test_autorun_ids_and_dismissal(conn, fake_xnat):
 
 
 # -- object downloads and naming ------------------------------------------------
+
 
 def test_scan_download_puts_every_dicom_in_place(conn, tmp_path):
     scan = conn.get_scan("STUDY01", "SUB001", "SUB001_MR1", "2")
@@ -292,7 +304,7 @@ def test_experiment_download_is_one_complete_zip(conn, tmp_path):
     with zipfile.ZipFile(path) as archive:
         assert len(archive.namelist()) == len(everything)
     assert no_partial_files(tmp_path)
-    assert experiment.download(conn, str(tmp_path)) == path      # existing file is kept
+    assert experiment.download(conn, str(tmp_path)) == path  # existing file is kept
 
 
 def test_assign_scan_names_from_a_mapping_and_a_config(conn, tmp_path):
@@ -302,7 +314,7 @@ def test_assign_scan_names_from_a_mapping_and_a_config(conn, tmp_path):
     assert names["1"] == ["STUDY01_SITE_0001_01_01_LOC_01_Localizer"]
     assert names["2"] == ["STUDY01_SITE_0001_01_01_T1_02_T1w-MPRAGE"]
     assert names["4"] == ["STUDY01_SITE_0001_01_01_RST_04_fMRI-rest"]
-    assert names["5"] == []                                 # DWI matches no tag
+    assert names["5"] == []  # DWI matches no tag
     config_file = tmp_path / "config.toml"
     config_file.write_text('[sites.CMH.naming]\nDTI = { SeriesDescription = "DWI" }\n')
 
@@ -317,6 +329,7 @@ def test_assign_scan_names_from_a_mapping_and_a_config(conn, tmp_path):
 
 
 # -- datman's constructor, session and the facade ----------------------------------
+
 
 def test_connection_takes_datmans_keyword_names_and_ours(fake_xnat):
     with xnat(server=fake_xnat.url, username=fake_xnat.username, password=fake_xnat.password) as by_datman:
@@ -342,11 +355,14 @@ def test_session_is_a_requests_session_scripts_can_call(conn, fake_xnat):
     assert conn.session.put(f"{conn.server}/data/projects/STUDY01/subjects/SCRIPTED").status_code in (200, 201)
     assert "SCRIPTED" in conn.get_subject_ids("STUDY01")
     experiment_id = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
-    posted = conn.session.post(f"{conn.server}/data/experiments/{experiment_id}/resources/QC/files",
-                               files={"file": ("posted.txt", b"sent as multipart")})
+    posted = conn.session.post(
+        f"{conn.server}/data/experiments/{experiment_id}/resources/QC/files",
+        files={"file": ("posted.txt", b"sent as multipart")},
+    )
     assert posted.status_code == 200
     assert {f.path: f.size for f in conn.list_files(f"/data/experiments/{experiment_id}/resources/QC")}[
-        "posted.txt"] == len(b"sent as multipart")
+        "posted.txt"
+    ] == len(b"sent as multipart")
     with pytest.raises(ValueError):
         conn.session.get("http://elsewhere.example/data/projects")
 
@@ -368,6 +384,7 @@ def test_datman_api_is_a_facade_over_the_connection(conn):
 
 
 # -- get_connection ----------------------------------------------------------------
+
 
 def test_get_connection_from_a_url_and_a_cache(fake_xnat):
     cache = {}

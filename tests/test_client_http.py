@@ -6,12 +6,19 @@ import time
 
 import pytest
 
-from xnatfs.errors import (XnatAnswerTooLarge, XnatAuthError, XnatError, XnatPermissionError, XnatServerError,
-                           XnatTimeout, XnatUnavailable)
-from xnatfs.client.budget import Budget, bounded_by
-from xnatfs.client import XnatConnection
-from xnatfs.client.http import MAX_RENEWALS_PER_REQUEST, XnatSession, parse_json
 from fakeutil import fault_seed
+from xnatfs.client import XnatConnection
+from xnatfs.client.budget import Budget, bounded_by
+from xnatfs.client.http import MAX_RENEWALS_PER_REQUEST, XnatSession, parse_json
+from xnatfs.errors import (
+    XnatAnswerTooLarge,
+    XnatAuthError,
+    XnatError,
+    XnatPermissionError,
+    XnatServerError,
+    XnatTimeout,
+    XnatUnavailable,
+)
 
 SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
 
@@ -43,6 +50,7 @@ def stored_bytes(server, experiment_id, scan_id, label, relpath):
 
 
 # -- sessions ------------------------------------------------------------------
+
 
 def test_one_login_serves_many_requests_and_close_logs_out(fake_xnat):
     with connect(fake_xnat) as conn:
@@ -87,7 +95,7 @@ def test_only_one_thread_logs_in_again_after_expiry(fake_xnat):
             try:
                 barrier.wait()
                 conn.list_subjects("STUDY01")
-            except Exception as exc:        # collected and asserted below
+            except Exception as exc:  # collected and asserted below
                 errors.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(16)]
@@ -115,7 +123,7 @@ def test_session_expiring_again_during_retries_is_renewed_again(fake_xnat):
 
 def test_sessions_ended_before_their_first_use_still_get_answers(fake_xnat):
     with connect(fake_xnat) as conn:
-        fake_xnat.session_timeout = 0.0         # every session is over before its first use
+        fake_xnat.session_timeout = 0.0  # every session is over before its first use
         fake_xnat.reset_counts()
         assert [p.id for p in conn.list_projects()] == ["STUDY01", "STUDY02"]
         # Each renewal's session ended too; the last try carried the credentials.
@@ -126,7 +134,7 @@ def test_sessions_ended_before_their_first_use_still_get_answers(fake_xnat):
 
 def test_threads_whose_fresh_sessions_end_at_once_all_get_answers(fake_xnat):
     with connect(fake_xnat) as conn:
-        fake_xnat.session_timeout = 0.0         # another thread's fresh session is over when used
+        fake_xnat.session_timeout = 0.0  # another thread's fresh session is over when used
         errors = []
         answers = []
         barrier = threading.Barrier(8)
@@ -135,7 +143,7 @@ def test_threads_whose_fresh_sessions_end_at_once_all_get_answers(fake_xnat):
             try:
                 barrier.wait()
                 answers.append([s.label for s in conn.list_subjects("STUDY01")])
-            except Exception as exc:        # collected and asserted below
+            except Exception as exc:  # collected and asserted below
                 errors.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(8)]
@@ -217,6 +225,7 @@ def test_repr_shows_url_and_user_only(fake_xnat):
 
 # -- retries ---------------------------------------------------------------------
 
+
 def test_injected_503s_are_retried(fake_xnat):
     with connect(fake_xnat, retries=8) as conn:
         fake_xnat.set_faults(error_rate=0.5, error_statuses=(503,), seed=7)
@@ -268,7 +277,7 @@ def test_truncation_that_never_ends_is_a_server_error(fake_xnat):
     with connect(fake_xnat, retries=2) as conn:
         remote = conn.list_files(SCAN_DICOM)[0]
         fake_xnat.set_faults(truncate_rate=1.0)
-        with pytest.raises(XnatServerError, match="incomplete|short|closed"):
+        with pytest.raises(XnatServerError, match=r"incomplete|short|closed"):
             conn.download(remote.uri, io.BytesIO())
         fake_xnat.set_faults()
 
@@ -278,9 +287,13 @@ def test_a_post_that_may_have_reached_the_server_is_not_repeated(fake_xnat):
         fake_xnat.reset_counts()
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
         with pytest.raises(XnatServerError) as caught:
-            conn.session.request("POST", "/data/services/import", params={"project": "STUDY01"},
-                                 data=io.BytesIO(b"PK\x05\x06" + b"\0" * 18),
-                                 headers={"Content-Type": "application/zip"})
+            conn.session.request(
+                "POST",
+                "/data/services/import",
+                params={"project": "STUDY01"},
+                data=io.BytesIO(b"PK\x05\x06" + b"\0" * 18),
+                headers={"Content-Type": "application/zip"},
+            )
         fake_xnat.set_faults()
     assert caught.value.status == 503
     assert fake_xnat.count("POST", "/data/services/import") == 1
@@ -322,12 +335,12 @@ def test_web_page_where_json_was_expected_is_an_error(fake_xnat):
 
 
 def test_addresses_on_other_servers_are_refused(fake_xnat):
-    with connect(fake_xnat) as conn:
-        with pytest.raises(ValueError):
-            conn.download("http://elsewhere.example.org/data/x", io.BytesIO())
+    with connect(fake_xnat) as conn, pytest.raises(ValueError):
+        conn.download("http://elsewhere.example.org/data/x", io.BytesIO())
 
 
 # -- ranges ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("honour_range", [True, False])
 def test_partial_download_with_and_without_range_support(fake_xnat, honour_range):
@@ -434,7 +447,7 @@ def test_password_never_reaches_logs_or_messages(tmp_path, caplog):
         with XnatConnection(server.url, "alice", password, backoff=0.01) as conn:
             conn.list_projects()
             time.sleep(0.4)
-            conn.list_projects()                       # renewed login
+            conn.list_projects()  # renewed login
             messages += [repr(conn), str(conn.auth), repr(conn.session)]
             try:
                 conn.list_subjects("NOPE")
@@ -450,6 +463,7 @@ def test_password_never_reaches_logs_or_messages(tmp_path, caplog):
 
 
 # -- the retry policy for 500, bounded answers, budgets, failing fast ---------------
+
 
 def test_a_read_answered_500_is_retried_twice_and_a_change_never(fake_xnat):
     with connect(fake_xnat) as conn:

@@ -4,9 +4,9 @@ from datetime import datetime
 
 import pytest
 
-from xnatfs.errors import XnatServerError
 from xnatfs.client import naming, parsing, paths
 from xnatfs.client.http import server_message
+from xnatfs.errors import XnatServerError
 
 
 def test_listing_rows_and_malformed_listings():
@@ -19,26 +19,41 @@ def test_listing_rows_and_malformed_listings():
 
 
 def test_history_items_are_skipped():
-    document = {"items": [{"meta": {"isHistory": True}, "data_fields": {"ID": "old"}},
-                          {"meta": {"isHistory": False}, "data_fields": {"ID": "current"}}]}
+    document = {
+        "items": [
+            {"meta": {"isHistory": True}, "data_fields": {"ID": "old"}},
+            {"meta": {"isHistory": False}, "data_fields": {"ID": "current"}},
+        ]
+    }
     assert parsing.first_item(document)["data_fields"]["ID"] == "current"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2018-05-14 15:17:57.815", datetime(2018, 5, 14, 15, 17, 57, 815000)),
-    ("2018-05-14 15:17:57", datetime(2018, 5, 14, 15, 17, 57)),
-    ("Fri Apr 17 13:48:24 EDT 2015", datetime(2015, 4, 17, 13, 48, 24)),
-    ("", None),
-    ("garbage", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2018-05-14 15:17:57.815", datetime(2018, 5, 14, 15, 17, 57, 815000)),
+        ("2018-05-14 15:17:57", datetime(2018, 5, 14, 15, 17, 57)),
+        ("Fri Apr 17 13:48:24 EDT 2015", datetime(2015, 4, 17, 13, 48, 24)),
+        ("", None),
+        ("garbage", None),
+    ],
+)
 def test_xnat_timestamps(text, expected):
     assert parsing.parse_datetime(text) == expected
 
 
 def test_experiment_rows_mark_shared_ones():
-    row = {"ID": "E1", "label": "S1_MR1", "project": "OWNER", "subject_ID": "S1", "subject_label": "SUB",
-           "xsiType": "xnat:mrSessionData", "date": "2020-01-02", "insert_date": "2021-03-18 11:33:11.835",
-           "URI": "/data/experiments/E1"}
+    row = {
+        "ID": "E1",
+        "label": "S1_MR1",
+        "project": "OWNER",
+        "subject_ID": "S1",
+        "subject_label": "SUB",
+        "xsiType": "xnat:mrSessionData",
+        "date": "2020-01-02",
+        "insert_date": "2021-03-18 11:33:11.835",
+        "URI": "/data/experiments/E1",
+    }
     own = parsing.experiment_from_row(row, "OWNER")
     shared = parsing.experiment_from_row(row, "OTHER")
     assert not own.shared and shared.shared
@@ -47,8 +62,13 @@ def test_experiment_rows_mark_shared_ones():
 
 
 def test_file_row_resource_address_uses_the_label():
-    row = {"Name": "a b.dcm", "Size": "1234", "collection": "DICOM", "digest": "abc",
-           "URI": "/data/experiments/E1/scans/3/resources/77/files/sub%20dir/a%20b.dcm"}
+    row = {
+        "Name": "a b.dcm",
+        "Size": "1234",
+        "collection": "DICOM",
+        "digest": "abc",
+        "URI": "/data/experiments/E1/scans/3/resources/77/files/sub%20dir/a%20b.dcm",
+    }
     remote = parsing.file_from_row(row)
     assert remote.path == "sub dir/a b.dcm"
     assert remote.size == 1234
@@ -58,26 +78,36 @@ def test_file_row_resource_address_uses_the_label():
 
 def test_file_row_as_xnat_lists_it_keeps_the_raw_path_and_quotes_the_address_once():
     # XNAT appends the stored relative path to the URI without encoding it.
-    for raw, quoted in (("b0dwi+00001.dcm", "b0dwi%2B00001.dcm"), ("%41.txt", "%2541.txt"),
-                        ("sub dir/ha#sh?.txt", "sub%20dir/ha%23sh%3F.txt")):
-        row = {"Name": raw.rsplit("/", 1)[-1], "Size": "3", "collection": "QC",
-               "URI": f"/data/experiments/E1/resources/12/files/{raw}"}
+    for raw, quoted in (
+        ("b0dwi+00001.dcm", "b0dwi%2B00001.dcm"),
+        ("%41.txt", "%2541.txt"),
+        ("sub dir/ha#sh?.txt", "sub%20dir/ha%23sh%3F.txt"),
+    ):
+        row = {
+            "Name": raw.rsplit("/", 1)[-1],
+            "Size": "3",
+            "collection": "QC",
+            "URI": f"/data/experiments/E1/resources/12/files/{raw}",
+        }
         remote = parsing.file_from_row(row)
         assert remote.path == raw
         assert remote.uri == f"/data/experiments/E1/resources/12/files/{quoted}"
 
 
 def test_file_row_from_a_server_that_encodes_the_path_is_decoded_once():
-    row = {"Name": "%41 b+.txt", "Size": "3", "collection": "QC",
-           "URI": "/data/experiments/E1/resources/12/files/d%20x/%2541%20b%2B.txt"}
+    row = {
+        "Name": "%41 b+.txt",
+        "Size": "3",
+        "collection": "QC",
+        "URI": "/data/experiments/E1/resources/12/files/d%20x/%2541%20b%2B.txt",
+    }
     remote = parsing.file_from_row(row)
     assert remote.path == "d x/%41 b+.txt"
     assert remote.uri == "/data/experiments/E1/resources/12/files/d%20x/%2541%20b%2B.txt"
 
 
 def test_file_row_path_may_itself_contain_files():
-    row = {"Size": "1", "collection": "R",
-           "URI": "/REST/projects/P/resources/9/files/files/x/files/y.txt"}
+    row = {"Size": "1", "collection": "R", "URI": "/REST/projects/P/resources/9/files/files/x/files/y.txt"}
     remote = parsing.file_from_row(row)
     assert remote.path == "files/x/files/y.txt"
     assert remote.resource_uri == "/data/projects/P/resources/R"
@@ -88,17 +118,42 @@ def test_experiment_contents_from_item_json():
         "meta": {"xsi:type": "xnat:mrSessionData", "start_date": "Fri Apr 17 13:48:24 EDT 2015"},
         "data_fields": {"ID": "E1", "label": "MR1"},
         "children": [
-            {"field": "scans/scan", "items": [{
-                "meta": {"xsi:type": "xnat:mrScanData"},
-                "data_fields": {"ID": "3", "type": "T1w", "series_description": "T1w MPRAGE", "quality": "usable"},
-                "children": [{"field": "file", "items": [
-                    {"data_fields": {"label": "DICOM", "format": "DICOM", "content": "RAW",
-                                     "file_count": 10, "file_size": 2000, "xnat_abstractresource_id": 55}},
-                    {"data_fields": {"name": "header values only"}},
-                ]}],
-            }]},
-            {"field": "resources/resource", "items": [
-                {"data_fields": {"label": "QC", "xnat_abstractresource_id": 60, "file_count": 2}}]},
+            {
+                "field": "scans/scan",
+                "items": [
+                    {
+                        "meta": {"xsi:type": "xnat:mrScanData"},
+                        "data_fields": {
+                            "ID": "3",
+                            "type": "T1w",
+                            "series_description": "T1w MPRAGE",
+                            "quality": "usable",
+                        },
+                        "children": [
+                            {
+                                "field": "file",
+                                "items": [
+                                    {
+                                        "data_fields": {
+                                            "label": "DICOM",
+                                            "format": "DICOM",
+                                            "content": "RAW",
+                                            "file_count": 10,
+                                            "file_size": 2000,
+                                            "xnat_abstractresource_id": 55,
+                                        }
+                                    },
+                                    {"data_fields": {"name": "header values only"}},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+            {
+                "field": "resources/resource",
+                "items": [{"data_fields": {"label": "QC", "xnat_abstractresource_id": 60, "file_count": 2}}],
+            },
         ],
     }
     contents = parsing.experiment_contents(item)
@@ -140,8 +195,10 @@ TAGS = {
 
 def test_one_matching_tag_names_the_scan():
     assert list(naming.matching_tags("T1w_MPRAGE", "", False, TAGS)) == ["T1"]
-    assert naming.scan_name("STUDY_SITE_0001_01_01", "T1", "2", "T1w MPRAGE (sag)") == \
-        "STUDY_SITE_0001_01_01_T1_02_T1w-MPRAGE-sag-"
+    assert (
+        naming.scan_name("STUDY_SITE_0001_01_01", "T1", "2", "T1w MPRAGE (sag)")
+        == "STUDY_SITE_0001_01_01_T1_02_T1w-MPRAGE-sag-"
+    )
 
 
 def test_image_type_must_match_when_given():
@@ -160,6 +217,7 @@ def test_naming_config_sources():
         def get_tags(self, site=None):
             class Tags:
                 series_map = {"T1": {"SeriesDescription": "T1"}} if site == "CMH" else {}
+
             return Tags()
 
     assert naming.tag_map_from(DatmanLikeConfig(), site="CMH") == {"T1": {"SeriesDescription": "T1"}}

@@ -49,8 +49,10 @@ def test_a_bad_value_names_the_file_and_its_table(tmp_path):
 
 def test_tables_for_a_server_come_weakest_first(tmp_path):
     document = {"defaults": {"ttl": 1}, "servers": {"https://x.org": {"ttl": 2}}, "xnat": {"server": "y"}}
-    assert mount_tables(document, "https://x.org/") == [("[defaults]", {"ttl": 1}),
-                                                        ("[servers.'https://x.org/']", {"ttl": 2})]
+    assert mount_tables(document, "https://x.org/") == [
+        ("[defaults]", {"ttl": 1}),
+        ("[servers.'https://x.org/']", {"ttl": 2}),
+    ]
     assert mount_tables(document, "https://other.org") == [("[defaults]", {"ttl": 1})]
 
 

@@ -17,7 +17,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 from xnatfs.fake.dicomgen import SeriesSpec, default_series, write_session
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)   # nibabel: "The DICOM readers are highly experimental"
+    warnings.simplefilter("ignore", UserWarning)  # nibabel: "The DICOM readers are highly experimental"
     from nibabel.nicom import csareader
 
 PATIENT = dict(patient_id="SUB001", patient_name="Sample^One", study_date="20240115")
@@ -96,8 +96,7 @@ def test_uids_identify_one_study_and_one_series_each(headers):
     every = [ds for datasets in headers.values() for ds in datasets]
     assert len({ds.StudyInstanceUID for ds in every}) == 1
     assert len({ds.FrameOfReferenceUID for ds in every}) == 1
-    series_uids = {number: {ds.SeriesInstanceUID for ds in datasets}
-                   for number, datasets in headers.items()}
+    series_uids = {number: {ds.SeriesInstanceUID for ds in datasets} for number, datasets in headers.items()}
     assert all(len(uids) == 1 for uids in series_uids.values())
     assert len(set().union(*series_uids.values())) == len(headers)
     sop_uids = [ds.SOPInstanceUID for ds in every]
@@ -166,10 +165,8 @@ def test_pixels_show_a_head_with_the_series_contrast(headers):
     # Points of the phantom (patient coordinates, mm): white matter, grey
     # matter beside it, a lateral ventricle, and air in a corner of the field.
     white, grey, csf = (25, 0, 20), (56, 0, 20), (9, 0, 18)
-    t1 = {name: value_at(headers[2], point) for name, point in
-          [("white", white), ("grey", grey), ("csf", csf)]}
-    t2 = {name: value_at(headers[3], point) for name, point in
-          [("white", white), ("grey", grey), ("csf", csf)]}
+    t1 = {name: value_at(headers[2], point) for name, point in [("white", white), ("grey", grey), ("csf", csf)]}
+    t2 = {name: value_at(headers[3], point) for name, point in [("white", white), ("grey", grey), ("csf", csf)]}
     assert t1["white"] > t1["grey"] > t1["csf"]
     assert t2["csf"] > t2["grey"] > t2["white"]
     assert value_at(headers[3], (-120, -120, 20)) < 150
@@ -185,8 +182,9 @@ def converted(session, tmp_path_factory):
         pytest.skip("dcm2niix is not installed")
     out, _ = session
     nifti_dir = tmp_path_factory.mktemp("nifti")
-    result = subprocess.run(["dcm2niix", "-z", "n", "-f", "%s", "-o", str(nifti_dir), str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["dcm2niix", "-z", "n", "-f", "%s", "-o", str(nifti_dir), str(out)], capture_output=True, text=True, timeout=120
+    )
     return result, nifti_dir
 
 
@@ -196,16 +194,18 @@ def test_dcm2niix_converts_every_series(converted):
     assert "error" not in (result.stdout + result.stderr).lower()
     names = sorted(path.name for path in nifti_dir.glob("*.nii"))
     # A three-plane localizer becomes one image per plane, as real ones do.
-    assert names == ["1_i00001.nii", "1_i00004.nii", "1_i00007.nii",
-                     "2.nii", "3.nii", "4.nii", "5.nii"]
+    assert names == ["1_i00001.nii", "1_i00004.nii", "1_i00007.nii", "2.nii", "3.nii", "4.nii", "5.nii"]
     # dcm2niix turns 3D acquisitions to the nearest canonical orientation, so
     # compare the spatial sizes whatever their order.
-    shapes = {name: (*sorted(shape[:3]), *shape[3:]) for name in names
-              for shape in [nib.load(nifti_dir / name).shape]}
+    shapes = {name: (*sorted(shape[:3]), *shape[3:]) for name in names for shape in [nib.load(nifti_dir / name).shape]}
     assert shapes == {
-        "1_i00001.nii": (3, 64, 64), "1_i00004.nii": (3, 64, 64), "1_i00007.nii": (3, 64, 64),
-        "2.nii": (20, 64, 64), "3.nii": (20, 64, 64),
-        "4.nii": (12, 64, 64, 5), "5.nii": (12, 64, 64, 7),
+        "1_i00001.nii": (3, 64, 64),
+        "1_i00004.nii": (3, 64, 64),
+        "1_i00007.nii": (3, 64, 64),
+        "2.nii": (20, 64, 64),
+        "3.nii": (20, 64, 64),
+        "4.nii": (12, 64, 64, 5),
+        "5.nii": (12, 64, 64, 7),
     }
     assert nib.load(nifti_dir / "4.nii").header.get_zooms() == pytest.approx((3.5, 3.5, 10.0, 2.0))
     bvals = np.loadtxt(nifti_dir / "5.bval")
@@ -237,13 +237,18 @@ def test_nifti_geometry_matches_the_dicom_positions(converted, headers, number):
     dicom_corners = []
     for ds in (first, last):
         for c, r in itertools.product((0, ds.Columns - 1), (0, ds.Rows - 1)):
-            lps = (np.array(ds.ImagePositionPatient, dtype=float)
-                   + c * spacing * orientation[:3] + r * spacing * orientation[3:])
+            lps = (
+                np.array(ds.ImagePositionPatient, dtype=float)
+                + c * spacing * orientation[:3]
+                + r * spacing * orientation[3:]
+            )
             dicom_corners.append(lps * [-1, -1, 1])  # DICOM LPS → NIfTI RAS
-    nifti_corners = [image.affine @ [i, j, k, 1] for i, j, k in
-                     itertools.product(*[(0, n - 1) for n in image.shape[:3]])]
-    assert np.allclose(sorted(map(tuple, dicom_corners)),
-                       sorted(tuple(corner[:3]) for corner in nifti_corners), atol=0.01)
+    nifti_corners = [
+        image.affine @ [i, j, k, 1] for i, j, k in itertools.product(*[(0, n - 1) for n in image.shape[:3]])
+    ]
+    assert np.allclose(
+        sorted(map(tuple, dicom_corners)), sorted(tuple(corner[:3]) for corner in nifti_corners), atol=0.01
+    )
 
 
 def test_same_arguments_give_identical_bytes(session, tmp_path):
@@ -255,9 +260,14 @@ def test_same_arguments_give_identical_bytes(session, tmp_path):
             assert original.read_bytes() == copy.read_bytes()
 
 
-@pytest.mark.parametrize("change", [
-    dict(patient_id="SUB002"), dict(study_date="20240116"), dict(seed=1),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(patient_id="SUB002"),
+        dict(study_date="20240116"),
+        dict(seed=1),
+    ],
+)
 def test_other_patient_date_or_seed_gives_other_uids(session, headers, tmp_path, change):
     _, written = session
     arguments = {**PATIENT, "seed": 0, **change}
@@ -271,25 +281,30 @@ def test_other_patient_date_or_seed_gives_other_uids(session, headers, tmp_path,
 
 
 def test_volume_counts_can_be_chosen(tmp_path):
-    written = write_session(tmp_path, series=[SeriesSpec(7, "fMRI_task", "bold", volumes=3),
-                                              SeriesSpec(8, "DWI_b0_dir2", "dwi", volumes=3)],
-                            **PATIENT)
+    written = write_session(
+        tmp_path,
+        series=[SeriesSpec(7, "fMRI_task", "bold", volumes=3), SeriesSpec(8, "DWI_b0_dir2", "dwi", volumes=3)],
+        **PATIENT,
+    )
     assert len(written[7]) == 12 * 3 and len(written[8]) == 12 * 3
     last = pydicom.dcmread(written[7][-1], stop_before_pixels=True)
     assert (last.TemporalPositionIdentifier, last.NumberOfTemporalPositions) == (3, 3)
 
 
-@pytest.mark.parametrize("make", [
-    lambda tmp: SeriesSpec(1, "x", "pet"),
-    lambda tmp: SeriesSpec(0, "x", "t1w"),
-    lambda tmp: SeriesSpec(2, "x", "t1w", volumes=4),
-    lambda tmp: SeriesSpec(5, "x", "dwi", volumes=1),
-    lambda tmp: write_session(tmp, series=default_series(), size="huge", **PATIENT),
-    lambda tmp: write_session(tmp, series=default_series(), patient_id="P", patient_name="P",
-                              study_date="2024-01-15"),
-    lambda tmp: write_session(tmp, series=[SeriesSpec(2, "a", "t1w"), SeriesSpec(2, "b", "t2w")],
-                              **PATIENT),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: SeriesSpec(1, "x", "pet"),
+        lambda tmp: SeriesSpec(0, "x", "t1w"),
+        lambda tmp: SeriesSpec(2, "x", "t1w", volumes=4),
+        lambda tmp: SeriesSpec(5, "x", "dwi", volumes=1),
+        lambda tmp: write_session(tmp, series=default_series(), size="huge", **PATIENT),
+        lambda tmp: write_session(
+            tmp, series=default_series(), patient_id="P", patient_name="P", study_date="2024-01-15"
+        ),
+        lambda tmp: write_session(tmp, series=[SeriesSpec(2, "a", "t1w"), SeriesSpec(2, "b", "t2w")], **PATIENT),
+    ],
+)
 def test_rejects_bad_arguments(tmp_path, make):
     with pytest.raises(ValueError):
         make(tmp_path)
@@ -297,8 +312,7 @@ def test_rejects_bad_arguments(tmp_path, make):
 
 
 def test_large_t1w_is_a_full_resolution_volume(tmp_path):
-    written = write_session(tmp_path / "dicom", series=[SeriesSpec(2, "T1w_MPRAGE", "t1w")],
-                            size="large", **PATIENT)
+    written = write_session(tmp_path / "dicom", series=[SeriesSpec(2, "T1w_MPRAGE", "t1w")], size="large", **PATIENT)
     paths = written[2]
     assert len(paths) >= 200
     assert all(120_000 < path.stat().st_size < 140_000 for path in paths)
@@ -309,15 +323,21 @@ def test_large_t1w_is_a_full_resolution_volume(tmp_path):
         return
     nifti_dir = tmp_path / "nifti"
     nifti_dir.mkdir()
-    subprocess.run(["dcm2niix", "-z", "n", "-f", "%s", "-o", str(nifti_dir), str(tmp_path / "dicom")],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["dcm2niix", "-z", "n", "-f", "%s", "-o", str(nifti_dir), str(tmp_path / "dicom")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert sorted(nib.load(nifti_dir / "2.nii").shape) == sorted((256, 256, len(paths)))
 
 
 def test_epi_field_maps_carry_a_csa_header_with_their_polarity(tmp_path):
-    specs = [SeriesSpec(1, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
-             SeriesSpec(2, "fmap-epi_dir-PA", "epi", phase_encoding="PA"),
-             SeriesSpec(3, "fMRI_rest", "bold", 2)]
+    specs = [
+        SeriesSpec(1, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
+        SeriesSpec(2, "fmap-epi_dir-PA", "epi", phase_encoding="PA"),
+        SeriesSpec(3, "fMRI_rest", "bold", 2),
+    ]
     written = write_session(tmp_path, series=specs, **PATIENT)
     polarity = {}
     for number in (1, 2):
@@ -330,8 +350,9 @@ def test_epi_field_maps_carry_a_csa_header_with_their_polarity(tmp_path):
     assert 0x00291010 not in pydicom.dcmread(written[3][0])
 
 
-@pytest.mark.parametrize("spec", [
-    dict(kind="epi"), dict(kind="bold", phase_encoding="AP"), dict(kind="epi", phase_encoding="LR")])
+@pytest.mark.parametrize(
+    "spec", [dict(kind="epi"), dict(kind="bold", phase_encoding="AP"), dict(kind="epi", phase_encoding="LR")]
+)
 def test_phase_encoding_is_given_for_epi_field_maps_only(spec):
     with pytest.raises(ValueError):
         SeriesSpec(1, "x", **spec)

@@ -112,8 +112,14 @@ def test_posix_sequences_agree_with_a_local_folder(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, ttl=30) as mount:
         resources = mount.path.joinpath(*RESOURCES)
 
-        @settings(max_examples=50, deadline=None, database=None, print_blob=True,
-                  suppress_health_check=list(HealthCheck), derandomize=IN_CI)
+        @settings(
+            max_examples=50,
+            deadline=None,
+            database=None,
+            print_blob=True,
+            suppress_health_check=list(HealthCheck),
+            derandomize=IN_CI,
+        )
         @given(st.lists(OPERATIONS, min_size=1, max_size=16))
         @example([("create", "a", b"first"), ("rename", "a", "b"), ("pwrite", 0, 5, b"+more")])
         def same_results(operations):

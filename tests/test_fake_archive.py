@@ -27,8 +27,7 @@ def children(node, field):
 def test_project_listing_and_item(fake_xnat, http):
     projects = rows(http, fake_xnat, "/data/projects")
     assert [p["ID"] for p in projects] == ["STUDY01", "STUDY02"]
-    assert set(projects[0]) == {"ID", "secondary_ID", "name", "description", "pi_firstname",
-                                "pi_lastname", "URI"}
+    assert set(projects[0]) == {"ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"}
     assert projects[0]["URI"] == "/data/projects/STUDY01"
     assert projects[0]["pi_lastname"] == "Lovelace"
     project = item(http, fake_xnat, "/data/projects/STUDY01")
@@ -47,9 +46,14 @@ def test_subject_listing_has_contract_columns(fake_xnat, http):
     subjects = rows(http, fake_xnat, "/data/projects/STUDY01/subjects")
     first = subjects[0]
     assert set(first) == {"ID", "project", "label", "insert_date", "insert_user", "URI"}
-    assert first == {"ID": S1, "project": "STUDY01", "label": "SUB001",
-                     "insert_date": "2024-01-05 17:02:11.123", "insert_user": "admin",
-                     "URI": f"/data/subjects/{S1}"}
+    assert first == {
+        "ID": S1,
+        "project": "STUDY01",
+        "label": "SUB001",
+        "insert_date": "2024-01-05 17:02:11.123",
+        "insert_user": "admin",
+        "URI": f"/data/subjects/{S1}",
+    }
 
 
 def test_shared_subject_listed_under_second_project(fake_xnat, http):
@@ -68,8 +72,10 @@ def test_subject_item_resolves_label_or_id(fake_xnat, http):
     bare = item(http, fake_xnat, f"/data/subjects/{S1}")
     assert by_label["data_fields"]["ID"] == by_id["data_fields"]["ID"] == bare["data_fields"]["ID"] == S1
     assert by_label["meta"]["xsi:type"] == "xnat:subjectData"
-    assert [e["data_fields"]["label"] for e in children(by_label, "experiments/experiment")] == \
-        ["SUB001_MR1", "SUB001_MR2"]
+    assert [e["data_fields"]["label"] for e in children(by_label, "experiments/experiment")] == [
+        "SUB001_MR1",
+        "SUB001_MR2",
+    ]
     assert [r["data_fields"]["label"] for r in children(by_label, "resources/resource")] == ["NOTES"]
     # An accession ID of another project's subject is refused; a label alone needs a project.
     assert http.get(fake_xnat.url + f"/data/projects/STUDY02/subjects/{S2}?format=json").status_code == 404
@@ -112,8 +118,9 @@ def test_listing_filters_sorting_paging_and_csv(fake_xnat, http):
     assert [s["label"] for s in ordered] == ["SUB003", "SUB002", "SUB001"]
     page = rows(http, fake_xnat, "/data/projects/STUDY01/subjects", limit="1", offset="1")
     assert [s["label"] for s in page] == ["SUB002"]
-    text = http.get(fake_xnat.url + "/data/projects/STUDY01/subjects",
-                    params={"format": "csv", "columns": "label"}).text
+    text = http.get(
+        fake_xnat.url + "/data/projects/STUDY01/subjects", params={"format": "csv", "columns": "label"}
+    ).text
     table = list(csv.DictReader(io.StringIO(text)))
     assert [r["label"] for r in table] == ["SUB001", "SUB002", "SUB003"]
     assert table[0]["ID"] == S1
@@ -124,8 +131,11 @@ def test_listing_filters_sorting_paging_and_csv(fake_xnat, http):
 
 def test_experiment_item_anatomy(fake_xnat, http):
     session = item(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1")
-    for path in (f"/data/experiments/{E1}", "/data/projects/STUDY01/experiments/SUB001_MR1",
-                 f"/data/projects/STUDY01/experiments/{E1}"):
+    for path in (
+        f"/data/experiments/{E1}",
+        "/data/projects/STUDY01/experiments/SUB001_MR1",
+        f"/data/projects/STUDY01/experiments/{E1}",
+    ):
         assert item(http, fake_xnat, path)["data_fields"] == session["data_fields"]
     fields = session["data_fields"]
     assert fields["ID"] == fields["id"] == E1
@@ -157,8 +167,9 @@ def test_experiment_item_anatomy(fake_xnat, http):
 def test_shared_experiment_through_second_project(fake_xnat, http):
     shared = item(http, fake_xnat, "/data/projects/STUDY02/subjects/SUB001/experiments/SUB001_MR1")
     assert shared["data_fields"]["project"] == "STUDY01"
-    answer = http.get(fake_xnat.url + "/data/projects/STUDY02/experiments/SUB001_MR1/scans/2/resources/"
-                      "DICOM/files/2-0001.dcm")
+    answer = http.get(
+        fake_xnat.url + "/data/projects/STUDY02/experiments/SUB001_MR1/scans/2/resources/DICOM/files/2-0001.dcm"
+    )
     direct = http.get(fake_xnat.url + f"/data/experiments/{E1}/scans/2/resources/DICOM/files/2-0001.dcm")
     assert answer.status_code == 200 and answer.content == direct.content
 
@@ -173,8 +184,16 @@ def test_item_xml_by_default(fake_xnat, http):
 def test_scans_listing_and_item(fake_xnat, http):
     scans = rows(http, fake_xnat, f"/data/experiments/{E1}/scans")
     assert [s["ID"] for s in scans] == ["1", "2", "3", "4", "5"]
-    assert set(scans[0]) == {"xsiType", "xnat_imagescandata_id", "note", "series_description", "ID",
-                             "type", "URI", "quality"}
+    assert set(scans[0]) == {
+        "xsiType",
+        "xnat_imagescandata_id",
+        "note",
+        "series_description",
+        "ID",
+        "type",
+        "URI",
+        "quality",
+    }
     assert scans[1]["URI"] == f"/data/experiments/{E1}/scans/2"
     quality = {s["ID"]: s["quality"] for s in rows(http, fake_xnat, "/data/experiments/XNAT_E00003/scans")}
     assert quality["6"] == "questionable"
@@ -195,25 +214,36 @@ def test_create_subject_and_experiment(fake_xnat, http):
     assert again.status_code == 200 and again.text == created.text
     no_type = http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/NEW01/experiments/NEW01_MR1")
     assert no_type.status_code == 417
-    experiment = http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/NEW01/experiments/NEW01_MR1",
-                          params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "03/04/2024"})
+    experiment = http.put(
+        fake_xnat.url + "/data/projects/STUDY01/subjects/NEW01/experiments/NEW01_MR1",
+        params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "03/04/2024"},
+    )
     assert experiment.status_code == 201
     fields = item(http, fake_xnat, f"/data/experiments/{experiment.text}")["data_fields"]
     assert fields["label"] == "NEW01_MR1" and fields["date"] == "2024-03-04"
     listed = rows(http, fake_xnat, "/data/projects/STUDY01/experiments")
     assert "NEW01_MR1" in {e["label"] for e in listed}
-    auto = http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/AUTO/experiments/AUTO_MR1",
-                    params={"xsiType": "xnat:mrSessionData"})
+    auto = http.put(
+        fake_xnat.url + "/data/projects/STUDY01/subjects/AUTO/experiments/AUTO_MR1",
+        params={"xsiType": "xnat:mrSessionData"},
+    )
     assert auto.status_code == 201
     assert "AUTO" in {s["label"] for s in rows(http, fake_xnat, "/data/projects/STUDY01/subjects")}
 
 
 def test_invalid_labels_are_417(fake_xnat, http):
     assert http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/bad%20label").status_code == 417
-    assert http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/SUB001",
-                    params={"label": "no/slash"}).status_code == 417
-    assert http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/SUB001/experiments/x.y",
-                    params={"xsiType": "xnat:mrSessionData"}).status_code == 417
+    assert (
+        http.put(fake_xnat.url + "/data/projects/STUDY01/subjects/SUB001", params={"label": "no/slash"}).status_code
+        == 417
+    )
+    assert (
+        http.put(
+            fake_xnat.url + "/data/projects/STUDY01/subjects/SUB001/experiments/x.y",
+            params={"xsiType": "xnat:mrSessionData"},
+        ).status_code
+        == 417
+    )
 
 
 def test_rename_subject_and_experiment(fake_xnat, http):
@@ -222,8 +252,11 @@ def test_rename_subject_and_experiment(fake_xnat, http):
     assert http.put(url, params={"label": "SUB003", "xsiType": "xnat:mrSessionData"}).status_code == 422
     assert http.put(url, params={"label": "SUB003"}).status_code == 200
     assert http.put(url, params={"label": "SUB099", "xsiType": "xnat:subjectData"}).status_code == 200
-    assert {s["label"] for s in rows(http, fake_xnat, "/data/projects/STUDY01/subjects")} == \
-        {"SUB001", "SUB002", "SUB099"}
+    assert {s["label"] for s in rows(http, fake_xnat, "/data/projects/STUDY01/subjects")} == {
+        "SUB001",
+        "SUB002",
+        "SUB099",
+    }
     experiment = fake_xnat.url + "/data/projects/STUDY01/subjects/SUB099/experiments/SUB003_MR1"
     assert http.put(experiment, params={"label": "SUB002_MR1", "xsiType": "xnat:mrSessionData"}).status_code == 409
     assert http.put(experiment, params={"label": "SUB099_MR1", "xsiType": "xnat:mrSessionData"}).status_code == 200
@@ -263,8 +296,9 @@ def test_open_workflow_blocks_renames_until_dismissed(fake_xnat, http):
     assert http.put(wf_url, params={"wrk:workflowData/status": "Complete"}).status_code == 200
     assert http.get(wf_url, params={"format": "json"}).json()["items"][0]["data_fields"]["status"] == "Complete"
     assert http.put(experiment, params={"label": "RENAMED", "xsiType": "xnat:mrSessionData"}).status_code == 200
-    none_left = http.post(fake_xnat.url + "/data/search?format=json",
-                          data=bundle.replace(E1, "XNAT_E99999")).json()["ResultSet"]["Result"]
+    none_left = http.post(fake_xnat.url + "/data/search?format=json", data=bundle.replace(E1, "XNAT_E99999")).json()[
+        "ResultSet"
+    ]["Result"]
     assert none_left == []
     assert http.post(fake_xnat.url + "/data/search?format=json", data="<not xml").status_code == 400
     assert http.get(fake_xnat.url + "/data/workflows/424242?format=json").status_code == 404
@@ -302,8 +336,12 @@ def test_delete_experiment_subject_and_project(fake_xnat, http):
 
 def test_scan_create_update_delete(fake_xnat, http):
     scan = fake_xnat.url + f"/data/experiments/{E2}/scans/7"
-    assert http.put(scan, params={"xsiType": "xnat:mrScanData", "xnat:mrScanData/type": "T1w_extra",
-                                  "quality": "unusable"}).status_code == 200
+    assert (
+        http.put(
+            scan, params={"xsiType": "xnat:mrScanData", "xnat:mrScanData/type": "T1w_extra", "quality": "unusable"}
+        ).status_code
+        == 200
+    )
     fields = item(http, fake_xnat, f"/data/experiments/{E2}/scans/7")["data_fields"]
     assert fields["type"] == "T1w_extra" and fields["quality"] == "unusable"
     assert http.put(scan, params={"quality": "usable"}).status_code == 200

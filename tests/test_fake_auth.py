@@ -43,8 +43,9 @@ def test_no_credentials_is_401_for_programs_and_302_for_browsers(fake_xnat):
     assert plain.status_code == 401
     assert plain.headers["WWW-Authenticate"].startswith("Basic realm=")
     assert plain.text.startswith("<!DOCTYPE")
-    browser = requests.get(fake_xnat.url + PROJECTS, allow_redirects=False,
-                           headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"})
+    browser = requests.get(
+        fake_xnat.url + PROJECTS, allow_redirects=False, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"}
+    )
     assert browser.status_code == 302
     assert "Login" in browser.headers["Location"]
 
@@ -98,8 +99,18 @@ def test_expired_password_login_answers_html_page(fake_xnat):
 def test_alias_tokens(fake_xnat):
     session = login(fake_xnat)
     token = session.get(fake_xnat.url + "/data/services/tokens/issue").json()
-    assert set(token) >= {"alias", "xdatUserId", "secret", "singleUse", "estimatedExpirationTime",
-                          "timestamp", "enabled", "created", "id", "disabled"}
+    assert set(token) >= {
+        "alias",
+        "xdatUserId",
+        "secret",
+        "singleUse",
+        "estimatedExpirationTime",
+        "timestamp",
+        "enabled",
+        "created",
+        "id",
+        "disabled",
+    }
     assert token["xdatUserId"] == "admin"
     hours = (token["estimatedExpirationTime"] - token["created"]) / 3600000
     assert 47 <= hours <= 49
@@ -120,14 +131,12 @@ def test_token_logins_ignore_the_expired_password_mode(fake_xnat):
 
 def test_form_login_and_auth_check(fake_xnat):
     session = requests.Session()
-    answer = session.put(fake_xnat.url + "/data/services/auth",
-                         data={"username": "admin", "password": "admin"})
+    answer = session.put(fake_xnat.url + "/data/services/auth", data={"username": "admin", "password": "admin"})
     assert answer.status_code == 200
     assert session.cookies["JSESSIONID"] == answer.text
     check = session.get(fake_xnat.url + "/data/auth")
     assert "User 'admin' is logged in" in check.text
-    refused = requests.put(fake_xnat.url + "/data/services/auth",
-                           data={"username": "admin", "password": "bad"})
+    refused = requests.put(fake_xnat.url + "/data/services/auth", data={"username": "admin", "password": "bad"})
     assert refused.status_code == 401
     assert "<h3>" in refused.text
 
@@ -140,6 +149,7 @@ def test_build_info_needs_login(fake_xnat):
 
 def test_several_users(tmp_path):
     from xnatfs.fake import FakeXnat
+
     with FakeXnat(tmp_path / "d", users={"alice": "a1", "bob": "b2"}) as server:
         assert server.username == "alice"
         assert requests.get(server.url + PROJECTS, auth=("bob", "b2")).status_code == 200
@@ -150,8 +160,8 @@ def test_several_users(tmp_path):
 
 def test_readonly_users_may_read_but_not_write(tmp_path):
     from xnatfs.fake import FakeXnat
-    with FakeXnat(tmp_path / "d", users={"admin": "admin", "guest": "guest"},
-                  readonly_users=("guest",)) as server:
+
+    with FakeXnat(tmp_path / "d", users={"admin": "admin", "guest": "guest"}, readonly_users=("guest",)) as server:
         server.store.add_project("P1")
         assert requests.get(server.url + PROJECTS, auth=("guest", "guest")).status_code == 200
         refused = requests.put(server.url + "/data/projects/P1/subjects/S1", auth=("guest", "guest"))

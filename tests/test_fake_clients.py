@@ -67,8 +67,9 @@ def test_pyxnat_walks_downloads_creates_and_uploads(fake_xnat, tmp_path):
         assert len(names) == 20
         downloaded = resource.file("2-0001.dcm").get(str(tmp_path / "one.dcm"))
         with open(downloaded, "rb") as handle:
-            assert hashlib.md5(handle.read()).hexdigest() == \
-                hashlib.md5(server_bytes(fake_xnat, DICOM_PATH)).hexdigest()
+            assert (
+                hashlib.md5(handle.read()).hexdigest() == hashlib.md5(server_bytes(fake_xnat, DICOM_PATH)).hexdigest()
+            )
 
         new_subject = project.subject("PYXNAT01")
         new_subject.create()

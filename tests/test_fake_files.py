@@ -21,13 +21,26 @@ def test_resource_listings_at_every_level(fake_xnat, http):
     session = listing(http, fake_xnat, f"/data/experiments/{E1}/resources")
     assert session["title"] == "Resources"
     row = session["Result"][0]
-    assert set(row) == {"xnat_abstractresource_id", "label", "element_name", "category", "cat_id",
-                        "cat_desc", "format", "content", "tags", "file_count", "file_size"}
+    assert set(row) == {
+        "xnat_abstractresource_id",
+        "label",
+        "element_name",
+        "category",
+        "cat_id",
+        "cat_desc",
+        "format",
+        "content",
+        "tags",
+        "file_count",
+        "file_size",
+    }
     assert row["label"] == "QC" and row["element_name"] == "xnat:resourceCatalog"
     assert row["file_count"] == "2"
     scan = listing(http, fake_xnat, f"{SCAN2}/resources")["Result"]
     assert [r["label"] for r in scan] == ["DICOM", "SNAPSHOTS"]
-    assert [r["label"] for r in listing(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/resources")["Result"]] == ["NOTES"]
+    assert [
+        r["label"] for r in listing(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/resources")["Result"]
+    ] == ["NOTES"]
     assert [r["label"] for r in listing(http, fake_xnat, "/data/projects/STUDY01/resources")["Result"]] == ["PROTOCOLS"]
     # Resource listings ignore columns= and never carry ID or URI.
     asked = listing(http, fake_xnat, f"{SCAN2}/resources", columns="ID,URI,label")["Result"][0]
@@ -41,8 +54,17 @@ def test_file_listing_rows(fake_xnat, http):
     files = result["Result"]
     assert len(files) == 20
     first = files[0]
-    assert set(first) == {"Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
-                          "cat_ID", "digest"}
+    assert set(first) == {
+        "Name",
+        "Size",
+        "URI",
+        "collection",
+        "file_tags",
+        "file_format",
+        "file_content",
+        "cat_ID",
+        "digest",
+    }
     resource_id = first["cat_ID"]
     assert first["URI"] == f"{SCAN2}/resources/{resource_id}/files/2-0001.dcm"
     assert first["collection"] == "DICOM"
@@ -61,8 +83,9 @@ def test_experiment_files_session_level_and_all(fake_xnat, http):
     scan3 = [f for f in everything if "/scans/3/" in f["URI"]]
     assert {f["collection"] for f in scan3} == {"DICOM", "SNAPSHOTS"}
     assert all(f["URI"].startswith(f"/data/experiments/{E1}/") for f in everything)
-    through_project = listing(http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/experiments/"
-                              "SUB001_MR1/files", all="true")["Result"]
+    through_project = listing(
+        http, fake_xnat, "/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR1/files", all="true"
+    )["Result"]
     assert through_project == everything
 
 
@@ -107,23 +130,29 @@ def test_zip_of_a_scan_resource(fake_xnat, http):
 
 
 def test_zip_of_scans_session_and_structures(fake_xnat, http):
-    several = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"/data/experiments/{E1}/scans/1,2/files?format=zip").content)).namelist()
+    several = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"/data/experiments/{E1}/scans/1,2/files?format=zip").content)
+    ).namelist()
     assert len(several) == 9 + 22
-    whole = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"/data/experiments/{E1}/scans/ALL/files?format=zip").content)).namelist()
+    whole = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"/data/experiments/{E1}/scans/ALL/files?format=zip").content)
+    ).namelist()
     assert len(whole) == 9 + 22 + 22 + 60 + 84
-    improved = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"{SCAN2}/resources/DICOM/files?format=zip&structure=improved").content)).namelist()
+    improved = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"{SCAN2}/resources/DICOM/files?format=zip&structure=improved").content)
+    ).namelist()
     assert improved[0] == "scans/2_T1w_MPRAGE/DICOM/2-0001.dcm"
-    simplified = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"{SCAN2}/resources/DICOM/files?format=zip&structure=simplified").content)).namelist()
+    simplified = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"{SCAN2}/resources/DICOM/files?format=zip&structure=simplified").content)
+    ).namelist()
     assert simplified[0] == "SUB001_MR1/scans/2-T1w_MPRAGE/DICOM/2-0001.dcm"
-    session = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files?format=zip").content)).namelist()
+    session = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files?format=zip").content)
+    ).namelist()
     assert "SUB001_MR1/resources/QC/files/qc_report.pdf" in session
-    everything = zipfile.ZipFile(io.BytesIO(http.get(
-        fake_xnat.url + f"/data/experiments/{E1}/files?format=zip&all=true").content)).namelist()
+    everything = zipfile.ZipFile(
+        io.BytesIO(http.get(fake_xnat.url + f"/data/experiments/{E1}/files?format=zip&all=true").content)
+    ).namelist()
     assert len(everything) == len(whole) + 2
     assert "SUB001_MR1/resources/QC/files/qc_metrics.csv" in everything
     empty = http.put(fake_xnat.url + f"/data/experiments/{E1}/resources/EMPTY")
@@ -174,8 +203,8 @@ def test_create_and_delete_resources(fake_xnat, http):
     assert http.put(url, params={"format": "NIFTI", "content": "DERIVED"}).status_code == 200
     conflict = http.put(url)
     assert conflict.status_code == 409 and "already exists" in conflict.text
-    row = [r for r in listing(http, fake_xnat, f"/data/experiments/{E1}/resources")["Result"]
-           if r["label"] == "NIFTI"][0]
+    rows = listing(http, fake_xnat, f"/data/experiments/{E1}/resources")["Result"]
+    row = next(r for r in rows if r["label"] == "NIFTI")
     assert row["format"] == "NIFTI" and row["file_count"] == "0"
     assert http.put(fake_xnat.url + f"/data/subjects/{S1}/resources/EXTRA").status_code == 200
     assert http.put(fake_xnat.url + "/data/projects/STUDY02/resources/DOCS").status_code == 200
@@ -215,10 +244,22 @@ def test_upload_errors(fake_xnat, http):
     assert http.put(target, params={"inbody": "true"}, data=b"").status_code == 400
     multipart = http.put(target, params={"inbody": "true"}, files={"file": ("a.txt", b"abc")})
     assert multipart.status_code == 406
-    assert http.put(fake_xnat.url + "/data/experiments/XNAT_E09999/resources/QC/files/a.txt",
-                    params={"inbody": "true"}, data=b"abc").status_code == 404
-    assert http.put(fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/a/%2E%2E/%2E%2E/b",
-                    params={"inbody": "true"}, data=b"abc").status_code == 400
+    assert (
+        http.put(
+            fake_xnat.url + "/data/experiments/XNAT_E09999/resources/QC/files/a.txt",
+            params={"inbody": "true"},
+            data=b"abc",
+        ).status_code
+        == 404
+    )
+    assert (
+        http.put(
+            fake_xnat.url + f"/data/experiments/{E1}/resources/QC/files/a/%2E%2E/%2E%2E/b",
+            params={"inbody": "true"},
+            data=b"abc",
+        ).status_code
+        == 400
+    )
 
 
 def test_multipart_upload(fake_xnat, http):
@@ -242,13 +283,14 @@ def test_upload_with_extract(fake_xnat, http):
     target = fake_xnat.url + f"/data/experiments/{E1}/resources/UNPACKED/files/bundle.zip"
     answer = http.put(target, params={"inbody": "true", "extract": "true"}, data=packed.getvalue())
     assert answer.status_code == 200
-    files = {f["URI"].split("/files/", 1)[1] for f in
-             listing(http, fake_xnat, f"/data/experiments/{E1}/resources/UNPACKED/files")["Result"]}
+    files = {
+        f["URI"].split("/files/", 1)[1]
+        for f in listing(http, fake_xnat, f"/data/experiments/{E1}/resources/UNPACKED/files")["Result"]
+    }
     assert files == {"a.txt", "deep/b.txt"}
     again = http.put(target, params={"inbody": "true", "extract": "true"}, data=packed.getvalue())
     assert sorted(again.json()["duplicates"]) == ["a.txt", "deep/b.txt"]
-    broken = http.put(target, params={"inbody": "true", "extract": "true", "overwrite": "true"},
-                      data=b"not a zip")
+    broken = http.put(target, params={"inbody": "true", "extract": "true", "overwrite": "true"}, data=b"not a zip")
     assert broken.status_code == 400
 
 
@@ -273,8 +315,9 @@ def test_store_changes_behind_the_servers_back(fake_xnat, http):
     original = http.get(url).content
     store.put_file(E1, "DICOM", "2-0001.dcm", b"changed", scan_id="2")
     assert http.get(url).content == b"changed"
-    row = [f for f in listing(http, fake_xnat, f"{SCAN2}/resources/DICOM/files")["Result"]
-           if f["Name"] == "2-0001.dcm"][0]
+    row = next(
+        f for f in listing(http, fake_xnat, f"{SCAN2}/resources/DICOM/files")["Result"] if f["Name"] == "2-0001.dcm"
+    )
     assert row["Size"] == "7" and row["digest"] == hashlib.md5(b"changed").hexdigest()
     assert store.delete_file(E1, "DICOM", "2-0001.dcm", scan_id="2")
     assert http.get(url).status_code == 404

@@ -20,9 +20,13 @@ IMPORT = "/data/services/import"
 def dicom_zip(tmp_path_factory) -> bytes:
     """A zip of a two-series session (localizer and T1w)."""
     folder = tmp_path_factory.mktemp("import")
-    written = write_session(folder / "dicom", patient_id="IMP_MR1", patient_name="IMP",
-                            study_date="20240601",
-                            series=[SeriesSpec(1, "Localizer", "localizer"), SeriesSpec(2, "T1w_MPRAGE", "t1w")])
+    written = write_session(
+        folder / "dicom",
+        patient_id="IMP_MR1",
+        patient_name="IMP",
+        study_date="20240601",
+        series=[SeriesSpec(1, "Localizer", "localizer"), SeriesSpec(2, "T1w_MPRAGE", "t1w")],
+    )
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
         for number, paths in written.items():
@@ -42,9 +46,13 @@ def test_import_files_series_into_scans(fake_xnat, http, dicom_zip):
     assert answer.status_code == 200, answer.text
     assert answer.text == "/data/archive/projects/STUDY01/subjects/SUB003/experiments/SUB003_MR9\r\n"
     experiment_id = fake_xnat.store.experiment_id("STUDY01", "SUB003_MR9")
-    scans = http.get(f"{fake_xnat.url}/data/experiments/{experiment_id}/scans?format=json").json()["ResultSet"]["Result"]
-    assert [(s["ID"], s["type"], s["series_description"]) for s in scans] == \
-        [("1", "Localizer", "Localizer"), ("2", "T1w_MPRAGE", "T1w_MPRAGE")]
+    scans = http.get(f"{fake_xnat.url}/data/experiments/{experiment_id}/scans?format=json").json()["ResultSet"][
+        "Result"
+    ]
+    assert [(s["ID"], s["type"], s["series_description"]) for s in scans] == [
+        ("1", "Localizer", "Localizer"),
+        ("2", "T1w_MPRAGE", "T1w_MPRAGE"),
+    ]
     item = http.get(f"{fake_xnat.url}/data/experiments/{experiment_id}?format=json").json()["items"][0]
     assert item["data_fields"]["date"] == "2024-06-01"
     assert item["data_fields"]["UID"].startswith("2.25.")
@@ -80,13 +88,16 @@ def test_import_errors(fake_xnat, http, dicom_zip):
     assert no_type.status_code == 400 and "Unsupported format" in no_type.text
     assert post_import(http, fake_xnat, b"not a zip", **params).status_code == 400
     damaged = bytearray(dicom_zip)
-    damaged[len(damaged) // 2] ^= 0xFF                      # fails the entry's CRC check
+    damaged[len(damaged) // 2] ^= 0xFF  # fails the entry's CRC check
     assert post_import(http, fake_xnat, bytes(damaged), **params).status_code == 400
     assert post_import(http, fake_xnat, b"", **params).status_code == 400
     assert post_import(http, fake_xnat, dicom_zip, project="NOPE", subject="S", session="E").status_code == 404
     assert post_import(http, fake_xnat, dicom_zip, dest="/prearchive/projects/STUDY01").status_code == 400
-    multipart = http.post(fake_xnat.url + IMPORT, params={"inbody": "true", "project": "STUDY01"},
-                          files={"file": ("a.zip", dicom_zip, "application/zip")})
+    multipart = http.post(
+        fake_xnat.url + IMPORT,
+        params={"inbody": "true", "project": "STUDY01"},
+        files={"file": ("a.zip", dicom_zip, "application/zip")},
+    )
     assert multipart.status_code == 406
     assert http.get(fake_xnat.url + IMPORT).status_code == 405
 
@@ -101,7 +112,7 @@ def test_unparsable_entries(fake_xnat, http, dicom_zip):
     params = dict(project="STUDY01", subject="SUB001", session="MIXED_MR")
     # Like XNAT's DICOM-zip importer: without the switch one entry it cannot parse fails the whole zip...
     assert post_import(http, fake_xnat, mixed.getvalue(), **params).status_code == 400
-    assert os.listdir(fake_xnat.store.tmp_dir) == []        # the files read before the bad one too
+    assert os.listdir(fake_xnat.store.tmp_dir) == []  # the files read before the bad one too
     assert fake_xnat.store.experiment_id("STUDY01", "MIXED_MR") is None
     # ...with it, such entries are skipped,
     skipped = post_import(http, fake_xnat, mixed.getvalue(), **{"Ignore-Unparsable": "true"}, **params)
@@ -115,31 +126,40 @@ def test_unparsable_entries(fake_xnat, http, dicom_zip):
         for name, data in cd_export_extras():
             target.writestr(name, data)
     params["session"] = "EMPTY_MR"
-    assert post_import(http, fake_xnat, nothing.getvalue(), **{"Ignore-Unparsable": "true"}, **params).status_code == 400
+    assert (
+        post_import(http, fake_xnat, nothing.getvalue(), **{"Ignore-Unparsable": "true"}, **params).status_code == 400
+    )
 
 
 def test_multipart_import_without_inbody(fake_xnat, http, dicom_zip):
-    answer = http.post(fake_xnat.url + IMPORT,
-                       params={"import-handler": "DICOM-zip", "project": "STUDY01", "subject": "SUB002",
-                               "session": "SUB002_MR5"},
-                       files={"file": ("session.zip", dicom_zip, "application/zip")})
+    answer = http.post(
+        fake_xnat.url + IMPORT,
+        params={"import-handler": "DICOM-zip", "project": "STUDY01", "subject": "SUB002", "session": "SUB002_MR5"},
+        files={"file": ("session.zip", dicom_zip, "application/zip")},
+    )
     assert answer.status_code == 200, answer.text
     assert fake_xnat.store.experiment_id("STUDY01", "SUB002_MR5") is not None
 
 
 def test_autorun_workflow_on_import_blocks_rename(fake_xnat, http, dicom_zip):
     fake_xnat.autorun_on_import = True
-    assert post_import(http, fake_xnat, dicom_zip, project="STUDY01", subject="SUB003",
-                       session="AUTO_MR").status_code == 200
+    assert (
+        post_import(http, fake_xnat, dicom_zip, project="STUDY01", subject="SUB003", session="AUTO_MR").status_code
+        == 200
+    )
     experiment_id = fake_xnat.store.experiment_id("STUDY01", "AUTO_MR")
     workflows = [w for w in fake_xnat.store.workflows() if w["experiment_id"] == experiment_id]
     assert [(w["pipeline_name"], w["status"]) for w in workflows] == [("xnat_tools/AutoRun.xml", "Queued")]
-    rename = http.put(f"{fake_xnat.url}/data/projects/STUDY01/subjects/SUB003/experiments/AUTO_MR",
-                      params={"label": "AUTO_MR_B", "xsiType": "xnat:mrSessionData"})
+    rename = http.put(
+        f"{fake_xnat.url}/data/projects/STUDY01/subjects/SUB003/experiments/AUTO_MR",
+        params={"label": "AUTO_MR_B", "xsiType": "xnat:mrSessionData"},
+    )
     assert rename.status_code == 409
     fake_xnat.autorun_on_import = False
-    assert post_import(http, fake_xnat, dicom_zip, project="STUDY01", subject="SUB003",
-                       session="QUIET_MR").status_code == 200
+    assert (
+        post_import(http, fake_xnat, dicom_zip, project="STUDY01", subject="SUB003", session="QUIET_MR").status_code
+        == 200
+    )
     quiet = fake_xnat.store.experiment_id("STUDY01", "QUIET_MR")
     assert not [w for w in fake_xnat.store.workflows() if w["experiment_id"] == quiet]
 
@@ -153,13 +173,17 @@ def test_dcm2niix_converts_a_downloaded_scan_zip(fake_xnat, http, tmp_path):
     out = tmp_path / "nifti"
     out.mkdir()
     # XNAT's zip layout puts files six folders deep; dcm2niix looks five deep unless told.
-    result = subprocess.run(["dcm2niix", "-d", "9", "-z", "n", "-f", "%s_%d", "-o", str(out),
-                             str(tmp_path / "dicom")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["dcm2niix", "-d", "9", "-z", "n", "-f", "%s_%d", "-o", str(out), str(tmp_path / "dicom")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     niftis = list(out.glob("*.nii"))
     assert len(niftis) == 1
     import nibabel
+
     image = nibabel.load(niftis[0])
     # 20 sagittal slices of 64×64.
     assert sorted(image.shape) == [20, 64, 64]

@@ -23,8 +23,12 @@ def test_small_sample_layout(fake_xnat):
     assert [p["id"] for p in store.projects()] == ["STUDY01", "STUDY02"]
     assert [s["label"] for s in store.subjects_in("STUDY01")] == ["SUB001", "SUB002", "SUB003"]
     assert {s["label"]: s["shared"] for s in store.subjects_in("STUDY02")} == {"SUB101": False, "SUB001": True}
-    expected = {"SUB001_MR1": ("XNAT_E00001", 5), "SUB001_MR2": ("XNAT_E00002", 3),
-                "SUB002_MR1": ("XNAT_E00003", 6), "SUB003_MR1": ("XNAT_E00004", 4)}
+    expected = {
+        "SUB001_MR1": ("XNAT_E00001", 5),
+        "SUB001_MR2": ("XNAT_E00002", 3),
+        "SUB002_MR1": ("XNAT_E00003", 6),
+        "SUB003_MR1": ("XNAT_E00004", 4),
+    }
     for label, (accession, scan_count) in expected.items():
         assert store.experiment_id("STUDY01", label) == accession
         assert len(store.scans(accession)) == scan_count
@@ -63,10 +67,10 @@ def test_sample_is_deterministic(tmp_path, fake_xnat_template):
             assert twin["label"] == experiment["label"] and twin["uid"] == experiment["uid"]
             for scan in first.scans(experiment["id"]):
                 resource = first.find_resource("scan", str(scan["pk"]), "DICOM")
-                other = second.find_resource("scan", str(second.scan(experiment["id"], scan["scan_id"])["pk"]),
-                                             "DICOM")
-                assert [(f["path"], f["digest"]) for f in first.files(resource["id"])] == \
-                    [(f["path"], f["digest"]) for f in second.files(other["id"])]
+                other = second.find_resource("scan", str(second.scan(experiment["id"], scan["scan_id"])["pk"]), "DICOM")
+                assert [(f["path"], f["digest"]) for f in first.files(resource["id"])] == [
+                    (f["path"], f["digest"]) for f in second.files(other["id"])
+                ]
     finally:
         first.close()
         second.close()
@@ -86,12 +90,12 @@ def test_large_sample_structure_scaled_down(tmp_path, monkeypatch):
         sessions = store.experiments_in("BENCH")
         assert len(sessions) == 3 * 2 + 1
         one = store.experiment_id("BENCH", "B0002_MR2")
-        counts = [len(store.files(store.find_resource("scan", str(s["pk"]), "DICOM")["id"]))
-                  for s in store.scans(one)]
+        counts = [len(store.files(store.find_resource("scan", str(s["pk"]), "DICOM")["id"])) for s in store.scans(one)]
         assert counts == [9, 20, 20, 24, 24, 20]
         first_file = store.files(store.find_resource("scan", str(store.scans(one)[1]["pk"]), "DICOM")["id"])[0]
-        path = store.file_path(store.find_resource("scan", str(store.scans(one)[1]["pk"]), "DICOM")["id"],
-                               first_file["path"])
+        path = store.file_path(
+            store.find_resource("scan", str(store.scans(one)[1]["pk"]), "DICOM")["id"], first_file["path"]
+        )
         assert os.stat(path).st_nlink == 3 * 2
         hires = store.experiment_id("BENCH", "HIRES_MR1")
         t1 = store.find_resource("scan", str(store.scan(hires, "2")["pk"]), "DICOM")
@@ -130,9 +134,25 @@ def test_store_refuses_unsafe_paths_and_conflicts(fake_xnat):
 
 def test_cli_serves_until_sigterm(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "xnatfs.fake", "--data", str(tmp_path / "d"),
-         "--latency-ms", "1", "--user", "alice:secret", "--user", "bob:pw", "--readonly-user", "bob"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "xnatfs.fake",
+            "--data",
+            str(tmp_path / "d"),
+            "--latency-ms",
+            "1",
+            "--user",
+            "alice:secret",
+            "--user",
+            "bob:pw",
+            "--readonly-user",
+            "bob",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")

@@ -26,7 +26,7 @@ def raw_exchange(server: FakeXnat, payload: bytes, timeout: float = 5.0) -> byte
         try:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        except socket.timeout:
+        except TimeoutError:
             pass
         return b"".join(chunks)
 
@@ -97,18 +97,22 @@ def test_garbage_requests_get_4xx_and_server_keeps_serving(fake_xnat, http):
             # A request line without a version is answered the HTTP/0.9 way: no status line.
             status = int(answer.split(b"Error code: ", 1)[1][:3])
         assert 400 <= status < 500, answer[:120]
-    malformed_chunks = (b"PUT /data/projects/STUDY01/resources/X/files/a.txt?inbody=true HTTP/1.1\r\n"
-                        b"Authorization: Basic YWRtaW46YWRtaW4=\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        b"zz\r\nabc\r\n")
+    malformed_chunks = (
+        b"PUT /data/projects/STUDY01/resources/X/files/a.txt?inbody=true HTTP/1.1\r\n"
+        b"Authorization: Basic YWRtaW46YWRtaW4=\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n"
+    )
     assert b" 400 " in raw_exchange(fake_xnat, malformed_chunks).split(b"\r\n", 1)[0]
-    cut_upload = (b"PUT /data/projects/STUDY01/resources/X/files/b.txt?inbody=true HTTP/1.1\r\n"
-                  b"Authorization: Basic YWRtaW46YWRtaW4=\r\nContent-Length: 100000\r\n\r\n"
-                  b"only the start")
+    cut_upload = (
+        b"PUT /data/projects/STUDY01/resources/X/files/b.txt?inbody=true HTTP/1.1\r\n"
+        b"Authorization: Basic YWRtaW46YWRtaW4=\r\nContent-Length: 100000\r\n\r\n"
+        b"only the start"
+    )
     with socket.create_connection(("127.0.0.1", fake_xnat.port), timeout=5) as sock:
         sock.sendall(cut_upload)
         sock.shutdown(socket.SHUT_WR)
         assert b" 400 " in sock.recv(65536).split(b"\r\n", 1)[0]
-    assert os.listdir(fake_xnat.store.tmp_dir) == []       # nothing left of the broken uploads
+    assert os.listdir(fake_xnat.store.tmp_dir) == []  # nothing left of the broken uploads
     assert http.get(fake_xnat.url + "/data/no/such/thing").status_code == 404
     assert http.get(fake_xnat.url + "/nothing-here").status_code == 404
     assert http.get(fake_xnat.url + "/data/projects?format=json").status_code == 200
@@ -154,7 +158,7 @@ def test_cut_bodies_are_detected_by_clients(fake_xnat, http, kind):
         http.get(fake_xnat.url + DICOM_FILE)
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
         http.get(fake_xnat.url + f"/data/experiments/{E1}/scans/2/files?format=zip")
-    with pytest.raises(requests.exceptions.ConnectionError):        # no body: the head is cut
+    with pytest.raises(requests.exceptions.ConnectionError):  # no body: the head is cut
         http.head(fake_xnat.url + DICOM_FILE)
     fake_xnat.set_faults()
     assert len(http.get(fake_xnat.url + DICOM_FILE).content) == size
@@ -162,11 +166,12 @@ def test_cut_bodies_are_detected_by_clients(fake_xnat, http, kind):
 
 def test_truncated_answer_promises_more_than_it_sends(fake_xnat):
     fake_xnat.set_faults(truncate_rate=1.0)
-    answer = raw_exchange(fake_xnat, (f"GET {DICOM_FILE} HTTP/1.1\r\nHost: x\r\n"
-                                      "Authorization: Basic YWRtaW46YWRtaW4=\r\n\r\n").encode())
+    answer = raw_exchange(
+        fake_xnat, (f"GET {DICOM_FILE} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\r\n").encode()
+    )
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = int([line.split(b":")[1] for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length")][0])
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
     assert 0 < len(body) < length
 
 
@@ -223,8 +228,9 @@ def test_data_survives_restart(tmp_path):
     with FakeXnat(data, sample="small") as second:
         assert [p["id"] for p in second.store.projects()] == ["KEEP"]
         assert second.store.subject_id("KEEP", "S1") == subject
-        answer = requests.get(f"{second.url}/data/experiments/{experiment}/resources/QC/files/a.txt",
-                              auth=("admin", "admin"))
+        answer = requests.get(
+            f"{second.url}/data/experiments/{experiment}/resources/QC/files/a.txt", auth=("admin", "admin")
+        )
         assert answer.content == b"kept bytes"
 
 
@@ -241,22 +247,39 @@ def test_stop_closes_open_connections(tmp_path):
 def test_curl_keep_alive_and_download(fake_xnat, http, tmp_path):
     import shutil
     import subprocess
+
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     expected = http.get(fake_xnat.url + DICOM_FILE).content
     first, second = tmp_path / "1.dcm", tmp_path / "2.dcm"
     result = subprocess.run(
-        ["curl", "-sS", "-v", "-u", "admin:admin", "-o", str(first), fake_xnat.url + DICOM_FILE,
-         "-o", str(second), fake_xnat.url + DICOM_FILE],
-        capture_output=True, text=True, timeout=30)
+        [
+            "curl",
+            "-sS",
+            "-v",
+            "-u",
+            "admin:admin",
+            "-o",
+            str(first),
+            fake_xnat.url + DICOM_FILE,
+            "-o",
+            str(second),
+            fake_xnat.url + DICOM_FILE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert first.read_bytes() == expected == second.read_bytes()
     assert "Re-using existing connection" in result.stderr or "Reusing existing" in result.stderr
 
 
 def test_each_answer_is_one_version_of_a_file_replaced_meanwhile(fake_xnat):
-    versions = {b"a" * 1000: formatdate(1_000_000_000, usegmt=True),
-                b"b" * 300_000: formatdate(1_100_000_000, usegmt=True)}
+    versions = {
+        b"a" * 1000: formatdate(1_000_000_000, usegmt=True),
+        b"b" * 300_000: formatdate(1_100_000_000, usegmt=True),
+    }
     store = fake_xnat.store
     store.put_file(E1, "RAW", "changing.bin", b"a" * 1000, mtime=1_000_000_000)
     address = fake_xnat.url + f"/data/experiments/{E1}/resources/RAW/files/changing.bin"

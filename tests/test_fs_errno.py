@@ -18,21 +18,24 @@ from xnatfs.errors import (
 from xnatfs.fs.errno import errno_for, fuse_handler
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (XnatNotFound("gone", status=404), errno.ENOENT),
-    (XnatPermissionError("no", status=403), errno.EACCES),
-    (XnatAuthError("login refused", status=401), errno.EACCES),
-    (XnatConflict("label in use", status=409), errno.EEXIST),
-    (XnatInvalidLabel("bad label", status=417), errno.EINVAL),
-    (XnatServerError("down", status=503), errno.EIO),
-    (XnatServerError("connection failed"), errno.EIO),
-    (XnatUnsupported("cannot"), errno.ENOTSUP),
-    (XnatError("odd", status=404), errno.ENOENT),
-    (XnatError("odd", status=502), errno.EIO),
-    (FileNotFoundError(errno.ENOENT, "x"), errno.ENOENT),
-    (ValueError("bug"), errno.EIO),
-    (ExceptionGroup("both", [XnatPermissionError("no", status=403), XnatNotFound("x")]), errno.EACCES),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (XnatNotFound("gone", status=404), errno.ENOENT),
+        (XnatPermissionError("no", status=403), errno.EACCES),
+        (XnatAuthError("login refused", status=401), errno.EACCES),
+        (XnatConflict("label in use", status=409), errno.EEXIST),
+        (XnatInvalidLabel("bad label", status=417), errno.EINVAL),
+        (XnatServerError("down", status=503), errno.EIO),
+        (XnatServerError("connection failed"), errno.EIO),
+        (XnatUnsupported("cannot"), errno.ENOTSUP),
+        (XnatError("odd", status=404), errno.ENOENT),
+        (XnatError("odd", status=502), errno.EIO),
+        (FileNotFoundError(errno.ENOENT, "x"), errno.ENOENT),
+        (ValueError("bug"), errno.EIO),
+        (ExceptionGroup("both", [XnatPermissionError("no", status=403), XnatNotFound("x")]), errno.EACCES),
+    ],
+)
 def test_errno_for(exc, expected):
     assert errno_for(exc) == expected
 
@@ -45,9 +48,11 @@ def test_handlers_turn_every_exception_into_a_fuse_error(caplog):
     import trio
 
     guarded = fuse_handler(_raises)
-    for exc, code in ((XnatServerError("down", url="http://x/data/a", status=500), errno.EIO),
-                      (RuntimeError("bug"), errno.EIO),
-                      (XnatNotFound("gone"), errno.ENOENT)):
+    for exc, code in (
+        (XnatServerError("down", url="http://x/data/a", status=500), errno.EIO),
+        (RuntimeError("bug"), errno.EIO),
+        (XnatNotFound("gone"), errno.ENOENT),
+    ):
         with pytest.raises(pyfuse3.FUSEError) as raised:
             trio.run(guarded, exc)
         assert raised.value.errno == code

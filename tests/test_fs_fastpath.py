@@ -13,14 +13,14 @@ import trio
 from mountutil import mounted
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.connection import XnatConnection
 from xnatfs.client.models import RemoteFile
 from xnatfs.fs.inodes import InodeEntry, InodeTable
-from xnatfs.client.connection import XnatConnection
 from xnatfs.fs.local import LocalFile, LocalFileNode
 from xnatfs.fs.mount import build_operations
 from xnatfs.fs.nodes import FileNode, RootDir
-from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.reading import HotFiles, ReadHandle
+from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.xattrs import encoded_xattrs
 
 
@@ -42,7 +42,7 @@ def test_an_entry_evicted_while_lent_stays_open_until_given_back(cache):
     assert hot.keep(first, held) == []
     lent = hot.borrow(first)
     assert lent is held
-    assert hot.keep(second, cache.insert_bytes(second, b"second")) == []   # evicts the lent one
+    assert hot.keep(second, cache.insert_bytes(second, b"second")) == []  # evicts the lent one
     assert lent.pread(0, 5) == b"first"
     assert hot.borrow(first) is None
     assert hot.give_back(lent) == [lent]
@@ -60,10 +60,10 @@ def test_a_held_entry_is_lent_to_many_and_closed_only_when_dropped(cache):
     readers = [hot.borrow(key) for _ in range(3)]
     assert all(reader is held for reader in readers)
     assert hot.give_back(held) == []
-    assert hot.drop_uri("/a") == []              # two readers still have it
+    assert hot.drop_uri("/a") == []  # two readers still have it
     assert hot.give_back(held) == []
     assert hot.give_back(held) == [held]
-    assert not held.closed                       # closing is the caller's job
+    assert not held.closed  # closing is the caller's job
     held.close()
 
 
@@ -100,8 +100,14 @@ def test_open_and_close_of_a_recent_file_need_no_worker_thread(cache):
 
 
 def remote_file(digest: str) -> RemoteFile:
-    return RemoteFile(path="a.dcm", size=10, uri="/data/experiments/E1/scans/1/resources/DICOM/files/a.dcm",
-                      resource_label="DICOM", digest=digest, format="DICOM")
+    return RemoteFile(
+        path="a.dcm",
+        size=10,
+        uri="/data/experiments/E1/scans/1/resources/DICOM/files/a.dcm",
+        resource_label="DICOM",
+        digest=digest,
+        format="DICOM",
+    )
 
 
 def test_xattrs_are_worked_out_once_per_snapshot():
@@ -114,8 +120,9 @@ def test_xattrs_are_worked_out_once_per_snapshot():
 
 
 def test_a_local_file_shows_its_current_upload_state():
-    target = UploadTarget(kind="file", resource_uri="/data/experiments/E1/resources/QC", relpath="n.txt",
-                          server="http://127.0.0.1")
+    target = UploadTarget(
+        kind="file", resource_uri="/data/experiments/E1/resources/QC", relpath="n.txt", server="http://127.0.0.1"
+    )
     local = LocalFile(target=target, container=target.resource_uri, relpath="n.txt", fd=-1, entry=None)
     entry = InodeEntry(("P", "n.txt"), LocalFileNode(mtime=0.0, local=local))
     assert encoded_xattrs(entry)[b"user.xnat.upload"] == b"writing"
@@ -147,7 +154,7 @@ def test_attributes_are_reused_per_snapshot_with_a_current_link_count(fake_xnat,
             before = ops._attributes_of(inode, entry, project)
             hinted = before.st_nlink
             assert ops._attributes_of(inode, entry, project) is before
-            await ops._listing(project)          # its folders are known now: a real link count
+            await ops._listing(project)  # its folders are known now: a real link count
             after = ops._attributes_of(inode, entry, project)
             assert after.st_nlink == ops.attributes(inode, project).st_nlink > hinted
             snapshot = dataclasses.replace(project, mtime=project.mtime + 60)

@@ -1,4 +1,5 @@
-"""Node kinds own their listing, attributes and write policy; listing keys own their loading; walks are noticed in one place."""
+"""Node kinds own their listing, attributes and write policy; listing keys own their
+loading; walks are noticed in one place."""
 
 from __future__ import annotations
 
@@ -58,8 +59,7 @@ class ProjectNamesDir(DirNode):
         return "by name"
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
-        return Listing({project.name: ProjectDir(mtime=context.started_at, project=project)
-                        for project in raws[0]})
+        return Listing({project.name: ProjectDir(mtime=context.started_at, project=project) for project in raws[0]})
 
     def xattr_values(self) -> dict[str, str]:
         return {"view": "projects by name"}
@@ -131,7 +131,9 @@ def test_only_a_subject_s_resources_come_from_the_subjects_search():
     memo: dict = {}
     resources = ResourcesKey(SUBJECT_URI).from_search(found, memo)
     assert [(r.label, r.uri) for r in resources] == [
-        ("NOTES", f"{SUBJECT_URI}/resources/NOTES"), ("MISC", f"{SUBJECT_URI}/resources/MISC")]
+        ("NOTES", f"{SUBJECT_URI}/resources/NOTES"),
+        ("MISC", f"{SUBJECT_URI}/resources/MISC"),
+    ]
     assert ResourcesKey(SUBJECT_URI).from_search(found, memo) is resources
     assert ResourcesKey(SUBJECT_URI + "X").from_search(found, memo) is None
 
@@ -173,6 +175,7 @@ class RecordingContext:
 
 def refusal(change) -> int:
     """The errno ``change`` (a policy call, awaited if it is a coroutine) is refused with."""
+
     async def attempt() -> None:
         result = change()
         if inspect.isawaitable(result):
@@ -190,8 +193,10 @@ def test_a_new_kind_of_folder_refuses_every_change_unless_it_says_otherwise(conn
     by_name = ProjectNamesDir(mtime=0.0)
     assert refusal(lambda: by_name.mkdir(context, "new")) == errno.EPERM
     assert refusal(lambda: by_name.rmdir(context, RootDir(mtime=0.0), "by name")) == errno.EPERM
-    assert refusal(lambda: by_name.rename(context, RootDir(mtime=0.0), "other", same_parent=True,
-                                          replaces=None)) == errno.EXDEV
+    assert (
+        refusal(lambda: by_name.rename(context, RootDir(mtime=0.0), "other", same_parent=True, replaces=None))
+        == errno.EXDEV
+    )
     assert refusal(lambda: by_name.create_target("notes.txt", "http://xnat")) == errno.EPERM
     assert by_name.file_place is None and by_name.overlay_place is None
     assert context.forgotten == []

@@ -98,8 +98,10 @@ def test_at_sign_in_label_cannot_imitate_a_disambiguated_name():
     assert safe_label("x@y") == "x_y"
 
 
-@given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=12)), max_size=20),
-       st.sets(st.sampled_from(["RESOURCES", "SCANS"])))
+@given(
+    st.lists(st.tuples(st.text(max_size=20), st.text(max_size=12)), max_size=20),
+    st.sets(st.sampled_from(["RESOURCES", "SCANS"])),
+)
 @settings(max_examples=200, deadline=None)
 def test_label_names_are_unique_valid_and_avoid_reserved(entries, reserved):
     names = label_names(entries, reserved)

@@ -25,9 +25,11 @@ class Unseekable(io.RawIOBase):
         return len(chunk)
 
 
-FILES = {"S/scans/2-T1w/resources/DICOM/files/2-0001.dcm": os.urandom(5000),
-         "S/scans/2-T1w/resources/DICOM/files/sub/2-0002.dcm": b"\0" * 70000,
-         "S/scans/2-T1w/resources/DICOM/files/empty.dcm": b""}
+FILES = {
+    "S/scans/2-T1w/resources/DICOM/files/2-0001.dcm": os.urandom(5000),
+    "S/scans/2-T1w/resources/DICOM/files/sub/2-0002.dcm": b"\0" * 70000,
+    "S/scans/2-T1w/resources/DICOM/files/empty.dcm": b"",
+}
 
 
 def make_zip(*, seekable: bool, compression: int, force_zip64: bool = False) -> bytes:
@@ -47,7 +49,7 @@ def parse(blob: bytes, chunk: int) -> dict[str, bytes]:
     sizes = {name: len(data) for name, data in FILES.items()}
     stream = ZipStream(lambda name, data: found.__setitem__(name, data), sizes.get, max_entry=1 << 20)
     for start in range(0, len(blob), chunk):
-        stream.write(blob[start:start + chunk])
+        stream.write(blob[start : start + chunk])
     stream.close()
     return found
 

@@ -32,8 +32,9 @@ def test_a_failing_listing_is_eio_with_a_log_line_naming_url_and_status_and_then
         assert "SUB001" in await fs.listdir("STUDY01")
 
     log = run_fs(body, expected_errors=[r"failed: .*503"]).log.text()
-    assert any("503" in line and "/data/projects/STUDY01/" in line for line in log.splitlines()
-               if line.startswith("ERROR")), log
+    assert any(
+        "503" in line and "/data/projects/STUDY01/" in line for line in log.splitlines() if line.startswith("ERROR")
+    ), log
 
 
 def test_a_failing_write_is_eio_with_a_log_line_naming_url_and_status(fake_xnat, run_fs):
@@ -66,7 +67,7 @@ def test_gone_on_the_server_meanwhile_is_enoent_and_taken_meanwhile_is_eexist(fa
         name = next(n for n in await fs.listdir(QC) if n.endswith(".csv"))
         assert "SUB060" not in await fs.listdir("STUDY01")
         with XnatConnection(fake_xnat.url, "admin", "admin") as conn:
-            conn.delete_file(QC_URI, name)           # behind the mount's back; its listing still has it
+            conn.delete_file(QC_URI, name)  # behind the mount's back; its listing still has it
             conn.create_subject("STUDY01", "SUB060")
         assert await errno_of(fs.unlink(f"{QC}/{name}")) == errno.ENOENT
         assert await errno_of(fs.mkdir("STUDY01/SUB060")) == errno.EEXIST
@@ -76,7 +77,7 @@ def test_gone_on_the_server_meanwhile_is_enoent_and_taken_meanwhile_is_eexist(fa
 
 def test_an_upload_the_server_refuses_is_einval_and_shown_as_refused(fake_xnat, run_fs):
     async def body(fs):
-        fh = await fs.open(f"{QC}/refused.csv", 0o101)        # O_WRONLY | O_CREAT
+        fh = await fs.open(f"{QC}/refused.csv", 0o101)  # O_WRONLY | O_CREAT
         await fs.ops.write(fh, 0, b"a,b\n1,2\n")
         with failing(fake_xnat, 400):
             assert await errno_of(fs.close(fh)) == errno.EINVAL

@@ -20,8 +20,11 @@ SHARED = "STUDY02/SUB001/SUB001_MR1"
 
 def downloads(server) -> list[str]:
     """Paths of file downloads (not listings) the server answered."""
-    return [target.split("?", 1)[0] for method, target, _status in server.requests
-            if method == "GET" and "/files/" in target.split("?", 1)[0]]
+    return [
+        target.split("?", 1)[0]
+        for method, target, _status in server.requests
+        if method == "GET" and "/files/" in target.split("?", 1)[0]
+    ]
 
 
 async def walk(fs, folder: str = "") -> dict[str, pyfuse3.EntryAttributes]:
@@ -73,7 +76,7 @@ def test_modes_owners_times_and_link_counts(run_fs):
         some_file = f"{await dicom_dir(fs)}/{(await fs.listdir(await dicom_dir(fs)))[0]}"
         attrs = await fs.stat(some_file)
         assert stat.S_ISREG(attrs.st_mode) and attrs.st_mode & 0o777 == 0o644
-        assert attrs.st_mtime_ns > 946684800 * 10**9        # an insert date, not the epoch
+        assert attrs.st_mtime_ns > 946684800 * 10**9  # an insert date, not the epoch
         assert attrs.st_blocks == (attrs.st_size + 511) // 512
         assert (await fs.stat(SHARED)).st_mode & 0o777 == 0o555
         shared_qc = f"{SHARED}/RESOURCES/QC"
@@ -85,8 +88,11 @@ def test_modes_owners_times_and_link_counts(run_fs):
 
 def test_readdir_gives_dot_and_dotdot_with_their_inode_numbers_and_each_entry_once(run_fs):
     async def body(fs):
-        for folder, parent in (("", ""), (SESSION, "STUDY01/SUB001"),
-                               (f"{SESSION}/RESOURCES/QC", f"{SESSION}/RESOURCES")):
+        for folder, parent in (
+            ("", ""),
+            (SESSION, "STUDY01/SUB001"),
+            (f"{SESSION}/RESOURCES/QC", f"{SESSION}/RESOURCES"),
+        ):
             entries = await fs.entries(folder, round_size=1)
             numbers = {name: attrs.st_ino for name, attrs in entries}
             assert len(numbers) == len(entries), "an entry came twice across readdir rounds"
@@ -117,7 +123,8 @@ def test_extended_attributes(run_fs):
         assert await fs.getxattr(scan, "user.xnat.xsi_type") == b"xnat:mrScanData"
         assert b"/scans/2" in await fs.getxattr(scan, "user.xnat.uri")
         assert {"user.xnat.id", "user.xnat.uri", "user.xnat.xsi_type", "user.xnat.type"} <= set(
-            await fs.listxattr(scan))
+            await fs.listxattr(scan)
+        )
         assert await fs.getxattr(SESSION, "user.xnat.label") == b"SUB001_MR1"
         assert (await fs.getxattr(SESSION, "user.xnat.id")).startswith(b"XNAT_E")
         assert await fs.getxattr("STUDY01/SUB001", "user.xnat.project") == b"STUDY01"
@@ -137,8 +144,12 @@ def test_extended_attributes(run_fs):
 
 def test_missing_names_are_enoent_and_negative_entries_are_cached_briefly(run_fs):
     async def body(fs):
-        for missing in ("NOPROJECT", "STUDY01/NOSUBJECT", f"{SESSION}/SCANS/999",
-                        f"{SESSION}/SCANS/2/NORESOURCE/x.dcm"):
+        for missing in (
+            "NOPROJECT",
+            "STUDY01/NOSUBJECT",
+            f"{SESSION}/SCANS/999",
+            f"{SESSION}/SCANS/2/NORESOURCE/x.dcm",
+        ):
             assert await errno_of(fs.lookup(missing)) == errno.ENOENT
         negative = await fs.ops.lookup(await fs.inode("STUDY01"), b"NOSUBJECT", None)
         assert negative.st_ino == 0 and 0 < negative.entry_timeout <= fs.ops.settings.negative_ttl

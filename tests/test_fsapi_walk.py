@@ -21,8 +21,9 @@ def walk_server(fake_xnat_empty):
         for scan_id, scan_type in (("1", "T1w"), ("2", "rest")):
             store.add_scan(session, scan_id, type=scan_type)
             for index in range(3):
-                store.put_file(session, "NIFTI", f"part{index}.txt", f"{session} {scan_id} {index}\n".encode(),
-                               scan_id=scan_id)
+                store.put_file(
+                    session, "NIFTI", f"part{index}.txt", f"{session} {scan_id} {index}\n".encode(), scan_id=scan_id
+                )
         store.put_file(session, "QC", "report.txt", b"fine\n" * number)
         if number % 4 == 0:
             store.put_subject_file(subject, "NOTES", "consent.txt", b"signed\n")
@@ -37,7 +38,7 @@ async def walk(fs, folder: str) -> dict[str, int | None]:
         if name in (".", ".."):
             continue
         path = f"{folder}/{name}"
-        relative = path[len(PROJECT) + 1:]
+        relative = path[len(PROJECT) + 1 :]
         if stat.S_ISDIR(attrs.st_mode):
             found[relative] = None
             below.append(path)
@@ -61,21 +62,28 @@ def test_a_walk_costs_one_file_listing_per_session_and_shows_the_same_tree(walk_
 
     run_fs(walking("searching"), server=walk_server, cache_dir=tmp_path / "searching")
     requests = trees["searching requests"]
-    searches = [target for _method, target, _status in requests if "imagescandata" in target or "resource%2Flabel" in target]
-    assert len(searches) == 3, searches                   # scans, session resources, subject resources
-    per_session = [target for _method, target, _status in requests if target.split("?")[0].count("/") == 3
-                   and target.startswith("/data/experiments/")]
-    assert len(per_session) <= 4, per_session             # only sessions looked at before the walk showed
+    searches = [
+        target for _method, target, _status in requests if "imagescandata" in target or "resource%2Flabel" in target
+    ]
+    assert len(searches) == 3, searches  # scans, session resources, subject resources
+    per_session = [
+        target
+        for _method, target, _status in requests
+        if target.split("?")[0].count("/") == 3 and target.startswith("/data/experiments/")
+    ]
+    assert len(per_session) <= 4, per_session  # only sessions looked at before the walk showed
     assert len(requests) <= SUBJECTS + 12, requests
 
     walk_server.child_searches = False
     run_fs(walking("plain"), server=walk_server, cache_dir=tmp_path / "plain")
     assert trees["searching"] == trees["plain"]
-    assert len(trees["plain requests"]) >= 3 * SUBJECTS   # item, files and resources of each
+    assert len(trees["plain requests"]) >= 3 * SUBJECTS  # item, files and resources of each
     # Each subject's 7 files (and some NOTES), and in BIDS/ the 4 dataset files and each subject's
     # two tables (its scans have no DICOM, so it has no datatype folders).
-    assert sum(1 for size in trees["searching"].values() if size is not None) == \
-        SUBJECTS * 7 + SUBJECTS // 4 + 4 + 2 * SUBJECTS
+    assert (
+        sum(1 for size in trees["searching"].values() if size is not None)
+        == SUBJECTS * 7 + SUBJECTS // 4 + 4 + 2 * SUBJECTS
+    )
 
 
 def test_a_session_changed_through_the_mount_is_listed_afresh(walk_server, run_fs):
@@ -103,7 +111,7 @@ def test_attributes_the_searches_lack_are_fetched_when_asked_for(walk_server, ru
         scan = f"{PROJECT}/S09/S09_MR1/SCANS/2-rest"
         walk_server.reset_counts()
         assert await fs.getxattr(scan, "user.xnat.type") == b"rest"
-        assert walk_server.count() == 0                       # the search had it
+        assert walk_server.count() == 0  # the search had it
         assert await fs.getxattr(scan, "user.xnat.xsi_type") == b"xnat:mrScanData"
         resource = store.find_resource("scan", str(store.scan(session_id, "2")["pk"]), "NIFTI")
         assert await fs.getxattr(f"{scan}/NIFTI", "user.xnat.id") == str(resource["id"]).encode()

@@ -45,6 +45,7 @@ async def first_csv(fs) -> str:
 
 # ---- files --------------------------------------------------------------------
 
+
 def test_a_new_file_is_uploaded_on_close_and_listed_at_once(conn, run_fs):
     async def body(fs):
         await fs.write(f"{QC}/notes.txt", b"first version\n")
@@ -52,12 +53,12 @@ def test_a_new_file_is_uploaded_on_close_and_listed_at_once(conn, run_fs):
         assert (await fs.stat(f"{QC}/notes.txt")).st_size == 14
         assert "notes.txt" in await fs.listdir(QC)
         assert await fs.read(f"{QC}/notes.txt") == b"first version\n"
-        await fs.write(f"{QC}/notes.txt", b"second\n")              # overwrite, then append
+        await fs.write(f"{QC}/notes.txt", b"second\n")  # overwrite, then append
         assert server_files(conn)["notes.txt"] == b"second\n"
         await fs.write(f"{QC}/notes.txt", b"more\n", append=True)
         assert server_files(conn)["notes.txt"] == b"second\nmore\n"
         assert (await fs.stat(f"{QC}/notes.txt")).st_size == 12
-        csv = await first_csv(fs)                                    # a server file changed in place
+        csv = await first_csv(fs)  # a server file changed in place
         old = await fs.read(f"{QC}/{csv}")
         fh = await fs.open(f"{QC}/{csv}", os.O_RDWR)
         assert await fs.ops.write(fh, 0, b"X") == 1
@@ -111,7 +112,7 @@ def test_truncate_by_path_and_removing_an_open_file(conn, run_fs):
         assert (await fs.truncate(f"{QC}/{csv}", 10)).st_size == 10
         assert server_files(conn)[csv] == old[:10]
         assert (await fs.stat(f"{QC}/{csv}")).st_size == 10
-        assert await errno_of(fs.truncate(f"{QC}/{csv}", 0)) == errno.ENOTSUP     # XNAT holds no empty files
+        assert await errno_of(fs.truncate(f"{QC}/{csv}", 0)) == errno.ENOTSUP  # XNAT holds no empty files
         fh = await fs.open(f"{QC}/{csv}", os.O_WRONLY | os.O_TRUNC)
         assert await errno_of(fs.close(fh)) == errno.ENOTSUP
         assert await fs.read(f"{QC}/{csv}") == old[:10] and server_files(conn)[csv] == old[:10]
@@ -143,13 +144,14 @@ def test_modes_owners_and_times_are_accepted_and_change_nothing(run_fs):
 
 # ---- folders: subjects, experiments, resources ----------------------------------
 
+
 def test_mkdir_creates_subjects_experiments_and_resources(conn, run_fs):
     async def body(fs):
         await fs.mkdir("STUDY01/SUB050")
         assert "SUB050" in {s.label for s in conn.list_subjects("STUDY01")}
         await fs.mkdir("STUDY01/SUB050/SUB050_PET1")
         created = [e for e in conn.list_experiments("STUDY01") if e.label == "SUB050_PET1"]
-        assert created and created[0].xsi_type == "xnat:petSessionData"      # the configured type
+        assert created and created[0].xsi_type == "xnat:petSessionData"  # the configured type
         assert sorted(await fs.listdir("STUDY01/SUB050/SUB050_PET1")) == ["RESOURCES", "SCANS"]
         await fs.mkdir("STUDY01/SUB050/SUB050_PET1/RESOURCES/NIFTI")
         assert [r.label for r in conn.get_experiment_contents(created[0].id).resources] == ["NIFTI"]
@@ -164,9 +166,14 @@ def test_mkdir_creates_subjects_experiments_and_resources(conn, run_fs):
         await fs.write("STUDY01/SUB050/RESOURCES/CONSENT/form.txt", b"signed")
         subject_id = (await fs.getxattr("STUDY01/SUB050", "user.xnat.id")).decode()
         assert server_files(conn, f"/data/projects/STUDY01/subjects/{subject_id}/resources/CONSENT") == {
-            "form.txt": b"signed"}
-        for bad, code in (("bad label", errno.EINVAL), ("SUB001", errno.EEXIST), ("SCANS", errno.EINVAL),
-                          ("RESOURCES", errno.EEXIST)):
+            "form.txt": b"signed"
+        }
+        for bad, code in (
+            ("bad label", errno.EINVAL),
+            ("SUB001", errno.EEXIST),
+            ("SCANS", errno.EINVAL),
+            ("RESOURCES", errno.EEXIST),
+        ):
             assert await errno_of(fs.mkdir(f"STUDY01/{bad}")) == code, bad
         assert await errno_of(fs.mkdir("STUDY01/SUB001/SCANS")) == errno.EINVAL
         assert await errno_of(fs.mkdir(f"{SESSION}/SCANS/99")) == errno.EPERM
@@ -199,8 +206,10 @@ def test_renames_of_subjects_experiments_and_files(conn, run_fs):
         assert files["renamed.csv"] == data and csv not in files
         assert await fs.read(f"{QC}/renamed.csv") == data and not await fs.exists(f"{QC}/{csv}")
         assert await errno_of(fs.rename(f"{QC}/renamed.csv", f"{SESSION}/SCANS/2/DICOM/renamed.csv")) == errno.EXDEV
-        assert await errno_of(fs.rename(f"{QC}/renamed.csv", f"{QC}/qc_report.pdf",
-                                        pyfuse3.RENAME_NOREPLACE)) == errno.EEXIST
+        assert (
+            await errno_of(fs.rename(f"{QC}/renamed.csv", f"{QC}/qc_report.pdf", pyfuse3.RENAME_NOREPLACE))
+            == errno.EEXIST
+        )
 
     run_fs(body)
 
@@ -265,8 +274,7 @@ def test_a_zip_in_scans_is_imported_and_other_files_there_are_eperm(fake_xnat, c
         await fs.mkdir("STUDY01/SUB050/SUB050_MR1")
         await fs.write("STUDY01/SUB050/SUB050_MR1/SCANS/upload.zip", buffer.getvalue())
         assert "3-T2w_SPC" in await fs.listdir("STUDY01/SUB050/SUB050_MR1/SCANS")
-        assert sorted(await fs.listdir("STUDY01/SUB050/SUB050_MR1/SCANS/3/DICOM")) == sorted(
-            await fs.listdir(series))
+        assert sorted(await fs.listdir("STUDY01/SUB050/SUB050_MR1/SCANS/3/DICOM")) == sorted(await fs.listdir(series))
         assert await errno_of(fs.write("STUDY01/SUB050/SUB050_MR1/SCANS/notes.txt", b"no")) == errno.EPERM
         # After its subject is renamed, an import still goes to the same session.
         await fs.rename("STUDY01/SUB050", "STUDY01/SUB051")
@@ -281,20 +289,30 @@ def test_a_zip_in_scans_is_imported_and_other_files_there_are_eperm(fake_xnat, c
 
 # ---- refusals -----------------------------------------------------------------
 
+
 def test_read_only_mounts_and_shared_experiments_refuse_every_change_with_erofs(fake_xnat, conn, run_fs):
     async def read_only(fs):
         assert (await fs.stat(QC)).st_mode & 0o777 == 0o555
         csv = await first_csv(fs)
-        for attempt in (fs.write(f"{QC}/x.txt", b"x"), fs.mkdir(f"{QC}/new"), fs.unlink(f"{QC}/{csv}"),
-                        fs.mkdir("STUDY01/SUB009"), fs.rename("STUDY01/SUB001", "STUDY01/SUB009"),
-                        fs.open(f"{QC}/{csv}", os.O_RDWR), fs.truncate(f"{QC}/{csv}", 1),
-                        fs.rmdir("STUDY01/SUB003/SUB003_MR1")):
+        for attempt in (
+            fs.write(f"{QC}/x.txt", b"x"),
+            fs.mkdir(f"{QC}/new"),
+            fs.unlink(f"{QC}/{csv}"),
+            fs.mkdir("STUDY01/SUB009"),
+            fs.rename("STUDY01/SUB001", "STUDY01/SUB009"),
+            fs.open(f"{QC}/{csv}", os.O_RDWR),
+            fs.truncate(f"{QC}/{csv}", 1),
+            fs.rmdir("STUDY01/SUB003/SUB003_MR1"),
+        ):
             assert await errno_of(attempt) == errno.EROFS
         assert await fs.read(f"{QC}/{csv}")
 
     async def shared(fs):
-        for attempt in (fs.write(f"{SHARED}/RESOURCES/QC/x.txt", b"x"), fs.mkdir(f"{SHARED}/RESOURCES/NEW"),
-                        fs.rename(SHARED, "STUDY02/SUB001/RENAMED")):
+        for attempt in (
+            fs.write(f"{SHARED}/RESOURCES/QC/x.txt", b"x"),
+            fs.mkdir(f"{SHARED}/RESOURCES/NEW"),
+            fs.rename(SHARED, "STUDY02/SUB001/RENAMED"),
+        ):
             assert await errno_of(attempt) == errno.EROFS
         assert "QC" in await fs.listdir(f"{SHARED}/RESOURCES")
 
@@ -308,9 +326,11 @@ def test_links_and_special_files_are_eperm(run_fs):
     async def body(fs):
         qc = await fs.inode(QC)
         csv = await fs.inode(f"{QC}/qc_metrics.csv")
-        for attempt in (fs.ops.symlink(qc, b"link.csv", b"qc_metrics.csv", None),
-                        fs.ops.link(csv, qc, b"hard.csv", None),
-                        fs.ops.mknod(qc, b"fifo", 0o10644, 0, None)):
+        for attempt in (
+            fs.ops.symlink(qc, b"link.csv", b"qc_metrics.csv", None),
+            fs.ops.link(csv, qc, b"hard.csv", None),
+            fs.ops.mknod(qc, b"fifo", 0o10644, 0, None),
+        ):
             assert await errno_of(attempt) == errno.EPERM
         assert sorted(await fs.listdir(QC)) == ["qc_metrics.csv", "qc_report.pdf"]
 
@@ -319,9 +339,20 @@ def test_links_and_special_files_are_eperm(run_fs):
 
 # ---- names --------------------------------------------------------------------
 
+
 def test_names_xnat_cannot_store_are_refused_at_once(fake_xnat, conn, tmp_path, run_fs):
-    refused = {name: errno.EINVAL for name in ("new\nline.txt", "tab\there.txt", "back\\slash.txt",
-                                               "bell\x07.txt", "c1\u0085.txt", NOT_UTF8, REFRESH_NAME)}
+    refused = {
+        name: errno.EINVAL
+        for name in (
+            "new\nline.txt",
+            "tab\there.txt",
+            "back\\slash.txt",
+            "bell\x07.txt",
+            "c1\u0085.txt",
+            NOT_UTF8,
+            REFRESH_NAME,
+        )
+    }
     refused[REFRESH_NAME] = errno.EPERM
     refused["x" * 256] = errno.ENAMETOOLONG
 
@@ -352,7 +383,7 @@ def test_names_with_spaces_accents_and_url_characters_round_trip(fake_xnat, conn
         assert set(names) <= set(await fs.listdir(QC))
         for name in names:
             assert await fs.read(f"{QC}/{name}") == name.encode(), name
-            assert await fs.getxattr(f"{QC}/{name}", "user.xnat.uri")         # the server's entry
+            assert await fs.getxattr(f"{QC}/{name}", "user.xnat.uri")  # the server's entry
         await fs.rename(f"{QC}/b0dwi+00001.dcm", f"{QC}/b0dwi+00002.dcm")
         await fs.unlink(f"{QC}/ha#sh.txt")
         assert await fs.read(f"{QC}/b0dwi+00002.dcm") == b"b0dwi+00001.dcm"
@@ -368,7 +399,7 @@ def test_names_with_spaces_accents_and_url_characters_round_trip(fake_xnat, conn
 def test_reading_a_file_just_written_does_not_hide_the_servers_changes_to_it(fake_xnat, conn, run_fs):
     async def body(fs):
         await fs.write(f"{QC}/ours.txt", b"written here")
-        conn.delete_file(QC_URI, "ours.txt")        # by another client, once it was sent
+        conn.delete_file(QC_URI, "ours.txt")  # by another client, once it was sent
         with trio.fail_after(10):
             while await fs.exists(f"{QC}/ours.txt"):
                 assert await fs.read(f"{QC}/ours.txt") == b"written here"

@@ -24,8 +24,23 @@ from test_reliability_common import Relay, md5, read_or_eio, vmrss_kib
 pytestmark = pytest.mark.mount
 
 NAME_MAX = 255
-HOSTILE_LABELS = ("a/b", "..", ".", "", "\x00nul", "tab\there", "new\nline", "bell\x07", "del\x7f",
-                  "x" * 4000, "ü" * 1000, "RESOURCES", "SCANS", "a@b", "../../../etc")
+HOSTILE_LABELS = (
+    "a/b",
+    "..",
+    ".",
+    "",
+    "\x00nul",
+    "tab\there",
+    "new\nline",
+    "bell\x07",
+    "del\x7f",
+    "x" * 4000,
+    "ü" * 1000,
+    "RESOURCES",
+    "SCANS",
+    "a@b",
+    "../../../etc",
+)
 QC_FILES = "/data/experiments/XNAT_E00001/resources/QC/files"
 SESSION = "STUDY01/SUB001/SUB001_MR1"
 
@@ -101,6 +116,7 @@ def renamed(relay: Relay, row: dict, raw_name: str, **changes) -> dict:
 
 # ---- labels from the store ------------------------------------------------
 
+
 def test_hostile_subject_and_experiment_labels_are_made_safe(fake_xnat, tmp_path):
     store = fake_xnat.store
     subjects = [store.add_subject("STUDY02", label) for label in HOSTILE_LABELS if label]
@@ -139,10 +155,24 @@ def test_unsafe_names_are_logged(fake_xnat, tmp_path):
 
 # ---- file paths, duplicates and broken answers through the relay ------------
 
+
 def test_hostile_file_paths_are_made_safe_and_serve_the_right_bytes(fake_xnat, tmp_path):
-    hostile = ("../../../../etc/passwd", "..", ".", "a/../../b.txt", "nul\x00byte.txt", "ctl\x01\x1b[31m.txt",
-               "line\nbreak.txt", "y" * 4000 + ".csv", "dup.txt", "dup.txt", "/absolute/path.txt", "back\\slash")
+    hostile = (
+        "../../../../etc/passwd",
+        "..",
+        ".",
+        "a/../../b.txt",
+        "nul\x00byte.txt",
+        "ctl\x01\x1b[31m.txt",
+        "line\nbreak.txt",
+        "y" * 4000 + ".csv",
+        "dup.txt",
+        "dup.txt",
+        "/absolute/path.txt",
+        "back\\slash",
+    )
     with Relay(fake_xnat.url) as relay:
+
         def replace(row: dict) -> list[dict]:
             if row["Name"] != "qc_metrics.csv":
                 return [row]
@@ -150,8 +180,9 @@ def test_hostile_file_paths_are_made_safe_and_serve_the_right_bytes(fake_xnat, t
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
-        with mounted(relay.url, tmp_path,
-                     expected_errors=(r"open failed: server sent more than the \d+ bytes listed",)) as mount:
+        with mounted(
+            relay.url, tmp_path, expected_errors=(r"open failed: server sent more than the \d+ bytes listed",)
+        ) as mount:
             qc = mount.path / SESSION / "RESOURCES/QC"
             names = assert_safe_names(qc)
             files = [p for p in qc.rglob("*") if p.is_file()]
@@ -170,7 +201,7 @@ def test_hostile_file_paths_are_made_safe_and_serve_the_right_bytes(fake_xnat, t
                 assert data is not None, f"{path.relative_to(qc)} could not be read"
                 assert md5(data) == original.digest, f"{path.relative_to(qc)} served other bytes"
                 served += 1
-            assert served == len(files) - 3          # all but the PDF and the two dot names
+            assert served == len(files) - 3  # all but the PDF and the two dot names
             assert walk_within(mount.path / SESSION) > len(names)
             assert mount.process.poll() is None
 
@@ -189,7 +220,7 @@ def test_duplicate_labels_get_distinct_names_and_the_right_contents(fake_xnat, t
             for row in rows:
                 if row["label"] == "SUB002":
                     row["label"] = "SUB001"
-            rows.append(dict(rows[-1]))          # the same row twice, as some servers send shares
+            rows.append(dict(rows[-1]))  # the same row twice, as some servers send shares
             return status, headers, with_rows(body, rows)
         if base == "/data/projects/STUDY01/experiments":
             for row in rows:
@@ -198,38 +229,46 @@ def test_duplicate_labels_get_distinct_names_and_the_right_contents(fake_xnat, t
             return status, headers, with_rows(body, rows)
         return status, headers, body
 
-    with Relay(fake_xnat.url, rewrite=rewrite) as relay:
-        with mounted(relay.url, tmp_path) as mount:
-            project = mount.path / "STUDY01"
-            names = assert_safe_names(project)
-            first, second = sorted(n for n in names if n.startswith("SUB001"))[:2]
-            assert first != second
-            contents = {name: sorted(os.listdir(project / name)) for name in (first, second)}
-            assert sorted(map(tuple, contents.values())) == sorted(
-                [("RESOURCES", "SUB001_MR1", "SUB001_MR2"), ("RESOURCES", "SUB001_MR1")])
-            for name in (first, second):
-                assert os.getxattr(project / name, "user.xnat.id").startswith(b"XNAT_S")
-            ids = {os.getxattr(project / n, "user.xnat.id") for n in (first, second)}
-            assert ids == {b"XNAT_S00001", b"XNAT_S00002"}
-            assert mount.process.poll() is None
+    with Relay(fake_xnat.url, rewrite=rewrite) as relay, mounted(relay.url, tmp_path) as mount:
+        project = mount.path / "STUDY01"
+        names = assert_safe_names(project)
+        first, second = sorted(n for n in names if n.startswith("SUB001"))[:2]
+        assert first != second
+        contents = {name: sorted(os.listdir(project / name)) for name in (first, second)}
+        assert sorted(map(tuple, contents.values())) == sorted(
+            [("RESOURCES", "SUB001_MR1", "SUB001_MR2"), ("RESOURCES", "SUB001_MR1")]
+        )
+        for name in (first, second):
+            assert os.getxattr(project / name, "user.xnat.id").startswith(b"XNAT_S")
+        ids = {os.getxattr(project / n, "user.xnat.id") for n in (first, second)}
+        assert ids == {b"XNAT_S00001", b"XNAT_S00002"}
+        assert mount.process.poll() is None
 
 
 def test_wrong_sizes_and_digests_give_eio_never_wrong_bytes(fake_xnat, tmp_path):
     with Relay(fake_xnat.url) as relay:
+
         def replace(row: dict) -> list[dict]:
             if row["Name"] != "qc_metrics.csv":
                 return [row]
             size = int(row["Size"])
-            return [row,
-                    renamed(relay, row, "bigger.csv", Size=str(size + 10)),
-                    renamed(relay, row, "smaller.csv", Size=str(size - 10)),
-                    renamed(relay, row, "bad-digest.csv", digest="0" * 32)]
+            return [
+                row,
+                renamed(relay, row, "bigger.csv", Size=str(size + 10)),
+                renamed(relay, row, "smaller.csv", Size=str(size - 10)),
+                renamed(relay, row, "bad-digest.csv", digest="0" * 32),
+            ]
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
-        with mounted(relay.url, tmp_path,
-                     expected_errors=(r"open failed: (download ended after|downloaded file does not match its MD5|"
-                                                   r"server sent more than)",)) as mount:
+        with mounted(
+            relay.url,
+            tmp_path,
+            expected_errors=(
+                r"open failed: (download ended after|downloaded file does not match its MD5|"
+                r"server sent more than)",
+            ),
+        ) as mount:
             qc = mount.path / SESSION / "RESOURCES/QC"
             assert md5((qc / "qc_metrics.csv").read_bytes()) == original.digest
             for name in ("bigger.csv", "smaller.csv", "bad-digest.csv"):
@@ -242,13 +281,16 @@ def test_wrong_sizes_and_digests_give_eio_never_wrong_bytes(fake_xnat, tmp_path)
 
 def test_unusable_sizes_are_skipped_or_read_right(fake_xnat, tmp_path):
     with Relay(fake_xnat.url) as relay:
+
         def replace(row: dict) -> list[dict]:
             if row["Name"] != "qc_metrics.csv":
                 return [row]
-            return [row,
-                    renamed(relay, row, "negative.csv", Size="-5"),
-                    renamed(relay, row, "garbage-size.csv", Size="lots"),
-                    renamed(relay, row, "empty-size.csv", Size="")]
+            return [
+                row,
+                renamed(relay, row, "negative.csv", Size="-5"),
+                renamed(relay, row, "garbage-size.csv", Size="lots"),
+                renamed(relay, row, "empty-size.csv", Size=""),
+            ]
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
@@ -256,66 +298,92 @@ def test_unusable_sizes_are_skipped_or_read_right(fake_xnat, tmp_path):
             qc = mount.path / SESSION / "RESOURCES/QC"
             for name in ("negative.csv", "garbage-size.csv", "empty-size.csv"):
                 if name not in os.listdir(qc):
-                    continue                                  # skipped: fine
-                (qc / name).stat()                            # listed: it must be usable
+                    continue  # skipped: fine
+                (qc / name).stat()  # listed: it must be usable
                 data = read_or_eio(qc / name)
                 assert data is None or md5(data) == original.digest, f"{name} served wrong bytes"
 
 
-@pytest.mark.parametrize("body", [
-    b"<!DOCTYPE html><html><head><title>Login</title></head><body>Please log in</body></html>",
-    b'{"ResultSet": {"Result": [{"ID": "XNAT_S00001", "label": "SUB0',
-    b'{"ResultSet": {"Result": "not a list"}}',
-    b'[1, 2, 3]',
-    b'',
-], ids=["html", "cut-json", "result-not-a-list", "wrong-shape", "empty"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<!DOCTYPE html><html><head><title>Login</title></head><body>Please log in</body></html>",
+        b'{"ResultSet": {"Result": [{"ID": "XNAT_S00001", "label": "SUB0',
+        b'{"ResultSet": {"Result": "not a list"}}',
+        b"[1, 2, 3]",
+        b"",
+    ],
+    ids=["html", "cut-json", "result-not-a-list", "wrong-shape", "empty"],
+)
 def test_web_pages_and_garbage_instead_of_json_are_eio_and_the_mount_recovers(fake_xnat, tmp_path, body):
     broken = {"on": False}
 
     def rewrite(method, path, status, headers, original):
         if broken["on"] and path.startswith("/data/projects/STUDY01/subjects"):
-            return 200, [(k, v) for k, v in headers if k.lower() != "content-type"] + [
-                ("Content-Type", "text/html" if body.startswith(b"<") else "application/json")], body
+            return (
+                200,
+                [(k, v) for k, v in headers if k.lower() != "content-type"]
+                + [("Content-Type", "text/html" if body.startswith(b"<") else "application/json")],
+                body,
+            )
         return status, headers, original
 
-    with Relay(fake_xnat.url, rewrite=rewrite) as relay:
-        with mounted(relay.url, tmp_path, ttl=1,
-                     expected_errors=(r"opendir failed: (server answered with a web page|server answer is not valid "
-                                                          r"JSON|listing answer)",)) as mount:
-            broken["on"] = True
-            with pytest.raises(OSError) as failed:
-                os.listdir(mount.path / "STUDY01")
-            assert failed.value.errno == errno.EIO
-            broken["on"] = False
-            assert "SUB001" in os.listdir(mount.path / "STUDY01")
-            assert mount.process.poll() is None
+    with (
+        Relay(fake_xnat.url, rewrite=rewrite) as relay,
+        mounted(
+            relay.url,
+            tmp_path,
+            ttl=1,
+            expected_errors=(
+                r"opendir failed: (server answered with a web page|server answer is not valid "
+                r"JSON|listing answer)",
+            ),
+        ) as mount,
+    ):
+        broken["on"] = True
+        with pytest.raises(OSError) as failed:
+            os.listdir(mount.path / "STUDY01")
+        assert failed.value.errno == errno.EIO
+        broken["on"] = False
+        assert "SUB001" in os.listdir(mount.path / "STUDY01")
+        assert mount.process.poll() is None
 
 
 def test_rows_without_the_fields_they_need_are_skipped(fake_xnat, tmp_path):
     def rewrite(method, path, status, headers, body):
         if path.split("?", 1)[0] == "/data/projects/STUDY01/subjects" and status == 200:
             rows = listing_rows(body)
-            rows += [None, 7, "text", [], {}, {"label": "NOID"}, {"ID": "", "label": ""},
-                     {"ID": 12345, "label": ["not", "text"]}]
+            rows += [
+                None,
+                7,
+                "text",
+                [],
+                {},
+                {"label": "NOID"},
+                {"ID": "", "label": ""},
+                {"ID": 12345, "label": ["not", "text"]},
+            ]
             return status, headers, with_rows(body, rows)
         return status, headers, body
 
-    with Relay(fake_xnat.url, rewrite=rewrite) as relay:
-        with mounted(relay.url, tmp_path) as mount:
-            names = assert_safe_names(mount.path / "STUDY01")
-            assert {"SUB001", "SUB002", "SUB003", "RESOURCES"} <= set(names)
-            assert mount.process.poll() is None
+    with Relay(fake_xnat.url, rewrite=rewrite) as relay, mounted(relay.url, tmp_path) as mount:
+        names = assert_safe_names(mount.path / "STUDY01")
+        assert {"SUB001", "SUB002", "SUB003", "RESOURCES"} <= set(names)
+        assert mount.process.poll() is None
 
 
 @pytest.mark.slow
 def test_a_resource_of_20000_files(fake_xnat, tmp_path):
     count = 20_000
     with Relay(fake_xnat.url) as relay:
+
         def replace(row: dict) -> list[dict]:
             if row["Name"] != "qc_metrics.csv":
                 return [row]
-            return [renamed(relay, row, f"part{index:05d}/file{index:05d}.csv" if index % 2 else
-                            f"file{index:05d}.csv") for index in range(count)]
+            return [
+                renamed(relay, row, f"part{index:05d}/file{index:05d}.csv" if index % 2 else f"file{index:05d}.csv")
+                for index in range(count)
+            ]
 
         relay.rewrite = file_listing_rewrite(relay, replace)
         original = server_files(fake_xnat)[SESSION + "/RESOURCES/QC/qc_metrics.csv"]
@@ -325,7 +393,7 @@ def test_a_resource_of_20000_files(fake_xnat, tmp_path):
             started = time.monotonic()
             names = os.listdir(qc)
             took = time.monotonic() - started
-            assert len(names) == count // 2 + count // 2 + 1       # files, folders, the PDF
+            assert len(names) == count // 2 + count // 2 + 1  # files, folders, the PDF
             assert took < 20, f"listing 20 000 files took {took:.1f} s"
             sizes = [entry.stat().st_size for entry in os.scandir(qc) if entry.is_file()]
             assert len(sizes) == count // 2 + 1
@@ -337,8 +405,7 @@ def test_a_resource_of_20000_files(fake_xnat, tmp_path):
 
 
 def test_an_endless_listing_is_eio_and_the_daemon_stays_small(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=1,
-                 expected_errors=(r"answer larger than \d+ bytes",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=1, expected_errors=(r"answer larger than \d+ bytes",)) as mount:
         assert "STUDY01" in os.listdir(mount.path)
         before = vmrss_kib(mount.process.pid)
         fake_xnat.endless_answers = "/data/projects/STUDY02/subjects"

@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from xnatfs.fs.control import REFRESH_NAME, ask, control_socket_path
-
 from mountutil import isolated_env, mounted, xnatfs_command
+from xnatfs.fs.control import REFRESH_NAME, ask, control_socket_path
 
 pytestmark = pytest.mark.mount
 
@@ -24,8 +23,9 @@ LONG_TTL = 600
 
 
 def xnatfs(mount, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command(*args), env=isolated_env(mount.home), capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        xnatfs_command(*args), env=isolated_env(mount.home), capture_output=True, text=True, timeout=60
+    )
 
 
 def qc_folder(mount):
@@ -44,7 +44,7 @@ def test_refresh_shows_a_server_change_before_the_listing_expires(fake_xnat, tmp
         add_qc_file(fake_xnat, mount, "from-the-web.txt")
         assert set(os.listdir(qc)) == before
         with pytest.raises(FileNotFoundError):
-            os.stat(qc / "from-the-web.txt")      # the kernel now remembers it as missing
+            os.stat(qc / "from-the-web.txt")  # the kernel now remembers it as missing
         done = xnatfs(mount, "refresh", str(qc))
         assert done.returncode == 0, done.stderr
         assert f"{len(before) + 1} entries" in done.stdout
@@ -94,8 +94,7 @@ def test_refresh_outside_a_mount_is_one_line(fake_xnat, tmp_path):
 def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("[defaults]\nretries = 0\n")
-    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config)),
-                 expected_errors=(r"HTTP 503",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=("--config", str(config)), expected_errors=(r"HTTP 503",)) as mount:
         qc = qc_folder(mount)
         target = qc / sorted(os.listdir(qc))[0]
         target.read_bytes()
@@ -116,7 +115,7 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         assert status["pid"] == mount.process.pid
         assert status["cache"]["misses"] == 1 and status["cache"]["hits"] >= 1
         assert status["cache"]["bytes_used"] == target.stat().st_size
-        assert set(status["requests"]["errors"]) == {"HTTP 503"}   # one per listing the folder needs
+        assert set(status["requests"]["errors"]) == {"HTTP 503"}  # one per listing the folder needs
         assert status["requests"]["requests"] >= 5
         assert status["requests"]["health"] == "answering"
         assert status["downloads"] == []
@@ -132,9 +131,19 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
         stranger = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-             f"import socket; socket.socket(socket.AF_UNIX).connect({str(sock)!r})"],
-            capture_output=True, text=True, timeout=60)
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                f"import socket; socket.socket(socket.AF_UNIX).connect({str(sock)!r})",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert stranger.returncode != 0 and "PermissionError" in stranger.stderr
     assert not sock.exists()
 
@@ -142,15 +151,16 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
 def test_status_of_a_folder_not_mounted_is_one_line(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    done = subprocess.run(xnatfs_command("status", str(tmp_path)), env=isolated_env(home),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        xnatfs_command("status", str(tmp_path)), env=isolated_env(home), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0
     message = done.stderr.strip()
     assert message.startswith("xnatfs: no xnatfs mount answers for") and "\n" not in message
 
 
 def test_status_shows_an_upload_while_it_is_sent(fake_xnat, tmp_path):
-    payload = os.urandom(5 << 20)      # above the size sent from memory: streamed from the spool
+    payload = os.urandom(5 << 20)  # above the size sent from memory: streamed from the spool
     with mounted(fake_xnat.url, tmp_path) as mount:
         target = qc_folder(mount) / "large-upload.bin"
         os.listdir(target.parent)

@@ -10,16 +10,14 @@ import subprocess
 
 import pytest
 
-from xnatfs.fs.mount import process_alive
-
 from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, xnatfs_command
+from xnatfs.fs.mount import process_alive
 
 pytestmark = pytest.mark.mount
 
 
 def run_xnatfs(env, *args: str, timeout: float = 60, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command(*args), env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd)
+    return subprocess.run(xnatfs_command(*args), env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def daemon_pid(home) -> int:
@@ -38,9 +36,21 @@ def test_detached_mount_and_unmount(fake_xnat, tmp_path):
     env = isolated_env(home)
     try:
         # Relative paths are the caller's, though the daemon works from "/".
-        started = run_xnatfs(env, "mount", fake_xnat.url, "mnt", "--user", "admin",
-                             "--password-file", "password", "--cache-dir", "cache",
-                             "--log-file", "daemon.log", cwd=tmp_path)
+        started = run_xnatfs(
+            env,
+            "mount",
+            fake_xnat.url,
+            "mnt",
+            "--user",
+            "admin",
+            "--password-file",
+            "password",
+            "--cache-dir",
+            "cache",
+            "--log-file",
+            "daemon.log",
+            cwd=tmp_path,
+        )
         assert started.returncode == 0, started.stderr
         assert fuse_mounted(mountpoint)
         assert "STUDY01" in os.listdir(mountpoint)
@@ -67,8 +77,18 @@ def test_daemon_start_failure_is_one_line_and_non_zero(fake_xnat, tmp_path):
     mountpoint.mkdir()
     env = isolated_env(home, XNAT_USER="admin", XNAT_PASS="admin")
     try:
-        started = run_xnatfs(env, "mount", fake_xnat.url, str(mountpoint), "-o", "no_such_fuse_option",
-                             "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "daemon.log"))
+        started = run_xnatfs(
+            env,
+            "mount",
+            fake_xnat.url,
+            str(mountpoint),
+            "-o",
+            "no_such_fuse_option",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--log-file",
+            str(tmp_path / "daemon.log"),
+        )
         assert started.returncode != 0
         message = started.stderr.strip()
         assert message.startswith("xnatfs: ") and "\n" not in message
@@ -104,8 +124,16 @@ def test_stale_mount_is_cleaned_by_the_next_mount_and_by_unmount(fake_xnat, tmp_
         mount.process.send_signal(signal.SIGKILL)
         mount.process.wait(timeout=20)
         env = isolated_env(mount.home, XNAT_USER="admin", XNAT_PASS="admin")
-        restarted = run_xnatfs(env, "mount", fake_xnat.url, str(mount.path),
-                               "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "again.log"))
+        restarted = run_xnatfs(
+            env,
+            "mount",
+            fake_xnat.url,
+            str(mount.path),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--log-file",
+            str(tmp_path / "again.log"),
+        )
         assert restarted.returncode == 0, restarted.stderr
         assert "STUDY01" in os.listdir(mount.path)
         assert run_xnatfs(env, "unmount", str(mount.path)).returncode == 0

@@ -35,7 +35,7 @@ def spool_records(mount) -> list:
 
 def test_growing_past_the_spools_free_space_is_enospc(fake_xnat, tmp_path):
     fake_xnat.store.put_file("XNAT_E00001", "QC", "remote.txt", b"remote")
-    huge = 1 << 49          # more than any disk the spool sits on
+    huge = 1 << 49  # more than any disk the spool sits on
     with mounted(fake_xnat.url, tmp_path, args=config(tmp_path, "1P")) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         (qc / "ours.txt").write_bytes(b"ours")

@@ -13,21 +13,47 @@ from pathlib import Path
 
 import pytest
 
+from mountutil import REPO, fuse_mounted, unmount_quietly
 from xnatfs.fs.mount import process_alive
 from xnatfs.mounthelper import OptionProblem, mount_arguments, parse
-
-from mountutil import REPO, fuse_mounted, unmount_quietly
 
 HELPER = Path("/sbin/mount.fuse.xnatfs")
 
 
 def test_fstab_options_become_mount_arguments():
     arguments, environment = mount_arguments(
-        ["user=alice", "password_file=/etc/xnatfs/alice", "cache_dir=/var/cache/xnatfs", "ttl=30", "ro",
-         "allow_other", "_netdev", "noauto", "nofail", "user", "x-systemd.automount", "rw", "nosuid",
-         "netrc=/etc/xnatfs/netrc"])
-    assert arguments == ["--user", "alice", "--password-file", "/etc/xnatfs/alice", "--cache-dir",
-                         "/var/cache/xnatfs", "--ttl", "30", "--read-only", "-o", "allow_other", "-o", "nosuid"]
+        [
+            "user=alice",
+            "password_file=/etc/xnatfs/alice",
+            "cache_dir=/var/cache/xnatfs",
+            "ttl=30",
+            "ro",
+            "allow_other",
+            "_netdev",
+            "noauto",
+            "nofail",
+            "user",
+            "x-systemd.automount",
+            "rw",
+            "nosuid",
+            "netrc=/etc/xnatfs/netrc",
+        ]
+    )
+    assert arguments == [
+        "--user",
+        "alice",
+        "--password-file",
+        "/etc/xnatfs/alice",
+        "--cache-dir",
+        "/var/cache/xnatfs",
+        "--ttl",
+        "30",
+        "--read-only",
+        "-o",
+        "allow_other",
+        "-o",
+        "nosuid",
+    ]
     assert environment == {"NETRC": "/etc/xnatfs/netrc"}
 
 
@@ -52,10 +78,17 @@ def helper_installed(home: Path):
     """/sbin/mount.fuse.xnatfs for the test's length: mount(8) clears the environment, so a
     small script puts back the test's own home folders before running this checkout's helper."""
     script = home / "mount.fuse.xnatfs"
-    exports = "".join(f"export {name}={value}\n" for name, value in (
-        ("HOME", home), ("XDG_CONFIG_HOME", home / "config"), ("XDG_STATE_HOME", home / "state"),
-        ("XDG_CACHE_HOME", home / "cache"), ("PYTHONPATH", REPO)))
-    script.write_text(f"#!/bin/sh\n{exports}exec {sys.executable} -m xnatfs.mounthelper \"$@\"\n")
+    exports = "".join(
+        f"export {name}={value}\n"
+        for name, value in (
+            ("HOME", home),
+            ("XDG_CONFIG_HOME", home / "config"),
+            ("XDG_STATE_HOME", home / "state"),
+            ("XDG_CACHE_HOME", home / "cache"),
+            ("PYTHONPATH", REPO),
+        )
+    )
+    script.write_text(f'#!/bin/sh\n{exports}exec {sys.executable} -m xnatfs.mounthelper "$@"\n')
     script.chmod(0o755)
     previous = os.readlink(HELPER) if HELPER.is_symlink() else None
     if HELPER.exists() and previous is None:
@@ -106,8 +139,12 @@ def test_mount_t_fuse_xnatfs_with_a_password_file_then_umount(fake_xnat, tmp_pat
     options = f"user=admin,password_file={secret},cache_dir={tmp_path / 'cache'},ttl=5,ro,_netdev,noauto"
     with helper_installed(home):
         try:
-            done = subprocess.run(["mount", "-t", "fuse.xnatfs", fake_xnat.url, str(mountpoint), "-o", options],
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                ["mount", "-t", "fuse.xnatfs", fake_xnat.url, str(mountpoint), "-o", options],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert done.returncode == 0, done.stderr
             assert fuse_mounted(mountpoint)
             assert mount_type_and_source(mountpoint) == ("fuse.xnatfs", "xnatfs")
@@ -136,12 +173,14 @@ def test_fstab_line_with_netrc_credentials(fake_xnat, tmp_path):
     netrc.write_text("machine 127.0.0.1 login admin password admin\n")
     netrc.chmod(0o600)
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"{fake_xnat.url} {mountpoint} fuse.xnatfs "
-                     f"noauto,_netdev,netrc={netrc},cache_dir={tmp_path / 'cache'} 0 0\n")
+    fstab.write_text(
+        f"{fake_xnat.url} {mountpoint} fuse.xnatfs noauto,_netdev,netrc={netrc},cache_dir={tmp_path / 'cache'} 0 0\n"
+    )
     with helper_installed(home):
         try:
-            done = subprocess.run(["mount", "--fstab", str(fstab), str(mountpoint)],
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                ["mount", "--fstab", str(fstab), str(mountpoint)], capture_output=True, text=True, timeout=60
+            )
             assert done.returncode == 0, done.stderr
             assert "STUDY01" in os.listdir(mountpoint)
             pid = daemon_pid(home)
@@ -158,8 +197,12 @@ def test_helper_refusal_is_one_line_and_mounts_nothing(fake_xnat, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     with helper_installed(home):
-        done = subprocess.run(["mount", "-t", "fuse.xnatfs", fake_xnat.url, str(mountpoint),
-                               "-o", "user=admin,password=admin"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["mount", "-t", "fuse.xnatfs", fake_xnat.url, str(mountpoint), "-o", "user=admin,password=admin"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode != 0
     assert done.stderr.strip().startswith("mount.fuse.xnatfs: a password does not go in the mount options")
     assert not fuse_mounted(mountpoint)

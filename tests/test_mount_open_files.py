@@ -51,8 +51,11 @@ def no_retries(tmp_path) -> tuple[str, str]:
 
 def uploads_of(server, name: str) -> int:
     """Successful PUTs of ``name`` into QC so far."""
-    return sum(1 for method, target, status in server.requests
-               if method == "PUT" and status < 300 and target.split("?")[0] == f"{QC}/files/{name}")
+    return sum(
+        1
+        for method, target, status in server.requests
+        if method == "PUT" and status < 300 and target.split("?")[0] == f"{QC}/files/{name}"
+    )
 
 
 def test_writes_after_a_rename_reach_the_new_name(fake_xnat, tmp_path):
@@ -146,8 +149,7 @@ def test_writes_after_an_unlink_stay_local(fake_xnat, tmp_path):
 
 
 def test_a_pending_upload_renamed_goes_under_the_new_name_once(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path),
-                 expected_errors=(r"HTTP 503",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -171,14 +173,12 @@ def test_a_pending_upload_renamed_goes_under_the_new_name_once(fake_xnat, tmp_pa
 
 
 def test_a_pending_upload_renamed_before_a_remount_lands_under_the_new_name(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path),
-                 expected_errors=(r"HTTP 503",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
-        with pytest.raises(OSError):
-            with open(qc / "before.bin", "wb") as handle:
-                handle.write(b"kept across the remount")
+        with pytest.raises(OSError), open(qc / "before.bin", "wb") as handle:
+            handle.write(b"kept across the remount")
         os.rename(qc / "before.bin", qc / "after.bin")
     fake_xnat.set_faults()
     assert "after.bin" not in server_files(fake_xnat)

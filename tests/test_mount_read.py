@@ -26,8 +26,7 @@ def downloads(server) -> list[str]:
 
 
 def zip_downloads(server) -> list[str]:
-    return [target for method, target, _status in server.requests
-            if method == "GET" and "format=zip" in target]
+    return [target for method, target, _status in server.requests if method == "GET" and "format=zip" in target]
 
 
 def md5_of(path: Path) -> str:
@@ -41,8 +40,7 @@ def session_dir(mount) -> Path:
 def read_ahead(server, *requests: str) -> None:
     """Wait until the server has answered each of these loads ahead (a later look joins one still
     being read rather than asking again)."""
-    wait_until(lambda: all(server.count("GET", request) for request in requests),
-               f"the loads ahead {requests}")
+    wait_until(lambda: all(server.count("GET", request) for request in requests), f"the loads ahead {requests}")
 
 
 def dicom_dir(mount) -> Path:
@@ -55,7 +53,7 @@ def test_listing_costs_one_request_per_level(fake_xnat, tmp_path):
         session = session_dir(mount)
         fake_xnat.reset_counts()
         os.listdir(mount.path / "STUDY01")
-        assert fake_xnat.count("GET") == 2          # subjects, experiments of the whole project
+        assert fake_xnat.count("GET") == 2  # subjects, experiments of the whole project
         os.listdir(mount.path / "STUDY01" / "SUB001")
         os.listdir(session)
         read_ahead(fake_xnat, "/data/experiments/XNAT_E00001/files", "/data/experiments/XNAT_E00002/files")
@@ -73,13 +71,16 @@ def test_a_walk_through_subjects_reads_ahead(fake_xnat, tmp_path):
         os.listdir(project / "SUB001")
         read_ahead(fake_xnat, "/data/experiments/XNAT_E00001/files", "/data/experiments/XNAT_E00002/files")
         fake_xnat.reset_counts()
-        os.listdir(project / "SUB002")          # in order after SUB001: SUB003 is loaded ahead
-        read_ahead(fake_xnat, "/data/experiments/XNAT_E00004/files",
-                   "/data/projects/STUDY01/subjects?columns=",        # the subjects' resources
-                   "/data/experiments?columns=ID%2Cxnat%3Aimagescandata",      # the project's scans
-                   "/data/experiments?columns=ID%2Cxnat%3Aexperimentdata")     # its sessions' resources
+        os.listdir(project / "SUB002")  # in order after SUB001: SUB003 is loaded ahead
+        read_ahead(
+            fake_xnat,
+            "/data/experiments/XNAT_E00004/files",
+            "/data/projects/STUDY01/subjects?columns=",  # the subjects' resources
+            "/data/experiments?columns=ID%2Cxnat%3Aimagescandata",  # the project's scans
+            "/data/experiments?columns=ID%2Cxnat%3Aexperimentdata",
+        )  # its sessions' resources
         fake_xnat.reset_counts()
-        for folder, _dirs, _files in os.walk(project / "SUB003"):
+        for _folder, _dirs, _files in os.walk(project / "SUB003"):
             pass
         assert fake_xnat.count() == 0, fake_xnat.requests
 
@@ -153,8 +154,10 @@ def test_ttl_expiry_shows_server_changes(fake_xnat, tmp_path):
         store.put_file(experiment_id, "QC", "added.txt", b"new file")
         store.put_file(experiment_id, "QC", csv_name, old + b"changed,row\n")
         # The listing and the kernel's entries expire a TTL after they were loaded.
-        wait_until(lambda: "added.txt" in os.listdir(qc) and (qc / csv_name).stat().st_size == len(old) + 12,
-                   "the server's changes to show once the TTL has passed")
+        wait_until(
+            lambda: "added.txt" in os.listdir(qc) and (qc / csv_name).stat().st_size == len(old) + 12,
+            "the server's changes to show once the TTL has passed",
+        )
         assert set(os.listdir(qc)) == before | {"added.txt"}
         assert (qc / "added.txt").read_bytes() == b"new file"
         assert (qc / csv_name).stat().st_size == len(old) + 12

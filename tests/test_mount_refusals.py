@@ -36,8 +36,13 @@ def server_names(server, resource_uri: str = QC) -> list[str]:
 
 
 def uploads(mount, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
-                          env=isolated_env(mount.home, **CREDENTIALS), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
+        env=isolated_env(mount.home, **CREDENTIALS),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def puts_of(server, name: str) -> int:
@@ -46,9 +51,9 @@ def puts_of(server, name: str) -> int:
 
 # ---- permanent refusals --------------------------------------------------------
 
+
 def test_an_upload_the_server_refuses_is_not_sent_again_and_waits_for_the_user(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path,
-                 expected_errors=(r"refused\.csv.* refused",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, expected_errors=(r"refused\.csv.* refused",)) as mount:
         qc = qc_of(mount)
         os.listdir(qc)
         handle = open(qc / "refused.csv", "wb")
@@ -86,8 +91,7 @@ def test_an_upload_the_server_refuses_is_not_sent_again_and_waits_for_the_user(f
 
 
 def test_a_refused_upload_can_be_discarded(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path,
-                 expected_errors=(r"unwanted\.csv.* refused",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, expected_errors=(r"unwanted\.csv.* refused",)) as mount:
         qc = qc_of(mount)
         os.listdir(qc)
         handle = open(qc / "unwanted.csv", "wb")
@@ -124,6 +128,7 @@ def test_a_zip_with_a_readme_and_dicomdir_is_imported(fake_xnat, tmp_path):
 
 # ---- what XNAT has no counterpart for -------------------------------------------
 
+
 def test_a_folder_in_a_resource_is_moved_by_mv_as_copy_and_delete(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         qc = qc_of(mount)
@@ -132,8 +137,7 @@ def test_a_folder_in_a_resource_is_moved_by_mv_as_copy_and_delete(fake_xnat, tmp
         with pytest.raises(OSError) as renamed:
             (qc / "old").rename(qc / "new")
         assert renamed.value.errno == errno.EXDEV
-        moved = subprocess.run(["mv", str(qc / "old"), str(qc / "new")], capture_output=True, text=True,
-                               timeout=60)
+        moved = subprocess.run(["mv", str(qc / "old"), str(qc / "new")], capture_output=True, text=True, timeout=60)
         assert moved.returncode == 0, moved.stderr
         assert (qc / "new" / "one.txt").read_bytes() == b"one"
         assert not (qc / "old").exists()

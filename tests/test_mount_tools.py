@@ -24,8 +24,9 @@ def t1_series(mount) -> Path:
 
 def convert(source: Path, out: Path) -> dict[str, bytes]:
     out.mkdir(parents=True)
-    done = subprocess.run(["dcm2niix", "-d", "0", "-z", "n", "-o", str(out), str(source)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["dcm2niix", "-d", "0", "-z", "n", "-o", str(out), str(source)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
@@ -72,8 +73,9 @@ def test_find_du_and_rsync(fake_xnat, tmp_path):
         apparent = subprocess.run(["du", "-s", "-b", str(session)], capture_output=True, text=True, check=True)
         assert int(apparent.stdout.split()[0]) == sum(path.stat().st_size for path in files)
         target = tmp_path / "copy"
-        synced = subprocess.run(["rsync", "-a", str(session) + "/", str(target)],
-                                capture_output=True, text=True, timeout=120)
+        synced = subprocess.run(
+            ["rsync", "-a", str(session) + "/", str(target)], capture_output=True, text=True, timeout=120
+        )
         assert synced.returncode == 0, synced.stderr
         comparison = filecmp.dircmp(session, target)
         assert _identical(comparison)
@@ -82,8 +84,9 @@ def test_find_du_and_rsync(fake_xnat, tmp_path):
 def _identical(comparison: filecmp.dircmp) -> bool:
     if comparison.left_only or comparison.right_only or comparison.funny_files:
         return False
-    _match, mismatch, errors = filecmp.cmpfiles(comparison.left, comparison.right,
-                                                comparison.common_files, shallow=False)
+    _match, mismatch, errors = filecmp.cmpfiles(
+        comparison.left, comparison.right, comparison.common_files, shallow=False
+    )
     if mismatch or errors:
         return False
     return all(_identical(sub) for sub in comparison.subdirs.values())

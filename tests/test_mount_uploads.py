@@ -56,8 +56,7 @@ def write_and_close(path, data: bytes) -> None:
 
 def test_failed_upload_is_eio_at_close_kept_and_retried(fake_xnat, tmp_path):
     payload = os.urandom(50_000)
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
-                 expected_errors=(r"HTTP 503",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -89,8 +88,7 @@ def test_failed_upload_is_eio_at_close_kept_and_retried(fake_xnat, tmp_path):
 
 def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
     payload = os.urandom(20_000)
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
-                 expected_errors=(r"HTTP 503",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
@@ -107,8 +105,13 @@ def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
 
 
 def uploads(mount, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
-                          env=isolated_env(mount.home, **env), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
+        env=isolated_env(mount.home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xnat, tmp_path):
@@ -127,8 +130,12 @@ def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xn
                 pass
     with mounted(fake_xnat.url, tmp_path, name="again") as again:
         # The new mount's first look at the spool sets both aside; from then on they are never sent alone.
-        wait_until(lambda: all(f"{name}, 24 bytes) was still being written" in again.log()
-                               for name in ("half.txt", "gone.txt")), "the spool's unclosed entries to be set aside")
+        wait_until(
+            lambda: all(
+                f"{name}, 24 bytes) was still being written" in again.log() for name in ("half.txt", "gone.txt")
+            ),
+            "the spool's unclosed entries to be set aside",
+        )
         assert server_file(fake_xnat, "half.txt") is None
     listed = uploads(mount, "list")
     header, *rows = listed.stdout.split("\n\n")[0].splitlines()
@@ -157,26 +164,40 @@ def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xn
 
 
 def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path),
-                 expected_errors=(r"HTTP 500",)) as mount:
+    with mounted(fake_xnat.url, tmp_path, args=no_retries(tmp_path), expected_errors=(r"HTTP 500",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         os.listdir(qc)
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(500,))
         with pytest.raises(OSError):
             write_and_close(qc / "later.txt", b"when the server is back")
     env = isolated_env(mount.home, XNAT_USER="admin", XNAT_PASS="admin")
-    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-                            env=env, capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0
     assert "later.txt" in listed.stdout and "failed" in listed.stdout
     fake_xnat.set_faults()
-    retried = subprocess.run(xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
-                             env=env, capture_output=True, text=True, timeout=60)
+    retried = subprocess.run(
+        xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert retried.returncode == 0, retried.stderr
     assert "1 sent" in retried.stdout
     assert server_file(fake_xnat, "later.txt") == b"when the server is back"
-    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-                            env=env, capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "no uploads waiting" in listed.stdout
 
 
@@ -189,9 +210,13 @@ def test_unmount_sends_pending_uploads_before_the_daemon_exits(fake_xnat, tmp_pa
     cache_dir = tmp_path / "cache"
     config = no_retries(tmp_path)
     try:
-        started = subprocess.run(xnatfs_command("mount", fake_xnat.url, str(mountpoint), "--cache-dir",
-                                                str(cache_dir), *config), env=env,
-                                 capture_output=True, text=True, timeout=60)
+        started = subprocess.run(
+            xnatfs_command("mount", fake_xnat.url, str(mountpoint), "--cache-dir", str(cache_dir), *config),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert started.returncode == 0, started.stderr
         qc = mountpoint.joinpath(*QC_PATH)
         os.listdir(qc)
@@ -199,8 +224,9 @@ def test_unmount_sends_pending_uploads_before_the_daemon_exits(fake_xnat, tmp_pa
         with pytest.raises(OSError):
             write_and_close(qc / "at-exit.txt", b"sent on unmount")
         fake_xnat.set_faults()
-        stopped = subprocess.run(xnatfs_command("unmount", str(mountpoint)), env=env,
-                                 capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            xnatfs_command("unmount", str(mountpoint)), env=env, capture_output=True, text=True, timeout=120
+        )
         assert stopped.returncode == 0, stopped.stderr
         assert not fuse_mounted(mountpoint)
         assert server_file(fake_xnat, "at-exit.txt") == b"sent on unmount"

@@ -36,8 +36,11 @@ def many_subjects_server(fake_xnat_empty):
 
 def session_file_listings(requests: list[tuple[str, str, int]]) -> list[str]:
     """The per-session file listings among ``requests`` (``/data/experiments/ID/files``)."""
-    return [target for _method, target, _status in requests
-            if target.startswith("/data/experiments/") and target.split("?")[0].endswith("/files")]
+    return [
+        target
+        for _method, target, _status in requests
+        if target.startswith("/data/experiments/") and target.split("?")[0].endswith("/files")
+    ]
 
 
 def test_a_walk_of_some_subjects_reads_ahead_only_a_few_sessions_past_them(many_subjects_server, tmp_path):
@@ -45,11 +48,12 @@ def test_a_walk_of_some_subjects_reads_ahead_only_a_few_sessions_past_them(many_
     with mounted(server.url, tmp_path) as mount:
         subjects = [mount.path / MANY / f"M{number:02d}" for number in range(1, WALKED_SUBJECTS + 1)]
         server.reset_counts()
-        found = subprocess.run(["find", *map(str, subjects)], capture_output=True, text=True, timeout=120,
-                               check=True).stdout.split()
+        found = subprocess.run(
+            ["find", *map(str, subjects)], capture_output=True, text=True, timeout=120, check=True
+        ).stdout.split()
     # Counted after the unmount: whatever the read-ahead asked for while the mount was up.
     listings = session_file_listings(server.requests)
     walked_sessions = WALKED_SUBJECTS * SESSIONS_PER_SUBJECT
     assert sum(1 for path in found if path.endswith("report.txt")) == walked_sessions
     assert walked_sessions <= len(listings) <= walked_sessions + 10, listings
-    assert len(set(listings)) == len(listings), listings       # none asked for twice
+    assert len(set(listings)) == len(listings), listings  # none asked for twice

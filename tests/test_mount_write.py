@@ -19,7 +19,7 @@ from xnatfs.client.connection import XnatConnection
 
 pytestmark = pytest.mark.mount
 
-E1 = "XNAT_E00001"          # STUDY01/SUB001/SUB001_MR1
+E1 = "XNAT_E00001"  # STUDY01/SUB001/SUB001_MR1
 
 
 @pytest.fixture
@@ -49,8 +49,9 @@ def test_mv_across_resources_falls_back_to_copy_and_delete(fake_xnat, conn, tmp_
         qc = session(mount) / "RESOURCES" / "QC"
         (session(mount) / "RESOURCES" / "OTHER").mkdir()
         (qc / "moving.txt").write_text("on its way")
-        done = subprocess.run(["mv", str(qc / "moving.txt"), str(session(mount) / "RESOURCES" / "OTHER")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mv", str(qc / "moving.txt"), str(session(mount) / "RESOURCES" / "OTHER")], capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         assert server_files(conn, f"/data/experiments/{E1}/resources/OTHER") == {"moving.txt": b"on its way"}
         assert "moving.txt" not in server_files(conn, QC)
@@ -65,16 +66,18 @@ def test_cp_a_rsync_and_metadata_changes(fake_xnat, conn, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         resources = session(mount) / "RESOURCES"
         (resources / "COPY").mkdir()
-        done = subprocess.run(["cp", "-a", str(source) + "/.", str(resources / "COPY")],
-                              capture_output=True, text=True)
+        done = subprocess.run(["cp", "-a", str(source) + "/.", str(resources / "COPY")], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         (resources / "SYNC").mkdir()
-        done = subprocess.run(["rsync", "-a", str(source) + "/", str(resources / "SYNC")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["rsync", "-a", str(source) + "/", str(resources / "SYNC")], capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         for label in ("COPY", "SYNC"):
             assert server_files(conn, f"/data/experiments/{E1}/resources/{label}") == {
-                "a.txt": b"alpha", "nested/b.bin": (source / "nested" / "b.bin").read_bytes()}
+                "a.txt": b"alpha",
+                "nested/b.bin": (source / "nested" / "b.bin").read_bytes(),
+            }
         target = resources / "COPY" / "a.txt"
         os.chmod(target, 0o600)
         os.utime(target, (0, 0))

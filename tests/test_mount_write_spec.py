@@ -28,8 +28,12 @@ def test_fuse_option_ro_refuses_writes_with_erofs(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, args=("-o", "ro")) as mount:
         qc = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC"
         existing = next(qc.iterdir())
-        for attempt in (lambda: (qc / "x.txt").write_bytes(b"x"), lambda: (qc / "new").mkdir(),
-                        lambda: existing.unlink(), lambda: open(existing, "r+b")):
+        for attempt in (
+            lambda: (qc / "x.txt").write_bytes(b"x"),
+            lambda: (qc / "new").mkdir(),
+            lambda: existing.unlink(),
+            lambda: open(existing, "r+b"),
+        ):
             assert refused(attempt) == errno.EROFS
         assert existing.read_bytes()
     with XnatConnection(fake_xnat.url, "admin", "admin") as conn:

@@ -50,8 +50,9 @@ def parse(argv):
 def test_collect_files_lists_every_regular_file_once_in_path_order(tmp_path):
     sizes = make_tree(tmp_path)
     errors = []
-    files = collect_files([str(tmp_path), str(tmp_path / "SCANS"), str(tmp_path / "RESOURCES" / "QC" / "report.pdf")],
-                          errors)
+    files = collect_files(
+        [str(tmp_path), str(tmp_path / "SCANS"), str(tmp_path / "RESOURCES" / "QC" / "report.pdf")], errors
+    )
     assert errors == []
     assert [item.path for item in files] == sorted(sizes)
     assert {item.path: item.size for item in files} == sizes
@@ -98,7 +99,7 @@ def test_a_file_shorter_than_its_listed_size_is_an_error(tmp_path):
 def test_main_prints_a_summary_and_exits_zero(tmp_path, capsys):
     sizes = make_tree(tmp_path)
     assert main(parse(["--quiet", "-j", "2", str(tmp_path)])) == 0
-    out, err = capsys.readouterr()
+    out, _err = capsys.readouterr()
     assert out.strip().startswith(f"prefetched {len(sizes)} files")
     assert "0 errors" in out
 
@@ -119,13 +120,21 @@ def test_main_refuses_zero_jobs(tmp_path, capsys):
 
 def test_the_xnatfs_command_runs_prefetch(tmp_path):
     sizes = make_tree(tmp_path / "tree")
-    done = subprocess.run([sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "tree")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "tree")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"prefetched {len(sizes)} files")
     assert "not inside an xnatfs mount" in done.stderr
 
-    missing = subprocess.run([sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "gone")],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "prefetch", "--quiet", str(tmp_path / "gone")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1
     assert "No such file or directory" in missing.stderr

@@ -8,9 +8,8 @@ import time
 import pytest
 
 import xnatfs
-from xnatfs.fs.mount import process_alive
-
 from mountutil import fuse_mounted, unmount_quietly
+from xnatfs.fs.mount import process_alive
 
 pytestmark = pytest.mark.mount
 
@@ -19,8 +18,12 @@ pytestmark = pytest.mark.mount
 def isolated_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
-    for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"),
-                      ("XDG_CACHE_HOME", "cache")):
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
         monkeypatch.setenv(name, str(home / sub))
     monkeypatch.setenv("NETRC", str(home / "no-netrc"))
     monkeypatch.delenv("XNAT_USER", raising=False)
@@ -32,8 +35,9 @@ def test_mount_lists_reads_reports_status_and_unmounts(fake_xnat, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     try:
-        with xnatfs.mount(fake_xnat.url, mountpoint, user="admin", password="admin",
-                          cache_dir=tmp_path / "cache", ttl=30) as mounted:
+        with xnatfs.mount(
+            fake_xnat.url, mountpoint, user="admin", password="admin", cache_dir=tmp_path / "cache", ttl=30
+        ) as mounted:
             assert mounted.path == mountpoint
             assert fuse_mounted(mountpoint)
             assert "STUDY01" in os.listdir(mountpoint)
@@ -64,13 +68,16 @@ def test_an_exception_in_the_block_unmounts_and_is_raised_unchanged(fake_xnat, t
         pass
 
     try:
-        with pytest.raises(PipelineFailed):
-            with xnatfs.mount(fake_xnat.url, mountpoint, user="admin", password="admin",
-                              cache_dir=tmp_path / "cache") as mounted:
-                pid = mounted.status()["pid"]
-                # A file left open by the failing step must not hide the failure.
-                held = open(next((mountpoint / "STUDY01" / "RESOURCES" / "PROTOCOLS").iterdir()), "rb")
-                raise PipelineFailed()
+        with (
+            pytest.raises(PipelineFailed),
+            xnatfs.mount(
+                fake_xnat.url, mountpoint, user="admin", password="admin", cache_dir=tmp_path / "cache"
+            ) as mounted,
+        ):
+            pid = mounted.status()["pid"]
+            # A file left open by the failing step must not hide the failure.
+            held = open(next((mountpoint / "STUDY01" / "RESOURCES" / "PROTOCOLS").iterdir()), "rb")
+            raise PipelineFailed()
         assert not fuse_mounted(mountpoint)
         held.close()
         # Detached lazily: the daemon ends once the last open file is closed.
@@ -85,10 +92,11 @@ def test_an_exception_in_the_block_unmounts_and_is_raised_unchanged(fake_xnat, t
 def test_a_mount_that_cannot_start_raises_the_one_line_reason(fake_xnat, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    with pytest.raises(xnatfs.MountError) as refused:
-        with xnatfs.mount(fake_xnat.url, mountpoint, user="admin", password="wrong",
-                          cache_dir=tmp_path / "cache"):
-            pytest.fail("mounted with a wrong password")
+    with (
+        pytest.raises(xnatfs.MountError) as refused,
+        xnatfs.mount(fake_xnat.url, mountpoint, user="admin", password="wrong", cache_dir=tmp_path / "cache"),
+    ):
+        pytest.fail("mounted with a wrong password")
     assert "refused user admin" in str(refused.value)
     assert "\n" not in str(refused.value)
     assert not fuse_mounted(mountpoint)

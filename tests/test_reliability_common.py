@@ -131,8 +131,19 @@ class Relay:
     request is waiting. Use as a context manager.
     """
 
-    HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
-                   "proxy-connection", "te", "trailer", "upgrade"}
+    HOP_HEADERS = frozenset(
+        {
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "host",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        }
+    )
 
     def __init__(self, upstream: str, *, throttle: int | None = None, hold=None, rewrite=None, tls=None):
         self.upstream = upstream.rstrip("/")
@@ -167,10 +178,9 @@ class Relay:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
             scheme = "https"
         self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Relay:
         self._thread.start()
         return self
 
@@ -238,7 +248,7 @@ class Relay:
                 return
             step = max(1, self.throttle // 50)
             for start in range(0, len(data), step):
-                handler.wfile.write(data[start:start + step])
+                handler.wfile.write(data[start : start + step])
                 handler.wfile.flush()
                 time.sleep(step / self.throttle)
         except OSError:

@@ -56,6 +56,7 @@ def data_files(cache_dir) -> list:
 
 def background(function, *args) -> threading.Thread:
     """Run ``function`` in a daemon thread, ignoring the errors a dying mount gives it."""
+
     def run() -> None:
         try:
             function(*args)
@@ -98,13 +99,17 @@ def qc_file_on_server(server, name: str) -> bytes | None:
 
 
 def uploads_of(server, name: str) -> int:
-    return sum(1 for method, target, status in server.requests
-               if method == "PUT" and target.split("?", 1)[0].endswith("/files/" + name) and status < 300)
+    return sum(
+        1
+        for method, target, status in server.requests
+        if method == "PUT" and target.split("?", 1)[0].endswith("/files/" + name) and status < 300
+    )
 
 
 def imports_of(server) -> int:
-    return sum(1 for method, target, _s in server.requests
-               if method == "POST" and target.startswith("/data/services/import"))
+    return sum(
+        1 for method, target, _s in server.requests if method == "POST" and target.startswith("/data/services/import")
+    )
 
 
 def test_sigkill_during_a_download(fake_xnat, tmp_path):
@@ -117,8 +122,9 @@ def test_sigkill_during_a_download(fake_xnat, tmp_path):
             assert path.stat().st_size == len(payload)
             reader = background(read_file, path)
             tmp_dir = mount.cache_dir / "tmp"
-            wait_until(lambda: any(p.stat().st_size > 0 for p in tmp_dir.glob("*.part")),
-                       what="the download to start writing")
+            wait_until(
+                lambda: any(p.stat().st_size > 0 for p in tmp_dir.glob("*.part")), what="the download to start writing"
+            )
             kill(mount)
             reader.join(20)
         assert list((mount.cache_dir / "tmp").glob("*.part")), "the crash left no unfinished download?"
@@ -136,8 +142,9 @@ def test_sigkill_during_a_series_zip(fake_xnat, tmp_path):
         with mounted(relay.url, tmp_path) as mount:
             first = sorted(series)[0]
             assert read_file(mount.path / first)
-            wait_until(lambda: any("format=zip" in target for _m, target, _s in relay.log),
-                       what="the series zip to start")
+            wait_until(
+                lambda: any("format=zip" in target for _m, target, _s in relay.log), what="the series zip to start"
+            )
             # Killed once the zip has put some of its files in the cache, and before it ends.
             wait_until(lambda: len(data_files(mount.cache_dir)) > 2, what="the zip's first files in the cache")
             kill(mount)
@@ -181,14 +188,15 @@ def test_sigkill_after_the_server_stored_the_upload_but_before_it_answered(fake_
         os.listdir(target.parent)
         fake_xnat.set_faults(stall_ms=3000, stall_rate=1.0)
         writer = background(write_file, target, payload)
-        wait_until(lambda: fake_xnat.store.file(resource["id"], "stored.bin") is not None,
-                   what="the server to store the upload")
+        wait_until(
+            lambda: fake_xnat.store.file(resource["id"], "stored.bin") is not None,
+            what="the server to store the upload",
+        )
         kill(mount)
         fake_xnat.set_faults()
         writer.join(20)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again"):
-        wait_until(lambda: not list((mount.cache_dir / "spool" / "records").glob("*.json")), 20,
-                   "the spool to empty")
+        wait_until(lambda: not list((mount.cache_dir / "spool" / "records").glob("*.json")), 20, "the spool to empty")
     # Sent again (the answer never came), which for a file upload is an overwrite: one file, right bytes.
     assert qc_file_on_server(fake_xnat, "stored.bin") == payload
     names = [row["path"] for row in fake_xnat.store.files(resource["id"])]
@@ -209,15 +217,18 @@ def test_sigkill_during_a_dicom_import_does_not_duplicate_scans(fake_xnat, tmp_p
         new_session.mkdir()
         fake_xnat.set_faults(stall_ms=3000, stall_rate=1.0)
         writer = background(write_file, new_session / "SCANS" / "upload.zip", archive.getvalue())
-        wait_until(lambda: fake_xnat.store.experiment_id("STUDY01", "SUB001_MR7") is not None
-                   and fake_xnat.store.scans(fake_xnat.store.experiment_id("STUDY01", "SUB001_MR7")),
-                   what="the server to import the zip")
+        wait_until(
+            lambda: (
+                fake_xnat.store.experiment_id("STUDY01", "SUB001_MR7") is not None
+                and fake_xnat.store.scans(fake_xnat.store.experiment_id("STUDY01", "SUB001_MR7"))
+            ),
+            what="the server to import the zip",
+        )
         kill(mount)
         fake_xnat.set_faults()
         writer.join(20)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again"):
-        wait_until(lambda: not list((mount.cache_dir / "spool" / "records").glob("*.json")), 20,
-                   "the spool to empty")
+        wait_until(lambda: not list((mount.cache_dir / "spool" / "records").glob("*.json")), 20, "the spool to empty")
     experiment_id = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR7")
     scans = fake_xnat.store.scans(experiment_id)
     assert len(scans) == 1, "the import created scans twice"
@@ -255,7 +266,7 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
     assert original
     with mounted(fake_xnat.url, tmp_path) as mount:
         handle = open(mount.path / SESSION / "RESOURCES/QC/qc_metrics.csv", "wb")
-        handle.write(b"subject,snr\nSUB001,")     # cut off in the middle of a row
+        handle.write(b"subject,snr\nSUB001,")  # cut off in the middle of a row
         handle.flush()
         kill(mount)
         try:
@@ -264,12 +275,19 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
             pass
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
         # The background retry's first look at the spool sets the entry aside, never to be sent alone.
-        wait_until(lambda: "qc_metrics.csv, 19 bytes) was still being written" in again.log(),
-                   what="the half-written upload to be set aside")
+        wait_until(
+            lambda: "qc_metrics.csv, 19 bytes) was still being written" in again.log(),
+            what="the half-written upload to be set aside",
+        )
     assert qc_file_on_server(fake_xnat, "qc_metrics.csv") == original
     # Not lost either: kept in the spool, listed for the user to send or drop.
-    listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-                            env=isolated_env(mount.home), capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+        env=isolated_env(mount.home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
 
@@ -291,9 +309,11 @@ def test_sigkill_of_one_of_two_mounts_sharing_a_cache(fake_xnat, tmp_path):
     cache_dir = tmp_path / "shared-cache"
     # Both mounts through one slow relay: same addresses, so the same cache entries,
     # and downloads still running when the first daemon dies.
-    with Relay(fake_xnat.url, throttle=512 << 10) as relay, \
-            mounted(relay.url, tmp_path, cache_dir=cache_dir, name="first") as first, \
-            mounted(relay.url, tmp_path, cache_dir=cache_dir, name="second") as second:
+    with (
+        Relay(fake_xnat.url, throttle=512 << 10) as relay,
+        mounted(relay.url, tmp_path, cache_dir=cache_dir, name="first") as first,
+        mounted(relay.url, tmp_path, cache_dir=cache_dir, name="second") as second,
+    ):
         doomed = ThreadPoolExecutor(8)
         for relative in sorted(chosen):
             doomed.submit(read_file, first.path / relative)

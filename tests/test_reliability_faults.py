@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mountutil import ServerFile, mounted, server_files
+from test_reliability_common import check_cache, md5, read_or_eio, write_config
 from waiting import wait_until
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fake.server import FaultInjector
-from test_reliability_common import check_cache, md5, read_or_eio, write_config
 
 pytestmark = pytest.mark.mount
 
@@ -69,7 +69,7 @@ class SessionKiller:
             self.server.auth.end_all_sessions()
             self.kills += 1
 
-    def __enter__(self) -> "SessionKiller":
+    def __enter__(self) -> SessionKiller:
         self._thread.start()
         return self
 
@@ -86,8 +86,15 @@ def test_mixed_faults_give_right_bytes_or_eio_and_a_clean_cache(fake_xnat, tmp_p
     args = write_config(tmp_path / "config.toml", series_zip_size="1K")
     with mounted(fake_xnat.url, tmp_path, args=args) as mount:
         # On only once mounted: the start-up check retries little, on purpose.
-        fake_xnat.set_faults(error_rate=0.10, error_statuses=(503,), drop_rate=0.03, truncate_rate=0.03,
-                             stall_ms=2000, stall_rate=0.01, seed=7)
+        fake_xnat.set_faults(
+            error_rate=0.10,
+            error_statuses=(503,),
+            drop_rate=0.03,
+            truncate_rate=0.03,
+            stall_ms=2000,
+            stall_rate=0.01,
+            seed=7,
+        )
         good, failed = read_all(mount.path, files)
         faulty = [r for r in fake_xnat.requests if r[2] == 503]
         fake_xnat.set_faults()
@@ -121,8 +128,9 @@ def test_truncated_and_dropped_bodies_never_enter_the_cache(fake_xnat, tmp_path)
     files = server_files(fake_xnat, projects=("STUDY01",))
     some = {r: f for r, f in files.items() if "/SUB001_MR1/" in r}
     args = write_config(tmp_path / "config.toml", retries=0)
-    with mounted(fake_xnat.url, tmp_path, args=args,
-                 expected_errors=(r"download incomplete after \d+ attempts",)) as mount:
+    with mounted(
+        fake_xnat.url, tmp_path, args=args, expected_errors=(r"download incomplete after \d+ attempts",)
+    ) as mount:
         for relative in some:
             (mount.path / relative).stat()
         fake_xnat.set_faults(drop_rate=0.5, truncate_rate=0.5, seed=3)
@@ -146,8 +154,9 @@ def test_server_restart_mid_run(fake_xnat, tmp_path):
     outage_done = threading.Event()
 
     def restart() -> None:
-        wait_until(lambda: sum("/files/" in target for _m, target, _s in fake_xnat.requests) >= 5,
-                   "the reads to be under way")
+        wait_until(
+            lambda: sum("/files/" in target for _m, target, _s in fake_xnat.requests) >= 5, "the reads to be under way"
+        )
         fake_xnat.stop()
         wait_until(lambda: "connection failed; retrying" in mount.log(), "a request to meet the outage")
         # A restarted XNAT knows none of the sessions it had handed out.
@@ -168,7 +177,7 @@ def test_server_restart_mid_run(fake_xnat, tmp_path):
         assert mount.process.poll() is None
         assert good + len(failed) == len(files)
         assert "connection failed; retrying" in mount.log(), "the outage came too late to matter"
-        good_after, failed_after = read_all(mount.path, {r: files[r] for r in failed})
+        _good_after, failed_after = read_all(mount.path, {r: files[r] for r in failed})
         assert failed_after == []
         # The listings still work after the restart, through a fresh session.
         assert "SUB001" in os.listdir(mount.path / "STUDY01")
@@ -183,11 +192,11 @@ def test_series_zip_cut_short_is_retried_or_dropped(fake_xnat, tmp_path):
         for relative in series:
             (mount.path / relative).stat()
         fake_xnat.set_faults(drop_rate=0.15, truncate_rate=0.15, seed=11)
-        good, failed = read_all(mount.path, series, workers=4)
+        _good, failed = read_all(mount.path, series, workers=4)
         fake_xnat.set_faults()
         zips = [t for m, t, _s in fake_xnat.requests if "format=zip" in t]
         assert zips, "the series was never fetched as a zip"
-        good_after, failed_after = read_all(mount.path, {r: series[r] for r in failed})
+        _good_after, failed_after = read_all(mount.path, {r: series[r] for r in failed})
         assert failed_after == []
     check_cache(mount.cache_dir, fake_xnat.url, series.values())
 
@@ -209,8 +218,9 @@ def test_session_expiring_again_during_retries_is_renewed(fake_xnat):
         time.sleep(0.3)
         # Answers: 401 (expired), login, 503, then (after a backoff longer than the
         # session timeout) 401 again, then success.
-        fake_xnat.set_faults(error_rate=0.5, error_statuses=(503,),
-                             seed=seed_giving([None, None, 503, None, None, None]))
+        fake_xnat.set_faults(
+            error_rate=0.5, error_statuses=(503,), seed=seed_giving([None, None, 503, None, None, None])
+        )
         projects = conn.list_projects()
     assert {p.id for p in projects} == {"STUDY01", "STUDY02"}
     statuses = [status for _m, _t, status in fake_xnat.requests]
@@ -227,8 +237,12 @@ def test_large_file_resumed_after_a_server_change_is_not_served_spliced(fake_xna
     fake_xnat.store.put_file("XNAT_E00001", "RAW", "big.bin", old)
     fake_xnat.honour_range = True
     args = write_config(tmp_path / "config.toml", large_file_size="1M")
-    with mounted(fake_xnat.url, tmp_path, args=args,
-                 expected_errors=(r"the file changed on the server while it was being downloaded",)) as mount:
+    with mounted(
+        fake_xnat.url,
+        tmp_path,
+        args=args,
+        expected_errors=(r"the file changed on the server while it was being downloaded",),
+    ) as mount:
         big = mount.path / "STUDY01/SUB001/SUB001_MR1/RESOURCES/RAW/big.bin"
         assert big.stat().st_size == len(old)
         fake_xnat.reset_counts()
@@ -270,8 +284,15 @@ def test_uploads_under_faults_land_exactly_once_or_stay_in_the_spool(fake_xnat, 
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = mount.path / "STUDY01/SUB001/SUB001_MR1/RESOURCES/FAULTY"
         folder.mkdir()
-        fake_xnat.set_faults(error_rate=0.10, error_statuses=(503,), drop_rate=0.05, truncate_rate=0.05,
-                             stall_ms=2000, stall_rate=0.02, seed=21)
+        fake_xnat.set_faults(
+            error_rate=0.10,
+            error_statuses=(503,),
+            drop_rate=0.05,
+            truncate_rate=0.05,
+            stall_ms=2000,
+            stall_rate=0.02,
+            seed=21,
+        )
         refused = []
         for name, data in payloads.items():
             try:
@@ -297,5 +318,4 @@ def test_uploads_under_faults_land_exactly_once_or_stay_in_the_spool(fake_xnat, 
     assert sorted(f.path for f in remote) == sorted(payloads), "missing or extra files on the server"
     for item in remote:
         assert item.size == len(payloads[item.path]) and item.digest == md5(payloads[item.path]), item.path
-    check_cache(mount.cache_dir, fake_xnat.url,
-                [ServerFile(item.size, item.digest, item.uri) for item in remote])
+    check_cache(mount.cache_dir, fake_xnat.url, [ServerFile(item.size, item.digest, item.uri) for item in remote])

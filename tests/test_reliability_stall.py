@@ -89,8 +89,12 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
     source = tmp_path / "source.txt"
     source.write_bytes(written)
 
-    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT)),
-                 expected_errors=(r"server stalled|timed out|the server is not answering",)) as mount:
+    with mounted(
+        server.url,
+        tmp_path,
+        args=("--timeout", str(TIMEOUT)),
+        expected_errors=(r"server stalled|timed out|the server is not answering",),
+    ) as mount:
         # Folders the copy and the read go through are listed before the stop, so
         # that each caller below waits on exactly one thing: file bytes, a listing, an upload.
         os.listdir(mount.path / QC)
@@ -113,8 +117,12 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
         assert digest == files[read_path].digest
         subjects = {p.split("/")[1] for p in files if p.startswith(listed_folder + "/")} - {"RESOURCES"}
         assert subjects and subjects <= set(os.listdir(mount.path / listed_folder))
-        assert wait_until(lambda: server_copy(server, "stalled.txt"),
-                          "the file written during the stop did not reach the server") == written
+        assert (
+            wait_until(
+                lambda: server_copy(server, "stalled.txt"), "the file written during the stop did not reach the server"
+            )
+            == written
+        )
         assert mount.process.poll() is None
     log = mount.log()
     assert log.count("server stalled") == 1, log
@@ -124,8 +132,7 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
 def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_process, tmp_path):
     server = fake_xnat_process
     written = b"kept in the spool\n"
-    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT)),
-                 expected_errors=(r"timed out",)) as mount:
+    with mounted(server.url, tmp_path, args=("--timeout", str(TIMEOUT)), expected_errors=(r"timed out",)) as mount:
         os.listdir(mount.path / QC)
         env = isolated_env(mount.home, XNAT_USER=server.username, XNAT_PASS=server.password)
         (tmp_path / "late.txt").write_bytes(written)
@@ -139,11 +146,21 @@ def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_pr
             mount.process.wait(timeout=BOUND)
         finally:
             server.resume()
-        listed = subprocess.run(xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-                                env=env, capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(
+            xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "late.txt" in listed.stdout, listed
-        retried = subprocess.run(xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
-                                 env=env, capture_output=True, text=True, timeout=60)
+        retried = subprocess.run(
+            xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert retried.returncode == 0, retried.stderr
         assert server_copy(server, "late.txt") == written
 
@@ -174,9 +191,21 @@ def test_mounting_a_stopped_server_fails_in_time(fake_xnat_process, tmp_path):
     env = isolated_env(tmp_path / "home", XNAT_USER=server.username, XNAT_PASS=server.password)
     server.pause()
     try:
-        started = finishes_in_time(server, xnatfs_command(
-            "mount", server.url, str(mountpoint), "--timeout", str(TIMEOUT),
-            "--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "mnt.log")), env=env)
+        started = finishes_in_time(
+            server,
+            xnatfs_command(
+                "mount",
+                server.url,
+                str(mountpoint),
+                "--timeout",
+                str(TIMEOUT),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--log-file",
+                str(tmp_path / "mnt.log"),
+            ),
+            env=env,
+        )
     finally:
         server.resume()
     assert started.returncode != 0 and "timed out" in started.stderr, started

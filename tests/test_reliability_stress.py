@@ -35,13 +35,17 @@ SESSION = "STUDY01/SUB001/SUB001_MR1"
 
 
 def single_file_downloads(server) -> Counter:
-    return Counter(target.split("?", 1)[0] for method, target, status in server.requests
-                   if method == "GET" and "/files/" in target and "format=zip" not in target and status == 200)
+    return Counter(
+        target.split("?", 1)[0]
+        for method, target, status in server.requests
+        if method == "GET" and "/files/" in target and "format=zip" not in target and status == 200
+    )
 
 
 def zip_downloads(server) -> Counter:
-    return Counter(target.split("?", 1)[0] for method, target, _s in server.requests
-                   if method == "GET" and "format=zip" in target)
+    return Counter(
+        target.split("?", 1)[0] for method, target, _s in server.requests if method == "GET" and "format=zip" in target
+    )
 
 
 class MemorySampler(threading.Thread):
@@ -155,8 +159,16 @@ needs_stress_ng = pytest.mark.skipif(STRESS_NG is None, reason="stress-ng is not
 
 
 def stress_ng(folder: Path, *stressors: str, seconds: int) -> subprocess.CompletedProcess:
-    command = [STRESS_NG, *stressors, "--verify", "--timeout", f"{seconds}s", "--temp-path", str(folder),
-               "--metrics-brief"]
+    command = [
+        STRESS_NG,
+        *stressors,
+        "--verify",
+        "--timeout",
+        f"{seconds}s",
+        "--temp-path",
+        str(folder),
+        "--metrics-brief",
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=seconds + 90, cwd=str(folder))
 
 
@@ -184,8 +196,26 @@ def test_stress_ng_metadata_stressors(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = mount.path / SESSION / "RESOURCES" / "STRESS"
         folder.mkdir()
-        done = stress_ng(folder, "--dentry", "2", "--dentries", "64", "--rename", "1", "--open", "1",
-                         "--chmod", "1", "--dirdeep", "1", "--dirdeep-dirs", "1", "--filename", "1", seconds=10)
+        done = stress_ng(
+            folder,
+            "--dentry",
+            "2",
+            "--dentries",
+            "64",
+            "--rename",
+            "1",
+            "--open",
+            "1",
+            "--chmod",
+            "1",
+            "--dirdeep",
+            "1",
+            "--dirdeep-dirs",
+            "1",
+            "--filename",
+            "1",
+            seconds=10,
+        )
         check_stress_report(done, stressors)
         check_mount_after_the_storm(mount, fake_xnat, folder)
     log = mount.log()
@@ -200,11 +230,41 @@ def test_stress_ng_data_stressors(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         folder = mount.path / SESSION / "RESOURCES" / "DATA"
         folder.mkdir()
-        done = stress_ng(folder, "--hdd", "2", "--hdd-bytes", "1M", "--hdd-write-size", "64K",
-                         "--seek", "1", "--seek-size", "1M", "--readahead", "1", "--readahead-bytes", "1M",
-                         "--iomix", "1", "--iomix-bytes", "1M", "--sync-file", "1", "--sync-file-bytes", "1M",
-                         "--fallocate", "1", "--fallocate-bytes", "1M", "--mmap", "1", "--mmap-bytes", "1M",
-                         "--mmap-file", seconds=10)
+        done = stress_ng(
+            folder,
+            "--hdd",
+            "2",
+            "--hdd-bytes",
+            "1M",
+            "--hdd-write-size",
+            "64K",
+            "--seek",
+            "1",
+            "--seek-size",
+            "1M",
+            "--readahead",
+            "1",
+            "--readahead-bytes",
+            "1M",
+            "--iomix",
+            "1",
+            "--iomix-bytes",
+            "1M",
+            "--sync-file",
+            "1",
+            "--sync-file-bytes",
+            "1M",
+            "--fallocate",
+            "1",
+            "--fallocate-bytes",
+            "1M",
+            "--mmap",
+            "1",
+            "--mmap-bytes",
+            "1M",
+            "--mmap-file",
+            seconds=10,
+        )
         check_stress_report(done, stressors)
         check_mount_after_the_storm(mount, fake_xnat, folder)
     log = mount.log()

@@ -55,14 +55,16 @@ def files_containing(folder: Path, secret: bytes) -> list[Path]:
 
 
 def run_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(xnatfs_command(*args), env=isolated_env(home, **env), capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        xnatfs_command(*args), env=isolated_env(home, **env), capture_output=True, text=True, timeout=60
+    )
 
 
 def test_password_in_no_log_argument_list_cache_or_spool_file(guarded_xnat, tmp_path):
     secret = PASSWORD.encode()
-    with mounted(guarded_xnat.url, tmp_path, user=USER, password=PASSWORD, ttl=1,
-                 expected_errors=(r"HTTP 500",)) as mount:
+    with mounted(
+        guarded_xnat.url, tmp_path, user=USER, password=PASSWORD, ttl=1, expected_errors=(r"HTTP 500",)
+    ) as mount:
         qc = mount.path / SESSION / "RESOURCES/QC"
         for path in sorted(qc.iterdir()):
             path.read_bytes()
@@ -96,19 +98,26 @@ def test_password_in_no_error_message_or_help_text(guarded_xnat, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     wrong = "Wr0ng-" + PASSWORD
-    refused = run_cli(home, "mount", guarded_xnat.url, str(mountpoint), "--foreground",
-                      XNAT_USER=USER, XNAT_PASS=wrong)
+    refused = run_cli(home, "mount", guarded_xnat.url, str(mountpoint), "--foreground", XNAT_USER=USER, XNAT_PASS=wrong)
     assert refused.returncode != 0
     assert "refused" in refused.stderr
     assert wrong not in refused.stdout + refused.stderr
     # Credentials written into the address are not repeated back either.
     host = guarded_xnat.url.split("://", 1)[1]
-    in_url = run_cli(home, "mount", f"http://{USER}:{PASSWORD}@{host}", str(mountpoint), "--foreground",
-                     XNAT_USER=USER, XNAT_PASS=wrong)
+    in_url = run_cli(
+        home,
+        "mount",
+        f"http://{USER}:{PASSWORD}@{host}",
+        str(mountpoint),
+        "--foreground",
+        XNAT_USER=USER,
+        XNAT_PASS=wrong,
+    )
     assert in_url.returncode != 0
     assert PASSWORD not in in_url.stdout + in_url.stderr
-    unreachable = run_cli(home, "mount", "http://127.0.0.1:9", str(mountpoint), "--foreground",
-                          XNAT_USER=USER, XNAT_PASS=PASSWORD)
+    unreachable = run_cli(
+        home, "mount", "http://127.0.0.1:9", str(mountpoint), "--foreground", XNAT_USER=USER, XNAT_PASS=PASSWORD
+    )
     assert unreachable.returncode != 0 and unreachable.stderr.strip()
     assert PASSWORD not in unreachable.stdout + unreachable.stderr
     for args in (("--help",), ("mount", "--help"), ("uploads", "list"), ("cache", "info")):
@@ -121,8 +130,7 @@ def test_password_in_no_error_message_or_help_text(guarded_xnat, tmp_path):
 def test_cache_and_spool_are_private_even_under_umask_000(guarded_xnat, tmp_path):
     previous = os.umask(0)
     try:
-        with mounted(guarded_xnat.url, tmp_path, user=USER, password=PASSWORD,
-                     expected_errors=(r"HTTP 500",)) as mount:
+        with mounted(guarded_xnat.url, tmp_path, user=USER, password=PASSWORD, expected_errors=(r"HTTP 500",)) as mount:
             qc = mount.path / SESSION / "RESOURCES/QC"
             for path in sorted(qc.iterdir()):
                 path.read_bytes()
@@ -134,7 +142,7 @@ def test_cache_and_spool_are_private_even_under_umask_000(guarded_xnat, tmp_path
                 (qc / "pending.txt").write_bytes(b"waits in the spool\n")
             guarded_xnat.set_faults()
             checked = 0
-            for folder, dirs, names in os.walk(mount.cache_dir):
+            for folder, _dirs, names in os.walk(mount.cache_dir):
                 assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
                 for name in names:
                     path = Path(folder) / name
@@ -150,9 +158,29 @@ def test_cache_and_spool_are_private_even_under_umask_000(guarded_xnat, tmp_path
 def self_signed(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -177,13 +205,11 @@ def test_tls_certificates_are_verified_by_default(guarded_xnat, self_signed, tmp
         home.mkdir()
         mountpoint = tmp_path / "mnt"
         mountpoint.mkdir()
-        failed = run_cli(home, "mount", relay.url, str(mountpoint), "--foreground",
-                         XNAT_USER=USER, XNAT_PASS=PASSWORD)
+        failed = run_cli(home, "mount", relay.url, str(mountpoint), "--foreground", XNAT_USER=USER, XNAT_PASS=PASSWORD)
         assert failed.returncode != 0
         assert "certificate" in failed.stderr or "TLS" in failed.stderr
         assert os.listdir(mountpoint) == []
-        with mounted(relay.url, tmp_path, user=USER, password=PASSWORD, args=("--insecure",),
-                     name="insecure") as mount:
+        with mounted(relay.url, tmp_path, user=USER, password=PASSWORD, args=("--insecure",), name="insecure") as mount:
             assert "STUDY01" in os.listdir(mount.path)
 
 
@@ -194,9 +220,17 @@ def test_without_allow_other_another_user_cannot_look_in(guarded_xnat, tmp_path)
         os.chmod(base, 0o755)
 
         def as_nobody(path: Path) -> subprocess.CompletedProcess:
-            return subprocess.run(["ls", str(path)], user=NOBODY, group=NOBODY, extra_groups=[],
-                                  capture_output=True, text=True, timeout=30, cwd="/",
-                                  env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+            return subprocess.run(
+                ["ls", str(path)],
+                user=NOBODY,
+                group=NOBODY,
+                extra_groups=[],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+            )
 
         (base / "mnt").mkdir()
         os.chmod(base / "mnt", 0o755)
@@ -208,8 +242,9 @@ def test_without_allow_other_another_user_cannot_look_in(guarded_xnat, tmp_path)
             assert "Permission denied" in denied.stderr
             denied_deeper = as_nobody(mount.path / "STUDY01")
             assert denied_deeper.returncode != 0
-        with mounted(guarded_xnat.url, base, user=USER, password=PASSWORD, args=("-o", "allow_other"),
-                     name="shared") as mount:
+        with mounted(
+            guarded_xnat.url, base, user=USER, password=PASSWORD, args=("-o", "allow_other"), name="shared"
+        ) as mount:
             allowed = as_nobody(mount.path)
             assert allowed.returncode == 0, allowed.stderr
     finally:

@@ -17,8 +17,9 @@ SERVER = "https://xnat.example.org"
 
 
 def file_target(relpath: str = "report.pdf") -> UploadTarget:
-    return UploadTarget(kind="file", resource_uri="/data/experiments/XNAT_E00001/resources/QC",
-                        relpath=relpath, server=SERVER)
+    return UploadTarget(
+        kind="file", resource_uri="/data/experiments/XNAT_E00001/resources/QC", relpath=relpath, server=SERVER
+    )
 
 
 def write(entry: SpoolEntry, data: bytes) -> None:
@@ -45,7 +46,7 @@ def test_create_commit_pending(tmp_path):
     assert stat.S_IMODE(entry.data_path.stat().st_mode) == 0o600
     for folder in (tmp_path / "spool", tmp_path / "spool" / "data", tmp_path / "spool" / "records"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert spool.pending() == []                   # still being written
+    assert spool.pending() == []  # still being written
     write(entry, b"%PDF-1.4 report")
     spool.commit(entry)
     assert entry.state == "pending"
@@ -62,15 +63,16 @@ def test_pending_entries_survive_a_restart(tmp_path):
     first = spool.create(file_target("a.csv"))
     write(first, b"a,b\n1,2\n")
     spool.commit(first)
-    second = spool.create(UploadTarget(kind="dicom-import", project="STUDY01", subject="SUB001",
-                                       experiment="SUB001_MR3", server=SERVER))
+    second = spool.create(
+        UploadTarget(kind="dicom-import", project="STUDY01", subject="SUB001", experiment="SUB001_MR3", server=SERVER)
+    )
     write(second, b"PK\x03\x04 zip bytes")
     spool.commit(second)
     del spool
 
     reopened = UploadSpool(tmp_path / "spool")
     entries = reopened.pending()
-    assert [e.id for e in entries] == [first.id, second.id]          # oldest first
+    assert [e.id for e in entries] == [first.id, second.id]  # oldest first
     assert entries[0].data_path.read_bytes() == b"a,b\n1,2\n"
     assert entries[1].target.kind == "dicom-import"
     assert entries[1].target.experiment == "SUB001_MR3"
@@ -85,15 +87,15 @@ def test_an_upload_open_in_a_killed_process_is_kept_but_not_sent(tmp_path):
     try:
         assert written.wait(20)
         spool = UploadSpool(tmp_path / "spool")
-        assert spool.pending() == []               # its writer is alive
+        assert spool.pending() == []  # its writer is alive
         [record] = os.listdir(tmp_path / "spool" / "records")
-        assert spool.get(record[:-len(".json")]).state == "open"
+        assert spool.get(record[: -len(".json")]).state == "open"
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
     # It may be only the start of the file: never sent on its own, but kept.
     assert spool.pending() == []
-    entry = spool.get(record[:-len(".json")])
+    entry = spool.get(record[: -len(".json")])
     assert entry.state == "unclosed"
     assert entry.target.relpath == "killed.nii.gz"
     assert entry.data_path.read_bytes() == data
@@ -113,7 +115,7 @@ def test_an_open_upload_of_a_live_writer_is_left_alone(tmp_path):
     writer = UploadSpool(tmp_path / "spool")
     entry = writer.create(file_target())
     write(entry, b"half")
-    other = UploadSpool(tmp_path / "spool")       # e.g. `xnatfs uploads list` meanwhile
+    other = UploadSpool(tmp_path / "spool")  # e.g. `xnatfs uploads list` meanwhile
     assert other.pending() == []
     assert other.get(entry.id).state == "open"
     writer.commit(entry)
@@ -147,8 +149,14 @@ def test_remove_forgets_entry_and_bytes(tmp_path):
 
 def test_credentials_are_never_stored(tmp_path):
     spool = UploadSpool(tmp_path / "spool")
-    entry = spool.create(UploadTarget(kind="file", resource_uri="/data/projects/P/resources/R",
-                                      relpath="x.txt", server="https://alice:s3cret@xnat.example.org/"))
+    entry = spool.create(
+        UploadTarget(
+            kind="file",
+            resource_uri="/data/projects/P/resources/R",
+            relpath="x.txt",
+            server="https://alice:s3cret@xnat.example.org/",
+        )
+    )
     spool.commit(entry)
     assert entry.target.server == "https://xnat.example.org"
     for path in (tmp_path / "spool").rglob("*"):
@@ -174,9 +182,8 @@ def test_orphans_and_unreadable_records(tmp_path):
 def test_claim_is_exclusive(tmp_path):
     spool = UploadSpool(tmp_path / "spool")
     entry = spool.create(file_target())
-    with pytest.raises(ValueError, match="still being written"):
-        with spool.claim(entry):
-            pass
+    with pytest.raises(ValueError, match="still being written"), spool.claim(entry):
+        pass
     spool.commit(entry)
     other = UploadSpool(tmp_path / "spool")
     with spool.claim(entry) as mine:
@@ -228,7 +235,7 @@ def test_an_unclosed_upload_is_sent_only_once_released(tmp_path):
     assert spool.release(entry) is True
     assert entry.state == "pending"
     assert [e.id for e in spool.pending()] == [entry.id] and spool.unclosed() == []
-    assert spool.release(entry) is False           # only unclosed entries are released
+    assert spool.release(entry) is False  # only unclosed entries are released
     assert spool.get(entry.id).data_path.read_bytes() == b"start of a file"
 
 
@@ -237,10 +244,10 @@ def test_discard_drops_an_entry_but_not_one_being_written(tmp_path):
     spool = UploadSpool(tmp_path / "spool")
     assert spool.discard(entry) is True
     assert spool.get(entry.id) is None and not entry.data_path.exists()
-    assert spool.discard(entry) is False           # gone already
+    assert spool.discard(entry) is False  # gone already
     writing = spool.create(file_target("busy.txt"))
     assert spool.discard(writing) is False
-    assert UploadSpool(tmp_path / "spool").discard(writing) is False    # another process's view
+    assert UploadSpool(tmp_path / "spool").discard(writing) is False  # another process's view
     assert spool.get(writing.id).state == "open"
     spool.commit(writing)
     assert spool.discard(writing) is True

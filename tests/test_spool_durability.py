@@ -161,7 +161,7 @@ def test_an_unsealed_record_from_an_earlier_boot_pushed_directly_is_refused(fake
     restarted = UploadSpool(tmp_path / "spool")
     with pytest.raises(XnatError, match="machine restarted"):
         Uploader(restarted, conn).push(restarted.get(entry.id))
-    restarted.seal(restarted.get(entry.id))          # nobody can vouch for them by sealing either
+    restarted.seal(restarted.get(entry.id))  # nobody can vouch for them by sealing either
     assert fake_xnat.count(method="PUT") == 0
     assert not restarted.get(entry.id).sealed
     assert [e.id for e in restarted.unclosed()] == [entry.id]
@@ -195,7 +195,7 @@ def test_a_failed_upload_through_the_writer_is_sealed_before_it_returns(fake_xna
     local = writer.stage(target, target.resource_uri, target.relpath)
     body = os.urandom(150_000)
     for offset in range(0, len(body), 65536):
-        writer.write(local, offset, body[offset:offset + 65536])
+        writer.write(local, offset, body[offset : offset + 65536])
     with every_answer_503(fake_xnat), pytest.raises(XnatServerError):
         writer.upload(local)
     assert local.state == "failed"

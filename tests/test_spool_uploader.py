@@ -47,16 +47,16 @@ class RecordingConnection:
 
 
 def staged(spool: UploadSpool, data: bytes, relpath: str = "a.txt", server: str = SERVER):
-    entry = spool.create(UploadTarget(kind="file", resource_uri="/data/projects/P/resources/R",
-                                      relpath=relpath, server=server))
+    entry = spool.create(
+        UploadTarget(kind="file", resource_uri="/data/projects/P/resources/R", relpath=relpath, server=server)
+    )
     entry.data_path.write_bytes(data)
     spool.commit(entry)
     return entry
 
 
 def staged_import(spool: UploadSpool, data: bytes):
-    entry = spool.create(UploadTarget(kind="dicom-import", project="P", subject="S",
-                                      experiment="E", server=SERVER))
+    entry = spool.create(UploadTarget(kind="dicom-import", project="P", subject="S", experiment="E", server=SERVER))
     entry.data_path.write_bytes(data)
     spool.commit(entry)
     return entry
@@ -149,7 +149,7 @@ def test_retry_delay_backs_off_with_jitter_and_a_cap(tmp_path):
         spool.record_failure(entry, "down")
     first = [uploader.next_retry_delay(e) for e in entries]
     assert all(2.0 <= d <= 3.0 for d in first)
-    assert len(set(first)) > 10                      # spread, not in lock-step
+    assert len(set(first)) > 10  # spread, not in lock-step
     assert uploader.next_retry_delay(entries[0]) == first[0]
     for _ in range(3):
         spool.record_failure(entries[0], "down")
@@ -166,7 +166,7 @@ def test_an_entry_discarded_while_its_upload_fails_stays_gone(tmp_path):
 
     class DiscardedMeanwhile(RecordingConnection):
         def upload_file(self, resource_uri, relpath, fileobj, *, overwrite=True):
-            spool.remove(entry)               # what the file system does for rm during the upload
+            spool.remove(entry)  # what the file system does for rm during the upload
             raise XnatServerError("connection reset")
 
     with pytest.raises(XnatServerError):

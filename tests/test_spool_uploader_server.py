@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import trio
 
-from xnatfs.cache import CacheKey, ContentCache, UploadSpool, UploadTarget, Uploader
+from xnatfs.cache import CacheKey, ContentCache, Uploader, UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
 from xnatfs.client.connection import XnatConnection
 from xnatfs.errors import XnatError, XnatNotFound, XnatServerError, is_permanent_refusal
@@ -41,8 +41,9 @@ def test_spooled_file_reaches_the_server_and_can_be_cached_as_sent(fake_xnat, co
     resource = qc_resource(conn)
     spool = UploadSpool(tmp_path / "spool")
     body = b"subject,snr\nSUB002,41.5\n" * 100
-    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="derived/snr.csv",
-                                      server=fake_xnat.url), body)
+    entry = stage(
+        spool, UploadTarget(kind="file", resource_uri=resource, relpath="derived/snr.csv", server=fake_xnat.url), body
+    )
     Uploader(spool, conn).push(entry)
     assert spool.pending() == []
 
@@ -50,7 +51,7 @@ def test_spooled_file_reaches_the_server_and_can_be_cached_as_sent(fake_xnat, co
     assert remote.size == len(body)
     key = CacheKey(remote.uri, remote.size, remote.digest)
     cache = ContentCache(tmp_path / "cache", 1 << 20)
-    cache.insert(key, io.BytesIO(body))               # what the mount does after an upload
+    cache.insert(key, io.BytesIO(body))  # what the mount does after an upload
     fake_xnat.reset_counts()
     with cache.fetch(key, lambda f: conn.download(remote.uri, f)) as held:
         assert held.pread(0, len(body)) == body
@@ -60,8 +61,11 @@ def test_spooled_file_reaches_the_server_and_can_be_cached_as_sent(fake_xnat, co
 def test_a_refused_upload_stays_in_the_spool_until_the_server_takes_it(fake_xnat, conn, tmp_path):
     resource = qc_resource(conn)
     spool = UploadSpool(tmp_path / "spool")
-    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="late.txt",
-                                      server=fake_xnat.url), b"written while the server was down")
+    entry = stage(
+        spool,
+        UploadTarget(kind="file", resource_uri=resource, relpath="late.txt", server=fake_xnat.url),
+        b"written while the server was down",
+    )
     uploader = Uploader(spool, conn)
     fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,))
     with pytest.raises(XnatServerError):
@@ -78,15 +82,26 @@ def test_a_refused_upload_stays_in_the_spool_until_the_server_takes_it(fake_xnat
 
 
 def test_a_spooled_dicom_zip_is_imported_once(fake_xnat, conn, tmp_path):
-    files = write_session(tmp_path / "dicom", patient_id="SUB003", patient_name="SUB003",
-                          study_date="20240301", series=[SeriesSpec(1, "Localizer", "localizer")], seed=7)
+    files = write_session(
+        tmp_path / "dicom",
+        patient_id="SUB003",
+        patient_name="SUB003",
+        study_date="20240301",
+        series=[SeriesSpec(1, "Localizer", "localizer")],
+        seed=7,
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for path in files[1]:
             archive.write(path, f"1/{path.name}")
     spool = UploadSpool(tmp_path / "spool")
-    entry = stage(spool, UploadTarget(kind="dicom-import", project="STUDY01", subject="SUB003",
-                                      experiment="SUB003_MR2", server=fake_xnat.url), buffer.getvalue())
+    entry = stage(
+        spool,
+        UploadTarget(
+            kind="dicom-import", project="STUDY01", subject="SUB003", experiment="SUB003_MR2", server=fake_xnat.url
+        ),
+        buffer.getvalue(),
+    )
     fake_xnat.reset_counts()
     uploaders = [Uploader(UploadSpool(tmp_path / "spool"), conn) for _ in range(2)]
     threads = [threading.Thread(target=u.push, args=(entry,)) for u in uploaders]
@@ -105,7 +120,7 @@ def test_concurrent_readers_cause_one_download_from_the_server(fake_xnat, conn, 
     resource = qc_resource(conn)
     remote = next(f for f in conn.list_files(resource) if f.path.endswith(".pdf"))
     key = CacheKey(remote.uri, remote.size, remote.digest)
-    assert key.digest                                  # so the MD5 check is exercised
+    assert key.digest  # so the MD5 check is exercised
     cache = ContentCache(tmp_path / "cache", 1 << 20)
     fake_xnat.reset_counts()
     results = []
@@ -130,8 +145,9 @@ def test_a_file_is_sent_whole_whether_streamed_or_from_memory(fake_xnat, conn, t
     resource = qc_resource(conn)
     spool = UploadSpool(tmp_path / "spool")
     body = bytes(range(256)) * 1000
-    entry = stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="both/ways.bin",
-                                      server=fake_xnat.url), body)
+    entry = stage(
+        spool, UploadTarget(kind="file", resource_uri=resource, relpath="both/ways.bin", server=fake_xnat.url), body
+    )
     Uploader(spool, conn).push(entry)
     remote = next(f for f in conn.list_files(resource) if f.path == "both/ways.bin")
     landed = io.BytesIO()
@@ -141,9 +157,12 @@ def test_a_file_is_sent_whole_whether_streamed_or_from_memory(fake_xnat, conn, t
 
 def test_a_client_error_leaves_the_upload_refused_and_it_is_not_sent_again(fake_xnat, conn, tmp_path):
     spool = UploadSpool(tmp_path / "spool")
-    gone = "/data/experiments/XNAT_E99999/resources/QC"         # no such experiment: 404
-    entry = stage(spool, UploadTarget(kind="file", resource_uri=gone, relpath="lost.txt",
-                                      server=fake_xnat.url), b"for a session deleted meanwhile")
+    gone = "/data/experiments/XNAT_E99999/resources/QC"  # no such experiment: 404
+    entry = stage(
+        spool,
+        UploadTarget(kind="file", resource_uri=gone, relpath="lost.txt", server=fake_xnat.url),
+        b"for a session deleted meanwhile",
+    )
     uploader = Uploader(spool, conn)
     with pytest.raises(XnatNotFound):
         uploader.push(entry)
@@ -185,8 +204,9 @@ def test_the_retry_service_sends_what_is_due_on_its_own_and_reports_each_round(f
         rounds.append(len(spool.pending(fake_xnat.url)))
 
     async def main() -> None:
-        retries = UploadRetries(Uploader(spool, conn), fake_xnat.url, timeout=10.0,
-                                limiter=trio.CapacityLimiter(2), after_round=after_round)
+        retries = UploadRetries(
+            Uploader(spool, conn), fake_xnat.url, timeout=10.0, limiter=trio.CapacityLimiter(2), after_round=after_round
+        )
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(retries.run)

@@ -79,8 +79,8 @@ class Handle:
 class MountMachine(RuleBasedStateMachine):
     """One example: a fresh resource on the shared fake server, its own mount."""
 
-    server = None          # set by the test: the FakeXnat
-    base = None            # set by the test: a folder for mounts and the shared cache
+    server = None  # set by the test: the FakeXnat
+    base = None  # set by the test: a folder for mounts and the shared cache
 
     def __init__(self):
         super().__init__()
@@ -97,8 +97,9 @@ class MountMachine(RuleBasedStateMachine):
 
     def _mount(self) -> None:
         self.mounts += 1
-        self._context = mounted(self.server.url, self.base, ttl=TTL, cache_dir=self.base / "cache",
-                                name=f"{self.label}-{self.mounts}")
+        self._context = mounted(
+            self.server.url, self.base, ttl=TTL, cache_dir=self.base / "cache", name=f"{self.label}-{self.mounts}"
+        )
         self.mount = self._context.__enter__()
 
     def _unmount(self) -> None:
@@ -190,7 +191,7 @@ class MountMachine(RuleBasedStateMachine):
         with open(self.resource_dir / name, "r+b") as handle:
             handle.seek(offset)
             handle.write(data)
-        self.files[name] = old[:offset] + data + old[offset + len(data):]
+        self.files[name] = old[:offset] + data + old[offset + len(data) :]
 
     def apply_rename(self, old: str, new: str) -> None:
         folder = self.folder_of(new)
@@ -278,7 +279,7 @@ class MountMachine(RuleBasedStateMachine):
         old = self.body_data(handle.body)
         offset = min(offset, len(old))
         assert os.pwrite(handle.fd, data, offset) == len(data)
-        new = old[:offset] + data + old[offset + len(data):]
+        new = old[:offset] + data + old[offset + len(data) :]
         if handle.body.name is not None:
             self.files[handle.body.name] = new
         else:
@@ -383,8 +384,9 @@ class MountMachine(RuleBasedStateMachine):
             return
         held = self.held_names()
         on_server = {name: data for name, data in self.server_state().items() if name not in held}
-        assert on_server == {name: data for name, data in self.files.items() if name not in held}, \
+        assert on_server == {name: data for name, data in self.files.items() if name not in held}, (
             "the server does not hold what was written"
+        )
         for handle in self.handles:
             expected = self.body_data(handle.body)
             assert os.pread(handle.fd, len(expected) + 10, 0) == expected, "a descriptor reads other bytes"
@@ -404,7 +406,7 @@ class MountMachine(RuleBasedStateMachine):
             assert path.read_bytes() == data, name
             try:
                 digest = os.getxattr(path, "user.xnat.digest").decode()
-            except OSError as exc:          # a file of ours not listed by the server yet
+            except OSError as exc:  # a file of ours not listed by the server yet
                 assert exc.errno == errno.ENODATA
             else:
                 assert digest == hashlib.md5(data).hexdigest(), name
@@ -418,9 +420,18 @@ IN_CI = bool(os.environ.get("CI"))
 def run_machine(server, base, *, examples: int, steps: int) -> None:
     MountMachine.server = server
     MountMachine.base = base
-    run_state_machine_as_test(MountMachine, settings=settings(
-        max_examples=examples, stateful_step_count=steps, deadline=None, database=None, derandomize=IN_CI,
-        suppress_health_check=list(HealthCheck), print_blob=True))
+    run_state_machine_as_test(
+        MountMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            database=None,
+            derandomize=IN_CI,
+            suppress_health_check=list(HealthCheck),
+            print_blob=True,
+        ),
+    )
 
 
 def test_random_operations_agree_with_the_model(fake_xnat, tmp_path):
@@ -428,6 +439,7 @@ def test_random_operations_agree_with_the_model(fake_xnat, tmp_path):
 
 
 # ---- failing sequences found by the machine, kept as regression tests ----------
+
 
 def replay(server, base, steps) -> None:
     """Run ``steps`` ((method name, args...) tuples) on a fresh machine, checking after each."""
@@ -445,25 +457,44 @@ def replay(server, base, steps) -> None:
 
 
 def test_regression_rmdir_after_moving_the_last_file_out(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("mkdir", "sub"), ("write", "sub/e.bin", b"x"),
-                                 ("rename", "sub/e.bin", "a.txt"), ("rmdir", "sub")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [("mkdir", "sub"), ("write", "sub/e.bin", b"x"), ("rename", "sub/e.bin", "a.txt"), ("rmdir", "sub")],
+    )
 
 
 def test_regression_mkdir_where_a_server_folder_just_lost_its_last_file(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("server_put", "sub/d.txt", b"\x00"), ("remove", "sub/d.txt"),
-                                 ("mkdir", "sub")])
+    replay(fake_xnat, tmp_path, [("server_put", "sub/d.txt", b"\x00"), ("remove", "sub/d.txt"), ("mkdir", "sub")])
 
 
 def test_regression_rmdir_of_a_folder_emptied_through_the_mount(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("server_put", "sub/e.bin", b"Rd\xc6t"), ("rewrite", "sub/e.bin", 268, b"\x00\x9e"),
-                                 ("rewrite", "sub/e.bin", 282, b"\xd7\x17\x98"), ("remove", "sub/e.bin"),
-                                 ("mkdir", "other"), ("rmdir", "sub")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("server_put", "sub/e.bin", b"Rd\xc6t"),
+            ("rewrite", "sub/e.bin", 268, b"\x00\x9e"),
+            ("rewrite", "sub/e.bin", 282, b"\xd7\x17\x98"),
+            ("remove", "sub/e.bin"),
+            ("mkdir", "other"),
+            ("rmdir", "sub"),
+        ],
+    )
 
 
 def test_regression_rmdir_of_a_made_folder_the_server_listed_too(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("mkdir", "sub"), ("server_put", "sub/d.txt", b"\xea\x8d"),
-                                 ("server_put", "sub/d.txt", b"8\x16"), ("rename", "sub/d.txt", "a.txt"),
-                                 ("rmdir", "sub")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("mkdir", "sub"),
+            ("server_put", "sub/d.txt", b"\xea\x8d"),
+            ("server_put", "sub/d.txt", b"8\x16"),
+            ("rename", "sub/d.txt", "a.txt"),
+            ("rmdir", "sub"),
+        ],
+    )
 
 
 def test_regression_folder_emptied_through_the_mount_goes_at_rmdir(fake_xnat, tmp_path):
@@ -480,36 +511,75 @@ def test_regression_folder_emptied_through_the_mount_goes_at_rmdir(fake_xnat, tm
 
 
 def test_regression_writes_through_a_descriptor_after_a_rename(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("create", "a.txt", b"first"), ("rename", "a.txt", "b.dcm"),
-                                 ("fd_write", 0, 5, b"+more"), ("close", 0)])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [("create", "a.txt", b"first"), ("rename", "a.txt", "b.dcm"), ("fd_write", 0, 5, b"+more"), ("close", 0)],
+    )
 
 
 def test_regression_a_file_renamed_over_while_open(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("write", "a.txt", b"from a"), ("create", "b.dcm", b"from b"),
-                                 ("rename", "a.txt", "b.dcm"), ("fd_write", 0, 6, b" and on"), ("close", 0)])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("write", "a.txt", b"from a"),
+            ("create", "b.dcm", b"from b"),
+            ("rename", "a.txt", "b.dcm"),
+            ("fd_write", 0, 6, b" and on"),
+            ("close", 0),
+        ],
+    )
 
 
 def test_regression_descriptors_across_renames_and_a_remount(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("create", "a.txt", b"one"), ("open", "a.txt"), ("rename", "a.txt", "c.nii.gz"),
-                                 ("fd_write", 1, 3, b"two"), ("remove", "c.nii.gz"), ("fd_write", 0, 0, b"x"),
-                                 ("write", "a.txt", b"new"), ("open", "a.txt"), ("fd_write", 2, 1, b"Y"),
-                                 ("remount",)])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("create", "a.txt", b"one"),
+            ("open", "a.txt"),
+            ("rename", "a.txt", "c.nii.gz"),
+            ("fd_write", 1, 3, b"two"),
+            ("remove", "c.nii.gz"),
+            ("fd_write", 0, 0, b"x"),
+            ("write", "a.txt", b"new"),
+            ("open", "a.txt"),
+            ("fd_write", 2, 1, b"Y"),
+            ("remount",),
+        ],
+    )
 
 
 def test_regression_a_name_reused_while_the_removed_file_is_open(fake_xnat, tmp_path):
     # The new file got the removed one's inode number: the kernel then sized
     # the old descriptor's reads by the new file.
-    replay(fake_xnat, tmp_path, [("create", "b.dcm", b"the removed file's bytes"), ("remove", "b.dcm"),
-                                 ("create", "b.dcm", b"\x00")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [("create", "b.dcm", b"the removed file's bytes"), ("remove", "b.dcm"), ("create", "b.dcm", b"\x00")],
+    )
 
 
 def test_regression_a_file_removed_while_open_under_a_name_just_deleted(fake_xnat, tmp_path):
     # After the remount the listing holds the server's a.txt; the new a.txt took
     # the deletion's place, and unlinking it while open brought the old file back.
-    replay(fake_xnat, tmp_path, [("write", "a.txt", b"x"), ("remount",), ("remove", "a.txt"),
-                                 ("create", "a.txt", b"y"), ("remove", "a.txt")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [("write", "a.txt", b"x"), ("remount",), ("remove", "a.txt"), ("create", "a.txt", b"y"), ("remove", "a.txt")],
+    )
 
 
 def test_regression_a_new_file_renamed_away_from_a_name_just_deleted(fake_xnat, tmp_path):
-    replay(fake_xnat, tmp_path, [("write", "a.txt", b"x"), ("remount",), ("remove", "a.txt"),
-                                 ("create", "a.txt", b"y"), ("rename", "a.txt", "b.dcm")])
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("write", "a.txt", b"x"),
+            ("remount",),
+            ("remove", "a.txt"),
+            ("create", "a.txt", b"y"),
+            ("rename", "a.txt", "b.dcm"),
+        ],
+    )

@@ -44,8 +44,9 @@ class Mount:
         from xnatfs.fs.control import ask
 
         relative = os.path.relpath(os.path.join(self.path, folder), self.path)
-        answer = ask(self.path, {"request": "refresh", "path": "" if relative == "." else relative,
-                                 "recursive": recursive})
+        answer = ask(
+            self.path, {"request": "refresh", "path": "" if relative == "." else relative, "recursive": recursive}
+        )
         return answer["entries"]
 
 
@@ -55,7 +56,7 @@ def _command_line(url: str, path: Path, options: dict) -> list[str]:
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if name == "fuse_options":
-            for option in ([value] if isinstance(value, str) else value):
+            for option in [value] if isinstance(value, str) else value:
                 command += ["-o", option]
         elif value is True:
             command.append(flag)
@@ -84,8 +85,13 @@ def mount(url: str, path: str | os.PathLike, *, password: str | None = None, **o
         environment["XNAT_PASS"] = password
         if options.get("user"):
             environment["XNAT_USER"] = options["user"]
-    started = subprocess.run(_command_line(url, mountpoint, options), env=environment,
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    started = subprocess.run(
+        _command_line(url, mountpoint, options),
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     if started.returncode != 0:
         raise MountError(_last_line(started.stderr) or f"xnatfs mount failed with status {started.returncode}")
     try:
@@ -103,9 +109,12 @@ def mount(url: str, path: str | os.PathLike, *, password: str | None = None, **o
 
 def _unmount(mountpoint: Path) -> str:
     """Unmount and wait for the daemon; what went wrong, or ""."""
-    stopped = subprocess.run([sys.executable, "-m", "xnatfs", "unmount", os.fspath(mountpoint),
-                              "--timeout", str(UNMOUNT_SECONDS)],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "unmount", os.fspath(mountpoint), "--timeout", str(UNMOUNT_SECONDS)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     if stopped.returncode == 0:
         return ""
     return _last_line(stopped.stderr) or f"xnatfs unmount failed with status {stopped.returncode}"

@@ -43,6 +43,7 @@ class UsageProblem(Exception):
 
 # ---- logging ---------------------------------------------------------------
 
+
 def configure_logging(level: str, log_file: Path | None) -> None:
     """Log to ``log_file`` (else stderr) at ``level``.
 
@@ -67,6 +68,7 @@ def configure_logging(level: str, log_file: Path | None) -> None:
 
 
 # ---- mount -------------------------------------------------------------------
+
 
 def _settings_from_args(args) -> MountSettings:
     config_path = Path(args.config).expanduser() if args.config else default_config_path()
@@ -125,8 +127,13 @@ def _settings_from_args(args) -> MountSettings:
     if settings.bids and settings.bids_config is not None:
         _check_bids_config(settings.bids_config)
     # The daemon works from "/": every path it is given must stand on its own.
-    return replace(settings, cache_dir=Path(os.path.abspath(settings.cache_dir)), log_file=_absolute(settings.log_file),
-                   password_file=_absolute(settings.password_file), bids_config=_absolute(settings.bids_config))
+    return replace(
+        settings,
+        cache_dir=Path(os.path.abspath(settings.cache_dir)),
+        log_file=_absolute(settings.log_file),
+        password_file=_absolute(settings.password_file),
+        bids_config=_absolute(settings.bids_config),
+    )
 
 
 def _check_bids_config(path: Path) -> None:
@@ -223,8 +230,14 @@ def connect(settings: MountSettings):
     who = f"user {user}" if user else "guest access"
     try:
         with bounded_by(Budget(settings.timeout)):
-            connection = XnatConnection(settings.url, user, password, verify=settings.verify_tls,
-                                        timeout=settings.timeout, retries=min(STARTUP_RETRIES, settings.retries))
+            connection = XnatConnection(
+                settings.url,
+                user,
+                password,
+                verify=settings.verify_tls,
+                timeout=settings.timeout,
+                retries=min(STARTUP_RETRIES, settings.retries),
+            )
             projects = connection.list_projects()
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}; {_advice(exc)}") from None
@@ -243,8 +256,10 @@ def _advice(exc: XnatError) -> str:
     if isinstance(exc, XnatAuthError):
         return "check the user name and password (--user, --password-file, ~/.netrc)"
     if isinstance(cause, requests.exceptions.SSLError):
-        return ("check the address (http or https?); for a private CA set REQUESTS_CA_BUNDLE, "
-                "or skip the check with --insecure")
+        return (
+            "check the address (http or https?); for a private CA set REQUESTS_CA_BUNDLE, "
+            "or skip the check with --insecure"
+        )
     if isinstance(cause, requests.exceptions.ConnectionError):
         return "check the address and port, and that the server is up and reachable from here"
     return "see the log file for details"
@@ -302,6 +317,7 @@ def cmd_mount(args) -> int:
 
 # ---- unmount -----------------------------------------------------------------
 
+
 def cmd_unmount(args) -> int:
     from xnatfs.fs.mount import clean_stale, fusermount_unmount, mount_state, read_record, remove_record
 
@@ -321,8 +337,10 @@ def cmd_unmount(args) -> int:
         raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}{hint}")
     if args.force:
         # A lazy unmount leaves the daemon serving whoever still has a file open.
-        print(f"detached {mountpoint}; the daemon exits once nothing uses it, "
-              "and its unsent uploads stay in the spool", file=sys.stderr)
+        print(
+            f"detached {mountpoint}; the daemon exits once nothing uses it, and its unsent uploads stay in the spool",
+            file=sys.stderr,
+        )
         return 0
     if record is not None:
         _wait_for_daemon(record, args.timeout)
@@ -349,11 +367,14 @@ def _wait_for_daemon(record: dict, timeout: float) -> None:
     if spool is not None:
         left = spool.pending(record.get("url"))
         if left:
-            print(f"{len(left)} upload(s) could not be sent and stay in the spool; "
-                  "see `xnatfs uploads list`", file=sys.stderr)
+            print(
+                f"{len(left)} upload(s) could not be sent and stay in the spool; see `xnatfs uploads list`",
+                file=sys.stderr,
+            )
 
 
 # ---- demo --------------------------------------------------------------------
+
 
 def _default_demo_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -365,8 +386,9 @@ def _fake_server_module():
     try:
         import xnatfs.fake
     except ImportError as exc:
-        raise UsageProblem(f"the fake XNAT server needs its extra ({exc.name} is missing): "
-                           "pip install 'xnatfs[fake]'") from None
+        raise UsageProblem(
+            f"the fake XNAT server needs its extra ({exc.name} is missing): pip install 'xnatfs[fake]'"
+        ) from None
     return xnatfs.fake
 
 
@@ -385,8 +407,14 @@ def cmd_demo(args) -> int:
     print(f"Starting a fake XNAT with a sample study in {data_dir} ...", flush=True)
     server = FakeXnat(data_dir / "server", sample="small").start()
     try:
-        settings = MountSettings(url=server.url, mountpoint=mountpoint.resolve(), user="admin",
-                                 cache_dir=data_dir / "cache", foreground=True, log_level=args.log_level)
+        settings = MountSettings(
+            url=server.url,
+            mountpoint=mountpoint.resolve(),
+            user="admin",
+            cache_dir=data_dir / "cache",
+            foreground=True,
+            log_level=args.log_level,
+        )
         connection = XnatConnection(server.url, "admin", "admin")
         projects = connection.list_projects()
         root = settings.mountpoint
@@ -427,6 +455,7 @@ Press Ctrl-C here to unmount and stop.
 
 # ---- cache -------------------------------------------------------------------
 
+
 def cmd_cache(args) -> int:
     from xnatfs.cache.content import ContentCache
 
@@ -438,17 +467,22 @@ def cmd_cache(args) -> int:
             cache.clear()
             after = cache.info()
             freed = human_bytes(before.bytes_used - after.bytes_used)
-            print(f"removed {before.entries - after.entries} files ({freed})"
-                  f" from {directory}" + (f"; {after.entries} in use kept" if after.entries else ""))
+            print(
+                f"removed {before.entries - after.entries} files ({freed})"
+                f" from {directory}" + (f"; {after.entries} in use kept" if after.entries else "")
+            )
         else:
-            print(f"directory: {before.directory}\nfiles:     {before.entries}\n"
-                  f"used:      {human_bytes(before.bytes_used)} of {human_bytes(before.max_bytes)}")
+            print(
+                f"directory: {before.directory}\nfiles:     {before.entries}\n"
+                f"used:      {human_bytes(before.bytes_used)} of {human_bytes(before.max_bytes)}"
+            )
     finally:
         cache.close()
     return 0
 
 
 # ---- uploads -------------------------------------------------------------------
+
 
 def cmd_uploads(args) -> int:
     from xnatfs.cache.spool import UploadSpool
@@ -466,16 +500,21 @@ def cmd_uploads(args) -> int:
         return _retry_upload(spool, args)
     refused = spool.refused(server)
     if refused:
-        print(f"{len(refused)} upload(s) refused by the server are not sent again on their own; "
-              "see `xnatfs uploads list`, then `uploads retry ID` once fixed or `uploads discard ID --yes`",
-              file=sys.stderr)
+        print(
+            f"{len(refused)} upload(s) refused by the server are not sent again on their own; "
+            "see `xnatfs uploads list`, then `uploads retry ID` once fixed or `uploads discard ID --yes`",
+            file=sys.stderr,
+        )
     if args.include_unclosed:
         for entry in spool.unclosed(server):
             if spool.release(entry):
                 print(f"{entry.id}: never closed; sending it as it is ({human_bytes(entry.size)})")
     elif spool.unclosed(server):
-        print("writes never closed are not sent; see `xnatfs uploads list`, "
-              "then `uploads retry --include-unclosed` or `uploads discard ID --yes`", file=sys.stderr)
+        print(
+            "writes never closed are not sent; see `xnatfs uploads list`, "
+            "then `uploads retry --include-unclosed` or `uploads discard ID --yes`",
+            file=sys.stderr,
+        )
     return _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args)
 
 
@@ -491,20 +530,33 @@ def _print_uploads(entries: list) -> None:
     rows = [UPLOAD_COLUMNS]
     for entry in entries:
         error = entry.last_error.splitlines()[0][:ERROR_WIDTH] if entry.last_error else "-"
-        rows.append((entry.id, entry.state, human_bytes(entry.size), str(entry.attempts),
-                     entry.target.server + entry.target.describe() if entry.target.kind == "file"
-                     else f"{entry.target.server}: {entry.target.describe()}", error))
+        rows.append(
+            (
+                entry.id,
+                entry.state,
+                human_bytes(entry.size),
+                str(entry.attempts),
+                entry.target.server + entry.target.describe()
+                if entry.target.kind == "file"
+                else f"{entry.target.server}: {entry.target.describe()}",
+                error,
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(UPLOAD_COLUMNS) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     if any(entry.state == "refused" for entry in entries):
-        print("\nrefused: the server refused the upload as it is (its reason under LAST ERROR), so it is not "
-              "sent again on its own;\n  once that is fixed, send it with `xnatfs uploads retry ID`, or drop it "
-              "with `xnatfs uploads discard ID --yes`.")
+        print(
+            "\nrefused: the server refused the upload as it is (its reason under LAST ERROR), so it is not "
+            "sent again on its own;\n  once that is fixed, send it with `xnatfs uploads retry ID`, or drop it "
+            "with `xnatfs uploads discard ID --yes`."
+        )
     if any(entry.state == "unclosed" for entry in entries):
-        print("\nunclosed: written by a process that stopped before closing the file, so possibly "
-              "incomplete and never sent on its own;\n  send it with `xnatfs uploads retry --include-unclosed`"
-              " or drop it with `xnatfs uploads discard ID --yes`.")
+        print(
+            "\nunclosed: written by a process that stopped before closing the file, so possibly "
+            "incomplete and never sent on its own;\n  send it with `xnatfs uploads retry --include-unclosed`"
+            " or drop it with `xnatfs uploads discard ID --yes`."
+        )
 
 
 def _discard_upload(spool, args) -> int:
@@ -545,8 +597,9 @@ def _retry_upload(spool, args) -> int:
 
 
 def _upload_settings(server: str, args) -> MountSettings:
-    return MountSettings(url=server, user=args.user,
-                         password_file=Path(args.password_file).expanduser() if args.password_file else None)
+    return MountSettings(
+        url=server, user=args.user, password_file=Path(args.password_file).expanduser() if args.password_file else None
+    )
 
 
 def _retry_uploads(spool, servers: list[str], args) -> int:
@@ -571,12 +624,13 @@ def _retry_uploads(spool, servers: list[str], args) -> int:
 
 # ---- prefetch -----------------------------------------------------
 
+
 def cmd_prefetch(args) -> int:
     return prefetch.main(args)
 
 
-
 # ---- status and refresh ----------------------------------------------------------
+
 
 def _running_mountpoints() -> list[str]:
     """Mountpoints with a record of a mount of this user's (without touching the mounts)."""
@@ -634,17 +688,24 @@ def _status_text(status: dict) -> str:
         f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",
     ]
     errors = requests_seen["errors"]
-    lines.append("  errors:    " + (", ".join(f"{kind} ×{count}" for kind, count in sorted(errors.items()))
-                                    if errors else "none"))
+    lines.append(
+        "  errors:    "
+        + (", ".join(f"{kind} ×{count}" for kind, count in sorted(errors.items())) if errors else "none")
+    )
     for download in status["downloads"]:
         done, total = download["bytes_done"], download["bytes_total"]
-        lines.append(f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)}"
-                     f" ({done / total:.0%})" if total else f"  download:  {download['uri']}")
+        lines.append(
+            f"  download:  {download['uri']} {human_bytes(done)} of {human_bytes(total)} ({done / total:.0%})"
+            if total
+            else f"  download:  {download['uri']}"
+        )
     for upload in status["uploads"]:
         sent = upload["bytes_sent"]
         size = human_bytes(upload["size"]) if sent is None else f"{human_bytes(sent)} of {human_bytes(upload['size'])}"
-        lines.append(f"  upload:    {upload['id']} {upload['state']} {size} {upload['target']}"
-                     + (f" ({upload['last_error']})" if upload["last_error"] else ""))
+        lines.append(
+            f"  upload:    {upload['id']} {upload['state']} {size} {upload['target']}"
+            + (f" ({upload['last_error']})" if upload["last_error"] else "")
+        )
     return "\n".join(lines)
 
 
@@ -665,8 +726,9 @@ def cmd_refresh(args) -> int:
     mountpoint = max(inside, key=len)
     relative = os.path.relpath(target, mountpoint)
     try:
-        answer = ask(mountpoint, {"request": "refresh", "path": "" if relative == "." else relative,
-                                  "recursive": args.recursive})
+        answer = ask(
+            mountpoint, {"request": "refresh", "path": "" if relative == "." else relative, "recursive": args.recursive}
+        )
     except ControlError as exc:
         raise UsageProblem(f"cannot refresh {args.path}: {exc}") from None
     print(f"refreshed {args.path}: {answer['entries']} entries" + (" (and below)" if args.recursive else ""))
@@ -685,8 +747,10 @@ def cmd_bids_check(args) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     for entry in answer["left_out"] + answer["failed"]:
-        print(f"{entry['session']}  scan {entry['scan']} ({entry['description'] or 'no description'}): "
-              f"{entry['reason']}: {entry['detail']}")
+        print(
+            f"{entry['session']}  scan {entry['scan']} ({entry['description'] or 'no description'}): "
+            f"{entry['reason']}: {entry['detail']}"
+        )
     print(f"{len(answer['left_out'])} series left out, {len(answer['failed'])} conversion(s) failed")
     return 0
 
@@ -706,6 +770,7 @@ def _inside_mount(path: str) -> tuple[str, str]:
 
 # ---- parser ------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xnatfs", description="Mount an XNAT archive as a file system.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -717,41 +782,52 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--password-file", help="read the password from the first line of this file")
     mount.add_argument("--cache-dir", help="file content cache (default ~/.cache/xnatfs)")
     mount.add_argument("--cache-size", help="cache bound, e.g. 10G (default 10G)")
-    mount.add_argument("--series-zip-size",
-                       help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)")
+    mount.add_argument(
+        "--series-zip-size",
+        help="fetch a scan resource up to this size as one zip on its first read (default 1G; 0: off)",
+    )
     mount.add_argument("--ttl", type=float, help="seconds a listing is trusted (default 60)")
-    mount.add_argument("--timeout", type=float,
-                       help="seconds a request may wait for the server without progress before it "
-                            "fails with EIO (default 30)")
+    mount.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds a request may wait for the server without progress before it fails with EIO (default 30)",
+    )
     mount.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
-    mount.add_argument("--allow-delete", action="store_true",
-                       help="let rmdir delete subjects and experiments on the server")
+    mount.add_argument(
+        "--allow-delete", action="store_true", help="let rmdir delete subjects and experiments on the server"
+    )
     mount.add_argument("--experiment-type", help="xsiType of experiments made by mkdir (default xnat:mrSessionData)")
-    mount.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
-                       help="FUSE mount options, e.g. allow_other, ro")
+    mount.add_argument(
+        "-o", dest="options", action="append", metavar="OPT[,OPT...]", help="FUSE mount options, e.g. allow_other, ro"
+    )
     mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     mount.add_argument("--log-file", help="log here (daemon default: ~/.local/state/xnatfs/xnatfs.log)")
     mount.add_argument("--config", help="TOML config file (default ~/.config/xnatfs/config.toml)")
     mount.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     mount.add_argument("--no-bids", action="store_true", help="do not show the BIDS/ view of each project")
-    mount.add_argument("--bids-config", metavar="FILE",
-                       help="a dcm2bids config (JSON) naming the BIDS view's files instead of the built-in rules")
+    mount.add_argument(
+        "--bids-config",
+        metavar="FILE",
+        help="a dcm2bids config (JSON) naming the BIDS view's files instead of the built-in rules",
+    )
     mount.set_defaults(handler=cmd_mount)
 
     unmount = commands.add_parser("unmount", help="unmount and wait for the daemon to finish")
     unmount.add_argument("mountpoint")
     unmount.add_argument("--timeout", type=float, default=UNMOUNT_WAIT, help="seconds to wait for the daemon")
-    unmount.add_argument("--force", action="store_true",
-                         help="detach at once (lazy unmount), even while files are open or the server "
-                              "does not answer; do not wait for the daemon")
+    unmount.add_argument(
+        "--force",
+        action="store_true",
+        help="detach at once (lazy unmount), even while files are open or the server "
+        "does not answer; do not wait for the daemon",
+    )
     unmount.set_defaults(handler=cmd_unmount)
 
     demo = commands.add_parser("demo", help="mount an embedded fake XNAT with a sample study")
     demo.add_argument("mountpoint", nargs="?", default="mnt")
     demo.add_argument("--data", help="where the fake server keeps its data (default ~/.local/share/xnatfs/demo)")
-    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                      type=str.upper)
+    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     demo.add_argument("--log-file")
     demo.set_defaults(handler=cmd_demo)
 
@@ -765,10 +841,15 @@ def build_parser() -> argparse.ArgumentParser:
         "uploads", help="list, retry or discard writes waiting for (or refused by) the server"
     )
     uploads.add_argument("action", choices=["list", "retry", "discard"])
-    uploads.add_argument("entry", nargs="?", metavar="ID",
-                         help="for discard: the upload to drop; for retry: send only this one, even if refused")
-    uploads.add_argument("--include-unclosed", action="store_true",
-                         help="retry: also send writes never closed (they may be incomplete)")
+    uploads.add_argument(
+        "entry",
+        nargs="?",
+        metavar="ID",
+        help="for discard: the upload to drop; for retry: send only this one, even if refused",
+    )
+    uploads.add_argument(
+        "--include-unclosed", action="store_true", help="retry: also send writes never closed (they may be incomplete)"
+    )
     uploads.add_argument("--yes", action="store_true", help="discard: really drop the upload")
     uploads.add_argument("--cache-dir", help="the mount's cache folder (default ~/.cache/xnatfs)")
     uploads.add_argument("--server", help="only uploads to this server")
@@ -790,8 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("-r", "--recursive", action="store_true", help="also the folders below it")
     refresh.set_defaults(handler=cmd_refresh)
 
-    bids_check = commands.add_parser("bids-check",
-                                     help="list the series a project's BIDS view leaves out, and why")
+    bids_check = commands.add_parser("bids-check", help="list the series a project's BIDS view leaves out, and why")
     bids_check.add_argument("path", help="MOUNT/<project>/BIDS")
     bids_check.add_argument("--json", action="store_true", help="print the answer as JSON")
     bids_check.set_defaults(handler=cmd_bids_check)

@@ -27,17 +27,50 @@ import sys
 from xnatfs.cli import main as xnatfs_main
 
 VALUED = {
-    "user": "--user", "password_file": "--password-file", "cache_dir": "--cache-dir",
-    "cache_size": "--cache-size", "ttl": "--ttl", "series_zip_size": "--series-zip-size",
-    "config": "--config", "log_file": "--log-file", "log_level": "--log-level",
+    "user": "--user",
+    "password_file": "--password-file",
+    "cache_dir": "--cache-dir",
+    "cache_size": "--cache-size",
+    "ttl": "--ttl",
+    "series_zip_size": "--series-zip-size",
+    "config": "--config",
+    "log_file": "--log-file",
+    "log_level": "--log-level",
     "experiment_type": "--experiment-type",
 }
 FLAGS = {"ro": "--read-only", "allow_delete": "--allow-delete", "insecure": "--insecure"}
-PASSED_ON = {"allow_other", "allow_root", "default_permissions", "dev", "nodev", "suid", "nosuid",
-             "exec", "noexec", "atime", "noatime", "sync", "async"}
-IGNORED = {"_netdev", "auto", "noauto", "nofail", "defaults", "rw", "user", "users", "nouser",
-           "owner", "group", "relatime", "norelatime", "strictatime"}
-HELPER_FLAGS = {"-n", "-s", "-v"}      # no mtab, sloppy, verbose: nothing to do for us
+PASSED_ON = {
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "sync",
+    "async",
+}
+IGNORED = {
+    "_netdev",
+    "auto",
+    "noauto",
+    "nofail",
+    "defaults",
+    "rw",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "relatime",
+    "norelatime",
+    "strictatime",
+}
+HELPER_FLAGS = {"-n", "-s", "-v"}  # no mtab, sloppy, verbose: nothing to do for us
 
 
 class OptionProblem(Exception):
@@ -51,8 +84,9 @@ def mount_arguments(options: list[str]) -> tuple[list[str], dict[str, str]]:
     for option in options:
         name, has_value, value = option.partition("=")
         if name in ("password", "pass"):
-            raise OptionProblem("a password does not go in the mount options; use password_file=PATH "
-                                "or a netrc file (netrc=PATH)")
+            raise OptionProblem(
+                "a password does not go in the mount options; use password_file=PATH or a netrc file (netrc=PATH)"
+            )
         if name in VALUED and has_value:
             arguments += [VALUED[name], value]
         elif name == "netrc" and has_value:
@@ -82,7 +116,7 @@ def parse(argv: list[str]) -> tuple[str, str, list[str], bool]:
         elif word == "-f":
             fake = True
         elif word == "-t":
-            next(words, None)       # the type, fuse.xnatfs: how we were called
+            next(words, None)  # the type, fuse.xnatfs: how we were called
         elif word in HELPER_FLAGS:
             continue
         elif word.startswith("-"):

@@ -63,8 +63,10 @@ class PrefetchReport:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        text = (f"prefetched {self.files} files, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
-                f"({human_bytes(self.rate)}/s), {len(self.errors)} error{'' if len(self.errors) == 1 else 's'}")
+        text = (
+            f"prefetched {self.files} files, {human_bytes(self.bytes)} in {self.seconds:.1f} s "
+            f"({human_bytes(self.rate)}/s), {len(self.errors)} error{'' if len(self.errors) == 1 else 's'}"
+        )
         return text + (" (interrupted)" if self.interrupted else "")
 
 
@@ -151,8 +153,16 @@ class _Progress:
         self._lock = threading.Lock()
         self._files_done = 0
         self._total_files = total_files
-        self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc="prefetch", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="prefetch",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self._bar.set_postfix_str(f"0/{total_files} files", refresh=False)
 
     def add_bytes(self, count: int) -> None:
@@ -246,8 +256,9 @@ def run_prefetch(paths: list[str], *, jobs: int = DEFAULT_JOBS, progress: bool =
 
 def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders inside an xnatfs mount")
-    parser.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS,
-                        help=f"files read at the same time (default {DEFAULT_JOBS})")
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=DEFAULT_JOBS, help=f"files read at the same time (default {DEFAULT_JOBS})"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

@@ -131,8 +131,9 @@ class Series:
     files: tuple[SeriesFile, ...]
 
     @classmethod
-    def from_listing(cls, resource_uri: str, files: Iterable[RemoteFile],
-                     key_for: Callable[[RemoteFile], CacheKey]) -> Series:
+    def from_listing(
+        cls, resource_uri: str, files: Iterable[RemoteFile], key_for: Callable[[RemoteFile], CacheKey]
+    ) -> Series:
         """The series of a resource listing, with the keys the caller caches files under."""
         return cls(resource_uri, tuple(SeriesFile(f.path, key_for(f)) for f in files))
 
@@ -170,7 +171,7 @@ class Conversion:
     """The outputs of one series under one rule; close it when done."""
 
     key: CacheKey
-    converter: str           # e.g. "dcm2niix v1.0.20260724"
+    converter: str  # e.g. "dcm2niix v1.0.20260724"
     rule: str
     images: tuple[ConvertedImage, ...]
 
@@ -197,9 +198,15 @@ class Converter:
     system's temporary folder by default).
     """
 
-    def __init__(self, cache: ContentCache, *, binary: str = dcm2niix.bin,
-                 max_parallel: int = DEFAULT_MAX_PARALLEL, timeout: float = DEFAULT_TIMEOUT,
-                 scratch_dir: Path | str | None = None):
+    def __init__(
+        self,
+        cache: ContentCache,
+        *,
+        binary: str = dcm2niix.bin,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+        timeout: float = DEFAULT_TIMEOUT,
+        scratch_dir: Path | str | None = None,
+    ):
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
         self.cache = cache
@@ -225,8 +232,9 @@ class Converter:
         with manifest:
             return self._open_outputs(key, rule, manifest)
 
-    def convert(self, series: Series, rule: str,
-                open_file: Callable[[SeriesFile], CachedFile] | None = None) -> Conversion:
+    def convert(
+        self, series: Series, rule: str, open_file: Callable[[SeriesFile], CachedFile] | None = None
+    ) -> Conversion:
         """The series converted: from the cache, or by running dcm2niix once
         however many callers ask at once.
 
@@ -276,8 +284,7 @@ class Converter:
             raise XnatConversionError(f"{file.name} is not in the cache", url=file.key.uri)
         return entry
 
-    def _fill_manifest(self, series: Series, key: CacheKey,
-                       opener: Callable[[SeriesFile], CachedFile], out) -> None:
+    def _fill_manifest(self, series: Series, key: CacheKey, opener: Callable[[SeriesFile], CachedFile], out) -> None:
         """Convert, store every output, then write the manifest to ``out``
         (the cache's fill of the manifest entry, which keeps it only if this returns)."""
         stored: list[CacheKey] = []
@@ -287,8 +294,9 @@ class Converter:
                 records = []
                 for path in outputs:
                     data = path.read_bytes()
-                    output_key = CacheKey(f"{key.uri}/{path.name}", len(data),
-                                          hashlib.md5(data, usedforsecurity=False).hexdigest())
+                    output_key = CacheKey(
+                        f"{key.uri}/{path.name}", len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+                    )
                     stored.append(output_key)
                     self.cache.insert(output_key, path)
                     records.append({"name": path.name, "size": output_key.size, "md5": output_key.digest})
@@ -321,14 +329,34 @@ class Converter:
         return outputs
 
     def _run_converter(self, series: Series, source: Path, target: Path, sidecars: str = "y") -> None:
-        command = [self.binary, "-z", "n", "-b", sidecars, "-ba", "y", "-i", "n", "-f", OUTPUT_STEM,
-                   "-o", str(target), str(source)]
+        command = [
+            self.binary,
+            "-z",
+            "n",
+            "-b",
+            sidecars,
+            "-ba",
+            "y",
+            "-i",
+            "n",
+            "-f",
+            OUTPUT_STEM,
+            "-o",
+            str(target),
+            str(source),
+        ]
         try:
             # A session of its own, so that a timeout kills whatever the converter started too
             # (a child still holding the output pipe would keep us waiting).
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, errors="replace",
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
         except OSError as exc:
             raise self._failure(series, f"cannot run dcm2niix: {exc}", "") from None
         with process:
@@ -337,11 +365,13 @@ class Converter:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 output, _ = process.communicate()
-                raise self._failure(series, f"dcm2niix took longer than {self.timeout:g} s",
-                                    output) from None
+                raise self._failure(series, f"dcm2niix took longer than {self.timeout:g} s", output) from None
         if process.returncode != 0:
-            how = (f"dcm2niix was killed by signal {-process.returncode}" if process.returncode < 0
-                   else f"dcm2niix exited with status {process.returncode}")
+            how = (
+                f"dcm2niix was killed by signal {-process.returncode}"
+                if process.returncode < 0
+                else f"dcm2niix exited with status {process.returncode}"
+            )
             raise self._failure(series, how, output)
 
     def _failure(self, series: Series, what: str, output: str) -> XnatConversionError:
@@ -368,8 +398,9 @@ class Converter:
 
 
 def _manifest_bytes(converter: str, records: list[dict], series_uri: str) -> bytes:
-    text = json.dumps({"format": MANIFEST_FORMAT, "converter": converter, "outputs": records},
-                      separators=(",", ":")).encode()
+    text = json.dumps(
+        {"format": MANIFEST_FORMAT, "converter": converter, "outputs": records}, separators=(",", ":")
+    ).encode()
     if len(text) > MANIFEST_BYTES:
         raise XnatConversionError(f"dcm2niix wrote too many files ({len(records)})", url=series_uri)
     return text + b" " * (MANIFEST_BYTES - len(text))
@@ -380,8 +411,7 @@ def _read_manifest(manifest: CachedFile, key: CacheKey) -> list[dict]:
         content = json.loads(manifest.pread(0, MANIFEST_BYTES))
         if content["format"] != MANIFEST_FORMAT:
             raise ValueError(f"format {content['format']}")
-        return [{"name": str(r["name"]), "size": int(r["size"]), "md5": str(r["md5"])}
-                for r in content["outputs"]]
+        return [{"name": str(r["name"]), "size": int(r["size"]), "md5": str(r["md5"])} for r in content["outputs"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise XnatConversionError(f"unreadable conversion manifest: {exc}", url=key.uri) from exc
 
@@ -392,9 +422,15 @@ def _group_images(files: Mapping[str, ConvertedFile]) -> tuple[ConvertedImage, .
         stem, extension = os.path.splitext(name)
         if extension != ".nii":
             continue
-        images.append(ConvertedImage(
-            suffix=stem[len(OUTPUT_STEM):], nifti=nifti, sidecar=files.get(stem + ".json"),
-            bval=files.get(stem + ".bval"), bvec=files.get(stem + ".bvec")))
+        images.append(
+            ConvertedImage(
+                suffix=stem[len(OUTPUT_STEM) :],
+                nifti=nifti,
+                sidecar=files.get(stem + ".json"),
+                bval=files.get(stem + ".bval"),
+                bvec=files.get(stem + ".bvec"),
+            )
+        )
     return tuple(images)
 
 
@@ -419,7 +455,7 @@ SERVER_CONVERSION_LABELS = ("NIFTI", "BIDS")
 class ServerImage:
     """A NIfTI the server holds, with its sidecar and (diffusion) bval/bvec."""
 
-    stem: str                # the name without extension, as listed in the resource
+    stem: str  # the name without extension, as listed in the resource
     nifti: RemoteFile
     sidecar: RemoteFile
     bval: RemoteFile | None
@@ -471,7 +507,7 @@ def _server_images(files: Sequence[RemoteFile]) -> tuple[ServerImage, ...]:
         name = remote.path
         for extension in (".nii.gz", ".nii", ".json", ".bval", ".bvec"):
             if name.lower().endswith(extension):
-                by_stem.setdefault(name[:-len(extension)], {})[extension] = remote
+                by_stem.setdefault(name[: -len(extension)], {})[extension] = remote
                 break
     images = []
     for stem, parts in sorted(by_stem.items()):

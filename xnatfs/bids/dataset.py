@@ -52,8 +52,10 @@ PARTICIPANT_COLUMNS: dict[str, dict[str, Any]] = {
     "participant_id": {"Description": "BIDS subject label, from the XNAT subject label"},
     "xnat_label": {"Description": "Subject label in XNAT"},
     "xnat_accession": {"Description": "Subject accession ID in XNAT"},
-    "sex": {"Description": "Sex of the participant as recorded in XNAT",
-            "Levels": {"M": "male", "F": "female", "O": "other"}},
+    "sex": {
+        "Description": "Sex of the participant as recorded in XNAT",
+        "Levels": {"M": "male", "F": "female", "O": "other"},
+    },
     "age": {"Description": "Age of the participant as recorded in XNAT", "Units": "year"},
 }
 
@@ -68,16 +70,16 @@ class Demographics:
 
 @dataclass(frozen=True, slots=True)
 class ParticipantRow:
-    label: str                     # BIDS label, without "sub-"
+    label: str  # BIDS label, without "sub-"
     subject: Subject
     demographics: Demographics = Demographics()
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRow:
-    label: str                     # BIDS label, without "ses-"
+    label: str  # BIDS label, without "ses-"
     experiment: Experiment
-    time: str = ""                 # HH:MM[:SS] of the session where known
+    time: str = ""  # HH:MM[:SS] of the session where known
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -101,21 +103,32 @@ def project_url(server_url: str, project: Project) -> str:
     return redact_url(server_url.rstrip("/")) + uri
 
 
-def dataset_description(project: Project, *, server_url: str, xnatfs_version: str,
-                        converter_version: str, converter_name: str = "dcm2niix",
-                        bids_version: str = BIDS_VERSION) -> bytes:
+def dataset_description(
+    project: Project,
+    *,
+    server_url: str,
+    xnatfs_version: str,
+    converter_version: str,
+    converter_name: str = "dcm2niix",
+    bids_version: str = BIDS_VERSION,
+) -> bytes:
     """``dataset_description.json`` of a project's view."""
-    return _json_bytes({
-        "Name": project.name or project.id,
-        "BIDSVersion": bids_version,
-        "DatasetType": "raw",
-        "GeneratedBy": [
-            {"Name": "xnatfs", "Version": xnatfs_version,
-             "Description": "BIDS view of an XNAT project, converted on demand"},
-            {"Name": converter_name, "Version": converter_version},
-        ],
-        "SourceDatasets": [{"URL": project_url(server_url, project)}],
-    })
+    return _json_bytes(
+        {
+            "Name": project.name or project.id,
+            "BIDSVersion": bids_version,
+            "DatasetType": "raw",
+            "GeneratedBy": [
+                {
+                    "Name": "xnatfs",
+                    "Version": xnatfs_version,
+                    "Description": "BIDS view of an XNAT project, converted on demand",
+                },
+                {"Name": converter_name, "Version": converter_version},
+            ],
+            "SourceDatasets": [{"URL": project_url(server_url, project)}],
+        }
+    )
 
 
 def readme(project: Project, *, server_url: str) -> bytes:
@@ -145,9 +158,19 @@ def _age_text(age: float | None) -> str:
 
 
 def participants_tsv(rows: Iterable[ParticipantRow]) -> bytes:
-    return _tsv_bytes(list(PARTICIPANT_COLUMNS), (
-        (f"sub-{row.label}", row.subject.label, row.subject.id, sex_code(row.demographics.sex),
-         _age_text(row.demographics.age)) for row in rows))
+    return _tsv_bytes(
+        list(PARTICIPANT_COLUMNS),
+        (
+            (
+                f"sub-{row.label}",
+                row.subject.label,
+                row.subject.id,
+                sex_code(row.demographics.sex),
+                _age_text(row.demographics.age),
+            )
+            for row in rows
+        ),
+    )
 
 
 def participants_json() -> bytes:
@@ -166,9 +189,13 @@ def acq_time(date: str, time: str = "") -> str:
 
 def sessions_tsv(rows: Iterable[SessionRow]) -> bytes:
     """``sub-<label>_sessions.tsv`` of one subject."""
-    return _tsv_bytes(("session_id", "acq_time", "xnat_label", "xnat_accession"), (
-        (f"ses-{row.label}", acq_time(row.experiment.date, row.time), row.experiment.label, row.experiment.id)
-        for row in rows))
+    return _tsv_bytes(
+        ("session_id", "acq_time", "xnat_label", "xnat_accession"),
+        (
+            (f"ses-{row.label}", acq_time(row.experiment.date, row.time), row.experiment.label, row.experiment.id)
+            for row in rows
+        ),
+    )
 
 
 def _clock(acquisition_time: Any) -> str:
@@ -176,10 +203,15 @@ def _clock(acquisition_time: Any) -> str:
     return str(acquisition_time).split(".", 1)[0] if acquisition_time else ""
 
 
-def scans_tsv(plan: SessionPlan, *, server_url: str, session_date: str = "",
-              files: Mapping[str, Sequence[str]] | None = None,
-              acquisition_times: Mapping[str, str] | None = None,
-              extension: str = NIFTI_EXTENSION) -> bytes:
+def scans_tsv(
+    plan: SessionPlan,
+    *,
+    server_url: str,
+    session_date: str = "",
+    files: Mapping[str, Sequence[str]] | None = None,
+    acquisition_times: Mapping[str, str] | None = None,
+    extension: str = NIFTI_EXTENSION,
+) -> bytes:
     """``sub-<s>_ses-<t>_scans.tsv`` of one planned session.
 
     ``files`` maps a scan ID to the imaging files conversion wrote for it

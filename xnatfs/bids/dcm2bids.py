@@ -84,10 +84,10 @@ class Description:
     index: int
     datatype: str
     suffix: str
-    entities: tuple[tuple[str, str], ...]     # value "" = take it from the header (echo)
-    criteria: tuple[tuple[str, Any], ...]     # listing fields first
+    entities: tuple[tuple[str, str], ...]  # value "" = take it from the header (echo)
+    criteria: tuple[tuple[str, Any], ...]  # listing fields first
     sidecar_changes: Mapping[str, Any]
-    link_ids: tuple[str, ...]                 # its "id" (3.x) and "#<index>" (2.x)
+    link_ids: tuple[str, ...]  # its "id" (3.x) and "#<index>" (2.x)
     intended_for: tuple[str, ...]
 
 
@@ -96,8 +96,7 @@ class Dcm2bidsRules:
 
     run_digits = RUN_DIGITS
 
-    def __init__(self, source: str, descriptions: Sequence[Description], search_method: str,
-                 case_sensitive: bool):
+    def __init__(self, source: str, descriptions: Sequence[Description], search_method: str, case_sensitive: bool):
         self.source = source
         self.name = f"dcm2bids:{source}"
         self.descriptions = tuple(descriptions)
@@ -108,8 +107,11 @@ class Dcm2bidsRules:
         return f"dcm2bids:{Path(self.source).name}#{description.index}"
 
     def classify(self, scan: Scan, fields: ScanFields) -> Outcome:
-        matching = [description for description in self.descriptions
-                    if all(self._holds(pattern, fields.get(name)) for name, pattern in description.criteria)]
+        matching = [
+            description
+            for description in self.descriptions
+            if all(self._holds(pattern, fields.get(name)) for name, pattern in description.criteria)
+        ]
         if not matching:
             return None
         if len(matching) > 1:
@@ -123,11 +125,21 @@ class Dcm2bidsRules:
             if not value:
                 value = bids_label(str(fields.get(AUTO_ENTITIES[key]) or ""))
                 if not value:
-                    return Exclusion(Reason.NEEDS_HEADER, f"{key} needs {AUTO_ENTITIES[key]}, which the series lacks",
-                                     self.rule_name(description))
+                    return Exclusion(
+                        Reason.NEEDS_HEADER,
+                        f"{key} needs {AUTO_ENTITIES[key]}, which the series lacks",
+                        self.rule_name(description),
+                    )
             entities.append((key, value))
-        return Match(description.datatype, description.suffix, tuple(entities), self.rule_name(description),
-                     description.sidecar_changes, description.link_ids, description.intended_for)
+        return Match(
+            description.datatype,
+            description.suffix,
+            tuple(entities),
+            self.rule_name(description),
+            description.sidecar_changes,
+            description.link_ids,
+            description.intended_for,
+        )
 
     def _holds(self, pattern: Any, value: Any) -> bool:
         if value is None:
@@ -135,12 +147,15 @@ class Dcm2bidsRules:
         if isinstance(pattern, Mapping):
             return self._operator_holds(pattern, value)
         if isinstance(pattern, list):
-            return (isinstance(value, list | tuple) and len(value) == len(pattern)
-                    and all(self._holds(part, item) for part, item in zip(pattern, value)))
+            return (
+                isinstance(value, list | tuple)
+                and len(value) == len(pattern)
+                and all(self._holds(part, item) for part, item in zip(pattern, value))
+            )
         return self._text_matches(str(pattern), _text(value))
 
     def _operator_holds(self, pattern: Mapping[str, Any], value: Any) -> bool:
-        (operator, operand), = pattern.items()
+        ((operator, operand),) = pattern.items()
         if operator == "any":
             return any(self._holds(part, value) for part in operand)
         number = _number(value)
@@ -150,8 +165,9 @@ class Dcm2bidsRules:
             return operand[0] < number < operand[1]
         if operator == "btwe":
             return operand[0] <= number <= operand[1]
-        return {"lt": number < operand, "lte": number <= operand,
-                "gt": number > operand, "gte": number >= operand}[operator]
+        return {"lt": number < operand, "lte": number <= operand, "gt": number > operand, "gte": number >= operand}[
+            operator
+        ]
 
     def _text_matches(self, pattern: str, text: str) -> bool:
         if not self.case_sensitive:
@@ -175,6 +191,7 @@ def _number(value: Any) -> float | None:
 
 # -- reading -----------------------------------------------------------------
 
+
 def load_config(path: str | Path) -> Dcm2bidsRules:
     """Read a dcm2bids-format JSON file; :class:`BidsConfigError` if it cannot be used."""
     source = str(path)
@@ -191,6 +208,7 @@ def load_config(path: str | Path) -> Dcm2bidsRules:
 
 def parse_config(data: Any, source: str) -> Dcm2bidsRules:
     """A rule set from an already decoded configuration; ``source`` names it in errors."""
+
     def fail(problem: str) -> BidsConfigError:
         return BidsConfigError(f"{source}: {problem}")
 
@@ -243,8 +261,16 @@ def _description(index: int, raw: Any, search_method: str, fail) -> Description:
     if not isinstance(description_id, str):
         raise fail("id must be a string")
     ordered_criteria = sorted(criteria.items(), key=lambda item: item[0] not in LISTING_FIELDS)
-    return Description(index, datatype, suffix, entities, tuple(ordered_criteria), changes,
-                       tuple(filter(None, (description_id, f"#{index}"))), intended_for)
+    return Description(
+        index,
+        datatype,
+        suffix,
+        entities,
+        tuple(ordered_criteria),
+        changes,
+        tuple(filter(None, (description_id, f"#{index}"))),
+        intended_for,
+    )
 
 
 def _entities(raw: Any, fail) -> tuple[tuple[str, str], ...]:
@@ -275,7 +301,7 @@ def _check_pattern(name: str, pattern: Any, search_method: str, fail) -> None:
     if isinstance(pattern, Mapping):
         if len(pattern) != 1:
             raise fail(f"criterion {name}: an operator object has exactly one key")
-        (operator, operand), = pattern.items()
+        ((operator, operand),) = pattern.items()
         if operator == "any":
             if not isinstance(operand, list):
                 raise fail(f"criterion {name}: 'any' takes a list")

@@ -46,9 +46,37 @@ from collections.abc import Iterable, Mapping, Sequence
 from xnatfs.client.models import Experiment, Subject
 
 ENTITY_ORDER: tuple[str, ...] = (
-    "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
-    "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi",
-    "space", "split", "recording", "chunk", "seg", "res", "den", "label", "desc",
+    "sub",
+    "ses",
+    "sample",
+    "task",
+    "tracksys",
+    "acq",
+    "nuc",
+    "voi",
+    "ce",
+    "trc",
+    "stain",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "proc",
+    "hemi",
+    "space",
+    "split",
+    "recording",
+    "chunk",
+    "seg",
+    "res",
+    "den",
+    "label",
+    "desc",
 )
 _ENTITY_RANK = {name: rank for rank, name in enumerate(ENTITY_ORDER)}
 
@@ -82,7 +110,7 @@ def drop_subject_prefix(session_label: str, subject_label: str) -> str:
     """The session label without its subject's label in front, where XNAT put one there."""
     if not subject_label or not session_label.lower().startswith(subject_label.lower()):
         return session_label
-    rest = session_label[len(subject_label):]
+    rest = session_label[len(subject_label) :]
     stripped = rest.lstrip(_SEPARATORS)
     if not stripped:
         return session_label
@@ -141,5 +169,6 @@ def session_labels(experiments: Iterable[Experiment], subject_label: str) -> dic
 
     ``subject_label`` is the subject's XNAT label, whose prefix is dropped.
     """
-    return assign_labels([(experiment.id, drop_subject_prefix(experiment.label, subject_label))
-                          for experiment in experiments])
+    return assign_labels(
+        [(experiment.id, drop_subject_prefix(experiment.label, subject_label)) for experiment in experiments]
+    )

@@ -11,14 +11,14 @@ from typing import Any
 class Reason(StrEnum):
     """Why a scan is not in the BIDS view."""
 
-    NO_RULE = "no-rule"              # nothing recognised the scan
-    EXCLUDED = "excluded"            # recognised and kept out: localizer, scout, derived map
-    UNUSABLE = "unusable"            # quality marked unusable in XNAT
-    NEEDS_HEADER = "needs-header"    # a rule needs a DICOM field that could not be had
-    AMBIGUOUS = "ambiguous"          # several descriptions of a config match
-    COLLISION = "collision"          # another scan got the very same name
-    INVALID = "invalid"              # the rule's answer is not a valid BIDS name
-    NO_FILES = "no-files"            # named, but no DICOM files nor a server conversion to serve
+    NO_RULE = "no-rule"  # nothing recognised the scan
+    EXCLUDED = "excluded"  # recognised and kept out: localizer, scout, derived map
+    UNUSABLE = "unusable"  # quality marked unusable in XNAT
+    NEEDS_HEADER = "needs-header"  # a rule needs a DICOM field that could not be had
+    AMBIGUOUS = "ambiguous"  # several descriptions of a config match
+    COLLISION = "collision"  # another scan got the very same name
+    INVALID = "invalid"  # the rule's answer is not a valid BIDS name
+    NO_FILES = "no-files"  # named, but no DICOM files nor a server conversion to serve
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,8 +90,7 @@ class BidsTarget:
     def variant(self, suffix: str | None = None, **entities: str) -> str:
         """The stem with ``suffix`` and/or entities replaced or added (e.g. ``echo="2"``)."""
         merged = dict(self.entities) | entities
-        return "_".join([f"{key}-{value}" for key, value in ordered_entities(merged.items())]
-                        + [suffix or self.suffix])
+        return "_".join([f"{key}-{value}" for key, value in ordered_entities(merged.items())] + [suffix or self.suffix])
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +112,9 @@ Classified = tuple[Scan, Match | LeftOut, bool]
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
-    subject: str                       # BIDS label, without "sub-"
-    session: str                       # BIDS label, without "ses-"
-    entries: tuple[PlanEntry, ...]     # one per scan, in scan order
+    subject: str  # BIDS label, without "sub-"
+    session: str  # BIDS label, without "ses-"
+    entries: tuple[PlanEntry, ...]  # one per scan, in scan order
 
     @property
     def folder(self) -> str:
@@ -154,9 +153,16 @@ def is_unusable(scan: Scan) -> bool:
     return scan.quality.strip().lower() == UNUSABLE
 
 
-def plan_session(subject: str, session: str, scans: Iterable[Scan], rules: RuleSet | None = None, *,
-                 header_lookup: HeaderLookup | None = None, include_unusable: bool = False,
-                 extension: str = NIFTI_EXTENSION) -> SessionPlan:
+def plan_session(
+    subject: str,
+    session: str,
+    scans: Iterable[Scan],
+    rules: RuleSet | None = None,
+    *,
+    header_lookup: HeaderLookup | None = None,
+    include_unusable: bool = False,
+    extension: str = NIFTI_EXTENSION,
+) -> SessionPlan:
     """The plan for one session; ``subject``/``session`` are BIDS labels (see :mod:`.labels`).
 
     ``rules`` defaults to the built-in rules; ``header_lookup`` is called at
@@ -166,16 +172,14 @@ def plan_session(subject: str, session: str, scans: Iterable[Scan], rules: RuleS
     """
     rules = rules or BuiltinRules()
     ordered = sorted(scans, key=lambda scan: scan_order_key(scan.id))
-    outcomes: list[Classified] = [
-        _classify(scan, rules, header_lookup, include_unusable) for scan in ordered]
+    outcomes: list[Classified] = [_classify(scan, rules, header_lookup, include_unusable) for scan in ordered]
     outcomes = _resolve_reproin_runs(outcomes)
     outcomes = _number_repeats(outcomes, rules.run_digits)
     entries = _settle_collisions(subject, session, outcomes)
     return SessionPlan(subject, session, _link_field_maps(entries, outcomes, session, extension))
 
 
-def _classify(scan: Scan, rules: RuleSet, header_lookup: HeaderLookup | None,
-              include_unusable: bool) -> Classified:
+def _classify(scan: Scan, rules: RuleSet, header_lookup: HeaderLookup | None, include_unusable: bool) -> Classified:
     if is_unusable(scan) and not include_unusable:
         return scan, LeftOut(scan, Reason.UNUSABLE, "quality marked unusable in XNAT"), False
     fields = ScanFields(scan, header_lookup)
@@ -184,12 +188,18 @@ def _classify(scan: Scan, rules: RuleSet, header_lookup: HeaderLookup | None,
     except HeaderNeeded as needed:
         return scan, LeftOut(scan, Reason.NEEDS_HEADER, str(needed)), False
     except XnatError as error:
-        return scan, LeftOut(scan, Reason.NEEDS_HEADER, f"DICOM header could not be read: {error}",
-                             header_used=True), True
+        return (
+            scan,
+            LeftOut(scan, Reason.NEEDS_HEADER, f"DICOM header could not be read: {error}", header_used=True),
+            True,
+        )
     if outcome is None:
         description = scan.series_description or scan.type or "(no description)"
-        return scan, LeftOut(scan, Reason.NO_RULE, f"no rule matched {description!r}",
-                             header_used=fields.header_used), fields.header_used
+        return (
+            scan,
+            LeftOut(scan, Reason.NO_RULE, f"no rule matched {description!r}", header_used=fields.header_used),
+            fields.header_used,
+        )
     if isinstance(outcome, Exclusion):
         return scan, LeftOut(scan, outcome.reason, outcome.detail, outcome.rule, fields.header_used), fields.header_used
     return scan, outcome, fields.header_used
@@ -199,8 +209,9 @@ def _with_run(match: Match, run: str | None) -> Match:
     entities = tuple((key, value) for key, value in match.entities if key != "run")
     if run is not None:
         entities += (("run", run),)
-    return Match(match.datatype, match.suffix, entities, match.rule, match.sidecar_changes,
-                 match.link_ids, match.intended_for)
+    return Match(
+        match.datatype, match.suffix, entities, match.rule, match.sidecar_changes, match.link_ids, match.intended_for
+    )
 
 
 def _resolve_reproin_runs(outcomes: Sequence[Classified]) -> list[Classified]:
@@ -238,8 +249,9 @@ def _number_repeats(outcomes: Sequence[Classified], run_digits: int) -> list[Cla
     for positions in groups.values():
         if len(positions) < 2:
             continue
-        taken = {int(run) for position in positions
-                 if (run := dict(matches[position].entities).get("run")) and run.isdigit()}
+        taken = {
+            int(run) for position in positions if (run := dict(matches[position].entities).get("run")) and run.isdigit()
+        }
         number = 0
         for position in positions:
             scan, _, header_used = outcomes[position]
@@ -264,8 +276,9 @@ def _target(subject: str, session: str, scan: Scan, match: Match, header_used: b
 def _settle_collisions(subject: str, session: str, outcomes: Sequence[Classified]) -> list[PlanEntry]:
     entries: list[PlanEntry] = []
     for scan, outcome, header_used in outcomes:
-        entries.append(outcome if isinstance(outcome, LeftOut)
-                       else _target(subject, session, scan, outcome, header_used))
+        entries.append(
+            outcome if isinstance(outcome, LeftOut) else _target(subject, session, scan, outcome, header_used)
+        )
     last_holder: dict[str, int] = {}
     for position, entry in enumerate(entries):
         if isinstance(entry, BidsTarget):
@@ -273,14 +286,19 @@ def _settle_collisions(subject: str, session: str, outcomes: Sequence[Classified
     for position, entry in enumerate(entries):
         if isinstance(entry, BidsTarget) and last_holder[entry.path()] != position:
             winner = entries[last_holder[entry.path()]].scan.id
-            entries[position] = LeftOut(entry.scan, Reason.COLLISION,
-                                        f"{entry.stem} is taken by later scan {winner}", entry.rule,
-                                        entry.header_used)
+            entries[position] = LeftOut(
+                entry.scan,
+                Reason.COLLISION,
+                f"{entry.stem} is taken by later scan {winner}",
+                entry.rule,
+                entry.header_used,
+            )
     return entries
 
 
-def _link_field_maps(entries: Sequence[PlanEntry], outcomes: Sequence[Classified], session: str,
-                     extension: str) -> tuple[PlanEntry, ...]:
+def _link_field_maps(
+    entries: Sequence[PlanEntry], outcomes: Sequence[Classified], session: str, extension: str
+) -> tuple[PlanEntry, ...]:
     paths_by_link: dict[str, list[str]] = defaultdict(list)
     for entry, (_, outcome, _) in zip(entries, outcomes):
         if isinstance(entry, BidsTarget) and isinstance(outcome, Match):
@@ -293,7 +311,8 @@ def _link_field_maps(entries: Sequence[PlanEntry], outcomes: Sequence[Classified
             changes = dict(entry.sidecar_changes)
             if paths:
                 changes["IntendedFor"] = sorted(set(paths))
-            entry = BidsTarget(entry.scan, entry.datatype, entry.entities, entry.suffix, entry.rule,
-                               changes, entry.header_used)
+            entry = BidsTarget(
+                entry.scan, entry.datatype, entry.entities, entry.suffix, entry.rule, changes, entry.header_used
+            )
         linked.append(entry)
     return tuple(linked)

@@ -47,8 +47,8 @@ _CONSOLE_PREFIX = re.compile(r"^[A-Z][A-Z0-9]*:")
 @dataclass(frozen=True, slots=True)
 class ReproinName:
     datatype: str
-    suffix: str                              # "" when the name gives none
-    entities: tuple[tuple[str, str], ...]    # BIDS-safe labels; run may be "+" or "="
+    suffix: str  # "" when the name gives none
+    entities: tuple[tuple[str, str], ...]  # BIDS-safe labels; run may be "+" or "="
 
 
 def _run_value(raw: str) -> str | None:

@@ -39,7 +39,7 @@ class RuleSet(Protocol):
     """Anything that maps one scan; see the module docstring."""
 
     name: str
-    run_digits: int          # zero padding of run numbers the planner assigns
+    run_digits: int  # zero padding of run numbers the planner assigns
 
     def classify(self, scan: Scan, fields: ScanFields) -> Outcome: ...
 

@@ -48,13 +48,31 @@ from xnatfs.bids.outcome import Exclusion, Match, Outcome, Reason
 _WORD = re.compile(r"[a-z0-9]+")
 _TASK = re.compile(r"task[-_]([A-Za-z0-9]+)", re.IGNORECASE)
 
-LOCALIZER_WORDS = frozenset({"localizer", "localiser", "loc", "scout", "survey", "aahead", "aascout",
-                             "3plane", "triplane"})
-DERIVED_WORDS = frozenset({"adc", "fa", "trace", "tracew", "colfa", "tensor", "moco", "mocoseries", "mip",
-                           "derived", "isotropic", "exp", "phoenixzipreport", "phoenix"})
+LOCALIZER_WORDS = frozenset(
+    {"localizer", "localiser", "loc", "scout", "survey", "aahead", "aascout", "3plane", "triplane"}
+)
+DERIVED_WORDS = frozenset(
+    {
+        "adc",
+        "fa",
+        "trace",
+        "tracew",
+        "colfa",
+        "tensor",
+        "moco",
+        "mocoseries",
+        "mip",
+        "derived",
+        "isotropic",
+        "exp",
+        "phoenixzipreport",
+        "phoenix",
+    }
+)
 DIRECTIONS = {"ap": "AP", "pa": "PA", "lr": "LR", "rl": "RL", "si": "SI", "is": "IS"}
-EPI_FMAP_WORDS = frozenset({"topup", "sefmap", "seepi", "spinecho", "spinechofieldmap", "pepolar",
-                            "epifmap", "fmapepi", "blipup", "blipdown"})
+EPI_FMAP_WORDS = frozenset(
+    {"topup", "sefmap", "seepi", "spinecho", "spinechofieldmap", "pepolar", "epifmap", "fmapepi", "blipup", "blipdown"}
+)
 GRE_FMAP_WORDS = frozenset({"fieldmap", "fieldmapping", "fmap", "b0map", "grefieldmap"})
 DWI_WORDS = frozenset({"dwi", "dti", "hardi", "diff", "diffusion", "dmri", "mddw"})
 FUNC_WORDS = frozenset({"rest", "resting", "restingstate", "rsfmri", "bold", "fmri", "func"})
@@ -96,8 +114,7 @@ def _field_map(words: tuple[str, ...], vocabulary: set[str], fields: ScanFields)
     if vocabulary & EPI_FMAP_WORDS:
         direction = _direction_entities(words)
         if not direction:
-            return Exclusion(Reason.NO_RULE, "spin-echo field map without a direction in its name",
-                             "vendor:fmap-epi")
+            return Exclusion(Reason.NO_RULE, "spin-echo field map without a direction in its name", "vendor:fmap-epi")
         return Match("fmap", "epi", direction, "vendor:fmap-epi")
     if not vocabulary & GRE_FMAP_WORDS:
         return None
@@ -110,8 +127,7 @@ def _field_map(words: tuple[str, ...], vocabulary: set[str], fields: ScanFields)
         return Match("fmap", "phasediff", (), "vendor:fmap-gre")
     if "M" in image_type or "MAGNITUDE" in image_type:
         return Match("fmap", "magnitude1", (), "vendor:fmap-gre")
-    return Exclusion(Reason.NO_RULE, "field map whose ImageType says neither magnitude nor phase",
-                     "vendor:fmap-gre")
+    return Exclusion(Reason.NO_RULE, "field map whose ImageType says neither magnitude nor phase", "vendor:fmap-gre")
 
 
 def _functional(text: str, words: tuple[str, ...], vocabulary: set[str]) -> Match | None:

@@ -86,7 +86,7 @@ class CacheInfo:
     entries: int
     bytes_used: int
     max_bytes: int
-    pinned: int          # entries this process has open
+    pinned: int  # entries this process has open
 
 
 def entry_name(key: CacheKey) -> str:
@@ -106,8 +106,9 @@ class _SharedHandle:
     this process, with a count of users; ``on_last_close`` runs when the last
     one is done (closing the descriptor, which drops the pin)."""
 
-    def __init__(self, fd: int, size: int, path: Path, lock: threading.RLock,
-                 on_last_close: Callable[[_SharedHandle], None]):
+    def __init__(
+        self, fd: int, size: int, path: Path, lock: threading.RLock, on_last_close: Callable[[_SharedHandle], None]
+    ):
         # ``lock`` is the cache's own lock, so that pins and eviction see one state.
         self.fd = fd
         self.size = size
@@ -200,7 +201,7 @@ def _pread_nowait(fd: int, offset: int, length: int) -> bytes | None:
     buffer = bytearray(length)
     try:
         count = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
-    except OSError:      # EAGAIN: not all in memory; EOPNOTSUPP: a file system without it
+    except OSError:  # EAGAIN: not all in memory; EOPNOTSUPP: a file system without it
         return None
     return bytes(buffer) if count == length else None
 
@@ -213,11 +214,11 @@ class _Fill:
         self.key = key
         self.download = download
         self.cond = threading.Condition()
-        self.state = "queued"            # queued → running → done
+        self.state = "queued"  # queued → running → done
         self.written = 0
-        self.fd: int | None = None       # the temp file, while downloading
+        self.fd: int | None = None  # the temp file, while downloading
         self.error: BaseException | None = None
-        self.keep = True                 # False once discard_uri() asked to forget it
+        self.keep = True  # False once discard_uri() asked to forget it
         self.views: list[PendingFetch] = []
 
     def claim(self) -> bool:
@@ -240,7 +241,8 @@ class _Fill:
         whole = end_offset >= self.key.size
         with self.cond:
             ready = self.cond.wait_for(
-                lambda: self.state == "done" or (not whole and self.written >= end_offset), timeout)
+                lambda: self.state == "done" or (not whole and self.written >= end_offset), timeout
+            )
             if self.error is not None:
                 raise self.error
             if not ready:
@@ -414,7 +416,7 @@ class _EntryWriter:
                 if written == hashed:
                     return
                 while hashed < written:
-                    count = os.preadv(self._fd, [view[:min(HASH_PIECE_BYTES, written - hashed)]], hashed)
+                    count = os.preadv(self._fd, [view[: min(HASH_PIECE_BYTES, written - hashed)]], hashed)
                     if not count:
                         raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
                     md5.update(view[:count])
@@ -427,12 +429,12 @@ class _EntryWriter:
         size = len(view)
         if self._written + size > self._fill.key.size:
             raise XnatServerError(
-                f"server sent more than the {self._fill.key.size} bytes listed",
-                url=self._fill.key.uri)
+                f"server sent more than the {self._fill.key.size} bytes listed", url=self._fill.key.uri
+            )
         if self._md5 is not None and self._hasher is None:
             self._md5.update(view)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
         if self._hasher is not None:
             with self._progress:
                 self._written += size
@@ -467,8 +469,7 @@ class _EntryWriter:
         key = self._fill.key
         self.close()
         if self._written != key.size:
-            raise XnatServerError(
-                f"download ended after {self._written} of {key.size} bytes", url=key.uri)
+            raise XnatServerError(f"download ended after {self._written} of {key.size} bytes", url=key.uri)
         if self._hash_error is not None:
             raise XnatServerError(f"could not check the download's MD5: {self._hash_error}", url=key.uri)
         if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
@@ -484,8 +485,7 @@ class ContentCache:
     before it is rebuilt from the folder when room must be made.
     """
 
-    def __init__(self, directory: Path | str, max_bytes: int, *,
-                 fetch_workers: int = 8, rescan_interval: float = 30.0):
+    def __init__(self, directory: Path | str, max_bytes: int, *, fetch_workers: int = 8, rescan_interval: float = 30.0):
         self.directory = Path(directory).expanduser().resolve()
         self.max_bytes = int(max_bytes)
         self.rescan_interval = rescan_interval
@@ -494,10 +494,10 @@ class ContentCache:
         self._tmp_dir = make_private_dir(self.directory / "tmp")
         self._locks_dir = make_private_dir(self.directory / "locks")
         self._lock = threading.RLock()
-        self._index: dict[str, list[int]] = {}     # name → [size, last use in ns]
+        self._index: dict[str, list[int]] = {}  # name → [size, last use in ns]
         self._index_bytes = 0
         self._last_scan = float("-inf")
-        self._reserved: dict[str, int] = {}         # entries being filled here → size
+        self._reserved: dict[str, int] = {}  # entries being filled here → size
         self._pins: dict[str, _SharedHandle] = {}
         self._fills: dict[CacheKey, _Fill] = {}
         self._own_temps: set[Path] = set()
@@ -554,6 +554,7 @@ class ContentCache:
     def insert(self, key: CacheKey, source: Path | str | BinaryIO) -> None:
         """Adopt bytes obtained some other way (unpacked from a zip, just
         uploaded); checked against the key like a download."""
+
         def copy_from(fileobj: BinaryIO) -> None:
             if isinstance(source, (str, Path)):
                 with open(source, "rb") as src:
@@ -589,7 +590,7 @@ class ContentCache:
             fd = self._open_temp(tmp_path)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             with self._lock:
                 self._reserved.pop(name, None)
                 return self._adopt(name, key.size, fd, tmp_path).open()
@@ -625,8 +626,7 @@ class ContentCache:
     def info(self) -> CacheInfo:
         with self._lock:
             self._rescan()
-            return CacheInfo(self.directory, len(self._index), self._index_bytes,
-                             self.max_bytes, len(self._pins))
+            return CacheInfo(self.directory, len(self._index), self._index_bytes, self.max_bytes, len(self._pins))
 
     def downloads(self) -> list[tuple[str, int, int]]:
         """(uri, bytes so far, size) of each download this process is running now."""
@@ -813,7 +813,7 @@ class ContentCache:
     def _touch(fd: int, path: Path, now: int) -> None:
         try:
             os.utime(fd, ns=(now, now))
-        except OSError as exc:   # a read-only or foreign-owned cache still serves
+        except OSError as exc:  # a read-only or foreign-owned cache still serves
             logger.debug("cannot record use of %s: %s", path, exc)
 
     def _pin(self, name: str, size: int) -> _SharedHandle | None:
@@ -877,7 +877,7 @@ class ContentCache:
         if fd is None:
             if not path.exists():
                 self._index_drop(name)
-            return                      # pinned by another process
+            return  # pinned by another process
         try:
             st = os.fstat(fd)
             if st.st_mtime_ns > used_ns:

@@ -47,7 +47,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     except BaseException:

@@ -27,8 +27,8 @@ class _Flight:
         self.done = trio.Event()
         self.value: Any = None
         self.error: Exception | None = None
-        self.abandoned = False     # the loading task was cancelled: waiters try again
-        self.stale = False         # invalidated while loading: do not keep the result
+        self.abandoned = False  # the loading task was cancelled: waiters try again
+        self.stale = False  # invalidated while loading: do not keep the result
 
 
 class ListingCache:
@@ -39,8 +39,7 @@ class ListingCache:
     from worker threads at once.
     """
 
-    def __init__(self, ttl: float, maxsize: int = 100_000, *,
-                 timer: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float, maxsize: int = 100_000, *, timer: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self._cache: TTLCache[Hashable, Any] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
         self._flights: dict[Hashable, _Flight] = {}
@@ -83,8 +82,7 @@ class ListingCache:
             self._cache.expire()
             return len(self._cache)
 
-    async def get_or_load(self, key: Hashable, load: Callable[[], T],
-                          limiter: trio.CapacityLimiter) -> T:
+    async def get_or_load(self, key: Hashable, load: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
         """The cached value for ``key``, or ``load()`` run in a worker thread.
 
         Concurrent callers for one key share a single load. If it raises,
@@ -108,8 +106,7 @@ class ListingCache:
                 raise flight.error
             return cast(T, flight.value)
 
-    async def _load(self, key: Hashable, flight: _Flight, load: Callable[[], T],
-                    limiter: trio.CapacityLimiter) -> T:
+    async def _load(self, key: Hashable, flight: _Flight, load: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
         try:
             # Abandoned if the caller gives up: a file system request must be
             # answered in time even while the server does not answer.

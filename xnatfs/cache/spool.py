@@ -103,13 +103,13 @@ def normalize_server(url: str) -> str:
 class UploadTarget:
     """Where staged bytes go on the server."""
 
-    kind: str                    # "file" (resource file upload) or "dicom-import" (zip to the import service)
-    resource_uri: str = ""       # kind "file": e.g. /data/experiments/XNAT_E00001/resources/QC
-    relpath: str = ""            # kind "file": path inside the resource
-    project: str = ""            # kind "dicom-import"
+    kind: str  # "file" (resource file upload) or "dicom-import" (zip to the import service)
+    resource_uri: str = ""  # kind "file": e.g. /data/experiments/XNAT_E00001/resources/QC
+    relpath: str = ""  # kind "file": path inside the resource
+    project: str = ""  # kind "dicom-import"
     subject: str = ""
     experiment: str = ""
-    server: str = ""             # base URL the upload belongs to
+    server: str = ""  # base URL the upload belongs to
 
     def __post_init__(self) -> None:
         if self.kind not in UPLOAD_KINDS:
@@ -133,9 +133,9 @@ class SpoolEntry:
     last_error: str = ""
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
-    boot_id: str = ""            # the machine run that last wrote the record without fsync
-    data_size: int = 0           # once sealed (see the module notes): the bytes to send...
-    data_md5: str = ""           # ...and their MD5; empty while not sealed
+    boot_id: str = ""  # the machine run that last wrote the record without fsync
+    data_size: int = 0  # once sealed (see the module notes): the bytes to send...
+    data_md5: str = ""  # ...and their MD5; empty while not sealed
 
     @property
     def sealed(self) -> bool:
@@ -157,7 +157,7 @@ class UploadSpool:
         make_private_dir(self.directory)
         self._data_dir = make_private_dir(self.directory / "data")
         self._records_dir = make_private_dir(self.directory / "records")
-        self._writers: dict[str, int] = {}        # open entries of this process → locked fd
+        self._writers: dict[str, int] = {}  # open entries of this process → locked fd
         self._lock = threading.Lock()
         self._remove_orphans()
 
@@ -194,7 +194,7 @@ class UploadSpool:
                 fd = os.open(entry.data_path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 if self.get(entry.id) is None:
-                    return            # committed and sent already
+                    return  # committed and sent already
                 raise
         try:
             entry.state = "pending"
@@ -248,12 +248,15 @@ class UploadSpool:
             except FileNotFoundError:
                 size, md5 = 0, "(no data file)"
             if (size, md5) != (entry.data_size, entry.data_md5):
-                return (f"the spooled bytes ({size} bytes, MD5 {md5}) are not the ones recorded "
-                        f"({entry.data_size} bytes, MD5 {entry.data_md5}), probably after a power loss; "
-                        "not sent")
+                return (
+                    f"the spooled bytes ({size} bytes, MD5 {md5}) are not the ones recorded "
+                    f"({entry.data_size} bytes, MD5 {entry.data_md5}), probably after a power loss; "
+                    "not sent"
+                )
         elif self._from_earlier_boot(entry):
-            return ("the spooled bytes were not made durable before the machine restarted and may be "
-                    "incomplete; not sent")
+            return (
+                "the spooled bytes were not made durable before the machine restarted and may be incomplete; not sent"
+            )
         return ""
 
     def pending(self, server: str | None = None) -> list[SpoolEntry]:
@@ -323,7 +326,7 @@ class UploadSpool:
         if fd is None:
             if entry.data_path.exists() or self.get(entry.id) is None:
                 return False
-            self.remove(entry)            # a record whose bytes are gone already
+            self.remove(entry)  # a record whose bytes are gone already
             return True
         try:
             current = self.get(entry.id)
@@ -394,7 +397,7 @@ class UploadSpool:
         try:
             current = self.get(entry.id)
             if current is not None and current.state == "open":
-                current.state = "pending"      # its writer died; we hold its lock now
+                current.state = "pending"  # its writer died; we hold its lock now
             yield current
         finally:
             os.close(fd)
@@ -491,8 +494,9 @@ class UploadSpool:
             else:
                 return
             if os.fstat(fd).st_size == 0:
-                logger.warning("dropping upload %s (%s): left empty by a stopped process",
-                               current.id, current.target.describe())
+                logger.warning(
+                    "dropping upload %s (%s): left empty by a stopped process", current.id, current.target.describe()
+                )
                 self.remove(current)
                 return
             current.state = "unclosed"
@@ -500,8 +504,14 @@ class UploadSpool:
             self._seal(current)
         finally:
             os.close(fd)
-        logger.warning("upload %s (%s, %d bytes) %s; it may be incomplete, so it is kept in %s but not sent",
-                       current.id, current.target.describe(), current.size, why, current.data_path)
+        logger.warning(
+            "upload %s (%s, %d bytes) %s; it may be incomplete, so it is kept in %s but not sent",
+            current.id,
+            current.target.describe(),
+            current.size,
+            why,
+            current.data_path,
+        )
 
     @staticmethod
     def _lock_data(path: Path, wait: bool) -> int | None:

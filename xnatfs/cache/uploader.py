@@ -38,8 +38,8 @@ from xnatfs.errors import XnatError, XnatUnavailable, is_permanent_refusal
 logger = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 2.0
-RETRY_CHECK_SECONDS = 30.0      # the longest a mount's retries sleep between rounds
-FINAL_UPLOAD_SECONDS = 60.0     # what an unmount gives the last attempt
+RETRY_CHECK_SECONDS = 30.0  # the longest a mount's retries sleep between rounds
+FINAL_UPLOAD_SECONDS = 60.0  # what an unmount gives the last attempt
 MAX_RETRY_DELAY = 300.0
 # requests sends a file object 16 KiB per system call; a file up to this size
 # is read whole and goes out in one, which for the many-small-files case
@@ -52,8 +52,8 @@ SEND_FROM_MEMORY_LIMIT = 4 << 20
 class PushReport:
     ok: int = 0
     failed: int = 0
-    skipped: int = 0                       # busy elsewhere, or not due yet
-    errors: list[tuple[str, str]] = field(default_factory=list)   # (entry id, message)
+    skipped: int = 0  # busy elsewhere, or not due yet
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (entry id, message)
 
 
 class Uploader:
@@ -62,7 +62,7 @@ class Uploader:
     def __init__(self, spool: UploadSpool, connection: ArchiveClient):
         self.spool = spool
         self.connection = connection
-        self._sending: dict[str, BinaryIO] = {}     # entry ID → its staged file, while it is sent
+        self._sending: dict[str, BinaryIO] = {}  # entry ID → its staged file, while it is sent
 
     def sending(self) -> dict[str, int]:
         """Entry ID → bytes of its staged file read so far, for each upload under way in this process."""
@@ -71,7 +71,7 @@ class Uploader:
             try:
                 progress[entry_id] = source.tell()
             except ValueError:
-                continue        # finished and closed meanwhile
+                continue  # finished and closed meanwhile
         return progress
 
     def push(self, entry: SpoolEntry) -> None:
@@ -133,8 +133,9 @@ class Uploader:
             if refusal:
                 self.spool.record_failure(current, refusal, seal=False)
                 _follow(entry, current)
-                logger.error("upload %s (%s) kept in the spool, not sent: %s",
-                             current.id, current.target.describe(), refusal)
+                logger.error(
+                    "upload %s (%s) kept in the spool, not sent: %s", current.id, current.target.describe(), refusal
+                )
                 raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
                 self._send(current)
@@ -147,12 +148,22 @@ class Uploader:
                 self.spool.record_failure(current, str(exc), refused=refused)
                 _follow(entry, current)
                 if refused:
-                    logger.error("upload %s (%s) refused by the server; kept in the spool, not sent again "
-                                 "until `xnatfs uploads retry %s` (or `uploads discard`): %s",
-                                 current.id, current.target.describe(), current.id, exc)
+                    logger.error(
+                        "upload %s (%s) refused by the server; kept in the spool, not sent again "
+                        "until `xnatfs uploads retry %s` (or `uploads discard`): %s",
+                        current.id,
+                        current.target.describe(),
+                        current.id,
+                        exc,
+                    )
                 else:
-                    logger.warning("upload %s (%s) failed, attempt %d: %s",
-                                   current.id, current.target.describe(), current.attempts, exc)
+                    logger.warning(
+                        "upload %s (%s) failed, attempt %d: %s",
+                        current.id,
+                        current.target.describe(),
+                        current.attempts,
+                        exc,
+                    )
                 raise
             self.spool.remove(current)
         logger.info("uploaded %s (%s)", entry.id, entry.target.describe())
@@ -187,8 +198,15 @@ class UploadRetries:
     :meth:`wake` says a fresh failure wants looking at.
     """
 
-    def __init__(self, uploader: Uploader, server: str, *, timeout: float, limiter: trio.CapacityLimiter,
-                 after_round: Callable[[], Awaitable[None]]):
+    def __init__(
+        self,
+        uploader: Uploader,
+        server: str,
+        *,
+        timeout: float,
+        limiter: trio.CapacityLimiter,
+        after_round: Callable[[], Awaitable[None]],
+    ):
         self.uploader = uploader
         self.server = server
         self.timeout = timeout
@@ -219,8 +237,9 @@ class UploadRetries:
         if report.ok or report.failed:
             logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
         await self.after_round()
-        pending = await trio.to_thread.run_sync(self.uploader.spool.pending, self.server, limiter=self.limiter,
-                                                abandon_on_cancel=True)
+        pending = await trio.to_thread.run_sync(
+            self.uploader.spool.pending, self.server, limiter=self.limiter, abandon_on_cancel=True
+        )
         if not pending:
             return RETRY_CHECK_SECONDS
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
@@ -249,12 +268,17 @@ class UploadRetries:
                 except XnatError:
                     left += 1
         if left:
-            logger.warning("%d upload(s) still pending; they are sent by the next mount or "
-                           "`xnatfs uploads retry`", left)
+            logger.warning(
+                "%d upload(s) still pending; they are sent by the next mount or `xnatfs uploads retry`", left
+            )
 
 
 def _follow(entry: SpoolEntry, current: SpoolEntry) -> None:
     """Bring the caller's copy of an entry up to its record."""
     entry.state, entry.attempts, entry.last_error, entry.updated = (
-        current.state, current.attempts, current.last_error, current.updated)
+        current.state,
+        current.attempts,
+        current.last_error,
+        current.updated,
+    )
     entry.data_size, entry.data_md5 = current.data_size, current.data_md5

@@ -56,8 +56,13 @@ def error_kind(outcome: int | BaseException) -> str:
 class RequestActivity:
     """Counters of one session's HTTP requests, safe to update from worker threads."""
 
-    def __init__(self, *, slow_after: float = SLOW_SECONDS, stall_after: float = STALL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        slow_after: float = SLOW_SECONDS,
+        stall_after: float = STALL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.slow_after = slow_after
         self.stall_after = stall_after
         self._clock = clock
@@ -115,8 +120,20 @@ class RequestActivity:
             answered = sum(b.requests for b in latest)
             mean = sum(b.seconds for b in latest) / answered if answered else 0.0
             stalled = oldest_wait > self.stall_after and now - self._last_answer > self.stall_after
-            health = ("stalled" if stalled else "unreachable" if self._unreachable
-                      else "slow" if answered and mean >= self.slow_after else "answering")
-            return {"minutes": minutes, "requests": sum(b.requests for b in recent),
-                    "errors": dict(errors), "mean_seconds": round(mean, 3),
-                    "in_flight": len(self._waiting), "health": health}
+            health = (
+                "stalled"
+                if stalled
+                else "unreachable"
+                if self._unreachable
+                else "slow"
+                if answered and mean >= self.slow_after
+                else "answering"
+            )
+            return {
+                "minutes": minutes,
+                "requests": sum(b.requests for b in recent),
+                "errors": dict(errors),
+                "mean_seconds": round(mean, 3),
+                "in_flight": len(self._waiting),
+                "health": health,
+            }

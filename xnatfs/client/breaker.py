@@ -26,14 +26,13 @@ COOL_OFF_SECONDS = 5.0
 class CircuitBreaker:
     """Counts consecutive timed-out requests to one server; thread-safe."""
 
-    def __init__(self, server: str, *, failures_to_open: int = FAILURES_TO_OPEN,
-                 cool_off: float = COOL_OFF_SECONDS):
+    def __init__(self, server: str, *, failures_to_open: int = FAILURES_TO_OPEN, cool_off: float = COOL_OFF_SECONDS):
         self.server = server
         self.failures_to_open = failures_to_open
         self.cool_off = cool_off
         self._lock = threading.Lock()
         self._failures = 0
-        self._open_until: float | None = None     # None: closed; else when the next probe may go
+        self._open_until: float | None = None  # None: closed; else when the next probe may go
 
     @property
     def is_open(self) -> bool:
@@ -75,5 +74,10 @@ class CircuitBreaker:
                 return
             self._open_until = time.monotonic() + self.cool_off
         if not was_open:
-            logger.error("server stalled: %s (%s, %d times in a row); failing fast, probing every %.0f s",
-                         self.server, why, self.failures_to_open, self.cool_off)
+            logger.error(
+                "server stalled: %s (%s, %d times in a row); failing fast, probing every %.0f s",
+                self.server,
+                why,
+                self.failures_to_open,
+                self.cool_off,
+            )

@@ -70,8 +70,11 @@ class ClientConfig:
         self.path = path
         self._settings = _normalised(document.get("xnat") if structured else document)
         self._naming = dict(document.get("naming") or {}) if structured else {}
-        self._sites = {str(name): table for name, table in (document.get("sites") or {}).items()
-                       if isinstance(table, Mapping)} if structured else {}
+        self._sites = (
+            {str(name): table for name, table in (document.get("sites") or {}).items() if isinstance(table, Mapping)}
+            if structured
+            else {}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> ClientConfig:
@@ -170,9 +173,13 @@ def _read_credentials_file(path: str) -> tuple[str, str]:
     return lines[0].strip(), lines[1].strip()
 
 
-def get_connection(config: Any = None, site: str | None = None, url: str | None = None,
-                   auth: tuple[str, str] | None = None,
-                   server_cache: MutableMapping[str, DatmanConnection] | None = None) -> DatmanConnection:
+def get_connection(
+    config: Any = None,
+    site: str | None = None,
+    url: str | None = None,
+    auth: tuple[str, str] | None = None,
+    server_cache: MutableMapping[str, DatmanConnection] | None = None,
+) -> DatmanConnection:
     """Open (or reuse from ``server_cache``) a connection, as datman's ``get_connection``.
 
     ``url`` overrides the configured server (and then no configured port is

@@ -66,8 +66,9 @@ class XnatConnection:
         if import_overwrite not in IMPORT_OVERWRITE_MODES:
             raise ValueError(f"import_overwrite must be one of {', '.join(IMPORT_OVERWRITE_MODES)}")
         credentials = resolve_credentials(url, username, password)
-        self.session = XnatSession(url, credentials, verify=verify, timeout=timeout, retries=retries,
-                                   backoff=backoff, pool_size=pool_size)
+        self.session = XnatSession(
+            url, credentials, verify=verify, timeout=timeout, retries=retries, backoff=backoff, pool_size=pool_size
+        )
         self.server = self.session.base_url
         self.import_overwrite = import_overwrite
         self.event_reason = event_reason
@@ -136,16 +137,22 @@ class XnatConnection:
             merged.setdefault("event_reason", self.event_reason)
         return merged
 
-    def _change(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
-                ok: Iterable[int] = (200,), done_if_repeated: Iterable[int] = ()) -> requests.Response:
+    def _change(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        ok: Iterable[int] = (200,),
+        done_if_repeated: Iterable[int] = (),
+    ) -> requests.Response:
         """Send a change; return the answer.
 
         A status in ``done_if_repeated`` (404 to a delete, 409 to a create)
         answering a repeat means the lost first attempt did the change.
         """
         ok, done_if_repeated = tuple(ok), tuple(done_if_repeated)
-        response = self.session.request(method, path, params=self._write_params(params),
-                                        ok=ok + done_if_repeated)
+        response = self.session.request(method, path, params=self._write_params(params), ok=ok + done_if_repeated)
         if response.status_code not in ok and not response.repeated:  # type: ignore[attr-defined]
             raise self.session.error_for(method, response.url, response.status_code, response.text)
         return response
@@ -186,9 +193,11 @@ class XnatConnection:
         (ask :meth:`get_experiment_contents` for those), and resources come
         with labels only. None when the server does not answer such searches.
         """
-        scan_rows = self._search("/data/experiments", project, (
-            parsing.SCAN_ID, parsing.SCAN_TYPE, parsing.SCAN_DESCRIPTION, parsing.SCAN_QUALITY,
-            parsing.SCAN_RESOURCE))
+        scan_rows = self._search(
+            "/data/experiments",
+            project,
+            (parsing.SCAN_ID, parsing.SCAN_TYPE, parsing.SCAN_DESCRIPTION, parsing.SCAN_QUALITY, parsing.SCAN_RESOURCE),
+        )
         if scan_rows is None:
             return None
         resource_rows = self._search("/data/experiments", project, (parsing.SESSION_RESOURCE,))
@@ -262,12 +271,18 @@ class XnatConnection:
         """
         return self.session.download(uri, fileobj, offset=offset, length=length)
 
-    def download_to_path(self, server_path: str, destination: str, *, params: Mapping[str, Any] | None = None,
-                         retries: int | None = None, check: Callable[[str], None] | None = None) -> str:
+    def download_to_path(
+        self,
+        server_path: str,
+        destination: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        retries: int | None = None,
+        check: Callable[[str], None] | None = None,
+    ) -> str:
         """Stream ``server_path`` into the file ``destination``, which appears
         only when complete (and accepted by ``check``); return its path."""
-        return download_to_path(self.session, server_path, destination, params=params, retries=retries,
-                                check=check)
+        return download_to_path(self.session, server_path, destination, params=params, retries=retries, check=check)
 
     def download_zip(self, uri: str, fileobj: BinaryIO) -> int:
         """Write a zip of a resource, a scan or a whole session to ``fileobj``.
@@ -284,8 +299,15 @@ class XnatConnection:
 
     # -- writing -----------------------------------------------------------
 
-    def upload_file(self, resource_uri: str, relpath: str, fileobj: BinaryIO | bytes, *,
-                    overwrite: bool = True, retries: int | None = None) -> None:
+    def upload_file(
+        self,
+        resource_uri: str,
+        relpath: str,
+        fileobj: BinaryIO | bytes,
+        *,
+        overwrite: bool = True,
+        retries: int | None = None,
+    ) -> None:
         """Store a file at ``relpath`` (sub-folders allowed) in a resource.
 
         The body is streamed from ``fileobj``. With ``overwrite=False`` an
@@ -295,22 +317,28 @@ class XnatConnection:
         if isinstance(fileobj, str):
             fileobj = fileobj.encode("utf-8")
         if _remaining_bytes(fileobj) == 0:
-            raise XnatUnsupported("XNAT does not accept empty files",
-                                  url=self.session.url_for(resource_uri))
+            raise XnatUnsupported("XNAT does not accept empty files", url=self.session.url_for(resource_uri))
         path = f"{paths.canonical(resource_uri.rstrip('/'))}/files/{paths.file_path(relpath)}"
         params = {"inbody": "true"}
         if overwrite:
             params["overwrite"] = "true"
         response = self.session.request(
-            "PUT", path, params=self._write_params(params), data=fileobj,
+            "PUT",
+            path,
+            params=self._write_params(params),
+            data=fileobj,
             headers={"Content-Type": "application/octet-stream"},
             # Repeating a non-overwriting upload that did land would look like a conflict.
-            idempotent=overwrite, retries=retries,
+            idempotent=overwrite,
+            retries=retries,
         )
         duplicates = _duplicates(response.text)
         if duplicates:
-            raise XnatConflict(f"file exists and was not replaced: {', '.join(duplicates)}",
-                               url=response.url, status=response.status_code)
+            raise XnatConflict(
+                f"file exists and was not replaced: {', '.join(duplicates)}",
+                url=response.url,
+                status=response.status_code,
+            )
 
     def delete_file(self, resource_uri: str, relpath: str, *, retries: int | None = None) -> None:
         """Delete one file. A missing file is ``XnatNotFound`` (checked first:
@@ -327,14 +355,16 @@ class XnatConnection:
         response = self._change("PUT", paths.subject(project, label), ok=(200, 201))
         return self._created(response, exist_ok, f"subject {label} already exists in {project}")
 
-    def create_experiment(self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData",
-                          *, exist_ok: bool = False) -> str:
+    def create_experiment(
+        self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData", *, exist_ok: bool = False
+    ) -> str:
         """Create an experiment (the subject too, if missing); return its accession ID.
 
         An existing experiment is an ``XnatConflict`` unless ``exist_ok``.
         """
-        response = self._change("PUT", paths.experiment_in(project, subject, label), {"xsiType": xsi_type},
-                                ok=(200, 201))
+        response = self._change(
+            "PUT", paths.experiment_in(project, subject, label), {"xsiType": xsi_type}, ok=(200, 201)
+        )
         return self._created(response, exist_ok, f"experiment {label} already exists in {project}")
 
     @staticmethod
@@ -351,8 +381,9 @@ class XnatConnection:
 
     def delete_resource(self, resource_uri: str) -> None:
         """Delete a resource folder with its files."""
-        self._change("DELETE", paths.canonical(resource_uri.rstrip("/")), {"removeFiles": "true"},
-                     done_if_repeated=(404,))
+        self._change(
+            "DELETE", paths.canonical(resource_uri.rstrip("/")), {"removeFiles": "true"}, done_if_repeated=(404,)
+        )
 
     def delete_project(self, project: str) -> None:
         """Delete a project with everything in it."""
@@ -360,13 +391,16 @@ class XnatConnection:
 
     def delete_subject(self, project: str, subject: str) -> None:
         """Delete a subject with its files (through a sharing project: remove the share)."""
-        self._change("DELETE", paths.subject(project, subject), {"removeFiles": "true"},
-                     done_if_repeated=(404,))
+        self._change("DELETE", paths.subject(project, subject), {"removeFiles": "true"}, done_if_repeated=(404,))
 
     def delete_experiment(self, project: str, experiment_id: str) -> None:
         """Delete an experiment with its files (through a sharing project: remove the share)."""
-        self._change("DELETE", f"{paths.project(project)}/experiments/{paths.seg(experiment_id)}",
-                     {"removeFiles": "true"}, done_if_repeated=(404,))
+        self._change(
+            "DELETE",
+            f"{paths.project(project)}/experiments/{paths.seg(experiment_id)}",
+            {"removeFiles": "true"},
+            done_if_repeated=(404,),
+        )
 
     def import_dicom_zip(self, project: str, subject: str, experiment: str, fileobj: BinaryIO) -> list[str]:
         """Send a zip of DICOM files to the import service; return the URIs it reports.
@@ -381,19 +415,25 @@ class XnatConnection:
         """
         # A stale session would only show after the whole body was sent.
         self.session.request("GET", "/data/JSESSION").close()
-        params = self._write_params({
-            "import-handler": "DICOM-zip",
-            "Ignore-Unparsable": "true",
-            "project": project,
-            "subject": subject,
-            "session": experiment,
-            "overwrite": self.import_overwrite,
-            "inbody": "true",
-            "dest": f"/archive/projects/{project}/subjects/{subject}/experiments/{experiment}",
-        })
+        params = self._write_params(
+            {
+                "import-handler": "DICOM-zip",
+                "Ignore-Unparsable": "true",
+                "project": project,
+                "subject": subject,
+                "session": experiment,
+                "overwrite": self.import_overwrite,
+                "inbody": "true",
+                "dest": f"/archive/projects/{project}/subjects/{subject}/experiments/{experiment}",
+            }
+        )
         response = self.session.request(
-            "POST", "/data/services/import", params=params, data=fileobj,
-            headers={"Content-Type": "application/zip"}, idempotent=False,
+            "POST",
+            "/data/services/import",
+            params=params,
+            data=fileobj,
+            headers={"Content-Type": "application/zip"},
+            idempotent=False,
             timeout=max(self.session.timeout, 3600),
         )
         return [line.strip() for line in response.text.splitlines() if line.strip()]
@@ -418,9 +458,11 @@ class XnatConnection:
                 for entry in parsing.children(item, "experiments/experiment")
             ]
             self._rename(
-                path, {"label": new_name},
+                path,
+                {"label": new_name},
                 renamed=lambda: self._label_is(paths.subject(project, new_name), subject_id),
-                blockers=blockers, owner=parsing.text(values.get("project")) or project,
+                blockers=blockers,
+                owner=parsing.text(values.get("project")) or project,
             )
         if rename_exp:
             self.rename_experiment(project, new_name, old_name, new_name)
@@ -440,13 +482,16 @@ class XnatConnection:
         experiment_id = parsing.text(values.get("ID") or values.get("id"))
         xsi_type = parsing.text((item.get("meta") or {}).get("xsi:type")) or "xnat:mrSessionData"
         self._rename(
-            path, {"xsiType": xsi_type, "label": new_name},
+            path,
+            {"xsiType": xsi_type, "label": new_name},
             renamed=lambda: self._label_is(paths.experiment_in(project, subject, new_name), experiment_id),
-            blockers=[experiment_id], owner=parsing.text(values.get("project")) or project,
+            blockers=[experiment_id],
+            owner=parsing.text(values.get("project")) or project,
         )
 
-    def _rename(self, path: str, params: dict[str, Any], *, renamed: Callable[[], bool], blockers: Iterable[str],
-                owner: str) -> None:
+    def _rename(
+        self, path: str, params: dict[str, Any], *, renamed: Callable[[], bool], blockers: Iterable[str], owner: str
+    ) -> None:
         """One rename PUT, and a second after dismissing blocking AutoRun workflows.
 
         Renames are not repeated blindly (a repeat would find the old label
@@ -491,8 +536,12 @@ class XnatConnection:
     def find_autorun_ids(self, item_id: str, project: str) -> list[str]:
         """IDs of the still-open AutoRun workflows of an item (by accession ID) in its project."""
         response = self.session.request(
-            "POST", "/data/search", params={"format": "json"}, data=workflows.autorun_search(item_id, project),
-            headers={"Content-Type": "text/xml"}, idempotent=True,
+            "POST",
+            "/data/search",
+            params={"format": "json"},
+            data=workflows.autorun_search(item_id, project),
+            headers={"Content-Type": "text/xml"},
+            idempotent=True,
         )
         found = parsing.rows(parse_json(response), url=response.url)
         ids = [workflows.workflow_id(row) for row in found if workflows.is_open(row)]
@@ -501,8 +550,11 @@ class XnatConnection:
     def dismiss_workflow(self, workflow_id: str) -> None:
         """Mark a workflow Complete so it no longer blocks renames."""
         logger.info("marking XNAT workflow %s as Complete", workflow_id)
-        self.session.request("PUT", f"/data/workflows/{paths.seg(workflow_id)}",
-                             params=self._write_params({"wrk:workflowData/status": "Complete"}))
+        self.session.request(
+            "PUT",
+            f"/data/workflows/{paths.seg(workflow_id)}",
+            params=self._write_params({"wrk:workflowData/status": "Complete"}),
+        )
 
     # -- tokens ------------------------------------------------------------
 
@@ -512,8 +564,10 @@ class XnatConnection:
         try:
             alias, secret = str(document["alias"]), str(document["secret"])
         except (TypeError, KeyError) as exc:
-            raise XnatServerError("the token service answered without alias and secret",
-                                  url=self.session.url_for("/data/services/tokens/issue")) from exc
+            raise XnatServerError(
+                "the token service answered without alias and secret",
+                url=self.session.url_for("/data/services/tokens/issue"),
+            ) from exc
         expires = parsing.to_int(document.get("estimatedExpirationTime"))
         return AliasToken(alias, secret, expires / 1000 if expires else None)
 

@@ -43,8 +43,15 @@ class ArchiveClient(Protocol):
 
     # ---- writing -------------------------------------------------------
 
-    def upload_file(self, resource_uri: str, relpath: str, fileobj: BinaryIO | bytes, *,
-                    overwrite: bool = True, retries: int | None = None) -> None: ...
+    def upload_file(
+        self,
+        resource_uri: str,
+        relpath: str,
+        fileobj: BinaryIO | bytes,
+        *,
+        overwrite: bool = True,
+        retries: int | None = None,
+    ) -> None: ...
 
     def delete_file(self, resource_uri: str, relpath: str, *, retries: int | None = None) -> None: ...
 
@@ -52,8 +59,9 @@ class ArchiveClient(Protocol):
 
     def create_subject(self, project: str, label: str, *, exist_ok: bool = False) -> str: ...
 
-    def create_experiment(self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData",
-                          *, exist_ok: bool = False) -> str: ...
+    def create_experiment(
+        self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData", *, exist_ok: bool = False
+    ) -> str: ...
 
     def create_resource(self, parent_uri: str, label: str) -> None: ...
 

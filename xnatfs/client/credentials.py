@@ -76,7 +76,7 @@ class AliasToken:
 
     alias: str
     secret: str
-    expires: float | None = None        # seconds since the epoch, None if unknown
+    expires: float | None = None  # seconds since the epoch, None if unknown
 
     def __repr__(self) -> str:
         return f"AliasToken(alias={self.alias!r}, secret=<hidden>, expires={self.expires!r})"
@@ -144,6 +144,7 @@ def _from_netrc(url: str, wanted: str | None, env: Mapping[str, str]) -> Credent
 
 
 # -- alias tokens ------------------------------------------------------------
+
 
 def token_store_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$XNATFS_TOKENS``, else ``tokens.json`` in :func:`user_config_dir`."""

@@ -62,24 +62,44 @@ class DatmanSession(requests.Session):
 
     # Narrower than requests' own: methods and URLs are text, not bytes.
     def request(  # type: ignore[override]
-            self, method: str, url: str, params: Any = None, data: Any = None,
-            headers: Mapping[str, str] | None = None, cookies: Any = None, files: Any = None, auth: Any = None,
-            timeout: Any = None, allow_redirects: bool = True, proxies: Any = None, hooks: Any = None,
-            stream: bool | None = None, verify: Any = None, cert: Any = None, json: Any = None) -> requests.Response:
-        refused = {"auth": auth, "cookies": cookies, "proxies": proxies, "verify": verify, "cert": cert,
-                   "hooks": hooks}
+        self,
+        method: str,
+        url: str,
+        params: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        cookies: Any = None,
+        files: Any = None,
+        auth: Any = None,
+        timeout: Any = None,
+        allow_redirects: bool = True,
+        proxies: Any = None,
+        hooks: Any = None,
+        stream: bool | None = None,
+        verify: Any = None,
+        cert: Any = None,
+        json: Any = None,
+    ) -> requests.Response:
+        refused = {"auth": auth, "cookies": cookies, "proxies": proxies, "verify": verify, "cert": cert, "hooks": hooks}
         given = sorted(name for name, value in refused.items() if value is not None)
         if given:
             raise TypeError(f"the XNAT session sets these itself: {', '.join(given)}")
         # requests encodes form fields, files and JSON exactly as it would for itself.
-        encoded = requests.Request(method, self._xnat_session.url_for(url), data=data, files=files,
-                                   json=json).prepare()
+        encoded = requests.Request(method, self._xnat_session.url_for(url), data=data, files=files, json=json).prepare()
         merged = {key: value for key, value in encoded.headers.items() if key.lower() not in _BODY_FRAMING}
         merged.update(headers or {})
         if isinstance(timeout, tuple):
             timeout = timeout[-1]
-        return self._xnat_session.request(method, url, params=params, data=encoded.body, headers=merged,
-                                          stream=bool(stream), ok=ANY_STATUS, timeout=timeout)
+        return self._xnat_session.request(
+            method,
+            url,
+            params=params,
+            data=encoded.body,
+            headers=merged,
+            stream=bool(stream),
+            ok=ANY_STATUS,
+            timeout=timeout,
+        )
 
 
 class DatmanConnection:
@@ -90,8 +110,15 @@ class DatmanConnection:
     ``auth``, ``headers`` and ``session`` are datman's attributes.
     """
 
-    def __init__(self, server: str | None = None, username: str | None = None,
-                 password: str | None = None, *, url: str | None = None, **options: Any):
+    def __init__(
+        self,
+        server: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        url: str | None = None,
+        **options: Any,
+    ):
         server = _one_of("server", server, "url", url)
         if server is None:
             raise TypeError("xnat() needs the server address (server=...)")
@@ -220,13 +247,16 @@ class DatmanConnection:
         for scan in experiment.scans:
             if scan.series == str(scan_id):
                 return scan
-        raise XnatNotFound(f"scan {scan_id} does not exist in experiment {exper_id}",
-                           url=self._http.url_for(paths.experiment_in(project, subject_id, exper_id)))
+        raise XnatNotFound(
+            f"scan {scan_id} does not exist in experiment {exper_id}",
+            url=self._http.url_for(paths.experiment_in(project, subject_id, exper_id)),
+        )
 
     # -- session resources -------------------------------------------------------
 
-    def get_resource_ids(self, study: str, session: str, experiment: str, folderName: str | None = None,
-                         create: bool = True) -> list[str] | str | None:
+    def get_resource_ids(
+        self, study: str, session: str, experiment: str, folderName: str | None = None, create: bool = True
+    ) -> list[str] | str | None:
         """Session resource IDs: all of them as a list, or the ID of the one
         labelled ``folderName`` (created when missing if ``create``; else None)."""
         found = self._resource_ids(study, session, experiment)
@@ -260,8 +290,11 @@ class DatmanConnection:
         path = paths.resource(paths.experiment_in(study, session, experiment), resource_id)
         response = self._http.request("GET", path, params={"format": "xml"})
         if looks_like_html(response.text):
-            raise XnatServerError("server answered with a web page where catalog XML was expected",
-                                  url=response.url, status=response.status_code)
+            raise XnatServerError(
+                "server answered with a web page where catalog XML was expected",
+                url=response.url,
+                status=response.status_code,
+            )
         try:
             catalog = ET.fromstring(response.content)
         except ET.ParseError as exc:
@@ -273,42 +306,76 @@ class DatmanConnection:
 
     # -- downloads -----------------------------------------------------------
 
-    def _fetch_to(self, server_path: str, filename: str | None, *, params: dict[str, Any] | None, retries: int,
-                  check: Callable[[str], None] | None) -> str:
+    def _fetch_to(
+        self,
+        server_path: str,
+        filename: str | None,
+        *,
+        params: dict[str, Any] | None,
+        retries: int,
+        check: Callable[[str], None] | None,
+    ) -> str:
         made_temp = filename is None
         if filename is None:
             handle, filename = tempfile.mkstemp(prefix="xnatfs_")
             os.close(handle)
         try:
-            return self.connection.download_to_path(server_path, filename, params=params, retries=retries,
-                                                    check=check)
+            return self.connection.download_to_path(server_path, filename, params=params, retries=retries, check=check)
         except BaseException:
             if made_temp:
                 os.unlink(filename)
             raise
 
-    def get_dicom(self, project: str, session: str, experiment: str, scan: str, filename: str | None = None,
-                  retries: int = 3) -> str:
+    def get_dicom(
+        self, project: str, session: str, experiment: str, scan: str, filename: str | None = None, retries: int = 3
+    ) -> str:
         """Download a zip of one scan's DICOM resource to ``filename`` (or a new
         temporary file, which the caller must remove); return its path."""
         scan_path = f"{paths.experiment_in(project, session, experiment)}/scans/{paths.seg(scan)}"
-        return self._fetch_to(paths.resource(scan_path, "DICOM") + "/files", filename,
-                              params={"format": "zip"}, retries=retries, check=check_zip)
+        return self._fetch_to(
+            paths.resource(scan_path, "DICOM") + "/files",
+            filename,
+            params={"format": "zip"},
+            retries=retries,
+            check=check_zip,
+        )
 
-    def get_resource(self, project: str, session: str, experiment: str, resource_group_id: str,
-                     resource_id: str, filename: str | None = None, retries: int = 3, zipped: bool = True) -> str:
+    def get_resource(
+        self,
+        project: str,
+        session: str,
+        experiment: str,
+        resource_group_id: str,
+        resource_id: str,
+        filename: str | None = None,
+        retries: int = 3,
+        zipped: bool = True,
+    ) -> str:
         """Download one file of a session resource (as a zip unless ``zipped=False``)."""
         resource_uri = paths.resource(paths.experiment_in(project, session, experiment), resource_group_id)
         server_path = f"{resource_uri}/files/{paths.file_path(resource_id)}"
-        return self._fetch_to(server_path, filename, params={"format": "zip"} if zipped else None,
-                              retries=retries, check=check_zip if zipped else None)
+        return self._fetch_to(
+            server_path,
+            filename,
+            params={"format": "zip"} if zipped else None,
+            retries=retries,
+            check=check_zip if zipped else None,
+        )
 
-    def get_resource_archive(self, project: str, session: str, experiment: str, resource_id: str,
-                             filename: str | None = None, retries: int = 3) -> str:
+    def get_resource_archive(
+        self,
+        project: str,
+        session: str,
+        experiment: str,
+        resource_id: str,
+        filename: str | None = None,
+        retries: int = 3,
+    ) -> str:
         """Download a zip of a whole session resource."""
         resource_uri = paths.resource(paths.experiment_in(project, session, experiment), resource_id)
-        return self._fetch_to(resource_uri + "/files", filename, params={"format": "zip"}, retries=retries,
-                              check=check_zip)
+        return self._fetch_to(
+            resource_uri + "/files", filename, params={"format": "zip"}, retries=retries, check=check_zip
+        )
 
     # -- uploads -------------------------------------------------------------
 
@@ -325,9 +392,16 @@ class DatmanConnection:
         except OSError as exc:
             raise XnatError(f"cannot read {filename}: {exc.strerror}") from exc
 
-    def put_resource(self, project: str, subject: str, experiment: str, filename: str,
-                     data: str | bytes | bytearray | BinaryIO,
-                     folder: str | None = None, retries: int = 3) -> None:
+    def put_resource(
+        self,
+        project: str,
+        subject: str,
+        experiment: str,
+        filename: str,
+        data: str | bytes | bytearray | BinaryIO,
+        folder: str | None = None,
+        retries: int = 3,
+    ) -> None:
         """Store ``data`` (bytes, text or a binary file object) as ``filename``
         in the experiment's resource ``folder`` (default ``MISC``).
 
@@ -348,8 +422,9 @@ class DatmanConnection:
         if isinstance(data, str):
             data = data.encode("utf-8")
         body = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-        self.connection.upload_file(paths.resource(experiment_path, label), filename, body, overwrite=True,
-                         retries=retries)
+        self.connection.upload_file(
+            paths.resource(experiment_path, label), filename, body, overwrite=True, retries=retries
+        )
 
     # -- workflows -----------------------------------------------------------
 
@@ -360,10 +435,17 @@ class DatmanConnection:
 
     # -- deletes -------------------------------------------------------------
 
-    def delete_resource(self, project: str | None = None, session: str | None = None,
-                        experiment: str | None = None, resource_group_id: str | None = None,
-                        resource_id: str | None = None, retries: int = 3, *,
-                        project_or_uri: str | None = None) -> None:
+    def delete_resource(
+        self,
+        project: str | None = None,
+        session: str | None = None,
+        experiment: str | None = None,
+        resource_group_id: str | None = None,
+        resource_id: str | None = None,
+        retries: int = 3,
+        *,
+        project_or_uri: str | None = None,
+    ) -> None:
         """Delete one file of a session resource (datman's form), or a whole resource.
 
         ``delete_resource(project, session, experiment, resource_group_id,
@@ -379,8 +461,9 @@ class DatmanConnection:
             self.connection.delete_resource(project)
             return
         if experiment is None or resource_group_id is None or resource_id is None:
-            raise TypeError("datman's delete_resource needs project, session, experiment, "
-                            "resource_group_id and resource_id")
+            raise TypeError(
+                "datman's delete_resource needs project, session, experiment, resource_group_id and resource_id"
+            )
         resource_uri = paths.resource(paths.experiment_in(project, session, experiment), resource_group_id)
         self.connection.delete_file(resource_uri, resource_id, retries=retries)
 

@@ -114,8 +114,9 @@ def extract_zip(
             if not target.is_relative_to(root.resolve()) or target == root.resolve():
                 raise XnatServerError(f"zip entry would land outside the folder: {info.filename!r}")
             if expected is not None and info.file_size != expected[relpath]:
-                raise XnatServerError(f"zip entry {relpath} has {info.file_size} bytes, "
-                                      f"the listing says {expected[relpath]}")
+                raise XnatServerError(
+                    f"zip entry {relpath} has {info.file_size} bytes, the listing says {expected[relpath]}"
+                )
             fd, temp = _temp_beside(target)
             try:
                 with os.fdopen(fd, "wb") as out, archive.open(info) as source:

@@ -282,20 +282,24 @@ class XnatSession:
             return
         url = self.url_for("/data/JSESSION")
         response, _repeated = self._send_with_retries(
-            "POST", url, auth=(self.credentials.username, self.credentials.password),
-            idempotent=True, retries=self.retries, session_id=None,
+            "POST",
+            url,
+            auth=(self.credentials.username, self.credentials.password),
+            idempotent=True,
+            retries=self.retries,
+            session_id=None,
         )
         with response:
             text = response.text
             if response.status_code == 401:
-                raise XnatAuthError(f"login refused for user {self.credentials.username}",
-                                    url=url, status=401)
+                raise XnatAuthError(f"login refused for user {self.credentials.username}", url=url, status=401)
             if response.status_code != 200:
                 raise self.error_for("POST", url, response.status_code, text)
             if looks_like_html(text):
                 if "expired" in text.lower():
-                    raise XnatPasswordExpired(f"the password of user {self.credentials.username} has expired",
-                                              url=url, status=200)
+                    raise XnatPasswordExpired(
+                        f"the password of user {self.credentials.username} has expired", url=url, status=200
+                    )
                 raise XnatAuthError("login answered with a web page instead of a session ID", url=url, status=200)
             session_id = response.cookies.get("JSESSIONID") or text.strip()
             if not _SESSION_ID.match(session_id):
@@ -339,7 +343,8 @@ class XnatSession:
             # the exit up for a whole timeout more (an unmount while it is stopped).
             if self._jsession is not None and not self.breaker.silent:
                 response = self._http.delete(
-                    self.url_for("/data/JSESSION"), cookies={"JSESSIONID": self._jsession},
+                    self.url_for("/data/JSESSION"),
+                    cookies={"JSESSIONID": self._jsession},
                     timeout=(min(10.0, self.timeout), self.timeout),
                 )
                 response.close()
@@ -400,16 +405,26 @@ class XnatSession:
             with_credentials = renewals >= MAX_RENEWALS_PER_REQUEST and credentials is not None
             auth = (credentials.username, credentials.password) if credentials and with_credentials else None
             response, repeated = self._send_with_retries(
-                method, url, params=params, data=data, headers=headers, stream=stream,
-                idempotent=idempotent, retries=retries, timeout=timeout, session_id=session_id, auth=auth,
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                stream=stream,
+                idempotent=idempotent,
+                retries=retries,
+                timeout=timeout,
+                session_id=session_id,
+                auth=auth,
             )
             repeated_before = repeated_before or repeated
             status = response.status_code
             if status == 401 and self.credentials is not None and not with_credentials:
                 response.close()
                 if not _rewind(data, start):
-                    raise XnatPermissionError("session expired during an upload that cannot be replayed",
-                                              url=url, status=401)
+                    raise XnatPermissionError(
+                        "session expired during an upload that cannot be replayed", url=url, status=401
+                    )
                 self._renew(session_id)
                 renewals += 1
                 continue
@@ -424,9 +439,18 @@ class XnatSession:
                 response.close()
             raise self.error_for(method, url, status, text)
 
-    def _send_with_retries(self, method: str, url: str, *, idempotent: bool, retries: int, session_id: str | None,
-                           timeout: float | None = None, stream: bool = False,
-                           **kwargs: Any) -> tuple[requests.Response, bool]:
+    def _send_with_retries(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        retries: int,
+        session_id: str | None,
+        timeout: float | None = None,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> tuple[requests.Response, bool]:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
         data = kwargs.get("data")
         start = _position(data)
@@ -438,13 +462,11 @@ class XnatSession:
             self.breaker.before_request(url)
             try:
                 # Always streamed, so that an answer kept in memory is read with a bound.
-                response = self._send(method, url, stream=True, timeout=wait,
-                                      session_id=session_id, **kwargs)
+                response = self._send(method, url, stream=True, timeout=wait, session_id=session_id, **kwargs)
                 if not stream:
                     self._load_body(response, method, url)
             except requests.exceptions.SSLError as exc:
-                raise XnatServerError(f"{method} failed: TLS handshake or certificate check failed",
-                                      url=url) from exc
+                raise XnatServerError(f"{method} failed: TLS handshake or certificate check failed", url=url) from exc
             except (*_TRANSIENT, _TruncatedBody) as exc:
                 self._note_failure(exc)
                 may_repeat = idempotent or _nothing_was_sent(exc)
@@ -461,8 +483,11 @@ class XnatSession:
             self.breaker.answered()
             status = response.status_code
             repeat_500 = status == 500 and method in SAFE_METHODS and server_errors < RETRIES_ON_500
-            if (((status in RETRYABLE_STATUSES and idempotent) or repeat_500)
-                    and attempt < retries and _rewind(data, start)):
+            if (
+                ((status in RETRYABLE_STATUSES and idempotent) or repeat_500)
+                and attempt < retries
+                and _rewind(data, start)
+            ):
                 retry_after = _retry_after(response)
                 if self._pause(attempt, method, url, f"HTTP {status}", retry_after):
                     response.close()
@@ -494,24 +519,31 @@ class XnatSession:
             body += chunk
             if len(body) > self.max_answer_bytes:
                 response.close()
-                logger.error("%s %s: answer larger than %d bytes, refused", method, urlsplit(url).path,
-                             self.max_answer_bytes)
-                raise XnatAnswerTooLarge(f"answer larger than {self.max_answer_bytes} bytes", url=url,
-                                         status=response.status_code)
+                logger.error(
+                    "%s %s: answer larger than %d bytes, refused", method, urlsplit(url).path, self.max_answer_bytes
+                )
+                raise XnatAnswerTooLarge(
+                    f"answer larger than {self.max_answer_bytes} bytes", url=url, status=response.status_code
+                )
         # What requests itself does once it has read a body: later reads of
         # .content and .text see these bytes.
         response._content = bytes(body)
         response._content_consumed = True  # type: ignore[attr-defined]
         _check_length(response)
 
-    def _send(self, method: str, url: str, *, timeout: float, session_id: str | None,
-              **kwargs: Any) -> requests.Response:
+    def _send(
+        self, method: str, url: str, *, timeout: float, session_id: str | None, **kwargs: Any
+    ) -> requests.Response:
         cookies = {"JSESSIONID": session_id} if session_id else None
         ticket = self.activity.started()
         try:
             response = self._http.request(
-                method, url, cookies=cookies, timeout=(min(10.0, timeout), timeout),
-                allow_redirects=False, **kwargs,
+                method,
+                url,
+                cookies=cookies,
+                timeout=(min(10.0, timeout), timeout),
+                allow_redirects=False,
+                **kwargs,
             )
         except BaseException as exc:
             self.activity.finished(ticket, exc)
@@ -522,7 +554,7 @@ class XnatSession:
 
     def _pause(self, attempt: int, method: str, url: str, why: str, at_least: float = 0.0) -> bool:
         """Wait before retry ``attempt``; False (without waiting) when the caller's budget would run out first."""
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.5)
+        delay = min(self.max_backoff, self.backoff * (2**attempt)) * random.uniform(0.5, 1.5)
         delay = max(delay, min(at_least, self.max_backoff))
         budget = current_budget()
         if budget is not None and delay >= budget.remaining():
@@ -539,8 +571,9 @@ class XnatSession:
             return XnatNotFound("not found" + (f": {detail}" if detail else ""), url=url, status=status)
         if status == 401:
             if self.credentials is None:
-                return XnatAuthError("the server requires a login and no credentials were found",
-                                     url=url, status=status)
+                return XnatAuthError(
+                    "the server requires a login and no credentials were found", url=url, status=status
+                )
             return XnatPermissionError("not authorised even after a fresh login", url=url, status=status)
         if status == 403:
             return XnatPermissionError(what, url=url, status=status)
@@ -565,8 +598,9 @@ class XnatSession:
 
     # -- downloads ---------------------------------------------------------
 
-    def download(self, path: str, fileobj: BinaryIO, *, offset: int = 0, length: int | None = None,
-                 retries: int | None = None) -> int:
+    def download(
+        self, path: str, fileobj: BinaryIO, *, offset: int = 0, length: int | None = None, retries: int | None = None
+    ) -> int:
         """Write bytes ``[offset, offset+length)`` of a file to ``fileobj``.
 
         Sends a Range header when a part is asked for and accepts either a
@@ -599,12 +633,14 @@ class XnatSession:
             if ranged:
                 end = "" if remaining is None else str(start + remaining - 1)
                 headers["Range"] = f"bytes={start}-{end}"
-            response = self.request("GET", url, headers=headers, stream=True, ok=(200, 206, 416),
-                                    retries=retries)
+            response = self.request("GET", url, headers=headers, stream=True, ok=(200, 206, 416), retries=retries)
             try:
                 if written and _changed(version, _version_of(response)):
-                    raise XnatServerError("the file changed on the server while it was being downloaded",
-                                          url=url, status=response.status_code)
+                    raise XnatServerError(
+                        "the file changed on the server while it was being downloaded",
+                        url=url,
+                        status=response.status_code,
+                    )
                 version = _version_of(response)
                 if response.status_code == 416:
                     return written
@@ -627,21 +663,25 @@ class XnatSession:
                     if attempt >= retries or not self._pause(attempt, "GET", url, _describe(exc)):
                         kind = XnatTimeout if _timed_out(exc) else XnatServerError
                         raise kind(
-                            f"download incomplete after {attempt + 1} attempts: {_describe(exc)}", url=url,
-                            status=response.status_code) from exc
+                            f"download incomplete after {attempt + 1} attempts: {_describe(exc)}",
+                            url=url,
+                            status=response.status_code,
+                        ) from exc
                     attempt += 1
             finally:
                 response.close()
 
-    def _plan_body(self, response: requests.Response, url: str, ranged: bool, start: int,
-                   remaining: int | None) -> tuple[int, int | None]:
+    def _plan_body(
+        self, response: requests.Response, url: str, ranged: bool, start: int, remaining: int | None
+    ) -> tuple[int, int | None]:
         """How many leading bytes to skip, and how many the body should hold."""
         declared = _content_length(response)
         if response.status_code == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if not match or int(match.group(1)) != start:
-                raise XnatServerError("206 answer with a Content-Range that does not match the request",
-                                      url=url, status=206)
+                raise XnatServerError(
+                    "206 answer with a Content-Range that does not match the request", url=url, status=206
+                )
             self._supports_range = True
             first, last = int(match.group(1)), int(match.group(2))
             return 0, last - first + 1 if declared is None else declared
@@ -653,8 +693,9 @@ class XnatSession:
             return start, None
         return start, max(0, declared - start) if remaining is None else min(remaining, max(0, declared - start))
 
-    def download_whole(self, path: str, fileobj: BinaryIO, *, params: Mapping[str, Any] | None = None,
-                       retries: int | None = None) -> int:
+    def download_whole(
+        self, path: str, fileobj: BinaryIO, *, params: Mapping[str, Any] | None = None, retries: int | None = None
+    ) -> int:
         """Stream a whole answer (e.g. a zip, which has no Content-Length) to ``fileobj``.
 
         If the body is cut short and ``fileobj`` can seek, it is rewound and
@@ -666,8 +707,9 @@ class XnatSession:
         start = _position(fileobj)
         attempt = 0
         while True:
-            response = self.request("GET", url, params=params, headers={"Accept-Encoding": "identity"},
-                                    stream=True, retries=retries)
+            response = self.request(
+                "GET", url, params=params, headers={"Accept-Encoding": "identity"}, stream=True, retries=retries
+            )
             written = 0
             try:
                 declared = _content_length(response)
@@ -680,11 +722,14 @@ class XnatSession:
                 return written
             except (*_TRANSIENT, _TruncatedBody, urllib3.exceptions.HTTPError) as exc:
                 self._note_failure(exc)
-                if (attempt >= retries or start is None or not _truncate_to(fileobj, start)
-                        or not self._pause(attempt, "GET", url, _describe(exc))):
+                if (
+                    attempt >= retries
+                    or start is None
+                    or not _truncate_to(fileobj, start)
+                    or not self._pause(attempt, "GET", url, _describe(exc))
+                ):
                     kind = XnatTimeout if _timed_out(exc) else XnatServerError
-                    raise kind(f"download incomplete: {_describe(exc)}", url=url,
-                               status=response.status_code) from exc
+                    raise kind(f"download incomplete: {_describe(exc)}", url=url, status=response.status_code) from exc
                 attempt += 1
             finally:
                 response.close()
@@ -694,13 +739,13 @@ def parse_json(response: requests.Response) -> Any:
     """The JSON document of an answer; a web page or garbage is an error."""
     text = response.text
     if looks_like_html(text):
-        raise XnatServerError("server answered with a web page where JSON was expected",
-                              url=response.url, status=response.status_code)
+        raise XnatServerError(
+            "server answered with a web page where JSON was expected", url=response.url, status=response.status_code
+        )
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise XnatServerError("server answer is not valid JSON", url=response.url,
-                              status=response.status_code) from exc
+        raise XnatServerError("server answer is not valid JSON", url=response.url, status=response.status_code) from exc
 
 
 def _chunks(response: requests.Response, skip: int, limit: int | None) -> Iterator[bytes]:

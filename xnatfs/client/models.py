@@ -22,23 +22,23 @@ class Project:
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    id: str                      # accession ID, e.g. XNAT_S00001
-    label: str                   # label in the project it was listed under
-    project: str                 # owning project
+    id: str  # accession ID, e.g. XNAT_S00001
+    label: str  # label in the project it was listed under
+    project: str  # owning project
     uri: str = ""
     insert_date: datetime | None = None
-    shared: bool = False         # listed under a project that only holds a share
+    shared: bool = False  # listed under a project that only holds a share
 
 
 @dataclass(frozen=True, slots=True)
 class Experiment:
-    id: str                      # accession ID, e.g. XNAT_E00001
-    label: str                   # label in the project it was listed under
-    project: str                 # owning project
+    id: str  # accession ID, e.g. XNAT_E00001
+    label: str  # label in the project it was listed under
+    project: str  # owning project
     subject_id: str = ""
     subject_label: str = ""
     xsi_type: str = ""
-    date: str = ""               # YYYY-MM-DD or ""
+    date: str = ""  # YYYY-MM-DD or ""
     insert_date: datetime | None = None
     uri: str = ""
     shared: bool = False
@@ -47,8 +47,8 @@ class Experiment:
 @dataclass(frozen=True, slots=True)
 class Resource:
     label: str
-    uri: str                     # e.g. /data/experiments/XNAT_E00001/scans/3/resources/DICOM
-    id: str = ""                 # xnat_abstractresource_id
+    uri: str  # e.g. /data/experiments/XNAT_E00001/scans/3/resources/DICOM
+    id: str = ""  # xnat_abstractresource_id
     format: str = ""
     content: str = ""
     file_count: int | None = None
@@ -57,12 +57,12 @@ class Resource:
 
 @dataclass(frozen=True, slots=True)
 class RemoteFile:
-    path: str                    # relative path inside its resource, may contain "/"
+    path: str  # relative path inside its resource, may contain "/"
     size: int
-    uri: str                     # download address
+    uri: str  # download address
     resource_label: str = ""
-    resource_uri: str = ""       # the resource it belongs to (as in Resource.uri)
-    digest: str = ""             # MD5 hex where the server records one
+    resource_uri: str = ""  # the resource it belongs to (as in Resource.uri)
+    digest: str = ""  # MD5 hex where the server records one
     format: str = ""
     content: str = ""
     tags: str = ""
@@ -83,5 +83,5 @@ class Scan:
 class ExperimentContents:
     experiment_id: str
     scans: tuple[Scan, ...] = ()
-    resources: tuple[Resource, ...] = field(default_factory=tuple)   # session-level
+    resources: tuple[Resource, ...] = field(default_factory=tuple)  # session-level
     insert_date: datetime | None = None

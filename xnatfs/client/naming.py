@@ -54,8 +54,9 @@ def _patterns(value: Any) -> list[str]:
     return [str(item) for item in value]
 
 
-def matching_tags(description: str, image_type: str, multiecho: bool,
-                  tag_map: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+def matching_tags(
+    description: str, image_type: str, multiecho: bool, tag_map: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
     """The tags a scan should carry, with their settings (empty if none or ambiguous)."""
     matches = {}
     for tag, settings in tag_map.items():
@@ -63,8 +64,7 @@ def matching_tags(description: str, image_type: str, multiecho: bool,
         if not any(re.search(pattern, description or "", re.IGNORECASE) for pattern in wanted):
             continue
         image_pattern = settings.get("ImageType")
-        if image_pattern and not any(re.search(p, image_type or "", re.IGNORECASE)
-                                     for p in _patterns(image_pattern)):
+        if image_pattern and not any(re.search(p, image_type or "", re.IGNORECASE) for p in _patterns(image_pattern)):
             continue
         matches[tag] = settings
     if len(matches) <= 1:

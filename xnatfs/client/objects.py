@@ -49,8 +49,7 @@ class XNATObject:
         return label
 
     def _shared_into(self, project: str | None) -> bool:
-        return any(parsing.fields(share).get("project") == project
-                   for share in self._children("sharing/share"))
+        return any(parsing.fields(share).get("project") == project for share in self._children("sharing/share"))
 
 
 class XNATSubject(XNATObject):
@@ -108,8 +107,9 @@ class XNATExperiment(XNATObject):
         self.scan_resource_IDs = [rid for scan in self.scans for rid in scan.dicom_resource_ids()]
         self.resource_files = self._children("resources/resource")
         self.resource_IDs = {
-            parsing.text(parsing.fields(item).get("label")) or "No Label":
-                parsing.text(parsing.fields(item).get("xnat_abstractresource_id"))
+            parsing.text(parsing.fields(item).get("label")) or "No Label": parsing.text(
+                parsing.fields(item).get("xnat_abstractresource_id")
+            )
             for item in self.resource_files
         }
         self.misc_resource_IDs = [rid for scan in self.scans for rid in scan.other_resource_ids()]
@@ -155,8 +155,9 @@ class XNATExperiment(XNATObject):
         if os.path.exists(output_path):
             logger.warning("not downloading %s: %s already exists", self.name, output_path)
             return output_path
-        return xnat.download_to_path(paths.experiment(self.id) + "/files", output_path,
-                                     params={"format": "zip", "all": "true"}, check=check_zip)
+        return xnat.download_to_path(
+            paths.experiment(self.id) + "/files", output_path, params={"format": "zip", "all": "true"}, check=check_zip
+        )
 
     def __repr__(self) -> str:
         return f"<XNATExperiment {self.name}>"
@@ -194,8 +195,11 @@ class XNATScan(XNATObject):
         return [parsing.fields(item) for item in self._children("file")]
 
     def dicom_resource_ids(self) -> list[str]:
-        return [parsing.text(values.get("xnat_abstractresource_id")) for values in self._resources()
-                if values.get("label") == "DICOM" and values.get("xnat_abstractresource_id") is not None]
+        return [
+            parsing.text(values.get("xnat_abstractresource_id"))
+            for values in self._resources()
+            if values.get("label") == "DICOM" and values.get("xnat_abstractresource_id") is not None
+        ]
 
     def other_resource_ids(self) -> list[str]:
         """IDs of resources that are neither DICOM nor snapshots (e.g. NIfTI uploads)."""
@@ -210,8 +214,10 @@ class XNATScan(XNATObject):
         return found
 
     def is_multiecho(self) -> bool:
-        return any("MultiEcho" in parsing.text(parsing.fields(item).get("name"))
-                   for item in self._children("parameters/addParam"))
+        return any(
+            "MultiEcho" in parsing.text(parsing.fields(item).get("name"))
+            for item in self._children("parameters/addParam")
+        )
 
     def raw_dicoms_exist(self) -> bool:
         return any(values.get("content") == "RAW" for values in self._resources())

@@ -24,8 +24,13 @@ from xnatfs.client.models import (
 )
 from xnatfs.errors import XnatServerError
 
-_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
-                     "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
+_DATETIME_FORMATS = (
+    "%Y-%m-%d %H:%M:%S.%f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S.%f",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d",
+)
 
 
 def rows(document: Any, *, url: str | None = None) -> list[dict[str, Any]]:
@@ -47,8 +52,7 @@ def items(document: Any, *, url: str | None = None) -> list[dict[str, Any]]:
         raise XnatServerError("item answer without items", url=url) from exc
     if not isinstance(found, list):
         raise XnatServerError("item answer whose items is not a list", url=url)
-    return [item for item in found
-            if isinstance(item, dict) and not (item.get("meta") or {}).get("isHistory")]
+    return [item for item in found if isinstance(item, dict) and not (item.get("meta") or {}).get("isHistory")]
 
 
 def first_item(document: Any, *, url: str | None = None) -> dict[str, Any]:
@@ -106,6 +110,7 @@ def parse_datetime(value: Any) -> datetime | None:
 
 
 # -- listings --------------------------------------------------------------
+
 
 def project_from_row(row: dict[str, Any]) -> Project:
     project_id = text(row.get("ID") or row.get("id"))
@@ -196,6 +201,7 @@ def file_from_row(row: dict[str, Any], resource_uri: str | None = None) -> Remot
 
 # -- experiment item -------------------------------------------------------
 
+
 def _has_resource_identity(values: dict[str, Any]) -> bool:
     return bool(values.get("label") or _resource_id(values))
 
@@ -206,7 +212,8 @@ def scan_from_item(item: dict[str, Any], experiment_id: str) -> Scan:
     scan_uri = paths.scan(experiment_id, scan_id)
     resources = tuple(
         resource_from_values(fields(entry), scan_uri)
-        for entry in children(item, "file") if _has_resource_identity(fields(entry))
+        for entry in children(item, "file")
+        if _has_resource_identity(fields(entry))
     )
     return Scan(
         id=scan_id,
@@ -227,12 +234,11 @@ def experiment_contents(item: dict[str, Any], fallback_id: str = "") -> Experime
     scans = tuple(scan_from_item(entry, experiment_id) for entry in children(item, "scans/scan"))
     resources = tuple(
         resource_from_values(fields(entry), experiment_uri)
-        for entry in children(item, "resources/resource") if _has_resource_identity(fields(entry))
+        for entry in children(item, "resources/resource")
+        if _has_resource_identity(fields(entry))
     )
-    inserted = parse_datetime(values.get("insert_date")) or parse_datetime(
-        (item.get("meta") or {}).get("start_date"))
-    return ExperimentContents(experiment_id=experiment_id, scans=scans, resources=resources,
-                              insert_date=inserted)
+    inserted = parse_datetime(values.get("insert_date")) or parse_datetime((item.get("meta") or {}).get("start_date"))
+    return ExperimentContents(experiment_id=experiment_id, scans=scans, resources=resources, insert_date=inserted)
 
 
 # -- project-wide searches ---------------------------------------------------
@@ -267,8 +273,9 @@ def answers_columns(found: list[dict[str, Any]], *columns: str) -> bool:
     return all(column in named for column in columns)
 
 
-def experiment_contents_from_search(scan_rows: list[dict[str, Any]], resource_rows: list[dict[str, Any]]
-                                    ) -> dict[str, ExperimentContents]:
+def experiment_contents_from_search(
+    scan_rows: list[dict[str, Any]], resource_rows: list[dict[str, Any]]
+) -> dict[str, ExperimentContents]:
     """Contents of every experiment in two project-wide search answers.
 
     ``scan_rows`` have one row per (experiment, scan, scan resource),
@@ -295,10 +302,13 @@ def experiment_contents_from_search(scan_rows: list[dict[str, Any]], resource_ro
         experiment_uri = paths.experiment(experiment_id)
         found[experiment_id] = ExperimentContents(
             experiment_id=experiment_id,
-            scans=tuple(_scan_from_search(experiment_id, scan_id, scan["row"], scan["resources"])
-                        for scan_id, scan in scans[experiment_id].items()),
-            resources=tuple(Resource(label=label, uri=paths.resource(experiment_uri, label))
-                            for label in resources[experiment_id]),
+            scans=tuple(
+                _scan_from_search(experiment_id, scan_id, scan["row"], scan["resources"])
+                for scan_id, scan in scans[experiment_id].items()
+            ),
+            resources=tuple(
+                Resource(label=label, uri=paths.resource(experiment_uri, label)) for label in resources[experiment_id]
+            ),
         )
     return found
 

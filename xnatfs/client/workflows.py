@@ -29,10 +29,16 @@ def _add(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 def autorun_search(item_id: str, project: str) -> bytes:
     """The ``xdat:bundle`` that finds AutoRun workflows of one item in one project."""
     ET.register_namespace("xdat", XDAT_NS)
-    bundle = ET.Element(f"{{{XDAT_NS}}}bundle", {
-        "ID": "@wrk:workflowData", "brief-description": "", "description": "",
-        "allow-diff-columns": "0", "secure": "false",
-    })
+    bundle = ET.Element(
+        f"{{{XDAT_NS}}}bundle",
+        {
+            "ID": "@wrk:workflowData",
+            "brief-description": "",
+            "description": "",
+            "allow-diff-columns": "0",
+            "secure": "false",
+        },
+    )
     _add(bundle, "root_element_name", "wrk:workflowData")
     for sequence, field in enumerate(("pipeline_name", "wrk_workflowData_id", "status")):
         column = _add(bundle, "search_field")

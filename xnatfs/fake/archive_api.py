@@ -23,20 +23,38 @@ VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 PROJECT_COLUMNS = ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"]
 SUBJECT_COLUMNS = ["ID", "project", "label", "insert_date", "insert_user", "URI"]
-SUBJECT_EXPERIMENT_COLUMNS = ["ID", "label", "date", "xsiType", "xnat:subjectassessordata/id",
-                              "insert_date", "project", "URI"]
+SUBJECT_EXPERIMENT_COLUMNS = [
+    "ID",
+    "label",
+    "date",
+    "xsiType",
+    "xnat:subjectassessordata/id",
+    "insert_date",
+    "project",
+    "URI",
+]
 PROJECT_EXPERIMENT_COLUMNS = ["ID", "label", "date", "xsiType", "insert_date", "project", "URI"]
 GLOBAL_EXPERIMENT_COLUMNS = ["ID", "project", "date", "xsiType", "label", "insert_date", "URI"]
-SCAN_COLUMNS = ["xsiType", "xnat_imagescandata_id", "note", "series_description", "ID", "type",
-                "URI", "quality"]
+SCAN_COLUMNS = ["xsiType", "xnat_imagescandata_id", "note", "series_description", "ID", "type", "URI", "quality"]
 SCAN_FIELD_PARAMS = ("type", "series_description", "quality", "note", "frames")
-EXPERIMENT_FIELD_PARAMS = ("date", "time", "note", "visit_id", "session_type", "modality",
-                           "acquisition_site", "operator", "scanner", "fieldStrength")
+EXPERIMENT_FIELD_PARAMS = (
+    "date",
+    "time",
+    "note",
+    "visit_id",
+    "session_type",
+    "modality",
+    "acquisition_site",
+    "operator",
+    "scanner",
+    "fieldStrength",
+)
 
 
 @dataclass(frozen=True)
 class Scope:
     """What the address has fixed so far: the project it goes through and the subject."""
+
     project: str | None = None
     subject_id: str | None = None
 
@@ -91,11 +109,20 @@ class ArchiveApi:
         if not rest:
             if request.method not in ("GET", "HEAD"):
                 return method_not_allowed(request, "GET, HEAD")
-            rows = [{"ID": p["id"], "secondary_ID": p["secondary_id"], "name": p["name"],
-                     "description": p["description"], "pi_firstname": p["pi_firstname"],
-                     "pi_lastname": p["pi_lastname"], "URI": f"/data/projects/{p['id']}",
-                     "insert_date": p["insert_date"], "insert_user": p["insert_user"]}
-                    for p in self.store.projects()]
+            rows = [
+                {
+                    "ID": p["id"],
+                    "secondary_ID": p["secondary_id"],
+                    "name": p["name"],
+                    "description": p["description"],
+                    "pi_firstname": p["pi_firstname"],
+                    "pi_lastname": p["pi_lastname"],
+                    "URI": f"/data/projects/{p['id']}",
+                    "insert_date": p["insert_date"],
+                    "insert_user": p["insert_user"],
+                }
+                for p in self.store.projects()
+            ]
             return table_response(request, rows, PROJECT_COLUMNS)
         project = self.store.project(rest[0])
         if len(rest) == 1:
@@ -118,10 +145,17 @@ class ArchiveApi:
                 return error_page(404, f"Unable to find project {name}.")
             return _item_answer(request, project_item(self.store, project))
         if request.method == "PUT":
-            fields = {key: value for key, param in (
-                ("name", "name"), ("description", "description"), ("secondary_id", "secondary_ID"),
-                ("pi_firstname", "pi_firstname"), ("pi_lastname", "pi_lastname"))
-                if (value := request.param(param)) is not None}
+            fields = {
+                key: value
+                for key, param in (
+                    ("name", "name"),
+                    ("description", "description"),
+                    ("secondary_id", "secondary_ID"),
+                    ("pi_firstname", "pi_firstname"),
+                    ("pi_lastname", "pi_lastname"),
+                )
+                if (value := request.param(param)) is not None
+            }
             if project is not None:
                 self.store.update_project(project["id"], **fields)
                 return text_response(project["id"])
@@ -143,10 +177,19 @@ class ArchiveApi:
             subjects = self.store.subjects_in(scope.project)
         else:
             subjects = [dict(s, shared=False) for s in self.store.all_subjects()]
-        return [{"ID": s["id"], "project": s["project"], "label": s["label"],
-                 "insert_date": s["insert_date"], "insert_user": s["insert_user"],
-                 "group": s["grp"], "src": s["src"], "URI": f"/data/subjects/{s['id']}"}
-                for s in subjects]
+        return [
+            {
+                "ID": s["id"],
+                "project": s["project"],
+                "label": s["label"],
+                "insert_date": s["insert_date"],
+                "insert_user": s["insert_user"],
+                "group": s["grp"],
+                "src": s["src"],
+                "URI": f"/data/subjects/{s['id']}",
+            }
+            for s in subjects
+        ]
 
     def _find_subject(self, scope: Scope, name: str) -> str | None:
         if scope.project:
@@ -157,15 +200,21 @@ class ArchiveApi:
         if not rest:
             if request.method not in ("GET", "HEAD"):
                 return method_not_allowed(request, "GET, HEAD")
-            rows = search.expand_subjects(self.store, self._subject_rows(scope), request,
-                                          known=self.server.child_searches)
+            rows = search.expand_subjects(
+                self.store, self._subject_rows(scope), request, known=self.server.child_searches
+            )
             return table_response(request, rows, SUBJECT_COLUMNS)
         name = rest[0]
         subject_id = self._find_subject(scope, name)
         if len(rest) == 1:
             return self._subject_item(request, scope, name, subject_id)
-        if subject_id is None and scope.project and request.method == "PUT" \
-                and rest[1] == "experiments" and len(rest) == 3:
+        if (
+            subject_id is None
+            and scope.project
+            and request.method == "PUT"
+            and rest[1] == "experiments"
+            and len(rest) == 3
+        ):
             # Creating an experiment of an unknown subject creates the subject too.
             if not VALID_LABEL.match(name):
                 return error_page(417, "Invalid character in subject label.")
@@ -177,8 +226,7 @@ class ArchiveApi:
         if kind == "projects" and len(rest) == 3:
             return self._share(request, "subject", subject, scope, rest[2])
         if kind == "experiments":
-            return self._experiments(request, Scope(scope.project or subject["project"], subject_id),
-                                     rest[2:])
+            return self._experiments(request, Scope(scope.project or subject["project"], subject_id), rest[2:])
         if kind in ("resources", "files"):
             return self.files.route(request, [subject_parent(subject)], rest[1:])
         return error_page(404, "Unknown address.")
@@ -202,8 +250,9 @@ class ArchiveApi:
         if request.method == "DELETE":
             if subject_id is None:
                 return error_page(404, f"Unable to find subject {name}.")
-            return self._delete_or_unshare(scope, self.store.subject(subject_id), self.store.delete_subject,
-                                           self.store.unshare_subject)
+            return self._delete_or_unshare(
+                scope, self.store.subject(subject_id), self.store.delete_subject, self.store.unshare_subject
+            )
         return method_not_allowed(request, "GET, HEAD, PUT, DELETE")
 
     @staticmethod
@@ -223,13 +272,11 @@ class ArchiveApi:
         subject = required(self.store.subject(subject_id), "Subject")
         current = subject["label"]
         if project and project != subject["project"]:
-            current = next(s["label"] for s in self.store.subject_shares(subject_id)
-                           if s["project"] == project)
+            current = next(s["label"] for s in self.store.subject_shares(subject_id) if s["project"] == project)
         if new_label and new_label != current:
             if not VALID_LABEL.match(new_label):
                 return error_page(417, "Invalid character in subject label.")
-            blocked = self._open_workflow_message(
-                [e["id"] for e in self.store.experiments_of_subject(subject_id)])
+            blocked = self._open_workflow_message([e["id"] for e in self.store.experiments_of_subject(subject_id)])
             if blocked:
                 return error_page(409, blocked)
             self.store.rename_subject(subject_id, new_label, project)
@@ -250,12 +297,23 @@ class ArchiveApi:
             columns = GLOBAL_EXPERIMENT_COLUMNS
         rows = []
         for e in found:
-            rows.append({"ID": e["id"], "label": e["label"], "date": e["date"], "time": e["time"],
-                         "xsiType": e["xsi_type"], "xnat:subjectassessordata/id": e["id"],
-                         "insert_date": e["insert_date"], "insert_user": e["insert_user"],
-                         "project": e["project"], "subject_ID": e["subject_id"],
-                         "subject_label": e["subject_label"], "UID": e["uid"],
-                         "URI": f"/data/experiments/{e['id']}"})
+            rows.append(
+                {
+                    "ID": e["id"],
+                    "label": e["label"],
+                    "date": e["date"],
+                    "time": e["time"],
+                    "xsiType": e["xsi_type"],
+                    "xnat:subjectassessordata/id": e["id"],
+                    "insert_date": e["insert_date"],
+                    "insert_user": e["insert_user"],
+                    "project": e["project"],
+                    "subject_ID": e["subject_id"],
+                    "subject_label": e["subject_label"],
+                    "UID": e["uid"],
+                    "URI": f"/data/experiments/{e['id']}",
+                }
+            )
         return rows, columns
 
     def _find_experiment(self, scope: Scope, name: str) -> str | None:
@@ -291,14 +349,12 @@ class ArchiveApi:
             return self._scans(request, experiment, rest[2:])
         if kind in ("resources", "files"):
             scans = [scan_parent(experiment, s) for s in self.store.scans(experiment_id)]
-            return self.files.route(request, [experiment_parent(experiment)], rest[1:],
-                                    all_levels=scans)
+            return self.files.route(request, [experiment_parent(experiment)], rest[1:], all_levels=scans)
         if kind in ("assessors", "reconstructions") and len(rest) == 2:
             return table_response(request, [], ["ID", "xsiType", "label", "URI"])
         return error_page(404, "Unknown address.")
 
-    def _experiment_item(self, request: Request, scope: Scope, name: str,
-                         experiment_id: str | None) -> Response:
+    def _experiment_item(self, request: Request, scope: Scope, name: str, experiment_id: str | None) -> Response:
         if request.method in ("GET", "HEAD"):
             if experiment_id is None:
                 return error_page(404, f"Unable to find experiment {name}.")
@@ -316,15 +372,23 @@ class ArchiveApi:
             values = _typed_params(request, EXPERIMENT_FIELD_PARAMS)
             date = _iso_date(values.pop("date", ""))
             time_of_day = values.pop("time", "")
-            new_id = self.store.add_experiment(scope.project, scope.subject_id, name, xsi_type=xsi_type,
-                                               date=date, time_of_day=time_of_day,
-                                               insert_user=request.user or "admin", fields=values)
+            new_id = self.store.add_experiment(
+                scope.project,
+                scope.subject_id,
+                name,
+                xsi_type=xsi_type,
+                date=date,
+                time_of_day=time_of_day,
+                insert_user=request.user or "admin",
+                fields=values,
+            )
             return text_response(new_id, 201)
         if request.method == "DELETE":
             if experiment_id is None:
                 return error_page(404, f"Unable to find experiment {name}.")
-            return self._delete_or_unshare(scope, self.store.experiment(experiment_id),
-                                           self.store.delete_experiment, self.store.unshare_experiment)
+            return self._delete_or_unshare(
+                scope, self.store.experiment(experiment_id), self.store.delete_experiment, self.store.unshare_experiment
+            )
         return method_not_allowed(request, "GET, HEAD, PUT, DELETE")
 
     def _update_experiment(self, request: Request, project: str | None, experiment_id: str) -> Response:
@@ -334,8 +398,7 @@ class ArchiveApi:
             return error_page(422, f"Wrong data type for this experiment: {xsi_type}")
         current = experiment["label"]
         if project and project != experiment["project"]:
-            current = next(s["label"] for s in self.store.experiment_shares(experiment_id)
-                           if s["project"] == project)
+            current = next(s["label"] for s in self.store.experiment_shares(experiment_id) if s["project"] == project)
         new_label = request.param("label")
         if new_label and new_label != current:
             if not VALID_LABEL.match(new_label):
@@ -396,8 +459,9 @@ class ArchiveApi:
         if not rest:
             if request.method not in ("GET", "HEAD"):
                 return method_not_allowed(request, "GET, HEAD")
-            return table_response(request, self._scan_rows(experiment, self.store.scans(experiment["id"])),
-                                  SCAN_COLUMNS)
+            return table_response(
+                request, self._scan_rows(experiment, self.store.scans(experiment["id"])), SCAN_COLUMNS
+            )
         selector = rest[0]
         scans = self._select_scans(experiment["id"], selector)
         if len(rest) == 1:
@@ -410,11 +474,21 @@ class ArchiveApi:
         return error_page(404, "Unknown address.")
 
     def _scan_rows(self, experiment, scans) -> list[dict]:
-        return [{"xsiType": s["xsi_type"], "xnat_imagescandata_id": s["pk"], "note": s["note"],
-                 "series_description": s["series_description"], "ID": s["scan_id"], "type": s["type"],
-                 "URI": f"/data/experiments/{experiment['id']}/scans/{s['scan_id']}",
-                 "quality": s["quality"], "frames": s["frames"], "UID": s["uid"]}
-                for s in scans]
+        return [
+            {
+                "xsiType": s["xsi_type"],
+                "xnat_imagescandata_id": s["pk"],
+                "note": s["note"],
+                "series_description": s["series_description"],
+                "ID": s["scan_id"],
+                "type": s["type"],
+                "URI": f"/data/experiments/{experiment['id']}/scans/{s['scan_id']}",
+                "quality": s["quality"],
+                "frames": s["frames"],
+                "UID": s["uid"],
+            }
+            for s in scans
+        ]
 
     def _scan_item(self, request: Request, experiment, selector: str, scans: list) -> Response:
         if request.method in ("GET", "HEAD"):
@@ -434,8 +508,9 @@ class ArchiveApi:
                 return Response(200)
             xsi_type = request.param("xsiType") or "xnat:mrScanData"
             frames = values.pop("frames", "0")
-            self.store.add_scan(experiment["id"], selector, xsi_type=xsi_type,
-                                frames=int(frames) if frames.isdigit() else 0, **values)
+            self.store.add_scan(
+                experiment["id"], selector, xsi_type=xsi_type, frames=int(frames) if frames.isdigit() else 0, **values
+            )
             return Response(200)
         if request.method == "DELETE":
             if not scans:

@@ -22,8 +22,8 @@ ZIP64_FROM = 2**31 - 1
 
 @dataclass(frozen=True)
 class Entry:
-    name: str       # path inside the archive
-    path: Path      # the bytes on disk
+    name: str  # path inside the archive
+    path: Path  # the bytes on disk
     size: int
     mtime: float
 
@@ -34,8 +34,7 @@ def write_zip(entries: list[Entry], out: BinaryIO) -> None:
             info = zipfile.ZipInfo(entry.name, date_time=_zip_time(entry.mtime))
             info.compress_type = zipfile.ZIP_STORED
             info.file_size = entry.size
-            with archive.open(info, "w", force_zip64=entry.size >= ZIP64_FROM) as dest, \
-                    open(entry.path, "rb") as src:
+            with archive.open(info, "w", force_zip64=entry.size >= ZIP64_FROM) as dest, open(entry.path, "rb") as src:
                 shutil.copyfileobj(src, dest, COPY_BUFFER)
 
 

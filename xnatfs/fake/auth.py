@@ -57,9 +57,14 @@ class Authenticator:
 
     def issue_token(self, username: str) -> Token:
         now = time.time()
-        token = Token(alias=str(uuid.uuid4()), secret=secrets.token_urlsafe(48),
-                      username=username, created=now, expires=now + TOKEN_LIFETIME,
-                      token_id=0)
+        token = Token(
+            alias=str(uuid.uuid4()),
+            secret=secrets.token_urlsafe(48),
+            username=username,
+            created=now,
+            expires=now + TOKEN_LIFETIME,
+            token_id=0,
+        )
         with self._lock:
             token.token_id = len(self._tokens) + 1
             self._tokens[token.alias] = token

@@ -89,8 +89,9 @@ class SeriesSpec:
             if self.volumes < (2 if self.kind == "dwi" else 1):
                 raise ValueError(f"too few volumes for a {self.kind} series: {self.volumes}")
         if self.phase_encoding not in PHASE_DIRECTIONS:
-            raise ValueError(f"unknown phase-encoding direction {self.phase_encoding!r}; "
-                             f"expected one of {PHASE_DIRECTIONS[1:]}")
+            raise ValueError(
+                f"unknown phase-encoding direction {self.phase_encoding!r}; expected one of {PHASE_DIRECTIONS[1:]}"
+            )
         if bool(self.phase_encoding) != (self.kind == "epi"):
             raise ValueError("a phase-encoding direction is given for an epi field map, and only there")
 
@@ -180,7 +181,7 @@ class _SlicePlane:
         u = self.u / radii
         v = self.v / radii
         by_col = ((d[None, :] + self.c_mm[:, None] * u) ** 2).sum(axis=1)
-        by_row = (self.r_mm ** 2) * (v @ v) + self.r_mm * (2 * (d @ v))
+        by_row = (self.r_mm**2) * (v @ v) + self.r_mm * (2 * (d @ v))
         form = by_row[:, None].astype(np.float32) + by_col[None, :].astype(np.float32)
         cross = 2 * (u @ v)
         if cross:
@@ -219,9 +220,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 1, "large": 1},
         sequence_name="*fl2d1",
-        tr_ms=8.6, te_ms=4.0, ti_ms=None, flip_deg=20.0,
-        scanning_sequence="GR", sequence_variant="SP", scan_options="",
-        acquisition_type="2D", image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        tr_ms=8.6,
+        te_ms=4.0,
+        ti_ms=None,
+        flip_deg=20.0,
+        scanning_sequence="GR",
+        sequence_variant="SP",
+        scan_options="",
+        acquisition_type="2D",
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
         contrast=(0.0, 0.8, 0.1, 0.35, 0.5, 0.6, 0.4),
         minutes=0.5,
     ),
@@ -232,9 +239,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 1, "large": 1},
         sequence_name="*tfl3d1_16ns",
-        tr_ms=2300.0, te_ms=2.98, ti_ms=900.0, flip_deg=9.0,
-        scanning_sequence="GR\\IR", sequence_variant="SK\\SP\\MP", scan_options="IR",
-        acquisition_type="3D", image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"),
+        tr_ms=2300.0,
+        te_ms=2.98,
+        ti_ms=900.0,
+        flip_deg=9.0,
+        scanning_sequence="GR\\IR",
+        sequence_variant="SK\\SP\\MP",
+        scan_options="IR",
+        acquisition_type="3D",
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"),
         contrast=(0.0, 0.9, 0.05, 0.1, 0.45, 0.7, 0.12),
         minutes=5.5,
     ),
@@ -245,9 +258,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 1, "large": 1},
         sequence_name="*spcR_282ns",
-        tr_ms=3200.0, te_ms=409.0, ti_ms=None, flip_deg=120.0,
-        scanning_sequence="SE", sequence_variant="SK\\SP\\OSP", scan_options="",
-        acquisition_type="3D", image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"),
+        tr_ms=3200.0,
+        te_ms=409.0,
+        ti_ms=None,
+        flip_deg=120.0,
+        scanning_sequence="SE",
+        sequence_variant="SK\\SP\\OSP",
+        scan_options="",
+        acquisition_type="3D",
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"),
         contrast=(0.0, 0.5, 0.05, 1.0, 0.55, 0.4, 0.95),
         minutes=4.5,
     ),
@@ -258,9 +277,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 5, "large": 20},
         sequence_name="*epfid2d1_64",
-        tr_ms=2000.0, te_ms=30.0, ti_ms=None, flip_deg=90.0,
-        scanning_sequence="EP", sequence_variant="SK\\SS", scan_options="FS",
-        acquisition_type="2D", image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        tr_ms=2000.0,
+        te_ms=30.0,
+        ti_ms=None,
+        flip_deg=90.0,
+        scanning_sequence="EP",
+        sequence_variant="SK\\SS",
+        scan_options="FS",
+        acquisition_type="2D",
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
         contrast=(0.0, 0.15, 0.02, 0.9, 0.6, 0.45, 0.8),
         minutes=1.0,
     ),
@@ -271,9 +296,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 7, "large": 7},
         sequence_name="*ep_b",  # completed per volume with the b-value, as Siemens does
-        tr_ms=8000.0, te_ms=90.0, ti_ms=None, flip_deg=90.0,
-        scanning_sequence="EP", sequence_variant="SK\\SP", scan_options="FS",
-        acquisition_type="2D", image_type=("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"),
+        tr_ms=8000.0,
+        te_ms=90.0,
+        ti_ms=None,
+        flip_deg=90.0,
+        scanning_sequence="EP",
+        sequence_variant="SK\\SP",
+        scan_options="FS",
+        acquisition_type="2D",
+        image_type=("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"),
         contrast=(0.0, 0.1, 0.02, 1.0, 0.6, 0.5, 0.9),
         minutes=1.0,
     ),
@@ -284,9 +315,15 @@ _PROTOCOLS = {
         },
         volumes={"small": 1, "large": 3},
         sequence_name="*epse2d1_64",
-        tr_ms=8000.0, te_ms=66.0, ti_ms=None, flip_deg=90.0,
-        scanning_sequence="EP", sequence_variant="SK", scan_options="FS",
-        acquisition_type="2D", image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+        tr_ms=8000.0,
+        te_ms=66.0,
+        ti_ms=None,
+        flip_deg=90.0,
+        scanning_sequence="EP",
+        sequence_variant="SK",
+        scan_options="FS",
+        acquisition_type="2D",
+        image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
         contrast=(0.0, 0.1, 0.02, 1.0, 0.6, 0.5, 0.9),
         minutes=0.5,
     ),
@@ -423,8 +460,9 @@ def _session(patient_id: str, patient_name: str, study_date: str, seed: int) -> 
     )
 
 
-def _series_header(session: _Session, spec: SeriesSpec, protocol: _Protocol,
-                   start: dt.datetime, volumes: int) -> Dataset:
+def _series_header(
+    session: _Session, spec: SeriesSpec, protocol: _Protocol, start: dt.datetime, volumes: int
+) -> Dataset:
     """The elements every image of a series shares."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -479,11 +517,17 @@ def _series_header(session: _Session, spec: SeriesSpec, protocol: _Protocol,
         ds.NumberOfTemporalPositions = volumes
     if spec.phase_encoding:
         ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
-        ds.add_new(0x00291010, "OB", _csa_image_header({
-            # With these axial images dcm2niix reports polarity 1 as "j-" (A>P), 0 as "j" (P>A).
-            "PhaseEncodingDirectionPositive": ("IS", "1" if spec.phase_encoding == "AP" else "0"),
-            "BandwidthPerPixelPhaseEncode": ("FD", f"{_EPI_PHASE_BANDWIDTH_HZ:.6f}"),
-        }))
+        ds.add_new(
+            0x00291010,
+            "OB",
+            _csa_image_header(
+                {
+                    # With these axial images dcm2niix reports polarity 1 as "j-" (A>P), 0 as "j" (P>A).
+                    "PhaseEncodingDirectionPositive": ("IS", "1" if spec.phase_encoding == "AP" else "0"),
+                    "BandwidthPerPixelPhaseEncode": ("FD", f"{_EPI_PHASE_BANDWIDTH_HZ:.6f}"),
+                }
+            ),
+        )
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -510,8 +554,7 @@ def _csa_image_header(tags: dict[str, tuple[str, str]]) -> bytes:
     return bytes(out)
 
 
-def _image_fields(ds: Dataset, stack: _Stack, index: int, instance: int,
-                  acquired: dt.datetime) -> None:
+def _image_fields(ds: Dataset, stack: _Stack, index: int, instance: int, acquired: dt.datetime) -> None:
     """The elements that differ from one image of a series to the next."""
     position = stack.position(index)
     ds.AcquisitionDate = ds.ContentDate = _da(acquired)
@@ -529,8 +572,7 @@ def _image_fields(ds: Dataset, stack: _Stack, index: int, instance: int,
     ds.InPlanePhaseEncodingDirection = "ROW" if stack.orientation == _SAGITTAL else "COL"
 
 
-def _volume_fields(ds: Dataset, protocol: _Protocol, kind: str, volume: int,
-                   directions: np.ndarray) -> None:
+def _volume_fields(ds: Dataset, protocol: _Protocol, kind: str, volume: int, directions: np.ndarray) -> None:
     ds.AcquisitionNumber = volume + 1
     if kind == "bold":
         ds.TemporalPositionIdentifier = volume + 1
@@ -590,8 +632,15 @@ def _file_bytes(sop_uid: str, elements: dict[int, bytes]) -> bytes:
     return b"\0" * 128 + b"DICM" + buffer.getvalue() + body
 
 
-def _pixels(plane: _SlicePlane, kind: str, contrast: np.ndarray, scale: float,
-            volume: int, directions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _pixels(
+    plane: _SlicePlane,
+    kind: str,
+    contrast: np.ndarray,
+    scale: float,
+    volume: int,
+    directions: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One image: the phantom's tissues in this series' contrast, changed as
     this volume of a time series or diffusion series would be, plus noise."""
     labels = _tissue_labels(plane, scale)
@@ -620,8 +669,7 @@ def _duration(spec: SeriesSpec, size: str) -> dt.timedelta:
     return dt.timedelta(minutes=protocol.minutes) + dt.timedelta(milliseconds=repeats_ms)
 
 
-def _write_series(out_dir: Path, session: _Session, spec: SeriesSpec,
-                  start: dt.datetime, size: str) -> list[Path]:
+def _write_series(out_dir: Path, session: _Session, spec: SeriesSpec, start: dt.datetime, size: str) -> list[Path]:
     protocol = _PROTOCOLS[spec.kind]
     stacks = protocol.stacks[size]
     volumes = _volume_count(spec, size)
@@ -643,12 +691,10 @@ def _write_series(out_dir: Path, session: _Session, spec: SeriesSpec,
                 instance += 1
                 image = Dataset()
                 image.SOPInstanceUID = _uid(header.SeriesInstanceUID, instance)
-                _image_fields(image, stack, index, instance,
-                              volume_start + _slice_offset(protocol, stack, index))
+                _image_fields(image, stack, index, instance, volume_start + _slice_offset(protocol, stack, index))
                 _volume_fields(image, protocol, spec.kind, volume, directions)
                 plane = _SlicePlane(stack, index)
-                pixels = _pixels(plane, spec.kind, contrast, session.head_scale,
-                                 volume, directions, rng)
+                pixels = _pixels(plane, spec.kind, contrast, session.head_scale, volume, directions, rng)
                 image.add_new(0x7FE00010, "OW", pixels.tobytes())  # PixelData; OB/OW settled here
                 path = series_dir / f"{spec.number}-{instance:0{digits}d}.dcm"
                 path.write_bytes(_file_bytes(image.SOPInstanceUID, shared | _encode(image)))
@@ -657,9 +703,16 @@ def _write_series(out_dir: Path, session: _Session, spec: SeriesSpec,
     return paths
 
 
-def write_session(out_dir: Path, *, patient_id: str, patient_name: str, study_date: str,
-                  series: Sequence[SeriesSpec], size: str = "small",
-                  seed: int = 0) -> dict[int, list[Path]]:
+def write_session(
+    out_dir: Path,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_date: str,
+    series: Sequence[SeriesSpec],
+    size: str = "small",
+    seed: int = 0,
+) -> dict[int, list[Path]]:
     """Write one MR session as DICOM files, ``out_dir/<series number>/*.dcm``.
 
     ``study_date`` is ``YYYYMMDD``. ``size`` is "small" (64×64 images, tens

@@ -39,10 +39,20 @@ from .items import resource_item
 from .store import Store, StoreError, clean_relpath
 from .tables import table_response
 
-RESOURCE_COLUMNS = ["xnat_abstractresource_id", "label", "element_name", "category", "cat_id",
-                    "cat_desc", "format", "content", "tags", "file_count", "file_size"]
-FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
-                "cat_ID", "digest"]
+RESOURCE_COLUMNS = [
+    "xnat_abstractresource_id",
+    "label",
+    "element_name",
+    "category",
+    "cat_id",
+    "cat_desc",
+    "format",
+    "content",
+    "tags",
+    "file_count",
+    "file_size",
+]
+FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content", "cat_ID", "digest"]
 ARCHIVE_FORMATS = {"zip", "tar", "tar.gz", "tgz"}
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -55,6 +65,7 @@ class Parent:
     it); ``zip_dir`` is its folder in default-structure archives and
     ``zip_improved`` in ``structure=improved`` ones.
     """
+
     level: str
     owner: str
     uri: str
@@ -67,21 +78,23 @@ def project_parent(project: str) -> Parent:
 
 
 def subject_parent(subject) -> Parent:
-    return Parent("subject", subject["id"], f"/data/subjects/{subject['id']}",
-                  subject["label"], subject["label"])
+    return Parent("subject", subject["id"], f"/data/subjects/{subject['id']}", subject["label"], subject["label"])
 
 
 def experiment_parent(experiment) -> Parent:
-    return Parent("experiment", experiment["id"], f"/data/experiments/{experiment['id']}",
-                  experiment["label"], "")
+    return Parent("experiment", experiment["id"], f"/data/experiments/{experiment['id']}", experiment["label"], "")
 
 
 def scan_parent(experiment, scan) -> Parent:
     folder = f"{scan['scan_id']}-{scan['type'].replace('/', '_')}" if scan["type"] else scan["scan_id"]
     improved = f"{scan['scan_id']}_{UNSAFE_NAME.sub('_', scan['type'])}" if scan["type"] else scan["scan_id"]
-    return Parent("scan", str(scan["pk"]),
-                  f"/data/experiments/{experiment['id']}/scans/{quote(scan['scan_id'])}",
-                  f"{experiment['label']}/scans/{folder}", f"scans/{improved}")
+    return Parent(
+        "scan",
+        str(scan["pk"]),
+        f"/data/experiments/{experiment['id']}/scans/{quote(scan['scan_id'])}",
+        f"{experiment['label']}/scans/{folder}",
+        f"scans/{improved}",
+    )
 
 
 class FilesApi:
@@ -89,8 +102,9 @@ class FilesApi:
         self.server = server
         self.store: Store = server.store
 
-    def route(self, request: Request, parents: list[Parent], rest: list[str],
-              *, all_levels: list[Parent] | None = None) -> Response:
+    def route(
+        self, request: Request, parents: list[Parent], rest: list[str], *, all_levels: list[Parent] | None = None
+    ) -> Response:
         """Answer ``rest`` (``files`` or ``resources/...``) below ``parents``.
 
         ``all_levels`` are the extra parents whose files ``files?all=true``
@@ -152,13 +166,22 @@ class FilesApi:
         for parent in parents:
             for resource in self.store.resources(parent.level, parent.owner):
                 count, total = self.store.resource_totals(resource["id"])
-                rows.append({"xnat_abstractresource_id": resource["id"], "label": resource["label"],
-                             "element_name": "xnat:resourceCatalog", "category": "resources",
-                             "cat_id": resource["id"], "cat_desc": "", "format": resource["format"],
-                             "content": resource["content"], "tags": resource["tags"],
-                             "file_count": count, "file_size": total})
-        return table_response(request, rows, RESOURCE_COLUMNS, title="Resources",
-                              fixed_columns=True)
+                rows.append(
+                    {
+                        "xnat_abstractresource_id": resource["id"],
+                        "label": resource["label"],
+                        "element_name": "xnat:resourceCatalog",
+                        "category": "resources",
+                        "cat_id": resource["id"],
+                        "cat_desc": "",
+                        "format": resource["format"],
+                        "content": resource["content"],
+                        "tags": resource["tags"],
+                        "file_count": count,
+                        "file_size": total,
+                    }
+                )
+        return table_response(request, rows, RESOURCE_COLUMNS, title="Resources", fixed_columns=True)
 
     def _resource(self, request: Request, parents: list[Parent], selector: str) -> Response:
         chosen = self._select(parents, selector)
@@ -176,10 +199,14 @@ class FilesApi:
             if not _valid_resource_label(selector):
                 return error_page(417, "Invalid resource label.")
             parent = parents[0]
-            self.store.add_resource(parent.level, parent.owner, selector,
-                                    format=request.param("format") or "",
-                                    content=request.param("content") or "",
-                                    tags=request.param("tags") or "")
+            self.store.add_resource(
+                parent.level,
+                parent.owner,
+                selector,
+                format=request.param("format") or "",
+                content=request.param("content") or "",
+                tags=request.param("tags") or "",
+            )
             return Response(200)
         if request.method == "DELETE":
             if not chosen:
@@ -197,40 +224,54 @@ class FilesApi:
         for row in self.store.files(resource["id"]):
             entries.append(
                 f'<cat:entry xsi:type="{entry_type}" URI={quoteattr(row["path"])} '
-                f'name={quoteattr(posixpath.basename(row["path"]))} ID={quoteattr(row["path"])} '
-                f'digest={quoteattr(row["digest"])} format={quoteattr(row["format"])} '
-                f'content={quoteattr(row["content"])}/>')
+                f"name={quoteattr(posixpath.basename(row['path']))} ID={quoteattr(row['path'])} "
+                f"digest={quoteattr(row['digest'])} format={quoteattr(row['format'])} "
+                f"content={quoteattr(row['content'])}/>"
+            )
         document = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<{root} xmlns:cat="http://nrg.wustl.edu/catalog" '
             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-            f'ID={quoteattr(str(resource["id"]))} description={quoteattr(resource["label"])}>'
-            f'<cat:entries>{"".join(entries)}</cat:entries></{root}>\n')
+            f"ID={quoteattr(str(resource['id']))} description={quoteattr(resource['label'])}>"
+            f"<cat:entries>{''.join(entries)}</cat:entries></{root}>\n"
+        )
         return Response(200, document.encode(), "text/xml;charset=UTF-8")
 
     # ---- listings and archives ---------------------------------------------
 
     def _files_answer(self, request: Request, pairs: list[tuple[Parent, sqlite3.Row]]) -> Response:
-        found = [(parent, resource, row) for parent, resource in pairs
-                 for row in self.store.files(resource["id"])]
+        found = [(parent, resource, row) for parent, resource in pairs for row in self.store.files(resource["id"])]
         fmt = (request.param("format") or "json").lower()
         if fmt in ARCHIVE_FORMATS:
             return self._archive(request, found, fmt)
-        rows = [{"Name": posixpath.basename(row["path"]), "Size": row["size"],
-                 "URI": _file_uri(parent, resource, row["path"]),
-                 "collection": resource["label"], "file_tags": row["tags"],
-                 "file_format": row["format"], "file_content": row["content"],
-                 "cat_ID": resource["id"], "digest": row["digest"]}
-                for parent, resource, row in found]
-        return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True,
-                              fixed_columns=True)
+        rows = [
+            {
+                "Name": posixpath.basename(row["path"]),
+                "Size": row["size"],
+                "URI": _file_uri(parent, resource, row["path"]),
+                "collection": resource["label"],
+                "file_tags": row["tags"],
+                "file_format": row["format"],
+                "file_content": row["content"],
+                "cat_ID": resource["id"],
+                "digest": row["digest"],
+            }
+            for parent, resource, row in found
+        ]
+        return table_response(request, rows, FILE_COLUMNS, title="Files", file_listing=True, fixed_columns=True)
 
     def _archive(self, request: Request, found: list[tuple[Parent, sqlite3.Row, sqlite3.Row]], fmt: str) -> Response:
         """A zip or tar of ``found``, (parent, resource, file row) triples."""
         structure = (request.param("structure") or "default").lower()
-        entries = [Entry(_entry_name(parent, resource["label"], row["path"], structure),
-                         self.store.file_path(resource["id"], row["path"]), row["size"], row["mtime"])
-                   for parent, resource, row in found]
+        entries = [
+            Entry(
+                _entry_name(parent, resource["label"], row["path"], structure),
+                self.store.file_path(resource["id"], row["path"]),
+                row["size"],
+                row["mtime"],
+            )
+            for parent, resource, row in found
+        ]
         if not entries:
             return error_page(404, "No matching files found.")
         if fmt == "zip":
@@ -259,13 +300,16 @@ class FilesApi:
             if fmt in ARCHIVE_FORMATS:
                 handle.close()
                 return self._archive(request, [(parent, resource, row)], fmt)
-            return file_response(handle, content_type=_content_type(relpath),
-                                 range_header=request.headers.get("Range"),
-                                 honour_range=self.server.honour_range, mtime=row["mtime"])
+            return file_response(
+                handle,
+                content_type=_content_type(relpath),
+                range_header=request.headers.get("Range"),
+                honour_range=self.server.honour_range,
+                mtime=row["mtime"],
+            )
         return error_page(404, "Unable to find file.")
 
-    def _upload(self, request: Request, parents: list[Parent], selector: str,
-                relpath: str | None) -> Response:
+    def _upload(self, request: Request, parents: list[Parent], selector: str, relpath: str | None) -> Response:
         multipart = request.content_type.lower().startswith("multipart/")
         if multipart and request.flag("inbody"):
             return error_page(406, "In-body uploads cannot be multipart.")
@@ -290,8 +334,9 @@ class FilesApi:
             return Response(200, json.dumps({"duplicates": duplicates}).encode(), "application/json")
         return Response(200)
 
-    def _receive(self, request: Request, relpath: str | None, multipart: bool,
-                 new_path: Callable[[], Path]) -> list[tuple[str, Path, str]]:
+    def _receive(
+        self, request: Request, relpath: str | None, multipart: bool, new_path: Callable[[], Path]
+    ) -> list[tuple[str, Path, str]]:
         """Stage the uploaded file(s): [(relative path, staged file, md5)]."""
         if multipart:
             return self._receive_multipart(request, relpath, new_path)
@@ -301,8 +346,9 @@ class FilesApi:
         size, digest = request.body_to_file(staged)
         return [(relpath, staged, digest)] if size else []
 
-    def _receive_multipart(self, request: Request, relpath: str | None,
-                           new_path: Callable[[], Path]) -> list[tuple[str, Path, str]]:
+    def _receive_multipart(
+        self, request: Request, relpath: str | None, new_path: Callable[[], Path]
+    ) -> list[tuple[str, Path, str]]:
         raw = request.read_body()
         head = f"Content-Type: {request.content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
         message = BytesParser(policy=HTTP).parsebytes(head + raw)
@@ -327,8 +373,11 @@ class FilesApi:
         """Put a staged upload in place (or unpack it); returns the paths refused as duplicates."""
         relpath = clean_relpath(relpath)
         overwrite = request.flag("overwrite")
-        attrs: dict[str, Any] = {"format": request.param("format"), "content": request.param("content"),
-                 "tags": request.param("tags") or ""}
+        attrs: dict[str, Any] = {
+            "format": request.param("format"),
+            "content": request.param("content"),
+            "tags": request.param("tags") or "",
+        }
         if request.flag("extract") and is_archive_name(relpath):
             folder = posixpath.dirname(relpath)
             duplicates = []

@@ -41,6 +41,7 @@ class BadRequest(Exception):
 @dataclass
 class FileBody:
     """``length`` bytes from ``offset`` of an open file, which :func:`send` closes."""
+
     file: BinaryIO
     offset: int
     length: int
@@ -49,6 +50,7 @@ class FileBody:
 @dataclass
 class StreamBody:
     """A body of unknown length: ``produce(out)`` writes it into ``out``."""
+
     produce: Callable[[BinaryIO], None]
 
 
@@ -71,8 +73,10 @@ def error_page(status: int, message: str) -> Response:
     except ValueError:
         reason = "Error"
     text = html.escape(message)
-    body = (f"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
-            f"<h3>{text}</h3><p>{reason} ({status})</p>\n</body>\n</html>\n")
+    body = (
+        f"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
+        f"<h3>{text}</h3><p>{reason} ({status})</p>\n</body>\n</html>\n"
+    )
     return Response(status, body.encode(), "text/html;charset=UTF-8")
 
 
@@ -151,7 +155,7 @@ class BodyReader:
         self._rfile = rfile
         encoding = (headers.get("Transfer-Encoding") or "").lower()
         self.chunked = "chunked" in encoding
-        self._left = 0                  # bytes left in the body, or in the current chunk
+        self._left = 0  # bytes left in the body, or in the current chunk
         if not self.chunked:
             raw = headers.get("Content-Length")
             try:
@@ -289,10 +293,12 @@ def _send(handler, request_method: str, response: Response, cut: str | None) -> 
     body = response.body
     head_only = request_method == "HEAD"
     http10 = handler.request_version == "HTTP/1.0"
-    lines = [_status_line(response.status),
-             f"Date: {formatdate(usegmt=True)}\r\n",
-             "Server: Apache-Coyote/1.1\r\n",
-             f"Content-Type: {response.content_type}\r\n"]
+    lines = [
+        _status_line(response.status),
+        f"Date: {formatdate(usegmt=True)}\r\n",
+        "Server: Apache-Coyote/1.1\r\n",
+        f"Content-Type: {response.content_type}\r\n",
+    ]
     lines += [f"{name}: {value}\r\n" for name, value in response.headers]
     stream = isinstance(body, StreamBody)
     if isinstance(body, StreamBody):
@@ -351,23 +357,25 @@ def _finish_cut(sock: socket.socket, cut: str | None) -> None:
             pass
 
 
-def file_response(file: BinaryIO, *, content_type: str, range_header: str | None,
-                  honour_range: bool, mtime: float) -> Response:
+def file_response(
+    file: BinaryIO, *, content_type: str, range_header: str | None, honour_range: bool, mtime: float
+) -> Response:
     """A download answer for one open file; a single byte range is honoured when switched on."""
     size = os.fstat(file.fileno()).st_size
-    headers = [("Last-Modified", formatdate(mtime, usegmt=True)),
-               ("Cache-Control", "must-revalidate")]
+    headers = [("Last-Modified", formatdate(mtime, usegmt=True)), ("Cache-Control", "must-revalidate")]
     if honour_range and range_header:
         span = parse_range(range_header, size)
         if span == "unsatisfiable":
             file.close()
-            return Response(416, b"", content_type,
-                            headers + [("Content-Range", f"bytes */{size}")])
+            return Response(416, b"", content_type, headers + [("Content-Range", f"bytes */{size}")])
         if span is not None:
             start, end = span
-            return Response(206, FileBody(file, start, end - start + 1), content_type,
-                            headers + [("Content-Range", f"bytes {start}-{end}/{size}"),
-                                       ("Accept-Ranges", "bytes")])
+            return Response(
+                206,
+                FileBody(file, start, end - start + 1),
+                content_type,
+                headers + [("Content-Range", f"bytes {start}-{end}/{size}"), ("Accept-Ranges", "bytes")],
+            )
     if honour_range:
         headers.append(("Accept-Ranges", "bytes"))
     return Response(200, FileBody(file, 0, size), content_type, headers)

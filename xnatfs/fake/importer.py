@@ -45,7 +45,7 @@ class Series:
     description: str
     modality: str
     first: pydicom.Dataset
-    files: list[tuple[str, Path]] = field(default_factory=list)   # (name in resource, staged file)
+    files: list[tuple[str, Path]] = field(default_factory=list)  # (name in resource, staged file)
 
 
 def _label(value) -> str:
@@ -55,8 +55,11 @@ def _label(value) -> str:
 def _routing(request: Request) -> dict[str, str]:
     """Project, subject and session asked for by parameters or ``dest=``."""
     wanted: dict[str, str] = {}
-    for key, names in (("project", ("project", "PROJECT_ID")), ("subject", ("subject", "SUBJECT_ID")),
-                       ("session", ("session", "EXPT_LABEL"))):
+    for key, names in (
+        ("project", ("project", "PROJECT_ID")),
+        ("subject", ("subject", "SUBJECT_ID")),
+        ("session", ("session", "EXPT_LABEL")),
+    ):
         for name in names:
             if value := request.param(name):
                 wanted[key] = value
@@ -122,9 +125,12 @@ def _read_series(archive_path: Path, new_path: Callable[[], Path], skip_unparsab
                 entry = series.get(uid)
                 if entry is None:
                     entry = series[uid] = Series(
-                        uid=uid, number=str(dataset.get("SeriesNumber", "") or ""),
+                        uid=uid,
+                        number=str(dataset.get("SeriesNumber", "") or ""),
                         description=str(dataset.get("SeriesDescription", "") or ""),
-                        modality=str(dataset.get("Modality", "") or ""), first=dataset)
+                        modality=str(dataset.get("Modality", "") or ""),
+                        first=dataset,
+                    )
                 entry.files.append((posixpath.basename(info.filename), staged))
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise BadRequest("Unable to identify upload format.") from exc
@@ -133,10 +139,16 @@ def _read_series(archive_path: Path, new_path: Callable[[], Path], skip_unparsab
 
 def _session_fields(dataset: pydicom.Dataset) -> dict[str, str]:
     fields = {}
-    for key, tag in (("modality", "Modality"), ("scanner/manufacturer", "Manufacturer"),
-                     ("scanner/model", "ManufacturerModelName"), ("fieldStrength", "MagneticFieldStrength"),
-                     ("dcmPatientId", "PatientID"), ("dcmPatientName", "PatientName"),
-                     ("acquisition_site", "InstitutionName"), ("operator", "OperatorsName")):
+    for key, tag in (
+        ("modality", "Modality"),
+        ("scanner/manufacturer", "Manufacturer"),
+        ("scanner/model", "ManufacturerModelName"),
+        ("fieldStrength", "MagneticFieldStrength"),
+        ("dcmPatientId", "PatientID"),
+        ("dcmPatientName", "PatientName"),
+        ("acquisition_site", "InstitutionName"),
+        ("operator", "OperatorsName"),
+    ):
         value = dataset.get(tag)
         if value not in (None, ""):
             fields[key] = str(value)
@@ -181,8 +193,9 @@ def import_service(request: Request, server) -> Response:
         return _archive(request, server, routed, series, first, studies.pop(), overwrite)
 
 
-def _archive(request: Request, server, routed: dict, series: dict[str, Series], first,
-             study_uid: str, overwrite: str) -> Response:
+def _archive(
+    request: Request, server, routed: dict, series: dict[str, Series], first, study_uid: str, overwrite: str
+) -> Response:
     store: Store = server.store
     project = store.project(routed["project"])
     if project is None:
@@ -191,17 +204,21 @@ def _archive(request: Request, server, routed: dict, series: dict[str, Series], 
     subject, session = routed["subject"], routed["session"]
     experiment_id = store.experiment_id(project_id, session)
     if experiment_id is not None and overwrite not in ("append", "delete"):
-        return error_page(409, f"Session {session} already exists; import with overwrite=append "
-                               "or overwrite=delete.")
+        return error_page(409, f"Session {session} already exists; import with overwrite=append or overwrite=delete.")
     modality = str(first.get("Modality", "") or "")
     with store.batch():
         if experiment_id is None:
             experiment_id = store.add_experiment(
-                project_id, subject, session,
+                project_id,
+                subject,
+                session,
                 xsi_type=SESSION_TYPES.get(modality, "xnat:otherDicomSessionData"),
                 date=_iso(str(first.get("StudyDate", "") or "")),
-                time_of_day=_clock(str(first.get("StudyTime", "") or "")), uid=study_uid,
-                insert_user=request.user or "admin", fields=_session_fields(first))
+                time_of_day=_clock(str(first.get("StudyTime", "") or "")),
+                uid=study_uid,
+                insert_user=request.user or "admin",
+                fields=_session_fields(first),
+            )
         elif overwrite == "delete":
             for scan in store.scans(experiment_id):
                 store.delete_scan(scan["pk"])
@@ -210,8 +227,7 @@ def _archive(request: Request, server, routed: dict, series: dict[str, Series], 
         store.add_workflow(experiment_id)
     experiment = required(store.experiment(experiment_id), "Experiment")
     subject_label = required(store.subject(experiment["subject_id"]), "Subject")["label"]
-    uri = (f"/data/archive/projects/{project_id}/subjects/{subject_label}"
-           f"/experiments/{experiment['label']}")
+    uri = f"/data/archive/projects/{project_id}/subjects/{subject_label}/experiments/{experiment['label']}"
     logger.info("imported %d series into %s", len(series), uri)
     return Response(200, (uri + "\r\n").encode(), "text/plain;charset=UTF-8")
 
@@ -229,10 +245,15 @@ def _file_series(store: Store, experiment_id: str, series: dict[str, Series]) ->
             while scan_id in existing and existing[scan_id]["uid"] not in ("", entry.uid):
                 suffix += 1
                 scan_id = f"{number}-{suffix}"
-            pk = store.add_scan(experiment_id, scan_id, type=entry.description,
-                                series_description=entry.description,
-                                xsi_type=SCAN_TYPES.get(entry.modality, "xnat:otherDicomScanData"),
-                                uid=entry.uid, quality="usable")
+            pk = store.add_scan(
+                experiment_id,
+                scan_id,
+                type=entry.description,
+                series_description=entry.description,
+                xsi_type=SCAN_TYPES.get(entry.modality, "xnat:otherDicomScanData"),
+                uid=entry.uid,
+                quality="usable",
+            )
             existing[scan_id] = required(store.scan_by_pk(pk), "Scan")
             resource_id = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
             used: set[str] = set()

@@ -55,83 +55,122 @@ def items_document(item: dict) -> dict:
 
 
 def project_item(store: Store, project) -> dict:
-    fields = {"ID": project["id"], "secondary_ID": project["secondary_id"], "name": project["name"],
-              "description": project["description"], "active": True}
+    fields = {
+        "ID": project["id"],
+        "secondary_ID": project["secondary_id"],
+        "name": project["name"],
+        "description": project["description"],
+        "active": True,
+    }
     pi = []
     if project["pi_firstname"] or project["pi_lastname"]:
-        pi = [_item("xnat:investigatorData",
-                    {"firstname": project["pi_firstname"], "lastname": project["pi_lastname"]}, [])]
+        pi = [
+            _item(
+                "xnat:investigatorData", {"firstname": project["pi_firstname"], "lastname": project["pi_lastname"]}, []
+            )
+        ]
     resources = [resource_item(store, r) for r in store.resources("project", project["id"])]
     return _item("xnat:projectData", fields, _children(("PI", pi), ("resources/resource", resources)))
 
 
 def subject_item(store: Store, subject) -> dict:
-    fields = {"ID": subject["id"], "id": subject["id"], "label": subject["label"],
-              "project": subject["project"]}
+    fields = {"ID": subject["id"], "id": subject["id"], "label": subject["label"], "project": subject["project"]}
     for key, column in (("group", "grp"), ("src", "src")):
         if subject[column]:
             fields[key] = subject[column]
     experiments = [experiment_item(store, e) for e in store.experiments_of_subject(subject["id"])]
-    shares = [_item("xnat:projectParticipant",
-                    {"project": s["project"], "label": s["label"],
-                     "xnat_projectParticipant_id": s["share_id"]}, [])
-              for s in store.subject_shares(subject["id"])]
+    shares = [
+        _item(
+            "xnat:projectParticipant",
+            {"project": s["project"], "label": s["label"], "xnat_projectParticipant_id": s["share_id"]},
+            [],
+        )
+        for s in store.subject_shares(subject["id"])
+    ]
     resources = [resource_item(store, r) for r in store.resources("subject", subject["id"])]
-    return _item("xnat:subjectData", fields, _children(
-        ("experiments/experiment", experiments), ("sharing/share", shares),
-        ("resources/resource", resources)))
+    return _item(
+        "xnat:subjectData",
+        fields,
+        _children(
+            ("experiments/experiment", experiments), ("sharing/share", shares), ("resources/resource", resources)
+        ),
+    )
 
 
 def experiment_item(store: Store, experiment) -> dict:
     extra = json.loads(experiment["fields"])
-    fields = {"ID": experiment["id"], "id": experiment["id"], "label": experiment["label"],
-              "project": experiment["project"], "subject_ID": experiment["subject_id"]}
-    for key, value in (("date", experiment["date"]), ("time", experiment["time"]),
-                       ("UID", experiment["uid"])):
+    fields = {
+        "ID": experiment["id"],
+        "id": experiment["id"],
+        "label": experiment["label"],
+        "project": experiment["project"],
+        "subject_ID": experiment["subject_id"],
+    }
+    for key, value in (("date", experiment["date"]), ("time", experiment["time"]), ("UID", experiment["uid"])):
         if value:
             fields[key] = value
     fields.update(extra)
     shares = store.experiment_shares(experiment["id"])
     scans = [scan_item(store, s, shares) for s in store.scans(experiment["id"])]
     resources = [resource_item(store, r) for r in store.resources("experiment", experiment["id"])]
-    share_items = [_item("xnat:experimentData_share",
-                         {"project": s["project"], "label": s["label"],
-                          "xnat_experimentData_share_id": s["share_id"]}, [])
-                   for s in shares]
-    return _item(experiment["xsi_type"], fields, _children(
-        ("scans/scan", scans), ("resources/resource", resources), ("sharing/share", share_items)),
-        event_id=_number(experiment["id"]))
+    share_items = [
+        _item(
+            "xnat:experimentData_share",
+            {"project": s["project"], "label": s["label"], "xnat_experimentData_share_id": s["share_id"]},
+            [],
+        )
+        for s in shares
+    ]
+    return _item(
+        experiment["xsi_type"],
+        fields,
+        _children(("scans/scan", scans), ("resources/resource", resources), ("sharing/share", share_items)),
+        event_id=_number(experiment["id"]),
+    )
 
 
 def scan_item(store: Store, scan, experiment_shares=()) -> dict:
     extra = json.loads(scan["fields"])
     add_params = extra.pop("addParam", {})
-    fields = {"ID": scan["scan_id"], "type": scan["type"],
-              "series_description": scan["series_description"], "quality": scan["quality"],
-              "frames": scan["frames"], "image_session_ID": scan["experiment_id"],
-              "xnat_imagescandata_id": scan["pk"], "xnat_imageScanData_id": scan["pk"]}
+    fields = {
+        "ID": scan["scan_id"],
+        "type": scan["type"],
+        "series_description": scan["series_description"],
+        "quality": scan["quality"],
+        "frames": scan["frames"],
+        "image_session_ID": scan["experiment_id"],
+        "xnat_imagescandata_id": scan["pk"],
+        "xnat_imageScanData_id": scan["pk"],
+    }
     if scan["uid"]:
         fields["UID"] = scan["uid"]
     if scan["note"]:
         fields["note"] = scan["note"]
     fields.update(extra)
-    params = [_item("xnat:addField", {"name": name, "addField": value}, [])
-              for name, value in add_params.items()]
+    params = [_item("xnat:addField", {"name": name, "addField": value}, []) for name, value in add_params.items()]
     files = [resource_item(store, r) for r in store.resources("scan", str(scan["pk"]))]
-    shares = [_item("xnat:imageScanData_share", {"project": s["project"], "label": scan["scan_id"]}, [])
-              for s in experiment_shares]
-    return _item(scan["xsi_type"], fields, _children(
-        ("parameters/addParam", params), ("file", files), ("sharing/share", shares)))
+    shares = [
+        _item("xnat:imageScanData_share", {"project": s["project"], "label": scan["scan_id"]}, [])
+        for s in experiment_shares
+    ]
+    return _item(
+        scan["xsi_type"], fields, _children(("parameters/addParam", params), ("file", files), ("sharing/share", shares))
+    )
 
 
 def resource_item(store: Store, resource) -> dict:
     count, total = store.resource_totals(resource["id"])
-    fields = {"label": resource["label"], "format": resource["format"],
-              "content": resource["content"], "file_count": count, "file_size": total,
-              "xnat_abstractresource_id": resource["id"], "xnat_abstractResource_id": resource["id"],
-              "URI": str(store.archive_dir / str(resource["id"]) / f"{resource['label']}_catalog.xml")}
-    tags = [_item("xnat:abstractResource_tag", {"tag": t}, [])
-            for t in resource["tags"].split(",") if t.strip()]
+    fields = {
+        "label": resource["label"],
+        "format": resource["format"],
+        "content": resource["content"],
+        "file_count": count,
+        "file_size": total,
+        "xnat_abstractresource_id": resource["id"],
+        "xnat_abstractResource_id": resource["id"],
+        "URI": str(store.archive_dir / str(resource["id"]) / f"{resource['label']}_catalog.xml"),
+    }
+    tags = [_item("xnat:abstractResource_tag", {"tag": t}, []) for t in resource["tags"].split(",") if t.strip()]
     return _item("xnat:resourceCatalog", fields, _children(("tags/tag", tags)))
 
 
@@ -141,6 +180,7 @@ def _number(accession: str) -> int:
 
 
 # ---- XML ---------------------------------------------------------------
+
 
 def item_xml(item: dict) -> str:
     """The item as an XNAT-style XML document (root element named after its type)."""

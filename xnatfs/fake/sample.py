@@ -119,23 +119,44 @@ QUESTIONABLE = {("SUB002_MR1", 6)}
 
 BIDS_PROJECT = "BIDS01"
 BIDS_SUBJECT = "P01"
-_FMAPS = (SeriesSpec(4, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
-          SeriesSpec(5, "fmap-epi_dir-PA", "epi", phase_encoding="PA"))
-_ANATOMY = (SeriesSpec(1, "Localizer", "localizer"), SeriesSpec(2, "T1w_MPRAGE", "t1w"),
-            SeriesSpec(3, "T2w_SPC", "t2w"))
+_FMAPS = (
+    SeriesSpec(4, "fmap-epi_dir-AP", "epi", phase_encoding="AP"),
+    SeriesSpec(5, "fmap-epi_dir-PA", "epi", phase_encoding="PA"),
+)
+_ANATOMY = (
+    SeriesSpec(1, "Localizer", "localizer"),
+    SeriesSpec(2, "T1w_MPRAGE", "t1w"),
+    SeriesSpec(3, "T2w_SPC", "t2w"),
+)
 BOLD_VOLUMES = 3
 DWI_VOLUMES = 4
 # (session, date, series, insert date)
 BIDS_SESSIONS = (
-    ("P01_MR1", "20240610", _ANATOMY + _FMAPS + (
-        SeriesSpec(6, "func-bold_task-nback", "bold", BOLD_VOLUMES),
-        SeriesSpec(7, "fMRI_rest", "bold", BOLD_VOLUMES),
-        SeriesSpec(8, "fMRI_rest", "bold", BOLD_VOLUMES),
-        SeriesSpec(9, "DWI_dir3", "dwi", DWI_VOLUMES)), "2024-06-10 14:00:00.000"),
-    ("P01_MR2", "20240912", _ANATOMY + _FMAPS + (
-        SeriesSpec(6, "fMRI_rest", "bold", BOLD_VOLUMES),
-        SeriesSpec(7, "DWI_dir3", "dwi", DWI_VOLUMES),
-        SeriesSpec(8, "T1w_MPRAGE", "t1w")), "2024-09-12 14:00:00.000"),
+    (
+        "P01_MR1",
+        "20240610",
+        _ANATOMY
+        + _FMAPS
+        + (
+            SeriesSpec(6, "func-bold_task-nback", "bold", BOLD_VOLUMES),
+            SeriesSpec(7, "fMRI_rest", "bold", BOLD_VOLUMES),
+            SeriesSpec(8, "fMRI_rest", "bold", BOLD_VOLUMES),
+            SeriesSpec(9, "DWI_dir3", "dwi", DWI_VOLUMES),
+        ),
+        "2024-06-10 14:00:00.000",
+    ),
+    (
+        "P01_MR2",
+        "20240912",
+        _ANATOMY
+        + _FMAPS
+        + (
+            SeriesSpec(6, "fMRI_rest", "bold", BOLD_VOLUMES),
+            SeriesSpec(7, "DWI_dir3", "dwi", DWI_VOLUMES),
+            SeriesSpec(8, "T1w_MPRAGE", "t1w"),
+        ),
+        "2024-09-12 14:00:00.000",
+    ),
 )
 BIDS_UNUSABLE = {("P01_MR2", 8)}
 # Scans that also hold a NIFTI resource, as XNAT's dcm2niix container adds.
@@ -143,7 +164,7 @@ BIDS_SERVER_NIFTI = {("P01_MR2", 3)}
 
 BENCH_SUBJECTS = 500
 BENCH_SESSIONS_PER_SUBJECT = 2
-BIG_FILE_SIZE = 1024 ** 3
+BIG_FILE_SIZE = 1024**3
 BIG_FILE_CHUNK = 16 * 1024 * 1024
 
 
@@ -165,20 +186,24 @@ def fill_sample(store: Store, size: str = "small") -> None:
 
 # ---- small --------------------------------------------------------------
 
+
 def _fill_small(store: Store, scratch: Path) -> None:
-    store.add_project("STUDY01", name="Sample study one", description="Sample MR study",
-                      pi_firstname="Ada", pi_lastname="Lovelace")
+    store.add_project(
+        "STUDY01", name="Sample study one", description="Sample MR study", pi_firstname="Ada", pi_lastname="Lovelace"
+    )
     store.add_project("STUDY02", name="Sample study two", description="Second sample study")
     protocols = store.ensure_resource("project", "STUDY01", "PROTOCOLS", format="MISC")
     store.store_file(protocols, "protocol.txt", b"T1w MPRAGE 1 mm iso; T2w SPC; rs-fMRI; DWI 6 dirs\n")
-    store.store_file(protocols, "acquisition_protocol.pdf",
-                     pdf_bytes(["Acquisition protocol", "STUDY01: MR sessions at 3 T"]))
+    store.store_file(
+        protocols, "acquisition_protocol.pdf", pdf_bytes(["Acquisition protocol", "STUDY01: MR sessions at 3 T"])
+    )
     for index, (project, subject, session, date, scans, inserted) in enumerate(SMALL_SESSIONS):
         store.add_subject(project, subject, insert_date=inserted)
         specs = [SeriesSpec(n, *ALL_SERIES[n]) for n in scans]
         quality = {number: "questionable" for s, number in QUESTIONABLE if s == session}
-        experiment_id = _add_session(store, scratch, project, subject, session, date, specs,
-                                     inserted, seed=index, quality=quality)
+        experiment_id = _add_session(
+            store, scratch, project, subject, session, date, specs, inserted, seed=index, quality=quality
+        )
         qc = store.ensure_resource("experiment", experiment_id, "QC", format="MISC")
         store.store_file(qc, "qc_report.pdf", pdf_bytes([f"QC report {session}", "All scans usable."]))
         store.store_file(qc, "qc_metrics.csv", _metrics_csv(scans))
@@ -190,13 +215,22 @@ def _fill_small(store: Store, scratch: Path) -> None:
 
 
 def _fill_bids(store: Store, scratch: Path) -> None:
-    store.add_project(BIDS_PROJECT, name="BIDS sample study",
-                      description="Every kind of series a BIDS dataset holds")
+    store.add_project(BIDS_PROJECT, name="BIDS sample study", description="Every kind of series a BIDS dataset holds")
     for index, (session, date, specs, inserted) in enumerate(BIDS_SESSIONS):
         store.add_subject(BIDS_PROJECT, BIDS_SUBJECT, insert_date=inserted)
         quality = {number: "unusable" for s, number in BIDS_UNUSABLE if s == session}
-        experiment_id = _add_session(store, scratch, BIDS_PROJECT, BIDS_SUBJECT, session, date,
-                                     list(specs), inserted, seed=100 + index, quality=quality)
+        experiment_id = _add_session(
+            store,
+            scratch,
+            BIDS_PROJECT,
+            BIDS_SUBJECT,
+            session,
+            date,
+            list(specs),
+            inserted,
+            seed=100 + index,
+            quality=quality,
+        )
         for number in sorted(n for s, n in BIDS_SERVER_NIFTI if s == session):
             _add_server_nifti(store, scratch / f"{session}-nifti-{number}", experiment_id, number)
 
@@ -208,33 +242,64 @@ def _add_server_nifti(store: Store, scratch: Path, experiment_id: str, number: i
     source = store.file_path(dicom["id"], store.files(dicom["id"])[0]["path"]).parent
     scratch.mkdir()
     # The wheel's binary; -z i compresses without pigz, so the bytes do not depend on the machine.
-    subprocess.run([dcm2niix.bin, "-z", "i", "-b", "y", "-ba", "y", "-f", "%s_%d", "-o", str(scratch),
-                    str(source)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [dcm2niix.bin, "-z", "i", "-b", "y", "-ba", "y", "-f", "%s_%d", "-o", str(scratch), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     nifti = store.ensure_resource("scan", str(pk), "NIFTI", format="NIFTI", content="NIFTI_RAW")
     for path in sorted(scratch.iterdir()):
         store.store_file(nifti, path.name, path, move=True, format="NIFTI", content="NIFTI_RAW")
 
 
-def _add_session(store: Store, scratch: Path, project: str, subject: str, session: str,
-                 date: str, specs: list[SeriesSpec], inserted: str, seed: int,
-                 quality: dict[int, str]) -> str:
+def _add_session(
+    store: Store,
+    scratch: Path,
+    project: str,
+    subject: str,
+    session: str,
+    date: str,
+    specs: list[SeriesSpec],
+    inserted: str,
+    seed: int,
+    quality: dict[int, str],
+) -> str:
     """Write and file one session; ``quality`` overrides "usable" by series number."""
-    written = write_session(scratch / session, patient_id=session, patient_name=subject,
-                            study_date=date, series=specs, size="small", seed=seed)
+    written = write_session(
+        scratch / session,
+        patient_id=session,
+        patient_name=subject,
+        study_date=date,
+        series=specs,
+        size="small",
+        seed=seed,
+    )
     first = pydicom.dcmread(written[specs[0].number][0], stop_before_pixels=True)
     experiment_id = store.add_experiment(
-        project, subject, session, date=f"{date[:4]}-{date[4:6]}-{date[6:]}",
-        time_of_day=_clock(str(first.get("StudyTime", ""))), uid=str(first.StudyInstanceUID),
-        insert_date=inserted, fields=_session_fields(first))
+        project,
+        subject,
+        session,
+        date=f"{date[:4]}-{date[4:6]}-{date[6:]}",
+        time_of_day=_clock(str(first.get("StudyTime", ""))),
+        uid=str(first.StudyInstanceUID),
+        insert_date=inserted,
+        fields=_session_fields(first),
+    )
     for spec in specs:
         number = spec.number
         files = written[number]
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
-        pk = store.add_scan(experiment_id, str(number), type=spec.description,
-                            series_description=spec.description,
-                            quality=quality.get(number, "usable"),
-                            uid=str(header.SeriesInstanceUID), frames=len(files),
-                            fields=_scan_fields(header))
+        pk = store.add_scan(
+            experiment_id,
+            str(number),
+            type=spec.description,
+            series_description=spec.description,
+            quality=quality.get(number, "usable"),
+            uid=str(header.SeriesInstanceUID),
+            frames=len(files),
+            fields=_scan_fields(header),
+        )
         dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
         for path in files:
             store.store_file(dicom, path.name, path, move=True, format="DICOM", content="RAW")
@@ -248,26 +313,31 @@ def _add_snapshots(store: Store, scan_pk: int, number: int, middle: Path, experi
     pixels = store.file_path(dicom["id"], middle.name)
     image = pydicom.dcmread(pixels).pixel_array.astype(np.float32)
     scaled = (255 * (image - image.min()) / max(float(np.ptp(image)), 1.0)).astype(np.uint8)
-    snapshots = store.ensure_resource("scan", str(scan_pk), "SNAPSHOTS", format="PNG",
-                                      content="SNAPSHOTS")
+    snapshots = store.ensure_resource("scan", str(scan_pk), "SNAPSHOTS", format="PNG", content="SNAPSHOTS")
     store.store_file(snapshots, f"{number}_qc.png", png_bytes(scaled), content="ORIGINAL")
     store.store_file(snapshots, f"{number}_qc_t.png", png_bytes(scaled[::4, ::4]), content="THUMBNAIL")
 
 
 def _session_fields(header) -> dict[str, str]:
-    fields = {"modality": "MR", "dcmPatientId": str(header.get("PatientID", "")),
-              "dcmPatientName": str(header.get("PatientName", "")),
-              "scanner/manufacturer": str(header.get("Manufacturer", "")),
-              "scanner/model": str(header.get("ManufacturerModelName", "")),
-              "fieldStrength": str(header.get("MagneticFieldStrength", "")),
-              "session_type": "MR"}
+    fields = {
+        "modality": "MR",
+        "dcmPatientId": str(header.get("PatientID", "")),
+        "dcmPatientName": str(header.get("PatientName", "")),
+        "scanner/manufacturer": str(header.get("Manufacturer", "")),
+        "scanner/model": str(header.get("ManufacturerModelName", "")),
+        "fieldStrength": str(header.get("MagneticFieldStrength", "")),
+        "session_type": "MR",
+    }
     return {k: v for k, v in fields.items() if v}
 
 
 def _scan_fields(header) -> dict:
     fields: dict = {}
-    for key, tag in (("parameters/tr", "RepetitionTime"), ("parameters/te", "EchoTime"),
-                     ("parameters/flip", "FlipAngle")):
+    for key, tag in (
+        ("parameters/tr", "RepetitionTime"),
+        ("parameters/te", "EchoTime"),
+        ("parameters/flip", "FlipAngle"),
+    ):
         if header.get(tag) is not None:
             fields[key] = float(header.get(tag))
     image_type = header.get("ImageType")
@@ -291,55 +361,99 @@ def _metrics_csv(scans) -> bytes:
 
 # ---- large ----------------------------------------------------------------
 
+
 def _fill_bench(store: Store, scratch: Path) -> None:
     store.add_project("BENCH", name="Benchmark project", description="Many subjects, hard-linked files")
-    specs = [SeriesSpec(n, description, kind, 2 if kind in ("bold", "dwi") else None)
-             for n, (description, kind) in ALL_SERIES.items()]
-    written = write_session(scratch / "bench", patient_id="BENCH", patient_name="BENCH",
-                            study_date="20230601", series=specs, size="small", seed=99)
+    specs = [
+        SeriesSpec(n, description, kind, 2 if kind in ("bold", "dwi") else None)
+        for n, (description, kind) in ALL_SERIES.items()
+    ]
+    written = write_session(
+        scratch / "bench",
+        patient_id="BENCH",
+        patient_name="BENCH",
+        study_date="20230601",
+        series=specs,
+        size="small",
+        seed=99,
+    )
     first = pydicom.dcmread(written[1][0], stop_before_pixels=True)
-    templates = {number: [(p, p.stat().st_size, file_md5(p)) for p in paths]
-                 for number, paths in written.items()}
-    uids = {number: str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-            for number, paths in written.items()}
+    templates = {number: [(p, p.stat().st_size, file_md5(p)) for p in paths] for number, paths in written.items()}
+    uids = {
+        number: str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+        for number, paths in written.items()
+    }
     with store.batch():
         for s in range(1, BENCH_SUBJECTS + 1):
             subject = f"B{s:04d}"
             store.add_subject("BENCH", subject, insert_date="2023-06-01 09:00:00.000")
             for v in range(1, BENCH_SESSIONS_PER_SUBJECT + 1):
                 experiment_id = store.add_experiment(
-                    "BENCH", subject, f"{subject}_MR{v}", date=f"2023-{5 + v:02d}-{1 + s % 28:02d}",
+                    "BENCH",
+                    subject,
+                    f"{subject}_MR{v}",
+                    date=f"2023-{5 + v:02d}-{1 + s % 28:02d}",
                     uid=str(first.StudyInstanceUID) + f".{s}.{v}",
-                    insert_date="2023-06-01 09:00:00.000", fields=_session_fields(first))
+                    insert_date="2023-06-01 09:00:00.000",
+                    fields=_session_fields(first),
+                )
                 for number, files in templates.items():
-                    pk = store.add_scan(experiment_id, str(number), type=ALL_SERIES[number][0],
-                                        series_description=ALL_SERIES[number][0],
-                                        uid=uids[number], frames=len(files))
-                    dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM",
-                                                  content="RAW")
+                    pk = store.add_scan(
+                        experiment_id,
+                        str(number),
+                        type=ALL_SERIES[number][0],
+                        series_description=ALL_SERIES[number][0],
+                        uid=uids[number],
+                        frames=len(files),
+                    )
+                    dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
                     for path, size, digest in files:
-                        store.link_file(dicom, path.name, path, size=size, digest=digest,
-                                        format="DICOM", content="RAW")
+                        store.link_file(dicom, path.name, path, size=size, digest=digest, format="DICOM", content="RAW")
     # The links keep the bytes alive; the generated originals are not needed.
     shutil.rmtree(scratch / "bench")
 
 
 def _fill_hires(store: Store, scratch: Path) -> None:
     specs = [SeriesSpec(1, "Localizer", "localizer"), SeriesSpec(2, "T1w_MPRAGE", "t1w")]
-    written = write_session(scratch / "hires_small", patient_id="HIRES_MR1", patient_name="HIRES",
-                            study_date="20230701", series=specs[:1], size="small", seed=7)
-    large = write_session(scratch / "hires_large", patient_id="HIRES_MR1", patient_name="HIRES",
-                          study_date="20230701", series=specs[1:], size="large", seed=7)
+    written = write_session(
+        scratch / "hires_small",
+        patient_id="HIRES_MR1",
+        patient_name="HIRES",
+        study_date="20230701",
+        series=specs[:1],
+        size="small",
+        seed=7,
+    )
+    large = write_session(
+        scratch / "hires_large",
+        patient_id="HIRES_MR1",
+        patient_name="HIRES",
+        study_date="20230701",
+        series=specs[1:],
+        size="large",
+        seed=7,
+    )
     first = pydicom.dcmread(large[2][0], stop_before_pixels=True)
     experiment_id = store.add_experiment(
-        "BENCH", "HIRES", "HIRES_MR1", date="2023-07-01", uid=str(first.StudyInstanceUID),
-        insert_date="2023-07-01 12:00:00.000", fields=_session_fields(first))
+        "BENCH",
+        "HIRES",
+        "HIRES_MR1",
+        date="2023-07-01",
+        uid=str(first.StudyInstanceUID),
+        insert_date="2023-07-01 12:00:00.000",
+        fields=_session_fields(first),
+    )
     for number, files in ((1, written[1]), (2, large[2])):
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
-        pk = store.add_scan(experiment_id, str(number), type=specs[number - 1].description,
-                            series_description=specs[number - 1].description,
-                            uid=str(header.SeriesInstanceUID), frames=len(files),
-                            fields=_scan_fields(header))
+        pk = store.add_scan(
+            experiment_id,
+            str(number),
+            type=specs[number - 1].description,
+            series_description=specs[number - 1].description,
+            uid=str(header.SeriesInstanceUID),
+            frames=len(files),
+            fields=_scan_fields(header),
+        )
         dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
         for path in files:
             store.store_file(dicom, path.name, path, move=True, format="DICOM", content="RAW")
@@ -361,18 +475,21 @@ def _write_pseudo_random(path: Path, size: int, seed: int) -> None:
 
 # ---- small real files ---------------------------------------------------
 
+
 def png_bytes(gray: np.ndarray) -> bytes:
     """An 8-bit greyscale PNG of a 2-D uint8 array."""
     height, width = gray.shape
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     raw = b"".join(b"\x00" + row.tobytes() for row in np.ascontiguousarray(gray, dtype=np.uint8))
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def pdf_bytes(lines: list[str]) -> bytes:

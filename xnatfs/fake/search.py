@@ -23,10 +23,16 @@ SCAN_RESOURCE = "xnat:imagescandata/file/"
 SESSION_RESOURCE = ("xnat:experimentdata/resources/resource/", "xnat:imagesessiondata/resources/resource/")
 SUBJECT_RESOURCE = "xnat:subjectdata/resources/resource/"
 
-SCAN_FIELDS = {"id": "scan_id", "type": "type", "series_description": "series_description",
-               "quality": "quality", "note": "note", "frames": "frames", "uid": "uid"}
-RESOURCE_FIELDS = {"label": "label", "format": "format", "content": "content",
-                   "xnat_abstractresource_id": "id"}
+SCAN_FIELDS = {
+    "id": "scan_id",
+    "type": "type",
+    "series_description": "series_description",
+    "quality": "quality",
+    "note": "note",
+    "frames": "frames",
+    "uid": "uid",
+}
+RESOURCE_FIELDS = {"label": "label", "format": "format", "content": "content", "xnat_abstractresource_id": "id"}
 
 
 def child_columns(request: Request, prefixes: tuple[str, ...]) -> list[str]:
@@ -40,7 +46,7 @@ def _fields(columns: list[str], prefixes: tuple[str, ...], known: dict[str, str]
     fields = {}
     for column in columns:
         prefix = next(p for p in prefixes if column.startswith(p))
-        name = column[len(prefix):]
+        name = column[len(prefix) :]
         if name not in known:
             raise BadRequest(f"Unknown search field: {column}")
         fields[column] = known[name]
@@ -74,15 +80,19 @@ def expand_experiments(store: Store, rows: list[dict], request: Request, *, know
     if not known:
         _refuse(scan_columns + resource_columns)
     scan_fields = _fields([c for c in scan_columns if not c.startswith(SCAN_RESOURCE)], (SCAN,), SCAN_FIELDS)
-    scan_resource_fields = _fields([c for c in scan_columns if c.startswith(SCAN_RESOURCE)], (SCAN_RESOURCE,),
-                                   RESOURCE_FIELDS)
+    scan_resource_fields = _fields(
+        [c for c in scan_columns if c.startswith(SCAN_RESOURCE)], (SCAN_RESOURCE,), RESOURCE_FIELDS
+    )
     resource_fields = _fields(resource_columns, SESSION_RESOURCE, RESOURCE_FIELDS)
     expanded = []
     for row in rows:
         joined = [row]
         if scan_columns:
-            joined = [dict(base, **extra) for base in joined
-                      for extra in _scan_rows(store, row["ID"], scan_fields, scan_resource_fields)]
+            joined = [
+                dict(base, **extra)
+                for base in joined
+                for extra in _scan_rows(store, row["ID"], scan_fields, scan_resource_fields)
+            ]
         if resource_fields:
             resources = _or_none(store.resources("experiment", row["ID"]))
             joined = [dict(base, **_values(resource, resource_fields)) for base in joined for resource in resources]
@@ -90,8 +100,9 @@ def expand_experiments(store: Store, rows: list[dict], request: Request, *, know
     return expanded
 
 
-def _scan_rows(store: Store, experiment_id: str, scan_fields: dict[str, str],
-               resource_fields: dict[str, str]) -> list[dict]:
+def _scan_rows(
+    store: Store, experiment_id: str, scan_fields: dict[str, str], resource_fields: dict[str, str]
+) -> list[dict]:
     found = []
     for scan in _or_none(store.scans(experiment_id)):
         values = _values(scan, scan_fields)

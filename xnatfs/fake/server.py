@@ -35,7 +35,7 @@ _ENDLESS_ROW = b'{"ID": "XNAT_S99999", "label": "ENDLESS", "project": "STUDY01",
 @dataclass
 class Fault:
     error_status: int | None = None
-    cut: str | None = None          # "drop" or "truncate"
+    cut: str | None = None  # "drop" or "truncate"
     stall: float = 0.0
 
 
@@ -46,11 +46,22 @@ class FaultInjector:
         self._lock = threading.Lock()
         self.configure()
 
-    def configure(self, error_rate: float = 0.0, error_statuses=(500, 503), drop_rate: float = 0.0,
-                  truncate_rate: float = 0.0, stall_ms: float = 0, stall_rate: float = 0.0,
-                  seed: int | None = None) -> None:
-        for name, rate in (("error_rate", error_rate), ("drop_rate", drop_rate),
-                           ("truncate_rate", truncate_rate), ("stall_rate", stall_rate)):
+    def configure(
+        self,
+        error_rate: float = 0.0,
+        error_statuses=(500, 503),
+        drop_rate: float = 0.0,
+        truncate_rate: float = 0.0,
+        stall_ms: float = 0,
+        stall_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        for name, rate in (
+            ("error_rate", error_rate),
+            ("drop_rate", drop_rate),
+            ("truncate_rate", truncate_rate),
+            ("stall_rate", stall_rate),
+        ):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         with self._lock:
@@ -129,16 +140,28 @@ class FakeXnat:
     that never ends, until the client hangs up) and :meth:`set_faults`.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, port: int = 0, sample: str | None = None,
-                 users: dict[str, str] | None = None, session_timeout: float = 900.0,
-                 latency_ms: float = 0, honour_range: bool = False, *, host: str = "127.0.0.1",
-                 autorun_on_import: bool = False, expired_password: bool = False,
-                 readonly_users: tuple[str, ...] = (), site_id: str = "XNAT"):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        port: int = 0,
+        sample: str | None = None,
+        users: dict[str, str] | None = None,
+        session_timeout: float = 900.0,
+        latency_ms: float = 0,
+        honour_range: bool = False,
+        *,
+        host: str = "127.0.0.1",
+        autorun_on_import: bool = False,
+        expired_password: bool = False,
+        readonly_users: tuple[str, ...] = (),
+        site_id: str = "XNAT",
+    ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir)
         if sample and self.store.is_empty():
             from .sample import fill_sample
+
             fill_sample(self.store, sample)
         self.users = dict(users) if users is not None else {"admin": "admin"}
         self.auth = Authenticator(self.users, session_timeout)
@@ -180,9 +203,16 @@ class FakeXnat:
     def password(self) -> str:
         return self.users[self.username]
 
-    def set_faults(self, error_rate: float = 0.0, error_statuses=(500, 503), drop_rate: float = 0.0,
-                   truncate_rate: float = 0.0, stall_ms: float = 0, stall_rate: float = 0.0,
-                   seed: int | None = None) -> None:
+    def set_faults(
+        self,
+        error_rate: float = 0.0,
+        error_statuses=(500, 503),
+        drop_rate: float = 0.0,
+        truncate_rate: float = 0.0,
+        stall_ms: float = 0,
+        stall_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         """Make a fraction of answers fail; call with no arguments to switch faults off.
 
         ``error_rate``: answered with a status from ``error_statuses``
@@ -192,8 +222,7 @@ class FakeXnat:
         (Content-Length promises more than is sent). ``stall_rate``: the answer
         waits ``stall_ms`` first.
         """
-        self._faults.configure(error_rate, error_statuses, drop_rate, truncate_rate, stall_ms,
-                               stall_rate, seed)
+        self._faults.configure(error_rate, error_statuses, drop_rate, truncate_rate, stall_ms, stall_rate, seed)
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:
@@ -203,9 +232,11 @@ class FakeXnat:
 
     def count(self, method: str | None = None, path_prefix: str | None = None) -> int:
         with self._log_lock:
-            return sum(1 for m, p, _s in self._requests
-                       if (method is None or m == method.upper())
-                       and (path_prefix is None or p.startswith(path_prefix)))
+            return sum(
+                1
+                for m, p, _s in self._requests
+                if (method is None or m == method.upper()) and (path_prefix is None or p.startswith(path_prefix))
+            )
 
     def reset_counts(self) -> None:
         with self._log_lock:
@@ -223,8 +254,9 @@ class FakeXnat:
         self._httpd = _HttpServer((self.host, self.port), _Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name=f"fake-xnat-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name=f"fake-xnat-{self.port}", daemon=True
+        )
         self._thread.start()
         logger.info("fake XNAT serving %s from %s", self.url, self.data_dir)
         return self

@@ -29,8 +29,10 @@ EXPIRED_PASSWORD_PAGE = """<!DOCTYPE html>
 
 def unauthorized_page(server) -> Response:
     """Tomcat's answer to a non-browser client without a valid login."""
-    body = ("<!DOCTYPE html><html lang=\"en\"><head><title>HTTP Status 401 – Unauthorized</title>"
-            "</head><body><h1>HTTP Status 401 – Unauthorized</h1></body></html>")
+    body = (
+        '<!DOCTYPE html><html lang="en"><head><title>HTTP Status 401 – Unauthorized</title>'
+        "</head><body><h1>HTTP Status 401 – Unauthorized</h1></body></html>"
+    )
     response = Response(401, body.encode(), "text/html;charset=utf-8")
     return response.header("WWW-Authenticate", f'Basic realm="{server.site_id}"')
 
@@ -67,8 +69,10 @@ def authenticate(request: Request, server) -> Response | None:
 
 def session_cookies(session_id: str, timeout: float) -> list[tuple[str, str]]:
     expiry = f'"{int(time.time() * 1000)},{int(timeout * 1000)}"'
-    return [("Set-Cookie", f"JSESSIONID={session_id}; Path=/; HttpOnly"),
-            ("Set-Cookie", f"SESSION_EXPIRATION_TIME={expiry}; Path=/")]
+    return [
+        ("Set-Cookie", f"JSESSIONID={session_id}; Path=/; HttpOnly"),
+        ("Set-Cookie", f"SESSION_EXPIRATION_TIME={expiry}; Path=/"),
+    ]
 
 
 def public_answer(request: Request, server, segments: list[str]) -> Response | None:
@@ -132,11 +136,20 @@ def _tokens(request: Request, server, rest: list[str]) -> Response:
         if rest[1:3] and rest[1] == "user":
             user = rest[2]
         token = server.auth.issue_token(user)
-        return json_response({
-            "alias": token.alias, "xdatUserId": user, "secret": token.secret, "singleUse": False,
-            "estimatedExpirationTime": int(token.expires * 1000),
-            "timestamp": int(token.created * 1000), "enabled": True,
-            "created": int(token.created * 1000), "id": token.token_id, "disabled": 0})
+        return json_response(
+            {
+                "alias": token.alias,
+                "xdatUserId": user,
+                "secret": token.secret,
+                "singleUse": False,
+                "estimatedExpirationTime": int(token.expires * 1000),
+                "timestamp": int(token.created * 1000),
+                "enabled": True,
+                "created": int(token.created * 1000),
+                "id": token.token_id,
+                "disabled": 0,
+            }
+        )
     if action == "validate" and len(rest) == 3:
         user = server.auth.token_user(rest[1], rest[2])
         return json_response({"valid": user} if user else {})
@@ -144,32 +157,58 @@ def _tokens(request: Request, server, rest: list[str]) -> Response:
 
 
 def _search_elements(request: Request) -> Response:
-    rows = [{"ELEMENT_NAME": name, "COUNT": "0", "SINGULAR": singular, "PLURAL": singular + "s",
-             "IS_EXPERIMENT": str(experiment).lower(), "IS_IMAGE_SESSION": str(image).lower(),
-             "IS_IMAGE_SCAN": "false", "IS_SUBJECT_ASSESSOR": str(experiment).lower(),
-             "IS_IMAGE_ASSESSOR": "false", "SECURED": "true", "SEARCHABLE": "true",
-             "BROWSEABLE": "true"}
-            for name, singular, experiment, image in (
-                ("xnat:projectData", "Project", False, False),
-                ("xnat:subjectData", "Subject", False, False),
-                ("xnat:mrSessionData", "MR Session", True, True),
-                ("xnat:ctSessionData", "CT Session", True, True),
-                ("xnat:petSessionData", "PET Session", True, True))]
+    rows = [
+        {
+            "ELEMENT_NAME": name,
+            "COUNT": "0",
+            "SINGULAR": singular,
+            "PLURAL": singular + "s",
+            "IS_EXPERIMENT": str(experiment).lower(),
+            "IS_IMAGE_SESSION": str(image).lower(),
+            "IS_IMAGE_SCAN": "false",
+            "IS_SUBJECT_ASSESSOR": str(experiment).lower(),
+            "IS_IMAGE_ASSESSOR": "false",
+            "SECURED": "true",
+            "SEARCHABLE": "true",
+            "BROWSEABLE": "true",
+        }
+        for name, singular, experiment, image in (
+            ("xnat:projectData", "Project", False, False),
+            ("xnat:subjectData", "Subject", False, False),
+            ("xnat:mrSessionData", "MR Session", True, True),
+            ("xnat:ctSessionData", "CT Session", True, True),
+            ("xnat:petSessionData", "PET Session", True, True),
+        )
+    ]
     body = {"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}}
     return json_response(body)
 
 
-SESSION_DISPLAY_FIELDS = (("SESSION_ID", "ID", "string"), ("LABEL", "Label", "string"),
-                          ("PROJECT", "Project", "string"), ("SUBJECT_ID", "Subject", "string"),
-                          ("SUBJECT_LABEL", "Subject label", "string"), ("DATE", "Date", "date"),
-                          ("INSERT_DATE", "Inserted", "date"), ("MODALITY", "Modality", "string"))
+SESSION_DISPLAY_FIELDS = (
+    ("SESSION_ID", "ID", "string"),
+    ("LABEL", "Label", "string"),
+    ("PROJECT", "Project", "string"),
+    ("SUBJECT_ID", "Subject", "string"),
+    ("SUBJECT_LABEL", "Subject label", "string"),
+    ("DATE", "Date", "date"),
+    ("INSERT_DATE", "Inserted", "date"),
+    ("MODALITY", "Modality", "string"),
+)
 DISPLAY_FIELDS = {
-    "xnat:projectData": (("ID", "ID", "string"), ("NAME", "Name", "string"),
-                         ("DESCRIPTION", "Description", "string"),
-                         ("SECONDARY_ID", "Running title", "string"), ("PI", "PI", "string")),
-    "xnat:subjectData": (("SUBJECT_ID", "ID", "string"), ("SUBJECT_LABEL", "Label", "string"),
-                         ("PROJECT", "Project", "string"), ("INSERT_DATE", "Inserted", "date"),
-                         ("INSERT_USER", "Creator", "string")),
+    "xnat:projectData": (
+        ("ID", "ID", "string"),
+        ("NAME", "Name", "string"),
+        ("DESCRIPTION", "Description", "string"),
+        ("SECONDARY_ID", "Running title", "string"),
+        ("PI", "PI", "string"),
+    ),
+    "xnat:subjectData": (
+        ("SUBJECT_ID", "ID", "string"),
+        ("SUBJECT_LABEL", "Label", "string"),
+        ("PROJECT", "Project", "string"),
+        ("INSERT_DATE", "Inserted", "date"),
+        ("INSERT_USER", "Creator", "string"),
+    ),
     "xnat:mrSessionData": SESSION_DISPLAY_FIELDS,
     "xnat:ctSessionData": SESSION_DISPLAY_FIELDS,
     "xnat:petSessionData": SESSION_DISPLAY_FIELDS,
@@ -180,22 +219,45 @@ def _display_fields(request: Request, element: str) -> Response:
     fields = DISPLAY_FIELDS.get(element)
     if fields is None:
         return error_page(404, f"Unknown data type {element}.")
-    rows = [{"FIELD_ID": field, "HEADER": header, "TYPE": kind, "DESC": "", "ELEMENT_NAME": element,
-             "SRC": "0", "REQUIRES_VALUE": "false"} for field, header, kind in fields]
+    rows = [
+        {
+            "FIELD_ID": field,
+            "HEADER": header,
+            "TYPE": kind,
+            "DESC": "",
+            "ELEMENT_NAME": element,
+            "SRC": "0",
+            "REQUIRES_VALUE": "false",
+        }
+        for field, header, kind in fields
+    ]
     return json_response({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}})
 
 
 def xapi(request: Request, server, rest: list[str]) -> Response:
     if rest == ["siteConfig", "buildInfo"]:
-        return json_response({"version": XNAT_VERSION, "buildNumber": "fake", "commit": "fake",
-                              "branch": "fake", "isDirty": "false",
-                              "buildDate": "Mon Jan 01 00:00:00 UTC 2024"})
+        return json_response(
+            {
+                "version": XNAT_VERSION,
+                "buildNumber": "fake",
+                "commit": "fake",
+                "branch": "fake",
+                "isDirty": "false",
+                "buildDate": "Mon Jan 01 00:00:00 UTC 2024",
+            }
+        )
     if rest == ["siteConfig", "siteId"]:
         return text_response(server.site_id)
     if rest == ["siteConfig", "uptime"]:
         seconds = int(time.monotonic() - server.started_at)
-        return json_response({"days": seconds // 86400, "hours": seconds // 3600 % 24,
-                              "minutes": seconds // 60 % 60, "seconds": seconds % 60})
+        return json_response(
+            {
+                "days": seconds // 86400,
+                "hours": seconds // 3600 % 24,
+                "minutes": seconds // 60 % 60,
+                "seconds": seconds % 60,
+            }
+        )
     if rest == ["schemas"]:
         return json_response(list(SCHEMA_FILES))
     if len(rest) == 2 and rest[0] == "schemas" and rest[1] in SCHEMA_FILES:

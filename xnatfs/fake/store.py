@@ -156,8 +156,7 @@ class Store:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._batch_depth = 0
-        self._db = sqlite3.connect(self.data_dir / "xnat.db", check_same_thread=False,
-                                   isolation_level=None)
+        self._db = sqlite3.connect(self.data_dir / "xnat.db", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -200,8 +199,7 @@ class Store:
         with self.batch():
             row = self._one("SELECT value FROM counters WHERE name=?", (counter,))
             value = (row["value"] if row else 0) + 1
-            self._db.execute("INSERT OR REPLACE INTO counters(name, value) VALUES (?, ?)",
-                             (counter, value))
+            self._db.execute("INSERT OR REPLACE INTO counters(name, value) VALUES (?, ?)", (counter, value))
             return value
 
     def is_empty(self) -> bool:
@@ -213,19 +211,38 @@ class Store:
         return self._q("SELECT * FROM projects ORDER BY id")
 
     def project(self, project: str) -> sqlite3.Row | None:
-        return self._one("SELECT * FROM projects WHERE id=? OR secondary_id=? "
-                         "ORDER BY id=? DESC LIMIT 1", (project, project, project))
+        return self._one(
+            "SELECT * FROM projects WHERE id=? OR secondary_id=? ORDER BY id=? DESC LIMIT 1",
+            (project, project, project),
+        )
 
-    def add_project(self, project: str, *, name: str = "", description: str = "",
-                    secondary_id: str = "", pi_firstname: str = "", pi_lastname: str = "",
-                    insert_user: str = "admin") -> str:
+    def add_project(
+        self,
+        project: str,
+        *,
+        name: str = "",
+        description: str = "",
+        secondary_id: str = "",
+        pi_firstname: str = "",
+        pi_lastname: str = "",
+        insert_user: str = "admin",
+    ) -> str:
         """Create a project (ID ``project``); existing projects are left as they are."""
         with self.batch():
             if self.project(project) is None:
                 self._db.execute(
                     "INSERT INTO projects VALUES (?,?,?,?,?,?,?,?)",
-                    (project, secondary_id or project, name or project, description,
-                     pi_firstname, pi_lastname, now_stamp(), insert_user))
+                    (
+                        project,
+                        secondary_id or project,
+                        name or project,
+                        description,
+                        pi_firstname,
+                        pi_lastname,
+                        now_stamp(),
+                        insert_user,
+                    ),
+                )
         return project
 
     def update_project(self, project: str, **fields: str) -> None:
@@ -253,19 +270,21 @@ class Store:
         # Labels in the project (owned, then shared) win over accession IDs, as
         # in XNAT; an accession ID is accepted only if the item is in the project.
         table, shares, key = _LABELLED[kind]
-        row = (self._one(f"SELECT id FROM {table} WHERE project=? AND label=?", (project, label_or_id))
-               or self._one(f"SELECT {key} AS id FROM {shares} WHERE project=? AND label=?",
-                            (project, label_or_id)))
+        row = self._one(f"SELECT id FROM {table} WHERE project=? AND label=?", (project, label_or_id)) or self._one(
+            f"SELECT {key} AS id FROM {shares} WHERE project=? AND label=?", (project, label_or_id)
+        )
         if row is None:
-            row = (self._one(f"SELECT id FROM {table} WHERE id=? AND project=?", (label_or_id, project))
-                   or self._one(f"SELECT {key} AS id FROM {shares} WHERE {key}=? AND project=?",
-                                (label_or_id, project)))
+            row = self._one(f"SELECT id FROM {table} WHERE id=? AND project=?", (label_or_id, project)) or self._one(
+                f"SELECT {key} AS id FROM {shares} WHERE {key}=? AND project=?", (label_or_id, project)
+            )
         return row["id"] if row else None
 
     def _label_taken(self, kind: str, project: str, label: str) -> bool:
         table, shares, _key = _LABELLED[kind]
-        return (self._one(f"SELECT 1 FROM {table} WHERE project=? AND label=?", (project, label))
-                or self._one(f"SELECT 1 FROM {shares} WHERE project=? AND label=?", (project, label))) is not None
+        return (
+            self._one(f"SELECT 1 FROM {table} WHERE project=? AND label=?", (project, label))
+            or self._one(f"SELECT 1 FROM {shares} WHERE project=? AND label=?", (project, label))
+        ) is not None
 
     def _item(self, kind: str, item_id: str) -> sqlite3.Row:
         row = self._one(f"SELECT * FROM {_LABELLED[kind][0]} WHERE id=?", (item_id,))
@@ -283,8 +302,9 @@ class Store:
             if where == item["project"]:
                 self._db.execute(f"UPDATE {table} SET label=? WHERE id=?", (new_label, item_id))
             else:
-                self._db.execute(f"UPDATE {shares} SET label=? WHERE {key}=? AND project=?",
-                                 (new_label, item_id, where))
+                self._db.execute(
+                    f"UPDATE {shares} SET label=? WHERE {key}=? AND project=?", (new_label, item_id, where)
+                )
 
     def _share(self, kind: str, item_id: str, project: str, label: str | None) -> None:
         _table, shares, key = _LABELLED[kind]
@@ -294,12 +314,12 @@ class Store:
                 raise StoreError(f"Project {project} not found.", 404)
             label = label or item["label"]
             if project == item["project"] or self._one(
-                    f"SELECT 1 FROM {shares} WHERE {key}=? AND project=?", (item_id, project)):
+                f"SELECT 1 FROM {shares} WHERE {key}=? AND project=?", (item_id, project)
+            ):
                 raise StoreError("Already assigned to project " + project, 409)
             if self._label_taken(kind, project, label):
                 raise StoreError("Specified label is already in use.", 409)
-            self._db.execute(f"INSERT INTO {shares}({key}, project, label) VALUES (?,?,?)",
-                             (item_id, project, label))
+            self._db.execute(f"INSERT INTO {shares}({key}, project, label) VALUES (?,?,?)", (item_id, project, label))
 
     def _unshare(self, kind: str, item_id: str, project: str) -> None:
         _table, shares, key = _LABELLED[kind]
@@ -317,23 +337,36 @@ class Store:
 
     def subjects_in(self, project: str) -> list[dict]:
         """Subjects listed under ``project``: owned ones and shared-in ones (with their share label)."""
-        rows = [dict(r, shared=False) for r in
-                self._q("SELECT * FROM subjects WHERE project=? ORDER BY label", (project,))]
-        rows += [dict(r, shared=True) for r in self._q(
-            "SELECT s.id, s.project, sh.label AS label, s.insert_date, s.insert_user, s.grp, s.src "
-            "FROM subject_shares sh JOIN subjects s ON s.id = sh.subject_id "
-            "WHERE sh.project=? ORDER BY sh.label", (project,))]
+        rows = [
+            dict(r, shared=False) for r in self._q("SELECT * FROM subjects WHERE project=? ORDER BY label", (project,))
+        ]
+        rows += [
+            dict(r, shared=True)
+            for r in self._q(
+                "SELECT s.id, s.project, sh.label AS label, s.insert_date, s.insert_user, s.grp, s.src "
+                "FROM subject_shares sh JOIN subjects s ON s.id = sh.subject_id "
+                "WHERE sh.project=? ORDER BY sh.label",
+                (project,),
+            )
+        ]
         return rows
 
     def all_subjects(self) -> list[sqlite3.Row]:
         return self._q("SELECT * FROM subjects ORDER BY id")
 
     def subject_shares(self, subject_id: str) -> list[sqlite3.Row]:
-        return self._q("SELECT * FROM subject_shares WHERE subject_id=? ORDER BY share_id",
-                       (subject_id,))
+        return self._q("SELECT * FROM subject_shares WHERE subject_id=? ORDER BY share_id", (subject_id,))
 
-    def add_subject(self, project: str, label: str, *, insert_date: str | None = None,
-                    insert_user: str = "admin", group: str = "", src: str = "") -> str:
+    def add_subject(
+        self,
+        project: str,
+        label: str,
+        *,
+        insert_date: str | None = None,
+        insert_user: str = "admin",
+        group: str = "",
+        src: str = "",
+    ) -> str:
         """Create subject ``label`` in ``project`` (or return the existing one's accession ID)."""
         with self.batch():
             existing = self.subject_id(project, label)
@@ -342,9 +375,10 @@ class Store:
             if self.project(project) is None:
                 raise StoreError(f"Project {project} not found.", 404)
             subject_id = f"XNAT_S{self._next('subject'):05d}"
-            self._db.execute("INSERT INTO subjects VALUES (?,?,?,?,?,?,?)",
-                             (subject_id, project, label, insert_date or now_stamp(),
-                              insert_user, group, src))
+            self._db.execute(
+                "INSERT INTO subjects VALUES (?,?,?,?,?,?,?)",
+                (subject_id, project, label, insert_date or now_stamp(), insert_user, group, src),
+            )
             return subject_id
 
     def rename_subject(self, subject_id: str, new_label: str, project: str | None = None) -> None:
@@ -388,15 +422,18 @@ class Store:
             args = (project, subject_id)
         owned = self._q(
             "SELECT e.*, s.label AS subject_label FROM experiments e "
-            "JOIN subjects s ON s.id = e.subject_id WHERE e.project=?" + subject_clause
-            + " ORDER BY e.label", args)
+            "JOIN subjects s ON s.id = e.subject_id WHERE e.project=?" + subject_clause + " ORDER BY e.label",
+            args,
+        )
         shared = self._q(
             "SELECT e.*, sh.label AS share_label, "
             "COALESCE(ss.label, s.label) AS subject_label FROM experiment_shares sh "
             "JOIN experiments e ON e.id = sh.experiment_id "
             "JOIN subjects s ON s.id = e.subject_id "
             "LEFT JOIN subject_shares ss ON ss.subject_id = e.subject_id AND ss.project = sh.project "
-            "WHERE sh.project=?" + subject_clause + " ORDER BY sh.label", args)
+            "WHERE sh.project=?" + subject_clause + " ORDER BY sh.label",
+            args,
+        )
         rows = [dict(r, shared=False) for r in owned]
         for row in shared:
             item = dict(row, shared=True)
@@ -405,21 +442,34 @@ class Store:
         return rows
 
     def all_experiments(self) -> list[dict]:
-        return [dict(r, shared=False) for r in self._q(
-            "SELECT e.*, s.label AS subject_label FROM experiments e "
-            "JOIN subjects s ON s.id = e.subject_id ORDER BY e.id")]
+        return [
+            dict(r, shared=False)
+            for r in self._q(
+                "SELECT e.*, s.label AS subject_label FROM experiments e "
+                "JOIN subjects s ON s.id = e.subject_id ORDER BY e.id"
+            )
+        ]
 
     def experiments_of_subject(self, subject_id: str) -> list[sqlite3.Row]:
         return self._q("SELECT * FROM experiments WHERE subject_id=? ORDER BY label", (subject_id,))
 
     def experiment_shares(self, experiment_id: str) -> list[sqlite3.Row]:
-        return self._q("SELECT * FROM experiment_shares WHERE experiment_id=? ORDER BY share_id",
-                       (experiment_id,))
+        return self._q("SELECT * FROM experiment_shares WHERE experiment_id=? ORDER BY share_id", (experiment_id,))
 
-    def add_experiment(self, project: str, subject: str, label: str, *,
-                       xsi_type: str = "xnat:mrSessionData", date: str = "", time_of_day: str = "",
-                       uid: str = "", insert_date: str | None = None, insert_user: str = "admin",
-                       fields: dict | None = None) -> str:
+    def add_experiment(
+        self,
+        project: str,
+        subject: str,
+        label: str,
+        *,
+        xsi_type: str = "xnat:mrSessionData",
+        date: str = "",
+        time_of_day: str = "",
+        uid: str = "",
+        insert_date: str | None = None,
+        insert_user: str = "admin",
+        fields: dict | None = None,
+    ) -> str:
         """Create experiment ``label`` of subject ``subject`` (label or ID) in ``project``.
 
         The subject is created if missing. An existing experiment of that
@@ -433,8 +483,20 @@ class Store:
             experiment_id = f"XNAT_E{self._next('experiment'):05d}"
             self._db.execute(
                 "INSERT INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (experiment_id, project, subject_id, label, xsi_type, date, time_of_day,
-                 insert_date or now_stamp(), insert_user, uid, json.dumps(fields or {})))
+                (
+                    experiment_id,
+                    project,
+                    subject_id,
+                    label,
+                    xsi_type,
+                    date,
+                    time_of_day,
+                    insert_date or now_stamp(),
+                    insert_user,
+                    uid,
+                    json.dumps(fields or {}),
+                ),
+            )
             return experiment_id
 
     def update_experiment(self, experiment_id: str, **values: str) -> None:
@@ -446,12 +508,10 @@ class Store:
             extra = json.loads(row["fields"])
             for key, value in values.items():
                 if key in ("date", "time", "uid"):
-                    self._db.execute(f"UPDATE experiments SET {key}=? WHERE id=?",
-                                     (value, experiment_id))
+                    self._db.execute(f"UPDATE experiments SET {key}=? WHERE id=?", (value, experiment_id))
                 else:
                     extra[key] = value
-            self._db.execute("UPDATE experiments SET fields=? WHERE id=?",
-                             (json.dumps(extra), experiment_id))
+            self._db.execute("UPDATE experiments SET fields=? WHERE id=?", (json.dumps(extra), experiment_id))
 
     def rename_experiment(self, experiment_id: str, new_label: str, project: str | None = None) -> None:
         """Give the experiment a new label (in its own project, or in ``project`` if shared there)."""
@@ -480,31 +540,55 @@ class Store:
         return sorted(rows, key=lambda r: scan_sort_key(r["scan_id"]))
 
     def scan(self, experiment_id: str, scan_id: str) -> sqlite3.Row | None:
-        return self._one("SELECT * FROM scans WHERE experiment_id=? AND scan_id=?",
-                         (experiment_id, scan_id))
+        return self._one("SELECT * FROM scans WHERE experiment_id=? AND scan_id=?", (experiment_id, scan_id))
 
     def scan_by_pk(self, pk: int) -> sqlite3.Row | None:
         return self._one("SELECT * FROM scans WHERE pk=?", (pk,))
 
-    def add_scan(self, experiment_id: str, scan_id: str, *, type: str = "",
-                 series_description: str = "", quality: str = "usable",
-                 xsi_type: str = "xnat:mrScanData", note: str = "", uid: str = "",
-                 frames: int = 0, fields: dict | None = None) -> int:
+    def add_scan(
+        self,
+        experiment_id: str,
+        scan_id: str,
+        *,
+        type: str = "",
+        series_description: str = "",
+        quality: str = "usable",
+        xsi_type: str = "xnat:mrScanData",
+        note: str = "",
+        uid: str = "",
+        frames: int = 0,
+        fields: dict | None = None,
+    ) -> int:
         """Create scan ``scan_id`` in an experiment (or update the fields given); returns its key."""
         with self.batch():
             if self.experiment(experiment_id) is None:
                 raise StoreError("Experiment not found.", 404)
             existing = self.scan(experiment_id, scan_id)
             if existing is not None:
-                self.update_scan(existing["pk"], type=type or existing["type"],
-                                 series_description=series_description or existing["series_description"],
-                                 frames=frames or existing["frames"], uid=uid or existing["uid"])
+                self.update_scan(
+                    existing["pk"],
+                    type=type or existing["type"],
+                    series_description=series_description or existing["series_description"],
+                    frames=frames or existing["frames"],
+                    uid=uid or existing["uid"],
+                )
                 return existing["pk"]
             cursor = self._db.execute(
                 "INSERT INTO scans(experiment_id, scan_id, xsi_type, type, series_description, "
                 "quality, note, uid, frames, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (experiment_id, scan_id, xsi_type, type, series_description, quality, note,
-                 uid, frames, json.dumps(fields or {})))
+                (
+                    experiment_id,
+                    scan_id,
+                    xsi_type,
+                    type,
+                    series_description,
+                    quality,
+                    note,
+                    uid,
+                    frames,
+                    json.dumps(fields or {}),
+                ),
+            )
             return _inserted_id(cursor)
 
     def update_scan(self, pk: int, **values) -> None:
@@ -522,23 +606,25 @@ class Store:
     # ---- resources ------------------------------------------------------
 
     def resources(self, level: str, owner: str) -> list[sqlite3.Row]:
-        return self._q("SELECT * FROM resources WHERE level=? AND owner=? ORDER BY id",
-                       (level, str(owner)))
+        return self._q("SELECT * FROM resources WHERE level=? AND owner=? ORDER BY id", (level, str(owner)))
 
     def resource(self, resource_id: int) -> sqlite3.Row | None:
         return self._one("SELECT * FROM resources WHERE id=?", (resource_id,))
 
     def find_resource(self, level: str, owner: str, label_or_id: str) -> sqlite3.Row | None:
         """A resource of one parent by label, else by numeric ID."""
-        row = self._one("SELECT * FROM resources WHERE level=? AND owner=? AND label=?",
-                        (level, str(owner), label_or_id))
+        row = self._one(
+            "SELECT * FROM resources WHERE level=? AND owner=? AND label=?", (level, str(owner), label_or_id)
+        )
         if row is None and label_or_id.isdigit():
-            row = self._one("SELECT * FROM resources WHERE level=? AND owner=? AND id=?",
-                            (level, str(owner), int(label_or_id)))
+            row = self._one(
+                "SELECT * FROM resources WHERE level=? AND owner=? AND id=?", (level, str(owner), int(label_or_id))
+            )
         return row
 
-    def add_resource(self, level: str, owner: str, label: str, *, format: str = "",
-                     content: str = "", tags: str = "") -> int:
+    def add_resource(
+        self, level: str, owner: str, label: str, *, format: str = "", content: str = "", tags: str = ""
+    ) -> int:
         """Create a resource folder under a parent; raises StoreError(409) if it exists."""
         if level not in LEVELS:
             raise ValueError(f"unknown resource level {level!r}")
@@ -546,8 +632,9 @@ class Store:
             if self.find_resource(level, owner, label) is not None:
                 raise StoreError("Specified resource already exists.", 409)
             cursor = self._db.execute(
-                "INSERT INTO resources(level, owner, label, format, content, tags, insert_date) "
-                "VALUES (?,?,?,?,?,?,?)", (level, str(owner), label, format, content, tags, now_stamp()))
+                "INSERT INTO resources(level, owner, label, format, content, tags, insert_date) VALUES (?,?,?,?,?,?,?)",
+                (level, str(owner), label, format, content, tags, now_stamp()),
+            )
             return _inserted_id(cursor)
 
     def ensure_resource(self, level: str, owner: str, label: str, **attrs: str) -> int:
@@ -566,8 +653,9 @@ class Store:
             self.delete_resource(row["id"])
 
     def resource_totals(self, resource_id: int) -> tuple[int, int]:
-        row = self._q("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS total FROM files "
-                      "WHERE resource_id=?", (resource_id,))[0]
+        row = self._q(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS total FROM files WHERE resource_id=?", (resource_id,)
+        )[0]
         return row["n"], row["total"]
 
     # ---- files ----------------------------------------------------------
@@ -611,10 +699,19 @@ class Store:
             for path in made:
                 path.unlink(missing_ok=True)
 
-    def store_file(self, resource_id: int, relpath: str, source: bytes | str | os.PathLike | IO[bytes],
-                   *, format: str | None = None, content: str | None = None, tags: str = "",
-                   move: bool = False, digest: str | None = None,
-                   mtime: float | None = None) -> sqlite3.Row:
+    def store_file(
+        self,
+        resource_id: int,
+        relpath: str,
+        source: bytes | str | os.PathLike | IO[bytes],
+        *,
+        format: str | None = None,
+        content: str | None = None,
+        tags: str = "",
+        move: bool = False,
+        digest: str | None = None,
+        mtime: float | None = None,
+    ) -> sqlite3.Row:
         """Put (or replace) one file in a resource and record its size and MD5.
 
         ``source`` is the bytes themselves, a readable binary file object, or
@@ -638,12 +735,30 @@ class Store:
                 os.replace(staged, dest)
                 if mtime is not None:
                     os.utime(dest, (mtime, mtime))
-                self._record_file(resource_id, relpath, size, digest, format, content, tags,
-                                  mtime if mtime is not None else time.time())
+                self._record_file(
+                    resource_id,
+                    relpath,
+                    size,
+                    digest,
+                    format,
+                    content,
+                    tags,
+                    mtime if mtime is not None else time.time(),
+                )
                 return required(self.file(resource_id, relpath), "File")
 
-    def link_file(self, resource_id: int, relpath: str, existing: Path, *, size: int, digest: str,
-                  format: str = "", content: str = "", mtime: float | None = None) -> None:
+    def link_file(
+        self,
+        resource_id: int,
+        relpath: str,
+        existing: Path,
+        *,
+        size: int,
+        digest: str,
+        format: str = "",
+        content: str = "",
+        mtime: float | None = None,
+    ) -> None:
         """Record a file whose bytes are a hard link to ``existing`` (same size and digest)."""
         relpath = clean_relpath(relpath)
         dest = self.file_path(resource_id, relpath)
@@ -652,8 +767,16 @@ class Store:
             if dest.exists():
                 dest.unlink()
             os.link(existing, dest)
-            self._record_file(resource_id, relpath, size, digest, format, content, "",
-                              mtime if mtime is not None else existing.stat().st_mtime)
+            self._record_file(
+                resource_id,
+                relpath,
+                size,
+                digest,
+                format,
+                content,
+                "",
+                mtime if mtime is not None else existing.stat().st_mtime,
+            )
 
     def _make_parent_dirs(self, dest: Path, resource_id: int) -> None:
         root = self.archive_dir / str(resource_id)
@@ -670,27 +793,36 @@ class Store:
                 format = old["format"] if old else guess_format(relpath)
             if content is None:
                 content = old["content"] if old else ""
-            self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-                             (resource_id, relpath, size, digest, format, content, tags, mtime))
+            self._db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                (resource_id, relpath, size, digest, format, content, tags, mtime),
+            )
 
     def remove_file(self, resource_id: int, relpath: str) -> bool:
         """Delete one file (or every file under a folder path); False if nothing matched."""
         relpath = clean_relpath(relpath)
         with self.batch():
-            rows = self._q("SELECT path FROM files WHERE resource_id=? AND (path=? OR path LIKE ? ESCAPE '\\')",
-                           (resource_id, relpath, _like_prefix(relpath)))
+            rows = self._q(
+                "SELECT path FROM files WHERE resource_id=? AND (path=? OR path LIKE ? ESCAPE '\\')",
+                (resource_id, relpath, _like_prefix(relpath)),
+            )
             for row in rows:
-                self._db.execute("DELETE FROM files WHERE resource_id=? AND path=?",
-                                 (resource_id, row["path"]))
+                self._db.execute("DELETE FROM files WHERE resource_id=? AND path=?", (resource_id, row["path"]))
                 with contextlib.suppress(FileNotFoundError):
                     self.file_path(resource_id, row["path"]).unlink()
             return bool(rows)
 
     # ---- convenience for tests: files by experiment/scan/project/subject ----
 
-    def put_file(self, experiment_id: str, resource_label: str, relpath: str,
-                 data: bytes | str | os.PathLike | BinaryIO, scan_id: str | None = None,
-                 **attrs) -> sqlite3.Row:
+    def put_file(
+        self,
+        experiment_id: str,
+        resource_label: str,
+        relpath: str,
+        data: bytes | str | os.PathLike | BinaryIO,
+        scan_id: str | None = None,
+        **attrs,
+    ) -> sqlite3.Row:
         """Add or replace a file in a session resource, or a scan resource with ``scan_id``.
 
         The resource is created when missing. Returns the file's record.
@@ -700,19 +832,20 @@ class Store:
         resource_id = self.ensure_resource(level, owner, resource_label, **kind)
         return self.store_file(resource_id, relpath, data, **attrs)
 
-    def delete_file(self, experiment_id: str, resource_label: str, relpath: str,
-                    scan_id: str | None = None) -> bool:
+    def delete_file(self, experiment_id: str, resource_label: str, relpath: str, scan_id: str | None = None) -> bool:
         level, owner = self._experiment_level(experiment_id, scan_id)
         row = self.find_resource(level, owner, resource_label)
         return row is not None and self.remove_file(row["id"], relpath)
 
-    def put_project_file(self, project: str, resource_label: str, relpath: str,
-                         data: bytes | str | os.PathLike | BinaryIO, **attrs) -> sqlite3.Row:
+    def put_project_file(
+        self, project: str, resource_label: str, relpath: str, data: bytes | str | os.PathLike | BinaryIO, **attrs
+    ) -> sqlite3.Row:
         resource_id = self.ensure_resource("project", project, resource_label)
         return self.store_file(resource_id, relpath, data, **attrs)
 
-    def put_subject_file(self, subject_id: str, resource_label: str, relpath: str,
-                         data: bytes | str | os.PathLike | BinaryIO, **attrs) -> sqlite3.Row:
+    def put_subject_file(
+        self, subject_id: str, resource_label: str, relpath: str, data: bytes | str | os.PathLike | BinaryIO, **attrs
+    ) -> sqlite3.Row:
         resource_id = self.ensure_resource("subject", subject_id, resource_label)
         return self.store_file(resource_id, relpath, data, **attrs)
 
@@ -728,8 +861,9 @@ class Store:
 
     # ---- workflows ------------------------------------------------------
 
-    def add_workflow(self, experiment_id: str, pipeline_name: str = "xnat_tools/AutoRun.xml",
-                     status: str = "Queued") -> int:
+    def add_workflow(
+        self, experiment_id: str, pipeline_name: str = "xnat_tools/AutoRun.xml", status: str = "Queued"
+    ) -> int:
         experiment = self.experiment(experiment_id)
         if experiment is None:
             raise StoreError("Experiment not found.", 404)
@@ -737,8 +871,8 @@ class Store:
             cursor = self._db.execute(
                 "INSERT INTO workflows(experiment_id, project, pipeline_name, status, launch_time, "
                 "data_type) VALUES (?,?,?,?,?,?)",
-                (experiment_id, experiment["project"], pipeline_name, status, now_stamp(),
-                 experiment["xsi_type"]))
+                (experiment_id, experiment["project"], pipeline_name, status, now_stamp(), experiment["xsi_type"]),
+            )
             return _inserted_id(cursor)
 
     def workflow(self, workflow_id: int) -> sqlite3.Row | None:
@@ -756,8 +890,10 @@ class Store:
             return []
         marks = ",".join("?" * len(experiment_ids))
         states = ",".join("?" * len(OPEN_WORKFLOW_STATES))
-        return self._q(f"SELECT * FROM workflows WHERE experiment_id IN ({marks}) "
-                       f"AND status IN ({states})", (*experiment_ids, *OPEN_WORKFLOW_STATES))
+        return self._q(
+            f"SELECT * FROM workflows WHERE experiment_id IN ({marks}) AND status IN ({states})",
+            (*experiment_ids, *OPEN_WORKFLOW_STATES),
+        )
 
 
 def scan_sort_key(scan_id: str) -> tuple:
@@ -768,9 +904,20 @@ def scan_sort_key(scan_id: str) -> tuple:
 
 def guess_format(relpath: str) -> str:
     lower = relpath.lower()
-    for ending, name in ((".dcm", "DICOM"), (".ima", "DICOM"), (".nii.gz", "NIFTI"), (".nii", "NIFTI"),
-                         (".png", "PNG"), (".gif", "GIF"), (".jpg", "JPEG"), (".pdf", "PDF"),
-                         (".csv", "CSV"), (".txt", "TXT"), (".json", "JSON"), (".zip", "ZIP")):
+    for ending, name in (
+        (".dcm", "DICOM"),
+        (".ima", "DICOM"),
+        (".nii.gz", "NIFTI"),
+        (".nii", "NIFTI"),
+        (".png", "PNG"),
+        (".gif", "GIF"),
+        (".jpg", "JPEG"),
+        (".pdf", "PDF"),
+        (".csv", "CSV"),
+        (".txt", "TXT"),
+        (".json", "JSON"),
+        (".zip", "ZIP"),
+    ):
         if lower.endswith(ending):
             return name
     return ""

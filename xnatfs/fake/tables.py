@@ -19,15 +19,39 @@ from .http import BadRequest, Request, Response
 
 # Query parameters that steer the listing rather than filter its rows.
 CONTROL_PARAMS = {
-    "format", "columns", "sortby", "sortorder", "limit", "offset", "all", "accept-not-found",
-    "event_reason", "event_type", "event_action", "event_comment", "includehistory",
-    "locator", "file_format", "file_content", "file_tags", "structure", "recursive", "_",
+    "format",
+    "columns",
+    "sortby",
+    "sortorder",
+    "limit",
+    "offset",
+    "all",
+    "accept-not-found",
+    "event_reason",
+    "event_type",
+    "event_action",
+    "event_comment",
+    "includehistory",
+    "locator",
+    "file_format",
+    "file_content",
+    "file_tags",
+    "structure",
+    "recursive",
+    "_",
 }
 
 
-def table_response(request: Request, rows: list[dict], columns: list[str], *,
-                   title: str | None = None, file_listing: bool = False,
-                   ignore: tuple[str, ...] = (), fixed_columns: bool = False) -> Response:
+def table_response(
+    request: Request,
+    rows: list[dict],
+    columns: list[str],
+    *,
+    title: str | None = None,
+    file_listing: bool = False,
+    ignore: tuple[str, ...] = (),
+    fixed_columns: bool = False,
+) -> Response:
     """Answer a listing in the format the request asks for.
 
     ``rows`` hold every known field of each row (values may be any type;
@@ -74,7 +98,7 @@ def _lookup(row: dict, column: str):
     """A row's value for a column, also when asked by its long ``xsiType/field`` name."""
     if column in row:
         return row[column]
-    if column.lower() in row:        # a child table's column, named in lower case
+    if column.lower() in row:  # a child table's column, named in lower case
         return row[column.lower()]
     field = _field_name(row, column)
     return row[field] if field else ""
@@ -155,7 +179,7 @@ def _page(rows: list[dict], request: Request) -> list[dict]:
     try:
         start = int(offset) if offset else 0
         if limit and limit != "*":
-            return rows[start:start + int(limit)]
+            return rows[start : start + int(limit)]
     except ValueError as exc:
         raise BadRequest("limit and offset must be whole numbers") from exc
     return rows[start:]
@@ -163,16 +187,18 @@ def _page(rows: list[dict], request: Request) -> list[dict]:
 
 def _xml(table: list[dict], shown: list[str], title: str | None) -> str:
     head = "".join(f"<column>{escape(c)}</column>" for c in shown)
-    body = "".join("<row>" + "".join(f"<cell>{escape(row[c])}</cell>" for c in shown) + "</row>"
-                   for row in table)
+    body = "".join("<row>" + "".join(f"<cell>{escape(row[c])}</cell>" for c in shown) + "</row>" for row in table)
     title_attr = f" title={quoteattr(title)}" if title else ""
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<ResultSet totalRecords="{len(table)}"{title_attr}>'
-            f"<results><columns>{head}</columns><rows>{body}</rows></results></ResultSet>\n")
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<ResultSet totalRecords="{len(table)}"{title_attr}>'
+        f"<results><columns>{head}</columns><rows>{body}</rows></results></ResultSet>\n"
+    )
 
 
 def _html(table: list[dict], shown: list[str], title: str | None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in shown) + "</tr>"
-                   for row in table)
-    return (f"<html><head><title>{html.escape(title or 'Listing')}</title></head><body>"
-            f"<table><tr>{head}</tr>{body}</table></body></html>\n")
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(row[c])}</td>" for c in shown) + "</tr>" for row in table)
+    return (
+        f"<html><head><title>{html.escape(title or 'Listing')}</title></head><body>"
+        f"<table><tr>{head}</tr>{body}</table></body></html>\n"
+    )

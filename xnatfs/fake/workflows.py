@@ -25,8 +25,16 @@ WORKFLOW_FIELDS = {
     "data_type": "data_type",
     "launch_time": "launch_time",
 }
-RESULT_COLUMNS = ["workflow_id", "wrk_workflowdata_id", "id", "externalid", "pipeline_name",
-                  "status", "data_type", "launch_time"]
+RESULT_COLUMNS = [
+    "workflow_id",
+    "wrk_workflowdata_id",
+    "id",
+    "externalid",
+    "pipeline_name",
+    "status",
+    "data_type",
+    "launch_time",
+]
 
 
 def _local(tag: str) -> str:
@@ -48,8 +56,7 @@ def parse_bundle(document: str) -> tuple[str, list[tuple[str, str, str]]]:
         elif name == "criteria" and node.find("*") is not None:
             parts = {_local(child.tag): (child.text or "").strip() for child in node}
             if "schema_field" in parts:
-                criteria.append((parts["schema_field"], parts.get("comparison_type", "="),
-                                 parts.get("value", "")))
+                criteria.append((parts["schema_field"], parts.get("comparison_type", "="), parts.get("value", "")))
     if not root_element:
         raise BadRequest("The search document names no root element.")
     return root_element, criteria
@@ -80,10 +87,18 @@ def search(request: Request, store: Store) -> Response:
     rows = []
     for workflow in store.workflows():
         if all(_criterion_matches(workflow, *c) for c in criteria):
-            rows.append({"workflow_id": workflow["id"], "wrk_workflowdata_id": workflow["id"],
-                         "id": workflow["experiment_id"], "externalid": workflow["project"],
-                         "pipeline_name": workflow["pipeline_name"], "status": workflow["status"],
-                         "data_type": workflow["data_type"], "launch_time": workflow["launch_time"]})
+            rows.append(
+                {
+                    "workflow_id": workflow["id"],
+                    "wrk_workflowdata_id": workflow["id"],
+                    "id": workflow["experiment_id"],
+                    "externalid": workflow["project"],
+                    "pipeline_name": workflow["pipeline_name"],
+                    "status": workflow["status"],
+                    "data_type": workflow["data_type"],
+                    "launch_time": workflow["launch_time"],
+                }
+            )
     return table_response(request, rows, RESULT_COLUMNS, title="Search")
 
 
@@ -92,12 +107,19 @@ def workflow_answer(request: Request, store: Store, workflow_id: str) -> Respons
     if workflow is None:
         return error_page(404, f"Unable to find workflow {workflow_id}.")
     if request.method in ("GET", "HEAD"):
-        item = {"children": [],
-                "meta": {"isHistory": False, "xsi:type": "wrk:workflowData", "start_date": java_date()},
-                "data_fields": {"wrk_workflowData_id": workflow["id"], "ID": workflow["experiment_id"],
-                                "ExternalID": workflow["project"], "data_type": workflow["data_type"],
-                                "pipeline_name": workflow["pipeline_name"],
-                                "status": workflow["status"], "launch_time": workflow["launch_time"]}}
+        item = {
+            "children": [],
+            "meta": {"isHistory": False, "xsi:type": "wrk:workflowData", "start_date": java_date()},
+            "data_fields": {
+                "wrk_workflowData_id": workflow["id"],
+                "ID": workflow["experiment_id"],
+                "ExternalID": workflow["project"],
+                "data_type": workflow["data_type"],
+                "pipeline_name": workflow["pipeline_name"],
+                "status": workflow["status"],
+                "launch_time": workflow["launch_time"],
+            },
+        }
         return json_response({"items": [item]})
     if request.method == "PUT":
         status = None

@@ -79,15 +79,20 @@ READ_ONLY_WHY = "the BIDS view is read-only"
 class LeftOutSeries:
     """A scan not in the view, for ``bids-check``."""
 
-    session: str             # the session folder, "sub-…/ses-…"
+    session: str  # the session folder, "sub-…/ses-…"
     scan_id: str
     description: str
     reason: str
     detail: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"session": self.session, "scan": self.scan_id, "description": self.description,
-                "reason": self.reason, "detail": self.detail}
+        return {
+            "session": self.session,
+            "scan": self.scan_id,
+            "description": self.description,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -107,9 +112,18 @@ class BidsView:
     dcm2bids config).
     """
 
-    def __init__(self, connection: ArchiveClient, cache: ContentCache, converter: Converter, rules: RuleSet,
-                 *, series: SeriesFetcher, key_for: Callable[[RemoteFile], CacheKey], server_url: str,
-                 max_parallel: int = 2):
+    def __init__(
+        self,
+        connection: ArchiveClient,
+        cache: ContentCache,
+        converter: Converter,
+        rules: RuleSet,
+        *,
+        series: SeriesFetcher,
+        key_for: Callable[[RemoteFile], CacheKey],
+        server_url: str,
+        max_parallel: int = 2,
+    ):
         self.connection = connection
         self.cache = cache
         self.converter = converter
@@ -141,16 +155,16 @@ class BidsView:
                 return self.converter.header(entry, name=first.uri)
 
         def planned() -> SessionPlan:
-            plan = plan_session(subject, session, contents.scans, self.rules, header_lookup=header,
-                                extension=NIFTI)
+            plan = plan_session(subject, session, contents.scans, self.rules, header_lookup=header, extension=NIFTI)
             return _with_sources_only(plan, by_resource)
 
         return await self._wait(("plan", id(contents), id(files), subject, session), planned, thread=True)
 
     # ---- converting -------------------------------------------------------
 
-    async def datatype_files(self, plan: SessionPlan, datatype: str, files: Sequence[RemoteFile],
-                             parent: BidsDatatypeDir) -> dict[str, Node]:
+    async def datatype_files(
+        self, plan: SessionPlan, datatype: str, files: Sequence[RemoteFile], parent: BidsDatatypeDir
+    ) -> dict[str, Node]:
         """The files of one datatype folder, converting what is not converted yet."""
         by_resource = _by_resource(files)
 
@@ -181,11 +195,16 @@ class BidsView:
             # The converter logs its own failures; anything else gets its one line here.
             logger.warning("BIDS view: scan %s of %s left out: %s", scan.id, plan.folder, exc)
         self.failures[failure_key] = LeftOutSeries(
-            plan.folder, scan.id, scan.series_description or scan.type, "conversion-failed", str(exc))
+            plan.folder, scan.id, scan.series_description or scan.type, "conversion-failed", str(exc)
+        )
 
-    async def _target_files(self, plan: SessionPlan, target: BidsTarget,
-                            by_resource: Mapping[str, Sequence[RemoteFile]],
-                            parent: BidsDatatypeDir) -> dict[str, Node]:
+    async def _target_files(
+        self,
+        plan: SessionPlan,
+        target: BidsTarget,
+        by_resource: Mapping[str, Sequence[RemoteFile]],
+        parent: BidsDatatypeDir,
+    ) -> dict[str, Node]:
         scan = target.scan
         server = find_server_conversion({r.label: by_resource.get(r.uri, ()) for r in scan.resources})
         if server is not None:
@@ -197,25 +216,26 @@ class BidsView:
         if self.nursery is not None:
             await self.series.fetch_whole(self.nursery, resource_uri, dicom)
         source = ConversionSource(Series.from_listing(resource_uri, dicom, self.key_for), target.rule, tuple(dicom))
-        images = await trio.to_thread.run_sync(self._convert_blocking, source, target.sidecar_changes,
-                                               limiter=self.limiter)
+        images = await trio.to_thread.run_sync(
+            self._convert_blocking, source, target.sidecar_changes, limiter=self.limiter
+        )
         origin = _origin(target, self.converter.converter)
         found: dict[str, Node] = {}
         for stem, image in _named_images(target, images, plan):
             nifti_key, sidecar, bval, bvec = image
-            found[stem + NIFTI] = BidsConvertedFile(mtime=parent.mtime, read_only=True, key=nifti_key,
-                                                    source=source, view=self, origin=origin)
+            found[stem + NIFTI] = BidsConvertedFile(
+                mtime=parent.mtime, read_only=True, key=nifti_key, source=source, view=self, origin=origin
+            )
             if sidecar is not None:
-                found[stem + ".json"] = BidsBytesFile(mtime=parent.mtime, read_only=True, data=sidecar,
-                                                      origin=origin)
+                found[stem + ".json"] = BidsBytesFile(mtime=parent.mtime, read_only=True, data=sidecar, origin=origin)
             for extension, key in ((".bval", bval), (".bvec", bvec)):
                 if key is not None:
-                    found[stem + extension] = BidsConvertedFile(mtime=parent.mtime, read_only=True, key=key,
-                                                                source=source, view=self, origin=origin)
+                    found[stem + extension] = BidsConvertedFile(
+                        mtime=parent.mtime, read_only=True, key=key, source=source, view=self, origin=origin
+                    )
         return found
 
-    def _convert_blocking(self, source: ConversionSource,
-                          changes: Mapping[str, Any]) -> list[tuple[str, tuple]]:
+    def _convert_blocking(self, source: ConversionSource, changes: Mapping[str, Any]) -> list[tuple[str, tuple]]:
         """``(dcm2niix suffix, (nifti key, sidecar bytes, bval key, bvec key))`` per image."""
         by_key = {self.key_for(remote): remote for remote in source.files}
 
@@ -229,30 +249,40 @@ class BidsView:
                 sidecar = None
                 if image.sidecar is not None:
                     sidecar = _changed_sidecar(image.sidecar.entry.pread(0, image.sidecar.size), changes)
-                images.append((image.suffix, (
-                    image.nifti.key, sidecar,
-                    image.bval.key if image.bval is not None else None,
-                    image.bvec.key if image.bvec is not None else None)))
+                images.append(
+                    (
+                        image.suffix,
+                        (
+                            image.nifti.key,
+                            sidecar,
+                            image.bval.key if image.bval is not None else None,
+                            image.bvec.key if image.bvec is not None else None,
+                        ),
+                    )
+                )
             return images
 
     async def reconverted(self, source: ConversionSource) -> None:
         """Convert again (an output was evicted from the cache since it was listed)."""
-        await self._wait(("again", source.series.uri, source.rule),
-                         lambda: self._convert_blocking(source, {}), thread=True)
+        await self._wait(
+            ("again", source.series.uri, source.rule), lambda: self._convert_blocking(source, {}), thread=True
+        )
 
-    async def _server_files(self, target: BidsTarget, server: ServerConversion,
-                            parent: BidsDatatypeDir) -> dict[str, Node]:
+    async def _server_files(
+        self, target: BidsTarget, server: ServerConversion, parent: BidsDatatypeDir
+    ) -> dict[str, Node]:
         image = server.images[0]
         origin = _origin(target, server.source)
         nifti_extension = ".nii.gz" if image.nifti.path.lower().endswith(".nii.gz") else NIFTI
         stem = target.stem
-        found: dict[str, Node] = {stem + nifti_extension: BidsServerFile(
-            mtime=parent.mtime, read_only=True, file=image.nifti, origin=origin)}
+        found: dict[str, Node] = {
+            stem + nifti_extension: BidsServerFile(mtime=parent.mtime, read_only=True, file=image.nifti, origin=origin)
+        }
         for extension, remote in ((".bval", image.bval), (".bvec", image.bvec)):
             if remote is not None:
-                found[stem + extension] = BidsServerFile(mtime=parent.mtime, read_only=True, file=remote,
-                                                         origin=origin)
+                found[stem + extension] = BidsServerFile(mtime=parent.mtime, read_only=True, file=remote, origin=origin)
         if target.sidecar_changes:
+
             def changed() -> bytes:
                 with self._open_server_file(image.sidecar) as entry:
                     return _changed_sidecar(entry.pread(0, image.sidecar.size), target.sidecar_changes)
@@ -260,8 +290,9 @@ class BidsView:
             data = await trio.to_thread.run_sync(changed, limiter=self.limiter)
             found[stem + ".json"] = BidsBytesFile(mtime=parent.mtime, read_only=True, data=data, origin=origin)
         else:
-            found[stem + ".json"] = BidsServerFile(mtime=parent.mtime, read_only=True, file=image.sidecar,
-                                                   origin=origin)
+            found[stem + ".json"] = BidsServerFile(
+                mtime=parent.mtime, read_only=True, file=image.sidecar, origin=origin
+            )
         return found
 
     def _open_server_file(self, remote: RemoteFile):
@@ -270,8 +301,10 @@ class BidsView:
 
     def _download(self, remote: RemoteFile) -> Callable[[BinaryIO], None]:
         """What writes ``remote``'s bytes into a content cache entry."""
+
         def download(out: BinaryIO) -> None:
             self.connection.download(remote.uri, out)
+
         return download
 
     # ---- waiting ----------------------------------------------------------
@@ -328,16 +361,22 @@ class BidsView:
                     continue
                 contents, files = [await tree.raw(key) for key in session.listing_keys()]
                 plan = await self.plan(session.subject_label, session.session_label, contents, files)
-                left_out += [LeftOutSeries(plan.folder, entry.scan.id,
-                                           entry.scan.series_description or entry.scan.type,
-                                           str(entry.reason), entry.detail) for entry in plan.left_out]
+                left_out += [
+                    LeftOutSeries(
+                        plan.folder,
+                        entry.scan.id,
+                        entry.scan.series_description or entry.scan.type,
+                        str(entry.reason),
+                        entry.detail,
+                    )
+                    for entry in plan.left_out
+                ]
         failed = [failure for (project, _), failure in sorted(self.failures.items()) if project == root.project.id]
-        return {"left_out": [entry.as_dict() for entry in left_out],
-                "failed": [entry.as_dict() for entry in failed]}
+        return {"left_out": [entry.as_dict() for entry in left_out], "failed": [entry.as_dict() for entry in failed]}
 
 
 class _Flight:
-    __slots__ = ("done", "value", "error")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -361,8 +400,9 @@ def _with_sources_only(plan: SessionPlan, by_resource: Mapping[str, Sequence[Rem
             scan = entry.scan
             has_server = find_server_conversion({r.label: by_resource.get(r.uri, ()) for r in scan.resources})
             if has_server is None and not _dicom_files(scan, by_resource):
-                entry = LeftOut(scan, Reason.NO_FILES, "no DICOM files and no NIFTI or BIDS resource", entry.rule,
-                                entry.header_used)
+                entry = LeftOut(
+                    scan, Reason.NO_FILES, "no DICOM files and no NIFTI or BIDS resource", entry.rule, entry.header_used
+                )
         entries.append(entry)
     return SessionPlan(plan.subject, plan.session, tuple(entries))
 
@@ -403,8 +443,13 @@ def _named_images(target: BidsTarget, images: list[tuple[str, tuple]], plan: Ses
     matched = [(found, image) for found, image in echoes if found is not None]
     if len(matched) == len(echoes):
         return [(target.variant(echo=found.group(1)), image) for found, image in matched]
-    logger.warning("BIDS view: scan %s of %s gave %d images; only the first is shown as %s",
-                   target.scan.id, plan.folder, len(images), target.stem)
+    logger.warning(
+        "BIDS view: scan %s of %s gave %d images; only the first is shown as %s",
+        target.scan.id,
+        plan.folder,
+        len(images),
+        target.stem,
+    )
     return [(target.stem, images[0][1])]
 
 
@@ -435,8 +480,11 @@ class BidsRootDir(BidsDir):
         known = {s.id for s in subjects}
         for subject_id, exps in per_subject.items():
             if subject_id and subject_id not in known:
-                subjects.append(Subject(id=subject_id, label=exps[0].subject_label or subject_id,
-                                        project=exps[0].project, shared=True))
+                subjects.append(
+                    Subject(
+                        id=subject_id, label=exps[0].subject_label or subject_id, project=exps[0].project, shared=True
+                    )
+                )
         labels = subject_labels(subjects)
         return [(labels[s.id], s, per_subject[s.id]) for s in subjects]
 
@@ -444,22 +492,32 @@ class BidsRootDir(BidsDir):
         view = self.view
         found: dict[str, Node] = {}
         rows = []
-        for label, subject, experiments in sorted(self.subjects(context, raws), key=lambda row: row[0]):
+        for label, subject, _experiments in sorted(self.subjects(context, raws), key=lambda row: row[0]):
             rows.append(dataset.ParticipantRow(label, subject))
-            found[f"sub-{label}"] = BidsSubjectDir(mtime=self.mtime, read_only=True, view=view,
-                                                   project_id=self.project.id, subject=subject,
-                                                   subject_label=label)
+            found[f"sub-{label}"] = BidsSubjectDir(
+                mtime=self.mtime,
+                read_only=True,
+                view=view,
+                project_id=self.project.id,
+                subject=subject,
+                subject_label=label,
+            )
         files = {
             "dataset_description.json": dataset.dataset_description(
-                self.project, server_url=view.server_url, xnatfs_version=__version__,
-                converter_version=view.converter.version),
+                self.project,
+                server_url=view.server_url,
+                xnatfs_version=__version__,
+                converter_version=view.converter.version,
+            ),
             "README": dataset.readme(self.project, server_url=view.server_url),
             "participants.json": dataset.participants_json(),
             "participants.tsv": dataset.participants_tsv(rows),
         }
         origin = (("uri", self.project.uri or paths.project(self.project.id)),)
-        listing = {name: BidsBytesFile(mtime=self.mtime, read_only=True, data=data, origin=origin)
-                   for name, data in files.items()}
+        listing = {
+            name: BidsBytesFile(mtime=self.mtime, read_only=True, data=data, origin=origin)
+            for name, data in files.items()
+        }
         return Listing(listing | found)
 
     def xattr_values(self) -> dict[str, str]:
@@ -470,7 +528,7 @@ class BidsRootDir(BidsDir):
 class BidsSubjectDir(BidsDir):
     project_id: str
     subject: Subject
-    subject_label: str           # the BIDS label, without "sub-"
+    subject_label: str  # the BIDS label, without "sub-"
 
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (ExperimentsKey(self.project_id),)
@@ -486,12 +544,21 @@ class BidsSubjectDir(BidsDir):
         for experiment in sorted(mine, key=lambda e: labels[e.id]):
             label = labels[experiment.id]
             rows.append(dataset.SessionRow(label, experiment))
-            found[f"ses-{label}"] = BidsSessionDir(mtime=self.mtime, read_only=True, view=self.view,
-                                                   experiment=experiment, subject_label=self.subject_label,
-                                                   session_label=label)
+            found[f"ses-{label}"] = BidsSessionDir(
+                mtime=self.mtime,
+                read_only=True,
+                view=self.view,
+                experiment=experiment,
+                subject_label=self.subject_label,
+                session_label=label,
+            )
         name = f"sub-{self.subject_label}_sessions.tsv"
-        sessions = BidsBytesFile(mtime=self.mtime, read_only=True, data=dataset.sessions_tsv(rows),
-                                 origin=(("uri", self.subject.uri or paths.subject_by_id(self.subject.id)),))
+        sessions = BidsBytesFile(
+            mtime=self.mtime,
+            read_only=True,
+            data=dataset.sessions_tsv(rows),
+            origin=(("uri", self.subject.uri or paths.subject_by_id(self.subject.id)),),
+        )
         return Listing({name: sessions} | found)
 
     def xattr_values(self) -> dict[str, str]:
@@ -527,13 +594,16 @@ class BidsSessionDir(BidsDir):
             if server is not None and server.images[0].nifti.path.lower().endswith(".nii.gz"):
                 imaging[target.scan.id] = [target.path(".nii.gz")]
         found: dict[str, Node] = {}
-        scans = dataset.scans_tsv(plan, server_url=self.view.server_url, session_date=self.experiment.date,
-                                  files=imaging, extension=NIFTI)
+        scans = dataset.scans_tsv(
+            plan, server_url=self.view.server_url, session_date=self.experiment.date, files=imaging, extension=NIFTI
+        )
         found[f"sub-{self.subject_label}_ses-{self.session_label}_scans.tsv"] = BidsBytesFile(
-            mtime=self.mtime, read_only=True, data=scans, origin=(("uri", self.uri),))
+            mtime=self.mtime, read_only=True, data=scans, origin=(("uri", self.uri),)
+        )
         for datatype in plan.datatypes():
-            found[datatype] = BidsDatatypeDir(mtime=self.mtime, read_only=True, view=self.view, session=self,
-                                              datatype=datatype)
+            found[datatype] = BidsDatatypeDir(
+                mtime=self.mtime, read_only=True, view=self.view, session=self, datatype=datatype
+            )
         return Listing(found)
 
     def xattr_values(self) -> dict[str, str]:
@@ -643,14 +713,23 @@ class BytesHandle:
         self.key = CacheKey(MEMORY_KEY_SCHEME + digest, len(data), digest)
 
     async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
-        return self.data[offset:offset + length]
+        return self.data[offset : offset + length]
 
     def read_blocking(self, offset: int, length: int) -> bytes:
-        return self.data[offset:offset + length]
+        return self.data[offset : offset + length]
 
     async def close(self, limiter: trio.CapacityLimiter, hot=None) -> None:
         return None
 
 
-__all__ = ["BidsView", "BidsRootDir", "BidsSubjectDir", "BidsSessionDir", "BidsDatatypeDir",
-           "BidsBytesFile", "BidsConvertedFile", "BidsServerFile", "LeftOutSeries"]
+__all__ = [
+    "BidsBytesFile",
+    "BidsConvertedFile",
+    "BidsDatatypeDir",
+    "BidsRootDir",
+    "BidsServerFile",
+    "BidsSessionDir",
+    "BidsSubjectDir",
+    "BidsView",
+    "LeftOutSeries",
+]

@@ -48,6 +48,7 @@ REQUEST_SECONDS = 60.0
 
 # ---- where the socket lives -----------------------------------------------
 
+
 def control_folder() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
@@ -73,6 +74,7 @@ def _private_folder(folder: Path) -> None:
 
 
 # ---- the daemon side --------------------------------------------------------
+
 
 class ControlServer:
     """Answers status and refresh requests for one mount (``ops``: its XnatOperations)."""
@@ -156,12 +158,18 @@ class ControlServer:
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "read_only": ops.settings.read_only,
-            "cache": {"directory": os.fspath(cache_info.directory), "bytes_used": cache_info.bytes_used,
-                      "max_bytes": cache_info.max_bytes, "files": cache_info.entries,
-                      "hits": ops.cache_hits, "misses": ops.cache_misses,
-                      "hit_rate": round(ops.cache_hits / lookups, 3) if lookups else None},
-            "downloads": [{"uri": uri, "bytes_done": done, "bytes_total": total}
-                          for uri, done, total in ops.cache.downloads()],
+            "cache": {
+                "directory": os.fspath(cache_info.directory),
+                "bytes_used": cache_info.bytes_used,
+                "max_bytes": cache_info.max_bytes,
+                "files": cache_info.entries,
+                "hits": ops.cache_hits,
+                "misses": ops.cache_misses,
+                "hit_rate": round(ops.cache_hits / lookups, 3) if lookups else None,
+            },
+            "downloads": [
+                {"uri": uri, "bytes_done": done, "bytes_total": total} for uri, done, total in ops.cache.downloads()
+            ],
             "uploads": uploads,
             "requests": session.recent_activity(),
         }
@@ -170,11 +178,18 @@ class ControlServer:
         """The spool's entries for this server, those being sent with their progress (blocking)."""
         ops = self.ops
         sending = ops.uploader.sending()
-        return [{"id": entry.id, "state": "sending" if entry.id in sending else entry.state,
-                 "size": entry.size, "bytes_sent": sending.get(entry.id),
-                 "attempts": entry.attempts, "target": entry.target.describe(),
-                 "last_error": entry.last_error.splitlines()[0] if entry.last_error else None}
-                for entry in ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server)]
+        return [
+            {
+                "id": entry.id,
+                "state": "sending" if entry.id in sending else entry.state,
+                "size": entry.size,
+                "bytes_sent": sending.get(entry.id),
+                "attempts": entry.attempts,
+                "target": entry.target.describe(),
+                "last_error": entry.last_error.splitlines()[0] if entry.last_error else None,
+            }
+            for entry in ops.spool.pending(ops.server) + ops.spool.unclosed(ops.server)
+        ]
 
 
 def _same_user(sock) -> bool:
@@ -198,6 +213,7 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
 
 # ---- bids-check -----------------------------------------------------------------
 
+
 async def bids_check(ops, relative: str) -> dict:
     """The scans of a project's BIDS view left out (and why) and the conversions that failed.
 
@@ -217,6 +233,7 @@ async def bids_check(ops, relative: str) -> dict:
 
 # ---- refreshing ---------------------------------------------------------------
 
+
 def _path_parts(relative: str) -> tuple[str, ...]:
     parts = tuple(part for part in relative.split("/") if part and part != ".")
     if ".." in parts:
@@ -235,7 +252,7 @@ async def _find(ops, parts: tuple[str, ...]) -> DirNode:
             _forget(ops, node)
             child = (await ops.tree.children(node)).get(name)
         if child is None:
-            raise FileNotFoundError(f"no {'/'.join(parts[:depth + 1])} on the server")
+            raise FileNotFoundError(f"no {'/'.join(parts[: depth + 1])} on the server")
         node = child
     if not isinstance(node, DirNode):
         raise NotADirectoryError(f"{'/'.join(parts)} is not a folder")
@@ -273,8 +290,9 @@ async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = Fal
     below = []
     if recursive:
         depth = len(parts)
-        below = [entry for _number, entry in ops.inodes.items()
-                 if len(entry.path) > depth and entry.path[:depth] == parts]
+        below = [
+            entry for _number, entry in ops.inodes.items() if len(entry.path) > depth and entry.path[:depth] == parts
+        ]
         for entry in below:
             if entry.node.is_dir:
                 _forget(ops, entry.node)
@@ -294,8 +312,9 @@ async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = Fal
         # Done before answering, so the caller's next look is the server's; in a worker
         # thread, since the kernel may wait on requests this loop has to answer first.
         await trio.to_thread.run_sync(_invalidate_now, ops.kernel, stale, inode)
-    logger.info("refreshed %s%s: %d entries", "/".join(parts) or "/", " and below" if recursive else "",
-                len(new.entries))
+    logger.info(
+        "refreshed %s%s: %d entries", "/".join(parts) or "/", " and below" if recursive else "", len(new.entries)
+    )
     return {"path": "/".join(parts), "entries": len(new.entries), "recursive": recursive}
 
 
@@ -319,6 +338,7 @@ def _invalidate_now(kernel, stale: list[tuple[int, str]], folder_inode: int | No
 
 
 # ---- the command's side -------------------------------------------------------
+
 
 class ControlError(Exception):
     """The mount's control channel could not be reached or refused the request."""

@@ -92,8 +92,9 @@ def _timeout(budget: Budget) -> XnatTimeout:
     return XnatTimeout(f"no answer from the server within {budget.seconds:g} s")
 
 
-async def run_abandonable(function: Callable[[], T], *, limiter: trio.CapacityLimiter,
-                          discard: Callable[[T], None]) -> T:
+async def run_abandonable(
+    function: Callable[[], T], *, limiter: trio.CapacityLimiter, discard: Callable[[T], None]
+) -> T:
     """``function()`` in a worker thread that is abandoned if the request is given up.
 
     A result that arrives after that (an open file, say) goes to ``discard``

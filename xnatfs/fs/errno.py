@@ -32,11 +32,11 @@ logger = logging.getLogger(__name__)
 
 _BY_TYPE: tuple[tuple[type[XnatError], int], ...] = (
     (XnatNotFound, errno.ENOENT),
-    (XnatPermissionError, errno.EACCES),   # includes XnatAuthError
+    (XnatPermissionError, errno.EACCES),  # includes XnatAuthError
     (XnatConflict, errno.EEXIST),
     (XnatInvalidLabel, errno.EINVAL),
     (XnatUnsupported, errno.ENOTSUP),
-    (XnatServerError, errno.EIO),    # includes XnatTimeout, XnatUnavailable, XnatAnswerTooLarge
+    (XnatServerError, errno.EIO),  # includes XnatTimeout, XnatUnavailable, XnatAnswerTooLarge
 )
 
 # A stalled server times out every request; one line a minute tells it.
@@ -105,7 +105,7 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
         return exc
     code = errno_for(exc)
     if isinstance(exc, XnatUnavailable):
-        logger.debug("%s: %s", operation, exc)     # the stall was logged once when it began
+        logger.debug("%s: %s", operation, exc)  # the stall was logged once when it began
     elif isinstance(exc, XnatTimeout):
         _timeouts.log(operation, exc)
     elif isinstance(exc, XnatError):

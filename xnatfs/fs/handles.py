@@ -16,7 +16,7 @@ from xnatfs.fs.local import LocalHandle
 from xnatfs.fs.nodes import Node
 from xnatfs.fs.reading import ReadHandle
 
-Dots = list[tuple[str, int, Node]]              # "." and ".." as (name, inode, node)
+Dots = list[tuple[str, int, Node]]  # "." and ".." as (name, inode, node)
 Entries = list[tuple[str, Node]]
 
 
@@ -26,8 +26,8 @@ class OpenHandles:
     def __init__(self):
         self._next = 1
         self._files: dict[int, ReadHandle | LocalHandle] = {}
-        self._file_inodes: dict[int, int] = {}      # file handle → its inode
-        self._opened: Counter[int] = Counter()      # inode → open file handles on it
+        self._file_inodes: dict[int, int] = {}  # file handle → its inode
+        self._opened: Counter[int] = Counter()  # inode → open file handles on it
         self._folders: dict[int, tuple[tuple[str, ...], Dots, Entries]] = {}
         self._last_served: dict[int, CacheKey] = {}
 

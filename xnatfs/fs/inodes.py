@@ -24,7 +24,7 @@ _FIRST_FREE = pyfuse3.ROOT_INODE + 1
 @dataclass(slots=True, eq=False)
 class InodeEntry:
     path: Path
-    node: Node          # the latest snapshot seen for this path
+    node: Node  # the latest snapshot seen for this path
     lookups: int = 0
     # Answers worked out for one node snapshot, reused while that snapshot is asked about.
     attrs: pyfuse3.EntryAttributes | None = None
@@ -126,5 +126,5 @@ class InodeTable:
             if entry.path[: len(old)] == old and number != pyfuse3.ROOT_INODE:
                 if self._by_path.get(entry.path) == number:
                     del self._by_path[entry.path]
-                entry.path = new + entry.path[len(old):]
+                entry.path = new + entry.path[len(old) :]
                 self._by_path[entry.path] = number

@@ -167,8 +167,10 @@ class ResourcesKey(ListingKey):
             return None
         built = memo.get(self)
         if built is None or built[0] is not labels:
-            built = (labels, tuple(Resource(label=label, uri=paths.resource(self.owner_uri, label))
-                                   for label in labels))
+            built = (
+                labels,
+                tuple(Resource(label=label, uri=paths.resource(self.owner_uri, label)) for label in labels),
+            )
             memo[self] = built
         return built[1]
 
@@ -204,7 +206,7 @@ def files_key(resource_uri: str) -> ListingKey:
 class SearchAnswer:
     """What a project-wide search found (None: the server cannot do it), and when it was asked."""
 
-    __slots__ = ("started", "found")
+    __slots__ = ("found", "started")
 
     def __init__(self, started: float, found):
         self.started = started

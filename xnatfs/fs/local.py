@@ -37,10 +37,10 @@ class LocalFile:
     relpath: str
     fd: int
     entry: SpoolEntry | None
-    replaces_remote: bool = False   # the server holds a file under this name (ours once sent)
-    experiment_id: str = ""      # for a DICOM import: the experiment whose listings it changes
+    replaces_remote: bool = False  # the server holds a file under this name (ours once sent)
+    experiment_id: str = ""  # for a DICOM import: the experiment whose listings it changes
     size: int = 0
-    entry_open: bool = True      # the spool entry still takes writes (not committed)
+    entry_open: bool = True  # the spool entry still takes writes (not committed)
     dirty: bool = False
     state: str = "writing"
     error: str = ""
@@ -144,8 +144,11 @@ class Overlay:
     def expire(self) -> list[LocalFile]:
         """Forget uploaded files and deletions older than a TTL; returns files to close."""
         now = time.monotonic()
-        gone = [local for local in self.all_files()
-                if local.handles == 0 and local.expires is not None and local.expires <= now]
+        gone = [
+            local
+            for local in self.all_files()
+            if local.handles == 0 and local.expires is not None and local.expires <= now
+        ]
         for local in gone:
             self.drop_file(local)
         for container in list(self.deleted):
@@ -185,7 +188,7 @@ class Overlay:
             if len(parts) == depth + 1:
                 entries[parts[-1]] = LocalFileNode(mtime=local.mtime, read_only=node.read_only, local=local)
             elif parts[depth] not in entries:
-                entries[parts[depth]] = self._folder(node, parts[:depth + 1])
+                entries[parts[depth]] = self._folder(node, parts[: depth + 1])
         return Listing(entries, listing.aliases)
 
     def local_subfolders(self, node: Node) -> set[str]:
@@ -202,9 +205,15 @@ class Overlay:
 
     @staticmethod
     def _folder(node: Node, subpath: tuple[str, ...]) -> FolderDir:
-        assert isinstance(node, (ResourceDir, FolderDir))     # folders of ours are made only in resources
-        return FolderDir(mtime=node.mtime, read_only=node.read_only, nlink=2,
-                         resource=node.resource, experiment_id=node.experiment_id, subpath=subpath)
+        assert isinstance(node, (ResourceDir, FolderDir))  # folders of ours are made only in resources
+        return FolderDir(
+            mtime=node.mtime,
+            read_only=node.read_only,
+            nlink=2,
+            resource=node.resource,
+            experiment_id=node.experiment_id,
+            subpath=subpath,
+        )
 
 
 @dataclass(eq=False)

@@ -41,10 +41,10 @@ from xnatfs.cache.spool import UploadSpool
 from xnatfs.errors import XnatError, redact_url
 from xnatfs.fs.bidsview import BidsView
 from xnatfs.fs.control import ControlServer
+from xnatfs.fs.keys import ProjectsKey
 from xnatfs.fs.names import BIDS
 from xnatfs.fs.operations import XnatOperations
 from xnatfs.fs.settings import MountSettings, default_state_dir
-from xnatfs.fs.keys import ProjectsKey
 from xnatfs.fs.tree import Tree
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,16 @@ def add_bids_view(ops: XnatOperations) -> None:
     except XnatError as exc:
         logger.warning("no BIDS view: %s", exc)
         return
-    view = BidsView(ops.connection, ops.cache, converter, rules, series=ops.series, key_for=ops.cache_key,
-                    server_url=settings.url, max_parallel=BIDS_CONVERSIONS)
+    view = BidsView(
+        ops.connection,
+        ops.cache,
+        converter,
+        rules,
+        series=ops.series,
+        key_for=ops.cache_key,
+        server_url=settings.url,
+        max_parallel=BIDS_CONVERSIONS,
+    )
     ops.bids = view
     ops.tree.views[BIDS] = view.folder
 
@@ -170,6 +178,7 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
 
 # ---- the record of a running mount ---------------------------------------
 
+
 def record_path(mountpoint: Path | str) -> Path:
     real = os.path.realpath(os.fspath(mountpoint))
     digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -179,9 +188,13 @@ def record_path(mountpoint: Path | str) -> Path:
 def write_record(settings: MountSettings) -> Path:
     path = record_path(settings.mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = {"pid": os.getpid(), "mountpoint": os.path.realpath(settings.mountpoint),
-              "url": redact_url(settings.url), "spool": str(settings.spool_dir),
-              "started": time.time()}
+    record = {
+        "pid": os.getpid(),
+        "mountpoint": os.path.realpath(settings.mountpoint),
+        "url": redact_url(settings.url),
+        "spool": str(settings.spool_dir),
+        "started": time.time(),
+    }
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     os.replace(temporary, path)
@@ -218,6 +231,7 @@ def process_alive(pid: int) -> bool:
 
 # ---- the state of a mountpoint --------------------------------------------
 
+
 def mount_state(mountpoint: Path | str) -> str:
     """``"mounted"``, ``"stale"`` (daemon gone: "Transport endpoint is not connected"),
     or ``"none"``. Never waits on a live FUSE daemon."""
@@ -252,8 +266,7 @@ def fuse_mounts() -> set[str]:
 
 def _unescape_mountinfo(text: str) -> str:
     # mountinfo writes space, tab, newline and backslash as octal escapes.
-    return (text.replace("\\040", " ").replace("\\011", "\t")
-            .replace("\\012", "\n").replace("\\134", "\\"))
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
 def fusermount_unmount(mountpoint: Path | str, *, lazy: bool = False) -> tuple[bool, str]:
@@ -261,8 +274,9 @@ def fusermount_unmount(mountpoint: Path | str, *, lazy: bool = False) -> tuple[b
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        done = subprocess.run(["umount"] + (["-l"] if lazy else []) + [os.fspath(mountpoint)],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["umount"] + (["-l"] if lazy else []) + [os.fspath(mountpoint)], capture_output=True, text=True, timeout=60
+        )
     return done.returncode == 0, done.stderr.strip()
 
 
@@ -273,6 +287,7 @@ def clean_stale(mountpoint: Path | str) -> None:
 
 
 # ---- detaching ------------------------------------------------------------
+
 
 def run_detached(child: Callable[[Notify], int]) -> int:
     """Run ``child`` in a daemon process; return once it reported success or failure.

@@ -77,12 +77,16 @@ class ReadSide:
     for reading.
     """
 
-    def __init__(self, *, entry: Callable[[int], InodeEntry],
-                 fresh: Callable[[int, InodeEntry], Awaitable[Node]],
-                 child: Callable[[Node, str], Awaitable[Node | None]],
-                 listing: Callable[[Node], Awaitable[Listing]],
-                 attributes: Callable[[int, Node], pyfuse3.EntryAttributes],
-                 read_handle: Callable[[int | None, RemoteFile], Awaitable[ReadHandle]]):
+    def __init__(
+        self,
+        *,
+        entry: Callable[[int], InodeEntry],
+        fresh: Callable[[int, InodeEntry], Awaitable[Node]],
+        child: Callable[[Node, str], Awaitable[Node | None]],
+        listing: Callable[[Node], Awaitable[Listing]],
+        attributes: Callable[[int, Node], pyfuse3.EntryAttributes],
+        read_handle: Callable[[int | None, RemoteFile], Awaitable[ReadHandle]],
+    ):
         self.entry = entry
         self.fresh = fresh
         self.child = child
@@ -94,10 +98,24 @@ class ReadSide:
 class Mutations:
     """The write-side handlers, and the :class:`~xnatfs.fs.nodes.WriteContext` of the node kinds' policies."""
 
-    def __init__(self, *, read: ReadSide, settings: MountSettings, server: str, tree: Tree, overlay: Overlay,
-                 inodes: InodeTable, handles: OpenHandles, writer: Writer, spool: UploadSpool,
-                 retries: UploadRetries, series: SeriesFetcher, cache: ContentCache, hot: HotFiles,
-                 cache_key: Callable[[RemoteFile], CacheKey]):
+    def __init__(
+        self,
+        *,
+        read: ReadSide,
+        settings: MountSettings,
+        server: str,
+        tree: Tree,
+        overlay: Overlay,
+        inodes: InodeTable,
+        handles: OpenHandles,
+        writer: Writer,
+        spool: UploadSpool,
+        retries: UploadRetries,
+        series: SeriesFetcher,
+        cache: ContentCache,
+        hot: HotFiles,
+        cache_key: Callable[[RemoteFile], CacheKey],
+    ):
         self.read = read
         self.settings = settings
         self.server = server
@@ -121,8 +139,9 @@ class Mutations:
         """A blocking client call in a worker thread."""
         # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
         # then finishes, or times out, on its own.
-        return await bounded(trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter,
-                                                     abandon_on_cancel=True))
+        return await bounded(
+            trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter, abandon_on_cancel=True)
+        )
 
     def forget(self, *keys: ListingKey) -> None:
         for key in keys:
@@ -145,8 +164,9 @@ class Mutations:
     async def delete_staged(self, local: LocalFile) -> None:
         on_server = local.state == "uploaded" or local.replaces_remote
         if on_server and local.target.kind == "file":
-            await self._delete_on_server(local.target.resource_uri, local.target.relpath,
-                                         missing_ok=local.state != "uploaded")
+            await self._delete_on_server(
+                local.target.resource_uri, local.target.relpath, missing_ok=local.state != "uploaded"
+            )
         await self.call(self.writer.discard, local)
         self.overlay.drop_file(local)
         if on_server:
@@ -177,8 +197,14 @@ class Mutations:
         except UnicodeDecodeError:
             raise refused(errno.EINVAL, "%s refused: the name is not UTF-8 text: %s", what, text) from None
         if len(raw) > NAME_MAX:
-            raise refused(errno.ENAMETOOLONG, "%s refused: the name is %d bytes long, more than %d: %s",
-                          what, len(raw), NAME_MAX, text)
+            raise refused(
+                errno.ENAMETOOLONG,
+                "%s refused: the name is %d bytes long, more than %d: %s",
+                what,
+                len(raw),
+                NAME_MAX,
+                text,
+            )
         reason = unstorable_reason(text)
         if reason:
             raise refused(errno.EINVAL, "%s refused: XNAT cannot store the name %r: %s", what, text, reason)
@@ -192,7 +218,7 @@ class Mutations:
         node = await self.read.child(pnode, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        assert isinstance(pnode, DirNode)     # child() answered ENOTDIR otherwise
+        assert isinstance(pnode, DirNode)  # child() answered ENOTDIR otherwise
         return parent, pnode, text, node
 
     # ---- creating and writing files -----------------------------------
@@ -214,8 +240,10 @@ class Mutations:
 
     def _open_handle(self, local: LocalFile, inode: int, flags: int) -> int:
         local.handles += 1
-        return self.handles.open_file(LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY,
-                                                  append=bool(flags & os.O_APPEND)), inode)
+        return self.handles.open_file(
+            LocalHandle(local, inode, writable=flags & os.O_ACCMODE != os.O_RDONLY, append=bool(flags & os.O_APPEND)),
+            inode,
+        )
 
     async def open_local(self, inode: int, node: Node, flags: int) -> pyfuse3.FileInfo:
         """Open a file for writing (or one of ours for anything): through a local copy."""
@@ -227,15 +255,16 @@ class Mutations:
             if flags & os.O_TRUNC:
                 await self.call(self.writer.truncate, local, 0)
         else:
-            assert isinstance(node, FileNode)     # files of ours are staged; the BIDS view's are read-only
+            assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
             local = await self._stage_remote(node.file, truncate=bool(flags & os.O_TRUNC))
         # The kernel's pages of this inode hold what was written through it (or the
         # server's bytes we copied): keeping them spares reads that, under a heavy
         # read load elsewhere on the mount, can wait seconds for the kernel to send.
         return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=True)
 
-    async def _stage_remote(self, remote: RemoteFile, *, truncate: bool, relpath: str | None = None,
-                            container: str | None = None) -> LocalFile:
+    async def _stage_remote(
+        self, remote: RemoteFile, *, truncate: bool, relpath: str | None = None, container: str | None = None
+    ) -> LocalFile:
         """A local copy of a server file (or an empty one, when it is truncated anyway)."""
         container = container or remote.resource_uri
         relpath = relpath if relpath is not None else remote.path
@@ -246,6 +275,7 @@ class Mutations:
         else:
             reader = await self.read.read_handle(None, remote)
             try:
+
                 def fill(sink) -> None:
                     offset = 0
                     while offset < remote.size:
@@ -255,8 +285,7 @@ class Mutations:
                         sink.write(chunk)
                         offset += len(chunk)
 
-                local = await self.call(self.writer.stage, target, container, relpath, fill=fill,
-                                         replaces_remote=True)
+                local = await self.call(self.writer.stage, target, container, relpath, fill=fill, replaces_remote=True)
             finally:
                 await reader.close(self.limiter)
         self.overlay.add_file(local)
@@ -291,11 +320,13 @@ class Mutations:
             raise
         except XnatError as exc:
             if local.state == "refused":
-                logger.error("upload of %s refused; kept in the spool until a user retries or discards it: %s",
-                             local.target.describe(), exc)
+                logger.error(
+                    "upload of %s refused; kept in the spool until a user retries or discards it: %s",
+                    local.target.describe(),
+                    exc,
+                )
                 raise
-            logger.error("upload of %s failed; kept in the spool for another try: %s",
-                         local.target.describe(), exc)
+            logger.error("upload of %s failed; kept in the spool for another try: %s", local.target.describe(), exc)
             self.retries.wake()
             raise
         if sent:
@@ -364,7 +395,7 @@ class Mutations:
             raise refused(errno.ENOTSUP, "emptying %s refused: XNAT cannot hold an empty file", entry.path[-1])
         local = node.staged
         if local is None:
-            assert isinstance(node, FileNode)     # files of ours are staged; the BIDS view's are read-only
+            assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
             local = await self._stage_remote(node.file, truncate=size == 0)
         try:
             await self.call(self.writer.truncate, local, size)
@@ -437,8 +468,7 @@ class Mutations:
             raise pyfuse3.FUSEError(errno.EEXIST)
         old_path, new_path = old_parent.path + (old,), new_parent.path + (new,)
         if node.is_dir:
-            await node.rename(self, old_pnode, new, same_parent=parent_inode_old == parent_inode_new,
-                              replaces=existing)
+            await node.rename(self, old_pnode, new, same_parent=parent_inode_old == parent_inode_new, replaces=existing)
         else:
             new_node = await self._move_file(node, new_pnode, new, existing)
             if existing is not None:
@@ -467,7 +497,7 @@ class Mutations:
         if source is not None:
             moved = await self._rename_local(source, target, relpath, replaces_remote=new_on_server)
             return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
-        assert isinstance(node, FileNode)         # files of ours are staged; the BIDS view's are read-only
+        assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
         moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
         self.overlay.add_file(moved)
@@ -475,8 +505,9 @@ class Mutations:
         await node.unlink(self)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
 
-    async def _rename_local(self, local: LocalFile, target: UploadTarget, relpath: str, *,
-                            replaces_remote: bool) -> LocalFile:
+    async def _rename_local(
+        self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool
+    ) -> LocalFile:
         """A file of ours takes the new name: the same file, so descriptors open on
         it write under the new name, and its pending upload goes there too.
 
@@ -486,8 +517,9 @@ class Mutations:
         old_relpath = local.relpath
         self.overlay.drop_file(local)
         try:
-            old_on_server = await self.call(self.writer.retarget, local, target, relpath,
-                                             replaces_remote=replaces_remote)
+            old_on_server = await self.call(
+                self.writer.retarget, local, target, relpath, replaces_remote=replaces_remote
+            )
         finally:
             self.overlay.add_file(local)
         if local.handles == 0:
@@ -533,8 +565,11 @@ class Mutations:
         if pending:
             logger.warning("%d upload(s) left pending by an earlier mount; retrying", len(pending))
         if refused:
-            logger.warning("%d upload(s) refused by the server wait for `xnatfs uploads retry ID` or "
-                           "`uploads discard ID`; see `xnatfs uploads list`", len(refused))
+            logger.warning(
+                "%d upload(s) refused by the server wait for `xnatfs uploads retry ID` or "
+                "`uploads discard ID`; see `xnatfs uploads list`",
+                len(refused),
+            )
 
     async def run_uploads(self) -> None:
         """Show uploads left pending or refused by earlier mounts, and keep retrying the pending ones."""

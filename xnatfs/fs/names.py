@@ -51,7 +51,7 @@ def _utf8_len(text: str) -> int:
 
 def _cut_to_bytes(text: str, limit: int) -> str:
     """The longest prefix of ``text`` whose UTF-8 form fits in ``limit`` bytes."""
-    encoded = text.encode("utf-8")[:max(limit, 0)]
+    encoded = text.encode("utf-8")[: max(limit, 0)]
     return encoded.decode("utf-8", errors="ignore")
 
 
@@ -153,8 +153,7 @@ def make_unique(names: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
     return result
 
 
-def _unique_in_input_order(names: list[str], entries: Sequence[tuple[str, str]],
-                           reserved: set[str]) -> list[str]:
+def _unique_in_input_order(names: list[str], entries: Sequence[tuple[str, str]], reserved: set[str]) -> list[str]:
     """``make_unique`` applied in a fixed (sorted) order, returned in input order.
 
     Sorting first makes the suffixes independent of the order the server

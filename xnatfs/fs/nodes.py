@@ -113,9 +113,9 @@ class NewFile(NamedTuple):
     """Where a file created in a folder is staged and sent."""
 
     target: UploadTarget
-    container: str               # the overlay's key for the folder's files
-    relpath: str                 # the file's path in the container
-    experiment_id: str = ""      # a zip for import: the session its scans appear in
+    container: str  # the overlay's key for the folder's files
+    relpath: str  # the file's path in the container
+    experiment_id: str = ""  # a zip for import: the session its scans appear in
 
 
 def import_container(experiment_uri: str) -> str:
@@ -152,15 +152,15 @@ def timestamp(value: datetime | None, default: float) -> float:
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class Node:
-    mtime: float                 # seconds since the epoch
-    read_only: bool = False      # shared into the project it is shown under
-    nlink: int = 1               # 2 + sub-directories where known; 1 means "not counted"
+    mtime: float  # seconds since the epoch
+    read_only: bool = False  # shared into the project it is shown under
+    nlink: int = 1  # 2 + sub-directories where known; 1 means "not counted"
 
     is_dir = True
     why_read_only = "shared here from another project; change it there"
-    volatile = False             # its attributes change under the same snapshot: never reused
-    reads_ahead = False          # opening it during a walk loads what the walk wants next
-    loaded_ahead = False         # loaded ahead when the folder holding it is opened during a walk
+    volatile = False  # its attributes change under the same snapshot: never reused
+    reads_ahead = False  # opening it during a walk loads what the walk wants next
+    loaded_ahead = False  # loaded ahead when the folder holding it is opened during a walk
 
     def xattr_values(self) -> dict[str, str]:
         """``user.xnat.*`` names (without the prefix) → values; empty values mean "none"."""
@@ -230,8 +230,9 @@ class Node:
             raise refused(errno.EPERM, "creating %s refused: files live in resources (and *.zip in SCANS/)", name)
         resource_uri, subpath = place
         relpath = "/".join(subpath + (name,))
-        return NewFile(UploadTarget(kind="file", resource_uri=resource_uri, relpath=relpath, server=server),
-                       resource_uri, relpath)
+        return NewFile(
+            UploadTarget(kind="file", resource_uri=resource_uri, relpath=relpath, server=server), resource_uri, relpath
+        )
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
         """Create the folder ``name`` in this one."""
@@ -241,8 +242,9 @@ class Node:
         """Delete this folder, listed as ``name`` in ``parent``."""
         raise refused(errno.EPERM, "rmdir %s refused: XNAT cannot delete that", name)
 
-    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
-                     same_parent: bool, replaces: Node | None) -> None:
+    async def rename(
+        self, context: WriteContext, parent: DirNode, new: str, *, same_parent: bool, replaces: Node | None
+    ) -> None:
         """Give this folder the name ``new``; ``replaces`` is what has that name now."""
         # XNAT moves nothing: mv copies and deletes instead.
         raise pyfuse3.FUSEError(errno.EXDEV)
@@ -352,8 +354,9 @@ class ProjectDir(DirNode):
         for subject_id, exps in per_subject.items():
             if subject_id and subject_id not in known:
                 first = exps[0]
-                subjects.append(Subject(id=subject_id, label=first.subject_label or subject_id,
-                                        project=first.project, shared=True))
+                subjects.append(
+                    Subject(id=subject_id, label=first.subject_label or subject_id, project=first.project, shared=True)
+                )
                 known.add(subject_id)
         dir_names = names.label_names([(s.label, s.id) for s in subjects], names.PROJECT_RESERVED)
         found: dict[str, Node] = {}
@@ -373,13 +376,18 @@ class ProjectDir(DirNode):
 
     def xattr_values(self) -> dict[str, str]:
         project = self.project
-        return {"id": project.id, "uri": self.uri, "xsi_type": "xnat:projectData",
-                "name": project.name, "secondary_id": project.secondary_id}
+        return {
+            "id": project.id,
+            "uri": self.uri,
+            "xsi_type": "xnat:projectData",
+            "name": project.name,
+            "secondary_id": project.secondary_id,
+        }
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class SubjectDir(DirNode):
-    project_id: str              # the project the subject is shown under
+    project_id: str  # the project the subject is shown under
     subject: Subject
 
     reads_ahead = True
@@ -397,16 +405,21 @@ class SubjectDir(DirNode):
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
         check_label(name, "creating an experiment")
-        await context.call(context.client.create_experiment, self.project_id, self.subject.label, name,
-                           xsi_type=context.settings.experiment_type)
+        await context.call(
+            context.client.create_experiment,
+            self.project_id,
+            self.subject.label,
+            name,
+            xsi_type=context.settings.experiment_type,
+        )
         context.forget(*self.listing_keys())
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
-        await delete_record(context, parent, name, context.client.delete_subject, self.project_id,
-                            self.subject.label)
+        await delete_record(context, parent, name, context.client.delete_subject, self.project_id, self.subject.label)
 
-    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
-                     same_parent: bool, replaces: Node | None) -> None:
+    async def rename(
+        self, context: WriteContext, parent: DirNode, new: str, *, same_parent: bool, replaces: Node | None
+    ) -> None:
         check_relabel(same_parent, replaces)
         check_label(new, "renaming a subject")
         await context.call(context.client.rename_subject, self.project_id, self.subject.label, new)
@@ -437,14 +450,19 @@ class SubjectDir(DirNode):
 
     def xattr_values(self) -> dict[str, str]:
         subject = self.subject
-        return {"id": subject.id, "uri": subject.uri or paths.subject_by_id(subject.id),
-                "xsi_type": "xnat:subjectData", "label": subject.label, "project": subject.project}
+        return {
+            "id": subject.id,
+            "uri": subject.uri or paths.subject_by_id(subject.id),
+            "xsi_type": "xnat:subjectData",
+            "label": subject.label,
+            "project": subject.project,
+        }
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
 class ExperimentDir(DirNode):
     project_id: str
-    subject_label: str           # the subject's label in project_id
+    subject_label: str  # the subject's label in project_id
     experiment: Experiment
 
     loaded_ahead = True
@@ -461,15 +479,18 @@ class ExperimentDir(DirNode):
         return (self.project_id, self.experiment.id)
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
-        await delete_record(context, parent, name, context.client.delete_experiment, self.project_id,
-                            self.experiment.id)
+        await delete_record(
+            context, parent, name, context.client.delete_experiment, self.project_id, self.experiment.id
+        )
 
-    async def rename(self, context: WriteContext, parent: DirNode, new: str, *,
-                     same_parent: bool, replaces: Node | None) -> None:
+    async def rename(
+        self, context: WriteContext, parent: DirNode, new: str, *, same_parent: bool, replaces: Node | None
+    ) -> None:
         check_relabel(same_parent, replaces)
         check_label(new, "renaming an experiment")
-        await context.call(context.client.rename_experiment, self.project_id, self.subject_label,
-                           self.experiment.label, new)
+        await context.call(
+            context.client.rename_experiment, self.project_id, self.subject_label, self.experiment.label, new
+        )
         context.forget(*parent.listing_keys())
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
@@ -477,19 +498,32 @@ class ExperimentDir(DirNode):
         mtime = self.mtime
         if self.experiment.insert_date is None:
             mtime = timestamp(contents.insert_date, self.mtime)
-        return Listing({
-            names.SCANS: ScansDir(mtime=mtime, read_only=self.read_only,
-                                  nlink=2 + len(contents.scans), experiment=self),
-            names.RESOURCES: ResourcesDir(mtime=mtime, read_only=self.read_only,
-                                          nlink=2 + len(contents.resources),
-                                          owner_uri=self.uri, experiment=self),
-        })
+        return Listing(
+            {
+                names.SCANS: ScansDir(
+                    mtime=mtime, read_only=self.read_only, nlink=2 + len(contents.scans), experiment=self
+                ),
+                names.RESOURCES: ResourcesDir(
+                    mtime=mtime,
+                    read_only=self.read_only,
+                    nlink=2 + len(contents.resources),
+                    owner_uri=self.uri,
+                    experiment=self,
+                ),
+            }
+        )
 
     def xattr_values(self) -> dict[str, str]:
         experiment = self.experiment
-        return {"id": experiment.id, "uri": experiment.uri or self.uri, "xsi_type": experiment.xsi_type,
-                "label": experiment.label, "project": experiment.project, "date": experiment.date,
-                "subject_id": experiment.subject_id}
+        return {
+            "id": experiment.id,
+            "uri": experiment.uri or self.uri,
+            "xsi_type": experiment.xsi_type,
+            "label": experiment.label,
+            "project": experiment.project,
+            "date": experiment.date,
+            "subject_id": experiment.subject_id,
+        }
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -511,8 +545,13 @@ class ScansDir(DirNode):
         if not name.lower().endswith(".zip"):
             return Node.create_target(self, name, server)
         session = self.experiment
-        target = UploadTarget(kind="dicom-import", project=session.project_id, subject=session.subject_label,
-                              experiment=session.experiment.label, server=server)
+        target = UploadTarget(
+            kind="dicom-import",
+            project=session.project_id,
+            subject=session.subject_label,
+            experiment=session.experiment.label,
+            server=server,
+        )
         return NewFile(target, import_container(session.uri), name, session.experiment.id)
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
@@ -525,10 +564,15 @@ class ScansDir(DirNode):
             scan = scans[index]
             if name != names.scan_dir_name(scan.id, scan.type) or names.safe_label(scan.id) != scan.id:
                 context.renamed(f"scans of {self.experiment.experiment.id}", scan.id, name)
-            found[name] = ScanDir(mtime=self.mtime, read_only=self.read_only,
-                                  nlink=2 + len(scan.resources), experiment=self.experiment, scan=scan)
-        for name, scan_node in list(found.items()):
-            assert isinstance(scan_node, ScanDir)     # all that was put in
+            found[name] = ScanDir(
+                mtime=self.mtime,
+                read_only=self.read_only,
+                nlink=2 + len(scan.resources),
+                experiment=self.experiment,
+                scan=scan,
+            )
+        for scan_node in list(found.values()):
+            assert isinstance(scan_node, ScanDir)  # all that was put in
             bare = names.safe_label(scan_node.scan.id)
             if bare not in found and bare not in aliases:
                 aliases[bare] = scan_node
@@ -563,8 +607,14 @@ class ScanDir(DirNode):
 
     def xattr_values(self) -> dict[str, str]:
         scan = self.scan
-        return {"id": scan.id, "uri": self.uri, "xsi_type": scan.xsi_type, "type": scan.type,
-                "series_description": scan.series_description, "quality": scan.quality}
+        return {
+            "id": scan.id,
+            "uri": self.uri,
+            "xsi_type": scan.xsi_type,
+            "type": scan.type,
+            "series_description": scan.series_description,
+            "quality": scan.quality,
+        }
 
     async def described(self, source: ListingSource) -> Node:
         # A scan from a project-wide search lacks its xsi type; the session's own listing has it.
@@ -602,16 +652,16 @@ class ResourcesDir(DirNode):
 
     def entries(self, context: ListingContext, raws: tuple) -> Listing:
         if self.experiment is not None:
-            return resource_entries(self, context, raws[0].resources, self.experiment.experiment.id,
-                                    self.owner_uri)
+            return resource_entries(self, context, raws[0].resources, self.experiment.experiment.id, self.owner_uri)
         return resource_entries(self, context, raws[0], "", self.owner_uri)
 
     def xattr_values(self) -> dict[str, str]:
         return {"uri": paths.resources_of(self.owner_uri)}
 
 
-def resource_entries(parent: Node, context: ListingContext, resources: Sequence[Resource],
-                     experiment_id: str, owner_uri: str) -> Listing:
+def resource_entries(
+    parent: Node, context: ListingContext, resources: Sequence[Resource], experiment_id: str, owner_uri: str
+) -> Listing:
     """The resource folders of a scan or of a RESOURCES/ folder."""
     resources = list(resources)
     dir_names = names.resource_names([(r.label, r.id) for r in resources])
@@ -619,8 +669,9 @@ def resource_entries(parent: Node, context: ListingContext, resources: Sequence[
     for name, resource in zip(dir_names, resources):
         if name != resource.label:
             context.renamed(f"resources of {owner_uri}", resource.label, name)
-        found[name] = ResourceDir(mtime=parent.mtime, read_only=parent.read_only,
-                                  resource=resource, experiment_id=experiment_id)
+        found[name] = ResourceDir(
+            mtime=parent.mtime, read_only=parent.read_only, resource=resource, experiment_id=experiment_id
+        )
     return Listing(found)
 
 
@@ -649,12 +700,14 @@ async def check_empty(context: WriteContext, folder: Node) -> None:
         raise pyfuse3.FUSEError(errno.ENOTEMPTY)
 
 
-async def delete_record(context: WriteContext, parent: DirNode, name: str, delete: Callable[..., Any],
-                        *args) -> None:
+async def delete_record(context: WriteContext, parent: DirNode, name: str, delete: Callable[..., Any], *args) -> None:
     """Delete a project, subject or experiment (only on a mount that allows it)."""
     if not context.settings.allow_delete:
-        raise refused(errno.EPERM, "rmdir %s refused: deleting projects, subjects and experiments "
-                      "needs a mount with --allow-delete", name)
+        raise refused(
+            errno.EPERM,
+            "rmdir %s refused: deleting projects, subjects and experiments needs a mount with --allow-delete",
+            name,
+        )
     await context.call(delete, *args)
     context.forget(*parent.listing_keys())
 
@@ -692,8 +745,14 @@ class ResourceDir(InResource, DirNode):
 
     def xattr_values(self) -> dict[str, str]:
         resource = self.resource
-        return {"id": resource.id, "uri": resource.uri, "xsi_type": "xnat:resourceCatalog",
-                "label": resource.label, "format": resource.format, "content": resource.content}
+        return {
+            "id": resource.id,
+            "uri": resource.uri,
+            "xsi_type": "xnat:resourceCatalog",
+            "label": resource.label,
+            "format": resource.format,
+            "content": resource.content,
+        }
 
     async def described(self, source: ListingSource) -> Node:
         # A resource from a project-wide search has its label only; its owner's own listing has the rest.
@@ -746,8 +805,7 @@ def files_listing_key(folder: ResourceDir | FolderDir) -> ListingKey:
     return ResourceFilesKey(folder.resource.uri)
 
 
-def folder_entries(folder: ResourceDir | FolderDir, context: ListingContext,
-                   files: Sequence[RemoteFile]) -> Listing:
+def folder_entries(folder: ResourceDir | FolderDir, context: ListingContext, files: Sequence[RemoteFile]) -> Listing:
     """The files and sub-folders at ``folder.subpath`` of a resource."""
     tree = context.file_tree(folder.resource.uri, files, grouped=bool(folder.experiment_id))
     subpath = folder.subpath
@@ -760,9 +818,11 @@ def folder_entries(folder: ResourceDir | FolderDir, context: ListingContext,
     for name, item in tree.items():
         if isinstance(item, dict):
             found[name] = FolderDir(
-                mtime=folder.mtime, read_only=folder.read_only,
+                mtime=folder.mtime,
+                read_only=folder.read_only,
                 nlink=2 + sum(1 for child in item.values() if isinstance(child, dict)),
-                resource=folder.resource, experiment_id=folder.experiment_id,
+                resource=folder.resource,
+                experiment_id=folder.experiment_id,
                 subpath=subpath + (name,),
             )
         else:
@@ -801,9 +861,15 @@ class FileNode(Node):
 
     def xattr_values(self) -> dict[str, str]:
         remote = self.file
-        return {"uri": remote.uri, "format": remote.format, "content": remote.content,
-                "digest": remote.digest, "tags": remote.tags, "resource": remote.resource_label,
-                "path": remote.path}
+        return {
+            "uri": remote.uri,
+            "format": remote.format,
+            "content": remote.content,
+            "digest": remote.digest,
+            "tags": remote.tags,
+            "resource": remote.resource_label,
+            "path": remote.path,
+        }
 
 
 @dataclass
@@ -835,5 +901,5 @@ class Listing:
         start = self.position(name)
         if start is None:
             return []
-        assert self._order is not None        # position() set it
-        return [self.entries[entry] for entry in self._order[start + 1:start + 1 + count]]
+        assert self._order is not None  # position() set it
+        return [self.entries[entry] for entry in self._order[start + 1 : start + 1 + count]]

@@ -84,12 +84,23 @@ class XnatOperations(pyfuse3.Operations):
         self.limiter = tree.limiter
         self.hot = HotFiles(max_files=HOT_FILES, max_bytes=min(settings.cache_size // 8, HOT_BYTES))
         self.series = SeriesFetcher(
-            tree.connection, cache, self.cache_key, tree.limiter, max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
-            large_file_bytes=settings.large_file_size, keep_open=self._keep_open)
+            tree.connection,
+            cache,
+            self.cache_key,
+            tree.limiter,
+            max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
+            large_file_bytes=settings.large_file_size,
+            keep_open=self._keep_open,
+        )
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
-        self.retries = UploadRetries(self.uploader, self.server, timeout=settings.timeout, limiter=tree.limiter,
-                                     after_round=self._uploads_retried)
+        self.retries = UploadRetries(
+            self.uploader,
+            self.server,
+            timeout=settings.timeout,
+            limiter=tree.limiter,
+            after_round=self._uploads_retried,
+        )
         self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
@@ -99,14 +110,32 @@ class XnatOperations(pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self.handles = OpenHandles()
-        read = ReadSide(entry=self._entry, fresh=self._fresh, child=self._lookup, listing=self._listing,
-                        attributes=self.attributes, read_handle=self._read_handle)
-        self.changes = Mutations(read=read, settings=settings, server=self.server, tree=tree, overlay=self.overlay,
-                                 inodes=self.inodes, handles=self.handles, writer=self.writer, spool=spool,
-                                 retries=self.retries, series=self.series, cache=cache, hot=self.hot,
-                                 cache_key=self.cache_key)
-        self.bids: BidsView | None = None     # when the mount shows a BIDS view
-        self.cache_hits = 0       # opens served from the content cache, for `xnatfs status`
+        read = ReadSide(
+            entry=self._entry,
+            fresh=self._fresh,
+            child=self._lookup,
+            listing=self._listing,
+            attributes=self.attributes,
+            read_handle=self._read_handle,
+        )
+        self.changes = Mutations(
+            read=read,
+            settings=settings,
+            server=self.server,
+            tree=tree,
+            overlay=self.overlay,
+            inodes=self.inodes,
+            handles=self.handles,
+            writer=self.writer,
+            spool=spool,
+            retries=self.retries,
+            series=self.series,
+            cache=cache,
+            hot=self.hot,
+            cache_key=self.cache_key,
+        )
+        self.bids: BidsView | None = None  # when the mount shows a BIDS view
+        self.cache_hits = 0  # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
@@ -119,7 +148,7 @@ class XnatOperations(pyfuse3.Operations):
 
     async def _listing(self, node: Node) -> Listing:
         """A directory's entries: XNAT's listing with our own changes on top."""
-        assert isinstance(node, DirNode)      # callers have checked is_dir
+        assert isinstance(node, DirNode)  # callers have checked is_dir
         for gone in self.overlay.expire():
             gone.close()
         return self.overlay.merge(node, await self.tree.children(node))
@@ -158,7 +187,7 @@ class XnatOperations(pyfuse3.Operations):
             if parent is None:
                 break
             number = self.inodes.number_of(parent.path)
-            assert number is not None     # _parent found it by this number
+            assert number is not None  # _parent found it by this number
             chain.append((number, parent))
         node = entry.node
         for number, link in reversed(chain):
@@ -194,7 +223,7 @@ class XnatOperations(pyfuse3.Operations):
             entry.attrs_of = node
             return fresh
         attrs = entry.attrs
-        assert attrs is not None          # set together with attrs_of
+        assert attrs is not None  # set together with attrs_of
         if isinstance(node, DirNode):
             attrs.st_nlink = self._nlink(node)
         return attrs
@@ -343,8 +372,10 @@ class XnatOperations(pyfuse3.Operations):
         if node.reads_ahead and self.nursery is not None:
             self.tree.walks.read_ahead(self.nursery, listing, await self._following(entry))
         parent = self._parent(entry) if entry.path else entry
-        dots = [(".", inode, node), ("..", self.inodes.number_for(entry.path[:-1]),
-                                     parent.node if parent is not None else node)]
+        dots = [
+            (".", inode, node),
+            ("..", self.inodes.number_for(entry.path[:-1]), parent.node if parent is not None else node),
+        ]
         return self.handles.open_folder(entry.path, dots, list(listing.entries.items()))
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
@@ -371,15 +402,17 @@ class XnatOperations(pyfuse3.Operations):
             known = inodes.known(child_path)
             if known is None:
                 inode = inodes.number_for(child_path)
-                if not self.kernel.readdir_reply(token, name.encode("utf-8"), self.attributes(inode, node),
-                                             first + index):
+                if not self.kernel.readdir_reply(
+                    token, name.encode("utf-8"), self.attributes(inode, node), first + index
+                ):
                     break
                 inodes.remember(child_path, node, number=inode)
             else:
                 # Warm: the kernel already holds this entry; one more reference to it.
                 inode, entry = known
-                if not self.kernel.readdir_reply(token, name.encode("utf-8"), self._attributes_of(inode, entry, node),
-                                             first + index):
+                if not self.kernel.readdir_reply(
+                    token, name.encode("utf-8"), self._attributes_of(inode, entry, node), first + index
+                ):
                     break
                 entry.node = node
                 entry.lookups += 1
@@ -427,8 +460,9 @@ class XnatOperations(pyfuse3.Operations):
             def download(fileobj) -> None:
                 connection.download(remote.uri, fileobj)
 
-            handle = await ReadHandle.download(self.cache, key, download, self.limiter,
-                                               large_file_bytes=self.settings.large_file_size)
+            handle = await ReadHandle.download(
+                self.cache, key, download, self.limiter, large_file_bytes=self.settings.large_file_size
+            )
         return handle
 
     async def _from_series(self, inode: int, remote: RemoteFile, key: CacheKey) -> ReadHandle | None:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import trio
 
-from xnatfs.cache.content import CacheKey, CachedFile, ContentCache, PendingFetch
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache, PendingFetch
 from xnatfs.fs.deadlines import bounded, run_abandonable
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class HotFiles:
         self.max_bytes = max_bytes
         self._open: OrderedDict[CacheKey, CachedFile] = OrderedDict()
         self._bytes = 0
-        self._lent: dict[CachedFile, int] = {}     # entry → readers that have it now
-        self._dropped: set[CachedFile] = set()     # out of here, closed when the last reader gives it back
+        self._lent: dict[CachedFile, int] = {}  # entry → readers that have it now
+        self._dropped: set[CachedFile] = set()  # out of here, closed when the last reader gives it back
 
     def borrow(self, key: CacheKey) -> CachedFile | None:
         """The open entry of ``key`` for one more reader, who must :meth:`give_back` it."""
@@ -53,7 +53,7 @@ class HotFiles:
         """A reader is done with ``cached``; returns the entries the caller must close."""
         lent = self._lent.get(cached)
         if lent is None:
-            return []       # let go of by clear(), whose caller closes it
+            return []  # let go of by clear(), whose caller closes it
         left = lent - 1
         if left:
             self._lent[cached] = left
@@ -105,16 +105,18 @@ class HotFiles:
 class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
-    def __init__(self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None,
-                 lender: HotFiles | None = None):
+    def __init__(
+        self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None, lender: HotFiles | None = None
+    ):
         self.key = key
         self._cached = cached
         self._pending = pending
-        self._lender = lender       # ``cached`` is borrowed from it and goes back there
+        self._lender = lender  # ``cached`` is borrowed from it and goes back there
 
     @classmethod
-    async def from_cache(cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter,
-                         hot: HotFiles | None = None) -> ReadHandle | None:
+    async def from_cache(
+        cls, cache: ContentCache, key: CacheKey, limiter: trio.CapacityLimiter, hot: HotFiles | None = None
+    ) -> ReadHandle | None:
         """The cached copy of ``key``, or None on a miss."""
         if key.size == 0:
             return cls(key, None, None)
@@ -125,8 +127,9 @@ class ReadHandle:
         return cls(key, cached, None) if cached is not None else None
 
     @classmethod
-    async def download(cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter,
-                       *, large_file_bytes: int) -> ReadHandle:
+    async def download(
+        cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter, *, large_file_bytes: int
+    ) -> ReadHandle:
         """Fetch ``key`` through the cache with ``download(fileobj)`` (another reader may be at it already)."""
 
         def open_blocking() -> ReadHandle:
@@ -153,14 +156,15 @@ class ReadHandle:
             # Bytes already in memory are copied here: a worker thread costs
             # more than the copy. Anything that could wait goes to a thread.
             source = self._cached if self._cached is not None else self._pending
-            assert source is not None     # only a discarded handle has neither
+            assert source is not None  # only a discarded handle has neither
             data = source.pread_nowait(offset, end - offset)
             if data is not None:
                 return data
         if self._cached is not None:
             return await trio.to_thread.run_sync(self._cached.pread, offset, end - offset, limiter=limiter)
-        return await bounded(trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter,
-                                                     abandon_on_cancel=True))
+        return await bounded(
+            trio.to_thread.run_sync(self._read_pending, offset, end, limiter=limiter, abandon_on_cancel=True)
+        )
 
     def read_blocking(self, offset: int, length: int) -> bytes:
         """Like :meth:`read`, from a worker thread."""
@@ -173,7 +177,7 @@ class ReadHandle:
 
     def _read_pending(self, offset: int, end: int) -> bytes:
         pending = self._pending
-        assert pending is not None        # only a discarded handle has neither
+        assert pending is not None  # only a discarded handle has neither
         pending.wait_for(end)
         return pending.pread(offset, end - offset)
 

@@ -25,7 +25,7 @@ from typing import BinaryIO, cast
 
 import trio
 
-from xnatfs.cache.content import CacheKey, CachedFile, ContentCache
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
@@ -58,9 +58,17 @@ class SeriesFlight:
 class SeriesFetcher:
     """One zip download per scan resource, shared by every reader of the series."""
 
-    def __init__(self, connection: ArchiveClient, cache: ContentCache, key_for: Callable[[RemoteFile], CacheKey],
-                 limiter: trio.CapacityLimiter, *, max_bytes: int, large_file_bytes: int,
-                 keep_open: Callable[[CacheKey, CachedFile], None]):
+    def __init__(
+        self,
+        connection: ArchiveClient,
+        cache: ContentCache,
+        key_for: Callable[[RemoteFile], CacheKey],
+        limiter: trio.CapacityLimiter,
+        *,
+        max_bytes: int,
+        large_file_bytes: int,
+        keep_open: Callable[[CacheKey, CachedFile], None],
+    ):
         self.connection = connection
         self.cache = cache
         self.key_for = key_for
@@ -81,8 +89,9 @@ class SeriesFetcher:
     def running(self, resource_uri: str) -> SeriesFlight | None:
         return self._running.get(resource_uri)
 
-    def start(self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile],
-              *, fetched_alone: RemoteFile | None) -> bool:
+    def start(
+        self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile], *, fetched_alone: RemoteFile | None
+    ) -> bool:
         """Start zipping ``resource_uri`` unless it is running or done; True if started now.
 
         ``fetched_alone`` is the file the caller downloads by itself meanwhile;
@@ -111,8 +120,9 @@ class SeriesFetcher:
         """Allow a new zip of a resource whose files we changed."""
         self._done.discard(resource_uri)
 
-    async def _fetch(self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile],
-                     flight: SeriesFlight) -> None:
+    async def _fetch(
+        self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile], flight: SeriesFlight
+    ) -> None:
         token = trio.lowlevel.current_trio_token()
 
         def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
@@ -120,7 +130,7 @@ class SeriesFetcher:
                 try:
                     if entry is not None:
                         self.keep_open(self.key_for(remote), entry)
-                except Exception:   # an error here must not reach the event loop's machinery
+                except Exception:  # an error here must not reach the event loop's machinery
                     logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
 
@@ -129,12 +139,12 @@ class SeriesFetcher:
             token.run_sync_soon(hand_over)
 
         try:
-            stored = await trio.to_thread.run_sync(self._fetch_blocking, resource_uri, files, wanted, cached,
-                                                   limiter=self.limiter)
+            stored = await trio.to_thread.run_sync(
+                self._fetch_blocking, resource_uri, files, wanted, cached, limiter=self.limiter
+            )
             logger.debug("series %s: %d of %d files cached from one zip", resource_uri, stored, len(wanted))
         except (XnatError, OSError, ZipStreamError) as exc:
-            logger.warning("fetching series %s as a zip failed, reading its files one by one: %s",
-                           resource_uri, exc)
+            logger.warning("fetching series %s as a zip failed, reading its files one by one: %s", resource_uri, exc)
         except Exception:
             logger.exception("fetching series %s as a zip failed", resource_uri)
         finally:
@@ -142,8 +152,13 @@ class SeriesFetcher:
             del self._running[resource_uri]
             flight.finish()
 
-    def _fetch_blocking(self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile],
-                        cached: Callable[[RemoteFile, CachedFile | None], None]) -> int:
+    def _fetch_blocking(
+        self,
+        resource_uri: str,
+        files: list[RemoteFile],
+        wanted: list[RemoteFile],
+        cached: Callable[[RemoteFile, CachedFile | None], None],
+    ) -> int:
         wanted = [f for f in wanted if not self.cache.contains(self.key_for(f))]
         if not wanted:
             return 0
@@ -168,6 +183,7 @@ class SeriesFetcher:
                 budget.release(len(data))
 
         with ThreadPoolExecutor(max_workers=INSERT_THREADS, thread_name_prefix="xnatfs-series") as pool:
+
             def on_entry(name: str, data: bytes) -> None:
                 remote = matcher.match(name)
                 if remote is None or remote.uri not in still_wanted or len(data) != remote.size:
@@ -199,7 +215,7 @@ class _Matcher:
             found = self.by_path.get(name.split("/files/", 1)[1])
             if found is not None:
                 return found
-        suffixes = [name] + [name[index + 1:] for index, char in enumerate(name) if char == "/"]
+        suffixes = [name] + [name[index + 1 :] for index, char in enumerate(name) if char == "/"]
         for suffix in suffixes:
             found = self.by_path.get(suffix)
             if found is not None:

@@ -44,7 +44,7 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M)")
     number, unit = float(match.group(1)), match.group(2).lower()
     power = "kmgtp".index(unit) + 1 if unit else 0
-    return int(number * (1024 ** power))
+    return int(number * (1024**power))
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,14 @@ class MountSettings:
     log_file: Path | None = None
     verify_tls: bool = True
     workers: int = 32
-    retries: int = 5                     # for each failed idempotent request, with backoff
-    large_file_size: int = 64 << 20      # files this big are served while they download
-    series_zip_size: int = 1 << 30       # scan resources up to this size are fetched as one zip
-    timeout: float = 30.0                # seconds a request may wait without progress, then EIO
-    max_answer_size: int = 64 << 20      # the largest listing, search or item JSON held in memory
+    retries: int = 5  # for each failed idempotent request, with backoff
+    large_file_size: int = 64 << 20  # files this big are served while they download
+    series_zip_size: int = 1 << 30  # scan resources up to this size are fetched as one zip
+    timeout: float = 30.0  # seconds a request may wait without progress, then EIO
+    max_answer_size: int = 64 << 20  # the largest listing, search or item JSON held in memory
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a file written through the mount may grow to this (else EFBIG)
-    bids: bool = True                    # every project shows a BIDS/ view
-    bids_config: Path | None = None      # a dcm2bids config replacing the built-in naming rules
+    bids: bool = True  # every project shows a BIDS/ view
+    bids_config: Path | None = None  # a dcm2bids config replacing the built-in naming rules
 
     @property
     def negative_ttl(self) -> float:
@@ -85,11 +85,26 @@ class MountSettings:
 
 
 _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
-    "user": str, "password_file": Path, "cache_dir": Path, "cache_size": parse_size, "ttl": float,
-    "read_only": bool, "allow_delete": bool, "experiment_type": str, "log_level": str,
-    "log_file": Path, "verify_tls": bool, "workers": int, "retries": int, "large_file_size": parse_size,
-    "series_zip_size": parse_size, "timeout": float, "max_answer_size": parse_size,
-    "max_file_size": parse_size, "bids": bool, "bids_config": Path,
+    "user": str,
+    "password_file": Path,
+    "cache_dir": Path,
+    "cache_size": parse_size,
+    "ttl": float,
+    "read_only": bool,
+    "allow_delete": bool,
+    "experiment_type": str,
+    "log_level": str,
+    "log_file": Path,
+    "verify_tls": bool,
+    "workers": int,
+    "retries": int,
+    "large_file_size": parse_size,
+    "series_zip_size": parse_size,
+    "timeout": float,
+    "max_answer_size": parse_size,
+    "max_file_size": parse_size,
+    "bids": bool,
+    "bids_config": Path,
 }
 
 

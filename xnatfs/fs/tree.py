@@ -37,8 +37,15 @@ class Tree:
     ``connection``'s calls block and run in worker threads under ``limiter``.
     """
 
-    def __init__(self, connection: ArchiveClient, listings: ListingCache, limiter: trio.CapacityLimiter,
-                 *, started_at: float, memo_size: int = 4096):
+    def __init__(
+        self,
+        connection: ArchiveClient,
+        listings: ListingCache,
+        limiter: trio.CapacityLimiter,
+        *,
+        started_at: float,
+        memo_size: int = 4096,
+    ):
         self.connection = connection
         self.listings = listings
         self.limiter = limiter
@@ -216,8 +223,9 @@ def build_file_tree(files: Sequence[RemoteFile], report: Callable[[str, str], No
     return _tree_level(items, (), report)
 
 
-def _tree_level(items: list[tuple[list[str], RemoteFile]], prefix: tuple[str, ...],
-                report: Callable[[str, str], None]) -> dict:
+def _tree_level(
+    items: list[tuple[list[str], RemoteFile]], prefix: tuple[str, ...], report: Callable[[str, str], None]
+) -> dict:
     folders: dict[str, list[tuple[list[str], RemoteFile]]] = defaultdict(list)
     files: list[tuple[str, RemoteFile]] = []
     for parts, remote in items:

@@ -51,8 +51,13 @@ class Walks:
     ``children`` lists a folder (the tree's listing, loading what is missing).
     """
 
-    def __init__(self, client: ArchiveClient, listings: ListingCache, limiter: trio.CapacityLimiter,
-                 children: Callable[[DirNode], Awaitable[Listing]]):
+    def __init__(
+        self,
+        client: ArchiveClient,
+        listings: ListingCache,
+        limiter: trio.CapacityLimiter,
+        children: Callable[[DirNode], Awaitable[Listing]],
+    ):
         self.client = client
         self.listings = listings
         self.limiter = limiter
@@ -67,7 +72,7 @@ class Walks:
         self._forgotten: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
         # Listings built from a search's answer, kept while that answer is the current one.
         self._from_answers: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
-        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)   # folder → child opened last
+        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)  # folder → child opened last
 
     # ---- searches -----------------------------------------------------
 
@@ -141,7 +146,7 @@ class Walks:
         for node in following:
             if budget <= 0 or not node.reads_ahead:
                 return
-            assert isinstance(node, DirNode)      # only folders read ahead
+            assert isinstance(node, DirNode)  # only folders read ahead
             # A subject's own listing comes from its project's, which the walk has loaded.
             listing = await self._ahead(node)
             if listing is None:
@@ -165,7 +170,7 @@ class Walks:
     def _schedule(self, nursery: trio.Nursery, nodes: Iterable[Node]) -> None:
         """Load ``nodes`` ahead, but none that was scheduled lately."""
         for node in nodes:
-            assert isinstance(node, DirNode)      # only folders are loaded ahead
+            assert isinstance(node, DirNode)  # only folders are loaded ahead
             if node.memo_key not in self._scheduled:
                 self._scheduled[node.memo_key] = True
                 nursery.start_soon(self._ahead, node)

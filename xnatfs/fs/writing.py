@@ -50,13 +50,26 @@ class Writer:
 
     # ---- staging ------------------------------------------------------
 
-    def stage(self, target: UploadTarget, container: str, relpath: str, *,
-              fill: Callable[[BinaryIO], None] | None = None, replaces_remote: bool = False) -> LocalFile:
+    def stage(
+        self,
+        target: UploadTarget,
+        container: str,
+        relpath: str,
+        *,
+        fill: Callable[[BinaryIO], None] | None = None,
+        replaces_remote: bool = False,
+    ) -> LocalFile:
         """A new local file for ``target``, empty or filled by ``fill(fileobj)``."""
         entry = self.spool.create(target)
         fd = os.open(entry.data_path, os.O_RDWR | os.O_CLOEXEC)
-        local = LocalFile(target=entry.target, container=container, relpath=relpath,
-                          fd=fd, entry=entry, replaces_remote=replaces_remote)
+        local = LocalFile(
+            target=entry.target,
+            container=container,
+            relpath=relpath,
+            fd=fd,
+            entry=entry,
+            replaces_remote=replaces_remote,
+        )
         if fill is not None:
             try:
                 with os.fdopen(os.dup(fd), "wb") as sink:
@@ -70,10 +83,19 @@ class Writer:
     def adopt(self, entry: SpoolEntry) -> LocalFile:
         """A file upload left pending (or refused) by an earlier mount, shown until it is sent or dropped."""
         fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
-        return LocalFile(target=entry.target, container=entry.target.resource_uri, relpath=entry.target.relpath,
-                         fd=fd, entry=entry, replaces_remote=True, size=os.fstat(fd).st_size,
-                         entry_open=False, state=entry.state if entry.state in ("failed", "refused") else "pending",
-                         error=entry.last_error, mtime=entry.created)
+        return LocalFile(
+            target=entry.target,
+            container=entry.target.resource_uri,
+            relpath=entry.target.relpath,
+            fd=fd,
+            entry=entry,
+            replaces_remote=True,
+            size=os.fstat(fd).st_size,
+            entry_open=False,
+            state=entry.state if entry.state in ("failed", "refused") else "pending",
+            error=entry.last_error,
+            mtime=entry.created,
+        )
 
     def _writable(self, local: LocalFile) -> None:
         """Make sure the next write lands in an open spool entry (caller holds the lock).
@@ -103,13 +125,19 @@ class Writer:
         if size <= local.size:
             return
         if size > self.max_file_size:
-            raise OSError(errno.EFBIG, f"{local.target.describe()} would grow to {size} bytes, "
-                          f"more than the largest file the mount takes ({self.max_file_size} bytes)")
+            raise OSError(
+                errno.EFBIG,
+                f"{local.target.describe()} would grow to {size} bytes, "
+                f"more than the largest file the mount takes ({self.max_file_size} bytes)",
+            )
         disk = os.statvfs(self.spool.directory)
         room = disk.f_bavail * disk.f_frsize - SPOOL_RESERVE
         if size - local.size > room:
-            raise OSError(errno.ENOSPC, f"{local.target.describe()} would grow to {size} bytes; "
-                          f"the upload spool has room for {max(room, 0)} more")
+            raise OSError(
+                errno.ENOSPC,
+                f"{local.target.describe()} would grow to {size} bytes; "
+                f"the upload spool has room for {max(room, 0)} more",
+            )
 
     def write(self, local: LocalFile, offset: int, data: bytes) -> int:
         with local.lock:
@@ -170,7 +198,7 @@ class Writer:
                     return False
                 return self._keep_empty(local)
             entry = local.entry
-            assert entry is not None      # a file with bytes to send keeps its spool entry
+            assert entry is not None  # a file with bytes to send keeps its spool entry
             if local.entry_open:
                 self.spool.commit(entry)
                 local.entry_open = False
@@ -203,8 +231,9 @@ class Writer:
         try:
             self.spool.seal(entry)
         except OSError as exc:
-            logger.error("upload %s (%s) could not be made durable in the spool: %s",
-                         entry.id, entry.target.describe(), exc)
+            logger.error(
+                "upload %s (%s) could not be made durable in the spool: %s", entry.id, entry.target.describe(), exc
+            )
 
     def _keep_empty(self, local: LocalFile) -> bool:
         """An empty file: XNAT cannot store one (caller holds the lock)."""

@@ -41,8 +41,7 @@ class ZipStream:
     ``max_entry`` bounds the bytes held for one entry.
     """
 
-    def __init__(self, on_entry: Callable[[str, bytes], None], size_of: Callable[[str], int | None],
-                 *, max_entry: int):
+    def __init__(self, on_entry: Callable[[str, bytes], None], size_of: Callable[[str], int | None], *, max_entry: int):
         self.on_entry = on_entry
         self.size_of = size_of
         self.max_entry = max_entry
@@ -94,16 +93,17 @@ class ZipStream:
             return False
         if len(self._buffer) < _HEADER.size:
             return False
-        (signature, _version, flags, method, _time, _date, crc, packed_size, size, name_length,
-         extra_length) = _HEADER.unpack_from(self._buffer)
+        (signature, _version, flags, method, _time, _date, crc, packed_size, size, name_length, extra_length) = (
+            _HEADER.unpack_from(self._buffer)
+        )
         if signature != LOCAL_HEADER:
             raise ZipStreamError("no local file header where one was expected")
         if len(self._buffer) < _HEADER.size + name_length + extra_length:
             return False
-        del self._buffer[:_HEADER.size]
+        del self._buffer[: _HEADER.size]
         raw_name = self._take(name_length)
         extra = self._take(extra_length)
-        assert raw_name is not None and extra is not None     # both lengths were checked above
+        assert raw_name is not None and extra is not None  # both lengths were checked above
         self._name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
         self._flags = flags
         self._crc = crc
@@ -141,7 +141,7 @@ class ZipStream:
             self._buffer[:0] = self._inflate.unused_data
         else:
             stored = self._take(min(self._remaining, len(self._buffer)))
-            assert stored is not None     # never more than the buffer holds
+            assert stored is not None  # never more than the buffer holds
             self._keep(stored)
             self._remaining -= len(stored)
             if self._remaining:
