@@ -146,3 +146,22 @@ def run_fs(request, tmp_path):
         return FsRun(kernel, watch)
 
     return run
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """A home folder of the test's own: config, state, cache and netrc look-ups stay in it,
+    and no XNAT credentials come from the environment."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
+        monkeypatch.setenv(name, str(home / sub))
+    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
+    monkeypatch.delenv("XNAT_USER", raising=False)
+    monkeypatch.delenv("XNAT_PASS", raising=False)
+    return home

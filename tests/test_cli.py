@@ -10,22 +10,7 @@ from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cli import main
 from xnatfs.fs.settings import load_config, parse_size
 
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for name, sub in (
-        ("HOME", ""),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_STATE_HOME", "state"),
-        ("XDG_CACHE_HOME", "cache"),
-    ):
-        monkeypatch.setenv(name, str(home / sub))
-    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
-    monkeypatch.delenv("XNAT_USER", raising=False)
-    monkeypatch.delenv("XNAT_PASS", raising=False)
-    return home
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 def one_line_error(capsys) -> str:

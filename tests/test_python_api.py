@@ -11,24 +11,7 @@ import xnatfs
 from mountutil import fuse_mounted, unmount_quietly
 from xnatfs.fs.mount import process_alive
 
-pytestmark = pytest.mark.mount
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for name, sub in (
-        ("HOME", ""),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_STATE_HOME", "state"),
-        ("XDG_CACHE_HOME", "cache"),
-    ):
-        monkeypatch.setenv(name, str(home / sub))
-    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
-    monkeypatch.delenv("XNAT_USER", raising=False)
-    monkeypatch.delenv("XNAT_PASS", raising=False)
-    return home
+pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("isolated_home")]
 
 
 def test_mount_lists_reads_reports_status_and_unmounts(fake_xnat, tmp_path):
