@@ -23,7 +23,7 @@ Entries = list[tuple[str, Node]]
 class OpenHandles:
     """Open file and folder handles, the inodes they are open on, and what each inode last served."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._next = 1
         self._files: dict[int, ReadHandle | LocalHandle] = {}
         self._file_inodes: dict[int, int] = {}  # file handle → its inode

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import BinaryIO
 
 import trio
 
@@ -128,7 +130,13 @@ class ReadHandle:
 
     @classmethod
     async def download(
-        cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter, *, large_file_bytes: int
+        cls,
+        cache: ContentCache,
+        key: CacheKey,
+        download: Callable[[BinaryIO], None],
+        limiter: trio.CapacityLimiter,
+        *,
+        large_file_bytes: int,
     ) -> ReadHandle:
         """Fetch ``key`` through the cache with ``download(fileobj)`` (another reader may be at it already)."""
 
