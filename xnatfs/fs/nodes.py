@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import pyfuse3
 
@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+# A resource's files: a folder maps its safe names to sub-folders and files.
+FileTree: TypeAlias = dict[str, "FileTree | RemoteFile"]
+
+
 class ListingContext(Protocol):
     """What building a folder's entries may use of the tree."""
 
@@ -66,7 +70,7 @@ class ListingContext(Protocol):
     def by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
         """A project's experiments by subject ID, worked out once per raw listing."""
 
-    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> dict:
+    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> FileTree:
         """A resource's files as nested dicts of safe names, worked out once per raw listing."""
 
     def searchable(self, key: ListingKey, project: str) -> None:
