@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import trio
 
@@ -102,6 +102,21 @@ class HotFiles:
             self._dropped.add(cached)
             return []
         return [cached]
+
+
+class FileReader(Protocol):
+    """An open file that serves bytes it does not own: a server file's :class:`ReadHandle`, or bytes in memory."""
+
+    key: CacheKey
+
+    async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
+        """Up to ``length`` bytes at ``offset``."""
+
+    def read_blocking(self, offset: int, length: int) -> bytes:
+        """Like :meth:`read`, from a worker thread."""
+
+    async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
+        """Let go of what the open holds."""
 
 
 class ReadHandle:
