@@ -284,7 +284,7 @@ class DirNode(Node):
         """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
         raise NotImplementedError
 
-    async def derived(self, raws: tuple[object, ...]) -> tuple[object, ...]:
+    async def derived(self, raws: tuple[Any, ...]) -> tuple[Any, ...]:
         """What :meth:`entries` is built from: the raw listings, or what a kind of
         folder works out from them first (a conversion, say); asked only when the
         raw listings changed."""
