@@ -41,7 +41,7 @@ from xnatfs.errors import XnatError, redact_url
 from xnatfs.fs.nodes import DirNode, Listing, Node
 
 if TYPE_CHECKING:
-    from xnatfs.client.connection import Connection
+    from xnatfs.client.connection import XnatConnection
     from xnatfs.fs.kernel import Kernel
     from xnatfs.fs.operations import XnatOperations
 
@@ -153,8 +153,8 @@ class ControlServer:
         # Worker threads of their own, not the file system's limiter: a stalled
         # server may hold every one of those, and that is when status is asked for.
         ops = self.ops
-        # A mount's client is a Connection; the ArchiveClient protocol leaves its HTTP session out.
-        session = cast("Connection", ops.connection).session
+        # A mount's client is an XnatConnection; the ArchiveClient protocol leaves its HTTP session out.
+        session = cast("XnatConnection", ops.connection).session
         cache_info = await trio.to_thread.run_sync(ops.cache.info)
         uploads = await trio.to_thread.run_sync(self._uploads)
         lookups = ops.cache_hits + ops.cache_misses
