@@ -378,8 +378,12 @@ class BidsView:
                     continue
                 contents, files = [await tree.raw(key) for key in session.listing_keys()]
                 # A session's listing keys are its contents and its files, in this order.
-                contents, files = cast(ExperimentContents, contents), cast(list[RemoteFile], files)
-                plan = await self.plan(session.subject_label, session.session_label, contents, files)
+                plan = await self.plan(
+                    session.subject_label,
+                    session.session_label,
+                    cast(ExperimentContents, contents),
+                    cast(list[RemoteFile], files),
+                )
                 left_out += [
                     LeftOutSeries(
                         plan.folder,
