@@ -41,29 +41,36 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, cast
 
 import trio
 
 from xnatfs import __version__
 from xnatfs.bids import dataset
-from xnatfs.bids.convert import Converter, Series, ServerConversion, find_server_conversion
+from xnatfs.bids.convert import Converter, Series, SeriesFile, ServerConversion, find_server_conversion
 from xnatfs.bids.labels import session_labels, subject_labels
 from xnatfs.bids.outcome import Reason
 from xnatfs.bids.plan import BidsTarget, LeftOut, SessionPlan, plan_session
 from xnatfs.bids.rules import RuleSet
-from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
 from xnatfs.client import paths
 from xnatfs.client.budget import current_budget
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.client.models import Experiment, Project, RemoteFile, Scan, Subject
+from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Scan, Subject
 from xnatfs.errors import XnatConversionError, XnatError, XnatNotFound
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ExperimentsKey, ListingKey, SubjectsKey
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, ListingContext, Node, ProjectDir
-from xnatfs.fs.reading import ReadHandle
+from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 
+if TYPE_CHECKING:
+    from xnatfs.fs.operations import XnatOperations
+    from xnatfs.fs.tree import Tree
+
 logger = logging.getLogger(__name__)
+
+# A converted image: (NIfTI key, sidecar bytes, bval key, bvec key).
+ConvertedImage: TypeAlias = tuple[CacheKey, bytes | None, CacheKey | None, CacheKey | None]
 
 NIFTI = ".nii"
 DICOM_LABEL = "DICOM"
@@ -135,14 +142,16 @@ class BidsView:
         self.limiter = trio.CapacityLimiter(max_parallel + 1)
         # (project, scan URI) → why its conversion failed, until it succeeds
         self.failures: dict[tuple[str, str], LeftOutSeries] = {}
-        self._flights: dict[tuple, _Flight] = {}
+        self._flights: dict[tuple[Hashable, ...], _Flight] = {}
 
     def folder(self, project: ProjectDir) -> BidsRootDir:
         return BidsRootDir(mtime=project.mtime, read_only=True, project=project.project, view=self)
 
     # ---- planning ---------------------------------------------------------
 
-    async def plan(self, subject: str, session: str, contents, files: Sequence[RemoteFile]) -> SessionPlan:
+    async def plan(
+        self, subject: str, session: str, contents: ExperimentContents, files: Sequence[RemoteFile]
+    ) -> SessionPlan:
         """The session's plan; a rule wanting a DICOM field reads one header (in a worker thread)."""
         by_resource = _by_resource(files)
 
@@ -158,7 +167,10 @@ class BidsView:
             plan = plan_session(subject, session, contents.scans, self.rules, header_lookup=header, extension=NIFTI)
             return _with_sources_only(plan, by_resource)
 
-        return await self._wait(("plan", id(contents), id(files), subject, session), planned, thread=True)
+        session_plan: SessionPlan = await self._wait(
+            ("plan", id(contents), id(files), subject, session), planned, thread=True
+        )
+        return session_plan
 
     # ---- converting -------------------------------------------------------
 
@@ -187,7 +199,10 @@ class BidsView:
             return dict(sorted(found.items()))
 
         # Keyed by the listing, not the plan object: every caller listing the folder meanwhile shares one build.
-        return await self._wait(("files", parent.session.experiment.id, datatype, id(files)), build, thread=False)
+        built: dict[str, Node] = await self._wait(
+            ("files", parent.session.experiment.id, datatype, id(files)), build, thread=False
+        )
+        return built
 
     def _failed(self, plan: SessionPlan, target: BidsTarget, exc: XnatError, failure_key: tuple[str, str]) -> None:
         scan = target.scan
@@ -235,16 +250,18 @@ class BidsView:
                     )
         return found
 
-    def _convert_blocking(self, source: ConversionSource, changes: Mapping[str, Any]) -> list[tuple[str, tuple]]:
+    def _convert_blocking(
+        self, source: ConversionSource, changes: Mapping[str, Any]
+    ) -> list[tuple[str, ConvertedImage]]:
         """``(dcm2niix suffix, (nifti key, sidecar bytes, bval key, bvec key))`` per image."""
         by_key = {self.key_for(remote): remote for remote in source.files}
 
-        def open_file(file):
+        def open_file(file: SeriesFile) -> CachedFile:
             remote = by_key[file.key]
             return self.cache.fetch(file.key, self._download(remote))
 
         with self.converter.convert(source.series, source.rule, open_file) as conversion:
-            images = []
+            images: list[tuple[str, ConvertedImage]] = []
             for image in conversion.images:
                 sidecar = None
                 if image.sidecar is not None:
@@ -295,7 +312,7 @@ class BidsView:
             )
         return found
 
-    def _open_server_file(self, remote: RemoteFile):
+    def _open_server_file(self, remote: RemoteFile) -> CachedFile:
         """A server file open in the content cache, downloaded if need be (blocks)."""
         return self.cache.fetch(self.key_for(remote), self._download(remote))
 
@@ -309,7 +326,7 @@ class BidsView:
 
     # ---- waiting ----------------------------------------------------------
 
-    async def _wait(self, key: tuple, work, *, thread: bool):
+    async def _wait(self, key: tuple[Hashable, ...], work: Callable[[], Any], *, thread: bool) -> Any:
         """``work`` run once for every caller asking for ``key`` at the same time.
 
         It runs in the mount's nursery, so a caller given up does not stop
@@ -333,7 +350,7 @@ class BidsView:
             raise flight.error
         return flight.value
 
-    async def _run(self, key: tuple, flight: _Flight, work, thread: bool) -> None:
+    async def _run(self, key: tuple[Hashable, ...], flight: _Flight, work: Callable[[], Any], thread: bool) -> None:
         try:
             if thread:
                 flight.value = await trio.to_thread.run_sync(work, limiter=self.limiter)
@@ -350,7 +367,7 @@ class BidsView:
 
     # ---- bids-check -------------------------------------------------------
 
-    async def check(self, tree, root: BidsRootDir) -> dict:
+    async def check(self, tree: Tree, root: BidsRootDir) -> dict[str, list[dict[str, str]]]:
         """Every scan of the project's sessions not in the view, and why; conversions that failed."""
         left_out: list[LeftOutSeries] = []
         for subject in (await tree.children(root)).entries.values():
@@ -360,7 +377,13 @@ class BidsView:
                 if not isinstance(session, BidsSessionDir):
                     continue
                 contents, files = [await tree.raw(key) for key in session.listing_keys()]
-                plan = await self.plan(session.subject_label, session.session_label, contents, files)
+                # A session's listing keys are its contents and its files, in this order.
+                plan = await self.plan(
+                    session.subject_label,
+                    session.session_label,
+                    cast(ExperimentContents, contents),
+                    cast(list[RemoteFile], files),
+                )
                 left_out += [
                     LeftOutSeries(
                         plan.folder,
@@ -434,7 +457,9 @@ def _origin(target: BidsTarget, converter: str) -> tuple[tuple[str, str], ...]:
     return (("uri", scan.uri), ("converter", converter), ("rule", target.rule))
 
 
-def _named_images(target: BidsTarget, images: list[tuple[str, tuple]], plan: SessionPlan):
+def _named_images(
+    target: BidsTarget, images: list[tuple[str, ConvertedImage]], plan: SessionPlan
+) -> list[tuple[str, ConvertedImage]]:
     """``(stem, image)`` for the images a series gave: one image takes the planned
     name; echoes (dcm2niix ``_eN``) get ``echo-N``; of anything else the first is shown."""
     if len(images) == 1:
@@ -474,7 +499,7 @@ class BidsRootDir(BidsDir):
     def identity(self) -> Hashable:
         return self.project.id
 
-    def subjects(self, context: ListingContext, raws: tuple) -> list[tuple[str, Subject, list[Experiment]]]:
+    def subjects(self, context: ListingContext, raws: tuple[Any, ...]) -> list[tuple[str, Subject, list[Experiment]]]:
         per_subject = context.by_subject(raws[1])
         subjects = [s for s in raws[0] if per_subject.get(s.id)]
         known = {s.id for s in subjects}
@@ -488,7 +513,7 @@ class BidsRootDir(BidsDir):
         labels = subject_labels(subjects)
         return [(labels[s.id], s, per_subject[s.id]) for s in subjects]
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         view = self.view
         found: dict[str, Node] = {}
         rows = []
@@ -536,7 +561,7 @@ class BidsSubjectDir(BidsDir):
     def identity(self) -> Hashable:
         return (self.project_id, self.subject.id)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         mine = context.by_subject(raws[0]).get(self.subject.id, [])
         labels = session_labels(mine, self.subject.label)
         found: dict[str, Node] = {}
@@ -581,11 +606,11 @@ class BidsSessionDir(BidsDir):
     def identity(self) -> Hashable:
         return self.experiment.id
 
-    async def derived(self, raws: tuple) -> tuple:
+    async def derived(self, raws: tuple[Any, ...]) -> tuple[Any, ...]:
         plan = await self.view.plan(self.subject_label, self.session_label, raws[0], raws[1])
         return raws + (plan,)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         _contents, files, plan = raws
         by_resource = _by_resource(files)
         imaging: dict[str, list[str]] = {}
@@ -623,12 +648,12 @@ class BidsDatatypeDir(BidsDir):
     def identity(self) -> Hashable:
         return (self.session.experiment.id, self.datatype)
 
-    async def derived(self, raws: tuple) -> tuple:
+    async def derived(self, raws: tuple[Any, ...]) -> tuple[Any, ...]:
         session = self.session
         plan = await self.view.plan(session.subject_label, session.session_label, raws[0], raws[1])
         return (await self.view.datatype_files(plan, self.datatype, raws[1], self),)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         return Listing(dict(raws[0]))
 
     def xattr_values(self) -> dict[str, str]:
@@ -652,7 +677,7 @@ class BidsBytesFile(Node):
     def size(self) -> int:
         return len(self.data)
 
-    async def reader(self, ops, inode: int) -> BytesHandle:
+    async def reader(self, ops: XnatOperations, inode: int) -> BytesHandle:
         return BytesHandle(self.data)
 
     def xattr_values(self) -> dict[str, str]:
@@ -675,7 +700,7 @@ class BidsConvertedFile(Node):
     def size(self) -> int:
         return self.key.size
 
-    async def reader(self, ops, inode: int) -> ReadHandle:
+    async def reader(self, ops: XnatOperations, inode: int) -> ReadHandle:
         handle = await ReadHandle.from_cache(ops.cache, self.key, ops.limiter, ops.hot)
         if handle is None:
             await self.view.reconverted(self.source)
@@ -696,7 +721,7 @@ class BidsServerFile(FileNode):
 
     why_read_only = READ_ONLY_WHY
 
-    async def reader(self, ops, inode: int):
+    async def reader(self, ops: XnatOperations, inode: int) -> ReadHandle:
         # No series zip: the file stands alone in the view, not among its resource's files.
         return await ops.server_file_handle(None, self.file)
 
@@ -718,7 +743,7 @@ class BytesHandle:
     def read_blocking(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
 
-    async def close(self, limiter: trio.CapacityLimiter, hot=None) -> None:
+    async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
         return None
 
 

@@ -33,11 +33,17 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from xnatfs.errors import XnatError, redact_url
 from xnatfs.fs.nodes import DirNode, Listing, Node
+
+if TYPE_CHECKING:
+    from xnatfs.client.connection import XnatConnection
+    from xnatfs.fs.kernel import Kernel
+    from xnatfs.fs.operations import XnatOperations
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def _private_folder(folder: Path) -> None:
 class ControlServer:
     """Answers status and refresh requests for one mount (``ops``: its XnatOperations)."""
 
-    def __init__(self, ops, started_at: float):
+    def __init__(self, ops: XnatOperations, started_at: float) -> None:
         self.ops = ops
         self.started_at = started_at
         self.path = control_socket_path(ops.settings.mountpoint)
@@ -123,7 +129,7 @@ class ControlServer:
         except Exception:
             logger.exception("control connection failed")
 
-    async def _reply(self, stream: trio.SocketStream) -> dict:
+    async def _reply(self, stream: trio.SocketStream) -> dict[str, Any]:
         try:
             request = json.loads(await _read_line(stream))
             return {"ok": True, **await self.handle(request)}
@@ -133,7 +139,7 @@ class ControlServer:
             logger.exception("control request failed")
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
-    async def handle(self, request: dict) -> dict:
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         kind = request.get("request") if isinstance(request, dict) else None
         if kind == "status":
             return await self.status()
@@ -143,11 +149,12 @@ class ControlServer:
             return await bids_check(self.ops, str(request.get("path", "")))
         raise ValueError(f"unknown request {kind!r}")
 
-    async def status(self) -> dict:
+    async def status(self) -> dict[str, Any]:
         # Worker threads of their own, not the file system's limiter: a stalled
         # server may hold every one of those, and that is when status is asked for.
         ops = self.ops
-        session = ops.connection.session
+        # A mount's client is an XnatConnection; the ArchiveClient protocol leaves its HTTP session out.
+        session = cast("XnatConnection", ops.connection).session
         cache_info = await trio.to_thread.run_sync(ops.cache.info)
         uploads = await trio.to_thread.run_sync(self._uploads)
         lookups = ops.cache_hits + ops.cache_misses
@@ -174,7 +181,7 @@ class ControlServer:
             "requests": session.recent_activity(),
         }
 
-    def _uploads(self) -> list[dict]:
+    def _uploads(self) -> list[dict[str, Any]]:
         """The spool's entries for this server, those being sent with their progress (blocking)."""
         ops = self.ops
         sending = ops.uploader.sending()
@@ -192,7 +199,7 @@ class ControlServer:
         ]
 
 
-def _same_user(sock) -> bool:
+def _same_user(sock: trio.socket.SocketType) -> bool:
     """The peer runs as this user (or as root): the folder's mode says so too; this makes sure."""
     credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
@@ -214,7 +221,7 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
 # ---- bids-check -----------------------------------------------------------------
 
 
-async def bids_check(ops, relative: str) -> dict:
+async def bids_check(ops: XnatOperations, relative: str) -> dict[str, Any]:
     """The scans of a project's BIDS view left out (and why) and the conversions that failed.
 
     ``relative`` is the ``P/BIDS`` folder (or any folder in it)."""
@@ -241,12 +248,13 @@ def _path_parts(relative: str) -> tuple[str, ...]:
     return parts
 
 
-async def _find(ops, parts: tuple[str, ...]) -> DirNode:
+async def _find(ops: XnatOperations, parts: tuple[str, ...]) -> DirNode:
     """The folder at ``parts``; a name the cached listing lacks is looked for in a fresh one."""
-    node = ops.tree.root
+    node: Node = ops.tree.root
     for depth, name in enumerate(parts):
         if not node.is_dir:
             raise NotADirectoryError(f"{'/'.join(parts[:depth])} is not a folder")
+        assert isinstance(node, DirNode)  # every folder is a DirNode
         child = (await ops.tree.children(node)).get(name)
         if child is None:
             _forget(ops, node)
@@ -259,7 +267,7 @@ async def _find(ops, parts: tuple[str, ...]) -> DirNode:
     return node
 
 
-def _forget(ops, node: DirNode) -> None:
+def _forget(ops: XnatOperations, node: DirNode) -> None:
     for key in node.refreshed_keys():
         ops.tree.forget_listing(key)
 
@@ -268,7 +276,7 @@ def _changed_names(old: Listing, new: Listing) -> list[str]:
     return [name for name in old.entries.keys() | new.entries.keys() if not _same(old.get(name), new.get(name))]
 
 
-def _same(old, new) -> bool:
+def _same(old: object, new: object) -> bool:
     """Whether two snapshots of an entry say the same; nodes compare by identity, and a
     listing fetched again holds new ones even where nothing changed."""
     if not isinstance(old, Node) or not isinstance(new, Node):
@@ -279,7 +287,7 @@ def _same(old, new) -> bool:
     return all(_same(getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old) if f.init)
 
 
-async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = False) -> dict:
+async def refresh(ops: XnatOperations, relative: str, recursive: bool, *, in_request: bool = False) -> dict[str, Any]:
     """Drop the listings of the folder at ``relative`` (and, if ``recursive``, of the folders
     below that the kernel knows), and the kernel's entries that changed; the folder is listed
     again at once. ``in_request``: called while answering the kernel about that folder."""
@@ -295,6 +303,7 @@ async def refresh(ops, relative: str, recursive: bool, *, in_request: bool = Fal
         ]
         for entry in below:
             if entry.node.is_dir:
+                assert isinstance(entry.node, DirNode)  # every folder is a DirNode
                 _forget(ops, entry.node)
     new = await ops.tree.children(node)
     inode = ops.inodes.number_of(parts)
@@ -322,7 +331,7 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _invalidate_now(kernel, stale: list[tuple[int, str]], folder_inode: int | None) -> None:
+def _invalidate_now(kernel: Kernel, stale: list[tuple[int, str]], folder_inode: int | None) -> None:
     for parent, name in stale:
         try:
             kernel.invalidate_entry(parent, _raw(name))
@@ -344,7 +353,7 @@ class ControlError(Exception):
     """The mount's control channel could not be reached or refused the request."""
 
 
-def ask(mountpoint: Path | str, request: dict, timeout: float = REQUEST_SECONDS) -> dict:
+def ask(mountpoint: Path | str, request: dict[str, Any], timeout: float = REQUEST_SECONDS) -> dict[str, Any]:
     """Send ``request`` to the daemon serving ``mountpoint``; its answer (blocking)."""
     path = control_socket_path(mountpoint)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -363,7 +372,7 @@ def ask(mountpoint: Path | str, request: dict, timeout: float = REQUEST_SECONDS)
         except OSError as exc:
             raise ControlError(f"the mount at {mountpoint} did not answer: {exc.strerror or exc}") from None
     try:
-        answer = json.loads(data)
+        answer: dict[str, Any] = json.loads(data)
     except ValueError:
         raise ControlError(f"the mount at {mountpoint} gave no answer") from None
     if not answer.get("ok"):

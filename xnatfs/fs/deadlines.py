@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 
@@ -26,6 +26,7 @@ from xnatfs.client.budget import Budget, current_budget, enter_budget, leave_bud
 from xnatfs.errors import XnatTimeout
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # How often requests are checked for a spent budget: the bound is kept to
 # within this much (or a quarter of the timeout, if that is less).
@@ -44,7 +45,7 @@ class RequestDeadlines:
         self.timeout = timeout
         self._waiting: dict[trio.CancelScope, Budget] = {}
 
-    async def run(self, method: Callable[..., Awaitable[T]], *args, **kwargs) -> T:
+    async def run(self, method: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await method(*args, **kwargs)`` as one request under its own budget."""
         budget_token = enter_budget(Budget(self.timeout))
         own_token = _deadlines.set(self)

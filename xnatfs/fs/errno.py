@@ -27,6 +27,7 @@ from xnatfs.errors import (
     XnatUnavailable,
     XnatUnsupported,
 )
+from xnatfs.fs.deadlines import RequestDeadlines
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
-def refused(code: int, message: str, *args) -> pyfuse3.FUSEError:
+def refused(code: int, message: str, *args: object) -> pyfuse3.FUSEError:
     """The FUSEError for a change the mount turns down, with the reason logged for the user."""
     logger.warning(message, *args)
     return pyfuse3.FUSEError(code)
@@ -145,7 +146,7 @@ def fuse_handler(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any
 
     @functools.wraps(method)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        deadlines = getattr(args[0], "deadlines", None) if args else None
+        deadlines: RequestDeadlines | None = getattr(args[0], "deadlines", None) if args else None
         try:
             if deadlines is None:
                 return await method(*args, **kwargs)

@@ -14,7 +14,7 @@ from collections import Counter
 from xnatfs.cache.content import CacheKey
 from xnatfs.fs.local import LocalHandle
 from xnatfs.fs.nodes import Node
-from xnatfs.fs.reading import ReadHandle
+from xnatfs.fs.reading import FileReader
 
 Dots = list[tuple[str, int, Node]]  # "." and ".." as (name, inode, node)
 Entries = list[tuple[str, Node]]
@@ -23,9 +23,9 @@ Entries = list[tuple[str, Node]]
 class OpenHandles:
     """Open file and folder handles, the inodes they are open on, and what each inode last served."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._next = 1
-        self._files: dict[int, ReadHandle | LocalHandle] = {}
+        self._files: dict[int, FileReader | LocalHandle] = {}
         self._file_inodes: dict[int, int] = {}  # file handle → its inode
         self._opened: Counter[int] = Counter()  # inode → open file handles on it
         self._folders: dict[int, tuple[tuple[str, ...], Dots, Entries]] = {}
@@ -38,7 +38,7 @@ class OpenHandles:
 
     # ---- files ----------------------------------------------------------
 
-    def open_file(self, handle: ReadHandle | LocalHandle, inode: int) -> int:
+    def open_file(self, handle: FileReader | LocalHandle, inode: int) -> int:
         """Keep ``handle`` open on ``inode``; its handle number."""
         number = self._number()
         self._files[number] = handle
@@ -46,10 +46,10 @@ class OpenHandles:
         self._opened[inode] += 1
         return number
 
-    def file(self, number: int) -> ReadHandle | LocalHandle | None:
+    def file(self, number: int) -> FileReader | LocalHandle | None:
         return self._files.get(number)
 
-    def close_file(self, number: int) -> ReadHandle | LocalHandle | None:
+    def close_file(self, number: int) -> FileReader | LocalHandle | None:
         """Forget the handle; the handle, for the caller to close (None if it was not open)."""
         inode = self._file_inodes.pop(number, None)
         if inode is not None:

@@ -16,7 +16,9 @@ import pyfuse3
 class Kernel:
     """The FUSE session pyfuse3 serves: every call goes straight to pyfuse3."""
 
-    def readdir_reply(self, token, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+    def readdir_reply(
+        self, token: pyfuse3.ReaddirToken, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int
+    ) -> bool:
         """Add one entry to a ``readdir`` answer; False when the kernel's buffer is full."""
         return pyfuse3.readdir_reply(token, name, attrs, next_id)
 

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Self
 
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import Resource
 
 
-class ListingKey(tuple):
+class ListingKey(tuple[Any, ...]):
     """A raw listing: what the server is asked, and under what it is kept.
 
     Held as ``(kind, *values)``: keys are looked up on every request, and a
@@ -58,7 +58,7 @@ class ListingKey(tuple):
         """The project-wide search that holds this listing too, if any."""
         return None
 
-    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
+    def from_search(self, found: dict[Any, Any], memo: MutableMapping[Any, Any]) -> object | None:
         """This listing out of what its search found; None if the search left it out.
 
         ``memo`` keeps values built from one answer, so a listing taken from
@@ -70,7 +70,7 @@ class ListingKey(tuple):
 class ProjectsKey(ListingKey):
     __slots__ = ()
 
-    def __new__(cls):
+    def __new__(cls) -> Self:
         return tuple.__new__(cls, (cls,))
 
     def load(self, client: ArchiveClient) -> object:
@@ -80,12 +80,13 @@ class ProjectsKey(ListingKey):
 class SubjectsKey(ListingKey):
     __slots__ = ()
 
-    def __new__(cls, project: str):
+    def __new__(cls, project: str) -> Self:
         return tuple.__new__(cls, (cls, project))
 
     @property
     def project(self) -> str:
-        return self[1]
+        project: str = self[1]
+        return project
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_subjects(self.project)
@@ -94,12 +95,13 @@ class SubjectsKey(ListingKey):
 class ExperimentsKey(ListingKey):
     __slots__ = ()
 
-    def __new__(cls, project: str):
+    def __new__(cls, project: str) -> Self:
         return tuple.__new__(cls, (cls, project))
 
     @property
     def project(self) -> str:
-        return self[1]
+        project: str = self[1]
+        return project
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_experiments(self.project)
@@ -110,12 +112,13 @@ class ExperimentContentsKey(ListingKey):
 
     __slots__ = ()
 
-    def __new__(cls, experiment_id: str):
+    def __new__(cls, experiment_id: str) -> Self:
         return tuple.__new__(cls, (cls, experiment_id))
 
     @property
     def experiment_id(self) -> str:
-        return self[1]
+        experiment_id: str = self[1]
+        return experiment_id
 
     def load(self, client: ArchiveClient) -> object:
         return client.get_experiment_contents(self.experiment_id)
@@ -123,7 +126,7 @@ class ExperimentContentsKey(ListingKey):
     def search(self, project: str) -> SearchKey | None:
         return ProjectContentsSearch(project)
 
-    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
+    def from_search(self, found: dict[Any, Any], memo: MutableMapping[Any, Any]) -> object | None:
         return found.get(self.experiment_id)
 
 
@@ -132,12 +135,13 @@ class ExperimentFilesKey(ListingKey):
 
     __slots__ = ()
 
-    def __new__(cls, experiment_id: str):
+    def __new__(cls, experiment_id: str) -> Self:
         return tuple.__new__(cls, (cls, experiment_id))
 
     @property
     def experiment_id(self) -> str:
-        return self[1]
+        experiment_id: str = self[1]
+        return experiment_id
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_files(paths.experiment(self.experiment_id), all_levels=True)
@@ -148,12 +152,13 @@ class ResourcesKey(ListingKey):
 
     __slots__ = ()
 
-    def __new__(cls, owner_uri: str):
+    def __new__(cls, owner_uri: str) -> Self:
         return tuple.__new__(cls, (cls, owner_uri))
 
     @property
     def owner_uri(self) -> str:
-        return self[1]
+        owner_uri: str = self[1]
+        return owner_uri
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_resources(self.owner_uri)
@@ -161,7 +166,7 @@ class ResourcesKey(ListingKey):
     def search(self, project: str) -> SearchKey | None:
         return SubjectResourcesSearch(project) if paths.subject_of(self.owner_uri) is not None else None
 
-    def from_search(self, found: dict, memo: MutableMapping[Any, Any]) -> object | None:
+    def from_search(self, found: dict[Any, Any], memo: MutableMapping[Any, Any]) -> object | None:
         labels = found.get(paths.subject_of(self.owner_uri))
         if labels is None:
             return None
@@ -180,12 +185,13 @@ class ResourceFilesKey(ListingKey):
 
     __slots__ = ()
 
-    def __new__(cls, resource_uri: str):
+    def __new__(cls, resource_uri: str) -> Self:
         return tuple.__new__(cls, (cls, resource_uri))
 
     @property
     def resource_uri(self) -> str:
-        return self[1]
+        resource_uri: str = self[1]
+        return resource_uri
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_files(self.resource_uri)
@@ -208,12 +214,12 @@ class SearchAnswer:
 
     __slots__ = ("found", "started")
 
-    def __init__(self, started: float, found):
+    def __init__(self, started: float, found: dict[Any, Any] | None) -> None:
         self.started = started
         self.found = found
 
     @classmethod
-    def taken(cls, search: Callable[[], object]) -> SearchAnswer:
+    def taken(cls, search: Callable[[], dict[Any, Any] | None]) -> SearchAnswer:
         started = time.monotonic()
         return cls(started, search())
 
@@ -230,12 +236,13 @@ class SearchKey(ListingKey):
 class ProjectContentsSearch(SearchKey):
     __slots__ = ()
 
-    def __new__(cls, project: str):
+    def __new__(cls, project: str) -> Self:
         return tuple.__new__(cls, (cls, project))
 
     @property
     def project(self) -> str:
-        return self[1]
+        project: str = self[1]
+        return project
 
     def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_project_contents(self.project))
@@ -244,12 +251,13 @@ class ProjectContentsSearch(SearchKey):
 class SubjectResourcesSearch(SearchKey):
     __slots__ = ()
 
-    def __new__(cls, project: str):
+    def __new__(cls, project: str) -> Self:
         return tuple.__new__(cls, (cls, project))
 
     @property
     def project(self) -> str:
-        return self[1]
+        project: str = self[1]
+        return project
 
     def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_subject_resources(self.project))

@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -38,6 +39,8 @@ from xnatfs.bids.rules import BuiltinRules
 from xnatfs.cache.content import ContentCache
 from xnatfs.cache.listing import ListingCache
 from xnatfs.cache.spool import UploadSpool
+from xnatfs.client.contract import ArchiveClient
+from xnatfs.client.models import Project
 from xnatfs.errors import XnatError, redact_url
 from xnatfs.fs.bidsview import BidsView
 from xnatfs.fs.control import ControlServer
@@ -57,7 +60,9 @@ BIDS_CONVERSIONS = 2
 BIDS_CONVERSION_TIMEOUT = 300.0
 
 
-def build_operations(settings: MountSettings, connection, *, projects=None) -> XnatOperations:
+def build_operations(
+    settings: MountSettings, connection: ArchiveClient, *, projects: list[Project] | None = None
+) -> XnatOperations:
     """The file system for ``settings`` over ``connection``.
 
     ``projects``, when given, is a project listing just fetched (by the
@@ -201,9 +206,10 @@ def write_record(settings: MountSettings) -> Path:
     return path
 
 
-def read_record(mountpoint: Path | str) -> dict | None:
+def read_record(mountpoint: Path | str) -> dict[str, Any] | None:
     try:
-        return json.loads(record_path(mountpoint).read_text())
+        record: dict[str, Any] = json.loads(record_path(mountpoint).read_text())
+        return record
     except (OSError, ValueError):
         return None
 

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import pyfuse3
 import trio
@@ -63,6 +63,7 @@ from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_CHUNK = 1 << 20
 
@@ -135,7 +136,7 @@ class Mutations:
 
     # ---- the node kinds' write context --------------------------------
 
-    async def call(self, function: Callable[..., Any], *args, **kwargs) -> Any:
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A blocking client call in a worker thread."""
         # Abandoned if the request is given up (see xnatfs.fs.deadlines); the call
         # then finishes, or times out, on its own.
@@ -223,7 +224,9 @@ class Mutations:
 
     # ---- creating and writing files -----------------------------------
 
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.read.entry(parent_inode)
         pnode = await self.read.fresh(parent_inode, parent)
         self._check_writable(pnode, f"creating {os.fsdecode(name)}")
@@ -276,7 +279,7 @@ class Mutations:
             reader = await self.read.read_handle(None, remote)
             try:
 
-                def fill(sink) -> None:
+                def fill(sink: BinaryIO) -> None:
                     offset = 0
                     while offset < remote.size:
                         chunk = reader.read_blocking(offset, READ_CHUNK)
@@ -291,19 +294,19 @@ class Mutations:
         self.overlay.add_file(local)
         return local
 
-    async def write(self, fh, off, buf):
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handles.file(fh)
         if not isinstance(handle, LocalHandle) or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         offset = handle.local.size if handle.append else off
         return await self.call(self.writer.write, handle.local, offset, buf)
 
-    async def flush(self, fh):
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.file(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
             await self._upload(handle.local, final=False)
 
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         handle = self.handles.file(fh)
         if isinstance(handle, LocalHandle) and handle.writable:
             await self._upload(handle.local, final=False)
@@ -376,7 +379,14 @@ class Mutations:
 
     # ---- attributes ---------------------------------------------------
 
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         entry = self.read.entry(inode)
         node = await self.read.fresh(inode, entry)
         if fields.update_size:
@@ -388,7 +398,9 @@ class Mutations:
         # so that cp -a and rsync -a can finish.
         return self.read.attributes(inode, node)
 
-    async def _truncate(self, inode: int, entry, node: Node, size: int, fh) -> Node:
+    async def _truncate(
+        self, inode: int, entry: InodeEntry, node: Node, size: int, fh: pyfuse3.FileHandleT | None
+    ) -> Node:
         self._check_writable(node, "truncating")
         handle = self.handles.file(fh) if fh is not None else None
         if size == 0 and node.on_server and not isinstance(handle, LocalHandle):
@@ -413,7 +425,9 @@ class Mutations:
 
     # ---- folders ------------------------------------------------------
 
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self.read.entry(parent_inode)
         pnode = await self.read.fresh(parent_inode, parent)
         self._check_writable(pnode, f"mkdir {os.fsdecode(name)}")
@@ -427,7 +441,7 @@ class Mutations:
         inode = self.inodes.remember(parent.path + (text,), node)
         return self.read.attributes(inode, node)
 
-    async def rmdir(self, parent_inode, name, ctx):
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         _, pnode, text, node = await self._existing_child(parent_inode, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -436,7 +450,7 @@ class Mutations:
 
     # ---- removing files -----------------------------------------------
 
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent, _, text, node = await self._existing_child(parent_inode, name)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -454,7 +468,15 @@ class Mutations:
 
     # ---- renaming -----------------------------------------------------
 
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: bytes,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise refused(errno.EINVAL, "rename: exchanging entries is not possible on XNAT")
         old_parent, old_pnode, old, node = await self._existing_child(parent_inode_old, name_old)
@@ -539,13 +561,19 @@ class Mutations:
     # which reads as a broken file system; EPERM is what file systems without
     # links or special files (FAT, for one) answer, and what tools expect.
 
-    async def symlink(self, parent_inode, name, target, ctx):
+    async def symlink(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise refused(errno.EPERM, "symlink %s refused: XNAT has no symbolic links", os.fsdecode(name))
 
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    async def link(
+        self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise refused(errno.EPERM, "link %s refused: XNAT has no hard links", os.fsdecode(new_name))
 
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def mknod(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise refused(errno.EPERM, "mknod %s refused: XNAT holds only files and folders", os.fsdecode(name))
 
     # ---- uploads in the background ------------------------------------

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import pyfuse3
 
@@ -50,9 +50,15 @@ from xnatfs.fs.keys import (
 
 if TYPE_CHECKING:
     from xnatfs.fs.local import LocalFile, Overlay
+    from xnatfs.fs.operations import XnatOperations
+    from xnatfs.fs.reading import FileReader
     from xnatfs.fs.settings import MountSettings
 
 VALID_LABEL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# A resource's files: a folder maps its safe names to sub-folders and files.
+FileTree: TypeAlias = dict[str, "FileTree | RemoteFile"]
 
 
 class ListingContext(Protocol):
@@ -66,7 +72,7 @@ class ListingContext(Protocol):
     def by_subject(self, experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
         """A project's experiments by subject ID, worked out once per raw listing."""
 
-    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> dict:
+    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> FileTree:
         """A resource's files as nested dicts of safe names, worked out once per raw listing."""
 
     def searchable(self, key: ListingKey, project: str) -> None:
@@ -90,7 +96,7 @@ class WriteContext(Protocol):
     settings: MountSettings
     overlay: Overlay
 
-    async def call(self, function: Callable[..., Any], *args, **kwargs) -> Any:
+    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking client call, in a worker thread under the request's bound."""
 
     def forget(self, *keys: ListingKey) -> None:
@@ -175,7 +181,7 @@ class Node:
         """A file's length in bytes; a folder has none."""
         return 0
 
-    async def reader(self, ops, inode: int):
+    async def reader(self, ops: XnatOperations, inode: int) -> FileReader:
         """An open handle on a file's bytes; a folder has none."""
         raise pyfuse3.FUSEError(errno.EISDIR)
 
@@ -260,7 +266,7 @@ class DirNode(Node):
 
     # Worked out on first use: a snapshot's keys never change, and a warm
     # request then builds nothing to find its listing.
-    _listed: tuple | None = field(default=None, init=False, repr=False)
+    _listed: tuple[tuple[ListingKey, ...], Hashable] | None = field(default=None, init=False, repr=False)
 
     def listing_keys(self) -> tuple[ListingKey, ...]:
         """The raw listings this folder's entries are derived from."""
@@ -274,11 +280,11 @@ class DirNode(Node):
         """The raw listings to drop so the folder is asked for again (``xnatfs refresh``)."""
         return self.listing_keys()
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
         raise NotImplementedError
 
-    async def derived(self, raws: tuple) -> tuple:
+    async def derived(self, raws: tuple[Any, ...]) -> tuple[Any, ...]:
         """What :meth:`entries` is built from: the raw listings, or what a kind of
         folder works out from them first (a conversion, say); asked only when the
         raw listings changed."""
@@ -307,7 +313,7 @@ class RootDir(DirNode):
     def identity(self) -> Hashable:
         return ()
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         ordered = sorted(raws[0], key=lambda p: p.id)
         dir_names = names.make_unique([names.safe_component(p.id) for p in ordered])
         found: dict[str, Node] = {}
@@ -345,7 +351,7 @@ class ProjectDir(DirNode):
     def identity(self) -> Hashable:
         return self.project.id
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         project_id = self.project.id
         per_subject = context.by_subject(raws[1])
         subjects = list(raws[0])
@@ -428,7 +434,7 @@ class SubjectDir(DirNode):
     def identity(self) -> Hashable:
         return (self.project_id, self.subject.id)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         mine = context.by_subject(raws[0]).get(self.subject.id, [])
         dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
         found: dict[str, Node] = {}
@@ -493,7 +499,7 @@ class ExperimentDir(DirNode):
         )
         context.forget(*parent.listing_keys())
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         contents = raws[0]
         mtime = self.mtime
         if self.experiment.insert_date is None:
@@ -554,7 +560,7 @@ class ScansDir(DirNode):
         )
         return NewFile(target, import_container(session.uri), name, session.experiment.id)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         scans = list(raws[0].scans)
         order = sorted(range(len(scans)), key=lambda i: (names.scan_dir_name(scans[i].id, scans[i].type), i))
         dir_names = names.make_unique([names.scan_dir_name(scans[i].id, scans[i].type) for i in order])
@@ -601,7 +607,7 @@ class ScanDir(DirNode):
         await context.call(context.client.create_resource, self.uri, name)
         context.forget(*self.listing_keys())
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         scan = next((s for s in raws[0].scans if s.id == self.scan.id), self.scan)
         return resource_entries(self, context, scan.resources, self.experiment.experiment.id, self.uri)
 
@@ -650,7 +656,7 @@ class ResourcesDir(DirNode):
         await context.call(context.client.create_resource, self.owner_uri, name)
         context.forget(*self.listing_keys())
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         if self.experiment is not None:
             return resource_entries(self, context, raws[0].resources, self.experiment.experiment.id, self.owner_uri)
         return resource_entries(self, context, raws[0], "", self.owner_uri)
@@ -700,7 +706,9 @@ async def check_empty(context: WriteContext, folder: Node) -> None:
         raise pyfuse3.FUSEError(errno.ENOTEMPTY)
 
 
-async def delete_record(context: WriteContext, parent: DirNode, name: str, delete: Callable[..., Any], *args) -> None:
+async def delete_record(
+    context: WriteContext, parent: DirNode, name: str, delete: Callable[..., Any], *args: Any
+) -> None:
     """Delete a project, subject or experiment (only on a mount that allows it)."""
     if not context.settings.allow_delete:
         raise refused(
@@ -734,7 +742,7 @@ class ResourceDir(InResource, DirNode):
     def identity(self) -> Hashable:
         return self.resource.uri
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         return folder_entries(self, context, raws[0])
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
@@ -788,7 +796,7 @@ class FolderDir(InResource, DirNode):
     def identity(self) -> Hashable:
         return (self.resource.uri, self.subpath)
 
-    def entries(self, context: ListingContext, raws: tuple) -> Listing:
+    def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         return folder_entries(self, context, raws[0])
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
@@ -855,7 +863,7 @@ class FileNode(Node):
     async def unlink(self, context: WriteContext) -> None:
         await context.delete_remote(self.file)
 
-    async def reader(self, ops, inode: int):
+    async def reader(self, ops: XnatOperations, inode: int) -> FileReader:
         """An open handle on the bytes (see :class:`xnatfs.fs.reading.ReadHandle`)."""
         return await ops.server_file_handle(inode, self.file)
 

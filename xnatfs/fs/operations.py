@@ -26,12 +26,13 @@ import errno
 import logging
 import os
 import stat
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import pyfuse3
 import trio
 
-from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader, UploadRetries
 from xnatfs.client.models import RemoteFile
@@ -198,7 +199,7 @@ class XnatOperations(pyfuse3.Operations):
         number = self.inodes.number_of(entry.path[:-1])
         return self.inodes.get(number) if number is not None else None
 
-    def _keep_open(self, key: CacheKey, cached) -> None:
+    def _keep_open(self, key: CacheKey, cached: CachedFile) -> None:
         for surplus in self.hot.keep(key, cached):
             surplus.close()
 
@@ -271,7 +272,9 @@ class XnatOperations(pyfuse3.Operations):
     # ---- names and attributes ----------------------------------------
 
     @fuse_handler
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         parent = self._entry(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
@@ -296,7 +299,7 @@ class XnatOperations(pyfuse3.Operations):
         attrs.entry_timeout = 0
         return attrs
 
-    async def forget(self, inode_list):
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         # Not a request anyone waits for: pyfuse3 wants no exception at all here.
         try:
             for inode, count in inode_list:
@@ -306,13 +309,15 @@ class XnatOperations(pyfuse3.Operations):
             logger.exception("forget failed")
 
     @fuse_handler
-    async def getattr(self, inode, ctx=None):
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         entry = self._entry(inode)
         node = await self._current(inode, entry)
         return self._attributes_of(inode, entry, node)
 
     @fuse_handler
-    async def getxattr(self, inode, name, ctx=None):
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> bytes:
         # ls asks every entry for security.selinux and ACLs: answered without building anything.
         if not name.startswith(PREFIX_BYTES):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -324,7 +329,7 @@ class XnatOperations(pyfuse3.Operations):
         return value
 
     @fuse_handler
-    async def listxattr(self, inode, ctx=None):
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None) -> list[bytes]:
         return list(encoded_xattrs(await self._described(inode)))
 
     async def _described(self, inode: int) -> InodeEntry:
@@ -336,15 +341,15 @@ class XnatOperations(pyfuse3.Operations):
         return entry
 
     @fuse_handler
-    async def setxattr(self, inode, name, value, ctx):
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @fuse_handler
-    async def removexattr(self, inode, name, ctx):
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     @fuse_handler
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         """Report the space of the disk holding the cache and spool: what can be staged."""
         stats = pyfuse3.StatvfsData()
         try:
@@ -363,7 +368,7 @@ class XnatOperations(pyfuse3.Operations):
     # ---- directories --------------------------------------------------
 
     @fuse_handler
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         entry = self._entry(inode)
         node = await self._current(inode, entry)
         if not node.is_dir:
@@ -387,7 +392,7 @@ class XnatOperations(pyfuse3.Operations):
         return self.tree.walks.following(parent.path, entry.path[-1], siblings)
 
     @fuse_handler
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         path, dots, items = self.handles.folder(fh)
         # The kernel adds no "." and ".." of its own; they take no lookup reference.
         for index in range(start_id, len(dots)):
@@ -418,13 +423,13 @@ class XnatOperations(pyfuse3.Operations):
                 entry.lookups += 1
 
     @fuse_handler
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.handles.close_folder(fh)
 
     # ---- files --------------------------------------------------------
 
     @fuse_handler
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         entry = self._entry(inode)
         node = await self._current(inode, entry)
         if node.is_dir:
@@ -457,7 +462,7 @@ class XnatOperations(pyfuse3.Operations):
         if handle is None:
             connection = self.connection
 
-            def download(fileobj) -> None:
+            def download(fileobj: BinaryIO) -> None:
                 connection.download(remote.uri, fileobj)
 
             handle = await ReadHandle.download(
@@ -479,14 +484,15 @@ class XnatOperations(pyfuse3.Operations):
         series_key = parent.node.series_key if parent is not None else None
         if series_key is None:
             return None
-        listing = await self.tree.raw(series_key)
+        # A scan resource's series key names the session's file listing.
+        listing = cast(list[RemoteFile], await self.tree.raw(series_key))
         files = [f for f in listing if f.resource_uri == remote.resource_uri]
         if self.nursery is not None and self.series.eligible(files):
             self.series.start(self.nursery, remote.resource_uri, files, fetched_alone=remote)
         return None
 
     @fuse_handler
-    async def read(self, fh, off, size):
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.handles.file(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -495,7 +501,7 @@ class XnatOperations(pyfuse3.Operations):
         return await handle.read(off, size, self.limiter)
 
     @fuse_handler
-    async def release(self, fh):
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.close_file(fh)
         if isinstance(handle, LocalHandle):
             await self.changes.release_local(handle)
@@ -505,51 +511,76 @@ class XnatOperations(pyfuse3.Operations):
     # ---- changes: answered by self.changes ------------------------------
 
     @fuse_handler
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         return await self.changes.create(parent_inode, name, mode, flags, ctx)
 
     @fuse_handler
-    async def write(self, fh, off, buf):
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         return await self.changes.write(fh, off, buf)
 
     @fuse_handler
-    async def flush(self, fh):
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         await self.changes.flush(fh)
 
     @fuse_handler
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.changes.fsync(fh, datasync)
 
     @fuse_handler
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         return await self.changes.setattr(inode, attr, fields, fh, ctx)
 
     @fuse_handler
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return await self.changes.mkdir(parent_inode, name, mode, ctx)
 
     @fuse_handler
-    async def rmdir(self, parent_inode, name, ctx):
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.changes.rmdir(parent_inode, name, ctx)
 
     @fuse_handler
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.changes.unlink(parent_inode, name, ctx)
 
     @fuse_handler
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: bytes,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         await self.changes.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
 
     @fuse_handler
-    async def symlink(self, parent_inode, name, target, ctx):
+    async def symlink(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return await self.changes.symlink(parent_inode, name, target, ctx)
 
     @fuse_handler
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    async def link(
+        self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return await self.changes.link(inode, new_parent_inode, new_name, ctx)
 
     @fuse_handler
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def mknod(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return await self.changes.mknod(parent_inode, name, mode, rdev, ctx)
 
     # ---- background work ------------------------------------------------

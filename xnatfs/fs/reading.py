@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
 
 import trio
 
@@ -102,6 +104,21 @@ class HotFiles:
         return [cached]
 
 
+class FileReader(Protocol):
+    """An open file that serves bytes it does not own: a server file's :class:`ReadHandle`, or bytes in memory."""
+
+    key: CacheKey
+
+    async def read(self, offset: int, length: int, limiter: trio.CapacityLimiter) -> bytes:
+        """Up to ``length`` bytes at ``offset``."""
+
+    def read_blocking(self, offset: int, length: int) -> bytes:
+        """Like :meth:`read`, from a worker thread."""
+
+    async def close(self, limiter: trio.CapacityLimiter, hot: HotFiles | None = None) -> None:
+        """Let go of what the open holds."""
+
+
 class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
@@ -128,7 +145,13 @@ class ReadHandle:
 
     @classmethod
     async def download(
-        cls, cache: ContentCache, key: CacheKey, download, limiter: trio.CapacityLimiter, *, large_file_bytes: int
+        cls,
+        cache: ContentCache,
+        key: CacheKey,
+        download: Callable[[BinaryIO], None],
+        limiter: trio.CapacityLimiter,
+        *,
+        large_file_bytes: int,
     ) -> ReadHandle:
         """Fetch ``key`` through the cache with ``download(fileobj)`` (another reader may be at it already)."""
 

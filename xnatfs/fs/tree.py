@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import cachetools
 import trio
@@ -25,7 +26,7 @@ from xnatfs.client.models import Experiment, RemoteFile
 from xnatfs.fs import names
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ListingKey, files_key
-from xnatfs.fs.nodes import DirNode, Listing, Node, ProjectDir, RootDir
+from xnatfs.fs.nodes import DirNode, FileTree, Listing, Node, ProjectDir, RootDir
 from xnatfs.fs.walks import Walks
 
 logger = logging.getLogger(__name__)
@@ -52,14 +53,14 @@ class Tree:
         self.started_at = started_at
         self.root = RootDir(mtime=started_at)
         self.walks = Walks(connection, listings, limiter, self.children)
-        self._memo: cachetools.LRUCache = cachetools.LRUCache(maxsize=memo_size)
-        self._reported: cachetools.LRUCache = cachetools.LRUCache(maxsize=10_000)
+        self._memo: cachetools.LRUCache[Hashable, tuple[Any, Any]] = cachetools.LRUCache(maxsize=memo_size)
+        self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
         self.views: dict[str, Callable[[ProjectDir], Node]] = {}
 
     # ---- raw listings -------------------------------------------------
 
-    async def raw(self, key: ListingKey):
+    async def raw(self, key: ListingKey) -> object:
         cached = self.listings.get(key)
         if cached is not None:
             return cached
@@ -68,17 +69,17 @@ class Tree:
             return found
         return await self.direct(key)
 
-    async def direct(self, key: ListingKey):
+    async def direct(self, key: ListingKey) -> object:
         """A raw listing from its own request (searches' answers are never kept under its key)."""
         return await bounded(self.listings.get_or_load(key, lambda: key.load(self.connection), self.limiter))
 
-    async def _raws(self, keys: Sequence[ListingKey]) -> tuple:
+    async def _raws(self, keys: Sequence[ListingKey]) -> tuple[object, ...]:
         cached = tuple(self.listings.get(key) for key in keys)
         if all(value is not None for value in cached):
             return cached
         if len(keys) == 1:
             return (await self.raw(keys[0]),)
-        results: list = [None] * len(keys)
+        results: list[object] = [None] * len(keys)
 
         async def load(index: int) -> None:
             results[index] = await self.raw(keys[index])
@@ -113,7 +114,8 @@ class Tree:
         raws = await self._raws(keys)
         memo = self._memo.get(memo_key)
         if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
-            return memo[1]
+            remembered: Listing = memo[1]
+            return remembered
         listing = node.entries(self, await node.derived(raws))
         self._memo[memo_key] = (raws, listing)
         return listing
@@ -134,7 +136,8 @@ class Tree:
         """2 + sub-directories if this directory's entries are known, else its hint."""
         memo = self._memo.get(node.listed()[1])
         if memo is not None:
-            return 2 + memo[1].subdir_count
+            listing: Listing = memo[1]
+            return 2 + listing.subdir_count
         return node.nlink
 
     def known_subdirs(self, node: DirNode) -> set[str] | None:
@@ -168,7 +171,7 @@ class Tree:
             self._memo[memo_key] = memo
         return memo[1]
 
-    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> dict:
+    def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> FileTree:
         """The resource's files as nested dicts of safe names, memoised per raw listing.
 
         An experiment-wide listing (``grouped``) holds every resource of the
@@ -178,7 +181,7 @@ class Tree:
         memo_key = ("filetree", id(files))
         memo = self._memo.get(memo_key)
         if memo is None or memo[0] is not files:
-            trees: dict[str | None, dict]
+            trees: dict[str | None, FileTree]
             if grouped:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
                 for remote in files:
@@ -204,7 +207,7 @@ def _group_by_subject(experiments: Sequence[Experiment]) -> dict[str, list[Exper
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 
-def build_file_tree(files: Sequence[RemoteFile], report: Callable[[str, str], None]) -> dict:
+def build_file_tree(files: Sequence[RemoteFile], report: Callable[[str, str], None]) -> FileTree:
     """Nested dicts (folders) and RemoteFile values, keyed by safe, unique names.
 
     Folders keep their names; files that collide with a folder or with each
@@ -225,7 +228,7 @@ def build_file_tree(files: Sequence[RemoteFile], report: Callable[[str, str], No
 
 def _tree_level(
     items: list[tuple[list[str], RemoteFile]], prefix: tuple[str, ...], report: Callable[[str, str], None]
-) -> dict:
+) -> FileTree:
     folders: dict[str, list[tuple[list[str], RemoteFile]]] = defaultdict(list)
     files: list[tuple[str, RemoteFile]] = []
     for parts, remote in items:
@@ -233,7 +236,7 @@ def _tree_level(
             files.append((parts[0], remote))
         else:
             folders[parts[0]].append((parts[1:], remote))
-    level: dict = {name: _tree_level(group, prefix + (name,), report) for name, group in sorted(folders.items())}
+    level: FileTree = {name: _tree_level(group, prefix + (name,), report) for name, group in sorted(folders.items())}
     file_names = names.make_unique([name for name, _ in files], taken=level.keys())
     for name, (_, remote) in zip(file_names, files):
         level[name] = remote

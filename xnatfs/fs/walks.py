@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 
 import cachetools
 import trio
@@ -64,15 +64,17 @@ class Walks:
         self.children = children
         self._ahead_slots = trio.Semaphore(AHEAD_PARALLEL)
         # What was loaded ahead lately, so a walk does not schedule it again.
-        self._scheduled: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
+        self._scheduled: cachetools.TTLCache[Hashable, bool] = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
         # Projects being walked: their project-wide searches are worth loading.
-        self._walked: cachetools.TTLCache = cachetools.TTLCache(maxsize=1_000, ttl=listings.ttl)
+        self._walked: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=1_000, ttl=listings.ttl)
         # Which project's searches can answer a raw key, and when the key was last forgotten.
-        self._search_project: cachetools.LRUCache = cachetools.LRUCache(maxsize=200_000)
-        self._forgotten: cachetools.TTLCache = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
+        self._search_project: cachetools.LRUCache[ListingKey, str] = cachetools.LRUCache(maxsize=200_000)
+        self._forgotten: cachetools.TTLCache[ListingKey, float] = cachetools.TTLCache(maxsize=100_000, ttl=listings.ttl)
         # Listings built from a search's answer, kept while that answer is the current one.
-        self._from_answers: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
-        self._last_opened: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)  # folder → child opened last
+        self._from_answers: cachetools.LRUCache[ListingKey, object] = cachetools.LRUCache(maxsize=4096)
+        self._last_opened: cachetools.LRUCache[tuple[str, ...], str] = cachetools.LRUCache(
+            maxsize=1024
+        )  # folder → child opened last
 
     # ---- searches -----------------------------------------------------
 
@@ -95,6 +97,7 @@ class Walks:
         answer = await self._search(search)
         if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
             return None
+        assert answer.found is not None  # _search returns only answers that found something
         return key.from_search(answer.found, self._from_answers)
 
     async def _search(self, key: SearchKey) -> SearchAnswer | None:

@@ -57,7 +57,7 @@ class ZipStream:
         self._inflate: zlib._Decompress | None = None
 
     # file-object interface for the downloader
-    def write(self, chunk) -> int:
+    def write(self, chunk: bytes) -> int:
         if not self.finished:
             self._buffer += chunk
             while not self.finished and self._step():
