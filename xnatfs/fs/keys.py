@@ -67,6 +67,20 @@ class ListingKey(tuple[Any, ...]):
         return None
 
 
+class PerProjectKey(ListingKey):
+    """A listing or search of one project, held as ``(kind, project)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, project: str) -> Self:
+        return tuple.__new__(cls, (cls, project))
+
+    @property
+    def project(self) -> str:
+        project: str = self[1]
+        return project
+
+
 class ProjectsKey(ListingKey):
     __slots__ = ()
 
@@ -77,31 +91,15 @@ class ProjectsKey(ListingKey):
         return client.list_projects()
 
 
-class SubjectsKey(ListingKey):
+class SubjectsKey(PerProjectKey):
     __slots__ = ()
-
-    def __new__(cls, project: str) -> Self:
-        return tuple.__new__(cls, (cls, project))
-
-    @property
-    def project(self) -> str:
-        project: str = self[1]
-        return project
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_subjects(self.project)
 
 
-class ExperimentsKey(ListingKey):
+class ExperimentsKey(PerProjectKey):
     __slots__ = ()
-
-    def __new__(cls, project: str) -> Self:
-        return tuple.__new__(cls, (cls, project))
-
-    @property
-    def project(self) -> str:
-        project: str = self[1]
-        return project
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_experiments(self.project)
@@ -233,31 +231,15 @@ class SearchKey(ListingKey):
         raise NotImplementedError
 
 
-class ProjectContentsSearch(SearchKey):
+class ProjectContentsSearch(SearchKey, PerProjectKey):
     __slots__ = ()
-
-    def __new__(cls, project: str) -> Self:
-        return tuple.__new__(cls, (cls, project))
-
-    @property
-    def project(self) -> str:
-        project: str = self[1]
-        return project
 
     def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_project_contents(self.project))
 
 
-class SubjectResourcesSearch(SearchKey):
+class SubjectResourcesSearch(SearchKey, PerProjectKey):
     __slots__ = ()
-
-    def __new__(cls, project: str) -> Self:
-        return tuple.__new__(cls, (cls, project))
-
-    @property
-    def project(self) -> str:
-        project: str = self[1]
-        return project
 
     def load(self, client: ArchiveClient) -> SearchAnswer:
         return SearchAnswer.taken(lambda: client.list_subject_resources(self.project))
