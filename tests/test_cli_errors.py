@@ -84,6 +84,19 @@ def test_mountpoint_busy_says_to_unmount_first(fake_xnat, tmp_path, capsys):
         assert mount.process.poll() is None
 
 
+@pytest.mark.mount
+def test_busy_unmount_names_the_processes_using_the_mount(fake_xnat, tmp_path, capsys):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        user = subprocess.Popen(["sleep", "60"], cwd=mount.path / "STUDY01")
+        try:
+            err = refusal(capsys, "unmount", str(mount.path))
+            assert f"in use by {user.pid} (sleep)" in err and "--force" in err
+            assert mount.process.poll() is None
+        finally:
+            user.kill()
+            user.wait()
+
+
 def test_fuse_missing_says_what_to_install(mountpoint, tmp_path):
     # A real machine without /dev/fuse: a private mount namespace whose /dev holds only null.
     script = 'mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && exec "$@"'

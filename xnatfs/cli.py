@@ -319,7 +319,14 @@ def cmd_mount(args) -> int:
 
 
 def cmd_unmount(args) -> int:
-    from xnatfs.fs.mount import clean_stale, fusermount_unmount, mount_state, read_record, remove_record
+    from xnatfs.fs.mount import (
+        clean_stale,
+        fusermount_unmount,
+        mount_state,
+        processes_using,
+        read_record,
+        remove_record,
+    )
 
     mountpoint = Path(args.mountpoint).expanduser()
     state = mount_state(mountpoint)
@@ -333,6 +340,12 @@ def cmd_unmount(args) -> int:
     record = read_record(mountpoint)
     done, error = fusermount_unmount(mountpoint, lazy=args.force)
     if not done:
+        users = processes_using(mountpoint)
+        if users:
+            raise UsageProblem(
+                f"cannot unmount {mountpoint}: in use by {', '.join(users)}; "
+                "close their files or leave the folder, or detach it with --force"
+            )
         hint = " (try --force)" if not args.force else ""
         raise UsageProblem(f"cannot unmount {mountpoint}: {error or 'fusermount3 failed'}{hint}")
     if args.force:

@@ -286,6 +286,50 @@ def fusermount_unmount(mountpoint: Path | str, *, lazy: bool = False) -> tuple[b
     return done.returncode == 0, done.stderr.strip()
 
 
+def processes_using(mountpoint: Path | str, limit: int = 5) -> list[str]:
+    """``"PID (name)"`` of up to ``limit`` processes whose folder, root or an
+    open file lies inside ``mountpoint``.
+
+    Only /proc's links are read, never the mount itself, so a stalled mount
+    cannot hang the caller.
+    """
+    inside = os.fspath(Path(mountpoint).absolute())
+    found: list[str] = []
+    for pid in sorted((name for name in os.listdir("/proc") if name.isdigit()), key=int):
+        if len(found) >= limit:
+            break
+        if any(_is_inside(link, inside) for link in _proc_links(pid)):
+            found.append(f"{pid} ({_process_name(pid)})")
+    return found
+
+
+def _proc_links(pid: str) -> list[str]:
+    base = f"/proc/{pid}"
+    links = [f"{base}/cwd", f"{base}/root"]
+    try:
+        links += [f"{base}/fd/{fd}" for fd in os.listdir(f"{base}/fd")]
+    except OSError:
+        pass  # gone, or another user's
+    targets = []
+    for link in links:
+        try:
+            targets.append(os.readlink(link))
+        except OSError:
+            continue
+    return targets
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
+
+
+def _process_name(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def clean_stale(mountpoint: Path | str) -> None:
     """Detach a mount whose daemon died, so the folder can be used again."""
     fusermount_unmount(mountpoint, lazy=True)
