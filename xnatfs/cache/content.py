@@ -5,6 +5,7 @@ Layout of the cache folder (0700; every file 0600)::
     data/<xx>/<uri hash>-<version hash>   complete entries, one file each
     tmp/<entry name>.<pid>.<random>.part  downloads in progress
     locks/<entry name>.lock               "somebody is filling this entry"
+    whole/<name hash>                     "every file of this group was here at once" (a series)
 
 An entry's name is derived from its :class:`CacheKey`: the first part from the
 URI (so every version of one server file can be found and dropped together),
@@ -493,6 +494,7 @@ class ContentCache:
         self._data_dir = make_private_dir(self.directory / "data")
         self._tmp_dir = make_private_dir(self.directory / "tmp")
         self._locks_dir = make_private_dir(self.directory / "locks")
+        self._whole_dir = make_private_dir(self.directory / "whole")
         self._lock = threading.RLock()
         self._index: dict[str, list[int]] = {}  # name → [size, last use in ns]
         self._index_bytes = 0
@@ -519,6 +521,18 @@ class ContentCache:
             return os.stat(self._entry_path(entry_name(key))).st_size == key.size
         except FileNotFoundError:
             return False
+
+    def note_whole(self, group: str) -> None:
+        """Remember that every file of ``group`` (a series) was in the cache at once.
+
+        Only a hint: eviction may have taken some of them since, and whoever
+        trusts it must still look each file up.
+        """
+        (self._whole_dir / _uri_hash(group)).touch(mode=0o600)
+
+    def had_whole(self, group: str) -> bool:
+        """Whether :meth:`note_whole` was said of ``group``."""
+        return (self._whole_dir / _uri_hash(group)).exists()
 
     def fetch(self, key: CacheKey, download: Callable[[BinaryIO], None]) -> CachedFile:
         """Return the entry for ``key``, downloading it first if needed.
