@@ -479,7 +479,12 @@ class XnatOperations(pyfuse3.Operations):
 
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
-        self.series.opening(remote.resource_uri)
+        flight = self.series.opening(remote.resource_uri)
+        if flight is not None and inode is not None:
+            # The zip under way hands the file over open (see HotFiles): no use looking on disk first.
+            ready = flight.event_for(remote.uri)
+            if ready is not None:
+                await bounded(ready.wait())
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         if handle is None:
             self.cache_misses += 1

@@ -151,11 +151,14 @@ class SeriesFetcher:
     def running(self, resource_uri: str) -> SeriesFlight | None:
         return self._running.get(resource_uri)
 
-    def opening(self, resource_uri: str) -> None:
-        """A file of ``resource_uri`` is being opened: a zip of it under way is no longer early."""
+    def opening(self, resource_uri: str) -> SeriesFlight | None:
+        """A file of ``resource_uri`` is being opened: a zip of it under way is no longer early.
+
+        Returns that zip, if one is under way."""
         flight = self._running.get(resource_uri)
         if flight is not None:
             flight.claim()
+        return flight
 
     def start(
         self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile], *, fetched_alone: RemoteFile | None
@@ -215,10 +218,23 @@ class SeriesFetcher:
         listing: Callable[[], Awaitable[Sequence[RemoteFile]]],
     ) -> None:
         async with trio.open_nursery() as watching:
-            watching.start_soon(self._learn_files, resource_uri, flight, listing)
+            watching.start_soon(self._learn_files_or_stop, resource_uri, flight, listing)
             watching.start_soon(self._abandon_unopened, resource_uri, flight)
             await self._fetch(resource_uri, flight)
             watching.cancel_scope.cancel()
+
+    async def _learn_files_or_stop(
+        self,
+        resource_uri: str,
+        flight: SeriesFlight,
+        listing: Callable[[], Awaitable[Sequence[RemoteFile]]],
+    ) -> None:
+        try:
+            await self._learn_files(resource_uri, flight, listing)
+        except BaseException:
+            # Cancelled (the mount is stopping): the download thread must not wait for files forever.
+            flight.stop("the mount is stopping", resource_uri)
+            raise
 
     async def _learn_files(
         self,
