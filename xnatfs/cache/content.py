@@ -94,6 +94,14 @@ def entry_name(key: CacheKey) -> str:
     return f"{_uri_hash(key.uri)}-{_version_hash(key)}"
 
 
+def check_bytes(key: CacheKey, data: bytes) -> None:
+    """Raise XnatServerError unless ``data`` has the key's size and MD5."""
+    if len(data) != key.size:
+        raise XnatServerError(f"got {len(data)} bytes where {key.size} were listed", url=key.uri)
+    if key.digest and hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest.lower():
+        raise XnatServerError("file does not match its MD5 digest", url=key.uri)
+
+
 def _uri_hash(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:40]
 
@@ -578,19 +586,19 @@ class ContentCache:
 
         self.fetch(key, copy_from).close()
 
-    def insert_bytes(self, key: CacheKey, data: bytes) -> CachedFile | None:
+    def insert_bytes(self, key: CacheKey, data: bytes, *, checked: bool = False) -> CachedFile | None:
         """Adopt ``data`` held in memory (a file unpacked from a series zip)
         and return its entry open, or None when the cache has no room for it.
 
         Raises XnatServerError when ``data`` does not match the key's size or
-        MD5. Cheaper than :meth:`insert`: with the bytes already here there is
-        no download to share, so no lock file; two processes adopting the same
-        key at once each rename identical bytes into place.
+        MD5 (``checked``: the caller has just made sure with
+        :func:`check_bytes`). Cheaper than :meth:`insert`: with the bytes
+        already here there is no download to share, so no lock file; two
+        processes adopting the same key at once each rename identical bytes
+        into place.
         """
-        if len(data) != key.size:
-            raise XnatServerError(f"got {len(data)} bytes where {key.size} were listed", url=key.uri)
-        if key.digest and hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest.lower():
-            raise XnatServerError("file does not match its MD5 digest", url=key.uri)
+        if not checked:
+            check_bytes(key, data)
         name = entry_name(key)
         with self._lock:
             existing = self._open_entry(name, key)

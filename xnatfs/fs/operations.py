@@ -481,10 +481,15 @@ class XnatOperations(pyfuse3.Operations):
         key = self.cache_key(remote)
         flight = self.series.opening(remote.resource_uri)
         if flight is not None and inode is not None:
-            # The zip under way hands the file over open (see HotFiles): no use looking on disk first.
+            # The zip under way hands the file over checked, then open (see HotFiles): no use
+            # looking on disk first.
             ready = flight.event_for(remote.uri)
             if ready is not None:
                 await bounded(ready.wait())
+            checked = flight.checked.get(remote.uri)
+            if checked is not None:
+                self.cache_hits += 1
+                return ReadHandle.from_memory(key, checked)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         if handle is None:
             self.cache_misses += 1

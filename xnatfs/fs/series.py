@@ -35,7 +35,7 @@ from typing import BinaryIO, cast
 
 import trio
 
-from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache, check_bytes
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
@@ -62,6 +62,8 @@ class SeriesFlight:
 
     def __init__(self, *, early: bool):
         self.ready: dict[str, trio.Event] = {}
+        # Files checked and not in the cache yet: their readers are served from here meanwhile.
+        self.checked: dict[str, bytes] = {}
         self.files: list[RemoteFile] = []
         self.wanted: set[str] | None = None
         self.claimed = not early
@@ -106,6 +108,7 @@ class SeriesFlight:
     def finish(self) -> None:
         for event in self.ready.values():
             event.set()
+        self.checked.clear()
         self.known.set()
         self.done.set()
 
@@ -270,8 +273,18 @@ class SeriesFetcher:
     async def _fetch(self, resource_uri: str, flight: SeriesFlight) -> None:
         token = trio.lowlevel.current_trio_token()
 
+        # Both queued without waiting for the loop, so the inserting thread goes
+        # on; queued calls run in order, and before the fetch's end.
+        def checked(remote: RemoteFile, data: bytes) -> None:
+            def serve_from_memory() -> None:
+                flight.checked[remote.uri] = data
+                flight.ready[remote.uri].set()
+
+            token.run_sync_soon(serve_from_memory)
+
         def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
             def hand_over() -> None:
+                flight.checked.pop(remote.uri, None)
                 try:
                     if entry is not None:
                         self.keep_open(self.key_for(remote), entry)
@@ -279,13 +292,11 @@ class SeriesFetcher:
                     logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
 
-            # Queued without waiting for the loop, so the inserting thread goes
-            # on with the next file; queued calls run before the fetch's end.
             token.run_sync_soon(hand_over)
 
         try:
             stored = await trio.to_thread.run_sync(
-                self._fetch_blocking, resource_uri, flight, cached, limiter=self.limiter
+                self._fetch_blocking, resource_uri, flight, checked, cached, limiter=self.limiter
             )
             logger.debug("series %s: %d files cached from one zip", resource_uri, stored)
         except SeriesAbandoned:
@@ -301,7 +312,11 @@ class SeriesFetcher:
             flight.finish()
 
     def _fetch_blocking(
-        self, resource_uri: str, flight: SeriesFlight, cached: Callable[[RemoteFile, CachedFile | None], None]
+        self,
+        resource_uri: str,
+        flight: SeriesFlight,
+        checked: Callable[[RemoteFile, bytes], None],
+        cached: Callable[[RemoteFile, CachedFile | None], None],
     ) -> int:
         if flight.abandoned:
             raise SeriesAbandoned()
@@ -320,8 +335,12 @@ class SeriesFetcher:
         def insert(remote: RemoteFile, data: bytes) -> None:
             nonlocal stored
             try:
-                # Kept open, so the reader waiting for it finds it open already.
-                entry = self.cache.insert_bytes(self.key_for(remote), data)
+                key = self.key_for(remote)
+                check_bytes(key, data)
+                # Its readers need not wait for the disk: the checked bytes serve them meanwhile.
+                checked(remote, data)
+                # Kept open, so a reader after that finds it open already.
+                entry = self.cache.insert_bytes(key, data, checked=True)
                 if entry is not None:
                     with lock:
                         stored += 1
