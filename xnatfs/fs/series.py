@@ -4,12 +4,13 @@ Tools that read one file of a series nearly always read them all, and a
 series is often hundreds of small files: one request each costs a round
 trip each. On the first cache miss in a scan resource, the whole resource is
 fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
-parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file goes into
-the content cache as soon as it is complete, checked against the listing's
-size and digest, by a few threads so that writing the cache keeps up with
-the network, and kept open for the reader. The file that was asked for first is fetched on its own
-meanwhile, so that read is not held up; a later open of a file of the
-series waits for that file only, not for the whole zip.
+parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file is checked
+against the listing's size and digest as soon as it is complete, served
+from memory to whoever opens it meanwhile, and written into the content
+cache by a few threads so that writing keeps up with the network, then kept
+open for the next reader. The file that was asked for first is fetched on
+its own meanwhile, so that read is not held up; a later open of a file of
+the series waits for that file only, not for the whole zip.
 
 Each resource is zipped at most once per mount (until we change it
 ourselves), so a cache too small for the series cannot make it loop.
