@@ -68,19 +68,15 @@ def test_the_zip_is_asked_for_before_the_file_listing_answers(fake_xnat, tmp_pat
         assert file_downloads(fake_xnat) == []
 
 
-def test_a_resource_named_but_never_opened_costs_a_bounded_zip_that_is_abandoned(fake_xnat, tmp_path):
+def test_a_resource_its_record_shows_bigger_than_the_bound_starts_no_early_zip(fake_xnat, tmp_path):
     args = write_config(tmp_path / "config.toml", series_early_size="1K")
     with mounted(fake_xnat.url, tmp_path, args=args) as mount:
-        # The listing comes late, so the zip is under way before its size is known.
-        fake_xnat.slow_answers[file_listing_prefix(mount)] = 0.5
         folder = scan_resource(mount)
         names = sorted(os.listdir(folder))
-        assert "abandoned: it brought 1024 bytes with no file of it opened" in mount.log()
-        assert len(zip_requests(fake_xnat)) == 1
-        assert not [p for p in (mount.cache_dir / "data").rglob("*") if p.is_file()]
-        # Abandoned early, the series is still zipped when a file of it is read.
+        assert zip_requests(fake_xnat) == []
+        # Read, the series is zipped as before.
         assert (folder / names[0]).read_bytes()
-        wait_until(lambda: len(zip_requests(fake_xnat)) == 2, "the zip started by the open")
+        wait_until(lambda: len(zip_requests(fake_xnat)) == 1, "the zip started by the open")
 
 
 def test_an_early_zip_nobody_opens_a_file_of_is_abandoned_after_its_wait(fake_xnat, tmp_path):

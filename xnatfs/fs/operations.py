@@ -408,7 +408,7 @@ class XnatOperations(pyfuse3.Operations):
             listing = cast(list[RemoteFile], await self.tree.raw(series_key))
             return [f for f in listing if f.resource_uri == resource_uri]
 
-        self.series.start_early(nursery, resource_uri, files)
+        self.series.start_early(nursery, node.resource, files)
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
         """The siblings after ``entry`` a walk goes to next (see :meth:`Walks.following`)."""

@@ -39,7 +39,7 @@ import trio
 from xnatfs.cache.content import CachedFile, CacheKey, ContentCache, check_bytes
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.client.models import RemoteFile
+from xnatfs.client.models import RemoteFile, Resource
 from xnatfs.errors import XnatError
 from xnatfs.fs.zipstream import ZipStream, ZipStreamError
 
@@ -181,14 +181,20 @@ class SeriesFetcher:
         return True
 
     def start_early(
-        self, nursery: trio.Nursery, resource_uri: str, listing: Callable[[], Awaitable[Sequence[RemoteFile]]]
+        self, nursery: trio.Nursery, resource: Resource, listing: Callable[[], Awaitable[Sequence[RemoteFile]]]
     ) -> bool:
-        """Start zipping ``resource_uri`` before a file of it is opened; True if started now.
+        """Start zipping ``resource`` before a file of it is opened; True if started now.
 
         ``listing()`` gives the resource's files. At most once per resource
-        and mount (until we change it), and never while a zip of it runs or ran.
+        and mount (until we change it), never while a zip of it runs or ran,
+        and not for a resource its record shows too small or too big for it.
         """
+        resource_uri = resource.uri
         if not self.early_bytes or resource_uri in self._tried_early:
+            return False
+        if (resource.file_count is not None and resource.file_count < 2) or (
+            resource.file_size is not None and resource.file_size > self.early_bytes
+        ):
             return False
         if resource_uri in self._running or resource_uri in self._done:
             return False
