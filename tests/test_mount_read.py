@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mountutil import mounted
+from test_reliability_common import write_config
 from waiting import wait_until
 
 pytestmark = pytest.mark.mount
@@ -90,8 +91,8 @@ def test_cache_hit_costs_no_request_and_survives_remount(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, cache_dir=cache) as mount:
         files = sorted(dicom_dir(mount).iterdir())
         first = {f.name: f.read_bytes() for f in files}
-        # The first file on its own, the rest of the series as one zip.
-        assert len(downloads(fake_xnat)) == 1
+        # Its folder named, the whole series comes as one zip started before the first open.
+        assert downloads(fake_xnat) == []
         assert len(zip_downloads(fake_xnat)) == 1
         fake_xnat.reset_counts()
         again = {f.name: f.read_bytes() for f in files}
@@ -109,18 +110,20 @@ def test_a_series_is_fetched_as_one_zip_and_verified(fake_xnat, tmp_path):
         files = sorted(dicom_dir(mount).iterdir())
         for path in files:
             assert md5_of(path) == os.getxattr(path, "user.xnat.digest").decode()
-        assert len(downloads(fake_xnat)) == 1
+        assert downloads(fake_xnat) == []
         assert len(zip_downloads(fake_xnat)) == 1
         # A file outside scans (a session resource) is fetched on its own.
         qc = session_dir(mount) / "RESOURCES" / "QC"
         for path in qc.iterdir():
             path.read_bytes()
-        assert len(downloads(fake_xnat)) == 1 + len(os.listdir(qc))
+        assert len(downloads(fake_xnat)) == len(os.listdir(qc))
         assert len(zip_downloads(fake_xnat)) == 1
 
 
 def test_concurrent_readers_cause_one_download(fake_xnat, tmp_path):
-    with mounted(fake_xnat.url, tmp_path) as mount:
+    # No zip before the first open: the readers must share the file's own download.
+    args = write_config(tmp_path / "config.toml", series_early_size=0)
+    with mounted(fake_xnat.url, tmp_path, args=args) as mount:
         target = sorted(dicom_dir(mount).iterdir())[0]
         target.stat()
         fake_xnat.latency_ms = 200

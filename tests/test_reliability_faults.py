@@ -127,7 +127,8 @@ def test_sessions_ended_several_times_a_second_are_renewed(fake_xnat, tmp_path):
 def test_truncated_and_dropped_bodies_never_enter_the_cache(fake_xnat, tmp_path):
     files = server_files(fake_xnat, projects=("STUDY01",))
     some = {r: f for r, f in files.items() if "/SUB001_MR1/" in r}
-    args = write_config(tmp_path / "config.toml", retries=0)
+    # No zip before the faults: looking the series' folders up must not cache them.
+    args = write_config(tmp_path / "config.toml", retries=0, series_early_size=0)
     with mounted(
         fake_xnat.url, tmp_path, args=args, expected_errors=(r"download incomplete after \d+ attempts",)
     ) as mount:

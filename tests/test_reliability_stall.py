@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from mountutil import fuse_mounted, isolated_env, mounted, server_files, xnatfs_command
+from test_reliability_common import write_config
 
 pytestmark = pytest.mark.mount
 
@@ -89,10 +90,12 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
     source = tmp_path / "source.txt"
     source.write_bytes(written)
 
+    # No series zip before the read: listing the file's folder must not fetch its bytes.
+    no_early_zip = write_config(tmp_path / "config.toml", series_early_size=0)
     with mounted(
         server.url,
         tmp_path,
-        args=("--timeout", str(TIMEOUT)),
+        args=("--timeout", str(TIMEOUT), *no_early_zip),
         expected_errors=(r"server stalled|timed out|the server is not answering",),
     ) as mount:
         # Folders the copy and the read go through are listed before the stop, so

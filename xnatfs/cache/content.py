@@ -5,6 +5,7 @@ Layout of the cache folder (0700; every file 0600)::
     data/<xx>/<uri hash>-<version hash>   complete entries, one file each
     tmp/<entry name>.<pid>.<random>.part  downloads in progress
     locks/<entry name>.lock               "somebody is filling this entry"
+    whole/<name hash>                     "every file of this group was here at once" (a series)
 
 An entry's name is derived from its :class:`CacheKey`: the first part from the
 URI (so every version of one server file can be found and dropped together),
@@ -91,6 +92,14 @@ class CacheInfo:
 
 def entry_name(key: CacheKey) -> str:
     return f"{_uri_hash(key.uri)}-{_version_hash(key)}"
+
+
+def check_bytes(key: CacheKey, data: bytes) -> None:
+    """Raise XnatServerError unless ``data`` has the key's size and MD5."""
+    if len(data) != key.size:
+        raise XnatServerError(f"got {len(data)} bytes where {key.size} were listed", url=key.uri)
+    if key.digest and hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest.lower():
+        raise XnatServerError("file does not match its MD5 digest", url=key.uri)
 
 
 def _uri_hash(uri: str) -> str:
@@ -493,6 +502,7 @@ class ContentCache:
         self._data_dir = make_private_dir(self.directory / "data")
         self._tmp_dir = make_private_dir(self.directory / "tmp")
         self._locks_dir = make_private_dir(self.directory / "locks")
+        self._whole_dir = make_private_dir(self.directory / "whole")
         self._lock = threading.RLock()
         self._index: dict[str, list[int]] = {}  # name → [size, last use in ns]
         self._index_bytes = 0
@@ -519,6 +529,18 @@ class ContentCache:
             return os.stat(self._entry_path(entry_name(key))).st_size == key.size
         except FileNotFoundError:
             return False
+
+    def note_whole(self, group: str) -> None:
+        """Remember that every file of ``group`` (a series) was in the cache at once.
+
+        Only a hint: eviction may have taken some of them since, and whoever
+        trusts it must still look each file up.
+        """
+        (self._whole_dir / _uri_hash(group)).touch(mode=0o600)
+
+    def had_whole(self, group: str) -> bool:
+        """Whether :meth:`note_whole` was said of ``group``."""
+        return (self._whole_dir / _uri_hash(group)).exists()
 
     def fetch(self, key: CacheKey, download: Callable[[BinaryIO], None]) -> CachedFile:
         """Return the entry for ``key``, downloading it first if needed.
@@ -564,19 +586,19 @@ class ContentCache:
 
         self.fetch(key, copy_from).close()
 
-    def insert_bytes(self, key: CacheKey, data: bytes) -> CachedFile | None:
+    def insert_bytes(self, key: CacheKey, data: bytes, *, checked: bool = False) -> CachedFile | None:
         """Adopt ``data`` held in memory (a file unpacked from a series zip)
         and return its entry open, or None when the cache has no room for it.
 
         Raises XnatServerError when ``data`` does not match the key's size or
-        MD5. Cheaper than :meth:`insert`: with the bytes already here there is
-        no download to share, so no lock file; two processes adopting the same
-        key at once each rename identical bytes into place.
+        MD5 (``checked``: the caller has just made sure with
+        :func:`check_bytes`). Cheaper than :meth:`insert`: with the bytes
+        already here there is no download to share, so no lock file; two
+        processes adopting the same key at once each rename identical bytes
+        into place.
         """
-        if len(data) != key.size:
-            raise XnatServerError(f"got {len(data)} bytes where {key.size} were listed", url=key.uri)
-        if key.digest and hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest.lower():
-            raise XnatServerError("file does not match its MD5 digest", url=key.uri)
+        if not checked:
+            check_bytes(key, data)
         name = entry_name(key)
         with self._lock:
             existing = self._open_entry(name, key)

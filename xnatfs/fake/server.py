@@ -134,6 +134,7 @@ class FakeXnat:
 
     Switches, settable at any time: ``latency_ms``, ``honour_range``,
     ``session_timeout``, ``expired_password``, ``autorun_on_import``,
+    ``slow_answers`` (request target prefix → seconds more its answers wait),
     ``child_searches`` (False: listings refuse ``columns=`` that reach into
     child tables with 400), ``readonly_users`` (a set of user names whose writes are refused with
     403), ``endless_answers`` (a path prefix: GETs below it are answered with a JSON listing
@@ -174,6 +175,7 @@ class FakeXnat:
         self.readonly_users = set(readonly_users)
         self.child_searches = True
         self.endless_answers: str | None = None
+        self.slow_answers: dict[str, float] = {}
         self.site_id = site_id
         self.started_at = time.monotonic()
         self._faults = FaultInjector()
@@ -303,6 +305,9 @@ class FakeXnat:
         request = Request(handler)
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000.0)
+        for prefix, seconds in list(self.slow_answers.items()):
+            if request.target.startswith(prefix):
+                time.sleep(seconds)
         fault = self._faults.pick()
         try:
             if fault.error_status:

@@ -278,7 +278,12 @@ class DirNode(Node):
 
     def refreshed_keys(self) -> tuple[ListingKey, ...]:
         """The raw listings to drop so the folder is asked for again (``xnatfs refresh``)."""
-        return self.listing_keys()
+        return self.listing_keys() + self.companion_keys()
+
+    def companion_keys(self) -> tuple[ListingKey, ...]:
+        """Raw listings the folders below will want: loaded beside this folder's own,
+        but its entries do not wait for them."""
+        return ()
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         """The folder's entries, from the raw listings named by :meth:`listing_keys`."""
@@ -478,8 +483,12 @@ class ExperimentDir(DirNode):
         return paths.experiment(self.experiment.id)
 
     def listing_keys(self) -> tuple[ListingKey, ...]:
-        experiment_id = self.experiment.id
-        return (ExperimentContentsKey(experiment_id), ExperimentFilesKey(experiment_id))
+        return (ExperimentContentsKey(self.experiment.id),)
+
+    def companion_keys(self) -> tuple[ListingKey, ...]:
+        # The scans' folders are named by the contents alone: a scan's resource can be
+        # looked up (and its series zip started) while the file listing is on its way.
+        return (ExperimentFilesKey(self.experiment.id),)
 
     def identity(self) -> Hashable:
         return (self.project_id, self.experiment.id)

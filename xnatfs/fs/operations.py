@@ -35,6 +35,7 @@ import trio
 from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader, UploadRetries
+from xnatfs.client import paths
 from xnatfs.client.models import RemoteFile
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
@@ -44,7 +45,7 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
-from xnatfs.fs.nodes import DirNode, Listing, Node
+from xnatfs.fs.nodes import DirNode, Listing, Node, ResourceDir, ScanDir
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
@@ -92,6 +93,9 @@ class XnatOperations(pyfuse3.Operations):
             max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
             large_file_bytes=settings.large_file_size,
             keep_open=self._keep_open,
+            server=self.server,
+            early_bytes=min(settings.series_early_size, settings.series_zip_size, settings.cache_size // 4),
+            early_wait=settings.series_early_wait,
         )
         self.spool = spool
         self.uploader = Uploader(spool, tree.connection)
@@ -289,6 +293,8 @@ class XnatOperations(pyfuse3.Operations):
             if found is None:
                 return self._negative()
             path, node = parent.path + (text,), found
+            if isinstance(found, ResourceDir):
+                self._start_series_early(path, found)
         inode = self.inodes.remember(path, node)
         return self._attributes_of(inode, self._entry(inode), node)
 
@@ -373,6 +379,10 @@ class XnatOperations(pyfuse3.Operations):
         node = await self._current(inode, entry)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if isinstance(node, ScanDir):
+            self.tree.walks.note_listed(entry.path)
+        elif isinstance(node, ResourceDir):
+            self._start_series_early(entry.path, node)
         listing = await self._listing(node)
         if node.reads_ahead and self.nursery is not None:
             self.tree.walks.read_ahead(self.nursery, listing, await self._following(entry))
@@ -382,6 +392,23 @@ class XnatOperations(pyfuse3.Operations):
             ("..", self.inodes.number_for(entry.path[:-1]), parent.node if parent is not None else node),
         ]
         return self.handles.open_folder(entry.path, dots, list(listing.entries.items()))
+
+    def _start_series_early(self, path: tuple[str, ...], node: ResourceDir) -> None:
+        """A scan's resource folder named outside a walk: its series zip starts now, while its
+        file listing may still be on its way (bounded: see :meth:`SeriesFetcher.start_early`)."""
+        nursery = self.nursery
+        series_key = node.series_key
+        resource_uri = node.resource.uri
+        if nursery is None or series_key is None or not paths.is_scan_resource(resource_uri):
+            return
+        if self.tree.walks.listed(path[:-1]):
+            return
+
+        async def files() -> list[RemoteFile]:
+            listing = cast(list[RemoteFile], await self.tree.raw(series_key))
+            return [f for f in listing if f.resource_uri == resource_uri]
+
+        self.series.start_early(nursery, node.resource, files)
 
     async def _following(self, entry: InodeEntry) -> list[Node]:
         """The siblings after ``entry`` a walk goes to next (see :meth:`Walks.following`)."""
@@ -452,6 +479,17 @@ class XnatOperations(pyfuse3.Operations):
 
     async def _read_handle(self, inode: int | None, remote: RemoteFile) -> ReadHandle:
         key = self.cache_key(remote)
+        flight = self.series.opening(remote.resource_uri)
+        if flight is not None and inode is not None:
+            # The zip under way hands the file over checked, then open (see HotFiles): no use
+            # looking on disk first.
+            ready = flight.event_for(remote.uri)
+            if ready is not None:
+                await bounded(ready.wait())
+            checked = flight.checked.get(remote.uri)
+            if checked is not None:
+                self.cache_hits += 1
+                return ReadHandle.from_memory(key, checked)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         if handle is None:
             self.cache_misses += 1
@@ -589,6 +627,7 @@ class XnatOperations(pyfuse3.Operations):
         """Start the request bound's watch and the uploads' retries in ``nursery``;
         the BIDS view, if shown, converts in it."""
         self.nursery = nursery
+        self.tree.nursery = nursery
         if self.bids is not None:
             self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)

@@ -123,12 +123,23 @@ class ReadHandle:
     """One open of a server file; all blocking calls run in worker threads."""
 
     def __init__(
-        self, key: CacheKey, cached: CachedFile | None, pending: PendingFetch | None, lender: HotFiles | None = None
+        self,
+        key: CacheKey,
+        cached: CachedFile | None,
+        pending: PendingFetch | None,
+        lender: HotFiles | None = None,
+        checked: bytes | None = None,
     ):
         self.key = key
         self._cached = cached
         self._pending = pending
         self._lender = lender  # ``cached`` is borrowed from it and goes back there
+        self._checked = checked  # the whole file in memory, checked against the listing
+
+    @classmethod
+    def from_memory(cls, key: CacheKey, checked: bytes) -> ReadHandle:
+        """An open of bytes already checked against ``key`` (size, MD5), while the cache writes them."""
+        return cls(key, None, None, checked=checked)
 
     @classmethod
     async def from_cache(
@@ -175,6 +186,8 @@ class ReadHandle:
         end = min(offset + length, self.key.size)
         if offset >= end:
             return b""
+        if self._checked is not None:
+            return self._checked[offset:end]
         if end - offset <= LOOP_READ_BYTES:
             # Bytes already in memory are copied here: a worker thread costs
             # more than the copy. Anything that could wait goes to a thread.
@@ -194,6 +207,8 @@ class ReadHandle:
         end = min(offset + length, self.key.size)
         if offset >= end:
             return b""
+        if self._checked is not None:
+            return self._checked[offset:end]
         if self._cached is not None:
             return self._cached.pread(offset, end - offset)
         return self._read_pending(offset, end)
@@ -208,6 +223,7 @@ class ReadHandle:
         """Close an open nobody will use (its request was given up)."""
         cached, pending = self._cached, self._pending
         self._cached = self._pending = None
+        self._checked = None
         if cached is not None:
             cached.close()
         if pending is not None:
@@ -217,6 +233,7 @@ class ReadHandle:
         """Let go of the entry; a complete one is handed to ``hot`` to be kept open."""
         cached, pending, lender = self._cached, self._pending, self._lender
         self._cached = self._pending = self._lender = None
+        self._checked = None
         to_close = [cached] if cached is not None else []
         if cached is not None and lender is not None:
             to_close = lender.give_back(cached)

@@ -4,31 +4,42 @@ Tools that read one file of a series nearly always read them all, and a
 series is often hundreds of small files: one request each costs a round
 trip each. On the first cache miss in a scan resource, the whole resource is
 fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
-parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file goes into
-the content cache as soon as it is complete, checked against the listing's
-size and digest, by a few threads so that writing the cache keeps up with
-the network, and kept open for the reader. The file that was asked for first is fetched on its own
-meanwhile, so that read is not held up; a later open of a file of the
-series waits for that file only, not for the whole zip.
+parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file is checked
+against the listing's size and digest as soon as it is complete, served
+from memory to whoever opens it meanwhile, and written into the content
+cache by a few threads so that writing keeps up with the network, then kept
+open for the next reader. The file that was asked for first is fetched on
+its own meanwhile, so that read is not held up; a later open of a file of
+the series waits for that file only, not for the whole zip.
 
 Each resource is zipped at most once per mount (until we change it
 ourselves), so a cache too small for the series cannot make it loop.
+
+A zip may also start early, before any file is opened: when a scan's
+resource folder is named outside a walk (:meth:`SeriesFetcher.start_early`),
+while its file listing is still on its way, so the zip's round trip
+overlaps the listing's. Such a zip may be abandoned (its connection closed):
+its bytes wait for the listing before any is matched, checked and cached;
+it stops once it has brought ``early_bytes`` with no file of it opened, as
+soon as the listing shows the series bigger than that, and when no file of
+it has been opened ``early_wait`` seconds after it started. A cache that held
+the whole series before (a hint kept in the cache folder) starts none.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, cast
 
 import trio
 
-from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
+from xnatfs.cache.content import CachedFile, CacheKey, ContentCache, check_bytes
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.client.models import RemoteFile
+from xnatfs.client.models import RemoteFile, Resource
 from xnatfs.errors import XnatError
 from xnatfs.fs.zipstream import ZipStream, ZipStreamError
 
@@ -38,20 +49,68 @@ INSERT_THREADS = 4
 IN_FLIGHT_BYTES = 64 << 20
 
 
-class SeriesFlight:
-    """One zip download under way: an event per file, set once it is cached (or given up)."""
+class SeriesAbandoned(Exception):
+    """An early zip stopped: nobody opened a file of it in time, or it grew past its bound."""
 
-    def __init__(self, files: Sequence[RemoteFile]):
-        self.ready = {remote.uri: trio.Event() for remote in files}
+
+class SeriesFlight:
+    """One zip download under way: an event per file, set once it is cached (or given up).
+
+    An early flight starts before its files are known; until :meth:`know`
+    names them, any file may be waited for. It may be abandoned until a file
+    of it is opened (:meth:`claim`).
+    """
+
+    def __init__(self, *, early: bool):
+        self.ready: dict[str, trio.Event] = {}
+        # Files checked and not in the cache yet: their readers are served from here meanwhile.
+        self.checked: dict[str, bytes] = {}
+        self.files: list[RemoteFile] = []
+        self.wanted: set[str] | None = None
+        self.claimed = not early
+        self.abandoned = False
+        # Set once the files are known or the flight is abandoned: the download thread waits for it.
+        self.known = threading.Event()
         self.done = trio.Event()
+
+    def know(self, files: Sequence[RemoteFile], wanted: Sequence[RemoteFile]) -> None:
+        """The resource's files, and those the zip is to cache (the rest are left to their readers)."""
+        self.files = list(files)
+        self.wanted = {remote.uri for remote in wanted}
+        for uri, event in self.ready.items():
+            if uri not in self.wanted:
+                event.set()
+        for uri in self.wanted:
+            self.ready.setdefault(uri, trio.Event())
+        self.known.set()
 
     def event_for(self, uri: str) -> trio.Event | None:
         """What to wait for before ``uri`` can be in the cache; None if the zip leaves it out."""
-        return self.ready.get(uri)
+        if self.wanted is None:
+            return self.ready.setdefault(uri, trio.Event())
+        return self.ready.get(uri) if uri in self.wanted else None
+
+    def claim(self) -> None:
+        """A file of the series is being opened: the zip is wanted, whatever it costs."""
+        self.claimed = True
+
+    def abandon(self, why: str, resource_uri: str) -> None:
+        """Stop the zip unless a file of it is being opened."""
+        if not self.claimed:
+            self.stop(why, resource_uri)
+
+    def stop(self, why: str, resource_uri: str) -> None:
+        """Stop the zip; whoever waits for a file of it reads the file by itself."""
+        if not self.abandoned:
+            logger.debug("zip of %s abandoned: %s", resource_uri, why)
+            self.abandoned = True
+            self.known.set()
 
     def finish(self) -> None:
         for event in self.ready.values():
             event.set()
+        self.checked.clear()
+        self.known.set()
         self.done.set()
 
 
@@ -68,6 +127,9 @@ class SeriesFetcher:
         max_bytes: int,
         large_file_bytes: int,
         keep_open: Callable[[CacheKey, CachedFile], None],
+        server: str,
+        early_bytes: int,
+        early_wait: float,
     ):
         self.connection = connection
         self.cache = cache
@@ -76,8 +138,12 @@ class SeriesFetcher:
         self.limiter = limiter
         self.max_bytes = max_bytes
         self.large_file_bytes = large_file_bytes
+        self.server = server
+        self.early_bytes = early_bytes
+        self.early_wait = early_wait
         self._running: dict[str, SeriesFlight] = {}
         self._done: set[str] = set()
+        self._tried_early: set[str] = set()
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
         """A scan resource of several files that together fit comfortably in the cache."""
@@ -88,6 +154,15 @@ class SeriesFetcher:
 
     def running(self, resource_uri: str) -> SeriesFlight | None:
         return self._running.get(resource_uri)
+
+    def opening(self, resource_uri: str) -> SeriesFlight | None:
+        """A file of ``resource_uri`` is being opened: a zip of it under way is no longer early.
+
+        Returns that zip, if one is under way."""
+        flight = self._running.get(resource_uri)
+        if flight is not None:
+            flight.claim()
+        return flight
 
     def start(
         self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile], *, fetched_alone: RemoteFile | None
@@ -100,8 +175,32 @@ class SeriesFetcher:
         if resource_uri in self._running or resource_uri in self._done:
             return False
         wanted = [f for f in files if fetched_alone is None or f.uri != fetched_alone.uri]
-        flight = self._running[resource_uri] = SeriesFlight(wanted)
-        nursery.start_soon(self._fetch, resource_uri, list(files), wanted, flight)
+        flight = self._running[resource_uri] = SeriesFlight(early=False)
+        flight.know(files, wanted)
+        nursery.start_soon(self._fetch, resource_uri, flight)
+        return True
+
+    def start_early(
+        self, nursery: trio.Nursery, resource: Resource, listing: Callable[[], Awaitable[Sequence[RemoteFile]]]
+    ) -> bool:
+        """Start zipping ``resource`` before a file of it is opened; True if started now.
+
+        ``listing()`` gives the resource's files. At most once per resource
+        and mount (until we change it), never while a zip of it runs or ran,
+        and not for a resource its record shows too small or too big for it.
+        """
+        resource_uri = resource.uri
+        if not self.early_bytes or resource_uri in self._tried_early:
+            return False
+        if (resource.file_count is not None and resource.file_count < 2) or (
+            resource.file_size is not None and resource.file_size > self.early_bytes
+        ):
+            return False
+        if resource_uri in self._running or resource_uri in self._done:
+            return False
+        self._tried_early.add(resource_uri)
+        flight = self._running[resource_uri] = SeriesFlight(early=True)
+        nursery.start_soon(self._fetch_early, resource_uri, flight, listing)
         return True
 
     async def fetch_whole(self, nursery: trio.Nursery, resource_uri: str, files: Sequence[RemoteFile]) -> None:
@@ -114,19 +213,85 @@ class SeriesFetcher:
             self.start(nursery, resource_uri, files, fetched_alone=None)
         flight = self._running.get(resource_uri)
         if flight is not None:
+            flight.claim()
             await flight.done.wait()
 
     def forget(self, resource_uri: str) -> None:
         """Allow a new zip of a resource whose files we changed."""
         self._done.discard(resource_uri)
+        self._tried_early.discard(resource_uri)
 
-    async def _fetch(
-        self, resource_uri: str, files: list[RemoteFile], wanted: list[RemoteFile], flight: SeriesFlight
+    async def _fetch_early(
+        self,
+        resource_uri: str,
+        flight: SeriesFlight,
+        listing: Callable[[], Awaitable[Sequence[RemoteFile]]],
     ) -> None:
+        async with trio.open_nursery() as watching:
+            watching.start_soon(self._learn_files_or_stop, resource_uri, flight, listing)
+            watching.start_soon(self._abandon_unopened, resource_uri, flight)
+            await self._fetch(resource_uri, flight)
+            watching.cancel_scope.cancel()
+
+    async def _learn_files_or_stop(
+        self,
+        resource_uri: str,
+        flight: SeriesFlight,
+        listing: Callable[[], Awaitable[Sequence[RemoteFile]]],
+    ) -> None:
+        try:
+            await self._learn_files(resource_uri, flight, listing)
+        except BaseException:
+            # Cancelled (the mount is stopping): the download thread must not wait for files forever.
+            flight.stop("the mount is stopping", resource_uri)
+            raise
+
+    async def _learn_files(
+        self,
+        resource_uri: str,
+        flight: SeriesFlight,
+        listing: Callable[[], Awaitable[Sequence[RemoteFile]]],
+    ) -> None:
+        """Tell an early flight its files once the listing is in, or abandon it."""
+        try:
+            files = list(await listing())
+        except Exception as exc:  # the reader's own look reports it; this zip just stops
+            flight.stop(f"its listing failed: {exc}", resource_uri)
+            return
+        if not self.eligible(files):
+            flight.stop("it is not a series worth a zip", resource_uri)
+            return
+        if sum(f.size for f in files) > self.early_bytes:
+            flight.abandon(f"the series is bigger than {self.early_bytes} bytes", resource_uri)
+        missing = await trio.to_thread.run_sync(self._missing, files, limiter=self.limiter)
+        if not missing:
+            await trio.to_thread.run_sync(self.cache.note_whole, self.server + resource_uri, limiter=self.limiter)
+            flight.stop("every file of it is in the cache", resource_uri)
+            return
+        flight.know(files, missing)
+
+    async def _abandon_unopened(self, resource_uri: str, flight: SeriesFlight) -> None:
+        await trio.sleep(self.early_wait)
+        flight.abandon(f"no file of it was opened within {self.early_wait:g} s", resource_uri)
+
+    def _missing(self, files: Sequence[RemoteFile]) -> list[RemoteFile]:
+        return [f for f in files if not self.cache.contains(self.key_for(f))]
+
+    async def _fetch(self, resource_uri: str, flight: SeriesFlight) -> None:
         token = trio.lowlevel.current_trio_token()
+
+        # Both queued without waiting for the loop, so the inserting thread goes
+        # on; queued calls run in order, and before the fetch's end.
+        def checked(remote: RemoteFile, data: bytes) -> None:
+            def serve_from_memory() -> None:
+                flight.checked[remote.uri] = data
+                flight.ready[remote.uri].set()
+
+            token.run_sync_soon(serve_from_memory)
 
         def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
             def hand_over() -> None:
+                flight.checked.pop(remote.uri, None)
                 try:
                     if entry is not None:
                         self.keep_open(self.key_for(remote), entry)
@@ -134,45 +299,55 @@ class SeriesFetcher:
                     logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
 
-            # Queued without waiting for the loop, so the inserting thread goes
-            # on with the next file; queued calls run before the fetch's end.
             token.run_sync_soon(hand_over)
 
         try:
             stored = await trio.to_thread.run_sync(
-                self._fetch_blocking, resource_uri, files, wanted, cached, limiter=self.limiter
+                self._fetch_blocking, resource_uri, flight, checked, cached, limiter=self.limiter
             )
-            logger.debug("series %s: %d of %d files cached from one zip", resource_uri, stored, len(wanted))
+            logger.debug("series %s: %d files cached from one zip", resource_uri, stored)
+        except SeriesAbandoned:
+            pass
         except (XnatError, OSError, ZipStreamError) as exc:
             logger.warning("fetching series %s as a zip failed, reading its files one by one: %s", resource_uri, exc)
         except Exception:
             logger.exception("fetching series %s as a zip failed", resource_uri)
         finally:
-            self._done.add(resource_uri)
+            if not flight.abandoned:
+                self._done.add(resource_uri)
             del self._running[resource_uri]
             flight.finish()
 
     def _fetch_blocking(
         self,
         resource_uri: str,
-        files: list[RemoteFile],
-        wanted: list[RemoteFile],
+        flight: SeriesFlight,
+        checked: Callable[[RemoteFile, bytes], None],
         cached: Callable[[RemoteFile, CachedFile | None], None],
     ) -> int:
-        wanted = [f for f in wanted if not self.cache.contains(self.key_for(f))]
-        if not wanted:
-            return 0
-        matcher = _Matcher(files)
-        still_wanted = {f.uri for f in wanted}
+        if flight.abandoned:
+            raise SeriesAbandoned()
+        whole = self.server + resource_uri
+        if flight.wanted is not None:  # started on an open, knowing its files
+            if not self._missing([f for f in flight.files if f.uri in flight.wanted]):
+                return 0
+        elif self.cache.had_whole(whole):
+            flight.stop("the cache held the whole series before", resource_uri)
+            raise SeriesAbandoned()
         budget = _ByteBudget(IN_FLIGHT_BYTES)
         stored = 0
         lock = threading.Lock()
+        entries = _Entries(flight, resource_uri)
 
         def insert(remote: RemoteFile, data: bytes) -> None:
             nonlocal stored
             try:
-                # Kept open, so the reader waiting for it finds it open already.
-                entry = self.cache.insert_bytes(self.key_for(remote), data)
+                key = self.key_for(remote)
+                check_bytes(key, data)
+                # Its readers need not wait for the disk: the checked bytes serve them meanwhile.
+                checked(remote, data)
+                # Kept open, so a reader after that finds it open already.
+                entry = self.cache.insert_bytes(key, data, checked=True)
                 if entry is not None:
                     with lock:
                         stored += 1
@@ -185,18 +360,81 @@ class SeriesFetcher:
         with ThreadPoolExecutor(max_workers=INSERT_THREADS, thread_name_prefix="xnatfs-series") as pool:
 
             def on_entry(name: str, data: bytes) -> None:
-                remote = matcher.match(name)
-                if remote is None or remote.uri not in still_wanted or len(data) != remote.size:
+                remote = entries.take(name, len(data))
+                if remote is None:
                     return
-                still_wanted.discard(remote.uri)
                 budget.acquire(len(data))
                 pool.submit(insert, remote, data)
 
-            stream = ZipStream(on_entry, matcher.size_of, max_entry=self.large_file_bytes)
+            stream = ZipStream(on_entry, entries.size_of, max_entry=self.large_file_bytes)
+            gate = _EarlyGate(stream, flight, resource_uri, self.early_bytes)
             # A write-only file object: all a download writes to.
-            self.connection.download_zip(resource_uri, cast(BinaryIO, stream))
+            self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
             stream.close()
+        if entries.complete():
+            self.cache.note_whole(whole)
         return stored
+
+
+class _Entries:
+    """Which wanted file each zip entry holds; waits for the listing when it is not known yet."""
+
+    def __init__(self, flight: SeriesFlight, resource_uri: str):
+        self.flight = flight
+        self.resource_uri = resource_uri
+        self._matcher: _Matcher | None = None
+        self._still_wanted: set[str] = set()
+
+    def _known(self) -> _Matcher:
+        if self._matcher is None:
+            self.flight.known.wait()
+            if self.flight.abandoned:
+                raise SeriesAbandoned()
+            assert self.flight.wanted is not None  # set before known, unless abandoned
+            self._still_wanted = set(self.flight.wanted)
+            self._matcher = _Matcher(self.flight.files)
+        return self._matcher
+
+    def take(self, name: str, size: int) -> RemoteFile | None:
+        """The wanted file entry ``name`` holds (once each); None for anything else."""
+        remote = self._known().match(name)
+        if remote is None or remote.uri not in self._still_wanted or size != remote.size:
+            return None
+        self._still_wanted.discard(remote.uri)
+        return remote
+
+    def size_of(self, name: str) -> int | None:
+        return self._known().size_of(name)
+
+    def complete(self) -> bool:
+        """Whether every wanted file came in the zip."""
+        return self._matcher is not None and not self._still_wanted
+
+
+class _EarlyGate:
+    """The download's file object: passes the zip on, and stops an early zip that must stop."""
+
+    def __init__(self, stream: ZipStream, flight: SeriesFlight, resource_uri: str, early_bytes: int):
+        self.stream = stream
+        self.flight = flight
+        self.resource_uri = resource_uri
+        self.early_bytes = early_bytes
+        self.received = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.received += len(chunk)
+        if not self.flight.claimed and self.received > self.early_bytes:
+            self.flight.abandon(f"it brought {self.early_bytes} bytes with no file of it opened", self.resource_uri)
+        if self.flight.abandoned:
+            # Raised out of the download, which closes the connection.
+            raise SeriesAbandoned()
+        return self.stream.write(chunk)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
 
 
 class _Matcher:

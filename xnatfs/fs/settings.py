@@ -68,6 +68,8 @@ class MountSettings:
     retries: int = 5  # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20  # files this big are served while they download
     series_zip_size: int = 1 << 30  # scan resources up to this size are fetched as one zip
+    series_early_size: int = 64 << 20  # a zip started before an open stops past this size; 0: never early
+    series_early_wait: float = 3.0  # seconds an early zip waits for a file of it to be opened
     timeout: float = 30.0  # seconds a request may wait without progress, then EIO
     max_answer_size: int = 64 << 20  # the largest listing, search or item JSON held in memory
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a file written through the mount may grow to this (else EFBIG)
@@ -100,6 +102,8 @@ _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "retries": int,
     "large_file_size": parse_size,
     "series_zip_size": parse_size,
+    "series_early_size": parse_size,
+    "series_early_wait": float,
     "timeout": float,
     "max_answer_size": parse_size,
     "max_file_size": parse_size,

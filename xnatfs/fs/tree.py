@@ -52,7 +52,8 @@ class Tree:
         self.limiter = limiter
         self.started_at = started_at
         self.root = RootDir(mtime=started_at)
-        self.walks = Walks(connection, listings, limiter, self.children)
+        self.walks = Walks(connection, listings, limiter, self._children_and_companions)
+        self.nursery: trio.Nursery | None = None  # where companion listings load; set when serving
         self._memo: cachetools.LRUCache[Hashable, tuple[Any, Any]] = cachetools.LRUCache(maxsize=memo_size)
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
@@ -109,7 +110,14 @@ class Tree:
     # ---- listings -----------------------------------------------------
 
     async def children(self, node: DirNode) -> Listing:
-        """The entries of directory ``node``, loading what is missing or expired."""
+        """The entries of directory ``node``, loading what is missing or expired.
+
+        Its companion listings (:meth:`DirNode.companion_keys`) start loading
+        beside its own, and are not waited for.
+        """
+        companions = node.companion_keys()
+        if companions:
+            self._load_beside(companions)
         keys, memo_key = node.listed()
         raws = await self._raws(keys)
         memo = self._memo.get(memo_key)
@@ -119,6 +127,26 @@ class Tree:
         listing = node.entries(self, await node.derived(raws))
         self._memo[memo_key] = (raws, listing)
         return listing
+
+    async def _children_and_companions(self, node: DirNode) -> Listing:
+        """A walk loading ahead waits for the companion listings too: it wants them next."""
+        listing = await self.children(node)
+        await self._raws(node.companion_keys())
+        return listing
+
+    def _load_beside(self, keys: Sequence[ListingKey]) -> None:
+        nursery = self.nursery
+        if nursery is None:
+            return
+        for key in keys:
+            if self.listings.get(key) is None:
+                nursery.start_soon(self._load_companion, key)
+
+    async def _load_companion(self, key: ListingKey) -> None:
+        try:
+            await self.raw(key)
+        except Exception as exc:  # whoever needs it next asks again and hears the error
+            logger.debug("loading %s beside its folder failed: %s", key, exc)
 
     async def lookup(self, node: DirNode, name: str) -> Node | None:
         return (await self.children(node)).get(name)

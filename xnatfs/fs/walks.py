@@ -18,6 +18,11 @@ the sibling listed before it. Then:
   each. A look at one session without a walk asks for that session alone,
   and a listing changed through the mount after a search was taken is
   asked for on its own again.
+
+Scan folders that were listed (opened as folders) are remembered: a scan's
+resource reached through its listed scan folder is being walked or browsed,
+and starts no series zip before a file of it is opened
+(:meth:`Walks.listed`).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Walks:
         self._last_opened: cachetools.LRUCache[tuple[str, ...], str] = cachetools.LRUCache(
             maxsize=1024
         )  # folder → child opened last
+        self._listed: cachetools.LRUCache[tuple[str, ...], bool] = cachetools.LRUCache(maxsize=4096)
 
     # ---- searches -----------------------------------------------------
 
@@ -127,6 +133,15 @@ class Walks:
         if previous is None or here is None or siblings.position(previous) != here - 1:
             return []
         return siblings.after(name, AHEAD_SESSIONS)
+
+    def note_listed(self, path: tuple[str, ...]) -> None:
+        """The folder at ``path`` (a scan) was opened as a folder: its entries were listed."""
+        self._listed[path] = True
+
+    def listed(self, path: tuple[str, ...]) -> bool:
+        """Whether the folder at ``path`` was listed lately: what is below it was reached by
+        listing (a walk, a file manager), not named (a tool given a path)."""
+        return path in self._listed
 
     # ---- reading ahead ------------------------------------------------
 

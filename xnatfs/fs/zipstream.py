@@ -46,7 +46,10 @@ class ZipStream:
         self.size_of = size_of
         self.max_entry = max_entry
         self.finished = False
+        # Bytes not parsed yet are _buffer[_start:]: taking from the front moves
+        # an offset, and the parsed part is dropped only once it is most of it.
         self._buffer = bytearray()
+        self._start = 0
         self._step = self._header
         self._name = ""
         self._flags = 0
@@ -54,11 +57,15 @@ class ZipStream:
         self._zip64 = False
         self._remaining = 0
         self._data = bytearray()
+        self._whole: bytes | None = None  # a stored entry taken in one piece, not copied into _data
         self._inflate: zlib._Decompress | None = None
 
     # file-object interface for the downloader
     def write(self, chunk: bytes) -> int:
         if not self.finished:
+            if self._start and self._start * 2 >= len(self._buffer):
+                del self._buffer[: self._start]
+                self._start = 0
             self._buffer += chunk
             while not self.finished and self._step():
                 pass
@@ -76,31 +83,38 @@ class ZipStream:
 
     # ---- parsing steps: each returns True when it made progress ---------
 
+    def _available(self) -> int:
+        return len(self._buffer) - self._start
+
     def _take(self, count: int) -> bytes | None:
-        if len(self._buffer) < count:
+        if self._available() < count:
             return None
-        taken = bytes(self._buffer[:count])
-        del self._buffer[:count]
+        start = self._start
+        with memoryview(self._buffer) as view:
+            taken = bytes(view[start : start + count])
+        self._start = start + count
         return taken
 
     def _header(self) -> bool:
-        if len(self._buffer) < 4:
+        if self._available() < 4:
             return False
-        signature = bytes(self._buffer[:4])
+        start = self._start
+        signature = bytes(self._buffer[start : start + 4])
         if signature == CENTRAL_HEADER or signature in END_OF_ARCHIVE:
             self.finished = True
             self._buffer.clear()
+            self._start = 0
             return False
-        if len(self._buffer) < _HEADER.size:
+        if self._available() < _HEADER.size:
             return False
         (signature, _version, flags, method, _time, _date, crc, packed_size, size, name_length, extra_length) = (
-            _HEADER.unpack_from(self._buffer)
+            _HEADER.unpack_from(self._buffer, start)
         )
         if signature != LOCAL_HEADER:
             raise ZipStreamError("no local file header where one was expected")
-        if len(self._buffer) < _HEADER.size + name_length + extra_length:
+        if self._available() < _HEADER.size + name_length + extra_length:
             return False
-        del self._buffer[: _HEADER.size]
+        self._start += _HEADER.size
         raw_name = self._take(name_length)
         extra = self._take(extra_length)
         assert raw_name is not None and extra is not None  # both lengths were checked above
@@ -122,25 +136,35 @@ class ZipStream:
                 if known is None:
                     raise ZipStreamError(f"no size known for stored entry {self._name!r}")
                 size = known
+            if size > self.max_entry:
+                raise ZipStreamError(f"entry {self._name!r} is larger than {self.max_entry} bytes")
             self._remaining = size
         else:
             raise ZipStreamError(f"entry {self._name!r} uses compression method {method}")
         self._data = bytearray()
+        self._whole = None
         self._step = self._body
         return True
 
     def _body(self) -> bool:
-        if not self._buffer:
-            return False
         if self._inflate is not None:
-            chunk = bytes(self._buffer)
+            if not self._available():
+                return False
+            with memoryview(self._buffer) as view:
+                self._keep(self._inflate.decompress(view[self._start :]))
             self._buffer.clear()
-            self._keep(self._inflate.decompress(chunk))
+            self._start = 0
             if not self._inflate.eof:
                 return False
-            self._buffer[:0] = self._inflate.unused_data
+            self._buffer += self._inflate.unused_data
+        elif not self._data and self._available() >= self._remaining:
+            # The whole entry is here: one copy, straight to the reader.
+            self._whole = self._take(self._remaining)
+            self._remaining = 0
         else:
-            stored = self._take(min(self._remaining, len(self._buffer)))
+            if not self._available():
+                return False
+            stored = self._take(min(self._remaining, self._available()))
             assert stored is not None  # never more than the buffer holds
             self._keep(stored)
             self._remaining -= len(stored)
@@ -155,9 +179,10 @@ class ZipStream:
             raise ZipStreamError(f"entry {self._name!r} is larger than {self.max_entry} bytes")
 
     def _descriptor(self) -> bool:
-        if len(self._buffer) < 4:
+        if self._available() < 4:
             return False
-        signed = bytes(self._buffer[:4]) == DESCRIPTOR
+        start = self._start
+        signed = self._buffer[start : start + 4] == DESCRIPTOR
         length = (4 if signed else 0) + 4 + (16 if self._zip64 else 8)
         descriptor = self._take(length)
         if descriptor is None:
@@ -167,10 +192,12 @@ class ZipStream:
         return True
 
     def _deliver(self) -> bool:
-        name, data = self._name, bytes(self._data)
+        name = self._name
+        data = self._whole if self._whole is not None else bytes(self._data)
         if zlib.crc32(data) != self._crc:
             raise ZipStreamError(f"entry {name!r} does not match its CRC")
         self._data = bytearray()
+        self._whole = None
         self._step = self._header
         if not name.endswith("/"):
             self.on_entry(name, data)
