@@ -167,6 +167,13 @@ BENCH_SESSIONS_PER_SUBJECT = 2
 BIG_FILE_SIZE = 1024**3
 BIG_FILE_CHUNK = 16 * 1024 * 1024
 
+SCALE_PROJECT = "SCALE"
+SCALE_SUBJECTS = 5000
+SCALE_SESSIONS_PER_SUBJECT = 2
+# A diffusion series of a real size: 50 slices of 96×96 × 96 volumes (b=0 and 95 directions).
+DTI_VOLUMES = 96
+PARALLEL_SERIES = 8
+
 
 def fill_sample(store: Store, size: str = "small") -> None:
     """Fill an empty store with the sample study of the given size."""
@@ -181,6 +188,7 @@ def fill_sample(store: Store, size: str = "small") -> None:
         if size == "large":
             _fill_bench(store, scratch_dir)
             _fill_hires(store, scratch_dir)
+            _fill_scale(store, scratch_dir)
     logger.info("sample study %r written to %s", size, store.data_dir)
 
 
@@ -471,6 +479,96 @@ def _write_pseudo_random(path: Path, size: int, seed: int) -> None:
             step = min(left, BIG_FILE_CHUNK)
             out.write(rng.bytes(step))
             left -= step
+
+
+
+def _fill_scale(store: Store, scratch: Path) -> None:
+    """Project SCALE: many cheap sessions for walks, one DTI-sized series, series for parallel readers."""
+    store.add_project(SCALE_PROJECT, name="Scale project", description="Costs as the archive and the series grow")
+    _add_scale_sessions(store, scratch)
+    _add_single_series(
+        store, scratch, "DTI", "DTI_MR1", SeriesSpec(1, f"DWI_dir{DTI_VOLUMES - 1}", "dwi", DTI_VOLUMES), seed=11
+    )
+    for index in range(1, PARALLEL_SERIES + 1):
+        _add_single_series(store, scratch, "PAR", f"PAR_MR{index}", SeriesSpec(2, "T1w_MPRAGE", "t1w"), seed=20 + index)
+
+
+def _add_scale_sessions(store: Store, scratch: Path) -> None:
+    """S00001 .. S0NNNN, each session one localizer whose files are hard links to one generated series."""
+    written = write_session(
+        scratch / "scale",
+        patient_id="SCALE",
+        patient_name="SCALE",
+        study_date="20230801",
+        series=[SeriesSpec(1, "Localizer", "localizer")],
+        size="small",
+        seed=31,
+    )
+    header = pydicom.dcmread(written[1][0], stop_before_pixels=True)
+    files = [(path, path.stat().st_size, file_md5(path)) for path in written[1]]
+    with store.batch():
+        for s in range(1, SCALE_SUBJECTS + 1):
+            subject = f"S{s:05d}"
+            store.add_subject(SCALE_PROJECT, subject, insert_date="2023-08-01 09:00:00.000")
+            for v in range(1, SCALE_SESSIONS_PER_SUBJECT + 1):
+                experiment_id = store.add_experiment(
+                    SCALE_PROJECT,
+                    subject,
+                    f"{subject}_MR{v}",
+                    date=f"2023-{7 + v:02d}-{1 + s % 28:02d}",
+                    uid=str(header.StudyInstanceUID) + f".{s}.{v}",
+                    insert_date="2023-08-01 09:00:00.000",
+                    fields=_session_fields(header),
+                )
+                pk = store.add_scan(
+                    experiment_id,
+                    "1",
+                    type="Localizer",
+                    series_description="Localizer",
+                    uid=str(header.SeriesInstanceUID),
+                    frames=len(files),
+                )
+                dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
+                for path, size, digest in files:
+                    store.link_file(dicom, path.name, path, size=size, digest=digest, format="DICOM", content="RAW")
+    shutil.rmtree(scratch / "scale")
+
+
+def _add_single_series(store: Store, scratch: Path, subject: str, session: str, spec: SeriesSpec, seed: int) -> None:
+    """A session of one generated large series (files of their own, not links)."""
+    written = write_session(
+        scratch / session,
+        patient_id=session,
+        patient_name=subject,
+        study_date="20230801",
+        series=[spec],
+        size="large",
+        seed=seed,
+    )
+    files = written[spec.number]
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    experiment_id = store.add_experiment(
+        SCALE_PROJECT,
+        subject,
+        session,
+        date="2023-08-01",
+        uid=str(header.StudyInstanceUID),
+        insert_date="2023-08-01 12:00:00.000",
+        fields=_session_fields(header),
+    )
+    pk = store.add_scan(
+        experiment_id,
+        str(spec.number),
+        type=spec.description,
+        series_description=spec.description,
+        uid=str(header.SeriesInstanceUID),
+        frames=len(files),
+        fields=_scan_fields(header),
+    )
+    dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
+    with store.batch():
+        for path in files:
+            store.store_file(dicom, path.name, path, move=True, format="DICOM", content="RAW")
 
 
 # ---- small real files ---------------------------------------------------
