@@ -481,7 +481,6 @@ def _write_pseudo_random(path: Path, size: int, seed: int) -> None:
             left -= step
 
 
-
 def _fill_scale(store: Store, scratch: Path) -> None:
     """Project SCALE: many cheap sessions for walks, one DTI-sized series, series for parallel readers."""
     store.add_project(SCALE_PROJECT, name="Scale project", description="Costs as the archive and the series grow")
