@@ -60,7 +60,7 @@ study; there are no session resources. Scan 3 of P01_MR2 also has a NIFTI
 resource (format NIFTI), as a site's dcm2niix container adds:
 ``3_T2w_SPC.nii.gz`` and ``3_T2w_SPC.json``, made with the dcm2niix wheel.
 
-**large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study, the
+**large** (benchmarks; about a minute and 1.4 GB on disk) is the small study, the
 bids project (accession IDs following the small study's: P01 XNAT_S00005,
 P01_MR1 XNAT_E00006, P01_MR2 XNAT_E00007), plus::
 
@@ -74,6 +74,19 @@ P01_MR1 XNAT_E00006, P01_MR2 XNAT_E00007), plus::
         HIRES_MR1                  scan 1 Localizer (small), scan 2 T1w_MPRAGE: 208 files of
                                    256×256 (about 130 KB each); session resource RAW
                                    holding raw_data.bin, 1 GiB of pseudo-random bytes
+    SCALE    "Scale project"       (costs as the work grows; accession IDs after HIRES)
+      DTI
+        DTI_MR1                    scan 1 DWI_dir95: 4 800 files (50 slices of 96×96 × 96
+                                   volumes, about 20 KB each, 96 MB)
+      PAR
+        PAR_MR1 .. PAR_MR8         scan 2 T1w_MPRAGE: 208 files of 256×256 each, every
+                                   series generated on its own (different bytes)
+      S00001 .. S05000             5 000 subjects, 2 sessions each (10 000), each session
+        S00001_MR1, S00001_MR2 ... scan 1 Localizer of 9 files, hard links to one
+                                   generated series
+
+The SCALE subjects and sessions are listed and filed in a few seconds; most of
+its minute goes to generating the DTI and T1w series.
 """
 
 from __future__ import annotations

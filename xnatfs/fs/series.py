@@ -7,7 +7,9 @@ fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
 parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file goes into
 the content cache as soon as it is complete, checked against the listing's
 size and digest, by a few threads so that writing the cache keeps up with
-the network, and kept open for the reader. The file that was asked for first is fetched on its own
+the network, and kept open for the reader. Files parsed but not yet written
+are held in memory up to :data:`IN_FLIGHT_BYTES`, one bound shared by every
+zip under way. The file that was asked for first is fetched on its own
 meanwhile, so that read is not held up; a later open of a file of the
 series waits for that file only, not for the whole zip.
 
@@ -78,6 +80,9 @@ class SeriesFetcher:
         self.large_file_bytes = large_file_bytes
         self._running: dict[str, SeriesFlight] = {}
         self._done: set[str] = set()
+        # One bound for every zip under way: readers of many series at once hold no more
+        # downloaded bytes in memory than the reader of one.
+        self._in_flight = _ByteBudget(IN_FLIGHT_BYTES)
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
         """A scan resource of several files that together fit comfortably in the cache."""
@@ -164,7 +169,7 @@ class SeriesFetcher:
             return 0
         matcher = _Matcher(files)
         still_wanted = {f.uri for f in wanted}
-        budget = _ByteBudget(IN_FLIGHT_BYTES)
+        budget = self._in_flight
         stored = 0
         lock = threading.Lock()
 
