@@ -25,6 +25,10 @@ Row 7 (the BIDS view) reads one session's converted files through a fresh
 mount against curl + unzip + dcm2niix + arranging by hand, and times pybids'
 ``BIDSLayout`` on the view against a local copy (pybids comes with the
 ``test`` extra).
+
+Rows 8–10 show how costs grow, in project SCALE of the large sample: cold
+walks of 100, 1 000 and 10 000 sessions (the last once a run of the bench),
+a 4 800-file DTI series, and 8 readers of 8 series at once against one.
 """
 
 from __future__ import annotations
@@ -1725,9 +1729,9 @@ def write_report(
         f"on {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes in all. Each row times the same task",
         "through the mount and by the usual alternative side by side, several times; values are medians",
         "with the min–max spread in brackets, and the ratio is mount ÷ alternative per run (for 4a,",
-        "throughputs, so higher is better; for 4b, 5a and 5d, the value ÷ its limit). Where it applies,",
-        "the same task also runs through rclone mount of the same files (see Settings); the best of its",
-        "configurations is shown with the ratio mount ÷ rclone per run, and a row where the mount is",
+        "throughputs, so higher is better; for 4b, 5a, 5d, 8d–8f, 9c and 10c, the value ÷ its limit).",
+        "Where it applies, the same task also runs through rclone mount of the same files (see Settings);",
+        "the best of its configurations is shown with the ratio mount ÷ rclone per run, and a row where the mount is",
         "slower than rclone is MISSED whatever its goal.",
         "",
         "Run it again with `make bench`; `scripts/bench.py --quick` is a one-run smoke test,",
