@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pydicom
 import pytest
 import requests
 
+from fakeutil import rows
 from waiting import wait_until
 from xnatfs.fake import FakeXnat, sample
 from xnatfs.fake.cli import main
@@ -82,6 +85,8 @@ def test_large_sample_structure_scaled_down(tmp_path, monkeypatch):
     monkeypatch.setattr(sample, "BIG_FILE_CHUNK", 1024 * 1024)
     # The small study inside "large" is checked by the tests above.
     monkeypatch.setattr(sample, "_fill_small", lambda store, scratch: None)
+    # SCALE has a test of its own below.
+    monkeypatch.setattr(sample, "_fill_scale", lambda store, scratch: None)
     store = Store(tmp_path / "large")
     try:
         sample.fill_sample(store, "large")
@@ -107,6 +112,51 @@ def test_large_sample_structure_scaled_down(tmp_path, monkeypatch):
         assert [(f["path"], f["size"]) for f in big] == [("raw_data.bin", 3 * 1024 * 1024 + 5)]
     finally:
         store.close()
+
+
+def test_scale_project_scaled_down_lists_over_http(tmp_path, monkeypatch):
+    monkeypatch.setattr(sample, "SCALE_SUBJECTS", 3)
+    monkeypatch.setattr(sample, "DTI_VOLUMES", 2)
+    monkeypatch.setattr(sample, "PARALLEL_SERIES", 2)
+    store = Store(tmp_path / "scale")
+    try:
+        store.add_project("OTHER")  # the project filled before SCALE in the large sample
+        with tempfile.TemporaryDirectory(dir=store.tmp_dir) as scratch:
+            sample._fill_scale(store, Path(scratch))
+    finally:
+        store.close()
+    with FakeXnat(tmp_path / "scale") as server, requests.Session() as http:
+        http.auth = ("admin", "admin")
+        subjects = rows(http, server, "/data/projects/SCALE/subjects")
+        assert sorted(s["label"] for s in subjects) == ["DTI", "PAR", "S00001", "S00002", "S00003"]
+        sessions = {s["label"]: s["ID"] for s in rows(http, server, "/data/projects/SCALE/experiments")}
+        walked = [f"S0000{n}_MR{v}" for n in (1, 2, 3) for v in (1, 2)]
+        assert sorted(sessions) == sorted(["DTI_MR1", "PAR_MR1", "PAR_MR2", *walked])
+        listed = [rows(http, server, f"/data/experiments/{sessions[label]}/files", all="true") for label in walked]
+        assert all([f["Name"] for f in files] == [f["Name"] for f in listed[0]] for files in listed)
+        assert len(listed[0]) == 9
+        linked = server.store.file_path(
+            server.store.find_resource("scan", str(server.store.scan(sessions["S00003_MR2"], "1")["pk"]), "DICOM")[
+                "id"
+            ],
+            listed[0][0]["Name"],
+        )
+        assert os.stat(linked).st_nlink == len(walked)
+        dti = rows(http, server, f"/data/experiments/{sessions['DTI_MR1']}/scans/1/resources/DICOM/files")
+        assert len(dti) == 2 * 50
+        header = pydicom.dcmread(
+            server.store.file_path(
+                server.store.find_resource("scan", str(server.store.scan(sessions["DTI_MR1"], "1")["pk"]), "DICOM")[
+                    "id"
+                ],
+                dti[0]["Name"],
+            ),
+            stop_before_pixels=True,
+        )
+        assert (header.Rows, header.Columns) == (96, 96)
+        par = [rows(http, server, f"/data/experiments/{sessions[f'PAR_MR{n}']}/scans/2/files") for n in (1, 2)]
+        assert [len(files) for files in par] == [208, 208]
+        assert {f["digest"] for f in par[0]}.isdisjoint(f["digest"] for f in par[1])
 
 
 def test_unknown_sample_size_is_refused(tmp_path):

@@ -6,11 +6,14 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 
 import pyfuse3
+import trio
 
 from fsapi import errno_of
 from mountutil import server_files
+from xnatfs.fs import series
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.names import RESERVED
 
@@ -251,3 +254,71 @@ def test_a_series_is_fetched_as_one_zip_unless_turned_off(fake_xnat, tmp_path, r
 
     run_fs(reading_the_series(zipped=False), series_zip_size=0, cache_dir=tmp_path / "unzipped")
     run_fs(reading_the_series(zipped=True), cache_dir=tmp_path / "zipped")
+
+
+def test_every_file_of_a_series_of_thousands_stays_open_for_its_next_reading(fake_xnat, run_fs):
+    """A DTI series has thousands of files and converters read it several times over: each
+    file, delivered by the zip or read, stays open for the next open (no disk work, no worker
+    thread), where a set of a few hundred let each go before it came round again."""
+    store = fake_xnat.store
+    experiment_id = store.experiment_id("STUDY01", "SUB003_MR1")
+    count = 1200
+    with store.batch():
+        pk = store.add_scan(experiment_id, "9", type="DWI_dir99", series_description="DWI_dir99", frames=count)
+        dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
+        for number in range(1, count + 1):
+            store.store_file(dicom, f"9-{number:04d}.dcm", f"slice {number}\n".encode() * 20)
+
+    async def body(fs):
+        folder = "STUDY01/SUB003/SUB003_MR1/SCANS/9-DWI_dir99/DICOM"
+        names = sorted(await fs.listdir(folder))
+        assert len(names) == count
+        for _pass in range(2):
+            for name in names:
+                assert await fs.read(f"{folder}/{name}") == f"slice {int(name[2:6])}\n".encode() * 20
+            assert len(fs.ops.hot) >= count
+
+    run_fs(body)
+    assert len(zip_downloads(fake_xnat)) == 1
+
+
+def test_series_zipped_at_once_share_one_bound_on_the_bytes_held_in_memory(fake_xnat, run_fs, monkeypatch):
+    """Parsed files wait in memory for the cache writers; with several series read at once the
+    bytes waiting, all zips together, stay within the bound one zip has."""
+    held = {"now": 0, "peak": 0}
+    counting = threading.Lock()
+
+    class CountedBudget(series._ByteBudget):
+        def acquire(self, count: int) -> None:
+            super().acquire(count)
+            with counting:
+                held["now"] += count
+                held["peak"] = max(held["peak"], held["now"])
+
+        def release(self, count: int) -> None:
+            with counting:
+                held["now"] -= count
+            super().release(count)
+
+    largest = max(file.size for path, file in server_files(fake_xnat).items() if path.endswith(".dcm"))
+    bound = 2 * largest
+    monkeypatch.setattr(series, "_ByteBudget", CountedBudget)
+    monkeypatch.setattr(series, "IN_FLIGHT_BYTES", bound)
+
+    async def body(fs):
+        sessions = ["STUDY01/SUB001/SUB001_MR1", "STUDY01/SUB002/SUB002_MR1"]
+        folders = [f"{s}/SCANS/{scan}/DICOM" for s in sessions for scan in await fs.listdir(f"{s}/SCANS")]
+        read: dict[str, int] = {}
+
+        async def read_series(folder: str) -> None:
+            for name in sorted(await fs.listdir(folder)):
+                read[f"{folder}/{name}"] = len(await fs.read(f"{folder}/{name}"))
+
+        async with trio.open_nursery() as nursery:
+            for folder in folders:
+                nursery.start_soon(read_series, folder)
+        assert len(folders) == 11 and len(read) > 200
+        assert len(zip_downloads(fake_xnat)) == len(folders)
+
+    run_fs(body)
+    assert 0 < held["peak"] <= bound

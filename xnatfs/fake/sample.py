@@ -60,7 +60,7 @@ study; there are no session resources. Scan 3 of P01_MR2 also has a NIFTI
 resource (format NIFTI), as a site's dcm2niix container adds:
 ``3_T2w_SPC.nii.gz`` and ``3_T2w_SPC.json``, made with the dcm2niix wheel.
 
-**large** (benchmarks; about 30 s and 1.1 GB on disk) is the small study, the
+**large** (benchmarks; about a minute and 1.4 GB on disk) is the small study, the
 bids project (accession IDs following the small study's: P01 XNAT_S00005,
 P01_MR1 XNAT_E00006, P01_MR2 XNAT_E00007), plus::
 
@@ -74,6 +74,19 @@ P01_MR1 XNAT_E00006, P01_MR2 XNAT_E00007), plus::
         HIRES_MR1                  scan 1 Localizer (small), scan 2 T1w_MPRAGE: 208 files of
                                    256×256 (about 130 KB each); session resource RAW
                                    holding raw_data.bin, 1 GiB of pseudo-random bytes
+    SCALE    "Scale project"       (costs as the work grows; accession IDs after HIRES)
+      DTI
+        DTI_MR1                    scan 1 DWI_dir95: 4 800 files (50 slices of 96×96 × 96
+                                   volumes, about 20 KB each, 96 MB)
+      PAR
+        PAR_MR1 .. PAR_MR8         scan 2 T1w_MPRAGE: 208 files of 256×256 each, every
+                                   series generated on its own (different bytes)
+      S00001 .. S05000             5 000 subjects, 2 sessions each (10 000), each session
+        S00001_MR1, S00001_MR2 ... scan 1 Localizer of 9 files, hard links to one
+                                   generated series
+
+The SCALE subjects and sessions are listed and filed in a few seconds; most of
+its minute goes to generating the DTI and T1w series.
 """
 
 from __future__ import annotations
@@ -167,6 +180,13 @@ BENCH_SESSIONS_PER_SUBJECT = 2
 BIG_FILE_SIZE = 1024**3
 BIG_FILE_CHUNK = 16 * 1024 * 1024
 
+SCALE_PROJECT = "SCALE"
+SCALE_SUBJECTS = 5000
+SCALE_SESSIONS_PER_SUBJECT = 2
+# A diffusion series of a real size: 50 slices of 96×96 × 96 volumes (b=0 and 95 directions).
+DTI_VOLUMES = 96
+PARALLEL_SERIES = 8
+
 
 def fill_sample(store: Store, size: str = "small") -> None:
     """Fill an empty store with the sample study of the given size."""
@@ -181,6 +201,7 @@ def fill_sample(store: Store, size: str = "small") -> None:
         if size == "large":
             _fill_bench(store, scratch_dir)
             _fill_hires(store, scratch_dir)
+            _fill_scale(store, scratch_dir)
     logger.info("sample study %r written to %s", size, store.data_dir)
 
 
@@ -471,6 +492,95 @@ def _write_pseudo_random(path: Path, size: int, seed: int) -> None:
             step = min(left, BIG_FILE_CHUNK)
             out.write(rng.bytes(step))
             left -= step
+
+
+def _fill_scale(store: Store, scratch: Path) -> None:
+    """Project SCALE: many cheap sessions for walks, one DTI-sized series, series for parallel readers."""
+    store.add_project(SCALE_PROJECT, name="Scale project", description="Costs as the archive and the series grow")
+    _add_scale_sessions(store, scratch)
+    _add_single_series(
+        store, scratch, "DTI", "DTI_MR1", SeriesSpec(1, f"DWI_dir{DTI_VOLUMES - 1}", "dwi", DTI_VOLUMES), seed=11
+    )
+    for index in range(1, PARALLEL_SERIES + 1):
+        _add_single_series(store, scratch, "PAR", f"PAR_MR{index}", SeriesSpec(2, "T1w_MPRAGE", "t1w"), seed=20 + index)
+
+
+def _add_scale_sessions(store: Store, scratch: Path) -> None:
+    """S00001 .. S0NNNN, each session one localizer whose files are hard links to one generated series."""
+    written = write_session(
+        scratch / "scale",
+        patient_id="SCALE",
+        patient_name="SCALE",
+        study_date="20230801",
+        series=[SeriesSpec(1, "Localizer", "localizer")],
+        size="small",
+        seed=31,
+    )
+    header = pydicom.dcmread(written[1][0], stop_before_pixels=True)
+    files = [(path, path.stat().st_size, file_md5(path)) for path in written[1]]
+    with store.batch():
+        for s in range(1, SCALE_SUBJECTS + 1):
+            subject = f"S{s:05d}"
+            store.add_subject(SCALE_PROJECT, subject, insert_date="2023-08-01 09:00:00.000")
+            for v in range(1, SCALE_SESSIONS_PER_SUBJECT + 1):
+                experiment_id = store.add_experiment(
+                    SCALE_PROJECT,
+                    subject,
+                    f"{subject}_MR{v}",
+                    date=f"2023-{7 + v:02d}-{1 + s % 28:02d}",
+                    uid=str(header.StudyInstanceUID) + f".{s}.{v}",
+                    insert_date="2023-08-01 09:00:00.000",
+                    fields=_session_fields(header),
+                )
+                pk = store.add_scan(
+                    experiment_id,
+                    "1",
+                    type="Localizer",
+                    series_description="Localizer",
+                    uid=str(header.SeriesInstanceUID),
+                    frames=len(files),
+                )
+                dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
+                for path, size, digest in files:
+                    store.link_file(dicom, path.name, path, size=size, digest=digest, format="DICOM", content="RAW")
+    shutil.rmtree(scratch / "scale")
+
+
+def _add_single_series(store: Store, scratch: Path, subject: str, session: str, spec: SeriesSpec, seed: int) -> None:
+    """A session of one generated large series (files of their own, not links)."""
+    written = write_session(
+        scratch / session,
+        patient_id=session,
+        patient_name=subject,
+        study_date="20230801",
+        series=[spec],
+        size="large",
+        seed=seed,
+    )
+    files = written[spec.number]
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    experiment_id = store.add_experiment(
+        SCALE_PROJECT,
+        subject,
+        session,
+        date="2023-08-01",
+        uid=str(header.StudyInstanceUID),
+        insert_date="2023-08-01 12:00:00.000",
+        fields=_session_fields(header),
+    )
+    pk = store.add_scan(
+        experiment_id,
+        str(spec.number),
+        type=spec.description,
+        series_description=spec.description,
+        uid=str(header.SeriesInstanceUID),
+        frames=len(files),
+        fields=_scan_fields(header),
+    )
+    dicom = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM", content="RAW")
+    with store.batch():
+        for path in files:
+            store.store_file(dicom, path.name, path, move=True, format="DICOM", content="RAW")
 
 
 # ---- small real files ---------------------------------------------------

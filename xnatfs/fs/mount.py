@@ -68,6 +68,8 @@ def build_operations(
     ``projects``, when given, is a project listing just fetched (by the
     start-up check) and saves the first request of the mount.
     """
+    # Before the file system sizes what it keeps open by the limit.
+    _raise_open_file_limit()
     listings = ListingCache(settings.ttl)
     if projects is not None:
         listings.put(ProjectsKey(), projects)

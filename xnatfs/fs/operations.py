@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -59,9 +60,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128 * 1024
-HOT_FILES = 512
+HOT_FILES_MAX = 16_384
 HOT_BYTES = 1 << 30
 _NS = 1_000_000_000
+
+
+def hot_files_limit() -> int:
+    """How many files to keep open after their last reader.
+
+    Every file of a large series: a DTI series has thousands, and converters
+    read a series several times over, so a smaller set lets each file go before
+    it is read again (and a zip running ahead of its reader, before it is read
+    once). At most half the descriptors the daemon may hold; the rest are for
+    readers, the cache and the network.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return HOT_FILES_MAX
+    return min(HOT_FILES_MAX, soft // 2)
 
 
 class XnatOperations(pyfuse3.Operations):
@@ -84,7 +100,7 @@ class XnatOperations(pyfuse3.Operations):
         self.server = settings.url.rstrip("/")
         self.connection = tree.connection
         self.limiter = tree.limiter
-        self.hot = HotFiles(max_files=HOT_FILES, max_bytes=min(settings.cache_size // 8, HOT_BYTES))
+        self.hot = HotFiles(max_files=hot_files_limit(), max_bytes=min(settings.cache_size // 8, HOT_BYTES))
         self.series = SeriesFetcher(
             tree.connection,
             cache,

@@ -42,6 +42,10 @@ class HotFiles:
         self._lent: dict[CachedFile, int] = {}  # entry → readers that have it now
         self._dropped: set[CachedFile] = set()  # out of here, closed when the last reader gives it back
 
+    def __len__(self) -> int:
+        """How many entries are held open."""
+        return len(self._open)
+
     def borrow(self, key: CacheKey) -> CachedFile | None:
         """The open entry of ``key`` for one more reader, who must :meth:`give_back` it."""
         cached = self._open.get(key)

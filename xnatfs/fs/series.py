@@ -8,9 +8,11 @@ parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file is checked
 against the listing's size and digest as soon as it is complete, served
 from memory to whoever opens it meanwhile, and written into the content
 cache by a few threads so that writing keeps up with the network, then kept
-open for the next reader. The file that was asked for first is fetched on
-its own meanwhile, so that read is not held up; a later open of a file of
-the series waits for that file only, not for the whole zip.
+open for the next reader. Files parsed but not yet written are held in
+memory up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under
+way. The file that was asked for first is fetched on its own meanwhile, so
+that read is not held up; a later open of a file of the series waits for
+that file only, not for the whole zip.
 
 Each resource is zipped at most once per mount (until we change it
 ourselves), so a cache too small for the series cannot make it loop.
@@ -144,6 +146,9 @@ class SeriesFetcher:
         self._running: dict[str, SeriesFlight] = {}
         self._done: set[str] = set()
         self._tried_early: set[str] = set()
+        # One bound for every zip under way: readers of many series at once hold no more
+        # downloaded bytes in memory than the reader of one.
+        self._in_flight = _ByteBudget(IN_FLIGHT_BYTES)
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
         """A scan resource of several files that together fit comfortably in the cache."""
@@ -334,7 +339,7 @@ class SeriesFetcher:
         elif self.cache.had_whole(whole):
             flight.stop("the cache held the whole series before", resource_uri)
             raise SeriesAbandoned()
-        budget = _ByteBudget(IN_FLIGHT_BYTES)
+        budget = self._in_flight
         stored = 0
         lock = threading.Lock()
         entries = _Entries(flight, resource_uri)
