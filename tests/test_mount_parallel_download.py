@@ -6,7 +6,8 @@ parts of 1 MiB, 4 streams). The bytes must still be exactly the listed
 version's: a wrong byte in one part, or a file changed on the server
 between parts, is EIO, never mixed bytes, and nothing is cached. A part
 cut short is asked for again on its own; a server that answers a ranged
-request with the whole file is read as one stream.
+request with the whole file is read as one stream. The mount also asks the
+kernel to read further ahead, so that it sends fewer, larger reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from fakeutil import fault_seed
 from mountutil import mounted, server_files
 from test_reliability_common import check_cache, read_or_eio, write_config
 from waiting import wait_until
+from xnatfs.fs.readahead import mount_device
 
 pytestmark = pytest.mark.mount
 
@@ -189,3 +192,25 @@ def test_concurrent_readers_of_a_large_file_share_one_download(fake_xnat, tmp_pa
             reader.join(60)
         assert results == [data] * 3
         assert file_answers(fake_xnat) == [206] * PARTS
+
+
+def test_mount_asks_the_kernel_to_read_further_ahead(fake_xnat, tmp_path):
+    args = write_config(tmp_path / "config.toml", read_ahead="2M")
+    with mounted(fake_xnat.url, tmp_path, args=args) as mount:
+        device = mount_device(str(mount.path))
+        assert device is not None
+        setting = Path("/sys/class/bdi") / device / "read_ahead_kb"
+        # Set by the daemon once the kernel has its answer to INIT, just after the mount shows.
+        wait_until(lambda: setting.read_text().strip() == "2048", "the read-ahead of 2 MiB", timeout=10)
+
+
+def test_mount_device_is_found_under_an_escaped_mountpoint(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        "48 27 0:43 / /tmp/with\\040space rw,nosuid - fuse.xnatfs xnatfs rw\n"
+        "49 27 0:44 / /tmp/with\\040space rw,nosuid - fuse.xnatfs xnatfs rw\n"
+    )
+    assert mount_device("/tmp/with space", mountinfo) == "0:44"
+    assert mount_device("/tmp/with space/", mountinfo) == "0:44"
+    assert mount_device("/tmp/elsewhere", mountinfo) is None

@@ -489,8 +489,9 @@ class _EntryWriter:
         size = len(view)
         offset = span.frontier
         if offset + size > span.end:
+            asked = "listed" if span.end == self._fill.key.size else "asked for"
             raise XnatServerError(
-                f"server sent more than the {self._fill.key.size} bytes listed", url=self._fill.key.uri
+                f"server sent more than the {span.end - span.start} bytes {asked}", url=self._fill.key.uri
             )
         position = offset
         while position < offset + size:

@@ -47,7 +47,6 @@ from xnatfs.fs.control import ControlServer
 from xnatfs.fs.keys import ProjectsKey
 from xnatfs.fs.names import BIDS
 from xnatfs.fs.operations import XnatOperations
-from xnatfs.fs.readahead import set_read_ahead
 from xnatfs.fs.settings import MountSettings, default_state_dir
 from xnatfs.fs.tree import Tree
 
@@ -156,8 +155,6 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
     mountpoint = str(settings.mountpoint)
     pyfuse3.init(ops, mountpoint, fuse_options(settings))
     logger.info("mounted %s at %s", redact_url(settings.url), mountpoint)
-    if settings.read_ahead:
-        set_read_ahead(mountpoint, settings.read_ahead)
     try:
         if on_mounted is not None:
             on_mounted()

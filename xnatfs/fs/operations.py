@@ -46,6 +46,7 @@ from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
 from xnatfs.fs.nodes import DirNode, Listing, Node
+from xnatfs.fs.readahead import raise_read_ahead
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
@@ -611,6 +612,14 @@ class XnatOperations(pyfuse3.Operations):
             self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
+
+    def init(self) -> None:
+        # pyfuse3 calls this while answering the kernel's INIT, which sets the
+        # read-ahead; it can only be raised once that answer is in.
+        if self.settings.read_ahead and self.nursery is not None:
+            self.nursery.start_soon(
+                raise_read_ahead, str(self.settings.mountpoint), self.settings.read_ahead, self.limiter
+            )
 
     async def _uploads_retried(self) -> None:
         await self.changes.uploads_retried()
