@@ -607,7 +607,8 @@ class ContentCache:
 
         ``download(fileobj)`` must write the whole body to ``fileobj`` (which
         is not seekable; ``tell()`` says how much arrived, for resuming with a
-        Range request). Concurrent callers, in this process or others, share
+        Range request), or, to fetch it in several streams at once, write each
+        part through its own ``fileobj.part(offset, end)``. Concurrent callers, in this process or others, share
         one download. Raises the download's exception, or XnatServerError when
         the body's size or MD5 does not match the key; nothing is cached then.
         """

@@ -100,8 +100,8 @@ def download_in_parts(session: XnatSession, path: str, target: PartTarget, plan:
     arrived = threading.Event()
 
     def fetch_rest() -> None:
-        while (bounds := queue.take()) is not None:
-            start, end = bounds
+        while (part := queue.take()) is not None:
+            start, end = part
             writer = cast(BinaryIO, _PartWriter(target.part(start, end), queue))
             session.download(path, writer, offset=start, length=end - start, same_as=version)
 
@@ -120,7 +120,7 @@ def download_in_parts(session: XnatSession, path: str, target: PartTarget, plan:
     if session.supports_range is True:
         logger.debug("%s: %d parts, %d streams", path, len(bounds), plan.streams)
         streams += [_start(fetch_rest, queue) for _ in range(min(plan.streams, len(bounds)) - 1)]
-    else:
+    elif session.supports_range is False:
         logger.info("%s: the server sent the whole file for a part of it; reading it as one stream", path)
     for stream in streams:
         stream.join()
