@@ -907,21 +907,17 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
     url = f"{bench.url}/data/experiments/{session_id}/resources/{BIG_RESOURCE}/files/{BIG_FILE}"
     for run in range(1, bench.runs + 1):
         logger.info("1 GiB file, run %d/%d", run, bench.runs)
-        with bench.fresh_mount("big-file") as mount:
-            path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-            read = 0
-
-            def cold_read(path: Path = path) -> None:
-                nonlocal read
-                read = read_files([path])
-
-            seconds = timed(cold_read)
-            size = check_bytes(read, [path])
-            rss = mount.peak_rss_mb()
+        seconds, size, rss = cold_big_read(bench)
+        bench.server.honour_range = True
+        try:
+            ranged_seconds, _size, ranged_rss = cold_big_read(bench)
+        finally:
+            bench.server.honour_range = False
+        rows["4e"].ours.append(size / ranged_seconds / 1e6)
         rows["4a"].ours.append(size / seconds / 1e6)
         rows["4c"].ours.append(size / seconds / 1e6)
-        if rss is not None:
-            rows["4b"].ours.append(rss)
+        if rss is not None and ranged_rss is not None:
+            rows["4b"].ours.append(max(rss, ranged_rss))
             rows["4b"].theirs.append(RSS_LIMIT_MB)
         bench.drop_caches()
         rows["4a"].theirs.append(size / timed(lambda: bench.curl(url)) / 1e6)
@@ -931,9 +927,25 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
         rows["4d"].ours.append(size / seconds / 1e6)
         copy = bench.work / "curl-copy.bin"
         rows["4c"].theirs.append(size / timed(lambda copy=copy: bench.curl(url, output=str(copy))) / 1e6)
+        rows["4e"].theirs.append(rows["4c"].theirs[-1])
         copy.unlink()
         for config in bench.rclone_configs:
-            bench.as_peer(rows, {"4a"}, lambda: peer_big_file(bench, rows, config))
+            bench.as_peer(rows, {"4a", "4e"}, lambda: peer_big_file(bench, rows, config))
+
+
+def cold_big_read(bench: Bench) -> tuple[float, int, float | None]:
+    """One cold read of the 1 GiB file through a fresh mount: seconds, bytes, daemon peak RSS."""
+    with bench.fresh_mount("big-file") as mount:
+        path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
+        read = 0
+
+        def cold_read() -> None:
+            nonlocal read
+            read = read_files([path])
+
+        seconds = timed(cold_read)
+        size = check_bytes(read, [path])
+        return seconds, size, mount.peak_rss_mb()
 
 
 def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
@@ -947,7 +959,9 @@ def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
 
         seconds = timed(cold_read)
         size = check_bytes(read, [path])
+    # rclone's static server honours Range: the same run stands beside both rows.
     rows["4a"].peer.setdefault(config, []).append(size / seconds / 1e6)
+    rows["4e"].peer.setdefault(config, []).append(size / seconds / 1e6)
 
 
 # ---- 5: listing a 500-subject project ------------------------------------------
@@ -1458,7 +1472,7 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         Row("4a", "cold sequential read of a 1 GiB file", "mount", "curl", "MB/s", at_least(0.8)),
         Row(
             "4b",
-            "daemon peak RSS (VmHWM) after 4a",
+            "daemon peak RSS (VmHWM) after 4a or 4e",
             "mount",
             "limit",
             "MB",
@@ -1466,6 +1480,14 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         ),
         Row("4c", "cold read of the 1 GiB file, both writing to disk", "mount", "curl -o FILE", "MB/s"),
         Row("4d", "cold read of the 1 GiB file, both checking its MD5", "mount", "curl piped into md5sum", "MB/s"),
+        Row(
+            "4e",
+            "cold sequential read of the 1 GiB file, server honouring Range",
+            "mount",
+            "curl -o FILE",
+            "MB/s",
+            at_least(0.5),
+        ),
         Row(
             "5a",
             f"requests for cold find + ls -lR of {PROJECT}",
@@ -1577,6 +1599,7 @@ ROW_GROUP = {
     "4b": 4,
     "4c": 4,
     "4d": 4,
+    "4e": 4,
     "5a": 5,
     "5b": 5,
     "5c": 5,
@@ -1602,7 +1625,7 @@ ROW_GROUP = {
 }
 GROUPS = sorted(set(ROW_GROUP.values()))
 # Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
-PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e", "8a"}
+PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "4e", "5c", "5e", "8a"}
 RCLONE_SKIPPED = {
     "5b": "rclone lists each folder with a request of its own as the walk reaches it, one after the other: "
     "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "
@@ -1654,14 +1677,29 @@ MISSED_NOTES: dict[str, str] = {
     "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small files "
     "it needs the FUSE features named in 2b.",
     "4a": "The mount hands out no byte it has not checked: the last bytes of a file wait until its MD5 "
-    "matches the listing, and MD5 runs at about 0.8 GB/s on one core of this machine, beside the "
-    "download, the cache write and the FUSE reads, on 2 cores shared with the server and the reader. "
-    "curl to /dev/null checks nothing. Row 4d compares with curl piped into md5sum, what a careful "
-    "script does; row 4c with curl writing the file to disk, as the cache must. Closing the gap to "
-    "plain curl would mean serving files unchecked, which the mount will not do. rclone's http and "
-    "webdav backends know no hash of these files, so rclone checks nothing either; closing that gap "
-    "(several ranged streams where the server allows them, hashing off the event loop) is work "
-    "still to do.",
+    "matches the listing, and MD5 costs about 1.4 s of one core per GiB on this machine (of the "
+    "daemon's 2.5 s of CPU for the whole read), beside the download, the cache write and the FUSE "
+    "reads, on 2 cores shared with the server and the reader. The rest is already lean: the body is "
+    "read from the socket into one reused buffer, written with pwrite, hashed in a thread of its own "
+    "that follows the download through the page cache, and the kernel asks for 1 MiB at a time "
+    "(read_ahead raised to 4 MiB) where it asked for 128 KiB. curl to /dev/null checks nothing; row "
+    "4d compares with curl piped into md5sum, what a careful script does, row 4c with curl writing "
+    "the file to disk, as the cache must. Closing the gap to plain curl would mean serving files "
+    "unchecked, which the mount will not do. rclone's http and webdav backends know no hash of "
+    "these files, so rclone checks nothing and writes nothing; with the CPU the machine has, the "
+    "MD5 alone is most of the difference, and several streams do not help a server that ignores "
+    "Range (this row). Row 4e is the same read from a server honouring Range, as rclone's static "
+    "server does: the fair comparison with rclone.",
+    "4e": "The same read as 4a, from the fake server honouring Range (as rclone's static server does): "
+    "the file comes as 16 parts of 64 MiB, 4 ranged streams at a time in file order, each written "
+    "at its offset, the MD5 following the bytes written without a gap. Here that buys little over "
+    "4a: the server is on the same machine, so one stream is not waiting on the network, and the "
+    "read is bound by CPU, not by the connection. What is left is the MD5, as in 4a: a sequential "
+    "hash, one core's worth (1.4 s per GiB), which rclone does not compute, and the daemon gets "
+    "far less than a core while the server, the reader, other work on the machine and the streams "
+    "share the two; the last bytes wait for it. Measured while the machine was loaded, the mount "
+    "stayed between 0.6× and 1.2× of rclone. Where the server is far away (a real XNAT), the "
+    "streams hide its latency and bandwidth per connection, which is what they are for.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
     "same listings (one file list per session once the walk is noticed, three project-wide "
     "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
@@ -1956,7 +1994,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table_lines(chosen, markdown=False)))
     settings = {
         "server": f"fake XNAT (xnatfs.fake), sample size large, {args.latency_ms:g} ms added to every request, "
-        "127.0.0.1, Range not honoured",
+        "127.0.0.1, Range not honoured (but in row 4e)",
         "mount": f"`xnatfs mount` daemon, --ttl {TTL:g}, default cache size, a fresh cache folder per cold run",
         "cold runs": "fresh mount and empty cache"
         + (

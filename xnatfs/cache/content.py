@@ -212,7 +212,9 @@ def _pread_nowait(fd: int, offset: int, length: int) -> bytes | None:
         count = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
     except OSError:  # EAGAIN: not all in memory; EOPNOTSUPP: a file system without it
         return None
-    return bytes(buffer) if count == length else None
+    # Handed out as it is, without a copy into a bytes object: these bytes go
+    # to the kernel, and pyfuse3 takes any buffer.
+    return cast(bytes, buffer) if count == length else None
 
 
 class _Fill:
@@ -224,7 +226,9 @@ class _Fill:
         self.download = download
         self.cond = threading.Condition()
         self.state = "queued"  # queued → running → done
-        self.written = 0
+        self.written = 0  # bytes [0, written) are on disk
+        self.received = 0  # bytes on disk in all, with those of parts further on
+        self.spans: list[_Span] = []  # where the download's streams write, by offset
         self.fd: int | None = None  # the temp file, while downloading
         self.error: BaseException | None = None
         self.keep = True  # False once discard_uri() asked to forget it
@@ -238,19 +242,21 @@ class _Fill:
             self.state = "running"
             return True
 
-    def progressed(self, written: int) -> None:
+    def progressed(self, span: _Span, frontier: int) -> None:
         with self.cond:
-            self.written = written
+            self.received += frontier - span.frontier
+            span.frontier = frontier
+            self.written = _run_end(self.spans, self.written)
             self.cond.notify_all()
 
-    def wait_for(self, end_offset: int, timeout: float | None) -> None:
+    def wait_for(self, start: int, end_offset: int, timeout: float | None) -> None:
         # Whoever reads up to the end waits for the checks of size and MD5,
         # so a download that fails them is an error to that reader at least.
         end_offset = min(end_offset, self.key.size)
         whole = end_offset >= self.key.size
         with self.cond:
             ready = self.cond.wait_for(
-                lambda: self.state == "done" or (not whole and self.written >= end_offset), timeout
+                lambda: self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset), timeout
             )
             if self.error is not None:
                 raise self.error
@@ -269,7 +275,7 @@ class _Fill:
         with self.cond:
             if self.fd is None:
                 return None
-            end = min(offset + length, self.written)
+            end = min(offset + length, _run_end(self.spans, offset))
             return _pread_full(self.fd, offset, end - offset)
 
     def pread_written_nowait(self, offset: int, length: int) -> bytes | None:
@@ -279,7 +285,7 @@ class _Fill:
             return None
         try:
             end = offset + length
-            if self.fd is None or end > self.written or end >= self.key.size:
+            if self.fd is None or end >= self.key.size or _run_end(self.spans, offset) < end:
                 return None
             return _pread_nowait(self.fd, offset, length)
         finally:
@@ -317,11 +323,11 @@ class PendingFetch:
         self._slot: list[CachedFile | None] = [own]
         self._finalizer = weakref.finalize(self, _close_slot, self._slot)
 
-    def wait_for(self, end_offset: int, timeout: float | None = None) -> None:
-        """Block until bytes ``[0, end_offset)`` are on disk (up to the end of
+    def wait_for(self, end_offset: int, timeout: float | None = None, *, start: int = 0) -> None:
+        """Block until bytes ``[start, end_offset)`` are on disk (up to the end of
         the file: until the whole is verified); raise the download's error if it failed."""
         if self._fill is not None:
-            self._fill.wait_for(end_offset, timeout)
+            self._fill.wait_for(start, end_offset, timeout)
 
     def done(self) -> bool:
         return self._fill is None or self._fill.state == "done"
@@ -386,75 +392,38 @@ def _close_slot(slot: list[CachedFile | None]) -> None:
         slot[0].close()
 
 
-class _EntryWriter:
-    """The file object a download writes into: streams to the temp file,
-    hashes on the way, refuses more bytes than the key says, and tells
-    readers how far it got.
+class _Span:
+    """Where one stream writes: from ``start`` on, ``frontier`` being the first byte not yet written."""
 
-    For a large file the MD5 runs in a thread of its own that reads the
-    written bytes back (from the page cache) behind the download, so neither
-    the download nor the readers it feeds wait for the hash; only the entry's
-    completion (:meth:`verify`) does.
-    """
+    __slots__ = ("end", "frontier", "start")
 
-    def __init__(self, fd: int, fill: _Fill):
-        self._fd = fd
-        self._fill = fill
-        self._written = 0
-        self._md5 = hashlib.md5(usedforsecurity=False) if fill.key.digest else None
-        self._hasher: threading.Thread | None = None
-        self._hash_error: OSError | None = None
-        self._progress = threading.Condition()
-        self._finished = False
-        if self._md5 is not None and fill.key.size >= HASH_THREAD_BYTES:
-            self._hasher = threading.Thread(target=self._hash_behind, name="xnatfs-md5", daemon=True)
-            self._hasher.start()
+    def __init__(self, start: int, end: int):
+        self.start = start
+        self.frontier = start
+        self.end = end
 
-    def _hash_behind(self) -> None:
-        md5 = self._md5
-        assert md5 is not None, "the hash thread runs only for keys with a digest"
-        hashed = 0
-        buffer = bytearray(HASH_PIECE_BYTES)
-        view = memoryview(buffer)
-        try:
-            while True:
-                with self._progress:
-                    while self._written == hashed and not self._finished:
-                        self._progress.wait()
-                    written = self._written
-                if written == hashed:
-                    return
-                while hashed < written:
-                    count = os.preadv(self._fd, [view[: min(HASH_PIECE_BYTES, written - hashed)]], hashed)
-                    if not count:
-                        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
-                    md5.update(view[:count])
-                    hashed += count
-        except OSError as exc:
-            self._hash_error = exc
+
+def _run_end(spans: list[_Span], offset: int) -> int:
+    """The end of the bytes written without a gap from ``offset`` on (``offset`` when none are)."""
+    end = offset
+    for span in spans:  # sorted by start
+        if span.start <= end < span.frontier:
+            end = span.frontier
+    return end
+
+
+class _PartWriter:
+    """The file object one stream writes into, from its span's start on."""
+
+    def __init__(self, entry: _EntryWriter, span: _Span):
+        self._entry = entry
+        self._span = span
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data).cast("B")
-        size = len(view)
-        if self._written + size > self._fill.key.size:
-            raise XnatServerError(
-                f"server sent more than the {self._fill.key.size} bytes listed", url=self._fill.key.uri
-            )
-        if self._md5 is not None and self._hasher is None:
-            self._md5.update(view)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        if self._hasher is not None:
-            with self._progress:
-                self._written += size
-                self._progress.notify()
-        else:
-            self._written += size
-        self._fill.progressed(self._written)
-        return size
+        return self._entry.write_at(self._span, data)
 
     def tell(self) -> int:
-        return self._written
+        return self._span.frontier - self._span.start
 
     def writable(self) -> bool:
         return True
@@ -465,20 +434,133 @@ class _EntryWriter:
     def flush(self) -> None:
         pass
 
+
+class _EntryWriter:
+    """What a download writes into: streams to the temp file, hashes on the
+    way, refuses more bytes than the key says, and tells readers how far it got.
+
+    One stream writes with :meth:`write` (a file object that is not
+    seekable); several streams, each fetching a part of the file, write
+    through the writers :meth:`part` hands out, at their own offsets.
+
+    The MD5 goes over the bytes in file order, as far as they are written
+    without a gap. For a large file, or one fetched in parts, it runs in a
+    thread of its own that reads the written bytes back (from the page cache)
+    behind the download, so neither the download nor the readers it feeds
+    wait for the hash; only the entry's completion (:meth:`verify`) does.
+    """
+
+    def __init__(self, fd: int, fill: _Fill):
+        self._fd = fd
+        self._fill = fill
+        self._sequential: _PartWriter | None = None
+        self._md5 = hashlib.md5(usedforsecurity=False) if fill.key.digest else None
+        self._hashed = 0  # bytes [0, hashed) are in the MD5
+        self._hasher: threading.Thread | None = None
+        self._hash_error: OSError | None = None
+        self._progress = threading.Condition()
+        self._finished = False
+        if fill.key.size >= HASH_THREAD_BYTES:
+            self._start_hasher()
+
+    def part(self, offset: int, end: int) -> BinaryIO:
+        """A writer for the bytes ``[offset, end)``, which refuses any beyond ``end``."""
+        span = _Span(offset, min(end, self._fill.key.size))
+        with self._fill.cond:
+            spans = self._fill.spans
+            spans.insert(sum(1 for s in spans if s.start <= offset), span)
+        if offset > 0:
+            # Bytes that arrive out of order can only be hashed by reading them back in order.
+            self._start_hasher()
+        # Not a full BinaryIO, but all a download uses of one: write, tell, seekable, flush.
+        return cast(BinaryIO, _PartWriter(self, span))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """The next bytes of a download that runs as one stream."""
+        if self._sequential is None:
+            self._sequential = cast(_PartWriter, self.part(0, self._fill.key.size))
+        return self._sequential.write(data)
+
+    def tell(self) -> int:
+        return 0 if self._sequential is None else self._sequential.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def write_at(self, span: _Span, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        offset = span.frontier
+        if offset + size > span.end:
+            asked = "listed" if span.end == self._fill.key.size else "asked for"
+            raise XnatServerError(
+                f"server sent more than the {span.end - span.start} bytes {asked}", url=self._fill.key.uri
+            )
+        position = offset
+        while position < offset + size:
+            position += os.pwrite(self._fd, view[position - offset :], position)
+        with self._progress:
+            if self._hasher is None and self._md5 is not None and offset == self._hashed:
+                self._md5.update(view)
+                self._hashed += size
+        self._fill.progressed(span, offset + size)
+        with self._progress:
+            self._progress.notify()
+        return size
+
+    def _start_hasher(self) -> None:
+        with self._progress:
+            if self._md5 is None or self._hasher is not None:
+                return
+            self._hasher = threading.Thread(target=self._hash_behind, name="xnatfs-md5", daemon=True)
+            self._hasher.start()
+
+    def _hash_behind(self) -> None:
+        md5 = self._md5
+        assert md5 is not None, "the hash thread runs only for keys with a digest"
+        buffer = bytearray(HASH_PIECE_BYTES)
+        view = memoryview(buffer)
+        try:
+            while True:
+                with self._progress:
+                    hashed = self._hashed
+                    while self._fill.written == hashed and not self._finished:
+                        self._progress.wait()
+                    written = self._fill.written
+                if written == hashed:
+                    return
+                while hashed < written:
+                    count = os.preadv(self._fd, [view[: min(HASH_PIECE_BYTES, written - hashed)]], hashed)
+                    if not count:
+                        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
+                    md5.update(view[:count])
+                    hashed += count
+                with self._progress:
+                    self._hashed = hashed
+        except OSError as exc:
+            self._hash_error = exc
+
     def close(self) -> None:
         """Stop the hashing thread once it has caught up with the bytes written."""
-        if self._hasher is not None:
-            with self._progress:
-                self._finished = True
-                self._progress.notify()
-            self._hasher.join()
-            self._hasher = None
+        with self._progress:
+            hasher = self._hasher
+            self._finished = True
+            self._progress.notify()
+        if hasher is not None:
+            hasher.join()
 
     def verify(self) -> None:
         key = self._fill.key
         self.close()
-        if self._written != key.size:
-            raise XnatServerError(f"download ended after {self._written} of {key.size} bytes", url=key.uri)
+        written = self._fill.written
+        if written != key.size:
+            raise XnatServerError(f"download ended after {written} of {key.size} bytes", url=key.uri)
         if self._hash_error is not None:
             raise XnatServerError(f"could not check the download's MD5: {self._hash_error}", url=key.uri)
         if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
@@ -547,7 +629,8 @@ class ContentCache:
 
         ``download(fileobj)`` must write the whole body to ``fileobj`` (which
         is not seekable; ``tell()`` says how much arrived, for resuming with a
-        Range request). Concurrent callers, in this process or others, share
+        Range request), or, to fetch it in several streams at once, write each
+        part through its own ``fileobj.part(offset, end)``. Concurrent callers, in this process or others, share
         one download. Raises the download's exception, or XnatServerError when
         the body's size or MD5 does not match the key; nothing is cached then.
         """
@@ -654,7 +737,7 @@ class ContentCache:
         """(uri, bytes so far, size) of each download this process is running now."""
         with self._lock:
             fills = list(self._fills.values())
-        return [(fill.key.uri, fill.written, fill.key.size) for fill in fills if fill.state == "running"]
+        return [(fill.key.uri, fill.received, fill.key.size) for fill in fills if fill.state == "running"]
 
     def clear(self) -> None:
         """Drop every entry nobody has open, and leftovers of crashed processes."""

@@ -23,6 +23,7 @@ from xnatfs.client.credentials import AliasToken, Credentials, resolve_credentia
 from xnatfs.client.downloads import download_to_path
 from xnatfs.client.http import XnatSession, parse_json
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
+from xnatfs.client.parts import PartPlan, PartTarget, download_in_parts
 from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatServerError, XnatUnsupported
 
 logger = logging.getLogger(__name__)
@@ -270,6 +271,12 @@ class XnatConnection:
         raised and whatever was written must be discarded.
         """
         return self.session.download(uri, fileobj, offset=offset, length=length)
+
+    def download_in_parts(self, uri: str, target: PartTarget, plan: PartPlan) -> None:
+        """Write a whole file of ``plan.size`` bytes into ``target`` as
+        several ranged streams at once where the server honours Range (one
+        stream where it does not); see :mod:`xnatfs.client.parts`."""
+        download_in_parts(self.session, uri, target, plan)
 
     def download_to_path(
         self,

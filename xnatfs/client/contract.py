@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Resource, Subject
+from xnatfs.client.parts import PartPlan, PartTarget
 
 
 @runtime_checkable
@@ -37,7 +38,12 @@ class ArchiveClient(Protocol):
 
     # ---- reading -------------------------------------------------------
 
+    @property
+    def supports_range(self) -> bool | None: ...
+
     def download(self, uri: str, fileobj: BinaryIO, *, offset: int = 0, length: int | None = None) -> int: ...
+
+    def download_in_parts(self, uri: str, target: PartTarget, plan: PartPlan) -> None: ...
 
     def download_zip(self, uri: str, fileobj: BinaryIO) -> int: ...
 

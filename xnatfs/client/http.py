@@ -27,6 +27,7 @@ It is safe to share one instance between many threads.
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import io
 import json
@@ -68,6 +69,9 @@ from xnatfs.errors import (
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+# Bodies at least this big are read from the socket into one reused buffer of DIRECT_READ_BUFFER bytes.
+DIRECT_READ_BYTES = 4 << 20
+DIRECT_READ_BUFFER = 1 << 20
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # A 500 may be a transient database error on a read, so a read gets a few
 # more tries; a change is never repeated on a 500 (it may have been done).
@@ -599,7 +603,15 @@ class XnatSession:
     # -- downloads ---------------------------------------------------------
 
     def download(
-        self, path: str, fileobj: BinaryIO, *, offset: int = 0, length: int | None = None, retries: int | None = None
+        self,
+        path: str,
+        fileobj: BinaryIO,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        retries: int | None = None,
+        to_end_if_unranged: bool = False,
+        same_as: FileVersion | None = None,
     ) -> int:
         """Write bytes ``[offset, offset+length)`` of a file to ``fileobj``.
 
@@ -612,9 +624,16 @@ class XnatSession:
         ``fileobj`` holds exactly the asked-for bytes. The resumed answer
         must describe the same file (ETag, Last-Modified, total size) as the
         one it continues; a file changed in between is ``XnatServerError``
-        rather than two versions spliced together. If the retries run out,
+        rather than two versions spliced together; ``same_as`` extends that
+        check to other downloads of the same file (the other parts of one
+        file fetched side by side). If the retries run out,
         ``XnatServerError`` is raised too; either way ``fileobj`` may hold a
         partial prefix: the caller must discard it.
+
+        With ``to_end_if_unranged``, a server that answers a ranged request
+        with the whole file has the rest of the file from ``offset`` on
+        written, not just ``length`` bytes (the caller learns it from the
+        count returned and :attr:`supports_range`).
         """
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
@@ -624,7 +643,7 @@ class XnatSession:
         retries = self.retries if retries is None else retries
         written = 0
         attempt = 0
-        version: tuple[str | None, ...] = ()
+        version = same_as or FileVersion()
         while True:
             start = offset + written
             remaining = None if length is None else length - written
@@ -635,23 +654,19 @@ class XnatSession:
                 headers["Range"] = f"bytes={start}-{end}"
             response = self.request("GET", url, headers=headers, stream=True, ok=(200, 206, 416), retries=retries)
             try:
-                if written and _changed(version, _version_of(response)):
-                    raise XnatServerError(
-                        "the file changed on the server while it was being downloaded",
-                        url=url,
-                        status=response.status_code,
-                    )
-                version = _version_of(response)
+                version.check(response, url)
                 if response.status_code == 416:
                     return written
+                if response.status_code == 200 and ranged and to_end_if_unranged:
+                    length = remaining = None
                 skip, expected = self._plan_body(response, url, ranged, start, remaining)
                 try:
                     received = 0
-                    for chunk in _chunks(response, skip, remaining):
+                    for piece in _body_pieces(response, skip, remaining, url):
                         note_progress()
-                        fileobj.write(chunk)
-                        written += len(chunk)
-                        received += len(chunk)
+                        fileobj.write(piece)
+                        written += len(piece)
+                        received += len(piece)
                     if length is not None and written >= length:
                         return written
                     if expected is not None and received < expected:
@@ -748,6 +763,45 @@ def parse_json(response: requests.Response) -> Any:
         raise XnatServerError("server answer is not valid JSON", url=response.url, status=response.status_code) from exc
 
 
+def _body_pieces(response: requests.Response, skip: int, limit: int | None, url: str) -> Iterator[memoryview | bytes]:
+    """The body's bytes after ``skip``, at most ``limit`` of them, in large pieces.
+
+    A piece is valid only until the next one is asked for: a large body is
+    read straight from the socket into one buffer, without a bytes object per piece.
+    """
+    if (limit is None or limit >= DIRECT_READ_BYTES) and _content_length(response) is not None:
+        raw = getattr(response.raw, "_fp", None)
+        if isinstance(raw, http.client.HTTPResponse):
+            yield from _read_direct(raw, skip, limit, url)
+            return
+    yield from _chunks(response, skip, limit)
+
+
+def _read_direct(raw: http.client.HTTPResponse, skip: int, limit: int | None, url: str) -> Iterator[memoryview]:
+    buffer = memoryview(bytearray(DIRECT_READ_BUFFER))
+    while limit is None or limit > 0:
+        want = DIRECT_READ_BUFFER if limit is None else min(DIRECT_READ_BUFFER, limit + skip)
+        try:
+            count = raw.readinto(buffer[:want])
+        except TimeoutError as exc:
+            raise requests.exceptions.ConnectionError(
+                urllib3.exceptions.ReadTimeoutError(None, url, "read timed out")  # type: ignore[arg-type]
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if not count:
+            return
+        piece = buffer[:count]
+        if skip:
+            dropped = min(skip, count)
+            skip -= dropped
+            piece = piece[dropped:]
+        if limit is not None:
+            limit -= len(piece)
+        if piece:
+            yield piece
+
+
 def _chunks(response: requests.Response, skip: int, limit: int | None) -> Iterator[bytes]:
     """The body's bytes after ``skip``, at most ``limit`` of them, in large pieces."""
     for chunk in response.iter_content(CHUNK_SIZE):
@@ -789,6 +843,29 @@ def _version_of(response: requests.Response) -> tuple[str | None, ...]:
 
 def _changed(before: tuple[str | None, ...], after: tuple[str | None, ...]) -> bool:
     return any(a is not None and b is not None and a != b for a, b in zip(before, after))
+
+
+class FileVersion:
+    """The version of a file that its download answers must all describe
+    (ETag, Last-Modified, total size: see :func:`_version_of`), so that
+    pieces of two versions are never joined. Safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: tuple[str | None, ...] = ()
+
+    def check(self, response: requests.Response, url: str) -> None:
+        """Remember the first answer's version; raise XnatServerError for an answer of another."""
+        version = _version_of(response)
+        with self._lock:
+            if _changed(self._seen, version):
+                raise XnatServerError(
+                    "the file changed on the server while it was being downloaded",
+                    url=url,
+                    status=response.status_code,
+                )
+            if not self._seen:
+                self._seen = version
 
 
 def _check_length(response: requests.Response) -> None:

@@ -27,7 +27,7 @@ import logging
 import os
 import resource
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 import pyfuse3
@@ -38,6 +38,7 @@ from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader, UploadRetries
 from xnatfs.client import paths
 from xnatfs.client.models import RemoteFile
+from xnatfs.client.parts import PartPlan, PartTarget
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
 from xnatfs.fs.errno import fuse_handler
@@ -47,6 +48,7 @@ from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
 from xnatfs.fs.nodes import DirNode, Listing, Node, ResourceDir, ScanDir
+from xnatfs.fs.readahead import raise_read_ahead
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
@@ -62,6 +64,8 @@ logger = logging.getLogger(__name__)
 BLOCK_SIZE = 128 * 1024
 HOT_FILES_MAX = 16_384
 HOT_BYTES = 1 << 30
+# A file fetched in parts is cut into at least this many parts per stream, so the streams finish together.
+PARTS_PER_STREAM = 4
 _NS = 1_000_000_000
 
 
@@ -514,15 +518,30 @@ class XnatOperations(pyfuse3.Operations):
         if handle is None and inode is not None:
             handle = await self._from_series(inode, remote, key)
         if handle is None:
-            connection = self.connection
-
-            def download(fileobj: BinaryIO) -> None:
-                connection.download(remote.uri, fileobj)
+            download = self._downloader(remote)
 
             handle = await ReadHandle.download(
                 self.cache, key, download, self.limiter, large_file_bytes=self.settings.large_file_size
             )
         return handle
+
+    def _downloader(self, remote: RemoteFile) -> Callable[[BinaryIO], None]:
+        """How the cache fetches ``remote``: a large file as several ranged streams where the server allows."""
+        connection, settings = self.connection, self.settings
+        if remote.size < settings.parallel_download_size or connection.supports_range is False:
+
+            def download(fileobj: BinaryIO) -> None:
+                connection.download(remote.uri, fileobj)
+
+            return download
+        part_size = max(settings.download_part_size, remote.size // (settings.download_streams * PARTS_PER_STREAM))
+        plan = PartPlan(remote.size, part_size, settings.download_streams)
+
+        def download_in_parts(fileobj: BinaryIO) -> None:
+            # The cache's entry writer hands out a writer per part (ContentCache.fetch).
+            connection.download_in_parts(remote.uri, cast(PartTarget, fileobj), plan)
+
+        return download_in_parts
 
     async def _from_series(self, inode: int, remote: RemoteFile, key: CacheKey) -> ReadHandle | None:
         """On a miss in a scan resource: zip the whole series once, or wait for the zip under way."""
@@ -648,6 +667,14 @@ class XnatOperations(pyfuse3.Operations):
             self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
+
+    def init(self) -> None:
+        # pyfuse3 calls this while answering the kernel's INIT, which sets the
+        # read-ahead; it can only be raised once that answer is in.
+        if self.settings.read_ahead and self.nursery is not None:
+            self.nursery.start_soon(
+                raise_read_ahead, str(self.settings.mountpoint), self.settings.read_ahead, self.limiter
+            )
 
     async def _uploads_retried(self) -> None:
         await self.changes.uploads_retried()

@@ -220,7 +220,7 @@ class ReadHandle:
     def _read_pending(self, offset: int, end: int) -> bytes:
         pending = self._pending
         assert pending is not None  # only a discarded handle has neither
-        pending.wait_for(end)
+        pending.wait_for(end, start=offset)
         return pending.pread(offset, end - offset)
 
     def discard(self) -> None:

@@ -67,6 +67,10 @@ class MountSettings:
     workers: int = 32
     retries: int = 5  # for each failed idempotent request, with backoff
     large_file_size: int = 64 << 20  # files this big are served while they download
+    parallel_download_size: int = 64 << 20  # files this big are fetched as several ranged streams, if allowed
+    download_part_size: int = 16 << 20  # the smallest part one such stream asks for
+    download_streams: int = 4  # streams at once for one file
+    read_ahead: int = 4 << 20  # how far the kernel reads ahead in a file (0: its default); needs root
     series_zip_size: int = 1 << 30  # scan resources up to this size are fetched as one zip
     series_early_size: int = 64 << 20  # a zip started before an open stops past this size; 0: never early
     series_early_wait: float = 3.0  # seconds an early zip waits for a file of it to be opened
@@ -101,6 +105,10 @@ _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "workers": int,
     "retries": int,
     "large_file_size": parse_size,
+    "parallel_download_size": parse_size,
+    "download_part_size": parse_size,
+    "download_streams": int,
+    "read_ahead": parse_size,
     "series_zip_size": parse_size,
     "series_early_size": parse_size,
     "series_early_wait": float,
