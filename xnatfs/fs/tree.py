@@ -45,7 +45,7 @@ class Tree:
         limiter: trio.CapacityLimiter,
         *,
         started_at: float,
-        memo_size: int = 4096,
+        memo_size: int = 65_536,
     ):
         self.connection = connection
         self.listings = listings
@@ -53,7 +53,7 @@ class Tree:
         self.started_at = started_at
         self.root = RootDir(mtime=started_at)
         self.walks = Walks(connection, listings, limiter, self.children)
-        self._memo: cachetools.LRUCache[Hashable, tuple[Any, Any]] = cachetools.LRUCache(maxsize=memo_size)
+        self._memo: cachetools.LRUCache[Hashable, tuple[Any, ...]] = cachetools.LRUCache(maxsize=memo_size)
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
         self.views: dict[str, Callable[[ProjectDir], Node]] = {}
@@ -111,14 +111,31 @@ class Tree:
     async def children(self, node: DirNode) -> Listing:
         """The entries of directory ``node``, loading what is missing or expired."""
         keys, memo_key = node.listed()
-        raws = await self._raws(keys)
         memo = self._memo.get(memo_key)
-        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+        listings = self.listings
+        if memo is not None and memo[2] == listings.generation and listings.now() < memo[3]:
+            # Warm: nothing was stored or dropped since, and none of its listings expired.
             remembered: Listing = memo[1]
             return remembered
-        listing = node.entries(self, await node.derived(raws))
-        self._memo[memo_key] = (raws, listing)
+        raws = await self._raws(keys)
+        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+            listing = memo[1]
+        else:
+            listing = node.entries(self, await node.derived(raws))
+        self._memo[memo_key] = (raws, listing, listings.generation, self._valid_until(keys, raws))
         return listing
+
+    def _valid_until(self, keys: Sequence[ListingKey], raws: tuple[object, ...]) -> float:
+        """When the first of ``raws`` expires, if each is what is cached now; else a time already past."""
+        until = float("inf")
+        for key, raw in zip(keys, raws):
+            kept = self.listings.get_until(key)
+            if kept is None:
+                kept = self.walks.searched(key)
+            if kept is None or kept[0] is not raw:
+                return float("-inf")
+            until = min(until, kept[1])
+        return until
 
     async def lookup(self, node: DirNode, name: str) -> Node | None:
         return (await self.children(node)).get(name)
