@@ -50,7 +50,7 @@ from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
-from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
+from xnatfs.fs.xattrs import NAMESPACE_BYTES, PREFIX_BYTES, encoded_xattrs
 
 if TYPE_CHECKING:
     from xnatfs.fs.bidsview import BidsView
@@ -323,9 +323,11 @@ class XnatOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> bytes:
-        # ls asks every entry for security.selinux and ACLs: answered without building anything.
         if not name.startswith(PREFIX_BYTES):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            # ls -l asks every entry for security.selinux and ACLs, and stops asking on
+            # a device that answers "not supported" (ENOSYS instead would make the
+            # kernel stop passing on any getxattr, user.xnat.* included).
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if name.startswith(NAMESPACE_BYTES) else errno.ENOTSUP)
         value = encoded_xattrs(self._entry(inode)).get(name)
         if value is None:
             value = encoded_xattrs(await self._described(inode)).get(name)
