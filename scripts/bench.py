@@ -81,6 +81,8 @@ UPLOAD_SESSION = "B0001_MR1"
 # A walk of some subjects (5d, 5e): the first ones of the project, in order.
 WALKED_SUBJECTS = [f"B{number:04d}" for number in range(1, 11)]
 WALK_AHEAD_LIMIT = 10
+# A smaller tree for the warm walks, to see their cost per entry at two sizes.
+SMALL_TREE_SUBJECTS = [f"B{number:04d}" for number in range(1, 21)]
 
 # rclone mount configurations: backend-cache mode.
 RCLONE_CONFIGS = ("http-full", "http-off", "webdav-full", "webdav-off")
@@ -995,6 +997,7 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
             cold = timed(lambda root=root: walk_listing(root))
             log = bench.server.requests()
             warm = timed(lambda root=root: run_quietly(["find", str(root)]))
+            warm_walks = timed_warm_walks(root)
             if not local_tree.exists():
                 entries = replicate_tree(root, local_tree / PROJECT)
                 logger.info("local copy of the tree: %d entries", entries)
@@ -1007,23 +1010,42 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5c"].ours.append(warm)
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
+        for key, seconds in zip(WARM_WALK_ROWS, warm_walks):
+            rows[key].ours.append(seconds)
+        for key, seconds in zip(WARM_WALK_ROWS, timed_warm_walks(local_tree / PROJECT)):
+            rows[key].theirs.append(seconds)
     if bench.rclone_configs:
-        bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
+        bench.as_peer(rows, {"5c", *WARM_WALK_ROWS}, lambda: peer_warm_walks(bench, rows))
 
 
-def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
-    """Row 5c through rclone: its caches filled once by a walk without the added latency (it takes
-    minutes), then one timed warm find per run."""
+# Rows of timed_warm_walks, in its order.
+WARM_WALK_ROWS = ("5f", "5g", "5h")
+
+
+def timed_warm_walks(root: Path) -> list[float]:
+    """A warm ``ls -lR`` of the project, then ``find`` and ``ls -lR`` of its first subjects (rows 5f-5h)."""
+    small = [str(root / subject) for subject in SMALL_TREE_SUBJECTS]
+    return [
+        timed(lambda: run_quietly(["ls", "-lR", str(root)])),
+        timed(lambda: run_quietly(["find", *small])),
+        timed(lambda: run_quietly(["ls", "-lR", *small])),
+    ]
+
+
+def peer_warm_walks(bench: Bench, rows: dict[str, Row]) -> None:
+    """Rows 5c and 5f-5h through rclone: its caches filled once by a walk without the added latency
+    (it takes minutes), then the timed warm walks of each run."""
     config = (
         RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs else bench.rclone_configs[0]
     )
     with bench.fresh_rclone(config, "listing") as peer:
+        root = peer.path / PROJECT
         with bench.static.no_latency():
-            run_quietly(["find", str(peer.path / PROJECT)])
+            walk_listing(root)
         for _run in range(bench.runs):
-            rows["5c"].peer.setdefault(config, []).append(
-                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)]))
-            )
+            rows["5c"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", str(root)])))
+            for key, seconds in zip(WARM_WALK_ROWS, timed_warm_walks(root)):
+                rows[key].peer.setdefault(config, []).append(seconds)
 
 
 def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
@@ -1262,6 +1284,9 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         ),
         Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s", at_most(1.5)),
         Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
+        Row("5f", f"warm ls -lR of {PROJECT}", "mount", "same tree on local disk", "s"),
+        Row("5g", f"warm find of {len(SMALL_TREE_SUBJECTS)} subjects", "mount", "same tree on local disk", "s"),
+        Row("5h", f"warm ls -lR of {len(SMALL_TREE_SUBJECTS)} subjects", "mount", "same tree on local disk", "s"),
         Row(
             "5d",
             f"session file listings for a cold find of {len(WALKED_SUBJECTS)} subjects",
@@ -1309,13 +1334,16 @@ ROW_GROUP = {
     "5c": 5,
     "5d": 5,
     "5e": 5,
+    "5f": 5,
+    "5g": 5,
+    "5h": 5,
     "6": 6,
     "7a": 7,
     "7b": 7,
     "7c": 7,
 }
 # Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
-PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e"}
+PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "5c", "5e", "5f", "5g", "5h"}
 RCLONE_SKIPPED = {
     "5b": "rclone lists each folder with a request of its own as the walk reaches it, one after the other: "
     "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "

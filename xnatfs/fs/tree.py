@@ -118,6 +118,7 @@ class Tree:
             remembered: Listing = memo[1]
             return remembered
         raws = await self._raws(keys)
+        listing: Listing
         if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
             listing = memo[1]
         else:
@@ -186,7 +187,8 @@ class Tree:
         if memo is None or memo[0] is not experiments:
             memo = (experiments, _group_by_subject(experiments))
             self._memo[memo_key] = memo
-        return memo[1]
+        grouped: dict[str, list[Experiment]] = memo[1]
+        return grouped
 
     def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> FileTree:
         """The resource's files as nested dicts of safe names, memoised per raw listing.
@@ -208,7 +210,8 @@ class Tree:
                 trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
             memo = (files, trees)
             self._memo[memo_key] = memo
-        return memo[1].get(resource_uri if grouped else None, {})
+        trees_by_resource: dict[str | None, FileTree] = memo[1]
+        return trees_by_resource.get(resource_uri if grouped else None, {})
 
     def _file_reporter(self, resource_uri: str) -> Callable[[str, str], None]:
         return lambda raw, shown: self.renamed(f"files of {resource_uri}", raw, shown)
