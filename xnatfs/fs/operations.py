@@ -38,7 +38,7 @@ from xnatfs.cache.uploader import Uploader, UploadRetries
 from xnatfs.client.models import RemoteFile
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
-from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.errno import fuse_handler, never_waits
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
@@ -321,7 +321,7 @@ class XnatOperations(pyfuse3.Operations):
         node = await self._current(inode, entry)
         return self._attributes_of(inode, entry, node)
 
-    @fuse_handler
+    @never_waits
     async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> bytes:
         if not name.startswith(PREFIX_BYTES):
             # ls -l asks every entry for security.selinux and ACLs, and stops asking on
@@ -330,7 +330,9 @@ class XnatOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR if name.startswith(NAMESPACE_BYTES) else errno.ENOTSUP)
         value = encoded_xattrs(self._entry(inode)).get(name)
         if value is None:
-            value = encoded_xattrs(await self._described(inode)).get(name)
+            # Scans and resources found by a search learn the rest from their own listing.
+            described = await self.deadlines.run(self._described, inode)
+            value = encoded_xattrs(described).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -400,7 +402,7 @@ class XnatOperations(pyfuse3.Operations):
         ]
         return self.handles.open_folder(path, dots, listing.named())
 
-    @fuse_handler
+    @never_waits
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         path, dots, items = self.handles.folder(fh)
         reply = self.kernel.readdir_reply
@@ -427,7 +429,7 @@ class XnatOperations(pyfuse3.Operations):
                 entry.node = node
                 entry.lookups += 1
 
-    @fuse_handler
+    @never_waits
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.handles.close_folder(fh)
 
