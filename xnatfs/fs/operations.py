@@ -507,11 +507,12 @@ class XnatOperations(pyfuse3.Operations):
             return await trio.to_thread.run_sync(self.writer.read, handle.local, off, size, limiter=self.limiter)
         return await handle.read(off, size, self.limiter)
 
-    @fuse_handler
+    @never_waits
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.close_file(fh)
         if isinstance(handle, LocalHandle):
-            await self.changes.release_local(handle)
+            # A file written here is uploaded at its last close: that waits on the server.
+            await self.deadlines.run(self.changes.release_local, handle)
         elif handle is not None:
             await handle.close(self.limiter, self.hot)
 
@@ -527,9 +528,11 @@ class XnatOperations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         return await self.changes.write(fh, off, buf)
 
-    @fuse_handler
+    @never_waits
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.changes.flush(fh)
+        # Every close flushes; only a file written here has anything to send.
+        if isinstance(self.handles.file(fh), LocalHandle):
+            await self.deadlines.run(self.changes.flush, fh)
 
     @fuse_handler
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
