@@ -1350,6 +1350,22 @@ RCLONE_SKIPPED = {
     "walk of some subjects instead",
 }
 
+# Rows 5c and 5f-5h: warm walks, at 16 000 folders and at 20 subjects.
+WARM_WALK_NOTE = (
+    "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
+    "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each folder costs an opendir, two "
+    "or more readdirs (a readdirplus answer holds about 25 entries) and a releasedir round trip to "
+    "the daemon, where the local walk reads cached directories in the kernel and rclone's Go daemon "
+    "answers the same requests. `ls -lR` costs no more requests than `find`: the mount answers "
+    "ENOTSUP for SELinux labels and ACLs, and ls stops asking (docs/LAYOUT.md). The mount's own "
+    "Python work is small now: about 7 µs for opendir + releasedir of a warm folder (its entries "
+    "are kept until a listing changes or expires, docs/RELIABILITY.md 37) and under 1 µs an entry; "
+    "`scripts/profile_ops.py --profile` shows the rest of each request in pyfuse3's loop and trio "
+    "(a lock, an epoll wait and two scheduler passes per request, about 25 µs). What would close "
+    "it: a pyfuse3 that exposes libfuse's cache_readdir and passes the inode to readdir, so the "
+    "kernel serves warm listings itself, or a leaner request loop than pyfuse3 3.5's."
+)
+
 # Why a goal is missed and what would close it; shown only for missed rows. Written from
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
 # separate probes of the same mount noted in each text.
@@ -1368,7 +1384,8 @@ MISSED_NOTES: dict[str, str] = {
     "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
     "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
     "and dcm2niix opens each of the 208 files four times (strace: 841 opens, 2 100 stats). "
-    "pyfuse3 3.5 cannot mark a file "
+    "The mount's own work for the three is about 9 µs (a cached file is lent from memory without a "
+    "worker thread; a flush and release of a file read pay no request bound). pyfuse3 3.5 cannot mark a file "
     "FOPEN_NOFLUSH, nor let the kernel skip open and release (FUSE's no-open mode needs the inode "
     "in read and readdir, which pyfuse3 does not pass on); either would remove most of the rest.",
     "3": "The same cause as 2b in its purest form: reading 27 MB from the page cache takes about 10 ms "
@@ -1387,22 +1404,17 @@ MISSED_NOTES: dict[str, str] = {
     "still to do.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
     "same listings (one file list per session once the walk is noticed, three project-wide "
-    "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
-    "an opendir, two readdirs and a releasedir for each of the 16 000 folders, and for each of the "
-    "133 000 entries of `ls -lR` a getxattr for security.selinux and for ACLs, which the kernel "
-    "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
-    "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
+    "searches for everything else), but `find` and `ls -lR` also make about 130 000 FUSE requests: "
+    "an opendir, two or more readdirs and a releasedir for each of the 16 000 folders, twice. "
+    "(`ls -l` also asks each entry for its SELinux label and ACL; the mount answers ENOTSUP, after "
+    "which ls asks no more, docs/LAYOUT.md.) At about 25 µs a request in pyfuse3 and trio before "
+    "any of our code runs, that is where the time goes beside the listings. What would close it: a "
     "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
-    "which needs the inode passed to readdir); xattr requests would remain, as docs/LAYOUT.md "
-    "promises extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
-    "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
-    "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
-    "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
-    "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
-    "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
-    "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
-    "rclone's daemon answers the same walk with less work per request; cutting the mount's "
-    "Python work per request and per entry is work still to do.",
+    "which needs the inode passed to readdir).",
+    "5c": WARM_WALK_NOTE,
+    "5f": WARM_WALK_NOTE,
+    "5g": WARM_WALK_NOTE,
+    "5h": WARM_WALK_NOTE,
     "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
     "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
     "window grew or moved ahead of the walk.",
