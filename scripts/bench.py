@@ -85,6 +85,8 @@ UPLOAD_SESSION = "B0001_MR1"
 # A walk of some subjects (5d, 5e): the first ones of the project, in order.
 WALKED_SUBJECTS = [f"B{number:04d}" for number in range(1, 11)]
 WALK_AHEAD_LIMIT = 10
+# A smaller tree for the warm walks, to see their cost per entry at two sizes.
+SMALL_TREE_SUBJECTS = [f"B{number:04d}" for number in range(1, 21)]
 
 # rclone mount configurations: backend-cache mode.
 RCLONE_CONFIGS = ("http-full", "http-off", "webdav-full", "webdav-off")
@@ -1046,6 +1048,7 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
             cold = timed(lambda root=root: walk_listing(root))
             log = bench.server.requests()
             warm = timed(lambda root=root: run_quietly(["find", str(root)]))
+            warm_walks = timed_warm_walks(root)
             if not local_tree.exists():
                 entries = replicate_tree(root, local_tree / PROJECT)
                 logger.info("local copy of the tree: %d entries", entries)
@@ -1058,23 +1061,42 @@ def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
         rows["5c"].ours.append(warm)
         run_quietly(["find", str(local_tree / PROJECT)])
         rows["5c"].theirs.append(timed(lambda: run_quietly(["find", str(local_tree / PROJECT)])))
+        for key, seconds in zip(WARM_WALK_ROWS, warm_walks):
+            rows[key].ours.append(seconds)
+        for key, seconds in zip(WARM_WALK_ROWS, timed_warm_walks(local_tree / PROJECT)):
+            rows[key].theirs.append(seconds)
     if bench.rclone_configs:
-        bench.as_peer(rows, {"5c"}, lambda: peer_warm_find(bench, rows))
+        bench.as_peer(rows, {"5c", *WARM_WALK_ROWS}, lambda: peer_warm_walks(bench, rows))
 
 
-def peer_warm_find(bench: Bench, rows: dict[str, Row]) -> None:
-    """Row 5c through rclone: its caches filled once by a walk without the added latency (it takes
-    minutes), then one timed warm find per run."""
+# Rows of timed_warm_walks, in its order.
+WARM_WALK_ROWS = ("5f", "5g", "5h")
+
+
+def timed_warm_walks(root: Path) -> list[float]:
+    """A warm ``ls -lR`` of the project, then ``find`` and ``ls -lR`` of its first subjects (rows 5f-5h)."""
+    small = [str(root / subject) for subject in SMALL_TREE_SUBJECTS]
+    return [
+        timed(lambda: run_quietly(["ls", "-lR", str(root)])),
+        timed(lambda: run_quietly(["find", *small])),
+        timed(lambda: run_quietly(["ls", "-lR", *small])),
+    ]
+
+
+def peer_warm_walks(bench: Bench, rows: dict[str, Row]) -> None:
+    """Rows 5c and 5f-5h through rclone: its caches filled once by a walk without the added latency
+    (it takes minutes), then the timed warm walks of each run."""
     config = (
         RCLONE_WARM_WALK_PREFERRED if RCLONE_WARM_WALK_PREFERRED in bench.rclone_configs else bench.rclone_configs[0]
     )
     with bench.fresh_rclone(config, "listing") as peer:
+        root = peer.path / PROJECT
         with bench.static.no_latency():
-            run_quietly(["find", str(peer.path / PROJECT)])
+            walk_listing(root)
         for _run in range(bench.runs):
-            rows["5c"].peer.setdefault(config, []).append(
-                timed(lambda: run_quietly(["find", str(peer.path / PROJECT)]))
-            )
+            rows["5c"].peer.setdefault(config, []).append(timed(lambda: run_quietly(["find", str(root)])))
+            for key, seconds in zip(WARM_WALK_ROWS, timed_warm_walks(root)):
+                rows[key].peer.setdefault(config, []).append(seconds)
 
 
 def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
@@ -1498,6 +1520,9 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
         ),
         Row("5b", f"cold find + ls -lR of {PROJECT}", "mount", f"{PARALLEL_LISTINGS} parallel GETs", "s", at_most(1.5)),
         Row("5c", f"warm find of {PROJECT}", "mount", "same tree on local disk", "s", at_most(3.0)),
+        Row("5f", f"warm ls -lR of {PROJECT}", "mount", "same tree on local disk", "s"),
+        Row("5g", f"warm find of {len(SMALL_TREE_SUBJECTS)} subjects", "mount", "same tree on local disk", "s"),
+        Row("5h", f"warm ls -lR of {len(SMALL_TREE_SUBJECTS)} subjects", "mount", "same tree on local disk", "s"),
         Row(
             "5d",
             f"session file listings for a cold find of {len(WALKED_SUBJECTS)} subjects",
@@ -1605,6 +1630,9 @@ ROW_GROUP = {
     "5c": 5,
     "5d": 5,
     "5e": 5,
+    "5f": 5,
+    "5g": 5,
+    "5h": 5,
     "6": 6,
     "7a": 7,
     "7b": 7,
@@ -1625,7 +1653,7 @@ ROW_GROUP = {
 }
 GROUPS = sorted(set(ROW_GROUP.values()))
 # Rows rclone also runs; 5b is left out (see RCLONE_SKIPPED).
-PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "4e", "5c", "5e", "8a"}
+PEER_ROWS = {"1a", "2a", "2b", "3", "4a", "4e", "5c", "5e", "5f", "5g", "5h", "8a"}
 RCLONE_SKIPPED = {
     "5b": "rclone lists each folder with a request of its own as the walk reaches it, one after the other: "
     "about 16 000 folders × 20 ms, over 5 minutes a run and configuration; row 5e compares a cold "
@@ -1637,6 +1665,22 @@ RCLONE_SKIPPED = {
     "file): about two minutes a run for 4 800 files",
     "10a": "as 9a: each reader fetches its 208 files one request after the other (row 1a)",
 }
+
+# Rows 5c and 5f-5h: warm walks, at 16 000 folders and at 20 subjects.
+WARM_WALK_NOTE = (
+    "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
+    "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each folder costs an opendir, two "
+    "or more readdirs (a readdirplus answer holds about 25 entries) and a releasedir round trip to "
+    "the daemon, where the local walk reads cached directories in the kernel and rclone's Go daemon "
+    "answers the same requests. `ls -lR` costs no more requests than `find`: the mount answers "
+    "ENOTSUP for SELinux labels and ACLs, and ls stops asking (docs/LAYOUT.md). The mount's own "
+    "Python work is small now: about 7 µs for opendir + releasedir of a warm folder (its entries "
+    "are kept until a listing changes or expires, docs/RELIABILITY.md 37) and under 1 µs an entry; "
+    "`scripts/profile_ops.py --profile` shows the rest of each request in pyfuse3's loop and trio "
+    "(a lock, an epoll wait and two scheduler passes per request, about 25 µs). What would close "
+    "it: a pyfuse3 that exposes libfuse's cache_readdir and passes the inode to readdir, so the "
+    "kernel serves warm listings itself, or a leaner request loop than pyfuse3 3.5's."
+)
 
 # Why a goal is missed and what would close it; shown only for missed rows. Written from
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
@@ -1668,7 +1712,8 @@ MISSED_NOTES: dict[str, str] = {
     "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
     "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
     "and dcm2niix opens each of the 208 files four times (strace: 841 opens, 2 100 stats). "
-    "pyfuse3 3.5 cannot mark a file "
+    "The mount's own work for the three is about 9 µs (a cached file is lent from memory without a "
+    "worker thread; a flush and release of a file read pay no request bound). pyfuse3 3.5 cannot mark a file "
     "FOPEN_NOFLUSH, nor let the kernel skip open and release (FUSE's no-open mode needs the inode "
     "in read and readdir, which pyfuse3 does not pass on); either would remove most of the rest.",
     "3": "The same cause as 2b in its purest form: reading 27 MB from the page cache takes about 10 ms "
@@ -1702,22 +1747,17 @@ MISSED_NOTES: dict[str, str] = {
     "streams hide its latency and bandwidth per connection, which is what they are for.",
     "5b": "The reference only fetches the listings, 16 at a time. The mount's cold `find` fetches the "
     "same listings (one file list per session once the walk is noticed, three project-wide "
-    "searches for everything else), but `find` and `ls -lR` also make about 250 000 FUSE requests: "
-    "an opendir, two readdirs and a releasedir for each of the 16 000 folders, and for each of the "
-    "133 000 entries of `ls -lR` a getxattr for security.selinux and for ACLs, which the kernel "
-    "never caches. At about 25 µs a request in pyfuse3 before any of our code runs, that is "
-    "where the time goes (a warm `ls -lR` alone takes about 20 s). What would close it: a "
+    "searches for everything else), but `find` and `ls -lR` also make about 130 000 FUSE requests: "
+    "an opendir, two or more readdirs and a releasedir for each of the 16 000 folders, twice. "
+    "(`ls -l` also asks each entry for its SELinux label and ACL; the mount answers ENOTSUP, after "
+    "which ls asks no more, docs/LAYOUT.md.) At about 25 µs a request in pyfuse3 and trio before "
+    "any of our code runs, that is where the time goes beside the listings. What would close it: a "
     "pyfuse3 that lets the kernel cache directory listings (FOPEN_CACHE_DIR, and no-opendir mode, "
-    "which needs the inode passed to readdir); xattr requests would remain, as docs/LAYOUT.md "
-    "promises extended attributes (answering ENOSYS would stop the kernel asking, and lose them).",
-    "5c": "Warm, the kernel keeps entries and attributes (TTL 600 s) but not directory listings: "
-    "pyfuse3 3.5 gives opendir no way to set FOPEN_CACHE_DIR, so each of the roughly 16 000 "
-    "folders costs an opendir, two readdirs and a releasedir round trip to the daemon "
-    "(`scripts/profile_ops.py` measures about 4 400 such cycles a second), where the local find "
-    "reads cached directories in the kernel. What would close it: a pyfuse3 that exposes libfuse's "
-    "cache_readdir and passes the inode to readdir, so the kernel serves warm listings itself. "
-    "rclone's daemon answers the same walk with less work per request; cutting the mount's "
-    "Python work per request and per entry is work still to do.",
+    "which needs the inode passed to readdir).",
+    "5c": WARM_WALK_NOTE,
+    "5f": WARM_WALK_NOTE,
+    "5g": WARM_WALK_NOTE,
+    "5h": WARM_WALK_NOTE,
     "9a": "Per file, after the zip has landed in the cache, each of the 4 800 files costs a lookup, open, "
     "reads, flush and release through FUSE, where unzip writes a file on local disk; py-spy shows the "
     "daemon mostly waiting, the time going to round trips between the kernel, the event loop and worker "

@@ -15,7 +15,7 @@ from xnatfs.errors import (
     XnatServerError,
     XnatUnsupported,
 )
-from xnatfs.fs.errno import errno_for, fuse_handler
+from xnatfs.fs.errno import errno_for, fuse_handler, never_waits
 
 
 @pytest.mark.parametrize(
@@ -44,10 +44,11 @@ async def _raises(exc):
     raise exc
 
 
-def test_handlers_turn_every_exception_into_a_fuse_error(caplog):
+@pytest.mark.parametrize("wrapper", [fuse_handler, never_waits])
+def test_handlers_turn_every_exception_into_a_fuse_error(caplog, wrapper):
     import trio
 
-    guarded = fuse_handler(_raises)
+    guarded = wrapper(_raises)
     for exc, code in (
         (XnatServerError("down", url="http://x/data/a", status=500), errno.EIO),
         (RuntimeError("bug"), errno.EIO),

@@ -6,6 +6,8 @@ import dataclasses
 import errno
 import hashlib
 import os
+import shutil
+import subprocess
 
 import pytest
 import trio
@@ -185,11 +187,43 @@ def test_warm_requests_answer_as_before(fake_xnat, tmp_path):
             assert digest == hashlib.md5(first[path.name]).hexdigest().encode()
             assert os.getxattr(path, "user.xnat.digest") == digest
             assert "user.xnat.uri" in os.listxattr(path)
-            for foreign in ("security.selinux", "system.posix_acl_access", "trusted.x", "user.other"):
+            for foreign, code in (
+                ("security.selinux", errno.ENOTSUP),
+                ("system.posix_acl_access", errno.ENOTSUP),
+                ("trusted.x", errno.ENOTSUP),
+                ("user.other", errno.ENODATA),
+            ):
                 with pytest.raises(OSError) as caught:
                     os.getxattr(path, foreign)
-                assert caught.value.errno == errno.ENODATA
+                assert caught.value.errno == code, foreign
         stats = {p.name: p.stat() for p in dicom.iterdir()}
         assert {name: s.st_size for name, s in stats.items()} == {name: len(b) for name, b in first.items()}
         assert len({s.st_ino for s in stats.values()}) == len(stats)
         assert dicom.stat().st_nlink == 2
+
+
+@pytest.mark.mount
+@pytest.mark.skipif(not (shutil.which("strace") and shutil.which("getfattr")), reason="needs strace and getfattr")
+def test_ls_asks_for_labels_and_acls_once_and_tools_still_copy_user_attributes(fake_xnat, tmp_path):
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        session = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1"
+        trace = tmp_path / "ls.trace"
+        listing = subprocess.run(
+            ["strace", "-f", "-o", str(trace), "-e", "trace=getxattr,lgetxattr", "ls", "-lR", str(session)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        entries = [line for line in listing.stdout.splitlines() if line[:1] in ("-", "d")]
+        assert len(entries) > 20
+        asked = [line for line in trace.read_text().splitlines() if "xattr(" in line]
+        # Once ENOTSUP, coreutils' ls asks that device no more: one label, one ACL for the whole tree.
+        assert 1 <= len(asked) <= 2, asked
+        assert all("EOPNOTSUPP" in line for line in asked), asked
+        one = next(session.rglob("*.dcm"))
+        dump = subprocess.run(["getfattr", "-d", str(one)], capture_output=True, text=True, check=True).stdout
+        assert 'user.xnat.digest="' in dump and 'user.xnat.uri="' in dump
+        copy = tmp_path / "copy"
+        subprocess.run(["cp", "-a", str(one.parent), str(copy)], check=True)
+        assert os.getxattr(copy / one.name, "user.xnat.digest") == os.getxattr(one, "user.xnat.digest")
+        assert (copy / one.name).read_bytes() == one.read_bytes()

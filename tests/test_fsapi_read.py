@@ -137,10 +137,26 @@ def test_extended_attributes(run_fs):
         assert await fs.getxattr(some_file, "user.xnat.digest") == digest
         assert await fs.getxattr(some_file, "user.xnat.format") == b"DICOM"
         assert await errno_of(fs.getxattr(some_file, "user.xnat.nothing")) == pyfuse3.ENOATTR
-        for foreign in ("security.selinux", "system.posix_acl_access", "trusted.x", "user.other"):
-            assert await errno_of(fs.getxattr(some_file, foreign)) == pyfuse3.ENOATTR
+        assert await errno_of(fs.getxattr(some_file, "user.other")) == pyfuse3.ENOATTR
         assert await errno_of(fs.ops.setxattr(await fs.inode(some_file), b"user.x", b"1", None)) == errno.ENOTSUP
         assert await errno_of(fs.ops.removexattr(await fs.inode(some_file), b"user.xnat.id", None)) == errno.ENOTSUP
+
+    run_fs(body)
+
+
+def test_namespaces_other_than_user_are_not_supported(run_fs):
+    # ls -l stops asking a device for SELinux labels and ACLs once it answers ENOTSUP (LAYOUT.md).
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        some_file = f"{folder}/{sorted(await fs.listdir(folder))[0]}"
+        for path in (some_file, folder, SESSION, ""):
+            for name in ("security.selinux", "system.posix_acl_access", "system.posix_acl_default", "trusted.x"):
+                assert await errno_of(fs.getxattr(path, name)) == errno.ENOTSUP, (path, name)
+            assert await errno_of(fs.getxattr(path, "user.other")) == errno.ENODATA
+            assert await errno_of(fs.getxattr(path, "user.xnat.nothing")) == errno.ENODATA
+            if path:
+                assert (await fs.getxattr(path, "user.xnat.uri")).startswith(b"/data/")
+            assert all(name.startswith("user.xnat.") for name in await fs.listxattr(path))
 
     run_fs(body)
 

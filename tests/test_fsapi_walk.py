@@ -6,6 +6,8 @@ import stat
 
 import pytest
 
+from xnatfs.fs.keys import SubjectsKey
+
 PROJECT = "WALK"
 SUBJECTS = 12
 
@@ -119,5 +121,28 @@ def test_attributes_the_searches_lack_are_fetched_when_asked_for(walk_server, ru
         notes = store.find_resource("subject", store.subject_id(PROJECT, "S08"), "NOTES")
         assert await fs.getxattr(f"{PROJECT}/S08/RESOURCES/NOTES", "user.xnat.id") == str(notes["id"]).encode()
         assert "user.xnat.xsi_type" in await fs.listxattr(f"{PROJECT}/S10/S10_MR1/SCANS/1-T1w")
+
+    run_fs(body, server=walk_server)
+
+
+def test_a_warm_walk_looks_up_no_listing_until_one_changes(walk_server, run_fs):
+    async def body(fs):
+        first = await walk(fs, PROJECT)
+        # The first walk's read-ahead may store listings after the folders were looked at.
+        assert await walk(fs, PROJECT) == first
+        listings = fs.ops.tree.listings
+        looked_up = []
+        for name in ("get", "get_until"):
+            original = getattr(listings, name)
+            setattr(listings, name, lambda key, original=original: looked_up.append(key) or original(key))
+        assert await walk(fs, PROJECT) == first
+        assert looked_up == []  # every folder's entries kept since the first walk
+        # A listing stored anew (a change made through the mount does so) is looked at again.
+        fs.ops.tree.forget_listing(SubjectsKey(PROJECT))
+        assert await walk(fs, PROJECT) == first
+        assert SubjectsKey(PROJECT) in looked_up
+        looked_up.clear()
+        assert await walk(fs, PROJECT) == first
+        assert looked_up == []
 
     run_fs(body, server=walk_server)

@@ -17,8 +17,6 @@ from cachetools import TTLCache
 
 T = TypeVar("T")
 
-_MISSING = object()
-
 
 class _Flight:
     """One load under way, and what came of it."""
@@ -37,26 +35,45 @@ class ListingCache:
     Any value can be cached, None included (get() cannot tell a cached None
     from a miss; get_or_load() can). Safe to use from the trio thread and
     from worker threads at once.
+
+    ``generation`` changes whenever a value is stored or dropped, so that
+    what is worked out of cached values can be kept until then, or until
+    one of them expires (:meth:`get_until` tells when).
     """
 
     def __init__(self, ttl: float, maxsize: int = 100_000, *, timer: Callable[[], float] = time.monotonic):
         self.ttl = ttl
-        self._cache: TTLCache[Hashable, Any] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self.now = timer
+        self.generation = 0
+        # Each value is kept with the time it expires.
+        self._cache: TTLCache[Hashable, tuple[Any, float]] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any:
         """The cached value, or None when missing or expired."""
         with self._lock:
+            kept = self._cache.get(key)
+        return None if kept is None else kept[0]
+
+    def get_until(self, key: Hashable) -> tuple[Any, float] | None:
+        """``(cached value, when it expires)``, or None when missing or expired."""
+        with self._lock:
             return self._cache.get(key)
 
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
-            self._cache[key] = value
+            self._store(key, value)
+
+    def _store(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` under ``key`` (the lock is held)."""
+        self._cache[key] = (value, self.now() + self.ttl)
+        self.generation += 1
 
     def invalidate(self, key: Hashable) -> None:
         """Forget ``key``; a load of it already under way will not be kept."""
         with self._lock:
+            self.generation += 1
             self._cache.pop(key, None)
             flight = self._flights.pop(key, None)
             if flight is not None:
@@ -65,6 +82,7 @@ class ListingCache:
     def invalidate_where(self, predicate: Callable[[Hashable], bool]) -> None:
         """Forget every key for which ``predicate(key)`` is true."""
         with self._lock:
+            self.generation += 1
             for key in [k for k in list(self._cache.keys()) if predicate(k)]:
                 self._cache.pop(key, None)
             for key in [k for k in self._flights if predicate(k)]:
@@ -72,6 +90,7 @@ class ListingCache:
 
     def clear(self) -> None:
         with self._lock:
+            self.generation += 1
             self._cache.clear()
             for flight in self._flights.values():
                 flight.stale = True
@@ -90,9 +109,9 @@ class ListingCache:
         """
         while True:
             with self._lock:
-                value = self._cache.get(key, _MISSING)
-                if value is not _MISSING:
-                    return cast(T, value)
+                kept = self._cache.get(key)
+                if kept is not None:
+                    return cast(T, kept[0])
                 flight = self._flights.get(key)
                 leading = flight is None
                 if flight is None:
@@ -121,7 +140,7 @@ class ListingCache:
             flight.value = value
             with self._lock:
                 if not flight.stale:
-                    self._cache[key] = value
+                    self._store(key, value)
             return value
         finally:
             with self._lock:

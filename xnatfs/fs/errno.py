@@ -157,3 +157,21 @@ def fuse_handler(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any
             raise to_fuse_error(exc, method.__name__) from None
 
     return guarded
+
+
+def never_waits(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Like :func:`fuse_handler`, for a handler that never waits on the server (it
+    answers from what is in memory): errors are mapped the same way, and it pays
+    nothing for a request bound it cannot need. A slow path of such a handler that
+    may wait runs through ``self.deadlines.run`` itself."""
+
+    @functools.wraps(method)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise to_fuse_error(exc, method.__name__) from None
+
+    return guarded

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyfuse3
+
 from xnatfs.cache.content import CacheKey
 from xnatfs.fs.local import LocalHandle
 from xnatfs.fs.nodes import Node
 from xnatfs.fs.reading import FileReader
 
-Dots = list[tuple[str, int, Node]]  # "." and ".." as (name, inode, node)
-Entries = list[tuple[str, Node]]
+Dots = list[tuple[bytes, pyfuse3.EntryAttributes]]  # "." and "..", answered as they were at opendir
+Entries = list[tuple[str, bytes, Node]]  # (name, name as the kernel gets it, node), in listing order
 
 
 class OpenHandles:

@@ -143,6 +143,8 @@ class Overlay:
 
     def expire(self) -> list[LocalFile]:
         """Forget uploaded files and deletions older than a TTL; returns files to close."""
+        if not (self.files or self.deleted):
+            return []  # every look at a folder asks: the usual answer costs nothing
         now = time.monotonic()
         gone = [
             local
@@ -194,6 +196,8 @@ class Overlay:
     def local_subfolders(self, node: Node) -> set[str]:
         """Names of the folders right inside ``node`` that exist here (made by
         mkdir, or holding a file of ours), whether or not XNAT lists them too."""
+        if not (self.files or self.folders):
+            return set()
         place = node.file_place
         if place is None:
             return set()

@@ -891,12 +891,18 @@ class FileNode(Node):
 
 @dataclass
 class Listing:
-    """The entries of one directory by safe name; ``aliases`` resolve but are not listed."""
+    """The entries of one directory by safe name; ``aliases`` resolve but are not listed.
+
+    A listing is never changed once built (a changed folder gets a new
+    one), so what is worked out of it is kept with it.
+    """
 
     entries: dict[str, Node]
     aliases: dict[str, Node] = field(default_factory=dict)
     _order: list[str] | None = field(default=None, repr=False)
     _position: dict[str, int] = field(default_factory=dict, repr=False)
+    _subdirs: int | None = field(default=None, repr=False)
+    _named: list[tuple[str, bytes, Node]] | None = field(default=None, repr=False)
 
     def get(self, name: str) -> Node | None:
         node = self.entries.get(name)
@@ -904,7 +910,15 @@ class Listing:
 
     @property
     def subdir_count(self) -> int:
-        return sum(1 for node in self.entries.values() if node.is_dir)
+        if self._subdirs is None:
+            self._subdirs = sum(1 for node in self.entries.values() if node.is_dir)
+        return self._subdirs
+
+    def named(self) -> list[tuple[str, bytes, Node]]:
+        """``(name, name as the kernel gets it, node)`` in listing order, for ``readdir``."""
+        if self._named is None:
+            self._named = [(name, name.encode("utf-8"), node) for name, node in self.entries.items()]
+        return self._named
 
     def position(self, name: str) -> int | None:
         """Where ``name`` is in listing order."""

@@ -41,7 +41,7 @@ from xnatfs.client.models import RemoteFile
 from xnatfs.client.parts import PartPlan, PartTarget
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.deadlines import RequestDeadlines, bounded
-from xnatfs.fs.errno import fuse_handler
+from xnatfs.fs.errno import fuse_handler, never_waits
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
@@ -54,7 +54,7 @@ from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
 from xnatfs.fs.writing import Writer
-from xnatfs.fs.xattrs import PREFIX_BYTES, encoded_xattrs
+from xnatfs.fs.xattrs import NAMESPACE_BYTES, PREFIX_BYTES, encoded_xattrs
 
 if TYPE_CHECKING:
     from xnatfs.fs.bidsview import BidsView
@@ -185,20 +185,25 @@ class XnatOperations(pyfuse3.Operations):
 
     async def _current(self, inode: int, entry: InodeEntry) -> Node:
         """The entry's node as the (possibly reloaded) parent listing has it now."""
+        return (await self._current_among(inode, entry))[0]
+
+    async def _current_among(self, inode: int, entry: InodeEntry) -> tuple[Node, Listing | None]:
+        """:meth:`_current`, and the parent's listing it was found in (None where it has no parent)."""
         if not entry.path or not self.inodes.attached(inode, entry):
             # A file removed or renamed over while open has no name to look up.
-            return entry.node
+            return entry.node, None
         parent = self._parent(entry)
         if parent is None:
-            return entry.node
-        node = await self._lookup(parent.node, entry.path[-1])
+            return entry.node, None
+        siblings = await self._listing(parent.node)
+        node = siblings.get(entry.path[-1])
         if node is None:
             if self.handles.is_open(inode):
                 # Unlinked while open: the open descriptors keep using what they opened.
-                return entry.node
+                return entry.node, None
             raise pyfuse3.FUSEError(errno.ENOENT)
         entry.node = node
-        return node
+        return node, siblings
 
     async def _fresh(self, inode: int, entry: InodeEntry) -> Node:
         """Like :meth:`_current`, with every ancestor reloaded first.
@@ -342,14 +347,18 @@ class XnatOperations(pyfuse3.Operations):
         node = await self._current(inode, entry)
         return self._attributes_of(inode, entry, node)
 
-    @fuse_handler
+    @never_waits
     async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> bytes:
-        # ls asks every entry for security.selinux and ACLs: answered without building anything.
         if not name.startswith(PREFIX_BYTES):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            # ls -l asks every entry for security.selinux and ACLs, and stops asking on
+            # a device that answers "not supported" (ENOSYS instead would make the
+            # kernel stop passing on any getxattr, user.xnat.* included).
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if name.startswith(NAMESPACE_BYTES) else errno.ENOTSUP)
         value = encoded_xattrs(self._entry(inode)).get(name)
         if value is None:
-            value = encoded_xattrs(await self._described(inode)).get(name)
+            # Scans and resources found by a search learn the rest from their own listing.
+            described = await self.deadlines.run(self._described, inode)
+            value = encoded_xattrs(described).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -396,7 +405,7 @@ class XnatOperations(pyfuse3.Operations):
     @fuse_handler
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         entry = self._entry(inode)
-        node = await self._current(inode, entry)
+        node, siblings = await self._current_among(inode, entry)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if isinstance(node, ScanDir):
@@ -404,14 +413,24 @@ class XnatOperations(pyfuse3.Operations):
         elif isinstance(node, ResourceDir):
             self._start_series_early(entry.path, node)
         listing = await self._listing(node)
+        path = entry.path
         if node.reads_ahead and self.nursery is not None:
-            self.tree.walks.read_ahead(self.nursery, listing, await self._following(entry))
-        parent = self._parent(entry) if entry.path else entry
+            # The siblings after this folder are where a walk goes next.
+            following = self.tree.walks.following(path[:-1], path[-1], siblings) if siblings is not None else []
+            self.tree.walks.read_ahead(self.nursery, listing, following)
+        # The kernel adds no "." and ".." of its own; they take no lookup reference.
+        parent_number = self.inodes.number_for(path[:-1])
+        parent = self.inodes.get(parent_number)
         dots = [
-            (".", inode, node),
-            ("..", self.inodes.number_for(entry.path[:-1]), parent.node if parent is not None else node),
+            (b".", self._attributes_of(inode, entry, node)),
+            (
+                b"..",
+                self._attributes_of(parent_number, parent, parent.node)
+                if parent is not None
+                else self.attributes(parent_number, node),
+            ),
         ]
-        return self.handles.open_folder(entry.path, dots, list(listing.entries.items()))
+        return self.handles.open_folder(path, dots, listing.named())
 
     def _start_series_early(self, path: tuple[str, ...], node: ResourceDir) -> None:
         """A scan's resource folder named outside a walk: its series zip starts now, while its
@@ -430,46 +449,34 @@ class XnatOperations(pyfuse3.Operations):
 
         self.series.start_early(nursery, node.resource, files)
 
-    async def _following(self, entry: InodeEntry) -> list[Node]:
-        """The siblings after ``entry`` a walk goes to next (see :meth:`Walks.following`)."""
-        parent = self._parent(entry)
-        if parent is None:
-            return []
-        siblings = await self._listing(parent.node)
-        return self.tree.walks.following(parent.path, entry.path[-1], siblings)
-
-    @fuse_handler
+    @never_waits
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         path, dots, items = self.handles.folder(fh)
-        # The kernel adds no "." and ".." of its own; they take no lookup reference.
+        reply = self.kernel.readdir_reply
         for index in range(start_id, len(dots)):
-            name, inode, node = dots[index]
-            if not self.kernel.readdir_reply(token, name.encode(), self.attributes(inode, node), index + 1):
+            name_bytes, attrs = dots[index]
+            if not reply(token, name_bytes, attrs, index + 1):
                 return
         inodes = self.inodes
         first = len(dots) + 1
         for index in range(max(start_id - len(dots), 0), len(items)):
-            name, node = items[index]
+            name, name_bytes, node = items[index]
             child_path = path + (name,)
             known = inodes.known(child_path)
             if known is None:
                 inode = inodes.number_for(child_path)
-                if not self.kernel.readdir_reply(
-                    token, name.encode("utf-8"), self.attributes(inode, node), first + index
-                ):
+                if not reply(token, name_bytes, self.attributes(inode, node), first + index):
                     break
                 inodes.remember(child_path, node, number=inode)
             else:
                 # Warm: the kernel already holds this entry; one more reference to it.
                 inode, entry = known
-                if not self.kernel.readdir_reply(
-                    token, name.encode("utf-8"), self._attributes_of(inode, entry, node), first + index
-                ):
+                if not reply(token, name_bytes, self._attributes_of(inode, entry, node), first + index):
                     break
                 entry.node = node
                 entry.lookups += 1
 
-    @fuse_handler
+    @never_waits
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.handles.close_folder(fh)
 
@@ -573,11 +580,12 @@ class XnatOperations(pyfuse3.Operations):
             return await trio.to_thread.run_sync(self.writer.read, handle.local, off, size, limiter=self.limiter)
         return await handle.read(off, size, self.limiter)
 
-    @fuse_handler
+    @never_waits
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.close_file(fh)
         if isinstance(handle, LocalHandle):
-            await self.changes.release_local(handle)
+            # A file written here is uploaded at its last close: that waits on the server.
+            await self.deadlines.run(self.changes.release_local, handle)
         elif handle is not None:
             await handle.close(self.limiter, self.hot)
 
@@ -593,9 +601,11 @@ class XnatOperations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         return await self.changes.write(fh, off, buf)
 
-    @fuse_handler
+    @never_waits
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        await self.changes.flush(fh)
+        # Every close flushes; only a file written here has anything to send.
+        if isinstance(self.handles.file(fh), LocalHandle):
+            await self.deadlines.run(self.changes.flush, fh)
 
     @fuse_handler
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:

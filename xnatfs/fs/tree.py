@@ -45,7 +45,7 @@ class Tree:
         limiter: trio.CapacityLimiter,
         *,
         started_at: float,
-        memo_size: int = 4096,
+        memo_size: int = 65_536,
     ):
         self.connection = connection
         self.listings = listings
@@ -54,7 +54,7 @@ class Tree:
         self.root = RootDir(mtime=started_at)
         self.walks = Walks(connection, listings, limiter, self._children_and_companions)
         self.nursery: trio.Nursery | None = None  # where companion listings load; set when serving
-        self._memo: cachetools.LRUCache[Hashable, tuple[Any, Any]] = cachetools.LRUCache(maxsize=memo_size)
+        self._memo: cachetools.LRUCache[Hashable, tuple[Any, ...]] = cachetools.LRUCache(maxsize=memo_size)
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
         self.views: dict[str, Callable[[ProjectDir], Node]] = {}
@@ -119,13 +119,19 @@ class Tree:
         if companions:
             self._load_beside(companions)
         keys, memo_key = node.listed()
-        raws = await self._raws(keys)
         memo = self._memo.get(memo_key)
-        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+        listings = self.listings
+        if memo is not None and memo[2] == listings.generation and listings.now() < memo[3]:
+            # Warm: nothing was stored or dropped since, and none of its listings expired.
             remembered: Listing = memo[1]
             return remembered
-        listing = node.entries(self, await node.derived(raws))
-        self._memo[memo_key] = (raws, listing)
+        raws = await self._raws(keys)
+        listing: Listing
+        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+            listing = memo[1]
+        else:
+            listing = node.entries(self, await node.derived(raws))
+        self._memo[memo_key] = (raws, listing, listings.generation, self._valid_until(keys, raws))
         return listing
 
     async def _children_and_companions(self, node: DirNode) -> Listing:
@@ -147,6 +153,18 @@ class Tree:
             await self.raw(key)
         except Exception as exc:  # whoever needs it next asks again and hears the error
             logger.debug("loading %s beside its folder failed: %s", key, exc)
+
+    def _valid_until(self, keys: Sequence[ListingKey], raws: tuple[object, ...]) -> float:
+        """When the first of ``raws`` expires, if each is what is cached now; else a time already past."""
+        until = float("inf")
+        for key, raw in zip(keys, raws):
+            kept = self.listings.get_until(key)
+            if kept is None:
+                kept = self.walks.searched(key)
+            if kept is None or kept[0] is not raw:
+                return float("-inf")
+            until = min(until, kept[1])
+        return until
 
     async def lookup(self, node: DirNode, name: str) -> Node | None:
         return (await self.children(node)).get(name)
@@ -197,7 +215,8 @@ class Tree:
         if memo is None or memo[0] is not experiments:
             memo = (experiments, _group_by_subject(experiments))
             self._memo[memo_key] = memo
-        return memo[1]
+        grouped: dict[str, list[Experiment]] = memo[1]
+        return grouped
 
     def file_tree(self, resource_uri: str, files: Sequence[RemoteFile], *, grouped: bool) -> FileTree:
         """The resource's files as nested dicts of safe names, memoised per raw listing.
@@ -219,7 +238,8 @@ class Tree:
                 trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
             memo = (files, trees)
             self._memo[memo_key] = memo
-        return memo[1].get(resource_uri if grouped else None, {})
+        trees_by_resource: dict[str | None, FileTree] = memo[1]
+        return trees_by_resource.get(resource_uri if grouped else None, {})
 
     def _file_reporter(self, resource_uri: str) -> Callable[[str, str], None]:
         return lambda raw, shown: self.renamed(f"files of {resource_uri}", raw, shown)

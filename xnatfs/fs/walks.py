@@ -94,6 +94,10 @@ class Walks:
 
     async def from_search(self, key: ListingKey) -> object | None:
         """``key``'s listing from its project's search, if a walk loaded one since ``key`` last changed."""
+        # A warm walk finds the answer cached: no await, no bound to pay for.
+        searched = self.searched(key)
+        if searched is not None:
+            return searched[0]
         project = self._search_project.get(key)
         if project is None or project not in self._walked:
             return None
@@ -101,9 +105,25 @@ class Walks:
         if search is None:
             return None
         answer = await self._search(search)
-        if answer is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+        return None if answer is None else self._taken(key, answer)
+
+    def searched(self, key: ListingKey) -> tuple[object, float] | None:
+        """``(key's listing, when it expires)`` from its project's search if that is cached now; else None."""
+        project = self._search_project.get(key)
+        if project is None or project not in self._walked:
             return None
-        assert answer.found is not None  # _search returns only answers that found something
+        search = key.search(project)
+        kept = self.listings.get_until(search) if search is not None else None
+        if kept is None:
+            return None
+        answer, until = kept
+        found = self._taken(key, answer)
+        return None if found is None else (found, until)
+
+    def _taken(self, key: ListingKey, answer: SearchAnswer) -> object | None:
+        """``key``'s listing out of ``answer``, unless the search failed or ``key`` changed since it was asked."""
+        if answer.found is None or self._forgotten.get(key, float("-inf")) >= answer.started:
+            return None
         return key.from_search(answer.found, self._from_answers)
 
     async def _search(self, key: SearchKey) -> SearchAnswer | None:

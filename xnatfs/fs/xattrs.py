@@ -12,6 +12,9 @@ from xnatfs.fs.nodes import Node
 
 PREFIX = "user.xnat."
 PREFIX_BYTES = PREFIX.encode()
+# The only namespace the mount has attributes in. Names in any other
+# (security.*, system.* ACLs, trusted.*) are unsupported, not merely absent.
+NAMESPACE_BYTES = b"user."
 
 
 def xattrs_for(node: Node) -> dict[str, str]:
