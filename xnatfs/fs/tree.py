@@ -112,12 +112,9 @@ class Tree:
     async def children(self, node: DirNode) -> Listing:
         """The entries of directory ``node``, loading what is missing or expired.
 
-        Its companion listings (:meth:`DirNode.companion_keys`) start loading
-        beside its own, and are not waited for.
+        When they are built, its companion listings (:meth:`DirNode.companion_keys`)
+        start loading beside its own, and are not waited for.
         """
-        companions = node.companion_keys()
-        if companions:
-            self._load_beside(companions)
         keys, memo_key = node.listed()
         memo = self._memo.get(memo_key)
         listings = self.listings
@@ -125,6 +122,9 @@ class Tree:
             # Warm: nothing was stored or dropped since, and none of its listings expired.
             remembered: Listing = memo[1]
             return remembered
+        companions = node.companion_keys()
+        if companions:
+            self._load_beside(companions)
         raws = await self._raws(keys)
         listing: Listing
         if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
