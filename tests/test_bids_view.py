@@ -328,6 +328,17 @@ def test_listing_the_view_down_to_sessions_downloads_nothing(fresh_server, tmp_p
         assert len(fetched) == 2
 
 
+def test_a_walk_of_the_project_converts_nothing(fresh_server, tmp_path):
+    with mounted(fresh_server.url, tmp_path) as mount:
+        fresh_server.reset_counts()
+        walked = [Path(folder) for folder, _dirs, _files in os.walk(mount.path / PROJECT)]
+        assert any(folder.name == "DICOM" for folder in walked)
+        assert not any("BIDS" in folder.parts for folder in walked)
+        assert downloads(fresh_server) == []
+        # Named, the view is there.
+        assert "sub-P01" in os.listdir(mount.path / PROJECT / "BIDS")
+
+
 def test_a_dcm2bids_config_names_the_files(fresh_server, tmp_path):
     config = tmp_path / "dcm2bids_config.json"
     config.write_text(
@@ -427,7 +438,8 @@ def test_no_bids_hides_the_view_and_a_subject_named_bids_keeps_its_tagged_name(f
         assert f"BIDS@{subject_id}" in names
     with mounted(fresh_server.url, tmp_path, name="with-view") as mount:
         names = os.listdir(mount.path / PROJECT)
-        assert "BIDS" in names and f"BIDS@{subject_id}" in names
+        assert (mount.path / PROJECT / "BIDS" / "dataset_description.json").is_file()
+        assert f"BIDS@{subject_id}" in names
         assert os.getxattr(mount.path / PROJECT / f"BIDS@{subject_id}", "user.xnat.label") == b"BIDS"
 
 

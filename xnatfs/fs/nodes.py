@@ -382,8 +382,9 @@ class ProjectDir(DirNode):
                 subject=subject,
             )
         found[names.RESOURCES] = ResourcesDir(mtime=context.started_at, owner_uri=self.uri)
-        found.update(context.project_views(self))
-        return Listing(found)
+        # Views are opened by name, never listed: a walk of the project (find, ls -R, a
+        # file manager) would otherwise convert every session of it.
+        return Listing(found, aliases=context.project_views(self))
 
     def xattr_values(self) -> dict[str, str]:
         project = self.project
