@@ -167,6 +167,7 @@ class Node:
     volatile = False  # its attributes change under the same snapshot: never reused
     reads_ahead = False  # opening it during a walk loads what the walk wants next
     loaded_ahead = False  # loaded ahead when the folder holding it is opened during a walk
+    holds_series = False  # its folders are series: listing it is how walks and browsers reach them
 
     def xattr_values(self) -> dict[str, str]:
         """``user.xnat.*`` names (without the prefix) → values; empty values mean "none"."""
@@ -193,6 +194,11 @@ class Node:
     @property
     def series_key(self) -> ListingKey | None:
         """The session-wide file listing a scan resource's files come from, if they do."""
+        return None
+
+    @property
+    def series(self) -> Resource | None:
+        """The scan resource this folder shows, whose series zip may start when it is named."""
         return None
 
     @property
@@ -603,6 +609,8 @@ class ScanDir(DirNode):
     experiment: ExperimentDir
     scan: Scan
 
+    holds_series = True
+
     @property
     def uri(self) -> str:
         return self.scan.uri or paths.scan(self.experiment.experiment.id, self.scan.id)
@@ -745,6 +753,10 @@ class ResourceDir(InResource, DirNode):
     @property
     def series_key(self) -> ListingKey | None:
         return ExperimentFilesKey(self.experiment_id) if self.experiment_id else None
+
+    @property
+    def series(self) -> Resource | None:
+        return self.resource if self.experiment_id and paths.is_scan_resource(self.resource.uri) else None
 
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (files_listing_key(self),)

@@ -36,7 +36,6 @@ import trio
 from xnatfs.cache.content import CachedFile, CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.cache.uploader import Uploader, UploadRetries
-from xnatfs.client import paths
 from xnatfs.client.models import RemoteFile
 from xnatfs.client.parts import PartPlan, PartTarget
 from xnatfs.fs.control import REFRESH_NAME, refresh
@@ -47,7 +46,7 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
-from xnatfs.fs.nodes import DirNode, Listing, Node, ResourceDir, ScanDir
+from xnatfs.fs.nodes import DirNode, Listing, Node
 from xnatfs.fs.readahead import raise_read_ahead
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
@@ -318,7 +317,7 @@ class XnatOperations(pyfuse3.Operations):
             if found is None:
                 return self._negative()
             path, node = parent.path + (text,), found
-            if isinstance(found, ResourceDir):
+            if found.series is not None:
                 self._start_series_early(path, found)
         inode = self.inodes.remember(path, node)
         return self._attributes_of(inode, self._entry(inode), node)
@@ -408,9 +407,9 @@ class XnatOperations(pyfuse3.Operations):
         node, siblings = await self._current_among(inode, entry)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if isinstance(node, ScanDir):
+        if node.holds_series:
             self.tree.walks.note_listed(entry.path)
-        elif isinstance(node, ResourceDir):
+        elif node.series is not None:
             self._start_series_early(entry.path, node)
         listing = await self._listing(node)
         path = entry.path
@@ -432,22 +431,19 @@ class XnatOperations(pyfuse3.Operations):
         ]
         return self.handles.open_folder(path, dots, listing.named())
 
-    def _start_series_early(self, path: tuple[str, ...], node: ResourceDir) -> None:
+    def _start_series_early(self, path: tuple[str, ...], node: Node) -> None:
         """A scan's resource folder named outside a walk: its series zip starts now, while its
         file listing may still be on its way (bounded: see :meth:`SeriesFetcher.start_early`)."""
-        nursery = self.nursery
-        series_key = node.series_key
-        resource_uri = node.resource.uri
-        if nursery is None or series_key is None or not paths.is_scan_resource(resource_uri):
+        nursery, series_key, resource = self.nursery, node.series_key, node.series
+        if nursery is None or series_key is None or resource is None or self.tree.walks.listed(path[:-1]):
             return
-        if self.tree.walks.listed(path[:-1]):
-            return
+        resource_uri = resource.uri
 
         async def files() -> list[RemoteFile]:
             listing = cast(list[RemoteFile], await self.tree.raw(series_key))
             return [f for f in listing if f.resource_uri == resource_uri]
 
-        self.series.start_early(nursery, node.resource, files)
+        self.series.start_early(nursery, resource, files)
 
     @never_waits
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
