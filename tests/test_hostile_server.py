@@ -129,8 +129,9 @@ def test_hostile_subject_and_experiment_labels_are_made_safe(fake_xnat, tmp_path
     with mounted(fake_xnat.url, tmp_path) as mount:
         project = mount.path / "STUDY02"
         names = assert_safe_names(project)
-        # Every subject has an entry (SUB101, the shared SUB001, the hostile ones) plus RESOURCES and BIDS.
-        assert len(names) == 2 + len(subjects) + 2
+        # Every subject has an entry (SUB101, the shared SUB001, the hostile ones) plus RESOURCES
+        # (BIDS is opened by name, not listed).
+        assert len(names) == 2 + len(subjects) + 1
         for name in names:
             assert_safe_names(project / name)
         with_session = [n for n in names if os.listdir(project / n) != ["RESOURCES"] and n not in ("RESOURCES", "BIDS")]
