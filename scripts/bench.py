@@ -938,29 +938,26 @@ def bench_big_file(bench: Bench, rows: dict[str, Row]) -> None:
 def cold_big_read(bench: Bench) -> tuple[float, int, float | None]:
     """One cold read of the 1 GiB file through a fresh mount: seconds, bytes, daemon peak RSS."""
     with bench.fresh_mount("big-file") as mount:
-        path = mount.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-        read = 0
-
-        def cold_read() -> None:
-            nonlocal read
-            read = read_files([path])
-
-        seconds = timed(cold_read)
-        size = check_bytes(read, [path])
+        seconds, size = timed_big_read(mount.path)
         return seconds, size, mount.peak_rss_mb()
+
+
+def timed_big_read(root: Path) -> tuple[float, int]:
+    """Seconds and bytes of one read of the 1 GiB file under ``root`` (a mount of either kind)."""
+    path = root / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
+    read = 0
+
+    def cold_read() -> None:
+        nonlocal read
+        read = read_files([path])
+
+    seconds = timed(cold_read)
+    return seconds, check_bytes(read, [path])
 
 
 def peer_big_file(bench: Bench, rows: dict[str, Row], config: str) -> None:
     with bench.fresh_rclone(config, "big-file") as peer:
-        path = peer.path / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-        read = 0
-
-        def cold_read() -> None:
-            nonlocal read
-            read = read_files([path])
-
-        seconds = timed(cold_read)
-        size = check_bytes(read, [path])
+        seconds, size = timed_big_read(peer.path)
     # rclone's static server honours Range: the same run stands beside both rows.
     rows["4a"].peer.setdefault(config, []).append(size / seconds / 1e6)
     rows["4e"].peer.setdefault(config, []).append(size / seconds / 1e6)

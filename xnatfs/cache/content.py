@@ -412,7 +412,20 @@ def _run_end(spans: list[_Span], offset: int) -> int:
     return end
 
 
-class _PartWriter:
+class _WriteOnly:
+    """All a download uses of a file object besides ``write`` and ``tell``."""
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
+class _PartWriter(_WriteOnly):
     """The file object one stream writes into, from its span's start on."""
 
     def __init__(self, entry: _EntryWriter, span: _Span):
@@ -425,17 +438,8 @@ class _PartWriter:
     def tell(self) -> int:
         return self._span.frontier - self._span.start
 
-    def writable(self) -> bool:
-        return True
 
-    def seekable(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        pass
-
-
-class _EntryWriter:
+class _EntryWriter(_WriteOnly):
     """What a download writes into: streams to the temp file, hashes on the
     way, refuses more bytes than the key says, and tells readers how far it got.
 
@@ -483,15 +487,6 @@ class _EntryWriter:
 
     def tell(self) -> int:
         return 0 if self._sequential is None else self._sequential.tell()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        pass
 
     def write_at(self, span: _Span, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
