@@ -89,6 +89,17 @@ def test_an_early_zip_nobody_opens_a_file_of_is_abandoned_after_its_wait(fake_xn
         assert not [p for p in (mount.cache_dir / "data").rglob("*") if p.is_file()]
 
 
+def test_naming_many_series_folders_starts_few_early_zips(fake_xnat, tmp_path):
+    args = write_config(tmp_path / "config.toml", series_early_wait=0.5)
+    with mounted(fake_xnat.url, tmp_path, args=args) as mount:
+        fake_xnat.slow_answers[file_listing_prefix(mount)] = 1.0
+        named = [scan_resource(mount, f"{number}-") for number in (1, 2, 3, 4, 5)]
+        for folder in named:
+            folder.stat()  # named, never opened
+        wait_until(lambda: mount.log().count("no file of it was opened") >= 2, "the early zips to be abandoned")
+        assert len(zip_requests(fake_xnat)) == 2
+
+
 def test_a_walk_starts_no_series_zip(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         found = subprocess.run(

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 INSERT_THREADS = 4
 IN_FLIGHT_BYTES = 64 << 20
+# Zips started before a file of them was opened, at most this many at once.
+EARLY_AT_ONCE = 2
 
 
 class SeriesAbandoned(Exception):
@@ -192,10 +194,15 @@ class SeriesFetcher:
 
         ``listing()`` gives the resource's files. At most once per resource
         and mount (until we change it), never while a zip of it runs or ran,
-        and not for a resource its record shows too small or too big for it.
+        not for a resource its record shows too small or too big for it, and
+        not while :data:`EARLY_AT_ONCE` zips nobody has opened a file of run.
         """
         resource_uri = resource.uri
         if not self.early_bytes or resource_uri in self._tried_early:
+            return False
+        if sum(1 for f in self._running.values() if not f.claimed and not f.abandoned) >= EARLY_AT_ONCE:
+            # A script naming many folders must not fill the workers (and the server) with zips
+            # nobody may read; a file opened later is zipped then.
             return False
         if (resource.file_count is not None and resource.file_count < 2) or (
             resource.file_size is not None and resource.file_size > self.early_bytes
