@@ -1780,8 +1780,9 @@ MISSED_NOTES: dict[str, str] = {
     "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
     "datatype folder of a session is listed, fetching and converting the session's other series "
     "ahead in the background (a walk visits them next), or one session zip for all its series.",
-    "6": "Earlier full runs on this machine gave medians from 1.28× to 1.32×; the run of 2026-12-06 "
-    "08:21 gave 1.44×, a rise not traced yet. Each file is written "
+    "6": "Earlier full runs on this machine gave medians from 1.28× to 1.32×, this one 1.44×; run back "
+    "to back on 2026-12-06 (3 runs each), the code before the latest changes gave 1.39× (1.39–1.51) and "
+    "this code 1.43× (1.41–1.50), the same within the spread. Each file is written "
     "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
     "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
     "durable only when an upload fails), and files up to 4 MiB are sent in one write. strace of cp "
