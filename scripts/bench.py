@@ -663,6 +663,17 @@ def read_files(paths: list[Path]) -> int:
     return total
 
 
+def timed_read(paths: Callable[[], list[Path]]) -> tuple[float, int]:
+    """Seconds to read every file ``paths()`` names (finding them included), and the bytes read."""
+    read = 0
+
+    def read_them() -> None:
+        nonlocal read
+        read = read_files(paths())
+
+    return timed(read_them), read
+
+
 def check_bytes(read: int, paths: list[Path]) -> int:
     """A timing means nothing if the mount served fewer or more bytes than the listing promised."""
     expected = sum(os.stat(path).st_size for path in paths)
@@ -743,13 +754,7 @@ def bench_series(bench: Bench, rows: dict[str, Row], wanted: set[int]) -> None:
     for run in range(1, bench.runs + 1):
         logger.info("series, run %d/%d", run, bench.runs)
         with bench.fresh_mount("series") as mount:
-            read = 0
-
-            def cold_read() -> None:
-                nonlocal read
-                read = read_files(series_files(series_folder(mount)))
-
-            cold = timed(cold_read)
+            cold, read = timed_read(lambda: series_files(series_folder(mount)))
             folder = series_folder(mount)
             files = series_files(folder)
             check_bytes(read, files)
@@ -796,13 +801,7 @@ def peer_series(bench: Bench, rows: dict[str, Row], wanted: set[int], config: st
     """Rows 1a, 2a, 2b and 3 through rclone mount in one configuration."""
     niix = bench.work / "niix"
     with bench.fresh_rclone(config, "series") as peer:
-        read = 0
-
-        def cold_read() -> None:
-            nonlocal read
-            read = read_files(series_files(series_folder(peer)))
-
-        cold = timed(cold_read)
+        cold, read = timed_read(lambda: series_files(series_folder(peer)))
         folder = series_folder(peer)
         files = series_files(folder)
         if len(files) != file_count:
@@ -867,13 +866,8 @@ def bench_bids(bench: Bench, rows: dict[str, Row]) -> None:
         logger.info("BIDS view, run %d/%d", run, bench.runs)
         with bench.fresh_mount("bids") as mount:
             session = mount.path / BIDS_PROJECT / "BIDS" / f"sub-{BIDS_SUBJECT}" / "ses-MR1"
-            read = 0
-
-            def cold() -> None:
-                nonlocal read
-                read = read_files(all_files(session))
-
-            rows["7a"].ours.append(timed(cold))
+            seconds, read = timed_read(lambda: all_files(session))
+            rows["7a"].ours.append(seconds)
             files = all_files(session)
             check_bytes(read, files)
             rows["7b"].ours.append(timed(lambda: read_files(all_files(session))))
@@ -945,13 +939,7 @@ def cold_big_read(bench: Bench) -> tuple[float, int, float | None]:
 def timed_big_read(root: Path) -> tuple[float, int]:
     """Seconds and bytes of one read of the 1 GiB file under ``root`` (a mount of either kind)."""
     path = root / PROJECT / HIRES_SUBJECT / HIRES_SESSION / "RESOURCES" / BIG_RESOURCE / BIG_FILE
-    read = 0
-
-    def cold_read() -> None:
-        nonlocal read
-        read = read_files([path])
-
-    seconds = timed(cold_read)
+    seconds, read = timed_read(lambda: [path])
     return seconds, check_bytes(read, [path])
 
 
@@ -1302,13 +1290,9 @@ def bench_big_series(bench: Bench, rows: dict[str, Row]) -> None:
     for run in range(1, bench.runs + 1):
         logger.info("4 800-file series, run %d/%d", run, bench.runs)
         with bench.fresh_mount("dti-series") as mount:
-            read = 0
-
-            def cold_read(mount: Mount = mount) -> None:
-                nonlocal read
-                read = read_files(series_files(scale_series_folder(mount.path, DTI_SUBJECT, DTI_SESSION)))
-
-            seconds = timed(cold_read)
+            seconds, read = timed_read(
+                lambda mount=mount: series_files(scale_series_folder(mount.path, DTI_SUBJECT, DTI_SESSION))
+            )
             files = series_files(scale_series_folder(mount.path, DTI_SUBJECT, DTI_SESSION))
             size = check_bytes(read, files)
             rss = mount.peak_rss_mb()
