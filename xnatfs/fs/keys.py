@@ -105,8 +105,8 @@ class ExperimentsKey(PerProjectKey):
         return client.list_experiments(self.project)
 
 
-class ExperimentContentsKey(ListingKey):
-    """A session's structure: its scans, their resources, its own resources."""
+class PerExperimentKey(ListingKey):
+    """A listing of one session, held as ``(kind, experiment ID)``."""
 
     __slots__ = ()
 
@@ -117,6 +117,12 @@ class ExperimentContentsKey(ListingKey):
     def experiment_id(self) -> str:
         experiment_id: str = self[1]
         return experiment_id
+
+
+class ExperimentContentsKey(PerExperimentKey):
+    """A session's structure: its scans, their resources, its own resources."""
+
+    __slots__ = ()
 
     def load(self, client: ArchiveClient) -> object:
         return client.get_experiment_contents(self.experiment_id)
@@ -128,18 +134,10 @@ class ExperimentContentsKey(ListingKey):
         return found.get(self.experiment_id)
 
 
-class ExperimentFilesKey(ListingKey):
+class ExperimentFilesKey(PerExperimentKey):
     """Every file of a session and of its scans, in one listing."""
 
     __slots__ = ()
-
-    def __new__(cls, experiment_id: str) -> Self:
-        return tuple.__new__(cls, (cls, experiment_id))
-
-    @property
-    def experiment_id(self) -> str:
-        experiment_id: str = self[1]
-        return experiment_id
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_files(paths.experiment(self.experiment_id), all_levels=True)
