@@ -63,6 +63,8 @@ def test_emptying_a_file_xnat_holds_is_refused_and_keeps_it(fake_xnat, tmp_path,
             path.write_bytes(b"kept\n")
         shell(f": > '{path}'")
         shows_for(path, b"kept\n", 0)
+        # The shell closes the file twice (its descriptor, then the one it was copied to): one log line.
+        assert mount.log().count("XNAT cannot hold an empty file") == 1
         with pytest.raises(OSError) as refused:
             open(path, "wb").close()
         assert refused.value.errno == errno.ENOTSUP

@@ -49,7 +49,7 @@ from xnatfs.client.models import RemoteFile
 from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
-from xnatfs.fs.errno import refused
+from xnatfs.fs.errno import errno_for, refused
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey
@@ -316,10 +316,14 @@ class Mutations:
         ``final`` unless the file stays open (see :meth:`Writer.upload`)."""
         try:
             sent = await self.call(self.writer.upload, local, final=final)
-        except XnatUnsupported:
+        except XnatUnsupported as exc:
             # Nothing was staged (XNAT cannot hold the result): show the server's file again.
             self.overlay.drop_file(local)
             self.tree.forget_listing(self.tree.files_listing_key(local.target.resource_uri))
+            if local.error == str(exc):
+                # Each close of a copied descriptor hears it; the log says it once.
+                raise pyfuse3.FUSEError(errno_for(exc)) from None
+            local.error = str(exc)
             raise
         except XnatError as exc:
             if local.state == "refused":
