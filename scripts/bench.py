@@ -694,16 +694,16 @@ def dcm2niix(source: Path, out: Path) -> None:
         raise RuntimeError(f"dcm2niix wrote no NIfTI from {source}")
 
 
+def server_json(bench: Bench, path: str) -> dict:
+    """The fake XNAT's JSON answer for ``path``, asked for directly (not through a mount)."""
+    answer = requests.get(f"{bench.url}{path}", params={"format": "json"}, auth=bench.auth(), timeout=60)
+    answer.raise_for_status()
+    return answer.json()
+
+
 def experiment_id(bench: Bench, subject: str, session: str, project: str = PROJECT) -> str:
-    with requests.Session() as http:
-        answer = http.get(
-            f"{bench.url}/data/projects/{project}/subjects/{subject}/experiments/{session}",
-            params={"format": "json"},
-            auth=bench.auth(),
-            timeout=60,
-        )
-        answer.raise_for_status()
-        return answer.json()["items"][0]["data_fields"]["ID"]
+    answer = server_json(bench, f"/data/projects/{project}/subjects/{subject}/experiments/{session}")
+    return answer["items"][0]["data_fields"]["ID"]
 
 
 # ---- 1–3: a 208-file DICOM series -------------------------------------------
@@ -1017,12 +1017,7 @@ def request_kind(method: str, target: str) -> str:
 
 
 def bench_listing(bench: Bench, rows: dict[str, Row]) -> None:
-    with requests.Session() as http:
-        answer = http.get(
-            f"{bench.url}/data/projects/{PROJECT}/experiments", params={"format": "json"}, auth=bench.auth(), timeout=60
-        )
-        answer.raise_for_status()
-        sessions = len(answer.json()["ResultSet"]["Result"])
+    sessions = len(server_json(bench, f"/data/projects/{PROJECT}/experiments")["ResultSet"]["Result"])
     limit = sessions + 20
     local_tree = bench.work / "local-tree"
     for run in range(1, bench.runs + 1):
@@ -1095,17 +1090,10 @@ def session_file_listings(log: list[tuple[str, str, int]]) -> list[str]:
 
 def bench_walk(bench: Bench, rows: dict[str, Row]) -> None:
     """A cold ``find`` of some subjects: what it costs, and what the mount loads ahead of it."""
-    sessions = 0
-    with requests.Session() as http:
-        for subject in WALKED_SUBJECTS:
-            answer = http.get(
-                f"{bench.url}/data/projects/{PROJECT}/subjects/{subject}/experiments",
-                params={"format": "json"},
-                auth=bench.auth(),
-                timeout=60,
-            )
-            answer.raise_for_status()
-            sessions += len(answer.json()["ResultSet"]["Result"])
+    sessions = sum(
+        len(server_json(bench, f"/data/projects/{PROJECT}/subjects/{subject}/experiments")["ResultSet"]["Result"])
+        for subject in WALKED_SUBJECTS
+    )
     for run in range(1, bench.runs + 1):
         logger.info(
             "cold find of %d subjects (%d sessions), run %d/%d", len(WALKED_SUBJECTS), sessions, run, bench.runs
