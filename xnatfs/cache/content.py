@@ -62,6 +62,7 @@ from xnatfs.cache.files import (
     try_lock_exclusive,
     unlock_named,
 )
+from xnatfs.client.budget import note_progress
 from xnatfs.errors import XnatServerError
 
 logger = logging.getLogger(__name__)
@@ -254,19 +255,25 @@ class _Fill:
         # so a download that fails them is an error to that reader at least.
         end_offset = min(end_offset, self.key.size)
         whole = end_offset >= self.key.size
-        with self.cond:
-            ready = self.cond.wait_for(
-                lambda: self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset), timeout
-            )
-            if self.error is not None:
-                raise self.error
-            if not ready:
-                raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
+        self._wait(lambda: self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset), timeout)
 
     def wait_done(self, timeout: float | None) -> None:
+        self._wait(lambda: self.state == "done", timeout)
+
+    def _wait(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Until ``ready()``; bytes arriving meanwhile count as the waiting caller's progress
+        (its request is not given up while a download another started moves)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
-            if not self.cond.wait_for(lambda: self.state == "done", timeout):
-                raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
+            received = self.received
+            while not ready():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
+                self.cond.wait(left)
+                if self.received != received:
+                    received = self.received
+                    note_progress()
             if self.error is not None:
                 raise self.error
 

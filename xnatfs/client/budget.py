@@ -29,6 +29,11 @@ class Budget:
         """Bytes moved: the wait starts again."""
         self.last_progress = time.monotonic()
 
+    def take_progress_of(self, work: Budget) -> None:
+        """Count the progress of ``work``, which this caller waits for, as its own."""
+        if work.last_progress > self.last_progress:
+            self.last_progress = work.last_progress
+
     def remaining(self) -> float:
         """Seconds left before the work is given up (0 when spent)."""
         return max(0.0, self.seconds - (time.monotonic() - self.last_progress))

@@ -43,7 +43,8 @@ class RequestDeadlines:
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        self._waiting: dict[trio.CancelScope, Budget] = {}
+        # Each wait: its request's budget, and the budget of the work it waits for, if another runs it.
+        self._waiting: dict[trio.CancelScope, tuple[Budget, Budget | None]] = {}
 
     async def run(self, method: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await method(*args, **kwargs)`` as one request under its own budget."""
@@ -60,7 +61,9 @@ class RequestDeadlines:
         interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
         while True:
             await trio.sleep(interval)
-            for scope, budget in list(self._waiting.items()):
+            for scope, (budget, moving) in list(self._waiting.items()):
+                if moving is not None:
+                    budget.take_progress_of(moving)
                 if budget.remaining() <= 0:
                     scope.cancel()
 
@@ -68,20 +71,24 @@ class RequestDeadlines:
 _deadlines: ContextVar[RequestDeadlines | None] = ContextVar("xnatfs_deadlines", default=None)
 
 
-async def bounded(awaitable: Coroutine[Any, Any, T]) -> T:
+async def bounded(awaitable: Coroutine[Any, Any, T], *, moving: Budget | None = None) -> T:
     """``await awaitable``, given up with :class:`XnatTimeout` once the current request's budget is spent.
 
+    ``moving`` is the budget of work another caller runs and this one waits
+    for (a zip, a download): while that work moves, so does this request.
     Outside a request (background work) it is just awaited.
     """
     deadlines = _deadlines.get()
     budget = current_budget()
     if deadlines is None or budget is None:
         return await awaitable
+    if moving is not None:
+        budget.take_progress_of(moving)
     if budget.remaining() <= 0:
         awaitable.close()
         raise _timeout(budget)
     with trio.CancelScope() as scope:
-        deadlines._waiting[scope] = budget
+        deadlines._waiting[scope] = (budget, moving)
         try:
             return await awaitable
         finally:

@@ -510,7 +510,7 @@ class XnatOperations(pyfuse3.Operations):
             # looking on disk first.
             ready = flight.event_for(remote.uri)
             if ready is not None:
-                await bounded(ready.wait())
+                await bounded(ready.wait(), moving=flight.transfer)
             checked = flight.checked.get(remote.uri)
             if checked is not None:
                 self.cache_hits += 1
@@ -555,7 +555,7 @@ class XnatOperations(pyfuse3.Operations):
             ready = flight.event_for(remote.uri)
             if ready is None:
                 return None
-            await bounded(ready.wait())
+            await bounded(ready.wait(), moving=flight.transfer)
             return await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         entry = self.inodes.get(inode)
         parent = self._parent(entry) if entry is not None and entry.path else None

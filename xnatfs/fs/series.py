@@ -31,6 +31,7 @@ the whole series before (a hint kept in the cache folder) starts none.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ import trio
 
 from xnatfs.cache.content import CachedFile, CacheKey, ContentCache, check_bytes
 from xnatfs.client import paths
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile, Resource
 from xnatfs.errors import XnatError
@@ -76,6 +78,9 @@ class SeriesFlight:
         # Set once the files are known or the flight is abandoned: the download thread waits for it.
         self.known = threading.Event()
         self.done = trio.Event()
+        # The zip's own progress (its stalls end at the socket timeout): a request
+        # waiting for a file of it is not given up while the zip moves.
+        self.transfer = Budget(math.inf)
 
     def know(self, files: Sequence[RemoteFile], wanted: Sequence[RemoteFile]) -> None:
         """The resource's files, and those the zip is to cache (the rest are left to their readers)."""
@@ -381,7 +386,8 @@ class SeriesFetcher:
             stream = ZipStream(on_entry, entries.size_of, max_entry=self.large_file_bytes)
             gate = _EarlyGate(stream, flight, resource_uri, self.early_bytes)
             # A write-only file object: all a download writes to.
-            self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
+            with bounded_by(flight.transfer):
+                self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
             stream.close()
         if entries.complete():
             self.cache.note_whole(whole)
