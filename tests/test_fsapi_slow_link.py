@@ -1,11 +1,12 @@
-"""A slow link that keeps moving: a request waiting for a transfer another started is not given up.
+"""A slow link that keeps moving: a request waiting for a slow answer is not given up while it comes.
 
 Every request is answered within ``timeout`` seconds of the server making
 no progress (docs/SEMANTICS.md, section 4). A request may wait for bytes a
 transfer it did not start brings: a large file another reader is
 downloading, a file of a series zip under way. Here the fake server sends
 bodies slowly, so those transfers take several times the timeout while
-bytes keep coming; the waiting reader must get its bytes, not EIO. The
+bytes keep coming; the waiting reader must get its bytes, not EIO. So must
+a listing that takes several timeouts to arrive. The
 mount talks to the fake server through a relay that throttles answers.
 """
 
@@ -27,13 +28,13 @@ TIMEOUT = 1.5
 # Each transfer below takes about this many times the timeout, and the
 # client sees its bytes a MiB at a time: 8 MiB make each MiB take a
 # fraction of the timeout.
-SLOWNESS = 4
+SLOWNESS = 3
 SIZE = 8 << 20
 
 
-def throttled(server, transfer_bytes: int) -> Relay:
+def throttled(server, transfer_bytes: int, rewrite=None) -> Relay:
     """A relay to ``server`` slow enough that ``transfer_bytes`` take SLOWNESS timeouts."""
-    relay = Relay(server.url, throttle=int(transfer_bytes / (SLOWNESS * TIMEOUT)))
+    relay = Relay(server.url, throttle=int(transfer_bytes / (SLOWNESS * TIMEOUT)), rewrite=rewrite)
     relay.username, relay.password = server.username, server.password
     return relay
 
@@ -86,3 +87,21 @@ def test_a_reader_waiting_for_a_file_late_in_a_series_zip_waits_while_the_zip_mo
         run_fs(body, server=relay, timeout=TIMEOUT)
     alone = [target for method, target, _ in fake_xnat.requests if method == "GET" and f"/files/{name}" in target]
     assert alone == [], "the file was fetched by itself, not from the series zip"
+
+
+def test_a_listing_that_takes_several_timeouts_to_arrive_is_read_while_it_comes(fake_xnat, run_fs):
+    padding = 512 << 10
+
+    def padded(method, path, status, headers, body):
+        # Whitespace after the JSON: a projects listing as large as a big site's.
+        if method == "GET" and path.split("?")[0] == "/data/projects":
+            body += b" " * padding
+        return status, headers, body
+
+    async def body(fs):
+        started = time.monotonic()
+        assert "STUDY01" in await fs.listdir("")
+        assert time.monotonic() - started > TIMEOUT, "the listing came faster than the timeout: nothing tested"
+
+    with throttled(fake_xnat, padding, rewrite=padded) as relay:
+        run_fs(body, server=relay, timeout=TIMEOUT)

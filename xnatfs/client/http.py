@@ -69,6 +69,9 @@ from xnatfs.errors import (
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+# An answer held in memory (a listing) is read in pieces this small, each noted as
+# progress: a large listing coming slowly is not given up while it comes.
+ANSWER_PIECE = 64 << 10
 # Bodies at least this big are read from the socket into one reused buffer of DIRECT_READ_BUFFER bytes.
 DIRECT_READ_BYTES = 4 << 20
 DIRECT_READ_BUFFER = 1 << 20
@@ -519,7 +522,8 @@ class XnatSession:
     def _load_body(self, response: requests.Response, method: str, url: str) -> None:
         """Read the answer's body into memory, refusing one larger than ``max_answer_bytes``."""
         body = bytearray()
-        for chunk in response.iter_content(CHUNK_SIZE):
+        for chunk in response.iter_content(ANSWER_PIECE):
+            note_progress()
             body += chunk
             if len(body) > self.max_answer_bytes:
                 response.close()
