@@ -148,6 +148,29 @@ def test_writes_after_an_unlink_stay_local(fake_xnat, tmp_path):
     assert list((tmp_path / "cache" / "spool" / "records").glob("*.json")) == []
 
 
+def test_a_folder_made_again_where_one_was_removed_while_a_file_of_it_was_open(fake_xnat, tmp_path):
+    # The open descriptor keeps the removed folder's inode alive in the kernel, which
+    # marks it dead: the new folder must not be given its number, or nothing can be
+    # made in the new folder (ENOENT).
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        sub = mount.path.joinpath(*QC_PATH) / "sub"
+        os.mkdir(sub)
+        fd = os.open(sub / "e.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"one")
+            os.unlink(sub / "e.bin")
+            os.rmdir(sub)
+            os.mkdir(sub)
+            os.write(fd, b"two")
+            (sub / "e.bin").write_bytes(b"three")
+            assert (sub / "e.bin").read_bytes() == b"three"
+            assert os.pread(fd, 100, 0) == b"onetwo"
+        finally:
+            os.close(fd)
+        assert wait_until(lambda: server_files(fake_xnat).get("sub/e.bin") == b"three")
+    assert uploads_of(fake_xnat, "sub/e.bin") == 1
+
+
 def test_a_pending_upload_renamed_goes_under_the_new_name_once(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, ttl=30, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
         qc = mount.path.joinpath(*QC_PATH)

@@ -111,9 +111,10 @@ class InodeTable:
         return True
 
     def detach(self, path: Path) -> None:
-        """The file at ``path`` lost its name (unlinked, or renamed over): its
-        inode lives on for the descriptors still open on it, and a new file
-        under that name gets a number of its own."""
+        """The file or folder at ``path`` lost its name (unlinked, removed, or
+        renamed over): its inode lives on for the descriptors still open on it
+        (or on files that were in it), and what is made under that name next
+        gets a number of its own."""
         self._by_path.pop(path, None)
 
     def attached(self, number: int, entry: InodeEntry) -> bool:

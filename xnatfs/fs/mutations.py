@@ -446,11 +446,14 @@ class Mutations:
         return self.read.attributes(inode, node)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _, pnode, text, node = await self._existing_child(parent_inode, name)
+        parent, pnode, text, node = await self._existing_child(parent_inode, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._check_writable(node, f"rmdir {text}")
         await node.rmdir(self, pnode, text)
+        # Descriptors open on files that were in it keep its inode alive in the kernel,
+        # marked dead: a folder made again under the name needs a number of its own.
+        self.inodes.detach(parent.path + (text,))
 
     # ---- removing files -----------------------------------------------
 
