@@ -153,5 +153,9 @@ def test_a_refresh_of_the_project_forgets_a_subject_it_was_told_is_missing(walk_
         assert not await fs.exists(f"{PROJECT}/S77")
         await refresh(fs.ops, PROJECT, recursive=False)
         assert await fs.exists(f"{PROJECT}/S77")
+        # A session made in another subject drops the project's sessions listing, and
+        # subjects are named from their own answers again.
+        await fs.mkdir(f"{PROJECT}/S01/S01_MR2")
+        assert await fs.exists(f"{PROJECT}/S77")
 
     run_fs(body, server=walk_server, ttl=600)
