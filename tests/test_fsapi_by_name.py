@@ -11,6 +11,7 @@ import errno
 from fsapi import errno_of
 from test_fsapi_walk import PROJECT, SUBJECTS, walk, walk_server
 from xnatfs.fs.control import refresh
+from xnatfs.fs.keys import ExperimentsKey, SubjectsKey
 
 __all__ = ["walk_server"]  # the fixture, shared with the walk tests
 
@@ -110,6 +111,13 @@ def test_a_walk_of_the_project_asks_for_no_subject_by_itself(walk_server, run_fs
     async def body(fs):
         found = await walk(fs, PROJECT)
         assert "S05/S05_MR1/SCANS/2-rest/NIFTI/part2.txt" in found
+        assert per_subject(walk_server) == []
+        assert {target.split("?", 1)[0] for target in project_wide(walk_server)} == set(WIDE_LISTINGS)
+        # Its listings dropped while the walk goes on, the project is listed again, as a walk wants.
+        for key in (SubjectsKey(PROJECT), ExperimentsKey(PROJECT)):
+            fs.ops.tree.forget_listing(key)
+        walk_server.reset_counts()
+        assert (await fs.lookup(f"{PROJECT}/S07")).st_nlink == 4
         assert per_subject(walk_server) == []
         assert {target.split("?", 1)[0] for target in project_wide(walk_server)} == set(WIDE_LISTINGS)
 

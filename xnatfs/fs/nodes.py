@@ -380,6 +380,10 @@ class ProjectDir(DirNode):
     def uri(self) -> str:
         return self.project.uri or paths.project(self.project.id)
 
+    @property
+    def walked_project(self) -> str | None:
+        return self.project.id
+
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (SubjectsKey(self.project.id), ExperimentsKey(self.project.id))
 
