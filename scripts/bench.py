@@ -1655,8 +1655,9 @@ WARM_WALK_NOTE = (
 # the numbers of full runs on the machine described in docs/BENCHMARKS.md, and from
 # separate probes of the same mount noted in each text.
 MISSED_NOTES: dict[str, str] = {
-    "1a": "curl is handed the zip's address; the mount must first find it. Cold, that is the project's "
-    "subjects and experiments, then the session's item JSON: three dependent round trips of 20 ms plus "
+    "1a": "curl is handed the zip's address; the mount must first find it. Cold, that is the projects, the "
+    "subject's row and its own sessions (a path named outside a walk lists nothing project-wide), then "
+    "the session's item JSON: three dependent round trips of 20 ms plus "
     "the server's work before the zip can be asked for, against a zip that takes about 0.2 s in all, so "
     "1.3× curl of the zip alone is out of reach while the address takes three round trips. What the "
     "mount does with them: the session's file list loads beside its item JSON instead of holding up "
@@ -1671,12 +1672,16 @@ MISSED_NOTES: dict[str, str] = {
     "zip. Against curl + unzip (row 1d), which writes the same files to disk, the mount is level. "
     "Measured before/after in one window (main's code, then this code, twice, 3 runs each, load "
     "average 6–8): 1a 3.59× and 3.98× before, 2.27× and 2.96× after; 1d 1.45× and 1.26× before, "
-    "0.71× and 1.01× after.",
+    "0.71× and 1.01× after. Finding the subject from its own answers instead of the project's listings "
+    "(1 001 sessions, 0.26 MB), measured the same way (two windows, 3 runs each): the cold read took "
+    "0.59 s and 0.42 s before, 0.51 s and 0.37 s after (1a 2.33× and 1.46× before, 1.61× and 2.07× "
+    "after: curl's own time moved more than the mount's).",
     "1c": "The folder's listing by its path starts the series' zip (see 1a), so by the time the files are "
     "read the zip has brought them into the content cache (the page cache dropped); this row now "
     "measures a read served from the cache folder: 1.08–1.45× curl of the zip, 1.95–2.20× before.",
     "1d": "See 1a: the same cold read against curl of the zip into a file then `unzip -q`; level with it "
-    "within the noise of a loaded machine.",
+    "within the noise of a loaded machine (0.88× and 0.91× before the subject was found from its own "
+    "answers, 1.10× and 0.79× after).",
     "2b": "Warm, the bytes come from the kernel's page cache, but every open, flush and release still "
     "goes to the Python daemon (about 25 µs of pyfuse3, trio and kernel per request before any of "
     "our code runs; `scripts/profile_ops.py` measures about 13 000 open+flush+release a second), "
@@ -1738,11 +1743,14 @@ MISSED_NOTES: dict[str, str] = {
     "9b": "See 9a: curl of the zip alone writes nothing and opens nothing; the mount hands out 4 800 files.",
     "10a": "Each reader first pays what 10b pays, then the 8 zips and 8 readers share 2 cores with the "
     "server and the 8 curls' reference is only the transfers. Memory is bounded (10c).",
-    "10b": "Opening one series of SCALE first lists the project's subjects and sessions (0.8 MB and 2.6 MB "
-    "for its 10 009 sessions, about half a second of the server's time here), which curl, handed the "
-    "zip's address, never needs; row 1a reads a series of the same size in a project of 1 001 sessions. "
-    "What would close it: listing only the opened subject's sessions when no walk of the project is under "
-    "way (one request per subject during a walk is what the project listing saves).",
+    "10b": "Opening one series of SCALE no longer lists the project's subjects and sessions (0.8 MB and "
+    "2.6 MB for its 10 009 sessions, about half a second of the server's time here): outside a walk the "
+    "subject is found from its row and its own sessions listing, a few hundred bytes each (a walk still "
+    "lists the project: one request instead of one per subject). Measured back to back with the "
+    "previous code (two windows, 3 runs each): 1.62 s and 0.96 s before, 0.44 s and 0.63 s after "
+    "(7.07× and 4.49× before, 2.62× and 2.59× after). What is left is what 1a pays: three dependent "
+    "round trips (the projects, the subject, the session's item JSON) before the zip can be asked for, "
+    "and the cache's writes of 208 files, against curl handed the zip's address.",
     "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
     "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
     "window grew or moved ahead of the walk.",

@@ -65,6 +65,28 @@ def test_experiments_of_a_project_in_one_request(conn, fake_xnat):
     assert [e.label for e in conn.list_experiments("STUDY01", "XNAT_S00002")] == ["SUB002_MR1"]
 
 
+def test_one_subject_is_the_row_the_project_s_listing_has_for_it(conn, fake_xnat):
+    for project in ("STUDY01", "STUDY02"):
+        for subject in conn.list_subjects(project):
+            fake_xnat.reset_counts()
+            assert conn.find_subject(project, subject.label) == subject
+            assert gets(fake_xnat) == 1
+    assert conn.find_subject("STUDY01", "SUB00") is None
+    assert conn.find_subject("STUDY01", "sub001") is None  # labels are matched as they are
+    assert conn.find_subject("STUDY01", "SUB101") is None  # STUDY02's
+
+
+def test_one_subject_s_sessions_are_those_the_project_s_listing_has_for_it(conn, fake_xnat):
+    for project in ("STUDY01", "STUDY02"):
+        for subject in conn.list_subjects(project):
+            fake_xnat.reset_counts()
+            mine = conn.list_subject_experiments(project, subject.label)
+            assert gets(fake_xnat) == 1
+            assert mine == [e for e in conn.list_experiments(project) if e.subject_id == subject.id]
+    with pytest.raises(XnatNotFound):
+        conn.list_subject_experiments("STUDY01", "SUB999")
+
+
 def test_shared_experiment_is_marked_in_the_sharing_project(conn):
     shared = {e.label: e for e in conn.list_experiments("STUDY02")}
     assert shared["SUB001_MR1"].shared and shared["SUB001_MR1"].project == "STUDY01"

@@ -24,7 +24,10 @@ from xnatfs.fs.keys import (
     ProjectsKey,
     ResourceFilesKey,
     ResourcesKey,
+    SubjectExperimentsKey,
+    SubjectKey,
     SubjectResourcesSearch,
+    SubjectSessions,
     SubjectsKey,
     files_key,
 )
@@ -102,6 +105,10 @@ def test_each_key_loads_what_its_client_call_answers(conn):
         ProjectsKey(): conn.list_projects(),
         SubjectsKey("STUDY01"): conn.list_subjects("STUDY01"),
         ExperimentsKey("STUDY01"): conn.list_experiments("STUDY01"),
+        SubjectKey("STUDY01", "SUB001"): conn.find_subject("STUDY01", "SUB001"),
+        SubjectExperimentsKey("STUDY01", "SUB001"): SubjectSessions(
+            tuple(conn.list_subject_experiments("STUDY01", "SUB001"))
+        ),
         ExperimentContentsKey(EXPERIMENT): conn.get_experiment_contents(EXPERIMENT),
         ExperimentFilesKey(EXPERIMENT): conn.list_files(paths.experiment(EXPERIMENT), all_levels=True),
         ResourcesKey(SUBJECT_URI): conn.list_resources(SUBJECT_URI),
@@ -210,7 +217,7 @@ def test_a_subject_folder_makes_an_experiment_and_forgets_the_listing_that_shows
         project = (await tree.children(tree.root)).entries["STUDY01"]
         subject = (await tree.children(project)).entries["SUB001"]
         await subject.mkdir(context, "SUB001_NEW")
-        assert context.forgotten == list(subject.listing_keys())
+        assert context.forgotten == [ExperimentsKey("STUDY01"), SubjectExperimentsKey("STUDY01", "SUB001")]
         return await tree.children(subject)
 
     assert "SUB001_NEW" in trio.run(make).entries

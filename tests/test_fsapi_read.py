@@ -235,6 +235,7 @@ def test_a_refresh_asked_over_the_control_channel_drops_the_kernels_entries_and_
         project = await fs.inode("STUDY01")
         qc = f"{SESSION}/RESOURCES/QC"
         await fs.listdir(qc)
+        await fs.listdir("STUDY01")
         fake_xnat.store.add_subject("STUDY01", "SUB777")
         answer = await refresh(fs.ops, "STUDY01", recursive=False)
         # Its subjects and RESOURCES (BIDS is opened by name, not listed).

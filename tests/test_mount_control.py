@@ -57,10 +57,11 @@ def test_recursive_refresh_reaches_folders_below(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, ttl=LONG_TTL) as mount:
         qc = qc_folder(mount)
         before = set(os.listdir(qc))
+        project = mount.path / "STUDY01"
+        listed = os.listdir(project)
         add_qc_file(fake_xnat, mount, "deep.txt")
         fake_xnat.store.add_subject("STUDY01", "SUB777")
-        project = mount.path / "STUDY01"
-        assert "SUB777" not in os.listdir(project)
+        assert os.listdir(project) == listed
         flat = xnatfs(mount, "refresh", str(project))
         assert flat.returncode == 0, flat.stderr
         assert "SUB777" in os.listdir(project)

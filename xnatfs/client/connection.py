@@ -180,6 +180,27 @@ class XnatConnection:
             found = [e for e in found if subject in (e.subject_id, e.subject_label)]
         return found
 
+    def find_subject(self, project: str, label: str) -> Subject | None:
+        """The subject labelled ``label`` in ``project`` (shared into it or its own), or None.
+
+        Its row of the project's subject listing, asked for by label: the
+        same record :meth:`list_subjects` gives for it, without listing the rest.
+        """
+        path = paths.project(project) + "/subjects"
+        document = self.session.get_json(path, {"label": label})
+        found = (parsing.subject_from_row(row, project) for row in parsing.rows(document, url=path))
+        # The server's filter may match more loosely (case, wildcards): only the label itself counts.
+        return next((subject for subject in found if subject.label == label), None)
+
+    def list_subject_experiments(self, project: str, subject: str) -> list[Experiment]:
+        """Experiments of one subject (label or ID) of a project, from the subject's own listing.
+
+        XnatNotFound when the project has no such subject.
+        """
+        path = paths.subject(project, subject) + "/experiments"
+        document = self.session.get_json(path, {"columns": EXPERIMENT_COLUMNS})
+        return [parsing.experiment_from_row(row, project) for row in parsing.rows(document, url=path)]
+
     def get_experiment_contents(self, experiment_id: str) -> ExperimentContents:
         """Scans (with their resources) and session resources, from the item JSON."""
         path = paths.experiment(experiment_id)

@@ -270,6 +270,7 @@ async def _find(ops: XnatOperations, parts: tuple[str, ...]) -> DirNode:
 def _forget(ops: XnatOperations, node: DirNode) -> None:
     for key in node.refreshed_keys():
         ops.tree.forget_listing(key)
+    ops.tree.forget_answers_below(node)
 
 
 def _changed_names(old: Listing, new: Listing) -> list[str]:

@@ -5,19 +5,21 @@ it is what the :class:`~xnatfs.cache.listing.ListingCache` keeps listings
 under, and what a change made through the mount forgets. ``load(client)``
 asks the server for the listing (blocking, in a worker thread).
 
-========================  =============================================
-key                       client call
-========================  =============================================
-ProjectsKey()             list_projects()
-SubjectsKey(P)            list_subjects(P)
-ExperimentsKey(P)         list_experiments(P)   (all subjects at once)
-ExperimentContentsKey(E)  get_experiment_contents(E)
-ExperimentFilesKey(E)     list_files(experiment, all_levels=True)
-ResourcesKey(owner_uri)   list_resources(owner_uri)
-ResourceFilesKey(uri)     list_files(resource_uri)
-ProjectContentsSearch(P)  list_project_contents(P)
-SubjectResourcesSearch(P) list_subject_resources(P)
-========================  =============================================
+============================  =============================================
+key                           client call
+============================  =============================================
+ProjectsKey()                 list_projects()
+SubjectsKey(P)                list_subjects(P)
+ExperimentsKey(P)             list_experiments(P)   (all subjects at once)
+SubjectKey(P, S)              find_subject(P, S)    (one subject, by label)
+SubjectExperimentsKey(P, S)   list_subject_experiments(P, S)
+ExperimentContentsKey(E)      get_experiment_contents(E)
+ExperimentFilesKey(E)         list_files(experiment, all_levels=True)
+ResourcesKey(owner_uri)       list_resources(owner_uri)
+ResourceFilesKey(uri)         list_files(resource_uri)
+ProjectContentsSearch(P)      list_project_contents(P)
+SubjectResourcesSearch(P)     list_subject_resources(P)
+============================  =============================================
 
 The two searches answer :class:`ExperimentContentsKey` of every session and
 :class:`ResourcesKey` of every subject of a project at once; such a key
@@ -30,11 +32,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from xnatfs.client import paths
 from xnatfs.client.contract import ArchiveClient
-from xnatfs.client.models import Resource
+from xnatfs.client.models import Experiment, Resource
+from xnatfs.errors import XnatNotFound
 
 
 class ListingKey(tuple[Any, ...]):
@@ -103,6 +106,53 @@ class ExperimentsKey(PerProjectKey):
 
     def load(self, client: ArchiveClient) -> object:
         return client.list_experiments(self.project)
+
+
+class PerSubjectKey(ListingKey):
+    """A listing of one subject of a project, by its label there: ``(kind, project, label)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, project: str, label: str) -> Self:
+        return tuple.__new__(cls, (cls, project, label))
+
+    @property
+    def project(self) -> str:
+        project: str = self[1]
+        return project
+
+    @property
+    def label(self) -> str:
+        label: str = self[2]
+        return label
+
+
+class SubjectKey(PerSubjectKey):
+    """One subject's record (or None: the project has no subject of that label)."""
+
+    __slots__ = ()
+
+    def load(self, client: ArchiveClient) -> object:
+        return client.find_subject(self.project, self.label)
+
+
+class SubjectSessions(NamedTuple):
+    """A subject's sessions from the subject's own listing: every one of them is the subject's."""
+
+    experiments: tuple[Experiment, ...]
+
+
+class SubjectExperimentsKey(PerSubjectKey):
+    """One subject's sessions, without the rest of its project's (a :class:`SubjectSessions`)."""
+
+    __slots__ = ()
+
+    def load(self, client: ArchiveClient) -> object:
+        try:
+            return SubjectSessions(tuple(client.list_subject_experiments(self.project, self.label)))
+        except XnatNotFound:
+            # No such subject: it has no sessions, and whoever asked for it hears so from SubjectKey.
+            return SubjectSessions(())
 
 
 class PerExperimentKey(ListingKey):

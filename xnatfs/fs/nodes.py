@@ -39,11 +39,15 @@ from xnatfs.fs.keys import (
     ExperimentFilesKey,
     ExperimentsKey,
     ListingKey,
+    PerSubjectKey,
     ProjectContentsSearch,
     ProjectsKey,
     ResourceFilesKey,
     ResourcesKey,
+    SubjectExperimentsKey,
+    SubjectKey,
     SubjectResourcesSearch,
+    SubjectSessions,
     SubjectsKey,
     files_key,
 )
@@ -282,9 +286,42 @@ class DirNode(Node):
         """What tells this folder from other folders of its kind."""
         raise NotImplementedError
 
+    def own_keys(self) -> tuple[ListingKey, ...] | None:
+        """Smaller raw listings that hold this folder's entries and no one else's.
+
+        The tree lists the folder from these instead of :meth:`listing_keys`
+        when those are not held and its project is not being walked (a walk
+        wants the project-wide listings: one request instead of one per
+        folder). None: the folder has no listing of its own.
+        """
+        return None
+
+    def child_keys(self, name: str) -> tuple[ListingKey, ...] | None:
+        """Raw listings that tell what the entry ``name`` is without listing this folder
+        (read by :meth:`child_from`); None: only the folder's listing can tell."""
+        return None
+
+    def child_from(self, context: ListingContext, name: str, raws: tuple[Any, ...]) -> Node | None:
+        """The entry ``name`` out of the raw listings :meth:`child_keys` named; None when
+        there is none. It is the node the folder's own listing shows under ``name``."""
+        raise NotImplementedError
+
+    def answers_child(self, key: ListingKey) -> bool:
+        """Whether ``key`` is one that :meth:`child_keys` names for some entry here: a
+        refresh of the folder drops those too, found or not, whatever the name."""
+        return False
+
+    def stale_keys(self, *names: str) -> tuple[ListingKey, ...]:
+        """The raw listings a change of this folder's entries ``names`` (made, deleted,
+        renamed) makes stale: forgotten so the next look asks the server."""
+        keys = self.listing_keys() + (self.own_keys() or ())
+        for name in names:
+            keys += self.child_keys(name) or ()
+        return keys
+
     def refreshed_keys(self) -> tuple[ListingKey, ...]:
         """The raw listings to drop so the folder is asked for again (``xnatfs refresh``)."""
-        return self.listing_keys() + self.companion_keys()
+        return self.listing_keys() + (self.own_keys() or ()) + self.companion_keys()
 
     def companion_keys(self) -> tuple[ListingKey, ...]:
         """Raw listings the folders below will want: loaded beside this folder's own,
@@ -343,6 +380,10 @@ class ProjectDir(DirNode):
     def uri(self) -> str:
         return self.project.uri or paths.project(self.project.id)
 
+    @property
+    def walked_project(self) -> str | None:
+        return self.project.id
+
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (SubjectsKey(self.project.id), ExperimentsKey(self.project.id))
 
@@ -351,10 +392,32 @@ class ProjectDir(DirNode):
         project_id = self.project.id
         return self.listing_keys() + (ProjectContentsSearch(project_id), SubjectResourcesSearch(project_id))
 
+    def child_keys(self, name: str) -> tuple[ListingKey, ...] | None:
+        if name in names.PROJECT_RESERVED:
+            return ()  # the project's own folders: nothing to ask
+        if not VALID_LABEL.match(name):
+            # Not a label XNAT takes: a name the listing made up (label@ID, a sanitised label).
+            return None
+        project_id = self.project.id
+        return (SubjectKey(project_id, name), SubjectExperimentsKey(project_id, name))
+
+    def answers_child(self, key: ListingKey) -> bool:
+        return isinstance(key, PerSubjectKey) and key.project == self.project.id
+
+    def child_from(self, context: ListingContext, name: str, raws: tuple[Any, ...]) -> Node | None:
+        if name == names.RESOURCES:
+            return self._resources_dir(context)
+        if not raws:
+            return context.project_views(self).get(name)
+        subject, sessions = raws
+        if subject is None:
+            return None
+        return self._subject_dir(context, subject, len(sessions.experiments))
+
     async def mkdir(self, context: WriteContext, name: str) -> None:
         check_label(name, "creating a subject")
         await context.call(context.client.create_subject, self.project.id, name)
-        context.forget(*self.listing_keys())
+        context.forget(*self.stale_keys(name))
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
         await delete_record(context, parent, name, context.client.delete_project, self.project.id)
@@ -380,17 +443,24 @@ class ProjectDir(DirNode):
         for name, subject in zip(dir_names, subjects):
             if name != subject.label:
                 context.renamed(f"subjects of {project_id}", subject.label, name)
-            found[name] = SubjectDir(
-                mtime=timestamp(subject.insert_date, context.started_at),
-                read_only=subject.shared or subject.project != project_id,
-                nlink=3 + len(per_subject.get(subject.id, ())),
-                project_id=project_id,
-                subject=subject,
-            )
-        found[names.RESOURCES] = ResourcesDir(mtime=context.started_at, owner_uri=self.uri)
+            found[name] = self._subject_dir(context, subject, len(per_subject.get(subject.id, ())))
+        found[names.RESOURCES] = self._resources_dir(context)
         # Views are opened by name, never listed: a walk of the project (find, ls -R, a
         # file manager) would otherwise convert every session of it.
         return Listing(found, aliases=context.project_views(self))
+
+    def _subject_dir(self, context: ListingContext, subject: Subject, sessions: int) -> SubjectDir:
+        project_id = self.project.id
+        return SubjectDir(
+            mtime=timestamp(subject.insert_date, context.started_at),
+            read_only=subject.shared or subject.project != project_id,
+            nlink=3 + sessions,
+            project_id=project_id,
+            subject=subject,
+        )
+
+    def _resources_dir(self, context: ListingContext) -> ResourcesDir:
+        return ResourcesDir(mtime=context.started_at, owner_uri=self.uri)
 
     def xattr_values(self) -> dict[str, str]:
         project = self.project
@@ -421,6 +491,13 @@ class SubjectDir(DirNode):
     def listing_keys(self) -> tuple[ListingKey, ...]:
         return (ExperimentsKey(self.project_id),)
 
+    def own_keys(self) -> tuple[ListingKey, ...] | None:
+        if self.subject.shared:
+            # Shared into the project (or only some sessions of it were): the project's
+            # listing says which of its sessions are shown here.
+            return None
+        return (SubjectExperimentsKey(self.project_id, self.subject.label),)
+
     async def mkdir(self, context: WriteContext, name: str) -> None:
         check_label(name, "creating an experiment")
         await context.call(
@@ -430,7 +507,7 @@ class SubjectDir(DirNode):
             name,
             xsi_type=context.settings.experiment_type,
         )
-        context.forget(*self.listing_keys())
+        context.forget(*self.stale_keys(name))
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
         await delete_record(context, parent, name, context.client.delete_subject, self.project_id, self.subject.label)
@@ -441,13 +518,17 @@ class SubjectDir(DirNode):
         check_relabel(same_parent, replaces)
         check_label(new, "renaming a subject")
         await context.call(context.client.rename_subject, self.project_id, self.subject.label, new)
-        context.forget(*parent.listing_keys())
+        context.forget(*parent.stale_keys(self.subject.label, new))
 
     def identity(self) -> Hashable:
         return (self.project_id, self.subject.id)
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
-        mine = context.by_subject(raws[0]).get(self.subject.id, [])
+        listed = raws[0]
+        if isinstance(listed, SubjectSessions):
+            mine: Sequence[Experiment] = listed.experiments
+        else:
+            mine = context.by_subject(listed).get(self.subject.id, [])
         dir_names = names.label_names([(e.label, e.id) for e in mine], names.RESERVED)
         found: dict[str, Node] = {}
         for name, experiment in zip(dir_names, mine):
@@ -513,7 +594,7 @@ class ExperimentDir(DirNode):
         await context.call(
             context.client.rename_experiment, self.project_id, self.subject_label, self.experiment.label, new
         )
-        context.forget(*parent.listing_keys())
+        context.forget(*parent.stale_keys(self.experiment.label, new))
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         contents = raws[0]
@@ -735,7 +816,7 @@ async def delete_record(
             name,
         )
     await context.call(delete, *args)
-    context.forget(*parent.listing_keys())
+    context.forget(*parent.stale_keys(name))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)

@@ -180,9 +180,18 @@ class XnatOperations(pyfuse3.Operations):
         return self.overlay.merge(node, await self.tree.children(node))
 
     async def _lookup(self, node: Node, name: str) -> Node | None:
+        return (await self._lookup_among(node, name))[0]
+
+    async def _lookup_among(self, node: Node, name: str) -> tuple[Node | None, Listing | None]:
+        """The entry ``name`` of folder ``node``, and the listing it was found in (None when
+        the tree could answer from that entry's own records without listing the folder)."""
         if not isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return (await self._listing(node)).get(name)
+        if node.overlay_place is None:
+            # Nothing of ours is ever shown here: the tree's answer is the whole answer.
+            return await self.tree.lookup(node, name)
+        listing = await self._listing(node)
+        return listing.get(name), listing
 
     async def _current(self, inode: int, entry: InodeEntry) -> Node:
         """The entry's node as the (possibly reloaded) parent listing has it now."""
@@ -196,8 +205,7 @@ class XnatOperations(pyfuse3.Operations):
         parent = self._parent(entry)
         if parent is None:
             return entry.node, None
-        siblings = await self._listing(parent.node)
-        node = siblings.get(entry.path[-1])
+        node, siblings = await self._lookup_among(parent.node, entry.path[-1])
         if node is None:
             if self.handles.is_open(inode):
                 # Unlinked while open: the open descriptors keep using what they opened.

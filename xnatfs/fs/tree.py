@@ -107,6 +107,11 @@ class Tree:
         self.walks.forgot(key)
         self.listings.invalidate(key)
 
+    def forget_answers_below(self, node: DirNode) -> None:
+        """Drop what was asked of single entries of ``node`` (:meth:`DirNode.answers_child`;
+        never answered from a search)."""
+        self.listings.invalidate_where(lambda key: isinstance(key, ListingKey) and node.answers_child(key))
+
     # ---- listings -----------------------------------------------------
 
     async def children(self, node: DirNode) -> Listing:
@@ -117,11 +122,11 @@ class Tree:
         """
         keys, memo_key = node.listed()
         memo = self._memo.get(memo_key)
-        listings = self.listings
-        if memo is not None and memo[2] == listings.generation and listings.now() < memo[3]:
-            # Warm: nothing was stored or dropped since, and none of its listings expired.
+        if self._warm(memo):
+            assert memo is not None  # _warm checked
             remembered: Listing = memo[1]
             return remembered
+        keys = self._narrowed(node, keys) or keys
         companions = node.companion_keys()
         if companions:
             self._load_beside(companions)
@@ -131,7 +136,7 @@ class Tree:
             listing = memo[1]
         else:
             listing = node.entries(self, await node.derived(raws))
-        self._memo[memo_key] = (raws, listing, listings.generation, self._valid_until(keys, raws))
+        self._memo[memo_key] = (raws, listing, self.listings.generation, self._valid_until(keys, raws))
         return listing
 
     async def _children_and_companions(self, node: DirNode) -> Listing:
@@ -166,8 +171,55 @@ class Tree:
             until = min(until, kept[1])
         return until
 
-    async def lookup(self, node: DirNode, name: str) -> Node | None:
-        return (await self.children(node)).get(name)
+    def _warm(self, memo: tuple[Any, ...] | None) -> bool:
+        """Whether a folder's memoised entries are current: nothing was stored or dropped
+        since they were built, and none of the listings they came from expired."""
+        listings = self.listings
+        return memo is not None and memo[2] == listings.generation and listings.now() < memo[3]
+
+    def _narrowed(self, node: DirNode, keys: tuple[ListingKey, ...]) -> tuple[ListingKey, ...] | None:
+        """The folder's own listings (:meth:`DirNode.own_keys`) when they are what to ask for:
+        its usual, wider ones are not held and its project is not being walked."""
+        own = node.own_keys()
+        if own is None or self._held(keys) or self._walked(node):
+            return None
+        return own
+
+    def _held(self, keys: Sequence[ListingKey]) -> bool:
+        return all(self.listings.get(key) is not None for key in keys)
+
+    def _walked(self, node: Node) -> bool:
+        project = node.walked_project
+        return project is not None and self.walks.walking(project)
+
+    async def lookup(self, node: DirNode, name: str) -> tuple[Node | None, Listing | None]:
+        """The entry ``name`` of ``node``, and the folder's listing it was found in.
+
+        From the folder's listing when it is held or its project is being
+        walked; else, where the folder's kind can tell one entry from
+        smaller answers (:meth:`DirNode.child_keys`), from those alone (no
+        listing returned), so opening one path does not list every folder
+        on the way.
+        """
+        keys, memo_key = node.listed()
+        if not self._warm(self._memo.get(memo_key)) and not self._held(keys) and not self._walked(node):
+            child_keys = node.child_keys(name)
+            if child_keys is not None:
+                return await self._child(node, name, child_keys), None
+        listing = await self.children(node)
+        return listing.get(name), listing
+
+    async def _child(self, node: DirNode, name: str, keys: tuple[ListingKey, ...]) -> Node | None:
+        """:meth:`DirNode.child_from`, the same node while its raw listings are the same."""
+        raws = await self._raws(keys)
+        memo_key = ("child", node.memo_key, name)
+        memo = self._memo.get(memo_key)
+        if memo is not None and len(memo[0]) == len(raws) and all(a is b for a, b in zip(memo[0], raws)):
+            child: Node | None = memo[1]
+            return child
+        child = node.child_from(self, name, raws)
+        self._memo[memo_key] = (raws, child)
+        return child
 
     async def described(self, node: Node) -> Node:
         """``node`` with all the server records of it, for its extended attributes.

@@ -139,6 +139,10 @@ class Walks:
 
     # ---- noticing a walk ----------------------------------------------
 
+    def walking(self, project: str) -> bool:
+        """Whether a walk of ``project`` was noticed lately."""
+        return project in self._walked
+
     def following(self, parent_path: tuple[str, ...], name: str, siblings: Listing) -> list[Node]:
         """The siblings after ``name`` (a few) when a walk goes through them in order.
 
