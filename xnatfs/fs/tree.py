@@ -199,13 +199,19 @@ class Tree:
         walked; else, where the folder's kind can tell one entry from
         smaller answers (:meth:`DirNode.child_keys`), from those alone (no
         listing returned), so opening one path does not list every folder
-        on the way.
+        on the way; a name those answers do not find is looked for in the
+        listing.
         """
         keys, memo_key = node.listed()
         if not self._warm(self._memo.get(memo_key)) and not self._held(keys) and not self._walked(node):
             child_keys = node.child_keys(name)
             if child_keys is not None:
-                return await self._child(node, name, child_keys), None
+                child = await self._child(node, name, child_keys)
+                if child is not None:
+                    return child, None
+                # Not found from its own answers: the folder's listing decides, since it
+                # can show entries no single answer names (a subject only some of whose
+                # sessions were shared into the project).
         listing = await self.children(node)
         return listing.get(name), listing
 
