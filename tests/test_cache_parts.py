@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+from waiting import wait_until
 from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache
 from xnatfs.errors import XnatServerError
 
@@ -114,4 +115,50 @@ def test_part_refuses_bytes_beyond_its_end(tmp_path):
             cache.fetch(key_for(data), download)
         assert cache.lookup(key_for(data)) is None
     finally:
+        cache.close()
+
+
+def test_readers_waiting_at_once_are_each_woken_once_their_own_bytes_are_written(tmp_path):
+    data = os.urandom(4 * PART)
+    cache = ContentCache(tmp_path / "cache", 1 << 30)
+    go = [threading.Event() for _ in range(4)]
+    order = (2, 0, 1, 3)
+
+    def download(target) -> None:
+        parts = [target.part(start, start + PART) for start in range(0, len(data), PART)]
+        for index in order:
+            assert go[index].wait(10)
+            parts[index].write(data[index * PART : (index + 1) * PART])
+
+    got: dict[str, bytes | BaseException] = {}
+
+    def reader(name: str, start: int, end: int) -> threading.Thread:
+        def run() -> None:
+            try:
+                pending.wait_for(end, timeout=10, start=start)
+                got[name] = pending.pread(start, end - start)
+            except BaseException as exc:
+                got[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        with cache.start_fetch(key_for(data), download) as pending:
+            # One reader per part but the last, and one up to the end of the file (it waits for the MD5).
+            readers = {f"part{i}": reader(f"part{i}", i * PART, (i + 1) * PART) for i in range(3)}
+            readers["whole"] = reader("whole", 0, len(data))
+            wait_until(lambda: len(pending._fill.waiting) == 4, "the four readers to wait")
+            for step, index in enumerate(order):
+                go[index].set()
+                woken = f"part{index}" if index < 3 else "whole"
+                readers[woken].join(10)
+                assert got[woken] == (data[index * PART : (index + 1) * PART] if index < 3 else data)
+                for later in order[step + 1 :]:
+                    assert readers[f"part{later}" if later < 3 else "whole"].is_alive()
+            assert pending._fill is None or pending._fill.waiting == []
+    finally:
+        for event in go:
+            event.set()
         cache.close()

@@ -233,6 +233,10 @@ class _Fill:
         self.error: BaseException | None = None
         self.keep = True  # False once discard_uri() asked to forget it
         self.views: list[PendingFetch] = []
+        # Readers waiting for bytes, each woken only once its own bytes are written: with
+        # every reader woken on every write, the wake-ups would compete for the GIL with
+        # the download and the MD5 for nothing.
+        self.waiting: list[_Waiter] = []
 
     def claim(self) -> bool:
         """True for exactly one caller: the one that runs the download."""
@@ -247,20 +251,33 @@ class _Fill:
             self.received += frontier - span.frontier
             span.frontier = frontier
             self.written = _run_end(self.spans, self.written)
-            self.cond.notify_all()
+            still = []
+            for waiter in self.waiting:
+                if _run_end(self.spans, waiter.start) >= waiter.end:
+                    waiter.ready.set()
+                else:
+                    still.append(waiter)
+            self.waiting = still
 
     def wait_for(self, start: int, end_offset: int, timeout: float | None) -> None:
         # Whoever reads up to the end waits for the checks of size and MD5,
         # so a download that fails them is an error to that reader at least.
         end_offset = min(end_offset, self.key.size)
         whole = end_offset >= self.key.size
+        # Past the last byte: no write satisfies the wait, only the end of the download.
+        waiter = _Waiter(start, self.key.size + 1 if whole else end_offset)
         with self.cond:
-            ready = self.cond.wait_for(
-                lambda: self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset), timeout
-            )
+            ready = self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset)
+            if not ready:
+                self.waiting.append(waiter)
+        if not ready:
+            waiter.ready.wait(timeout)
+        with self.cond:
+            if waiter in self.waiting:
+                self.waiting.remove(waiter)
             if self.error is not None:
                 raise self.error
-            if not ready:
+            if not (ready or waiter.ready.is_set() or self.state == "done"):
                 raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
 
     def wait_done(self, timeout: float | None) -> None:
@@ -306,6 +323,9 @@ class _Fill:
                     if not view._closed:
                         view._slot[0] = handle.open()
             self.views = []
+            for waiter in self.waiting:
+                waiter.ready.set()
+            self.waiting = []
             self.cond.notify_all()
 
 
@@ -390,6 +410,17 @@ class PendingFetch:
 def _close_slot(slot: list[CachedFile | None]) -> None:
     if slot[0] is not None:
         slot[0].close()
+
+
+class _Waiter:
+    """A reader waiting until bytes ``[start, end)`` are written."""
+
+    __slots__ = ("end", "ready", "start")
+
+    def __init__(self, start: int, end: int):
+        self.start = start
+        self.end = end
+        self.ready = threading.Event()
 
 
 class _Span:
