@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from waiting import wait_until
-from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache
+from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache, _hash_mapped
 from xnatfs.errors import XnatServerError
 
 PART = 64 * 1024
@@ -162,3 +162,20 @@ def test_readers_waiting_at_once_are_each_woken_once_their_own_bytes_are_written
         for event in go:
             event.set()
         cache.close()
+
+
+def test_the_md5_maps_any_span_of_the_file_and_a_file_cut_short_is_an_error(tmp_path):
+    data = os.urandom(3 * PART + 123)
+    path = tmp_path / "entry.part"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Spans that start and end off the page size, as the bytes written without a gap do.
+        md5 = hashlib.md5()
+        for start, end in ((0, 4097), (4097, PART + 1), (PART + 1, len(data))):
+            assert _hash_mapped(md5, fd, start, end) == end
+        assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+        with pytest.raises(OSError, match="shorter"):
+            _hash_mapped(hashlib.md5(), fd, PART, len(data) + 1)
+    finally:
+        os.close(fd)

@@ -42,6 +42,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -67,9 +68,11 @@ from xnatfs.errors import XnatServerError
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
-# Files this big are hashed in a thread beside the download; pieces queued for it at most.
+# Files this big are hashed in a thread beside the download, which maps this much of the
+# file at a time: the MD5 reads the page cache in place (no copy) and takes the GIL back
+# once per piece.
 HASH_THREAD_BYTES = 8 << 20
-HASH_PIECE_BYTES = 1 << 20
+HASH_PIECE_BYTES = 16 << 20
 
 
 class CacheKey(NamedTuple):
@@ -480,7 +483,7 @@ class _EntryWriter(_WriteOnly):
 
     The MD5 goes over the bytes in file order, as far as they are written
     without a gap. For a large file, or one fetched in parts, it runs in a
-    thread of its own that reads the written bytes back (from the page cache)
+    thread of its own that maps the written bytes (in the page cache, without a copy)
     behind the download, so neither the download nor the readers it feeds
     wait for the hash; only the entry's completion (:meth:`verify`) does.
     """
@@ -550,8 +553,6 @@ class _EntryWriter(_WriteOnly):
     def _hash_behind(self) -> None:
         md5 = self._md5
         assert md5 is not None, "the hash thread runs only for keys with a digest"
-        buffer = bytearray(HASH_PIECE_BYTES)
-        view = memoryview(buffer)
         try:
             while True:
                 with self._progress:
@@ -562,11 +563,7 @@ class _EntryWriter(_WriteOnly):
                 if written == hashed:
                     return
                 while hashed < written:
-                    count = os.preadv(self._fd, [view[: min(HASH_PIECE_BYTES, written - hashed)]], hashed)
-                    if not count:
-                        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
-                    md5.update(view[:count])
-                    hashed += count
+                    hashed = _hash_mapped(md5, self._fd, hashed, min(written, hashed + HASH_PIECE_BYTES))
                 with self._progress:
                     self._hashed = hashed
         except OSError as exc:
@@ -591,6 +588,21 @@ class _EntryWriter(_WriteOnly):
             raise XnatServerError(f"could not check the download's MD5: {self._hash_error}", url=key.uri)
         if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
             raise XnatServerError("downloaded file does not match its MD5 digest", url=key.uri)
+
+
+def _hash_mapped(md5: hashlib._Hash, fd: int, start: int, end: int) -> int:
+    """Add bytes ``[start, end)`` of the file ``fd`` to ``md5``, straight from the page cache; returns ``end``."""
+    if os.fstat(fd).st_size < end:
+        # A mapping past the end of the file would kill the process (SIGBUS) where a read fails.
+        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with (
+        mmap.mmap(fd, end - base, access=mmap.ACCESS_READ, offset=base) as mapped,
+        memoryview(mapped) as whole,
+        whole[start - base :] as piece,
+    ):
+        md5.update(piece)
+    return end
 
 
 class ContentCache:
