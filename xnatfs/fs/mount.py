@@ -56,9 +56,9 @@ Notify = Callable[[str | None], None]
 
 PROFILE_ENV = "XNATFS_PROFILE"
 # How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).
-# A download, its MD5 and the reads it feeds each take the GIL back after every
-# megabyte; with the default, each of them could wait for it about as long as the
-# work itself takes, so a large cold read went at half the speed the CPU allows.
+# A download, its MD5 and the reads it feeds each take the GIL back after every piece
+# of work that takes about a millisecond; waiting up to 5 ms each time for it, a cold
+# read of a large file went about a fifth slower than with 0.5 ms.
 GIL_SWITCH_INTERVAL = 0.0005
 # dcm2niix runs at once, and how long one may take (the sample's series take well under a second).
 BIDS_CONVERSIONS = 2
