@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache
+from waiting import wait_until
+from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache, _hash_mapped
 from xnatfs.errors import XnatServerError
 
 PART = 64 * 1024
@@ -115,3 +116,66 @@ def test_part_refuses_bytes_beyond_its_end(tmp_path):
         assert cache.lookup(key_for(data)) is None
     finally:
         cache.close()
+
+
+def test_readers_waiting_at_once_are_each_woken_once_their_own_bytes_are_written(tmp_path):
+    data = os.urandom(4 * PART)
+    cache = ContentCache(tmp_path / "cache", 1 << 30)
+    go = [threading.Event() for _ in range(4)]
+    order = (2, 0, 1, 3)
+
+    def download(target) -> None:
+        parts = [target.part(start, start + PART) for start in range(0, len(data), PART)]
+        for index in order:
+            assert go[index].wait(10)
+            parts[index].write(data[index * PART : (index + 1) * PART])
+
+    got: dict[str, bytes | BaseException] = {}
+
+    def reader(name: str, start: int, end: int) -> threading.Thread:
+        def run() -> None:
+            try:
+                pending.wait_for(end, timeout=10, start=start)
+                got[name] = pending.pread(start, end - start)
+            except BaseException as exc:
+                got[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        with cache.start_fetch(key_for(data), download) as pending:
+            # One reader per part but the last, and one up to the end of the file (it waits for the MD5).
+            readers = {f"part{i}": reader(f"part{i}", i * PART, (i + 1) * PART) for i in range(3)}
+            readers["whole"] = reader("whole", 0, len(data))
+            wait_until(lambda: len(pending._fill.waiting) == 4, "the four readers to wait")
+            for step, index in enumerate(order):
+                go[index].set()
+                woken = f"part{index}" if index < 3 else "whole"
+                readers[woken].join(10)
+                assert got[woken] == (data[index * PART : (index + 1) * PART] if index < 3 else data)
+                for later in order[step + 1 :]:
+                    assert readers[f"part{later}" if later < 3 else "whole"].is_alive()
+            assert pending._fill is None or pending._fill.waiting == []
+    finally:
+        for event in go:
+            event.set()
+        cache.close()
+
+
+def test_the_md5_maps_any_span_of_the_file_and_a_file_cut_short_is_an_error(tmp_path):
+    data = os.urandom(3 * PART + 123)
+    path = tmp_path / "entry.part"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Spans that start and end off the page size, as the bytes written without a gap do.
+        md5 = hashlib.md5()
+        for start, end in ((0, 4097), (4097, PART + 1), (PART + 1, len(data))):
+            assert _hash_mapped(md5, fd, start, end) == end
+        assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+        with pytest.raises(OSError, match="shorter"):
+            _hash_mapped(hashlib.md5(), fd, PART, len(data) + 1)
+    finally:
+        os.close(fd)

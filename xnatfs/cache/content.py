@@ -42,6 +42,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -68,9 +69,13 @@ from xnatfs.errors import XnatServerError
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
-# Files this big are hashed in a thread beside the download; pieces queued for it at most.
+# Files this big are hashed in a thread beside the download, which maps this much of the
+# file at a time: the MD5 reads the page cache in place (no copy) and takes the GIL back
+# once per piece.
 HASH_THREAD_BYTES = 8 << 20
-HASH_PIECE_BYTES = 1 << 20
+HASH_PIECE_BYTES = 16 << 20
+# How often a caller waiting for another's download looks whether bytes arrived (its progress).
+PROGRESS_POLL = 0.5
 
 
 class CacheKey(NamedTuple):
@@ -234,6 +239,10 @@ class _Fill:
         self.error: BaseException | None = None
         self.keep = True  # False once discard_uri() asked to forget it
         self.views: list[PendingFetch] = []
+        # Readers waiting for bytes, each woken only once its own bytes are written: with
+        # every reader woken on every write, the wake-ups would compete for the GIL with
+        # the download and the MD5 for nothing.
+        self.waiting: list[_Waiter] = []
 
     def claim(self) -> bool:
         """True for exactly one caller: the one that runs the download."""
@@ -248,32 +257,55 @@ class _Fill:
             self.received += frontier - span.frontier
             span.frontier = frontier
             self.written = _run_end(self.spans, self.written)
-            self.cond.notify_all()
+            still = []
+            for waiter in self.waiting:
+                if _run_end(self.spans, waiter.start) >= waiter.end:
+                    waiter.ready.set()
+                else:
+                    still.append(waiter)
+            self.waiting = still
 
     def wait_for(self, start: int, end_offset: int, timeout: float | None) -> None:
         # Whoever reads up to the end waits for the checks of size and MD5,
         # so a download that fails them is an error to that reader at least.
         end_offset = min(end_offset, self.key.size)
         whole = end_offset >= self.key.size
-        self._wait(lambda: self.state == "done" or (not whole and _run_end(self.spans, start) >= end_offset), timeout)
+        # Past the last byte: no write satisfies the wait, only the end of the download.
+        self._wait(_Waiter(start, self.key.size + 1 if whole else end_offset), timeout)
 
     def wait_done(self, timeout: float | None) -> None:
-        self._wait(lambda: self.state == "done", timeout)
+        self._wait(_Waiter(0, self.key.size + 1), timeout)
 
-    def _wait(self, ready: Callable[[], bool], timeout: float | None) -> None:
-        """Until ``ready()``; bytes arriving meanwhile count as the waiting caller's progress
-        (its request is not given up while a download another started moves)."""
+    def _wait(self, waiter: _Waiter, timeout: float | None) -> None:
+        """Until the waiter's bytes are written (or the download ends); raise its error.
+
+        Woken for its own bytes only; every PROGRESS_POLL seconds meanwhile, bytes that
+        arrived count as the waiting caller's progress, so its request is not given up
+        while a download another started moves.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
+            waiting = self.state != "done" and _run_end(self.spans, waiter.start) < waiter.end
+            if waiting:
+                self.waiting.append(waiter)
             received = self.received
-            while not ready():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+        try:
+            while waiting:
+                pause = PROGRESS_POLL if deadline is None else min(PROGRESS_POLL, deadline - time.monotonic())
+                if pause <= 0:
                     raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
-                self.cond.wait(left)
-                if self.received != received:
-                    received = self.received
-                    note_progress()
+                if waiter.ready.wait(pause):
+                    break
+                with self.cond:
+                    if self.received != received:
+                        received = self.received
+                        note_progress()
+        finally:
+            if waiting:
+                with self.cond:
+                    if waiter in self.waiting:
+                        self.waiting.remove(waiter)
+        with self.cond:
             if self.error is not None:
                 raise self.error
 
@@ -313,6 +345,9 @@ class _Fill:
                     if not view._closed:
                         view._slot[0] = handle.open()
             self.views = []
+            for waiter in self.waiting:
+                waiter.ready.set()
+            self.waiting = []
             self.cond.notify_all()
 
 
@@ -399,6 +434,17 @@ def _close_slot(slot: list[CachedFile | None]) -> None:
         slot[0].close()
 
 
+class _Waiter:
+    """A reader waiting until bytes ``[start, end)`` are written."""
+
+    __slots__ = ("end", "ready", "start")
+
+    def __init__(self, start: int, end: int):
+        self.start = start
+        self.end = end
+        self.ready = threading.Event()
+
+
 class _Span:
     """Where one stream writes: from ``start`` on, ``frontier`` being the first byte not yet written."""
 
@@ -456,7 +502,7 @@ class _EntryWriter(_WriteOnly):
 
     The MD5 goes over the bytes in file order, as far as they are written
     without a gap. For a large file, or one fetched in parts, it runs in a
-    thread of its own that reads the written bytes back (from the page cache)
+    thread of its own that maps the written bytes (in the page cache, without a copy)
     behind the download, so neither the download nor the readers it feeds
     wait for the hash; only the entry's completion (:meth:`verify`) does.
     """
@@ -526,8 +572,6 @@ class _EntryWriter(_WriteOnly):
     def _hash_behind(self) -> None:
         md5 = self._md5
         assert md5 is not None, "the hash thread runs only for keys with a digest"
-        buffer = bytearray(HASH_PIECE_BYTES)
-        view = memoryview(buffer)
         try:
             while True:
                 with self._progress:
@@ -538,11 +582,7 @@ class _EntryWriter(_WriteOnly):
                 if written == hashed:
                     return
                 while hashed < written:
-                    count = os.preadv(self._fd, [view[: min(HASH_PIECE_BYTES, written - hashed)]], hashed)
-                    if not count:
-                        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
-                    md5.update(view[:count])
-                    hashed += count
+                    hashed = _hash_mapped(md5, self._fd, hashed, min(written, hashed + HASH_PIECE_BYTES))
                 with self._progress:
                     self._hashed = hashed
         except OSError as exc:
@@ -567,6 +607,21 @@ class _EntryWriter(_WriteOnly):
             raise XnatServerError(f"could not check the download's MD5: {self._hash_error}", url=key.uri)
         if self._md5 is not None and self._md5.hexdigest() != key.digest.lower():
             raise XnatServerError("downloaded file does not match its MD5 digest", url=key.uri)
+
+
+def _hash_mapped(md5: hashlib._Hash, fd: int, start: int, end: int) -> int:
+    """Add bytes ``[start, end)`` of the file ``fd`` to ``md5``, straight from the page cache; returns ``end``."""
+    if os.fstat(fd).st_size < end:
+        # A mapping past the end of the file would kill the process (SIGBUS) where a read fails.
+        raise OSError(errno.EIO, "cache file shorter than the bytes written to it")
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with (
+        mmap.mmap(fd, end - base, access=mmap.ACCESS_READ, offset=base) as mapped,
+        memoryview(mapped) as whole,
+        whole[start - base :] as piece,
+    ):
+        md5.update(piece)
+    return end
 
 
 class ContentCache:
