@@ -1776,18 +1776,18 @@ MISSED_NOTES: dict[str, str] = {
     "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
     "datatype folder of a session is listed, fetching and converting the session's other series "
     "ahead in the background (a walk visits them next), or one session zip for all its series.",
-    "6": "Earlier full runs on this machine gave medians from 1.28× to 1.32×, this one 1.44×; run back "
-    "to back on 2026-12-06 (3 runs each), the code before the latest changes gave 1.39× (1.39–1.51) and "
-    "this code 1.43× (1.41–1.50), the same within the spread. Each file is written "
-    "through FUSE in 128 KiB pieces into the upload spool, then uploaded with one PUT when cp closes "
-    "it; curl only sends. The spool no longer fsyncs an upload that succeeds (the bytes are made "
-    "durable only when an upload fails), and files up to 4 MiB are sent in one write. strace of cp "
-    "shows what is left per file: the create about 1.2 ms (a lookup and a create round trip, the "
-    "spool entry made in a worker thread), eight writes of about 0.3 ms each (a round trip, a "
-    "worker-thread hop and the pwrite; the kernel also asks for security.capability before each), "
-    "and a close of about 28 ms where curl's PUT takes about 24 ms. What would close it: gathering "
-    "writes in memory and handing them to the spool a megabyte at a time, or larger FUSE writes, "
-    "which pyfuse3 does not let us ask for.",
+    "6": "Files now report a block size of 1 MiB (st_blksize), so cp writes each 1 MB file with one "
+    "FUSE write instead of eight of 128 KiB (and the kernel asks for security.capability once instead "
+    "of eight times). Each file is written into the upload spool, then uploaded with one PUT when cp "
+    "closes it; curl only sends. strace of cp against the fake server with no added latency shows "
+    "what is left per file: the create about 1.6 ms (a lookup and a create round trip, the spool entry "
+    "made in a worker thread), the write about 1.4 ms (the megabyte copied from cp into the kernel, "
+    "to the daemon and into the spool), and a close of about 5 ms where the PUT itself takes about "
+    "4 ms; at 20 ms a request that is a close of about 27 ms against curl's PUT of about 24 ms. The "
+    "spool is what keeps a file written through the mount safe from a failed upload, a crash or a "
+    "kill (docs/RELIABILITY.md), so the bytes are written there before they are sent, and the "
+    "upload can start only once cp's close says the file is whole: per file, a create and a write "
+    "round trip and the spool's bookkeeping come on top of the PUT that curl makes alone.",
 }
 
 
