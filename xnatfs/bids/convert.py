@@ -301,6 +301,7 @@ class Converter:
                     self.cache.insert(output_key, path)
                     records.append({"name": path.name, "size": output_key.size, "md5": output_key.digest})
             out.write(_manifest_bytes(self.converter, records, series.uri))
+            logger.debug("converted %s (%d files): %d outputs", series.uri, len(series.files), len(records))
         except BaseException:
             for output_key in stored:
                 self.cache.discard_uri(output_key.uri)
