@@ -19,6 +19,10 @@ What costs what:
   another sharing the cache, is found in the cache). Every size is exact
   before anything is read. A scan whose server holds a ``NIFTI``/``BIDS``
   resource is served from it instead.
+- The first datatype folder of a session listed starts all of the
+  session's series the plan names (that folder's first), so a walk finds
+  the next folders converted or under way; each outcome is kept for its
+  folder's listing, which takes it as if it had converted then.
 - The deadline of a request (:mod:`xnatfs.fs.deadlines`) counts a
   conversion in progress as progress: the request waits for it, each
   conversion being bounded by the converter's own timeout and each download
