@@ -80,6 +80,8 @@ NIFTI = ".nii"
 DICOM_LABEL = "DICOM"
 # How many sessions' conversions started ahead wait for their folders' listings (an older one is dropped).
 AHEAD_SESSIONS = 8
+# Series converted ahead whose folder no listing waits for yet: at most this many fetched or converted at once.
+AHEAD_AT_ONCE = 4
 # How often a request waiting for conversions is told that they still run.
 PROGRESS_SECONDS = 1.0
 # Names the bytes of a file made in memory, for the kernel's page-cache bookkeeping (never a server URI).
@@ -151,6 +153,8 @@ class BidsView:
         self._flights: dict[tuple[Hashable, ...], _Flight] = {}
         # (experiment ID, id of its file listing) → its conversions started ahead, oldest first
         self._ahead: OrderedDict[tuple[str, int], _SessionAhead] = OrderedDict()
+        # Series no listing waits for yet, fetched and converted at once (each zip holds a worker thread).
+        self._ahead_turns = trio.Semaphore(AHEAD_AT_ONCE)
 
     def folder(self, project: ProjectDir) -> BidsRootDir:
         return BidsRootDir(mtime=project.mtime, read_only=True, project=project.project, view=self)
@@ -228,8 +232,8 @@ class BidsView:
         """The session's conversions, all started at the first listing of one of its datatype folders.
 
         A walk lists the other datatype folders next: their series are then
-        fetched (every zip at once) and converted (the converter's bound) while
-        this one is listed. The folder listed now goes first; each outcome waits,
+        fetched and converted while this one is listed, :data:`AHEAD_AT_ONCE`
+        at a time until a listing wants one (dcm2niix keeps its own bound). The folder listed now goes first; each outcome waits,
         errors included, for its own folder's listing, which reports it as it
         would have converting it then. Kept for :data:`AHEAD_SESSIONS` sessions.
         """
@@ -252,12 +256,37 @@ class BidsView:
             for target in plan.targets_of(name):
                 flight = ahead.flights[_SessionAhead.key_of(target)] = _Flight()
 
-                async def convert(target: BidsTarget = target) -> dict[str, Node]:
-                    return await self._target_files(plan, target, by_resource, mtime)
+                async def convert(target: BidsTarget = target, flight: _Flight = flight) -> dict[str, Node]:
+                    holds_turn = await self._ahead_turn(flight.wanted)
+                    try:
+                        return await self._target_files(plan, target, by_resource, mtime)
+                    finally:
+                        if holds_turn:
+                            self._ahead_turns.release()
 
                 self.nursery.start_soon(self._run, "conversion ahead", flight, convert, False)
         logger.debug("BIDS view: converting %d series of %s ahead", len(ahead.flights), plan.folder)
         return ahead
+
+    async def _ahead_turn(self, wanted: trio.Event) -> bool:
+        """Wait until one of :data:`AHEAD_AT_ONCE` turns is free, or until a listing wants the
+        conversion now; True when a turn is held (to be released)."""
+        holds_turn = False
+        async with trio.open_nursery() as race:
+
+            async def take_turn() -> None:
+                nonlocal holds_turn
+                await self._ahead_turns.acquire()
+                holds_turn = True
+                race.cancel_scope.cancel()
+
+            async def asked_for() -> None:
+                await wanted.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(take_turn)
+            race.start_soon(asked_for)
+        return holds_turn
 
     def _failed(self, plan: SessionPlan, target: BidsTarget, exc: XnatError, failure_key: tuple[str, str]) -> None:
         scan = target.scan
@@ -457,12 +486,14 @@ class BidsView:
 
 
 class _Flight:
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "value", "wanted")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = None
         self.error: XnatError | None = None
+        # Set once a listing waits for it: work started ahead then goes without waiting for a turn.
+        self.wanted = trio.Event()
 
     async def result(self) -> Any:
         await self.done.wait()
@@ -489,8 +520,11 @@ class _SessionAhead:
         return (target.scan.uri or target.scan.id, target.rule, target.datatype, target.stem)
 
     def take(self, target: BidsTarget) -> _Flight | None:
-        """The conversion started ahead for ``target``, once; None if there is none (left)."""
-        return self.flights.pop(self.key_of(target), None)
+        """The conversion started ahead for ``target``, once, now wanted; None if there is none (left)."""
+        flight = self.flights.pop(self.key_of(target), None)
+        if flight is not None:
+            flight.wanted.set()
+        return flight
 
 
 def _by_resource(files: Sequence[RemoteFile]) -> dict[str, list[RemoteFile]]:
