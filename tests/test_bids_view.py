@@ -550,6 +550,7 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
     import threading
 
     import trio
+    import trio.testing
 
     from xnatfs.bids.rules import BuiltinRules
     from xnatfs.fs.bidsview import BidsView
@@ -592,3 +593,38 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
 
     assert trio.run(main) == ["converted", "converted"]
     assert len(calls) == 1
+
+
+def test_series_converted_ahead_take_turns_unless_a_listing_wants_them():
+    import trio
+    import trio.testing
+
+    from xnatfs.bids.rules import BuiltinRules
+    from xnatfs.fs.bidsview import AHEAD_AT_ONCE, BidsView
+
+    view = BidsView(None, None, None, BuiltinRules(), series=None, key_for=None, server_url="")
+    asking = AHEAD_AT_ONCE + 2
+
+    async def main() -> tuple[dict[int, bool], dict[int, bool], dict[int, bool]]:
+        wanted = [trio.Event() for _ in range(asking)]
+        turns: dict[int, bool] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def ask(index: int) -> None:
+                turns[index] = await view._ahead_turn(wanted[index])
+
+            for index in range(asking):
+                nursery.start_soon(ask, index)
+            await trio.testing.wait_all_tasks_blocked()
+            first = dict(turns)
+            waiting = [index for index in range(asking) if index not in turns]
+            wanted[waiting[0]].set()  # a listing waits for it: it goes without a turn
+            await trio.testing.wait_all_tasks_blocked()
+            then = dict(turns)
+            view._ahead_turns.release()  # a turn given back: the one left waiting takes it
+        return first, then, turns
+
+    first, then, final = trio.run(main)
+    assert list(first.values()) == [True] * AHEAD_AT_ONCE
+    assert list(then.values()).count(False) == 1 and len(then) == AHEAD_AT_ONCE + 1
+    assert sorted(final.values()) == [False] + [True] * (AHEAD_AT_ONCE + 1)
