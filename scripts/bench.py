@@ -1746,12 +1746,17 @@ MISSED_NOTES: dict[str, str] = {
     "5d": "The walk's read-ahead loads the subjects after the opened one up to 8 of their sessions "
     "(`AHEAD_SESSIONS` in xnatfs/fs/walks.py); more than 10 listings past the walk means that "
     "window grew or moved ahead of the walk.",
-    "7a": "The view converts what a folder listing asks for: a walk lists anat/, dwi/, fmap/ and func/ one "
-    "after the other, and each listing fetches its series as one zip each (a request of 20 ms and "
-    "more per series) and converts them two at a time, while the reference fetches the whole "
-    "session in one zip and runs dcm2niix on the series back to back. What would close it: when one "
-    "datatype folder of a session is listed, fetching and converting the session's other series "
-    "ahead in the background (a walk visits them next), or one session zip for all its series.",
+    "7a": "The first listing of one of a session's datatype folders starts fetching and converting all "
+    "of the session's series the plan names (that folder's first, then four series at a time; dcm2niix "
+    "two at a time), so a walk finds the next folders converted or under way instead of listing anat/, "
+    "dwi/, fmap/ and func/ one after the other, each waiting for its zips and conversions. Run back to "
+    "back on 2026-12-06 on a loaded machine (load 4-8 on 2 cores; 3 rounds of 3 runs each), the code "
+    "before gave 1.08×, 1.53× and 1.68×, this code 1.29×, 0.89× and 1.12×. What is left is the "
+    "daemon's own CPU, about 0.2 s besides dcm2niix's 0.1 s (py-spy: writing each of the session's 240 "
+    "DICOM files into the content cache about 40 %, parsing the 8 zips a quarter, the scratch folder "
+    "and outputs around each dcm2niix run a quarter), where curl and unzip cost little. What would "
+    "close it: one zip of the session's planned series instead of one per series, and dcm2niix reading "
+    "checked bytes laid out once rather than each DICOM file kept in the cache first.",
     "6": "Earlier full runs on this machine gave medians from 1.28× to 1.32×, this one 1.44×; run back "
     "to back on 2026-12-06 (3 runs each), the code before the latest changes gave 1.39× (1.39–1.51) and "
     "this code 1.43× (1.41–1.50), the same within the spread. Each file is written "
