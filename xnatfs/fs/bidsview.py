@@ -233,9 +233,10 @@ class BidsView:
 
         A walk lists the other datatype folders next: their series are then
         fetched and converted while this one is listed, :data:`AHEAD_AT_ONCE`
-        at a time until a listing wants one (dcm2niix keeps its own bound). The folder listed now goes first; each outcome waits,
-        errors included, for its own folder's listing, which reports it as it
-        would have converting it then. Kept for :data:`AHEAD_SESSIONS` sessions.
+        at a time until a listing wants one (dcm2niix keeps its own bound).
+        The folder listed now goes first; each outcome waits, errors included,
+        for its own folder's listing, which reports it as it would have
+        converting it then. Kept for :data:`AHEAD_SESSIONS` sessions.
         """
         if self.nursery is None:
             return None
