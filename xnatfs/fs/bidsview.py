@@ -81,7 +81,7 @@ DICOM_LABEL = "DICOM"
 # How many sessions' conversions started ahead wait for their folders' listings (an older one is dropped).
 AHEAD_SESSIONS = 8
 # Series converted ahead whose folder no listing waits for yet: at most this many fetched or converted at once.
-AHEAD_AT_ONCE = 4
+AHEAD_AT_ONCE = 8
 # How often a request waiting for conversions is told that they still run.
 PROGRESS_SECONDS = 1.0
 # Names the bytes of a file made in memory, for the kernel's page-cache bookkeeping (never a server URI).
