@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from mountutil import isolated_env, mounted, xnatfs_command
+from waiting import wait_until
 from xnatfs.bids.convert import converter_version
 from xnatfs.fake import FakeXnat
 from xnatfs.fake.store import Store
@@ -89,6 +90,29 @@ def downloads(server) -> list[str]:
         if "/files/" in path or "format=zip" in query:
             found.append(target)
     return found
+
+
+def scan_of(target: str) -> str:
+    """``/scans/<id>/`` of a request for a scan's files."""
+    return "/scans/" + target.split("/scans/", 1)[1].split("/", 1)[0] + "/"
+
+
+def zipped_scans(server, experiment: str) -> list[str]:
+    """The scans of ``experiment`` whose DICOM resource was asked for as a zip, once per request."""
+    return [
+        scan_of(target)
+        for target in downloads(server)
+        if "format=zip" in target and target.startswith(f"/data/experiments/{experiment}/scans/")
+    ]
+
+
+# The scans of P01_MR1 the view holds (1, the localizer, is left out), by datatype folder.
+MR1_SCANS = {
+    "anat": ["/scans/2/", "/scans/3/"],
+    "fmap": ["/scans/4/", "/scans/5/"],
+    "func": ["/scans/6/", "/scans/7/", "/scans/8/"],
+    "dwi": ["/scans/9/"],
+}
 
 
 def view_files(root: Path) -> dict[str, int]:
@@ -325,7 +349,7 @@ def test_listing_the_view_down_to_sessions_downloads_nothing(fresh_server, tmp_p
         os.listdir(root / "sub-P01/ses-MR1/anat")
         fetched = downloads(fresh_server)
         assert fetched and all("format=zip" in target for target in fetched)
-        assert len(fetched) == 2
+        assert {"/scans/2/", "/scans/3/"} <= {scan_of(target) for target in fetched}
 
 
 def test_a_walk_of_the_project_converts_nothing(fresh_server, tmp_path):
@@ -430,6 +454,66 @@ def test_a_series_that_cannot_be_converted_is_left_out_and_reported(fresh_server
         assert mount.log().count("cannot convert /data/experiments/") == 1
 
 
+def test_listing_one_datatype_folder_converts_the_whole_session_ahead_each_series_once(fresh_server, tmp_path):
+    experiment = fresh_server.store.experiment_id(PROJECT, "P01_MR1")
+    every_scan = sorted(scan for scans in MR1_SCANS.values() for scan in scans)
+    with mounted(fresh_server.url, tmp_path) as mount:
+        session = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1"
+        assert sorted(os.listdir(session))[:4] == ["anat", "dwi", "fmap", "func"]
+        fresh_server.reset_counts()
+        assert len(os.listdir(session / "anat")) == 4
+        # The other folders' series are fetched and converted before anything lists them.
+        wait_until(lambda: sorted(zipped_scans(fresh_server, experiment)) == every_scan, "every series zipped")
+        converted = f"converted /data/experiments/{experiment}/scans/"
+        wait_until(lambda: mount.log().count(converted) == len(every_scan), "every series converted")
+        files = {}
+        for folder, _dirs, names in os.walk(session):
+            for name in names:
+                files[name] = (Path(folder) / name).read_bytes()
+        assert len([name for name in files if name.endswith(".nii")]) == len(every_scan)
+        # The walk found them converted: no series fetched or converted twice.
+        assert sorted(zipped_scans(fresh_server, experiment)) == every_scan
+        log = mount.log()
+        assert [log.count(f"{converted}{scan[len('/scans/') :]}") for scan in every_scan] == [1] * len(every_scan)
+
+
+def test_a_series_converted_ahead_that_fails_leaves_its_folder_with_the_others(fresh_server, tmp_path):
+    store = fresh_server.store
+    experiment = store.experiment_id(PROJECT, "P01_MR1")
+    pk = store.add_scan(experiment, "10", type="func-bold_task-broken", series_description="func-bold_task-broken")
+    resource = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM")
+    for index in range(3):
+        store.store_file(resource, f"slice{index}.dcm", b"this is no DICOM file\n" * 10)
+    with mounted(fresh_server.url, tmp_path) as mount:
+        session = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1"
+        os.listdir(session / "anat")
+        # The broken func series failed ahead, before its folder was listed.
+        wait_until(lambda: "cannot convert /data/experiments/" in mount.log(), "the failed conversion's log line")
+        func = sorted(os.listdir(session / "func"))
+        assert func == [
+            "sub-P01_ses-MR1_task-nback_bold.json",
+            "sub-P01_ses-MR1_task-nback_bold.nii",
+            "sub-P01_ses-MR1_task-rest_run-1_bold.json",
+            "sub-P01_ses-MR1_task-rest_run-1_bold.nii",
+            "sub-P01_ses-MR1_task-rest_run-2_bold.json",
+            "sub-P01_ses-MR1_task-rest_run-2_bold.nii",
+        ]
+        for name in func:
+            assert (session / "func" / name).read_bytes()
+        done = subprocess.run(
+            xnatfs_command("bids-check", str(mount.path / PROJECT / "BIDS"), "--json"),
+            capture_output=True,
+            text=True,
+            env=isolated_env(tmp_path),
+            timeout=60,
+        )
+        failed = json.loads(done.stdout)["failed"]
+        assert [(f["session"], f["scan"], f["reason"]) for f in failed] == [
+            ("sub-P01/ses-MR1", "10", "conversion-failed")
+        ]
+        assert mount.log().count("cannot convert /data/experiments/") == 1
+
+
 def test_no_bids_hides_the_view_and_a_subject_named_bids_keeps_its_tagged_name(fresh_server, tmp_path):
     subject_id = fresh_server.store.add_subject(PROJECT, "BIDS")
     with mounted(fresh_server.url, tmp_path, args=("--no-bids",)) as mount:
@@ -466,6 +550,7 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
     import threading
 
     import trio
+    import trio.testing
 
     from xnatfs.bids.rules import BuiltinRules
     from xnatfs.fs.bidsview import BidsView
@@ -508,3 +593,38 @@ def test_a_request_waiting_for_a_conversion_longer_than_its_timeout_is_not_given
 
     assert trio.run(main) == ["converted", "converted"]
     assert len(calls) == 1
+
+
+def test_series_converted_ahead_take_turns_unless_a_listing_wants_them():
+    import trio
+    import trio.testing
+
+    from xnatfs.bids.rules import BuiltinRules
+    from xnatfs.fs.bidsview import AHEAD_AT_ONCE, BidsView
+
+    view = BidsView(None, None, None, BuiltinRules(), series=None, key_for=None, server_url="")
+    asking = AHEAD_AT_ONCE + 2
+
+    async def main() -> tuple[dict[int, bool], dict[int, bool], dict[int, bool]]:
+        wanted = [trio.Event() for _ in range(asking)]
+        turns: dict[int, bool] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def ask(index: int) -> None:
+                turns[index] = await view._ahead_turn(wanted[index])
+
+            for index in range(asking):
+                nursery.start_soon(ask, index)
+            await trio.testing.wait_all_tasks_blocked()
+            first = dict(turns)
+            waiting = [index for index in range(asking) if index not in turns]
+            wanted[waiting[0]].set()  # a listing waits for it: it goes without a turn
+            await trio.testing.wait_all_tasks_blocked()
+            then = dict(turns)
+            view._ahead_turns.release()  # a turn given back: the one left waiting takes it
+        return first, then, turns
+
+    first, then, final = trio.run(main)
+    assert list(first.values()) == [True] * AHEAD_AT_ONCE
+    assert list(then.values()).count(False) == 1 and len(then) == AHEAD_AT_ONCE + 1
+    assert sorted(final.values()) == [False] + [True] * (AHEAD_AT_ONCE + 1)

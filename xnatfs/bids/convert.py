@@ -298,9 +298,13 @@ class Converter:
                         f"{key.uri}/{path.name}", len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
                     )
                     stored.append(output_key)
-                    self.cache.insert(output_key, path)
+                    # The bytes are in hand and hashed: adopted as they are, no second read or MD5.
+                    entry = self.cache.insert_bytes(output_key, data, checked=True)
+                    if entry is not None:
+                        entry.close()
                     records.append({"name": path.name, "size": output_key.size, "md5": output_key.digest})
             out.write(_manifest_bytes(self.converter, records, series.uri))
+            logger.debug("converted %s (%d files): %d outputs", series.uri, len(series.files), len(records))
         except BaseException:
             for output_key in stored:
                 self.cache.discard_uri(output_key.uri)

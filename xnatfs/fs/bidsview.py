@@ -19,6 +19,10 @@ What costs what:
   another sharing the cache, is found in the cache). Every size is exact
   before anything is read. A scan whose server holds a ``NIFTI``/``BIDS``
   resource is served from it instead.
+- The first datatype folder of a session listed starts all of the
+  session's series the plan names (that folder's first), so a walk finds
+  the next folders converted or under way; each outcome is kept for its
+  folder's listing, which takes it as if it had converted then.
 - The deadline of a request (:mod:`xnatfs.fs.deadlines`) counts a
   conversion in progress as progress: the request waits for it, each
   conversion being bounded by the converter's own timeout and each download
@@ -38,7 +42,7 @@ import hashlib
 import json
 import logging
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, cast
@@ -74,6 +78,10 @@ ConvertedImage: TypeAlias = tuple[CacheKey, bytes | None, CacheKey | None, Cache
 
 NIFTI = ".nii"
 DICOM_LABEL = "DICOM"
+# How many sessions' conversions started ahead wait for their folders' listings (an older one is dropped).
+AHEAD_SESSIONS = 8
+# Series converted ahead whose folder no listing waits for yet: at most this many fetched or converted at once.
+AHEAD_AT_ONCE = 8
 # How often a request waiting for conversions is told that they still run.
 PROGRESS_SECONDS = 1.0
 # Names the bytes of a file made in memory, for the kernel's page-cache bookkeeping (never a server URI).
@@ -143,6 +151,10 @@ class BidsView:
         # (project, scan URI) → why its conversion failed, until it succeeds
         self.failures: dict[tuple[str, str], LeftOutSeries] = {}
         self._flights: dict[tuple[Hashable, ...], _Flight] = {}
+        # (experiment ID, id of its file listing) → its conversions started ahead, oldest first
+        self._ahead: OrderedDict[tuple[str, int], _SessionAhead] = OrderedDict()
+        # Series no listing waits for yet, fetched and converted at once (each zip holds a worker thread).
+        self._ahead_turns = trio.Semaphore(AHEAD_AT_ONCE)
 
     def folder(self, project: ProjectDir) -> BidsRootDir:
         return BidsRootDir(mtime=project.mtime, read_only=True, project=project.project, view=self)
@@ -183,11 +195,16 @@ class BidsView:
         async def build() -> dict[str, Node]:
             found: dict[str, Node] = {}
             project = parent.session.experiment.project
+            ahead = self._converting_ahead(plan, datatype, files, by_resource, parent)
 
             async def one(target: BidsTarget) -> None:
                 failure_key = (project, target.scan.uri or f"{plan.folder}/{target.scan.id}")
+                flight = ahead.take(target) if ahead is not None else None
                 try:
-                    found.update(await self._target_files(plan, target, by_resource, parent))
+                    if flight is None:
+                        found.update(await self._target_files(plan, target, by_resource, parent.mtime))
+                    else:
+                        found.update(await flight.result())
                 except XnatError as exc:
                     self._failed(plan, target, exc, failure_key)
                 else:
@@ -204,6 +221,74 @@ class BidsView:
         )
         return built
 
+    def _converting_ahead(
+        self,
+        plan: SessionPlan,
+        datatype: str,
+        files: Sequence[RemoteFile],
+        by_resource: Mapping[str, Sequence[RemoteFile]],
+        parent: BidsDatatypeDir,
+    ) -> _SessionAhead | None:
+        """The session's conversions, all started at the first listing of one of its datatype folders.
+
+        A walk lists the other datatype folders next: their series are then
+        fetched and converted while this one is listed, :data:`AHEAD_AT_ONCE`
+        at a time until a listing wants one (dcm2niix keeps its own bound).
+        The folder listed now goes first; each outcome waits, errors included,
+        for its own folder's listing, which reports it as it would have
+        converting it then. Kept for :data:`AHEAD_SESSIONS` sessions.
+        """
+        if self.nursery is None:
+            return None
+        key = (parent.session.experiment.id, id(files))
+        ahead = self._ahead.get(key)
+        if ahead is not None:
+            return ahead
+        for older in [k for k in self._ahead if k[0] == key[0]]:
+            del self._ahead[older]
+        while len(self._ahead) >= AHEAD_SESSIONS:
+            self._ahead.popitem(last=False)
+        ahead = self._ahead[key] = _SessionAhead(files)
+        datatypes = plan.datatypes()
+        index = datatypes.index(datatype) if datatype in datatypes else 0
+        # Every datatype folder of a session has the session's modification time.
+        mtime = parent.mtime
+        for name in datatypes[index:] + datatypes[:index]:
+            for target in plan.targets_of(name):
+                flight = ahead.flights[_SessionAhead.key_of(target)] = _Flight()
+
+                async def convert(target: BidsTarget = target, flight: _Flight = flight) -> dict[str, Node]:
+                    holds_turn = await self._ahead_turn(flight.wanted)
+                    try:
+                        return await self._target_files(plan, target, by_resource, mtime)
+                    finally:
+                        if holds_turn:
+                            self._ahead_turns.release()
+
+                self.nursery.start_soon(self._run, "conversion ahead", flight, convert, False)
+        logger.debug("BIDS view: converting %d series of %s ahead", len(ahead.flights), plan.folder)
+        return ahead
+
+    async def _ahead_turn(self, wanted: trio.Event) -> bool:
+        """Wait until one of :data:`AHEAD_AT_ONCE` turns is free, or until a listing wants the
+        conversion now; True when a turn is held (to be released)."""
+        holds_turn = False
+        async with trio.open_nursery() as race:
+
+            async def take_turn() -> None:
+                nonlocal holds_turn
+                await self._ahead_turns.acquire()
+                holds_turn = True
+                race.cancel_scope.cancel()
+
+            async def asked_for() -> None:
+                await wanted.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(take_turn)
+            race.start_soon(asked_for)
+        return holds_turn
+
     def _failed(self, plan: SessionPlan, target: BidsTarget, exc: XnatError, failure_key: tuple[str, str]) -> None:
         scan = target.scan
         if not isinstance(exc, XnatConversionError):
@@ -218,12 +303,12 @@ class BidsView:
         plan: SessionPlan,
         target: BidsTarget,
         by_resource: Mapping[str, Sequence[RemoteFile]],
-        parent: BidsDatatypeDir,
+        mtime: float,
     ) -> dict[str, Node]:
         scan = target.scan
         server = find_server_conversion({r.label: by_resource.get(r.uri, ()) for r in scan.resources})
         if server is not None:
-            return await self._server_files(target, server, parent)
+            return await self._server_files(target, server, mtime)
         dicom = _dicom_files(scan, by_resource)
         if not dicom:
             raise XnatNotFound("the scan has no DICOM files", url=scan.uri)
@@ -239,14 +324,14 @@ class BidsView:
         for stem, image in _named_images(target, images, plan):
             nifti_key, sidecar, bval, bvec = image
             found[stem + NIFTI] = BidsConvertedFile(
-                mtime=parent.mtime, read_only=True, key=nifti_key, source=source, view=self, origin=origin
+                mtime=mtime, read_only=True, key=nifti_key, source=source, view=self, origin=origin
             )
             if sidecar is not None:
-                found[stem + ".json"] = BidsBytesFile(mtime=parent.mtime, read_only=True, data=sidecar, origin=origin)
+                found[stem + ".json"] = BidsBytesFile(mtime=mtime, read_only=True, data=sidecar, origin=origin)
             for extension, key in ((".bval", bval), (".bvec", bvec)):
                 if key is not None:
                     found[stem + extension] = BidsConvertedFile(
-                        mtime=parent.mtime, read_only=True, key=key, source=source, view=self, origin=origin
+                        mtime=mtime, read_only=True, key=key, source=source, view=self, origin=origin
                     )
         return found
 
@@ -285,19 +370,17 @@ class BidsView:
             ("again", source.series.uri, source.rule), lambda: self._convert_blocking(source, {}), thread=True
         )
 
-    async def _server_files(
-        self, target: BidsTarget, server: ServerConversion, parent: BidsDatatypeDir
-    ) -> dict[str, Node]:
+    async def _server_files(self, target: BidsTarget, server: ServerConversion, mtime: float) -> dict[str, Node]:
         image = server.images[0]
         origin = _origin(target, server.source)
         nifti_extension = ".nii.gz" if image.nifti.path.lower().endswith(".nii.gz") else NIFTI
         stem = target.stem
         found: dict[str, Node] = {
-            stem + nifti_extension: BidsServerFile(mtime=parent.mtime, read_only=True, file=image.nifti, origin=origin)
+            stem + nifti_extension: BidsServerFile(mtime=mtime, read_only=True, file=image.nifti, origin=origin)
         }
         for extension, remote in ((".bval", image.bval), (".bvec", image.bvec)):
             if remote is not None:
-                found[stem + extension] = BidsServerFile(mtime=parent.mtime, read_only=True, file=remote, origin=origin)
+                found[stem + extension] = BidsServerFile(mtime=mtime, read_only=True, file=remote, origin=origin)
         if target.sidecar_changes:
 
             def changed() -> bytes:
@@ -305,11 +388,9 @@ class BidsView:
                     return _changed_sidecar(entry.pread(0, image.sidecar.size), target.sidecar_changes)
 
             data = await trio.to_thread.run_sync(changed, limiter=self.limiter)
-            found[stem + ".json"] = BidsBytesFile(mtime=parent.mtime, read_only=True, data=data, origin=origin)
+            found[stem + ".json"] = BidsBytesFile(mtime=mtime, read_only=True, data=data, origin=origin)
         else:
-            found[stem + ".json"] = BidsServerFile(
-                mtime=parent.mtime, read_only=True, file=image.sidecar, origin=origin
-            )
+            found[stem + ".json"] = BidsServerFile(mtime=mtime, read_only=True, file=image.sidecar, origin=origin)
         return found
 
     def _open_server_file(self, remote: RemoteFile) -> CachedFile:
@@ -337,9 +418,9 @@ class BidsView:
         if flight is None:
             flight = self._flights[key] = _Flight()
             if self.nursery is None:
-                await self._run(key, flight, work, thread)
+                await self._run_shared(key, flight, work, thread)
             else:
-                self.nursery.start_soon(self._run, key, flight, work, thread)
+                self.nursery.start_soon(self._run_shared, key, flight, work, thread)
         budget = current_budget()
         while not flight.done.is_set():
             with trio.move_on_after(PROGRESS_SECONDS):
@@ -350,7 +431,15 @@ class BidsView:
             raise flight.error
         return flight.value
 
-    async def _run(self, key: tuple[Hashable, ...], flight: _Flight, work: Callable[[], Any], thread: bool) -> None:
+    async def _run_shared(
+        self, key: tuple[Hashable, ...], flight: _Flight, work: Callable[[], Any], thread: bool
+    ) -> None:
+        try:
+            await self._run(str(key[0]), flight, work, thread)
+        finally:
+            del self._flights[key]
+
+    async def _run(self, what: str, flight: _Flight, work: Callable[[], Any], thread: bool) -> None:
         try:
             if thread:
                 flight.value = await trio.to_thread.run_sync(work, limiter=self.limiter)
@@ -359,10 +448,9 @@ class BidsView:
         except XnatError as exc:
             flight.error = exc
         except Exception as exc:
-            logger.exception("BIDS view: %s failed", key[0])
+            logger.exception("BIDS view: %s failed", what)
             flight.error = XnatConversionError(f"{type(exc).__name__}: {exc}")
         finally:
-            del self._flights[key]
             flight.done.set()
 
     # ---- bids-check -------------------------------------------------------
@@ -399,12 +487,45 @@ class BidsView:
 
 
 class _Flight:
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "value", "wanted")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = None
         self.error: XnatError | None = None
+        # Set once a listing waits for it: work started ahead then goes without waiting for a turn.
+        self.wanted = trio.Event()
+
+    async def result(self) -> Any:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _SessionAhead:
+    """One session's conversions started together, each kept until its folder's listing takes it.
+
+    ``files`` is the file listing they were planned from, held so that its
+    ``id`` (part of the key) names it alone while this lives.
+    """
+
+    __slots__ = ("files", "flights")
+
+    def __init__(self, files: Sequence[RemoteFile]):
+        self.files = files
+        self.flights: dict[tuple[str, str, str, str], _Flight] = {}
+
+    @staticmethod
+    def key_of(target: BidsTarget) -> tuple[str, str, str, str]:
+        return (target.scan.uri or target.scan.id, target.rule, target.datatype, target.stem)
+
+    def take(self, target: BidsTarget) -> _Flight | None:
+        """The conversion started ahead for ``target``, once, now wanted; None if there is none (left)."""
+        flight = self.flights.pop(self.key_of(target), None)
+        if flight is not None:
+            flight.wanted.set()
+        return flight
 
 
 def _by_resource(files: Sequence[RemoteFile]) -> dict[str, list[RemoteFile]]:
