@@ -273,7 +273,8 @@ def test_the_server_nifti_is_served_as_the_server_holds_it(view, bids_server):
     assert "anat/sub-P01_ses-MR2_T2w.nii.gz\tn/a\t3\t" in scans
 
 
-def test_bids_check_lists_the_localizers_and_the_unusable_scan(view, tmp_path):
+def bids_check(view: Path, tmp_path) -> dict:
+    """What ``xnatfs bids-check --json`` says of a view."""
     done = subprocess.run(
         xnatfs_command("bids-check", str(view), "--json"),
         capture_output=True,
@@ -282,7 +283,12 @@ def test_bids_check_lists_the_localizers_and_the_unusable_scan(view, tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
+    answer: dict = json.loads(done.stdout)
+    return answer
+
+
+def test_bids_check_lists_the_localizers_and_the_unusable_scan(view, tmp_path):
+    answer = bids_check(view, tmp_path)
     left_out = {(entry["session"], entry["scan"], entry["reason"]) for entry in answer["left_out"]}
     assert left_out == {
         ("sub-P01/ses-MR1", "1", "excluded"),
@@ -424,13 +430,18 @@ def test_a_config_that_cannot_be_used_stops_the_mount_with_one_line(fresh_server
     assert "not JSON" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_a_series_that_cannot_be_converted_is_left_out_and_reported(fresh_server, tmp_path):
-    store = fresh_server.store
+def add_broken_series(server, kind: str) -> None:
+    """Scan 10 of P01_MR1, typed ``kind``, holding three files that are no DICOM."""
+    store = server.store
     experiment = store.experiment_id(PROJECT, "P01_MR1")
-    pk = store.add_scan(experiment, "10", type="anat-T2w_acq-broken", series_description="anat-T2w_acq-broken")
+    pk = store.add_scan(experiment, "10", type=kind, series_description=kind)
     resource = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM")
     for index in range(3):
         store.store_file(resource, f"slice{index}.dcm", b"this is no DICOM file\n" * 10)
+
+
+def test_a_series_that_cannot_be_converted_is_left_out_and_reported(fresh_server, tmp_path):
+    add_broken_series(fresh_server, "anat-T2w_acq-broken")
     with mounted(fresh_server.url, tmp_path) as mount:
         anat = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1/anat"
         assert sorted(os.listdir(anat)) == [
@@ -439,14 +450,7 @@ def test_a_series_that_cannot_be_converted_is_left_out_and_reported(fresh_server
             "sub-P01_ses-MR1_T2w.json",
             "sub-P01_ses-MR1_T2w.nii",
         ]
-        done = subprocess.run(
-            xnatfs_command("bids-check", str(mount.path / PROJECT / "BIDS"), "--json"),
-            capture_output=True,
-            text=True,
-            env=isolated_env(tmp_path),
-            timeout=60,
-        )
-        failed = json.loads(done.stdout)["failed"]
+        failed = bids_check(mount.path / PROJECT / "BIDS", tmp_path)["failed"]
         assert [(f["session"], f["scan"], f["reason"]) for f in failed] == [
             ("sub-P01/ses-MR1", "10", "conversion-failed")
         ]
@@ -478,12 +482,7 @@ def test_listing_one_datatype_folder_converts_the_whole_session_ahead_each_serie
 
 
 def test_a_series_converted_ahead_that_fails_leaves_its_folder_with_the_others(fresh_server, tmp_path):
-    store = fresh_server.store
-    experiment = store.experiment_id(PROJECT, "P01_MR1")
-    pk = store.add_scan(experiment, "10", type="func-bold_task-broken", series_description="func-bold_task-broken")
-    resource = store.ensure_resource("scan", str(pk), "DICOM", format="DICOM")
-    for index in range(3):
-        store.store_file(resource, f"slice{index}.dcm", b"this is no DICOM file\n" * 10)
+    add_broken_series(fresh_server, "func-bold_task-broken")
     with mounted(fresh_server.url, tmp_path) as mount:
         session = mount.path / PROJECT / "BIDS/sub-P01/ses-MR1"
         os.listdir(session / "anat")
@@ -500,14 +499,7 @@ def test_a_series_converted_ahead_that_fails_leaves_its_folder_with_the_others(f
         ]
         for name in func:
             assert (session / "func" / name).read_bytes()
-        done = subprocess.run(
-            xnatfs_command("bids-check", str(mount.path / PROJECT / "BIDS"), "--json"),
-            capture_output=True,
-            text=True,
-            env=isolated_env(tmp_path),
-            timeout=60,
-        )
-        failed = json.loads(done.stdout)["failed"]
+        failed = bids_check(mount.path / PROJECT / "BIDS", tmp_path)["failed"]
         assert [(f["session"], f["scan"], f["reason"]) for f in failed] == [
             ("sub-P01/ses-MR1", "10", "conversion-failed")
         ]
