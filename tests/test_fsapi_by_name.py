@@ -168,3 +168,17 @@ def test_a_refresh_of_the_project_forgets_a_subject_it_was_told_is_missing(walk_
         assert await fs.exists(f"{PROJECT}/S77")
 
     run_fs(body, server=walk_server, ttl=600)
+
+
+def test_subjects_named_one_after_another_are_found_from_the_project_s_listing_after_the_first(walk_server, run_fs):
+    # `find P/S01 P/S02 ...`, or a script going through a list of subjects: one subject's
+    # own answers for the first, then the project's listing, as a walk of it would use.
+    async def body(fs):
+        await fs.lookup(PROJECT)
+        walk_server.reset_counts()
+        for index in range(1, 6):
+            assert await fs.listdir(f"{PROJECT}/S{index:02d}")
+        assert len(per_subject(walk_server)) == 2  # the first subject's row and sessions
+        assert sorted(target.split("?", 1)[0] for target in project_wide(walk_server)) == sorted(WIDE_LISTINGS)
+
+    run_fs(body, server=walk_server)

@@ -58,6 +58,8 @@ class Tree:
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
         self.views: dict[str, Callable[[ProjectDir], Node]] = {}
+        # Folder → the one name of it found from that name's own answers lately (see lookup).
+        self._named_alone: cachetools.TTLCache[Hashable, str] = cachetools.TTLCache(maxsize=4096, ttl=listings.ttl)
 
     # ---- raw listings -------------------------------------------------
 
@@ -199,13 +201,14 @@ class Tree:
         walked; else, where the folder's kind can tell one entry from
         smaller answers (:meth:`DirNode.child_keys`), from those alone (no
         listing returned), so opening one path does not list every folder
-        on the way; a name those answers do not find is looked for in the
-        listing.
+        on the way; a name those answers do not find, and a second name of
+        the same folder, are looked for in the listing.
         """
         keys, memo_key = node.listed()
         if not self._warm(self._memo.get(memo_key)) and not self._held(keys) and not self._walked(node):
             child_keys = node.child_keys(name)
-            if child_keys is not None:
+            # A name that costs no request (the folder's own sub-folders) is not counted.
+            if child_keys is not None and (not child_keys or self._first_named(memo_key, name)):
                 child = await self._child(node, name, child_keys)
                 if child is not None:
                     return child, None
@@ -214,6 +217,14 @@ class Tree:
                 # sessions were shared into the project).
         listing = await self.children(node)
         return listing.get(name), listing
+
+    def _first_named(self, memo_key: Hashable, name: str) -> bool:
+        """Whether ``name`` is the only entry of the folder named lately: a tool given one
+        path names one subject, while one given many (``find S1 S2 ...``, a script going
+        through a list) is better served by the folder's listing from the second on, which
+        also lets the walk be noticed."""
+        first = self._named_alone.setdefault(memo_key, name)
+        return first == name
 
     async def _child(self, node: DirNode, name: str, keys: tuple[ListingKey, ...]) -> Node | None:
         """:meth:`DirNode.child_from`, the same node while its raw listings are the same."""
