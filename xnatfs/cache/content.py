@@ -42,6 +42,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import mmap
 import os
 import secrets
@@ -63,7 +64,7 @@ from xnatfs.cache.files import (
     try_lock_exclusive,
     unlock_named,
 )
-from xnatfs.client.budget import note_progress
+from xnatfs.client.budget import Budget, current_budget
 from xnatfs.errors import XnatServerError
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class _Fill:
     def __init__(self, key: CacheKey, download: Callable[[BinaryIO], None]):
         self.key = key
         self.download = download
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
         self.state = "queued"  # queued → running → done
         self.written = 0  # bytes [0, written) are on disk
         self.received = 0  # bytes on disk in all, with those of parts further on
@@ -239,6 +240,8 @@ class _Fill:
         self.error: BaseException | None = None
         self.keep = True  # False once discard_uri() asked to forget it
         self.views: list[PendingFetch] = []
+        # The download's progress: a request waiting for it counts it as its own.
+        self.transfer = Budget(math.inf)
         # Readers waiting for bytes, each woken only once its own bytes are written: with
         # every reader woken on every write, the wake-ups would compete for the GIL with
         # the download and the MD5 for nothing.
@@ -246,16 +249,17 @@ class _Fill:
 
     def claim(self) -> bool:
         """True for exactly one caller: the one that runs the download."""
-        with self.cond:
+        with self.lock:
             if self.state != "queued":
                 return False
             self.state = "running"
             return True
 
     def progressed(self, span: _Span, frontier: int) -> None:
-        with self.cond:
+        with self.lock:
             self.received += frontier - span.frontier
             span.frontier = frontier
+            self.transfer.progress()
             self.written = _run_end(self.spans, self.written)
             still = []
             for waiter in self.waiting:
@@ -279,16 +283,16 @@ class _Fill:
     def _wait(self, waiter: _Waiter, timeout: float | None) -> None:
         """Until the waiter's bytes are written (or the download ends); raise its error.
 
-        Woken for its own bytes only; every PROGRESS_POLL seconds meanwhile, bytes that
-        arrived count as the waiting caller's progress, so its request is not given up
-        while a download another started moves.
+        Woken for its own bytes only; every PROGRESS_POLL seconds meanwhile, the
+        download's progress counts as the waiting caller's, so its request is not given
+        up while a download another started moves.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
+        budget = current_budget()
+        with self.lock:
             waiting = self.state != "done" and _run_end(self.spans, waiter.start) < waiter.end
             if waiting:
                 self.waiting.append(waiter)
-            received = self.received
         try:
             while waiting:
                 pause = PROGRESS_POLL if deadline is None else min(PROGRESS_POLL, deadline - time.monotonic())
@@ -296,22 +300,20 @@ class _Fill:
                     raise TimeoutError(f"waited {timeout} s for {self.key.uri}")
                 if waiter.ready.wait(pause):
                     break
-                with self.cond:
-                    if self.received != received:
-                        received = self.received
-                        note_progress()
+                if budget is not None:
+                    budget.take_progress_of(self.transfer)
         finally:
             if waiting:
-                with self.cond:
+                with self.lock:
                     if waiter in self.waiting:
                         self.waiting.remove(waiter)
-        with self.cond:
+        with self.lock:
             if self.error is not None:
                 raise self.error
 
     def pread_partial(self, offset: int, length: int) -> bytes | None:
         """Bytes already downloaded, or None when the download is no longer running."""
-        with self.cond:
+        with self.lock:
             if self.fd is None:
                 return None
             end = min(offset + length, _run_end(self.spans, offset))
@@ -320,7 +322,7 @@ class _Fill:
     def pread_written_nowait(self, offset: int, length: int) -> bytes | None:
         """Bytes already downloaded, if all are in memory and none is the last
         byte (which must wait for the checks); otherwise None, without waiting."""
-        if not self.cond.acquire(blocking=False):
+        if not self.lock.acquire(blocking=False):
             return None
         try:
             end = offset + length
@@ -328,12 +330,12 @@ class _Fill:
                 return None
             return _pread_nowait(self.fd, offset, length)
         finally:
-            self.cond.release()
+            self.lock.release()
 
     def finish(self, handle: _SharedHandle | None, error: BaseException | None) -> None:
         """Hand every waiting view its own open entry (or the error) and wake
         them up; a fill already finished stays as it was."""
-        with self.cond:
+        with self.lock:
             if self.state == "done":
                 return
             self.state = "done"
@@ -348,7 +350,6 @@ class _Fill:
             for waiter in self.waiting:
                 waiter.ready.set()
             self.waiting = []
-            self.cond.notify_all()
 
 
 class PendingFetch:
@@ -416,7 +417,7 @@ class PendingFetch:
 
     def close(self) -> None:
         if self._fill is not None:
-            with self._fill.cond:
+            with self._fill.lock:
                 self._closed = True
         else:
             self._closed = True
@@ -523,7 +524,7 @@ class _EntryWriter(_WriteOnly):
     def part(self, offset: int, end: int) -> BinaryIO:
         """A writer for the bytes ``[offset, end)``, which refuses any beyond ``end``."""
         span = _Span(offset, min(end, self._fill.key.size))
-        with self._fill.cond:
+        with self._fill.lock:
             spans = self._fill.spans
             spans.insert(sum(1 for s in spans if s.start <= offset), span)
         if offset > 0:
@@ -826,7 +827,7 @@ class ContentCache:
             if fill is None:
                 fill = self._fills[key] = _Fill(key, download)
             view = PendingFetch(key, fill)
-            with fill.cond:
+            with fill.lock:
                 fill.views.append(view)
         return view, fill, created
 
@@ -864,7 +865,7 @@ class ContentCache:
         fd = None
         try:
             fd = self._open_temp(tmp_path)
-            with fill.cond:
+            with fill.lock:
                 fill.fd = fd
             writer = _EntryWriter(fd, fill)
             try:
@@ -885,7 +886,7 @@ class ContentCache:
                 entry = handle.open()
         except BaseException as exc:
             logger.debug("download of %s failed: %s", key.uri, exc)
-            with fill.cond:
+            with fill.lock:
                 fill.fd = None
             if fd is not None:
                 os.close(fd)

@@ -205,7 +205,13 @@ class Tree:
         the same folder, are looked for in the listing.
         """
         keys, memo_key = node.listed()
-        if not self._warm(self._memo.get(memo_key)) and not self._held(keys) and not self._walked(node):
+        memo = self._memo.get(memo_key)
+        if self._warm(memo):
+            # What every open and stat of a known folder finds: its entries as built last.
+            assert memo is not None  # _warm checked
+            warm: Listing = memo[1]
+            return warm.get(name), warm
+        if not self._held(keys) and not self._walked(node):
             child_keys = node.child_keys(name)
             # A name that costs no request (the folder's own sub-folders) is not counted.
             if child_keys is not None and (not child_keys or self._first_named(memo_key, name)):
