@@ -934,16 +934,21 @@ class ContentCache:
 
     def _open_temp(self, path: Path) -> int:
         """Create the temp file for an entry being filled; the caller drops it on failure."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with self._lock:
-                self._own_temps.add(path)
-            # Marks the file as in progress for other processes' clean-up.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
+        # Named ours before it exists, so this process's clean-up of leftovers passes it by.
+        with self._lock:
+            self._own_temps.add(path)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                # Marks the file as in progress for other processes' clean-up.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            if same_file(fd, path):
+                return fd
+            # Another process's clean-up removed it between its creation and the lock.
             os.close(fd)
-            raise
-        return fd
 
     def _drop_temp(self, path: Path) -> None:
         try:
