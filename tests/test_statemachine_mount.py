@@ -583,3 +583,31 @@ def test_regression_a_new_file_renamed_away_from_a_name_just_deleted(fake_xnat, 
             ("rename", "a.txt", "b.dcm"),
         ],
     )
+
+
+def test_regression_a_file_renamed_over_while_open_keeps_its_inode_through_later_renames(fake_xnat, tmp_path):
+    # A rename moved every entry kept under the old name, the one detached from it
+    # earlier (renamed over while a descriptor held it) too, which then took the new
+    # name's inode number: the descriptors of the file that moved there read the other
+    # file's size.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("server_put", "a.txt", b"\xb2tG\xb1\xd0A~"),
+            ("open", "a.txt"),
+            ("server_put", "c.nii.gz", b"\x83\xc0'\n\xc8uFa+$"),
+            ("rename", "a.txt", "c.nii.gz"),
+            ("create", "c.nii.gz", b"\xc9m\xc8\x87Z\x12\x8f\xfc\x9a\x1d\xd6,\x99\x8a\xda\xaa\xcf\xc6"),
+            ("server_put", "sub/e.bin", b"\xac"),
+            ("server_put", "sub/d.txt", b"\xed\xadz<Q\x1a\xe1\xed\xf9Q"),
+            ("open", "sub/d.txt"),
+            ("rewrite", "sub/d.txt", 454, b"F\xa2\x8c"),
+            ("create", "a.txt", b"\x8f\x98\xae\xc0"),
+            ("server_put", "sub/e.bin", b"\xdc\xedo\x18\x14"),
+            ("rename", "sub/d.txt", "sub/d.txt"),
+            ("rename", "c.nii.gz", "sub/d.txt"),
+            ("rename", "sub/e.bin", "c.nii.gz"),
+            ("rename", "sub/d.txt", "c.nii.gz"),
+        ],
+    )

@@ -122,10 +122,14 @@ class InodeTable:
         return self._by_path.get(entry.path) == number
 
     def move(self, old: Path, new: Path) -> None:
-        """Re-key every live entry under ``old`` to ``new`` after a rename of ours."""
+        """Re-key every live entry under ``old`` to ``new`` after a rename of ours.
+
+        Only entries that still have their names move: one detached from ``old``
+        before (a file renamed over or removed while open) keeps its own inode and
+        must not take the new name from the entry that moved there.
+        """
         for number, entry in list(self._entries.items()):
-            if entry.path[: len(old)] == old and number != pyfuse3.ROOT_INODE:
-                if self._by_path.get(entry.path) == number:
-                    del self._by_path[entry.path]
+            if entry.path[: len(old)] == old and number != pyfuse3.ROOT_INODE and self.attached(number, entry):
+                del self._by_path[entry.path]
                 entry.path = new + entry.path[len(old) :]
                 self._by_path[entry.path] = number
