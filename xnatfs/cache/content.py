@@ -77,6 +77,10 @@ HASH_THREAD_BYTES = 8 << 20
 HASH_PIECE_BYTES = 16 << 20
 # How often a caller waiting for another's download looks whether bytes arrived (its progress).
 PROGRESS_POLL = 0.5
+# Left free on the cache folder's disk whatever --cache-size allows: the upload spool
+# beside the cache refuses to grow into its last 64 MiB (fs.writing), so this keeps room
+# for writes before they must ask the cache to give some up.
+DISK_RESERVE = 128 << 20
 
 
 class CacheKey(NamedTuple):
@@ -648,6 +652,9 @@ class ContentCache:
         self._index_bytes = 0
         self._last_scan = float("-inf")
         self._reserved: dict[str, int] = {}  # entries being filled here → size
+        # Bytes of the files being written here (kept or not), counted against the disk's
+        # free space as if none of them were written yet.
+        self._claimed = 0
         self._pins: dict[str, _SharedHandle] = {}
         self._fills: dict[CacheKey, _Fill] = {}
         self._own_temps: set[Path] = set()
@@ -745,8 +752,10 @@ class ContentCache:
             existing = self._open_entry(name, key)
             if existing is not None:
                 return existing
-            if not self._reserve(name, key.size):
+            if not self._room_on_disk(key.size) or not self._reserve(name, key.size):
                 return None
+            self._claimed += key.size
+        claim = key.size
         tmp_path = self._temp_path(name)
         fd = None
         try:
@@ -756,6 +765,8 @@ class ContentCache:
                 view = view[os.write(fd, view) :]
             with self._lock:
                 self._reserved.pop(name, None)
+                self._claimed -= claim
+                claim = 0
                 return self._adopt(name, key.size, fd, tmp_path).open()
         except BaseException:
             if fd is not None:
@@ -763,6 +774,7 @@ class ContentCache:
             self._drop_temp(tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
+                self._claimed -= claim
             raise
 
     def discard_uri(self, uri: str) -> None:
@@ -796,6 +808,18 @@ class ContentCache:
         with self._lock:
             fills = list(self._fills.values())
         return [(fill.key.uri, fill.received, fill.key.size) for fill in fills if fill.state == "running"]
+
+    def disk_size(self) -> int:
+        """The size of the disk the cache folder is on, which may bound the cache before ``max_bytes`` does."""
+        disk = os.statvfs(self.directory)
+        return disk.f_blocks * disk.f_frsize
+
+    def make_disk_room(self, nbytes: int) -> int:
+        """Evict entries nobody has open until the disk of the cache folder has ``nbytes``
+        free (for the upload spool beside it); the bytes free then."""
+        with self._lock:
+            free = self._disk_free()
+            return free if free >= nbytes else self._free_disk_to(nbytes)
 
     def clear(self) -> None:
         """Drop every entry nobody has open, and leftovers of crashed processes."""
@@ -860,7 +884,12 @@ class ContentCache:
                 with existing:
                     self._complete(fill, existing, None)
                 return
+            if not self._room_on_disk(key.size):
+                # Served without being kept or not, the file is written here first.
+                raise OSError(errno.ENOSPC, self._no_room_message(key))
             kept = self._reserve(name, key.size)
+            self._claimed += key.size
+        claim = key.size
         tmp_path = self._temp_path(name)
         fd = None
         try:
@@ -876,6 +905,8 @@ class ContentCache:
                 writer.close()
             with self._lock:
                 self._reserved.pop(name, None)
+                self._claimed -= claim
+                claim = 0
                 if kept and fill.keep:
                     handle = self._adopt(name, key.size, fd, tmp_path)
                 else:
@@ -893,6 +924,7 @@ class ContentCache:
             self._drop_temp(tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
+                self._claimed -= claim
             self._complete(fill, None, exc)
             return
         with entry:
@@ -1031,30 +1063,74 @@ class ContentCache:
         return self._index_bytes + sum(self._reserved.values())
 
     def _evict_down_to(self, limit: int) -> None:
+        self._evict_oldest(lambda: self._used() <= limit)
+
+    def _evict_oldest(self, enough: Callable[[], bool]) -> int:
+        """Evict least recently used entries nobody has open until ``enough()``; how many went."""
+        evicted = 0
         by_age = sorted(self._index.items(), key=lambda item: item[1][1])
         for name, (_size, used_ns) in by_age:
-            if self._used() <= limit:
-                return
+            if enough():
+                break
             if name in self._pins or name in self._reserved:
                 continue
-            self._evict(name, used_ns)
+            if self._evict(name, used_ns):
+                evicted += 1
+        return evicted
 
-    def _evict(self, name: str, used_ns: int) -> None:
+    def _disk_free(self) -> int:
+        disk = os.statvfs(self.directory)
+        return disk.f_bavail * disk.f_frsize
+
+    def _room_on_disk(self, size: int) -> bool:
+        """Make the disk hold ``size`` more bytes with :data:`DISK_RESERVE` to spare, evicting
+        entries as needed whatever ``--cache-size`` allows (the disk may be the smaller bound)."""
+        needed = size + DISK_RESERVE + self._claimed
+        if self._disk_free() >= needed:
+            return True
+        return self._free_disk_to(needed) >= needed
+
+    def _free_disk_to(self, needed: int) -> int:
+        """Evict entries until the disk has ``needed`` bytes free, or none is left to evict; the bytes free then."""
+        if time.monotonic() - self._last_scan > self.rescan_interval:
+            self._rescan()  # other processes' entries count too
+        before = self._index_bytes
+        evicted = self._evict_oldest(lambda: self._disk_free() >= needed)
+        if evicted:
+            logger.info(
+                "evicted %d cached files (%d bytes) to make room on the disk of %s",
+                evicted,
+                before - self._index_bytes,
+                self.directory,
+            )
+        return self._disk_free()
+
+    def _no_room_message(self, key: CacheKey) -> str:
+        return (
+            f"{key.uri} ({key.size} bytes) does not fit on the disk of the cache folder {self.directory}: "
+            f"{self._disk_free()} bytes free once every cached file not in use was evicted, "
+            f"{DISK_RESERVE} of them kept free for uploads"
+        )
+
+    def _evict(self, name: str, used_ns: int) -> bool:
+        """Remove the entry unless another process holds or used it meanwhile; whether it went."""
         path = self._entry_path(name)
         fd = try_lock_exclusive(path)
         if fd is None:
             if not path.exists():
                 self._index_drop(name)
-            return  # pinned by another process
+            return False  # pinned by another process
         try:
             st = os.fstat(fd)
             if st.st_mtime_ns > used_ns:
                 # Another process used it since we last looked: it is not old.
                 self._index[name][1] = st.st_mtime_ns
-                return
-            if same_file(fd, path):
+                return False
+            removed = same_file(fd, path)
+            if removed:
                 os.unlink(path)
             self._index_drop(name)
+            return removed
         finally:
             os.close(fd)
 

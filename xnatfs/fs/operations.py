@@ -108,13 +108,15 @@ class XnatOperations(pyfuse3.Operations):
         self.server = settings.url.rstrip("/")
         self.connection = tree.connection
         self.limiter = tree.limiter
-        self.hot = HotFiles(max_files=hot_files_limit(), max_bytes=min(settings.cache_size // 8, HOT_BYTES))
+        # A disk smaller than --cache-size bounds the cache instead: files held open cannot be evicted.
+        room = min(settings.cache_size, cache.disk_size())
+        self.hot = HotFiles(max_files=hot_files_limit(), max_bytes=min(room // 8, HOT_BYTES))
         self.series = SeriesFetcher(
             tree.connection,
             cache,
             self.cache_key,
             tree.limiter,
-            max_bytes=min(settings.series_zip_size, settings.cache_size // 4),
+            max_bytes=min(settings.series_zip_size, room // 4),
             large_file_bytes=settings.large_file_size,
             keep_open=self._keep_open,
             server=self.server,
@@ -130,7 +132,13 @@ class XnatOperations(pyfuse3.Operations):
             limiter=tree.limiter,
             after_round=self._uploads_retried,
         )
-        self.writer = Writer(spool, self.uploader, max_file_size=settings.max_file_size)
+        shares_disk = os.stat(spool.directory).st_dev == os.stat(cache.directory).st_dev
+        self.writer = Writer(
+            spool,
+            self.uploader,
+            max_file_size=settings.max_file_size,
+            make_disk_room=cache.make_disk_room if shares_disk else None,
+        )
         self.overlay = Overlay(settings.ttl)
         self.inodes = InodeTable(tree.root)
         self.kernel = Kernel()

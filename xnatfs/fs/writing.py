@@ -14,9 +14,10 @@ uploads of one file apart. The rules:
   success needs no fsync at all: the server has the bytes;
 - a new file nobody wrote into is not sent: XNAT has no empty files;
 - a file grows only as far as the spool's disk has room for it (less a
-  reserve, ENOSPC) and up to the mount's largest file size (EFBIG): a huge
-  ``truncate`` or ``posix_fallocate`` fails at once instead of staging, and
-  at close sending, gigabytes of zeros.
+  reserve, ENOSPC; cached contents sharing that disk are evicted first) and
+  up to the mount's largest file size (EFBIG): a huge ``truncate`` or
+  ``posix_fallocate`` fails at once instead of staging, and at close
+  sending, gigabytes of zeros.
 """
 
 from __future__ import annotations
@@ -43,10 +44,20 @@ SPOOL_RESERVE = 64 << 20
 class Writer:
     """Local files over one spool and one connection."""
 
-    def __init__(self, spool: UploadSpool, uploader: Uploader, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE):
+    def __init__(
+        self,
+        spool: UploadSpool,
+        uploader: Uploader,
+        *,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        make_disk_room: Callable[[int], int] | None = None,
+    ):
         self.spool = spool
         self.uploader = uploader
         self.max_file_size = max_file_size
+        # The content cache's ContentCache.make_disk_room, when it shares the spool's disk:
+        # written bytes come before cached copies of the server's.
+        self.make_disk_room = make_disk_room
 
     # ---- staging ------------------------------------------------------
 
@@ -132,6 +143,8 @@ class Writer:
             )
         disk = os.statvfs(self.spool.directory)
         room = disk.f_bavail * disk.f_frsize - SPOOL_RESERVE
+        if size - local.size > room and self.make_disk_room is not None:
+            room = self.make_disk_room(size - local.size + SPOOL_RESERVE) - SPOOL_RESERVE
         if size - local.size > room:
             raise OSError(
                 errno.ENOSPC,

@@ -1,0 +1,111 @@
+"""A cache folder on a disk smaller than ``--cache-size`` (docs/SEMANTICS.md, "Contents are cached on disk").
+
+The default bound is 10 GiB whatever the disk holds, so on a fuller disk the
+disk is the real bound: the cache evicts its least recently used files to
+keep 128 MiB free there, writes through the mount take room from the cached
+files before they are refused, and a file the disk cannot hold even then is
+refused at open (ENOSPC) with a log line that says where and why, before any
+of it is downloaded. The disk here is a tmpfs of 256 MiB: mounting one needs
+root, as FUSE does in these tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mountutil import mounted
+
+pytestmark = pytest.mark.mount
+
+QC_PATH = ("STUDY01", "SUB001", "SUB001_MR1", "RESOURCES", "QC")
+DISK_MB = 256
+FILE_BYTES = 50_000_000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    disk = os.statvfs(path)
+    return disk.f_bavail * disk.f_frsize
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def put_server_files(server, count: int, size: int) -> dict[str, str]:
+    digests = {}
+    for index in range(count):
+        data = os.urandom(size)
+        name = f"big{index}.bin"
+        server.store.put_file("XNAT_E00001", "QC", name, data)
+        digests[name] = md5(data)
+    return digests
+
+
+def read_digest(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_reads_past_the_disks_size_evict_the_oldest_cached_files(fake_xnat, tmp_path, small_disk):
+    # Six files of 50 MB through a 256 MiB disk: the fourth no longer fits beside the first three.
+    digests = put_server_files(fake_xnat, 6, FILE_BYTES)
+    with mounted(fake_xnat.url, tmp_path, cache_dir=small_disk / "cache") as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        for name, digest in digests.items():
+            assert read_digest(qc / name) == digest, name
+            assert free_bytes(small_disk) >= 128 << 20
+        # The most recent ones stayed: read again, they come from the cache.
+        assert read_digest(qc / "big5.bin") == digests["big5.bin"]
+        log = mount.log()
+    assert "to make room on the disk of" in log
+
+
+def test_a_file_the_disk_cannot_hold_is_refused_at_open_before_it_is_fetched(fake_xnat, tmp_path, small_disk):
+    size = 200_000_000  # fits the disk, not with 128 MiB to spare
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "huge.bin", b"\0" * size)
+    with mounted(fake_xnat.url, tmp_path, cache_dir=small_disk / "cache") as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        assert (qc / "huge.bin").stat().st_size == size
+        with pytest.raises(OSError) as refused:
+            read_digest(qc / "huge.bin")
+        assert refused.value.errno == errno.ENOSPC
+        assert list((small_disk / "cache" / "tmp").iterdir()) == []
+        log = mount.log()
+    assert f"huge.bin ({size} bytes) does not fit on the disk of the cache folder {small_disk / 'cache'}" in log
+
+
+def test_a_write_takes_room_from_cached_files_before_it_is_refused(fake_xnat, tmp_path, small_disk):
+    digests = put_server_files(fake_xnat, 2, FILE_BYTES)
+    written = os.urandom(120_000_000)
+    with mounted(fake_xnat.url, tmp_path, cache_dir=small_disk / "cache") as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        for name, digest in digests.items():
+            assert read_digest(qc / name) == digest
+        # About 168 MB free, 101 MB of it the spool's to fill: the write needs the cache's room.
+        assert free_bytes(small_disk) - (64 << 20) < len(written)
+        (qc / "written.bin").write_bytes(written)
+        assert read_digest(qc / "written.bin") == md5(written)
+    resource = fake_xnat.store.find_resource("experiment", "XNAT_E00001", "QC")
+    assert md5(fake_xnat.store.file_path(resource["id"], "written.bin").read_bytes()) == md5(written)
