@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from fakeutil import fault_seed
 from mountutil import isolated_env, mounted, xnatfs_command
 from xnatfs.cli import main
 
@@ -119,3 +120,14 @@ def test_fuse_missing_says_what_to_install(mountpoint, tmp_path):
     assert done.stderr.strip() == (
         "xnatfs: /dev/fuse is missing: install fuse3 and load the fuse module (modprobe fuse)"
     )
+
+
+def test_a_server_answering_busy_at_start_is_asked_again(fake_xnat, tmp_path):
+    # Four 503s in a row: more than the check's own retry, fewer than its attempts.
+    busy = {"error_rate": 0.5, "error_statuses": (503,)}
+    fake_xnat.set_faults(**busy, seed=fault_seed([503, 503, 503, 503, None, None, None, None], **busy))
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        fake_xnat.set_faults()
+        assert sorted(p.name for p in mount.path.iterdir()) == ["STUDY01", "STUDY02"]
+        assert "is busy" in mount.log()
+    assert [status for _m, _t, status in fake_xnat.requests[:4]] == [503] * 4

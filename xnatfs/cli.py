@@ -214,6 +214,9 @@ def _credentials(settings: MountSettings) -> tuple[str | None, str | None]:
 
 
 STARTUP_RETRIES = 1
+# A server answering 502-504 is there but busy (or restarting behind its proxy): the check
+# asks it this many times, each with its own retry, within the one --timeout.
+STARTUP_BUSY_ATTEMPTS = 4
 
 
 def connect(settings: MountSettings):
@@ -221,24 +224,41 @@ def connect(settings: MountSettings):
 
     The check retries little, so a wrong address is reported in seconds, and
     a server that does not answer within the timeout; the mount itself
-    retries more.
+    retries more. Only a server that answers that it is busy is asked again.
     """
     from xnatfs.client.budget import Budget, bounded_by
     from xnatfs.client.connection import XnatConnection
+    from xnatfs.client.http import RETRYABLE_STATUSES
+    from xnatfs.client.models import Project
 
     user, password = _credentials(settings)
     who = f"user {user}" if user else "guest access"
+
+    def check() -> tuple[XnatConnection, list[Project]]:
+        connection = XnatConnection(
+            settings.url,
+            user,
+            password,
+            verify=settings.verify_tls,
+            timeout=settings.timeout,
+            retries=min(STARTUP_RETRIES, settings.retries),
+        )
+        try:
+            return connection, connection.list_projects()
+        except BaseException:
+            connection.close()
+            raise
+
     try:
         with bounded_by(Budget(settings.timeout)):
-            connection = XnatConnection(
-                settings.url,
-                user,
-                password,
-                verify=settings.verify_tls,
-                timeout=settings.timeout,
-                retries=min(STARTUP_RETRIES, settings.retries),
-            )
-            projects = connection.list_projects()
+            for attempt in range(1, STARTUP_BUSY_ATTEMPTS + 1):
+                try:
+                    connection, projects = check()
+                    break
+                except XnatError as exc:
+                    if exc.status not in RETRYABLE_STATUSES or attempt == STARTUP_BUSY_ATTEMPTS:
+                        raise
+                    logger.warning("%s is busy (%s); asking again", redact_url(settings.url), exc.message)
     except XnatAuthError as exc:
         raise UsageProblem(f"{redact_url(settings.url)} refused {who}: {exc.message}; {_advice(exc)}") from None
     except XnatError as exc:
