@@ -214,9 +214,11 @@ def _credentials(settings: MountSettings) -> tuple[str | None, str | None]:
 
 
 STARTUP_RETRIES = 1
-# A server answering 502-504 is there but busy (or restarting behind its proxy): the check
-# asks it this many times, each with its own retry, within the one --timeout.
+# A server answering 500 or 502-504 is there but busy (a transient database error, or
+# restarting behind its proxy): the check asks it this many times, each with its own
+# retry, within the one --timeout.
 STARTUP_BUSY_ATTEMPTS = 4
+STARTUP_BUSY_STATUSES = frozenset({500, 502, 503, 504})
 
 
 def connect(settings: MountSettings):
@@ -228,7 +230,6 @@ def connect(settings: MountSettings):
     """
     from xnatfs.client.budget import Budget, bounded_by
     from xnatfs.client.connection import XnatConnection
-    from xnatfs.client.http import RETRYABLE_STATUSES
     from xnatfs.client.models import Project
 
     user, password = _credentials(settings)
@@ -256,7 +257,7 @@ def connect(settings: MountSettings):
                     connection, projects = check()
                     break
                 except XnatError as exc:
-                    if exc.status not in RETRYABLE_STATUSES or attempt == STARTUP_BUSY_ATTEMPTS:
+                    if exc.status not in STARTUP_BUSY_STATUSES or attempt == STARTUP_BUSY_ATTEMPTS:
                         raise
                     logger.warning("%s is busy (%s); asking again", redact_url(settings.url), exc.message)
     except XnatAuthError as exc:
