@@ -150,10 +150,18 @@ class XnatConnection:
         """Send a change; return the answer.
 
         A status in ``done_if_repeated`` (404 to a delete, 409 to a create)
-        answering a repeat means the lost first attempt did the change.
+        answering a repeat means the lost first attempt did the change; such
+        a change is repeated after a 500 too, since its repeat tells whether
+        the first attempt was carried out.
         """
         ok, done_if_repeated = tuple(ok), tuple(done_if_repeated)
-        response = self.session.request(method, path, params=self._write_params(params), ok=ok + done_if_repeated)
+        response = self.session.request(
+            method,
+            path,
+            params=self._write_params(params),
+            ok=ok + done_if_repeated,
+            repeat_after_500=bool(done_if_repeated),
+        )
         if response.status_code not in ok and not response.repeated:  # type: ignore[attr-defined]
             raise self.session.error_for(method, response.url, response.status_code, response.text)
         return response

@@ -376,6 +376,7 @@ class XnatSession:
         idempotent: bool | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        repeat_after_500: bool = False,
     ) -> requests.Response:
         """Send one request; return the answer if its status is in ``ok``.
 
@@ -385,7 +386,9 @@ class XnatSession:
         server (or the server refused it with 401 before acting). A body
         given as a file object is rewound for a repeat; one that cannot be
         rewound is never repeated. With ``stream=True`` the caller must
-        close the answer.
+        close the answer. A read is repeated after a 500 too; a change only
+        with ``repeat_after_500``, when its caller can tell from the repeat's
+        answer whether the first attempt was carried out.
 
         The answer's ``repeated`` attribute is True when the request had to
         be sent more than once, so an earlier attempt may have been carried
@@ -423,6 +426,7 @@ class XnatSession:
                 timeout=timeout,
                 session_id=session_id,
                 auth=auth,
+                repeat_after_500=repeat_after_500,
             )
             repeated_before = repeated_before or repeated
             status = response.status_code
@@ -456,6 +460,7 @@ class XnatSession:
         session_id: str | None,
         timeout: float | None = None,
         stream: bool = False,
+        repeat_after_500: bool = False,
         **kwargs: Any,
     ) -> tuple[requests.Response, bool]:
         """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
@@ -489,7 +494,9 @@ class XnatSession:
                 raise kind(f"{method} failed: {_describe(exc)}", url=url) from exc
             self.breaker.answered()
             status = response.status_code
-            repeat_500 = status == 500 and method in SAFE_METHODS and server_errors < RETRIES_ON_500
+            repeat_500 = (
+                status == 500 and (method in SAFE_METHODS or repeat_after_500) and server_errors < RETRIES_ON_500
+            )
             if (
                 ((status in RETRYABLE_STATUSES and idempotent) or repeat_500)
                 and attempt < retries
