@@ -459,3 +459,13 @@ def test_awkward_file_names_round_trip_as_xnat_lists_them(conn, fake_xnat):
     for name in names:
         conn.delete_file(qc, name)
     assert not set(names) & {remote.path for remote in conn.list_files(qc)}
+
+
+def test_an_overwriting_upload_answered_500_is_sent_again(conn, fake_xnat):
+    failing = {"error_rate": 0.5, "error_statuses": (500,)}
+    fake_xnat.set_faults(**failing, seed=fault_seed([500, None], **failing))
+    conn.upload_file(f"/data/experiments/{MR1}/resources/QC", "again.txt", b"stored once")
+    fake_xnat.set_faults()
+    assert [status for method, _t, status in fake_xnat.requests if method == "PUT"] == [500, 200]
+    resource = fake_xnat.store.find_resource("experiment", MR1, "QC")
+    assert fake_xnat.store.file_path(resource["id"], "again.txt").read_bytes() == b"stored once"

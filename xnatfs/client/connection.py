@@ -364,8 +364,10 @@ class XnatConnection:
             params=self._write_params(params),
             data=fileobj,
             headers={"Content-Type": "application/octet-stream"},
-            # Repeating a non-overwriting upload that did land would look like a conflict.
+            # Repeating a non-overwriting upload that did land would look like a conflict;
+            # an overwriting one stores the same bytes again, after a 500 too.
             idempotent=overwrite,
+            repeat_after_500=overwrite,
             retries=retries,
         )
         duplicates = _duplicates(response.text)
