@@ -469,3 +469,13 @@ def test_an_overwriting_upload_answered_500_is_sent_again(conn, fake_xnat):
     assert [status for method, _t, status in fake_xnat.requests if method == "PUT"] == [500, 200]
     resource = fake_xnat.store.find_resource("experiment", MR1, "QC")
     assert fake_xnat.store.file_path(resource["id"], "again.txt").read_bytes() == b"stored once"
+
+
+def test_a_file_delete_answered_500_is_sent_again(conn, fake_xnat):
+    failing = {"error_rate": 0.5, "error_statuses": (500,)}
+    # The HEAD that checks the file exists, then the DELETE.
+    fake_xnat.set_faults(**failing, seed=fault_seed([None, 500, None], **failing))
+    conn.delete_file(f"/data/experiments/{MR1}/resources/QC", "qc_metrics.csv")
+    fake_xnat.set_faults()
+    assert [status for method, _t, status in fake_xnat.requests if method == "DELETE"] == [500, 200]
+    assert "qc_metrics.csv" not in [f.path for f in conn.list_files(f"/data/experiments/{MR1}/resources/QC")]

@@ -383,7 +383,8 @@ class XnatConnection:
         XNAT answers 200 for a delete that matched nothing)."""
         path = f"{paths.canonical(resource_uri.rstrip('/'))}/files/{paths.file_path(relpath)}"
         self.session.request("HEAD", path, retries=retries).close()
-        self.session.request("DELETE", path, params=self._write_params(), retries=retries)
+        # Deleting it again after a 500 is harmless: it is gone either way.
+        self.session.request("DELETE", path, params=self._write_params(), retries=retries, repeat_after_500=True)
 
     def create_subject(self, project: str, label: str, *, exist_ok: bool = False) -> str:
         """Create a subject; return its accession ID.
