@@ -150,17 +150,14 @@ class XnatConnection:
         """Send a change; return the answer.
 
         A status in ``done_if_repeated`` (404 to a delete, 409 to a create)
-        answering a repeat means the lost first attempt did the change; such
-        a change is repeated after a 500 too, since its repeat tells whether
-        the first attempt was carried out.
+        answering a repeat means the lost first attempt did the change, as
+        does a create's 200 for an object that existed (see :meth:`_created`).
+        Since a repeat's answer tells whether the first attempt was carried
+        out, these changes are repeated after a 500 too.
         """
         ok, done_if_repeated = tuple(ok), tuple(done_if_repeated)
         response = self.session.request(
-            method,
-            path,
-            params=self._write_params(params),
-            ok=ok + done_if_repeated,
-            repeat_after_500=bool(done_if_repeated),
+            method, path, params=self._write_params(params), ok=ok + done_if_repeated, repeat_after_500=True
         )
         if response.status_code not in ok and not response.repeated:  # type: ignore[attr-defined]
             raise self.session.error_for(method, response.url, response.status_code, response.text)
