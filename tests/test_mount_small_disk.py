@@ -15,11 +15,13 @@ import errno
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from mountutil import mounted
+from xnatfs.cache.content import CacheKey, ContentCache
 
 pytestmark = pytest.mark.mount
 
@@ -109,3 +111,29 @@ def test_a_write_takes_room_from_cached_files_before_it_is_refused(fake_xnat, tm
         assert read_digest(qc / "written.bin") == md5(written)
     resource = fake_xnat.store.find_resource("experiment", "XNAT_E00001", "QC")
     assert md5(fake_xnat.store.file_path(resource["id"], "written.bin").read_bytes()) == md5(written)
+
+
+def test_a_download_under_way_counts_only_what_it_has_still_to_write(small_disk):
+    # 90 of a 100 MB download are on the disk when a 30 MB one starts: 178 MB free, of which
+    # the first still needs 10 and the reserve 134; counting the whole 100 again would refuse it.
+    cache = ContentCache(small_disk / "cache", 10 << 30)
+    big, small = os.urandom(100_000_000), os.urandom(30_000_000)
+    halfway, finish = threading.Event(), threading.Event()
+
+    def slow(fileobj) -> None:
+        fileobj.write(big[:90_000_000])
+        halfway.set()
+        assert finish.wait(30)
+        fileobj.write(big[90_000_000:])
+
+    try:
+        pending = cache.start_fetch(CacheKey("http://x/big", len(big), md5(big)), slow)
+        assert halfway.wait(30)
+        with cache.fetch(CacheKey("http://x/small", len(small), md5(small)), lambda f: f.write(small)) as entry:
+            assert entry.size == len(small)
+        finish.set()
+        with pending.result() as entry:
+            assert entry.size == len(big)
+    finally:
+        finish.set()
+        cache.close()

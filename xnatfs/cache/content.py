@@ -652,9 +652,9 @@ class ContentCache:
         self._index_bytes = 0
         self._last_scan = float("-inf")
         self._reserved: dict[str, int] = {}  # entries being filled here → size
-        # Bytes of the files being written here (kept or not), counted against the disk's
-        # free space as if none of them were written yet.
-        self._claimed = 0
+        # Files being written here (kept or not) → their size, and the fill whose bytes on
+        # disk count already (None: nothing written until the whole file is).
+        self._claims: dict[object, tuple[int, _Fill | None]] = {}
         self._pins: dict[str, _SharedHandle] = {}
         self._fills: dict[CacheKey, _Fill] = {}
         self._own_temps: set[Path] = set()
@@ -754,8 +754,8 @@ class ContentCache:
                 return existing
             if not self._room_on_disk(key.size) or not self._reserve(name, key.size):
                 return None
-            self._claimed += key.size
-        claim = key.size
+            claim = object()
+            self._claims[claim] = (key.size, None)
         tmp_path = self._temp_path(name)
         fd = None
         try:
@@ -765,8 +765,7 @@ class ContentCache:
                 view = view[os.write(fd, view) :]
             with self._lock:
                 self._reserved.pop(name, None)
-                self._claimed -= claim
-                claim = 0
+                self._claims.pop(claim, None)
                 return self._adopt(name, key.size, fd, tmp_path).open()
         except BaseException:
             if fd is not None:
@@ -774,7 +773,7 @@ class ContentCache:
             self._drop_temp(tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
-                self._claimed -= claim
+                self._claims.pop(claim, None)
             raise
 
     def discard_uri(self, uri: str) -> None:
@@ -888,8 +887,7 @@ class ContentCache:
                 # Served without being kept or not, the file is written here first.
                 raise OSError(errno.ENOSPC, self._no_room_message(key))
             kept = self._reserve(name, key.size)
-            self._claimed += key.size
-        claim = key.size
+            self._claims[fill] = (key.size, fill)
         tmp_path = self._temp_path(name)
         fd = None
         try:
@@ -905,8 +903,7 @@ class ContentCache:
                 writer.close()
             with self._lock:
                 self._reserved.pop(name, None)
-                self._claimed -= claim
-                claim = 0
+                self._claims.pop(fill, None)
                 if kept and fill.keep:
                     handle = self._adopt(name, key.size, fd, tmp_path)
                 else:
@@ -924,7 +921,7 @@ class ContentCache:
             self._drop_temp(tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
-                self._claimed -= claim
+                self._claims.pop(fill, None)
             self._complete(fill, None, exc)
             return
         with entry:
@@ -1085,7 +1082,9 @@ class ContentCache:
     def _room_on_disk(self, size: int) -> bool:
         """Make the disk hold ``size`` more bytes with :data:`DISK_RESERVE` to spare, evicting
         entries as needed whatever ``--cache-size`` allows (the disk may be the smaller bound)."""
-        needed = size + DISK_RESERVE + self._claimed
+        # What the files being written here still need counts as taken.
+        unwritten = sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
+        needed = size + DISK_RESERVE + unwritten
         if self._disk_free() >= needed:
             return True
         return self._free_disk_to(needed) >= needed
