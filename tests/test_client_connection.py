@@ -341,6 +341,17 @@ def test_creates_and_deletes_answered_500_are_asked_again(conn, fake_xnat):
     assert changes == [("PUT", 500), ("PUT", 200), ("DELETE", 500), ("DELETE", 200), ("PUT", 500), ("PUT", 201)]
 
 
+def test_a_rename_answered_500_before_it_was_done_is_sent_once_more(conn, fake_xnat):
+    failing = {"error_rate": 0.5, "error_statuses": (500,)}
+    # The subject's item, the rename (500, not done), the check, the rename again.
+    fake_xnat.set_faults(**failing, seed=fault_seed([None, 500, None, None], **failing))
+    conn.rename_subject("STUDY01", "SUB002", "SUB002B")
+    fake_xnat.set_faults()
+    assert [status for method, _t, status in fake_xnat.requests if method == "PUT"] == [500, 200]
+    labels = {s.label for s in conn.list_subjects("STUDY01")}
+    assert "SUB002B" in labels and "SUB002" not in labels
+
+
 def test_invalid_labels_are_refused(conn):
     with pytest.raises(XnatInvalidLabel) as caught:
         conn.create_subject("STUDY01", "bad label!")

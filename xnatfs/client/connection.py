@@ -531,8 +531,9 @@ class XnatConnection:
         """One rename PUT, and a second after dismissing blocking AutoRun workflows.
 
         Renames are not repeated blindly (a repeat would find the old label
-        gone); when a 409 or a lost answer leaves it open whether the rename
-        happened, ``renamed()`` asks the server.
+        gone); when a 409, a 5xx or a lost answer leaves it open whether the
+        rename happened, ``renamed()`` asks the server, and one that did not
+        happen after a 5xx or a lost answer is sent once more.
         """
         for dismissed in (False, True):
             try:
@@ -550,7 +551,9 @@ class XnatConnection:
                 # The answer (or a proxy's 5xx) may have come after the rename was done.
                 if renamed():
                     return
-                raise
+                if dismissed:
+                    raise
+                # Not done, so sending it once more cannot rename twice.
 
     def _label_is(self, path: str, accession_id: str) -> bool:
         try:
