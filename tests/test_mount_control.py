@@ -116,6 +116,8 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         assert status["pid"] == mount.process.pid
         assert status["cache"]["misses"] == 1 and status["cache"]["hits"] >= 1
         assert status["cache"]["bytes_used"] == target.stat().st_size
+        disk = os.statvfs(mount.cache_dir)
+        assert abs(status["cache"]["disk_free"] - disk.f_bavail * disk.f_frsize) < 64 << 20
         assert set(status["requests"]["errors"]) == {"HTTP 503"}  # one per listing the folder needs
         assert status["requests"]["requests"] >= 5
         assert status["requests"]["health"] == "answering"

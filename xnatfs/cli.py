@@ -508,7 +508,8 @@ def cmd_cache(args) -> int:
         else:
             print(
                 f"directory: {before.directory}\nfiles:     {before.entries}\n"
-                f"used:      {human_bytes(before.bytes_used)} of {human_bytes(before.max_bytes)}"
+                f"used:      {human_bytes(before.bytes_used)} of {human_bytes(before.max_bytes)}\n"
+                f"disk:      {human_bytes(before.disk_free)} free"
             )
     finally:
         cache.close()
@@ -716,7 +717,8 @@ def _status_text(status: dict) -> str:
         f"  server:    {status['server']} as {status['user'] or 'guest'} ({requests_seen['health']})",
         f"  uptime:    {_duration(status['uptime_seconds'])}, pid {status['pid']}"
         + (", read-only" if status["read_only"] else ""),
-        f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])}, "
+        f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])} "
+        f"({human_bytes(cache['disk_free'])} free on its disk), "
         f"{cache['files']} files, hit rate {hit_rate} ({cache['hits']} hits, {cache['misses']} misses)",
         f"  requests:  {requests_seen['requests']} in the last {requests_seen['minutes']} min, "
         f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",

@@ -99,6 +99,7 @@ class CacheInfo:
     bytes_used: int
     max_bytes: int
     pinned: int  # entries this process has open
+    disk_free: int  # bytes free on the folder's disk, which may bound the cache first
 
 
 def entry_name(key: CacheKey) -> str:
@@ -800,7 +801,9 @@ class ContentCache:
     def info(self) -> CacheInfo:
         with self._lock:
             self._rescan()
-            return CacheInfo(self.directory, len(self._index), self._index_bytes, self.max_bytes, len(self._pins))
+            return CacheInfo(
+                self.directory, len(self._index), self._index_bytes, self.max_bytes, len(self._pins), self._disk_free()
+            )
 
     def downloads(self) -> list[tuple[str, int, int]]:
         """(uri, bytes so far, size) of each download this process is running now."""

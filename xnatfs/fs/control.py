@@ -169,6 +169,7 @@ class ControlServer:
                 "directory": os.fspath(cache_info.directory),
                 "bytes_used": cache_info.bytes_used,
                 "max_bytes": cache_info.max_bytes,
+                "disk_free": cache_info.disk_free,
                 "files": cache_info.entries,
                 "hits": ops.cache_hits,
                 "misses": ops.cache_misses,
