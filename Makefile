@@ -8,7 +8,7 @@ DEBS   := fuse3 libfuse3-dev pkg-config dcm2niix attr rsync curl stress-ng
 BENCH_DEBS := rclone
 MNT    ?= ./mnt
 
-.PHONY: install install-mount-helper system-deps bench-deps demo test lint bench clean
+.PHONY: install install-mount-helper system-deps bench-deps demo test lint bench soak clean
 
 system-deps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -45,6 +45,9 @@ bench-deps:
 
 bench: install bench-deps
 	$(PY) scripts/bench.py
+
+soak: install
+	$(PY) scripts/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
