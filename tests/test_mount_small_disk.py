@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from mountutil import mounted
+from test_reliability_common import md5
 from xnatfs.cache.content import CacheKey, ContentCache
+from xnatfs.cache.files import disk_free
 
 pytestmark = pytest.mark.mount
 
@@ -41,15 +43,6 @@ def small_disk(tmp_path):
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def free_bytes(path: Path) -> int:
-    disk = os.statvfs(path)
-    return disk.f_bavail * disk.f_frsize
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def put_server_files(server, count: int, size: int) -> dict[str, str]:
@@ -77,7 +70,7 @@ def test_reads_past_the_disks_size_evict_the_oldest_cached_files(fake_xnat, tmp_
         qc = mount.path.joinpath(*QC_PATH)
         for name, digest in digests.items():
             assert read_digest(qc / name) == digest, name
-            assert free_bytes(small_disk) >= 128 << 20
+            assert disk_free(small_disk) >= 128 << 20
         # The most recent ones stayed: read again, they come from the cache.
         assert read_digest(qc / "big5.bin") == digests["big5.bin"]
         log = mount.log()
@@ -106,7 +99,7 @@ def test_a_write_takes_room_from_cached_files_before_it_is_refused(fake_xnat, tm
         for name, digest in digests.items():
             assert read_digest(qc / name) == digest
         # About 168 MB free, 101 MB of it the spool's to fill: the write needs the cache's room.
-        assert free_bytes(small_disk) - (64 << 20) < len(written)
+        assert disk_free(small_disk) - (64 << 20) < len(written)
         (qc / "written.bin").write_bytes(written)
         assert read_digest(qc / "written.bin") == md5(written)
     resource = fake_xnat.store.find_resource("experiment", "XNAT_E00001", "QC")

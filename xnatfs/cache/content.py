@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
 from xnatfs.cache.files import (
+    disk_free,
     lock_named,
     make_private_dir,
     remove_unlocked,
@@ -802,7 +803,12 @@ class ContentCache:
         with self._lock:
             self._rescan()
             return CacheInfo(
-                self.directory, len(self._index), self._index_bytes, self.max_bytes, len(self._pins), self._disk_free()
+                self.directory,
+                len(self._index),
+                self._index_bytes,
+                self.max_bytes,
+                len(self._pins),
+                disk_free(self.directory),
             )
 
     def downloads(self) -> list[tuple[str, int, int]]:
@@ -818,9 +824,9 @@ class ContentCache:
 
     def make_disk_room(self, nbytes: int) -> int:
         """Evict entries nobody has open until the disk of the cache folder has ``nbytes``
-        free (for the upload spool beside it); the bytes free then."""
+        free (for the upload spool beside it, and for the cache's own fills); the bytes free then."""
         with self._lock:
-            free = self._disk_free()
+            free = disk_free(self.directory)
             return free if free >= nbytes else self._free_disk_to(nbytes)
 
     def clear(self) -> None:
@@ -1078,26 +1084,20 @@ class ContentCache:
                 evicted += 1
         return evicted
 
-    def _disk_free(self) -> int:
-        disk = os.statvfs(self.directory)
-        return disk.f_bavail * disk.f_frsize
-
     def _room_on_disk(self, size: int) -> bool:
         """Make the disk hold ``size`` more bytes with :data:`DISK_RESERVE` to spare, evicting
         entries as needed whatever ``--cache-size`` allows (the disk may be the smaller bound)."""
         # What the files being written here still need counts as taken.
         unwritten = sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
         needed = size + DISK_RESERVE + unwritten
-        if self._disk_free() >= needed:
-            return True
-        return self._free_disk_to(needed) >= needed
+        return self.make_disk_room(needed) >= needed
 
     def _free_disk_to(self, needed: int) -> int:
         """Evict entries until the disk has ``needed`` bytes free, or none is left to evict; the bytes free then."""
         if time.monotonic() - self._last_scan > self.rescan_interval:
             self._rescan()  # other processes' entries count too
         before = self._index_bytes
-        evicted = self._evict_oldest(lambda: self._disk_free() >= needed)
+        evicted = self._evict_oldest(lambda: disk_free(self.directory) >= needed)
         if evicted:
             logger.info(
                 "evicted %d cached files (%d bytes) to make room on the disk of %s",
@@ -1105,12 +1105,12 @@ class ContentCache:
                 before - self._index_bytes,
                 self.directory,
             )
-        return self._disk_free()
+        return disk_free(self.directory)
 
     def _no_room_message(self, key: CacheKey) -> str:
         return (
             f"{key.uri} ({key.size} bytes) does not fit on the disk of the cache folder {self.directory}: "
-            f"{self._disk_free()} bytes free once every cached file not in use was evicted, "
+            f"{disk_free(self.directory)} bytes free once every cached file not in use was evicted, "
             f"{DISK_RESERVE} of them kept free for uploads"
         )
 

@@ -25,6 +25,12 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+def disk_free(path: Path) -> int:
+    """Bytes an unprivileged process may still write on the disk holding ``path``."""
+    disk = os.statvfs(path)
+    return disk.f_bavail * disk.f_frsize
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

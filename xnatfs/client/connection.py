@@ -528,14 +528,15 @@ class XnatConnection:
     def _rename(
         self, path: str, params: dict[str, Any], *, renamed: Callable[[], bool], blockers: Iterable[str], owner: str
     ) -> None:
-        """One rename PUT, and a second after dismissing blocking AutoRun workflows.
+        """One rename PUT, and a second one after dismissing blocking AutoRun
+        workflows, or after a 5xx or a lost answer left the rename not done.
 
         Renames are not repeated blindly (a repeat would find the old label
         gone); when a 409, a 5xx or a lost answer leaves it open whether the
         rename happened, ``renamed()`` asks the server, and one that did not
         happen after a 5xx or a lost answer is sent once more.
         """
-        for dismissed in (False, True):
+        for second in (False, True):
             try:
                 self.session.request("PUT", path, params=self._write_params(params), idempotent=False)
                 return
@@ -543,7 +544,7 @@ class XnatConnection:
                 # Some XNAT versions answer 409 although the rename went through.
                 if renamed():
                     return
-                if dismissed or "in use" in conflict.message.lower():
+                if second or "in use" in conflict.message.lower():
                     raise
                 if not self._dismiss_blocking_autoruns(blockers, owner):
                     raise
@@ -551,7 +552,7 @@ class XnatConnection:
                 # The answer (or a proxy's 5xx) may have come after the rename was done.
                 if renamed():
                     return
-                if dismissed:
+                if second:
                     raise
                 # Not done, so sending it once more cannot rename twice.
 

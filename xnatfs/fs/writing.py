@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO
 
+from xnatfs.cache.files import disk_free
 from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget
 from xnatfs.cache.uploader import Uploader
 from xnatfs.errors import XnatUnsupported
@@ -141,8 +142,7 @@ class Writer:
                 f"{local.target.describe()} would grow to {size} bytes, "
                 f"more than the largest file the mount takes ({self.max_file_size} bytes)",
             )
-        disk = os.statvfs(self.spool.directory)
-        room = disk.f_bavail * disk.f_frsize - SPOOL_RESERVE
+        room = disk_free(self.spool.directory) - SPOOL_RESERVE
         if size - local.size > room and self.make_disk_room is not None:
             room = self.make_disk_room(size - local.size + SPOOL_RESERVE) - SPOOL_RESERVE
         if size - local.size > room:
