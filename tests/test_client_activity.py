@@ -50,6 +50,12 @@ def test_health_answering_slow_unreachable_stalled():
     assert activity.summary()["health"] == "unreachable"
     request(activity, clock, 0.1, 200)
     assert activity.summary()["health"] == "answering"
+    # A server that accepts the connection and never answers: after one timed-out request.
+    request(activity, clock, 10.0, requests.exceptions.ReadTimeout())
+    assert activity.summary()["health"] == "unreachable"
+    clock.now += 120
+    request(activity, clock, 0.1, 200)
+    assert activity.summary()["health"] == "answering"
     activity.started()
     clock.now += 31
     summary = activity.summary()

@@ -104,7 +104,8 @@ class RequestActivity:
             else:
                 kind = error_kind(outcome)
                 bucket.errors[kind] += 1
-                self._unreachable = kind in ("connection", "tls")
+                # A timeout got no answer either: a hung server is as unreachable as a refusing one.
+                self._unreachable = kind in ("connection", "tls", "timeout")
 
     def summary(self, minutes: int = 5) -> dict[str, Any]:
         """Requests, errors by kind and mean latency over the last ``minutes``; health; in flight."""
