@@ -41,11 +41,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import math
 import mmap
 import os
-import secrets
 import shutil
 import threading
 import time
@@ -660,6 +660,7 @@ class ContentCache:
         self._pins: dict[str, _SharedHandle] = {}
         self._fills: dict[CacheKey, _Fill] = {}
         self._own_temps: set[Path] = set()
+        self._temp_numbers = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="xnatfs-fetch")
         with self._lock:
             self._remove_leftovers()
@@ -746,15 +747,22 @@ class ContentCache:
         already here there is no download to share, so no lock file; two
         processes adopting the same key at once each rename identical bytes
         into place.
+
+        A series zip inserts hundreds of files from several threads at once:
+        nothing under the cache lock touches the disk unless the entry is
+        known there already, so those threads do not queue for the lock
+        while each waits for its system calls.
         """
         if not checked:
             check_bytes(key, data)
         name = entry_name(key)
+        free = disk_free(self.directory)
         with self._lock:
-            existing = self._open_entry(name, key)
-            if existing is not None:
-                return existing
-            if not self._room_on_disk(key.size) or not self._reserve(name, key.size):
+            if name in self._pins or name in self._index:
+                existing = self._open_entry(name, key)
+                if existing is not None:
+                    return existing
+            if not self._room_on_disk(key.size, free) or not self._reserve(name, key.size):
                 return None
             claim = object()
             self._claims[claim] = (key.size, None)
@@ -765,10 +773,11 @@ class ContentCache:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            path = self._place(name, fd, tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
                 self._claims.pop(claim, None)
-                return self._adopt(name, key.size, fd, tmp_path).open()
+                return self._pin_placed(name, key.size, fd, path).open()
         except BaseException:
             if fd is not None:
                 os.close(fd)
@@ -885,6 +894,7 @@ class ContentCache:
 
     def _fill_locked(self, fill: _Fill, name: str) -> None:
         key = fill.key
+        free = disk_free(self.directory)
         with self._lock:
             # Another process may have filled it while we waited for the lock.
             existing = self._open_entry(name, key)
@@ -892,7 +902,7 @@ class ContentCache:
                 with existing:
                     self._complete(fill, existing, None)
                 return
-            if not self._room_on_disk(key.size):
+            if not self._room_on_disk(key.size, free):
                 # Served without being kept or not, the file is written here first.
                 raise OSError(errno.ENOSPC, self._no_room_message(key))
             kept = self._reserve(name, key.size)
@@ -910,11 +920,12 @@ class ContentCache:
                 writer.verify()
             finally:
                 writer.close()
+            path = self._place(name, fd, tmp_path) if kept and fill.keep else None
             with self._lock:
                 self._reserved.pop(name, None)
                 self._claims.pop(fill, None)
-                if kept and fill.keep:
-                    handle = self._adopt(name, key.size, fd, tmp_path)
+                if path is not None:
+                    handle = self._pin_placed(name, key.size, fd, path)
                 else:
                     logger.debug("%s served without caching (%d bytes)", key.uri, key.size)
                     handle = _SharedHandle(fd, key.size, tmp_path, self._lock, self._drop_transient)
@@ -936,8 +947,11 @@ class ContentCache:
         with entry:
             self._complete(fill, entry, None)
 
-    def _adopt(self, name: str, size: int, fd: int, tmp_path: Path) -> _SharedHandle:
-        """Move a verified download into place and pin it through ``fd``."""
+    def _place(self, name: str, fd: int, tmp_path: Path) -> Path:
+        """Move a verified file written through ``fd`` into place as entry ``name``.
+
+        Needs no cache lock: the caller holds ``name`` reserved, which keeps
+        this process's evictions away from it."""
         path = self._entry_path(name)
         try:
             os.rename(tmp_path, path)
@@ -947,9 +961,11 @@ class ContentCache:
             os.rename(tmp_path, path)
         self._own_temps.discard(tmp_path)
         fcntl.flock(fd, fcntl.LOCK_SH)
-        now = time.time_ns()
-        self._touch(fd, path, now)
-        self._index_set(name, size, now)
+        return path
+
+    def _pin_placed(self, name: str, size: int, fd: int, path: Path) -> _SharedHandle:
+        """Index and pin an entry just placed; its last write counts as its use (no utime)."""
+        self._index_set(name, size, time.time_ns())
         handle = _SharedHandle(fd, size, path, self._lock, self._unpin)
         self._pins[name] = handle
         return handle
@@ -968,13 +984,13 @@ class ContentCache:
         self._drop_temp(handle.path)
 
     def _temp_path(self, name: str) -> Path:
-        return self._tmp_dir / f"{name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        return self._tmp_dir / f"{name}.{os.getpid()}.{next(self._temp_numbers)}.part"
 
     def _open_temp(self, path: Path) -> int:
         """Create the temp file for an entry being filled; the caller drops it on failure."""
         # Named ours before it exists, so this process's clean-up of leftovers passes it by.
-        with self._lock:
-            self._own_temps.add(path)
+        # No cache lock: that clean-up only asks the set whether it holds a path.
+        self._own_temps.add(path)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -993,8 +1009,7 @@ class ContentCache:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        with self._lock:
-            self._own_temps.discard(path)
+        self._own_temps.discard(path)
 
     # -- entries, pins and eviction (callers hold self._lock) ---------------
 
@@ -1084,13 +1099,16 @@ class ContentCache:
                 evicted += 1
         return evicted
 
-    def _room_on_disk(self, size: int) -> bool:
+    def _room_on_disk(self, size: int, free: int) -> bool:
         """Make the disk hold ``size`` more bytes with :data:`DISK_RESERVE` to spare, evicting
-        entries as needed whatever ``--cache-size`` allows (the disk may be the smaller bound)."""
+        entries as needed whatever ``--cache-size`` allows (the disk may be the smaller bound).
+
+        ``free`` is the disk's free space measured just before the cache lock was taken;
+        files finished since then may have used up to one file's size of it, well within the reserve."""
         # What the files being written here still need counts as taken.
         unwritten = sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
         needed = size + DISK_RESERVE + unwritten
-        return self.make_disk_room(needed) >= needed
+        return free >= needed or self._free_disk_to(needed) >= needed
 
     def _free_disk_to(self, needed: int) -> int:
         """Evict entries until the disk has ``needed`` bytes free, or none is left to evict; the bytes free then."""

@@ -529,7 +529,7 @@ class XnatOperations(pyfuse3.Operations):
             # The zip under way hands the file over checked, then open (see HotFiles): no use
             # looking on disk first.
             ready = flight.event_for(remote.uri)
-            if ready is not None:
+            if ready is not None and not ready.is_set():
                 await bounded(ready.wait(), moving=flight.transfer)
             checked = flight.checked.get(remote.uri)
             if checked is not None:

@@ -5,12 +5,15 @@ series is often hundreds of small files: one request each costs a round
 trip each. On the first cache miss in a scan resource, the whole resource is
 fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
 parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file is checked
-against the listing's size and digest as soon as it is complete, served
-from memory to whoever opens it meanwhile, and written into the content
-cache by a few threads so that writing keeps up with the network, then kept
-open for the next reader. Files parsed but not yet written are held in
-memory up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under
-way. The file that was asked for first is fetched on its own meanwhile, so
+against the listing's size and digest as soon as it is complete (by
+:data:`CHECK_THREADS` threads) and served from memory to whoever opens it
+meanwhile. Writing it into the content cache (by :data:`STORE_THREADS`
+threads), after which it is kept open for the next reader, waits for the
+zip's end while memory allows: under one GIL, writing while the zip streams
+in slowed both the download and the readers it serves. Files parsed but not
+yet written are held in memory up to :data:`IN_FLIGHT_BYTES`, one bound
+shared by every zip under way; from half of it on, or as soon as a download
+waits for room, the writers write. The file that was asked for first is fetched on its own meanwhile, so
 that read is not held up; a later open of a file of the series waits for
 that file only, not for the whole zip.
 
@@ -49,7 +52,8 @@ from xnatfs.fs.zipstream import ZipStream, ZipStreamError
 
 logger = logging.getLogger(__name__)
 
-INSERT_THREADS = 4
+CHECK_THREADS = 2
+STORE_THREADS = 2
 IN_FLIGHT_BYTES = 64 << 20
 # Zips started before a file of them was opened, at most this many at once.
 EARLY_AT_ONCE = 2
@@ -295,16 +299,16 @@ class SeriesFetcher:
         return [f for f in files if not self.cache.contains(self.key_for(f))]
 
     async def _fetch(self, resource_uri: str, flight: SeriesFlight) -> None:
-        token = trio.lowlevel.current_trio_token()
+        loop_calls = _LoopCalls(trio.lowlevel.current_trio_token())
 
-        # Both queued without waiting for the loop, so the inserting thread goes
-        # on; queued calls run in order, and before the fetch's end.
+        # Both queued without waiting for the loop, so the checking and storing threads
+        # go on; queued calls run in order, and before the fetch's end.
         def checked(remote: RemoteFile, data: bytes) -> None:
             def serve_from_memory() -> None:
                 flight.checked[remote.uri] = data
                 flight.ready[remote.uri].set()
 
-            token.run_sync_soon(serve_from_memory)
+            loop_calls.post(serve_from_memory)
 
         def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
             def hand_over() -> None:
@@ -316,7 +320,7 @@ class SeriesFetcher:
                     logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
 
-            token.run_sync_soon(hand_over)
+            loop_calls.post(hand_over)
 
         try:
             stored = await trio.to_thread.run_sync(
@@ -355,39 +359,63 @@ class SeriesFetcher:
         stored = 0
         lock = threading.Lock()
         entries = _Entries(flight, resource_uri)
+        downloaded = False
 
-        def insert(remote: RemoteFile, data: bytes) -> None:
-            nonlocal stored
+        def check(remote: RemoteFile, data: bytes) -> None:
+            handed_on = False
             try:
                 key = self.key_for(remote)
                 check_bytes(key, data)
                 # Its readers need not wait for the disk: the checked bytes serve them meanwhile.
                 checked(remote, data)
+                storing.submit(store, remote, key, data)
+                handed_on = True
+            except XnatError as exc:
+                logger.warning("zip entry for %s does not match the listing: %s", remote.uri, exc)
+            finally:
+                if not handed_on:
+                    budget.release(len(data))
+
+        def store(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
+            nonlocal stored
+            try:
+                # Writing to disk while the zip streams in takes the processor (and the GIL)
+                # from the download and the readers it serves from memory; until memory runs
+                # short, the writers wait for the zip's end.
+                budget.hold_until(lambda: downloaded)
                 # Kept open, so a reader after that finds it open already.
                 entry = self.cache.insert_bytes(key, data, checked=True)
                 if entry is not None:
                     with lock:
                         stored += 1
                 cached(remote, entry)
-            except XnatError as exc:
-                logger.warning("zip entry for %s does not match the listing: %s", remote.uri, exc)
+            except OSError as exc:
+                # Its readers read it from memory until the zip is done, then fetch it alone.
+                logger.warning("caching %s from its series zip failed: %s", remote.uri, exc)
             finally:
                 budget.release(len(data))
 
-        with ThreadPoolExecutor(max_workers=INSERT_THREADS, thread_name_prefix="xnatfs-series") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="xnatfs-store") as storing,
+            ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="xnatfs-check") as checking,
+        ):
 
             def on_entry(name: str, data: bytes) -> None:
                 remote = entries.take(name, len(data))
                 if remote is None:
                     return
                 budget.acquire(len(data))
-                pool.submit(insert, remote, data)
+                checking.submit(check, remote, data)
 
             stream = ZipStream(on_entry, entries.size_of, max_entry=self.large_file_bytes)
             gate = _EarlyGate(stream, flight, resource_uri, self.early_bytes)
             # A write-only file object: all a download writes to.
-            with bounded_by(flight.transfer):
-                self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
+            try:
+                with bounded_by(flight.transfer):
+                    self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
+            finally:
+                downloaded = True
+                budget.wake()
             stream.close()
         if entries.complete():
             self.cache.note_whole(whole)
@@ -483,18 +511,67 @@ class _Matcher:
         return found.size if found is not None else None
 
 
+class _LoopCalls:
+    """Calls from worker threads to run on the event loop in the order posted.
+
+    Each wake-up of the loop runs every call posted meanwhile: a zip of
+    hundreds of files would otherwise wake it twice per file.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken):
+        self._token = token
+        self._calls: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def post(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            self._calls.append(call)
+            if len(self._calls) > 1:
+                return  # a wake-up is on its way and will run this one too
+        self._token.run_sync_soon(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call()
+
+
 class _ByteBudget:
-    """Bounds the bytes read ahead of the cache writers (back-pressure on the download)."""
+    """Bounds the bytes read ahead of the cache writers (back-pressure on the download).
+
+    Writers may hold off (:meth:`hold_until`) while memory is plentiful: from half
+    the bound on, or as soon as a download waits for room, they must write.
+    """
 
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
+        self.waiting = 0
         self.changed = threading.Condition()
 
     def acquire(self, count: int) -> None:
         with self.changed:
-            self.changed.wait_for(lambda: self.used == 0 or self.used + count <= self.limit)
+            if not self._fits(count):
+                self.waiting += 1
+                self.changed.notify_all()  # writers holding off
+                try:
+                    self.changed.wait_for(lambda: self._fits(count))
+                finally:
+                    self.waiting -= 1
             self.used += count
+
+    def _fits(self, count: int) -> bool:
+        return self.used == 0 or self.used + count <= self.limit
+
+    def hold_until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` (checked again at each :meth:`wake`) or memory runs short."""
+        with self.changed:
+            self.changed.wait_for(lambda: done() or self.waiting > 0 or self.used * 2 >= self.limit)
+
+    def wake(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
     def release(self, count: int) -> None:
         with self.changed:
