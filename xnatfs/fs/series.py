@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, cast
+from types import TracebackType
+from typing import Any, BinaryIO, cast
 
 import trio
 
@@ -398,8 +399,8 @@ class SeriesFetcher:
                 budget.release(len(data))
 
         with (
-            ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="xnatfs-store") as storing,
-            ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="xnatfs-check") as checking,
+            _Workers(STORE_THREADS, "xnatfs-store") as storing,
+            _Workers(CHECK_THREADS, "xnatfs-check") as checking,
         ):
 
             def on_entry(name: str, data: bytes) -> None:
@@ -511,6 +512,42 @@ class _Matcher:
     def size_of(self, name: str) -> int | None:
         found = self.match(name)
         return found.size if found is not None else None
+
+
+class _Workers:
+    """A few threads running the calls submitted to them; leaving the ``with`` block waits for them all.
+
+    Lighter than a ThreadPoolExecutor, whose submissions all take one lock shared by every
+    executor: with several zips under way, their threads queued for it at each file.
+    """
+
+    def __init__(self, count: int, name: str):
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True) for n in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
+        self._tasks.put((call, args))
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            call, args = task
+            try:
+                call(*args)
+            except Exception:  # a worker must outlive one bad file
+                logger.exception("series zip worker failed")
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        for _thread in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 class _LoopCalls:
