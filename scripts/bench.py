@@ -1666,10 +1666,18 @@ MISSED_NOTES: dict[str, str] = {
     "(a probe's log: the zip's first bytes 20 ms after the item JSON, before the file list was in). "
     "The zip is parsed as it streams without moving the bytes not yet parsed (27 MB in 25–40 ms "
     "instead of 90–100 ms), each member is checked (size, MD5) once and served to its reader from "
-    "memory while the cache writes it. What remains beside the listing is the cache's disk writes "
-    "(the 208 files take about 0.25 s to write on this loaded disk, spread over four threads) and "
-    "about 1 000 FUSE requests for 208 opens, on the same two cores as the fake server building the "
-    "zip. Against curl + unzip (row 1d), which writes the same files to disk, the mount is level. "
+    "memory. The cache's disk writes no longer slow the read: under one GIL, four threads writing "
+    "the files while the zip streamed in held back both the download and the readers served from "
+    "memory, and a file's MD5 waited behind other files' writes. Now two threads check the files "
+    "(MD5) and hand them to their readers, and one thread writes them into the cache after the "
+    "zip's end (or from half of the 64 MiB in-flight bound on); calls back to the event loop share "
+    "one wake-up. By hand (median of 5–7 cold reads, 20 ms latency): 340 ms before, 250–265 ms "
+    "after, the daemon's CPU during the read 0.34 s before, 0.20 s after. What remains beside the "
+    "three round trips is that CPU, under one GIL and on the same two cores as the fake server "
+    "building the zip: the zip's download and parsing (about 0.05 s), the MD5s (about 0.06 s, in "
+    "parallel), and about 850 FUSE requests for the 208 files (open, read, flush, release; about "
+    "0.08 s on the event loop, most of it pyfuse3's and trio's own work per request). "
+    "Against curl + unzip (row 1d), which writes the same files to disk, the mount is ahead. "
     "Measured before/after in one window (main's code, then this code, twice, 3 runs each, load "
     "average 6–8): 1a 3.59× and 3.98× before, 2.27× and 2.96× after; 1d 1.45× and 1.26× before, "
     "0.71× and 1.01× after. Finding the subject from its own answers instead of the project's listings "
@@ -1694,7 +1702,9 @@ MISSED_NOTES: dict[str, str] = {
     "locally, and through the mount each of the 208 files also costs an open, flush and release "
     "round trip to the daemon (about 75 µs a file). Reads themselves are served by the kernel "
     "(keep_cache). A ratio near 1.5× is only reachable for large files; for a series of small files "
-    "it needs the FUSE features named in 2b.",
+    "it needs the FUSE features named in 2b. This row runs right after the cold read of 1a, while "
+    "the cache is still writing the series' files (after the zip's end, see 1a): by hand, the "
+    "re-read takes 60–75 ms then and about 40 ms once the writes are done.",
     "4a": "The mount hands out no byte it has not checked: the last bytes of a file wait until its MD5 "
     "matches the listing. Where the daemon's CPU goes in this read (perf, about 3 s per GiB): 40 % "
     "MD5 (1.4 s, one core's worth, sequential by nature), 50 % the kernel copying bytes (socket to "
@@ -1748,19 +1758,26 @@ MISSED_NOTES: dict[str, str] = {
     "5f": WARM_WALK_NOTE,
     "5g": WARM_WALK_NOTE,
     "5h": WARM_WALK_NOTE,
-    "9a": "Per file, after the zip has landed in the cache, each of the 4 800 files costs a lookup, open, "
-    "reads, flush and release through FUSE, where unzip writes a file on local disk; py-spy shows the "
-    "daemon mostly waiting, the time going to round trips between the kernel, the event loop and worker "
-    "threads. Two problems that made it grow faster than the series are fixed (docs/RELIABILITY.md): "
+    "9a": "Per file, each of the 4 800 files costs an open, a read, a flush and a release through FUSE, "
+    "and a file created in the cache, where unzip creates a file on local disk. The cache's writes now "
+    "run in one thread per zip (two threads contending for the same directories and the GIL made the "
+    "read 3.8 s instead of 3.1 s by hand) and its 256 folders are made when it is opened. perf shows "
+    "each file creation on this machine's disk costing 0.3–0.4 ms in the kernel (find_inode_bit, "
+    "recently_deleted: the previous run's deleted files are stepped over), about 1.7 s of the writer's "
+    "time for the series; unzip, writing into a folder deleted just before, pays the same. Two problems that made it "
+    "grow faster than the series are fixed (docs/RELIABILITY.md): "
     "files kept open were capped at 512, so a zip running ahead of its reader let files go before they "
     "were read (13 s before, about 8 s after, on this machine), and parallel zips each had their own "
     "memory bound (10c). What would close the rest: the FUSE features named in 2b (no open and release "
     "round trips for a file the kernel has cached).",
     "9b": "See 9a: curl of the zip alone writes nothing and opens nothing; the mount hands out 4 800 files.",
-    "10a": "The daemon's own processor time sets it. A cold 208-file series costs the daemon about 0.36 s "
-    "of CPU (read from /proc with one reader: the zip's parsing, MD5 and cache writes in worker threads, "
-    "and about 1 700 FUSE requests through pyfuse3's loop), all under one GIL: 8 series take about 3.3 s "
-    "of daemon CPU in 2.9 s, while the server's CPU falls to a few percent once its zips are sent. So 8 "
+    "10a": "The daemon's own processor time sets it. A cold 208-file series costs the daemon about 0.2 s "
+    "of CPU with one reader (read from /proc: the zip's parsing, MD5 and cache writes in worker threads, "
+    "and about 850 FUSE requests through pyfuse3's loop), all under one GIL; 8 series at once cost "
+    "2.1–3.0 s of daemon CPU in 1.9–2.6 s (by hand), more than 8 × 0.2 s, the threads of 8 zips "
+    "contending for the GIL. Their checking and writing threads now take tasks from a plain queue: "
+    "ThreadPoolExecutor's submissions all take one lock shared by every executor, and 8 zips queued "
+    "for it at each file (2.7–2.9 s before, 2.4–2.6 s after, four runs each back to back). So 8 "
     "readers take about 8× the time of one where 8 curls take 4×. Memory is bounded (10c).",
     "10b": "Opening one series of SCALE no longer lists the project's subjects and sessions (0.8 MB and "
     "2.6 MB for its 10 009 sessions, about half a second of the server's time here): outside a walk the "
@@ -1818,7 +1835,8 @@ SCALE_NOTE = (
     "memory stops growing with the series: parsed files waiting for the cache writers are bounded (64 MiB "
     "for all zips under way together), the listings of 4 800 files are a few MB. 8 readers of 8 series "
     "(10a) take about 8× the time of one (10b) for 8× the bytes, 8 curls about 4×: the daemon's processor "
-    "time per series (about 0.36 s, under one GIL) is the bound, not the server or the mount's workers (10a)."
+    "time per series (about 0.2 s with one reader, more with eight, under one GIL) is the bound, not the "
+    "server or the mount's workers (10a)."
 )
 
 
