@@ -569,6 +569,30 @@ def test_insert_bytes_checks_keeps_open_and_leaves_no_temp(cache_dir, server):
     assert cache.insert_bytes(server.add("/f/huge", 20_000), server.files["/f/huge"]) is None
 
 
+def test_two_caches_on_one_folder_inserting_the_same_file_both_serve_it(cache_dir, server):
+    """Two processes sharing the folder insert the same series file: the second does not look
+    on disk for an entry its index does not know, and renames identical bytes over the first's
+    while the first holds it open. Both serve the right bytes, neither evicts what either holds
+    open, and once both let go it can be evicted."""
+    first, second = ContentCache(cache_dir, 10_000), ContentCache(cache_dir, 10_000)
+    key = server.add("/f/shared", 900, digest=True)
+    held_first = first.insert_bytes(key, server.files[key.uri])
+    held_second = second.insert_bytes(key, server.files[key.uri])
+    assert held_first is not None and held_second is not None
+    assert read_all(held_first) == read_all(held_second) == server.files[key.uri]
+    first.clear()
+    second.clear()
+    assert first.contains(key) and second.contains(key)
+    held_second.close()
+    first.clear()
+    assert first.contains(key)
+    assert read_all(held_first) == server.files[key.uri]
+    held_first.close()
+    second.clear()
+    assert not first.contains(key)
+    assert tmp_files(cache_dir) == []
+
+
 def test_an_entry_cut_short_on_disk_is_dropped_and_fetched_again(cache_dir, server):
     # Entries are not fsynced; after a power loss one may come back short.
     key = server.add("/f/lost", 5000, digest=True)
