@@ -934,12 +934,12 @@ class ContentCache:
                 writer.verify()
             finally:
                 writer.close()
-            path = self._place(name, fd, tmp_path) if kept and fill.keep else None
             with self._lock:
                 self._reserved.pop(name, None)
                 self._claims.pop(fill, None)
-                if path is not None:
-                    handle = self._pin_placed(name, key.size, fd, path)
+                # Under the lock: discard_uri clears fill.keep, and must not miss the entry placed here.
+                if kept and fill.keep:
+                    handle = self._pin_placed(name, key.size, fd, self._place(name, fd, tmp_path))
                 else:
                     logger.debug("%s served without caching (%d bytes)", key.uri, key.size)
                     handle = _SharedHandle(fd, key.size, tmp_path, self._lock, self._drop_transient)
@@ -964,7 +964,7 @@ class ContentCache:
     def _place(self, name: str, fd: int, tmp_path: Path) -> Path:
         """Move a verified file written through ``fd`` into place as entry ``name``.
 
-        Needs no cache lock: the caller holds ``name`` reserved, which keeps
+        May run outside the cache lock while the caller holds ``name`` reserved, which keeps
         this process's evictions away from it."""
         path = self._entry_path(name)
         try:
