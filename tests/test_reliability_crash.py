@@ -145,13 +145,49 @@ def test_sigkill_during_a_series_zip(fake_xnat, tmp_path):
             wait_until(
                 lambda: any("format=zip" in target for _m, target, _s in relay.log), what="the series zip to start"
             )
-            # Killed once the zip has put some of its files in the cache, and before it ends.
+            # Killed once the cache has begun writing the zip's files (after the zip's end, as
+            # memory allows: see the next test for a kill while the zip streams).
             wait_until(lambda: len(data_files(mount.cache_dir)) > 2, what="the zip's first files in the cache")
             kill(mount)
         check_data_entries(mount.cache_dir, relay.url, series.values())
         with mounted(relay.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
             for relative, info in sorted(series.items()):
                 assert md5(read_file(again.path / relative)) == info.digest, relative
+        assert check_cache(mount.cache_dir, relay.url, series.values()) == len(series)
+
+
+def test_sigkill_while_a_series_zip_streams_and_serves_from_memory(fake_xnat, tmp_path):
+    """The cache writes a zip's files after the zip's end; until then its readers are served
+    from memory. Killed then, the cache holds only what was written, and the next mount
+    reads every file right."""
+    fake_xnat.store.add_scan("XNAT_E00001", "90", type="KILLTEST")
+    for number in range(40):
+        fake_xnat.store.put_file("XNAT_E00001", "DICOM", f"slice{number:03d}.dcm", os.urandom(100_000), scan_id="90")
+    files = server_files(fake_xnat, projects=("STUDY01",))
+    series = {r: f for r, f in files.items() if "/SCANS/90-" in r}
+    assert len(series) == 40
+    names = sorted(series)
+    with Relay(fake_xnat.url, throttle=1 << 20) as relay:
+        with mounted(relay.url, tmp_path) as mount:
+            read: list[str] = []
+
+            def read_in_order() -> None:
+                for name in names:
+                    assert md5(read_file(mount.path / name)) == series[name].digest, name
+                    read.append(name)
+
+            background(read_in_order)
+            wait_until(lambda: len(read) >= 5, what="files of the zip served to a reader")
+            assert any("format=zip" in target for _m, target, _s in relay.log)
+            written = len(data_files(mount.cache_dir))
+            assert len(read) < len(names), "the zip ended before the kill"
+            kill(mount)
+        # At most the first file, fetched on its own beside the zip, was written.
+        assert written <= 1
+        check_data_entries(mount.cache_dir, relay.url, series.values())
+        with mounted(relay.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+            for name in names:
+                assert md5(read_file(again.path / name)) == series[name].digest, name
         assert check_cache(mount.cache_dir, relay.url, series.values()) == len(series)
 
 
