@@ -848,9 +848,9 @@ class ContentCache:
     def make_disk_room(self, nbytes: int) -> int:
         """Evict entries nobody has open until the disk of the cache folder has ``nbytes``
         free (for the upload spool beside it, and for the cache's own fills); the bytes free then."""
+        free = disk_free(self.directory)
         with self._lock:
-            free = disk_free(self.directory)
-            return free if free >= nbytes else self._free_disk_to(nbytes)
+            return self._disk_room(nbytes, free)
 
     def clear(self) -> None:
         """Drop every entry nobody has open, and leftovers of crashed processes."""
@@ -1122,7 +1122,11 @@ class ContentCache:
         # What the files being written here still need counts as taken.
         unwritten = sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
         needed = size + DISK_RESERVE + unwritten
-        return free >= needed or self._free_disk_to(needed) >= needed
+        return self._disk_room(needed, free) >= needed
+
+    def _disk_room(self, needed: int, free: int) -> int:
+        """``free`` if it is ``needed`` bytes or more, else the bytes free once entries were evicted for them."""
+        return free if free >= needed else self._free_disk_to(needed)
 
     def _free_disk_to(self, needed: int) -> int:
         """Evict entries until the disk has ``needed`` bytes free, or none is left to evict; the bytes free then."""
