@@ -306,6 +306,36 @@ def test_every_file_of_a_series_of_thousands_stays_open_for_its_next_reading(fak
     assert len(zip_downloads(fake_xnat)) == 1
 
 
+def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, run_fs, monkeypatch):
+    """The zip's files wait in memory, serving their readers, while the series is being read;
+    written meanwhile, they took the GIL from those readers."""
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 1.0)
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        expected = {name: await fs.read(f"{folder}/{name}") for name in names}
+        assert len(expected) > 10
+        # Long after the zip's end, while its files are still being opened, none was written
+        # (the file the first open fetched alone aside).
+        with trio.move_on_after(1.5):
+            while True:
+                for name in names:
+                    assert await fs.read(f"{folder}/{name}") == expected[name]
+                    await trio.sleep(0.005)
+        assert fs.ops.cache.info().entries <= 1
+        assert len(zip_downloads(fake_xnat)) == 1
+        # Once the reading pauses, every file is written.
+        with trio.move_on_after(10):
+            while fs.ops.cache.info().entries < len(names):
+                await trio.sleep(0.05)
+        assert fs.ops.cache.info().entries == len(names)
+        for name in names:
+            assert await fs.read(f"{folder}/{name}") == expected[name]
+
+    run_fs(body)
+
+
 def test_series_zipped_at_once_share_one_bound_on_the_bytes_held_in_memory(fake_xnat, run_fs, monkeypatch):
     """Parsed files wait in memory for the cache writers; with several series read at once the
     bytes waiting, all zips together, stay within the bound one zip has."""

@@ -9,8 +9,9 @@ against the listing's size and digest as soon as it is complete (by
 :data:`CHECK_THREADS` threads) and served from memory to whoever opens it
 meanwhile. Writing it into the content cache (by :data:`STORE_THREADS`
 threads), after which it is kept open for the next reader, waits for the
-zip's end while memory allows: under one GIL, writing while the zip streams
-in slowed both the download and the readers it serves. Files parsed but not
+zip's end, and for its readers to pause (:data:`QUIET_BEFORE_WRITING`), while
+memory allows: under one GIL, writing while the zip streams in or is read
+slowed both the download and the readers it serves. Files parsed but not
 yet written are held in memory up to :data:`IN_FLIGHT_BYTES`, one bound
 shared by every zip under way; from half of it on, or as soon as a download
 waits for room, the writers write. The file that was asked for first is
@@ -37,6 +38,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, BinaryIO, cast
@@ -58,6 +60,10 @@ CHECK_THREADS = 2
 # 4 800-file series read in 3.8 s instead of 3.1 s.
 STORE_THREADS = 1
 IN_FLIGHT_BYTES = 64 << 20
+# The writers also wait while the series is being read: until no file of it was opened for this
+# long. A reader going through a series opens a file every millisecond or so, and the writes
+# competing with it for the GIL made its last files come slower.
+QUIET_BEFORE_WRITING = 0.1
 # Zips started before a file of them was opened, at most this many at once.
 EARLY_AT_ONCE = 2
 
@@ -82,6 +88,7 @@ class SeriesFlight:
         self.wanted: set[str] | None = None
         self.claimed = not early
         self.abandoned = False
+        self.last_opened = time.monotonic()  # when a file of it was last opened (or the flight began)
         # Set once the files are known or the flight is abandoned: the download thread waits for it.
         self.known = threading.Event()
         self.done = trio.Event()
@@ -109,6 +116,11 @@ class SeriesFlight:
     def claim(self) -> None:
         """A file of the series is being opened: the zip is wanted, whatever it costs."""
         self.claimed = True
+        self.last_opened = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds from now until no file of it was opened for :data:`QUIET_BEFORE_WRITING`; 0 once so."""
+        return max(0.0, self.last_opened + QUIET_BEFORE_WRITING - time.monotonic())
 
     def abandon(self, why: str, resource_uri: str) -> None:
         """Stop the zip unless a file of it is being opened."""
@@ -384,8 +396,8 @@ class SeriesFetcher:
             try:
                 # Writing to disk while the zip streams in takes the processor (and the GIL)
                 # from the download and the readers it serves from memory; until memory runs
-                # short, the writers wait for the zip's end.
-                budget.hold_until(lambda: downloaded)
+                # short, the writers wait for the zip's end and a pause of its readers.
+                budget.hold_until(lambda: flight.quiet_for() if downloaded else math.inf)
                 # Kept open, so a reader after that finds it open already.
                 entry = self.cache.insert_bytes(key, data, checked=True)
                 if entry is not None:
@@ -603,10 +615,15 @@ class _ByteBudget:
     def _fits(self, count: int) -> bool:
         return self.used == 0 or self.used + count <= self.limit
 
-    def hold_until(self, done: Callable[[], bool]) -> None:
-        """Wait until ``done()`` (checked again at each :meth:`wake`) or memory runs short."""
+    def hold_until(self, wait: Callable[[], float]) -> None:
+        """Wait until memory runs short or ``wait()``, the seconds left to wait (asked again at
+        each :meth:`wake` and when they have passed), is 0."""
         with self.changed:
-            self.changed.wait_for(lambda: done() or self.waiting > 0 or self.used * 2 >= self.limit)
+            while self.waiting == 0 and self.used * 2 < self.limit:
+                left = wait()
+                if left <= 0:
+                    return
+                self.changed.wait(None if left == math.inf else left)
 
     def wake(self) -> None:
         with self.changed:
