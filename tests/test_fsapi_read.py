@@ -336,6 +336,24 @@ def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, ru
     run_fs(body)
 
 
+def test_a_series_read_on_and_on_still_reaches_the_cache(run_fs, monkeypatch):
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 60.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 0.5)
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        cached = 0
+        with trio.move_on_after(10):
+            while cached < len(names):
+                for name in names:
+                    assert await fs.read(f"{folder}/{name}")
+                cached = fs.ops.cache.info().entries
+        assert cached == len(names)
+
+    run_fs(body)
+
+
 def test_series_zipped_at_once_share_one_bound_on_the_bytes_held_in_memory(fake_xnat, run_fs, monkeypatch):
     """Parsed files wait in memory for the cache writers; with several series read at once the
     bytes waiting, all zips together, stay within the bound one zip has."""

@@ -64,6 +64,8 @@ IN_FLIGHT_BYTES = 64 << 20
 # long. A reader going through a series opens a file every millisecond or so, and the writes
 # competing with it for the GIL made its last files come slower.
 QUIET_BEFORE_WRITING = 0.1
+# ...but no longer than this after the zip's end, so a series read on and on still reaches the cache.
+LONGEST_WRITE_WAIT = 5.0
 # Zips started before a file of them was opened, at most this many at once.
 EARLY_AT_ONCE = 2
 
@@ -89,6 +91,7 @@ class SeriesFlight:
         self.claimed = not early
         self.abandoned = False
         self.last_opened = time.monotonic()  # when a file of it was last opened (or the flight began)
+        self.ended: float | None = None  # when the zip's download ended
         # Set once the files are known or the flight is abandoned: the download thread waits for it.
         self.known = threading.Event()
         self.done = trio.Event()
@@ -118,9 +121,13 @@ class SeriesFlight:
         self.claimed = True
         self.last_opened = time.monotonic()
 
-    def quiet_for(self) -> float:
-        """Seconds from now until no file of it was opened for :data:`QUIET_BEFORE_WRITING`; 0 once so."""
-        return max(0.0, self.last_opened + QUIET_BEFORE_WRITING - time.monotonic())
+    def write_wait(self) -> float:
+        """Seconds the cache writes still wait: for the zip's end, then until no file of it was
+        opened for :data:`QUIET_BEFORE_WRITING` (at most :data:`LONGEST_WRITE_WAIT` after the end)."""
+        if self.ended is None:
+            return math.inf
+        until = min(self.last_opened + QUIET_BEFORE_WRITING, self.ended + LONGEST_WRITE_WAIT)
+        return max(0.0, until - time.monotonic())
 
     def abandon(self, why: str, resource_uri: str) -> None:
         """Stop the zip unless a file of it is being opened."""
@@ -374,7 +381,6 @@ class SeriesFetcher:
         stored = 0
         lock = threading.Lock()
         entries = _Entries(flight, resource_uri)
-        downloaded = False
 
         def check(remote: RemoteFile, data: bytes) -> None:
             handed_on = False
@@ -397,7 +403,7 @@ class SeriesFetcher:
                 # Writing to disk while the zip streams in takes the processor (and the GIL)
                 # from the download and the readers it serves from memory; until memory runs
                 # short, the writers wait for the zip's end and a pause of its readers.
-                budget.hold_until(lambda: flight.quiet_for() if downloaded else math.inf)
+                budget.hold_until(flight.write_wait)
                 # Kept open, so a reader after that finds it open already.
                 entry = self.cache.insert_bytes(key, data, checked=True)
                 if entry is not None:
@@ -429,7 +435,7 @@ class SeriesFetcher:
                 with bounded_by(flight.transfer):
                     self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
             finally:
-                downloaded = True
+                flight.ended = time.monotonic()
                 budget.wake()
             stream.close()
         if entries.complete():
