@@ -309,7 +309,7 @@ def test_every_file_of_a_series_of_thousands_stays_open_for_its_next_reading(fak
 def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, run_fs, monkeypatch):
     """The zip's files wait in memory, serving their readers, while the series is being read;
     written meanwhile, they took the GIL from those readers."""
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 1.0)
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 3.0)
 
     async def body(fs):
         folder = await dicom_dir(fs)
@@ -332,6 +332,25 @@ def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, ru
         assert fs.ops.cache.info().entries == len(names)
         for name in names:
             assert await fs.read(f"{folder}/{name}") == expected[name]
+
+    run_fs(body)
+
+
+def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, monkeypatch):
+    """The BIDS view and prefetch ask for a whole series and read it from the cache after:
+    nobody reads it from memory, so its writes wait for no pause of readers."""
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 60.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 60.0)
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+
+    async def body(fs):
+        files = await trio.to_thread.run_sync(fs.ops.connection.list_files, resource_uri)
+        assert len(files) > 10
+        with trio.fail_after(30):
+            await fs.ops.series.fetch_whole(fs.ops.nursery, resource_uri, files)
+        assert fs.ops.cache.info().entries == len(files)
+        assert len(zip_downloads(fake_xnat)) == 1
 
     run_fs(body)
 

@@ -90,7 +90,7 @@ class SeriesFlight:
         self.wanted: set[str] | None = None
         self.claimed = not early
         self.abandoned = False
-        self.last_opened = time.monotonic()  # when a file of it was last opened (or the flight began)
+        self.last_opened = -math.inf  # when a file of it was last opened
         self.ended: float | None = None  # when the zip's download ended
         # Set once the files are known or the flight is abandoned: the download thread waits for it.
         self.known = threading.Event()
@@ -117,8 +117,13 @@ class SeriesFlight:
         return self.ready.get(uri) if uri in self.wanted else None
 
     def claim(self) -> None:
-        """A file of the series is being opened: the zip is wanted, whatever it costs."""
+        """The zip is wanted, whatever it costs: a file of it is being opened, or the whole
+        series is asked for."""
         self.claimed = True
+
+    def opened(self) -> None:
+        """A file of the series is being opened: its readers are going through it."""
+        self.claim()
         self.last_opened = time.monotonic()
 
     def write_wait(self) -> float:
@@ -199,7 +204,7 @@ class SeriesFetcher:
         Returns that zip, if one is under way."""
         flight = self._running.get(resource_uri)
         if flight is not None:
-            flight.claim()
+            flight.opened()
         return flight
 
     def start(
