@@ -336,6 +336,30 @@ def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, ru
     run_fs(body)
 
 
+def test_a_file_changed_on_the_server_is_not_served_from_its_series_zip(fake_xnat, run_fs, monkeypatch):
+    """The zip's files wait in memory for their cache writes; a file that changed on the server
+    since is read as it is now, not as the zip had it."""
+    # Long enough for the reads below; the mount's end waits for the writes.
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 8.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 8.0)
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        contents = {name: await fs.read(f"{folder}/{name}") for name in names}
+        # Still held in memory: nothing written yet.
+        assert fs.ops.cache.info().entries <= 1
+        name = names[-1]
+        changed = b"changed on the server" + contents[name]
+        fake_xnat.store.put_file(experiment, "DICOM", name, changed, scan_id="2")
+        await refresh(fs.ops, "STUDY01", recursive=True)
+        assert (await fs.stat(f"{folder}/{name}")).st_size == len(changed)
+        assert await fs.read(f"{folder}/{name}") == changed
+
+    run_fs(body, ttl=600)
+
+
 def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, monkeypatch):
     """The BIDS view and prefetch ask for a whole series and read it from the cache after:
     nobody reads it from memory, so its writes wait for no pause of readers."""

@@ -531,7 +531,7 @@ class XnatOperations(pyfuse3.Operations):
             ready = flight.event_for(remote.uri)
             if ready is not None and not ready.is_set():
                 await bounded(ready.wait(), moving=flight.transfer)
-            checked = flight.checked.get(remote.uri)
+            checked = flight.checked.get(key)
             if checked is not None:
                 self.cache_hits += 1
                 return ReadHandle.from_memory(key, checked)

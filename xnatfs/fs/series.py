@@ -85,7 +85,8 @@ class SeriesFlight:
     def __init__(self, *, early: bool):
         self.ready: dict[str, trio.Event] = {}
         # Files checked and not in the cache yet: their readers are served from here meanwhile.
-        self.checked: dict[str, bytes] = {}
+        # By key, not address: a reader of a version the listing shows since gets none of these.
+        self.checked: dict[CacheKey, bytes] = {}
         self.files: list[RemoteFile] = []
         self.wanted: set[str] | None = None
         self.claimed = not early
@@ -330,19 +331,19 @@ class SeriesFetcher:
 
         # Both queued without waiting for the loop, so the checking and storing threads
         # go on; queued calls run in order, and before the fetch's end.
-        def checked(remote: RemoteFile, data: bytes) -> None:
+        def checked(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
             def serve_from_memory() -> None:
-                flight.checked[remote.uri] = data
+                flight.checked[key] = data
                 flight.ready[remote.uri].set()
 
             loop_calls.post(serve_from_memory)
 
-        def cached(remote: RemoteFile, entry: CachedFile | None) -> None:
+        def cached(remote: RemoteFile, key: CacheKey, entry: CachedFile | None) -> None:
             def hand_over() -> None:
-                flight.checked.pop(remote.uri, None)
+                flight.checked.pop(key, None)
                 try:
                     if entry is not None:
-                        self.keep_open(self.key_for(remote), entry)
+                        self.keep_open(key, entry)
                 except Exception:  # an error here must not reach the event loop's machinery
                     logger.exception("keeping %s open failed", remote.uri)
                 flight.ready[remote.uri].set()
@@ -370,8 +371,8 @@ class SeriesFetcher:
         self,
         resource_uri: str,
         flight: SeriesFlight,
-        checked: Callable[[RemoteFile, bytes], None],
-        cached: Callable[[RemoteFile, CachedFile | None], None],
+        checked: Callable[[RemoteFile, CacheKey, bytes], None],
+        cached: Callable[[RemoteFile, CacheKey, CachedFile | None], None],
     ) -> int:
         if flight.abandoned:
             raise SeriesAbandoned()
@@ -393,7 +394,7 @@ class SeriesFetcher:
                 key = self.key_for(remote)
                 check_bytes(key, data)
                 # Its readers need not wait for the disk: the checked bytes serve them meanwhile.
-                checked(remote, data)
+                checked(remote, key, data)
                 storing.submit(store, remote, key, data)
                 handed_on = True
             except XnatError as exc:
@@ -414,7 +415,7 @@ class SeriesFetcher:
                 if entry is not None:
                     with lock:
                         stored += 1
-                cached(remote, entry)
+                cached(remote, key, entry)
             except OSError as exc:
                 # Its readers read it from memory until the zip is done, then fetch it alone.
                 logger.warning("caching %s from its series zip failed: %s", remote.uri, exc)
