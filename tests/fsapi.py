@@ -41,10 +41,11 @@ class ReaddirBuffer(list):
 
 
 class RecordingKernel(Kernel):
-    """A kernel that fills plain readdir buffers and records the invalidations it is asked for."""
+    """A kernel that fills plain readdir buffers and records the pages and invalidations it is given."""
 
     def __init__(self):
         self.invalidated: list[tuple] = []
+        self.stored: dict[int, bytes] = {}  # inode → the bytes put into its page cache
 
     def readdir_reply(self, token: ReaddirBuffer, name, attrs, next_id) -> bool:
         if len(token) >= token.capacity:
@@ -57,6 +58,9 @@ class RecordingKernel(Kernel):
 
     def invalidate_entry_async(self, parent_inode, name) -> None:
         self.invalidated.append(("entry", parent_inode, os.fsdecode(name)))
+
+    def store_pages(self, inode, data) -> None:
+        self.stored[inode] = bytes(data)
 
     def invalidate_inode(self, inode) -> None:
         self.invalidated.append(("inode", inode))

@@ -11,7 +11,7 @@ import threading
 import pyfuse3
 import trio
 
-from fsapi import errno_of
+from fsapi import context, errno_of
 from mountutil import server_files
 from xnatfs.fs import series
 from xnatfs.fs.control import REFRESH_NAME, refresh
@@ -358,6 +358,55 @@ def test_a_file_changed_on_the_server_is_not_served_from_its_series_zip(fake_xna
         assert await fs.read(f"{folder}/{name}") == changed
 
     run_fs(body, ttl=600)
+
+
+def test_a_series_being_read_goes_into_the_kernels_page_cache(fake_xnat, run_fs):
+    """Each file the zip brings while the series is being read is handed to the kernel's page
+    cache, so reading it takes no request; an open then lets the kernel keep those pages, until
+    the file changes on the server."""
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        by_inode = {await fs.inode(f"{folder}/{name}"): name for name in names}
+        contents = {name: await fs.read(f"{folder}/{name}") for name in names}
+        stored = fs.kernel.stored
+        assert len(stored) >= len(names) // 2
+        assert set(stored) <= set(by_inode)
+        for inode, data in stored.items():
+            assert data == contents[by_inode[inode]]
+        inode = max(stored)
+        info = await fs.ops.open(inode, os.O_RDONLY, context())
+        assert info.keep_cache
+        await fs.ops.release(info.fh)
+
+        name = by_inode[inode]
+        changed = b"changed on the server" + contents[name]
+        fake_xnat.store.put_file(experiment, "DICOM", name, changed, scan_id="2")
+        await refresh(fs.ops, "STUDY01", recursive=True)
+        info = await fs.ops.open(await fs.inode(f"{folder}/{name}"), os.O_RDONLY, context())
+        assert not info.keep_cache
+        await fs.ops.release(info.fh)
+        assert await fs.read(f"{folder}/{name}") == changed
+
+    run_fs(body, ttl=600)
+
+
+def test_a_series_nobody_is_reading_stays_out_of_the_kernels_page_cache(fake_xnat, run_fs, monkeypatch):
+    """Pages go to the kernel only while a file of the series was opened a moment ago: a
+    series nobody reads on goes to the content cache only."""
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 0.0)
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        for name in names:
+            assert await fs.read(f"{folder}/{name}")
+        assert len(zip_downloads(fake_xnat)) == 1
+        assert fs.kernel.stored == {}
+
+    run_fs(body)
 
 
 def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, monkeypatch):

@@ -1,6 +1,7 @@
 """What the file system says to the kernel outside of a handler's return value.
 
-Directory entries go into the kernel's buffer through ``readdir_reply``, and
+Directory entries go into the kernel's buffer through ``readdir_reply``, the
+files of a series zip into its page cache through ``store_pages``, and
 cached entries and pages are dropped through the invalidation calls; all of
 them need a live FUSE session. The operations hold one :class:`Kernel` and
 make these calls only through it, so the handlers can also be driven
@@ -29,6 +30,14 @@ class Kernel:
     def invalidate_entry_async(self, parent_inode: int, name: bytes) -> None:
         """Queue the drop of an entry, for a caller that holds the kernel's lock on its folder."""
         pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
+
+    def store_pages(self, inode: int, data: bytes) -> None:
+        """Put ``data`` into the kernel's page cache of ``inode`` as its bytes from offset 0.
+
+        Blocks until the kernel has the pages, so it must not run while a
+        read of ``inode`` waits for an answer from the thread calling it.
+        """
+        pyfuse3.notify_store(inode, 0, data)
 
     def invalidate_inode(self, inode: int) -> None:
         """Drop the kernel's cached attributes and pages of ``inode`` (blocking)."""

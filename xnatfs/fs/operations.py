@@ -46,7 +46,7 @@ from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
 from xnatfs.fs.local import LocalHandle, Overlay
 from xnatfs.fs.mutations import Mutations, ReadSide
-from xnatfs.fs.nodes import DirNode, Listing, Node
+from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
 from xnatfs.fs.readahead import raise_read_ahead
 from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
@@ -526,6 +526,8 @@ class XnatOperations(pyfuse3.Operations):
         key = self.cache_key(remote)
         flight = self.series.opening(remote.resource_uri)
         if flight is not None and inode is not None:
+            if flight.pages is None:
+                flight.pages = self._series_pages(inode, remote)
             # The zip under way hands the file over checked, then open (see HotFiles): no use
             # looking on disk first.
             ready = flight.event_for(remote.uri)
@@ -549,6 +551,44 @@ class XnatOperations(pyfuse3.Operations):
                 self.cache, key, download, self.limiter, large_file_bytes=self.settings.large_file_size
             )
         return handle
+
+    def _series_pages(self, inode: int, opened: RemoteFile) -> Callable[[RemoteFile, bytes], None] | None:
+        """Where the files of ``opened``'s series go into the kernel's page cache: beside
+        ``opened``, as the kernel sees it at ``inode``; None where the mount's names are not
+        the files' own."""
+        entry = self.inodes.get(inode)
+        parts = tuple(opened.path.split("/"))
+        if entry is None or len(entry.path) <= len(parts) or entry.path[-len(parts) :] != parts:
+            return None
+        folder = entry.path[: -len(parts)]
+
+        def store(remote: RemoteFile, data: bytes) -> None:
+            self._store_pages(folder + tuple(remote.path.split("/")), remote, data)
+
+        return store
+
+    def _store_pages(self, path: tuple[str, ...], remote: RemoteFile, data: bytes) -> None:
+        """Give the kernel a series file's checked bytes, so reading it asks nothing of us.
+
+        Only for a file the kernel knows as this same version and nobody has
+        open: a read of an open file may be waiting for this loop, and the
+        kernel holds the pages it reads into until it is answered.
+        """
+        known = self.inodes.known(path)
+        if known is None:
+            return
+        inode, entry = known
+        node = entry.node
+        if not isinstance(node, FileNode) or node.file != remote or node.staged is not None:
+            return
+        if self.handles.is_open(inode):
+            return
+        try:
+            self.kernel.store_pages(inode, data)
+        except OSError as exc:  # the kernel forgot the inode meanwhile, or cannot store pages
+            logger.debug("kernel did not take the pages of %s: %s", remote.uri, exc)
+            return
+        self.handles.served(inode, self.cache_key(remote))
 
     def _downloader(self, remote: RemoteFile) -> Callable[[BinaryIO], None]:
         """How the cache fetches ``remote``: a large file as several ranged streams where the server allows."""

@@ -7,14 +7,18 @@ fetched as one zip (XNAT's ``?format=zip``) in the background. The zip is
 parsed as it streams in (:mod:`xnatfs.fs.zipstream`); each file is checked
 against the listing's size and digest as soon as it is complete (by
 :data:`CHECK_THREADS` threads) and served from memory to whoever opens it
-meanwhile. Writing it into the content cache (by :data:`STORE_THREADS`
-threads), after which it is kept open for the next reader, waits for the
-zip's end, and for its readers to pause (:data:`QUIET_BEFORE_WRITING`), while
-memory allows: under one GIL, writing while the zip streams in or is read
-slowed both the download and the readers it serves. Files parsed but not
-yet written are held in memory up to :data:`IN_FLIGHT_BYTES`, one bound
-shared by every zip under way; from half of it on, or as soon as a download
-waits for room, the writers write. The file that was asked for first is
+meanwhile. While a reader is going through the series (a file of it opened
+in the last :data:`QUIET_BEFORE_WRITING`), each checked file is also offered
+to :attr:`SeriesFlight.pages` (the kernel's page cache of the folder being
+read), so the reader's reads of it need no request. Writing it into the
+content cache (by :data:`STORE_THREADS` threads), after which it is kept
+open for the next reader, waits for the zip's end, and for its readers to
+pause (:data:`QUIET_BEFORE_WRITING`), while memory allows: under one GIL,
+writing while the zip streams in or is read slowed both the download and
+the readers it serves. Files parsed but not yet written are held in memory
+up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under way;
+from half of it on, or as soon as a download waits for room, the writers
+write. The file that was asked for first is
 fetched on its own meanwhile, so that read is not held up; a later open of a
 file of the series waits for that file only, not for the whole zip.
 
@@ -99,6 +103,9 @@ class SeriesFlight:
         # The zip's own progress (its stalls end at the socket timeout): a request
         # waiting for a file of it is not given up while the zip moves.
         self.transfer = Budget(math.inf)
+        # Where a checked file's bytes go as well while the series is being read: set by
+        # whoever opens a file of it and knows where the kernel sees the series.
+        self.pages: Callable[[RemoteFile, bytes], None] | None = None
 
     def know(self, files: Sequence[RemoteFile], wanted: Sequence[RemoteFile]) -> None:
         """The resource's files, and those the zip is to cache (the rest are left to their readers)."""
@@ -126,6 +133,10 @@ class SeriesFlight:
         """A file of the series is being opened: its readers are going through it."""
         self.claim()
         self.last_opened = time.monotonic()
+
+    def being_read(self) -> bool:
+        """Whether a file of the series was opened in the last :data:`QUIET_BEFORE_WRITING`."""
+        return time.monotonic() - self.last_opened < QUIET_BEFORE_WRITING
 
     def write_wait(self) -> float:
         """Seconds the cache writes still wait: for the zip's end, then until no file of it was
@@ -335,6 +346,11 @@ class SeriesFetcher:
             def serve_from_memory() -> None:
                 flight.checked[key] = data
                 flight.ready[remote.uri].set()
+                if flight.pages is not None and flight.being_read():
+                    try:
+                        flight.pages(remote, data)
+                    except Exception:  # an error here must not reach the event loop's machinery
+                        logger.exception("handing %s to the kernel's page cache failed", remote.uri)
 
             loop_calls.post(serve_from_memory)
 
