@@ -167,6 +167,26 @@ def test_ttl_expiry_shows_server_changes(fake_xnat, tmp_path):
         assert (qc / csv_name).read_bytes() == old + b"changed,row\n"
 
 
+def test_a_series_file_changed_on_the_server_is_read_anew(fake_xnat, tmp_path):
+    """Read through its zip, a series sits in the kernel's page cache and, for a while, in the
+    daemon's memory: a file of it changed on the server is read as it is now once its listing
+    expires."""
+    with mounted(fake_xnat.url, tmp_path, ttl=1) as mount:
+        folder = dicom_dir(mount)
+        files = sorted(folder.iterdir())
+        old = {path.name: path.read_bytes() for path in files}
+        assert len(zip_downloads(fake_xnat)) == 1
+        target = files[len(files) // 2]
+        changed = b"changed on the server" + old[target.name]
+        experiment_id = os.getxattr(session_dir(mount), "user.xnat.id").decode()
+        fake_xnat.store.put_file(experiment_id, "DICOM", target.name, changed, scan_id="2")
+        wait_until(lambda: target.stat().st_size == len(changed), "the change to show once the TTL has passed")
+        assert target.read_bytes() == changed
+        assert {path.name: path.read_bytes() for path in files if path != target} == {
+            name: data for name, data in old.items() if name != target.name
+        }
+
+
 def test_small_cache_evicts_and_stays_bounded(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path, cache_size="64K") as mount:
         files = sorted(dicom_dir(mount).iterdir())
