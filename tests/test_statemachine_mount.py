@@ -5,6 +5,8 @@ listdir / remount on one resource of a real mount, and also changes the
 server behind the mount's back (files added, replaced and deleted through the
 fake server's store). After every step the mount, the server and the model
 must agree; after a change behind the mount's back, once the TTL has passed.
+The resource is a session's, or a scan's: a scan resource is read as a
+series, through its zip, the daemon's memory and the kernel's page cache.
 
 The model of one resource folder:
 
@@ -50,7 +52,8 @@ pytestmark = [pytest.mark.mount, pytest.mark.slow]
 TTL = 1.0
 SETTLE = TTL + 0.4
 EXPERIMENT = "XNAT_E00001"
-SESSION_RESOURCES = ("STUDY01", "SUB001", "SUB001_MR1", "RESOURCES")
+SESSION = ("STUDY01", "SUB001", "SUB001_MR1")
+SESSION_RESOURCES = (*SESSION, "RESOURCES")
 NAMES = ("a.txt", "b.dcm", "c.nii.gz", "sub/d.txt", "sub/e.bin", "other/f.csv")
 FOLDERS = ("sub", "other", "empty")
 CONTENT = st.binary(min_size=1, max_size=3000)
@@ -78,6 +81,8 @@ class Handle:
 
 class MountMachine(RuleBasedStateMachine):
     """One example: a fresh resource on the shared fake server, its own mount."""
+
+    scan: str | None = None  # the scan the resource belongs to; None: the session
 
     server = None  # set by the test: the FakeXnat
     base = None  # set by the test: a folder for mounts and the shared cache
@@ -121,11 +126,17 @@ class MountMachine(RuleBasedStateMachine):
 
     @property
     def resource_dir(self):
-        return self.mount.path.joinpath(*SESSION_RESOURCES, self.label)
+        if self.scan is None:
+            return self.mount.path.joinpath(*SESSION_RESOURCES, self.label)
+        scans = self.mount.path.joinpath(*SESSION, "SCANS")
+        return next(p for p in scans.iterdir() if p.name.split("-", 1)[0] == self.scan) / self.label
 
     def server_state(self) -> dict[str, bytes]:
         store = self.server.store
-        row = store.find_resource("experiment", EXPERIMENT, self.label)
+        if self.scan is None:
+            row = store.find_resource("experiment", EXPERIMENT, self.label)
+        else:
+            row = store.find_resource("scan", str(store.scan(EXPERIMENT, self.scan)["pk"]), self.label)
         if row is None:
             return {}
         return {f["path"]: store.file_path(row["id"], f["path"]).read_bytes() for f in store.files(row["id"])}
@@ -290,12 +301,12 @@ class MountMachine(RuleBasedStateMachine):
         os.close(handle.fd)
 
     def apply_server_put(self, name: str, data: bytes) -> None:
-        self.server.store.put_file(EXPERIMENT, self.label, name, data)
+        self.server.store.put_file(EXPERIMENT, self.label, name, data, scan_id=self.scan)
         self.files[name] = data
         time.sleep(SETTLE)
 
     def apply_server_delete(self, name: str) -> None:
-        assert self.server.store.delete_file(EXPERIMENT, self.label, name)
+        assert self.server.store.delete_file(EXPERIMENT, self.label, name, scan_id=self.scan)
         self.forget_file(name)
         time.sleep(SETTLE)
 
@@ -417,11 +428,17 @@ class MountMachine(RuleBasedStateMachine):
 IN_CI = bool(os.environ.get("CI"))
 
 
-def run_machine(server, base, *, examples: int, steps: int) -> None:
-    MountMachine.server = server
-    MountMachine.base = base
+class ScanMountMachine(MountMachine):
+    """The same on a scan's resource: read as a series."""
+
+    scan = "2"
+
+
+def run_machine(server, base, *, examples: int, steps: int, machine: type[MountMachine] = MountMachine) -> None:
+    machine.server = server
+    machine.base = base
     run_state_machine_as_test(
-        MountMachine,
+        machine,
         settings=settings(
             max_examples=examples,
             stateful_step_count=steps,
@@ -436,6 +453,13 @@ def run_machine(server, base, *, examples: int, steps: int) -> None:
 
 def test_random_operations_agree_with_the_model(fake_xnat, tmp_path):
     run_machine(fake_xnat, tmp_path, examples=8, steps=20)
+
+
+def test_random_operations_on_a_scan_resource_agree_with_the_model(fake_xnat, tmp_path):
+    fake_xnat.reset_counts()
+    run_machine(fake_xnat, tmp_path, examples=6, steps=20, machine=ScanMountMachine)
+    zips = [target for method, target, _status in fake_xnat.requests if "format=zip" in target]
+    assert zips, "no series zip was read: the scan resource's files were never read as a series"
 
 
 # ---- failing sequences found by the machine, kept as regression tests ----------
