@@ -18,9 +18,9 @@ writing while the zip streams in or is read slowed both the download and
 the readers it serves. Files parsed but not yet written are held in memory
 up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under way;
 from half of it on, or as soon as a download waits for room, the writers
-write. The file that was asked for first is
-fetched on its own meanwhile, so that read is not held up; a later open of a
-file of the series waits for that file only, not for the whole zip.
+write. The file that was asked for first is fetched on its own meanwhile, so
+that read is not held up; a later open of a file of the series waits for
+that file only, not for the whole zip.
 
 Each resource is zipped at most once per mount (until we change it
 ourselves), so a cache too small for the series cannot make it loop.
