@@ -552,7 +552,7 @@ class XnatOperations(pyfuse3.Operations):
             )
         return handle
 
-    def _series_pages(self, inode: int, opened: RemoteFile) -> Callable[[RemoteFile, bytes], None] | None:
+    def _series_pages(self, inode: int, opened: RemoteFile) -> Callable[[RemoteFile, CacheKey, bytes], None] | None:
         """Where the files of ``opened``'s series go into the kernel's page cache: beside
         ``opened``, as the kernel sees it at ``inode``; None where the mount's names are not
         the files' own."""
@@ -562,12 +562,12 @@ class XnatOperations(pyfuse3.Operations):
             return None
         folder = entry.path[: -len(parts)]
 
-        def store(remote: RemoteFile, data: bytes) -> None:
-            self._store_pages(folder + tuple(remote.path.split("/")), remote, data)
+        def store(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
+            self._store_pages(folder + tuple(remote.path.split("/")), remote, key, data)
 
         return store
 
-    def _store_pages(self, path: tuple[str, ...], remote: RemoteFile, data: bytes) -> None:
+    def _store_pages(self, path: tuple[str, ...], remote: RemoteFile, key: CacheKey, data: bytes) -> None:
         """Give the kernel a series file's checked bytes, so reading it asks nothing of us.
 
         Only for a file the kernel knows as this same version and nobody has
@@ -579,16 +579,14 @@ class XnatOperations(pyfuse3.Operations):
             return
         inode, entry = known
         node = entry.node
-        if not isinstance(node, FileNode) or node.file != remote or node.staged is not None:
-            return
-        if self.handles.is_open(inode):
+        if not isinstance(node, FileNode) or node.file != remote or self.handles.is_open(inode):
             return
         try:
             self.kernel.store_pages(inode, data)
         except OSError as exc:  # the kernel forgot the inode meanwhile, or cannot store pages
             logger.debug("kernel did not take the pages of %s: %s", remote.uri, exc)
             return
-        self.handles.served(inode, self.cache_key(remote))
+        self.handles.served(inode, key)
 
     def _downloader(self, remote: RemoteFile) -> Callable[[BinaryIO], None]:
         """How the cache fetches ``remote``: a large file as several ranged streams where the server allows."""

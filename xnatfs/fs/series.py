@@ -105,7 +105,7 @@ class SeriesFlight:
         self.transfer = Budget(math.inf)
         # Where a checked file's bytes go as well while the series is being read: set by
         # whoever opens a file of it and knows where the kernel sees the series.
-        self.pages: Callable[[RemoteFile, bytes], None] | None = None
+        self.pages: Callable[[RemoteFile, CacheKey, bytes], None] | None = None
 
     def know(self, files: Sequence[RemoteFile], wanted: Sequence[RemoteFile]) -> None:
         """The resource's files, and those the zip is to cache (the rest are left to their readers)."""
@@ -348,7 +348,7 @@ class SeriesFetcher:
                 flight.ready[remote.uri].set()
                 if flight.pages is not None and flight.being_read():
                     try:
-                        flight.pages(remote, data)
+                        flight.pages(remote, key, data)
                     except Exception:  # an error here must not reach the event loop's machinery
                         logger.exception("handing %s to the kernel's page cache failed", remote.uri)
 
