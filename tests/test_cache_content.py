@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xnatfs.cache import content
 from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache, entry_name
 from xnatfs.errors import XnatNotFound, XnatServerError
 
@@ -761,3 +762,61 @@ def test_a_forgotten_handle_is_unpinned_when_collected(cache_dir, server):
     assert cache.info().pinned == 0
     cache.clear()
     assert not cache.contains(key)
+
+
+def open_nameless_files(cache_dir: Path) -> list[str]:
+    """This process's descriptors on removed files in the cache folder (parked bytes)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listing the folder, gone by now
+            continue
+        if target.startswith(str(cache_dir.resolve())) and target.endswith("(deleted)"):
+            found.append(target)
+    return found
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_parked_bytes_read_back_as_they_were_and_their_file_goes_with_the_last_piece(cache_dir):
+    cache = ContentCache(cache_dir, 10_000)
+    pieces = {size: body(f"piece {size}", size) for size in (1, 5000, 70_000, 3)}
+    with cache.parking() as parking:
+        parked = {size: parking.park(data) for size, data in pieces.items()}
+        # Nameless: nothing for a crash to leave behind, nothing in the cache's listing.
+        assert tmp_files(cache_dir) == []
+        assert cache.info().entries == 0
+    for size, piece in parked.items():
+        assert piece is not None and piece.size == size
+        assert read_all(piece) == pieces[size]
+        assert piece.pread(size - 1, 100) == pieces[size][-1:]
+        assert piece.pread(size, 10) == b"" and piece.pread(-1, 10) == b""
+        assert piece.pread_nowait(0, size) == pieces[size]
+    assert len(open_nameless_files(cache_dir)) == 1
+    shared = parked[5000].share()
+    for piece in parked.values():
+        assert piece is not None
+        piece.close()
+    assert read_all(shared) == pieces[5000]
+    shared.close()
+    assert wait_until(lambda: not open_nameless_files(cache_dir))
+    cache.close()
+
+
+def test_nothing_is_parked_where_the_disk_has_no_room_to_spare(cache_dir, monkeypatch):
+    cache = ContentCache(cache_dir, 10_000)
+    monkeypatch.setattr(content, "disk_free", lambda _path: content.DISK_RESERVE + 1000)
+    with cache.parking() as parking:
+        assert parking.park(b"x" * 1001) is None
+        piece = parking.park(b"x" * 1000)
+        assert piece is not None
+        piece.close()
+    cache.close()

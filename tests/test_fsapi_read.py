@@ -13,6 +13,7 @@ import trio
 
 from fsapi import context, errno_of
 from mountutil import server_files
+from xnatfs.cache.content import CachedFile
 from xnatfs.fs import series
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.names import RESERVED
@@ -444,6 +445,59 @@ def test_a_series_read_on_and_on_still_reaches_the_cache(run_fs, monkeypatch):
         assert cached == len(names)
 
     run_fs(body)
+
+
+def test_a_series_read_while_memory_is_short_is_parked_on_disk_and_served_from_there(fake_xnat, run_fs, monkeypatch):
+    """With the bytes held in memory at their bound while the series is still being read, the
+    zip's further files wait on disk in one nameless file (no file made per file, which on a slow
+    disk held the download back) and are served from there until they are in the cache."""
+    largest = max(file.size for path, file in server_files(fake_xnat).items() if path.endswith(".dcm"))
+    monkeypatch.setattr(series, "IN_FLIGHT_BYTES", 2 * largest)
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 30.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 30.0)
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        contents = {name: await fs.read(f"{folder}/{name}") for name in names}
+        flight = fs.ops.series.running(resource_uri)
+        assert flight is not None  # its writes wait for the readers' pause
+        parked = [key for key, held in flight.checked.items() if isinstance(held, CachedFile)]
+        assert len(parked) >= len(names) // 2
+        assert fs.ops.cache.info().entries <= 1
+        for key in parked:
+            name = key.uri.rsplit("/", 1)[1]
+            assert hashlib.md5(contents[name]).hexdigest() == key.digest
+            assert await fs.read(f"{folder}/{name}") == contents[name]
+        # Readers pause: every file goes into the cache, and the parked bytes' file goes.
+        monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 0.0)
+        fs.ops.series._in_flight.wake()
+        with trio.fail_after(20):
+            await flight.done.wait()
+        assert fs.ops.cache.info().entries == len(names)
+        for name in names:
+            assert await fs.read(f"{folder}/{name}") == contents[name]
+        with trio.fail_after(5):
+            while parked_files(fs.ops.cache.directory):
+                await trio.sleep(0.02)
+
+    run_fs(body)
+    assert len(zip_downloads(fake_xnat)) == 1
+
+
+def parked_files(cache_dir) -> list[str]:
+    """This process's descriptors on removed files in ``cache_dir`` (bytes parked there)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor that listed the folder, gone by now
+            continue
+        if target.startswith(str(cache_dir)) and target.endswith("(deleted)"):
+            found.append(target)
+    return found
 
 
 def test_series_zipped_at_once_share_one_bound_on_the_bytes_held_in_memory(fake_xnat, run_fs, monkeypatch):

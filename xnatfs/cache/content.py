@@ -142,12 +142,20 @@ class _SharedHandle:
     one is done (closing the descriptor, which drops the pin)."""
 
     def __init__(
-        self, fd: int, size: int, path: Path, lock: threading.RLock, on_last_close: Callable[[_SharedHandle], None]
+        self,
+        fd: int,
+        size: int,
+        path: Path,
+        lock: threading.RLock,
+        on_last_close: Callable[[_SharedHandle], None],
+        *,
+        base: int = 0,
     ):
         # ``lock`` is the cache's own lock, so that pins and eviction see one state.
         self.fd = fd
         self.size = size
         self.path = path
+        self.base = base  # where the bytes start in the file behind ``fd``
         self.users = 0
         self.closed = False
         self._lock = lock
@@ -188,14 +196,18 @@ class CachedFile:
         """Up to ``length`` bytes from ``offset``; fewer only at the end of the file."""
         if self.closed:
             raise ValueError("read from a closed cache entry")
-        return _pread_full(self._handle.fd, offset, min(length, self.size - offset))
+        if offset < 0:
+            return b""
+        return _pread_full(self._handle.fd, self._handle.base + offset, min(length, self.size - offset))
 
     def pread_nowait(self, offset: int, length: int) -> bytes | None:
         """Like :meth:`pread` when every byte asked for is in the page cache;
         None (having waited for nothing) when the disk would have to be read."""
         if self.closed:
             return None
-        return _pread_nowait(self._handle.fd, offset, min(length, self.size - offset))
+        if offset < 0:
+            return b""
+        return _pread_nowait(self._handle.fd, self._handle.base + offset, min(length, self.size - offset))
 
     def share(self) -> CachedFile:
         """Another handle on the same entry, with its own close()."""
@@ -214,6 +226,67 @@ class CachedFile:
 
     def __repr__(self) -> str:
         return f"CachedFile({str(self.path)!r}, size={self.size})"
+
+
+class ParkedFiles:
+    """Checked bytes kept on the cache's disk instead of in memory until they are
+    written into the cache (see :meth:`ContentCache.parking`).
+
+    One nameless file in the cache folder, appended to; each piece parked is
+    read through a :class:`CachedFile` of its own. The file goes with the
+    last of those and :meth:`close`, and with the process: a crash leaves
+    nothing of it.
+    """
+
+    def __init__(self, cache: ContentCache):
+        self._cache = cache
+        self._fd: int | None = None
+        self._end = 0
+        self._users = 1  # this object's own, until close()
+        self._lock = threading.RLock()
+
+    def park(self, data: bytes) -> CachedFile | None:
+        """``data`` on disk, open; None when the disk has no room to spare for it."""
+        size = len(data)
+        if not self._cache.room_to_park(size):
+            return None
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._cache.open_nameless()
+            fd, offset = self._fd, self._end
+            self._end += size
+            self._users += 1
+        try:
+            _pwrite_full(fd, data, offset)
+        except BaseException:
+            self._piece_done(None)
+            raise
+        handle = _SharedHandle(fd, size, self._cache.directory, self._lock, self._piece_done, base=offset)
+        return handle.open()
+
+    def close(self) -> None:
+        """No more pieces; the file goes once every piece parked is closed too."""
+        self._piece_done(None)
+
+    def _piece_done(self, _handle: _SharedHandle | None) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._fd is not None:
+                self._cache.close_later(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> ParkedFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _pwrite_full(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
@@ -801,6 +874,41 @@ class ContentCache:
                 self._claims.pop(claim, None)
             raise
 
+    def parking(self) -> ParkedFiles:
+        """A place on this cache's disk for checked bytes that wait to be written into it,
+        cheaper to fill than entries (no file made per piece): a series zip's files,
+        while memory is short and their readers are still going."""
+        return ParkedFiles(self)
+
+    def room_to_park(self, size: int) -> bool:
+        """Whether the disk holds ``size`` more bytes with :data:`DISK_RESERVE` to spare, and the
+        bytes of the files being written here, without evicting anything."""
+        free = disk_free(self.directory)
+        with self._lock:
+            return free >= size + DISK_RESERVE + self._unwritten()
+
+    def open_nameless(self) -> int:
+        """A new file in the cache folder, with no name, open for reading and writing."""
+        try:
+            return os.open(self._tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        # A file system without nameless files: a name removed at once (a crash in between
+        # leaves a temp file, which the next start of a cache here removes).
+        path = self._temp_path("parked")
+        fd = self._open_temp(path)
+        self._drop_temp(path)
+        return fd
+
+    def close_later(self, fd: int) -> None:
+        """Close ``fd`` in one of this cache's threads: the last close of a large nameless
+        file frees its blocks, which takes the disk's time, not the caller's."""
+        try:
+            self._pool.submit(os.close, fd)
+        except RuntimeError:  # the cache is closed: no threads left
+            os.close(fd)
+
     def discard_uri(self, uri: str) -> None:
         """Forget every cached version of ``uri``. Readers that have it open
         keep reading what they opened."""
@@ -1119,10 +1227,12 @@ class ContentCache:
 
         ``free`` is the disk's free space measured just before the cache lock was taken;
         files finished since then may have used up to one file's size of it, well within the reserve."""
-        # What the files being written here still need counts as taken.
-        unwritten = sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
-        needed = size + DISK_RESERVE + unwritten
+        needed = size + DISK_RESERVE + self._unwritten()
         return self._disk_room(needed, free) >= needed
+
+    def _unwritten(self) -> int:
+        """What the files being written here still need of the disk, counted as taken."""
+        return sum(total - (fill.received if fill is not None else 0) for total, fill in self._claims.values())
 
     def _disk_room(self, needed: int, free: int) -> int:
         """``free`` if it is ``needed`` bytes or more, else the bytes free once entries were evicted for them."""

@@ -536,7 +536,7 @@ class XnatOperations(pyfuse3.Operations):
             checked = flight.checked.get(key)
             if checked is not None:
                 self.cache_hits += 1
-                return ReadHandle.from_memory(key, checked)
+                return ReadHandle.from_checked(key, checked)
         handle = await ReadHandle.from_cache(self.cache, key, self.limiter, self.hot)
         if handle is None:
             self.cache_misses += 1

@@ -133,16 +133,23 @@ class ReadHandle:
         pending: PendingFetch | None,
         lender: HotFiles | None = None,
         checked: bytes | None = None,
+        *,
+        parked: bool = False,
     ):
         self.key = key
         self._cached = cached
         self._pending = pending
         self._lender = lender  # ``cached`` is borrowed from it and goes back there
         self._checked = checked  # the whole file in memory, checked against the listing
+        # ``cached`` is parked bytes, not an entry: kept open, it would keep their whole file.
+        self._parked = parked
 
     @classmethod
-    def from_memory(cls, key: CacheKey, checked: bytes) -> ReadHandle:
-        """An open of bytes already checked against ``key`` (size, MD5), while the cache writes them."""
+    def from_checked(cls, key: CacheKey, checked: bytes | CachedFile) -> ReadHandle:
+        """An open of bytes already checked against ``key`` (size, MD5), while the cache writes
+        them: in memory, or parked on disk (an open of its own is taken)."""
+        if isinstance(checked, CachedFile):
+            return cls(key, checked.share(), None, parked=True)
         return cls(key, None, None, checked=checked)
 
     @classmethod
@@ -238,10 +245,14 @@ class ReadHandle:
         cached, pending, lender = self._cached, self._pending, self._lender
         self._cached = self._pending = self._lender = None
         self._checked = None
+        if self._parked and cached is not None:
+            # Cheap here: the one close that frees their file's blocks runs in the cache's threads.
+            cached.close()
+            cached = None
         to_close = [cached] if cached is not None else []
         if cached is not None and lender is not None:
             to_close = lender.give_back(cached)
-        elif cached is not None and hot is not None:
+        elif cached is not None and hot is not None and not self._parked:
             to_close = hot.keep(self.key, cached)
         if not to_close and pending is None:
             # The usual close of a recently read file: nothing to wait for.

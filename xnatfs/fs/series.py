@@ -18,7 +18,11 @@ writing while the zip streams in or is read slowed both the download and
 the readers it serves. Files parsed but not yet written are held in memory
 up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under way;
 from half of it on, or as soon as a download waits for room, the writers
-write. The file that was asked for first is fetched on its own meanwhile, so
+write, or, while the wait for the zip's end and its readers' pause is not
+over, park each file on disk (:meth:`ContentCache.parking`), serve its
+readers from there, and write it into the cache after that wait: making a
+file per entry is the slowest thing a disk does, and it held the download
+back to its pace. The file that was asked for first is fetched on its own meanwhile, so
 that read is not held up; a later open of a file of the series waits for
 that file only, not for the whole zip.
 
@@ -43,6 +47,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, BinaryIO, cast
@@ -88,9 +93,10 @@ class SeriesFlight:
 
     def __init__(self, *, early: bool):
         self.ready: dict[str, trio.Event] = {}
-        # Files checked and not in the cache yet: their readers are served from here meanwhile.
+        # Files checked and not in the cache yet: their readers are served from here meanwhile,
+        # from memory or, while memory is short, from where they are parked on disk.
         # By key, not address: a reader of a version the listing shows since gets none of these.
-        self.checked: dict[CacheKey, bytes] = {}
+        self.checked: dict[CacheKey, bytes | CachedFile] = {}
         self.files: list[RemoteFile] = []
         self.wanted: set[str] | None = None
         self.claimed = not early
@@ -161,6 +167,9 @@ class SeriesFlight:
     def finish(self) -> None:
         for event in self.ready.values():
             event.set()
+        for held in self.checked.values():
+            if isinstance(held, CachedFile):
+                held.close()
         self.checked.clear()
         self.known.set()
         self.done.set()
@@ -354,9 +363,20 @@ class SeriesFetcher:
 
             loop_calls.post(serve_from_memory)
 
+        def parked(key: CacheKey, piece: CachedFile) -> None:
+            def serve_from_disk() -> None:
+                if key in flight.checked:
+                    flight.checked[key] = piece
+                else:
+                    piece.close()
+
+            loop_calls.post(serve_from_disk)
+
         def cached(remote: RemoteFile, key: CacheKey, entry: CachedFile | None) -> None:
             def hand_over() -> None:
-                flight.checked.pop(key, None)
+                held = flight.checked.pop(key, None)
+                if isinstance(held, CachedFile):
+                    held.close()
                 try:
                     if entry is not None:
                         self.keep_open(key, entry)
@@ -368,7 +388,7 @@ class SeriesFetcher:
 
         try:
             stored = await trio.to_thread.run_sync(
-                self._fetch_blocking, resource_uri, flight, checked, cached, limiter=self.limiter
+                self._fetch_blocking, resource_uri, flight, checked, parked, cached, limiter=self.limiter
             )
             logger.debug("series %s: %d files cached from one zip", resource_uri, stored)
         except SeriesAbandoned:
@@ -388,6 +408,7 @@ class SeriesFetcher:
         resource_uri: str,
         flight: SeriesFlight,
         checked: Callable[[RemoteFile, CacheKey, bytes], None],
+        parked: Callable[[CacheKey, CachedFile], None],
         cached: Callable[[RemoteFile, CacheKey, CachedFile | None], None],
     ) -> int:
         if flight.abandoned:
@@ -420,46 +441,82 @@ class SeriesFetcher:
                     budget.release(len(data))
 
         def store(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
-            nonlocal stored
+            held = len(data)
             try:
                 # Writing to disk while the zip streams in takes the processor (and the GIL)
                 # from the download and the readers it serves from memory; until memory runs
                 # short, the writers wait for the zip's end and a pause of its readers.
                 budget.hold_until(flight.write_wait)
-                # Kept open, so a reader after that finds it open already.
-                entry = self.cache.insert_bytes(key, data, checked=True)
-                if entry is not None:
-                    with lock:
-                        stored += 1
-                cached(remote, key, entry)
+                if flight.write_wait() > 0:
+                    # Memory is short while the series is still coming or being read: parking
+                    # the bytes is one write to a file already open, where an entry makes a file,
+                    # which on a slow disk held the download back to its pace.
+                    piece = parking.park(data)
+                    if piece is not None:
+                        parked(key, piece.share())
+                        budget.release(held)
+                        held = 0
+                        later.append((remote, key, piece))
+                        return
+                write(remote, key, data)
             except OSError as exc:
                 # Its readers read it from memory until the zip is done, then fetch it alone.
                 logger.warning("caching %s from its series zip failed: %s", remote.uri, exc)
             finally:
-                budget.release(len(data))
+                budget.release(held)
 
-        with (
-            _Workers(STORE_THREADS, "xnatfs-store") as storing,
-            _Workers(CHECK_THREADS, "xnatfs-check") as checking,
-        ):
+        def write(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
+            nonlocal stored
+            # Kept open, so a reader after that finds it open already.
+            entry = self.cache.insert_bytes(key, data, checked=True)
+            if entry is not None:
+                with lock:
+                    stored += 1
+            cached(remote, key, entry)
 
-            def on_entry(name: str, data: bytes) -> None:
-                remote = entries.take(name, len(data))
-                if remote is None:
-                    return
-                budget.acquire(len(data))
-                checking.submit(check, remote, data)
+        def write_parked() -> None:
+            while later:
+                remote, key, piece = later.popleft()
+                with piece:
+                    budget.hold_until(flight.write_wait)
+                    try:
+                        write(remote, key, piece.pread(0, piece.size))
+                    except OSError as exc:
+                        logger.warning("caching %s from its series zip failed: %s", remote.uri, exc)
 
-            stream = ZipStream(on_entry, entries.size_of, max_entry=self.large_file_bytes)
-            gate = _EarlyGate(stream, flight, resource_uri, self.early_bytes)
-            # A write-only file object: all a download writes to.
+        later: deque[tuple[RemoteFile, CacheKey, CachedFile]] = deque()  # parked, in the zip's order
+
+        try:
+            with (
+                self.cache.parking() as parking,
+                _Workers(STORE_THREADS, "xnatfs-store") as storing,
+                _Workers(CHECK_THREADS, "xnatfs-check") as checking,
+            ):
+
+                def on_entry(name: str, data: bytes) -> None:
+                    remote = entries.take(name, len(data))
+                    if remote is None:
+                        return
+                    budget.acquire(len(data))
+                    checking.submit(check, remote, data)
+
+                stream = ZipStream(on_entry, entries.size_of, max_entry=self.large_file_bytes)
+                gate = _EarlyGate(stream, flight, resource_uri, self.early_bytes)
+                # A write-only file object: all a download writes to.
+                try:
+                    with bounded_by(flight.transfer):
+                        self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
+                finally:
+                    flight.ended = time.monotonic()
+                    budget.wake()
+                stream.close()
+        finally:
+            # Checked files are worth keeping even when the zip broke off.
             try:
-                with bounded_by(flight.transfer):
-                    self.connection.download_zip(resource_uri, cast(BinaryIO, gate))
+                write_parked()
             finally:
-                flight.ended = time.monotonic()
-                budget.wake()
-            stream.close()
+                for _remote, _key, piece in later:
+                    piece.close()
         if entries.complete():
             self.cache.note_whole(whole)
         return stored
