@@ -13,7 +13,7 @@ import trio
 
 from fsapi import context, errno_of
 from mountutil import server_files
-from xnatfs.cache.content import CachedFile
+from xnatfs.cache.content import CachedFile, ContentCache
 from xnatfs.fs import series
 from xnatfs.fs.control import REFRESH_NAME, refresh
 from xnatfs.fs.names import RESERVED
@@ -485,6 +485,29 @@ def test_a_series_read_while_memory_is_short_is_parked_on_disk_and_served_from_t
 
     run_fs(body)
     assert len(zip_downloads(fake_xnat)) == 1
+
+
+def test_a_series_nobody_reads_is_written_as_it_comes_when_memory_is_short(fake_xnat, run_fs, monkeypatch):
+    """Parking on disk spares a series' readers; with nobody reading (a prefetch, the BIDS
+    view's conversions), writing each file as memory demands finishes the cache soonest."""
+    largest = max(file.size for path, file in server_files(fake_xnat).items() if path.endswith(".dcm"))
+    monkeypatch.setattr(series, "IN_FLIGHT_BYTES", 2 * largest)
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 30.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 30.0)
+    parkings: list[int] = []
+    opening = ContentCache.open_nameless
+    monkeypatch.setattr(ContentCache, "open_nameless", lambda cache: parkings.append(1) or opening(cache))
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+
+    async def body(fs):
+        files = await trio.to_thread.run_sync(fs.ops.connection.list_files, resource_uri)
+        with trio.fail_after(20):
+            await fs.ops.series.fetch_whole(fs.ops.nursery, resource_uri, files)
+        assert fs.ops.cache.info().entries == len(files)
+
+    run_fs(body)
+    assert parkings == []
 
 
 def parked_files(cache_dir) -> list[str]:

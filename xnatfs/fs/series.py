@@ -18,11 +18,11 @@ writing while the zip streams in or is read slowed both the download and
 the readers it serves. Files parsed but not yet written are held in memory
 up to :data:`IN_FLIGHT_BYTES`, one bound shared by every zip under way;
 from half of it on, or as soon as a download waits for room, the writers
-write, or, while the wait for the zip's end and its readers' pause is not
-over, park each file on disk (:meth:`ContentCache.parking`), serve its
-readers from there, and write it into the cache after that wait: making a
-file per entry is the slowest thing a disk does, and it held the download
-back to its pace. The file that was asked for first is fetched on its own meanwhile, so
+write, or, while the series is being read, park each file on disk
+(:meth:`ContentCache.parking`), serve its readers from there, and write it
+into the cache after the wait for the zip's end and its readers' pause:
+making a file per entry is the slowest thing a disk does, and it held the
+download, and so the readers, back to its pace. The file that was asked for first is fetched on its own meanwhile, so
 that read is not held up; a later open of a file of the series waits for
 that file only, not for the whole zip.
 
@@ -447,10 +447,11 @@ class SeriesFetcher:
                 # from the download and the readers it serves from memory; until memory runs
                 # short, the writers wait for the zip's end and a pause of its readers.
                 budget.hold_until(flight.write_wait)
-                if flight.write_wait() > 0:
-                    # Memory is short while the series is still coming or being read: parking
-                    # the bytes is one write to a file already open, where an entry makes a file,
-                    # which on a slow disk held the download back to its pace.
+                if flight.being_read():
+                    # Memory is short while the series is being read: parking the bytes is one
+                    # write to a file already open, where an entry makes a file, which on a slow
+                    # disk held the download, and so the readers, back to its pace. With nobody
+                    # reading, writing as the zip comes in finishes the cache soonest.
                     piece = parking.park(data)
                     if piece is not None:
                         parked(key, piece.share())
@@ -463,7 +464,8 @@ class SeriesFetcher:
                 # Its readers read it from memory until the zip is done, then fetch it alone.
                 logger.warning("caching %s from its series zip failed: %s", remote.uri, exc)
             finally:
-                budget.release(held)
+                if held:
+                    budget.release(held)
 
         def write(remote: RemoteFile, key: CacheKey, data: bytes) -> None:
             nonlocal stored
