@@ -820,3 +820,19 @@ def test_nothing_is_parked_where_the_disk_has_no_room_to_spare(cache_dir, monkey
         assert piece is not None
         piece.close()
     cache.close()
+
+
+def test_where_files_cannot_be_made_nameless_parked_bytes_lose_their_name_at_once(cache_dir, monkeypatch):
+    cache = ContentCache(cache_dir, 10_000)
+    # Without the flag, opening the folder for writing fails as a file system without
+    # nameless files answers.
+    monkeypatch.setattr(os, "O_TMPFILE", 0)
+    with cache.parking() as parking:
+        piece = parking.park(b"parked bytes")
+        assert piece is not None
+        assert tmp_files(cache_dir) == []
+        assert len(open_nameless_files(cache_dir)) == 1
+    assert read_all(piece) == b"parked bytes"
+    piece.close()
+    assert wait_until(lambda: not open_nameless_files(cache_dir))
+    cache.close()
