@@ -252,7 +252,7 @@ class ReadHandle:
         to_close = [cached] if cached is not None else []
         if cached is not None and lender is not None:
             to_close = lender.give_back(cached)
-        elif cached is not None and hot is not None and not self._parked:
+        elif cached is not None and hot is not None:
             to_close = hot.keep(self.key, cached)
         if not to_close and pending is None:
             # The usual close of a recently read file: nothing to wait for.
