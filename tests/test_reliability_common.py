@@ -128,7 +128,7 @@ class Relay:
     for instead, so a rewritten listing can point at real files under other names.
     ``tls`` (an ``ssl.SSLContext``) makes the relay speak HTTPS. ``log`` holds
     (method, path, status) of every answer relayed; ``held`` is set while a
-    request is waiting. Use as a context manager.
+    request is waiting; ``sending`` names the throttled bodies under way. Use as a context manager.
     """
 
     HOP_HEADERS = frozenset(
@@ -151,6 +151,7 @@ class Relay:
         self.hold = hold
         self.rewrite = rewrite
         self.log: list[tuple[str, str, int]] = []
+        self.sending: list[str] = []  # paths whose answer bodies are being relayed now, at the throttle's pace
         self.redirect: dict[str, str] = {}
         self.held = threading.Event()
         self._release = threading.Event()
@@ -247,9 +248,15 @@ class Relay:
                 handler.wfile.write(data)
                 return
             step = max(1, self.throttle // 50)
-            for start in range(0, len(data), step):
-                handler.wfile.write(data[start : start + step])
-                handler.wfile.flush()
-                time.sleep(step / self.throttle)
+            with self._lock:
+                self.sending.append(path)
+            try:
+                for start in range(0, len(data), step):
+                    handler.wfile.write(data[start : start + step])
+                    handler.wfile.flush()
+                    time.sleep(step / self.throttle)
+            finally:
+                with self._lock:
+                    self.sending.remove(path)
         except OSError:
             handler.close_connection = True
