@@ -643,9 +643,7 @@ class _EntryWriter(_WriteOnly):
             raise XnatServerError(
                 f"server sent more than the {span.end - span.start} bytes {asked}", url=self._fill.key.uri
             )
-        position = offset
-        while position < offset + size:
-            position += os.pwrite(self._fd, view[position - offset :], position)
+        _pwrite_full(self._fd, view, offset)
         with self._progress:
             if self._hasher is None and self._md5 is not None and offset == self._hashed:
                 self._md5.update(view)
@@ -857,9 +855,7 @@ class ContentCache:
         fd = None
         try:
             fd = self._open_temp(tmp_path)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _pwrite_full(fd, data, 0)
             path = self._place(name, fd, tmp_path)
             with self._lock:
                 self._reserved.pop(name, None)
