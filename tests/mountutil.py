@@ -259,3 +259,17 @@ def server_files(server, *, projects: tuple[str, ...] | None = None) -> dict[str
                             remote.size, remote.digest, remote.uri
                         )
     return files
+
+
+def removed_files_open(folder: Path) -> list[str]:
+    """This process's descriptors on files under ``folder`` that have no name any more
+    (the cache's parked bytes)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor that listed the folder, gone by now
+            continue
+        if target.startswith(str(folder.resolve())) and target.endswith("(deleted)"):
+            found.append(target)
+    return found

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mountutil import removed_files_open
+from waiting import wait_until
 from xnatfs.cache import content
 from xnatfs.cache.content import HASH_THREAD_BYTES, CacheKey, ContentCache, entry_name
 from xnatfs.errors import XnatNotFound, XnatServerError
@@ -764,28 +766,6 @@ def test_a_forgotten_handle_is_unpinned_when_collected(cache_dir, server):
     assert not cache.contains(key)
 
 
-def open_nameless_files(cache_dir: Path) -> list[str]:
-    """This process's descriptors on removed files in the cache folder (parked bytes)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the descriptor listing the folder, gone by now
-            continue
-        if target.startswith(str(cache_dir.resolve())) and target.endswith("(deleted)"):
-            found.append(target)
-    return found
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_parked_bytes_read_back_as_they_were_and_their_file_goes_with_the_last_piece(cache_dir):
     cache = ContentCache(cache_dir, 10_000)
     pieces = {size: body(f"piece {size}", size) for size in (1, 5000, 70_000, 3)}
@@ -800,14 +780,14 @@ def test_parked_bytes_read_back_as_they_were_and_their_file_goes_with_the_last_p
         assert piece.pread(size - 1, 100) == pieces[size][-1:]
         assert piece.pread(size, 10) == b"" and piece.pread(-1, 10) == b""
         assert piece.pread_nowait(0, size) == pieces[size]
-    assert len(open_nameless_files(cache_dir)) == 1
+    assert len(removed_files_open(cache_dir)) == 1
     shared = parked[5000].share()
     for piece in parked.values():
         assert piece is not None
         piece.close()
     assert read_all(shared) == pieces[5000]
     shared.close()
-    assert wait_until(lambda: not open_nameless_files(cache_dir))
+    wait_until(lambda: not removed_files_open(cache_dir), "the parked file to go", timeout=5.0)
     cache.close()
 
 
@@ -831,8 +811,8 @@ def test_where_files_cannot_be_made_nameless_parked_bytes_lose_their_name_at_onc
         piece = parking.park(b"parked bytes")
         assert piece is not None
         assert tmp_files(cache_dir) == []
-        assert len(open_nameless_files(cache_dir)) == 1
+        assert len(removed_files_open(cache_dir)) == 1
     assert read_all(piece) == b"parked bytes"
     piece.close()
-    assert wait_until(lambda: not open_nameless_files(cache_dir))
+    wait_until(lambda: not removed_files_open(cache_dir), "the parked file to go", timeout=5.0)
     cache.close()

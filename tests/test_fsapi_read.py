@@ -12,7 +12,7 @@ import pyfuse3
 import trio
 
 from fsapi import context, errno_of
-from mountutil import server_files
+from mountutil import removed_files_open, server_files
 from xnatfs.cache.content import CachedFile, ContentCache
 from xnatfs.fs import series
 from xnatfs.fs.control import REFRESH_NAME, refresh
@@ -480,7 +480,7 @@ def test_a_series_read_while_memory_is_short_is_parked_on_disk_and_served_from_t
         for name in names:
             assert await fs.read(f"{folder}/{name}") == contents[name]
         with trio.fail_after(5):
-            while parked_files(fs.ops.cache.directory):
+            while removed_files_open(fs.ops.cache.directory):
                 await trio.sleep(0.02)
 
     run_fs(body)
@@ -508,19 +508,6 @@ def test_a_series_nobody_reads_is_written_as_it_comes_when_memory_is_short(fake_
 
     run_fs(body)
     assert parkings == []
-
-
-def parked_files(cache_dir) -> list[str]:
-    """This process's descriptors on removed files in ``cache_dir`` (bytes parked there)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # the descriptor that listed the folder, gone by now
-            continue
-        if target.startswith(str(cache_dir)) and target.endswith("(deleted)"):
-            found.append(target)
-    return found
 
 
 def test_series_zipped_at_once_share_one_bound_on_the_bytes_held_in_memory(fake_xnat, run_fs, monkeypatch):
