@@ -310,7 +310,7 @@ def test_every_file_of_a_series_of_thousands_stays_open_for_its_next_reading(fak
 def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, run_fs, monkeypatch):
     """The zip's files wait in memory, serving their readers, while the series is being read;
     written meanwhile, they took the GIL from those readers."""
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 3.0)
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 1.0)
 
     async def body(fs):
         folder = await dicom_dir(fs)
@@ -319,7 +319,7 @@ def test_a_series_is_written_into_the_cache_once_its_readers_pause(fake_xnat, ru
         assert len(expected) > 10
         # Long after the zip's end, while its files are still being opened, none was written
         # (the file the first open fetched alone aside).
-        with trio.move_on_after(1.5):
+        with trio.move_on_after(1.2):
             while True:
                 for name in names:
                     assert await fs.read(f"{folder}/{name}") == expected[name]
@@ -425,6 +425,30 @@ def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, 
             await fs.ops.series.fetch_whole(fs.ops.nursery, resource_uri, files)
         assert fs.ops.cache.info().entries == len(files)
         assert len(zip_downloads(fake_xnat)) == 1
+
+    run_fs(body)
+
+
+def test_the_mounts_end_writes_a_series_held_for_its_readers_at_once(fake_xnat, run_fs, monkeypatch):
+    """Unmounted, nobody reads on: the files held in memory for the series' readers go into the
+    cache at once, not after the pause of reading the writes otherwise wait for."""
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 60.0)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 60.0)
+    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
+    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+
+    async def body(fs):
+        folder = await dicom_dir(fs)
+        names = sorted(await fs.listdir(folder))
+        for name in names:
+            assert await fs.read(f"{folder}/{name}")
+        flight = fs.ops.series.running(resource_uri)
+        assert flight is not None  # held for its readers
+        assert fs.ops.cache.info().entries <= 1
+        fs.ops.stop_background()
+        with trio.fail_after(20):
+            await flight.done.wait()
+        assert fs.ops.cache.info().entries == len(names)
 
     run_fs(body)
 

@@ -734,6 +734,10 @@ class XnatOperations(pyfuse3.Operations):
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
 
+    def stop_background(self) -> None:
+        """The file system is unmounted: what waited for its readers goes on without them."""
+        self.series.write_held()
+
     def init(self) -> None:
         # pyfuse3 calls this while answering the kernel's INIT, which sets the
         # read-ahead; it can only be raised once that answer is in.

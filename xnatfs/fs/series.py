@@ -103,6 +103,7 @@ class SeriesFlight:
         self.abandoned = False
         self.last_opened = -math.inf  # when a file of it was last opened
         self.ended: float | None = None  # when the zip's download ended
+        self.unread = False  # nobody will read on: the mount is ending
         # Set once the files are known or the flight is abandoned: the download thread waits for it.
         self.known = threading.Event()
         self.done = trio.Event()
@@ -142,11 +143,13 @@ class SeriesFlight:
 
     def being_read(self) -> bool:
         """Whether a file of the series was opened in the last :data:`QUIET_BEFORE_WRITING`."""
-        return time.monotonic() - self.last_opened < QUIET_BEFORE_WRITING
+        return not self.unread and time.monotonic() - self.last_opened < QUIET_BEFORE_WRITING
 
     def write_wait(self) -> float:
         """Seconds the cache writes still wait: for the zip's end, then until no file of it was
         opened for :data:`QUIET_BEFORE_WRITING` (at most :data:`LONGEST_WRITE_WAIT` after the end)."""
+        if self.unread:
+            return 0.0
         if self.ended is None:
             return math.inf
         until = min(self.last_opened + QUIET_BEFORE_WRITING, self.ended + LONGEST_WRITE_WAIT)
@@ -208,6 +211,13 @@ class SeriesFetcher:
         # One bound for every zip under way: readers of many series at once hold no more
         # downloaded bytes in memory than the reader of one.
         self._in_flight = _ByteBudget(IN_FLIGHT_BYTES)
+
+    def write_held(self) -> None:
+        """The mount is ending, and nobody will read on: the files held for their readers
+        are written into the cache now, not after a pause of reading that ends the wait."""
+        for flight in self._running.values():
+            flight.unread = True
+        self._in_flight.wake()
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
         """A scan resource of several files that together fit comfortably in the cache."""
