@@ -190,9 +190,9 @@ class Uploader:
 class UploadRetries:
     """The background retries of one mount's pending uploads, on their own schedule.
 
-    Every round sends the entries that are due (each under a budget of
-    ``timeout`` seconds without progress, so a silent server holds a round
-    up no longer than a request), then tells the mount through
+    Every round sends the entries that are due (the first round, every pending one;
+    each under a budget of ``timeout`` seconds without progress, so a silent server
+    holds a round up no longer than a request), then tells the mount through
     ``after_round`` so it can show what was sent, and sleeps until the next
     entry is due (at most :data:`RETRY_CHECK_SECONDS`) or until
     :meth:`wake` says a fresh failure wants looking at.
@@ -219,21 +219,25 @@ class UploadRetries:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Retry rounds until cancelled."""
-        delay = 0.0
+        """Retry rounds until cancelled. The first sends every pending upload, due or not:
+        a new mount is what a user starts to have them sent (the server may be back)."""
+        delay, due_only = 0.0, False
         while True:
             with trio.move_on_after(delay):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             try:
-                delay = await self._round()
+                delay = await self._round(due_only=due_only)
             except Exception:
                 logger.exception("retrying uploads failed")
                 delay = RETRY_CHECK_SECONDS
+            due_only = True
 
-    async def _round(self) -> float:
-        """Send the pending uploads that are due; seconds until the next round."""
-        report = await trio.to_thread.run_sync(self._push_due, limiter=self.limiter, abandon_on_cancel=True)
+    async def _round(self, *, due_only: bool) -> float:
+        """Send the pending uploads (those due, with ``due_only``); seconds until the next round."""
+        report = await trio.to_thread.run_sync(
+            self._push_pending, due_only, limiter=self.limiter, abandon_on_cancel=True
+        )
         if report.ok or report.failed:
             logger.info("upload retry: %d sent, %d failed", report.ok, report.failed)
         await self.after_round()
@@ -245,9 +249,9 @@ class UploadRetries:
         soonest = min(self.uploader.retry_at(entry) for entry in pending)
         return min(max(soonest - time.time(), 0.5), RETRY_CHECK_SECONDS)
 
-    def _push_due(self) -> PushReport:
+    def _push_pending(self, due_only: bool) -> PushReport:
         with bounded_by(Budget(self.timeout)):
-            return self.uploader.push_pending(self.server, due_only=True)
+            return self.uploader.push_pending(self.server, due_only=due_only)
 
     def finish(self, budget: float = FINAL_UPLOAD_SECONDS) -> None:
         """At unmount: one more attempt for what is pending, for at most ``budget`` seconds (blocking)."""
