@@ -45,6 +45,17 @@ async def walk(fs, folder: str = "") -> dict[str, pyfuse3.EntryAttributes]:
     return found
 
 
+def dicom_resource(server) -> str:
+    """The address of the DICOM resource :func:`dicom_dir` shows."""
+    return f"/data/experiments/{server.store.experiment_id('STUDY01', 'SUB001_MR1')}/scans/2/resources/DICOM"
+
+
+def hold_writes(monkeypatch, seconds: float) -> None:
+    """A series' cache writes wait ``seconds`` for its readers' pause, and at most that after the zip."""
+    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", seconds)
+    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", seconds)
+
+
 async def dicom_dir(fs) -> str:
     scans = await fs.listdir(f"{SESSION}/SCANS")
     return f"{SESSION}/SCANS/{next(name for name in scans if name.startswith('2-'))}/DICOM"
@@ -341,8 +352,7 @@ def test_a_file_changed_on_the_server_is_not_served_from_its_series_zip(fake_xna
     """The zip's files wait in memory for their cache writes; a file that changed on the server
     since is read as it is now, not as the zip had it."""
     # Long enough for the reads below; the mount's end waits for the writes.
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 8.0)
-    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 8.0)
+    hold_writes(monkeypatch, 8.0)
     experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
 
     async def body(fs):
@@ -413,10 +423,8 @@ def test_a_series_nobody_is_reading_stays_out_of_the_kernels_page_cache(fake_xna
 def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, monkeypatch):
     """The BIDS view and prefetch ask for a whole series and read it from the cache after:
     nobody reads it from memory, so its writes wait for no pause of readers."""
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 60.0)
-    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 60.0)
-    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
-    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+    hold_writes(monkeypatch, 60.0)
+    resource_uri = dicom_resource(fake_xnat)
 
     async def body(fs):
         files = await trio.to_thread.run_sync(fs.ops.connection.list_files, resource_uri)
@@ -432,10 +440,8 @@ def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, 
 def test_the_mounts_end_writes_a_series_held_for_its_readers_at_once(fake_xnat, run_fs, monkeypatch):
     """Unmounted, nobody reads on: the files held in memory for the series' readers go into the
     cache at once, not after the pause of reading the writes otherwise wait for."""
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 60.0)
-    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 60.0)
-    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
-    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+    hold_writes(monkeypatch, 60.0)
+    resource_uri = dicom_resource(fake_xnat)
 
     async def body(fs):
         folder = await dicom_dir(fs)
@@ -477,10 +483,8 @@ def test_a_series_read_while_memory_is_short_is_parked_on_disk_and_served_from_t
     disk held the download back) and are served from there until they are in the cache."""
     largest = max(file.size for path, file in server_files(fake_xnat).items() if path.endswith(".dcm"))
     monkeypatch.setattr(series, "IN_FLIGHT_BYTES", 2 * largest)
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 30.0)
-    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 30.0)
-    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
-    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+    hold_writes(monkeypatch, 30.0)
+    resource_uri = dicom_resource(fake_xnat)
 
     async def body(fs):
         folder = await dicom_dir(fs)
@@ -516,13 +520,11 @@ def test_a_series_nobody_reads_is_written_as_it_comes_when_memory_is_short(fake_
     view's conversions), writing each file as memory demands finishes the cache soonest."""
     largest = max(file.size for path, file in server_files(fake_xnat).items() if path.endswith(".dcm"))
     monkeypatch.setattr(series, "IN_FLIGHT_BYTES", 2 * largest)
-    monkeypatch.setattr(series, "QUIET_BEFORE_WRITING", 30.0)
-    monkeypatch.setattr(series, "LONGEST_WRITE_WAIT", 30.0)
+    hold_writes(monkeypatch, 30.0)
     parkings: list[int] = []
     opening = ContentCache.open_nameless
     monkeypatch.setattr(ContentCache, "open_nameless", lambda cache: parkings.append(1) or opening(cache))
-    experiment = fake_xnat.store.experiment_id("STUDY01", "SUB001_MR1")
-    resource_uri = f"/data/experiments/{experiment}/scans/2/resources/DICOM"
+    resource_uri = dicom_resource(fake_xnat)
 
     async def body(fs):
         files = await trio.to_thread.run_sync(fs.ops.connection.list_files, resource_uri)

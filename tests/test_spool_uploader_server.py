@@ -194,46 +194,20 @@ def test_other_client_errors_are_permanent(status):
     assert not is_permanent_refusal(XnatError("unreachable"))
 
 
-def test_the_retry_service_sends_what_is_due_on_its_own_and_reports_each_round(fake_xnat, conn, tmp_path):
+@pytest.mark.parametrize("failures", [0, 3], ids=["new", "inside its back-off"])
+def test_the_retry_service_sends_what_is_pending_on_its_own_and_reports_each_round(fake_xnat, conn, tmp_path, failures):
+    """Its first round sends every pending upload, even one inside the back-off earlier failures
+    left (8 s and more after three): a new mount is what a user starts to have them sent."""
     resource = qc_resource(conn)
     spool = UploadSpool(tmp_path / "spool")
     body = b"retried in the background\n"
-    stage(spool, UploadTarget(kind="file", resource_uri=resource, relpath="retried.txt", server=fake_xnat.url), body)
-    rounds = []
-
-    async def after_round() -> None:
-        rounds.append(len(spool.pending(fake_xnat.url)))
-
-    async def main() -> None:
-        retries = UploadRetries(
-            Uploader(spool, conn), fake_xnat.url, timeout=10.0, limiter=trio.CapacityLimiter(2), after_round=after_round
-        )
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(retries.run)
-                while not rounds:
-                    await trio.sleep(0.01)
-                nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    assert rounds == [0]
-    assert spool.pending() == []
-    remote = next(f for f in conn.list_files(resource) if f.path == "retried.txt")
-    assert remote.size == len(body)
-
-
-def test_a_mounts_first_retry_round_sends_uploads_still_inside_their_back_off(fake_xnat, conn, tmp_path):
-    """A new mount is what a user starts to have pending uploads sent: its first round does not
-    wait out the back-off earlier failures left (8 s and more after three)."""
-    resource = qc_resource(conn)
-    spool = UploadSpool(tmp_path / "spool")
-    entry = stage(
-        spool, UploadTarget(kind="file", resource_uri=resource, relpath="late.txt", server=fake_xnat.url), b"x"
-    )
-    for _ in range(3):
+    target = UploadTarget(kind="file", resource_uri=resource, relpath="retried.txt", server=fake_xnat.url)
+    entry = stage(spool, target, body)
+    for _ in range(failures):
         spool.record_failure(entry, "server error (HTTP 503)")
     uploader = Uploader(spool, conn)
-    assert uploader.retry_at(spool.pending()[0]) > time.time() + 5
+    if failures:
+        assert uploader.retry_at(spool.pending()[0]) > time.time() + 5
     rounds = []
 
     async def after_round() -> None:
@@ -252,4 +226,6 @@ def test_a_mounts_first_retry_round_sends_uploads_still_inside_their_back_off(fa
 
     trio.run(main)
     assert rounds == [0]
-    assert any(f.path == "late.txt" for f in conn.list_files(resource))
+    assert spool.pending() == []
+    remote = next(f for f in conn.list_files(resource) if f.path == "retried.txt")
+    assert remote.size == len(body)
