@@ -287,7 +287,7 @@ def run_fs(ops, body: Callable[[FsApi], Awaitable[None]]) -> RecordingKernel:
                 await body(FsApi(ops, kernel))
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside an exception group
-            ops.stop_background()
+            ops.unmounted()
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -451,7 +451,7 @@ def test_the_mounts_end_writes_a_series_held_for_its_readers_at_once(fake_xnat, 
         flight = fs.ops.series.running(resource_uri)
         assert flight is not None  # held for its readers
         assert fs.ops.cache.info().entries <= 1
-        fs.ops.stop_background()
+        fs.ops.unmounted()
         with trio.fail_after(20):
             await flight.done.wait()
         assert fs.ops.cache.info().entries == len(names)

@@ -133,7 +133,7 @@ async def _run_loop(ops: XnatOperations) -> None:
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(ControlServer(ops, ops.tree.started_at).serve)
         await pyfuse3.main()
-        ops.stop_background()
+        ops.unmounted()
         nursery.cancel_scope.cancel()
 
 

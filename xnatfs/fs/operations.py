@@ -734,7 +734,7 @@ class XnatOperations(pyfuse3.Operations):
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
 
-    def stop_background(self) -> None:
+    def unmounted(self) -> None:
         """The file system is unmounted: what waited for its readers goes on without them."""
         self.series.write_held()
 
