@@ -439,7 +439,8 @@ def test_a_series_asked_for_whole_is_written_at_the_zips_end(fake_xnat, run_fs, 
 
 def test_the_mounts_end_writes_a_series_held_for_its_readers_at_once(fake_xnat, run_fs, monkeypatch):
     """Unmounted, nobody reads on: the files held in memory for the series' readers go into the
-    cache at once, not after the pause of reading the writes otherwise wait for."""
+    cache at once, not after the pause of reading the writes otherwise wait for; a zip started
+    early for a folder named but never opened stops."""
     hold_writes(monkeypatch, 60.0)
     resource_uri = dicom_resource(fake_xnat)
 
@@ -451,7 +452,12 @@ def test_the_mounts_end_writes_a_series_held_for_its_readers_at_once(fake_xnat, 
         flight = fs.ops.series.running(resource_uri)
         assert flight is not None  # held for its readers
         assert fs.ops.cache.info().entries <= 1
+        other = next(name for name in await fs.listdir(f"{SESSION}/SCANS") if name.startswith("3-"))
+        await fs.lookup(f"{SESSION}/SCANS/{other}/DICOM")
+        early = fs.ops.series.running(resource_uri.replace("/scans/2/", "/scans/3/"))
+        assert early is not None and not early.claimed and not early.abandoned
         fs.ops.unmounted()
+        assert early.abandoned
         with trio.fail_after(20):
             await flight.done.wait()
         assert fs.ops.cache.info().entries == len(names)

@@ -214,9 +214,11 @@ class SeriesFetcher:
 
     def write_held(self) -> None:
         """The mount is ending, and nobody will read on: the files held for their readers
-        are written into the cache now, not after a pause of reading that ends the wait."""
-        for flight in self._running.values():
+        are written into the cache now, not after a pause of reading that ends the wait,
+        and a zip started early that no reader claimed stops."""
+        for resource_uri, flight in self._running.items():
             flight.unread = True
+            flight.abandon("the file system is unmounted", resource_uri)
         self._in_flight.wake()
 
     def eligible(self, files: Sequence[RemoteFile]) -> bool:
