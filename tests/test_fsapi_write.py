@@ -15,6 +15,7 @@ from fsapi import SetattrFields, errno_of
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.client.connection import XnatConnection
 from xnatfs.fs.control import REFRESH_NAME
+from xnatfs.fs.local import LocalFileNode
 
 E1 = "XNAT_E00001"
 SESSION = "STUDY01/SUB001/SUB001_MR1"
@@ -44,6 +45,37 @@ async def first_csv(fs) -> str:
 
 
 # ---- files --------------------------------------------------------------------
+
+
+def test_the_work_per_file_of_a_copy_does_not_grow_with_the_files_before_it(conn, run_fs, monkeypatch):
+    """Every lookup, stat and open in a folder shows our own files on top of the server's
+    listing. Worked out anew each time, a copy of 2 000 files into one folder went from
+    29 to 45 ms a file, against a server answering each upload in 23.5 ms throughout; what is
+    worked out is now kept, and each new file is added to it."""
+    made = []
+    creating = LocalFileNode.__init__
+
+    def counted(self, *args, **kwargs):
+        made.append(1)
+        creating(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileNode, "__init__", counted)
+    count = 150
+
+    async def body(fs):
+        await fs.mkdir(f"{QC}/copy")
+        for number in range(count):
+            path = f"{QC}/copy/f{number:04d}.txt"
+            assert not await fs.exists(path)
+            await fs.write(path, b"x")
+            assert (await fs.stat(path)).st_size == 1
+        assert len(await fs.listdir(f"{QC}/copy")) == count
+
+    run_fs(body)
+    assert len(server_files(conn)) >= count
+    # One node made by the create and one showing it in the folder; anew each time, the
+    # folder's nodes were made over and over: about count² / 2.
+    assert len(made) <= 3 * count
 
 
 def test_a_new_file_is_uploaded_on_close_and_listed_at_once(conn, run_fs):

@@ -11,6 +11,7 @@ tree derives from XNAT (:meth:`Overlay.merge`).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -99,6 +100,13 @@ class Overlay:
         self.files: dict[str, dict[str, LocalFile]] = {}
         self.folders: dict[str, set[tuple[str, ...]]] = {}
         self.deleted: dict[str, dict[str, float]] = {}
+        # What was worked out for a container's folders, kept until its files, folders or
+        # deletions change: every lookup, stat and open in a folder asks, and working it out
+        # anew each time made a copy of thousands of files slower with each file.
+        self._merged: dict[str, dict[tuple[str, ...], tuple[Node, Listing, Listing]]] = {}
+        self._subfolders: dict[str, dict[tuple[str, ...], frozenset[str]]] = {}
+        self._file_nodes: dict[LocalFile, LocalFileNode] = {}
+        self._next_expiry = math.inf  # nothing of ours expires before this (time.monotonic)
 
     # ---- changes ------------------------------------------------------
 
@@ -106,7 +114,15 @@ class Overlay:
         # A deletion under this name stays: until this file reaches the server, a
         # listing from before the deletion must not show the old file should this
         # one go (unlinked while open, renamed away, left empty).
-        self.files.setdefault(local.container, {})[local.relpath] = local
+        group = self.files.setdefault(local.container, {})
+        before = group.get(local.relpath)
+        group[local.relpath] = local
+        if before is None:
+            self._added(local)
+        else:
+            self._changed(local.container)
+        if local.expires is not None:
+            self._next_expiry = min(self._next_expiry, local.expires)
 
     def drop_file(self, local: LocalFile) -> None:
         group = self.files.get(local.container, {})
@@ -114,38 +130,77 @@ class Overlay:
             del group[local.relpath]
             if not group:
                 self.files.pop(local.container, None)
+            self._file_nodes.pop(local, None)
+            self._changed(local.container)
+
+    def expire_after(self, local: LocalFile, seconds: float) -> None:
+        """Show ``local`` for ``seconds`` more, then leave its name to the server's listings."""
+        local.expires = time.monotonic() + seconds
+        self._next_expiry = min(self._next_expiry, local.expires)
 
     def file(self, container: str, relpath: str) -> LocalFile | None:
         return self.files.get(container, {}).get(relpath)
 
     def add_folder(self, container: str, subpath: tuple[str, ...]) -> None:
         self.folders.setdefault(container, set()).add(subpath)
+        self._changed(container)
 
     def drop_folder(self, container: str, subpath: tuple[str, ...]) -> None:
         folders = self.folders.get(container, set())
         folders.discard(subpath)
         if not folders:
             self.folders.pop(container, None)
+        self._changed(container)
 
     def hide(self, container: str, relpath: str) -> None:
         """A file we deleted on the server: hidden until listings have caught up."""
-        self.deleted.setdefault(container, {})[relpath] = time.monotonic() + self.ttl
+        until = time.monotonic() + self.ttl
+        self.deleted.setdefault(container, {})[relpath] = until
+        self._next_expiry = min(self._next_expiry, until)
+        self._changed(container)
 
     def unhide(self, container: str, relpath: str) -> None:
         """The server holds a file under this name again: our upload."""
         group = self.deleted.get(container, {})
-        group.pop(relpath, None)
+        if group.pop(relpath, None) is None:
+            return
         if not group:
             self.deleted.pop(container, None)
+        self._changed(container)
+
+    def _changed(self, container: str) -> None:
+        self._merged.pop(container, None)
+        self._subfolders.pop(container, None)
+
+    def _added(self, local: LocalFile) -> None:
+        """A new file of ours: brought into what was worked out for its container's
+        folders, rather than working each out anew (a copy adds files one by one)."""
+        parts = tuple(local.relpath.split("/"))
+        memos = self._merged.get(local.container, {})
+        for prefix, (node, listing, merged) in list(memos.items()):
+            depth = len(prefix)
+            if parts[:depth] != prefix or len(parts) <= depth:
+                continue
+            if len(parts) == depth + 1:
+                entries = dict(merged.entries)
+                entries[parts[-1]] = self._file_node(node, local)
+                memos[prefix] = (node, listing, Listing(entries, merged.aliases))
+            elif parts[depth] not in merged.entries:
+                del memos[prefix]  # a folder this merge does not show yet
+        known = self._subfolders.get(local.container, {})
+        for prefix, names in list(known.items()):
+            depth = len(prefix)
+            if len(parts) > depth + 1 and parts[:depth] == prefix and parts[depth] not in names:
+                known[prefix] = names | {parts[depth]}
 
     def all_files(self) -> list[LocalFile]:
         return [local for group in self.files.values() for local in group.values()]
 
     def expire(self) -> list[LocalFile]:
         """Forget uploaded files and deletions older than a TTL; returns files to close."""
-        if not (self.files or self.deleted):
-            return []  # every look at a folder asks: the usual answer costs nothing
         now = time.monotonic()
+        if now < self._next_expiry:
+            return []  # every look at a folder asks: the usual answer costs nothing
         gone = [
             local
             for local in self.all_files()
@@ -155,10 +210,19 @@ class Overlay:
             self.drop_file(local)
         for container in list(self.deleted):
             group = self.deleted[container]
-            for relpath in [p for p, until in group.items() if until <= now]:
+            expired = [p for p, until in group.items() if until <= now]
+            for relpath in expired:
                 del group[relpath]
             if not group:
                 del self.deleted[container]
+            if expired:
+                self._changed(container)
+        # A file still open stays past its time, and is looked at again on the next call.
+        self._next_expiry = min(
+            [local.expires for local in self.all_files() if local.expires is not None]
+            + [until for group in self.deleted.values() for until in group.values()],
+            default=math.inf,
+        )
         return gone
 
     # ---- reading ------------------------------------------------------
@@ -174,6 +238,9 @@ class Overlay:
         deleted = self.deleted.get(container)
         if not (files or folders or deleted):
             return listing
+        memo = self._merged.get(container, {}).get(prefix)
+        if memo is not None and memo[0] is node and memo[1] is listing:
+            return memo[2]
         entries = dict(listing.entries)
         if deleted:
             for name, child in list(entries.items()):
@@ -188,24 +255,39 @@ class Overlay:
             if parts[:depth] != prefix or len(parts) <= depth:
                 continue
             if len(parts) == depth + 1:
-                entries[parts[-1]] = LocalFileNode(mtime=local.mtime, read_only=node.read_only, local=local)
+                entries[parts[-1]] = self._file_node(node, local)
             elif parts[depth] not in entries:
                 entries[parts[depth]] = self._folder(node, parts[: depth + 1])
-        return Listing(entries, listing.aliases)
+        merged = Listing(entries, listing.aliases)
+        self._merged.setdefault(container, {})[prefix] = (node, listing, merged)
+        return merged
 
-    def local_subfolders(self, node: Node) -> set[str]:
+    def local_subfolders(self, node: Node) -> frozenset[str]:
         """Names of the folders right inside ``node`` that exist here (made by
         mkdir, or holding a file of ours), whether or not XNAT lists them too."""
         if not (self.files or self.folders):
-            return set()
+            return frozenset()
         place = node.file_place
         if place is None:
-            return set()
+            return frozenset()
         container, prefix = place
-        depth = len(prefix)
-        paths = list(self.folders.get(container, ()))
-        paths += [tuple(relpath.split("/"))[:-1] for relpath in self.files.get(container, {})]
-        return {path[depth] for path in paths if len(path) > depth and path[:depth] == prefix}
+        known = self._subfolders.setdefault(container, {})
+        names = known.get(prefix)
+        if names is None:
+            depth = len(prefix)
+            paths = list(self.folders.get(container, ()))
+            paths += [tuple(relpath.split("/"))[:-1] for relpath in self.files.get(container, {})]
+            names = known[prefix] = frozenset(
+                path[depth] for path in paths if len(path) > depth and path[:depth] == prefix
+            )
+        return names
+
+    def _file_node(self, folder: Node, local: LocalFile) -> LocalFileNode:
+        """The node showing ``local`` in ``folder``: the same one each time it is asked for."""
+        shown = self._file_nodes.get(local)
+        if shown is None or shown.read_only != folder.read_only:
+            shown = self._file_nodes[local] = LocalFileNode(mtime=local.mtime, read_only=folder.read_only, local=local)
+        return shown
 
     @staticmethod
     def _folder(node: Node, subpath: tuple[str, ...]) -> FolderDir:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -357,7 +356,7 @@ class Mutations:
         tools setting its mode or times after closing it still find it.
         """
         keep = self.settings.negative_ttl if local.target.kind == "dicom-import" else self.settings.ttl
-        local.expires = time.monotonic() + keep
+        self.overlay.expire_after(local, keep)
 
     async def release_local(self, handle: LocalHandle) -> None:
         local = handle.local
