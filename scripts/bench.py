@@ -66,6 +66,8 @@ QUICK_RUNS = 1
 FULL_UPLOAD_MB = 100
 QUICK_UPLOAD_MB = 20
 UPLOAD_FILE_MB = 1
+MANY_FILES = 2000  # row 6b: small files copied one by one into one folder
+MANY_TENTH = MANY_FILES // 10
 PARALLEL_LISTINGS = 16
 CHUNK = 1 << 20
 USER = PASSWORD = "admin"
@@ -1202,6 +1204,31 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
                 delete_resource(bench, theirs_uri)
 
 
+def bench_many_files(bench: Bench, rows: dict[str, Row]) -> None:
+    """Small files written one after the other into one folder, as a copy of a DICOM folder
+    does: whether a file costs more once thousands are there before it."""
+    row = rows["6b"]
+    session_id = experiment_id(bench, UPLOAD_SUBJECT, UPLOAD_SESSION)
+    for run in range(1, bench.runs + 1):
+        logger.info("copy of %d small files, run %d/%d", MANY_FILES, run, bench.runs)
+        resource = f"BENCH_MANY_{run}"
+        try:
+            with bench.fresh_mount("many-files") as mount:
+                folder = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES" / resource / "copy"
+                folder.mkdir(parents=True)
+                seconds = []
+                for number in range(MANY_FILES):
+                    seconds.append(timed(lambda path=folder / f"f{number:05d}.dcm": path.write_bytes(b"x" * 1000)))
+            landed = server_files(bench, f"/data/experiments/{session_id}/resources/{resource}")
+            if len(landed) != MANY_FILES:
+                raise RuntimeError(f"after the copy, the server had {len(landed)} of {MANY_FILES} files")
+            row.ours.append(statistics.median(seconds[-MANY_TENTH:]) * 1000)
+            row.theirs.append(statistics.median(seconds[:MANY_TENTH]) * 1000)
+        finally:
+            with bench.server.no_latency():
+                delete_resource(bench, f"/data/experiments/{session_id}/resources/{resource}")
+
+
 # ---- 8–10: cost as the work grows ---------------------------------------------------
 
 
@@ -1510,6 +1537,14 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
             at_most(1.3),
         ),
         Row(
+            "6b",
+            f"copy of {MANY_FILES} files of 1 kB into one folder: ms a file for the last {MANY_TENTH}",
+            "mount",
+            f"for the first {MANY_TENTH}",
+            "ms",
+            at_most(1.2),
+        ),
+        Row(
             "7a",
             f"cold listing + read of one session's BIDS files ({BIDS_SESSION})",
             "mount",
@@ -1603,6 +1638,7 @@ ROW_GROUP = {
     "5g": 5,
     "5h": 5,
     "6": 6,
+    "6b": 6,
     "7a": 7,
     "7b": 7,
     "7c": 7,
@@ -2046,6 +2082,7 @@ def main(argv: list[str] | None = None) -> int:
             ({5}, lambda: bench_listing(bench, rows)),
             ({5}, lambda: bench_walk(bench, rows)),
             ({6}, lambda: bench_upload(bench, rows)),
+            ({6}, lambda: bench_many_files(bench, rows)),
             ({7}, lambda: bench_bids(bench, rows)),
             ({8}, lambda: bench_scale_walks(bench, rows)),
             ({9}, lambda: bench_big_series(bench, rows)),
