@@ -1212,6 +1212,7 @@ def bench_many_files(bench: Bench, rows: dict[str, Row]) -> None:
     for run in range(1, bench.runs + 1):
         logger.info("copy of %d small files, run %d/%d", MANY_FILES, run, bench.runs)
         resource = f"BENCH_MANY_{run}"
+        resource_uri = f"/data/experiments/{session_id}/resources/{resource}"
         try:
             with bench.fresh_mount("many-files") as mount:
                 folder = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES" / resource / "copy"
@@ -1219,14 +1220,14 @@ def bench_many_files(bench: Bench, rows: dict[str, Row]) -> None:
                 seconds = []
                 for number in range(MANY_FILES):
                     seconds.append(timed(lambda path=folder / f"f{number:05d}.dcm": path.write_bytes(b"x" * 1000)))
-            landed = server_files(bench, f"/data/experiments/{session_id}/resources/{resource}")
+            landed = server_files(bench, resource_uri)
             if len(landed) != MANY_FILES:
                 raise RuntimeError(f"after the copy, the server had {len(landed)} of {MANY_FILES} files")
             row.ours.append(statistics.median(seconds[-MANY_TENTH:]) * 1000)
             row.theirs.append(statistics.median(seconds[:MANY_TENTH]) * 1000)
         finally:
             with bench.server.no_latency():
-                delete_resource(bench, f"/data/experiments/{session_id}/resources/{resource}")
+                delete_resource(bench, resource_uri)
 
 
 # ---- 8–10: cost as the work grows ---------------------------------------------------

@@ -178,15 +178,10 @@ class Overlay:
         parts = tuple(local.relpath.split("/"))
         memos = self._merged.get(local.container, {})
         for prefix, (node, listing, merged) in list(memos.items()):
-            depth = len(prefix)
-            if parts[:depth] != prefix or len(parts) <= depth:
-                continue
-            if len(parts) == depth + 1:
+            if _below(prefix, parts):
                 entries = dict(merged.entries)
-                entries[parts[-1]] = self._file_node(node, local)
+                self._show(entries, node, prefix, parts, local)
                 memos[prefix] = (node, listing, Listing(entries, merged.aliases))
-            elif parts[depth] not in merged.entries:
-                del memos[prefix]  # a folder this merge does not show yet
         known = self._subfolders.get(local.container, {})
         for prefix, names in list(known.items()):
             depth = len(prefix)
@@ -252,12 +247,8 @@ class Overlay:
                 entries[subpath[-1]] = self._folder(node, subpath)
         for relpath, local in (files or {}).items():
             parts = tuple(relpath.split("/"))
-            if parts[:depth] != prefix or len(parts) <= depth:
-                continue
-            if len(parts) == depth + 1:
-                entries[parts[-1]] = self._file_node(node, local)
-            elif parts[depth] not in entries:
-                entries[parts[depth]] = self._folder(node, parts[: depth + 1])
+            if _below(prefix, parts):
+                self._show(entries, node, prefix, parts, local)
         merged = Listing(entries, listing.aliases)
         self._merged.setdefault(container, {})[prefix] = (node, listing, merged)
         return merged
@@ -281,6 +272,17 @@ class Overlay:
                 path[depth] for path in paths if len(path) > depth and path[:depth] == prefix
             )
         return names
+
+    def _show(
+        self, entries: dict[str, Node], node: Node, prefix: tuple[str, ...], parts: tuple[str, ...], local: LocalFile
+    ) -> None:
+        """Show ``local`` (at ``parts``, below the folder ``prefix``) among the folder's ``entries``:
+        itself, or the sub-folder it is in."""
+        depth = len(prefix)
+        if len(parts) == depth + 1:
+            entries[parts[-1]] = self._file_node(node, local)
+        elif parts[depth] not in entries:
+            entries[parts[depth]] = self._folder(node, parts[: depth + 1])
 
     def _file_node(self, folder: Node, local: LocalFile) -> LocalFileNode:
         """The node showing ``local`` in ``folder``: the same one each time it is asked for."""
@@ -310,3 +312,8 @@ class LocalHandle:
     inode: int
     writable: bool
     append: bool = False
+
+
+def _below(prefix: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether the path ``parts`` lies inside the folder ``prefix``."""
+    return len(parts) > len(prefix) and parts[: len(prefix)] == prefix
