@@ -298,7 +298,10 @@ class Mutations:
         if not isinstance(handle, LocalHandle) or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         offset = handle.local.size if handle.append else off
-        return await self.call(self.writer.write, handle.local, offset, buf)
+        written = self.writer.write_at_once(handle.local, offset, buf)
+        if written is None:
+            written = await self.call(self.writer.write, handle.local, offset, buf)
+        return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.file(fh)

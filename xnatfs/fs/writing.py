@@ -1,8 +1,8 @@
 """Staging writes in the upload spool and sending them to XNAT.
 
 Every method here blocks (disk and HTTP) and is called from trio worker
-threads; a :class:`LocalFile`'s own lock keeps concurrent writes, reads and
-uploads of one file apart. The rules:
+threads, but :meth:`Writer.write_at_once`; a :class:`LocalFile`'s own lock
+keeps concurrent writes, reads and uploads of one file apart. The rules:
 
 - bytes go into an open spool entry; an entry that was committed (closed,
   perhaps sent) is never written again: the next write starts
@@ -38,6 +38,10 @@ from xnatfs.fs.settings import DEFAULT_MAX_FILE_SIZE
 logger = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+# A write up to this size may be done on the event loop's thread (Writer.write_at_once): handing
+# it to a worker thread and back costs far more than the write itself, a copy into the page
+# cache, and tar and unzip write in pieces of 10 and 32 KiB.
+WRITE_AT_ONCE_BYTES = 128 << 10
 # Room left on the spool's disk for records, copies made at the next write, and everyone else.
 SPOOL_RESERVE = 64 << 20
 
@@ -132,10 +136,13 @@ class Writer:
             # Not accepted yet, and now out of date: these bytes replace it.
             self.spool.remove(previous)
 
-    def _check_room(self, local: LocalFile, size: int) -> None:
-        """Refuse to grow a file to ``size`` bytes beyond what may be staged (caller holds the lock)."""
+    def _check_room(self, local: LocalFile, size: int, *, may_evict: bool = True) -> bool:
+        """Refuse to grow a file to ``size`` bytes beyond what may be staged (caller holds the lock).
+
+        False, without a word, when the room would have to be made by evicting cached
+        files and ``may_evict`` is False."""
         if size <= local.size:
-            return
+            return True
         if size > self.max_file_size:
             raise OSError(
                 errno.EFBIG,
@@ -144,6 +151,8 @@ class Writer:
             )
         room = disk_free(self.spool.directory) - SPOOL_RESERVE
         if size - local.size > room and self.make_disk_room is not None:
+            if not may_evict:
+                return False
             room = self.make_disk_room(size - local.size + SPOOL_RESERVE) - SPOOL_RESERVE
         if size - local.size > room:
             raise OSError(
@@ -151,15 +160,36 @@ class Writer:
                 f"{local.target.describe()} would grow to {size} bytes; "
                 f"the upload spool has room for {max(room, 0)} more",
             )
+        return True
 
     def write(self, local: LocalFile, offset: int, data: bytes) -> int:
         with local.lock:
             self._check_room(local, offset + len(data))
             self._writable(local)
-            written = os.pwrite(local.fd, data, offset)
-            local.size = max(local.size, offset + written)
-            local.dirty = True
-            return written
+            return self._put(local, offset, data)
+
+    def write_at_once(self, local: LocalFile, offset: int, data: bytes) -> int | None:
+        """:meth:`write`, when it cannot take long, so the caller need not leave the event
+        loop: a small piece, into the open spool entry (no copy to make), with room on the
+        disk (no cached file to evict), while nobody else holds the file. None: not written,
+        use :meth:`write`."""
+        if len(data) > WRITE_AT_ONCE_BYTES or not local.lock.acquire(blocking=False):
+            return None
+        try:
+            if not (local.entry_open or local.unlinked):
+                return None
+            if not self._check_room(local, offset + len(data), may_evict=False):
+                return None
+            return self._put(local, offset, data)
+        finally:
+            local.lock.release()
+
+    @staticmethod
+    def _put(local: LocalFile, offset: int, data: bytes) -> int:
+        written = os.pwrite(local.fd, data, offset)
+        local.size = max(local.size, offset + written)
+        local.dirty = True
+        return written
 
     def truncate(self, local: LocalFile, size: int) -> None:
         with local.lock:
