@@ -1159,18 +1159,22 @@ def curl_put_all(bench: Bench, resource_uri: str, folder: Path, files: list[Path
 
 
 def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
-    row = rows["6"]
+    row, untar = rows["6"], rows["6c"]
     folder = bench.work / "upload" / "derived"
     files = make_upload_folder(folder, bench.upload_mb)
     expected = {f"{folder.name}/{path.name}": path.stat().st_size for path in files}
+    archive = bench.work / "upload" / "derived.tar"
+    subprocess.run(["tar", "cf", str(archive), "-C", str(folder.parent), folder.name], check=True, timeout=300)
     session_id = experiment_id(bench, UPLOAD_SUBJECT, UPLOAD_SESSION)
     for run in range(1, bench.runs + 1):
         logger.info("upload of %d MB, run %d/%d", bench.upload_mb, run, bench.runs)
         ours_uri = f"/data/experiments/{session_id}/resources/BENCH_UP_M{run}"
         theirs_uri = f"/data/experiments/{session_id}/resources/BENCH_UP_C{run}"
+        untar_uri = f"/data/experiments/{session_id}/resources/BENCH_UP_T{run}"
         try:
             with bench.fresh_mount("upload") as mount:
-                target = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES" / f"BENCH_UP_M{run}"
+                resources = mount.path / PROJECT / UPLOAD_SUBJECT / UPLOAD_SESSION / "RESOURCES"
+                target = resources / f"BENCH_UP_M{run}"
 
                 def copy(target: Path = target) -> None:
                     os.mkdir(target)
@@ -1188,6 +1192,17 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
                     row.not_measured = f"the mount cannot write yet ({exc.strerror or exc})"
                     logger.warning("upload through the mount failed: %s", row.not_measured)
                     return
+
+                def extract(target: Path = resources / f"BENCH_UP_T{run}") -> None:
+                    os.mkdir(target)
+                    subprocess.run(["tar", "xf", str(archive), "-C", str(target)], check=True, timeout=900)
+
+                untar_seconds = timed(extract)
+            if server_files(bench, untar_uri) == expected:
+                untar.ours.append(untar_seconds)
+                untar.theirs.append(seconds)
+            else:
+                untar.not_measured = "after tar returned, the server did not hold every file"
             landed = server_files(bench, ours_uri)
             if landed != expected:
                 row.not_measured = (
@@ -1202,6 +1217,7 @@ def bench_upload(bench: Bench, rows: dict[str, Row]) -> None:
             with bench.server.no_latency():
                 delete_resource(bench, ours_uri)
                 delete_resource(bench, theirs_uri)
+                delete_resource(bench, untar_uri)
 
 
 def bench_many_files(bench: Bench, rows: dict[str, Row]) -> None:
@@ -1538,6 +1554,13 @@ def make_rows(upload_mb: int) -> dict[str, Row]:
             at_most(1.3),
         ),
         Row(
+            "6c",
+            f"tar x of the same {upload_mb} MB into a resource (tar writes 10 KiB at a time)",
+            "mount",
+            "cp -r of the same files (6)",
+            "s",
+        ),
+        Row(
             "6b",
             f"copy of {MANY_FILES} files of 1 kB into one folder: ms a file for the last {MANY_TENTH}",
             "mount",
@@ -1639,6 +1662,7 @@ ROW_GROUP = {
     "5g": 5,
     "5h": 5,
     "6": 6,
+    "6c": 6,
     "6b": 6,
     "7a": 7,
     "7b": 7,
