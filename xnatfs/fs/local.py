@@ -184,9 +184,8 @@ class Overlay:
                 memos[prefix] = (node, listing, Listing(entries, merged.aliases))
         known = self._subfolders.get(local.container, {})
         for prefix, names in list(known.items()):
-            depth = len(prefix)
-            if len(parts) > depth + 1 and parts[:depth] == prefix and parts[depth] not in names:
-                known[prefix] = names | {parts[depth]}
+            if _below(prefix, parts[:-1]) and parts[len(prefix)] not in names:
+                known[prefix] = names | {parts[len(prefix)]}
 
     def all_files(self) -> list[LocalFile]:
         return [local for group in self.files.values() for local in group.values()]
@@ -268,9 +267,7 @@ class Overlay:
             depth = len(prefix)
             paths = list(self.folders.get(container, ()))
             paths += [tuple(relpath.split("/"))[:-1] for relpath in self.files.get(container, {})]
-            names = known[prefix] = frozenset(
-                path[depth] for path in paths if len(path) > depth and path[:depth] == prefix
-            )
+            names = known[prefix] = frozenset(path[depth] for path in paths if _below(prefix, path))
         return names
 
     def _show(
