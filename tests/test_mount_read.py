@@ -57,7 +57,13 @@ def test_listing_costs_one_request_per_level(fake_xnat, tmp_path):
         assert fake_xnat.count("GET") == 2  # subjects, experiments of the whole project
         os.listdir(mount.path / "STUDY01" / "SUB001")
         os.listdir(session)
-        read_ahead(fake_xnat, "/data/experiments/XNAT_E00001/files", "/data/experiments/XNAT_E00002/files")
+        # The sibling session is loaded ahead too, its item JSON beside its files.
+        read_ahead(
+            fake_xnat,
+            "/data/experiments/XNAT_E00001/files",
+            "/data/experiments/XNAT_E00002/files",
+            "/data/experiments/XNAT_E00002?",
+        )
         fake_xnat.reset_counts()
         for scan in (session / "SCANS").iterdir():
             for resource in scan.iterdir():
@@ -70,7 +76,12 @@ def test_a_walk_through_subjects_reads_ahead(fake_xnat, tmp_path):
         project = mount.path / "STUDY01"
         assert sorted(name for name in os.listdir(project) if name.startswith("SUB")) == ["SUB001", "SUB002", "SUB003"]
         os.listdir(project / "SUB001")
-        read_ahead(fake_xnat, "/data/experiments/XNAT_E00001/files", "/data/experiments/XNAT_E00002/files")
+        read_ahead(
+            fake_xnat,
+            "/data/experiments/XNAT_E00001/files",
+            "/data/experiments/XNAT_E00002/files",
+            "/data/experiments/XNAT_E00002?",
+        )
         fake_xnat.reset_counts()
         os.listdir(project / "SUB002")  # in order after SUB001: SUB003 is loaded ahead
         read_ahead(
