@@ -63,12 +63,39 @@ def test_invalidate_and_invalidate_where():
     assert cache.get("/P/S2") is None
 
 
-def test_maxsize_bounds_the_cache():
-    cache = ListingCache(ttl=60, maxsize=10)
+def test_max_rows_bounds_the_cache():
+    cache = ListingCache(ttl=60, max_rows=10)
     for i in range(50):
         cache.put(i, i)
     assert len(cache) == 10
     assert cache.get(49) == 49
+
+
+def test_the_bound_counts_the_rows_of_each_listing_not_the_listings():
+    cache = ListingCache(ttl=60, max_rows=10)
+    for i in range(5):
+        cache.put(i, ["row"] * 4)
+    assert cache.rows_held == 8  # two listings of four rows; the older ones went first
+    assert [cache.get(i) is not None for i in range(5)] == [False, False, False, True, True]
+    cache.put("three", ["row"] * 3)
+    assert cache.rows_held == 7 and cache.get(3) is None and cache.get(4) is not None
+
+
+def test_a_listing_heavier_than_the_bound_is_answered_but_not_kept():
+    cache = ListingCache(ttl=60, max_rows=10)
+    cache.put("small", ["row"] * 3)
+    big = ["row"] * 11
+    loader = CountingLoader(value=big)
+
+    async def main():
+        limiter = trio.CapacityLimiter(1)
+        assert await cache.get_or_load("big", loader, limiter) is big
+        assert await cache.get_or_load("big", loader, limiter) is big
+
+    trio.run(main)
+    assert loader.calls == 2
+    assert cache.get("big") is None and cache.get("small") is not None
+    assert cache.rows_held == 3
 
 
 def test_concurrent_callers_share_one_load():

@@ -244,3 +244,41 @@ def test_a_folder_in_a_resource_exists_only_in_the_overlay_until_a_file_is_writt
     new_file = made.create_target("snr.csv", "http://xnat")
     assert (new_file.container, new_file.relpath) == (resource.resource.uri, "derived/snr.csv")
     assert new_file.target.kind == "file" and new_file.target.relpath == "derived/snr.csv"
+
+
+async def walk_everything(tree: Tree, held: list[tuple[int, int]] | None = None) -> dict[tuple[str, ...], list[str]]:
+    """Every folder's entries by path, listed through ``tree`` from its root; ``held`` gets the
+    rows the tree holds after each folder."""
+    seen: dict[tuple[str, ...], list[str]] = {}
+
+    async def into(node: DirNode, path: tuple[str, ...]) -> None:
+        listing = await tree.children(node)
+        seen[path] = sorted(listing.entries)
+        if held is not None:
+            held.append((tree.listings.rows_held, tree.memo_rows[0]))
+        for name, child in sorted(listing.entries.items()):
+            if isinstance(child, DirNode):
+                await into(child, path + (name,))
+
+    await into(tree.root, ())
+    return seen
+
+
+def test_a_walk_past_the_memory_bounds_stays_within_them_and_sees_the_same_tree(conn):
+    """The tree keeps listings, and what it works out of them, up to a number of rows (a
+    file's record each), not of listings: a walk of more lets the oldest go and is listed
+    again from the server, and finds what a tree that kept everything finds."""
+    everything = new_tree(conn)
+    whole = trio.run(walk_everything, everything)
+    assert everything.listings.rows_held > 100 and everything.memo_rows[0] > 300  # what the bounds below cut
+    # Each folder's memo weighs at least its entries, whatever number of memos they make.
+    assert everything.memo_rows[0] >= sum(len(entries) for entries in whole.values())
+
+    bounded = Tree(
+        conn, ListingCache(60.0, max_rows=100), trio.CapacityLimiter(4), started_at=time.time(), memo_rows=300
+    )
+    held: list[tuple[int, int]] = []
+    assert trio.run(walk_everything, bounded, held) == whole
+    assert max(listings for listings, _ in held) <= 100
+    assert max(memos for _, memos in held) <= 300
+    assert trio.run(walk_everything, bounded) == whole  # and again, from what is left and the server

@@ -122,6 +122,10 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         assert status["requests"]["requests"] >= 5
         assert status["requests"]["health"] == "answering"
         assert status["downloads"] == []
+        meta = status["metadata"]
+        assert 0 < meta["listing_rows"] <= meta["listing_rows_max"]
+        assert 0 < meta["derived_rows"] <= meta["derived_rows_max"]
+        assert meta["inodes"] >= 4  # the root and the folders looked up on the way
         [upload] = status["uploads"]
         assert upload["state"] == "failed" and upload["size"] == len(b"kept in the spool")
         assert upload["target"].endswith("QC/files/refused.txt") and "503" in upload["last_error"]
@@ -129,6 +133,7 @@ def test_status_reports_cache_transfers_errors_and_health(fake_xnat, tmp_path):
         every = xnatfs(mount, "status")
         assert every.returncode == 0, every.stderr
         assert str(mount.path) in every.stdout and "HTTP 503 ×" in every.stdout
+        assert f"{meta['listing_rows_max']} listing rows held" in every.stdout
 
         sock = control_socket_path(mount.path)
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600

@@ -710,7 +710,7 @@ def cmd_status(args) -> int:
 def _status_text(status: dict) -> str:
     if "error" in status:
         return f"{status['mountpoint']}\n  not answering: {status['error']}"
-    cache, requests_seen = status["cache"], status["requests"]
+    cache, requests_seen, meta = status["cache"], status["requests"], status["metadata"]
     hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.0%}"
     lines = [
         f"{status['mountpoint']}",
@@ -720,6 +720,8 @@ def _status_text(status: dict) -> str:
         f"  cache:     {human_bytes(cache['bytes_used'])} of {human_bytes(cache['max_bytes'])} "
         f"({human_bytes(cache['disk_free'])} free on its disk), "
         f"{cache['files']} files, hit rate {hit_rate} ({cache['hits']} hits, {cache['misses']} misses)",
+        f"  metadata:  {meta['listing_rows']} of {meta['listing_rows_max']} listing rows held, "
+        f"{meta['derived_rows']} of {meta['derived_rows_max']} worked out, {meta['inodes']} inodes",
         f"  requests:  {requests_seen['requests']} in the last {requests_seen['minutes']} min, "
         f"mean {requests_seen['mean_seconds']:.2f} s, {requests_seen['in_flight']} in flight",
     ]

@@ -3,6 +3,11 @@
 A listing is trusted for ``ttl`` seconds. When several tasks want the same
 missing listing at once, one of them loads it (in a worker thread) and the
 others wait for that result instead of asking the server again.
+
+The caches are bounded by the rows they hold (:func:`rows`), not by how
+many listings: a walk of a project whose sessions hold thousands of files
+each would otherwise keep every file record it met, and the daemon would
+grow with the archive instead of staying within a bound.
 """
 
 from __future__ import annotations
@@ -16,6 +21,19 @@ import trio
 from cachetools import TTLCache
 
 T = TypeVar("T")
+
+# About half a kilobyte of memory each (a file's record: its names, size, digest, URI).
+MAX_ROWS = 1_000_000
+
+
+def rows(value: object) -> int:
+    """What a cached value weighs: the records of a listing (its length), 1 for one record."""
+    if isinstance(value, (str, bytes)):
+        return 1
+    try:
+        return max(1, len(value))  # type: ignore[arg-type]
+    except TypeError:
+        return 1
 
 
 class _Flight:
@@ -41,12 +59,16 @@ class ListingCache:
     one of them expires (:meth:`get_until` tells when).
     """
 
-    def __init__(self, ttl: float, maxsize: int = 100_000, *, timer: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float, max_rows: int = MAX_ROWS, *, timer: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.now = timer
+        self.max_rows = max_rows
         self.generation = 0
-        # Each value is kept with the time it expires.
-        self._cache: TTLCache[Hashable, tuple[Any, float]] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        # Each value is kept with the time it expires; the least recently used go first
+        # once the rows of all of them pass ``max_rows``.
+        self._cache: TTLCache[Hashable, tuple[Any, float]] = TTLCache(
+            maxsize=max_rows, ttl=ttl, timer=timer, getsizeof=lambda kept: rows(kept[0])
+        )
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
 
@@ -67,7 +89,11 @@ class ListingCache:
 
     def _store(self, key: Hashable, value: Any) -> None:
         """Keep ``value`` under ``key`` (the lock is held)."""
-        self._cache[key] = (value, self.now() + self.ttl)
+        try:
+            self._cache[key] = (value, self.now() + self.ttl)
+        except ValueError:
+            # Heavier than the whole bound: handed to whoever asked, not kept.
+            self._cache.pop(key, None)
         self.generation += 1
 
     def invalidate(self, key: Hashable) -> None:
@@ -100,6 +126,13 @@ class ListingCache:
         with self._lock:
             self._cache.expire()
             return len(self._cache)
+
+    @property
+    def rows_held(self) -> int:
+        """The rows (:func:`rows`) of the listings kept now, at most ``max_rows``."""
+        with self._lock:
+            self._cache.expire()
+            return int(self._cache.currsize)
 
     async def get_or_load(self, key: Hashable, load: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
         """The cached value for ``key``, or ``load()`` run in a worker thread.

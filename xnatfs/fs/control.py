@@ -179,7 +179,20 @@ class ControlServer:
                 {"uri": uri, "bytes_done": done, "bytes_total": total} for uri, done, total in ops.cache.downloads()
             ],
             "uploads": uploads,
+            "metadata": self._metadata(),
             "requests": session.recent_activity(),
+        }
+
+    def _metadata(self) -> dict[str, int]:
+        """What the daemon holds of the server's listings in memory, against its bounds."""
+        tree = self.ops.tree
+        memo_rows, memo_max = tree.memo_rows
+        return {
+            "listing_rows": tree.listings.rows_held,
+            "listing_rows_max": tree.listings.max_rows,
+            "derived_rows": memo_rows,
+            "derived_rows_max": memo_max,
+            "inodes": len(self.ops.inodes),
         }
 
     def _uploads(self) -> list[dict[str, Any]]:

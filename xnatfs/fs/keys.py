@@ -264,6 +264,10 @@ class SearchAnswer:
         self.started = started
         self.found = found
 
+    def __len__(self) -> int:
+        # Its weight in the listing cache: one row per session (or subject) answered.
+        return len(self.found) if self.found is not None else 0
+
     @classmethod
     def taken(cls, search: Callable[[], dict[Any, Any] | None]) -> SearchAnswer:
         started = time.monotonic()

@@ -20,7 +20,7 @@ from typing import Any
 import cachetools
 import trio
 
-from xnatfs.cache.listing import ListingCache
+from xnatfs.cache.listing import MAX_ROWS, ListingCache, rows
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import Experiment, RemoteFile
 from xnatfs.fs import names
@@ -45,7 +45,7 @@ class Tree:
         limiter: trio.CapacityLimiter,
         *,
         started_at: float,
-        memo_size: int = 65_536,
+        memo_rows: int = 4 * MAX_ROWS,
     ):
         self.connection = connection
         self.listings = listings
@@ -54,7 +54,13 @@ class Tree:
         self.root = RootDir(mtime=started_at)
         self.walks = Walks(connection, listings, limiter, self._children_and_companions)
         self.nursery: trio.Nursery | None = None  # where companion listings load; set when serving
-        self._memo: cachetools.LRUCache[Hashable, tuple[Any, ...]] = cachetools.LRUCache(maxsize=memo_size)
+        # What is worked out of raw listings, each memo as ``(raw listings it was built from, what
+        # was built, ...)``. Bounded by rows like the listing cache (see _memo_rows): a memo keeps
+        # its raw listings in memory after the listing cache has let them go, and memos that share
+        # one (the scan folders of one session) each count it, so the bound is the larger.
+        self._memo: cachetools.LRUCache[Hashable, tuple[Any, ...]] = cachetools.LRUCache(
+            maxsize=memo_rows, getsizeof=_memo_rows
+        )
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
         self.views: dict[str, Callable[[ProjectDir], Node]] = {}
@@ -138,7 +144,7 @@ class Tree:
             listing = memo[1]
         else:
             listing = node.entries(self, await node.derived(raws))
-        self._memo[memo_key] = (raws, listing, self.listings.generation, self._valid_until(keys, raws))
+        self._remember(memo_key, (raws, listing, self.listings.generation, self._valid_until(keys, raws)))
         return listing
 
     async def _children_and_companions(self, node: DirNode) -> Listing:
@@ -172,6 +178,18 @@ class Tree:
                 return float("-inf")
             until = min(until, kept[1])
         return until
+
+    @property
+    def memo_rows(self) -> tuple[int, int]:
+        """The rows the memos of worked-out listings hold now (see _memo_rows), and their bound."""
+        return int(self._memo.currsize), int(self._memo.maxsize)
+
+    def _remember(self, memo_key: Hashable, memo: tuple[Any, ...]) -> None:
+        try:
+            self._memo[memo_key] = memo
+        except ValueError:
+            # Heavier than the whole bound: worked out again when next needed.
+            self._memo.pop(memo_key, None)
 
     def _warm(self, memo: tuple[Any, ...] | None) -> bool:
         """Whether a folder's memoised entries are current: nothing was stored or dropped
@@ -241,7 +259,7 @@ class Tree:
             child: Node | None = memo[1]
             return child
         child = node.child_from(self, name, raws)
-        self._memo[memo_key] = (raws, child)
+        self._remember(memo_key, (raws, child))
         return child
 
     async def described(self, node: Node) -> Node:
@@ -287,9 +305,9 @@ class Tree:
         """A project's experiments by subject, worked out once per raw listing."""
         memo_key = ("bysubject", id(experiments))
         memo = self._memo.get(memo_key)
-        if memo is None or memo[0] is not experiments:
-            memo = (experiments, _group_by_subject(experiments))
-            self._memo[memo_key] = memo
+        if memo is None or memo[0][0] is not experiments:
+            memo = ((experiments,), _group_by_subject(experiments))
+            self._remember(memo_key, memo)
         grouped: dict[str, list[Experiment]] = memo[1]
         return grouped
 
@@ -302,7 +320,7 @@ class Tree:
         """
         memo_key = ("filetree", id(files))
         memo = self._memo.get(memo_key)
-        if memo is None or memo[0] is not files:
+        if memo is None or memo[0][0] is not files:
             trees: dict[str | None, FileTree]
             if grouped:
                 by_resource: dict[str, list[RemoteFile]] = defaultdict(list)
@@ -311,13 +329,21 @@ class Tree:
                 trees = {uri: build_file_tree(group, self._file_reporter(uri)) for uri, group in by_resource.items()}
             else:
                 trees = {None: build_file_tree(files, self._file_reporter(resource_uri))}
-            memo = (files, trees)
-            self._memo[memo_key] = memo
+            memo = ((files,), trees)
+            self._remember(memo_key, memo)
         trees_by_resource: dict[str | None, FileTree] = memo[1]
         return trees_by_resource.get(resource_uri if grouped else None, {})
 
     def _file_reporter(self, resource_uri: str) -> Callable[[str, str], None]:
         return lambda raw, shown: self.renamed(f"files of {resource_uri}", raw, shown)
+
+
+def _memo_rows(memo: tuple[Any, ...]) -> int:
+    """The rows a memo keeps in memory: those of the raw listings it was built from (counted
+    again by each memo that shares them, which errs on the safe side) and of what it built."""
+    built = memo[1]
+    made = len(built.entries) if isinstance(built, Listing) else rows(built)
+    return made + sum(rows(raw) for raw in memo[0])
 
 
 def _group_by_subject(experiments: Sequence[Experiment]) -> dict[str, list[Experiment]]:
