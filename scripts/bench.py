@@ -1798,7 +1798,11 @@ MISSED_NOTES: dict[str, str] = {
     "cache must. Closing the gap to plain curl would mean serving files unchecked, which the mount "
     "will not do. rclone's http and webdav backends know no hash of these files, so rclone checks "
     "nothing and writes nothing. Row 4e is the same read from a server honouring Range, as "
-    "rclone's static server does: the fair comparison with rclone.",
+    "rclone's static server does: the fair comparison with rclone. The MD5 itself costs 1.8 s of CPU "
+    "per GiB whichever way its thread gets the bytes from the page cache (mapped: 588 MB/s; mapped and "
+    "populated at once: 592 MB/s; read into a buffer: 571 MB/s), so hashing every byte handed out "
+    "takes one of the 2 cores, and the download, the FUSE reads, the server and the reader share the "
+    "other: the daemon used 4.2 s of CPU for a GiB read cold in 4.0 s.",
     "4e": "The same read as 4a, from the fake server honouring Range (as rclone's static server does): "
     "16 parts of 64 MiB, 4 ranged streams at a time in file order, each written at its offset, "
     "the MD5 following the bytes written without a gap. The streams have the whole file in 1.0–1.5 s, "
@@ -1898,7 +1902,10 @@ MISSED_NOTES: dict[str, str] = {
     "spool is what keeps a file written through the mount safe from a failed upload, a crash or a "
     "kill (docs/RELIABILITY.md), so the bytes are written there before they are sent, and the "
     "upload can start only once cp's close says the file is whole: per file, a create and a write "
-    "round trip and the spool's bookkeeping come on top of the PUT that curl makes alone.",
+    "round trip and the spool's bookkeeping come on top of the PUT that curl makes alone. Timed in the "
+    "daemon at 20 ms a request (100 files of 1 MB: cp 3.29 s, curl 2.49 s), the flush at cp's close "
+    "took 27.1–27.4 ms: the PUT 25.6–25.8 ms, the removal of the sent entry from the spool 0.5 ms, "
+    "its commit 0.3 ms and its claim 0.1–0.3 ms.",
 }
 
 
