@@ -98,8 +98,6 @@ def _settings_from_args(args) -> MountSettings:
     if args.ttl is not None:
         changes["ttl"] = args.ttl
     if args.timeout is not None:
-        if args.timeout <= 0:
-            raise UsageProblem("--timeout must be a positive number of seconds")
         changes["timeout"] = args.timeout
     options = list(settings.fuse_options)
     for group in args.options or []:
@@ -123,7 +121,10 @@ def _settings_from_args(args) -> MountSettings:
         changes["bids"] = False
     if args.bids_config is not None:
         changes["bids_config"] = Path(args.bids_config).expanduser()
-    settings = replace(settings, **changes)
+    try:
+        settings = replace(settings, **changes)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
     if settings.bids and settings.bids_config is not None:
         _check_bids_config(settings.bids_config)
     # The daemon works from "/": every path it is given must stand on its own.

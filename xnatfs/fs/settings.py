@@ -7,6 +7,7 @@ file (:mod:`xnatfs.config`: a ``[defaults]`` table and one
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_TTL = 60.0
 DEFAULT_EXPERIMENT_TYPE = "xnat:mrSessionData"
 DEFAULT_MAX_FILE_SIZE = 1 << 40
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def default_cache_dir() -> Path:
@@ -80,6 +82,13 @@ class MountSettings:
     bids: bool = True  # every project shows a BIDS/ view
     bids_config: Path | None = None  # a dcm2bids config replacing the built-in naming rules
 
+    def __post_init__(self) -> None:
+        # Whatever set them (defaults, config file, command line): a value out of range would
+        # not fail at once but later and obscurely (no worker: every request waits for ever).
+        problem = _problem(self)
+        if problem:
+            raise ValueError(problem)
+
     @property
     def negative_ttl(self) -> float:
         """How long the kernel may remember that a name does not exist."""
@@ -90,18 +99,63 @@ class MountSettings:
         return self.cache_dir / "spool"
 
 
+_SECONDS_AT_LEAST_ZERO = ("ttl", "series_early_wait")
+_SECONDS_ABOVE_ZERO = ("timeout",)
+_COUNTS_AT_LEAST = {"workers": 1, "download_streams": 1, "retries": 0}
+_SIZES_ABOVE_ZERO = ("cache_size", "download_part_size", "max_answer_size", "max_file_size")
+_SIZES_AT_LEAST_ZERO = (
+    "large_file_size",
+    "parallel_download_size",
+    "read_ahead",
+    "series_zip_size",
+    "series_early_size",
+)
+_SWITCHES = ("read_only", "allow_delete", "foreground", "verify_tls", "bids")
+
+
+def _problem(settings: MountSettings) -> str:
+    """Why ``settings`` cannot be mounted with, or "" when they can."""
+    for name in _SWITCHES:
+        if not isinstance(getattr(settings, name), bool):
+            return f"{name} must be true or false, not {getattr(settings, name)!r}"
+    for name in _SECONDS_AT_LEAST_ZERO + _SECONDS_ABOVE_ZERO:
+        seconds = getattr(settings, name)
+        bound = "above 0" if name in _SECONDS_ABOVE_ZERO else "0 or more"
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and name in _SECONDS_ABOVE_ZERO):
+            return f"{name} must be a number of seconds {bound}, not {seconds!r}"
+    for name, lowest in _COUNTS_AT_LEAST.items():
+        count = getattr(settings, name)
+        if isinstance(count, bool) or count < lowest:
+            return f"{name} must be a whole number, {lowest} or more, not {count!r}"
+    for name in _SIZES_ABOVE_ZERO + _SIZES_AT_LEAST_ZERO:
+        size = getattr(settings, name)
+        if size < 0 or (size == 0 and name in _SIZES_ABOVE_ZERO):
+            bound = "above 0" if name in _SIZES_ABOVE_ZERO else "0 or more"
+            return f"{name} must be a size {bound} (e.g. 10G, 512M), not {size!r}"
+    if settings.log_level not in LOG_LEVELS:
+        return f"log_level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}"
+    return ""
+
+
+def _switch(value: object) -> bool:
+    """A config file's true or false (TOML's own booleans: the text "no" is not false)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
 _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "user": str,
     "password_file": Path,
     "cache_dir": Path,
     "cache_size": parse_size,
     "ttl": float,
-    "read_only": bool,
-    "allow_delete": bool,
+    "read_only": _switch,
+    "allow_delete": _switch,
     "experiment_type": str,
-    "log_level": str,
+    "log_level": lambda value: str(value).upper(),
     "log_file": Path,
-    "verify_tls": bool,
+    "verify_tls": _switch,
     "workers": int,
     "retries": int,
     "large_file_size": parse_size,
@@ -115,7 +169,7 @@ _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "timeout": float,
     "max_answer_size": parse_size,
     "max_file_size": parse_size,
-    "bids": bool,
+    "bids": _switch,
     "bids_config": Path,
 }
 
@@ -131,7 +185,10 @@ def _apply_table(settings: MountSettings, table: Mapping[str, Any]) -> MountSett
         convert = _CONFIG_KEYS.get(name)
         if convert is None:
             raise ValueError(f"unknown setting {key!r}")
-        changes[name] = Path(value).expanduser() if convert is Path else convert(value)
+        try:
+            changes[name] = Path(value).expanduser() if convert is Path else convert(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{key}: {exc}") from None
     return replace(settings, **changes)
 
 
