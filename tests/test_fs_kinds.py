@@ -4,14 +4,17 @@ loading; walks are noticed in one place."""
 from __future__ import annotations
 
 import errno
+import gc
 import inspect
 import time
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 import pyfuse3
 import pytest
 import trio
+from trio.testing import MockClock, wait_all_tasks_blocked
 
 from xnatfs.cache.listing import ListingCache
 from xnatfs.client import paths
@@ -282,3 +285,31 @@ def test_a_walk_past_the_memory_bounds_stays_within_them_and_sees_the_same_tree(
     assert max(listings for listings, _ in held) <= 100
     assert max(memos for _, memos in held) <= 300
     assert trio.run(walk_everything, bounded) == whole  # and again, from what is left and the server
+
+
+def test_what_a_walk_kept_is_let_go_once_its_listings_expire(conn):
+    """Listings and the entries worked out of them live no longer than the TTL: after a walk,
+    nothing of it stays in memory once the TTL has passed, even while the mount is idle (both
+    caches otherwise drop what expired only as new listings come in)."""
+    clock = MockClock()
+
+    async def main() -> None:
+        tree = Tree(conn, ListingCache(60.0, timer=trio.current_time), trio.CapacityLimiter(4), started_at=time.time())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tree.let_expired_go)
+            first = await walk_everything(tree)
+            # Watched without asking the caches anything (asking drops what expired).
+            root_listing = weakref.ref(await tree.children(tree.root))
+            clock.jump(59)
+            await wait_all_tasks_blocked()
+            gc.collect()
+            assert root_listing() is not None
+            clock.jump(2)
+            await wait_all_tasks_blocked()
+            gc.collect()
+            assert root_listing() is None
+            assert (tree.listings.rows_held, tree.memo_rows[0]) == (0, 0)
+            assert await walk_everything(tree) == first
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)

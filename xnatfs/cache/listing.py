@@ -127,11 +127,15 @@ class ListingCache:
             self._cache.expire()
             return len(self._cache)
 
-    @property
-    def rows_held(self) -> int:
-        """The rows (:func:`rows`) of the listings kept now, at most ``max_rows``."""
+    def expire(self) -> None:
+        """Drop what expired now rather than when the next listing comes in."""
         with self._lock:
             self._cache.expire()
+
+    @property
+    def rows_held(self) -> int:
+        """The rows (:func:`rows`) of the listings in memory now, at most ``max_rows``."""
+        with self._lock:
             return int(self._cache.currsize)
 
     async def get_or_load(self, key: Hashable, load: Callable[[], T], limiter: trio.CapacityLimiter) -> T:

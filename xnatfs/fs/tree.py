@@ -57,9 +57,10 @@ class Tree:
         # What is worked out of raw listings, each memo as ``(raw listings it was built from, what
         # was built, ...)``. Bounded by rows like the listing cache (see _memo_rows): a memo keeps
         # its raw listings in memory after the listing cache has let them go, and memos that share
-        # one (the scan folders of one session) each count it, so the bound is the larger.
-        self._memo: cachetools.LRUCache[Hashable, tuple[Any, ...]] = cachetools.LRUCache(
-            maxsize=memo_rows, getsizeof=_memo_rows
+        # one (the scan folders of one session) each count it, so the bound is the larger. Kept no
+        # longer than a listing: built from listings no older than itself, it is of no use after.
+        self._memo: cachetools.TTLCache[Hashable, tuple[Any, ...]] = cachetools.TTLCache(
+            maxsize=memo_rows, ttl=listings.ttl, timer=listings.now, getsizeof=_memo_rows
         )
         self._reported: cachetools.LRUCache[Hashable, bool] = cachetools.LRUCache(maxsize=10_000)
         # Views a project folder shows beside its subjects: name → node for a project.
@@ -183,6 +184,14 @@ class Tree:
     def memo_rows(self) -> tuple[int, int]:
         """The rows the memos of worked-out listings hold now (see _memo_rows), and their bound."""
         return int(self._memo.currsize), int(self._memo.maxsize)
+
+    async def let_expired_go(self) -> None:
+        """Every TTL, drop the listings and memos that expired: both go only as others come in,
+        and what a walk left behind would otherwise stay while the mount is idle."""
+        while True:
+            await trio.sleep(max(self.listings.ttl, 1.0))
+            self.listings.expire()
+            self._memo.expire()
 
     def _remember(self, memo_key: Hashable, memo: tuple[Any, ...]) -> None:
         try:
