@@ -70,7 +70,7 @@ def test_the_bids_view_is_set_from_the_file(tmp_path):
     ("line", "said"),
     [
         ("workers = 0", "workers must be a whole number, 1 or more, not 0"),
-        ('read_only = "no"', "read_only: must be true or false, not 'no'"),
+        ('read_only = "no"', "read_only must be true or false, not 'no'"),
         ("timeout = -1", "timeout must be a number of seconds above 0, not -1.0"),
         ("ttl = nan", "ttl must be a number of seconds 0 or more, not nan"),
         ("download_streams = 0", "download_streams must be a whole number, 1 or more, not 0"),

@@ -99,17 +99,20 @@ class MountSettings:
         return self.cache_dir / "spool"
 
 
-_SECONDS_AT_LEAST_ZERO = ("ttl", "series_early_wait")
-_SECONDS_ABOVE_ZERO = ("timeout",)
+# Setting → whether 0 is a value it may take.
+_SECONDS = {"ttl": True, "series_early_wait": True, "timeout": False}
+_SIZES = {
+    "cache_size": False,
+    "download_part_size": False,
+    "max_answer_size": False,
+    "max_file_size": False,
+    "large_file_size": True,
+    "parallel_download_size": True,
+    "read_ahead": True,
+    "series_zip_size": True,
+    "series_early_size": True,
+}
 _COUNTS_AT_LEAST = {"workers": 1, "download_streams": 1, "retries": 0}
-_SIZES_ABOVE_ZERO = ("cache_size", "download_part_size", "max_answer_size", "max_file_size")
-_SIZES_AT_LEAST_ZERO = (
-    "large_file_size",
-    "parallel_download_size",
-    "read_ahead",
-    "series_zip_size",
-    "series_early_size",
-)
 _SWITCHES = ("read_only", "allow_delete", "foreground", "verify_tls", "bids")
 
 
@@ -118,29 +121,30 @@ def _problem(settings: MountSettings) -> str:
     for name in _SWITCHES:
         if not isinstance(getattr(settings, name), bool):
             return f"{name} must be true or false, not {getattr(settings, name)!r}"
-    for name in _SECONDS_AT_LEAST_ZERO + _SECONDS_ABOVE_ZERO:
+    for name, zero_ok in _SECONDS.items():
         seconds = getattr(settings, name)
-        bound = "above 0" if name in _SECONDS_ABOVE_ZERO else "0 or more"
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and name in _SECONDS_ABOVE_ZERO):
-            return f"{name} must be a number of seconds {bound}, not {seconds!r}"
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+            return f"{name} must be a number of seconds {_lowest(zero_ok)}, not {seconds!r}"
     for name, lowest in _COUNTS_AT_LEAST.items():
         count = getattr(settings, name)
         if isinstance(count, bool) or count < lowest:
             return f"{name} must be a whole number, {lowest} or more, not {count!r}"
-    for name in _SIZES_ABOVE_ZERO + _SIZES_AT_LEAST_ZERO:
+    for name, zero_ok in _SIZES.items():
         size = getattr(settings, name)
-        if size < 0 or (size == 0 and name in _SIZES_ABOVE_ZERO):
-            bound = "above 0" if name in _SIZES_ABOVE_ZERO else "0 or more"
-            return f"{name} must be a size {bound} (e.g. 10G, 512M), not {size!r}"
+        if size < 0 or (size == 0 and not zero_ok):
+            return f"{name} must be a size {_lowest(zero_ok)} (e.g. 10G, 512M), not {size!r}"
     if settings.log_level not in LOG_LEVELS:
         return f"log_level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}"
     return ""
 
 
-def _switch(value: object) -> bool:
-    """A config file's true or false (TOML's own booleans: the text "no" is not false)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, not {value!r}")
+def _lowest(zero_ok: bool) -> str:
+    return "0 or more" if zero_ok else "above 0"
+
+
+def _as_written(value: object) -> object:
+    """A switch as TOML gives it: ``bool()`` would read the text "no" as true, and
+    :class:`MountSettings` refuses anything but true or false."""
     return value
 
 
@@ -150,12 +154,12 @@ _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "cache_dir": Path,
     "cache_size": parse_size,
     "ttl": float,
-    "read_only": _switch,
-    "allow_delete": _switch,
+    "read_only": _as_written,
+    "allow_delete": _as_written,
     "experiment_type": str,
     "log_level": lambda value: str(value).upper(),
     "log_file": Path,
-    "verify_tls": _switch,
+    "verify_tls": _as_written,
     "workers": int,
     "retries": int,
     "large_file_size": parse_size,
@@ -169,7 +173,7 @@ _CONFIG_KEYS: dict[str, Callable[[Any], object]] = {
     "timeout": float,
     "max_answer_size": parse_size,
     "max_file_size": parse_size,
-    "bids": _switch,
+    "bids": _as_written,
     "bids_config": Path,
 }
 
