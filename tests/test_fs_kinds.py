@@ -168,8 +168,11 @@ class RecordingContext:
         self.tree = tree
         self.forgotten: list[ListingKey] = []
 
-    async def call(self, function, *args, **kwargs):
-        return await trio.to_thread.run_sync(lambda: function(*args, **kwargs))
+    async def change(self, stale, function, *args, **kwargs):
+        try:
+            return await trio.to_thread.run_sync(lambda: function(*args, **kwargs))
+        finally:
+            self.forget(*stale)
 
     def forget(self, *keys: ListingKey) -> None:
         self.forgotten.extend(keys)

@@ -311,6 +311,17 @@ def test_deleting_files_and_resources_and_refusing_the_rest(conn, run_fs):
     assert "SUB003" in {s.label for s in conn.list_subjects("STUDY01")}
 
 
+def test_a_file_deleted_behind_the_mount_is_enoent_at_rm_and_goes_from_the_listing_at_once(conn, run_fs):
+    async def body(fs):
+        pdf = next(name for name in await fs.listdir(QC) if name.endswith(".pdf"))
+        conn.delete_file(QC_URI, pdf)
+        assert pdf in await fs.listdir(QC)  # the listing is kept for the TTL...
+        assert await errno_of(fs.unlink(f"{QC}/{pdf}")) == errno.ENOENT
+        assert pdf not in await fs.listdir(QC)  # ...until the server says it is out of date
+
+    run_fs(body)
+
+
 def test_allow_delete_lets_rmdir_delete_experiments_subjects_and_projects(conn, run_fs):
     async def body(fs):
         await fs.rmdir("STUDY01/SUB003/SUB003_MR1")

@@ -132,6 +132,49 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
     assert "server answers again" in log
 
 
+def listed(folder: Path) -> set[str] | None:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return None
+
+
+def on_server(server, path: str) -> bool:
+    answer = requests.get(f"{server.url}{path}?format=json", auth=(server.username, server.password), timeout=10)
+    return answer.status_code == 200
+
+
+def test_changes_the_stopped_server_made_after_all_show_without_waiting_for_the_ttl(fake_xnat_process, tmp_path):
+    """A change whose request went out before the server stopped fails at the caller, and the
+    server may still carry it out once it runs again: the mount must not go on showing the
+    folder as it was before for the whole TTL."""
+    server = fake_xnat_process
+    made = (
+        ("STUDY01/SUB001", "SUB001_MR9", "/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR9"),
+        ("STUDY01", "SUB077", "/data/projects/STUDY01/subjects/SUB077"),
+    )
+    with mounted(
+        server.url,
+        tmp_path,
+        ttl=600,
+        args=("--timeout", str(TIMEOUT)),
+        expected_errors=(r"server stalled|timed out|the server is not answering",),
+    ) as mount:
+        for parent, name, path in made:
+            os.listdir(mount.path / parent)
+            server.pause()
+            try:
+                failed = finishes_in_time(server, ["mkdir", str(mount.path / parent / name)])
+                assert failed.returncode != 0 and "Input/output error" in failed.stderr, failed
+            finally:
+                server.resume()
+            # The server carries out the request that waited in its socket.
+            wait_until(lambda path=path: on_server(server, path), f"{name} not made")
+            folder = mount.path / parent
+            wait_until(lambda folder=folder, name=name: name in (listed(folder) or ()), f"{name} not listed")
+            assert (mount.path / parent / name).is_dir()
+
+
 def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_process, tmp_path):
     server = fake_xnat_process
     written = b"kept in the spool\n"

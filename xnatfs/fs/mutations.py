@@ -34,7 +34,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import pyfuse3
@@ -45,13 +45,13 @@ from xnatfs.cache.spool import UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
-from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.errors import XnatError, XnatNotFound, XnatUnavailable, XnatUnsupported
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import errno_for, refused
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
-from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey
+from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey, files_key
 from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.names import NAME_MAX, unstorable_reason
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
@@ -142,6 +142,27 @@ class Mutations:
         return await bounded(
             trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter, abandon_on_cancel=True)
         )
+
+    async def change(self, stale: Sequence[ListingKey], function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A blocking client call that changes the server; the raw listings ``stale`` are
+        forgotten after it whether it worked or not.
+
+        A change that failed once it was sent (no answer in time, a dropped
+        connection, a 5xx) may have been carried out all the same, and one the
+        server refused may have met a listing out of date (the label in use, the
+        object gone): either way the next look asks the server rather than show
+        the folder as it was for the rest of the TTL. Only a call refused
+        without asking the server leaves them.
+        """
+        try:
+            result = await self.call(function, *args, **kwargs)
+        except XnatUnavailable:
+            raise
+        except BaseException:
+            self.forget(*stale)
+            raise
+        self.forget(*stale)
+        return result
 
     def forget(self, *keys: ListingKey) -> None:
         for key in keys:
@@ -472,7 +493,15 @@ class Mutations:
             await self.call(self.client.delete_file, resource_uri, relpath)
         except XnatNotFound:
             if not missing_ok:
+                self.forget(files_key(resource_uri))  # gone already: the listing was out of date
                 raise
+        except XnatUnavailable:
+            raise
+        except BaseException:
+            # It may be gone all the same (see change); on success the overlay hides it instead,
+            # so that removing many files does not list their folder again after each.
+            self.forget(files_key(resource_uri))
+            raise
         self.series.forget(resource_uri)
 
     # ---- renaming -----------------------------------------------------

@@ -100,11 +100,13 @@ class WriteContext(Protocol):
     settings: MountSettings
     overlay: Overlay
 
-    async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A blocking client call, in a worker thread under the request's bound."""
+    async def change(self, stale: Sequence[ListingKey], function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A blocking client call that changes the server, in a worker thread under the
+        request's bound; the raw listings ``stale`` are forgotten after it, so the next
+        look asks the server, whether it worked or not (see :meth:`Mutations.change`)."""
 
     def forget(self, *keys: ListingKey) -> None:
-        """Drop raw listings the change made stale, so the next look asks the server."""
+        """Drop raw listings a change made stale, so the next look asks the server."""
 
     async def listing(self, node: Node) -> Listing:
         """A folder's entries as the mount shows them (our own changes included)."""
@@ -416,8 +418,7 @@ class ProjectDir(DirNode):
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
         check_label(name, "creating a subject")
-        await context.call(context.client.create_subject, self.project.id, name)
-        context.forget(*self.stale_keys(name))
+        await context.change(self.stale_keys(name), context.client.create_subject, self.project.id, name)
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
         await delete_record(context, parent, name, context.client.delete_project, self.project.id)
@@ -500,14 +501,14 @@ class SubjectDir(DirNode):
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
         check_label(name, "creating an experiment")
-        await context.call(
+        await context.change(
+            self.stale_keys(name),
             context.client.create_experiment,
             self.project_id,
             self.subject.label,
             name,
             xsi_type=context.settings.experiment_type,
         )
-        context.forget(*self.stale_keys(name))
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
         await delete_record(context, parent, name, context.client.delete_subject, self.project_id, self.subject.label)
@@ -517,8 +518,13 @@ class SubjectDir(DirNode):
     ) -> None:
         check_relabel(same_parent, replaces)
         check_label(new, "renaming a subject")
-        await context.call(context.client.rename_subject, self.project_id, self.subject.label, new)
-        context.forget(*parent.stale_keys(self.subject.label, new))
+        await context.change(
+            parent.stale_keys(self.subject.label, new),
+            context.client.rename_subject,
+            self.project_id,
+            self.subject.label,
+            new,
+        )
 
     def identity(self) -> Hashable:
         return (self.project_id, self.subject.id)
@@ -591,10 +597,14 @@ class ExperimentDir(DirNode):
     ) -> None:
         check_relabel(same_parent, replaces)
         check_label(new, "renaming an experiment")
-        await context.call(
-            context.client.rename_experiment, self.project_id, self.subject_label, self.experiment.label, new
+        await context.change(
+            parent.stale_keys(self.experiment.label, new),
+            context.client.rename_experiment,
+            self.project_id,
+            self.subject_label,
+            self.experiment.label,
+            new,
         )
-        context.forget(*parent.stale_keys(self.experiment.label, new))
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         contents = raws[0]
@@ -703,8 +713,7 @@ class ScanDir(DirNode):
         return (self.experiment.experiment.id, self.scan.id)
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
-        await context.call(context.client.create_resource, self.uri, name)
-        context.forget(*self.listing_keys())
+        await context.change(self.listing_keys(), context.client.create_resource, self.uri, name)
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         scan = next((s for s in raws[0].scans if s.id == self.scan.id), self.scan)
@@ -752,8 +761,7 @@ class ResourcesDir(DirNode):
         return self.owner_uri
 
     async def mkdir(self, context: WriteContext, name: str) -> None:
-        await context.call(context.client.create_resource, self.owner_uri, name)
-        context.forget(*self.listing_keys())
+        await context.change(self.listing_keys(), context.client.create_resource, self.owner_uri, name)
 
     def entries(self, context: ListingContext, raws: tuple[Any, ...]) -> Listing:
         if self.experiment is not None:
@@ -815,8 +823,7 @@ async def delete_record(
             "rmdir %s refused: deleting projects, subjects and experiments needs a mount with --allow-delete",
             name,
         )
-    await context.call(delete, *args)
-    context.forget(*parent.stale_keys(name))
+    await context.change(parent.stale_keys(name), delete, *args)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, slots=True)
@@ -850,9 +857,8 @@ class ResourceDir(InResource, DirNode):
 
     async def rmdir(self, context: WriteContext, parent: DirNode, name: str) -> None:
         await check_empty(context, self)
-        await context.call(context.client.delete_resource, self.resource.uri)
+        await context.change(parent.listing_keys(), context.client.delete_resource, self.resource.uri)
         context.resource_gone(self.resource.uri)
-        context.forget(*parent.listing_keys())
 
     def xattr_values(self) -> dict[str, str]:
         resource = self.resource
