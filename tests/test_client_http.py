@@ -18,6 +18,8 @@ from xnatfs.errors import (
     XnatServerError,
     XnatTimeout,
     XnatUnavailable,
+    XnatUnreachable,
+    never_reached_server,
 )
 
 SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
@@ -496,6 +498,19 @@ def test_an_endless_answer_is_refused_at_the_bound(fake_xnat):
             conn.session.get_json("/data/projects/STUDY01/subjects")
         fake_xnat.endless_answers = None
         assert conn.session.get_json("/data/projects/STUDY01/subjects")["ResultSet"]["Result"]
+
+
+def test_a_refused_connection_is_told_apart_from_a_request_left_unanswered(fake_xnat):
+    with connect(fake_xnat, timeout=1.0, retries=0) as conn:
+        conn.list_projects()
+        fake_xnat.set_faults(stall_ms=3_000, stall_rate=1.0)
+        with pytest.raises(XnatTimeout) as unanswered:
+            conn.create_subject("STUDY01", "SUB079")
+        assert not never_reached_server(unanswered.value)  # the server may have made it
+        fake_xnat.close()
+        with pytest.raises(XnatUnreachable) as refused:
+            conn.create_subject("STUDY01", "SUB080")
+        assert never_reached_server(refused.value)
 
 
 def test_a_silent_server_gives_up_within_the_budget_and_then_fails_fast(fake_xnat):

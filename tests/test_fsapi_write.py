@@ -322,6 +322,16 @@ def test_a_file_deleted_behind_the_mount_is_enoent_at_rm_and_goes_from_the_listi
     run_fs(body)
 
 
+def test_a_change_that_never_reached_the_server_keeps_its_folder_browsable(fake_xnat, run_fs):
+    async def body(fs):
+        before = await fs.listdir("STUDY01")
+        fake_xnat.close()  # connections are refused from now on
+        assert await errno_of(fs.mkdir("STUDY01/SUB078")) == errno.EIO
+        assert await fs.listdir("STUDY01") == before  # the listing held, not EIO
+
+    run_fs(body, expected_errors=[r"mkdir failed"])
+
+
 def test_allow_delete_lets_rmdir_delete_experiments_subjects_and_projects(conn, run_fs):
     async def body(fs):
         await fs.rmdir("STUDY01/SUB003/SUB003_MR1")

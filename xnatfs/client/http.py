@@ -62,6 +62,7 @@ from xnatfs.errors import (
     XnatPermissionError,
     XnatServerError,
     XnatTimeout,
+    XnatUnreachable,
     XnatUnsupported,
     redact_url,
 )
@@ -490,7 +491,9 @@ class XnatSession:
                     if self._pause(attempt, method, url, _describe(exc)):
                         attempt += 1
                         continue
-                kind = XnatTimeout if _timed_out(exc) else XnatServerError
+                kind = (
+                    XnatTimeout if _timed_out(exc) else XnatUnreachable if _nothing_was_sent(exc) else XnatServerError
+                )
                 raise kind(f"{method} failed: {_describe(exc)}", url=url) from exc
             self.breaker.answered()
             status = response.status_code

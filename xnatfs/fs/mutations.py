@@ -45,7 +45,7 @@ from xnatfs.cache.spool import UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
-from xnatfs.errors import XnatError, XnatNotFound, XnatUnavailable, XnatUnsupported
+from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported, never_reached_server
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import errno_for, refused
@@ -151,15 +151,15 @@ class Mutations:
         connection, a 5xx) may have been carried out all the same, and one the
         server refused may have met a listing out of date (the label in use, the
         object gone): either way the next look asks the server rather than show
-        the folder as it was for the rest of the TTL. Only a call refused
-        without asking the server leaves them.
+        the folder as it was for the rest of the TTL. Only a call that never
+        reached the server (refused without asking, no connection) leaves them,
+        so a folder listed before the server went away can still be browsed.
         """
         try:
             result = await self.call(function, *args, **kwargs)
-        except XnatUnavailable:
-            raise
-        except BaseException:
-            self.forget(*stale)
+        except BaseException as exc:
+            if not never_reached_server(exc):
+                self.forget(*stale)
             raise
         self.forget(*stale)
         return result
@@ -495,12 +495,11 @@ class Mutations:
             if not missing_ok:
                 self.forget(files_key(resource_uri))  # gone already: the listing was out of date
                 raise
-        except XnatUnavailable:
-            raise
-        except BaseException:
+        except BaseException as exc:
             # It may be gone all the same (see change); on success the overlay hides it instead,
             # so that removing many files does not list their folder again after each.
-            self.forget(files_key(resource_uri))
+            if not never_reached_server(exc):
+                self.forget(files_key(resource_uri))
             raise
         self.series.forget(resource_uri)
 
