@@ -9,6 +9,7 @@ import pytest
 from fakeutil import fault_seed
 from xnatfs.client import XnatConnection
 from xnatfs.client.budget import Budget, bounded_by
+from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.client.http import MAX_RENEWALS_PER_REQUEST, XnatSession, parse_json
 from xnatfs.errors import (
     XnatAnswerTooLarge,
@@ -18,8 +19,6 @@ from xnatfs.errors import (
     XnatServerError,
     XnatTimeout,
     XnatUnavailable,
-    XnatUnreachable,
-    never_reached_server,
 )
 
 SCAN_DICOM = "/data/experiments/XNAT_E00001/scans/2/resources/DICOM"
@@ -500,17 +499,25 @@ def test_an_endless_answer_is_refused_at_the_bound(fake_xnat):
         assert conn.session.get_json("/data/projects/STUDY01/subjects")["ResultSet"]["Result"]
 
 
-def test_a_refused_connection_is_told_apart_from_a_request_left_unanswered(fake_xnat):
+def test_changes_that_may_have_reached_the_server_are_counted(fake_xnat):
     with connect(fake_xnat, timeout=1.0, retries=0) as conn:
-        conn.list_projects()
-        fake_xnat.set_faults(stall_ms=3_000, stall_rate=1.0)
-        with pytest.raises(XnatTimeout) as unanswered:
+        sent = SentChanges()
+        with watching_changes(sent):
+            conn.list_subjects("STUDY01")  # and the login before it
+        assert sent.count == 0
+        with watching_changes(sent):
             conn.create_subject("STUDY01", "SUB079")
-        assert not never_reached_server(unanswered.value)  # the server may have made it
+        assert sent.count == 1
+        conn.create_subject("STUDY01", "SUB080")  # not watched
+        assert sent.count == 1
+        fake_xnat.set_faults(stall_ms=3_000, stall_rate=1.0)
+        with watching_changes(sent), pytest.raises(XnatTimeout):
+            conn.create_subject("STUDY01", "SUB081")
+        assert sent.count == 2  # unanswered: the server may have made it
         fake_xnat.close()
-        with pytest.raises(XnatUnreachable) as refused:
-            conn.create_subject("STUDY01", "SUB080")
-        assert never_reached_server(refused.value)
+        with watching_changes(sent), pytest.raises(XnatServerError):
+            conn.create_subject("STUDY01", "SUB082")
+        assert sent.count == 2  # no connection: nothing reached the server
 
 
 def test_a_silent_server_gives_up_within_the_budget_and_then_fails_fast(fake_xnat):

@@ -175,6 +175,28 @@ def test_changes_the_stopped_server_made_after_all_show_without_waiting_for_the_
             assert (mount.path / parent / name).is_dir()
 
 
+def test_a_change_that_failed_before_it_was_sent_leaves_the_listing_shown(fake_xnat_process, tmp_path):
+    """``rm`` asks whether the file is there before deleting it: when that goes unanswered
+    nothing was deleted, and the folder's listing is still shown while the server is stopped."""
+    server = fake_xnat_process
+    with mounted(
+        server.url,
+        tmp_path,
+        ttl=600,
+        args=("--timeout", str(TIMEOUT)),
+        expected_errors=(r"server stalled|timed out|the server is not answering",),
+    ) as mount:
+        names = sorted(os.listdir(mount.path / QC))
+        server.pause()
+        try:
+            failed = finishes_in_time(server, ["rm", str(mount.path / QC / names[0])])
+            assert failed.returncode != 0 and "Input/output error" in failed.stderr, failed
+            listing = finishes_in_time(server, ["ls", "-1", str(mount.path / QC)])
+            assert listing.returncode == 0 and listing.stdout.split() == names, listing
+        finally:
+            server.resume()
+
+
 def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_process, tmp_path):
     server = fake_xnat_process
     written = b"kept in the spool\n"

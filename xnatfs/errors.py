@@ -87,15 +87,6 @@ class XnatUnavailable(XnatServerError):
     """Refused without asking: the server has just failed several requests in a row."""
 
 
-class XnatUnreachable(XnatServerError):
-    """No connection could be made (refused, no route, no such host): the request never left."""
-
-
-def never_reached_server(exc: BaseException) -> bool:
-    """Whether ``exc`` says the request it ended never reached the server, so changed nothing there."""
-    return isinstance(exc, (XnatUnavailable, XnatUnreachable))
-
-
 class XnatAnswerTooLarge(XnatServerError):
     """An answer to be held in memory was larger than allowed."""
 

@@ -50,6 +50,7 @@ from xnatfs import __version__
 from xnatfs.client.activity import RequestActivity
 from xnatfs.client.breaker import CircuitBreaker
 from xnatfs.client.budget import current_budget, note_progress
+from xnatfs.client.changes import note_change_sent
 from xnatfs.client.credentials import Credentials
 from xnatfs.errors import (
     XnatAnswerTooLarge,
@@ -62,7 +63,6 @@ from xnatfs.errors import (
     XnatPermissionError,
     XnatServerError,
     XnatTimeout,
-    XnatUnreachable,
     XnatUnsupported,
     redact_url,
 )
@@ -428,6 +428,7 @@ class XnatSession:
                 session_id=session_id,
                 auth=auth,
                 repeat_after_500=repeat_after_500,
+                changes=method not in SAFE_METHODS,
             )
             repeated_before = repeated_before or repeated
             status = response.status_code
@@ -462,9 +463,13 @@ class XnatSession:
         timeout: float | None = None,
         stream: bool = False,
         repeat_after_500: bool = False,
+        changes: bool = False,
         **kwargs: Any,
     ) -> tuple[requests.Response, bool]:
-        """Send, repeating what may be repeated; the answer, and whether it took more than one attempt."""
+        """Send, repeating what may be repeated; the answer, and whether it took more than one attempt.
+
+        ``changes``: the request may change the server, and each attempt that may
+        have reached it is noted (:mod:`xnatfs.client.changes`)."""
         data = kwargs.get("data")
         start = _position(data)
         longest_wait = self.timeout if timeout is None else timeout
@@ -476,12 +481,16 @@ class XnatSession:
             try:
                 # Always streamed, so that an answer kept in memory is read with a bound.
                 response = self._send(method, url, stream=True, timeout=wait, session_id=session_id, **kwargs)
+                if changes:
+                    note_change_sent()
                 if not stream:
                     self._load_body(response, method, url)
             except requests.exceptions.SSLError as exc:
                 raise XnatServerError(f"{method} failed: TLS handshake or certificate check failed", url=url) from exc
             except (*_TRANSIENT, _TruncatedBody) as exc:
                 self._note_failure(exc)
+                if changes and not _nothing_was_sent(exc):
+                    note_change_sent()
                 may_repeat = idempotent or _nothing_was_sent(exc)
                 if may_repeat and attempt < retries and _rewind(data, start):
                     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -491,9 +500,7 @@ class XnatSession:
                     if self._pause(attempt, method, url, _describe(exc)):
                         attempt += 1
                         continue
-                kind = (
-                    XnatTimeout if _timed_out(exc) else XnatUnreachable if _nothing_was_sent(exc) else XnatServerError
-                )
+                kind = XnatTimeout if _timed_out(exc) else XnatServerError
                 raise kind(f"{method} failed: {_describe(exc)}", url=url) from exc
             self.breaker.answered()
             status = response.status_code

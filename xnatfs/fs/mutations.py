@@ -43,9 +43,10 @@ import trio
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
+from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
-from xnatfs.errors import XnatError, XnatNotFound, XnatUnsupported, never_reached_server
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import errno_for, refused
@@ -143,25 +144,47 @@ class Mutations:
             trio.to_thread.run_sync(lambda: function(*args, **kwargs), limiter=self.limiter, abandon_on_cancel=True)
         )
 
-    async def change(self, stale: Sequence[ListingKey], function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking client call that changes the server; the raw listings ``stale`` are
-        forgotten after it whether it worked or not.
+    async def change(
+        self,
+        stale: Sequence[ListingKey],
+        function: Callable[..., T],
+        *args: Any,
+        forget_when_done: bool = True,
+        **kwargs: Any,
+    ) -> T:
+        """A blocking client call that changes the server; the raw listings ``stale``
+        are forgotten after it (unless ``forget_when_done`` is false and it worked),
+        and after a failure that leaves them in doubt.
 
-        A change that failed once it was sent (no answer in time, a dropped
-        connection, a 5xx) may have been carried out all the same, and one the
-        server refused may have met a listing out of date (the label in use, the
-        object gone): either way the next look asks the server rather than show
-        the folder as it was for the rest of the TTL. Only a call that never
-        reached the server (refused without asking, no connection) leaves them,
-        so a folder listed before the server went away can still be browsed.
+        A change that failed once one of its changing requests may have reached
+        the server (no answer in time, a dropped connection, a 5xx) may have been
+        carried out all the same, and one the server refused with 404 or 409 met
+        a listing out of date: either way the next look asks the server rather
+        than show the folder as it was for the rest of the TTL. A call that
+        failed before any changing request went out (no connection, the mount
+        failing fast, an unanswered GET asked first) changed nothing and leaves
+        them, so a folder listed before the server went away is still browsed.
         """
+        sent = SentChanges()
+        finished = False
+
+        def watched() -> T:
+            nonlocal finished
+            with watching_changes(sent):
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    finished = True
+
         try:
-            result = await self.call(function, *args, **kwargs)
+            result = await self.call(watched)
         except BaseException as exc:
-            if not never_reached_server(exc):
+            # Not finished: the request was given up while the call goes on, and may change the server yet.
+            if sent.count or not finished or isinstance(exc, (XnatNotFound, XnatConflict)):
                 self.forget(*stale)
             raise
-        self.forget(*stale)
+        if forget_when_done:
+            self.forget(*stale)
         return result
 
     def forget(self, *keys: ListingKey) -> None:
@@ -490,17 +513,14 @@ class Mutations:
 
     async def _delete_on_server(self, resource_uri: str, relpath: str, *, missing_ok: bool) -> None:
         try:
-            await self.call(self.client.delete_file, resource_uri, relpath)
+            # Once deleted, the overlay hides the file: removing many files does
+            # not list their folder again after each.
+            await self.change(
+                (files_key(resource_uri),), self.client.delete_file, resource_uri, relpath, forget_when_done=False
+            )
         except XnatNotFound:
             if not missing_ok:
-                self.forget(files_key(resource_uri))  # gone already: the listing was out of date
                 raise
-        except BaseException as exc:
-            # It may be gone all the same (see change); on success the overlay hides it instead,
-            # so that removing many files does not list their folder again after each.
-            if not never_reached_server(exc):
-                self.forget(files_key(resource_uri))
-            raise
         self.series.forget(resource_uri)
 
     # ---- renaming -----------------------------------------------------
