@@ -332,6 +332,19 @@ def test_a_change_that_never_reached_the_server_keeps_its_folder_browsable(fake_
     run_fs(body, expected_errors=[r"mkdir failed"])
 
 
+def test_a_mkdir_whose_answer_never_came_shows_what_the_server_did(fake_xnat, conn, run_fs):
+    async def body(fs):
+        await fs.listdir("STUDY01")
+        await errno_of(fs.stat("STUDY01/SUB093"))  # the kernel would keep this answer
+        fake_xnat.set_faults(stall_ms=3_000, stall_rate=1.0, methods=("PUT",))  # made, answered late
+        assert await errno_of(fs.mkdir("STUDY01/SUB093")) == errno.EIO
+        assert "SUB093" in {s.label for s in conn.list_subjects("STUDY01")}
+        assert "SUB093" in await fs.listdir("STUDY01")
+        assert "SUB093" in fs.kernel.invalidated_names()
+
+    run_fs(body, timeout=1.0, expected_errors=[r"mkdir failed"])
+
+
 def test_allow_delete_lets_rmdir_delete_experiments_subjects_and_projects(conn, run_fs):
     async def body(fs):
         await fs.rmdir("STUDY01/SUB003/SUB003_MR1")

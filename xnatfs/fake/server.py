@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +56,7 @@ class FaultInjector:
         stall_ms: float = 0,
         stall_rate: float = 0.0,
         seed: int | None = None,
+        methods: Collection[str] = (),
     ) -> None:
         for name, rate in (
             ("error_rate", error_rate),
@@ -72,10 +74,13 @@ class FaultInjector:
             self.stall_seconds = stall_ms / 1000.0
             self.stall_rate = stall_rate
             self._random = random.Random(seed)
+            self.methods = frozenset(m.upper() for m in methods)
 
-    def pick(self) -> Fault:
+    def pick(self, method: str) -> Fault:
         with self._lock:
             fault = Fault()
+            if self.methods and method not in self.methods:
+                return fault
             if self.stall_rate and self._random.random() < self.stall_rate:
                 fault.stall = self.stall_seconds
             roll = self._random.random()
@@ -214,6 +219,7 @@ class FakeXnat:
         stall_ms: float = 0,
         stall_rate: float = 0.0,
         seed: int | None = None,
+        methods: Collection[str] = (),
     ) -> None:
         """Make a fraction of answers fail; call with no arguments to switch faults off.
 
@@ -222,9 +228,12 @@ class FakeXnat:
         connection is reset in the middle of the answer. ``truncate_rate``:
         carried out, but the connection closes before the whole answer
         (Content-Length promises more than is sent). ``stall_rate``: the answer
-        waits ``stall_ms`` first.
+        waits ``stall_ms`` first. ``methods``: only requests of these methods
+        (``("PUT",)``, say) get faults; all of them when empty.
         """
-        self._faults.configure(error_rate, error_statuses, drop_rate, truncate_rate, stall_ms, stall_rate, seed)
+        self._faults.configure(
+            error_rate, error_statuses, drop_rate, truncate_rate, stall_ms, stall_rate, seed, methods
+        )
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:
@@ -308,7 +317,7 @@ class FakeXnat:
         for prefix, seconds in list(self.slow_answers.items()):
             if request.target.startswith(prefix):
                 time.sleep(seconds)
-        fault = self._faults.pick()
+        fault = self._faults.pick(request.method)
         try:
             if fault.error_status:
                 response = error_page(fault.error_status, "The server could not complete the request.")

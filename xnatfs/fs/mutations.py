@@ -34,7 +34,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, BinaryIO, TypeVar
 
 import pyfuse3
@@ -64,6 +66,20 @@ from xnatfs.fs.writing import Writer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The kernel's entries (folder inode, name) a request's change is about: after a change
+# left in doubt they are dropped with the listings (see Mutations.change).
+_in_play: ContextVar[tuple[tuple[int, str], ...]] = ContextVar("xnatfs_names_in_play", default=())
+
+
+@contextmanager
+def _names_in_play(*entries: tuple[int, str]) -> Iterator[None]:
+    token = _in_play.set(entries)
+    try:
+        yield
+    finally:
+        _in_play.reset(token)
+
 
 READ_CHUNK = 1 << 20
 
@@ -116,6 +132,7 @@ class Mutations:
         cache: ContentCache,
         hot: HotFiles,
         cache_key: Callable[[RemoteFile], CacheKey],
+        drop_kernel_entry: Callable[[int, str], None],
     ):
         self.read = read
         self.settings = settings
@@ -133,6 +150,7 @@ class Mutations:
         self.cache = cache
         self.hot = hot
         self.cache_key = cache_key
+        self.drop_kernel_entry = drop_kernel_entry
 
     # ---- the node kinds' write context --------------------------------
 
@@ -182,6 +200,9 @@ class Mutations:
             # Not finished: the request was given up while the call goes on, and may change the server yet.
             if sent.count or not finished or isinstance(exc, (XnatNotFound, XnatConflict)):
                 self.forget(*stale)
+                # The kernel's entries for the names too: it keeps them for the TTL.
+                for parent_inode, name in _in_play.get():
+                    self.drop_kernel_entry(parent_inode, name)
             raise
         if forget_when_done:
             self.forget(*stale)
@@ -484,7 +505,8 @@ class Mutations:
         text = self._new_name(name, "mkdir")
         if await self.read.child(pnode, text) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        await pnode.mkdir(self, text)
+        with _names_in_play((parent_inode, text)):
+            await pnode.mkdir(self, text)
         node = await self.read.child(pnode, text)
         if node is None:
             raise refused(errno.EIO, "mkdir %s: created, but the server does not list it", text)
@@ -496,7 +518,8 @@ class Mutations:
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._check_writable(node, f"rmdir {text}")
-        await node.rmdir(self, pnode, text)
+        with _names_in_play((parent_inode, text)):
+            await node.rmdir(self, pnode, text)
         # Descriptors open on files that were in it keep its inode alive in the kernel,
         # marked dead: a folder made again under the name needs a number of its own.
         self.inodes.detach(parent.path + (text,))
@@ -508,7 +531,8 @@ class Mutations:
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._check_writable(node, f"deleting {text}")
-        await node.unlink(self)
+        with _names_in_play((parent_inode, text)):
+            await node.unlink(self)
         self.inodes.detach(parent.path + (text,))
 
     async def _delete_on_server(self, resource_uri: str, relpath: str, *, missing_ok: bool) -> None:
@@ -546,10 +570,13 @@ class Mutations:
         if existing is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
         old_path, new_path = old_parent.path + (old,), new_parent.path + (new,)
-        if node.is_dir:
-            await node.rename(self, old_pnode, new, same_parent=parent_inode_old == parent_inode_new, replaces=existing)
-        else:
-            new_node = await self._move_file(node, new_pnode, new, existing)
+        with _names_in_play((parent_inode_old, old), (parent_inode_new, new)):
+            if node.is_dir:
+                same_parent = parent_inode_old == parent_inode_new
+                await node.rename(self, old_pnode, new, same_parent=same_parent, replaces=existing)
+            else:
+                new_node = await self._move_file(node, new_pnode, new, existing)
+        if not node.is_dir:
             if existing is not None:
                 self.inodes.detach(new_path)
             self.inodes.move(old_path, new_path)

@@ -170,12 +170,17 @@ class XnatOperations(pyfuse3.Operations):
             cache=cache,
             hot=self.hot,
             cache_key=self.cache_key,
+            drop_kernel_entry=self._drop_kernel_entry,
         )
         self.bids: BidsView | None = None  # when the mount shows a BIDS view
         self.cache_hits = 0  # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
+
+    def _drop_kernel_entry(self, parent_inode: int, name: str) -> None:
+        """Queue the drop of the kernel's entry ``name`` in ``parent_inode`` (safe inside a handler)."""
+        self.kernel.invalidate_entry_async(pyfuse3.InodeT(parent_inode), os.fsencode(name))
 
     def _entry(self, inode: int) -> InodeEntry:
         entry = self.inodes.get(inode)
