@@ -144,6 +144,17 @@ def on_server(server, path: str) -> bool:
     return answer.status_code == 200
 
 
+def mounted_keeping_listings(server, tmp_path):
+    """A mount that keeps listings for 600 s: what it shows changes only when it forgets them itself."""
+    return mounted(
+        server.url,
+        tmp_path,
+        ttl=600,
+        args=("--timeout", str(TIMEOUT)),
+        expected_errors=(r"server stalled|timed out|the server is not answering",),
+    )
+
+
 def test_changes_the_stopped_server_made_after_all_show_without_waiting_for_the_ttl(fake_xnat_process, tmp_path):
     """A change whose request went out before the server stopped fails at the caller, and the
     server may still carry it out once it runs again: the mount must not go on showing the
@@ -153,13 +164,7 @@ def test_changes_the_stopped_server_made_after_all_show_without_waiting_for_the_
         ("STUDY01/SUB001", "SUB001_MR9", "/data/projects/STUDY01/subjects/SUB001/experiments/SUB001_MR9"),
         ("STUDY01", "SUB077", "/data/projects/STUDY01/subjects/SUB077"),
     )
-    with mounted(
-        server.url,
-        tmp_path,
-        ttl=600,
-        args=("--timeout", str(TIMEOUT)),
-        expected_errors=(r"server stalled|timed out|the server is not answering",),
-    ) as mount:
+    with mounted_keeping_listings(server, tmp_path) as mount:
         for parent, name, path in made:
             os.listdir(mount.path / parent)
             server.pause()
@@ -179,13 +184,7 @@ def test_a_change_that_failed_before_it_was_sent_leaves_the_listing_shown(fake_x
     """``rm`` asks whether the file is there before deleting it: when that goes unanswered
     nothing was deleted, and the folder's listing is still shown while the server is stopped."""
     server = fake_xnat_process
-    with mounted(
-        server.url,
-        tmp_path,
-        ttl=600,
-        args=("--timeout", str(TIMEOUT)),
-        expected_errors=(r"server stalled|timed out|the server is not answering",),
-    ) as mount:
+    with mounted_keeping_listings(server, tmp_path) as mount:
         names = sorted(os.listdir(mount.path / QC))
         server.pause()
         try:
