@@ -31,9 +31,9 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
 
 # "2026-01-01 12:00:00,000 1234 ERROR xnatfs.fs.errno: message", as xnatfs.cli formats its log.
-# pyfuse3's line when the kernel no longer waits for the answer to a release: a file closed just
-# before the unmount is released while the connection is being torn down. Nothing is lost.
-RELEASE_AFTER_UNMOUNT = r"^fuse_release\(\): fuse_reply_\* failed with No such file or directory$"
+# pyfuse3's line when the kernel no longer waits for the answer to a release: a file or folder
+# closed just before the unmount is released while the connection is being torn down. Nothing is lost.
+RELEASE_AFTER_UNMOUNT = r"^fuse_release(dir)?\(\): fuse_reply_\* failed with No such file or directory$"
 LOG_RECORD = re.compile(r"^\S+ \S+ \d+ (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$")
 
 
