@@ -576,14 +576,13 @@ class Mutations:
                 await node.rename(self, old_pnode, new, same_parent=same_parent, replaces=existing)
             else:
                 new_node = await self._move_file(node, new_pnode, new, existing)
-        if not node.is_dir:
-            if existing is not None:
-                self.inodes.detach(new_path)
-            self.inodes.move(old_path, new_path)
-            moved = self.inodes.number_of(new_path)
-            if moved is not None:
-                self.inodes.update(moved, new_node)
-            return
+                if existing is not None:
+                    self.inodes.detach(new_path)
+                self.inodes.move(old_path, new_path)
+                moved = self.inodes.number_of(new_path)
+                if moved is not None:
+                    self.inodes.update(moved, new_node)
+                return
         self.inodes.move(old_path, new_path)
 
     async def _move_file(self, node: Node, new_pnode: Node, new: str, existing: Node | None) -> Node:

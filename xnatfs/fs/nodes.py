@@ -103,7 +103,8 @@ class WriteContext(Protocol):
     async def change(self, stale: Sequence[ListingKey], function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A blocking client call that changes the server, in a worker thread under the
         request's bound; the raw listings ``stale`` are forgotten after it, so the next
-        look asks the server, whether it worked or not (see :meth:`Mutations.change`)."""
+        look asks the server, unless it failed before anything that changes the server
+        was sent (see :meth:`Mutations.change`)."""
 
     def forget(self, *keys: ListingKey) -> None:
         """Drop raw listings a change made stale, so the next look asks the server."""
