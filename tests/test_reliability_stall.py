@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -277,3 +278,99 @@ def test_mounting_a_stopped_server_fails_in_time(fake_xnat_process, tmp_path):
         server.resume()
     assert started.returncode != 0 and "timed out" in started.stderr, started
     assert not fuse_mounted(mountpoint)
+
+
+# Long: a killed caller must not have to wait for it.
+KILL_TIMEOUT = 120.0
+
+WRITE_THEN_DIE = (
+    "import os, signal, sys\n"
+    "f = open(sys.argv[1], 'wb')\n"
+    "f.write(b'written by a process killed before its close' * 100)\n"
+    "f.flush()\n"
+    "os.kill(os.getpid(), int(sys.argv[2]))\n"  # its files are closed as it dies
+)
+WRITE_THEN_EXIT = "import sys\nopen(sys.argv[1], 'wb').write(b'written before a normal exit' * 100)\n"
+
+
+def waiting_for_the_mount(process: subprocess.Popen) -> bool:
+    try:
+        return Path(f"/proc/{process.pid}/wchan").read_text() == "request_wait_answer"
+    except OSError:
+        return False
+
+
+def killed_in_time(server, command: list[str], sig: signal.Signals) -> int:
+    """Start ``command``, send it ``sig`` once it waits for the mount, and return its exit status;
+    fail the test if it has not died within BOUND seconds of the signal."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: waiting_for_the_mount(process), f"{command} is not waiting for the mount", limit=BOUND)
+        process.send_signal(sig)
+        return process.wait(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{command} was still alive {BOUND} s after {sig.name} while the server was stopped")
+    finally:
+        server.resume()
+        process.kill()
+        process.wait()
+
+
+def test_a_caller_killed_while_the_server_is_stopped_dies_at_once(fake_xnat_process, tmp_path):
+    """A process waiting for the mount cannot die until it is answered, even after SIGKILL. With
+    the server stopped and a long ``--timeout``, ``kill -9``, and a signal the program does not
+    catch (as Ctrl-C of ``md5sum``), must end it at once, whether it waits for file bytes, a
+    listing, a change or the upload at its last close, and what it wrote still reaches the server."""
+    server = fake_xnat_process
+    files = server_files(server)
+    read_path = sorted(p for p in files if p.startswith(f"{SESSION}/SCANS/2-"))[0]
+    no_early_zip = write_config(tmp_path / "config.toml", series_early_size=0)
+    with mounted(
+        server.url,
+        tmp_path,
+        args=("--timeout", str(KILL_TIMEOUT), *no_early_zip),
+        expected_errors=(r"timed out",),
+    ) as mount:
+        os.listdir((mount.path / read_path).parent)
+        os.listdir(mount.path / QC)
+        os.listdir(mount.path / "STUDY01")
+        callers = (
+            (["md5sum", str(mount.path / read_path)], signal.SIGKILL),
+            (["ls", "-R", str(mount.path / "STUDY02")], signal.SIGTERM),
+            (["mkdir", str(mount.path / "STUDY01" / "SUB077")], signal.SIGKILL),
+            ([sys.executable, "-c", WRITE_THEN_DIE, str(mount.path / QC / "killed.txt"), "9"], None),
+        )
+        for command, sig in callers:
+            server.pause()
+            if sig is None:
+                # It kills itself; its close waits for the upload as it dies.
+                process = subprocess.Popen(command)
+                try:
+                    status = process.wait(timeout=BOUND)
+                finally:
+                    server.resume()
+                    process.kill()
+                assert status == -signal.SIGKILL
+            else:
+                assert killed_in_time(server, command, sig) == -sig, command
+        wanted = b"written by a process killed before its close" * 100
+        assert wait_until(lambda: server_copy(server, "killed.txt") == wanted, "killed.txt not uploaded")
+        assert md5_or_none(mount.path / read_path) == files[read_path].digest
+
+
+def test_a_process_that_exits_normally_waits_for_the_upload_of_its_last_close(fake_xnat_process, tmp_path):
+    """Only a killed caller is answered early: the close at a normal exit still waits for the
+    upload, so once the process is gone its file is on the server."""
+    server = fake_xnat_process
+    with mounted(server.url, tmp_path, args=("--timeout", str(KILL_TIMEOUT))) as mount:
+        os.listdir(mount.path / QC)
+        server.pause()
+        process = subprocess.Popen([sys.executable, "-c", WRITE_THEN_EXIT, str(mount.path / QC / "exited.txt")])
+        try:
+            wait_until(lambda: waiting_for_the_mount(process), "the writer is not waiting for the mount", limit=BOUND)
+            time.sleep(2 * TIMEOUT)  # several checks of its caller go by meanwhile
+            assert process.poll() is None, "the close at exit was answered before the upload"
+        finally:
+            server.resume()
+        assert process.wait(timeout=BOUND) == 0
+        assert server_copy(server, "exited.txt") == b"written before a normal exit" * 100

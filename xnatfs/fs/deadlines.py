@@ -11,6 +11,9 @@ stuck in a socket call (that thread is abandoned; its socket
 timeout ends it soon after, and it keeps its limiter slot until then, so
 stuck threads never outnumber the workers). A download that keeps receiving
 bytes pushes the deadline on, so it is never cut while it moves.
+
+A request whose caller was killed while it waits is given up at once
+(:mod:`xnatfs.fs.callers`): its process cannot die before it is answered.
 """
 
 from __future__ import annotations
@@ -20,17 +23,36 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
+import pyfuse3
 import trio
 
 from xnatfs.client.budget import Budget, current_budget, enter_budget, leave_budget
 from xnatfs.errors import XnatTimeout
+from xnatfs.fs.callers import current_caller, enter_caller, is_killed, leave_caller
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
-# How often requests are checked for a spent budget: the bound is kept to
-# within this much (or a quarter of the timeout, if that is less).
-LONGEST_CHECK_INTERVAL = 1.0
+# How often waiting requests are checked for a spent budget and a killed
+# caller: the bound is kept to within this much (or a quarter of the
+# timeout, if that is less), and a killed caller dies within it.
+LONGEST_CHECK_INTERVAL = 0.25
+
+
+class CallerKilled(Exception):
+    """The process that made the request was killed while the request waited."""
+
+
+class _Wait:
+    """One place a request waits: its budget, the budget of the work it waits for, its caller."""
+
+    __slots__ = ("budget", "caller", "caller_killed", "moving")
+
+    def __init__(self, budget: Budget, moving: Budget | None, caller: int | None):
+        self.budget = budget
+        self.moving = moving
+        self.caller = caller
+        self.caller_killed = False
 
 
 class RequestDeadlines:
@@ -43,29 +65,50 @@ class RequestDeadlines:
 
     def __init__(self, timeout: float):
         self.timeout = timeout
-        # Each wait: its request's budget, and the budget of the work it waits for, if another runs it.
-        self._waiting: dict[trio.CancelScope, tuple[Budget, Budget | None]] = {}
+        self._waiting: dict[trio.CancelScope, _Wait] = {}
 
     async def run(self, method: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``await method(*args, **kwargs)`` as one request under its own budget."""
+        """``await method(*args, **kwargs)`` as one request under its own budget.
+
+        Its caller is the process of the request context among ``args``, if
+        any; a handler without one names it with :func:`asked_by`.
+        """
         budget_token = enter_budget(Budget(self.timeout))
         own_token = _deadlines.set(self)
+        caller_token = enter_caller(_caller_in(args))
         try:
             return await method(*args, **kwargs)
         finally:
+            leave_caller(caller_token)
             _deadlines.reset(own_token)
             leave_budget(budget_token)
 
     async def watch(self) -> None:
-        """Give up the waits whose request's budget is spent; runs until cancelled."""
+        """Give up the waits whose request's budget is spent or whose caller was killed; runs until cancelled."""
         interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
         while True:
             await trio.sleep(interval)
-            for scope, (budget, moving) in list(self._waiting.items()):
-                if moving is not None:
-                    budget.take_progress_of(moving)
-                if budget.remaining() <= 0:
+            for scope, wait in list(self._waiting.items()):
+                if wait.moving is not None:
+                    wait.budget.take_progress_of(wait.moving)
+                if wait.caller is not None and is_killed(wait.caller):
+                    wait.caller_killed = True
                     scope.cancel()
+                elif wait.budget.remaining() <= 0:
+                    scope.cancel()
+
+
+def _caller_in(args: tuple[object, ...]) -> int | None:
+    for arg in args:
+        if isinstance(arg, pyfuse3.RequestContext):
+            return arg.pid
+    return None
+
+
+def asked_by(tid: int | None) -> None:
+    """The request being answered came from thread ``tid`` (for handlers FUSE gives no caller:
+    the thread that opened the file). Lasts until the request ends."""
+    enter_caller(tid)
 
 
 _deadlines: ContextVar[RequestDeadlines | None] = ContextVar("xnatfs_deadlines", default=None)
@@ -87,12 +130,15 @@ async def bounded(awaitable: Coroutine[Any, Any, T], *, moving: Budget | None = 
     if budget.remaining() <= 0:
         awaitable.close()
         raise _timeout(budget)
+    wait = _Wait(budget, moving, current_caller())
     with trio.CancelScope() as scope:
-        deadlines._waiting[scope] = (budget, moving)
+        deadlines._waiting[scope] = wait
         try:
             return await awaitable
         finally:
             del deadlines._waiting[scope]
+    if wait.caller_killed:
+        raise CallerKilled(f"process {wait.caller} was killed while its request waited")
     raise _timeout(budget)
 
 

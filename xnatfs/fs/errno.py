@@ -27,7 +27,7 @@ from xnatfs.errors import (
     XnatUnavailable,
     XnatUnsupported,
 )
-from xnatfs.fs.deadlines import RequestDeadlines
+from xnatfs.fs.deadlines import CallerKilled, RequestDeadlines
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ def errno_for(exc: BaseException) -> int:
         exc = exc.exceptions[0]
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
+    if isinstance(exc, CallerKilled):
+        return errno.EINTR  # seen by nobody: the process dies with it
     if isinstance(exc, XnatError):
         for kind, code in _BY_TYPE:
             if isinstance(exc, kind):
@@ -105,7 +107,9 @@ def to_fuse_error(exc: BaseException, operation: str) -> pyfuse3.FUSEError:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc
     code = errno_for(exc)
-    if isinstance(exc, XnatUnavailable):
+    if isinstance(exc, CallerKilled):
+        logger.info("%s given up: %s", operation, exc)
+    elif isinstance(exc, XnatUnavailable):
         logger.debug("%s: %s", operation, exc)  # the stall was logged once when it began
     elif isinstance(exc, XnatTimeout):
         _timeouts.log(operation, exc)

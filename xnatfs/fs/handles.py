@@ -3,8 +3,10 @@
 One object holds every table about open things, so a handler asks it
 rather than keeping bookkeeping of its own: which handle reads or writes
 what, which inodes have open files (an entry unlinked while open keeps
-serving its descriptors), and which version of a file the kernel was last
-served per inode (its page cache may be kept only for the same bytes).
+serving its descriptors), which thread opened each file (FUSE names no
+caller for a read or a close, see :mod:`xnatfs.fs.callers`), and which
+version of a file the kernel was last served per inode (its page cache may
+be kept only for the same bytes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 import pyfuse3
 
 from xnatfs.cache.content import CacheKey
+from xnatfs.fs.callers import current_caller
 from xnatfs.fs.local import LocalHandle
 from xnatfs.fs.nodes import Node
 from xnatfs.fs.reading import FileReader
@@ -29,6 +32,7 @@ class OpenHandles:
         self._next = 1
         self._files: dict[int, FileReader | LocalHandle] = {}
         self._file_inodes: dict[int, int] = {}  # file handle → its inode
+        self._openers: dict[int, int | None] = {}  # file handle → the thread that opened it
         self._opened: Counter[int] = Counter()  # inode → open file handles on it
         self._folders: dict[int, tuple[tuple[str, ...], Dots, Entries]] = {}
         self._last_served: dict[int, CacheKey] = {}
@@ -41,19 +45,25 @@ class OpenHandles:
     # ---- files ----------------------------------------------------------
 
     def open_file(self, handle: FileReader | LocalHandle, inode: int) -> int:
-        """Keep ``handle`` open on ``inode``; its handle number."""
+        """Keep ``handle`` open on ``inode`` for the caller of the request; its handle number."""
         number = self._number()
         self._files[number] = handle
         self._file_inodes[number] = inode
+        self._openers[number] = current_caller()
         self._opened[inode] += 1
         return number
 
     def file(self, number: int) -> FileReader | LocalHandle | None:
         return self._files.get(number)
 
+    def opener(self, number: int) -> int | None:
+        """The thread that opened file handle ``number``, if known."""
+        return self._openers.get(number)
+
     def close_file(self, number: int) -> FileReader | LocalHandle | None:
         """Forget the handle; the handle, for the caller to close (None if it was not open)."""
         inode = self._file_inodes.pop(number, None)
+        self._openers.pop(number, None)
         if inode is not None:
             self._opened[inode] -= 1
             if self._opened[inode] <= 0:

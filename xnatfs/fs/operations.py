@@ -39,7 +39,7 @@ from xnatfs.cache.uploader import Uploader, UploadRetries
 from xnatfs.client.models import RemoteFile
 from xnatfs.client.parts import PartPlan, PartTarget
 from xnatfs.fs.control import REFRESH_NAME, refresh
-from xnatfs.fs.deadlines import RequestDeadlines, bounded
+from xnatfs.fs.deadlines import RequestDeadlines, asked_by, bounded
 from xnatfs.fs.errno import fuse_handler, never_waits
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
@@ -634,6 +634,7 @@ class XnatOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        asked_by(self.handles.opener(fh))
         handle = self.handles.file(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -666,10 +667,15 @@ class XnatOperations(pyfuse3.Operations):
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         # Every close flushes; only a file written here has anything to send.
         if isinstance(self.handles.file(fh), LocalHandle):
-            await self.deadlines.run(self.changes.flush, fh)
+            await self.deadlines.run(self._flush_written, fh)
+
+    async def _flush_written(self, fh: pyfuse3.FileHandleT) -> None:
+        asked_by(self.handles.opener(fh))
+        await self.changes.flush(fh)
 
     @fuse_handler
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        asked_by(self.handles.opener(fh))
         await self.changes.fsync(fh, datasync)
 
     @fuse_handler
