@@ -229,6 +229,26 @@ def test_statfs_reports_the_cache_disk_and_nothing_free_when_read_only(run_fs):
     run_fs(writable)
 
 
+def test_a_read_only_mount_asks_the_kernel_for_no_flushes(fake_xnat, run_fs):
+    """Nothing is written on a read-only mount, so its first close tells the kernel to send no
+    more flushes (ENOSYS): every later close then costs no round trip to the daemon. A mount
+    that may write needs each flush, to upload at close and report the outcome."""
+    names = [f"STUDY01/SUB001/SUB001_MR1/RESOURCES/QC/{name}" for name in ("qc_metrics.csv", "qc_report.pdf")]
+
+    def reading_twice(read_only: bool):
+        async def body(fs):
+            for name in names * 2:
+                fh = await fs.open(name, os.O_RDONLY)
+                assert await fs.ops.read(fh, 0, 4)
+                await fs.close(fh)
+            assert fs.flushes == (1 if read_only else 4)
+
+        return body
+
+    run_fs(reading_twice(True), read_only=True)
+    run_fs(reading_twice(False))
+
+
 def test_looking_up_the_refresh_name_reloads_the_folder_and_queues_drops_of_the_changed_names(fake_xnat, run_fs):
     async def body(fs):
         qc = f"{SESSION}/RESOURCES/QC"

@@ -665,6 +665,10 @@ class XnatOperations(pyfuse3.Operations):
 
     @never_waits
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        if self.settings.read_only:
+            # Nothing is ever written here: ENOSYS tells the kernel to send no more
+            # flushes, which spares every later close a round trip to the daemon.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         # Every close flushes; only a file written here has anything to send.
         if isinstance(self.handles.file(fh), LocalHandle):
             await self.deadlines.run(self._flush_written, fh)
