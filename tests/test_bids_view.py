@@ -620,3 +620,50 @@ def test_series_converted_ahead_take_turns_unless_a_listing_wants_them():
     assert list(first.values()) == [True] * AHEAD_AT_ONCE
     assert list(then.values()).count(False) == 1 and len(then) == AHEAD_AT_ONCE + 1
     assert sorted(final.values()) == [False] + [True] * (AHEAD_AT_ONCE + 1)
+
+
+def test_a_caller_killed_while_waiting_for_a_conversion_is_let_go_and_the_conversion_goes_on():
+    import signal
+    import threading
+
+    import trio
+
+    from test_fs_deadlines import zombie
+    from xnatfs.bids.rules import BuiltinRules
+    from xnatfs.fs.bidsview import BidsView
+    from xnatfs.fs.deadlines import CallerKilled, RequestDeadlines, asked_by
+
+    view = BidsView(None, None, None, BuiltinRules(), series=None, key_for=None, server_url="")
+    release = threading.Event()
+
+    def conversion() -> str:
+        release.wait(20)
+        return "converted"
+
+    async def main(killed: int) -> list:
+        deadlines = RequestDeadlines(30.0)
+        outcomes = []
+        async with trio.open_nursery() as nursery:
+            view.nursery = nursery
+            nursery.start_soon(deadlines.watch)
+
+            async def ask(caller: int | None) -> None:
+                async def request() -> str:
+                    asked_by(caller)
+                    return await view._wait(("test",), conversion, thread=True)
+
+                try:
+                    outcomes.append(await deadlines.run(request))
+                except CallerKilled:
+                    outcomes.append("let go")
+                    release.set()  # only now: the other caller was still waiting
+
+            with trio.fail_after(15):  # the conversion waits 20 s for its release
+                async with trio.open_nursery() as askers:
+                    askers.start_soon(ask, killed)
+                    askers.start_soon(ask, None)
+            nursery.cancel_scope.cancel()
+        return outcomes
+
+    with zombie(["sleep", "60"], signal.SIGKILL) as killed:
+        assert trio.run(main, killed) == ["let go", "converted"]

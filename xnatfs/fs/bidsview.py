@@ -26,8 +26,9 @@ What costs what:
 - The deadline of a request (:mod:`xnatfs.fs.deadlines`) counts a
   conversion in progress as progress: the request waits for it, each
   conversion being bounded by the converter's own timeout and each download
-  by the HTTP timeouts. The conversions run in the mount's background
-  nursery, so a listing given up still leaves them to finish for the next.
+  by the HTTP timeouts; a caller killed meanwhile is let go at once. The
+  conversions run in the mount's background nursery, so a listing given up
+  still leaves them to finish for the next.
 - A series that cannot be converted is left out of the listing with one log
   line and kept in :attr:`BidsView.failures`, which ``xnatfs bids-check``
   shows beside the scans the plan left out.
@@ -62,6 +63,7 @@ from xnatfs.client.budget import current_budget
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import Experiment, ExperimentContents, Project, RemoteFile, Scan, Subject
 from xnatfs.errors import XnatConversionError, XnatError, XnatNotFound
+from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ExperimentsKey, ListingKey, SubjectsKey
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, ListingContext, Node, ProjectDir
 from xnatfs.fs.reading import HotFiles, ReadHandle
@@ -422,11 +424,14 @@ class BidsView:
             else:
                 self.nursery.start_soon(self._run_shared, key, flight, work, thread)
         budget = current_budget()
+        # Progress is told more often than the budget could run out; the wait
+        # itself is bounded only so that a caller killed meanwhile is let go.
+        interval = PROGRESS_SECONDS if budget is None else min(PROGRESS_SECONDS, budget.seconds / 2)
         while not flight.done.is_set():
-            with trio.move_on_after(PROGRESS_SECONDS):
-                await flight.done.wait()
             if budget is not None:
                 budget.progress()
+            with trio.move_on_after(interval):
+                await bounded(flight.done.wait())
         if flight.error is not None:
             raise flight.error
         return flight.value

@@ -101,7 +101,7 @@ class RequestDeadlines:
 def _caller_in(args: tuple[object, ...]) -> int | None:
     for arg in args:
         if isinstance(arg, pyfuse3.RequestContext):
-            return arg.pid
+            return arg.pid or None  # 0: the kernel itself, or a process outside the mount's namespace
     return None
 
 
