@@ -66,6 +66,8 @@ class RequestDeadlines:
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._waiting: dict[trio.CancelScope, _Wait] = {}
+        # Set while anything waits: an idle mount's watch sleeps instead of waking every tick.
+        self._busy = trio.Event()
 
     async def run(self, method: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await method(*args, **kwargs)`` as one request under its own budget.
@@ -87,6 +89,9 @@ class RequestDeadlines:
         """Give up the waits whose request's budget is spent or whose caller was killed; runs until cancelled."""
         interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
         while True:
+            if not self._waiting:
+                self._busy = trio.Event()
+                await self._busy.wait()
             await trio.sleep(interval)
             for scope, wait in list(self._waiting.items()):
                 if wait.moving is not None:
@@ -133,6 +138,7 @@ async def bounded(awaitable: Coroutine[Any, Any, T], *, moving: Budget | None = 
     wait = _Wait(budget, moving, current_caller())
     with trio.CancelScope() as scope:
         deadlines._waiting[scope] = wait
+        deadlines._busy.set()
         try:
             return await awaitable
         finally:
