@@ -497,8 +497,13 @@ def test_reading_a_file_just_written_does_not_hide_the_servers_changes_to_it(fak
         await fs.write(f"{QC}/ours.txt", b"written here")
         conn.delete_file(QC_URI, "ours.txt")  # by another client, once it was sent
         with trio.fail_after(10):
-            while await fs.exists(f"{QC}/ours.txt"):
-                assert await fs.read(f"{QC}/ours.txt") == b"written here"
+            while True:
+                try:
+                    shown = await fs.read(f"{QC}/ours.txt")
+                except pyfuse3.FUSEError as exc:
+                    assert exc.errno == errno.ENOENT
+                    break  # gone, as on the server
+                assert shown == b"written here"
                 await trio.sleep(0.05)
 
     run_fs(body, ttl=0.5)
