@@ -661,6 +661,7 @@ class XnatOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        asked_by(self.handles.opener(fh))
         return await self.changes.write(fh, off, buf)
 
     @never_waits
