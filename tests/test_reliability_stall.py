@@ -70,6 +70,15 @@ def wait_until(check, what: str, limit: float = RECOVERY):
         time.sleep(0.2)
 
 
+def mounted_reading_file_by_file(server, tmp_path, timeout: float, expected_errors: tuple[str, ...]):
+    """A mount with ``--timeout timeout`` that starts no series zip before a read:
+    listing a file's folder fetches none of its bytes, so its read waits on the server."""
+    no_early_zip = write_config(tmp_path / "config.toml", series_early_size=0)
+    return mounted(
+        server.url, tmp_path, args=("--timeout", str(timeout), *no_early_zip), expected_errors=expected_errors
+    )
+
+
 def md5_or_none(path: Path) -> str | None:
     try:
         return hashlib.md5(path.read_bytes()).hexdigest()
@@ -91,13 +100,8 @@ def test_stopped_server_answers_every_caller_in_time_and_the_mount_recovers(fake
     source = tmp_path / "source.txt"
     source.write_bytes(written)
 
-    # No series zip before the read: listing the file's folder must not fetch its bytes.
-    no_early_zip = write_config(tmp_path / "config.toml", series_early_size=0)
-    with mounted(
-        server.url,
-        tmp_path,
-        args=("--timeout", str(TIMEOUT), *no_early_zip),
-        expected_errors=(r"server stalled|timed out|the server is not answering",),
+    with mounted_reading_file_by_file(
+        server, tmp_path, TIMEOUT, (r"server stalled|timed out|the server is not answering",)
     ) as mount:
         # Folders the copy and the read go through are listed before the stop, so
         # that each caller below waits on exactly one thing: file bytes, a listing, an upload.
@@ -324,13 +328,7 @@ def test_a_caller_killed_while_the_server_is_stopped_dies_at_once(fake_xnat_proc
     server = fake_xnat_process
     files = server_files(server)
     read_path = sorted(p for p in files if p.startswith(f"{SESSION}/SCANS/2-"))[0]
-    no_early_zip = write_config(tmp_path / "config.toml", series_early_size=0)
-    with mounted(
-        server.url,
-        tmp_path,
-        args=("--timeout", str(KILL_TIMEOUT), *no_early_zip),
-        expected_errors=(r"timed out",),
-    ) as mount:
+    with mounted_reading_file_by_file(server, tmp_path, KILL_TIMEOUT, (r"timed out",)) as mount:
         os.listdir((mount.path / read_path).parent)
         os.listdir(mount.path / QC)
         os.listdir(mount.path / "STUDY01")
