@@ -383,7 +383,7 @@ class XnatOperations(pyfuse3.Operations):
         value = encoded_xattrs(self._entry(inode)).get(name)
         if value is None:
             # Scans and resources found by a search learn the rest from their own listing.
-            described = await self.deadlines.run(self._described, inode)
+            described = await self.deadlines.run(self._described_for, inode, ctx)
             value = encoded_xattrs(described).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -392,6 +392,10 @@ class XnatOperations(pyfuse3.Operations):
     @fuse_handler
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None) -> list[bytes]:
         return list(encoded_xattrs(await self._described(inode)))
+
+    async def _described_for(self, inode: int, ctx: pyfuse3.RequestContext | None) -> InodeEntry:
+        """:meth:`_described` as a request of ``ctx``'s caller (run under the request bound)."""
+        return await self._described(inode)
 
     async def _described(self, inode: int) -> InodeEntry:
         """The entry, its node completed with what only the session's own listing says."""
