@@ -33,10 +33,12 @@ from xnatfs.fs.callers import current_caller, enter_caller, is_killed, leave_cal
 T = TypeVar("T")
 P = ParamSpec("P")
 
-# How often waiting requests are checked for a spent budget and a killed
-# caller: the bound is kept to within this much (or a quarter of the
-# timeout, if that is less), and a killed caller dies within it.
-LONGEST_CHECK_INTERVAL = 0.25
+# How often waiting requests are checked for a spent budget: the bound is kept to
+# within this much (or a quarter of the timeout, if that is less). No finer: the
+# HTTP layer's own timeout, whose error names the request, should come first.
+LONGEST_CHECK_INTERVAL = 1.0
+# How often their callers are looked at: a killed caller dies within this.
+CALLER_CHECK_INTERVAL = 0.25
 
 
 class CallerKilled(Exception):
@@ -87,20 +89,26 @@ class RequestDeadlines:
 
     async def watch(self) -> None:
         """Give up the waits whose request's budget is spent or whose caller was killed; runs until cancelled."""
-        interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
+        budget_interval = min(LONGEST_CHECK_INTERVAL, self.timeout / 4)
+        tick = min(CALLER_CHECK_INTERVAL, budget_interval)
+        ticks_per_budget_check = max(1, round(budget_interval / tick))
+        ticks = 0
         while True:
             if not self._waiting:
                 self._busy = trio.Event()
                 await self._busy.wait()
-            await trio.sleep(interval)
+            await trio.sleep(tick)
+            ticks += 1
+            budgets_due = ticks % ticks_per_budget_check == 0
             for scope, wait in list(self._waiting.items()):
-                if wait.moving is not None:
-                    wait.budget.take_progress_of(wait.moving)
                 if wait.caller is not None and is_killed(wait.caller):
                     wait.caller_killed = True
                     scope.cancel()
-                elif wait.budget.remaining() <= 0:
-                    scope.cancel()
+                elif budgets_due:
+                    if wait.moving is not None:
+                        wait.budget.take_progress_of(wait.moving)
+                    if wait.budget.remaining() <= 0:
+                        scope.cancel()
 
 
 def _caller_in(args: tuple[object, ...]) -> int | None:
