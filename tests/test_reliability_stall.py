@@ -292,7 +292,7 @@ WRITE_THEN_DIE = (
     "f = open(sys.argv[1], 'wb')\n"
     "f.write(b'written by a process killed before its close' * 100)\n"
     "f.flush()\n"
-    "os.kill(os.getpid(), int(sys.argv[2]))\n"  # its files are closed as it dies
+    "os.kill(os.getpid(), signal.SIGKILL)\n"  # its files are closed as it dies
 )
 WRITE_THEN_EXIT = "import sys\nopen(sys.argv[1], 'wb').write(b'written before a normal exit' * 100)\n"
 
@@ -336,7 +336,7 @@ def test_a_caller_killed_while_the_server_is_stopped_dies_at_once(fake_xnat_proc
             (["md5sum", str(mount.path / read_path)], signal.SIGKILL),
             (["ls", "-R", str(mount.path / "STUDY02")], signal.SIGTERM),
             (["mkdir", str(mount.path / "STUDY01" / "SUB077")], signal.SIGKILL),
-            ([sys.executable, "-c", WRITE_THEN_DIE, str(mount.path / QC / "killed.txt"), "9"], None),
+            ([sys.executable, "-c", WRITE_THEN_DIE, str(mount.path / QC / "killed.txt")], None),
         )
         for command, sig in callers:
             server.pause()

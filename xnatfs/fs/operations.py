@@ -383,7 +383,7 @@ class XnatOperations(pyfuse3.Operations):
         value = encoded_xattrs(self._entry(inode)).get(name)
         if value is None:
             # Scans and resources found by a search learn the rest from their own listing.
-            described = await self.deadlines.run(self._described_for, inode, ctx)
+            described = await self.deadlines.run(self._described_for, inode, ctx.pid if ctx else None)
             value = encoded_xattrs(described).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -393,8 +393,9 @@ class XnatOperations(pyfuse3.Operations):
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None) -> list[bytes]:
         return list(encoded_xattrs(await self._described(inode)))
 
-    async def _described_for(self, inode: int, ctx: pyfuse3.RequestContext | None) -> InodeEntry:
-        """:meth:`_described` as a request of ``ctx``'s caller (run under the request bound)."""
+    async def _described_for(self, inode: int, caller: int | None) -> InodeEntry:
+        """:meth:`_described` as a request of thread ``caller`` (run under the request bound)."""
+        asked_by(caller)
         return await self._described(inode)
 
     async def _described(self, inode: int) -> InodeEntry:
