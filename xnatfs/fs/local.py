@@ -6,19 +6,23 @@ for one listing TTL after it was uploaded, the mount shows (and serves) our
 copy; a file we deleted stays hidden for a TTL (unless we upload a new one
 under its name), and a sub-folder made inside a resource exists only here
 until a file is written in it. All of this sits on top of the listings the
-tree derives from XNAT (:meth:`Overlay.merge`).
+tree derives from XNAT (:meth:`Overlay.merge`). Once the listings show a
+file we sent, the overlay still lends it the time of our last write
+(:class:`WrittenTimes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from xnatfs.cache.spool import SpoolEntry, UploadTarget
-from xnatfs.fs.nodes import FolderDir, Listing, Node, ResourceDir, WriteContext
+from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, WriteContext
 
 
 @dataclass(eq=False)
@@ -91,6 +95,71 @@ class LocalFileNode(Node):
         return {"upload": local.state, "upload_error": local.error, "target": local.target.describe()}
 
 
+# Files whose time is kept after their upload: a few hundred bytes each.
+WRITTEN_TIMES_KEPT = 50_000
+
+
+@dataclass(slots=True)
+class WrittenTime:
+    size: int
+    mtime: float
+    digest: str = ""  # the server's MD5 of what we sent, from the first listing showing it
+
+
+class WrittenTimes:
+    """When this mount last wrote each file the server now holds from it.
+
+    XNAT keeps no file times, so a listed file shows its session's. Shown
+    that way once its upload was listed, a file just written would go back
+    in time, and editors (vim: "changed since reading it") and make would
+    take that for a change by someone else. A file keeps its written time
+    for as long as the server lists what was sent (same size, then same
+    MD5), up to :data:`WRITTEN_TIMES_KEPT` files, the oldest forgotten first.
+    """
+
+    def __init__(self, limit: int = WRITTEN_TIMES_KEPT):
+        self.limit = limit
+        self._times: OrderedDict[tuple[str, str], WrittenTime] = OrderedDict()
+        self._per_container: Counter[str] = Counter()
+
+    def record(self, local: LocalFile) -> None:
+        key = (local.container, local.relpath)
+        self.forget(*key)
+        self._times[key] = WrittenTime(local.size, local.mtime)
+        self._per_container[local.container] += 1
+        while len(self._times) > self.limit:
+            self._drop(next(iter(self._times)))
+
+    def forget(self, container: str, relpath: str) -> None:
+        if (container, relpath) in self._times:
+            self._drop((container, relpath))
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        del self._times[key]
+        self._per_container[key[0]] -= 1
+        if not self._per_container[key[0]]:
+            del self._per_container[key[0]]
+
+    def holds(self, container: str) -> bool:
+        return container in self._per_container
+
+    def shown(self, container: str, node: Node) -> Node:
+        """``node`` (from a listing of ``container``) with the time we wrote it, if we did."""
+        if not isinstance(node, FileNode):
+            return node
+        key = (container, node.file.path)
+        written = self._times.get(key)
+        if written is None:
+            return node
+        digest = node.file.digest
+        if node.size != written.size or (digest and written.digest and digest != written.digest):
+            self._drop(key)  # the server holds another version now
+            return node
+        if digest and not written.digest:
+            written.digest = digest
+        return dataclasses.replace(node, mtime=written.mtime)
+
+
 class Overlay:
     """Our writes, local folders and deletions, keyed by container (a resource
     URI, or an experiment's SCANS) and path inside it."""
@@ -100,6 +169,7 @@ class Overlay:
         self.files: dict[str, dict[str, LocalFile]] = {}
         self.folders: dict[str, set[tuple[str, ...]]] = {}
         self.deleted: dict[str, dict[str, float]] = {}
+        self.written = WrittenTimes()
         # What was worked out for a container's folders, kept until its files, folders or
         # deletions change: every lookup, stat and open in a folder asks, and working it out
         # anew each time made a copy of thousands of files slower with each file.
@@ -114,6 +184,7 @@ class Overlay:
         # A deletion under this name stays: until this file reaches the server, a
         # listing from before the deletion must not show the old file should this
         # one go (unlinked while open, renamed away, left empty).
+        self.written.forget(local.container, local.relpath)
         group = self.files.setdefault(local.container, {})
         before = group.get(local.relpath)
         group[local.relpath] = local
@@ -155,6 +226,7 @@ class Overlay:
     def hide(self, container: str, relpath: str) -> None:
         """A file we deleted on the server: hidden until listings have caught up."""
         until = time.monotonic() + self.ttl
+        self.written.forget(container, relpath)
         self.deleted.setdefault(container, {})[relpath] = until
         self._next_expiry = min(self._next_expiry, until)
         self._changed(container)
@@ -202,6 +274,8 @@ class Overlay:
         ]
         for local in gone:
             self.drop_file(local)
+            if local.state == "uploaded" and local.target.kind == "file":
+                self.written.record(local)
         for container in list(self.deleted):
             group = self.deleted[container]
             expired = [p for p, until in group.items() if until <= now]
@@ -230,12 +304,16 @@ class Overlay:
         files = self.files.get(container)
         folders = self.folders.get(container)
         deleted = self.deleted.get(container)
-        if not (files or folders or deleted):
+        written = self.written.holds(container)
+        if not (files or folders or deleted or written):
             return listing
         memo = self._merged.get(container, {}).get(prefix)
         if memo is not None and memo[0] is node and memo[1] is listing:
             return memo[2]
         entries = dict(listing.entries)
+        if written:
+            for name, child in entries.items():
+                entries[name] = self.written.shown(container, child)
         if deleted:
             for name, child in list(entries.items()):
                 if child.remote_path in deleted:

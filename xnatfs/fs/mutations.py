@@ -323,16 +323,17 @@ class Mutations:
                 await self.call(self.writer.truncate, local, 0)
         else:
             assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
-            local = await self._stage_remote(node.file, truncate=bool(flags & os.O_TRUNC))
+            local = await self._stage_remote(node, truncate=bool(flags & os.O_TRUNC))
         # The kernel's pages of this inode hold what was written through it (or the
         # server's bytes we copied): keeping them spares reads that, under a heavy
         # read load elsewhere on the mount, can wait seconds for the kernel to send.
         return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=True)
 
     async def _stage_remote(
-        self, remote: RemoteFile, *, truncate: bool, relpath: str | None = None, container: str | None = None
+        self, node: FileNode, *, truncate: bool, relpath: str | None = None, container: str | None = None
     ) -> LocalFile:
         """A local copy of a server file (or an empty one, when it is truncated anyway)."""
+        remote = node.file
         container = container or remote.resource_uri
         relpath = relpath if relpath is not None else remote.path
         target = UploadTarget(kind="file", resource_uri=container, relpath=relpath, server=self.server)
@@ -355,6 +356,7 @@ class Mutations:
                 local = await self.call(self.writer.stage, target, container, relpath, fill=fill, replaces_remote=True)
             finally:
                 await reader.close(self.limiter)
+            local.mtime = node.mtime  # a copy is no change; its first write is
         self.overlay.add_file(local)
         return local
 
@@ -479,7 +481,7 @@ class Mutations:
         local = node.staged
         if local is None:
             assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
-            local = await self._stage_remote(node.file, truncate=size == 0)
+            local = await self._stage_remote(node, truncate=size == 0)
         try:
             await self.call(self.writer.truncate, local, size)
         except OSError:
@@ -603,7 +605,7 @@ class Mutations:
             moved = await self._rename_local(source, target, relpath, replaces_remote=new_on_server)
             return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
         assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
-        moved = await self._stage_remote(node.file, truncate=False, relpath=relpath, container=container)
+        moved = await self._stage_remote(node, truncate=False, relpath=relpath, container=container)
         moved.dirty = True
         self.overlay.add_file(moved)
         await self._upload(moved)

@@ -310,7 +310,9 @@ class XnatOperations(pyfuse3.Operations):
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_uid = self._uid
         attrs.st_gid = self._gid
-        stamp = int(node.mtime * _NS)
+        local = node.staged
+        # A file of ours shows its last write, which its node (made once) does not follow.
+        stamp = int((node.mtime if local is None else local.mtime) * _NS)
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamp
         # Our own files change under the kernel's eyes: it must ask again.
         timeout = 0.0 if node.volatile else self.settings.ttl

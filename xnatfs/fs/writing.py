@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -189,6 +190,7 @@ class Writer:
         written = os.pwrite(local.fd, data, offset)
         local.size = max(local.size, offset + written)
         local.dirty = True
+        local.mtime = time.time()
         return written
 
     def truncate(self, local: LocalFile, size: int) -> None:
@@ -198,6 +200,7 @@ class Writer:
             os.ftruncate(local.fd, size)
             local.size = size
             local.dirty = True
+            local.mtime = time.time()
 
     def retarget(self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool) -> bool:
         """Give a local file a new name (a rename): the same file, so its open

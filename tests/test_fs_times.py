@@ -1,0 +1,57 @@
+"""Times of files written through the mount, once the server lists them (docs/LAYOUT.md, "Times")."""
+
+from __future__ import annotations
+
+from xnatfs.cache.spool import UploadTarget
+from xnatfs.client.models import RemoteFile
+from xnatfs.fs.local import LocalFile, WrittenTimes
+from xnatfs.fs.nodes import FileNode
+
+RESOURCE = "/data/experiments/E1/resources/OUT"
+SESSION_TIME = 1_000.0
+
+
+def sent(relpath: str, size: int, mtime: float) -> LocalFile:
+    target = UploadTarget(kind="file", resource_uri=RESOURCE, relpath=relpath, server="http://127.0.0.1")
+    local = LocalFile(target=target, container=RESOURCE, relpath=relpath, fd=-1, entry=None, size=size, mtime=mtime)
+    local.state = "uploaded"
+    return local
+
+
+def listed(relpath: str, size: int, digest: str = "") -> FileNode:
+    remote = RemoteFile(path=relpath, size=size, uri=f"{RESOURCE}/files/{relpath}", digest=digest)
+    return FileNode(mtime=SESSION_TIME, file=remote)
+
+
+def test_a_listed_file_shows_when_it_was_written_while_the_server_holds_that_version():
+    times = WrittenTimes()
+    times.record(sent("a.txt", 5, 2_000.0))
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == 2_000.0
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == 2_000.0
+    assert times.shown(RESOURCE, listed("b.txt", 5, "d1")).mtime == SESSION_TIME
+    assert times.shown("/data/experiments/E2/resources/OUT", listed("a.txt", 5, "d1")).mtime == SESSION_TIME
+
+
+def test_another_version_on_the_server_shows_the_sessions_time_for_good():
+    times = WrittenTimes()
+    times.record(sent("a.txt", 5, 2_000.0))
+    times.record(sent("b.txt", 5, 3_000.0))
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == 2_000.0  # learns the MD5
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d2")).mtime == SESSION_TIME  # same size, other bytes
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == SESSION_TIME
+    assert times.shown(RESOURCE, listed("b.txt", 6, "d3")).mtime == SESSION_TIME  # other size
+    assert not times.holds(RESOURCE)
+
+
+def test_times_are_kept_for_a_bounded_number_of_files_the_oldest_forgotten_first():
+    times = WrittenTimes(limit=2)
+    for number, name in enumerate(("a", "b", "c")):
+        times.record(sent(name, 1, 2_000.0 + number))
+    assert [times.shown(RESOURCE, listed(name, 1)).mtime for name in ("a", "b", "c")] == [
+        SESSION_TIME,
+        2_001.0,
+        2_002.0,
+    ]
+    times.forget(RESOURCE, "b")
+    assert times.shown(RESOURCE, listed("b", 1)).mtime == SESSION_TIME
+
