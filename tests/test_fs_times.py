@@ -54,4 +54,3 @@ def test_times_are_kept_for_a_bounded_number_of_files_the_oldest_forgotten_first
     ]
     times.forget(RESOURCE, "b")
     assert times.shown(RESOURCE, listed("b", 1)).mtime == SESSION_TIME
-
