@@ -637,7 +637,13 @@ class Mutations:
                 logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
         if old_on_server:
             self.overlay.hide(local.container, old_relpath)
-            await self._delete_on_server(local.container, old_relpath, missing_ok=True)
+            try:
+                await self._delete_on_server(local.container, old_relpath, missing_ok=True)
+            except BaseException:
+                # The server still holds the old name (or may: the listing is asked for again):
+                # show it beside the new one, as mv does when it copied but could not remove.
+                self.overlay.unhide(local.container, old_relpath)
+                raise
         return local
 
     # ---- what XNAT has no counterpart for -----------------------------
