@@ -420,3 +420,39 @@ def test_changes_failed_against_a_stopped_server_leave_the_mount_showing_what_th
             lambda: all(md5_or_none(folder / n) == md5_of_server_copy(server, n) for n in server_names(server)),
             "a file does not read as the server holds it",
         )
+
+
+def test_a_failed_mv_over_a_file_waiting_to_be_uploaded_keeps_that_file(fake_xnat_process, tmp_path):
+    """A file written while the server is stopped waits in the spool; ``mv`` of a server file
+    over it needs the server's bytes, and fails. The file it would have replaced must stay as
+    it was and reach the server once it runs again. Was: its bytes left the spool before the
+    server's were fetched, and were lost when that failed."""
+    server = fake_xnat_process
+    source = tmp_path / "mine.txt"
+    source.write_bytes(b"mine\n")
+    with mounted_keeping_listings(server, tmp_path) as mount:
+        folder = mount.path / QC
+        server_file = sorted(os.listdir(folder))[0]
+        server.pause()
+        try:
+            for command in (
+                ["cp", str(source), str(folder / "mine.txt")],
+                ["mv", str(folder / server_file), str(folder / "mine.txt")],
+            ):
+                failed = finishes_in_time(server, command)
+                assert failed.returncode != 0 and "Input/output error" in failed.stderr, failed
+        finally:
+            server.resume()
+        assert (folder / "mine.txt").read_bytes() == b"mine\n"
+        # Sent now rather than at the mount's next retry, which backs off after each failure.
+        env = isolated_env(mount.home, XNAT_USER=server.username, XNAT_PASS=server.password)
+        retried = subprocess.run(
+            xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert retried.returncode == 0, retried.stderr
+        assert server_copy(server, "mine.txt") == b"mine\n"
+        assert server_file in server_names(server)

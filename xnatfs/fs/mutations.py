@@ -597,20 +597,28 @@ class Mutations:
         target, container, relpath = new_pnode.create_target(new, self.server)[:3]
         new_on_server = existing is not None and existing.on_server
         source, overwritten = node.staged, existing.staged if existing is not None else None
-        if overwritten is not None and overwritten is not source:
-            # Descriptors still open on the overwritten file keep it, unlinked: never sent.
-            await self.call(self.writer.discard, overwritten)
-            self.overlay.drop_file(overwritten)
+        if overwritten is source:
+            overwritten = None
         if source is not None:
+            await self._drop_overwritten(overwritten)
             moved = await self._rename_local(source, target, relpath, replaces_remote=new_on_server)
             return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
         assert isinstance(node, FileNode)  # files of ours are staged; the BIDS view's are read-only
         moved = await self._stage_remote(node, truncate=False, relpath=relpath, container=container)
+        # Only now: had the server's bytes not come, the file they replace would have been lost.
+        await self._drop_overwritten(overwritten)
         moved.dirty = True
         self.overlay.add_file(moved)
         await self._upload(moved)
         await node.unlink(self)
         return LocalFileNode(mtime=moved.mtime, read_only=False, local=moved)
+
+    async def _drop_overwritten(self, overwritten: LocalFile | None) -> None:
+        """A file of ours replaced by a rename: its bytes are not sent. Descriptors still
+        open on it keep it, unlinked."""
+        if overwritten is not None:
+            await self.call(self.writer.discard, overwritten)
+            self.overlay.drop_file(overwritten)
 
     async def _rename_local(
         self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool
