@@ -84,6 +84,17 @@ def xnatfs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "xnatfs", *args]
 
 
+def uploads(mount: Mount, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``xnatfs uploads ARGS`` on the mount's spool (``env``: extra variables, e.g. credentials)."""
+    return subprocess.run(
+        xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
+        env=isolated_env(mount.home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @dataclass
 class Mount:
     path: Path

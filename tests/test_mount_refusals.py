@@ -15,7 +15,7 @@ import zipfile
 import pytest
 
 from fakeutil import cd_export_extras
-from mountutil import isolated_env, mounted, xnatfs_command
+from mountutil import mounted, uploads
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.client.connection import XnatConnection
 
@@ -33,16 +33,6 @@ def qc_of(mount):
 def server_names(server, resource_uri: str = QC) -> list[str]:
     with XnatConnection(server.url, "admin", "admin") as connection:
         return [remote.path for remote in connection.list_files(resource_uri)]
-
-
-def uploads(mount, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
-        env=isolated_env(mount.home, **CREDENTIALS),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def puts_of(server, name: str) -> int:
@@ -76,18 +66,18 @@ def test_an_upload_the_server_refuses_is_not_sent_again_and_waits_for_the_user(f
     assert puts_of(fake_xnat, "refused.csv") == 1
     assert "refused.csv" not in server_names(fake_xnat)
 
-    listed = uploads(mount, "list")
+    listed = uploads(mount, "list", **CREDENTIALS)
     [row] = [line for line in listed.stdout.splitlines() if line.startswith(entry.id)]
     assert row.split()[1] == "refused" and "400" in row
     assert "uploads retry ID" in listed.stdout
-    everything = uploads(mount, "retry")
+    everything = uploads(mount, "retry", **CREDENTIALS)
     assert everything.returncode == 0 and "refused by the server" in everything.stderr
     assert puts_of(fake_xnat, "refused.csv") == 1
     # Once the cause is fixed, the user sends it by its ID.
-    sent = uploads(mount, "retry", entry.id)
+    sent = uploads(mount, "retry", entry.id, **CREDENTIALS)
     assert sent.returncode == 0, sent.stderr
     assert "refused.csv" in server_names(fake_xnat)
-    assert "no uploads waiting" in uploads(mount, "list").stdout
+    assert "no uploads waiting" in uploads(mount, "list", **CREDENTIALS).stdout
 
 
 def test_a_refused_upload_can_be_discarded(fake_xnat, tmp_path):
@@ -102,9 +92,9 @@ def test_a_refused_upload_can_be_discarded(fake_xnat, tmp_path):
         fake_xnat.set_faults()
         assert failed.value.errno == errno.EACCES
     [entry] = UploadSpool(mount.cache_dir / "spool").refused(fake_xnat.url)
-    dropped = uploads(mount, "discard", entry.id, "--yes")
+    dropped = uploads(mount, "discard", entry.id, "--yes", **CREDENTIALS)
     assert dropped.returncode == 0, dropped.stderr
-    assert "no uploads waiting" in uploads(mount, "list").stdout
+    assert "no uploads waiting" in uploads(mount, "list", **CREDENTIALS).stdout
     assert puts_of(fake_xnat, "unwanted.csv") == 1
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, xnatfs_command
+from mountutil import fuse_mounted, isolated_env, mounted, unmount_quietly, uploads, xnatfs_command
 from waiting import wait_until
 from xnatfs.cache.spool import UploadSpool
 from xnatfs.client.connection import XnatConnection
@@ -104,16 +104,6 @@ def test_upload_survives_sigkill_of_the_daemon(fake_xnat, tmp_path):
         assert wait_for_server_file(fake_xnat, "killed.bin") == payload
 
 
-def uploads(mount, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        xnatfs_command("uploads", *args, "--cache-dir", str(mount.cache_dir)),
-        env=isolated_env(mount.home, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xnat, tmp_path):
     with mounted(fake_xnat.url, tmp_path) as mount:
         qc = mount.path.joinpath(*QC_PATH)
@@ -170,35 +160,16 @@ def test_uploads_list_and_retry_without_a_mount(fake_xnat, tmp_path):
         fake_xnat.set_faults(error_rate=1.0, error_statuses=(500,))
         with pytest.raises(OSError):
             write_and_close(qc / "later.txt", b"when the server is back")
-    env = isolated_env(mount.home, XNAT_USER="admin", XNAT_PASS="admin")
-    listed = subprocess.run(
-        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    credentials = {"XNAT_USER": "admin", "XNAT_PASS": "admin"}
+    listed = uploads(mount, "list", **credentials)
     assert listed.returncode == 0
     assert "later.txt" in listed.stdout and "failed" in listed.stdout
     fake_xnat.set_faults()
-    retried = subprocess.run(
-        xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    retried = uploads(mount, "retry", **credentials)
     assert retried.returncode == 0, retried.stderr
     assert "1 sent" in retried.stdout
     assert server_file(fake_xnat, "later.txt") == b"when the server is back"
-    listed = subprocess.run(
-        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "no uploads waiting" in listed.stdout
+    assert "no uploads waiting" in uploads(mount, "list", **credentials).stdout
 
 
 def test_unmount_sends_pending_uploads_before_the_daemon_exits(fake_xnat, tmp_path):

@@ -13,7 +13,6 @@ import io
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 import zipfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mountutil import isolated_env, mounted, server_files, xnatfs_command
+from mountutil import mounted, server_files, uploads
 from test_reliability_common import (
     Relay,
     cached_entries,
@@ -317,13 +316,7 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
         )
     assert qc_file_on_server(fake_xnat, "qc_metrics.csv") == original
     # Not lost either: kept in the spool, listed for the user to send or drop.
-    listed = subprocess.run(
-        xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-        env=isolated_env(mount.home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = uploads(mount, "list")
     assert listed.returncode == 0, listed.stderr
     assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
 

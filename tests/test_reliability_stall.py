@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mountutil import fuse_mounted, isolated_env, mounted, server_files, xnatfs_command
+from mountutil import fuse_mounted, isolated_env, mounted, server_files, uploads, xnatfs_command
 from test_reliability_common import write_config
 
 pytestmark = pytest.mark.mount
@@ -218,21 +218,10 @@ def test_unmount_while_the_server_is_stopped_keeps_what_was_written(fake_xnat_pr
             mount.process.wait(timeout=BOUND)
         finally:
             server.resume()
-        listed = subprocess.run(
-            xnatfs_command("uploads", "list", "--cache-dir", str(mount.cache_dir)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        credentials = {"XNAT_USER": server.username, "XNAT_PASS": server.password}
+        listed = uploads(mount, "list", **credentials)
         assert "late.txt" in listed.stdout, listed
-        retried = subprocess.run(
-            xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        retried = uploads(mount, "retry", **credentials)
         assert retried.returncode == 0, retried.stderr
         assert server_copy(server, "late.txt") == written
 
@@ -445,14 +434,7 @@ def test_a_failed_mv_over_a_file_waiting_to_be_uploaded_keeps_that_file(fake_xna
             server.resume()
         assert (folder / "mine.txt").read_bytes() == b"mine\n"
         # Sent now rather than at the mount's next retry, which backs off after each failure.
-        env = isolated_env(mount.home, XNAT_USER=server.username, XNAT_PASS=server.password)
-        retried = subprocess.run(
-            xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        retried = uploads(mount, "retry", XNAT_USER=server.username, XNAT_PASS=server.password)
         assert retried.returncode == 0, retried.stderr
         assert server_copy(server, "mine.txt") == b"mine\n"
         assert server_file in server_names(server)
