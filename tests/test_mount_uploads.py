@@ -204,3 +204,26 @@ def test_unmount_sends_pending_uploads_before_the_daemon_exits(fake_xnat, tmp_pa
         assert UploadSpool(cache_dir / "spool").pending() == []
     finally:
         unmount_quietly(mountpoint)
+
+
+def test_a_rewrite_whose_upload_failed_stays_shown_after_the_earlier_upload_is_forgotten(fake_xnat, tmp_path):
+    """A file sent once is shown from our copy for a TTL, then left to the listings. Written
+    again, and that upload refused for now, it must stay shown as written until it is sent.
+    Was: the first upload's TTL still ran, and when it ran out the mount showed the server's
+    older version: reads gave the bytes the user had replaced."""
+    with mounted(fake_xnat.url, tmp_path, ttl=1, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
+        path = mount.path.joinpath(*QC_PATH) / "again.txt"
+        write_and_close(path, b"first")
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,), methods=("PUT",))
+        try:
+            with pytest.raises(OSError) as failed:
+                write_and_close(path, b"second version")
+            assert failed.value.errno == errno.EIO
+            time.sleep(2.5)  # past the first upload's TTL, and the listing's
+            assert path.read_bytes() == b"second version"
+            assert server_file(fake_xnat, "again.txt") == b"first"
+        finally:
+            fake_xnat.set_faults()
+        assert uploads(mount, "retry", XNAT_USER="admin", XNAT_PASS="admin").returncode == 0
+        assert server_file(fake_xnat, "again.txt") == b"second version"
+        assert path.read_bytes() == b"second version"

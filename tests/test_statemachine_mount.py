@@ -780,3 +780,17 @@ def test_regression_a_change_the_server_refuses_leaves_what_the_model_says(fake_
             ("refused_change", what, "a.txt", b"new", "b.dcm"),
         ],
     )
+
+
+def test_regression_a_rewrite_refused_by_the_server_stays_shown_past_the_first_uploads_ttl(fake_xnat, tmp_path):
+    # Found by the machine: the first upload's TTL still ran for the rewrite, whose upload had
+    # failed, and when it ran out the mount showed the server's listing instead of our copy.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("write", "a.txt", b"\x00"),
+            ("refused_change", "write", "a.txt", b"fourteen bytes", "b.dcm"),
+            ("server_put", "b.dcm", b"\x00"),
+        ],
+    )

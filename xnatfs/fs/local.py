@@ -270,7 +270,7 @@ class Overlay:
         gone = [
             local
             for local in self.all_files()
-            if local.handles == 0 and local.expires is not None and local.expires <= now
+            if local.handles == 0 and local.state == "uploaded" and local.expires is not None and local.expires <= now
         ]
         for local in gone:
             self.drop_file(local)

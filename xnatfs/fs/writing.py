@@ -133,6 +133,9 @@ class Writer:
         os.close(local.fd)
         local.fd, local.entry, local.entry_open = fd, entry, True
         local.state = "writing"
+        # Sent before, and shown only until the listings had caught up: now it has to be sent
+        # again, and stays shown until then, whether that takes one try or many.
+        local.expires = None
         if previous is not None and self.spool.get(previous.id) is not None:
             # Not accepted yet, and now out of date: these bytes replace it.
             self.spool.remove(previous)
