@@ -644,14 +644,11 @@ class Mutations:
                 # The rename itself is done: the bytes wait in the spool under the new name.
                 logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
         if old_on_server:
+            # Hidden once deleted, as delete_remote does: when the deletion fails the server
+            # still holds the old name, shown beside the new one, as mv leaves them when it
+            # copied but could not remove.
+            await self._delete_on_server(local.container, old_relpath, missing_ok=True)
             self.overlay.hide(local.container, old_relpath)
-            try:
-                await self._delete_on_server(local.container, old_relpath, missing_ok=True)
-            except BaseException:
-                # The server still holds the old name (or may: the listing is asked for again):
-                # show it beside the new one, as mv does when it copied but could not remove.
-                self.overlay.unhide(local.container, old_relpath)
-                raise
         return local
 
     # ---- what XNAT has no counterpart for -----------------------------
