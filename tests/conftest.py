@@ -26,6 +26,23 @@ from xnatfs.fs.mount import build_operations
 from xnatfs.fs.settings import MountSettings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_once_for_every_process(tmp_path_factory):
+    """The tests start hundreds of xnatfs processes (mounts, commands, fake servers);
+    with PYTHONDONTWRITEBYTECODE set, as it may be, each compiled the whole package
+    again, a third of its start-up. Their bytecode is kept here instead, outside the
+    source tree, for the length of the session."""
+    saved = {name: os.environ.get(name) for name in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")}
+    os.environ["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("bytecode"))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``mount`` are skipped, saying why, where no FUSE file system can be mounted."""
     reason = fuse_unavailable()

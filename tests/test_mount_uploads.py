@@ -227,3 +227,44 @@ def test_a_rewrite_whose_upload_failed_stays_shown_after_the_earlier_upload_is_f
         assert uploads(mount, "retry", XNAT_USER="admin", XNAT_PASS="admin").returncode == 0
         assert server_file(fake_xnat, "again.txt") == b"second version"
         assert path.read_bytes() == b"second version"
+
+
+def _locked_by_someone(path) -> bool:
+    """Whether a process holds a lock on ``path`` (read from /proc/locks: taking
+    the lock to find out would make the sender think it busy, and skip it)."""
+    inode = os.stat(path).st_ino
+    with open("/proc/locks") as locks:
+        return any(line.split()[5].endswith(f":{inode}") for line in locks if len(line.split()) > 5)
+
+
+def test_a_file_removed_while_its_upload_is_under_way_is_deleted_once_that_upload_ends(fake_xnat, tmp_path):
+    """rm of a file whose waiting upload `xnatfs uploads retry` is sending at that moment.
+    Was: the rm dropped the spool's record under the sender, whose upload then landed: the
+    server kept the file the mount had removed, and the mount showed it again a TTL later."""
+    with mounted(fake_xnat.url, tmp_path, ttl=1, args=no_retries(tmp_path), expected_errors=(r"HTTP 503",)) as mount:
+        path = mount.path.joinpath(*QC_PATH) / "going.txt"
+        fake_xnat.set_faults(error_rate=1.0, error_statuses=(503,), methods=("PUT",))
+        try:
+            with pytest.raises(OSError) as failed:
+                write_and_close(path, b"sent while it is removed")
+            assert failed.value.errno == errno.EIO
+            [entry] = UploadSpool(mount.cache_dir / "spool").pending()
+            fake_xnat.set_faults(stall_ms=1500, stall_rate=1.0, methods=("PUT",))
+            sender = subprocess.Popen(
+                xnatfs_command("uploads", "retry", "--cache-dir", str(mount.cache_dir)),
+                env=isolated_env(mount.home, XNAT_USER="admin", XNAT_PASS="admin"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_until(lambda: _locked_by_someone(entry.data_path), "the sender to take the upload", timeout=15)
+                os.unlink(path)
+            finally:
+                _out, errors = sender.communicate(timeout=60)
+        finally:
+            fake_xnat.set_faults()
+        assert sender.returncode == 0, errors
+        assert server_file(fake_xnat, "going.txt") is None, "the server kept a file removed through the mount"
+        time.sleep(1.5)  # past the TTL
+        assert "going.txt" not in os.listdir(path.parent)

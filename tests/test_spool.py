@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import stat
+import threading
 
 import pytest
 
@@ -251,4 +252,34 @@ def test_discard_drops_an_entry_but_not_one_being_written(tmp_path):
     assert spool.get(writing.id).state == "open"
     spool.commit(writing)
     assert spool.discard(writing) is True
+    assert os.listdir(tmp_path / "spool" / "records") == []
+
+
+def test_withdraw_waits_for_a_sender_and_says_whether_it_sent(tmp_path):
+    """An rm through the mount withdraws the file's entry: one being sent is waited for,
+    and then known to be on the server; one nobody sends is dropped unsent."""
+    spool = UploadSpool(tmp_path / "spool")
+    being_written = spool.create(file_target("open.txt"))
+    assert spool.withdraw(being_written) is True
+    assert spool.get(being_written.id) is None and not being_written.data_path.exists()
+
+    waiting = spool.create(file_target("waiting.txt"))
+    write(waiting, b"never sent")
+    spool.commit(waiting)
+    assert spool.withdraw(waiting) is True
+    assert spool.get(waiting.id) is None
+
+    sent = spool.create(file_target("sent.txt"))
+    write(sent, b"sent by another process")
+    spool.commit(sent)
+    sender = UploadSpool(tmp_path / "spool")  # another process's view
+    answers = []
+    with sender.claim(sent) as claimed:
+        thread = threading.Thread(target=lambda: answers.append(spool.withdraw(sent)))
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), "withdraw did not wait for the upload under way"
+        sender.remove(claimed)  # the server confirmed it
+    thread.join(5)
+    assert answers == [False]
     assert os.listdir(tmp_path / "spool" / "records") == []

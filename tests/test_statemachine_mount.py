@@ -26,10 +26,11 @@ The model of one resource folder:
   XNAT keeps no file times, so a change on the server, or a remount, may
   show another (docs/LAYOUT.md).
 
-The replays below also meet a server that refuses every change (503 to PUT
-and DELETE, which the mounts here do not retry): the write's close, the
-rename and the rm then fail with EIO, and the model says what must be left
-once the server takes changes again and the spool has sent what waited in it.
+A step may also meet a server that refuses every change (503 to PUT and
+DELETE, which the mounts here do not retry): the write's close, the rename
+and the rm then fail with EIO, and the model says what must be left once the
+server takes changes again and ``xnatfs uploads retry`` has sent what waited
+in the spool (the mount hears of it at once).
 
 Failing sequences found so far are kept below as explicit regression tests.
 """
@@ -465,6 +466,17 @@ class MountMachine(RuleBasedStateMachine):
         self.apply_close(choice.draw(st.integers(0, len(self.handles) - 1)))
         self.step()
 
+    @precondition(lambda self: self.files and not self.handles)
+    @rule(choice=st.data(), what=st.sampled_from(("write", "rewrite", "rename", "remove")), data=CONTENT)
+    def change_while_the_server_refuses(self, choice, what, data):
+        name = choice.draw(st.sampled_from(sorted(self.files)))
+        # Into a folder that is there for sure: one just emptied may be shown or not.
+        new = choice.draw(
+            st.sampled_from([n for n in NAMES if n != name and self.folder_of(n) in self.visible_folders() | {None}])
+        )
+        self.apply_refused_change(what, name, data, new)
+        self.step()
+
     # ---- what must always hold ------------------------------------------
 
     @invariant()
@@ -571,13 +583,14 @@ def test_random_operations_on_a_scan_resource_agree_with_the_model(fake_xnat, tm
 # ---- failing sequences found by the machine, kept as regression tests ----------
 
 
-def replay(server, base, steps) -> None:
-    """Run ``steps`` ((method name, args...) tuples) on a fresh machine, checking after each."""
-    MountMachine.server = server
-    MountMachine.base = base
-    machine = MountMachine()
+def replay(server, base, steps, *, machine_type: type[MountMachine] = MountMachine, start=()) -> None:
+    """Run ``steps`` ((method name, args...) tuples) on a fresh machine, checking after each;
+    ``start``: what its ``start`` takes (a scan's resource: the two files the server holds)."""
+    machine_type.server = server
+    machine_type.base = base
+    machine = machine_type()
     try:
-        machine.start()
+        machine.start(*start)
         machine.mount_server_and_model_agree()
         for name, *args in steps:
             getattr(machine, "apply_" + name)(*args)
@@ -753,7 +766,7 @@ def test_regression_a_written_file_keeps_its_time_once_the_server_lists_it(fake_
 
 @pytest.mark.parametrize("what", ["write", "rewrite", "rename", "remove"])
 def test_regression_a_change_the_server_refuses_leaves_what_the_model_says(fake_xnat, tmp_path, what):
-    # The random runs do not meet refused changes yet (docs/RELIABILITY.md, problem 59).
+    # Each kind in every run: the random runs meet them only now and then.
     replay(
         fake_xnat,
         tmp_path,
@@ -776,4 +789,51 @@ def test_regression_a_rewrite_refused_by_the_server_stays_shown_past_the_first_u
             ("refused_change", "write", "a.txt", b"fourteen bytes", "b.dcm"),
             ("server_put", "b.dcm", b"\x00"),
         ],
+    )
+
+
+def test_regression_a_file_deleted_on_the_server_after_a_retry_sent_it_goes_within_the_ttl(fake_xnat, tmp_path):
+    # `xnatfs uploads retry` sent the file; the mount learnt of it only at its own next
+    # retry round, and showed its copy until then and a TTL more.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("refused_change", "write", "a.txt", b"aa", "b.dcm"),
+            ("refused_change", "write", "sub/d.txt", b"dd", "b.dcm"),
+            ("server_put", "c.nii.gz", b"cc"),
+            ("refused_change", "write", "sub/d.txt", b"ddd", "b.dcm"),
+            ("server_delete", "sub/d.txt"),
+        ],
+        machine_type=ScanMountMachine,
+        start=(b"first", b"second"),
+    )
+
+
+def test_regression_a_file_a_retry_sent_then_removed_through_the_mount_leaves_the_server(fake_xnat, tmp_path):
+    # The mount did not know yet that `xnatfs uploads retry` had sent b.dcm: rm dropped it
+    # from the spool as unsent, and the server kept it.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("refused_change", "rename", "a.txt", b"", "sub/e.bin"),
+            ("refused_change", "write", "a.txt", b"aa", "b.dcm"),
+            ("remove", "sub/d.txt"),
+            ("refused_change", "rename", "sub/e.bin", b"", "b.dcm"),
+            ("refused_change", "remove", "a.txt", b"", "b.dcm"),
+            ("remove", "b.dcm"),
+        ],
+        machine_type=ScanMountMachine,
+        start=(b"first", b"second"),
+    )
+
+
+def test_regression_a_written_file_opened_for_writing_and_closed_unwritten_keeps_its_time(fake_xnat, tmp_path):
+    # Opening it for writing forgot the time of our last write: closed unwritten, the
+    # file showed its session's time again.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [("write", "a.txt", b"x"), ("server_put", "b.dcm", b"y"), ("open", "a.txt"), ("close", 0)],
     )

@@ -530,10 +530,17 @@ def cmd_uploads(args) -> int:
         entries = spool.pending(server) + spool.unclosed(server) + spool.refused(server)
         _print_uploads(sorted(entries, key=lambda entry: (entry.created, entry.id)))
         return 0
-    if args.action == "discard":
-        return _discard_upload(spool, args)
-    if args.entry is not None:
-        return _retry_upload(spool, args)
+    try:
+        if args.action == "discard":
+            return _discard_upload(spool, args)
+        if args.entry is not None:
+            return _retry_upload(spool, args)
+        return _retry_all(spool, server, args)
+    finally:
+        _tell_mounts(spool)
+
+
+def _retry_all(spool, server: str | None, args) -> int:
     refused = spool.refused(server)
     if refused:
         print(
@@ -632,6 +639,18 @@ def _retry_upload(spool, args) -> int:
     return 0
 
 
+def _tell_mounts(spool) -> None:
+    """Mounts sharing this spool learn at once what was sent or dropped here, rather than at
+    their next retry round, and show the server's files from then on (not their own copy)."""
+    from xnatfs.fs.control import ControlError, ask
+
+    for mountpoint in _running_mountpoints(spool.directory):
+        try:
+            ask(mountpoint, {"request": "uploads-changed"}, timeout=10.0)
+        except ControlError as exc:
+            logger.debug("the mount at %s was not told of the spool's changes: %s", mountpoint, exc)
+
+
 def _upload_settings(server: str, args) -> MountSettings:
     return MountSettings(
         url=server, user=args.user, password_file=Path(args.password_file).expanduser() if args.password_file else None
@@ -668,18 +687,22 @@ def cmd_prefetch(args) -> int:
 # ---- status and refresh ----------------------------------------------------------
 
 
-def _running_mountpoints() -> list[str]:
-    """Mountpoints with a record of a mount of this user's (without touching the mounts)."""
+def _running_mountpoints(spool_dir: Path | None = None) -> list[str]:
+    """Mountpoints with a record of a mount of this user's (without touching the mounts);
+    with ``spool_dir``, only those whose uploads wait in that spool."""
     from xnatfs.fs.mount import fuse_mounts
 
     mounted = fuse_mounts()
     found = []
     for record_file in sorted((default_state_dir() / "mounts").glob("*.json")):
         try:
-            mountpoint = json.loads(record_file.read_text())["mountpoint"]
-        except (OSError, ValueError, KeyError):
+            record = json.loads(record_file.read_text())
+            mountpoint, spool = record["mountpoint"], record.get("spool")
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if mountpoint in mounted:
+        if mountpoint not in mounted:
+            continue
+        if spool_dir is None or (spool and os.path.realpath(spool) == os.path.realpath(spool_dir)):
             found.append(mountpoint)
     return found
 

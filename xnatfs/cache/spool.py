@@ -338,6 +338,24 @@ class UploadSpool:
         logger.warning("upload %s (%s) discarded unsent", entry.id, entry.target.describe())
         return True
 
+    def withdraw(self, entry: SpoolEntry) -> bool:
+        """Drop an entry whose file was removed or replaced (through the mount) before it was sent.
+
+        An upload of it under way, in this process or another (``xnatfs uploads
+        retry``), ends first. False when it was sent already: the server holds it.
+        """
+        with self._lock:
+            writing = entry.id in self._writers
+        if writing:
+            # Nobody sends an entry while it is being written.
+            self.remove(entry)
+            return True
+        with self.claim(entry) as current:
+            if current is None:
+                return False
+            self.remove(current)
+        return True
+
     def get(self, entry_id: str) -> SpoolEntry | None:
         if not _ID_PATTERN.match(entry_id):
             return None

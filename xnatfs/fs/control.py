@@ -15,6 +15,9 @@ connection:
 * ``{"request": "bids-check", "path": "P/BIDS"}`` → every scan of the
   project's BIDS view left out, with its reason, and the conversions that
   failed (see :func:`bids_check`).
+* ``{"request": "uploads-changed"}`` → the mount looks at its spool again:
+  ``xnatfs uploads retry`` and ``discard`` sent or dropped entries of its
+  files, which it then shows as sent (answered once it has done so).
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 The daemon never touches its own mountpoint: paths are resolved through
@@ -83,7 +86,7 @@ def _private_folder(folder: Path) -> None:
 
 
 class ControlServer:
-    """Answers status and refresh requests for one mount (``ops``: its XnatOperations)."""
+    """Answers the requests above for one mount (``ops``: its XnatOperations)."""
 
     def __init__(self, ops: XnatOperations, started_at: float) -> None:
         self.ops = ops
@@ -147,6 +150,9 @@ class ControlServer:
             return await refresh(self.ops, str(request.get("path", "")), bool(request.get("recursive")))
         if kind == "bids-check":
             return await bids_check(self.ops, str(request.get("path", "")))
+        if kind == "uploads-changed":
+            await self.ops.changes.uploads_retried()
+            return {}
         raise ValueError(f"unknown request {kind!r}")
 
     async def status(self) -> dict[str, Any]:

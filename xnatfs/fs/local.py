@@ -183,8 +183,9 @@ class Overlay:
     def add_file(self, local: LocalFile) -> None:
         # A deletion under this name stays: until this file reaches the server, a
         # listing from before the deletion must not show the old file should this
-        # one go (unlinked while open, renamed away, left empty).
-        self.written.forget(local.container, local.relpath)
+        # one go (unlinked while open, renamed away, left empty). The time of our last
+        # write stays too: a copy staged for writing and closed unwritten goes, and the
+        # listing shows the file again; once sent, this one's time replaces it.
         group = self.files.setdefault(local.container, {})
         before = group.get(local.relpath)
         group[local.relpath] = local

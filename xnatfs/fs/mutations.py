@@ -228,13 +228,17 @@ class Mutations:
 
     async def delete_staged(self, local: LocalFile) -> None:
         on_server = local.state == "uploaded" or local.replaces_remote
-        if on_server and local.target.kind == "file":
+        is_file = local.target.kind == "file"
+        if on_server and is_file:
             await self._delete_on_server(
                 local.target.resource_uri, local.target.relpath, missing_ok=local.state != "uploaded"
             )
-        await self.call(self.writer.discard, local)
+        sent = await self.call(self.writer.discard, local)
         self.overlay.drop_file(local)
-        if on_server:
+        if sent and is_file:
+            # Its upload was under way, or done by a retry this mount had not heard of yet.
+            await self._delete_on_server(local.target.resource_uri, local.target.relpath, missing_ok=True)
+        if on_server or sent:
             self.overlay.hide(local.container, local.relpath)
 
     # ---- checks -------------------------------------------------------

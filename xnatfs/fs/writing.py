@@ -320,16 +320,19 @@ class Writer:
         self.spool.remove(entry)
         return True
 
-    def discard(self, local: LocalFile) -> None:
+    def discard(self, local: LocalFile) -> bool:
         """Forget a local file: its unsent bytes leave the spool. The bytes stay
-        readable through handles still open on it; the last one closes it."""
+        readable through handles still open on it; the last one closes it.
+
+        True when they had been sent after all, by a retry this file had not
+        heard of yet or by ``xnatfs uploads retry``: the server holds them."""
         with local.lock:
             local.unlinked = True
             entry, local.entry = local.entry, None
-        if entry is not None:
-            self.spool.remove(entry)
+        sent = entry is not None and not self.spool.withdraw(entry)
         if local.handles == 0:
             local.close()
+        return sent
 
 
 def _copy_descriptor(source: int, destination: int, size: int) -> None:
