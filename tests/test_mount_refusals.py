@@ -91,9 +91,13 @@ def test_a_refused_upload_can_be_discarded(fake_xnat, tmp_path):
             handle.close()
         fake_xnat.set_faults()
         assert failed.value.errno == errno.EACCES
-    [entry] = UploadSpool(mount.cache_dir / "spool").refused(fake_xnat.url)
-    dropped = uploads(mount, "discard", entry.id, "--yes", **CREDENTIALS)
-    assert dropped.returncode == 0, dropped.stderr
+        assert os.getxattr(qc / "unwanted.csv", "user.xnat.upload") == b"refused"
+        [entry] = UploadSpool(mount.cache_dir / "spool").refused(fake_xnat.url)
+        dropped = uploads(mount, "discard", entry.id, "--yes", **CREDENTIALS)
+        assert dropped.returncode == 0, dropped.stderr
+        # The mount heard of it at once: the file is the server's to show, and it has none.
+        assert "unwanted.csv" not in os.listdir(qc)
+        assert not (qc / "unwanted.csv").exists()
     assert "no uploads waiting" in uploads(mount, "list", **CREDENTIALS).stdout
     assert puts_of(fake_xnat, "unwanted.csv") == 1
 

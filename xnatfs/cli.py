@@ -530,9 +530,9 @@ def cmd_uploads(args) -> int:
         entries = spool.pending(server) + spool.unclosed(server) + spool.refused(server)
         _print_uploads(sorted(entries, key=lambda entry: (entry.created, entry.id)))
         return 0
+    if args.action == "discard":
+        return _discard_upload(spool, args)
     try:
-        if args.action == "discard":
-            return _discard_upload(spool, args)
         if args.entry is not None:
             return _retry_upload(spool, args)
         return _retry_all(spool, server, args)
@@ -613,6 +613,7 @@ def _discard_upload(spool, args) -> int:
         raise UsageProblem(f"this drops {what} without sending it; add --yes to do so")
     if not spool.discard(entry):
         raise UsageProblem(f"{entry.id} is being written or sent right now; try again later")
+    _tell_mounts(spool, discarded=[entry.id])
     print(f"discarded {what}")
     return 0
 
@@ -639,14 +640,14 @@ def _retry_upload(spool, args) -> int:
     return 0
 
 
-def _tell_mounts(spool) -> None:
-    """Mounts sharing this spool learn at once what was sent or dropped here, rather than at
-    their next retry round, and show the server's files from then on (not their own copy)."""
+def _tell_mounts(spool, discarded: list[str] | None = None) -> None:
+    """Mounts sharing this spool learn at once what was sent or ``discarded`` here, rather
+    than at their next retry round, and show the server's files from then on (not their copy)."""
     from xnatfs.fs.control import ControlError, ask
 
     for mountpoint in _running_mountpoints(spool.directory):
         try:
-            ask(mountpoint, {"request": "uploads-changed"}, timeout=10.0)
+            ask(mountpoint, {"request": "uploads-changed", "discarded": discarded or []}, timeout=10.0)
         except ControlError as exc:
             logger.debug("the mount at %s was not told of the spool's changes: %s", mountpoint, exc)
 

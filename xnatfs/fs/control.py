@@ -15,9 +15,10 @@ connection:
 * ``{"request": "bids-check", "path": "P/BIDS"}`` → every scan of the
   project's BIDS view left out, with its reason, and the conversions that
   failed (see :func:`bids_check`).
-* ``{"request": "uploads-changed"}`` → the mount looks at its spool again:
-  ``xnatfs uploads retry`` and ``discard`` sent or dropped entries of its
-  files, which it then shows as sent (answered once it has done so).
+* ``{"request": "uploads-changed", "discarded": [IDs]}`` → the mount looks at
+  its spool again: ``xnatfs uploads retry`` sent entries of its files, which
+  it then shows as sent, or ``discard`` dropped them, which it then no longer
+  shows (answered once it has done so).
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 The daemon never touches its own mountpoint: paths are resolved through
@@ -151,7 +152,10 @@ class ControlServer:
         if kind == "bids-check":
             return await bids_check(self.ops, str(request.get("path", "")))
         if kind == "uploads-changed":
-            await self.ops.changes.uploads_retried()
+            discarded = request.get("discarded") or []
+            if not isinstance(discarded, list):
+                raise ValueError("discarded: a list of upload IDs")
+            await self.ops.changes.uploads_changed({str(entry_id) for entry_id in discarded})
             return {}
         raise ValueError(f"unknown request {kind!r}")
 

@@ -707,6 +707,15 @@ class Mutations:
             logger.exception("reading the upload spool failed")
         await self.retries.run()
 
+    async def uploads_changed(self, discarded: set[str]) -> None:
+        """``xnatfs uploads retry`` or ``discard`` changed the spool: files whose upload was
+        ``discarded`` there are no longer shown; those it sent are shown as sent."""
+        for local in self.overlay.all_files():
+            if local.entry is not None and local.entry.id in discarded:
+                await self.call(self.writer.forget_discarded, local)
+                self.overlay.drop_file(local)
+        await self.uploads_retried()
+
     async def uploads_retried(self) -> None:
         """After a round of retries: files of ours the spool has sent are shown as sent."""
         for local in self.overlay.all_files():

@@ -320,6 +320,15 @@ class Writer:
         self.spool.remove(entry)
         return True
 
+    def forget_discarded(self, local: LocalFile) -> None:
+        """``xnatfs uploads discard`` dropped the file's upload: it is not ours to show any
+        more. Descriptors still open on it keep its bytes, unsent."""
+        with local.lock:
+            local.unlinked = True
+            local.entry = None
+        if local.handles == 0:
+            local.close()
+
     def discard(self, local: LocalFile) -> bool:
         """Forget a local file: its unsent bytes leave the spool. The bytes stay
         readable through handles still open on it; the last one closes it.
