@@ -29,7 +29,7 @@ from xnatfs.client.connection import XnatConnection
 
 pytestmark = pytest.mark.mount
 
-LOAD_SECONDS = 15.0
+LOAD_SECONDS = 10.0
 READERS = 32
 SESSION = "STUDY01/SUB001/SUB001_MR1"
 
@@ -132,7 +132,10 @@ def test_32_readers_and_a_writer(fake_xnat, tmp_path):
         assert not any(thread.is_alive() for thread in threads), "a reader or the writer hung"
         assert errors == []
         assert mount.process.poll() is None
-    assert sum(reads.values()) > 20 * len(files) / 3, f"only {sum(reads.values())} reads in {LOAD_SECONDS} s"
+    # About 4 reads of each file every 9 s: well below the pace of a loaded 2-core machine.
+    assert sum(reads.values()) > len(files) * LOAD_SECONDS * 4 / 9, (
+        f"only {sum(reads.values())} reads in {LOAD_SECONDS} s"
+    )
     assert len(reads) == READERS
     assert len(written) >= 10
     again = [path for path, count in single_file_downloads(fake_xnat).items() if count > 1]
@@ -155,6 +158,7 @@ def test_32_readers_and_a_writer(fake_xnat, tmp_path):
 # ---- stress-ng --------------------------------------------------------------
 
 STRESS_NG = shutil.which("stress-ng")
+STRESS_SECONDS = 6
 needs_stress_ng = pytest.mark.skipif(STRESS_NG is None, reason="stress-ng is not installed")
 
 
@@ -214,7 +218,7 @@ def test_stress_ng_metadata_stressors(fake_xnat, tmp_path):
             "1",
             "--filename",
             "1",
-            seconds=10,
+            seconds=STRESS_SECONDS,
         )
         check_stress_report(done, stressors)
         check_mount_after_the_storm(mount, fake_xnat, folder)
@@ -263,7 +267,7 @@ def test_stress_ng_data_stressors(fake_xnat, tmp_path):
             "--mmap-bytes",
             "1M",
             "--mmap-file",
-            seconds=10,
+            seconds=STRESS_SECONDS,
         )
         check_stress_report(done, stressors)
         check_mount_after_the_storm(mount, fake_xnat, folder)
