@@ -3,6 +3,7 @@ from the spool, a DICOM import sent once, downloads into the content cache."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from xnatfs.cache import CacheKey, ContentCache, Uploader, UploadSpool, UploadTarget
-from xnatfs.cache.uploader import UploadRetries
+from xnatfs.cache.uploader import HashedBody, UploadRetries
 from xnatfs.client.connection import XnatConnection
 from xnatfs.errors import XnatError, XnatNotFound, XnatServerError, is_permanent_refusal
 from xnatfs.fake.dicomgen import SeriesSpec, write_session
@@ -149,11 +150,28 @@ def test_a_file_is_sent_whole_whether_streamed_or_from_memory(fake_xnat, conn, t
     entry = stage(
         spool, UploadTarget(kind="file", resource_uri=resource, relpath="both/ways.bin", server=fake_xnat.url), body
     )
-    Uploader(spool, conn).push(entry)
+    digest = Uploader(spool, conn).push(entry)
     remote = next(f for f in conn.list_files(resource) if f.path == "both/ways.bin")
     landed = io.BytesIO()
     conn.download(remote.uri, landed)
     assert landed.getvalue() == body
+    # What the mount lends a written file's time by (docs/LAYOUT.md, "Times").
+    assert digest == remote.digest == hashlib.md5(body).hexdigest()
+
+
+def test_a_body_sent_again_from_the_start_is_hashed_once_and_one_resumed_elsewhere_not_at_all(tmp_path):
+    staged = tmp_path / "staged.bin"
+    staged.write_bytes(b"0123456789" * 10)
+    with open(staged, "rb") as source:
+        body = HashedBody(source)
+        body.read(40)
+        body.seek(0)  # the request sent again
+        while body.read(16):
+            pass
+        assert body.hexdigest() == hashlib.md5(staged.read_bytes()).hexdigest()
+        body.seek(50)
+        body.read()
+        assert body.hexdigest() == ""
 
 
 def test_a_client_error_leaves_the_upload_refused_and_it_is_not_sent_again(fake_xnat, conn, tmp_path):

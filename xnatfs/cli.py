@@ -532,15 +532,16 @@ def cmd_uploads(args) -> int:
         return 0
     if args.action == "discard":
         return _discard_upload(spool, args)
+    sent: dict[str, str] = {}
     try:
         if args.entry is not None:
-            return _retry_upload(spool, args)
-        return _retry_all(spool, server, args)
+            return _retry_upload(spool, args, sent)
+        return _retry_all(spool, server, args, sent)
     finally:
-        _tell_mounts(spool)
+        _tell_mounts(spool, sent=sent)
 
 
-def _retry_all(spool, server: str | None, args) -> int:
+def _retry_all(spool, server: str | None, args, sent: dict[str, str]) -> int:
     refused = spool.refused(server)
     if refused:
         print(
@@ -558,7 +559,7 @@ def _retry_all(spool, server: str | None, args) -> int:
             "then `uploads retry --include-unclosed` or `uploads discard ID --yes`",
             file=sys.stderr,
         )
-    return _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args)
+    return _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args, sent)
 
 
 UPLOAD_COLUMNS = ("ID", "STATE", "SIZE", "TRIES", "TARGET", "LAST ERROR")
@@ -618,8 +619,9 @@ def _discard_upload(spool, args) -> int:
     return 0
 
 
-def _retry_upload(spool, args) -> int:
-    """`uploads retry ID`: send one upload now, whatever its state (a user's decision)."""
+def _retry_upload(spool, args, sent: dict[str, str]) -> int:
+    """`uploads retry ID`: send one upload now, whatever its state (a user's decision);
+    ``sent`` takes the MD5 of what the server got."""
     from xnatfs.cache.uploader import Uploader
     from xnatfs.errors import XnatError
 
@@ -630,24 +632,28 @@ def _retry_upload(spool, args) -> int:
         raise UsageProblem(f"{entry.id} is being written or sent right now; try again later")
     connection, _projects = connect(_upload_settings(entry.target.server, args))
     try:
-        Uploader(spool, connection).push(entry)
+        digest = Uploader(spool, connection).push(entry)
     except XnatError as exc:
         print(f"{entry.id}: {entry.state}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
         return 1
     finally:
         connection.close()
+    if digest:
+        sent[entry.id] = digest
     print(f"{entry.id}: sent ({entry.target.describe()})")
     return 0
 
 
-def _tell_mounts(spool, discarded: list[str] | None = None) -> None:
-    """Mounts sharing this spool learn at once what was sent or ``discarded`` here, rather
-    than at their next retry round, and show the server's files from then on (not their copy)."""
+def _tell_mounts(spool, *, sent: dict[str, str] | None = None, discarded: list[str] | None = None) -> None:
+    """Mounts sharing this spool learn at once what was ``sent`` (entry ID → MD5 of what the
+    server got) or ``discarded`` here, rather than at their next retry round, and show the
+    server's files from then on (not their copy)."""
     from xnatfs.fs.control import ControlError, ask
 
+    request = {"request": "uploads-changed", "sent": sent or {}, "discarded": discarded or []}
     for mountpoint in _running_mountpoints(spool.directory):
         try:
-            ask(mountpoint, {"request": "uploads-changed", "discarded": discarded or []}, timeout=10.0)
+            ask(mountpoint, request, timeout=10.0)
         except ControlError as exc:
             logger.debug("the mount at %s was not told of the spool's changes: %s", mountpoint, exc)
 
@@ -658,7 +664,7 @@ def _upload_settings(server: str, args) -> MountSettings:
     )
 
 
-def _retry_uploads(spool, servers: list[str], args) -> int:
+def _retry_uploads(spool, servers: list[str], args, sent: dict[str, str]) -> int:
     from xnatfs.cache.uploader import Uploader
 
     if not servers:
@@ -667,10 +673,12 @@ def _retry_uploads(spool, servers: list[str], args) -> int:
     failed = 0
     for server in servers:
         connection, _projects = connect(_upload_settings(server, args))
+        uploader = Uploader(spool, connection)
         try:
-            report = Uploader(spool, connection).push_pending(server)
+            report = uploader.push_pending(server)
         finally:
             connection.close()
+        sent.update(uploader.sent_digests())
         print(f"{server}: {report.ok} sent, {report.failed} failed, {report.skipped} busy elsewhere")
         for entry_id, message in report.errors:
             print(f"  {entry_id}: {message.splitlines()[0][:200]}", file=sys.stderr)

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import trio
 
@@ -63,6 +63,9 @@ class Uploader:
         self.spool = spool
         self.connection = connection
         self._sending: dict[str, BinaryIO] = {}  # entry ID → its staged file, while it is sent
+        # Entry ID → the MD5 of what the server got, for entries sent by push_pending
+        # (the background retries, or `uploads retry`), until asked for (sent_digest).
+        self._sent_digests: dict[str, str] = {}
 
     def sending(self) -> dict[str, int]:
         """Entry ID → bytes of its staged file read so far, for each upload under way in this process."""
@@ -74,11 +77,26 @@ class Uploader:
                 continue  # finished and closed meanwhile
         return progress
 
-    def push(self, entry: SpoolEntry) -> None:
+    def push(self, entry: SpoolEntry) -> str:
         """One attempt. On success the entry leaves the spool; on failure the
         attempt is recorded and the error raised. Waits if another thread or
-        process is sending the same entry, then does nothing if that one succeeded."""
-        self._push(entry, wait=True)
+        process is sending the same entry, then does nothing if that one succeeded.
+
+        Returns the MD5 of the bytes the server got, "" when another sent them."""
+        return self._push(entry, wait=True) or ""
+
+    def sent_digest(self, entry_id: str) -> str:
+        """The MD5 of what push_pending sent for the entry ("" if it did not), told once."""
+        return self._sent_digests.pop(entry_id, "")
+
+    def sent_digests(self) -> dict[str, str]:
+        """Entry ID → MD5 of what push_pending sent, for every entry not asked about yet; told once."""
+        digests, self._sent_digests = self._sent_digests, {}
+        return digests
+
+    def note_sent(self, digests: dict[str, str]) -> None:
+        """What another process (``xnatfs uploads retry``) sent, as its :meth:`sent_digests` said."""
+        self._sent_digests.update(digests)
 
     def push_pending(self, server: str | None = None, *, due_only: bool = False) -> PushReport:
         """Try every pending entry once, oldest first. With ``due_only``,
@@ -91,7 +109,7 @@ class Uploader:
                 report.skipped += 1
                 continue
             try:
-                sent = self._push(entry, wait=False)
+                digest = self._push(entry, wait=False)
             except XnatUnavailable:
                 # The server is known to be silent: no use trying the others now.
                 report.skipped += len(pending) - done
@@ -100,10 +118,12 @@ class Uploader:
                 report.failed += 1
                 report.errors.append((entry.id, str(exc)))
                 continue
-            if sent:
-                report.ok += 1
-            else:
+            if digest is None:
                 report.skipped += 1
+            else:
+                report.ok += 1
+                if digest:
+                    self._sent_digests[entry.id] = digest
         return report
 
     def next_retry_delay(self, entry: SpoolEntry) -> float:
@@ -121,10 +141,11 @@ class Uploader:
         """When (time.time() scale) the entry is next due."""
         return entry.updated + self.next_retry_delay(entry)
 
-    def _push(self, entry: SpoolEntry, *, wait: bool) -> bool:
+    def _push(self, entry: SpoolEntry, *, wait: bool) -> str | None:
+        """Send the entry; the MD5 of what the server got ("" unknown), None when not sent here."""
         with self.spool.claim(entry, wait=wait) as current:
             if current is None:
-                return False
+                return None
             if current.state == "refused":
                 # Refused while the caller waited for it: a user decides whether it goes again.
                 _follow(entry, current)
@@ -138,7 +159,7 @@ class Uploader:
                 )
                 raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
-                self._send(current)
+                digest = self._send(current)
             except XnatUnavailable:
                 # Refused before anything was sent: not an attempt, so the
                 # entry is tried again as soon as the server answers.
@@ -167,24 +188,67 @@ class Uploader:
                 raise
             self.spool.remove(current)
         logger.info("uploaded %s (%s)", entry.id, entry.target.describe())
-        return True
+        return digest
 
-    def _send(self, entry: SpoolEntry) -> None:
+    def _send(self, entry: SpoolEntry) -> str:
         with open(entry.data_path, "rb") as source:
             self._sending[entry.id] = source
             try:
-                self._send_from(entry, source)
+                return self._send_from(entry, source)
             finally:
                 del self._sending[entry.id]
 
-    def _send_from(self, entry: SpoolEntry, source: BinaryIO) -> None:
+    def _send_from(self, entry: SpoolEntry, source: BinaryIO) -> str:
+        """Send the staged file; the MD5 of what went out, for a file ("" for an import)."""
         target = entry.target
-        if target.kind == "file":
-            small = os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT
-            body = source.read() if small else source
-            self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
-        else:
+        if target.kind != "file":
             self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
+            return ""
+        if os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT:
+            body = source.read()
+            self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
+            return hashlib.md5(body, usedforsecurity=False).hexdigest()
+        hashed = HashedBody(source)
+        self.connection.upload_file(target.resource_uri, target.relpath, cast(BinaryIO, hashed), overwrite=True)
+        return hashed.hexdigest()
+
+
+class HashedBody:
+    """A staged file sent as a request body, hashed as it goes out.
+
+    Only bytes read in one pass from the start count: a rewind to the start
+    (the request sent again) starts over; any other seek leaves no digest."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._position = 0
+        self._whole = True
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._file.read(size)
+        if self._whole:
+            self._md5.update(block)
+        self._position += len(block)
+        return block
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = self._file.seek(offset, whence)
+        if position == 0:
+            self._md5, self._whole = hashlib.md5(usedforsecurity=False), True
+        elif position != self._position:
+            self._whole = False
+        self._position = position
+        return position
+
+    def hexdigest(self) -> str:
+        """The MD5 of the file as read; "" unless it was read whole, in order."""
+        at_end = self._position == os.fstat(self._file.fileno()).st_size
+        return self._md5.hexdigest() if self._whole and at_end else ""
+
+    def __getattr__(self, name: str) -> Any:
+        # tell, seekable, fileno, name: what requests and the retries ask of a file.
+        return getattr(self._file, name)
 
 
 class UploadRetries:

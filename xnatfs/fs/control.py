@@ -15,10 +15,11 @@ connection:
 * ``{"request": "bids-check", "path": "P/BIDS"}`` → every scan of the
   project's BIDS view left out, with its reason, and the conversions that
   failed (see :func:`bids_check`).
-* ``{"request": "uploads-changed", "discarded": [IDs]}`` → the mount looks at
-  its spool again: ``xnatfs uploads retry`` sent entries of its files, which
-  it then shows as sent, or ``discard`` dropped them, which it then no longer
-  shows (answered once it has done so).
+* ``{"request": "uploads-changed", "sent": {ID: MD5}, "discarded": [IDs]}`` →
+  the mount looks at its spool again: ``xnatfs uploads retry`` sent entries
+  of its files (with the MD5 of what the server got), which it then shows as
+  sent, or ``discard`` dropped them, which it then no longer shows (answered
+  once it has done so).
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 The daemon never touches its own mountpoint: paths are resolved through
@@ -152,9 +153,10 @@ class ControlServer:
         if kind == "bids-check":
             return await bids_check(self.ops, str(request.get("path", "")))
         if kind == "uploads-changed":
-            discarded = request.get("discarded") or []
-            if not isinstance(discarded, list):
-                raise ValueError("discarded: a list of upload IDs")
+            sent, discarded = request.get("sent") or {}, request.get("discarded") or []
+            if not isinstance(sent, dict) or not isinstance(discarded, list):
+                raise ValueError("sent: upload ID → MD5; discarded: a list of upload IDs")
+            self.ops.uploader.note_sent({str(entry_id): str(digest) for entry_id, digest in sent.items()})
             await self.ops.changes.uploads_changed({str(entry_id) for entry_id in discarded})
             return {}
         raise ValueError(f"unknown request {kind!r}")

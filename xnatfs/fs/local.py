@@ -52,6 +52,7 @@ class LocalFile:
     handles: int = 0
     unlinked: bool = False
     mtime: float = field(default_factory=time.time)
+    sent_md5: str = ""  # of the bytes last sent, when this process sent them ("" unknown)
     expires: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -103,7 +104,7 @@ WRITTEN_TIMES_KEPT = 50_000
 class WrittenTime:
     size: int
     mtime: float
-    digest: str = ""  # the server's MD5 of what we sent, from the first listing showing it
+    digest: str  # the MD5 of what we sent
 
 
 class WrittenTimes:
@@ -113,8 +114,12 @@ class WrittenTimes:
     that way once its upload was listed, a file just written would go back
     in time, and editors (vim: "changed since reading it") and make would
     take that for a change by someone else. A file keeps its written time
-    for as long as the server lists what was sent (same size, then same
-    MD5), up to :data:`WRITTEN_TIMES_KEPT` files, the oldest forgotten first.
+    for as long as the server lists what was sent (same size and MD5), up
+    to :data:`WRITTEN_TIMES_KEPT` files, the oldest forgotten first. Only
+    the MD5 tells our version from another of the same size: lent to that
+    other, the time would tell the kernel that the pages it holds of ours
+    are still good. So a file whose MD5 is not known (sent by another
+    process) or not listed keeps no time.
     """
 
     def __init__(self, limit: int = WRITTEN_TIMES_KEPT):
@@ -125,7 +130,9 @@ class WrittenTimes:
     def record(self, local: LocalFile) -> None:
         key = (local.container, local.relpath)
         self.forget(*key)
-        self._times[key] = WrittenTime(local.size, local.mtime)
+        if not local.sent_md5:
+            return
+        self._times[key] = WrittenTime(local.size, local.mtime, local.sent_md5)
         self._per_container[local.container] += 1
         while len(self._times) > self.limit:
             self._drop(next(iter(self._times)))
@@ -151,12 +158,9 @@ class WrittenTimes:
         written = self._times.get(key)
         if written is None:
             return node
-        digest = node.file.digest
-        if node.size != written.size or (digest and written.digest and digest != written.digest):
-            self._drop(key)  # the server holds another version now
+        if node.size != written.size or (node.file.digest or "").lower() != written.digest:
+            self._drop(key)  # the server holds another version now, or says nothing of it
             return node
-        if digest and not written.digest:
-            written.digest = digest
         return dataclasses.replace(node, mtime=written.mtime)
 
 

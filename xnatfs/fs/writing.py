@@ -254,7 +254,7 @@ class Writer:
             local.dirty = False
             local.state = "pending"
         try:
-            self.uploader.push(entry)
+            digest = self.uploader.push(entry)
         except Exception as exc:
             self._keep_durably(entry)
             with local.lock:
@@ -264,15 +264,17 @@ class Writer:
             raise
         with local.lock:
             if local.entry is entry:
-                self._sent(local)
+                self._sent(local, digest)
         return True
 
     @staticmethod
-    def _sent(local: LocalFile) -> None:
-        """The server holds the file under its name now: emptying it later is
-        refused like emptying any file XNAT holds (caller holds the lock)."""
+    def _sent(local: LocalFile, digest: str) -> None:
+        """The server holds the file under its name now (``digest``: the MD5 of what it got,
+        "" unknown): emptying it later is refused like emptying any file XNAT holds (caller
+        holds the lock)."""
         local.entry, local.state, local.error = None, "uploaded", ""
         local.replaces_remote = True
+        local.sent_md5 = digest
 
     def _keep_durably(self, entry: SpoolEntry) -> None:
         """After a failed attempt: the bytes wait in the spool, so make them
@@ -305,7 +307,7 @@ class Writer:
                 return False
             current = self.spool.get(entry.id)
             if current is None:
-                self._sent(local)
+                self._sent(local, self.uploader.sent_digest(entry.id))
                 return True
             local.state, local.error = current.state, current.last_error
             return False
