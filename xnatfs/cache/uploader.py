@@ -77,13 +77,15 @@ class Uploader:
                 continue  # finished and closed meanwhile
         return progress
 
-    def push(self, entry: SpoolEntry) -> str:
+    def push(self, entry: SpoolEntry, *, hashed: bool = True) -> str:
         """One attempt. On success the entry leaves the spool; on failure the
         attempt is recorded and the error raised. Waits if another thread or
         process is sending the same entry, then does nothing if that one succeeded.
 
-        Returns the MD5 of the bytes the server got, "" when another sent them."""
-        return self._push(entry, wait=True) or ""
+        Returns the MD5 of the bytes the server got: "" when another sent them,
+        or when not ``hashed`` (a caller that waits for the upload and would
+        rather work it out later)."""
+        return self._push(entry, wait=True, hashed=hashed) or ""
 
     def sent_digest(self, entry_id: str) -> str:
         """The MD5 of what push_pending sent for the entry ("" if it did not), told once."""
@@ -141,7 +143,7 @@ class Uploader:
         """When (time.time() scale) the entry is next due."""
         return entry.updated + self.next_retry_delay(entry)
 
-    def _push(self, entry: SpoolEntry, *, wait: bool) -> str | None:
+    def _push(self, entry: SpoolEntry, *, wait: bool, hashed: bool = True) -> str | None:
         """Send the entry; the MD5 of what the server got ("" unknown), None when not sent here."""
         with self.spool.claim(entry, wait=wait) as current:
             if current is None:
@@ -159,7 +161,7 @@ class Uploader:
                 )
                 raise XnatError(f"{current.target.describe()}: {refusal}")
             try:
-                digest = self._send(current)
+                digest = self._send(current, hashed)
             except XnatUnavailable:
                 # Refused before anything was sent: not an attempt, so the
                 # entry is tried again as soon as the server answers.
@@ -190,16 +192,16 @@ class Uploader:
         logger.info("uploaded %s (%s)", entry.id, entry.target.describe())
         return digest
 
-    def _send(self, entry: SpoolEntry) -> str:
+    def _send(self, entry: SpoolEntry, hashed: bool) -> str:
         with open(entry.data_path, "rb") as source:
             self._sending[entry.id] = source
             try:
-                return self._send_from(entry, source)
+                return self._send_from(entry, source, hashed)
             finally:
                 del self._sending[entry.id]
 
-    def _send_from(self, entry: SpoolEntry, source: BinaryIO) -> str:
-        """Send the staged file; the MD5 of what went out, for a file ("" for an import)."""
+    def _send_from(self, entry: SpoolEntry, source: BinaryIO, hashed: bool) -> str:
+        """Send the staged file; if ``hashed``, the MD5 of what went out ("" for an import)."""
         target = entry.target
         if target.kind != "file":
             self.connection.import_dicom_zip(target.project, target.subject, target.experiment, source)
@@ -207,10 +209,13 @@ class Uploader:
         if os.fstat(source.fileno()).st_size <= SEND_FROM_MEMORY_LIMIT:
             body = source.read()
             self.connection.upload_file(target.resource_uri, target.relpath, body, overwrite=True)
-            return hashlib.md5(body, usedforsecurity=False).hexdigest()
-        hashed = HashedBody(source)
-        self.connection.upload_file(target.resource_uri, target.relpath, cast(BinaryIO, hashed), overwrite=True)
-        return hashed.hexdigest()
+            return hashlib.md5(body, usedforsecurity=False).hexdigest() if hashed else ""
+        if not hashed:
+            self.connection.upload_file(target.resource_uri, target.relpath, source, overwrite=True)
+            return ""
+        body_hashed = HashedBody(source)
+        self.connection.upload_file(target.resource_uri, target.relpath, cast(BinaryIO, body_hashed), overwrite=True)
+        return body_hashed.hexdigest()
 
 
 class HashedBody:

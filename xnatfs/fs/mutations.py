@@ -32,6 +32,7 @@ of files, and the inode table kept in step with renames and deletions.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -133,6 +134,7 @@ class Mutations:
         hot: HotFiles,
         cache_key: Callable[[RemoteFile], CacheKey],
         drop_kernel_entry: Callable[[int, str], None],
+        in_background: Callable[[Callable[[], Awaitable[None]]], None],
     ):
         self.read = read
         self.settings = settings
@@ -151,6 +153,7 @@ class Mutations:
         self.hot = hot
         self.cache_key = cache_key
         self.drop_kernel_entry = drop_kernel_entry
+        self.in_background = in_background
 
     # ---- the node kinds' write context --------------------------------
 
@@ -419,8 +422,17 @@ class Mutations:
         else:
             self.overlay.unhide(local.container, local.relpath)
             self.series.forget(local.target.resource_uri)
+            if not local.sent_md5:
+                self.in_background(functools.partial(self._hash_sent, local, local.mtime))
         if local.handles == 0:
             self._linger(local)
+
+    async def _hash_sent(self, local: LocalFile, mtime: float) -> None:
+        # In the background: a close does not wait for it, and nothing of it may end the mount.
+        try:
+            await trio.to_thread.run_sync(Writer.hash_sent, local, mtime, limiter=self.limiter)
+        except Exception as exc:
+            logger.debug("no MD5 of %s as sent: %s", local.target.describe(), exc)
 
     def _linger(self, local: LocalFile) -> None:
         """How long a sent file stays shown from our copy.

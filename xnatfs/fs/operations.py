@@ -27,7 +27,7 @@ import logging
 import os
 import resource
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 import pyfuse3
@@ -171,12 +171,19 @@ class XnatOperations(pyfuse3.Operations):
             hot=self.hot,
             cache_key=self.cache_key,
             drop_kernel_entry=self._drop_kernel_entry,
+            in_background=self._in_background,
         )
         self.bids: BidsView | None = None  # when the mount shows a BIDS view
         self.cache_hits = 0  # opens served from the content cache, for `xnatfs status`
         self.cache_misses = 0
 
     # ---- helpers ------------------------------------------------------
+
+    def _in_background(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Start ``job`` beside the requests (not before the mount runs, as when tests
+        call the handlers alone); it must catch its own errors."""
+        if self.nursery is not None:
+            self.nursery.start_soon(job)
 
     def _drop_kernel_entry(self, parent_inode: int, name: str) -> None:
         """Queue the drop of the kernel's entry ``name`` in ``parent_inode`` (safe inside a handler)."""

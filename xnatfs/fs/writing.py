@@ -23,6 +23,7 @@ keeps concurrent writes, reads and uploads of one file apart. The rules:
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import time
@@ -254,7 +255,8 @@ class Writer:
             local.dirty = False
             local.state = "pending"
         try:
-            digest = self.uploader.push(entry)
+            # Its MD5 is worked out after the close has its answer (hash_sent).
+            digest = self.uploader.push(entry, hashed=False)
         except Exception as exc:
             self._keep_durably(entry)
             with local.lock:
@@ -266,6 +268,25 @@ class Writer:
             if local.entry is entry:
                 self._sent(local, digest)
         return True
+
+    @staticmethod
+    def hash_sent(local: LocalFile, mtime: float) -> None:
+        """Work out the MD5 of a file just sent (``mtime``: its time then), unless it has
+        changed since: what lets it keep its time once the server lists it (blocking)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        offset = 0
+        while True:
+            with local.lock:
+                if local.fd < 0 or local.mtime != mtime:
+                    return
+                chunk = os.pread(local.fd, COPY_CHUNK, offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        with local.lock:
+            if local.state == "uploaded" and local.mtime == mtime and local.size == offset:
+                local.sent_md5 = digest.hexdigest()
 
     @staticmethod
     def _sent(local: LocalFile, digest: str) -> None:
