@@ -613,6 +613,11 @@ def replay(server, base, steps, *, machine_type: type[MountMachine] = MountMachi
         machine.teardown()
 
 
+def replay_on_a_scan_resource(server, base, steps) -> None:
+    """``replay`` on a scan's resource, whose server holds ``a.txt`` and ``sub/d.txt`` at the start."""
+    replay(server, base, steps, machine_type=ScanMountMachine, start=(b"first", b"second"))
+
+
 def test_regression_rmdir_after_moving_the_last_file_out(fake_xnat, tmp_path):
     replay(
         fake_xnat,
@@ -813,7 +818,7 @@ def test_regression_a_rewrite_refused_by_the_server_stays_shown_past_the_first_u
 def test_regression_a_file_deleted_on_the_server_after_a_retry_sent_it_goes_within_the_ttl(fake_xnat, tmp_path):
     # `xnatfs uploads retry` sent the file; the mount learnt of it only at its own next
     # retry round, and showed its copy until then and a TTL more.
-    replay(
+    replay_on_a_scan_resource(
         fake_xnat,
         tmp_path,
         [
@@ -823,15 +828,13 @@ def test_regression_a_file_deleted_on_the_server_after_a_retry_sent_it_goes_with
             ("refused_change", "write", "sub/d.txt", b"ddd", "b.dcm"),
             ("server_delete", "sub/d.txt"),
         ],
-        machine_type=ScanMountMachine,
-        start=(b"first", b"second"),
     )
 
 
 def test_regression_a_file_a_retry_sent_then_removed_through_the_mount_leaves_the_server(fake_xnat, tmp_path):
     # The mount did not know yet that `xnatfs uploads retry` had sent b.dcm: rm dropped it
     # from the spool as unsent, and the server kept it.
-    replay(
+    replay_on_a_scan_resource(
         fake_xnat,
         tmp_path,
         [
@@ -842,8 +845,6 @@ def test_regression_a_file_a_retry_sent_then_removed_through_the_mount_leaves_th
             ("refused_change", "remove", "a.txt", b"", "b.dcm"),
             ("remove", "b.dcm"),
         ],
-        machine_type=ScanMountMachine,
-        start=(b"first", b"second"),
     )
 
 
