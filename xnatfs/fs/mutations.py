@@ -430,7 +430,7 @@ class Mutations:
     async def _hash_sent(self, local: LocalFile, mtime: float) -> None:
         # In the background: a close does not wait for it, and nothing of it may end the mount.
         try:
-            await trio.to_thread.run_sync(Writer.hash_sent, local, mtime, limiter=self.limiter)
+            await trio.to_thread.run_sync(Writer.hash_sent, local, mtime, limiter=self.limiter, abandon_on_cancel=True)
         except Exception as exc:
             logger.debug("no MD5 of %s as sent: %s", local.target.describe(), exc)
 
