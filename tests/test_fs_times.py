@@ -66,3 +66,17 @@ def test_times_are_kept_for_a_bounded_number_of_files_the_oldest_forgotten_first
     ]
     times.forget(RESOURCE, "b")
     assert times.shown(RESOURCE, listed("b", 1, "d1")).mtime == SESSION_TIME
+
+
+def test_times_are_kept_for_the_next_mount_and_a_damaged_record_loses_only_times(tmp_path, caplog):
+    path = tmp_path / "times" / "server.json"
+    times = WrittenTimes(path=path)
+    times.record(sent("a.txt", 5, 2_000.0, "d1"))
+    times.save()
+    again = WrittenTimes(path=path)
+    assert again.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == 2_000.0
+    assert again.shown(RESOURCE, listed("a.txt", 5, "other")).mtime == SESSION_TIME
+    path.write_text('{"times": [["/x", "a.txt", "five", 2000.0, "d1"]]}')
+    damaged = WrittenTimes(path=path)
+    assert not damaged.holds("/x")
+    assert "not shown" in caplog.text

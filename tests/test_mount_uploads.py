@@ -268,3 +268,20 @@ def test_a_file_removed_while_its_upload_is_under_way_is_deleted_once_that_uploa
         assert server_file(fake_xnat, "going.txt") is None, "the server kept a file removed through the mount"
         time.sleep(1.5)  # past the TTL
         assert "going.txt" not in os.listdir(path.parent)
+
+
+def test_a_written_file_keeps_its_time_in_the_next_mount_unless_the_server_changed_it(fake_xnat, tmp_path):
+    """`make` after a remount must still see a target newer than its sources: the times of
+    files written through the mount are kept with the cache (docs/LAYOUT.md, "Times")."""
+    with mounted(fake_xnat.url, tmp_path, ttl=1) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        write_and_close(qc / "kept.txt", b"built")
+        write_and_close(qc / "changed.txt", b"source")
+        written = {name: (qc / name).stat().st_mtime_ns for name in ("kept.txt", "changed.txt")}
+        time.sleep(1.5)  # listed by the server from now on
+        assert {name: (qc / name).stat().st_mtime_ns for name in written} == written
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "changed.txt", b"SOURCE")  # same size, other bytes
+    with mounted(fake_xnat.url, tmp_path, ttl=1, name="again") as again:
+        qc = again.path.joinpath(*QC_PATH)
+        assert (qc / "kept.txt").stat().st_mtime_ns == written["kept.txt"]
+        assert (qc / "changed.txt").stat().st_mtime_ns < written["changed.txt"]  # the session's time

@@ -8,21 +8,26 @@ under its name), and a sub-folder made inside a resource exists only here
 until a file is written in it. All of this sits on top of the listings the
 tree derives from XNAT (:meth:`Overlay.merge`). Once the listings show a
 file we sent, the overlay still lends it the time of our last write
-(:class:`WrittenTimes`).
+(:class:`WrittenTimes`), also in the next mounts of the server.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import math
 import os
 import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xnatfs.cache.spool import SpoolEntry, UploadTarget
 from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, WriteContext
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -122,20 +127,51 @@ class WrittenTimes:
     process) or not listed keeps no time.
     """
 
-    def __init__(self, limit: int = WRITTEN_TIMES_KEPT):
+    def __init__(self, limit: int = WRITTEN_TIMES_KEPT, path: Path | None = None):
         self.limit = limit
+        self.path = path  # where they are kept between mounts of the server, if anywhere
         self._times: OrderedDict[tuple[str, str], WrittenTime] = OrderedDict()
         self._per_container: Counter[str] = Counter()
+        if path is not None:
+            self._load(path)
 
     def record(self, local: LocalFile) -> None:
-        key = (local.container, local.relpath)
-        self.forget(*key)
-        if not local.sent_md5:
-            return
-        self._times[key] = WrittenTime(local.size, local.mtime, local.sent_md5)
-        self._per_container[local.container] += 1
+        self.forget(local.container, local.relpath)
+        if local.sent_md5:
+            self._keep((local.container, local.relpath), WrittenTime(local.size, local.mtime, local.sent_md5))
+
+    def _keep(self, key: tuple[str, str], written: WrittenTime) -> None:
+        self._times[key] = written
+        self._per_container[key[0]] += 1
         while len(self._times) > self.limit:
             self._drop(next(iter(self._times)))
+
+    def save(self) -> None:
+        """Keep the times for the next mount of the server (blocking; at unmount). A mount
+        killed before gives them up: its files show their sessions' times again."""
+        if self.path is None:
+            return
+        rows = [[*key, written.size, written.mtime, written.digest] for key, written in self._times.items()]
+        staging = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            staging.write_text(json.dumps({"version": 1, "times": rows}))
+            os.replace(staging, self.path)
+        except OSError as exc:
+            logger.warning("the times of files written through the mount were not kept in %s: %s", self.path, exc)
+
+    def _load(self, path: Path) -> None:
+        try:
+            rows = json.loads(path.read_text())["times"]
+            for container, relpath, size, mtime, digest in rows:
+                if not (isinstance(size, int) and isinstance(mtime, (int, float)) and isinstance(digest, str)):
+                    raise ValueError(f"not a size, a time and an MD5: {size!r}, {mtime!r}, {digest!r}")
+                self._keep((str(container), str(relpath)), WrittenTime(size, float(mtime), digest))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Only times are lost: files show their sessions' times, as after a first mount.
+            logger.warning("the times of files written through earlier mounts are not shown: %s: %s", path, exc)
 
     def forget(self, container: str, relpath: str) -> None:
         if (container, relpath) in self._times:
@@ -168,12 +204,12 @@ class Overlay:
     """Our writes, local folders and deletions, keyed by container (a resource
     URI, or an experiment's SCANS) and path inside it."""
 
-    def __init__(self, ttl: float):
+    def __init__(self, ttl: float, written: WrittenTimes | None = None):
         self.ttl = ttl
         self.files: dict[str, dict[str, LocalFile]] = {}
         self.folders: dict[str, set[tuple[str, ...]]] = {}
         self.deleted: dict[str, dict[str, float]] = {}
-        self.written = WrittenTimes()
+        self.written = written if written is not None else WrittenTimes()
         # What was worked out for a container's folders, kept until its files, folders or
         # deletions change: every lookup, stat and open in a folder asks, and working it out
         # anew each time made a copy of thousands of files slower with each file.
@@ -297,6 +333,14 @@ class Overlay:
             default=math.inf,
         )
         return gone
+
+    def keep_times(self) -> None:
+        """At unmount: the times of files sent and still shown from our copy join the
+        others, and all are kept for the next mount (blocking)."""
+        for local in self.all_files():
+            if local.state == "uploaded" and local.target.kind == "file":
+                self.written.record(local)
+        self.written.save()
 
     # ---- reading ------------------------------------------------------
 

@@ -23,6 +23,7 @@ files and folders are kept in one :class:`~xnatfs.fs.handles.OpenHandles`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import resource
@@ -44,7 +45,7 @@ from xnatfs.fs.errno import fuse_handler, never_waits
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.kernel import Kernel
-from xnatfs.fs.local import LocalHandle, Overlay
+from xnatfs.fs.local import LocalHandle, Overlay, WrittenTimes
 from xnatfs.fs.mutations import Mutations, ReadSide
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
 from xnatfs.fs.readahead import raise_read_ahead
@@ -139,7 +140,8 @@ class XnatOperations(pyfuse3.Operations):
             max_file_size=settings.max_file_size,
             make_disk_room=cache.make_disk_room if shares_disk else None,
         )
-        self.overlay = Overlay(settings.ttl)
+        server_digest = hashlib.sha256(self.server.encode()).hexdigest()[:16]
+        self.overlay = Overlay(settings.ttl, WrittenTimes(path=cache.directory / "times" / f"{server_digest}.json"))
         self.inodes = InodeTable(tree.root)
         self.kernel = Kernel()
         self.nursery: trio.Nursery | None = None
