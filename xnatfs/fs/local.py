@@ -24,6 +24,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xnatfs.cache.files import make_private_dir, write_atomic
 from xnatfs.cache.spool import SpoolEntry, UploadTarget
 from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, WriteContext
 
@@ -152,11 +153,9 @@ class WrittenTimes:
         if self.path is None:
             return
         rows = [[*key, written.size, written.mtime, written.digest] for key, written in self._times.items()]
-        staging = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            staging.write_text(json.dumps({"version": 1, "times": rows}))
-            os.replace(staging, self.path)
+            make_private_dir(self.path.parent)
+            write_atomic(self.path, json.dumps({"version": 1, "times": rows}).encode(), durable=False)
         except OSError as exc:
             logger.warning("the times of files written through the mount were not kept in %s: %s", self.path, exc)
 
@@ -315,8 +314,7 @@ class Overlay:
         ]
         for local in gone:
             self.drop_file(local)
-            if local.state == "uploaded" and local.target.kind == "file":
-                self.written.record(local)
+            self._remember_time(local)
         for container in list(self.deleted):
             group = self.deleted[container]
             expired = [p for p, until in group.items() if until <= now]
@@ -338,9 +336,13 @@ class Overlay:
         """At unmount: the times of files sent and still shown from our copy join the
         others, and all are kept for the next mount (blocking)."""
         for local in self.all_files():
-            if local.state == "uploaded" and local.target.kind == "file":
-                self.written.record(local)
+            self._remember_time(local)
         self.written.save()
+
+    def _remember_time(self, local: LocalFile) -> None:
+        """A file of ours the server holds now: its time is lent to the server's listing of it."""
+        if local.state == "uploaded" and local.target.kind == "file":
+            self.written.record(local)
 
     # ---- reading ------------------------------------------------------
 
