@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import xml.etree.ElementTree as ET
+from datetime import datetime
 
 import pytest
 
@@ -162,6 +163,17 @@ def test_experiment_item_anatomy(fake_xnat, http):
     shares = children(session, "sharing/share")
     assert shares[0]["data_fields"]["project"] == "STUDY02"
     assert shares[0]["data_fields"]["label"] == "SUB001_MR1"
+
+
+def test_an_items_start_date_is_when_it_was_stored_not_when_it_was_asked_for(fake_xnat, http):
+    # XNAT's meta.start_date is when the item's current version began: the same in every
+    # answer. Clients take a session's time from it when its insert_date is not at hand.
+    listed = {e["ID"]: e["insert_date"] for e in rows(http, fake_xnat, "/data/projects/STUDY01/experiments")}
+    session = item(http, fake_xnat, f"/data/experiments/{E1}")
+    started = datetime.strptime(session["meta"]["start_date"], "%a %b %d %H:%M:%S %Z %Y")
+    assert started.strftime("%Y-%m-%d %H:%M:%S") == listed[E1][:19]
+    for scan in children(session, "scans/scan"):
+        assert scan["meta"]["start_date"] == session["meta"]["start_date"]
 
 
 def test_shared_experiment_through_second_project(fake_xnat, http):

@@ -497,7 +497,7 @@ class ArchiveApi:
             if len(scans) > 1:
                 return table_response(request, self._scan_rows(experiment, scans), SCAN_COLUMNS)
             shares = self.store.experiment_shares(experiment["id"])
-            return _item_answer(request, scan_item(self.store, scans[0], shares))
+            return _item_answer(request, scan_item(self.store, scans[0], experiment["insert_date"], shares))
         if request.method == "PUT":
             if selector in ("ALL", "*") or "," in selector or not VALID_LABEL.match(selector):
                 return error_page(417, "Invalid scan ID.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from xml.sax.saxutils import escape, quoteattr
 
 from .store import Store
@@ -35,8 +36,15 @@ def java_date(epoch: float | None = None) -> str:
     return time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(epoch))
 
 
-def _meta(xsi_type: str, event_id: int | None = None) -> dict:
-    meta = {"isHistory": False, "xsi:type": xsi_type, "start_date": java_date()}
+def _started(insert_date: str) -> str:
+    """``meta.start_date``: when this version of the item began, i.e. its row's insert_date
+    (the store's ``2018-05-14 15:17:57.815`` form) in ``Date.toString()`` form. Stable from one
+    answer to the next, as a real server's is."""
+    return java_date(datetime.strptime(insert_date, "%Y-%m-%d %H:%M:%S.%f").timestamp())
+
+
+def _meta(xsi_type: str, started: str, event_id: int | None = None) -> dict:
+    meta = {"isHistory": False, "xsi:type": xsi_type, "start_date": _started(started)}
     if event_id is not None:
         meta["create_event_id"] = event_id
     return meta
@@ -46,8 +54,8 @@ def _children(*pairs: tuple[str, list]) -> list[dict]:
     return [{"field": name, "items": items} for name, items in pairs if items]
 
 
-def _item(xsi_type: str, data_fields: dict, children: list[dict], event_id: int | None = None) -> dict:
-    return {"children": children, "meta": _meta(xsi_type, event_id), "data_fields": data_fields}
+def _item(xsi_type: str, data_fields: dict, children: list[dict], started: str, event_id: int | None = None) -> dict:
+    return {"children": children, "meta": _meta(xsi_type, started, event_id), "data_fields": data_fields}
 
 
 def items_document(item: dict) -> dict:
@@ -66,11 +74,16 @@ def project_item(store: Store, project) -> dict:
     if project["pi_firstname"] or project["pi_lastname"]:
         pi = [
             _item(
-                "xnat:investigatorData", {"firstname": project["pi_firstname"], "lastname": project["pi_lastname"]}, []
+                "xnat:investigatorData",
+                {"firstname": project["pi_firstname"], "lastname": project["pi_lastname"]},
+                [],
+                project["insert_date"],
             )
         ]
     resources = [resource_item(store, r) for r in store.resources("project", project["id"])]
-    return _item("xnat:projectData", fields, _children(("PI", pi), ("resources/resource", resources)))
+    return _item(
+        "xnat:projectData", fields, _children(("PI", pi), ("resources/resource", resources)), project["insert_date"]
+    )
 
 
 def subject_item(store: Store, subject) -> dict:
@@ -84,6 +97,7 @@ def subject_item(store: Store, subject) -> dict:
             "xnat:projectParticipant",
             {"project": s["project"], "label": s["label"], "xnat_projectParticipant_id": s["share_id"]},
             [],
+            subject["insert_date"],
         )
         for s in store.subject_shares(subject["id"])
     ]
@@ -94,6 +108,7 @@ def subject_item(store: Store, subject) -> dict:
         _children(
             ("experiments/experiment", experiments), ("sharing/share", shares), ("resources/resource", resources)
         ),
+        subject["insert_date"],
     )
 
 
@@ -111,13 +126,14 @@ def experiment_item(store: Store, experiment) -> dict:
             fields[key] = value
     fields.update(extra)
     shares = store.experiment_shares(experiment["id"])
-    scans = [scan_item(store, s, shares) for s in store.scans(experiment["id"])]
+    scans = [scan_item(store, s, experiment["insert_date"], shares) for s in store.scans(experiment["id"])]
     resources = [resource_item(store, r) for r in store.resources("experiment", experiment["id"])]
     share_items = [
         _item(
             "xnat:experimentData_share",
             {"project": s["project"], "label": s["label"], "xnat_experimentData_share_id": s["share_id"]},
             [],
+            experiment["insert_date"],
         )
         for s in shares
     ]
@@ -125,11 +141,13 @@ def experiment_item(store: Store, experiment) -> dict:
         experiment["xsi_type"],
         fields,
         _children(("scans/scan", scans), ("resources/resource", resources), ("sharing/share", share_items)),
+        experiment["insert_date"],
         event_id=_number(experiment["id"]),
     )
 
 
-def scan_item(store: Store, scan, experiment_shares=()) -> dict:
+def scan_item(store: Store, scan, started: str, experiment_shares=()) -> dict:
+    """``started``: its session's insert_date (scans keep no date of their own here)."""
     extra = json.loads(scan["fields"])
     add_params = extra.pop("addParam", {})
     fields = {
@@ -147,14 +165,19 @@ def scan_item(store: Store, scan, experiment_shares=()) -> dict:
     if scan["note"]:
         fields["note"] = scan["note"]
     fields.update(extra)
-    params = [_item("xnat:addField", {"name": name, "addField": value}, []) for name, value in add_params.items()]
+    params = [
+        _item("xnat:addField", {"name": name, "addField": value}, [], started) for name, value in add_params.items()
+    ]
     files = [resource_item(store, r) for r in store.resources("scan", str(scan["pk"]))]
     shares = [
-        _item("xnat:imageScanData_share", {"project": s["project"], "label": scan["scan_id"]}, [])
+        _item("xnat:imageScanData_share", {"project": s["project"], "label": scan["scan_id"]}, [], started)
         for s in experiment_shares
     ]
     return _item(
-        scan["xsi_type"], fields, _children(("parameters/addParam", params), ("file", files), ("sharing/share", shares))
+        scan["xsi_type"],
+        fields,
+        _children(("parameters/addParam", params), ("file", files), ("sharing/share", shares)),
+        started,
     )
 
 
@@ -170,8 +193,11 @@ def resource_item(store: Store, resource) -> dict:
         "xnat_abstractResource_id": resource["id"],
         "URI": str(store.archive_dir / str(resource["id"]) / f"{resource['label']}_catalog.xml"),
     }
-    tags = [_item("xnat:abstractResource_tag", {"tag": t}, []) for t in resource["tags"].split(",") if t.strip()]
-    return _item("xnat:resourceCatalog", fields, _children(("tags/tag", tags)))
+    started = resource["insert_date"]
+    tags = [
+        _item("xnat:abstractResource_tag", {"tag": t}, [], started) for t in resource["tags"].split(",") if t.strip()
+    ]
+    return _item("xnat:resourceCatalog", fields, _children(("tags/tag", tags)), started)
 
 
 def _number(accession: str) -> int:

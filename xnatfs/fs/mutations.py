@@ -267,7 +267,7 @@ class Mutations:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise refused(errno.EINVAL, "%s refused: the name is not UTF-8 text: %s", what, text) from None
+            raise refused(errno.EINVAL, "%s refused: the name is not UTF-8 text: %r", what, text) from None
         if len(raw) > NAME_MAX:
             raise refused(
                 errno.ENAMETOOLONG,
