@@ -32,8 +32,10 @@ install-mount-helper: install
 demo: install
 	$(VENV)/bin/xnatfs demo $(MNT)
 
+# Two workers, each test file whole on one: most tests wait on a mount or a server,
+# and a file's tests share its fixtures.
 test: install lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check xnatfs tests scripts
