@@ -80,3 +80,19 @@ def test_times_are_kept_for_the_next_mount_and_a_damaged_record_loses_only_times
     damaged = WrittenTimes(path=path)
     assert not damaged.holds("/x")
     assert "not shown" in caplog.text
+
+
+def test_times_saved_while_mounted_hold_files_still_shown_from_our_copy(tmp_path):
+    # Kept a few seconds after each change, the newest version of a file wins and the bound holds.
+    path = tmp_path / "times" / "server.json"
+    times = WrittenTimes(limit=2, path=path)
+    times.record(sent("a.txt", 5, 2_000.0, "d1"))
+    times.record(sent("b.txt", 5, 2_001.0, "d2"))
+    rewritten, unhashed = sent("a.txt", 6, 2_002.0, "d3"), sent("c.txt", 1, 2_003.0, "")
+    times.save(times.rows([rewritten, unhashed]))
+    again = WrittenTimes(limit=2, path=path)
+    assert again.shown(RESOURCE, listed("a.txt", 6, "d3")).mtime == 2_002.0
+    assert again.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == SESSION_TIME
+    assert again.shown(RESOURCE, listed("b.txt", 5, "d2")).mtime == 2_001.0
+    assert again.shown(RESOURCE, listed("c.txt", 1, "")).mtime == SESSION_TIME
+    assert times.shown(RESOURCE, listed("a.txt", 5, "d1")).mtime == 2_000.0  # the mount's own are unchanged

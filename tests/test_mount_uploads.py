@@ -285,3 +285,22 @@ def test_a_written_file_keeps_its_time_in_the_next_mount_unless_the_server_chang
         qc = again.path.joinpath(*QC_PATH)
         assert (qc / "kept.txt").stat().st_mtime_ns == written["kept.txt"]
         assert (qc / "changed.txt").stat().st_mtime_ns < written["changed.txt"]  # the session's time
+
+
+def test_a_written_files_time_outlives_a_killed_mount(fake_xnat, tmp_path):
+    """The times are on disk a few seconds after a write, not only at unmount: a mount
+    killed after that shows them in the next (docs/LAYOUT.md, "Times")."""
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path.joinpath(*QC_PATH)
+        write_and_close(qc / "built.o", b"object")
+        written = (qc / "built.o").stat().st_mtime_ns
+        kept = mount.cache_dir / "times"
+        wait_until(
+            lambda: any("built.o" in path.read_text() for path in kept.glob("*.json")),
+            timeout=15,
+            what="the written time on disk",
+        )
+        mount.process.send_signal(signal.SIGKILL)
+        mount.process.wait(timeout=20)
+    with mounted(fake_xnat.url, tmp_path, name="again") as again:
+        assert again.path.joinpath(*QC_PATH, "built.o").stat().st_mtime_ns == written

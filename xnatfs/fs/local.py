@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,7 @@ class WrittenTimes:
     def __init__(self, limit: int = WRITTEN_TIMES_KEPT, path: Path | None = None):
         self.limit = limit
         self.path = path  # where they are kept between mounts of the server, if anywhere
+        self.changes = 0  # counts every time kept or dropped: whether the file on disk is behind
         self._times: OrderedDict[tuple[str, str], WrittenTime] = OrderedDict()
         self._per_container: Counter[str] = Counter()
         if path is not None:
@@ -142,17 +144,29 @@ class WrittenTimes:
             self._keep((local.container, local.relpath), WrittenTime(local.size, local.mtime, local.sent_md5))
 
     def _keep(self, key: tuple[str, str], written: WrittenTime) -> None:
+        self.changes += 1
         self._times[key] = written
         self._per_container[key[0]] += 1
         while len(self._times) > self.limit:
             self._drop(next(iter(self._times)))
 
-    def save(self) -> None:
-        """Keep the times for the next mount of the server (blocking; at unmount). A mount
-        killed before gives them up: its files show their sessions' times again."""
+    def rows(self, sent: Sequence[LocalFile] = ()) -> list[list[object]]:
+        """What :meth:`save` writes: these times, and those of ``sent`` (files of ours the
+        server holds, still shown from our copy) that would join them."""
+        kept = {key: [*key, w.size, w.mtime, w.digest] for key, w in self._times.items()}
+        for local in sent:
+            if local.sent_md5:
+                key = (local.container, local.relpath)
+                kept.pop(key, None)
+                kept[key] = [*key, local.size, local.mtime, local.sent_md5]
+        return list(kept.values())[-self.limit :]
+
+    def save(self, rows: list[list[object]] | None = None) -> None:
+        """Keep ``rows`` (by default :meth:`rows`) for the next mount of the server (blocking)."""
         if self.path is None:
             return
-        rows = [[*key, written.size, written.mtime, written.digest] for key, written in self._times.items()]
+        if rows is None:
+            rows = self.rows()
         try:
             make_private_dir(self.path.parent)
             write_atomic(self.path, json.dumps({"version": 1, "times": rows}).encode(), durable=False)
@@ -177,6 +191,7 @@ class WrittenTimes:
             self._drop((container, relpath))
 
     def _drop(self, key: tuple[str, str]) -> None:
+        self.changes += 1
         del self._times[key]
         self._per_container[key[0]] -= 1
         if not self._per_container[key[0]]:
@@ -339,10 +354,23 @@ class Overlay:
             self._remember_time(local)
         self.written.save()
 
+    def times_token(self) -> tuple[object, ...]:
+        """Changes whenever :meth:`times_to_keep` would."""
+        sent = (local for local in self.all_files() if self._lends_time(local))
+        return (self.written.changes, *((id(local), local.mtime, local.sent_md5) for local in sent))
+
+    def times_to_keep(self) -> list[list[object]]:
+        """While mounted: what :meth:`keep_times` would keep, as rows for :meth:`WrittenTimes.save`."""
+        return self.written.rows([local for local in self.all_files() if self._lends_time(local)])
+
     def _remember_time(self, local: LocalFile) -> None:
         """A file of ours the server holds now: its time is lent to the server's listing of it."""
-        if local.state == "uploaded" and local.target.kind == "file":
+        if self._lends_time(local):
             self.written.record(local)
+
+    @staticmethod
+    def _lends_time(local: LocalFile) -> bool:
+        return local.state == "uploaded" and local.target.kind == "file"
 
     # ---- reading ------------------------------------------------------
 

@@ -83,6 +83,7 @@ def _names_in_play(*entries: tuple[int, str]) -> Iterator[None]:
 
 
 READ_CHUNK = 1 << 20
+TIMES_KEPT_AFTER = 5.0  # seconds between a change of the written times and its copy on disk
 
 
 class ReadSide:
@@ -718,6 +719,17 @@ class Mutations:
         except Exception:
             logger.exception("reading the upload spool failed")
         await self.retries.run()
+
+    async def keep_times(self) -> None:
+        """Keep the times of files written through the mount on disk a few seconds after they
+        change, not only at unmount: a mount that is killed loses those seconds' worth at most."""
+        kept = self.overlay.times_token()
+        while True:
+            await trio.sleep(TIMES_KEPT_AFTER)
+            token = self.overlay.times_token()
+            if token != kept:
+                await trio.to_thread.run_sync(self.overlay.written.save, self.overlay.times_to_keep())
+                kept = token
 
     async def uploads_changed(self, discarded: set[str]) -> None:
         """``xnatfs uploads retry`` or ``discard`` changed the spool: files whose upload was

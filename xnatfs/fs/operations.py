@@ -757,14 +757,15 @@ class XnatOperations(pyfuse3.Operations):
     # ---- background work ------------------------------------------------
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        """Start the request bound's watch, the uploads' retries and the expiry of
-        listings in ``nursery``; the BIDS view, if shown, converts in it."""
+        """Start the request bound's watch, the uploads' retries, the keeping of written
+        times and the expiry of listings in ``nursery``; the BIDS view, if shown, converts in it."""
         self.nursery = nursery
         self.tree.nursery = nursery
         if self.bids is not None:
             self.bids.nursery = nursery
         nursery.start_soon(self.deadlines.watch)
         nursery.start_soon(self.changes.run_uploads)
+        nursery.start_soon(self.changes.keep_times)
         nursery.start_soon(self.tree.let_expired_go)
 
     def unmounted(self) -> None:
