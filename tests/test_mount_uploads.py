@@ -287,6 +287,17 @@ def test_a_written_file_keeps_its_time_in_the_next_mount_unless_the_server_chang
         assert (qc / "changed.txt").stat().st_mtime_ns < written["changed.txt"]  # the session's time
 
 
+def test_a_file_sent_just_before_unmount_keeps_its_time_in_the_next_mount(fake_xnat, tmp_path):
+    # Its MD5, worked out in the background after the close, is finished at unmount:
+    # without it, the next mount showed the session's time (older than the sources).
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        target = mount.path.joinpath(*QC_PATH, "volume.nii")
+        write_and_close(target, os.urandom(64 << 20))
+        written = target.stat().st_mtime_ns
+    with mounted(fake_xnat.url, tmp_path, name="again") as again:
+        assert again.path.joinpath(*QC_PATH, "volume.nii").stat().st_mtime_ns == written
+
+
 def test_a_written_files_time_outlives_a_killed_mount(fake_xnat, tmp_path):
     """The times are on disk a few seconds after a write, not only at unmount: a mount
     killed after that shows them in the next (docs/LAYOUT.md, "Times")."""

@@ -24,8 +24,9 @@ The model of one resource folder:
   no descriptor holds; a held name's bytes reach the server at its close;
 - ``times``: each file's modification time when last checked. It changes
   only when the file is written, then never backwards; a rename keeps it.
-  XNAT keeps no file times, so a change on the server, or a remount, may
-  show another (docs/LAYOUT.md).
+  XNAT keeps no file times, so a change on the server may show another; a
+  remount keeps the times of files whose bytes were last written through the
+  mount (``ours``), and may show another for the rest (docs/LAYOUT.md).
 
 A step may also meet a server that refuses every change (503 to PUT and
 DELETE, which the mounts here do not retry): the write's close, the rename
@@ -114,6 +115,7 @@ class MountMachine(RuleBasedStateMachine):
         self.handles: list[Handle] = []
         self.times: dict[str, int] = {}
         self.written: set[str] = set()  # since the last check
+        self.ours: set[str] = set()  # files whose bytes were last written through the mount
 
     # ---- set-up and tear-down ---------------------------------------------
 
@@ -175,6 +177,7 @@ class MountMachine(RuleBasedStateMachine):
         self.orphan_bodies(name)
         del self.files[name]
         self.times.pop(name, None)
+        self.ours.discard(name)
         folder = self.folder_of(name)
         if folder is not None and folder not in self.visible_folders():
             self.fading[folder] = time.monotonic() + TTL + 0.5
@@ -221,6 +224,7 @@ class MountMachine(RuleBasedStateMachine):
             path.write_bytes(data)
         self.files[name] = data
         self.written.add(name)
+        self.ours.add(name)
 
     def apply_rewrite(self, name: str, offset: int, data: bytes) -> None:
         old = self.files[name]
@@ -230,6 +234,7 @@ class MountMachine(RuleBasedStateMachine):
             handle.write(data)
         self.files[name] = old[:offset] + data + old[offset + len(data) :]
         self.written.add(name)
+        self.ours.add(name)
 
     def apply_rename(self, old: str, new: str) -> None:
         folder = self.folder_of(new)
@@ -248,15 +253,18 @@ class MountMachine(RuleBasedStateMachine):
             if new in self.files:
                 self.orphan_bodies(new)
             time_before = self.times.get(old)
-            was_written = old in self.written
+            was_written, was_ours = old in self.written, old in self.ours
             self.forget_file(old)
             self.files[new] = data
             self.times.pop(new, None)
             self.written.discard(new)
+            self.ours.discard(new)
             if time_before is not None:
                 self.times[new] = time_before
             if was_written:
                 self.written.add(new)
+            if was_ours:
+                self.ours.add(new)
             for body in moving:
                 body.name = new
 
@@ -303,7 +311,7 @@ class MountMachine(RuleBasedStateMachine):
         # An empty folder made with mkdir is only the mount's: it does not outlive it.
         self.folders = set()
         self.fading = {}
-        self.times = {}
+        self.times = {name: mtime for name, mtime in self.times.items() if name in self.ours}
         self._mount()
         self.steps_since_remount = 0
 
@@ -320,6 +328,7 @@ class MountMachine(RuleBasedStateMachine):
         os.write(fd, data)
         self.files[name] = data
         self.written.add(name)
+        self.ours.add(name)
         self.handles.append(Handle(fd, Body(name)))
 
     def apply_fd_write(self, index: int, offset: int, data: bytes) -> None:
@@ -331,6 +340,7 @@ class MountMachine(RuleBasedStateMachine):
         if handle.body.name is not None:
             self.files[handle.body.name] = new
             self.written.add(handle.body.name)
+            self.ours.add(handle.body.name)
         else:
             handle.body.orphan = new
 
@@ -342,6 +352,7 @@ class MountMachine(RuleBasedStateMachine):
         self.server.store.put_file(EXPERIMENT, self.label, name, data, scan_id=self.scan)
         self.files[name] = data
         self.times.pop(name, None)
+        self.ours.discard(name)
         time.sleep(SETTLE)
 
     def apply_server_delete(self, name: str) -> None:
@@ -373,10 +384,16 @@ class MountMachine(RuleBasedStateMachine):
         assert failed.value.errno == errno.EIO, failed.value
         if what == "write":
             self.files[name] = data
+            self.ours.add(name)
         elif what == "rewrite":
             self.files[name] = data + self.files[name][len(data) :]
+            self.ours.add(name)
         elif what == "rename":
             self.files[new] = self.files[name]
+            if name in self.ours:
+                self.ours.add(new)
+            else:
+                self.ours.discard(new)
         for changed in (name, new):
             self.times.pop(changed, None)
         self.send_what_waits(by_mount)

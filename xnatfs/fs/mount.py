@@ -185,7 +185,7 @@ def serve(ops: XnatOperations, settings: MountSettings, *, on_mounted: Callable[
             ops.retries.finish()
         except Exception:
             logger.exception("sending pending uploads at exit failed")
-        ops.overlay.keep_times()
+        ops.changes.save_times()
         for held in ops.hot.clear():
             held.close()
         ops.cache.close()

@@ -731,6 +731,18 @@ class Mutations:
                 await trio.to_thread.run_sync(self.overlay.written.save, self.overlay.times_to_keep())
                 kept = token
 
+    def save_times(self) -> None:
+        """At unmount (blocking): the MD5s the background had no time to work out for files
+        sent just before, then every time kept for the next mount. Without its MD5, a file
+        sent last would show its session's time in the next mount: older than its sources."""
+        for local in self.overlay.all_files():
+            if local.state == "uploaded" and not local.sent_md5:
+                try:
+                    Writer.hash_sent(local, local.mtime)
+                except OSError as exc:
+                    logger.debug("no MD5 of %s as sent: %s", local.target.describe(), exc)
+        self.overlay.keep_times()
+
     async def uploads_changed(self, discarded: set[str]) -> None:
         """``xnatfs uploads retry`` or ``discard`` changed the spool: files whose upload was
         ``discarded`` there are no longer shown; those it sent are shown as sent."""
