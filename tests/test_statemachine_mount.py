@@ -32,7 +32,10 @@ A step may also meet a server that refuses every change (503 to PUT and
 DELETE, which the mounts here do not retry): the write's close, the rename
 and the rm then fail with EIO, and the model says what must be left once the
 server takes changes again and ``xnatfs uploads retry`` has sent what waited
-in the spool (the mount hears of it at once).
+in the spool (the mount hears of it at once). Or a server that carries out
+every change but answers too late, after the mount gave up (``TIMEOUT``): the
+change fails with EIO or succeeds, and once answers come again the server
+holds every byte written, and the mount shows what the server holds.
 
 Failing sequences found so far are kept below as explicit regression tests.
 """
@@ -67,6 +70,11 @@ TTL = 1.0
 SETTLE = TTL + 0.4
 # A change refused by the server, as its requests answer (see apply_refused_change).
 REFUSED = r"HTTP 503|Service Unavailable|503"
+# A change the server carries out but answers too late (see apply_stalled_change): the
+# mount's requests give up after TIMEOUT seconds without an answer; the stall is longer.
+TIMEOUT = 2.0
+STALL = TIMEOUT + 1.0
+STALLED = r"timed out|no answer|stalled"
 EXPERIMENT = "XNAT_E00001"
 SESSION = ("STUDY01", "SUB001", "SUB001_MR1")
 SESSION_RESOURCES = (*SESSION, "RESOURCES")
@@ -128,8 +136,8 @@ class MountMachine(RuleBasedStateMachine):
             cache_dir=self.base / "cache",
             name=f"{self.label}-{self.mounts}",
             # A refused change fails at once, rather than after the retries' backoff.
-            args=write_config(self.base / "config.toml", retries=0),
-            expected_errors=(REFUSED,),
+            args=write_config(self.base / "config.toml", retries=0, timeout=TIMEOUT),
+            expected_errors=(REFUSED, STALLED),
         )
         self.mount = self._context.__enter__()
 
@@ -398,6 +406,48 @@ class MountMachine(RuleBasedStateMachine):
             self.times.pop(changed, None)
         self.send_what_waits(by_mount)
 
+    def apply_stalled_change(self, what: str, name: str, data: bytes, new: str) -> None:
+        """``what`` (as in :meth:`apply_refused_change`) while the server carries out every
+        change but answers it only after the mount gave up: it fails with EIO or succeeds.
+        The mount cannot know what the server did; once answers come again and the spool has
+        sent what waited, the server holds every byte written and the new name of a rename;
+        the old name, and a removed file, are there or not as the server says, and the mount
+        shows the same within a TTL."""
+        path = self.resource_dir / name
+        self.server.set_faults(stall_rate=1.0, stall_ms=STALL * 1000, methods=("PUT", "DELETE"))
+        try:
+            if what == "write":
+                path.write_bytes(data)
+            elif what == "rewrite":
+                with open(path, "r+b") as handle:
+                    handle.write(data)
+            elif what == "rename":
+                os.rename(path, self.resource_dir / new)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            assert exc.errno == errno.EIO, exc
+        finally:
+            self.server.set_faults()
+        time.sleep(STALL - TIMEOUT)  # the last stalled answer is out
+        self.send_what_waits(by_mount=False)
+        on_server = self.server_state()
+        if what in ("write", "rewrite"):
+            self.files[name] = data if what == "write" else data + self.files[name][len(data) :]
+            self.ours.add(name)
+        elif what == "rename" and new != name:
+            if new in self.files:
+                self.forget_file(new)
+            self.files[new] = self.files[name]
+            self.ours.discard(new)
+            if name in self.ours:
+                self.ours.add(new)
+        for changed in (name, new):
+            self.times.pop(changed, None)
+        if what in ("rename", "remove") and name not in on_server and name in self.files and name != new:
+            self.forget_file(name)
+        time.sleep(SETTLE)
+
     def send_what_waits(self, by_mount: bool) -> None:
         """Wait until the spool's uploads are sent: by the mount's next retry round, or now by
         ``xnatfs uploads retry`` (the mount may be sending some of them too)."""
@@ -496,16 +546,20 @@ class MountMachine(RuleBasedStateMachine):
         choice=st.data(),
         what=st.sampled_from(("write", "rewrite", "rename", "remove")),
         data=CONTENT,
-        # Mostly sent at once by the command: waiting for the mount's own retry costs 2-3 s.
-        by_mount=st.sampled_from((False, False, False, True)),
+        # Mostly refused and sent at once by the command: waiting for the mount's own retry
+        # costs 2-3 s, a stall 4-5 s.
+        how=st.sampled_from(("refused", "refused", "refused", "refused, sent by the mount", "stalled")),
     )
-    def change_while_the_server_refuses(self, choice, what, data, by_mount):
+    def change_the_server_refuses_or_answers_late(self, choice, what, data, how):
         name = choice.draw(st.sampled_from(sorted(self.files)))
         # Into a folder that is there for sure: one just emptied may be shown or not.
         new = choice.draw(
             st.sampled_from([n for n in NAMES if n != name and self.folder_of(n) in self.visible_folders() | {None}])
         )
-        self.apply_refused_change(what, name, data, new, by_mount)
+        if how == "stalled":
+            self.apply_stalled_change(what, name, data, new)
+        else:
+            self.apply_refused_change(what, name, data, new, by_mount=how != "refused")
         self.step()
 
     # ---- what must always hold ------------------------------------------
@@ -814,6 +868,26 @@ def test_regression_a_change_the_server_refuses_leaves_what_the_model_says(fake_
             ("write", "b.dcm", b"second"),
             ("refused_change", what, "a.txt", b"new", "b.dcm", by_mount),
             ("remove", "b.dcm"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "first"),
+    [("write", "write"), ("rewrite", "write"), ("rename", "write"), ("remove", "write")]
+    + [("rename", "server_put"), ("remove", "server_put")],
+)
+def test_a_change_the_server_carries_out_but_answers_too_late(fake_xnat, tmp_path, what, first):
+    # The server did the change; the mount gave up on its answer and cannot know. Each kind
+    # in every run, on a file written through the mount or put on the server.
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            (first, "a.txt", b"first"),
+            ("write", "b.dcm", b"second"),
+            ("stalled_change", what, "a.txt", b"new", "b.dcm"),
+            ("rewrite", "b.dcm", 0, b"third"),
         ],
     )
 
