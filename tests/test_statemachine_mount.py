@@ -374,22 +374,52 @@ class MountMachine(RuleBasedStateMachine):
         once the server takes changes again (``by_mount``: by the mount's own retries,
         2-3 s later; else at once by ``xnatfs uploads retry``); a rename leaves both names
         (the old one could not be deleted); a removal removes nothing."""
-        path = self.resource_dir / name
         self.server.set_faults(error_rate=1.0, error_statuses=(503,), methods=("PUT", "DELETE"))
         try:
             with pytest.raises(OSError) as failed:
-                if what == "write":
-                    path.write_bytes(data)
-                elif what == "rewrite":
-                    with open(path, "r+b") as handle:
-                        handle.write(data)
-                elif what == "rename":
-                    os.rename(path, self.resource_dir / new)
-                else:
-                    os.unlink(path)
+                self.change_through_the_mount(what, name, data, new)
         finally:
             self.server.set_faults()
         assert failed.value.errno == errno.EIO, failed.value
+        self.model_change(what, name, data, new)
+        self.send_what_waits(by_mount)
+
+    def apply_stalled_change(self, what: str, name: str, data: bytes, new: str) -> None:
+        """``what`` (as in :meth:`apply_refused_change`) while the server carries out every
+        change but answers it only after the mount gave up: it fails with EIO or succeeds.
+        The mount cannot know what the server did; once answers come again and the spool has
+        sent what waited, the server holds every byte written and the new name of a rename;
+        the old name, and a removed file, are there or not as the server says, and the mount
+        shows the same within a TTL."""
+        self.server.set_faults(stall_rate=1.0, stall_ms=STALL * 1000, methods=("PUT", "DELETE"))
+        try:
+            self.change_through_the_mount(what, name, data, new)
+        except OSError as exc:
+            assert exc.errno == errno.EIO, exc
+        finally:
+            self.server.set_faults()
+        time.sleep(STALL - TIMEOUT)  # the last stalled answer is out
+        self.send_what_waits(by_mount=False)
+        self.model_change(what, name, data, new)
+        if what in ("rename", "remove") and name not in self.server_state():
+            self.forget_file(name)
+        time.sleep(SETTLE)
+
+    def change_through_the_mount(self, what: str, name: str, data: bytes, new: str) -> None:
+        path = self.resource_dir / name
+        if what == "write":
+            path.write_bytes(data)
+        elif what == "rewrite":
+            with open(path, "r+b") as handle:
+                handle.write(data)
+        elif what == "rename":
+            os.rename(path, self.resource_dir / new)
+        else:
+            os.unlink(path)
+
+    def model_change(self, what: str, name: str, data: bytes, new: str) -> None:
+        """The model once a failed ``what`` was sent from the spool after all: the bytes
+        written are the file's, a rename's new name holds the file (the old one stays)."""
         if what == "write":
             self.files[name] = data
             self.ours.add(name)
@@ -404,49 +434,6 @@ class MountMachine(RuleBasedStateMachine):
                 self.ours.discard(new)
         for changed in (name, new):
             self.times.pop(changed, None)
-        self.send_what_waits(by_mount)
-
-    def apply_stalled_change(self, what: str, name: str, data: bytes, new: str) -> None:
-        """``what`` (as in :meth:`apply_refused_change`) while the server carries out every
-        change but answers it only after the mount gave up: it fails with EIO or succeeds.
-        The mount cannot know what the server did; once answers come again and the spool has
-        sent what waited, the server holds every byte written and the new name of a rename;
-        the old name, and a removed file, are there or not as the server says, and the mount
-        shows the same within a TTL."""
-        path = self.resource_dir / name
-        self.server.set_faults(stall_rate=1.0, stall_ms=STALL * 1000, methods=("PUT", "DELETE"))
-        try:
-            if what == "write":
-                path.write_bytes(data)
-            elif what == "rewrite":
-                with open(path, "r+b") as handle:
-                    handle.write(data)
-            elif what == "rename":
-                os.rename(path, self.resource_dir / new)
-            else:
-                os.unlink(path)
-        except OSError as exc:
-            assert exc.errno == errno.EIO, exc
-        finally:
-            self.server.set_faults()
-        time.sleep(STALL - TIMEOUT)  # the last stalled answer is out
-        self.send_what_waits(by_mount=False)
-        on_server = self.server_state()
-        if what in ("write", "rewrite"):
-            self.files[name] = data if what == "write" else data + self.files[name][len(data) :]
-            self.ours.add(name)
-        elif what == "rename" and new != name:
-            if new in self.files:
-                self.forget_file(new)
-            self.files[new] = self.files[name]
-            self.ours.discard(new)
-            if name in self.ours:
-                self.ours.add(new)
-        for changed in (name, new):
-            self.times.pop(changed, None)
-        if what in ("rename", "remove") and name not in on_server and name in self.files and name != new:
-            self.forget_file(name)
-        time.sleep(SETTLE)
 
     def send_what_waits(self, by_mount: bool) -> None:
         """Wait until the spool's uploads are sent: by the mount's next retry round, or now by
