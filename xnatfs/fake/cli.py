@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--truncate-rate", type=_rate, default=0.0, help="fraction of answers whose body is cut short")
     parser.add_argument("--stall-ms", type=float, default=0, help="length of an injected stall")
     parser.add_argument("--stall-rate", type=_rate, default=0.0, help="fraction of answers that stall")
+    parser.add_argument(
+        "--stall-first",
+        action="store_true",
+        help="a stalled request waits before it is carried out (and is carried out even if the client gave up)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault injection")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         stall_ms=args.stall_ms,
         stall_rate=args.stall_rate,
         seed=args.seed,
+        stall_first=args.stall_first,
     )
     stopping = threading.Event()
 

@@ -38,6 +38,7 @@ class Fault:
     error_status: int | None = None
     cut: str | None = None  # "drop" or "truncate"
     stall: float = 0.0
+    stall_first: bool = False  # the stall comes before the request is carried out, not after
 
 
 class FaultInjector:
@@ -57,6 +58,7 @@ class FaultInjector:
         stall_rate: float = 0.0,
         seed: int | None = None,
         methods: Collection[str] = (),
+        stall_first: bool = False,
     ) -> None:
         for name, rate in (
             ("error_rate", error_rate),
@@ -73,6 +75,7 @@ class FaultInjector:
             self.truncate_rate = truncate_rate
             self.stall_seconds = stall_ms / 1000.0
             self.stall_rate = stall_rate
+            self.stall_first = stall_first
             self._random = random.Random(seed)
             self.methods = frozenset(m.upper() for m in methods)
 
@@ -83,6 +86,7 @@ class FaultInjector:
                 return fault
             if self.stall_rate and self._random.random() < self.stall_rate:
                 fault.stall = self.stall_seconds
+                fault.stall_first = self.stall_first
             roll = self._random.random()
             if roll < self.error_rate:
                 fault.error_status = self._random.choice(self.error_statuses)
@@ -220,6 +224,7 @@ class FakeXnat:
         stall_rate: float = 0.0,
         seed: int | None = None,
         methods: Collection[str] = (),
+        stall_first: bool = False,
     ) -> None:
         """Make a fraction of answers fail; call with no arguments to switch faults off.
 
@@ -228,11 +233,13 @@ class FakeXnat:
         connection is reset in the middle of the answer. ``truncate_rate``:
         carried out, but the connection closes before the whole answer
         (Content-Length promises more than is sent). ``stall_rate``: the answer
-        waits ``stall_ms`` first. ``methods``: only requests of these methods
-        (``("PUT",)``, say) get faults; all of them when empty.
+        waits ``stall_ms`` first; with ``stall_first`` the request waits before
+        it is carried out, as one queued behind a lock does, and is carried out
+        even if the client gave up meanwhile. ``methods``: only requests of these
+        methods (``("PUT",)``, say) get faults; all of them when empty.
         """
         self._faults.configure(
-            error_rate, error_statuses, drop_rate, truncate_rate, stall_ms, stall_rate, seed, methods
+            error_rate, error_statuses, drop_rate, truncate_rate, stall_ms, stall_rate, seed, methods, stall_first
         )
 
     @property
@@ -318,6 +325,8 @@ class FakeXnat:
             if request.target.startswith(prefix):
                 time.sleep(seconds)
         fault = self._faults.pick(request.method)
+        if fault.stall and fault.stall_first:
+            time.sleep(fault.stall)
         try:
             if fault.error_status:
                 response = error_page(fault.error_status, "The server could not complete the request.")
@@ -339,7 +348,7 @@ class FakeXnat:
             handler.close_connection = True
         if request.new_session:
             response.headers += session_cookies(request.new_session, self.auth.session_timeout)
-        if fault.stall:
+        if fault.stall and not fault.stall_first:
             time.sleep(fault.stall)
         with self._log_lock:
             self._requests.append((request.method, request.target, response.status))
