@@ -323,27 +323,31 @@ def test_uploads_under_faults_land_exactly_once_or_stay_in_the_spool(fake_xnat, 
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (docs/RELIABILITY.md problem 65): an upload the mount gave up on, "
-    "carried out late by the server, overtakes the newer version sent after it",
-)
 def test_an_upload_carried_out_after_the_mount_gave_up_does_not_overtake_a_newer_one(fake_xnat, tmp_path):
     config = write_config(tmp_path / "config.toml", retries=0, timeout=1.0)
     with mounted(fake_xnat.url, tmp_path, args=config, expected_errors=("timed out|no answer",)) as mount:
         target = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC" / "notes.txt"
+        first = b"first version"
         # The PUT waits behind a lock on the server for longer than the mount waits for an answer.
         fake_xnat.set_faults(stall_rate=1.0, stall_ms=2500, methods=("PUT",), stall_first=True)
         try:
             with pytest.raises(OSError) as failed:
-                target.write_bytes(b"first version")
+                target.write_bytes(first)
         finally:
             fake_xnat.set_faults()
         assert failed.value.errno == errno.EIO
-        target.write_bytes(b"second version, sent and answered at once")
-        time.sleep(3.0)  # the first PUT is carried out now
-        mount_bytes = target.read_bytes()
-        with XnatConnection(fake_xnat.url, "admin", "admin") as conn:
-            on_server = {f.path: f.size for f in conn.list_files("/data/experiments/XNAT_E00001/resources/QC")}
-    assert mount_bytes == b"second version, sent and answered at once"
-    assert on_server["notes.txt"] == len(b"second version, sent and answered at once")
+        second = b"second version, sent and answered at once"
+        target.write_bytes(second)
+        wait_until(lambda: server_notes(fake_xnat) == len(first), what="the first PUT carried out", interval=0.1)
+        # The mount looks again 1, 2 and 4 timeouts after the second upload, and sends it again.
+        wait_until(lambda: server_notes(fake_xnat) == len(second), what="the second version sent again", interval=0.1)
+        assert target.read_bytes() == second
+        time.sleep(1.0)
+        assert server_notes(fake_xnat) == len(second)
+        assert "sending the last one again" in mount.log()
+
+
+def server_notes(server) -> int | None:
+    with XnatConnection(server.url, "admin", "admin") as conn:
+        listed = {f.path: f.size for f in conn.list_files("/data/experiments/XNAT_E00001/resources/QC")}
+    return listed.get("notes.txt")

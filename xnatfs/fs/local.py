@@ -60,6 +60,9 @@ class LocalFile:
     unlinked: bool = False
     mtime: float = field(default_factory=time.time)
     sent_md5: str = ""  # of the bytes last sent, when this process sent them ("" unknown)
+    # MD5s of versions whose upload failed once it may have reached the server: it may still
+    # carry one out, after a newer version was sent (see Mutations.confirm_sent).
+    doubted: set[str] = field(default_factory=set)
     expires: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -46,6 +46,7 @@ import trio
 from xnatfs.cache.content import CacheKey, ContentCache
 from xnatfs.cache.spool import UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
+from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
@@ -63,7 +64,7 @@ from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
-from xnatfs.fs.writing import Writer
+from xnatfs.fs.writing import Writer, descriptor_md5
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +85,9 @@ def _names_in_play(*entries: tuple[int, str]) -> Iterator[None]:
 
 READ_CHUNK = 1 << 20
 TIMES_KEPT_AFTER = 5.0  # seconds between a change of the written times and its copy on disk
+# After a file whose earlier upload was left in doubt is sent: when to look at what the
+# server lists of it, in multiples of the request timeout after the last look.
+CONFIRM_WAITS = (1, 2, 4)
 
 
 class ReadSide:
@@ -155,6 +159,7 @@ class Mutations:
         self.cache_key = cache_key
         self.drop_kernel_entry = drop_kernel_entry
         self.in_background = in_background
+        self._confirming: set[LocalFile] = set()
 
     # ---- the node kinds' write context --------------------------------
 
@@ -425,6 +430,9 @@ class Mutations:
             self.series.forget(local.target.resource_uri)
             if not local.sent_md5:
                 self.in_background(functools.partial(self._hash_sent, local, local.mtime))
+            if local.doubted and local not in self._confirming:
+                self._confirming.add(local)
+                self.in_background(functools.partial(self.confirm_sent, local))
         if local.handles == 0:
             self._linger(local)
 
@@ -444,6 +452,74 @@ class Mutations:
         """
         keep = self.settings.negative_ttl if local.target.kind == "dicom-import" else self.settings.ttl
         self.overlay.expire_after(local, keep)
+
+    async def confirm_sent(self, local: LocalFile) -> None:
+        """``local`` was sent after an upload of an older version of it went unanswered. The
+        server may carry that one out still, after ours: XNAT has no conditional writes,
+        and the older bytes would stay. So look at the MD5 the server lists for it a few
+        times over the next minutes, and send ours again should it list one of those
+        versions. In the background, with a descriptor of its own on the bytes (the mount
+        may stop showing its copy meanwhile); it ends once the file is written again or
+        removed through the mount, or the server lists a version that is not ours."""
+        with local.lock:
+            fd = os.dup(local.fd) if local.fd >= 0 else -1
+        mtime, target, doubted = local.mtime, local.target, set(local.doubted)
+        try:
+            if fd < 0:
+                return
+            ours = await self._background_call(descriptor_md5, fd)
+            for wait in CONFIRM_WAITS:
+                await trio.sleep(wait * self.settings.timeout)
+                if local.mtime != mtime or local.unlinked:
+                    return
+                try:
+                    listed = await self._background_call(self._listed_digest, target)
+                except XnatError as exc:
+                    logger.debug("could not look at %s on the server: %s", target.describe(), exc)
+                    continue
+                if listed == ours:
+                    continue
+                if listed not in doubted:
+                    return  # gone, or another version: someone else's change
+                logger.warning(
+                    "%s: the server carried out an earlier upload of it, one left unanswered, after the "
+                    "last one; sending the last one again",
+                    target.describe(),
+                )
+                try:
+                    await self._background_call(self.writer.send_copy, target, fd)
+                except (XnatError, OSError) as exc:
+                    logger.error(
+                        "%s: sending it again failed; kept in the spool for another try: %s", target.describe(), exc
+                    )
+                    self.retries.wake()
+                    return
+                self.forget(self.tree.files_listing_key(target.resource_uri))
+        except Exception:
+            # Background work: nothing of it may end the mount.
+            logger.exception("looking at what the server holds of %s failed", target.describe())
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self._confirming.discard(local)
+            local.doubted -= doubted
+
+    def _listed_digest(self, target: UploadTarget) -> str | None:
+        """The MD5 the server lists for the file now (None: not there), asked afresh."""
+        for remote in self.client.list_files(target.resource_uri):
+            if remote.path == target.relpath:
+                return (remote.digest or "").lower()
+        return None
+
+    async def _background_call(self, function: Callable[..., T], *args: Any) -> T:
+        """A blocking call for work in the background: bounded by a budget of its own, not
+        by that of the request that started the work (which may be over)."""
+
+        def run() -> T:
+            with bounded_by(Budget(self.settings.timeout)):
+                return function(*args)
+
+        return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
 
     async def release_local(self, handle: LocalHandle) -> None:
         local = handle.local

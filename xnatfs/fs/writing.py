@@ -31,9 +31,10 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from xnatfs.cache.files import disk_free
-from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget
+from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget, data_digest
 from xnatfs.cache.uploader import Uploader
-from xnatfs.errors import XnatUnsupported
+from xnatfs.client.changes import SentChanges, watching_changes
+from xnatfs.errors import XnatUnsupported, is_permanent_refusal
 from xnatfs.fs.local import LocalFile
 from xnatfs.fs.settings import DEFAULT_MAX_FILE_SIZE
 
@@ -254,12 +255,17 @@ class Writer:
                 local.entry_open = False
             local.dirty = False
             local.state = "pending"
+        sent = SentChanges()
         try:
             # Its MD5 is worked out after the close has its answer (hash_sent).
-            self.uploader.push(entry, hashed=False)
+            with watching_changes(sent):
+                self.uploader.push(entry, hashed=False)
         except Exception as exc:
             self._keep_durably(entry)
+            doubted = self._digest(entry) if sent.count and not is_permanent_refusal(exc) else ""
             with local.lock:
+                if doubted:
+                    local.doubted.add(doubted)
                 if local.entry is entry:
                     local.state = "refused" if entry.state == "refused" else "failed"
                     local.error = str(exc)
@@ -287,6 +293,33 @@ class Writer:
         with local.lock:
             if local.state == "uploaded" and local.mtime == mtime and local.size == offset:
                 local.sent_md5 = digest.hexdigest()
+
+    def _digest(self, entry: SpoolEntry) -> str:
+        """The MD5 of an entry's bytes: recorded when it was sealed, else worked out ("" if gone)."""
+        current = self.spool.get(entry.id)
+        if current is not None and current.data_md5:
+            return current.data_md5
+        try:
+            return data_digest(entry.data_path)[1]
+        except OSError:
+            return ""
+
+    def send_copy(self, target: UploadTarget, fd: int) -> None:
+        """Send the bytes ``fd`` reads to ``target`` through a spool entry of their own,
+        which waits there for the retries if the server does not take them now (raised)."""
+        entry = self.spool.create(target)
+        try:
+            with open(entry.data_path, "r+b") as sink:
+                _copy_descriptor(fd, sink.fileno(), os.fstat(fd).st_size)
+        except BaseException:
+            self.spool.remove(entry)
+            raise
+        self.spool.commit(entry)
+        try:
+            self.uploader.push(entry, hashed=False)
+        except Exception:
+            self._keep_durably(entry)
+            raise
 
     @staticmethod
     def _sent(local: LocalFile, digest: str) -> None:
@@ -375,3 +408,13 @@ def _copy_descriptor(source: int, destination: int, size: int) -> None:
             break
         os.pwrite(destination, chunk, offset)
         offset += len(chunk)
+
+
+def descriptor_md5(fd: int) -> str:
+    """The MD5 of all the bytes ``fd`` reads."""
+    digest = hashlib.md5(usedforsecurity=False)
+    offset = 0
+    while chunk := os.pread(fd, COPY_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
