@@ -204,3 +204,30 @@ def test_a_failed_upload_through_the_writer_is_sealed_before_it_returns(fake_xna
     assert writer.upload(local) is True
     assert on_server(conn, target) == body
     local.close()
+
+
+def test_a_version_whose_upload_may_have_been_carried_out_is_remembered(fake_xnat, conn, target, tmp_path):
+    # A 5xx may come after the change was made; a 4xx refusal, or no server at all, made none.
+    spool = UploadSpool(tmp_path / "spool")
+    writer = Writer(spool, Uploader(spool, conn))
+    local = writer.stage(target, target.resource_uri, target.relpath)
+    writer.write(local, 0, b"version one")
+    with every_answer_503(fake_xnat), pytest.raises(XnatServerError):
+        writer.upload(local)
+    assert local.doubted == {hashlib.md5(b"version one").hexdigest()}
+    writer.write(local, 0, b"version two")
+    fake_xnat.set_faults(error_rate=1.0, error_statuses=(400,), methods=("PUT",))
+    try:
+        with pytest.raises(XnatError):
+            writer.upload(local)
+    finally:
+        fake_xnat.set_faults()
+    writer.write(local, 0, b"version 3!!")
+    fake_xnat.stop()
+    try:
+        with pytest.raises(XnatError):
+            writer.upload(local)
+    finally:
+        fake_xnat.start()
+    assert local.doubted == {hashlib.md5(b"version one").hexdigest()}
+    local.close()
