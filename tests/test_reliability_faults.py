@@ -347,6 +347,26 @@ def test_an_upload_carried_out_after_the_mount_gave_up_does_not_overtake_a_newer
         assert "sending the last one again" in mount.log()
 
 
+@pytest.mark.mount
+def test_a_deletion_carried_out_after_the_mount_gave_up_does_not_remove_the_file_written_since(fake_xnat, tmp_path):
+    config = write_config(tmp_path / "config.toml", retries=0, timeout=1.0)
+    with mounted(fake_xnat.url, tmp_path, args=config, expected_errors=("timed out|no answer",)) as mount:
+        qc = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC"
+        (qc / "notes.txt").write_bytes(b"old notes")
+        fake_xnat.set_faults(stall_rate=1.0, stall_ms=2500, methods=("DELETE",), stall_first=True)
+        try:
+            with pytest.raises(OSError) as failed:
+                (qc / "notes.txt").unlink()
+        finally:
+            fake_xnat.set_faults()
+        assert failed.value.errno == errno.EIO
+        (qc / "notes.txt").write_bytes(b"new notes, written after the rm failed")
+        wait_until(lambda: server_notes(fake_xnat) is None, what="the deletion carried out", interval=0.1)
+        wait_until(lambda: server_notes(fake_xnat) is not None, what="the new notes sent again", interval=0.1)
+        assert (qc / "notes.txt").read_bytes() == b"new notes, written after the rm failed"
+        assert "sending the last one again" in mount.log()
+
+
 def server_notes(server) -> int | None:
     with XnatConnection(server.url, "admin", "admin") as conn:
         listed = {f.path: f.size for f in conn.list_files("/data/experiments/XNAT_E00001/resources/QC")}

@@ -60,8 +60,9 @@ class LocalFile:
     unlinked: bool = False
     mtime: float = field(default_factory=time.time)
     sent_md5: str = ""  # of the bytes last sent, when this process sent them ("" unknown)
-    # MD5s of versions whose upload failed once it may have reached the server: it may still
-    # carry one out, after a newer version was sent (see Mutations.confirm_sent).
+    # MD5s of versions whose upload failed once it may have reached the server, and ABSENT for
+    # a deletion of its name that did: the server may still carry one out, after this version
+    # was sent (see Mutations.confirm_sent).
     doubted: set[str] = field(default_factory=set)
     expires: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -108,6 +109,7 @@ class LocalFileNode(Node):
 
 # Files whose time is kept after their upload: a few hundred bytes each.
 WRITTEN_TIMES_KEPT = 50_000
+ABSENT = ""  # in LocalFile.doubted: the file not there (an MD5 is never empty)
 
 
 @dataclass(slots=True)

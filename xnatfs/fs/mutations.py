@@ -35,6 +35,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,14 +51,14 @@ from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
-from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatUnsupported
+from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatUnsupported, is_permanent_refusal
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import errno_for, refused
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey, files_key
-from xnatfs.fs.local import LocalFile, LocalFileNode, LocalHandle, Overlay
+from xnatfs.fs.local import ABSENT, LocalFile, LocalFileNode, LocalHandle, Overlay
 from xnatfs.fs.names import NAME_MAX, unstorable_reason
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
@@ -160,6 +161,8 @@ class Mutations:
         self.drop_kernel_entry = drop_kernel_entry
         self.in_background = in_background
         self._confirming: set[LocalFile] = set()
+        # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
+        self._doubted_deletes: dict[tuple[str, str], float] = {}
 
     # ---- the node kinds' write context --------------------------------
 
@@ -430,6 +433,9 @@ class Mutations:
             self.series.forget(local.target.resource_uri)
             if not local.sent_md5:
                 self.in_background(functools.partial(self._hash_sent, local, local.mtime))
+            deleted = self._doubted_deletes.pop((local.target.resource_uri, local.target.relpath), None)
+            if deleted is not None and time.monotonic() - deleted < self._confirm_span():
+                local.doubted.add(ABSENT)
             if local.doubted and local not in self._confirming:
                 self._confirming.add(local)
                 self.in_background(functools.partial(self.confirm_sent, local))
@@ -477,10 +483,11 @@ class Mutations:
                 except XnatError as exc:
                     logger.debug("could not look at %s on the server: %s", target.describe(), exc)
                     continue
-                if listed == ours:
+                found = ABSENT if listed is None else listed
+                if found == ours:
                     continue
-                if listed not in doubted:
-                    return  # gone, or another version: someone else's change
+                if found not in doubted:
+                    return  # another version, or gone: someone else's change
                 logger.warning(
                     "%s: the server carried out an earlier upload of it, one left unanswered, after the "
                     "last one; sending the last one again",
@@ -503,6 +510,10 @@ class Mutations:
                 os.close(fd)
             self._confirming.discard(local)
             local.doubted -= doubted
+
+    def _confirm_span(self) -> float:
+        """How long after a change left in doubt :meth:`confirm_sent` may still look."""
+        return sum(CONFIRM_WAITS) * self.settings.timeout
 
     def _listed_digest(self, target: UploadTarget) -> str | None:
         """The MD5 the server lists for the file now (None: not there), asked afresh."""
@@ -640,6 +651,15 @@ class Mutations:
         except XnatNotFound:
             if not missing_ok:
                 raise
+        except XnatError as exc:
+            if not is_permanent_refusal(exc):
+                # It may be carried out yet: after a file sent under this name, which confirm_sent sees to.
+                now = time.monotonic()
+                self._doubted_deletes = {
+                    key: when for key, when in self._doubted_deletes.items() if now - when < self._confirm_span()
+                }
+                self._doubted_deletes[(resource_uri, relpath)] = now
+            raise
         self.series.forget(resource_uri)
 
     # ---- renaming -----------------------------------------------------
