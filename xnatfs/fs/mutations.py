@@ -524,13 +524,14 @@ class Mutations:
 
     async def _background_call(self, function: Callable[..., T], *args: Any) -> T:
         """A blocking call for work in the background: bounded by a budget of its own, not
-        by that of the request that started the work (which may be over)."""
+        by that of the request that started the work (which may be over). Not abandoned at
+        unmount: it may be reading a descriptor its caller closes once it returns."""
 
         def run() -> T:
             with bounded_by(Budget(self.settings.timeout)):
                 return function(*args)
 
-        return await trio.to_thread.run_sync(run, limiter=self.limiter, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(run, limiter=self.limiter)
 
     async def release_local(self, handle: LocalHandle) -> None:
         local = handle.local
