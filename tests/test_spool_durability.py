@@ -231,3 +231,23 @@ def test_a_version_whose_upload_may_have_been_carried_out_is_remembered(fake_xna
         fake_xnat.start()
     assert local.doubted == {hashlib.md5(b"version one").hexdigest()}
     local.close()
+
+
+def test_an_upload_answered_only_when_sent_again_is_remembered_too(fake_xnat, target, tmp_path):
+    # The first attempt reached the server and its answer was lost: the close succeeds, but a
+    # server behind a proxy may carry that attempt out later still, after a newer version.
+    spool = UploadSpool(tmp_path / "spool")
+    with XnatConnection(fake_xnat.url, fake_xnat.username, fake_xnat.password, retries=2) as retrying:
+        writer = Writer(spool, Uploader(spool, retrying))
+        local = writer.stage(target, target.resource_uri, target.relpath)
+        writer.write(local, 0, b"sent twice")
+        # Seed 1: the first PUT's answer is cut, the second goes through.
+        fake_xnat.set_faults(drop_rate=0.5, seed=1, methods=("PUT",))
+        try:
+            assert writer.upload(local) is True
+        finally:
+            fake_xnat.set_faults()
+    assert [m for m, t, _s in fake_xnat.requests if m == "PUT" and target.relpath in t] == ["PUT", "PUT"]
+    digest = hashlib.md5(b"sent twice").hexdigest()
+    assert (local.doubted, local.sent_md5) == ({digest}, digest)
+    local.close()

@@ -160,7 +160,8 @@ class Mutations:
         self.cache_key = cache_key
         self.drop_kernel_entry = drop_kernel_entry
         self.in_background = in_background
-        self._confirming: set[LocalFile] = set()
+        # Files confirm_sent looks after → whether a newer version was sent since it started.
+        self._confirming: dict[LocalFile, bool] = {}
         # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
         self._doubted_deletes: dict[tuple[str, str], float] = {}
 
@@ -436,9 +437,12 @@ class Mutations:
             deleted = self._doubted_deletes.pop((local.target.resource_uri, local.target.relpath), None)
             if deleted is not None and time.monotonic() - deleted < self._confirm_span():
                 local.doubted.add(ABSENT)
-            if local.doubted and local not in self._confirming:
-                self._confirming.add(local)
-                self.in_background(functools.partial(self.confirm_sent, local))
+            if local.doubted:
+                if local in self._confirming:
+                    self._confirming[local] = True
+                else:
+                    self._confirming[local] = False
+                    self.in_background(functools.partial(self.confirm_sent, local))
         if local.handles == 0:
             self._linger(local)
 
@@ -460,24 +464,41 @@ class Mutations:
         self.overlay.expire_after(local, keep)
 
     async def confirm_sent(self, local: LocalFile) -> None:
-        """``local`` was sent after an upload of an older version of it went unanswered. The
-        server may carry that one out still, after ours: XNAT has no conditional writes,
-        and the older bytes would stay. So look at the MD5 the server lists for it a few
-        times over the next minutes, and send ours again should it list one of those
-        versions. In the background, with a descriptor of its own on the bytes (the mount
-        may stop showing its copy meanwhile); it ends once the file is written again or
-        removed through the mount, or the server lists a version that is not ours."""
+        """``local`` was sent after an upload of an older version of it, or a deletion of its
+        name, went unanswered (or was answered only when sent again). The server may carry
+        that one out still, after ours: XNAT has no conditional writes, and the older bytes
+        would stay, or the file go. So look at the MD5 the server lists for it a few times
+        over the next minutes, and send ours again should it list one of those versions, or
+        none. Each newer version sent meanwhile is looked after in turn. In the background;
+        it ends once the file is removed through the mount, or the server lists a version
+        that is not the mount's."""
+        try:
+            while await self._confirm_version(local):
+                pass
+        except Exception:
+            # Background work: nothing of it may end the mount.
+            logger.exception("looking at what the server holds of %s failed", local.target.describe())
+        finally:
+            self._confirming.pop(local, None)
+
+    async def _confirm_version(self, local: LocalFile) -> bool:
+        """:meth:`confirm_sent` for the version sent last; True when a newer one was sent
+        meanwhile. With a descriptor of its own on the bytes: the mount may stop showing
+        its copy of the file meanwhile."""
+        self._confirming[local] = False
         with local.lock:
             fd = os.dup(local.fd) if local.fd >= 0 else -1
+        if fd < 0:
+            return False
         mtime, target, doubted = local.mtime, local.target, set(local.doubted)
         try:
-            if fd < 0:
-                return
             ours = await self._background_call(descriptor_md5, fd)
             for wait in CONFIRM_WAITS:
                 await trio.sleep(wait * self.settings.timeout)
+                if self._confirming.get(local):
+                    return True
                 if local.mtime != mtime or local.unlinked:
-                    return
+                    return False  # its next upload asks again; removed: nothing to look after
                 try:
                     listed = await self._background_call(self._listed_digest, target)
                 except XnatError as exc:
@@ -487,10 +508,10 @@ class Mutations:
                 if found == ours:
                     continue
                 if found not in doubted:
-                    return  # another version, or gone: someone else's change
+                    return False  # another version, or gone: someone else's change
                 logger.warning(
-                    "%s: the server carried out an earlier upload of it, one left unanswered, after the "
-                    "last one; sending the last one again",
+                    "%s: the server carried out an earlier change of it, one left unanswered, after the "
+                    "last upload; sending the last one again",
                     target.describe(),
                 )
                 try:
@@ -500,16 +521,12 @@ class Mutations:
                         "%s: sending it again failed; kept in the spool for another try: %s", target.describe(), exc
                     )
                     self.retries.wake()
-                    return
+                    return False
                 self.forget(self.tree.files_listing_key(target.resource_uri))
-        except Exception:
-            # Background work: nothing of it may end the mount.
-            logger.exception("looking at what the server holds of %s failed", target.describe())
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            self._confirming.discard(local)
             local.doubted -= doubted
+            return False
+        finally:
+            os.close(fd)
 
     def _confirm_span(self) -> float:
         """How long after a change left in doubt :meth:`confirm_sent` may still look."""

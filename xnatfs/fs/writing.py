@@ -273,6 +273,11 @@ class Writer:
         with local.lock:
             if local.entry is entry:
                 self._sent(local, "")
+                if sent.count > 1:
+                    # Sent again after an attempt the server may carry out later still: after
+                    # a newer version of the file, whose upload then has it looked at.
+                    local.sent_md5 = descriptor_md5(local.fd)
+                    local.doubted.add(local.sent_md5)
         return True
 
     @staticmethod
