@@ -367,7 +367,36 @@ def test_a_deletion_carried_out_after_the_mount_gave_up_does_not_remove_the_file
         assert "sending the last one again" in mount.log()
 
 
-def server_notes(server) -> int | None:
+@pytest.mark.mount
+@pytest.mark.parametrize("back", [False, True], ids=["renamed", "renamed back"])
+def test_an_upload_carried_out_after_its_file_was_renamed_does_not_bring_the_old_name_back(fake_xnat, tmp_path, back):
+    # Renamed back at once, the file under the old name is the user's again: left alone.
+    config = write_config(tmp_path / "config.toml", retries=0, timeout=1.0)
+    with mounted(fake_xnat.url, tmp_path, args=config, expected_errors=("timed out|no answer",)) as mount:
+        qc = mount.path / "STUDY01" / "SUB001" / "SUB001_MR1" / "RESOURCES" / "QC"
+        fake_xnat.set_faults(stall_rate=1.0, stall_ms=2500, methods=("PUT",), stall_first=True)
+        try:
+            with pytest.raises(OSError) as failed:
+                (qc / "notes.txt").write_bytes(b"notes")
+        finally:
+            fake_xnat.set_faults()
+        assert failed.value.errno == errno.EIO
+        (qc / "notes.txt").rename(qc / "renamed.txt")
+        if back:
+            (qc / "renamed.txt").rename(qc / "notes.txt")
+            time.sleep(7.5)  # past the mount's last look at the old name (1, 2 and 4 timeouts)
+            assert (qc / "notes.txt").read_bytes() == b"notes"
+            assert (server_notes(fake_xnat), server_notes(fake_xnat, "renamed.txt")) == (len(b"notes"), None)
+            assert "deleting it again" not in mount.log()
+            return
+        wait_until(lambda: server_notes(fake_xnat) is not None, what="the first PUT carried out", interval=0.1)
+        wait_until(lambda: server_notes(fake_xnat) is None, what="the old name deleted again", interval=0.1)
+        assert (qc / "renamed.txt").read_bytes() == b"notes"
+        assert "deleting it again" in mount.log()
+    assert server_notes(fake_xnat, "renamed.txt") == len(b"notes")
+
+
+def server_notes(server, name: str = "notes.txt") -> int | None:
     with XnatConnection(server.url, "admin", "admin") as conn:
         listed = {f.path: f.size for f in conn.list_files("/data/experiments/XNAT_E00001/resources/QC")}
-    return listed.get("notes.txt")
+    return listed.get(name)

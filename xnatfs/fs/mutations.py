@@ -163,6 +163,8 @@ class Mutations:
         # Files confirm_sent looks after → whether a newer version was sent since it started.
         self._confirming: dict[LocalFile, bool] = {}
         # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
+        # Old names clear_old_name looks after → whether a file was sent under that name since.
+        self._clearing: dict[tuple[str, str], bool] = {}
         self._doubted_deletes: dict[tuple[str, str], float] = {}
 
     # ---- the node kinds' write context --------------------------------
@@ -434,7 +436,10 @@ class Mutations:
             self.series.forget(local.target.resource_uri)
             if not local.sent_md5:
                 self.in_background(functools.partial(self._hash_sent, local, local.mtime))
-            deleted = self._doubted_deletes.pop((local.target.resource_uri, local.target.relpath), None)
+            key = (local.target.resource_uri, local.target.relpath)
+            if key in self._clearing:
+                self._clearing[key] = True
+            deleted = self._doubted_deletes.pop(key, None)
             if deleted is not None and time.monotonic() - deleted < self._confirm_span():
                 local.doubted.add(ABSENT)
             if local.doubted:
@@ -527,6 +532,38 @@ class Mutations:
             return False
         finally:
             os.close(fd)
+
+    async def clear_old_name(self, target: UploadTarget, doubted: set[str]) -> None:
+        """A file was renamed away from ``target`` while uploads of it there (versions
+        ``doubted``) went unanswered: carried out later, one would bring the old name back.
+        Look at that name 1, 2 and 4 timeouts later, and delete a copy found there with one
+        of those versions. In the background; it ends once another file holds the name, or
+        the mount sent one under it."""
+        key = (target.resource_uri, target.relpath)
+        try:
+            for wait in CONFIRM_WAITS:
+                await trio.sleep(wait * self.settings.timeout)
+                try:
+                    listed = await self._background_call(self._listed_digest, target)
+                    if listed is None:
+                        continue
+                    if listed not in doubted or self._clearing.get(key):
+                        return  # someone's file now, or ours again
+                    logger.warning(
+                        "%s: the server carried out an upload of it, one left unanswered, after the file "
+                        "was renamed away; deleting it again",
+                        target.describe(),
+                    )
+                    await self._background_call(self.client.delete_file, target.resource_uri, target.relpath)
+                except XnatError as exc:
+                    logger.debug("could not look at or delete %s on the server: %s", target.describe(), exc)
+                    continue
+                self.forget(self.tree.files_listing_key(target.resource_uri))
+        except Exception:
+            # Background work: nothing of it may end the mount.
+            logger.exception("looking at what the server holds of %s failed", target.describe())
+        finally:
+            self._clearing.pop(key, None)
 
     def _confirm_span(self) -> float:
         """How long after a change left in doubt :meth:`confirm_sent` may still look."""
@@ -760,7 +797,7 @@ class Mutations:
         A closed file is sent at once; an open one at its last close. The old
         name is deleted on the server only once the spool holds the bytes.
         """
-        old_relpath = local.relpath
+        old_relpath, old_target = local.relpath, local.target
         self.overlay.drop_file(local)
         try:
             old_on_server = await self.call(
@@ -768,6 +805,12 @@ class Mutations:
             )
         finally:
             self.overlay.add_file(local)
+        # Versions whose upload to the old name the server may carry out yet concern that name.
+        doubted = local.doubted - {ABSENT}
+        local.doubted -= doubted
+        if doubted:
+            self._clearing[(old_target.resource_uri, old_target.relpath)] = False
+            self.in_background(functools.partial(self.clear_old_name, old_target, doubted))
         if local.handles == 0:
             try:
                 await self._upload(local)
