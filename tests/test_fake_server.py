@@ -301,3 +301,21 @@ def test_each_answer_is_one_version_of_a_file_replaced_meanwhile(fake_xnat):
     finally:
         stop.set()
         writer.join(10)
+
+
+def test_a_client_resetting_its_connection_is_no_error_of_the_server(fake_xnat, http, caplog):
+    # A mount abandoning a zip at unmount resets its connection: logged without a traceback,
+    # which the file system tests take for a failure.
+    caplog.set_level("DEBUG", logger="xnatfs.fake")
+    host, port = fake_xnat.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"GET /data/projects HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 ")
+        time.sleep(0.2)  # the whole answer is out; the server waits for the next request
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    deadline = time.monotonic() + 5
+    while "closed by the client" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "closed by the client" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("xnatfs.fake") and r.exc_info]
+    assert http.get(fake_xnat.url + "/data/projects", params={"format": "json"}).status_code == 200

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Collection
@@ -131,6 +132,11 @@ class _HttpServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            # A client hanging up mid-request (a zip abandoned at unmount, say): nothing went wrong here.
+            logger.debug("connection from %s closed by the client: %s", client_address, error)
+            return
         logger.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
