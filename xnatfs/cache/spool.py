@@ -85,12 +85,17 @@ def current_boot_id() -> str:
 
 def data_digest(path: Path) -> tuple[int, str]:
     """Size and MD5 (hex) of a staging file's bytes."""
+    with open(path, "rb", buffering=0) as source:
+        return descriptor_digest(source.fileno())
+
+
+def descriptor_digest(fd: int) -> tuple[int, str]:
+    """Size and MD5 (hex) of all the bytes ``fd`` reads, whatever its offset."""
     digest = hashlib.md5(usedforsecurity=False)
     size = 0
-    with open(path, "rb", buffering=0) as source:
-        while chunk := source.read(_DIGEST_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := os.pread(fd, _DIGEST_CHUNK, size):
+        digest.update(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 

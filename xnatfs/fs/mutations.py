@@ -45,7 +45,7 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.content import CacheKey, ContentCache
-from xnatfs.cache.spool import UploadSpool, UploadTarget
+from xnatfs.cache.spool import UploadSpool, UploadTarget, descriptor_digest
 from xnatfs.cache.uploader import UploadRetries
 from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.changes import SentChanges, watching_changes
@@ -65,7 +65,7 @@ from xnatfs.fs.reading import HotFiles, ReadHandle
 from xnatfs.fs.series import SeriesFetcher
 from xnatfs.fs.settings import MountSettings
 from xnatfs.fs.tree import Tree
-from xnatfs.fs.writing import Writer, descriptor_md5
+from xnatfs.fs.writing import Writer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,9 +162,9 @@ class Mutations:
         self.in_background = in_background
         # Files confirm_sent looks after → whether a newer version was sent since it started.
         self._confirming: dict[LocalFile, bool] = {}
-        # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
         # Old names clear_old_name looks after → whether a file was sent under that name since.
         self._clearing: dict[tuple[str, str], bool] = {}
+        # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
         self._doubted_deletes: dict[tuple[str, str], float] = {}
 
     # ---- the node kinds' write context --------------------------------
@@ -436,20 +436,26 @@ class Mutations:
             self.series.forget(local.target.resource_uri)
             if not local.sent_md5:
                 self.in_background(functools.partial(self._hash_sent, local, local.mtime))
-            key = (local.target.resource_uri, local.target.relpath)
-            if key in self._clearing:
-                self._clearing[key] = True
-            deleted = self._doubted_deletes.pop(key, None)
-            if deleted is not None and time.monotonic() - deleted < self._confirm_span():
-                local.doubted.add(ABSENT)
-            if local.doubted:
-                if local in self._confirming:
-                    self._confirming[local] = True
-                else:
-                    self._confirming[local] = False
-                    self.in_background(functools.partial(self.confirm_sent, local))
+            self._look_after_doubts(local)
         if local.handles == 0:
             self._linger(local)
+
+    def _look_after_doubts(self, local: LocalFile) -> None:
+        """A file was sent: if a change of its name before it may still be carried out
+        (see :meth:`confirm_sent`), have the server's copy looked at."""
+        key = (local.target.resource_uri, local.target.relpath)
+        if key in self._clearing:
+            self._clearing[key] = True
+        deleted = self._doubted_deletes.pop(key, None)
+        if deleted is not None and time.monotonic() - deleted < self._confirm_span():
+            local.doubted.add(ABSENT)
+        if not local.doubted:
+            return
+        if local in self._confirming:
+            self._confirming[local] = True
+        else:
+            self._confirming[local] = False
+            self.in_background(functools.partial(self.confirm_sent, local))
 
     async def _hash_sent(self, local: LocalFile, mtime: float) -> None:
         # In the background: a close does not wait for it, and nothing of it may end the mount.
@@ -497,7 +503,7 @@ class Mutations:
             return False
         mtime, target, doubted = local.mtime, local.target, set(local.doubted)
         try:
-            ours = await self._background_call(descriptor_md5, fd)
+            ours = (await self._background_call(descriptor_digest, fd))[1]
             for wait in CONFIRM_WAITS:
                 await trio.sleep(wait * self.settings.timeout)
                 if self._confirming.get(local):

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from xnatfs.cache.files import disk_free
-from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget, data_digest
+from xnatfs.cache.spool import SpoolEntry, UploadSpool, UploadTarget, data_digest, descriptor_digest
 from xnatfs.cache.uploader import Uploader
 from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.errors import XnatUnsupported, is_permanent_refusal
@@ -279,7 +279,7 @@ class Writer:
                 if sent.count > 1:
                     # Sent again after an attempt the server may carry out later still: after
                     # a newer version of the file, whose upload then has it looked at.
-                    local.sent_md5 = descriptor_md5(local.fd)
+                    local.sent_md5 = descriptor_digest(local.fd)[1]
                     local.doubted.add(local.sent_md5)
         return True
 
@@ -416,13 +416,3 @@ def _copy_descriptor(source: int, destination: int, size: int) -> None:
             break
         os.pwrite(destination, chunk, offset)
         offset += len(chunk)
-
-
-def descriptor_md5(fd: int) -> str:
-    """The MD5 of all the bytes ``fd`` reads."""
-    digest = hashlib.md5(usedforsecurity=False)
-    offset = 0
-    while chunk := os.pread(fd, COPY_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
