@@ -321,6 +321,67 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
     assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
 
 
+def test_a_file_renamed_while_open_is_on_the_server_under_its_new_name_before_a_crash(fake_xnat, tmp_path):
+    """Renamed while a program still has it open, but with nothing written since its last
+    close: the server holds it under the new name at once, as for a file nobody has open.
+    Was: under neither name until the last close, and after a crash only in the spool, set
+    aside as possibly incomplete and shown under neither name."""
+    payload = os.urandom(50_000)
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path / SESSION / "RESOURCES/QC"
+        (qc / "kept.bin").write_bytes(payload)
+        reader = open(qc / "kept.bin", "rb")
+        os.rename(qc / "kept.bin", qc / "moved.bin")
+        assert qc_file_on_server(fake_xnat, "moved.bin") == payload
+        assert qc_file_on_server(fake_xnat, "kept.bin") is None
+        kill(mount)
+        try:
+            reader.close()
+        except OSError:
+            pass
+    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+        qc = again.path / SESSION / "RESOURCES/QC"
+        assert (qc / "moved.bin").read_bytes() == payload
+        assert not (qc / "kept.bin").exists()
+    listed = uploads(mount, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "moved.bin" not in listed.stdout, listed.stdout
+
+
+def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_through_a_crash(fake_xnat, tmp_path):
+    """Renamed while a program is rewriting it: the server keeps the last closed version
+    under the old name until the file is closed (it is only then whole). A crash before
+    that leaves the old name as it was, and what was written since in the spool, unsent.
+    Was: the old name deleted at the rename, so the crash left the last complete version
+    nowhere but in the spool, under the new name, set aside as possibly incomplete."""
+    original = b"subject,snr\nSUB001,41.5\nSUB002,39.0\n"
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "metrics.csv", original)
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path / SESSION / "RESOURCES/QC"
+        handle = open(qc / "metrics.csv", "r+b")
+        handle.write(b"subject,snr\nSUB0")  # cut off in the middle of a row
+        handle.flush()
+        os.rename(qc / "metrics.csv", qc / "metrics-v2.csv")
+        assert sorted(n for n in os.listdir(qc) if n.startswith("metrics")) == ["metrics-v2.csv"]
+        assert qc_file_on_server(fake_xnat, "metrics.csv") == original
+        kill(mount)
+        try:
+            handle.close()
+        except OSError:
+            pass
+    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+        qc = again.path / SESSION / "RESOURCES/QC"
+        assert (qc / "metrics.csv").read_bytes() == original
+        wait_until(
+            lambda: "metrics-v2.csv, " in again.log() and "was still being written" in again.log(),
+            what="the half-written file to be set aside",
+        )
+    assert qc_file_on_server(fake_xnat, "metrics-v2.csv") is None
+    listed = uploads(mount, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "metrics-v2.csv" in listed.stdout and "unclosed" in listed.stdout
+
+
 def _download_under_way(folder: Path) -> bool:
     """A partial download in ``folder`` holds bytes (one may be finished and gone between listing and stat)."""
     for part in folder.glob("*.part"):

@@ -32,6 +32,15 @@ from xnatfs.fs.nodes import FileNode, FolderDir, Listing, Node, ResourceDir, Wri
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class OldName:
+    """A name a file was renamed away from, whose server copy goes only once the file is closed."""
+
+    relpath: str
+    listed_md5: str  # what the server listed there at the rename ("" unknown): someone else's otherwise
+    doubted: frozenset[str]  # versions of ours whose upload there may be carried out yet
+
+
 @dataclass(eq=False)
 class LocalFile:
     """Bytes written through the mount, and how far they are on their way to XNAT.
@@ -64,6 +73,9 @@ class LocalFile:
     # a deletion of its name that did: the server may still carry one out, after this version
     # was sent (see Mutations.confirm_sent).
     doubted: set[str] = field(default_factory=set)
+    # Names it was renamed away from while it had writes not sent: the server keeps its last
+    # closed version there until these bytes are committed (see Mutations._rename_local).
+    old_names: list[OldName] = field(default_factory=list)
     expires: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -283,13 +295,17 @@ class Overlay:
             self.folders.pop(container, None)
         self._changed(container)
 
-    def hide(self, container: str, relpath: str) -> None:
-        """A file we deleted on the server: hidden until listings have caught up."""
-        until = time.monotonic() + self.ttl
+    def hide(self, container: str, relpath: str, *, until: float | None = None) -> None:
+        """A file we deleted on the server: hidden until listings have caught up (or
+        ``until``, a time.monotonic(): math.inf for a deletion still to come)."""
+        until = time.monotonic() + self.ttl if until is None else until
         self.written.forget(container, relpath)
         self.deleted.setdefault(container, {})[relpath] = until
         self._next_expiry = min(self._next_expiry, until)
         self._changed(container)
+
+    def hidden(self, container: str, relpath: str) -> bool:
+        return relpath in self.deleted.get(container, {})
 
     def unhide(self, container: str, relpath: str) -> None:
         """The server holds a file under this name again: our upload."""

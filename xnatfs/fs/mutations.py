@@ -31,9 +31,11 @@ of files, and the inode table kept in step with renames and deletions.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -58,7 +60,7 @@ from xnatfs.fs.errno import errno_for, refused
 from xnatfs.fs.handles import OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey, files_key
-from xnatfs.fs.local import ABSENT, LocalFile, LocalFileNode, LocalHandle, Overlay
+from xnatfs.fs.local import ABSENT, LocalFile, LocalFileNode, LocalHandle, OldName, Overlay
 from xnatfs.fs.names import NAME_MAX, unstorable_reason
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
 from xnatfs.fs.reading import HotFiles, ReadHandle
@@ -255,6 +257,7 @@ class Mutations:
             await self._delete_on_server(local.target.resource_uri, local.target.relpath, missing_ok=True)
         if on_server or sent:
             self.overlay.hide(local.container, local.relpath)
+        await self._delete_old_names(local)
 
     # ---- checks -------------------------------------------------------
 
@@ -420,12 +423,20 @@ class Mutations:
                     local.target.describe(),
                     exc,
                 )
+                await self._after_commit(local)
                 raise
             logger.error("upload of %s failed; kept in the spool for another try: %s", local.target.describe(), exc)
             self.retries.wake()
+            await self._after_commit(local)
             raise
         if sent:
             self._after_upload(local)
+        await self._after_commit(local)
+
+    async def _after_commit(self, local: LocalFile) -> None:
+        """The spool holds the file's bytes as closed, sent or not: what waited for that."""
+        if local.old_names and not local.entry_open and not local.unlinked:
+            await self._delete_old_names(local)
 
     def _after_upload(self, local: LocalFile) -> None:
         if local.target.kind == "dicom-import":
@@ -793,6 +804,7 @@ class Mutations:
         if overwritten is not None:
             await self.call(self.writer.discard, overwritten)
             self.overlay.drop_file(overwritten)
+            await self._delete_old_names(overwritten)
 
     async def _rename_local(
         self, local: LocalFile, target: UploadTarget, relpath: str, *, replaces_remote: bool
@@ -800,10 +812,14 @@ class Mutations:
         """A file of ours takes the new name: the same file, so descriptors open on
         it write under the new name, and its pending upload goes there too.
 
-        A closed file is sent at once; an open one at its last close. The old
-        name is deleted on the server only once the spool holds the bytes.
+        A file whose bytes are whole (closed, or open but not written since its last
+        upload) is sent under the new name at once, and the old name deleted, once the
+        spool holds the bytes. One open with writes not sent yet is sent at its close:
+        until then the server keeps its last closed version under the old name, so that
+        a crash meanwhile leaves that version where it was (:meth:`_delete_old_names`).
         """
         old_relpath, old_target = local.relpath, local.target
+        unsent = local.dirty and local.handles > 0
         self.overlay.drop_file(local)
         try:
             old_on_server = await self.call(
@@ -812,17 +828,19 @@ class Mutations:
         finally:
             self.overlay.add_file(local)
         # Versions whose upload to the old name the server may carry out yet concern that name.
-        doubted = local.doubted - {ABSENT}
+        doubted = frozenset(local.doubted - {ABSENT})
         local.doubted -= doubted
+        if unsent:
+            if old_on_server:
+                await self._keep_old_name(local, old_target, doubted)
+            return local
         if doubted:
-            self._clearing[(old_target.resource_uri, old_target.relpath)] = False
-            self.in_background(functools.partial(self.clear_old_name, old_target, doubted))
-        if local.handles == 0:
-            try:
-                await self._upload(local)
-            except XnatError as exc:
-                # The rename itself is done: the bytes wait in the spool under the new name.
-                logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
+            self._clear_old_name_later(old_target, doubted)
+        try:
+            await self._upload(local, final=local.handles == 0)
+        except XnatError as exc:
+            # The rename itself is done: the bytes wait in the spool under the new name.
+            logger.warning("%s renamed; its upload is pending: %s", target.describe(), exc)
         if old_on_server:
             # Hidden once deleted, as delete_remote does: when the deletion fails the server
             # still holds the old name, shown beside the new one, as mv leaves them when it
@@ -830,6 +848,59 @@ class Mutations:
             await self._delete_on_server(local.container, old_relpath, missing_ok=True)
             self.overlay.hide(local.container, old_relpath)
         return local
+
+    async def _keep_old_name(self, local: LocalFile, old_target: UploadTarget, doubted: frozenset[str]) -> None:
+        """The old name of a file renamed with writes not sent: hidden, and deleted at its close."""
+        try:
+            listed = await self.call(self._listed_digest, old_target) or ""
+        except XnatError as exc:
+            logger.debug("could not look at %s on the server: %s", old_target.describe(), exc)
+            listed = ""
+        local.old_names.append(OldName(old_target.relpath, listed, doubted))
+        self.overlay.hide(local.container, old_target.relpath, until=math.inf)
+
+    async def _delete_old_names(self, local: LocalFile) -> None:
+        """The file's bytes are committed (sent, or waiting in the spool, under its new name),
+        or it was removed: the names it was renamed away from with writes not sent go from
+        the server, unless it is back under one, or the server holds another file there
+        since (someone else's, or one the mount sent)."""
+        old_names, local.old_names = local.old_names, []
+        for old in old_names:
+            if old.relpath == local.relpath and not local.unlinked:
+                continue  # renamed back: its upload replaces the copy there
+            old_target = dataclasses.replace(local.target, relpath=old.relpath)
+            try:
+                listed = await self.call(self._listed_digest, old_target)
+                if listed is not None and self._taken_since(local, old, listed):
+                    logger.info("%s: left as it is, another file was put there since", old_target.describe())
+                    self.overlay.unhide(local.container, old.relpath)
+                    self.forget(self.tree.files_listing_key(old_target.resource_uri))
+                    continue
+                if listed is not None:
+                    await self._delete_on_server(old_target.resource_uri, old.relpath, missing_ok=True)
+            except XnatError as exc:
+                logger.warning(
+                    "%s: the name a file was renamed away from could not be deleted, so both names stay: %s",
+                    old_target.describe(),
+                    exc,
+                )
+                self.overlay.unhide(local.container, old.relpath)
+                continue
+            self.overlay.hide(local.container, old.relpath)
+            if old.doubted:
+                self._clear_old_name_later(old_target, old.doubted)
+
+    def _taken_since(self, local: LocalFile, old: OldName, listed: str) -> bool:
+        """Whether the server's file under an old name (MD5 ``listed``) is another than the one
+        renamed away from it."""
+        if old.listed_md5:
+            return listed != old.listed_md5
+        # Not known at the rename: an upload of ours under the name since would have shown it again.
+        return not self.overlay.hidden(local.container, old.relpath)
+
+    def _clear_old_name_later(self, old_target: UploadTarget, doubted: frozenset[str]) -> None:
+        self._clearing[(old_target.resource_uri, old_target.relpath)] = False
+        self.in_background(functools.partial(self.clear_old_name, old_target, set(doubted)))
 
     # ---- what XNAT has no counterpart for -----------------------------
 
