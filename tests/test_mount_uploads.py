@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import signal
@@ -145,6 +146,16 @@ def test_a_file_never_closed_is_kept_not_sent_and_can_be_sent_or_dropped(fake_xn
     dropped = uploads(mount, "discard", gone, "--yes")
     assert dropped.returncode == 0, dropped.stderr
     assert UploadSpool(mount.cache_dir / "spool").get(gone) is None
+    # Held by another process at that moment (a mount looking at it): said, and a failure.
+    half = by_name["half.txt"][0]
+    held = os.open(UploadSpool(mount.cache_dir / "spool").get(half).data_path, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = uploads(mount, "retry", "--include-unclosed", **credentials)
+    finally:
+        os.close(held)
+    assert busy.returncode == 1 and f"{half}: not sent" in busy.stderr, busy.stderr
+    assert server_file(fake_xnat, "half.txt") is None
     sent = uploads(mount, "retry", "--include-unclosed", **credentials)
     assert sent.returncode == 0, sent.stderr
     assert "1 sent" in sent.stdout

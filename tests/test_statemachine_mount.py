@@ -21,7 +21,9 @@ The model of one resource folder:
   A descriptor refers to the file, not to its name: a rename takes its body
   along, and a file renamed over or removed while open keeps its bytes for
   its descriptors only (never sent). The server is compared for every name
-  no descriptor holds; a held name's bytes reach the server at its close;
+  no descriptor holds; a held name's bytes reach the server at its close.
+  A held file renamed with writes not sent leaves its last closed version
+  under the old name until that close (docs/SEMANTICS.md, open files);
 - ``times``: each file's modification time when last checked. It changes
   only when the file is written, then never backwards; a rename keeps it.
   XNAT keeps no file times, so a change on the server may show another; a
@@ -37,6 +39,13 @@ every change but answers too late, after the mount gave up (``TIMEOUT``): the
 change fails with EIO or succeeds, and once answers come again the server
 holds every byte written, and the mount shows what the server holds.
 
+The daemon may also be killed (SIGKILL) with descriptors held open, and mounted
+again: what was closed is on the server; what a held file had written since its
+last close waits in the spool as ``unclosed``, with exactly those bytes, while
+the server keeps that file's last closed version, also under the names it was
+renamed away from meanwhile; ``xnatfs uploads retry --include-unclosed`` then
+sends them, or ``xnatfs uploads discard`` drops them.
+
 Failing sequences found so far are kept below as explicit regression tests.
 """
 
@@ -46,6 +55,7 @@ import errno
 import hashlib
 import itertools
 import os
+import signal
 import time
 from typing import ClassVar
 
@@ -63,6 +73,7 @@ from hypothesis.stateful import (
 
 from mountutil import mounted, uploads
 from test_reliability_common import write_config
+from xnatfs.cache.spool import UploadSpool
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -87,14 +98,25 @@ _labels = itertools.count(1)
 
 class Body:
     """What open descriptors refer to: a named file of the model, or the bytes
-    of one that lost its name while they were open."""
+    of one that lost its name while they were open.
 
-    def __init__(self, name: str):
+    ``sent``: what the server holds under its name (None: nothing); ``dirty``: written
+    through a descriptor since its last close; ``left``: names it was renamed away from
+    while dirty, each with what the server keeps there until its next close."""
+
+    def __init__(self, name: str, sent: bytes | None):
         self.name: str | None = name
         self.orphan = b""
+        self.sent = sent
+        self.dirty = False
+        self.left: dict[str, bytes | None] = {}
 
     def unlink(self, data: bytes) -> None:
         self.name, self.orphan = None, data
+        self.left = {}
+
+    def committed(self, data: bytes) -> None:
+        self.sent, self.dirty, self.left = data, False, {}
 
 
 class Handle:
@@ -208,7 +230,23 @@ class MountMachine(RuleBasedStateMachine):
         for body in self.bodies():
             if body.name == name:
                 return body
-        return Body(name)
+        return Body(name, self.files[name])
+
+    def held_body(self, name: str) -> Body | None:
+        return next((body for body in self.bodies() if body.name == name), None)
+
+    def left_names(self) -> dict[str, bytes | None]:
+        """Old names of held files renamed while dirty → what the server keeps there."""
+        return {old: kept for body in self.bodies() for old, kept in body.left.items()}
+
+    def on_server(self, name: str) -> bytes | None:
+        """What the server holds under ``name`` now, by the model."""
+        body = self.held_body(name)
+        if body is not None:
+            return body.sent if body.dirty else self.files[name]
+        if name in self.files:
+            return self.files[name]
+        return self.left_names().get(name)
 
     def folder_of(self, name: str) -> str | None:
         return name.split("/", 1)[0] if "/" in name else None
@@ -233,6 +271,13 @@ class MountMachine(RuleBasedStateMachine):
         self.files[name] = data
         self.written.add(name)
         self.ours.add(name)
+        self.commit(name)
+
+    def commit(self, name: str) -> None:
+        """A descriptor on ``name`` was closed: a file held open is sent as it is now."""
+        body = self.held_body(name)
+        if body is not None:
+            body.committed(self.files[name])
 
     def apply_rewrite(self, name: str, offset: int, data: bytes) -> None:
         old = self.files[name]
@@ -243,6 +288,7 @@ class MountMachine(RuleBasedStateMachine):
         self.files[name] = old[:offset] + data + old[offset + len(data) :]
         self.written.add(name)
         self.ours.add(name)
+        self.commit(name)
 
     def apply_rename(self, old: str, new: str) -> None:
         folder = self.folder_of(new)
@@ -258,8 +304,18 @@ class MountMachine(RuleBasedStateMachine):
         if old != new:
             data = self.files[old]
             moving = [body for body in self.bodies() if body.name == old]
+            # Whole, it is sent under the new name at once; with writes not sent, the server
+            # keeps its last closed version under the old name until its close.
+            for body in moving:
+                if body.dirty:
+                    body.left[old] = body.sent
+                    body.sent = self.on_server(new)
+                else:
+                    body.sent = data
             if new in self.files:
                 self.orphan_bodies(new)
+            for body in moving:
+                body.name = new
             time_before = self.times.get(old)
             was_written, was_ours = old in self.written, old in self.ours
             self.forget_file(old)
@@ -273,8 +329,6 @@ class MountMachine(RuleBasedStateMachine):
                 self.written.add(new)
             if was_ours:
                 self.ours.add(new)
-            for body in moving:
-                body.name = new
 
     def apply_remove(self, name: str) -> None:
         os.unlink(self.resource_dir / name)
@@ -323,6 +377,70 @@ class MountMachine(RuleBasedStateMachine):
         self._mount()
         self.steps_since_remount = 0
 
+    def apply_kill(self, send_unclosed: bool) -> None:
+        """SIGKILL of the daemon, descriptors held open, then a mount again. What was closed is
+        on the server. A held file written since its last close waits in the spool, set aside
+        as ``unclosed`` under its name with exactly the bytes written, while the server keeps
+        what it held: the last closed version, also under the names the file was renamed away
+        from meanwhile. ``send_unclosed``: those are then sent with ``xnatfs uploads retry
+        --include-unclosed``; else dropped with ``xnatfs uploads discard``."""
+        self.mount.process.send_signal(signal.SIGKILL)
+        self.mount.process.wait(timeout=20)
+        waiting = {body.name: self.files[body.name] for body in self.bodies() if body.name is not None and body.dirty}
+        # A file opened for writing and not written since its last close may wait there too, as it is.
+        held = {name: self.files[name] for name in self.held_names()}
+        kept = {}
+        for body in self.bodies():
+            if body.name is not None and body.dirty:
+                kept.update({old: data for old, data in body.left.items() if old not in self.files})
+                kept[body.name] = body.sent
+        for handle in self.handles:
+            try:
+                os.close(handle.fd)
+            except OSError as exc:
+                assert exc.errno == errno.ENOTCONN, exc
+        self.handles = []
+        context, self._context, self.mount = self._context, None, None
+        context.__exit__(None, None, None)
+        for name, data in kept.items():
+            if data is not None:
+                self.files[name] = data
+            elif name in self.files:
+                self.forget_file(name)
+        self.folders, self.fading = set(), {}
+        # Times reach the disk 5 s after a change: a kill may lose the last ones.
+        self.times, self.ours = {}, set()
+        # Looked at before the next mount does: whoever looks first sets the entries aside.
+        unclosed = [
+            entry
+            for entry in UploadSpool(self.base / "cache" / "spool").unclosed()
+            if entry.target.resource_uri.endswith(f"/resources/{self.label}")
+        ]
+        self._mount()
+        self.steps_since_remount = 0
+        found = {entry.target.relpath: entry.data_path.read_bytes() for entry in unclosed}
+        assert len(found) == len(unclosed), "two unclosed uploads of one file"
+        assert set(waiting) <= set(found), "what was written since the last close is not in the spool"
+        for name, data in found.items():
+            assert held.get(name) == data, f"{name}: the spool holds other bytes than were written"
+        if send_unclosed:
+            retried = uploads(
+                self.mount,
+                "retry",
+                "--include-unclosed",
+                XNAT_USER=self.server.username,
+                XNAT_PASS=self.server.password,
+            )
+            assert retried.returncode == 0, retried.stderr
+            for name, data in found.items():
+                self.files[name] = data
+                self.ours.add(name)
+        else:
+            for entry in unclosed:
+                dropped = uploads(self.mount, "discard", entry.id, "--yes")
+                assert dropped.returncode == 0, dropped.stderr
+        time.sleep(SETTLE)
+
     def apply_open(self, name: str) -> None:
         fd = os.open(self.resource_dir / name, os.O_RDWR)
         self.handles.append(Handle(fd, self.body_for(name)))
@@ -334,10 +452,12 @@ class MountMachine(RuleBasedStateMachine):
             return
         fd = os.open(self.resource_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, data)
+        body = Body(name, self.on_server(name))
+        body.dirty = True
         self.files[name] = data
         self.written.add(name)
         self.ours.add(name)
-        self.handles.append(Handle(fd, Body(name)))
+        self.handles.append(Handle(fd, body))
 
     def apply_fd_write(self, index: int, offset: int, data: bytes) -> None:
         handle = self.handles[index]
@@ -349,12 +469,15 @@ class MountMachine(RuleBasedStateMachine):
             self.files[handle.body.name] = new
             self.written.add(handle.body.name)
             self.ours.add(handle.body.name)
+            handle.body.dirty = True
         else:
             handle.body.orphan = new
 
     def apply_close(self, index: int) -> None:
         handle = self.handles.pop(index)
         os.close(handle.fd)
+        if handle.body.name is not None:
+            handle.body.committed(self.files[handle.body.name])
 
     def apply_server_put(self, name: str, data: bytes) -> None:
         self.server.store.put_file(EXPERIMENT, self.label, name, data, scan_id=self.scan)
@@ -487,10 +610,16 @@ class MountMachine(RuleBasedStateMachine):
     def remount(self):
         self.apply_remount()
 
+    @precondition(lambda self: self.steps_since_remount >= 4)
+    @rule(send_unclosed=st.booleans())
+    def kill_and_mount_again(self, send_unclosed):
+        self.apply_kill(send_unclosed)
+
     @rule(choice=st.data(), data=CONTENT, same_size=st.booleans())
     def server_puts(self, choice, data, same_size):
-        # Not under an open descriptor: its close would overwrite the change, as intended.
-        names = [name for name in NAMES if name not in self.held_names()]
+        # Not under an open descriptor: its close would overwrite the change, as intended. Nor
+        # under a name a held file left: hidden by the mount until that file's close.
+        names = [name for name in NAMES if name not in self.held_names() | set(self.left_names())]
         name = choice.draw(st.sampled_from(names))
         if same_size and name in self.files:
             # Another version of the same size (a header fixed in place): only its MD5 differs.
@@ -556,10 +685,14 @@ class MountMachine(RuleBasedStateMachine):
         if self.mount is None:
             return
         held = self.held_names()
-        on_server = {name: data for name, data in self.server_state().items() if name not in held}
+        left = {name: kept for name, kept in self.left_names().items() if name not in held and name not in self.files}
+        server = self.server_state()
+        on_server = {name: data for name, data in server.items() if name not in held and name not in left}
         assert on_server == {name: data for name, data in self.files.items() if name not in held}, (
             "the server does not hold what was written"
         )
+        for name, kept in left.items():
+            assert server.get(name) == kept, f"{name}: not what the server keeps until the renamed file's close"
         for handle in self.handles:
             expected = self.body_data(handle.body)
             assert os.pread(handle.fd, len(expected) + 10, 0) == expected, "a descriptor reads other bytes"
@@ -946,3 +1079,31 @@ def test_regression_a_file_replaced_on_the_server_by_one_of_the_same_size_after_
             ("server_put", "other/f.csv", b"U\x1c\xb9*\xf5"),
         ],
     )
+
+
+def test_regression_a_file_renamed_while_written_through_two_descriptors(fake_xnat, tmp_path):
+    replay_on_a_scan_resource(
+        fake_xnat,
+        tmp_path,
+        [
+            ("open", "a.txt"),
+            ("fd_write", 0, 0, b"\x00"),
+            ("open", "a.txt"),
+            ("rename", "a.txt", "c.nii.gz"),
+            ("close", 1),
+            ("close", 0),
+        ],
+    )
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["whole", "written since"])
+@pytest.mark.parametrize("send_unclosed", [False, True], ids=["dropped", "sent"])
+def test_a_kill_after_a_file_held_open_was_renamed(fake_xnat, tmp_path, written, send_unclosed):
+    """The mount killed while a renamed file is still open: whole, it is on the server under
+    the new name; with writes since its last close, the server keeps that version under the
+    old name, and the writes wait in the spool (problem 66)."""
+    steps = [("write", "a.txt", b"as closed"), ("open", "a.txt")]
+    if written:
+        steps.append(("fd_write", 0, 3, b"CLOSED"))
+    steps += [("rename", "a.txt", "b.dcm"), ("kill", send_unclosed)]
+    replay(fake_xnat, tmp_path, steps)

@@ -549,17 +549,23 @@ def _retry_all(spool, server: str | None, args, sent: dict[str, str]) -> int:
             "see `xnatfs uploads list`, then `uploads retry ID` once fixed or `uploads discard ID --yes`",
             file=sys.stderr,
         )
+    busy = []
     if args.include_unclosed:
         for entry in spool.unclosed(server):
             if spool.release(entry):
                 print(f"{entry.id}: never closed; sending it as it is ({human_bytes(entry.size)})")
+            elif (current := spool.get(entry.id)) is not None and current.state == "unclosed":
+                busy.append(entry.id)
     elif spool.unclosed(server):
         print(
             "writes never closed are not sent; see `xnatfs uploads list`, "
             "then `uploads retry --include-unclosed` or `uploads discard ID --yes`",
             file=sys.stderr,
         )
-    return _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args, sent)
+    status = _retry_uploads(spool, sorted({entry.target.server for entry in spool.pending(server)}), args, sent)
+    for entry_id in busy:
+        print(f"{entry_id}: not sent, another process holds it right now; try again", file=sys.stderr)
+    return status or int(bool(busy))
 
 
 UPLOAD_COLUMNS = ("ID", "STATE", "SIZE", "TRIES", "TARGET", "LAST ERROR")
