@@ -1107,3 +1107,18 @@ def test_a_kill_after_a_file_held_open_was_renamed(fake_xnat, tmp_path, written,
         steps.append(("fd_write", 0, 3, b"CLOSED"))
     steps += [("rename", "a.txt", "b.dcm"), ("kill", send_unclosed)]
     replay(fake_xnat, tmp_path, steps)
+
+
+def test_regression_a_file_renamed_by_a_retry_then_replaced_on_the_server_by_one_of_the_same_size(fake_xnat, tmp_path):
+    """The renamed copy took the time of the file it came from, which the server's
+    replacement showed too: same size, same time, so the kernel kept the pages of the copy."""
+    replay(
+        fake_xnat,
+        tmp_path,
+        [
+            ("refused_change", "rename", "sub/d.txt", b"\x00", "b.dcm", False),
+            ("server_put", "b.dcm", b"\xff"),
+        ],
+        machine_type=ScanMountMachine,
+        start=(b"\x00", b"\x00"),
+    )

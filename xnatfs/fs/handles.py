@@ -25,6 +25,11 @@ Dots = list[tuple[bytes, pyfuse3.EntryAttributes]]  # "." and "..", answered as 
 Entries = list[tuple[str, bytes, Node]]  # (name, name as the kernel gets it, node), in listing order
 
 
+# What an inode served when it was opened as a file of ours (written through the mount, or
+# copied for writing): the kernel's pages of it may hold bytes no server file's key names.
+OUR_BYTES = CacheKey("", -1)
+
+
 class OpenHandles:
     """Open file and folder handles, the inodes they are open on, and what each inode last served."""
 

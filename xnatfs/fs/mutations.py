@@ -57,7 +57,7 @@ from xnatfs.errors import XnatConflict, XnatError, XnatNotFound, XnatUnsupported
 from xnatfs.fs.control import REFRESH_NAME
 from xnatfs.fs.deadlines import bounded
 from xnatfs.fs.errno import errno_for, refused
-from xnatfs.fs.handles import OpenHandles
+from xnatfs.fs.handles import OUR_BYTES, OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey, files_key
 from xnatfs.fs.local import ABSENT, LocalFile, LocalFileNode, LocalHandle, OldName, Overlay
@@ -349,6 +349,9 @@ class Mutations:
         # The kernel's pages of this inode hold what was written through it (or the
         # server's bytes we copied): keeping them spares reads that, under a heavy
         # read load elsewhere on the mount, can wait seconds for the kernel to send.
+        # Once the server's file is shown again, its first open drops them: the server
+        # may hold another version of the same size and time by then.
+        self.handles.served(inode, OUR_BYTES)
         return pyfuse3.FileInfo(fh=self._open_handle(local, inode, flags), keep_cache=True)
 
     async def _stage_remote(
