@@ -359,7 +359,7 @@ def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_thro
     with mounted(fake_xnat.url, tmp_path) as mount:
         qc = mount.path / SESSION / "RESOURCES/QC"
         handle = open(qc / "metrics.csv", "r+b")
-        handle.write(b"subject,snr\nSUB0")  # cut off in the middle of a row
+        handle.write(b"subject,snr,cnr\nSUB0")  # cut off in the middle of a row
         handle.flush()
         os.rename(qc / "metrics.csv", qc / "metrics-v2.csv")
         assert sorted(n for n in os.listdir(qc) if n.startswith("metrics")) == ["metrics-v2.csv"]
@@ -380,6 +380,35 @@ def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_thro
     listed = uploads(mount, "list")
     assert listed.returncode == 0, listed.stderr
     assert "metrics-v2.csv" in listed.stdout and "unclosed" in listed.stdout
+
+
+def test_a_file_opened_for_writing_and_not_written_leaves_nothing_behind_after_a_crash(fake_xnat, tmp_path):
+    """Opened for writing (sqlite3, an editor) but not written when the daemon dies: the copy
+    it was given holds nothing new, so the next mount drops it rather than keeping it as a
+    possibly incomplete upload for the user to sort out. One written in place is kept."""
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "untouched.csv", b"a,b\n1,2\n")
+    fake_xnat.store.put_file("XNAT_E00001", "QC", "touched.csv", b"a,b\n1,2\n")
+    with mounted(fake_xnat.url, tmp_path) as mount:
+        qc = mount.path / SESSION / "RESOURCES/QC"
+        untouched = open(qc / "untouched.csv", "r+b")
+        touched = open(qc / "touched.csv", "r+b")
+        touched.write(b"A,B")
+        touched.flush()
+        kill(mount)
+        for handle in (untouched, touched):
+            try:
+                handle.close()
+            except OSError:
+                pass
+    with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
+        wait_until(
+            lambda: "files/touched.csv, 8 bytes) was still being written" in again.log(), what="the spool looked at"
+        )
+    listed = uploads(mount, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "untouched.csv" not in listed.stdout, listed.stdout
+    assert "touched.csv" in listed.stdout and "unclosed" in listed.stdout
+    assert qc_file_on_server(fake_xnat, "untouched.csv") == b"a,b\n1,2\n"
 
 
 def _download_under_way(folder: Path) -> bool:

@@ -108,6 +108,7 @@ class Body:
         self.name: str | None = name
         self.orphan = b""
         self.sent = sent
+        self.opened_with = sent  # what the mount may have copied for writing
         self.dirty = False
         self.left: dict[str, bytes | None] = {}
 
@@ -386,8 +387,13 @@ class MountMachine(RuleBasedStateMachine):
         --include-unclosed``; else dropped with ``xnatfs uploads discard``."""
         self.mount.process.send_signal(signal.SIGKILL)
         self.mount.process.wait(timeout=20)
-        waiting = {body.name: self.files[body.name] for body in self.bodies() if body.name is not None and body.dirty}
-        # A file opened for writing and not written since its last close may wait there too, as it is.
+        waiting = {
+            body.name: self.files[body.name]
+            for body in self.bodies()
+            if body.name is not None and body.dirty and self.files[body.name] != body.opened_with
+        }
+        # A file opened for writing and not written since its last close may wait there too, as
+        # it is; one written back to the bytes it was opened with need not (nothing is new).
         held = {name: self.files[name] for name in self.held_names()}
         kept = {}
         for body in self.bodies():
@@ -453,7 +459,7 @@ class MountMachine(RuleBasedStateMachine):
         fd = os.open(self.resource_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, data)
         body = Body(name, self.on_server(name))
-        body.dirty = True
+        body.dirty, body.opened_with = True, None
         self.files[name] = data
         self.written.add(name)
         self.ours.add(name)

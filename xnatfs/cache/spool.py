@@ -36,7 +36,8 @@ An ``open`` record whose data file nobody holds belonged to a process that
 died while the file was open. What it holds may be only the start of the
 file, so sending it could replace a complete copy on the server with a
 partial one: it becomes ``unclosed``, kept (nothing written is lost) but
-never sent on its own. One with nothing written is dropped.
+never sent on its own. One with nothing written is dropped: empty, or still
+the copy of the server's file it was filled with (``copy_of``).
 
 Records hold no credentials: the server is kept as a URL without any
 ``user:password@`` part.
@@ -141,6 +142,7 @@ class SpoolEntry:
     boot_id: str = ""  # the machine run that last wrote the record without fsync
     data_size: int = 0  # once sealed (see the module notes): the bytes to send...
     data_md5: str = ""  # ...and their MD5; empty while not sealed
+    copy_of: str = ""  # the MD5 of the server's file it was filled from, if it was
 
     @property
     def sealed(self) -> bool:
@@ -166,11 +168,12 @@ class UploadSpool:
         self._lock = threading.Lock()
         self._remove_orphans()
 
-    def create(self, target: UploadTarget) -> SpoolEntry:
-        """A new, empty staging file and its record, in state ``open``."""
+    def create(self, target: UploadTarget, *, copy_of: str = "") -> SpoolEntry:
+        """A new, empty staging file and its record, in state ``open``; ``copy_of``: the MD5
+        of the server's file the writer fills it with, before anything is written to it."""
         target = replace(target, server=normalize_server(target.server))
         entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-        entry = SpoolEntry(entry_id, target, self._data_dir / entry_id)
+        entry = SpoolEntry(entry_id, target, self._data_dir / entry_id, copy_of=copy_of.lower())
         # The data file exists before its record, so a crash in between leaves
         # an orphan file (removed on start), never a record without data.
         fd = os.open(entry.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -445,6 +448,7 @@ class UploadSpool:
             "boot_id": entry.boot_id,
             "data_size": entry.data_size,
             "data_md5": entry.data_md5,
+            "copy_of": entry.copy_of,
             "target": asdict(entry.target),
         }
         write_atomic(self._record_path(entry.id), json.dumps(record, indent=1).encode(), durable=durable)
@@ -485,6 +489,7 @@ class UploadSpool:
                 boot_id=str(record.get("boot_id", "")),
                 data_size=int(record.get("data_size", 0)),
                 data_md5=str(record.get("data_md5", "")),
+                copy_of=str(record.get("copy_of", "")),
             )
         except FileNotFoundError:
             return None
@@ -519,6 +524,14 @@ class UploadSpool:
             if os.fstat(fd).st_size == 0:
                 logger.warning(
                     "dropping upload %s (%s): left empty by a stopped process", current.id, current.target.describe()
+                )
+                self.remove(current)
+                return
+            if current.state == "open" and current.copy_of and data_digest(current.data_path)[1] == current.copy_of:
+                logger.info(
+                    "dropping upload %s (%s): opened for writing by a stopped process, nothing written",
+                    current.id,
+                    current.target.describe(),
                 )
                 self.remove(current)
                 return

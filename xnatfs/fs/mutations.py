@@ -378,7 +378,15 @@ class Mutations:
                         sink.write(chunk)
                         offset += len(chunk)
 
-                local = await self.call(self.writer.stage, target, container, relpath, fill=fill, replaces_remote=True)
+                local = await self.call(
+                    self.writer.stage,
+                    target,
+                    container,
+                    relpath,
+                    fill=fill,
+                    copy_of=remote.digest,
+                    replaces_remote=True,
+                )
             finally:
                 await reader.close(self.limiter)
             local.mtime = node.mtime  # a copy is no change; its first write is

@@ -79,10 +79,12 @@ class Writer:
         relpath: str,
         *,
         fill: Callable[[BinaryIO], None] | None = None,
+        copy_of: str = "",
         replaces_remote: bool = False,
     ) -> LocalFile:
-        """A new local file for ``target``, empty or filled by ``fill(fileobj)``."""
-        entry = self.spool.create(target)
+        """A new local file for ``target``, empty or filled by ``fill(fileobj)`` (with the
+        server's file whose MD5 is ``copy_of``, if known)."""
+        entry = self.spool.create(target, copy_of=copy_of)
         fd = os.open(entry.data_path, os.O_RDWR | os.O_CLOEXEC)
         local = LocalFile(
             target=entry.target,
