@@ -42,6 +42,24 @@ def kill(mount) -> None:
     mount.process.wait(timeout=20)
 
 
+def kill_holding(mount, *handles) -> None:
+    """Kill the daemon while ``handles`` are open on the mount; then close them (a dead
+    mount fails their close)."""
+    kill(mount)
+    for handle in handles:
+        try:
+            handle.close()
+        except OSError:
+            pass
+
+
+def uploads_listed(mount) -> str:
+    """What ``xnatfs uploads list`` shows of the mount's spool."""
+    listed = uploads(mount, "list")
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
 def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -303,11 +321,7 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
         handle = open(mount.path / SESSION / "RESOURCES/QC/qc_metrics.csv", "wb")
         handle.write(b"subject,snr\nSUB001,")  # cut off in the middle of a row
         handle.flush()
-        kill(mount)
-        try:
-            handle.close()
-        except OSError:
-            pass
+        kill_holding(mount, handle)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
         # The background retry's first look at the spool sets the entry aside, never to be sent alone.
         wait_until(
@@ -316,9 +330,8 @@ def test_half_rewritten_file_does_not_replace_the_server_copy_after_a_crash(fake
         )
     assert qc_file_on_server(fake_xnat, "qc_metrics.csv") == original
     # Not lost either: kept in the spool, listed for the user to send or drop.
-    listed = uploads(mount, "list")
-    assert listed.returncode == 0, listed.stderr
-    assert "qc_metrics.csv" in listed.stdout and "unclosed" in listed.stdout
+    listed = uploads_listed(mount)
+    assert "qc_metrics.csv" in listed and "unclosed" in listed
 
 
 def test_a_file_renamed_while_open_is_on_the_server_under_its_new_name_before_a_crash(fake_xnat, tmp_path):
@@ -334,18 +347,12 @@ def test_a_file_renamed_while_open_is_on_the_server_under_its_new_name_before_a_
         os.rename(qc / "kept.bin", qc / "moved.bin")
         assert qc_file_on_server(fake_xnat, "moved.bin") == payload
         assert qc_file_on_server(fake_xnat, "kept.bin") is None
-        kill(mount)
-        try:
-            reader.close()
-        except OSError:
-            pass
+        kill_holding(mount, reader)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
         qc = again.path / SESSION / "RESOURCES/QC"
         assert (qc / "moved.bin").read_bytes() == payload
         assert not (qc / "kept.bin").exists()
-    listed = uploads(mount, "list")
-    assert listed.returncode == 0, listed.stderr
-    assert "moved.bin" not in listed.stdout, listed.stdout
+    assert "moved.bin" not in uploads_listed(mount)
 
 
 def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_through_a_crash(fake_xnat, tmp_path):
@@ -364,11 +371,7 @@ def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_thro
         os.rename(qc / "metrics.csv", qc / "metrics-v2.csv")
         assert sorted(n for n in os.listdir(qc) if n.startswith("metrics")) == ["metrics-v2.csv"]
         assert qc_file_on_server(fake_xnat, "metrics.csv") == original
-        kill(mount)
-        try:
-            handle.close()
-        except OSError:
-            pass
+        kill_holding(mount, handle)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
         qc = again.path / SESSION / "RESOURCES/QC"
         assert (qc / "metrics.csv").read_bytes() == original
@@ -377,9 +380,8 @@ def test_a_file_renamed_while_being_rewritten_keeps_its_last_closed_version_thro
             what="the half-written file to be set aside",
         )
     assert qc_file_on_server(fake_xnat, "metrics-v2.csv") is None
-    listed = uploads(mount, "list")
-    assert listed.returncode == 0, listed.stderr
-    assert "metrics-v2.csv" in listed.stdout and "unclosed" in listed.stdout
+    listed = uploads_listed(mount)
+    assert "metrics-v2.csv" in listed and "unclosed" in listed
 
 
 def test_a_file_opened_for_writing_and_not_written_leaves_nothing_behind_after_a_crash(fake_xnat, tmp_path):
@@ -394,20 +396,14 @@ def test_a_file_opened_for_writing_and_not_written_leaves_nothing_behind_after_a
         touched = open(qc / "touched.csv", "r+b")
         touched.write(b"A,B")
         touched.flush()
-        kill(mount)
-        for handle in (untouched, touched):
-            try:
-                handle.close()
-            except OSError:
-                pass
+        kill_holding(mount, untouched, touched)
     with mounted(fake_xnat.url, tmp_path, cache_dir=mount.cache_dir, name="again") as again:
         wait_until(
             lambda: "files/touched.csv, 8 bytes) was still being written" in again.log(), what="the spool looked at"
         )
-    listed = uploads(mount, "list")
-    assert listed.returncode == 0, listed.stderr
-    assert "untouched.csv" not in listed.stdout, listed.stdout
-    assert "touched.csv" in listed.stdout and "unclosed" in listed.stdout
+    listed = uploads_listed(mount)
+    assert "untouched.csv" not in listed, listed
+    assert "touched.csv" in listed and "unclosed" in listed
     assert qc_file_on_server(fake_xnat, "untouched.csv") == b"a,b\n1,2\n"
 
 
