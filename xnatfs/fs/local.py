@@ -71,7 +71,7 @@ class LocalFile:
     sent_md5: str = ""  # of the bytes last sent, when this process sent them ("" unknown)
     # MD5s of versions whose upload failed once it may have reached the server, and ABSENT for
     # a deletion of its name that did: the server may still carry one out, after this version
-    # was sent (see Mutations.confirm_sent).
+    # was sent (see LateChanges.confirm_sent).
     doubted: set[str] = field(default_factory=set)
     # Names it was renamed away from while it had writes not sent: the server keeps its last
     # closed version there until these bytes are committed (see Mutations._rename_local).

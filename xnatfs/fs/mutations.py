@@ -37,7 +37,6 @@ import functools
 import logging
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -47,9 +46,8 @@ import pyfuse3
 import trio
 
 from xnatfs.cache.content import CacheKey, ContentCache
-from xnatfs.cache.spool import UploadSpool, UploadTarget, descriptor_digest
+from xnatfs.cache.spool import UploadSpool, UploadTarget
 from xnatfs.cache.uploader import UploadRetries
-from xnatfs.client.budget import Budget, bounded_by
 from xnatfs.client.changes import SentChanges, watching_changes
 from xnatfs.client.contract import ArchiveClient
 from xnatfs.client.models import RemoteFile
@@ -60,6 +58,7 @@ from xnatfs.fs.errno import errno_for, refused
 from xnatfs.fs.handles import OUR_BYTES, OpenHandles
 from xnatfs.fs.inodes import InodeEntry, InodeTable
 from xnatfs.fs.keys import ExperimentContentsKey, ExperimentFilesKey, ListingKey, files_key
+from xnatfs.fs.latechanges import LateChanges
 from xnatfs.fs.local import ABSENT, LocalFile, LocalFileNode, LocalHandle, OldName, Overlay
 from xnatfs.fs.names import NAME_MAX, unstorable_reason
 from xnatfs.fs.nodes import DirNode, FileNode, Listing, Node
@@ -88,9 +87,6 @@ def _names_in_play(*entries: tuple[int, str]) -> Iterator[None]:
 
 READ_CHUNK = 1 << 20
 TIMES_KEPT_AFTER = 5.0  # seconds between a change of the written times and its copy on disk
-# After a file whose earlier upload was left in doubt is sent: when to look at what the
-# server lists of it, in multiples of the request timeout after the last look.
-CONFIRM_WAITS = (1, 2, 4)
 
 
 class ReadSide:
@@ -162,12 +158,15 @@ class Mutations:
         self.cache_key = cache_key
         self.drop_kernel_entry = drop_kernel_entry
         self.in_background = in_background
-        # Files confirm_sent looks after → whether a newer version was sent since it started.
-        self._confirming: dict[LocalFile, bool] = {}
-        # Old names clear_old_name looks after → whether a file was sent under that name since.
-        self._clearing: dict[tuple[str, str], bool] = {}
-        # (resource URI, path) → when a deletion of that file failed once it may have reached the server.
-        self._doubted_deletes: dict[tuple[str, str], float] = {}
+        self.late = LateChanges(
+            client=self.client,
+            writer=writer,
+            retries=retries,
+            timeout=settings.timeout,
+            limiter=self.limiter,
+            forget_files=lambda uri: tree.forget_listing(tree.files_listing_key(uri)),
+            in_background=in_background,
+        )
 
     # ---- the node kinds' write context --------------------------------
 
@@ -458,26 +457,9 @@ class Mutations:
             self.series.forget(local.target.resource_uri)
             if not local.sent_md5:
                 self.in_background(functools.partial(self._hash_sent, local, local.mtime))
-            self._look_after_doubts(local)
+            self.late.file_sent(local)
         if local.handles == 0:
             self._linger(local)
-
-    def _look_after_doubts(self, local: LocalFile) -> None:
-        """A file was sent: if a change of its name before it may still be carried out
-        (see :meth:`confirm_sent`), have the server's copy looked at."""
-        key = (local.target.resource_uri, local.target.relpath)
-        if key in self._clearing:
-            self._clearing[key] = True
-        deleted = self._doubted_deletes.pop(key, None)
-        if deleted is not None and time.monotonic() - deleted < self._confirm_span():
-            local.doubted.add(ABSENT)
-        if not local.doubted:
-            return
-        if local in self._confirming:
-            self._confirming[local] = True
-        else:
-            self._confirming[local] = False
-            self.in_background(functools.partial(self.confirm_sent, local))
 
     async def _hash_sent(self, local: LocalFile, mtime: float) -> None:
         # In the background: a close does not wait for it, and nothing of it may end the mount.
@@ -495,125 +477,6 @@ class Mutations:
         """
         keep = self.settings.negative_ttl if local.target.kind == "dicom-import" else self.settings.ttl
         self.overlay.expire_after(local, keep)
-
-    async def confirm_sent(self, local: LocalFile) -> None:
-        """``local`` was sent after an upload of an older version of it, or a deletion of its
-        name, went unanswered (or was answered only when sent again). The server may carry
-        that one out still, after ours: XNAT has no conditional writes, and the older bytes
-        would stay, or the file go. So look at the MD5 the server lists for it a few times
-        over the next minutes, and send ours again should it list one of those versions, or
-        none. Each newer version sent meanwhile is looked after in turn. In the background;
-        it ends once the file is removed through the mount, or the server lists a version
-        that is not the mount's."""
-        try:
-            while await self._confirm_version(local):
-                pass
-        except Exception:
-            # Background work: nothing of it may end the mount.
-            logger.exception("looking at what the server holds of %s failed", local.target.describe())
-        finally:
-            self._confirming.pop(local, None)
-
-    async def _confirm_version(self, local: LocalFile) -> bool:
-        """:meth:`confirm_sent` for the version sent last; True when a newer one was sent
-        meanwhile. With a descriptor of its own on the bytes: the mount may stop showing
-        its copy of the file meanwhile."""
-        self._confirming[local] = False
-        with local.lock:
-            fd = os.dup(local.fd) if local.fd >= 0 else -1
-        if fd < 0:
-            return False
-        mtime, target, doubted = local.mtime, local.target, set(local.doubted)
-        try:
-            ours = (await self._background_call(descriptor_digest, fd))[1]
-            for wait in CONFIRM_WAITS:
-                await trio.sleep(wait * self.settings.timeout)
-                if self._confirming.get(local):
-                    return True
-                if local.mtime != mtime or local.unlinked:
-                    return False  # its next upload asks again; removed: nothing to look after
-                try:
-                    listed = await self._background_call(self._listed_digest, target)
-                except XnatError as exc:
-                    logger.debug("could not look at %s on the server: %s", target.describe(), exc)
-                    continue
-                found = ABSENT if listed is None else listed
-                if found == ours:
-                    continue
-                if found not in doubted:
-                    return False  # another version, or gone: someone else's change
-                logger.warning(
-                    "%s: the server carried out an earlier change of it, one left unanswered, after the "
-                    "last upload; sending the last one again",
-                    target.describe(),
-                )
-                try:
-                    await self._background_call(self.writer.send_copy, target, fd)
-                except (XnatError, OSError) as exc:
-                    logger.error(
-                        "%s: sending it again failed; kept in the spool for another try: %s", target.describe(), exc
-                    )
-                    self.retries.wake()
-                    return False
-                self.forget(self.tree.files_listing_key(target.resource_uri))
-            local.doubted -= doubted
-            return False
-        finally:
-            os.close(fd)
-
-    async def clear_old_name(self, target: UploadTarget, doubted: set[str]) -> None:
-        """A file was renamed away from ``target`` while uploads of it there (versions
-        ``doubted``) went unanswered: carried out later, one would bring the old name back.
-        Look at that name 1, 2 and 4 timeouts later, and delete a copy found there with one
-        of those versions. In the background; it ends once another file holds the name, or
-        the mount sent one under it."""
-        key = (target.resource_uri, target.relpath)
-        try:
-            for wait in CONFIRM_WAITS:
-                await trio.sleep(wait * self.settings.timeout)
-                try:
-                    listed = await self._background_call(self._listed_digest, target)
-                    if listed is None:
-                        continue
-                    if listed not in doubted or self._clearing.get(key):
-                        return  # someone's file now, or ours again
-                    logger.warning(
-                        "%s: the server carried out an upload of it, one left unanswered, after the file "
-                        "was renamed away; deleting it again",
-                        target.describe(),
-                    )
-                    await self._background_call(self.client.delete_file, target.resource_uri, target.relpath)
-                except XnatError as exc:
-                    logger.debug("could not look at or delete %s on the server: %s", target.describe(), exc)
-                    continue
-                self.forget(self.tree.files_listing_key(target.resource_uri))
-        except Exception:
-            # Background work: nothing of it may end the mount.
-            logger.exception("looking at what the server holds of %s failed", target.describe())
-        finally:
-            self._clearing.pop(key, None)
-
-    def _confirm_span(self) -> float:
-        """How long after a change left in doubt :meth:`confirm_sent` may still look."""
-        return sum(CONFIRM_WAITS) * self.settings.timeout
-
-    def _listed_digest(self, target: UploadTarget) -> str | None:
-        """The MD5 the server lists for the file now (None: not there), asked afresh."""
-        for remote in self.client.list_files(target.resource_uri):
-            if remote.path == target.relpath:
-                return (remote.digest or "").lower()
-        return None
-
-    async def _background_call(self, function: Callable[..., T], *args: Any) -> T:
-        """A blocking call for work in the background: bounded by a budget of its own, not
-        by that of the request that started the work (which may be over). Not abandoned at
-        unmount: it may be reading a descriptor its caller closes once it returns."""
-
-        def run() -> T:
-            with bounded_by(Budget(self.settings.timeout)):
-                return function(*args)
-
-        return await trio.to_thread.run_sync(run, limiter=self.limiter)
 
     async def release_local(self, handle: LocalHandle) -> None:
         local = handle.local
@@ -736,12 +599,7 @@ class Mutations:
                 raise
         except XnatError as exc:
             if not is_permanent_refusal(exc):
-                # It may be carried out yet: after a file sent under this name, which confirm_sent sees to.
-                now = time.monotonic()
-                self._doubted_deletes = {
-                    key: when for key, when in self._doubted_deletes.items() if now - when < self._confirm_span()
-                }
-                self._doubted_deletes[(resource_uri, relpath)] = now
+                self.late.deletion_failed(resource_uri, relpath)
             raise
         self.series.forget(resource_uri)
 
@@ -846,7 +704,7 @@ class Mutations:
                 await self._keep_old_name(local, old_target, doubted)
             return local
         if doubted:
-            self._clear_old_name_later(old_target, doubted)
+            self.late.watch_old_name(old_target, doubted)
         try:
             await self._upload(local, final=local.handles == 0)
         except XnatError as exc:
@@ -863,7 +721,7 @@ class Mutations:
     async def _keep_old_name(self, local: LocalFile, old_target: UploadTarget, doubted: frozenset[str]) -> None:
         """The old name of a file renamed with writes not sent: hidden, and deleted at its close."""
         try:
-            listed = await self.call(self._listed_digest, old_target) or ""
+            listed = await self.call(self.late.listed_digest, old_target) or ""
         except XnatError as exc:
             logger.debug("could not look at %s on the server: %s", old_target.describe(), exc)
             listed = ""
@@ -881,7 +739,7 @@ class Mutations:
                 continue  # renamed back: its upload replaces the copy there
             old_target = dataclasses.replace(local.target, relpath=old.relpath)
             try:
-                listed = await self.call(self._listed_digest, old_target)
+                listed = await self.call(self.late.listed_digest, old_target)
                 if listed is not None and self._taken_since(local, old, listed):
                     logger.info("%s: left as it is, another file was put there since", old_target.describe())
                     self.overlay.unhide(local.container, old.relpath)
@@ -899,7 +757,7 @@ class Mutations:
                 continue
             self.overlay.hide(local.container, old.relpath)
             if old.doubted:
-                self._clear_old_name_later(old_target, old.doubted)
+                self.late.watch_old_name(old_target, old.doubted)
 
     def _taken_since(self, local: LocalFile, old: OldName, listed: str) -> bool:
         """Whether the server's file under an old name (MD5 ``listed``) is another than the one
@@ -908,10 +766,6 @@ class Mutations:
             return listed != old.listed_md5
         # Not known at the rename: an upload of ours under the name since would have shown it again.
         return not self.overlay.hidden(local.container, old.relpath)
-
-    def _clear_old_name_later(self, old_target: UploadTarget, doubted: frozenset[str]) -> None:
-        self._clearing[(old_target.resource_uri, old_target.relpath)] = False
-        self.in_background(functools.partial(self.clear_old_name, old_target, set(doubted)))
 
     # ---- what XNAT has no counterpart for -----------------------------
 

@@ -14,7 +14,7 @@ keeps concurrent writes, reads and uploads of one file apart. The rules:
   success needs no fsync at all: the server has the bytes;
 - a version whose upload the server may still carry out (it failed once its request
   may have reached the server, or went through only when sent again) is noted in
-  ``LocalFile.doubted``, for :meth:`Mutations.confirm_sent` once a newer one is sent;
+  ``LocalFile.doubted``, for ``LateChanges.confirm_sent`` once a newer one is sent;
 - a new file nobody wrote into is not sent: XNAT has no empty files;
 - a file grows only as far as the spool's disk has room for it (less a
   reserve, ENOSPC; cached contents sharing that disk are evicted first) and
