@@ -95,11 +95,11 @@ def test_writes_after_renaming_a_server_file_open_for_writing(fake_xnat, tmp_pat
 
 def test_a_file_renamed_while_being_rewritten_leaves_its_old_name_until_its_close(fake_xnat, tmp_path):
     """The server keeps the last closed version under the old name while the file is
-    open with writes not sent (see docs/SEMANTICS.md, renames), and the close removes it,
-    unless someone else has put a file there since: that one is theirs."""
+    open with writes not sent (see docs/SEMANTICS.md, open files), and the close removes it,
+    unless someone else has put a file there since: that one is theirs, shown as usual."""
     fake_xnat.store.put_file("XNAT_E00001", "QC", "one.txt", b"one, as it was")
     fake_xnat.store.put_file("XNAT_E00001", "QC", "two.txt", b"two, as it was")
-    with mounted(fake_xnat.url, tmp_path) as mount:
+    with mounted(fake_xnat.url, tmp_path, ttl=1) as mount:
         qc = mount.path.joinpath(*QC_PATH)
         with open(qc / "one.txt", "r+b") as one, open(qc / "two.txt", "r+b") as two:
             one.write(b"ONE")
@@ -113,6 +113,8 @@ def test_a_file_renamed_while_being_rewritten_leaves_its_old_name_until_its_clos
             assert "one-new.txt" not in on_server and "two-new.txt" not in on_server
             assert sorted(n for n in os.listdir(qc) if n.endswith(".txt")) == ["one-new.txt", "two-new.txt"]
             fake_xnat.store.put_file("XNAT_E00001", "QC", "two.txt", b"someone else's two")
+            assert wait_until(lambda: (qc / "two.txt").exists()), "someone else's file is not shown"
+            assert not (qc / "one.txt").exists()
         on_server = server_files(fake_xnat)
         assert on_server.get("one-new.txt") == b"ONE, as it was"
         assert on_server.get("two-new.txt") == b"TWO, as it was"

@@ -240,6 +240,9 @@ class Overlay:
         self.files: dict[str, dict[str, LocalFile]] = {}
         self.folders: dict[str, set[tuple[str, ...]]] = {}
         self.deleted: dict[str, dict[str, float]] = {}
+        # Names a file of ours was renamed away from while it had writes not sent: the server
+        # keeps its copy there (with this MD5; "" unknown) until that file's close, not shown.
+        self.kept_away: dict[str, dict[str, str]] = {}
         self.written = written if written is not None else WrittenTimes()
         # What was worked out for a container's folders, kept until its files, folders or
         # deletions change: every lookup, stat and open in a folder asks, and working it out
@@ -295,20 +298,34 @@ class Overlay:
             self.folders.pop(container, None)
         self._changed(container)
 
-    def hide(self, container: str, relpath: str, *, until: float | None = None) -> None:
-        """A file we deleted on the server: hidden until listings have caught up (or
-        ``until``, a time.monotonic(): math.inf for a deletion still to come)."""
-        until = time.monotonic() + self.ttl if until is None else until
+    def hide(self, container: str, relpath: str) -> None:
+        """A file we deleted on the server: hidden until listings have caught up."""
+        until = time.monotonic() + self.ttl
         self.written.forget(container, relpath)
         self.deleted.setdefault(container, {})[relpath] = until
         self._next_expiry = min(self._next_expiry, until)
         self._changed(container)
 
-    def hidden(self, container: str, relpath: str) -> bool:
-        return relpath in self.deleted.get(container, {})
+    def keep_away(self, container: str, relpath: str, md5: str) -> None:
+        """The server's copy under this name (with ``md5``, "" whichever) goes later: not shown till then."""
+        self.kept_away.setdefault(container, {})[relpath] = md5
+        self._changed(container)
+
+    def keeps_away(self, container: str, relpath: str) -> bool:
+        return relpath in self.kept_away.get(container, {})
+
+    def let_back(self, container: str, relpath: str) -> None:
+        """Show what the server holds under this name again (unless it is hidden)."""
+        group = self.kept_away.get(container, {})
+        if group.pop(relpath, None) is None:
+            return
+        if not group:
+            self.kept_away.pop(container, None)
+        self._changed(container)
 
     def unhide(self, container: str, relpath: str) -> None:
         """The server holds a file under this name again: our upload."""
+        self.let_back(container, relpath)
         group = self.deleted.get(container, {})
         if group.pop(relpath, None) is None:
             return
@@ -404,8 +421,9 @@ class Overlay:
         files = self.files.get(container)
         folders = self.folders.get(container)
         deleted = self.deleted.get(container)
+        kept = self.kept_away.get(container)
         written = self.written.holds(container)
-        if not (files or folders or deleted or written):
+        if not (files or folders or deleted or kept or written):
             return listing
         memo = self._merged.get(container, {}).get(prefix)
         if memo is not None and memo[0] is node and memo[1] is listing:
@@ -414,9 +432,9 @@ class Overlay:
         if written:
             for name, child in entries.items():
                 entries[name] = self.written.shown(container, child)
-        if deleted:
+        if deleted or kept:
             for name, child in list(entries.items()):
-                if child.remote_path in deleted:
+                if child.remote_path in (deleted or ()) or _kept_away(kept, child):
                     del entries[name]
         depth = len(prefix)
         for subpath in folders or ():
@@ -487,6 +505,14 @@ class LocalHandle:
     inode: int
     writable: bool
     append: bool = False
+
+
+def _kept_away(kept: dict[str, str] | None, child: Node) -> bool:
+    """Whether ``child`` is the server's copy under a name kept away (see Overlay.kept_away)."""
+    if not kept or child.remote_path not in kept:
+        return False
+    md5 = kept[child.remote_path]
+    return not md5 or (isinstance(child, FileNode) and child.file.digest.lower() == md5)
 
 
 def _below(prefix: tuple[str, ...], parts: tuple[str, ...]) -> bool:

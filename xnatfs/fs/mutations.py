@@ -35,7 +35,6 @@ import dataclasses
 import errno
 import functools
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -703,8 +702,6 @@ class Mutations:
             if old_on_server:
                 await self._keep_old_name(local, old_target, doubted)
             return local
-        if doubted:
-            self.late.watch_old_name(old_target, doubted)
         try:
             await self._upload(local, final=local.handles == 0)
         except XnatError as exc:
@@ -713,20 +710,23 @@ class Mutations:
         if old_on_server:
             # Hidden once deleted, as delete_remote does: when the deletion fails the server
             # still holds the old name, shown beside the new one, as mv leaves them when it
-            # copied but could not remove.
+            # copied but could not remove (and what lands there late changes nothing).
             await self._delete_on_server(local.container, old_relpath, missing_ok=True)
             self.overlay.hide(local.container, old_relpath)
+        if doubted:
+            self.late.watch_old_name(old_target, doubted)
         return local
 
     async def _keep_old_name(self, local: LocalFile, old_target: UploadTarget, doubted: frozenset[str]) -> None:
-        """The old name of a file renamed with writes not sent: hidden, and deleted at its close."""
+        """The old name of a file renamed with writes not sent: its server copy is not shown,
+        and deleted at the file's close."""
         try:
             listed = await self.call(self.late.listed_digest, old_target) or ""
         except XnatError as exc:
             logger.debug("could not look at %s on the server: %s", old_target.describe(), exc)
             listed = ""
         local.old_names.append(OldName(old_target.relpath, listed, doubted))
-        self.overlay.hide(local.container, old_target.relpath, until=math.inf)
+        self.overlay.keep_away(local.container, old_target.relpath, listed)
 
     async def _delete_old_names(self, local: LocalFile) -> None:
         """The file's bytes are committed (sent, or waiting in the spool, under its new name),
@@ -738,34 +738,28 @@ class Mutations:
             if old.relpath == local.relpath and not local.unlinked:
                 continue  # renamed back: its upload replaces the copy there
             old_target = dataclasses.replace(local.target, relpath=old.relpath)
+            # Not known at the rename: an upload of ours under the name since let it back.
+            ours_since = not self.overlay.keeps_away(local.container, old.relpath)
+            self.overlay.let_back(local.container, old.relpath)
             try:
                 listed = await self.call(self.late.listed_digest, old_target)
-                if listed is not None and self._taken_since(local, old, listed):
-                    logger.info("%s: left as it is, another file was put there since", old_target.describe())
-                    self.overlay.unhide(local.container, old.relpath)
-                    self.forget(self.tree.files_listing_key(old_target.resource_uri))
+                if listed is None:
                     continue
-                if listed is not None:
-                    await self._delete_on_server(old_target.resource_uri, old.relpath, missing_ok=True)
+                another = listed != old.listed_md5 if old.listed_md5 else ours_since
+                if another:
+                    logger.info("%s: left as it is, another file was put there since", old_target.describe())
+                    continue
+                await self._delete_on_server(old_target.resource_uri, old.relpath, missing_ok=True)
             except XnatError as exc:
                 logger.warning(
                     "%s: the name a file was renamed away from could not be deleted, so both names stay: %s",
                     old_target.describe(),
                     exc,
                 )
-                self.overlay.unhide(local.container, old.relpath)
                 continue
             self.overlay.hide(local.container, old.relpath)
             if old.doubted:
                 self.late.watch_old_name(old_target, old.doubted)
-
-    def _taken_since(self, local: LocalFile, old: OldName, listed: str) -> bool:
-        """Whether the server's file under an old name (MD5 ``listed``) is another than the one
-        renamed away from it."""
-        if old.listed_md5:
-            return listed != old.listed_md5
-        # Not known at the rename: an upload of ours under the name since would have shown it again.
-        return not self.overlay.hidden(local.container, old.relpath)
 
     # ---- what XNAT has no counterpart for -----------------------------
 
