@@ -24,6 +24,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xnatfs.cache.files import make_private_dir, write_atomic
 from xnatfs.cache.spool import SpoolEntry, UploadTarget
@@ -316,22 +317,14 @@ class Overlay:
 
     def let_back(self, container: str, relpath: str) -> None:
         """Show what the server holds under this name again (unless it is hidden)."""
-        group = self.kept_away.get(container, {})
-        if group.pop(relpath, None) is None:
-            return
-        if not group:
-            self.kept_away.pop(container, None)
-        self._changed(container)
+        if _pop_mark(self.kept_away, container, relpath):
+            self._changed(container)
 
     def unhide(self, container: str, relpath: str) -> None:
         """The server holds a file under this name again: our upload."""
-        self.let_back(container, relpath)
-        group = self.deleted.get(container, {})
-        if group.pop(relpath, None) is None:
-            return
-        if not group:
-            self.deleted.pop(container, None)
-        self._changed(container)
+        # Both marks go (``|``, not ``or``).
+        if _pop_mark(self.kept_away, container, relpath) | _pop_mark(self.deleted, container, relpath):
+            self._changed(container)
 
     def _changed(self, container: str) -> None:
         self._merged.pop(container, None)
@@ -505,6 +498,16 @@ class LocalHandle:
     inode: int
     writable: bool
     append: bool = False
+
+
+def _pop_mark(marks: dict[str, dict[str, Any]], container: str, relpath: str) -> bool:
+    """Drop the mark on ``relpath`` in ``container``; whether there was one."""
+    group = marks.get(container, {})
+    if group.pop(relpath, None) is None:
+        return False
+    if not group:
+        del marks[container]
+    return True
 
 
 def _kept_away(kept: dict[str, str] | None, child: Node) -> bool:
