@@ -453,16 +453,17 @@ class UploadSpool:
         }
         write_atomic(self._record_path(entry.id), json.dumps(record, indent=1).encode(), durable=durable)
 
-    def _seal(self, entry: SpoolEntry) -> None:
+    def _seal(self, entry: SpoolEntry, digest: tuple[int, str] | None = None) -> None:
         """Data, its folder entry and the record with the data's size and
-        MD5 made durable, in that order (the caller holds the entry)."""
+        MD5 (``digest``, when the caller worked it out already) made durable,
+        in that order (the caller holds the entry)."""
         fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         fsync_dir(self._data_dir)
-        entry.data_size, entry.data_md5 = data_digest(entry.data_path)
+        entry.data_size, entry.data_md5 = digest or data_digest(entry.data_path)
         self._save(entry, durable=True)
 
     @staticmethod
@@ -527,7 +528,8 @@ class UploadSpool:
                 )
                 self.remove(current)
                 return
-            if current.state == "open" and current.copy_of and data_digest(current.data_path)[1] == current.copy_of:
+            digest = data_digest(current.data_path) if current.state == "open" and current.copy_of else None
+            if digest is not None and digest[1] == current.copy_of:
                 logger.info(
                     "dropping upload %s (%s): opened for writing by a stopped process, nothing written",
                     current.id,
@@ -537,7 +539,7 @@ class UploadSpool:
                 return
             current.state = "unclosed"
             current.updated = time.time()
-            self._seal(current)
+            self._seal(current, digest)
         finally:
             os.close(fd)
         logger.warning(

@@ -432,10 +432,9 @@ class Mutations:
                     local.target.describe(),
                     exc,
                 )
-                await self._after_commit(local)
-                raise
-            logger.error("upload of %s failed; kept in the spool for another try: %s", local.target.describe(), exc)
-            self.retries.wake()
+            else:
+                logger.error("upload of %s failed; kept in the spool for another try: %s", local.target.describe(), exc)
+                self.retries.wake()
             await self._after_commit(local)
             raise
         if sent:
