@@ -167,6 +167,10 @@ class MountMachine(RuleBasedStateMachine):
     def _unmount(self) -> None:
         while self.handles:
             self.apply_close(0)
+        self._leave_mount()
+
+    def _leave_mount(self) -> None:
+        """Unmount (a killed daemon's mount too) and check its log."""
         context, self._context, self.mount = self._context, None, None
         context.__exit__(None, None, None)
 
@@ -406,8 +410,7 @@ class MountMachine(RuleBasedStateMachine):
             except OSError as exc:
                 assert exc.errno == errno.ENOTCONN, exc
         self.handles = []
-        context, self._context, self.mount = self._context, None, None
-        context.__exit__(None, None, None)
+        self._leave_mount()
         for name, data in kept.items():
             if data is not None:
                 self.files[name] = data
